@@ -37,9 +37,17 @@ pub const fn murmur3_x86_32(data: &[u8], seed: u32) -> u32 {
     let blocks = data.len() / 4;
     let mut i = 0;
     while i < blocks {
-        let k = u32::from_le_bytes([data[4 * i], data[4 * i + 1], data[4 * i + 2], data[4 * i + 3]]);
+        let k = u32::from_le_bytes([
+            data[4 * i],
+            data[4 * i + 1],
+            data[4 * i + 2],
+            data[4 * i + 3],
+        ]);
         hash ^= mix(k);
-        hash = hash.rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64);
+        hash = hash
+            .rotate_left(13)
+            .wrapping_mul(5)
+            .wrapping_add(0xe654_6b64);
         i += 1;
     }
     let tail = blocks * 4;

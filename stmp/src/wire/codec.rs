@@ -3,9 +3,9 @@
 use bytes::BytesMut;
 use tokio_util::codec::{Decoder, Encoder};
 
+use super::DEFAULT_MAX_PACKET_SIZE;
 use super::cursor::Stop;
 use super::packet::{Form, Packet, scan};
-use super::DEFAULT_MAX_PACKET_SIZE;
 use crate::Status;
 
 /// How much room the decoder makes in advance for a packet whose bytes are still coming.

@@ -63,7 +63,10 @@ impl<'a> Cursor<'a> {
 
     pub(crate) fn u16_le(&mut self) -> Result<u16, Stop> {
         let range = self.take(2)?;
-        Ok(u16::from_le_bytes([self.src[range.start], self.src[range.start + 1]]))
+        Ok(u16::from_le_bytes([
+            self.src[range.start],
+            self.src[range.start + 1],
+        ]))
     }
 
     pub(crate) fn uvarint(&mut self, what: &str) -> Result<u64, Stop> {

@@ -104,11 +104,13 @@ impl ClientHandshake {
     /// Decodes the handshake at the start of a byte stream's buffer, consuming it; `None` while
     /// it is incomplete. `max_size` limits header + message.
     pub fn decode(src: &mut BytesMut, max_size: usize) -> Result<Option<Self>, Status> {
-        Ok(decode_stream(src, max_size)?.map(|(byte, header, message)| ClientHandshake {
-            version: Version::from_byte(byte),
-            header,
-            message,
-        }))
+        Ok(
+            decode_stream(src, max_size)?.map(|(byte, header, message)| ClientHandshake {
+                version: Version::from_byte(byte),
+                header,
+                message,
+            }),
+        )
     }
 }
 

@@ -132,10 +132,9 @@ impl Header {
                     String::from_utf8_lossy(pair)
                 )));
             };
-            header.entries.push((
-                unescape(&pair[..colon])?,
-                unescape(&pair[colon + 1..])?,
-            ));
+            header
+                .entries
+                .push((unescape(&pair[..colon])?, unescape(&pair[colon + 1..])?));
         }
         Ok(header)
     }
@@ -177,15 +176,15 @@ pub(crate) fn unescape(src: &[u8]) -> Result<String, Status> {
     while index < src.len() {
         let byte = src[index];
         if byte == b'%'
-            && let Some(decoded) = src
-                .get(index + 1..index + 3)
-                .and_then(|hex| match hex.to_ascii_uppercase().as_slice() {
+            && let Some(decoded) = src.get(index + 1..index + 3).and_then(|hex| {
+                match hex.to_ascii_uppercase().as_slice() {
                     b"3A" => Some(b':'),
                     b"0A" => Some(b'\n'),
                     b"3B" => Some(b';'),
                     b"25" => Some(b'%'),
                     _ => None,
-                })
+                }
+            })
         {
             out.push(decoded);
             index += 3;

@@ -139,7 +139,11 @@ impl Packet {
         let packet = match kind {
             Kind::Ping | Kind::Pong => {
                 expect_empty(fields, kind)?;
-                if kind == Kind::Ping { Packet::Ping } else { Packet::Pong }
+                if kind == Kind::Ping {
+                    Packet::Ping
+                } else {
+                    Packet::Pong
+                }
             }
             Kind::Request => {
                 let (mid, action) = split_once(fields, b':', "request id")?;
@@ -227,7 +231,9 @@ fn expect_empty(fields: &[u8], kind: Kind) -> Result<(), Status> {
     if fields.is_empty() {
         Ok(())
     } else {
-        Err(Status::protocol_error(format!("unexpected fields after {kind}")))
+        Err(Status::protocol_error(format!(
+            "unexpected fields after {kind}"
+        )))
     }
 }
 
@@ -258,7 +264,8 @@ pub(crate) fn parse_hex(src: &[u8], what: &str) -> Result<u64, Status> {
 
 fn parse_mid(src: &[u8]) -> Result<u16, Status> {
     let mid = parse_hex(src, "message id")?;
-    u16::try_from(mid).map_err(|_| Status::protocol_error(format!("message id {mid:#x} is over 0xFFFF")))
+    u16::try_from(mid)
+        .map_err(|_| Status::protocol_error(format!("message id {mid:#x} is over 0xFFFF")))
 }
 
 pub(crate) fn parse_status(src: &[u8]) -> Result<Code, Status> {

@@ -1,0 +1,131 @@
+//! Sets of connections and sending one event to many of them.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+
+use crate::codec::{Codec, Message};
+use crate::wire::{Header, Notify, Packet};
+use crate::{Conn, Method, Status};
+
+/// A set of connections (every connection of a server, a room…). Cheap to clone; clones
+/// share the set.
+///
+/// ```
+/// let set = stmp::ConnSet::new();
+/// assert!(set.is_empty());
+/// ```
+#[derive(Clone, Default, Debug)]
+pub struct ConnSet {
+    conns: Arc<RwLock<HashMap<u64, Conn>>>,
+}
+
+impl ConnSet {
+    /// An empty set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a connection; returns whether it was new.
+    pub fn insert(&self, conn: Conn) -> bool {
+        self.write().insert(conn.id(), conn).is_none()
+    }
+
+    /// Removes a connection; returns whether it was there.
+    pub fn remove(&self, conn: &Conn) -> bool {
+        self.write().remove(&conn.id()).is_some()
+    }
+
+    /// Whether the connection is in the set.
+    pub fn contains(&self, conn: &Conn) -> bool {
+        self.read().contains_key(&conn.id())
+    }
+
+    /// The number of connections.
+    pub fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.read().is_empty()
+    }
+
+    /// The connections, as they are now.
+    pub fn to_vec(&self) -> Vec<Conn> {
+        self.read().values().cloned().collect()
+    }
+
+    /// Sends an event to every connection but `exclude` (see [`broadcast`]).
+    pub fn broadcast<E: Message>(
+        &self,
+        method: &Method,
+        event: &E,
+        exclude: Option<&Conn>,
+    ) -> Result<Delivery, Status> {
+        let conns = self.to_vec();
+        broadcast(
+            method,
+            event,
+            conns
+                .iter()
+                .filter(|conn| exclude.is_none_or(|ex| !ex.same(conn))),
+        )
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<u64, Conn>> {
+        self.conns.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<u64, Conn>> {
+        self.conns.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// What a broadcast did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Delivery {
+    /// Connections the event was queued on.
+    pub queued: usize,
+    /// Connections whose send queue was full or that had closed; they miss the event.
+    pub dropped: usize,
+    /// How many times the event was serialised (once per content type).
+    pub encodings: usize,
+}
+
+/// Sends `event` as a notify of `method` to each connection, serialising it once per content
+/// type and sharing the bytes. It never waits: a connection whose send queue is full misses
+/// the event (and is counted in [`Delivery::dropped`]).
+pub fn broadcast<'a, E: Message>(
+    method: &Method,
+    event: &E,
+    conns: impl IntoIterator<Item = &'a Conn>,
+) -> Result<Delivery, Status> {
+    let mut encoded: Vec<(Codec, Bytes)> = Vec::with_capacity(1);
+    let mut delivery = Delivery::default();
+    for conn in conns {
+        let payload = match encoded.iter().find(|(codec, _)| codec == conn.codec()) {
+            Some((_, payload)) => payload.clone(),
+            None => {
+                let payload = conn.codec().encode(event)?;
+                encoded.push((conn.codec().clone(), payload.clone()));
+                payload
+            }
+        };
+        let packet = Packet::Notify(Notify {
+            action: method.wire_action(),
+            header: Header::new(),
+            payload,
+        });
+        match conn.try_send(packet) {
+            Ok(()) => delivery.queued += 1,
+            Err(status) => {
+                tracing::debug!(conn = conn.id(), method = method.name, %status, "event dropped");
+                delivery.dropped += 1;
+            }
+        }
+    }
+    delivery.encodings = encoded.len();
+    Ok(delivery)
+}

@@ -1,0 +1,37 @@
+//! Typed values attached to a connection.
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+#[derive(Default)]
+pub(crate) struct Extensions {
+    values: RwLock<HashMap<TypeId, Box<dyn Any + Send + Sync>>>,
+}
+
+impl Extensions {
+    pub(crate) fn insert<T: Clone + Send + Sync + 'static>(&self, value: T) {
+        self.values
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(TypeId::of::<T>(), Box::new(value));
+    }
+
+    pub(crate) fn get<T: Clone + Send + Sync + 'static>(&self) -> Option<T> {
+        self.values
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&TypeId::of::<T>())
+            .and_then(|value| value.downcast_ref::<T>())
+            .cloned()
+    }
+
+    pub(crate) fn remove<T: Clone + Send + Sync + 'static>(&self) -> Option<T> {
+        self.values
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&TypeId::of::<T>())
+            .and_then(|value| value.downcast::<T>().ok())
+            .map(|value| *value)
+    }
+}

@@ -1,0 +1,186 @@
+//! Thin glue between a transport and the engine: a stream of decoded packets in, batches of
+//! packets out. Byte streams (TCP, TLS, QUIC) and WebSocket messages are the two shapes.
+
+use std::pin::Pin;
+
+use async_compression::tokio::bufread::GzipDecoder;
+use async_compression::tokio::write::GzipEncoder;
+use bytes::{Bytes, BytesMut};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
+use tokio_util::codec::FramedRead;
+
+use crate::Status;
+use crate::wire::{Packet, PacketCodec};
+
+/// Decoded packets from the peer; the stream ends when the transport does.
+pub(crate) type PacketStream = Pin<Box<dyn Stream<Item = Result<Packet, Status>> + Send>>;
+
+type BoxWrite = Pin<Box<dyn AsyncWrite + Send>>;
+type WsSink = Pin<Box<dyn Sink<WsMessage, Error = tungstenite::Error> + Send>>;
+
+/// How packets travel in WebSocket messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum PacketFormat {
+    /// Binary packets in binary messages (the default).
+    #[default]
+    Binary,
+    /// Text packets in text messages (browsers, and the Go client's text mode).
+    Text,
+}
+
+impl PacketFormat {
+    /// The name used in handshake headers: `binary` or `text`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PacketFormat::Binary => "binary",
+            PacketFormat::Text => "text",
+        }
+    }
+}
+
+/// Where the engine writes packets.
+pub(crate) enum PacketWriter {
+    Stream { io: BoxWrite, buf: BytesMut },
+    WebSocket { sink: WsSink, format: PacketFormat },
+}
+
+/// The bytes of the write buffer kept between batches; a larger one is given back.
+const KEEP_WRITE_BUFFER: usize = 64 << 10;
+
+impl PacketWriter {
+    /// Writes the packets and flushes once (with gzip, one sync flush per batch).
+    pub(crate) async fn write_batch(&mut self, packets: &[Packet]) -> Result<(), Status> {
+        match self {
+            PacketWriter::Stream { io, buf } => {
+                for packet in packets {
+                    packet.encode_stream(buf);
+                }
+                io.write_all(buf).await?;
+                io.flush().await?;
+                buf.clear();
+                if buf.capacity() > KEEP_WRITE_BUFFER {
+                    *buf = BytesMut::new();
+                }
+            }
+            PacketWriter::WebSocket { sink, format } => {
+                for packet in packets {
+                    let mut out = BytesMut::new();
+                    let message = match format {
+                        PacketFormat::Binary => {
+                            packet.encode_message(&mut out);
+                            WsMessage::Binary(out.freeze())
+                        }
+                        PacketFormat::Text => {
+                            packet.encode_text(&mut out);
+                            text_message(out.freeze())?
+                        }
+                    };
+                    sink.feed(message).await.map_err(ws_error)?;
+                }
+                sink.flush().await.map_err(ws_error)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the write side (FIN on TCP, a Close frame on WebSocket).
+    pub(crate) async fn shutdown(&mut self) {
+        match self {
+            PacketWriter::Stream { io, .. } => {
+                let _ = io.shutdown().await;
+            }
+            PacketWriter::WebSocket { sink, .. } => {
+                let _ = sink.close().await;
+            }
+        }
+    }
+}
+
+fn text_message(bytes: Bytes) -> Result<WsMessage, Status> {
+    tungstenite::Utf8Bytes::try_from(bytes)
+        .map(WsMessage::Text)
+        .map_err(|_| Status::bad_request("text packets need UTF-8 payloads (use the JSON codec)"))
+}
+
+pub(crate) fn ws_error(error: tungstenite::Error) -> Status {
+    Status::network_error(format!("websocket: {error}"))
+}
+
+/// A byte-stream transport: packets framed by [`PacketCodec`], optionally inside one gzip
+/// stream per direction. `leftover` holds bytes read past the handshake.
+pub(crate) fn byte_stream<R, W>(
+    reader: R,
+    writer: W,
+    leftover: BytesMut,
+    max_packet_size: usize,
+    gzip: bool,
+) -> (PacketStream, PacketWriter)
+where
+    R: AsyncRead + Send + Unpin + 'static,
+    W: AsyncWrite + Send + 'static,
+{
+    let codec = PacketCodec::with_max_packet_size(max_packet_size);
+    if gzip {
+        let plain = GzipDecoder::new(BufReader::new(std::io::Cursor::new(leftover).chain(reader)));
+        let packets = FramedRead::new(plain, codec);
+        let io: BoxWrite = Box::pin(GzipEncoder::new(writer));
+        (
+            Box::pin(packets),
+            PacketWriter::Stream {
+                io,
+                buf: BytesMut::new(),
+            },
+        )
+    } else {
+        let mut packets = FramedRead::new(reader, codec);
+        packets.read_buffer_mut().extend_from_slice(&leftover);
+        let io: BoxWrite = Box::pin(writer);
+        (
+            Box::pin(packets),
+            PacketWriter::Stream {
+                io,
+                buf: BytesMut::new(),
+            },
+        )
+    }
+}
+
+/// A WebSocket transport: one packet per message. Text packets are accepted in binary
+/// messages too, as the Go server sends them that way.
+pub(crate) fn websocket<S>(
+    socket: S,
+    format: PacketFormat,
+    max_packet_size: usize,
+) -> (PacketStream, PacketWriter)
+where
+    S: Stream<Item = Result<WsMessage, tungstenite::Error>>
+        + Sink<WsMessage, Error = tungstenite::Error>
+        + Send
+        + 'static,
+{
+    let (sink, stream) = socket.split();
+    let packets = stream
+        .take_while(|message| std::future::ready(!matches!(message, Ok(WsMessage::Close(_)))))
+        .filter_map(move |message| {
+            std::future::ready(match message {
+                Ok(WsMessage::Binary(bytes)) if format == PacketFormat::Binary => {
+                    Some(Packet::decode_message(bytes, max_packet_size))
+                }
+                Ok(WsMessage::Binary(bytes)) => Some(Packet::decode_text(bytes, max_packet_size)),
+                Ok(WsMessage::Text(text)) => {
+                    Some(Packet::decode_text(Bytes::from(text), max_packet_size))
+                }
+                Ok(_) => None,
+                Err(error) => Some(Err(ws_error(error))),
+            })
+        });
+    (
+        Box::pin(packets),
+        PacketWriter::WebSocket {
+            sink: Box::pin(sink),
+            format,
+        },
+    )
+}

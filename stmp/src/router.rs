@@ -1,0 +1,449 @@
+//! Routing incoming requests and notifies to handlers, listeners and middleware.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+
+use crate::codec::Message;
+use crate::wire::Action;
+use crate::{Context, Method, Status};
+
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+type Handler =
+    Arc<dyn Fn(Context, Bytes) -> BoxFuture<'static, Result<Bytes, Status>> + Send + Sync>;
+type Listener = Arc<dyn Fn(Context, Bytes) -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// What a middleware's [`before`](Middleware::before) decides.
+#[derive(Debug)]
+pub enum Flow {
+    /// Go on to the next middleware and the handler.
+    Continue,
+    /// Answer the request with this (already encoded) payload; the handler does not run.
+    Respond(Bytes),
+}
+
+/// Code around every handler: stmp-go's pre, intercept and post hooks in one trait.
+///
+/// ```
+/// use stmp::{Context, Flow, Middleware, Router, Status};
+///
+/// /// Refuses every call from a connection that authentication did not mark.
+/// struct RequireUser;
+///
+/// #[derive(Clone)]
+/// struct User(String);
+///
+/// impl Middleware for RequireUser {
+///     async fn before(&self, ctx: &Context) -> Result<Flow, Status> {
+///         match ctx.conn().extension::<User>() {
+///             Some(_) => Ok(Flow::Continue),
+///             None => Err(Status::unauthorized("sign in first")),
+///         }
+///     }
+/// }
+///
+/// let router = Router::new();
+/// router.layer(RequireUser);
+/// ```
+pub trait Middleware: Send + Sync + 'static {
+    /// Runs before the handler (for requests and notifies, in the order layers were added):
+    /// an `Err` rejects the call with that status, [`Flow::Respond`] answers it.
+    fn before(&self, ctx: &Context) -> impl Future<Output = Result<Flow, Status>> + Send {
+        let _ = ctx;
+        async { Ok(Flow::Continue) }
+    }
+
+    /// Sees a request's outcome (in reverse order of the layers) and may change it, or add to
+    /// the response header through `ctx`.
+    fn after(
+        &self,
+        ctx: &Context,
+        outcome: &mut Result<Bytes, Status>,
+    ) -> impl Future<Output = ()> + Send {
+        let _ = (ctx, outcome);
+        async {}
+    }
+}
+
+trait ErasedMiddleware: Send + Sync {
+    fn before<'a>(&'a self, ctx: &'a Context) -> BoxFuture<'a, Result<Flow, Status>>;
+    fn after<'a>(
+        &'a self,
+        ctx: &'a Context,
+        outcome: &'a mut Result<Bytes, Status>,
+    ) -> BoxFuture<'a, ()>;
+}
+
+impl<M: Middleware> ErasedMiddleware for M {
+    fn before<'a>(&'a self, ctx: &'a Context) -> BoxFuture<'a, Result<Flow, Status>> {
+        Box::pin(Middleware::before(self, ctx))
+    }
+
+    fn after<'a>(
+        &'a self,
+        ctx: &'a Context,
+        outcome: &'a mut Result<Bytes, Status>,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(Middleware::after(self, ctx, outcome))
+    }
+}
+
+/// A set of methods a side serves: one of [`Router::route`]'s registrations.
+///
+/// Generated `…Server` types implement it; [`Router::add_service`] takes them.
+pub trait Service {
+    /// Registers every method of the service.
+    fn register(self, router: &Router);
+}
+
+/// Handlers, listeners and middleware of one side (a server, or a client — clients serve
+/// methods too). Cheap to clone; every clone is the same router, and it can change while
+/// connections use it.
+///
+/// ```
+/// use stmp::{Context, Method, Router, Status};
+/// # #[derive(Clone, PartialEq, prost::Message, serde::Serialize, serde::Deserialize)]
+/// # struct Ping { #[prost(string, tag = "1")] text: String }
+///
+/// const ECHO: Method = Method::new("demo.Echo.Echo", "demo.Ping", "demo.Ping");
+///
+/// let router = Router::new();
+/// router.route(&ECHO, |_ctx: Context, ping: Ping| async move { Ok::<_, Status>(ping) });
+/// assert!(router.serves(&ECHO));
+/// ```
+#[derive(Clone, Default)]
+pub struct Router {
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    routes: RwLock<Routes>,
+    listeners: RwLock<HashMap<u64, Vec<(u64, Listener)>>>,
+    middleware: RwLock<Vec<Arc<dyn ErasedMiddleware>>>,
+    next_listener: AtomicU64,
+}
+
+#[derive(Default)]
+struct Routes {
+    by_action: HashMap<u64, (&'static str, Handler)>,
+    by_name: HashMap<&'static str, u64>,
+}
+
+/// What the router found for an incoming packet.
+pub(crate) struct Target {
+    pub(crate) method: Option<&'static str>,
+    handler: Option<Handler>,
+    listeners: Vec<Listener>,
+}
+
+/// Listeners added by one [`Router::listen`] call; [`detach`](ListenerHandle::detach) removes them.
+#[derive(Debug)]
+#[must_use = "dropping the handle keeps the listener; call detach() to remove it"]
+pub struct ListenerHandle {
+    router: std::sync::Weak<Inner>,
+    action: u64,
+    id: u64,
+}
+
+impl ListenerHandle {
+    /// Removes the listener.
+    pub fn detach(self) {
+        if let Some(inner) = self.router.upgrade() {
+            let mut listeners = write(&inner.listeners);
+            if let Some(list) = listeners.get_mut(&self.action) {
+                list.retain(|(id, _)| *id != self.id);
+                if list.is_empty() {
+                    listeners.remove(&self.action);
+                }
+            }
+        }
+    }
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    // The maps are never left half-updated, so a poisoned lock is still consistent.
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|p| p.into_inner())
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router").finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let routes = read(&self.inner.routes);
+        f.debug_struct("Router")
+            .field("methods", &routes.by_name.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Router {
+    /// An empty router.
+    pub fn new() -> Router {
+        Router::default()
+    }
+
+    /// Serves `method` with `handler`; the message types are decoded and encoded with the
+    /// connection's codec. A later registration of the same method replaces it.
+    pub fn route<I, O, F, Fut>(&self, method: &'static Method, handler: F) -> &Self
+    where
+        I: Message,
+        O: Message,
+        F: Fn(Context, I) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<O, Status>> + Send + 'static,
+    {
+        let handler = Arc::new(handler);
+        self.route_raw(
+            method.name,
+            method.action,
+            move |ctx: Context, payload: Bytes| {
+                let handler = handler.clone();
+                async move {
+                    let codec = ctx.conn().codec().clone();
+                    let input = codec.decode::<I>(&payload)?;
+                    let output = handler(ctx, input).await?;
+                    codec.encode(&output)
+                }
+            },
+        )
+    }
+
+    /// Serves a method with a handler of encoded bytes (for proxies and dynamic servers).
+    pub fn route_raw<F, Fut>(&self, name: &'static str, action: u64, handler: F) -> &Self
+    where
+        F: Fn(Context, Bytes) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Bytes, Status>> + Send + 'static,
+    {
+        let handler: Handler = Arc::new(move |ctx, payload| Box::pin(handler(ctx, payload)));
+        let mut routes = write(&self.inner.routes);
+        routes.by_action.insert(action, (name, handler));
+        routes.by_name.insert(name, action);
+        self
+    }
+
+    /// Registers every method of a service.
+    pub fn add_service(&self, service: impl Service) -> &Self {
+        service.register(self);
+        self
+    }
+
+    /// Whether `method` has a handler.
+    pub fn serves(&self, method: &Method) -> bool {
+        read(&self.inner.routes)
+            .by_action
+            .contains_key(&method.action)
+    }
+
+    /// Adds a listener for notifies of `method` (events). Several listeners may listen to the
+    /// same method; they run one after another, in the order notifies arrive.
+    pub fn listen<E, F, Fut>(&self, method: &'static Method, listener: F) -> ListenerHandle
+    where
+        E: Message,
+        F: Fn(Context, E) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let listener = Arc::new(listener);
+        let erased: Listener = Arc::new(move |ctx: Context, payload: Bytes| {
+            let listener = listener.clone();
+            Box::pin(async move {
+                match ctx.conn().codec().decode::<E>(&payload) {
+                    Ok(event) => listener(ctx, event).await,
+                    Err(status) => tracing::warn!(
+                        method = method.name,
+                        %status,
+                        "dropping an event that does not decode"
+                    ),
+                }
+            })
+        });
+        let id = self.inner.next_listener.fetch_add(1, Ordering::Relaxed);
+        write(&self.inner.routes)
+            .by_name
+            .entry(method.name)
+            .or_insert(method.action);
+        write(&self.inner.listeners)
+            .entry(method.action)
+            .or_default()
+            .push((id, erased));
+        ListenerHandle {
+            router: Arc::downgrade(&self.inner),
+            action: method.action,
+            id,
+        }
+    }
+
+    /// Adds a middleware around every handler.
+    pub fn layer(&self, middleware: impl Middleware) -> &Self {
+        write(&self.inner.middleware).push(Arc::new(middleware));
+        self
+    }
+
+    /// Finds the handler and listeners of an action; a method name (SA packets) is resolved
+    /// like its numeric action.
+    pub(crate) fn target(&self, action: &Action) -> Target {
+        let routes = read(&self.inner.routes);
+        let id = match action {
+            Action::Id(id) => Some(*id),
+            Action::Method(name) => routes.by_name.get(name.as_str()).copied(),
+        };
+        let Some(id) = id else {
+            return Target {
+                method: None,
+                handler: None,
+                listeners: Vec::new(),
+            };
+        };
+        let (method, handler) = match routes.by_action.get(&id) {
+            Some((name, handler)) => (Some(*name), Some(handler.clone())),
+            None => (None, None),
+        };
+        let listeners: Vec<Listener> = read(&self.inner.listeners)
+            .get(&id)
+            .map(|list| list.iter().map(|(_, l)| l.clone()).collect())
+            .unwrap_or_default();
+        let method = method.or_else(|| {
+            routes
+                .by_name
+                .iter()
+                .find(|(_, action)| **action == id)
+                .map(|(name, _)| *name)
+        });
+        Target {
+            method,
+            handler,
+            listeners,
+        }
+    }
+
+    fn middleware(&self) -> Vec<Arc<dyn ErasedMiddleware>> {
+        read(&self.inner.middleware).clone()
+    }
+
+    /// Runs a request through the middleware and its handler. A panic in the handler is an
+    /// `InternalServerError` for this call only.
+    pub(crate) async fn handle_request(
+        &self,
+        target: Target,
+        ctx: &Context,
+        payload: Bytes,
+    ) -> Result<Bytes, Status> {
+        let middleware = self.middleware();
+        let mut outcome = None;
+        for layer in &middleware {
+            match AssertUnwindSafe(layer.before(ctx)).catch_unwind().await {
+                Ok(Ok(Flow::Continue)) => {}
+                Ok(Ok(Flow::Respond(payload))) => {
+                    outcome = Some(Ok(payload));
+                    break;
+                }
+                Ok(Err(status)) => {
+                    outcome = Some(Err(status));
+                    break;
+                }
+                Err(_) => {
+                    outcome = Some(Err(Status::internal("middleware panicked")));
+                    break;
+                }
+            }
+        }
+        let mut outcome = match (outcome, target.handler) {
+            (Some(outcome), _) => outcome,
+            (None, Some(handler)) => {
+                match AssertUnwindSafe(handler(ctx.clone(), payload))
+                    .catch_unwind()
+                    .await
+                {
+                    Ok(outcome) => outcome,
+                    Err(panic) => {
+                        tracing::error!(
+                            method = target.method.unwrap_or("?"),
+                            panic = panic_message(&panic),
+                            "handler panicked"
+                        );
+                        Err(Status::internal("handler panicked"))
+                    }
+                }
+            }
+            (None, None) => Err(Status::not_found(format!(
+                "no handler for {}",
+                describe(ctx.action(), target.method)
+            ))),
+        };
+        for layer in middleware.iter().rev() {
+            if AssertUnwindSafe(layer.after(ctx, &mut outcome))
+                .catch_unwind()
+                .await
+                .is_err()
+            {
+                outcome = Err(Status::internal("middleware panicked"));
+            }
+        }
+        outcome
+    }
+
+    /// Runs a notify through the middleware, then its handler (result dropped) and listeners.
+    pub(crate) async fn handle_notify(&self, target: Target, ctx: &Context, payload: Bytes) {
+        if target.handler.is_none() && target.listeners.is_empty() {
+            tracing::debug!(action = %describe(ctx.action(), None), "dropping a notify nobody listens to");
+            return;
+        }
+        for layer in &self.middleware() {
+            match AssertUnwindSafe(layer.before(ctx)).catch_unwind().await {
+                Ok(Ok(Flow::Continue)) => {}
+                Ok(Ok(Flow::Respond(_))) => return,
+                Ok(Err(status)) => {
+                    tracing::debug!(%status, "middleware dropped a notify");
+                    return;
+                }
+                Err(_) => return,
+            }
+        }
+        if let Some(handler) = target.handler
+            && let Ok(Err(status)) = AssertUnwindSafe(handler(ctx.clone(), payload.clone()))
+                .catch_unwind()
+                .await
+        {
+            tracing::debug!(%status, "handler of a notify failed");
+        }
+        for listener in target.listeners {
+            if AssertUnwindSafe(listener(ctx.clone(), payload.clone()))
+                .catch_unwind()
+                .await
+                .is_err()
+            {
+                tracing::error!(method = target.method.unwrap_or("?"), "listener panicked");
+            }
+        }
+    }
+}
+
+fn describe(action: &Action, method: Option<&str>) -> String {
+    match (method, action) {
+        (Some(name), _) => name.to_owned(),
+        (None, Action::Id(id)) => format!("action {id:#x}"),
+        (None, Action::Method(name)) => name.clone(),
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("non-string panic")
+}

@@ -1,0 +1,512 @@
+//! The server: listeners for every transport, handshakes, authentication, connection
+//! bookkeeping and graceful shutdown.
+
+mod negotiate;
+pub(crate) mod ws;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::codec::{Codec, Codecs};
+use crate::conn::io::{PacketStream, PacketWriter, byte_stream};
+use crate::conn::{ConnParts, Engine, EngineConfig, Side};
+use crate::router::BoxFuture;
+use crate::wire::{ClientHandshake, DEFAULT_MAX_PACKET_SIZE, Header, ServerHandshake, Version};
+use crate::{Code, Conn, ConnSet, Router, Service, Status};
+pub(crate) use negotiate::{Agreement, Transport, negotiate};
+pub(crate) use ws::ws_config;
+
+type Authenticate = Arc<dyn Fn(Conn) -> BoxFuture<'static, Result<(), Status>> + Send + Sync>;
+type ConnHook = Arc<dyn Fn(&Conn, &Status) + Send + Sync>;
+
+/// Configures a [`Server`].
+///
+/// ```
+/// use std::time::Duration;
+/// use stmp::{Server, Status};
+///
+/// let server = Server::builder()
+///     .max_connections(10_000)
+///     .read_timeout(Duration::from_secs(30))
+///     .authenticate(|conn| async move {
+///         match conn.peer_header().get("token") {
+///             Some("secret") => Ok(()),
+///             _ => Err(Status::unauthorized("bad token")),
+///         }
+///     })
+///     .build();
+/// ```
+pub struct ServerBuilder {
+    router: Router,
+    codecs: Codecs,
+    engine: EngineConfig,
+    handshake_timeout: Duration,
+    max_connections: usize,
+    max_packet_size: usize,
+    call_timeout: Duration,
+    gzip: bool,
+    queue: usize,
+    authenticate: Option<Authenticate>,
+    on_close: Option<ConnHook>,
+}
+
+impl Default for ServerBuilder {
+    fn default() -> Self {
+        ServerBuilder {
+            router: Router::new(),
+            codecs: Codecs::default(),
+            engine: EngineConfig::default(),
+            handshake_timeout: Duration::from_secs(10),
+            max_connections: 100_000,
+            max_packet_size: DEFAULT_MAX_PACKET_SIZE,
+            call_timeout: Duration::from_secs(30),
+            gzip: true,
+            queue: 256,
+            authenticate: None,
+            on_close: None,
+        }
+    }
+}
+
+impl ServerBuilder {
+    /// Uses this router (the default is an empty one; [`Server::router`] reaches it later).
+    pub fn router(mut self, router: Router) -> Self {
+        self.router = router;
+        self
+    }
+
+    /// Serves a service (a generated `…Server`).
+    pub fn add_service(self, service: impl Service) -> Self {
+        self.router.add_service(service);
+        self
+    }
+
+    /// Accepts a content codec of your own besides protobuf, JSON and msgpack.
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.codecs.add(codec);
+        self
+    }
+
+    /// Silence after which a connection is dead (a Ping goes out after half). Default 60 s.
+    pub fn read_timeout(mut self, timeout: Duration) -> Self {
+        self.engine.read_timeout = timeout;
+        self
+    }
+
+    /// Time a client has to send its handshake. Default 10 s.
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// Connections served at once; more are refused with `TooManyRequests`. Default 100,000.
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.max_connections = max;
+        self
+    }
+
+    /// Limit of method + header + payload of one packet. Default 16 MiB.
+    pub fn max_packet_size(mut self, max: usize) -> Self {
+        self.max_packet_size = max;
+        self
+    }
+
+    /// Requests handled at once on one connection; more get `TooManyRequests`. Default 1024.
+    pub fn max_concurrent_requests(mut self, max: usize) -> Self {
+        self.engine.max_concurrent_requests = max.max(1);
+        self
+    }
+
+    /// Default deadline of server → client calls. Default 30 s.
+    pub fn call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = timeout;
+        self
+    }
+
+    /// Whether clients may ask for gzip on byte streams. Default true.
+    pub fn gzip(mut self, allowed: bool) -> Self {
+        self.gzip = allowed;
+        self
+    }
+
+    /// Checks each client at handshake. The hook sees the client's header and address through
+    /// the connection and may attach identity to it ([`Conn::insert_extension`]); an `Err` is
+    /// sent to the client in the server handshake and the connection ends.
+    pub fn authenticate<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: Fn(Conn) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), Status>> + Send + 'static,
+    {
+        self.authenticate = Some(Arc::new(move |conn| Box::pin(hook(conn))));
+        self
+    }
+
+    /// Runs when a connection has ended, with why.
+    pub fn on_close(mut self, hook: impl Fn(&Conn, &Status) + Send + Sync + 'static) -> Self {
+        self.on_close = Some(Arc::new(hook));
+        self
+    }
+
+    /// The server; it serves nothing until a `listen_*` call.
+    pub fn build(self) -> Server {
+        Server {
+            inner: Arc::new(Inner {
+                config: self,
+                conns: ConnSet::new(),
+                stop_accepting: CancellationToken::new(),
+                draining: CancellationToken::new(),
+                handlers: TaskTracker::new(),
+                connections: TaskTracker::new(),
+            }),
+        }
+    }
+}
+
+/// A server of one router over any number of listeners (TCP, TLS, WebSocket, WebSocket over
+/// TLS). Cheap to clone.
+///
+/// ```no_run
+/// # async fn run() -> std::io::Result<()> {
+/// let server = stmp::Server::builder().build();
+/// let tcp = server.listen_tcp("127.0.0.1:5001").await?;
+/// let ws = server.listen_ws("127.0.0.1:5002", "/stmp").await?;
+/// println!("serving on tcp://{tcp} and ws://{ws}/stmp");
+/// server.closed().await;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Server {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: ServerBuilder,
+    conns: ConnSet,
+    stop_accepting: CancellationToken,
+    draining: CancellationToken,
+    handlers: TaskTracker,
+    connections: TaskTracker,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("connections", &self.inner.conns.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// A builder.
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder::default()
+    }
+
+    /// The router: add handlers and listeners at any time.
+    pub fn router(&self) -> &Router {
+        &self.inner.config.router
+    }
+
+    /// Every live connection.
+    pub fn conns(&self) -> &ConnSet {
+        &self.inner.conns
+    }
+
+    /// Listens for plain TCP; returns the bound address (use port 0 to let the OS pick).
+    pub async fn listen_tcp(&self, addr: impl ToSocketAddrs) -> std::io::Result<SocketAddr> {
+        self.listen(addr, |server, stream, remote| async move {
+            let (reader, writer) = stream.into_split();
+            server.serve_stream(reader, writer, remote).await;
+        })
+        .await
+    }
+
+    /// Listens for TLS over TCP.
+    pub async fn listen_tls(
+        &self,
+        addr: impl ToSocketAddrs,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> std::io::Result<SocketAddr> {
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        self.listen(addr, move |server, stream, remote| {
+            let acceptor = acceptor.clone();
+            async move {
+                let timeout = server.inner.config.handshake_timeout;
+                match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        let (reader, writer) = tokio::io::split(tls);
+                        server.serve_stream(reader, writer, remote).await;
+                    }
+                    Ok(Err(error)) => tracing::debug!(%remote, %error, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
+                }
+            }
+        })
+        .await
+    }
+
+    /// Listens for WebSocket upgrades on `path` (other paths get 404).
+    pub async fn listen_ws(
+        &self,
+        addr: impl ToSocketAddrs,
+        path: &str,
+    ) -> std::io::Result<SocketAddr> {
+        let path: Arc<str> = Arc::from(path);
+        self.listen(addr, move |server, stream, remote| {
+            let path = path.clone();
+            async move { server.serve_websocket(stream, remote, &path).await }
+        })
+        .await
+    }
+
+    /// Listens for WebSocket over TLS on `path`.
+    pub async fn listen_wss(
+        &self,
+        addr: impl ToSocketAddrs,
+        path: &str,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> std::io::Result<SocketAddr> {
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        let path: Arc<str> = Arc::from(path);
+        self.listen(addr, move |server, stream, remote| {
+            let acceptor = acceptor.clone();
+            let path = path.clone();
+            async move {
+                let timeout = server.inner.config.handshake_timeout;
+                match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => server.serve_websocket(tls, remote, &path).await,
+                    Ok(Err(error)) => tracing::debug!(%remote, %error, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
+                }
+            }
+        })
+        .await
+    }
+
+    /// Binds `addr` and accepts until shutdown, handing each socket to `serve`.
+    async fn listen<F, Fut>(
+        &self,
+        addr: impl ToSocketAddrs,
+        serve: F,
+    ) -> std::io::Result<SocketAddr>
+    where
+        F: Fn(Server, TcpStream, SocketAddr) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let listener = TcpListener::bind(addr).await?;
+        let local = listener.local_addr()?;
+        let server = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    _ = server.inner.stop_accepting.cancelled() => break,
+                    accepted = listener.accept() => accepted,
+                };
+                match accepted {
+                    Ok((stream, remote)) => {
+                        let _ = stream.set_nodelay(true);
+                        server
+                            .inner
+                            .connections
+                            .spawn(serve(server.clone(), stream, remote));
+                    }
+                    Err(error) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+            tracing::debug!(%local, "listener stopped");
+        });
+        tracing::info!(%local, "listening");
+        Ok(local)
+    }
+
+    /// Runs the handshake on a byte stream, then the connection.
+    pub(crate) async fn serve_stream<R, W>(&self, mut reader: R, mut writer: W, remote: SocketAddr)
+    where
+        R: AsyncRead + Send + Unpin + 'static,
+        W: AsyncWrite + Send + Unpin + 'static,
+    {
+        let config = &self.inner.config;
+        let mut buffer = BytesMut::with_capacity(512);
+        let hello = tokio::time::timeout(
+            config.handshake_timeout,
+            read_client_handshake(&mut reader, &mut buffer, config.max_packet_size),
+        )
+        .await;
+        let hello = match hello {
+            Ok(Ok(hello)) => hello,
+            Ok(Err(status)) => {
+                tracing::debug!(%remote, %status, "bad client handshake");
+                if status.code() != Code::NetworkError {
+                    refuse(&mut writer, &status).await;
+                }
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%remote, "client handshake timed out");
+                return;
+            }
+        };
+        let transport = Transport::Stream {
+            gzip_allowed: config.gzip,
+        };
+        let agreement = match self.admit(hello.version, &hello.header, transport) {
+            Ok(agreement) => agreement,
+            Err(status) => return refuse(&mut writer, &status).await,
+        };
+        let (conn, outbox) = self.new_conn(Some(remote), hello.header, agreement.codec.clone());
+        if let Err(status) = self.authenticate(&conn).await {
+            return refuse(&mut writer, &status).await;
+        }
+        let mut out = BytesMut::new();
+        ServerHandshake::ok(agreement.header).encode(&mut out);
+        if writer.write_all(&out).await.is_err() || writer.flush().await.is_err() {
+            return;
+        }
+        let (packets, packet_writer) = byte_stream(
+            reader,
+            writer,
+            buffer,
+            config.max_packet_size,
+            agreement.gzip,
+        );
+        self.run(conn, outbox, packets, packet_writer).await;
+    }
+
+    /// Version, codec and limits; then the connection count.
+    pub(crate) fn admit(
+        &self,
+        version: Version,
+        header: &Header,
+        transport: Transport,
+    ) -> Result<Agreement, Status> {
+        if self.inner.stop_accepting.is_cancelled() {
+            return Err(Status::server_shutdown("the server is shutting down"));
+        }
+        if self.inner.conns.len() >= self.inner.config.max_connections {
+            return Err(Status::too_many_requests("the server is full"));
+        }
+        negotiate(version, header, &self.inner.config.codecs, transport)
+    }
+
+    pub(crate) fn new_conn(
+        &self,
+        remote: Option<SocketAddr>,
+        peer_header: Header,
+        codec: Codec,
+    ) -> (Conn, tokio::sync::mpsc::Receiver<crate::wire::Packet>) {
+        let config = &self.inner.config;
+        Conn::new(ConnParts {
+            side: Side::Server,
+            remote_addr: remote,
+            peer_header,
+            codec,
+            default_timeout: config.call_timeout,
+            queue: config.queue,
+        })
+    }
+
+    pub(crate) async fn authenticate(&self, conn: &Conn) -> Result<(), Status> {
+        match &self.inner.config.authenticate {
+            Some(hook) => hook(conn.clone()).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Runs an admitted connection until it ends.
+    pub(crate) async fn run(
+        &self,
+        conn: Conn,
+        outbox: tokio::sync::mpsc::Receiver<crate::wire::Packet>,
+        reader: PacketStream,
+        writer: PacketWriter,
+    ) {
+        let config = &self.inner.config;
+        self.inner.conns.insert(conn.clone());
+        tracing::debug!(conn = conn.id(), remote = ?conn.remote_addr(), codec = ?conn.codec(), "connection open");
+        Engine {
+            conn: conn.clone(),
+            outbox,
+            reader,
+            writer,
+            router: config.router.clone(),
+            config: config.engine.clone(),
+            tasks: self.inner.handlers.clone(),
+            draining: self.inner.draining.clone(),
+        }
+        .run()
+        .await;
+        self.inner.conns.remove(&conn);
+        if let Some(hook) = &config.on_close {
+            let status = conn
+                .close_status()
+                .unwrap_or_else(|| Status::network_error("closed"));
+            hook(&conn, &status);
+        }
+    }
+
+    /// Shuts down gracefully: stops accepting, answers new requests with `ServerShutdown`,
+    /// lets in-flight handlers finish for up to `deadline`, then closes every connection with
+    /// `ServerShutdown` and waits for them to end.
+    pub async fn shutdown(&self, deadline: Duration) {
+        tracing::info!(connections = self.inner.conns.len(), "shutting down");
+        self.inner.stop_accepting.cancel();
+        self.inner.draining.cancel();
+        self.inner.handlers.close();
+        if tokio::time::timeout(deadline, self.inner.handlers.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("handlers still running at the shutdown deadline");
+        }
+        for conn in self.inner.conns.to_vec() {
+            conn.close(Code::ServerShutdown, "the server is shutting down");
+        }
+        self.inner.connections.close();
+        let grace = self.inner.config.engine.close_grace * 2 + Duration::from_millis(100);
+        let _ = tokio::time::timeout(grace, self.inner.connections.wait()).await;
+    }
+
+    /// Waits until [`shutdown`](Server::shutdown) has begun.
+    pub async fn closed(&self) {
+        self.inner.stop_accepting.cancelled().await;
+    }
+}
+
+/// Reads the client's handshake, keeping any bytes after it in `buffer`.
+async fn read_client_handshake<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buffer: &mut BytesMut,
+    limit: usize,
+) -> Result<ClientHandshake, Status> {
+    loop {
+        if let Some(hello) = ClientHandshake::decode(buffer, limit)? {
+            return Ok(hello);
+        }
+        if reader.read_buf(buffer).await? == 0 {
+            return Err(Status::network_error(
+                "connection closed during the handshake",
+            ));
+        }
+    }
+}
+
+/// Sends a refusal handshake and ends the connection.
+async fn refuse<W: AsyncWrite + Unpin>(writer: &mut W, status: &Status) {
+    tracing::debug!(%status, "refusing a connection");
+    let mut out = BytesMut::new();
+    ServerHandshake::refuse(status).encode(&mut out);
+    let _ = writer.write_all(&out).await;
+    let _ = writer.shutdown().await;
+}

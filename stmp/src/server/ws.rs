@@ -1,0 +1,145 @@
+//! WebSocket: the client's handshake rides on the upgrade request's query (and headers); the
+//! server answers with its handshake as the first message.
+
+use std::net::SocketAddr;
+
+use bytes::BytesMut;
+use futures_util::SinkExt;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::StatusCode;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use super::{Server, Transport};
+use crate::Status;
+use crate::conn::PacketFormat;
+use crate::conn::io::websocket;
+use crate::wire::{Header, ServerHandshake, Version};
+
+/// Header keys of the upgrade request that are part of the stmp handshake (HTTP headers are
+/// case-insensitive, stmp headers are not: these are mapped to their stmp spelling).
+const HTTP_KEYS: [&str; 4] = ["Accept", "Accept-Encoding", "Packet-Format", "Stmp-Version"];
+
+pub(crate) fn ws_config(max_packet_size: usize) -> WebSocketConfig {
+    // Small buffers keep idle connections cheap; the limits keep a message within a packet.
+    WebSocketConfig::default()
+        .read_buffer_size(16 << 10)
+        .write_buffer_size(0)
+        .max_message_size(Some(max_packet_size + 64))
+        .max_frame_size(Some(max_packet_size + 64))
+}
+
+/// The stmp handshake of a WebSocket upgrade: query parameters, then the known HTTP headers.
+pub(crate) fn handshake_from_request(request: &Request) -> Header {
+    let mut header = Header::new();
+    if let Some(query) = request.uri().query() {
+        header.extend(form_urlencoded::parse(query.as_bytes()).into_owned());
+    }
+    for key in HTTP_KEYS {
+        if !header.contains_key(key)
+            && let Some(value) = request.headers().get(key).and_then(|v| v.to_str().ok())
+        {
+            header.append(key, value);
+        }
+    }
+    header
+}
+
+fn version_of(header: &Header) -> Result<Version, Status> {
+    match header.get("Stmp-Version") {
+        None => Ok(Version::V1_0),
+        Some(text) => {
+            let (major, minor) = text.split_once('.').unwrap_or((text, "0"));
+            match (major.parse::<u8>(), minor.parse::<u8>()) {
+                (Ok(major), Ok(minor)) if major < 16 && minor < 16 => Ok(Version { major, minor }),
+                _ => Err(Status::bad_request(format!("bad Stmp-Version: {text}"))),
+            }
+        }
+    }
+}
+
+impl Server {
+    pub(crate) async fn serve_websocket<S>(&self, stream: S, remote: SocketAddr, path: &str)
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let config = &self.inner.config;
+        let mut header = None;
+        let callback = |request: &Request, response: Response| -> Result<Response, ErrorResponse> {
+            if request.uri().path() != path {
+                let mut refusal = ErrorResponse::new(Some(format!(
+                    "no stmp endpoint at {}",
+                    request.uri().path()
+                )));
+                *refusal.status_mut() = StatusCode::NOT_FOUND;
+                return Err(refusal);
+            }
+            header = Some(handshake_from_request(request));
+            Ok(response)
+        };
+        let upgrade = tokio_tungstenite::accept_hdr_async_with_config(
+            stream,
+            callback,
+            Some(ws_config(config.max_packet_size)),
+        );
+        let mut socket = match tokio::time::timeout(config.handshake_timeout, upgrade).await {
+            Ok(Ok(socket)) => socket,
+            Ok(Err(error)) => return tracing::debug!(%remote, %error, "websocket upgrade failed"),
+            Err(_) => return tracing::debug!(%remote, "websocket upgrade timed out"),
+        };
+        let header = header.unwrap_or_default();
+        let admitted = version_of(&header)
+            .and_then(|version| self.admit(version, &header, Transport::WebSocket));
+        // A refusal can only be sent in the format the client asked for if we know it.
+        let text = header
+            .get("Packet-Format")
+            .or_else(|| header.get("Accept-Packet-Format"))
+            .is_some_and(|f| f.eq_ignore_ascii_case("text"));
+        let agreement = match admitted {
+            Ok(agreement) => agreement,
+            Err(status) => {
+                let _ = socket
+                    .send(handshake_message(&ServerHandshake::refuse(&status), text))
+                    .await;
+                let _ = socket.close(None).await;
+                return;
+            }
+        };
+        let (conn, outbox) = self.new_conn(Some(remote), header, agreement.codec.clone());
+        if let Err(status) = self.authenticate(&conn).await {
+            let _ = socket
+                .send(handshake_message(&ServerHandshake::refuse(&status), text))
+                .await;
+            let _ = socket.close(None).await;
+            return;
+        }
+        let format = agreement.format;
+        let hello = ServerHandshake::ok(agreement.header);
+        if socket
+            .send(handshake_message(&hello, format == PacketFormat::Text))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let (packets, writer) = websocket(socket, format, config.max_packet_size);
+        self.run(conn, outbox, packets, writer).await;
+    }
+}
+
+/// The server handshake as a WebSocket message: binary form in a binary message, text form
+/// in a text message.
+pub(crate) fn handshake_message(handshake: &ServerHandshake, text: bool) -> WsMessage {
+    let mut out = BytesMut::new();
+    if text {
+        handshake.encode_text(&mut out);
+        match String::from_utf8(out.to_vec()) {
+            Ok(text) => WsMessage::text(text),
+            Err(_) => WsMessage::Binary(out.freeze()),
+        }
+    } else {
+        handshake.encode(&mut out);
+        WsMessage::Binary(out.freeze())
+    }
+}
