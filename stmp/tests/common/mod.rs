@@ -1,0 +1,142 @@
+//! Shared pieces of the runtime tests: messages, methods, a server with every listener.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use stmp::{Context, Method, Server, Status};
+
+#[derive(Clone, PartialEq, prost::Message, serde::Serialize, serde::Deserialize)]
+pub struct Echo {
+    #[prost(string, tag = "1")]
+    pub text: String,
+    #[prost(uint64, tag = "2")]
+    pub delay_ms: u64,
+}
+
+#[derive(Clone, PartialEq, prost::Message, serde::Serialize, serde::Deserialize)]
+pub struct JoinRoomInput {
+    #[prost(string, tag = "1")]
+    pub name: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message, serde::Serialize, serde::Deserialize)]
+pub struct RoomModel {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(string, repeated, tag = "2")]
+    pub users: Vec<String>,
+}
+
+#[derive(Clone, PartialEq, prost::Message, serde::Serialize, serde::Deserialize)]
+pub struct UserJoinEvent {
+    #[prost(string, tag = "1")]
+    pub user: String,
+}
+
+pub const ECHO: Method = Method::new("test.Echo.Echo", "test.Echo", "test.Echo");
+pub const FAIL: Method = Method::new("test.Echo.Fail", "test.Echo", "test.Echo");
+pub const PANIC: Method = Method::new("test.Echo.Panic", "test.Echo", "test.Echo");
+pub const MISSING: Method = Method::new("test.Echo.Missing", "test.Echo", "test.Echo");
+pub const TICK: Method = Method::new("test.Events.Tick", "test.Echo", "test.Echo");
+pub const JOIN_ROOM: Method = Method::new(
+    "stmp.examples.quick_start.RoomService.JoinRoom",
+    "stmp.examples.quick_start.JoinRoomInput",
+    "stmp.examples.quick_start.RoomModel",
+);
+pub const USER_JOIN: Method = Method::new(
+    "stmp.examples.quick_start.RoomEvents.UserJoin",
+    "stmp.examples.quick_start.UserJoinEvent",
+    "google.protobuf.Empty",
+);
+
+/// Bounds every await of a test.
+pub const LIMIT: Duration = Duration::from_secs(10);
+
+pub async fn within<T>(future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(LIMIT, future)
+        .await
+        .expect("test step timed out")
+}
+
+/// Registers the test methods: echo (after `delay_ms`), fail, panic, and JoinRoom as in the
+/// Go quick start (the users are the caller's address).
+pub fn register(router: &stmp::Router) {
+    router.route(&ECHO, |_ctx: Context, input: Echo| async move {
+        if input.delay_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(input.delay_ms)).await;
+        }
+        Ok::<_, Status>(input)
+    });
+    router.route(&FAIL, |_ctx: Context, input: Echo| async move {
+        Err::<Echo, _>(Status::bad_request(format!("refused: {}", input.text)))
+    });
+    router.route(&PANIC, |_ctx: Context, _input: Echo| async move {
+        if true {
+            panic!("handler bug");
+        }
+        Ok::<Echo, Status>(Echo::default())
+    });
+    router.route(&JOIN_ROOM, |ctx: Context, input: JoinRoomInput| async move {
+        let user = ctx.conn().remote_addr().map(|a| a.to_string()).unwrap_or_default();
+        Ok::<_, Status>(RoomModel {
+            name: input.name,
+            users: vec![user],
+        })
+    });
+}
+
+/// A self-signed certificate for `localhost`: (cert PEM, key PEM).
+pub fn self_signed() -> (String, String) {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
+    (cert.cert.pem(), cert.signing_key.serialize_pem())
+}
+
+/// The addresses of a server listening on every transport.
+pub struct Addrs {
+    pub tcp: SocketAddr,
+    pub tls: SocketAddr,
+    pub ws: SocketAddr,
+    pub wss: SocketAddr,
+    pub cert_pem: String,
+}
+
+impl Addrs {
+    pub fn url(&self, scheme: &str) -> String {
+        match scheme {
+            "tcp" => format!("tcp://{}", self.tcp),
+            "tls" => format!("tls://localhost:{}", self.tls.port()),
+            "ws" => format!("ws://{}/stmp", self.ws),
+            "wss" => format!("wss://localhost:{}/stmp", self.wss.port()),
+            other => panic!("no scheme {other}"),
+        }
+    }
+
+    pub fn client(&self) -> stmp::ClientBuilder {
+        stmp::Client::builder().tls(stmp::tls::client_config(self.cert_pem.as_bytes()).unwrap())
+    }
+}
+
+/// Starts `server` on every transport, with the test methods registered.
+pub async fn serve_all(server: &Server) -> Addrs {
+    register(server.router());
+    let (cert_pem, key_pem) = self_signed();
+    let tls = stmp::tls::server_config(cert_pem.as_bytes(), key_pem.as_bytes()).unwrap();
+    Addrs {
+        tcp: server.listen_tcp("127.0.0.1:0").await.unwrap(),
+        tls: server.listen_tls("127.0.0.1:0", tls.clone()).await.unwrap(),
+        ws: server.listen_ws("127.0.0.1:0", "/stmp").await.unwrap(),
+        wss: server.listen_wss("127.0.0.1:0", "/stmp", tls).await.unwrap(),
+        cert_pem,
+    }
+}
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+pub type Shared<T> = Arc<std::sync::Mutex<T>>;

@@ -1,0 +1,124 @@
+//! Round trips over every transport, with every codec, and gzip on byte streams.
+
+mod common;
+
+use common::*;
+use stmp::{Code, Codec, PacketFormat, Server};
+
+async fn round_trip(client: stmp::Client, expected_codec: &Codec) {
+    let conn = client.conn().expect("connected");
+    assert_eq!(conn.codec(), expected_codec);
+    let input = Echo {
+        text: "héllo; with: special\ncharacters%".into(),
+        delay_ms: 0,
+    };
+    let output: Echo = within(client.call(&ECHO, &input)).await.unwrap();
+    assert_eq!(output, input);
+    let error = within(client.call::<_, Echo>(&FAIL, &input)).await.unwrap_err();
+    assert_eq!(error.code(), Code::BadRequest);
+    assert_eq!(error.message(), format!("refused: {}", input.text));
+    let room: RoomModel = within(client.call(&JOIN_ROOM, &JoinRoomInput { name: "lobby".into() }))
+        .await
+        .unwrap();
+    assert_eq!(room.name, "lobby");
+    assert_eq!(room.users.len(), 1);
+    within(client.close()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_transport_with_every_codec() {
+    init_tracing();
+    let server = Server::builder().build();
+    let addrs = serve_all(&server).await;
+    for scheme in ["tcp", "tls", "ws", "wss"] {
+        for codec in [Codec::PROTOBUF, Codec::JSON, Codec::MSGPACK] {
+            let client = within(addrs.client().codec(codec.clone()).connect(&addrs.url(scheme)))
+                .await
+                .unwrap_or_else(|e| panic!("{scheme} {codec:?}: {e}"));
+            round_trip(client, &codec).await;
+        }
+    }
+    within(server.shutdown(std::time::Duration::from_secs(1))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_text_format() {
+    let server = Server::builder().build();
+    let addrs = serve_all(&server).await;
+    for scheme in ["ws", "wss"] {
+        let client = within(
+            addrs
+                .client()
+                .packet_format(PacketFormat::Text)
+                .connect(&addrs.url(scheme)),
+        )
+        .await
+        .unwrap();
+        let conn = client.conn().unwrap();
+        assert_eq!(conn.peer_header().get("Packet-Format"), Some("text"));
+        round_trip(client, &Codec::JSON).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gzip_on_byte_streams() {
+    let server = Server::builder().build();
+    let addrs = serve_all(&server).await;
+    for scheme in ["tcp", "tls"] {
+        let client = within(addrs.client().gzip(true).connect(&addrs.url(scheme)))
+            .await
+            .unwrap();
+        let conn = client.conn().unwrap();
+        assert_eq!(conn.peer_header().get("Content-Encoding"), Some("gzip"));
+        // A large, compressible payload and many small ones: each must arrive at once,
+        // which needs a sync flush per write.
+        let big = Echo {
+            text: "stmp ".repeat(50_000),
+            delay_ms: 0,
+        };
+        let back: Echo = within(client.call(&ECHO, &big)).await.unwrap();
+        assert_eq!(back, big);
+        round_trip(client, &Codec::PROTOBUF).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gzip_refused_by_server_falls_back_to_plain() {
+    let server = Server::builder().gzip(false).build();
+    let addrs = serve_all(&server).await;
+    let client = within(addrs.client().gzip(true).connect(&addrs.url("tcp")))
+        .await
+        .unwrap();
+    assert_eq!(client.conn().unwrap().peer_header().get("Content-Encoding"), None);
+    round_trip(client, &Codec::PROTOBUF).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tls_is_a_clear_error() {
+    let server = Server::builder().build();
+    let addrs = serve_all(&server).await;
+    let (other_cert, _) = self_signed();
+    let tls_url = addrs.url("tls");
+    let wrong_ca = stmp::Client::builder()
+        .tls(stmp::tls::client_config(other_cert.as_bytes()).unwrap())
+        .connect(&tls_url);
+    let error = within(wrong_ca).await.unwrap_err();
+    assert_eq!(error.code(), Code::BadRequest, "{error}");
+    assert!(error.message().contains("certificate"), "{error}");
+    let wrong_name = addrs
+        .client()
+        .server_name("example.com")
+        .connect(&tls_url);
+    let error = within(wrong_name).await.unwrap_err();
+    assert_eq!(error.code(), Code::BadRequest, "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_wrong_path_is_not_found() {
+    let server = Server::builder().build();
+    let addrs = serve_all(&server).await;
+    let error = within(stmp::Client::connect(&format!("ws://{}/elsewhere", addrs.ws)))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::NotFound, "{error}");
+}
