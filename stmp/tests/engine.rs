@@ -1,0 +1,323 @@
+//! The connection engine: concurrency, id wrap, errors, limits and the heartbeat.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use stmp::{Client, Code, Context, Method, Server, Status};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const BLOCK: Method = Method::new("test.Echo.Block", "test.Echo", "test.Echo");
+
+async fn tcp_server(builder: stmp::ServerBuilder) -> (Server, String) {
+    let server = builder.build();
+    register(server.router());
+    let addr = server.listen_tcp("127.0.0.1:0").await.unwrap();
+    (server, format!("tcp://{addr}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_concurrent_calls_on_one_connection() {
+    let (_server, url) = tcp_server(Server::builder().max_concurrent_requests(10_000)).await;
+    let client = within(Client::connect(&url)).await.unwrap();
+    let calls = (0..10_000).map(|i| {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let input = Echo {
+                text: i.to_string(),
+                delay_ms: 0,
+            };
+            let output: Echo = client.call(&ECHO, &input).await?;
+            Ok::<_, Status>((i, output))
+        })
+    });
+    let results = within(futures_util::future::join_all(calls)).await;
+    assert_eq!(results.len(), 10_000);
+    for result in results {
+        let (i, output) = result.unwrap().unwrap();
+        assert_eq!(output.text, i.to_string());
+    }
+    assert_eq!(client.conn().unwrap().pending_calls(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_calls_than_message_ids_in_sequence() {
+    let (_server, url) = tcp_server(Server::builder()).await;
+    let client = within(Client::connect(&url)).await.unwrap();
+    let conn = client.conn().unwrap();
+    let calls = async {
+        for i in 0..70_000u32 {
+            let output: Echo = conn
+                .call(
+                    &ECHO,
+                    &Echo {
+                        text: i.to_string(),
+                        delay_ms: 0,
+                    },
+                )
+                .await
+                .unwrap();
+            assert_eq!(output.text, i.to_string());
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(120), calls)
+        .await
+        .expect("70,000 calls in time");
+    assert!(!conn.is_closed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_handler_does_not_delay_a_fast_one() {
+    let (server, url) = tcp_server(Server::builder()).await;
+    let release = Arc::new(tokio::sync::Notify::new());
+    let gate = release.clone();
+    server
+        .router()
+        .route(&BLOCK, move |_ctx: Context, input: Echo| {
+            let gate = gate.clone();
+            async move {
+                gate.notified().await;
+                Ok::<_, Status>(input)
+            }
+        });
+    let client = within(Client::connect(&url)).await.unwrap();
+    let slow = tokio::spawn({
+        let client = client.clone();
+        async move {
+            client
+                .call::<_, Echo>(
+                    &BLOCK,
+                    &Echo {
+                        text: "slow".into(),
+                        delay_ms: 0,
+                    },
+                )
+                .await
+        }
+    });
+    for _ in 0..10 {
+        let fast: Echo = within(client.call(
+            &ECHO,
+            &Echo {
+                text: "fast".into(),
+                delay_ms: 0,
+            },
+        ))
+        .await
+        .unwrap();
+        assert_eq!(fast.text, "fast");
+    }
+    assert!(!slow.is_finished());
+    release.notify_one();
+    assert_eq!(within(slow).await.unwrap().unwrap().text, "slow");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_reach_the_caller_and_panics_stay_in_their_call() {
+    let (_server, url) = tcp_server(Server::builder()).await;
+    let client = within(Client::connect(&url)).await.unwrap();
+    let input = Echo {
+        text: "x".into(),
+        delay_ms: 0,
+    };
+
+    let missing = within(client.call::<_, Echo>(&MISSING, &input))
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+    assert!(
+        missing.message().contains("test.Echo.Missing") || missing.message().contains("0x"),
+        "{missing}"
+    );
+
+    let failed = within(client.call::<_, Echo>(&FAIL, &input))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (failed.code(), failed.message()),
+        (Code::BadRequest, "refused: x")
+    );
+
+    let conn = client.conn().unwrap();
+    let panicked = within(client.call::<_, Echo>(&PANIC, &input))
+        .await
+        .unwrap_err();
+    assert_eq!(panicked.code(), Code::InternalServerError);
+    let after: Echo = within(client.call(&ECHO, &input)).await.unwrap();
+    assert_eq!(after, input);
+    assert!(
+        client.conn().unwrap() == conn,
+        "the panic must not cost the connection"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadlines_and_dropped_calls_forget_their_ids() {
+    let (server, url) = tcp_server(Server::builder()).await;
+    let release = Arc::new(tokio::sync::Notify::new());
+    let gate = release.clone();
+    server
+        .router()
+        .route(&BLOCK, move |_ctx: Context, input: Echo| {
+            let gate = gate.clone();
+            async move {
+                gate.notified().await;
+                Ok::<_, Status>(input)
+            }
+        });
+    let client = within(Client::connect(&url)).await.unwrap();
+    let conn = client.conn().unwrap();
+    let options = stmp::CallOptions::new().timeout(Duration::from_millis(50));
+    let timed_out = within(conn.call_with::<_, Echo>(&BLOCK, &Echo::default(), options))
+        .await
+        .unwrap_err();
+    assert_eq!(timed_out.code(), Code::RequestTimeout);
+    assert_eq!(conn.pending_calls(), 0);
+    // A dropped call future forgets its id too.
+    let dropped = tokio::time::timeout(
+        Duration::from_millis(10),
+        conn.call::<_, Echo>(&BLOCK, &Echo::default()),
+    )
+    .await;
+    assert!(dropped.is_err());
+    assert_eq!(conn.pending_calls(), 0);
+    // The late responses are ignored; the connection goes on.
+    release.notify_waiters();
+    let ok: Echo = within(conn.call(&ECHO, &Echo::default())).await.unwrap();
+    assert_eq!(ok, Echo::default());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_requests_beyond_the_concurrency_limit() {
+    let (server, url) = tcp_server(Server::builder().max_concurrent_requests(1)).await;
+    let release = Arc::new(tokio::sync::Notify::new());
+    let gate = release.clone();
+    let (entered_tx, mut entered) = tokio::sync::mpsc::channel(1);
+    server
+        .router()
+        .route(&BLOCK, move |_ctx: Context, input: Echo| {
+            let gate = gate.clone();
+            let entered_tx = entered_tx.clone();
+            async move {
+                entered_tx.send(()).await.unwrap();
+                gate.notified().await;
+                Ok::<_, Status>(input)
+            }
+        });
+    let client = within(Client::connect(&url)).await.unwrap();
+    let blocked = tokio::spawn({
+        let client = client.clone();
+        async move { client.call::<_, Echo>(&BLOCK, &Echo::default()).await }
+    });
+    within(entered.recv()).await.unwrap();
+    let refused = within(client.call::<_, Echo>(&ECHO, &Echo::default()))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::TooManyRequests);
+    release.notify_one();
+    within(blocked).await.unwrap().unwrap();
+    let ok: Echo = within(client.call(&ECHO, &Echo::default())).await.unwrap();
+    assert_eq!(ok, Echo::default());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_packet_closes_with_request_entity_too_large() {
+    let (server, url) = tcp_server(Server::builder().max_packet_size(1024)).await;
+    let client = within(Client::builder().no_reconnect().connect(&url))
+        .await
+        .unwrap();
+    let conn = client.conn().unwrap();
+    let big = Echo {
+        text: "x".repeat(2048),
+        delay_ms: 0,
+    };
+    let error = within(client.call::<_, Echo>(&ECHO, &big))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::NetworkError);
+    let closed = within(conn.closed()).await;
+    assert_eq!(closed.code(), Code::RequestEntityTooLarge, "{closed}");
+    assert!(closed.message().contains("1024"), "{closed}");
+    // Others are not disturbed.
+    let other = within(Client::connect(&url)).await.unwrap();
+    let ok: Echo = within(other.call(&ECHO, &Echo::default())).await.unwrap();
+    assert_eq!(ok, Echo::default());
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_peer_is_pinged_then_closed() {
+    let (_server, url) =
+        tcp_server(Server::builder().read_timeout(Duration::from_millis(400))).await;
+    let addr = url.trim_start_matches("tcp://");
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut hello = bytes::BytesMut::new();
+    stmp::wire::ClientHandshake::new(Default::default()).encode(&mut hello);
+    socket.write_all(&hello).await.unwrap();
+    let started = tokio::time::Instant::now();
+    let mut received = Vec::new();
+    within(socket.read_to_end(&mut received)).await.unwrap();
+    let elapsed = started.elapsed();
+    // Server handshake, then a Ping after half the timeout, then Close(NetworkError).
+    let mut buffer = bytes::BytesMut::from(&received[..]);
+    stmp::wire::ServerHandshake::decode(&mut buffer, 1024)
+        .unwrap()
+        .unwrap();
+    let mut codec = stmp::wire::PacketCodec::new();
+    let mut packets = Vec::new();
+    while let Some(packet) = tokio_util::codec::Decoder::decode(&mut codec, &mut buffer).unwrap() {
+        packets.push(packet);
+    }
+    assert_eq!(
+        packets.first(),
+        Some(&stmp::wire::Packet::Ping),
+        "{packets:?}"
+    );
+    let Some(stmp::wire::Packet::Close(close)) = packets.last() else {
+        panic!("{packets:?}")
+    };
+    assert_eq!(close.status, Code::NetworkError);
+    assert!(elapsed >= Duration::from_millis(400), "{elapsed:?}");
+    assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_healthy_connection_stays_up() {
+    let timeout = Duration::from_millis(300);
+    let (_server, url) = tcp_server(Server::builder().read_timeout(timeout)).await;
+    let client = within(Client::builder().read_timeout(timeout).connect(&url))
+        .await
+        .unwrap();
+    let conn = client.conn().unwrap();
+    // Idle for several timeouts: only the heartbeat crosses the wire.
+    tokio::time::sleep(timeout * 4).await;
+    assert!(!conn.is_closed(), "closed: {:?}", conn.close_status());
+    let ok: Echo = within(conn.call(&ECHO, &Echo::default())).await.unwrap();
+    assert_eq!(ok, Echo::default());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_string_action_is_routed_like_its_number() {
+    let (_server, url) = tcp_server(Server::builder()).await;
+    let client = within(Client::connect(&url)).await.unwrap();
+    let conn = client.conn().unwrap();
+    let payload = conn
+        .codec()
+        .encode(&Echo {
+            text: "by name".into(),
+            delay_ms: 0,
+        })
+        .unwrap();
+    let response = within(conn.request_raw(
+        stmp::wire::Action::Method(ECHO.name.to_owned()),
+        Default::default(),
+        payload,
+        None,
+    ))
+    .await
+    .unwrap();
+    let echo: Echo = conn.codec().decode(&response.payload).unwrap();
+    assert_eq!(echo.text, "by name");
+}
