@@ -3,6 +3,7 @@
 mod dial;
 mod endpoint;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -221,22 +222,29 @@ impl ClientBuilder {
     /// Connects to `url` (`tcp://host:port`, `tls://host:port`, `ws://host:port/path`,
     /// `wss://host:port/path`). The first connection must succeed; after that the client
     /// reconnects by itself.
-    pub async fn connect(self, url: &str) -> Result<Client, Status> {
-        let endpoint = Endpoint::parse(url)?;
-        let first = dial::dial(&endpoint, &self).await?;
-        let (state, _) = watch::channel(State::Connecting);
-        let inner = Arc::new(Inner {
-            router: self.router.clone(),
-            state,
-            stop: CancellationToken::new(),
-            call_timeout: self.call_timeout,
-            fail_fast: self.fail_fast,
-        });
-        inner
-            .state
-            .send_replace(State::Connected(first.conn.clone()));
-        tokio::spawn(supervise(inner.clone(), self, endpoint, first));
-        Ok(Client { inner })
+    pub fn connect(
+        self,
+        url: &str,
+    ) -> impl Future<Output = Result<Client, Status>> + Send + 'static {
+        // Parsed before the future, so the future does not borrow `url`.
+        let endpoint = Endpoint::parse(url);
+        async move {
+            let endpoint = endpoint?;
+            let first = dial::dial(&endpoint, &self).await?;
+            let (state, _) = watch::channel(State::Connecting);
+            let inner = Arc::new(Inner {
+                router: self.router.clone(),
+                state,
+                stop: CancellationToken::new(),
+                call_timeout: self.call_timeout,
+                fail_fast: self.fail_fast,
+            });
+            inner
+                .state
+                .send_replace(State::Connected(first.conn.clone()));
+            tokio::spawn(supervise(inner.clone(), self, endpoint, first));
+            Ok(Client { inner })
+        }
     }
 }
 
@@ -359,8 +367,8 @@ async fn supervise(inner: Arc<Inner>, config: ClientBuilder, endpoint: Endpoint,
 
 impl Client {
     /// A client with default options.
-    pub async fn connect(url: &str) -> Result<Client, Status> {
-        Client::builder().connect(url).await
+    pub fn connect(url: &str) -> impl Future<Output = Result<Client, Status>> + Send + 'static {
+        Client::builder().connect(url)
     }
 
     /// A builder.

@@ -461,8 +461,9 @@ impl Server {
     /// `ServerShutdown` and waits for them to end.
     pub async fn shutdown(&self, deadline: Duration) {
         tracing::info!(connections = self.inner.conns.len(), "shutting down");
-        self.inner.stop_accepting.cancel();
+        // Draining first: once `closed()` wakes anyone, new requests are already refused.
         self.inner.draining.cancel();
+        self.inner.stop_accepting.cancel();
         self.inner.handlers.close();
         if tokio::time::timeout(deadline, self.inner.handlers.wait())
             .await
