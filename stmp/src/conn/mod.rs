@@ -60,8 +60,10 @@ struct Shared {
     requested_status: OnceLock<Status>,
     closed: CancellationToken,
     close_status: OnceLock<Status>,
-    on_close: Mutex<Vec<Box<dyn FnOnce(&Status) + Send>>>,
+    on_close: Mutex<Vec<CloseCallback>>,
 }
+
+type CloseCallback = Box<dyn FnOnce(&Status) + Send>;
 
 /// What a new connection is made of.
 pub(crate) struct ConnParts {

@@ -66,6 +66,8 @@ impl Server {
     {
         let config = &self.inner.config;
         let mut header = None;
+        // The callback's error type is tungstenite's; its size is not ours to choose.
+        #[allow(clippy::result_large_err)]
         let callback = |request: &Request, response: Response| -> Result<Response, ErrorResponse> {
             if request.uri().path() != path {
                 let mut refusal = ErrorResponse::new(Some(format!(

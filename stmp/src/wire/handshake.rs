@@ -222,9 +222,12 @@ impl ServerHandshake {
     }
 }
 
+/// The status, `H` line and message of a text handshake.
+type TextParts<'a> = (&'a [u8], Option<&'a [u8]>, &'a [u8]);
+
 /// Splits the text handshake after its magic into the status, the `H` line and the `M` part
 /// (which runs to the end of the message).
-fn split_text_handshake(rest: &[u8]) -> Result<(&[u8], Option<&[u8]>, &[u8]), Status> {
+fn split_text_handshake(rest: &[u8]) -> Result<TextParts<'_>, Status> {
     let newline = |b: &u8| *b == b'\n';
     let mut lines = rest.splitn(2, newline);
     let status = lines.next().unwrap_or_default();

@@ -179,9 +179,12 @@ impl Packet {
 
 type Range = std::ops::Range<usize>;
 
+/// The first line, the `H` line, and where the `P` part lies.
+type TextLines<'a> = (&'a [u8], Option<&'a [u8]>, Option<Range>);
+
 /// Splits a text message into its first line, its `H` line and its `P` part (which runs to
 /// the end and may contain newlines).
-pub(crate) fn split_lines(message: &[u8]) -> Result<(&[u8], Option<&[u8]>, Option<Range>), Status> {
+pub(crate) fn split_lines(message: &[u8]) -> Result<TextLines<'_>, Status> {
     let mut lines = Lines { message, pos: 0 };
     let first = lines.line();
     let mut header = None;
