@@ -19,6 +19,8 @@ mod conn;
 mod context;
 mod method;
 mod router;
+#[doc(hidden)]
+pub mod serde_support;
 mod server;
 mod status;
 pub mod tls;
@@ -33,3 +35,28 @@ pub use method::Method;
 pub use router::{Flow, ListenerHandle, Middleware, Router, Service};
 pub use server::{Server, ServerBuilder};
 pub use status::{Code, Status};
+
+/// Includes the code `stmp-build` generated for a proto package: its messages, and for each
+/// service its method table, service trait, server, client stub, events listener and
+/// broadcaster.
+///
+/// The package's items land in the current module; the packages it imports (well-known types
+/// such as `google.protobuf.Empty` included) are reachable under `packages::…` by their
+/// package path.
+///
+/// ```ignore
+/// stmp::include_proto!("stmp.examples.quick_start");
+/// // RoomModel, room_service::JOIN_ROOM, RoomServiceServer, RoomEventsBroadcaster, …
+/// // packages::google::protobuf::Empty
+/// ```
+#[macro_export]
+macro_rules! include_proto {
+    ($package:literal) => {
+        ::core::include!(::core::concat!(
+            ::core::env!("OUT_DIR"),
+            "/",
+            $package,
+            ".include.rs"
+        ));
+    };
+}
