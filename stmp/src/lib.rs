@@ -23,6 +23,7 @@ mod router;
 pub mod serde_support;
 mod server;
 mod status;
+pub mod quic;
 pub mod tls;
 pub mod wire;
 

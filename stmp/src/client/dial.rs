@@ -23,6 +23,8 @@ use crate::{Conn, Status};
 pub(crate) struct Dialed {
     pub(crate) conn: Conn,
     pub(crate) engine: Engine,
+    /// What must live as long as the connection (a QUIC endpoint and connection).
+    pub(crate) transport: Option<Box<dyn std::any::Any + Send>>,
 }
 
 pub(crate) async fn dial(endpoint: &Endpoint, config: &ClientBuilder) -> Result<Dialed, Status> {
@@ -37,27 +39,79 @@ pub(crate) async fn dial(endpoint: &Endpoint, config: &ClientBuilder) -> Result<
 }
 
 async fn dial_now(endpoint: &Endpoint, config: &ClientBuilder) -> Result<Dialed, Status> {
+    match endpoint.scheme {
+        Scheme::Tcp => {
+            let (tcp, remote) = tcp_connect(endpoint).await?;
+            let (reader, writer) = tcp.into_split();
+            stream_handshake(reader, writer, remote, config).await
+        }
+        Scheme::Tls => {
+            let (tcp, remote) = tcp_connect(endpoint).await?;
+            let tls = tls_connect(tcp, endpoint, config).await?;
+            let (reader, writer) = tokio::io::split(tls);
+            stream_handshake(reader, writer, remote, config).await
+        }
+        Scheme::Ws => {
+            let (tcp, remote) = tcp_connect(endpoint).await?;
+            websocket_handshake(tcp, endpoint, remote, config).await
+        }
+        Scheme::Wss => {
+            let (tcp, remote) = tcp_connect(endpoint).await?;
+            let tls = tls_connect(tcp, endpoint, config).await?;
+            websocket_handshake(tls, endpoint, remote, config).await
+        }
+        Scheme::Quic => quic_dial(endpoint, config).await,
+    }
+}
+
+async fn tcp_connect(
+    endpoint: &Endpoint,
+) -> Result<(TcpStream, Option<std::net::SocketAddr>), Status> {
     let tcp = TcpStream::connect(endpoint.authority())
         .await
         .map_err(|e| Status::network_error(format!("cannot connect to {endpoint}: {e}")))?;
     let _ = tcp.set_nodelay(true);
     let remote = tcp.peer_addr().ok();
-    match endpoint.scheme {
-        Scheme::Tcp => {
-            let (reader, writer) = tcp.into_split();
-            stream_handshake(reader, writer, remote, config).await
-        }
-        Scheme::Tls => {
-            let tls = tls_connect(tcp, endpoint, config).await?;
-            let (reader, writer) = tokio::io::split(tls);
-            stream_handshake(reader, writer, remote, config).await
-        }
-        Scheme::Ws => websocket_handshake(tcp, endpoint, remote, config).await,
-        Scheme::Wss => {
-            let tls = tls_connect(tcp, endpoint, config).await?;
-            websocket_handshake(tls, endpoint, remote, config).await
-        }
-    }
+    Ok((tcp, remote))
+}
+
+async fn quic_dial(endpoint: &Endpoint, config: &ClientBuilder) -> Result<Dialed, Status> {
+    let tls = config.tls.clone().ok_or_else(|| {
+        Status::bad_request(format!(
+            "{endpoint} needs TLS settings (ClientBuilder::tls)"
+        ))
+    })?;
+    let remote = tokio::net::lookup_host(endpoint.authority())
+        .await
+        .map_err(|e| Status::network_error(format!("cannot resolve {endpoint}: {e}")))?
+        .next()
+        .ok_or_else(|| Status::network_error(format!("{endpoint} resolves to no address")))?;
+    let local: std::net::SocketAddr = if remote.is_ipv6() {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    };
+    let mut quic = quinn::Endpoint::client(local)?;
+    quic.set_default_client_config(crate::quic::client_config(
+        &tls,
+        config.engine.read_timeout,
+    )?);
+    let name = config
+        .server_name
+        .clone()
+        .unwrap_or_else(|| endpoint.host.clone());
+    let connection = quic
+        .connect(remote, &name)
+        .map_err(|e| Status::bad_request(format!("QUIC: {e}")))?
+        .await
+        .map_err(crate::quic::connection_error)?;
+    let (send, recv) = connection
+        .open_bi()
+        .await
+        .map_err(crate::quic::connection_error)?;
+    let mut dialed = stream_handshake(recv, send, Some(remote), config).await?;
+    dialed.transport = Some(Box::new((quic, connection)));
+    Ok(dialed)
 }
 
 async fn tls_connect(
@@ -161,7 +215,11 @@ fn ready(
         tasks: TaskTracker::new(),
         draining: CancellationToken::new(),
     };
-    Dialed { conn, engine }
+    Dialed {
+        conn,
+        engine,
+        transport: None,
+    }
 }
 
 async fn stream_handshake<R, W>(

@@ -11,6 +11,7 @@ pub(crate) enum Scheme {
     Tls,
     Ws,
     Wss,
+    Quic,
 }
 
 /// `scheme://host:port/path` split into its parts.
@@ -33,9 +34,10 @@ impl Endpoint {
             "tls" => Scheme::Tls,
             "ws" => Scheme::Ws,
             "wss" => Scheme::Wss,
+            "quic" => Scheme::Quic,
             other => {
                 return Err(bad(&format!(
-                    "unsupported scheme {other:?} (tcp, tls, ws, wss)"
+                    "unsupported scheme {other:?} (tcp, tls, ws, wss, quic)"
                 )));
             }
         };
@@ -93,6 +95,7 @@ impl fmt::Display for Endpoint {
             Scheme::Tls => "tls",
             Scheme::Ws => "ws",
             Scheme::Wss => "wss",
+            Scheme::Quic => "quic",
         };
         write!(f, "{scheme}://{}", self.authority())?;
         if matches!(self.scheme, Scheme::Ws | Scheme::Wss) {
@@ -121,6 +124,10 @@ mod tests {
         assert_eq!(ws.authority(), "[::1]:8080");
         assert_eq!(Endpoint::parse("wss://example.com/s").unwrap().port, 443);
         assert_eq!(Endpoint::parse("TLS://h:1").unwrap().scheme, Scheme::Tls);
+        assert_eq!(
+            Endpoint::parse("quic://[::1]:9").unwrap().scheme,
+            Scheme::Quic
+        );
         assert_eq!(
             Endpoint::parse("ws://h:1").unwrap().to_string(),
             "ws://h:1/"

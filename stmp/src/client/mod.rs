@@ -220,7 +220,7 @@ impl ClientBuilder {
     }
 
     /// Connects to `url` (`tcp://host:port`, `tls://host:port`, `ws://host:port/path`,
-    /// `wss://host:port/path`). The first connection must succeed; after that the client
+    /// `wss://host:port/path`, `quic://host:port`). The first connection must succeed; after that the client
     /// reconnects by itself.
     pub fn connect(
         self,
@@ -316,17 +316,20 @@ async fn supervise(inner: Arc<Inner>, config: ClientBuilder, endpoint: Endpoint,
             conn: conn.clone(),
             attempt,
         });
+        let transport = dialed.transport;
         let engine = tokio::spawn(dialed.engine.run());
         let mut status = tokio::select! {
             status = conn.closed() => status,
             _ = inner.stop.cancelled() => {
                 conn.close(Code::Ok, "client closed");
                 let _ = engine.await;
+                drop(transport);
                 inner.state.send_replace(State::Closed(Status::network_error("client closed")));
                 return;
             }
         };
         let _ = engine.await;
+        drop(transport);
         attempt = 0;
         dialed = loop {
             attempt += 1;

@@ -291,6 +291,64 @@ impl Server {
         .await
     }
 
+    /// Listens for QUIC (ALPN `stmp/1`) on a UDP address: one endpoint, one UDP port, serves
+    /// every client; each connection carries stmp on one bidirectional stream. The TLS
+    /// config must allow TLS 1.3 (the configs of [`tls::server_config`](crate::tls::server_config) do).
+    pub async fn listen_quic(
+        &self,
+        addr: impl ToSocketAddrs,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> std::io::Result<SocketAddr> {
+        let config = crate::quic::server_config(&tls, self.inner.config.engine.read_timeout)
+            .map_err(|status| std::io::Error::new(std::io::ErrorKind::InvalidInput, status))?;
+        let addr = tokio::net::lookup_host(addr)
+            .await?
+            .next()
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address"))?;
+        let endpoint = quinn::Endpoint::server(config, addr)?;
+        let local = endpoint.local_addr()?;
+        let server = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let incoming = tokio::select! {
+                    _ = server.inner.stop_accepting.cancelled() => break,
+                    incoming = endpoint.accept() => incoming,
+                };
+                let Some(incoming) = incoming else { break };
+                server
+                    .inner
+                    .connections
+                    .spawn(server.clone().serve_quic(incoming));
+            }
+            tracing::debug!(%local, "QUIC listener stopped");
+            // Connections still open keep the endpoint's socket until they end.
+            endpoint.wait_idle().await;
+        });
+        tracing::info!(%local, "listening (QUIC)");
+        Ok(local)
+    }
+
+    async fn serve_quic(self, incoming: quinn::Incoming) {
+        let remote = incoming.remote_address();
+        let timeout = self.inner.config.handshake_timeout;
+        let opened = tokio::time::timeout(timeout, async {
+            let connection = incoming.accept()?.await?;
+            let (send, recv) = connection.accept_bi().await?;
+            Ok::<_, quinn::ConnectionError>((connection, send, recv))
+        })
+        .await;
+        let (connection, send, recv) = match opened {
+            Ok(Ok(opened)) => opened,
+            Ok(Err(error)) => return tracing::debug!(%remote, %error, "QUIC handshake failed"),
+            Err(_) => return tracing::debug!(%remote, "QUIC handshake timed out"),
+        };
+        self.serve_stream(recv, send, remote).await;
+        // Let the peer read the last packets (its Close) before the connection goes.
+        let grace = self.inner.config.engine.close_grace;
+        let _ = tokio::time::timeout(grace, connection.closed()).await;
+        connection.close(0u32.into(), b"");
+    }
+
     /// Binds `addr` and accepts until shutdown, handing each socket to `serve`.
     async fn listen<F, Fut>(
         &self,
