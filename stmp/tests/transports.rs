@@ -14,12 +14,19 @@ async fn round_trip(client: stmp::Client, expected_codec: &Codec) {
     };
     let output: Echo = within(client.call(&ECHO, &input)).await.unwrap();
     assert_eq!(output, input);
-    let error = within(client.call::<_, Echo>(&FAIL, &input)).await.unwrap_err();
+    let error = within(client.call::<_, Echo>(&FAIL, &input))
+        .await
+        .unwrap_err();
     assert_eq!(error.code(), Code::BadRequest);
     assert_eq!(error.message(), format!("refused: {}", input.text));
-    let room: RoomModel = within(client.call(&JOIN_ROOM, &JoinRoomInput { name: "lobby".into() }))
-        .await
-        .unwrap();
+    let room: RoomModel = within(client.call(
+        &JOIN_ROOM,
+        &JoinRoomInput {
+            name: "lobby".into(),
+        },
+    ))
+    .await
+    .unwrap();
     assert_eq!(room.name, "lobby");
     assert_eq!(room.users.len(), 1);
     within(client.close()).await;
@@ -32,9 +39,14 @@ async fn every_transport_with_every_codec() {
     let addrs = serve_all(&server).await;
     for scheme in ["tcp", "tls", "ws", "wss"] {
         for codec in [Codec::PROTOBUF, Codec::JSON, Codec::MSGPACK] {
-            let client = within(addrs.client().codec(codec.clone()).connect(&addrs.url(scheme)))
-                .await
-                .unwrap_or_else(|e| panic!("{scheme} {codec:?}: {e}"));
+            let client = within(
+                addrs
+                    .client()
+                    .codec(codec.clone())
+                    .connect(&addrs.url(scheme)),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{scheme} {codec:?}: {e}"));
             round_trip(client, &codec).await;
         }
     }
@@ -89,7 +101,10 @@ async fn gzip_refused_by_server_falls_back_to_plain() {
     let client = within(addrs.client().gzip(true).connect(&addrs.url("tcp")))
         .await
         .unwrap();
-    assert_eq!(client.conn().unwrap().peer_header().get("Content-Encoding"), None);
+    assert_eq!(
+        client.conn().unwrap().peer_header().get("Content-Encoding"),
+        None
+    );
     round_trip(client, &Codec::PROTOBUF).await;
 }
 
@@ -105,10 +120,7 @@ async fn bad_tls_is_a_clear_error() {
     let error = within(wrong_ca).await.unwrap_err();
     assert_eq!(error.code(), Code::BadRequest, "{error}");
     assert!(error.message().contains("certificate"), "{error}");
-    let wrong_name = addrs
-        .client()
-        .server_name("example.com")
-        .connect(&tls_url);
+    let wrong_name = addrs.client().server_name("example.com").connect(&tls_url);
     let error = within(wrong_name).await.unwrap_err();
     assert_eq!(error.code(), Code::BadRequest, "{error}");
 }
@@ -117,8 +129,11 @@ async fn bad_tls_is_a_clear_error() {
 async fn websocket_wrong_path_is_not_found() {
     let server = Server::builder().build();
     let addrs = serve_all(&server).await;
-    let error = within(stmp::Client::connect(&format!("ws://{}/elsewhere", addrs.ws)))
-        .await
-        .unwrap_err();
+    let error = within(stmp::Client::connect(&format!(
+        "ws://{}/elsewhere",
+        addrs.ws
+    )))
+    .await
+    .unwrap_err();
     assert_eq!(error.code(), Code::NotFound, "{error}");
 }

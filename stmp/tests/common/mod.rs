@@ -78,13 +78,20 @@ pub fn register(router: &stmp::Router) {
         }
         Ok::<Echo, Status>(Echo::default())
     });
-    router.route(&JOIN_ROOM, |ctx: Context, input: JoinRoomInput| async move {
-        let user = ctx.conn().remote_addr().map(|a| a.to_string()).unwrap_or_default();
-        Ok::<_, Status>(RoomModel {
-            name: input.name,
-            users: vec![user],
-        })
-    });
+    router.route(
+        &JOIN_ROOM,
+        |ctx: Context, input: JoinRoomInput| async move {
+            let user = ctx
+                .conn()
+                .remote_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            Ok::<_, Status>(RoomModel {
+                name: input.name,
+                users: vec![user],
+            })
+        },
+    );
 }
 
 /// A self-signed certificate for `localhost`: (cert PEM, key PEM).
@@ -127,7 +134,10 @@ pub async fn serve_all(server: &Server) -> Addrs {
         tcp: server.listen_tcp("127.0.0.1:0").await.unwrap(),
         tls: server.listen_tls("127.0.0.1:0", tls.clone()).await.unwrap(),
         ws: server.listen_ws("127.0.0.1:0", "/stmp").await.unwrap(),
-        wss: server.listen_wss("127.0.0.1:0", "/stmp", tls).await.unwrap(),
+        wss: server
+            .listen_wss("127.0.0.1:0", "/stmp", tls)
+            .await
+            .unwrap(),
         cert_pem,
     }
 }
