@@ -448,3 +448,41 @@ async fn calls_wait_for_a_reconnect_or_fail_fast() {
     back.listen_tcp(addr).await.unwrap();
     assert_eq!(within(call).await.unwrap().unwrap().text, "waited");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_callbacks_get_the_status_and_reason() {
+    let server = Server::builder().build();
+    register(server.router());
+    let addr = server.listen_tcp("127.0.0.1:0").await.unwrap();
+    let client = within(
+        Client::builder()
+            .no_reconnect()
+            .connect(&format!("tcp://{addr}")),
+    )
+    .await
+    .unwrap();
+    let conn = client.conn().unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    conn.on_close(move |status| tx.send(status.clone()).unwrap());
+    within(async {
+        while server.conns().is_empty() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    // The server closes this one connection with a reason; the client hears both.
+    let on_server = server.conns().to_vec().remove(0);
+    on_server.close(Code::Unauthorized, "signed out elsewhere");
+    let status = within(rx.recv()).await.unwrap();
+    assert_eq!(
+        (status.code(), status.message()),
+        (Code::Unauthorized, "signed out elsewhere")
+    );
+    assert_eq!(within(on_server.closed()).await.code(), Code::Unauthorized);
+    // A callback added after the close runs at once.
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    conn.on_close(move |status| tx.send(status.code()).unwrap());
+    assert_eq!(rx.try_recv().unwrap(), Code::Unauthorized);
+    // Unauthorized is not retried.
+    assert_eq!(within(client.closed()).await.code(), Code::Unauthorized);
+}

@@ -331,3 +331,61 @@ async fn event_loop(mut events: mpsc::Receiver<(Target, Context, Bytes)>, router
         router.handle_notify(target, &ctx, payload).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::sync::{Arc, Mutex};
+    use std::task::{Context as TaskContext, Poll};
+
+    use bytes::BytesMut;
+    use tokio::io::AsyncWrite;
+
+    use super::*;
+
+    /// Records what reaches the socket: bytes, and how many writes and flushes it took.
+    #[derive(Clone, Default)]
+    struct Recorder(Arc<Mutex<(Vec<u8>, usize, usize)>>);
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut TaskContext<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            let mut state = self.0.lock().unwrap();
+            state.0.extend_from_slice(buf);
+            state.1 += 1;
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+            self.0.lock().unwrap().2 += 1;
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: Pin<&mut Self>,
+            _: &mut TaskContext<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn queued_packets_go_out_in_one_write_and_one_flush() {
+        let recorder = Recorder::default();
+        let writer = PacketWriter::Stream {
+            io: Box::pin(recorder.clone()),
+            buf: BytesMut::new(),
+        };
+        let (tx, rx) = mpsc::channel(64);
+        for _ in 0..10 {
+            tx.try_send(Packet::Ping).unwrap();
+        }
+        let stop = CancellationToken::new();
+        stop.cancel();
+        write_loop(rx, writer, stop, CancellationToken::new()).await;
+        let (bytes, writes, flushes) = recorder.0.lock().unwrap().clone();
+        assert_eq!(bytes, [0x80; 10]);
+        assert_eq!((writes, flushes), (1, 1));
+    }
+}
