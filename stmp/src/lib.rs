@@ -18,6 +18,7 @@ pub mod codec;
 mod conn;
 mod context;
 mod method;
+mod rooms;
 mod router;
 #[doc(hidden)]
 pub mod serde_support;
@@ -33,6 +34,7 @@ pub use codec::{Codec, Message};
 pub use conn::{CallOptions, Caller, Conn, PacketFormat, Side};
 pub use context::Context;
 pub use method::Method;
+pub use rooms::{Rooms, Users};
 pub use router::{Flow, ListenerHandle, Middleware, Router, Service};
 pub use server::{Server, ServerBuilder};
 pub use status::{Code, Status};
