@@ -12,10 +12,15 @@ use crate::{Conn, Delivery, Method, Status, broadcast};
 /// Locks are split this many ways, so joins to different rooms rarely wait for each other.
 const SHARDS: usize = 32;
 
+/// Group name → its connections, by id.
+type Members = HashMap<Arc<str>, HashMap<u64, Conn>>;
+/// Connection id → the names of its groups.
+type Memberships = HashMap<u64, HashSet<Arc<str>>>;
+
 /// Name → connections and connection → names, sharded.
 struct Groups {
-    by_name: Box<[RwLock<HashMap<Arc<str>, HashMap<u64, Conn>>>]>,
-    by_conn: Box<[Mutex<HashMap<u64, HashSet<Arc<str>>>>]>,
+    by_name: Box<[RwLock<Members>]>,
+    by_conn: Box<[Mutex<Memberships>]>,
 }
 
 fn shard_of(key: &impl Hash) -> usize {
