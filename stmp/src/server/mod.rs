@@ -24,6 +24,10 @@ use crate::{Code, Conn, ConnSet, Router, Service, Status};
 pub(crate) use negotiate::{Agreement, Transport, negotiate};
 pub(crate) use ws::ws_config;
 
+/// Limit of a client handshake's header + message: far above any real one, far below what
+/// an unauthenticated peer may make the server buffer.
+const MAX_HANDSHAKE_SIZE: usize = 64 << 10;
+
 type Authenticate = Arc<dyn Fn(Conn) -> BoxFuture<'static, Result<(), Status>> + Send + Sync>;
 type ConnHook = Arc<dyn Fn(&Conn, &Status) + Send + Sync>;
 
@@ -399,7 +403,7 @@ impl Server {
         let mut buffer = BytesMut::with_capacity(512);
         let hello = tokio::time::timeout(
             config.handshake_timeout,
-            read_client_handshake(&mut reader, &mut buffer, config.max_packet_size),
+            read_client_handshake(&mut reader, &mut buffer, MAX_HANDSHAKE_SIZE),
         )
         .await;
         let hello = match hello {
