@@ -360,7 +360,14 @@ async fn supervise(inner: Arc<Inner>, config: ClientBuilder, endpoint: Endpoint,
                     return;
                 }
             }
-            match dial::dial(&endpoint, &config).await {
+            let outcome = tokio::select! {
+                outcome = dial::dial(&endpoint, &config) => outcome,
+                _ = inner.stop.cancelled() => {
+                    inner.state.send_replace(State::Closed(Status::network_error("client closed")));
+                    return;
+                }
+            };
+            match outcome {
                 Ok(dialed) => break dialed,
                 Err(error) => status = error,
             }
