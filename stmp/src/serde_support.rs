@@ -106,7 +106,11 @@ impl<T: Int64> Int64Field for Option<T> {
 impl<T: Int64> Int64Field for Vec<T> {
     fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let values = Option::<Vec<Int64Value<T>>>::deserialize(deserializer)?;
-        Ok(values.unwrap_or_default().into_iter().map(|v| v.0).collect())
+        Ok(values
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| v.0)
+            .collect())
     }
 }
 
@@ -175,7 +179,11 @@ impl EnumField for Vec<i32> {
         deserializer: D,
     ) -> Result<Self, D::Error> {
         let values = Option::<Vec<EnumValue<E>>>::deserialize(deserializer)?;
-        Ok(values.unwrap_or_default().into_iter().map(|v| v.0).collect())
+        Ok(values
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| v.0)
+            .collect())
     }
 }
 
@@ -204,9 +212,9 @@ pub mod bytes {
     impl serde::Serialize for RawRef<'_> {
         fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
             if serializer.is_human_readable() {
-                serializer.serialize_str(&encode_base64(&self.0))
+                serializer.serialize_str(&encode_base64(self.0))
             } else {
-                serializer.serialize_bytes(&self.0)
+                serializer.serialize_bytes(self.0)
             }
         }
     }
@@ -278,8 +286,7 @@ pub mod bytes {
         F::deserialize(deserializer)
     }
 
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
     /// Standard base64 with padding.
     pub fn encode_base64(input: &[u8]) -> String {

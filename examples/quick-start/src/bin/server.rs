@@ -1,0 +1,42 @@
+//! The quick-start server: chat rooms over TCP and WebSocket.
+//!
+//! ```sh
+//! cargo run -p quick-start --bin server -- --tcp 127.0.0.1:5001 --ws 127.0.0.1:5002
+//! ```
+
+use std::time::Duration;
+
+use clap::Parser;
+use quick_start::{Rooms, WS_PATH};
+use tracing_subscriber::EnvFilter;
+
+/// Serves RoomService (JoinRoom, ExitRoom) and sends RoomEvents (UserJoin, UserExit).
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// The TCP address to listen on.
+    #[arg(long, default_value = "127.0.0.1:5001")]
+    tcp: String,
+    /// The WebSocket address to listen on (path /quick_start).
+    #[arg(long, default_value = "127.0.0.1:5002")]
+    ws: String,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+    let server = quick_start::server(Rooms::new());
+    let tcp = server.listen_tcp(&args.tcp).await?;
+    tracing::info!("serving on tcp://{tcp}");
+    let ws = server.listen_ws(&args.ws, WS_PATH).await?;
+    tracing::info!("serving on ws://{ws}{WS_PATH}");
+    tokio::signal::ctrl_c().await?;
+    tracing::info!("shutting down");
+    server.shutdown(Duration::from_secs(5)).await;
+    Ok(())
+}
