@@ -116,12 +116,7 @@ async fn the_server_calls_a_method_the_client_serves() {
         assert_ne!(id, on_server.id());
         within(client.close()).await;
         // The server sees the connection go.
-        within(async {
-            while !server.conns().is_empty() {
-                tokio::task::yield_now().await;
-            }
-        })
-        .await;
+        until(|| server.conns().is_empty()).await;
     }
 }
 
@@ -152,12 +147,7 @@ async fn broadcast_serialises_once_per_content_type() {
                 });
         clients.push(client);
     }
-    within(async {
-        while server.conns().len() < 4 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
+    until(|| server.conns().len() >= 4).await;
     let event = UserJoinEvent { user: "bob".into() };
     let delivery = server.conns().broadcast(&USER_JOIN, &event, None).unwrap();
     assert_eq!(delivery.queued, 4);
@@ -207,12 +197,7 @@ async fn listeners_detach_at_runtime() {
             let tx = tx.clone();
             async move { tx.send(format!("second {}", e.user)).unwrap() }
         });
-    within(async {
-        while server.conns().is_empty() {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
+    until(|| !server.conns().is_empty()).await;
     server
         .conns()
         .broadcast(&USER_JOIN, &UserJoinEvent { user: "a".into() }, None)
@@ -300,12 +285,7 @@ async fn a_client_reconnects_after_a_server_restart() {
     .await
     .unwrap();
     assert_eq!(ok.text, "again");
-    within(async {
-        while second.conns().is_empty() {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
+    until(|| !second.conns().is_empty()).await;
     second
         .conns()
         .broadcast(
@@ -408,12 +388,7 @@ async fn calls_wait_for_a_reconnect_or_fail_fast() {
     .await
     .unwrap();
     within(server.shutdown(Duration::from_secs(1))).await;
-    within(async {
-        while fast.conn().is_some() || waiting.conn().is_some() {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
+    until(|| fast.conn().is_none() && waiting.conn().is_none()).await;
     let error = within(fast.call::<_, Echo>(&ECHO, &Echo::default()))
         .await
         .unwrap_err();
@@ -464,12 +439,7 @@ async fn close_callbacks_get_the_status_and_reason() {
     let conn = client.conn().unwrap();
     let (tx, mut rx) = mpsc::unbounded_channel();
     conn.on_close(move |status| tx.send(status.clone()).unwrap());
-    within(async {
-        while server.conns().is_empty() {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
+    until(|| !server.conns().is_empty()).await;
     // The server closes this one connection with a reason; the client hears both.
     let on_server = server.conns().to_vec().remove(0);
     on_server.close(Code::Unauthorized, "signed out elsewhere");

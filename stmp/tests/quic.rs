@@ -74,12 +74,7 @@ async fn round_trips_and_events_over_quic() {
             .await
             .unwrap_err();
         assert_eq!(failed.code(), Code::BadRequest);
-        within(async {
-            while quic.server.conns().is_empty() {
-                tokio::task::yield_now().await;
-            }
-        })
-        .await;
+        until(|| !quic.server.conns().is_empty()).await;
         quic.server
             .conns()
             .broadcast(
@@ -92,12 +87,7 @@ async fn round_trips_and_events_over_quic() {
             .unwrap();
         assert_eq!(within(heard.recv()).await.unwrap(), "carol");
         within(client.close()).await;
-        within(async {
-            while !quic.server.conns().is_empty() {
-                tokio::task::yield_now().await;
-            }
-        })
-        .await;
+        until(|| quic.server.conns().is_empty()).await;
     }
 }
 

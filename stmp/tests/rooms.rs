@@ -127,20 +127,10 @@ async fn rooms_reach_exactly_their_members() {
 
     // A disconnected client leaves its rooms by itself.
     within(clients[2].close()).await;
-    within(async {
-        while rooms.members("games").len() != 1 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
+    until(|| rooms.members("games").len() == 1).await;
     assert!(rooms.rooms_of(&conns[2]).is_empty());
     within(clients[1].close()).await;
-    within(async {
-        while !rooms.list().is_empty() {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
+    until(|| rooms.list().is_empty()).await;
     assert!(heard.try_recv().is_err());
 }
 
@@ -168,12 +158,7 @@ async fn users_reach_every_device() {
     assert_eq!(users.conns("alice").len(), 1);
     assert_eq!(users.conns("bob").len(), 2);
     within(clients[0].close()).await;
-    within(async {
-        while users.is_online("alice") {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
+    until(|| !users.is_online("alice")).await;
     assert_eq!(users.online(), ["bob"]);
     assert_eq!(users.unbind(&conns[2]).as_deref(), Some("bob"));
     assert!(heard.try_recv().is_err());

@@ -215,12 +215,7 @@ async fn max_connections_and_the_close_hook() {
     let addr = server.listen_tcp("127.0.0.1:0").await.unwrap();
     let url = format!("tcp://{addr}");
     let first = within(Client::connect(&url)).await.unwrap();
-    within(async {
-        while server.conns().is_empty() {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
+    until(|| !server.conns().is_empty()).await;
     let full = within(Client::builder().no_reconnect().connect(&url))
         .await
         .unwrap_err();

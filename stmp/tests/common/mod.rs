@@ -150,3 +150,13 @@ pub fn init_tracing() {
 }
 
 pub type Shared<T> = Arc<std::sync::Mutex<T>>;
+
+/// Waits, within the test limit, until `condition` holds (state another task changes).
+pub async fn until(mut condition: impl FnMut() -> bool) {
+    within(async {
+        while !condition() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+}
