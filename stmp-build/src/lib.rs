@@ -531,13 +531,23 @@ impl protox::file::FileResolver for BuiltinResolver {
 }
 
 fn describe_protox_error(error: &protox::Error) -> String {
-    let mut message = error.to_string();
-    if let Some(file) = error.file()
-        && !message.contains(file)
-    {
-        message = format!("{file}: {message}");
+    use miette::Diagnostic;
+    let message = error.to_string();
+    let Some(file) = error.file() else {
+        return message;
+    };
+    if message.starts_with(file) {
+        return message;
     }
-    message
+    // Parse errors carry the place as a labelled span of the source: print `file:line:column`.
+    let place = error
+        .labels()
+        .and_then(|mut labels| labels.next())
+        .zip(error.source_code())
+        .and_then(|(label, source)| source.read_span(label.inner(), 0, 0).ok())
+        .map(|span| format!(":{}:{}", span.line() + 1, span.column() + 1))
+        .unwrap_or_default();
+    format!("{file}{place}: {message}")
 }
 
 fn write_if_changed(path: &Path, content: &str) -> std::io::Result<()> {

@@ -115,7 +115,12 @@ impl Scope<'_> {
             if fields.is_empty() {
                 continue;
             }
-            config.field_attribute(format!("{fq}.{}", oneof.name()), "#[serde(flatten)]");
+            // Without the leading dot the path matches the oneof field only: a fully
+            // qualified one would match its variants too (prost-build matches prefixes).
+            config.field_attribute(
+                format!("{}.{}", &fq[1..], oneof.name()),
+                "#[serde(flatten)]",
+            );
             let oneof_path = format!("{fq}.{}", oneof.name());
             for field in fields {
                 let mut attributes = vec![format!("#[serde(rename = \"{}\")]", field.name())];

@@ -1,0 +1,190 @@
+//! The snapshot of `tests/protos/options.proto` compiled and run: the stmp options are
+//! honoured, the serde support reads what other peers write, and the generated server, client,
+//! listener and broadcaster work over a real connection. (`tests/snapshots.rs` checks the
+//! snapshot is what the generator writes today.)
+
+use std::time::Duration;
+
+use stmp::codec::Codec;
+use stmp::{Client, Context, Server, Status};
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+
+#[allow(dead_code)]
+mod generated {
+    include!("snapshots/options/options.include.rs");
+}
+
+use generated::*;
+
+#[test]
+fn option_ids_make_the_actions() {
+    // (stmp.service) = 0x12, (stmp.method) = 3 and 0xFF.
+    assert_eq!(echo::PING.action, 0x1203);
+    assert_eq!(echo::SHOUT.action, 0x12FF);
+    assert_eq!(echo::PING.name, "options.Echo.Ping");
+    // No (stmp.method): MurmurHash3 of the name, as without options.
+    assert_eq!(
+        echo::HASH.action,
+        stmp::wire::action_id("options.Echo.Hash")
+    );
+    assert_eq!(echo::HASH.output, "google.protobuf.Empty");
+    assert_eq!(alert_service::FIRE.action, 0x1301);
+    assert_eq!(
+        lobby::POKE.action,
+        stmp::wire::action_id("options.Lobby.Poke")
+    );
+    assert_eq!(echo::METHODS, &[echo::PING, echo::SHOUT, echo::HASH]);
+}
+
+// The kinds: Echo is a service by (stmp.kind) although its name has no suffix; AlertService
+// is events only by (stmp.kind) although its name ends in "Service"; Lobby is both.
+#[allow(unused_imports)]
+mod kinds {
+    use super::generated::{
+        AlertServiceBroadcaster, AlertServiceListener, Echo, EchoClient, EchoServer, Lobby,
+        LobbyBroadcaster, LobbyClient, LobbyListener, LobbyServer, attach_alert_service,
+        attach_lobby,
+    };
+    // Would not compile: there is no EchoListener, no AlertServiceServer.
+}
+
+struct Echoer;
+
+impl Echo for Echoer {
+    async fn ping(&self, _ctx: Context, input: Ping) -> Result<Ping, Status> {
+        Ok(input)
+    }
+
+    async fn shout(&self, _ctx: Context, mut input: Ping) -> Result<Ping, Status> {
+        input.text = input.text.to_uppercase();
+        Ok(input)
+    }
+
+    async fn hash(
+        &self,
+        _ctx: Context,
+        _input: Ping,
+    ) -> Result<packages::google::protobuf::Empty, Status> {
+        Err(Status::not_found("no hashes here"))
+    }
+}
+
+struct Alarm(mpsc::UnboundedSender<Ping>);
+
+impl AlertServiceListener for Alarm {
+    async fn fire(&self, _ctx: Context, event: Ping) {
+        let _ = self.0.send(event);
+    }
+}
+
+fn sample() -> Ping {
+    Ping {
+        text: "hi".into(),
+        sent_at: -9_007_199_254_740_993,
+        color: Color::Green as i32,
+        data: b"\x00\xffbytes".to_vec(),
+        body: Some(ping::Body::BigId(u64::MAX)),
+        counts: [("a".to_owned(), 3)].into(),
+        maybe: Some(7),
+        palette: vec![Color::Red as i32, Color::Green as i32],
+        nested: Some(ping::Nested {
+            color: Color::Red as i32,
+        }),
+        stamps: vec![1, -2],
+    }
+}
+
+#[test]
+fn json_uses_proto_names_numbers_and_base64() {
+    let json: serde_json::Value =
+        serde_json::from_slice(&Codec::JSON.encode(&sample()).unwrap()).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({
+            "text": "hi",
+            "sent_at": -9_007_199_254_740_993i64,
+            "color": 2,
+            "data": "AP9ieXRlcw==",
+            "big_id": u64::MAX,
+            "counts": {"a": 3},
+            "maybe": 7,
+            "palette": [1, 2],
+            "nested": {"color": 1},
+            "stamps": [1, -2],
+        })
+    );
+    for codec in [Codec::JSON, Codec::MSGPACK, Codec::PROTOBUF] {
+        let back: Ping = codec.decode(&codec.encode(&sample()).unwrap()).unwrap();
+        assert_eq!(back, sample(), "{codec:?}");
+    }
+}
+
+#[test]
+fn json_reads_camel_case_strings_and_names() {
+    let ping: Ping = Codec::JSON
+        .decode(
+            br#"{"sentAt": "-9007199254740993", "color": "COLOR_GREEN", "bigId": "18446744073709551615",
+                "maybe": "7", "palette": ["COLOR_RED", 2], "nested": {"color": "COLOR_RED"},
+                "stamps": ["1", -2], "data": "AP9ieXRlcw", "text": "hi", "counts": {"a": 3}}"#,
+        )
+        .unwrap();
+    assert_eq!(ping, sample());
+    let note: Ping = Codec::JSON.decode(br#"{"note": "n"}"#).unwrap();
+    assert_eq!(note.body, Some(ping::Body::Note("n".into())));
+    let empty: Ping = Codec::JSON.decode(b"{}").unwrap();
+    assert_eq!(empty, Ping::default());
+    assert!(
+        Codec::JSON
+            .decode::<Ping>(br#"{"color": "COLOR_BLUE"}"#)
+            .is_err()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_generated_code_works_over_a_connection() {
+    let server = Server::builder()
+        .add_service(EchoServer::new(Echoer))
+        .build();
+    assert!(server.router().serves(&echo::PING));
+    assert!(server.router().serves(&echo::SHOUT));
+    let addr = server.listen_tcp("127.0.0.1:0").await.unwrap();
+    let client = Client::builder()
+        .codec(Codec::JSON)
+        .connect(&format!("tcp://{addr}"))
+        .await
+        .unwrap();
+    let (tx, mut fired) = mpsc::unbounded_channel();
+    let handle = attach_alert_service(client.router(), Alarm(tx));
+
+    let echo = EchoClient::new(client.clone());
+    let work = async {
+        assert_eq!(echo.ping(sample()).await.unwrap(), sample());
+        assert_eq!(echo.shout(sample()).await.unwrap().text, "HI");
+        let status = echo.hash(sample()).await.unwrap_err();
+        assert_eq!(status.code(), stmp::Code::NotFound);
+        // A notify: no answer, the default output.
+        let quiet = echo
+            .ping_with(sample(), stmp::CallOptions::new().notify())
+            .await
+            .unwrap();
+        assert_eq!(quiet, Ping::default());
+
+        // Server → client events, to every connection the filter accepts.
+        let delivery = AlertServiceBroadcaster::fire_to_all(&server, &sample(), |_| true).unwrap();
+        assert_eq!(delivery.queued, 1);
+        assert_eq!(fired.recv().await.unwrap(), sample());
+
+        // And back through the server-side connection: the client is the callee.
+        let conn = server.conns().to_vec().pop().unwrap();
+        let delivery = AlertServiceBroadcaster::fire(&conn, &Ping::default()).unwrap();
+        assert_eq!(delivery.encodings, 1);
+        assert_eq!(fired.recv().await.unwrap(), Ping::default());
+    };
+    timeout(Duration::from_secs(20), work)
+        .await
+        .expect("timed out");
+    handle.detach();
+    client.close().await;
+    server.shutdown(Duration::from_secs(1)).await;
+}
