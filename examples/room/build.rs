@@ -1,0 +1,3 @@
+fn main() -> Result<(), stmp_build::Error> {
+    stmp_build::configure().compile(&["proto/room.proto"], &["proto"])
+}

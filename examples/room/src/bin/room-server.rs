@@ -1,0 +1,140 @@
+//! The chat server: TCP, WebSocket and QUIC at once.
+//!
+//! ```text
+//! cargo run -p room --bin room-server -- --tcp 127.0.0.1:7001 --ws 127.0.0.1:7002 \
+//!     --quic 127.0.0.1:7003 --data accounts.json
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use room::accounts::Accounts;
+use room::server::{Chat, RoomServer, ServerOptions, TlsPem};
+
+/// The stmp chat-room server.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Listen for plain TCP (clients: tcp://ADDR).
+    #[arg(long, value_name = "ADDR")]
+    tcp: Option<SocketAddr>,
+    /// Listen for WebSocket, binary and text packets (clients: ws://ADDR/room, or
+    /// ws://ADDR/room?format=text).
+    #[arg(long, value_name = "ADDR")]
+    ws: Option<SocketAddr>,
+    /// Listen for QUIC on this UDP address (clients: quic://ADDR with --ca).
+    #[arg(long, value_name = "ADDR")]
+    quic: Option<SocketAddr>,
+    /// Keep the accounts in this JSON file (made if missing); in memory without it.
+    #[arg(long, value_name = "PATH")]
+    data: Option<PathBuf>,
+    /// The certificate for QUIC (PEM). With --key: loaded when both files exist, otherwise a
+    /// self-signed pair is made and written there, so restarts keep the same certificate.
+    #[arg(long, value_name = "PATH", requires = "key")]
+    cert: Option<PathBuf>,
+    /// The private key of --cert (PEM).
+    #[arg(long, value_name = "PATH", requires = "cert")]
+    key: Option<PathBuf>,
+    /// Without --cert: where to write the self-signed certificate made at start, for the
+    /// clients' --ca.
+    #[arg(long, value_name = "PATH", default_value = "room-ca.pem")]
+    ca_out: PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,quinn=warn,rustls=warn".into()),
+        )
+        .init();
+    let args = Args::parse();
+    if args.tcp.is_none() && args.ws.is_none() && args.quic.is_none() {
+        return Err("nothing to listen on: give --tcp, --ws and/or --quic".into());
+    }
+
+    let accounts = match &args.data {
+        Some(path) => Accounts::open(path).await?,
+        None => Accounts::in_memory(),
+    };
+    match accounts.path() {
+        Some(path) => {
+            tracing::info!(path = %path.display(), users = accounts.len(), "accounts loaded")
+        }
+        None => tracing::info!("accounts kept in memory: they go when the server stops"),
+    }
+
+    let tls = match (&args.quic, &args.cert, &args.key) {
+        (None, _, _) => None,
+        (Some(_), Some(cert), Some(key)) => Some(load_or_make(cert, key).await?),
+        (Some(_), _, _) => {
+            let pem = TlsPem::self_signed()?;
+            tokio::fs::write(&args.ca_out, &pem.cert).await?;
+            tracing::info!(
+                ca = %args.ca_out.display(),
+                "self-signed certificate for localhost, 127.0.0.1 and ::1 made; QUIC clients need --ca {}",
+                args.ca_out.display()
+            );
+            Some(pem)
+        }
+    };
+
+    let chat = Chat::new(accounts);
+    let server = RoomServer::start(
+        chat,
+        ServerOptions {
+            tcp: args.tcp,
+            ws: args.ws,
+            quic: args.quic,
+            tls,
+            ..ServerOptions::default()
+        },
+    )
+    .await?;
+    let urls: Vec<String> = [server.tcp_url(), server.ws_url(false), server.quic_url()]
+        .into_iter()
+        .flatten()
+        .collect();
+    tracing::info!(urls = %urls.join("  "), "chat server ready; Ctrl-C stops it");
+
+    tokio::signal::ctrl_c().await?;
+    tracing::info!("stopping");
+    server.server.shutdown(Duration::from_secs(2)).await;
+    Ok(())
+}
+
+/// The certificate pair at `cert` and `key`, made (self-signed) when neither file exists.
+async fn load_or_make(cert: &Path, key: &Path) -> Result<TlsPem, Box<dyn std::error::Error>> {
+    match (cert.exists(), key.exists()) {
+        (true, true) => Ok(TlsPem {
+            cert: tokio::fs::read_to_string(cert).await?,
+            key: tokio::fs::read_to_string(key).await?,
+        }),
+        (false, false) => {
+            let pem = TlsPem::self_signed()?;
+            tokio::fs::write(cert, &pem.cert).await?;
+            write_private(key, &pem.key)?;
+            tracing::info!(cert = %cert.display(), key = %key.display(), "self-signed certificate made and saved; later starts reuse it");
+            Ok(pem)
+        }
+        _ => Err(format!(
+            "only one of {} and {} exists: give both, or neither to make a pair",
+            cert.display(),
+            key.display()
+        )
+        .into()),
+    }
+}
+
+/// Writes a file only its owner can read.
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(contents.as_bytes())
+}

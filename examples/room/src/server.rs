@@ -1,0 +1,563 @@
+//! The chat server: accounts, rooms, direct messages and `/who`, on TCP, WebSocket and QUIC
+//! at once.
+//!
+//! A connection is signed in either at handshake (a `token` header from an earlier sign-in)
+//! or by `SignIn` / `SignUp`; [`RequireSignIn`] refuses every other call before that. The
+//! connection then carries a [`SignedIn`] extension and is bound to its user in
+//! [`stmp::Users`], so a direct message reaches every device of the user. Rooms are
+//! [`stmp::Rooms`]; a connection that closes leaves its rooms, and the others hear of it.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use stmp::{CallOptions, Conn, Context, Flow, Middleware, Status};
+
+use crate::accounts::Accounts;
+use crate::{
+    AccountService, AccountServiceServer, ChatService, ChatServiceServer, Credentials, DirectInput,
+    DirectMessageEvent, Empty, PresenceServiceClient, RoomInfo, RoomInput, RoomList,
+    RoomMessageEvent, SendInput, SendResult, Session, UserJoinedEvent, UserLeftEvent, WhoEntry,
+    WhoInput, WhoList, account_service, chat_events, now_ms, valid_name,
+};
+
+/// What a signed-in connection carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignedIn {
+    /// The user's name.
+    pub user: String,
+}
+
+/// The user a connection is signed in as.
+pub fn user_of(conn: &Conn) -> Option<String> {
+    conn.extension::<SignedIn>().map(|s| s.user)
+}
+
+/// The state of the chat: accounts, rooms, users online. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Chat {
+    accounts: Accounts,
+    rooms: stmp::Rooms,
+    users: stmp::Users,
+    /// Joins and leaves, one at a time, so "first of the user in the room" and "last of the
+    /// user in the room" are exact.
+    membership: Arc<Mutex<()>>,
+    who_timeout: Duration,
+}
+
+impl Chat {
+    /// A chat over these accounts.
+    pub fn new(accounts: Accounts) -> Self {
+        Chat {
+            accounts,
+            rooms: stmp::Rooms::new(),
+            users: stmp::Users::new(),
+            membership: Arc::default(),
+            who_timeout: Duration::from_secs(2),
+        }
+    }
+
+    /// How long `Who` waits for each client's answer. Default 2 s.
+    pub fn who_timeout(mut self, timeout: Duration) -> Self {
+        self.who_timeout = timeout;
+        self
+    }
+
+    /// The accounts.
+    pub fn accounts(&self) -> &Accounts {
+        &self.accounts
+    }
+
+    /// The rooms.
+    pub fn rooms(&self) -> &stmp::Rooms {
+        &self.rooms
+    }
+
+    /// The users online.
+    pub fn users(&self) -> &stmp::Users {
+        &self.users
+    }
+
+    /// Signs `conn` in as `user`. A connection signed in as someone else first leaves its
+    /// rooms as that user.
+    pub fn attach(&self, conn: &Conn, user: &str, how: &str) {
+        let previous = conn.extension::<SignedIn>();
+        match &previous {
+            Some(previous) if previous.user == user => return,
+            Some(previous) => {
+                self.leave_all(conn, &previous.user, "signed out");
+                tracing::info!(conn = conn.id(), user = %previous.user, "signed out");
+            }
+            None => {
+                // Registered before the runtime's own hooks (Users, Rooms), so it still sees
+                // the rooms the connection was in.
+                let chat = self.clone();
+                let closing = conn.clone();
+                conn.on_close(move |status| {
+                    if let Some(user) = user_of(&closing) {
+                        chat.leave_all(&closing, &user, "disconnected");
+                        tracing::info!(conn = closing.id(), %user, %status, "user disconnected");
+                    }
+                });
+            }
+        }
+        conn.insert_extension(SignedIn {
+            user: user.to_owned(),
+        });
+        self.users.bind(user, conn);
+        tracing::info!(conn = conn.id(), %user, how, remote = ?conn.remote_addr(), "signed in");
+    }
+
+    /// Takes `conn` out of every room, telling the others.
+    fn leave_all(&self, conn: &Conn, user: &str, reason: &str) {
+        for room in self.rooms.rooms_of(conn) {
+            self.leave(conn, user, &room, reason);
+        }
+    }
+
+    /// Takes `conn` out of `room`; when it was the user's last connection there, the others
+    /// get `UserLeft`. Returns whether it was in the room.
+    fn leave(&self, conn: &Conn, user: &str, room: &str, reason: &str) -> bool {
+        let _one_at_a_time = lock(&self.membership);
+        if !self.rooms.leave(room, conn) {
+            return false;
+        }
+        if self.has_user(room, user) {
+            return true;
+        }
+        tracing::info!(%room, %user, reason, "left room");
+        let event = UserLeftEvent {
+            room: room.to_owned(),
+            user: user.to_owned(),
+            timestamp: now_ms(),
+            reason: reason.to_owned(),
+        };
+        if let Err(status) = self
+            .rooms
+            .broadcast(room, &chat_events::USER_LEFT, &event, None)
+        {
+            tracing::warn!(%status, "cannot send UserLeft");
+        }
+        true
+    }
+
+    /// Whether one of `user`'s connections is in `room`.
+    fn has_user(&self, room: &str, user: &str) -> bool {
+        self.rooms
+            .members(room)
+            .iter()
+            .any(|conn| user_of(conn).as_deref() == Some(user))
+    }
+
+    fn room_info(&self, room: &str) -> RoomInfo {
+        let mut members: Vec<String> = self
+            .rooms
+            .members(room)
+            .iter()
+            .filter_map(user_of)
+            .collect();
+        members.sort();
+        members.dedup();
+        RoomInfo {
+            room: room.to_owned(),
+            members,
+        }
+    }
+
+    /// Signs in or up, and attaches the session.
+    async fn sign(&self, ctx: &Context, input: Credentials, up: bool) -> Result<Session, Status> {
+        let name = input.name.trim();
+        let token = if up {
+            self.accounts.sign_up(name, &input.password).await
+        } else {
+            self.accounts.sign_in(name, &input.password).await
+        };
+        let token = token.inspect_err(|status| {
+            tracing::info!(conn = ctx.conn().id(), user = %name, %status, "sign-in refused");
+        })?;
+        self.attach(ctx.conn(), name, if up { "sign-up" } else { "password" });
+        Ok(Session {
+            user: name.to_owned(),
+            token,
+        })
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The user of a request's connection (the middleware made sure there is one).
+fn signed_in(ctx: &Context) -> Result<String, Status> {
+    user_of(ctx.conn()).ok_or_else(not_signed_in)
+}
+
+fn not_signed_in() -> Status {
+    Status::unauthorized("not signed in: call SignIn or SignUp, or connect with a token header")
+}
+
+impl AccountService for Chat {
+    async fn sign_up(&self, ctx: Context, input: Credentials) -> Result<Session, Status> {
+        self.sign(&ctx, input, true).await
+    }
+
+    async fn sign_in(&self, ctx: Context, input: Credentials) -> Result<Session, Status> {
+        self.sign(&ctx, input, false).await
+    }
+
+    async fn current(&self, ctx: Context, _: Empty) -> Result<Session, Status> {
+        Ok(Session {
+            user: signed_in(&ctx)?,
+            token: String::new(),
+        })
+    }
+}
+
+impl ChatService for Chat {
+    async fn join_room(&self, ctx: Context, input: RoomInput) -> Result<RoomInfo, Status> {
+        let user = signed_in(&ctx)?;
+        let room = input.room.trim();
+        valid_name("room name", room)?;
+        let conn = ctx.conn();
+        let _one_at_a_time = lock(&self.membership);
+        let was_there = self.has_user(room, &user);
+        let joined = self.rooms.join(room, conn);
+        if joined && !was_there {
+            tracing::info!(%room, %user, rooms = self.rooms.list().len(), "joined room");
+            let event = UserJoinedEvent {
+                room: room.to_owned(),
+                user: user.clone(),
+                timestamp: now_ms(),
+            };
+            self.rooms
+                .broadcast(room, &chat_events::USER_JOINED, &event, Some(conn))?;
+        }
+        Ok(self.room_info(room))
+    }
+
+    async fn leave_room(&self, ctx: Context, input: RoomInput) -> Result<Empty, Status> {
+        let user = signed_in(&ctx)?;
+        let room = input.room.trim();
+        if self.leave(ctx.conn(), &user, room, "left") {
+            Ok(Empty {})
+        } else {
+            Err(Status::not_found(format!("you are not in #{room}")))
+        }
+    }
+
+    async fn list_rooms(&self, ctx: Context, _: Empty) -> Result<RoomList, Status> {
+        signed_in(&ctx)?;
+        Ok(RoomList {
+            rooms: self
+                .rooms
+                .list()
+                .iter()
+                .map(|room| self.room_info(room))
+                .filter(|info| !info.members.is_empty())
+                .collect(),
+        })
+    }
+
+    async fn list_members(&self, ctx: Context, input: RoomInput) -> Result<RoomInfo, Status> {
+        signed_in(&ctx)?;
+        let info = self.room_info(input.room.trim());
+        if info.members.is_empty() {
+            return Err(Status::not_found(format!("no room #{}", info.room)));
+        }
+        Ok(info)
+    }
+
+    async fn send_message(&self, ctx: Context, input: SendInput) -> Result<SendResult, Status> {
+        let user = signed_in(&ctx)?;
+        let conn = ctx.conn();
+        let room = input.room.trim();
+        if !self.rooms.contains(room, conn) {
+            return Err(Status::unauthorized(format!(
+                "you are not in #{room}: join it first"
+            )));
+        }
+        if input.text.trim().is_empty() {
+            return Err(Status::bad_request("the message is empty"));
+        }
+        let event = RoomMessageEvent {
+            room: room.to_owned(),
+            sender: user,
+            text: input.text,
+            timestamp: now_ms(),
+        };
+        let delivery =
+            self.rooms
+                .broadcast(room, &chat_events::ROOM_MESSAGE, &event, Some(conn))?;
+        Ok(SendResult {
+            timestamp: event.timestamp,
+            delivered: delivery.queued as u32,
+        })
+    }
+
+    async fn send_direct(&self, ctx: Context, input: DirectInput) -> Result<SendResult, Status> {
+        let user = signed_in(&ctx)?;
+        let to = input.user.trim();
+        if input.text.trim().is_empty() {
+            return Err(Status::bad_request("the message is empty"));
+        }
+        let recipients = self.users.conns(to);
+        if recipients.is_empty() {
+            return Err(Status::not_found(if self.accounts.exists(to) {
+                format!("{to} is not online")
+            } else {
+                format!("no user named {to:?}")
+            }));
+        }
+        let event = DirectMessageEvent {
+            sender: user.clone(),
+            recipient: to.to_owned(),
+            text: input.text,
+            timestamp: now_ms(),
+        };
+        // The recipient's connections, and the sender's others (a copy for their devices).
+        let conn = ctx.conn();
+        let mut targets = recipients;
+        if user != to {
+            targets.extend(self.users.conns(&user));
+        }
+        targets.retain(|target| target != conn);
+        let delivery = stmp::broadcast(&chat_events::DIRECT_MESSAGE, &event, &targets)?;
+        Ok(SendResult {
+            timestamp: event.timestamp,
+            delivered: delivery.queued as u32,
+        })
+    }
+
+    async fn who(&self, ctx: Context, input: WhoInput) -> Result<WhoList, Status> {
+        signed_in(&ctx)?;
+        let room = input.room.trim().to_owned();
+        let conns = if room.is_empty() {
+            self.users
+                .online()
+                .iter()
+                .flat_map(|user| self.users.conns(user))
+                .collect()
+        } else {
+            self.rooms.members(&room)
+        };
+        if conns.is_empty() {
+            return Err(Status::not_found(format!("no room #{room}")));
+        }
+        // Every client at once: a server → client call on each connection.
+        let mut asks = tokio::task::JoinSet::new();
+        for conn in conns {
+            let timeout = self.who_timeout;
+            asks.spawn(async move {
+                let presence = PresenceServiceClient::new(conn.clone());
+                let answer = presence
+                    .status_with(Empty {}, CallOptions::new().timeout(timeout))
+                    .await;
+                let (status, error) = match answer {
+                    Ok(status) => (Some(status), String::new()),
+                    Err(status) => (None, status.to_string()),
+                };
+                WhoEntry {
+                    user: user_of(&conn).unwrap_or_default(),
+                    address: conn
+                        .remote_addr()
+                        .map(|a| a.to_string())
+                        .unwrap_or_default(),
+                    status,
+                    error,
+                }
+            });
+        }
+        let mut entries = asks.join_all().await;
+        entries.sort_by(|a, b| (&a.user, &a.address).cmp(&(&b.user, &b.address)));
+        Ok(WhoList { room, entries })
+    }
+}
+
+/// Refuses every call but those of `AccountService` (`SignUp`, `SignIn`, `Current`) from a connection that is not
+/// signed in.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RequireSignIn;
+
+impl Middleware for RequireSignIn {
+    async fn before(&self, ctx: &Context) -> Result<Flow, Status> {
+        let open = ctx
+            .method()
+            .is_some_and(|method| account_service::METHODS.iter().any(|m| m.name == method));
+        if open || ctx.conn().extension::<SignedIn>().is_some() {
+            Ok(Flow::Continue)
+        } else {
+            Err(not_signed_in())
+        }
+    }
+}
+
+/// A certificate and its private key, PEM.
+#[derive(Clone, Debug)]
+pub struct TlsPem {
+    /// The certificate chain.
+    pub cert: String,
+    /// The private key.
+    pub key: String,
+}
+
+impl TlsPem {
+    /// A self-signed certificate for `localhost`, `127.0.0.1` and `::1`.
+    pub fn self_signed() -> Result<TlsPem, Status> {
+        let names = ["localhost", "127.0.0.1", "::1"].map(String::from).to_vec();
+        let cert = rcgen::generate_simple_self_signed(names)
+            .map_err(|e| Status::internal(format!("cannot make a certificate: {e}")))?;
+        Ok(TlsPem {
+            cert: cert.cert.pem(),
+            key: cert.signing_key.serialize_pem(),
+        })
+    }
+}
+
+/// Where and how to serve.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// Plain TCP.
+    pub tcp: Option<SocketAddr>,
+    /// WebSocket on [`WS_PATH`](crate::WS_PATH), binary and text packets.
+    pub ws: Option<SocketAddr>,
+    /// QUIC (UDP); needs `tls`.
+    pub quic: Option<SocketAddr>,
+    /// The certificate QUIC serves.
+    pub tls: Option<TlsPem>,
+    /// Silence after which a connection is dead. Default 60 s.
+    pub read_timeout: Duration,
+    /// How long binding a QUIC port may be retried while a previous server's socket goes
+    /// away. Default zero: fail at once.
+    pub bind_retry: Duration,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            tcp: None,
+            ws: None,
+            quic: None,
+            tls: None,
+            read_timeout: Duration::from_secs(60),
+            bind_retry: Duration::ZERO,
+        }
+    }
+}
+
+/// A running chat server.
+#[derive(Clone, Debug)]
+pub struct RoomServer {
+    /// The stmp server (its connections, its router, its shutdown).
+    pub server: stmp::Server,
+    /// The chat's state.
+    pub chat: Chat,
+    /// The TCP address it listens on.
+    pub tcp: Option<SocketAddr>,
+    /// The WebSocket address it listens on.
+    pub ws: Option<SocketAddr>,
+    /// The QUIC (UDP) address it listens on.
+    pub quic: Option<SocketAddr>,
+}
+
+/// A stmp server of `chat`: the services, the sign-in middleware, token authentication at
+/// handshake and connection logs. It listens nowhere yet.
+pub fn build(chat: &Chat, read_timeout: Duration) -> stmp::Server {
+    let server = stmp::Server::builder()
+        .read_timeout(read_timeout)
+        .authenticate({
+            let chat = chat.clone();
+            move |conn: Conn| {
+                let chat = chat.clone();
+                async move {
+                    tracing::info!(conn = conn.id(), remote = ?conn.remote_addr(), codec = conn.codec().content_type(), "connection");
+                    if let Some(token) = conn.peer_header().get("token") {
+                        let user = chat.accounts.check_token(token).inspect_err(|status| {
+                            tracing::info!(conn = conn.id(), %status, "token refused");
+                        })?;
+                        chat.attach(&conn, &user, "token");
+                    }
+                    Ok(())
+                }
+            }
+        })
+        .on_close(|conn, status| {
+            tracing::info!(conn = conn.id(), user = user_of(conn).unwrap_or_default(), %status, "connection closed");
+        })
+        .add_service(AccountServiceServer::new(chat.clone()))
+        .add_service(ChatServiceServer::new(chat.clone()))
+        .build();
+    server.router().layer(RequireSignIn);
+    server
+}
+
+impl RoomServer {
+    /// Starts serving `chat` as `options` say.
+    pub async fn start(chat: Chat, options: ServerOptions) -> std::io::Result<RoomServer> {
+        let server = build(&chat, options.read_timeout);
+        let tcp = match options.tcp {
+            Some(addr) => Some(server.listen_tcp(addr).await?),
+            None => None,
+        };
+        let ws = match options.ws {
+            Some(addr) => Some(server.listen_ws(addr, crate::WS_PATH).await?),
+            None => None,
+        };
+        let quic = match options.quic {
+            Some(addr) => {
+                let pem = options.tls.as_ref().ok_or_else(|| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        "QUIC needs a certificate",
+                    )
+                })?;
+                let tls = stmp::tls::server_config(pem.cert.as_bytes(), pem.key.as_bytes())
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+                let deadline = tokio::time::Instant::now() + options.bind_retry;
+                loop {
+                    match server.listen_quic(addr, tls.clone()).await {
+                        Ok(bound) => break Some(bound),
+                        Err(e)
+                            if e.kind() == std::io::ErrorKind::AddrInUse
+                                && tokio::time::Instant::now() < deadline =>
+                        {
+                            // The previous server's endpoint lets its socket go once its
+                            // connections have drained.
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            None => None,
+        };
+        Ok(RoomServer {
+            server,
+            chat,
+            tcp,
+            ws,
+            quic,
+        })
+    }
+
+    /// `tcp://…`, when listening on TCP.
+    pub fn tcp_url(&self) -> Option<String> {
+        self.tcp.map(|addr| format!("tcp://{addr}"))
+    }
+
+    /// `ws://…/room`, when listening on WebSocket; `text` adds `?format=text`.
+    pub fn ws_url(&self, text: bool) -> Option<String> {
+        let query = if text { "?format=text" } else { "" };
+        self.ws
+            .map(|addr| format!("ws://{addr}{}{query}", crate::WS_PATH))
+    }
+
+    /// `quic://…`, when listening on QUIC.
+    pub fn quic_url(&self) -> Option<String> {
+        self.quic.map(|addr| format!("quic://{addr}"))
+    }
+
+    /// Shuts down gracefully: clients are told `ServerShutdown` (and reconnect).
+    pub async fn shutdown(&self) {
+        self.server.shutdown(Duration::from_secs(2)).await;
+    }
+}
