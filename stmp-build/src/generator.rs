@@ -235,7 +235,7 @@ impl<'a> ServiceCode<'a> {
         }
         let trait_about = doc(&format!(
             "Implement it with `async fn`s and serve it with [`{server}`] on a \
-             [`stmp::Server`](::stmp::Server) (or on a [`stmp::Client`](::stmp::Client): the \
+             [`stmp::Server`] (or on a [`stmp::Client`]: the \
              server may call its clients too); call it with [`{client}`]."
         ));
         let signatures = self.methods.iter().map(|m| {
@@ -272,7 +272,7 @@ impl<'a> ServiceCode<'a> {
         let unused = self.methods.is_empty().then(|| quote! { let _ = router; });
         let server_doc = doc(&format!(
             "Serves a [`{trait_name}`]: pass it to `add_service` of a server or client \
-             builder, or of a [`stmp::Router`](::stmp::Router)."
+             builder, or of a [`stmp::Router`]."
         ));
         quote! {
             #(#trait_doc)*
@@ -320,8 +320,8 @@ impl<'a> ServiceCode<'a> {
         let module = &self.module;
         let client = format_ident!("{}Client", self.name);
         let client_doc = doc(&format!(
-            "Calls `{}` on the peer, through a [`stmp::Client`](::stmp::Client) or, from a \
-             server, through the client's [`stmp::Conn`](::stmp::Conn).",
+            "Calls `{}` on the peer, through a [`stmp::Client`] or, from a \
+             server, through the client's [`stmp::Conn`].",
             self.proto_name()
         ));
         let calls = self.methods.iter().map(|m| {

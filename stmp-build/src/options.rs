@@ -156,7 +156,18 @@ fn service_spec(
     let file = service.parent_file();
     let options = service.options();
     let service_name = up_first(service.name());
-    let service_id = get_u64(&options, extensions.service.as_ref());
+    let mut service_id = get_u64(&options, extensions.service.as_ref());
+    let bad_service_id = service_id.is_some_and(|id| id > 0x00FF_FFFF_FFFF_FFFF);
+    if let Some(id) = service_id
+        && id > 0x00FF_FFFF_FFFF_FFFF
+    {
+        errors.push(format!(
+            "{}: service {service_name} has (stmp.service) = {id:#X}, more than 7 bytes (the \
+             action is `service << 8 | method` in 64 bits)",
+            file.name()
+        ));
+        service_id = None;
+    }
     let (is_service, is_events) =
         get_kind(&options, extensions.kind.as_ref()).unwrap_or_else(|| kind_by_name(&service_name));
     let mut methods = HashMap::new();
@@ -173,6 +184,7 @@ fn service_spec(
                 ));
                 None
             }
+            (None, Some(_)) if bad_service_id => None,
             (None, Some(id)) => {
                 errors.push(format!(
                     "{}: method {service_name}.{method_name} sets (stmp.method) = {id} but its \

@@ -29,6 +29,7 @@ fn two_methods_with_one_action_are_both_named() {
     assert!(error.contains("bad.RoomService.Join"), "{error}");
     assert!(error.contains("bad.RoomService.Leave"), "{error}");
     assert!(error.contains("0x2001"), "{error}");
+    eprintln!("{error}");
 }
 
 #[test]
@@ -79,4 +80,27 @@ fn compile_writes_the_files_include_proto_includes() {
             "options.rs"
         ]
     );
+}
+
+#[test]
+fn a_service_id_fits_seven_bytes() {
+    let dir = std::env::temp_dir().join(format!("stmp-build-big-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("big.proto"),
+        "syntax = \"proto3\";\npackage big;\nimport \"stmp/options.proto\";\nmessage M {}\n\
+         service BigService {\n  option (stmp.service) = 0x100000000000000;\n  \
+         rpc Go(M) returns (M) { option (stmp.method) = 1; }\n}\n",
+    )
+    .unwrap();
+    let error = stmp_build::configure()
+        .generate(&["big.proto"], &[&dir])
+        .unwrap_err()
+        .to_string();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(error.contains("big.proto"), "{error}");
+    assert!(error.contains("BigService"), "{error}");
+    assert!(error.contains("7 bytes"), "{error}");
+    assert!(!error.contains("no (stmp.service)"), "{error}");
+    eprintln!("{error}");
 }

@@ -129,9 +129,8 @@ pub mod echo {
 }
 /// Echoes pings. Its kind comes from (stmp.kind), not from its name.
 ///
-/// Implement it with `async fn`s and serve it with [`EchoServer`] on a
-/// [`stmp::Server`](::stmp::Server) (or on a [`stmp::Client`](::stmp::Client): the server may
-/// call its clients too); call it with [`EchoClient`].
+/// Implement it with `async fn`s and serve it with [`EchoServer`] on a [`stmp::Server`] (or
+/// on a [`stmp::Client`]: the server may call its clients too); call it with [`EchoClient`].
 pub trait Echo: ::core::marker::Send + ::core::marker::Sync + 'static {
     /// Answers with the same ping.
     fn ping(
@@ -158,7 +157,7 @@ pub trait Echo: ::core::marker::Send + ::core::marker::Sync + 'static {
     > + ::core::marker::Send;
 }
 /// Serves a [`Echo`]: pass it to `add_service` of a server or client builder, or of a
-/// [`stmp::Router`](::stmp::Router).
+/// [`stmp::Router`].
 #[derive(Debug)]
 pub struct EchoServer<T> {
     inner: ::std::sync::Arc<T>,
@@ -209,8 +208,8 @@ impl<T: Echo> ::stmp::Service for EchoServer<T> {
             );
     }
 }
-/// Calls `options.Echo` on the peer, through a [`stmp::Client`](::stmp::Client) or, from a
-/// server, through the client's [`stmp::Conn`](::stmp::Conn).
+/// Calls `options.Echo` on the peer, through a [`stmp::Client`] or, from a server, through
+/// the client's [`stmp::Conn`].
 #[derive(Clone, Debug)]
 pub struct EchoClient<C> {
     caller: C,
@@ -397,9 +396,8 @@ pub mod lobby {
 }
 /// Neither a …Service nor …Events name, no kind: both sides.
 ///
-/// Implement it with `async fn`s and serve it with [`LobbyServer`] on a
-/// [`stmp::Server`](::stmp::Server) (or on a [`stmp::Client`](::stmp::Client): the server may
-/// call its clients too); call it with [`LobbyClient`].
+/// Implement it with `async fn`s and serve it with [`LobbyServer`] on a [`stmp::Server`] (or
+/// on a [`stmp::Client`]: the server may call its clients too); call it with [`LobbyClient`].
 pub trait Lobby: ::core::marker::Send + ::core::marker::Sync + 'static {
     fn poke(
         &self,
@@ -410,7 +408,7 @@ pub trait Lobby: ::core::marker::Send + ::core::marker::Sync + 'static {
     > + ::core::marker::Send;
 }
 /// Serves a [`Lobby`]: pass it to `add_service` of a server or client builder, or of a
-/// [`stmp::Router`](::stmp::Router).
+/// [`stmp::Router`].
 #[derive(Debug)]
 pub struct LobbyServer<T> {
     inner: ::std::sync::Arc<T>,
@@ -443,8 +441,8 @@ impl<T: Lobby> ::stmp::Service for LobbyServer<T> {
             );
     }
 }
-/// Calls `options.Lobby` on the peer, through a [`stmp::Client`](::stmp::Client) or, from a
-/// server, through the client's [`stmp::Conn`](::stmp::Conn).
+/// Calls `options.Lobby` on the peer, through a [`stmp::Client`] or, from a server, through
+/// the client's [`stmp::Conn`].
 #[derive(Clone, Debug)]
 pub struct LobbyClient<C> {
     caller: C,

@@ -73,8 +73,8 @@ pub mod room_service {
 /// Rooms clients join and leave.
 ///
 /// Implement it with `async fn`s and serve it with [`RoomServiceServer`] on a
-/// [`stmp::Server`](::stmp::Server) (or on a [`stmp::Client`](::stmp::Client): the server may
-/// call its clients too); call it with [`RoomServiceClient`].
+/// [`stmp::Server`] (or on a [`stmp::Client`]: the server may call its clients too); call it
+/// with [`RoomServiceClient`].
 pub trait RoomService: ::core::marker::Send + ::core::marker::Sync + 'static {
     /// Joins a room and returns it with its users; the others get a UserJoin event.
     fn join_room(
@@ -97,7 +97,7 @@ pub trait RoomService: ::core::marker::Send + ::core::marker::Sync + 'static {
     > + ::core::marker::Send;
 }
 /// Serves a [`RoomService`]: pass it to `add_service` of a server or client builder, or of a
-/// [`stmp::Router`](::stmp::Router).
+/// [`stmp::Router`].
 #[derive(Debug)]
 pub struct RoomServiceServer<T> {
     inner: ::std::sync::Arc<T>,
@@ -139,9 +139,8 @@ impl<T: RoomService> ::stmp::Service for RoomServiceServer<T> {
             );
     }
 }
-/// Calls `stmp.examples.quick_start.RoomService` on the peer, through a
-/// [`stmp::Client`](::stmp::Client) or, from a server, through the client's
-/// [`stmp::Conn`](::stmp::Conn).
+/// Calls `stmp.examples.quick_start.RoomService` on the peer, through a [`stmp::Client`] or,
+/// from a server, through the client's [`stmp::Conn`].
 #[derive(Clone, Debug)]
 pub struct RoomServiceClient<C> {
     caller: C,
