@@ -822,7 +822,7 @@ fn go_client_trace_run_1_head_and_payload_in_two_reads() {
         hex("0a 09 67 6f 6c 64 65 6e 2d 67 6f 12 0f 31 32 37 2e 30 2e 30 2e 31 3a 34 35 30 34 32");
     assert_eq!(
         decode_chunks([&head[..], &payload[..]]),
-        [expected_response.clone()]
+        std::slice::from_ref(&expected_response)
     );
     assert_eq!(
         encode_stream(&[expected_response]),
