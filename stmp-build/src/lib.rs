@@ -35,7 +35,10 @@
 //! `a.b` and every package it imports in a module tree and re-exports `a.b`'s items:
 //! [`stmp::include_proto!`](https://docs.rs/stmp) includes that one. Well-known types
 //! (`google.protobuf.Empty`, `Timestamp`…) are compiled as ordinary messages with serde support
-//! and are reached as `packages::google::protobuf::Empty` next to the included items.
+//! and are reached as `packages::google::protobuf::Empty` next to the included items. Each
+//! `include_proto!` brings its own copy of the imported packages, so include one package per
+//! crate module tree and reach the packages it imports through its `packages` (two includes
+//! of packages that import a third have two distinct copies of the third's types).
 //!
 //! ## JSON and msgpack
 //!

@@ -188,3 +188,69 @@ async fn the_generated_code_works_over_a_connection() {
     client.close().await;
     server.shutdown(Duration::from_secs(1)).await;
 }
+
+/// Lobby is both a service and events: the client serves it, the server calls it through the
+/// client's connection, and events flow from the client to a listener on the server.
+struct Poker(mpsc::UnboundedSender<String>);
+
+impl Lobby for Poker {
+    async fn poke(&self, _ctx: Context, mut input: Ping) -> Result<Ping, Status> {
+        input.text = format!("poked {}", input.text);
+        Ok(input)
+    }
+}
+
+impl LobbyListener for Poker {
+    async fn poke(&self, ctx: Context, event: Ping) {
+        let from = ctx.conn().remote_addr().is_some();
+        let _ = self.0.send(format!("{} {from}", event.text));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_and_events_go_both_ways() {
+    let server = Server::builder().build();
+    let (tx, mut heard) = mpsc::unbounded_channel();
+    let handle = attach_lobby(server.router(), Poker(tx.clone()));
+    let addr = server.listen_tcp("127.0.0.1:0").await.unwrap();
+    let client = Client::builder()
+        .add_service(LobbyServer::new(Poker(tx)))
+        .connect(&format!("tcp://{addr}"))
+        .await
+        .unwrap();
+    let work = async {
+        // Server → client call, through the server side's Conn.
+        let conn = loop {
+            if let Some(conn) = server.conns().to_vec().pop() {
+                break conn;
+            }
+            tokio::task::yield_now().await;
+        };
+        let lobby = LobbyClient::new(conn);
+        let answer = lobby
+            .poke(Ping {
+                text: "you".into(),
+                ..Ping::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(answer.text, "poked you");
+        // Client → server event, heard by the listener attached to the server's router.
+        let delivery = LobbyBroadcaster::poke(
+            &client.conn().unwrap(),
+            &Ping {
+                text: "hello".into(),
+                ..Ping::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(delivery.queued, 1);
+        assert_eq!(heard.recv().await.unwrap(), "hello true");
+    };
+    timeout(Duration::from_secs(20), work)
+        .await
+        .expect("timed out");
+    handle.detach();
+    client.close().await;
+    server.shutdown(Duration::from_secs(1)).await;
+}
