@@ -94,10 +94,16 @@ impl Chat {
                 let chat = self.clone();
                 let closing = conn.clone();
                 conn.on_close(move |status| {
-                    if let Some(user) = user_of(&closing) {
+                    let Some(user) = user_of(&closing) else {
+                        return;
+                    };
+                    if status.code() == stmp::Code::ServerShutdown {
+                        // Everyone is going; nobody needs to hear who left.
+                        chat.rooms.leave_all(&closing);
+                    } else {
                         chat.leave_all(&closing, &user, "disconnected");
-                        tracing::info!(conn = closing.id(), %user, %status, "user disconnected");
                     }
+                    tracing::info!(conn = closing.id(), %user, %status, "user disconnected");
                 });
             }
         }
@@ -300,7 +306,9 @@ impl ChatService for Chat {
         if input.text.trim().is_empty() {
             return Err(Status::bad_request("the message is empty"));
         }
-        let recipients = self.users.conns(to);
+        // A connection that just closed may not be forgotten yet.
+        let open = |conns: Vec<Conn>| conns.into_iter().filter(|c| !c.is_closed());
+        let recipients: Vec<Conn> = open(self.users.conns(to)).collect();
         if recipients.is_empty() {
             return Err(Status::not_found(if self.accounts.exists(to) {
                 format!("{to} is not online")
@@ -318,7 +326,7 @@ impl ChatService for Chat {
         let conn = ctx.conn();
         let mut targets = recipients;
         if user != to {
-            targets.extend(self.users.conns(&user));
+            targets.extend(open(self.users.conns(&user)));
         }
         targets.retain(|target| target != conn);
         let delivery = stmp::broadcast(&chat_events::DIRECT_MESSAGE, &event, &targets)?;
@@ -331,7 +339,7 @@ impl ChatService for Chat {
     async fn who(&self, ctx: Context, input: WhoInput) -> Result<WhoList, Status> {
         signed_in(&ctx)?;
         let room = input.room.trim().to_owned();
-        let conns = if room.is_empty() {
+        let mut conns: Vec<Conn> = if room.is_empty() {
             self.users
                 .online()
                 .iter()
@@ -340,6 +348,7 @@ impl ChatService for Chat {
         } else {
             self.rooms.members(&room)
         };
+        conns.retain(|conn| !conn.is_closed());
         if conns.is_empty() {
             return Err(Status::not_found(format!("no room #{room}")));
         }
