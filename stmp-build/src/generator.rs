@@ -458,6 +458,8 @@ impl<'a> ServiceCode<'a> {
             let to_list = format_ident!("{base}_to_list");
             let to_set = format_ident!("{base}_to_set");
             let to_all = format_ident!("{base}_to_all");
+            let to_room = format_ident!("{base}_to_room");
+            let to_user = format_ident!("{base}_to_user");
             let constant = &m.constant;
             let input = &m.input;
             let one_doc = doc("Sends the event to one connection.");
@@ -470,6 +472,14 @@ impl<'a> ServiceCode<'a> {
             ));
             let all_doc = doc(&format!(
                 "Sends the event to every connection of `server` that `filter` accepts (see \
+                 [`{base}`](Self::{function}))."
+            ));
+            let room_doc = doc(&format!(
+                "Sends the event to every member of `room` but `exclude` (see \
+                 [`{base}`](Self::{function}))."
+            ));
+            let user_doc = doc(&format!(
+                "Sends the event to every connection (every device) of `user` (see \
                  [`{base}`](Self::{function}))."
             ));
             quote! {
@@ -512,6 +522,25 @@ impl<'a> ServiceCode<'a> {
                         event,
                         conns.iter().filter(|conn| filter(conn)),
                     )
+                }
+
+                #room_doc
+                pub fn #to_room(
+                    rooms: &::stmp::Rooms,
+                    room: &str,
+                    event: &#input,
+                    exclude: ::core::option::Option<&::stmp::Conn>,
+                ) -> ::core::result::Result<::stmp::Delivery, ::stmp::Status> {
+                    rooms.broadcast(room, &#module::#constant, event, exclude)
+                }
+
+                #user_doc
+                pub fn #to_user(
+                    users: &::stmp::Users,
+                    user: &str,
+                    event: &#input,
+                ) -> ::core::result::Result<::stmp::Delivery, ::stmp::Status> {
+                    users.send(user, &#module::#constant, event)
                 }
             }
         });

@@ -180,6 +180,29 @@ async fn the_generated_code_works_over_a_connection() {
         let delivery = AlertServiceBroadcaster::fire(&conn, &Ping::default()).unwrap();
         assert_eq!(delivery.encodings, 1);
         assert_eq!(fired.recv().await.unwrap(), Ping::default());
+
+        // To a room (with and without the one member excluded), and to a user's devices.
+        let rooms = stmp::Rooms::new();
+        rooms.join("lobby", &conn);
+        let excluded =
+            AlertServiceBroadcaster::fire_to_room(&rooms, "lobby", &sample(), Some(&conn)).unwrap();
+        assert_eq!(excluded.queued, 0);
+        let delivery =
+            AlertServiceBroadcaster::fire_to_room(&rooms, "lobby", &sample(), None).unwrap();
+        assert_eq!(delivery.queued, 1);
+        assert_eq!(fired.recv().await.unwrap(), sample());
+        let users = stmp::Users::new();
+        users.bind("alice", &conn);
+        let delivery =
+            AlertServiceBroadcaster::fire_to_user(&users, "alice", &Ping::default()).unwrap();
+        assert_eq!(delivery.queued, 1);
+        assert_eq!(fired.recv().await.unwrap(), Ping::default());
+        assert!(
+            AlertServiceBroadcaster::fire_to_user(&users, "bob", &sample())
+                .unwrap()
+                .queued
+                == 0
+        );
     };
     timeout(Duration::from_secs(20), work)
         .await

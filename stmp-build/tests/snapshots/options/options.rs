@@ -381,6 +381,23 @@ impl AlertServiceBroadcaster {
             conns.iter().filter(|conn| filter(conn)),
         )
     }
+    /// Sends the event to every member of `room` but `exclude` (see [`fire`](Self::fire)).
+    pub fn fire_to_room(
+        rooms: &::stmp::Rooms,
+        room: &str,
+        event: &Ping,
+        exclude: ::core::option::Option<&::stmp::Conn>,
+    ) -> ::core::result::Result<::stmp::Delivery, ::stmp::Status> {
+        rooms.broadcast(room, &alert_service::FIRE, event, exclude)
+    }
+    /// Sends the event to every connection (every device) of `user` (see [`fire`](Self::fire)).
+    pub fn fire_to_user(
+        users: &::stmp::Users,
+        user: &str,
+        event: &Ping,
+    ) -> ::core::result::Result<::stmp::Delivery, ::stmp::Status> {
+        users.send(user, &alert_service::FIRE, event)
+    }
 }
 /// The methods of `options.Lobby`: names, actions and message types, for routing, calls and
 /// logs.
@@ -562,5 +579,22 @@ impl LobbyBroadcaster {
     ) -> ::core::result::Result<::stmp::Delivery, ::stmp::Status> {
         let conns = server.conns().to_vec();
         ::stmp::broadcast(&lobby::POKE, event, conns.iter().filter(|conn| filter(conn)))
+    }
+    /// Sends the event to every member of `room` but `exclude` (see [`poke`](Self::poke)).
+    pub fn poke_to_room(
+        rooms: &::stmp::Rooms,
+        room: &str,
+        event: &Ping,
+        exclude: ::core::option::Option<&::stmp::Conn>,
+    ) -> ::core::result::Result<::stmp::Delivery, ::stmp::Status> {
+        rooms.broadcast(room, &lobby::POKE, event, exclude)
+    }
+    /// Sends the event to every connection (every device) of `user` (see [`poke`](Self::poke)).
+    pub fn poke_to_user(
+        users: &::stmp::Users,
+        user: &str,
+        event: &Ping,
+    ) -> ::core::result::Result<::stmp::Delivery, ::stmp::Status> {
+        users.send(user, &lobby::POKE, event)
     }
 }

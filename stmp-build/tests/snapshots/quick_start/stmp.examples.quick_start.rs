@@ -337,6 +337,25 @@ impl RoomEventsBroadcaster {
             conns.iter().filter(|conn| filter(conn)),
         )
     }
+    /// Sends the event to every member of `room` but `exclude` (see
+    /// [`user_join`](Self::user_join)).
+    pub fn user_join_to_room(
+        rooms: &::stmp::Rooms,
+        room: &str,
+        event: &UserJoinEvent,
+        exclude: ::core::option::Option<&::stmp::Conn>,
+    ) -> ::core::result::Result<::stmp::Delivery, ::stmp::Status> {
+        rooms.broadcast(room, &room_events::USER_JOIN, event, exclude)
+    }
+    /// Sends the event to every connection (every device) of `user` (see
+    /// [`user_join`](Self::user_join)).
+    pub fn user_join_to_user(
+        users: &::stmp::Users,
+        user: &str,
+        event: &UserJoinEvent,
+    ) -> ::core::result::Result<::stmp::Delivery, ::stmp::Status> {
+        users.send(user, &room_events::USER_JOIN, event)
+    }
     /// Someone left the room, or disconnected.
     ///
     /// Sends the event to one connection.
@@ -375,5 +394,24 @@ impl RoomEventsBroadcaster {
             event,
             conns.iter().filter(|conn| filter(conn)),
         )
+    }
+    /// Sends the event to every member of `room` but `exclude` (see
+    /// [`user_exit`](Self::user_exit)).
+    pub fn user_exit_to_room(
+        rooms: &::stmp::Rooms,
+        room: &str,
+        event: &UserExitEvent,
+        exclude: ::core::option::Option<&::stmp::Conn>,
+    ) -> ::core::result::Result<::stmp::Delivery, ::stmp::Status> {
+        rooms.broadcast(room, &room_events::USER_EXIT, event, exclude)
+    }
+    /// Sends the event to every connection (every device) of `user` (see
+    /// [`user_exit`](Self::user_exit)).
+    pub fn user_exit_to_user(
+        users: &::stmp::Users,
+        user: &str,
+        event: &UserExitEvent,
+    ) -> ::core::result::Result<::stmp::Delivery, ::stmp::Status> {
+        users.send(user, &room_events::USER_EXIT, event)
     }
 }
