@@ -123,6 +123,19 @@ impl RoomService for Rooms {
     }
 }
 
+/// A self-signed certificate for `localhost`, for the QUIC listener (QUIC is always TLS):
+/// the certificate's PEM, for clients to trust, and the server's TLS config.
+pub fn self_signed_tls() -> Result<(String, std::sync::Arc<rustls::ServerConfig>), Status> {
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+        .map_err(|e| Status::internal(format!("cannot make a certificate: {e}")))?;
+    let cert = certified.cert.pem();
+    let tls = stmp::tls::server_config(
+        cert.as_bytes(),
+        certified.signing_key.serialize_pem().as_bytes(),
+    )?;
+    Ok((cert, tls))
+}
+
 /// A server of [`Rooms`], not listening yet.
 pub fn server(rooms: Rooms) -> stmp::Server {
     stmp::Server::builder()

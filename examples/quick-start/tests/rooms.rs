@@ -173,6 +173,27 @@ async fn over_websocket_with_json_and_msgpack() {
     server.shutdown(Duration::from_secs(1)).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_quic() {
+    let rooms = Rooms::new();
+    let server = quick_start::server(rooms.clone());
+    let (cert, tls) = quick_start::self_signed_tls().unwrap();
+    let addr = server.listen_quic("127.0.0.1:0", tls).await.unwrap();
+    let url = format!("quic://localhost:{}", addr.port());
+    let trust = stmp::tls::client_config(cert.as_bytes()).unwrap();
+    let connect = || Client::builder().tls(trust.clone()).connect(&url);
+    let first = connect().await.unwrap();
+    let second = connect().await.unwrap();
+    let third = connect().await.unwrap();
+    timeout(
+        Duration::from_secs(30),
+        two_clients_see_each_other(first, second, third, rooms),
+    )
+    .await
+    .expect("scenario timed out");
+    server.shutdown(Duration::from_secs(1)).await;
+}
+
 #[test]
 fn the_method_table_has_the_reference_actions() {
     assert_eq!(room_service::JOIN_ROOM.action, 0x033648F7);

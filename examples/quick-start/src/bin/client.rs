@@ -4,6 +4,7 @@
 //! ```sh
 //! cargo run -p quick-start --bin client -- --url tcp://127.0.0.1:5001 lobby
 //! cargo run -p quick-start --bin client -- --url ws://127.0.0.1:5002/quick_start lobby
+//! cargo run -p quick-start --bin client -- --url quic://localhost:5003 --ca quick-start.pem lobby
 //! ```
 
 use clap::Parser;
@@ -17,9 +18,12 @@ use stmp::{Client, Context};
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
-    /// The server: tcp://host:port or ws://host:port/quick_start.
+    /// The server: tcp://host:port, ws://host:port/quick_start or quic://localhost:port.
     #[arg(long, default_value = "tcp://127.0.0.1:5001")]
     url: String,
+    /// A PEM certificate to trust (the server's `--cert-out`), for quic://, tls:// and wss://.
+    #[arg(long)]
+    ca: Option<std::path::PathBuf>,
     /// The room to join; asked for when missing.
     room: Option<String>,
 }
@@ -63,7 +67,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(name) => name,
         None => tokio::task::spawn_blocking(ask_room).await??,
     };
-    let client = Client::connect(&args.url).await?;
+    let mut builder = Client::builder();
+    if let Some(ca) = &args.ca {
+        builder = builder.tls(stmp::tls::client_config(&std::fs::read(ca)?)?);
+    }
+    let client = builder.connect(&args.url).await?;
     // Listen before joining, so no event of the room is missed.
     let events = attach_room_events(client.router(), Printer);
     let rooms = RoomServiceClient::new(client.clone());
