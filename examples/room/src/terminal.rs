@@ -168,9 +168,19 @@ pub fn event_line(event: &ChatEvent, clock: &Clock, me: &str) -> String {
             status,
             attempt,
             retry_in,
-        } => format!(
-            "[{}] !! connection lost ({status}); reconnecting in {:.1}s (attempt {attempt})",
+        } if *attempt <= 1 => format!(
+            "[{}] !! connection lost ({status}); reconnecting in {:.1}s",
             clock.time(now),
+            retry_in.as_secs_f64()
+        ),
+        ChatEvent::Disconnected {
+            status,
+            attempt,
+            retry_in,
+        } => format!(
+            "[{}] !! reconnect attempt {} failed ({status}); next in {:.1}s",
+            clock.time(now),
+            attempt - 1,
             retry_in.as_secs_f64()
         ),
         ChatEvent::Reconnected { attempt } => format!(

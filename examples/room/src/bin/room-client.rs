@@ -33,8 +33,7 @@ struct Args {
     /// Sign in with the token of an earlier session instead of a password (another device).
     #[arg(long, conflicts_with_all = ["user", "password", "signup"])]
     token: Option<String>,
-    /// The certificate to trust for QUIC (the server writes its self-signed one to
-    /// room-ca.pem).
+    /// The certificate to trust for QUIC (the server's self-signed one is room-cert.pem).
     #[arg(long, value_name = "PATH")]
     ca: Option<PathBuf>,
     /// The name the server's certificate has, when it is not the URL's host.
@@ -42,7 +41,7 @@ struct Args {
     server_name: Option<String>,
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> std::process::ExitCode {
     // The time zone is read before any thread starts (it cannot be, safely, after).
     let clock = Clock::local();
     let args = Args::parse();
@@ -52,10 +51,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .with_writer(std::io::stderr)
         .init();
-    tokio::runtime::Builder::new_multi_thread()
+    let ran = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()?
-        .block_on(run(args, clock))
+        .build()
+        .map_err(|e| e.into())
+        .and_then(|runtime| runtime.block_on(run(args, clock)));
+    match ran {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("room-client: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 async fn run(args: Args, clock: Clock) -> Result<(), Box<dyn std::error::Error>> {

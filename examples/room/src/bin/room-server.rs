@@ -30,21 +30,28 @@ struct Args {
     /// Keep the accounts in this JSON file (made if missing); in memory without it.
     #[arg(long, value_name = "PATH")]
     data: Option<PathBuf>,
-    /// The certificate for QUIC (PEM). With --key: loaded when both files exist, otherwise a
-    /// self-signed pair is made and written there, so restarts keep the same certificate.
-    #[arg(long, value_name = "PATH", requires = "key")]
-    cert: Option<PathBuf>,
+    /// The certificate QUIC serves (PEM). When neither it nor --key exists, a self-signed
+    /// one for localhost, 127.0.0.1 and ::1 is made and saved there, and later starts reuse
+    /// it; clients trust it with `--ca room-cert.pem`.
+    #[arg(long, value_name = "PATH", default_value = "room-cert.pem")]
+    cert: PathBuf,
     /// The private key of --cert (PEM).
-    #[arg(long, value_name = "PATH", requires = "cert")]
-    key: Option<PathBuf>,
-    /// Without --cert: where to write the self-signed certificate made at start, for the
-    /// clients' --ca.
-    #[arg(long, value_name = "PATH", default_value = "room-ca.pem")]
-    ca_out: PathBuf,
+    #[arg(long, value_name = "PATH", default_value = "room-key.pem")]
+    key: PathBuf,
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> std::process::ExitCode {
+    match serve().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("room-server: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -67,19 +74,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         None => tracing::info!("accounts kept in memory: they go when the server stops"),
     }
 
-    let tls = match (&args.quic, &args.cert, &args.key) {
-        (None, _, _) => None,
-        (Some(_), Some(cert), Some(key)) => Some(load_or_make(cert, key).await?),
-        (Some(_), _, _) => {
-            let pem = TlsPem::self_signed()?;
-            tokio::fs::write(&args.ca_out, &pem.cert).await?;
-            tracing::info!(
-                ca = %args.ca_out.display(),
-                "self-signed certificate for localhost, 127.0.0.1 and ::1 made; QUIC clients need --ca {}",
-                args.ca_out.display()
-            );
-            Some(pem)
-        }
+    let tls = match args.quic {
+        Some(_) => Some(load_or_make(&args.cert, &args.key).await?),
+        None => None,
     };
 
     let chat = Chat::new(accounts);
@@ -109,15 +106,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// The certificate pair at `cert` and `key`, made (self-signed) when neither file exists.
 async fn load_or_make(cert: &Path, key: &Path) -> Result<TlsPem, Box<dyn std::error::Error>> {
     match (cert.exists(), key.exists()) {
-        (true, true) => Ok(TlsPem {
-            cert: tokio::fs::read_to_string(cert).await?,
-            key: tokio::fs::read_to_string(key).await?,
-        }),
+        (true, true) => {
+            let pem = TlsPem {
+                cert: tokio::fs::read_to_string(cert).await?,
+                key: tokio::fs::read_to_string(key).await?,
+            };
+            tracing::info!(cert = %cert.display(), "certificate loaded");
+            Ok(pem)
+        }
         (false, false) => {
             let pem = TlsPem::self_signed()?;
             tokio::fs::write(cert, &pem.cert).await?;
             write_private(key, &pem.key)?;
-            tracing::info!(cert = %cert.display(), key = %key.display(), "self-signed certificate made and saved; later starts reuse it");
+            tracing::info!(
+                cert = %cert.display(),
+                key = %key.display(),
+                "self-signed certificate for localhost, 127.0.0.1 and ::1 made and saved; later starts reuse it"
+            );
             Ok(pem)
         }
         _ => Err(format!(
