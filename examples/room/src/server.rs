@@ -111,7 +111,7 @@ impl Chat {
             user: user.to_owned(),
         });
         self.users.bind(user, conn);
-        tracing::info!(conn = conn.id(), %user, how, remote = ?conn.remote_addr(), "signed in");
+        tracing::info!(conn = conn.id(), %user, how, remote = %address(conn), "signed in");
     }
 
     /// Takes `conn` out of every room, telling the others.
@@ -187,6 +187,13 @@ impl Chat {
             token,
         })
     }
+}
+
+/// The peer's address, as text.
+fn address(conn: &Conn) -> String {
+    conn.remote_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| "?".to_owned())
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -367,10 +374,7 @@ impl ChatService for Chat {
                 };
                 WhoEntry {
                     user: user_of(&conn).unwrap_or_default(),
-                    address: conn
-                        .remote_addr()
-                        .map(|a| a.to_string())
-                        .unwrap_or_default(),
+                    address: address(&conn),
                     status,
                     error,
                 }
@@ -478,7 +482,12 @@ pub fn build(chat: &Chat, read_timeout: Duration) -> stmp::Server {
             move |conn: Conn| {
                 let chat = chat.clone();
                 async move {
-                    tracing::info!(conn = conn.id(), remote = ?conn.remote_addr(), codec = conn.codec().content_type(), "connection");
+                    tracing::info!(
+                        conn = conn.id(),
+                        remote = %address(&conn),
+                        codec = conn.codec().content_type(),
+                        "connection"
+                    );
                     if let Some(token) = conn.peer_header().get("token") {
                         let user = chat.accounts.check_token(token).inspect_err(|status| {
                             tracing::info!(conn = conn.id(), %status, "token refused");

@@ -28,6 +28,8 @@ pub enum Command {
     },
     /// Plain text: a message to the current room.
     Say(String),
+    /// `/token`: the session token, for `--token` on another device.
+    Token,
     /// `/help`.
     Help,
     /// `/quit`.
@@ -45,6 +47,7 @@ commands:
   /members [ROOM]   the members of the current room (or ROOM)
   /who [ROOM]       who is online (or in ROOM): active or idle, and on which transport
   /msg USER TEXT    a direct message to every connection of USER
+  /token            your session token, to sign in elsewhere with --token
   /quit             leave
   anything else     a message to the current room";
 
@@ -87,6 +90,7 @@ impl Command {
                 }),
                 _ => Err("usage: /msg USER TEXT".to_owned()),
             },
+            "token" => Ok(Command::Token),
             "help" | "h" | "?" => Ok(Command::Help),
             "quit" | "q" | "exit" => Ok(Command::Quit),
             other => Err(format!("unknown command /{other}; /help lists them")),
@@ -319,6 +323,7 @@ mod tests {
         );
         assert_eq!(Command::parse(""), Ok(Command::Nothing));
         assert_eq!(Command::parse("/quit"), Ok(Command::Quit));
+        assert_eq!(Command::parse("/token"), Ok(Command::Token));
         assert!(Command::parse("/join").is_err());
         assert!(Command::parse("/join a b").is_err());
         assert!(Command::parse("/msg bob").is_err());

@@ -224,6 +224,10 @@ impl Session {
                     Err(status) => self.error(&status),
                 }
             }
+            Command::Token => println!(
+                "your session token: {}\nanother device signs in with: room-client --url URL --token THAT-TOKEN",
+                self.chat.token()
+            ),
             Command::Help => println!("{}", terminal::HELP),
             Command::Nothing | Command::Quit => {}
         }
