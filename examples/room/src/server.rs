@@ -15,10 +15,10 @@ use stmp::{CallOptions, Conn, Context, Flow, Middleware, Status};
 
 use crate::accounts::Accounts;
 use crate::{
-    AccountService, AccountServiceServer, ChatService, ChatServiceServer, Credentials, DirectInput,
-    DirectMessageEvent, Empty, PresenceServiceClient, RoomInfo, RoomInput, RoomList,
-    RoomMessageEvent, SendInput, SendResult, Session, UserJoinedEvent, UserLeftEvent, WhoEntry,
-    WhoInput, WhoList, account_service, chat_events, now_ms, valid_name,
+    AccountService, AccountServiceServer, ChatEventsBroadcaster, ChatService, ChatServiceServer,
+    Credentials, DirectInput, DirectMessageEvent, Empty, PresenceServiceClient, RoomInfo,
+    RoomInput, RoomList, RoomMessageEvent, SendInput, SendResult, Session, UserJoinedEvent,
+    UserLeftEvent, WhoEntry, WhoInput, WhoList, account_service, now_ms, valid_name,
 };
 
 /// What a signed-in connection carries.
@@ -138,9 +138,8 @@ impl Chat {
             timestamp: now_ms(),
             reason: reason.to_owned(),
         };
-        if let Err(status) = self
-            .rooms
-            .broadcast(room, &chat_events::USER_LEFT, &event, None)
+        if let Err(status) =
+            ChatEventsBroadcaster::user_left_to_room(&self.rooms, room, &event, None)
         {
             tracing::warn!(%status, "cannot send UserLeft");
         }
@@ -242,8 +241,7 @@ impl ChatService for Chat {
                 user: user.clone(),
                 timestamp: now_ms(),
             };
-            self.rooms
-                .broadcast(room, &chat_events::USER_JOINED, &event, Some(conn))?;
+            ChatEventsBroadcaster::user_joined_to_room(&self.rooms, room, &event, Some(conn))?;
         }
         Ok(self.room_info(room))
     }
@@ -299,8 +297,7 @@ impl ChatService for Chat {
             timestamp: now_ms(),
         };
         let delivery =
-            self.rooms
-                .broadcast(room, &chat_events::ROOM_MESSAGE, &event, Some(conn))?;
+            ChatEventsBroadcaster::room_message_to_room(&self.rooms, room, &event, Some(conn))?;
         Ok(SendResult {
             timestamp: event.timestamp,
             delivered: delivery.queued as u32,
@@ -336,7 +333,7 @@ impl ChatService for Chat {
             targets.extend(open(self.users.conns(&user)));
         }
         targets.retain(|target| target != conn);
-        let delivery = stmp::broadcast(&chat_events::DIRECT_MESSAGE, &event, &targets)?;
+        let delivery = ChatEventsBroadcaster::direct_message_to_list(&targets, &event)?;
         Ok(SendResult {
             timestamp: event.timestamp,
             delivered: delivery.queued as u32,
