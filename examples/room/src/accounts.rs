@@ -252,7 +252,8 @@ impl Accounts {
         .map_err(|e| Status::internal(format!("password hashing failed: {e}")))?
     }
 
-    /// Writes the file (when there is one): a temporary file renamed over the old one.
+    /// Writes the file (when there is one, readable by its owner only): a temporary file
+    /// renamed over the old one.
     async fn save(&self) -> Result<(), Status> {
         let Some(path) = &self.inner.path else {
             return Ok(());
@@ -261,11 +262,21 @@ impl Accounts {
         let bytes = serde_json::to_vec_pretty(&self.lock().file)
             .map_err(|e| Status::internal(format!("cannot encode the accounts: {e}")))?;
         let temporary = path.with_extension("tmp");
-        let written = async {
-            tokio::fs::write(&temporary, &bytes).await?;
-            tokio::fs::rename(&temporary, path).await
-        }
-        .await;
+        let target = path.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create(true).truncate(true);
+            // Password hashes are nobody else's business.
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut file = options.open(&temporary)?;
+            file.write_all(&bytes)?;
+            file.sync_all()?;
+            std::fs::rename(&temporary, &target)
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
         written.map_err(|e| {
             tracing::error!(path = %path.display(), error = %e, "cannot save the accounts");
             Status::internal("cannot save the accounts")
@@ -377,6 +388,12 @@ mod tests {
         let token = accounts.sign_up("alice", "secret").await.unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(!text.contains("secret") && !text.contains(&token), "{text}");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
 
         let reopened = Accounts::open(&path).await.unwrap();
         assert!(reopened.exists("alice"));
