@@ -81,6 +81,31 @@ async fn authentication_attaches_identity_or_refuses_without_retry() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_refusing_hook_attached_is_cleaned_up() {
+    let users = stmp::Users::new();
+    let server = Server::builder()
+        .authenticate({
+            let users = users.clone();
+            move |conn| {
+                let users = users.clone();
+                async move {
+                    users.bind("mallory", &conn);
+                    Err(Status::unauthorized("banned"))
+                }
+            }
+        })
+        .build();
+    let addrs = serve_all(&server).await;
+    for scheme in ["tcp", "ws"] {
+        let refused = within(addrs.client().connect(&addrs.url(scheme)))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::Unauthorized);
+        assert!(users.online().is_empty(), "{scheme}: {:?}", users.online());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_calls_a_method_the_client_serves() {
     let server = Server::builder().build();
     let addrs = serve_all(&server).await;
@@ -256,7 +281,16 @@ async fn a_client_reconnects_after_a_server_restart() {
         other => panic!("{other:?}"),
     }
 
-    let second = Server::builder().build();
+    // The new server wants a token the client did not have at first: set it for reconnects.
+    client.set_handshake_header("token", "fresh");
+    let second = Server::builder()
+        .authenticate(|conn| async move {
+            match conn.peer_header().get("token") {
+                Some("fresh") => Ok(()),
+                _ => Err(Status::unauthorized("no fresh token")),
+            }
+        })
+        .build();
     register(second.router());
     second.listen_tcp(addr).await.unwrap();
     let conn = within(async {

@@ -43,13 +43,13 @@ async fn dial_now(endpoint: &Endpoint, config: &ClientBuilder) -> Result<Dialed,
         Scheme::Tcp => {
             let (tcp, remote) = tcp_connect(endpoint).await?;
             let (reader, writer) = tcp.into_split();
-            stream_handshake(reader, writer, remote, config).await
+            stream_handshake(reader, writer, remote, endpoint.scheme.name(), config).await
         }
         Scheme::Tls => {
             let (tcp, remote) = tcp_connect(endpoint).await?;
             let tls = tls_connect(tcp, endpoint, config).await?;
             let (reader, writer) = tokio::io::split(tls);
-            stream_handshake(reader, writer, remote, config).await
+            stream_handshake(reader, writer, remote, endpoint.scheme.name(), config).await
         }
         Scheme::Ws => {
             let (tcp, remote) = tcp_connect(endpoint).await?;
@@ -109,7 +109,7 @@ async fn quic_dial(endpoint: &Endpoint, config: &ClientBuilder) -> Result<Dialed
         .open_bi()
         .await
         .map_err(crate::quic::connection_error)?;
-    let mut dialed = stream_handshake(recv, send, Some(remote), config).await?;
+    let mut dialed = stream_handshake(recv, send, Some(remote), "quic", config).await?;
     dialed.transport = Some(Box::new((quic, connection)));
     Ok(dialed)
 }
@@ -192,6 +192,7 @@ fn chosen_codec(hello: &ServerHandshake, config: &ClientBuilder) -> Result<Codec
 fn ready(
     config: &ClientBuilder,
     remote: Option<std::net::SocketAddr>,
+    transport: &'static str,
     hello: ServerHandshake,
     codec: Codec,
     reader: PacketStream,
@@ -200,6 +201,7 @@ fn ready(
     let (conn, outbox) = Conn::new(ConnParts {
         side: Side::Client,
         remote_addr: remote,
+        transport,
         peer_header: hello.header,
         codec,
         default_timeout: config.call_timeout,
@@ -226,6 +228,7 @@ async fn stream_handshake<R, W>(
     mut reader: R,
     mut writer: W,
     remote: Option<std::net::SocketAddr>,
+    transport: &'static str,
     config: &ClientBuilder,
 ) -> Result<Dialed, Status>
 where
@@ -257,7 +260,15 @@ where
         .is_some_and(|e| e.eq_ignore_ascii_case("gzip"));
     let (packets, packet_writer) =
         byte_stream(reader, writer, buffer, config.max_packet_size, gzip);
-    Ok(ready(config, remote, hello, codec, packets, packet_writer))
+    Ok(ready(
+        config,
+        remote,
+        transport,
+        hello,
+        codec,
+        packets,
+        packet_writer,
+    ))
 }
 
 /// The client's handshake as the upgrade request's query.
@@ -350,5 +361,13 @@ where
         _ => PacketFormat::Binary,
     };
     let (packets, writer) = websocket(socket, format, config.max_packet_size);
-    Ok(ready(config, remote, hello, codec, packets, writer))
+    Ok(ready(
+        config,
+        remote,
+        endpoint.scheme.name(),
+        hello,
+        codec,
+        packets,
+        writer,
+    ))
 }

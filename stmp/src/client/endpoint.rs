@@ -25,6 +25,19 @@ pub(crate) struct Endpoint {
     pub(crate) path: String,
 }
 
+impl Scheme {
+    /// The scheme as written in URLs.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Scheme::Tcp => "tcp",
+            Scheme::Tls => "tls",
+            Scheme::Ws => "ws",
+            Scheme::Wss => "wss",
+            Scheme::Quic => "quic",
+        }
+    }
+}
+
 impl Endpoint {
     pub(crate) fn parse(url: &str) -> Result<Endpoint, Status> {
         let bad = |why: &str| Status::bad_request(format!("bad url {url:?}: {why}"));
@@ -90,14 +103,7 @@ impl Endpoint {
 
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let scheme = match self.scheme {
-            Scheme::Tcp => "tcp",
-            Scheme::Tls => "tls",
-            Scheme::Ws => "ws",
-            Scheme::Wss => "wss",
-            Scheme::Quic => "quic",
-        };
-        write!(f, "{scheme}://{}", self.authority())?;
+        write!(f, "{}://{}", self.scheme.name(), self.authority())?;
         if matches!(self.scheme, Scheme::Ws | Scheme::Wss) {
             f.write_str(&self.path)?;
         }

@@ -234,6 +234,7 @@ impl ClientBuilder {
             let (state, _) = watch::channel(State::Connecting);
             let inner = Arc::new(Inner {
                 router: self.router.clone(),
+                header: std::sync::Mutex::new(self.header.clone()),
                 state,
                 stop: CancellationToken::new(),
                 call_timeout: self.call_timeout,
@@ -257,6 +258,8 @@ enum State {
 
 struct Inner {
     router: Router,
+    /// The application entries of the handshake header, for the next (re)connect.
+    header: std::sync::Mutex<Header>,
     state: watch::Sender<State>,
     stop: CancellationToken,
     call_timeout: Duration,
@@ -300,7 +303,12 @@ fn retryable(status: &Status) -> bool {
     )
 }
 
-async fn supervise(inner: Arc<Inner>, config: ClientBuilder, endpoint: Endpoint, first: Dialed) {
+async fn supervise(
+    inner: Arc<Inner>,
+    mut config: ClientBuilder,
+    endpoint: Endpoint,
+    first: Dialed,
+) {
     let emit = |event: ConnectionEvent| {
         if let Some(hook) = &config.on_connection {
             hook(&event);
@@ -360,6 +368,11 @@ async fn supervise(inner: Arc<Inner>, config: ClientBuilder, endpoint: Endpoint,
                     return;
                 }
             }
+            config.header = inner
+                .header
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
             let outcome = tokio::select! {
                 outcome = dial::dial(&endpoint, &config) => outcome,
                 _ = inner.stop.cancelled() => {
@@ -389,6 +402,16 @@ impl Client {
     /// The router of methods the client serves and events it listens to.
     pub fn router(&self) -> &Router {
         &self.inner.router
+    }
+
+    /// Sets a handshake header entry (replacing its values) for the next reconnects — a fresh
+    /// auth token, say. The live connection keeps the handshake it made.
+    pub fn set_handshake_header(&self, key: impl Into<String>, value: impl Into<String>) {
+        self.inner
+            .header
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, value);
     }
 
     /// The current connection, if connected.

@@ -283,11 +283,7 @@ async fn finish(
     if tokio::time::timeout(grace, writer_task).await.is_err() {
         tracing::debug!(conn = conn.id(), "writer did not finish in time");
     }
-    conn.shared.closed.cancel();
-    let callbacks = std::mem::take(&mut *lock(&conn.shared.on_close));
-    for callback in callbacks {
-        callback(&status);
-    }
+    conn.mark_closed(&status);
 }
 
 /// Writes queued packets; whatever is queued together goes out in one write and one flush.

@@ -50,6 +50,7 @@ struct Shared {
     id: u64,
     side: Side,
     remote_addr: Option<SocketAddr>,
+    transport: &'static str,
     peer_header: Header,
     codec: Codec,
     outbox: mpsc::Sender<Packet>,
@@ -69,6 +70,7 @@ type CloseCallback = Box<dyn FnOnce(&Status) + Send>;
 pub(crate) struct ConnParts {
     pub(crate) side: Side,
     pub(crate) remote_addr: Option<SocketAddr>,
+    pub(crate) transport: &'static str,
     pub(crate) peer_header: Header,
     pub(crate) codec: Codec,
     pub(crate) default_timeout: Duration,
@@ -90,6 +92,7 @@ impl Conn {
                 id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
                 side: parts.side,
                 remote_addr: parts.remote_addr,
+                transport: parts.transport,
                 peer_header: parts.peer_header,
                 codec: parts.codec,
                 outbox,
@@ -300,6 +303,27 @@ impl Conn {
         lock(&self.shared.pending).len()
     }
 
+    /// Records the end of the connection, fails its pending calls and runs its close
+    /// callbacks (once). The engine calls it when a connection ends; the server calls it for a
+    /// connection refused or broken before its engine ran, so what authentication attached
+    /// to it is still cleaned up.
+    pub(crate) fn mark_closed(&self, status: &Status) {
+        let _ = self.shared.close_status.set(status.clone());
+        lock(&self.shared.pending).close(Status::network_error(format!(
+            "connection closed: {status}"
+        )));
+        self.shared.closed.cancel();
+        let callbacks = std::mem::take(&mut *lock(&self.shared.on_close));
+        for callback in callbacks {
+            callback(status);
+        }
+    }
+
+    /// The transport the connection runs on: `tcp`, `tls`, `ws`, `wss` or `quic`.
+    pub fn transport(&self) -> &'static str {
+        self.shared.transport
+    }
+
     pub(crate) fn same(&self, other: &Conn) -> bool {
         Arc::ptr_eq(&self.shared, &other.shared)
     }
@@ -326,6 +350,7 @@ impl fmt::Debug for Conn {
             .field("id", &self.shared.id)
             .field("side", &self.shared.side)
             .field("remote_addr", &self.shared.remote_addr)
+            .field("transport", &self.shared.transport)
             .field("codec", &self.shared.codec)
             .finish_non_exhaustive()
     }

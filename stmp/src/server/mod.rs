@@ -228,7 +228,7 @@ impl Server {
     pub async fn listen_tcp(&self, addr: impl ToSocketAddrs) -> std::io::Result<SocketAddr> {
         self.listen(addr, |server, stream, remote| async move {
             let (reader, writer) = stream.into_split();
-            server.serve_stream(reader, writer, remote).await;
+            server.serve_stream(reader, writer, remote, "tcp").await;
         })
         .await
     }
@@ -247,7 +247,7 @@ impl Server {
                 match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                     Ok(Ok(tls)) => {
                         let (reader, writer) = tokio::io::split(tls);
-                        server.serve_stream(reader, writer, remote).await;
+                        server.serve_stream(reader, writer, remote, "tls").await;
                     }
                     Ok(Err(error)) => tracing::debug!(%remote, %error, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
@@ -266,7 +266,7 @@ impl Server {
         let path: Arc<str> = Arc::from(path);
         self.listen(addr, move |server, stream, remote| {
             let path = path.clone();
-            async move { server.serve_websocket(stream, remote, &path).await }
+            async move { server.serve_websocket(stream, remote, &path, "ws").await }
         })
         .await
     }
@@ -286,7 +286,7 @@ impl Server {
             async move {
                 let timeout = server.inner.config.handshake_timeout;
                 match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => server.serve_websocket(tls, remote, &path).await,
+                    Ok(Ok(tls)) => server.serve_websocket(tls, remote, &path, "wss").await,
                     Ok(Err(error)) => tracing::debug!(%remote, %error, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
                 }
@@ -346,7 +346,7 @@ impl Server {
             Ok(Err(error)) => return tracing::debug!(%remote, %error, "QUIC handshake failed"),
             Err(_) => return tracing::debug!(%remote, "QUIC handshake timed out"),
         };
-        self.serve_stream(recv, send, remote).await;
+        self.serve_stream(recv, send, remote, "quic").await;
         // Let the peer read the last packets (its Close) before the connection goes.
         let grace = self.inner.config.engine.close_grace;
         let _ = tokio::time::timeout(grace, connection.closed()).await;
@@ -394,8 +394,13 @@ impl Server {
     }
 
     /// Runs the handshake on a byte stream, then the connection.
-    pub(crate) async fn serve_stream<R, W>(&self, mut reader: R, mut writer: W, remote: SocketAddr)
-    where
+    pub(crate) async fn serve_stream<R, W>(
+        &self,
+        mut reader: R,
+        mut writer: W,
+        remote: SocketAddr,
+        transport_name: &'static str,
+    ) where
         R: AsyncRead + Send + Unpin + 'static,
         W: AsyncWrite + Send + Unpin + 'static,
     {
@@ -427,13 +432,22 @@ impl Server {
             Ok(agreement) => agreement,
             Err(status) => return refuse(&mut writer, &status).await,
         };
-        let (conn, outbox) = self.new_conn(Some(remote), hello.header, agreement.codec.clone());
+        let (conn, outbox) = self.new_conn(
+            Some(remote),
+            transport_name,
+            hello.header,
+            agreement.codec.clone(),
+        );
         if let Err(status) = self.authenticate(&conn).await {
+            conn.mark_closed(&status);
             return refuse(&mut writer, &status).await;
         }
         let mut out = BytesMut::new();
         ServerHandshake::ok(agreement.header).encode(&mut out);
         if writer.write_all(&out).await.is_err() || writer.flush().await.is_err() {
+            conn.mark_closed(&Status::network_error(
+                "connection lost during the handshake",
+            ));
             return;
         }
         let (packets, packet_writer) = byte_stream(
@@ -465,6 +479,7 @@ impl Server {
     pub(crate) fn new_conn(
         &self,
         remote: Option<SocketAddr>,
+        transport: &'static str,
         peer_header: Header,
         codec: Codec,
     ) -> (Conn, tokio::sync::mpsc::Receiver<crate::wire::Packet>) {
@@ -472,6 +487,7 @@ impl Server {
         Conn::new(ConnParts {
             side: Side::Server,
             remote_addr: remote,
+            transport,
             peer_header,
             codec,
             default_timeout: config.call_timeout,

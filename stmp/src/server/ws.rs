@@ -60,8 +60,13 @@ fn version_of(header: &Header) -> Result<Version, Status> {
 }
 
 impl Server {
-    pub(crate) async fn serve_websocket<S>(&self, stream: S, remote: SocketAddr, path: &str)
-    where
+    pub(crate) async fn serve_websocket<S>(
+        &self,
+        stream: S,
+        remote: SocketAddr,
+        path: &str,
+        transport: &'static str,
+    ) where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         let config = &self.inner.config;
@@ -108,8 +113,10 @@ impl Server {
                 return;
             }
         };
-        let (conn, outbox) = self.new_conn(Some(remote), header, agreement.codec.clone());
+        let (conn, outbox) =
+            self.new_conn(Some(remote), transport, header, agreement.codec.clone());
         if let Err(status) = self.authenticate(&conn).await {
+            conn.mark_closed(&status);
             let _ = socket
                 .send(handshake_message(&ServerHandshake::refuse(&status), text))
                 .await;
@@ -123,6 +130,9 @@ impl Server {
             .await
             .is_err()
         {
+            conn.mark_closed(&Status::network_error(
+                "connection lost during the handshake",
+            ));
             return;
         }
         let (packets, writer) = websocket(socket, format, config.max_packet_size);
