@@ -5,8 +5,11 @@
 //! - [`wire`] is the sans-IO core: packets, handshakes and headers to and from bytes.
 //! - [`Conn`] is one live connection; one engine runs every transport on both sides.
 //! - [`Router`] holds handlers, event listeners and [`Middleware`].
-//! - [`Server`] listens on TCP, TLS, WebSocket (and WebSocket over TLS) at once; [`Client`]
-//!   connects by URL and reconnects by itself.
+//! - [`Server`] listens on TCP, TLS, WebSocket, WebSocket over TLS and QUIC at once;
+//!   [`Client`] connects by URL (`tcp://`, `tls://`, `ws://`, `wss://`, `quic://`) and
+//!   reconnects by itself.
+//! - [`Rooms`] and [`Users`] group connections; [`broadcast`] sends one event to many,
+//!   serialised once per content type.
 //! - [`codec`] turns messages into payloads: protobuf, JSON, msgpack, or your own.
 //! - [`Status`] and [`Code`] are the errors everything returns.
 #![forbid(unsafe_code)]
@@ -18,13 +21,13 @@ pub mod codec;
 mod conn;
 mod context;
 mod method;
+pub mod quic;
 mod rooms;
 mod router;
 #[doc(hidden)]
 pub mod serde_support;
 mod server;
 mod status;
-pub mod quic;
 pub mod tls;
 pub mod wire;
 
