@@ -1,0 +1,231 @@
+//! The server process: `stmp-bench serve <kind>`, started by the load process, which reads its
+//! addresses from its stdout, talks to it over its stdin, and reads its CPU time and resident
+//! memory from `/proc`.
+//!
+//! The protocol is lines: the server prints `LISTEN <name> <addr>` for each listener and then
+//! `READY`; after that it answers each command line on its stdin with one line. It exits when
+//! its stdin closes, so it never outlives the load process; the load process also kills it
+//! (on drop too, so an error path cannot leak it).
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+use crate::Result;
+use crate::systems::{CERT_ENV, KEY_ENV, ServerKind, quic_cert};
+
+/// A command (and its arguments) to run the server process under, for profiling.
+pub const WRAPPER_ENV: &str = "STMP_BENCH_SERVER_WRAPPER";
+
+/// The listeners a server process reported.
+#[derive(Clone, Debug, Default)]
+pub struct Listening {
+    addrs: Vec<(String, SocketAddr)>,
+}
+
+impl Listening {
+    /// The address of the listener called `name` (`tcp`, `ws`, `quic`).
+    pub fn addr(&self, name: &str) -> Result<SocketAddr> {
+        self.addrs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, addr)| *addr)
+            .ok_or_else(|| format!("the server has no {name} listener").into())
+    }
+}
+
+/// A running server process.
+pub struct ServerProcess {
+    kind: ServerKind,
+    child: Child,
+    pid: u32,
+    stdin: ChildStdin,
+    stdout: Lines<BufReader<ChildStdout>>,
+    /// Its listeners.
+    pub listening: Listening,
+}
+
+impl ServerProcess {
+    /// Starts `stmp-bench serve <kind>` and waits until it listens.
+    pub async fn spawn(kind: ServerKind) -> Result<ServerProcess> {
+        let exe = std::env::current_exe()?;
+        // For profiling: `STMP_BENCH_SERVER_WRAPPER="valgrind --tool=massif"` runs the server
+        // under that command (which must exec the program in place, keeping its pid).
+        let wrapper = std::env::var(WRAPPER_ENV).unwrap_or_default();
+        let mut wrapper = wrapper.split_whitespace();
+        let mut command = match wrapper.next() {
+            Some(program) => {
+                let mut command = Command::new(program);
+                command.args(wrapper).arg(exe);
+                command
+            }
+            None => Command::new(exe),
+        };
+        command
+            .arg("serve")
+            .arg(kind.arg())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        if kind == ServerKind::Stmp {
+            let cert = quic_cert();
+            command
+                .env(CERT_ENV, &cert.cert_pem)
+                .env(KEY_ENV, &cert.key_pem);
+        }
+        let mut child = command.spawn()?;
+        let pid = child.id().ok_or("the server process exited at once")?;
+        let stdin = child.stdin.take().ok_or("no stdin")?;
+        let stdout = BufReader::new(child.stdout.take().ok_or("no stdout")?).lines();
+        let mut server = ServerProcess {
+            kind,
+            child,
+            pid,
+            stdin,
+            stdout,
+            listening: Listening::default(),
+        };
+        loop {
+            let line = server.read_line(Duration::from_secs(30)).await?;
+            let words: Vec<&str> = line.split_whitespace().collect();
+            match words.as_slice() {
+                ["READY"] => break,
+                ["LISTEN", name, addr] => {
+                    let addr: SocketAddr = addr.parse()?;
+                    server.listening.addrs.push((name.to_string(), addr));
+                }
+                _ => return Err(format!("unexpected line from the server: {line}").into()),
+            }
+        }
+        Ok(server)
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Sends one command line and returns the answer's words after its first one.
+    pub async fn command(&mut self, command: &str) -> Result<Vec<String>> {
+        self.stdin.write_all(command.as_bytes()).await?;
+        self.stdin.write_all(b"\n").await?;
+        self.stdin.flush().await?;
+        let line = self.read_line(Duration::from_secs(60)).await?;
+        let mut words = line.split_whitespace().map(str::to_owned);
+        match words.next().as_deref() {
+            Some("ERROR") | None => Err(format!("server: {line}").into()),
+            Some(_) => Ok(words.collect()),
+        }
+    }
+
+    /// The number of connections the server holds.
+    pub async fn connections(&mut self) -> Result<usize> {
+        let words = self.command("count").await?;
+        Ok(words.first().ok_or("no count")?.parse()?)
+    }
+
+    /// Waits until the server holds `n` connections.
+    pub async fn wait_for_connections(&mut self, n: usize) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let now = self.connections().await?;
+            if now == n {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(format!("the server holds {now} connections, not {n}").into());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn read_line(&mut self, timeout: Duration) -> Result<String> {
+        match tokio::time::timeout(timeout, self.stdout.next_line()).await {
+            Ok(Ok(Some(line))) => Ok(line),
+            Ok(Ok(None)) => Err(format!("the {:?} server process ended", self.kind).into()),
+            Ok(Err(error)) => Err(error.into()),
+            Err(_) => Err(format!("the {:?} server process is not answering", self.kind).into()),
+        }
+    }
+
+    /// User plus system CPU time the server has used so far.
+    pub fn cpu_time(&self) -> Result<Duration> {
+        cpu_time(self.pid)
+    }
+
+    /// The server's resident memory, in KiB.
+    pub fn rss_kib(&self) -> Result<u64> {
+        rss_kib(self.pid)
+    }
+
+    /// Ends the server: closes its stdin (it exits by itself), kills it if it has not within
+    /// a moment, and reaps it.
+    pub async fn stop(self) {
+        let ServerProcess {
+            mut child, stdin, ..
+        } = self;
+        drop(stdin);
+        // A profiler wrapping the server needs time to write its data.
+        let grace = match std::env::var_os(WRAPPER_ENV) {
+            Some(_) => Duration::from_secs(120),
+            None => Duration::from_millis(500),
+        };
+        if tokio::time::timeout(grace, child.wait()).await.is_err() {
+            let _ = child.kill().await;
+        }
+    }
+}
+
+/// utime + stime of a process, from `/proc/<pid>/stat` (clock ticks, so 10 ms granularity
+/// where `CLK_TCK` is 100: measure many events and divide).
+pub fn cpu_time(pid: u32) -> Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name is in parentheses and may hold spaces: fields are counted after it.
+    let rest = &stat[stat.rfind(')').ok_or("bad /proc stat")? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // Field 3 (state) is fields[0]; utime is field 14, stime field 15.
+    let utime: u64 = fields.get(11).ok_or("bad /proc stat")?.parse()?;
+    let stime: u64 = fields.get(12).ok_or("bad /proc stat")?.parse()?;
+    let ticks = utime + stime;
+    Ok(Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64))
+}
+
+/// `VmRSS` of a process, in KiB, from `/proc/<pid>/status`.
+pub fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("VmRSS:"))
+        .ok_or("no VmRSS in /proc status")?;
+    let kib = line
+        .split_whitespace()
+        .nth(1)
+        .ok_or("bad VmRSS line")?
+        .parse()?;
+    Ok(kib)
+}
+
+/// `CLK_TCK` (from `getconf`, 100 if that fails).
+fn clock_ticks() -> u64 {
+    static TICKS: OnceLock<u64> = OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|out| String::from_utf8(out.stdout).ok())
+            .and_then(|text| text.trim().parse().ok())
+            .filter(|&ticks| ticks > 0)
+            .unwrap_or(100)
+    })
+}
+
+/// Raises the open-file limit to the hard limit; returns the soft limit now in force.
+pub fn raise_nofile_limit() -> u64 {
+    rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024)
+}

@@ -1,0 +1,154 @@
+//! The stmp benchmark suite: stmp against tonic and the raw-TCP limit, side by side in one run.
+//!
+//! The `stmp-bench` binary is both sides: run plainly it is the load generator, which starts
+//! itself again as `stmp-bench serve <kind>` for each server (a separate process, on loopback,
+//! port 0), drives it, reads its CPU time and resident memory from `/proc`, and kills it at the
+//! end. See the crate's README for how to run it and how to read the table.
+//!
+//! - [`unary`]: request/response at three points (1 in flight on 1 connection, 64 in flight
+//!   on 1 connection, 64 connections × 1) for every [`System`].
+//! - [`fanout`]: one event to N connected clients, against a raw tokio fan-out.
+//! - [`memory`]: the server's resident memory per idle connection.
+//! - [`report`]: the Markdown table and the JSON.
+
+pub mod child;
+pub mod fanout;
+pub mod memory;
+pub mod raw;
+pub mod report;
+pub mod serve;
+pub mod systems;
+pub mod unary;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use stmp::Method;
+use stmp::wire::{Header, Notify, Packet};
+
+pub use systems::System;
+
+/// The tonic echo service, generated from `proto/echo.proto` by build.rs (protox, no protoc).
+pub mod pb {
+    tonic::include_proto!("stmp.bench");
+}
+
+/// The request and response of every unary point: the same bytes for every system.
+#[derive(Clone, PartialEq, prost::Message, serde::Serialize, serde::Deserialize)]
+pub struct Echo {
+    /// Opaque bytes, echoed back.
+    #[prost(bytes = "vec", tag = "1")]
+    pub payload: Vec<u8>,
+}
+
+/// The event of the fan-out benchmark.
+#[derive(Clone, PartialEq, prost::Message, serde::Serialize, serde::Deserialize)]
+pub struct Event {
+    /// The round it belongs to.
+    #[prost(uint64, tag = "1")]
+    pub seq: u64,
+    /// Opaque bytes.
+    #[prost(bytes = "vec", tag = "2")]
+    pub payload: Vec<u8>,
+}
+
+/// The echo method, the same name as the tonic service's.
+pub const ECHO: Method = Method::new(
+    "stmp.bench.EchoService.Echo",
+    "stmp.bench.Echo",
+    "stmp.bench.Echo",
+);
+
+/// The event broadcast in the fan-out benchmark.
+pub const EVENT: Method = Method::new(
+    "stmp.bench.Events.Tick",
+    "stmp.bench.Event",
+    "stmp.bench.Event",
+);
+
+/// The payload size of the fan-out event.
+pub const EVENT_PAYLOAD: usize = 32;
+
+/// The fan-out event of round `seq`.
+pub fn event(seq: u64) -> Event {
+    Event {
+        seq,
+        payload: vec![0xA5; EVENT_PAYLOAD],
+    }
+}
+
+/// The exact bytes stmp writes on a TCP stream for `event` as a notify of [`EVENT`]: what the
+/// raw fan-out baseline writes to each socket.
+pub fn notify_frame(event: &Event) -> Bytes {
+    let payload = Bytes::from(prost::Message::encode_to_vec(event));
+    let packet = Packet::Notify(Notify {
+        action: EVENT.wire_action(),
+        header: Header::new(),
+        payload,
+    });
+    let mut out = BytesMut::with_capacity(packet.encoded_stream_len());
+    packet.encode_stream(&mut out);
+    out.freeze()
+}
+
+/// Wall-clock time in nanoseconds since the epoch: comparable between the load process and
+/// the server process (both on this machine).
+pub fn unix_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// How long each part of the suite runs.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Settings {
+    /// `--quick`: tiny durations and N, for CI's smoke test.
+    pub quick: bool,
+    /// Warm-up of each unary point, not measured.
+    pub warmup: Duration,
+    /// Measured time of each unary point.
+    pub measure: Duration,
+    /// Fan-out sizes.
+    pub fanout: Vec<usize>,
+    /// Broadcast rounds at each fan-out size (the median is reported).
+    pub fanout_rounds: usize,
+    /// Idle connection counts of the memory benchmark.
+    pub idle: Vec<usize>,
+    /// In-flight depth of the "64 in flight" points.
+    pub depth: usize,
+}
+
+impl Settings {
+    /// The full run: a few minutes on two cores.
+    pub fn full() -> Settings {
+        Settings {
+            quick: false,
+            warmup: Duration::from_millis(500),
+            measure: Duration::from_secs(2),
+            fanout: vec![1_000, 10_000],
+            fanout_rounds: 30,
+            idle: vec![1_000, 10_000],
+            depth: 64,
+        }
+    }
+
+    /// `--quick`: well under a minute, debug or release.
+    pub fn quick() -> Settings {
+        Settings {
+            quick: true,
+            warmup: Duration::from_millis(100),
+            measure: Duration::from_millis(300),
+            fanout: vec![200],
+            fanout_rounds: 5,
+            idle: vec![200],
+            depth: 64,
+        }
+    }
+}
+
+/// Errors of the load generator: a message is enough.
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// A result with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

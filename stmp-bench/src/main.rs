@@ -1,0 +1,152 @@
+//! `stmp-bench [--quick] [--out DIR] [--only unary|fanout|memory]...`: runs the suite and
+//! prints the table (also written to DIR/results.md and DIR/results.json; DIR defaults to
+//! `target/bench-results`, inside the ignored target directory).
+//!
+//! `stmp-bench serve <kind>` is the server process the suite starts for itself.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use stmp_bench::report::Report;
+use stmp_bench::systems::{ServerKind, System};
+use stmp_bench::unary::Point;
+use stmp_bench::{Result, Settings, child, fanout, memory, unary};
+
+const USAGE: &str = "usage: stmp-bench [--quick] [--out DIR] [--only unary|fanout|memory]...
+                  [--system LABEL]... [--point single|multiplexed|connections]...
+       stmp-bench serve stmp|tonic|raw-echo|raw-fanout
+
+--system and --point narrow the unary part (for profiling): LABEL as in the table
+(\"stmp tcp\", \"tonic grpc\", ...).";
+
+struct Args {
+    settings: Settings,
+    out: PathBuf,
+    only: Vec<String>,
+    systems: Vec<System>,
+    points: Vec<Point>,
+}
+
+fn parse(args: &[String]) -> Result<Args> {
+    let mut parsed = Args {
+        settings: Settings::full(),
+        out: PathBuf::from("target/bench-results"),
+        only: Vec::new(),
+        systems: Vec::new(),
+        points: Vec::new(),
+    };
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--quick" => parsed.settings = Settings::quick(),
+            "--out" => parsed.out = args.next().ok_or("--out needs a directory")?.into(),
+            "--only" => {
+                let part = args.next().ok_or("--only needs unary, fanout or memory")?;
+                if !["unary", "fanout", "memory"].contains(&part.as_str()) {
+                    return Err(format!("unknown part {part:?}").into());
+                }
+                parsed.only.push(part.clone());
+            }
+            "--system" => {
+                let label = args.next().ok_or("--system needs a system")?;
+                let system = System::ALL
+                    .into_iter()
+                    .find(|s| s.label() == label)
+                    .ok_or_else(|| format!("unknown system {label:?}"))?;
+                parsed.systems.push(system);
+            }
+            "--point" => {
+                let point = match args.next().map(String::as_str) {
+                    Some("single") => Point::Single,
+                    Some("multiplexed") => Point::Multiplexed,
+                    Some("connections") => Point::Connections,
+                    _ => return Err("--point needs single, multiplexed or connections".into()),
+                };
+                parsed.points.push(point);
+            }
+            "-h" | "--help" => return Err(USAGE.into()),
+            other => return Err(format!("unknown argument {other:?}\n{USAGE}").into()),
+        }
+    }
+    Ok(parsed)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let outcome = match args.first().map(String::as_str) {
+        Some("serve") => match args.get(1).and_then(|kind| ServerKind::parse(kind)) {
+            Some(kind) => stmp_bench::serve::main(kind),
+            None => Err(USAGE.into()),
+        },
+        _ => parse(&args).and_then(run),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("stmp-bench: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    let settings = args.settings;
+    let wanted = |part: &str| args.only.is_empty() || args.only.iter().any(|p| p == part);
+    let needed = settings
+        .fanout
+        .iter()
+        .chain(&settings.idle)
+        .copied()
+        .max()
+        .unwrap_or(0) as u64
+        + 512;
+    let limit = child::raise_nofile_limit();
+    if limit < needed {
+        return Err(format!(
+            "the open-file limit is {limit}, the run needs about {needed}: raise it (ulimit -n {needed})"
+        )
+        .into());
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mut unary_results = Vec::new();
+        let mut fanout_results = Vec::new();
+        let mut memory_results = Vec::new();
+        if wanted("unary") {
+            eprintln!("unary request/response:");
+            let systems = match args.systems.is_empty() {
+                true => System::unary(),
+                false => args.systems.clone(),
+            };
+            let points = match args.points.is_empty() {
+                true => Point::ALL.to_vec(),
+                false => args.points.clone(),
+            };
+            unary_results = unary::run(&settings, &systems, &points).await?;
+        }
+        if wanted("fanout") {
+            eprintln!("broadcast fan-out:");
+            fanout_results = fanout::run(&settings).await?;
+        }
+        if wanted("memory") {
+            eprintln!("idle memory:");
+            memory_results = memory::run(&settings).await?;
+        }
+        let report = Report::new(
+            settings.clone(),
+            unary_results,
+            fanout_results,
+            memory_results,
+        );
+        println!("{}", report.markdown());
+        report.write(&args.out)?;
+        eprintln!(
+            "written to {} and {}",
+            args.out.join("results.md").display(),
+            args.out.join("results.json").display()
+        );
+        Ok(())
+    })
+}

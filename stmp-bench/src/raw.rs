@@ -1,0 +1,175 @@
+//! The raw baseline's client side: u32 length-prefixed frames over plain tokio TCP.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+
+use crate::Result;
+use crate::unary::{Call, Measured, new_histogram};
+
+/// One frame: the payload's length as a big-endian u32, then the payload.
+pub fn frame(payload: usize) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(4 + payload);
+    frame.extend_from_slice(&(payload as u32).to_be_bytes());
+    frame.resize(4 + payload, 0x5A);
+    frame
+}
+
+/// The length of the complete frames at the start of `buf`.
+pub fn complete_frames(buf: &[u8]) -> usize {
+    let mut end = 0;
+    while let Some(head) = buf.get(end..end + 4) {
+        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        if buf.len() - end < 4 + len {
+            break;
+        }
+        end += 4 + len;
+    }
+    end
+}
+
+/// Connects with `TCP_NODELAY`.
+pub async fn connect(addr: SocketAddr) -> Result<TcpStream> {
+    let stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// One call in flight on one connection: write a frame, read its echo.
+pub struct RawCall {
+    stream: TcpStream,
+    frame: Vec<u8>,
+    reply: Vec<u8>,
+}
+
+impl RawCall {
+    /// A caller on a new connection.
+    pub async fn connect(addr: SocketAddr, payload: usize) -> Result<RawCall> {
+        let frame = frame(payload);
+        Ok(RawCall {
+            stream: connect(addr).await?,
+            reply: vec![0; frame.len()],
+            frame,
+        })
+    }
+}
+
+impl Call for RawCall {
+    async fn call(&mut self) -> Result<()> {
+        self.stream.write_all(&self.frame).await?;
+        self.stream.read_exact(&mut self.reply).await?;
+        Ok(())
+    }
+}
+
+/// `depth` requests in flight on one connection, pipelined: the writer sends as many frames
+/// as there are free slots in one write, the reader takes the echoes in order.
+pub async fn pipelined(
+    addr: SocketAddr,
+    payload: usize,
+    depth: usize,
+    warmup: Duration,
+    measure: Duration,
+) -> Result<Measured> {
+    let (mut reader, mut writer) = connect(addr).await?.into_split();
+    let frame = frame(payload);
+    let frame_len = frame.len();
+    let slots = Arc::new(Semaphore::new(depth));
+    // Send times of the requests in flight, oldest first.
+    let sent: Arc<Mutex<VecDeque<Instant>>> = Arc::new(Mutex::new(VecDeque::with_capacity(depth)));
+    let start = Instant::now();
+    let measure_from = start + warmup;
+    let end = measure_from + measure;
+
+    let writer_slots = slots.clone();
+    let writer_sent = sent.clone();
+    let writer_task = tokio::spawn(async move {
+        let mut out = Vec::with_capacity(frame_len * depth);
+        loop {
+            let Ok(first) = writer_slots.acquire().await else {
+                return Ok::<_, std::io::Error>(());
+            };
+            first.forget();
+            let mut batch = 1;
+            while let Ok(more) = writer_slots.try_acquire() {
+                more.forget();
+                batch += 1;
+            }
+            out.clear();
+            for _ in 0..batch {
+                out.extend_from_slice(&frame);
+            }
+            let now = Instant::now();
+            writer_sent
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(std::iter::repeat_n(now, batch));
+            writer.write_all(&out).await?;
+        }
+    });
+
+    let mut histogram = new_histogram()?;
+    let mut requests = 0u64;
+    let mut buf = BytesMut::with_capacity(64 << 10);
+    let outcome: Result<()> = async {
+        loop {
+            buf.reserve(64 << 10);
+            if reader.read_buf(&mut buf).await? == 0 {
+                return Err("the raw echo server closed the connection".into());
+            }
+            let answered = buf.len() / frame_len;
+            if answered == 0 {
+                continue;
+            }
+            buf.advance(answered * frame_len);
+            let now = Instant::now();
+            {
+                let mut sent = sent.lock().unwrap_or_else(|p| p.into_inner());
+                for _ in 0..answered {
+                    let at = sent.pop_front().ok_or("an echo nobody asked for")?;
+                    if at >= measure_from && at < end {
+                        histogram.saturating_record(now.duration_since(at).as_nanos() as u64);
+                        requests += 1;
+                    }
+                }
+            }
+            if now >= end {
+                return Ok(());
+            }
+            slots.add_permits(answered);
+        }
+    }
+    .await;
+    slots.close();
+    writer_task.abort();
+    outcome?;
+    Ok(Measured::new(histogram, requests, measure))
+}
+
+/// Reads the fan-out baseline's frames from one socket, calling `received` once per
+/// `frame_len` bytes.
+pub async fn read_events(
+    mut stream: TcpStream,
+    frame_len: usize,
+    received: impl Fn(),
+) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 4096];
+    let mut pending = 0usize;
+    loop {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        pending += n;
+        while pending >= frame_len {
+            pending -= frame_len;
+            received();
+        }
+    }
+}

@@ -1,0 +1,396 @@
+//! The table: Markdown on stdout and in `<out>/results.md`, JSON in `<out>/results.json`.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::Settings;
+use crate::fanout::FanoutResult;
+use crate::memory::MemoryResult;
+use crate::systems::System;
+use crate::unary::{Measured, PAYLOADS, Point, UnaryResult};
+
+/// Everything one run measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// How it ran.
+    pub settings: Settings,
+    /// CPUs the machine has (server and load generator share them).
+    pub cpus: usize,
+    /// Unary rows.
+    pub unary: Vec<UnaryResult>,
+    /// Fan-out rows.
+    pub fanout: Vec<FanoutResult>,
+    /// Memory rows.
+    pub memory: Vec<MemoryResult>,
+    /// The issue's targets, met or missed.
+    pub targets: Vec<Target>,
+}
+
+/// One of the issue's targets.
+#[derive(Clone, Debug, Serialize)]
+pub struct Target {
+    /// What the issue asks.
+    pub target: String,
+    /// What was measured.
+    pub measured: String,
+    /// Whether it was met (`None`: not measured in this run).
+    pub met: Option<bool>,
+}
+
+/// `2.20M`, `45.1k`, `812`.
+pub fn rate(per_second: f64) -> String {
+    if per_second >= 1e6 {
+        format!("{:.2}M", per_second / 1e6)
+    } else if per_second >= 1e3 {
+        format!("{:.1}k", per_second / 1e3)
+    } else {
+        format!("{per_second:.0}")
+    }
+}
+
+/// `850 ns`, `21.3 µs`, `3.21 ms`, `1.23 s`.
+pub fn duration(ns: u64) -> String {
+    let ns = ns as f64;
+    if ns < 1e3 {
+        format!("{ns:.0} ns")
+    } else if ns < 1e6 {
+        format!("{:.1} µs", ns / 1e3)
+    } else if ns < 1e9 {
+        format!("{:.2} ms", ns / 1e6)
+    } else {
+        format!("{:.2} s", ns / 1e9)
+    }
+}
+
+/// `1,000`.
+pub fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn ratio(x: f64) -> String {
+    if x >= 10.0 {
+        format!("{x:.1}×")
+    } else {
+        format!("{x:.2}×")
+    }
+}
+
+impl Report {
+    /// Puts the runs together and checks the targets.
+    pub fn new(
+        settings: Settings,
+        unary: Vec<UnaryResult>,
+        fanout: Vec<FanoutResult>,
+        memory: Vec<MemoryResult>,
+    ) -> Report {
+        let mut report = Report {
+            settings,
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            unary,
+            fanout,
+            memory,
+            targets: Vec::new(),
+        };
+        report.targets = report.check_targets();
+        report
+    }
+
+    fn unary(&self, system: System, payload: usize, point: Point) -> Option<&Measured> {
+        self.unary
+            .iter()
+            .find(|r| r.system == system && r.payload == payload && r.point == point)
+            .map(|r| &r.measured)
+    }
+
+    fn fanout(&self, system: &str, clients: usize) -> Option<&FanoutResult> {
+        self.fanout
+            .iter()
+            .find(|r| r.system == system && r.clients == clients)
+    }
+
+    fn memory(&self, system: System) -> Option<&MemoryResult> {
+        // The largest idle count measured.
+        self.memory
+            .iter()
+            .filter(|r| r.system == system)
+            .max_by_key(|r| r.connections)
+    }
+
+    fn check_targets(&self) -> Vec<Target> {
+        let mut targets = Vec::new();
+        let stmp = System::StmpTcp;
+        let depth = self.settings.depth;
+        let mut push = |target: String, measured: Option<(String, bool)>| {
+            targets.push(Target {
+                target,
+                measured: measured
+                    .as_ref()
+                    .map_or("not measured".to_owned(), |(m, _)| m.clone()),
+                met: measured.map(|(_, met)| met),
+            });
+        };
+        let multiplexed = |system| self.unary(system, 32, Point::Multiplexed);
+        push(
+            format!("{depth} in flight on 1 conn, 32 B: stmp tcp ≥ 10× tonic req/s"),
+            multiplexed(stmp)
+                .zip(multiplexed(System::Tonic))
+                .map(|(s, t)| {
+                    let x = s.rps / t.rps;
+                    (
+                        format!(
+                            "{} (stmp {} vs tonic {} req/s)",
+                            ratio(x),
+                            rate(s.rps),
+                            rate(t.rps)
+                        ),
+                        x >= 10.0,
+                    )
+                }),
+        );
+        push(
+            format!("{depth} in flight on 1 conn, 32 B: stmp tcp ≥ 30 % of raw echo req/s"),
+            multiplexed(stmp)
+                .zip(multiplexed(System::RawTcp))
+                .map(|(s, r)| {
+                    let x = s.rps / r.rps;
+                    (
+                        format!(
+                            "{:.1} % (stmp {} vs raw {} req/s)",
+                            x * 100.0,
+                            rate(s.rps),
+                            rate(r.rps)
+                        ),
+                        x >= 0.30,
+                    )
+                }),
+        );
+        let single = |system| self.unary(system, 32, Point::Single);
+        push(
+            "1 in flight, 32 B: stmp tcp p50 ≤ 1.5× raw echo p50".to_owned(),
+            single(stmp).zip(single(System::RawTcp)).map(|(s, r)| {
+                let x = s.p50_ns as f64 / r.p50_ns as f64;
+                (
+                    format!(
+                        "{} (stmp {} vs raw {}; tonic {})",
+                        ratio(x),
+                        duration(s.p50_ns),
+                        duration(r.p50_ns),
+                        single(System::Tonic).map_or("–".to_owned(), |t| ratio(
+                            t.p50_ns as f64 / r.p50_ns as f64
+                        ))
+                    ),
+                    x <= 1.5,
+                )
+            }),
+        );
+        let conns = |system| self.unary(system, 32, Point::Connections);
+        push(
+            format!("{depth} conns × 1, 32 B: stmp tcp ≥ 70 % of raw echo req/s"),
+            conns(stmp).zip(conns(System::RawTcp)).map(|(s, r)| {
+                let x = s.rps / r.rps;
+                (
+                    format!(
+                        "{:.1} % (stmp {} vs raw {} req/s)",
+                        x * 100.0,
+                        rate(s.rps),
+                        rate(r.rps)
+                    ),
+                    x >= 0.70,
+                )
+            }),
+        );
+        for (system, limit) in [(System::StmpTcp, 12.0), (System::StmpWs, 20.0)] {
+            push(
+                format!(
+                    "idle memory per connection: {} ≤ {limit} KiB",
+                    system.label()
+                ),
+                self.memory(system).map(|m| {
+                    (
+                        format!(
+                            "{:.1} KiB at {} connections",
+                            m.per_connection_kib,
+                            thousands(m.connections)
+                        ),
+                        m.per_connection_kib <= limit,
+                    )
+                }),
+            );
+        }
+        let n = self.settings.fanout.iter().copied().max().unwrap_or(0);
+        let stmp_fan = self.fanout("stmp tcp", n);
+        push(
+            format!(
+                "broadcast to {} connections: one serialisation per content type",
+                thousands(n)
+            ),
+            stmp_fan.map(|f| {
+                (
+                    format!("{} encoding(s) per broadcast", f.encodings),
+                    f.encodings == 1,
+                )
+            }),
+        );
+        push(
+            format!(
+                "broadcast to {} connections: last client within 2× the raw baseline",
+                thousands(n)
+            ),
+            stmp_fan.zip(self.fanout("raw tcp", n)).map(|(s, r)| {
+                let x = s.p50_ns as f64 / r.p50_ns as f64;
+                (
+                    format!(
+                        "{} (stmp {} vs raw {})",
+                        ratio(x),
+                        duration(s.p50_ns),
+                        duration(r.p50_ns)
+                    ),
+                    x <= 2.0,
+                )
+            }),
+        );
+        targets
+    }
+
+    /// The Markdown: the results table, then the targets.
+    pub fn markdown(&self) -> String {
+        let mut md = String::new();
+        let mode = if self.settings.quick {
+            "--quick (smoke test: figures are not meaningful)"
+        } else {
+            "full"
+        };
+        let _ = writeln!(
+            md,
+            "## stmp-bench ({mode}; {} CPUs shared by server and load generator; loopback)\n",
+            self.cpus
+        );
+        md.push_str("| benchmark | system | result | p50 | p99 | vs tonic | vs raw | notes |\n");
+        md.push_str("|---|---|---|---|---|---|---|---|\n");
+        let depth = self.settings.depth;
+        for payload in PAYLOADS {
+            for point in Point::ALL {
+                for row in self
+                    .unary
+                    .iter()
+                    .filter(|r| r.payload == payload && r.point == point)
+                {
+                    let m = &row.measured;
+                    let versus = |other: System| {
+                        if row.system == other || !(row.system.is_stmp() || other == System::RawTcp)
+                        {
+                            return "–".to_owned();
+                        }
+                        self.unary(other, payload, point)
+                            .map_or("–".to_owned(), |o| {
+                                format!(
+                                    "{} req/s, p50 {}",
+                                    ratio(m.rps / o.rps),
+                                    ratio(m.p50_ns as f64 / o.p50_ns as f64)
+                                )
+                            })
+                    };
+                    let note = match (row.system, point) {
+                        (System::RawTcp, Point::Multiplexed) => "pipelined, batched writes",
+                        (System::StmpGzip, _) => "gzip stream, sync flush per batch",
+                        (System::StmpQuic, _) => "TLS 1.3, one stream",
+                        (System::Tonic, Point::Multiplexed) => "HTTP/2 streams on one channel",
+                        _ => "",
+                    };
+                    let _ = writeln!(
+                        md,
+                        "| unary {payload} B, {} | {} | {} req/s | {} | {} | {} | {} | {note} |",
+                        point.label(depth),
+                        row.system.label(),
+                        rate(m.rps),
+                        duration(m.p50_ns),
+                        duration(m.p99_ns),
+                        versus(System::Tonic),
+                        versus(System::RawTcp),
+                    );
+                }
+            }
+        }
+        for row in &self.fanout {
+            let versus_raw = match (row.system.as_str(), self.fanout("raw tcp", row.clients)) {
+                ("raw tcp", _) | (_, None) => "–".to_owned(),
+                (_, Some(raw)) => format!(
+                    "{} time, {} CPU",
+                    ratio(row.p50_ns as f64 / raw.p50_ns as f64),
+                    ratio(row.server_cpu_ns as f64 / raw.server_cpu_ns.max(1) as f64)
+                ),
+            };
+            let _ = writeln!(
+                md,
+                "| fan-out to {} clients, {} B frame | {} | {} to last client | {} | {} (worst) | – | {versus_raw} | server CPU {}/event; broadcast call {}; {} encoding(s); {} dropped; {} rounds |",
+                thousands(row.clients),
+                row.frame_bytes,
+                row.system,
+                duration(row.p50_ns),
+                duration(row.p50_ns),
+                duration(row.max_ns),
+                duration(row.server_cpu_ns),
+                duration(row.call_ns),
+                row.encodings,
+                row.dropped,
+                row.rounds,
+            );
+        }
+        for row in &self.memory {
+            let tonic = self
+                .memory
+                .iter()
+                .find(|r| r.system == System::Tonic && r.connections == row.connections);
+            let versus_tonic = match tonic {
+                Some(t) if row.system != System::Tonic => {
+                    ratio(row.per_connection_kib / t.per_connection_kib.max(0.001))
+                }
+                _ => "–".to_owned(),
+            };
+            let _ = writeln!(
+                md,
+                "| idle memory, {} conns | {} | {:.1} KiB/conn | – | – | {versus_tonic} | – | server RSS {:.1} → {:.1} MiB |",
+                thousands(row.connections),
+                row.system.label(),
+                row.per_connection_kib,
+                row.baseline_kib as f64 / 1024.0,
+                row.rss_kib as f64 / 1024.0,
+            );
+        }
+        md.push_str("\n### Targets (issue 7)\n\n| target | measured | |\n|---|---|---|\n");
+        for target in &self.targets {
+            let verdict = match target.met {
+                Some(true) => "met",
+                Some(false) => "**missed**",
+                None => "–",
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {verdict} |",
+                target.target, target.measured
+            );
+        }
+        md
+    }
+
+    /// Writes `results.md` and `results.json` into `dir`.
+    pub fn write(&self, dir: &Path) -> crate::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(dir.join("results.md"), self.markdown())?;
+        std::fs::write(
+            dir.join("results.json"),
+            serde_json::to_string_pretty(self)?,
+        )?;
+        Ok(())
+    }
+}

@@ -1,0 +1,202 @@
+//! `stmp-bench serve <kind>`: the server processes.
+//!
+//! Each prints `LISTEN <name> <addr>` per listener (port 0: the OS picks), then `READY`, then
+//! answers commands on its stdin, one line each:
+//! - `count` → `COUNT <connections>`;
+//! - `broadcast <seq>` (stmp and raw fan-out) → `SENT <start unix ns> <call ns> <queued>
+//!   <dropped> <encodings>`: the fan-out event of round `seq` goes to every connection.
+//!
+//! It exits when its stdin closes.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use crate::pb::echo_service_server::{EchoService, EchoServiceServer};
+use crate::systems::{CERT_ENV, KEY_ENV, ServerKind};
+use crate::{ECHO, EVENT, Echo, Result, event, notify_frame, unix_nanos};
+
+/// Runs the server of `kind` until stdin closes.
+pub fn main(kind: ServerKind) -> Result<()> {
+    crate::child::raise_nofile_limit();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match kind {
+            ServerKind::Stmp => stmp_server().await,
+            ServerKind::Tonic => tonic_server().await,
+            ServerKind::RawEcho => raw_echo().await,
+            ServerKind::RawFanout => raw_fanout().await,
+        }
+    })?;
+    // Thousands of connection tasks need no orderly teardown.
+    std::process::exit(0);
+}
+
+/// Answers command lines until stdin closes; `handle` gets the words of each line.
+async fn commands(mut handle: impl FnMut(&[&str]) -> Option<String>) -> Result<()> {
+    println!("READY");
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    while let Some(line) = lines.next_line().await? {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let reply = handle(&words).unwrap_or_else(|| format!("ERROR unknown command: {line}"));
+        println!("{reply}");
+    }
+    Ok(())
+}
+
+fn sent(start_ns: u64, began: Instant, queued: usize, dropped: usize, encodings: usize) -> String {
+    let call_ns = began.elapsed().as_nanos();
+    format!("SENT {start_ns} {call_ns} {queued} {dropped} {encodings}")
+}
+
+async fn stmp_server() -> Result<()> {
+    let server = stmp::Server::builder().build();
+    server
+        .router()
+        .route(&ECHO, |_ctx, input: Echo| async move {
+            Ok::<_, stmp::Status>(input)
+        });
+    let tcp = server.listen_tcp("127.0.0.1:0").await?;
+    println!("LISTEN tcp {tcp}");
+    let ws = server.listen_ws("127.0.0.1:0", "/stmp").await?;
+    println!("LISTEN ws {ws}");
+    if let (Ok(cert), Ok(key)) = (std::env::var(CERT_ENV), std::env::var(KEY_ENV)) {
+        let tls = stmp::tls::server_config(cert.as_bytes(), key.as_bytes())?;
+        let quic = server.listen_quic("127.0.0.1:0", tls).await?;
+        println!("LISTEN quic {quic}");
+    }
+    commands(|words| match words {
+        ["count"] => Some(format!("COUNT {}", server.conns().len())),
+        ["broadcast", seq] => {
+            let seq: u64 = seq.parse().ok()?;
+            let start_ns = unix_nanos();
+            let began = Instant::now();
+            let delivery = server.conns().broadcast(&EVENT, &event(seq), None).ok()?;
+            Some(sent(
+                start_ns,
+                began,
+                delivery.queued,
+                delivery.dropped,
+                delivery.encodings,
+            ))
+        }
+        _ => None,
+    })
+    .await
+}
+
+struct Echoer;
+
+#[tonic::async_trait]
+impl EchoService for Echoer {
+    async fn echo(
+        &self,
+        request: tonic::Request<crate::pb::Echo>,
+    ) -> Result<tonic::Response<crate::pb::Echo>, tonic::Status> {
+        Ok(tonic::Response::new(request.into_inner()))
+    }
+}
+
+async fn tonic_server() -> Result<()> {
+    let incoming = tonic::transport::server::TcpIncoming::bind("127.0.0.1:0".parse()?)?
+        .with_nodelay(Some(true));
+    println!("LISTEN tcp {}", incoming.local_addr()?);
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(EchoServiceServer::new(Echoer))
+            .serve_with_incoming(incoming),
+    );
+    commands(|_| None).await
+}
+
+/// The practical limit: u32 length-prefixed frames echoed as they come, every complete frame
+/// of a read in one write (so pipelined requests are answered in batches).
+async fn raw_echo() -> Result<()> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    println!("LISTEN tcp {}", listener.local_addr()?);
+    let conns = Arc::new(AtomicUsize::new(0));
+    let count = conns.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let _ = stream.set_nodelay(true);
+            let conns = conns.clone();
+            tokio::spawn(async move {
+                conns.fetch_add(1, Ordering::Relaxed);
+                let _ = echo_frames(stream).await;
+                conns.fetch_sub(1, Ordering::Relaxed);
+            });
+        }
+    });
+    commands(|words| match words {
+        ["count"] => Some(format!("COUNT {}", count.load(Ordering::Relaxed))),
+        _ => None,
+    })
+    .await
+}
+
+async fn echo_frames(mut stream: TcpStream) -> std::io::Result<()> {
+    let mut buf = BytesMut::with_capacity(4096);
+    loop {
+        buf.reserve(4096);
+        if stream.read_buf(&mut buf).await? == 0 {
+            return Ok(());
+        }
+        let complete = crate::raw::complete_frames(&buf);
+        if complete > 0 {
+            let out = buf.split_to(complete);
+            stream.write_all(&out).await?;
+        }
+    }
+}
+
+/// The fan-out baseline: a plain tokio server that writes the same bytes stmp would to every
+/// socket, through one queue and one writer task per socket (stmp's shape, without stmp).
+async fn raw_fanout() -> Result<()> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    println!("LISTEN tcp {}", listener.local_addr()?);
+    let queues: Arc<Mutex<Vec<mpsc::Sender<Bytes>>>> = Arc::default();
+    let accepted = queues.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let _ = stream.set_nodelay(true);
+            let (tx, mut rx) = mpsc::channel::<Bytes>(256);
+            accepted.lock().unwrap_or_else(|p| p.into_inner()).push(tx);
+            tokio::spawn(async move {
+                while let Some(bytes) = rx.recv().await {
+                    if stream.write_all(&bytes).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    commands(|words| {
+        let queues = queues.lock().unwrap_or_else(|p| p.into_inner());
+        match words {
+            ["count"] => Some(format!("COUNT {}", queues.len())),
+            ["broadcast", seq] => {
+                let seq: u64 = seq.parse().ok()?;
+                let start_ns = unix_nanos();
+                let began = Instant::now();
+                let frame = notify_frame(&event(seq));
+                let (mut queued, mut dropped) = (0, 0);
+                for queue in queues.iter() {
+                    match queue.try_send(frame.clone()) {
+                        Ok(()) => queued += 1,
+                        Err(_) => dropped += 1,
+                    }
+                }
+                Some(sent(start_ns, began, queued, dropped, 1))
+            }
+            _ => None,
+        }
+    })
+    .await
+}

@@ -1,0 +1,188 @@
+//! The systems under test, and how a client of each stmp transport connects.
+//!
+//! A new stmp transport is one [`System`] variant, its row in [`System::ALL`], and one arm in
+//! [`stmp_client`] (plus its listener in [`crate::serve`]): every table picks it up.
+
+use std::sync::{Arc, OnceLock};
+
+use serde::Serialize;
+
+use crate::Result;
+use crate::child::Listening;
+
+/// One system of the unary table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum System {
+    /// stmp over plain TCP.
+    StmpTcp,
+    /// stmp over WebSocket (binary packets).
+    StmpWs,
+    /// stmp over TCP with gzip stream compression.
+    StmpGzip,
+    /// stmp over QUIC (one bidirectional stream, TLS 1.3, self-signed certificate).
+    StmpQuic,
+    /// tonic 0.14 gRPC unary echo over HTTP/2 (h2c).
+    Tonic,
+    /// A minimal tokio TCP echo of u32 length-prefixed frames: the practical limit.
+    RawTcp,
+}
+
+impl System {
+    /// Every system, in table order.
+    pub const ALL: [System; 6] = [
+        System::StmpTcp,
+        System::StmpWs,
+        System::StmpGzip,
+        System::StmpQuic,
+        System::Tonic,
+        System::RawTcp,
+    ];
+
+    /// The name in the table.
+    pub fn label(self) -> &'static str {
+        match self {
+            System::StmpTcp => "stmp tcp",
+            System::StmpWs => "stmp ws",
+            System::StmpGzip => "stmp tcp+gzip",
+            System::StmpQuic => "stmp quic",
+            System::Tonic => "tonic grpc",
+            System::RawTcp => "raw tcp echo",
+        }
+    }
+
+    /// Whether it is stmp (and so gets ratios against tonic and raw).
+    pub fn is_stmp(self) -> bool {
+        matches!(
+            self,
+            System::StmpTcp | System::StmpWs | System::StmpGzip | System::StmpQuic
+        )
+    }
+
+    /// The server process it talks to.
+    pub fn server(self) -> ServerKind {
+        match self {
+            System::Tonic => ServerKind::Tonic,
+            System::RawTcp => ServerKind::RawEcho,
+            _ => ServerKind::Stmp,
+        }
+    }
+
+    /// The systems of the unary table in this build: all of them (QUIC since
+    /// `Server::listen_quic` landed).
+    pub fn unary() -> Vec<System> {
+        System::ALL.to_vec()
+    }
+}
+
+/// What `stmp-bench serve <kind>` runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum ServerKind {
+    /// An stmp server listening on TCP, WebSocket (`/stmp`) and QUIC at once, with the echo
+    /// method; `broadcast <seq>` on its stdin sends the fan-out event to every connection.
+    Stmp,
+    /// A tonic server with the echo service.
+    Tonic,
+    /// The raw u32-length-prefixed echo.
+    RawEcho,
+    /// The raw fan-out baseline: `broadcast <seq>` writes stmp's notify bytes to every socket.
+    RawFanout,
+}
+
+impl ServerKind {
+    /// The word after `serve`.
+    pub fn arg(self) -> &'static str {
+        match self {
+            ServerKind::Stmp => "stmp",
+            ServerKind::Tonic => "tonic",
+            ServerKind::RawEcho => "raw-echo",
+            ServerKind::RawFanout => "raw-fanout",
+        }
+    }
+
+    /// The kind named by `arg`.
+    pub fn parse(arg: &str) -> Option<ServerKind> {
+        [
+            ServerKind::Stmp,
+            ServerKind::Tonic,
+            ServerKind::RawEcho,
+            ServerKind::RawFanout,
+        ]
+        .into_iter()
+        .find(|kind| kind.arg() == arg)
+    }
+}
+
+/// THE transport hook: connects an stmp client of `system` to the server, with `router` for
+/// the events it listens to. Clients never reconnect (a benchmark wants to see failures).
+pub async fn stmp_client(
+    system: System,
+    server: &Listening,
+    router: Option<stmp::Router>,
+) -> Result<stmp::Client> {
+    let mut builder = stmp::Client::builder().no_reconnect();
+    if let Some(router) = router {
+        builder = builder.router(router);
+    }
+    let client = match system {
+        System::StmpTcp => {
+            builder
+                .connect(&format!("tcp://{}", server.addr("tcp")?))
+                .await?
+        }
+        System::StmpGzip => {
+            builder
+                .gzip(true)
+                .connect(&format!("tcp://{}", server.addr("tcp")?))
+                .await?
+        }
+        System::StmpWs => {
+            builder
+                .connect(&format!("ws://{}/stmp", server.addr("ws")?))
+                .await?
+        }
+        System::StmpQuic => {
+            builder
+                .tls(quic_cert().client.clone())
+                .server_name("localhost")
+                .connect(&format!("quic://{}", server.addr("quic")?))
+                .await?
+        }
+        System::Tonic | System::RawTcp => {
+            return Err(format!("{} is not stmp", system.label()).into());
+        }
+    };
+    Ok(client)
+}
+
+/// The self-signed certificate of the QUIC listener: made once by the load process, handed to
+/// the server process in the environment.
+pub struct QuicCert {
+    /// The certificate, PEM.
+    pub cert_pem: String,
+    /// Its private key, PEM.
+    pub key_pem: String,
+    /// A client config that trusts it.
+    pub client: Arc<rustls::ClientConfig>,
+}
+
+/// Environment variables that carry the QUIC certificate to the server process.
+pub const CERT_ENV: &str = "STMP_BENCH_QUIC_CERT";
+/// See [`CERT_ENV`].
+pub const KEY_ENV: &str = "STMP_BENCH_QUIC_KEY";
+
+/// The process's QUIC certificate.
+pub fn quic_cert() -> &'static QuicCert {
+    static CERT: OnceLock<QuicCert> = OnceLock::new();
+    CERT.get_or_init(|| {
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+            .expect("a self-signed certificate");
+        let cert_pem = certified.cert.pem();
+        let key_pem = certified.signing_key.serialize_pem();
+        let client = stmp::tls::client_config(cert_pem.as_bytes()).expect("a client TLS config");
+        QuicCert {
+            cert_pem,
+            key_pem,
+            client,
+        }
+    })
+}

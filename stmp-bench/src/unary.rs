@@ -1,0 +1,346 @@
+//! Unary request/response: every system, both payloads, three points.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::child::{Listening, ServerProcess};
+use crate::pb::echo_service_client::EchoServiceClient;
+use crate::raw::RawCall;
+use crate::systems::{System, stmp_client};
+use crate::{ECHO, Echo, Result, Settings};
+
+/// The payload sizes, in bytes.
+pub const PAYLOADS: [usize; 2] = [32, 1024];
+
+/// Where on the latency/throughput curve a measurement is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Point {
+    /// One call in flight on one connection: latency.
+    Single,
+    /// `depth` calls in flight on one connection: multiplexing.
+    Multiplexed,
+    /// `depth` connections with one call in flight each: connection scaling.
+    Connections,
+}
+
+impl Point {
+    /// All three, in table order.
+    pub const ALL: [Point; 3] = [Point::Single, Point::Multiplexed, Point::Connections];
+
+    /// `1 conn × 1`, `1 conn × 64`, `64 conns × 1`.
+    pub fn label(self, depth: usize) -> String {
+        match self {
+            Point::Single => "1 conn × 1 in flight".to_owned(),
+            Point::Multiplexed => format!("1 conn × {depth} in flight"),
+            Point::Connections => format!("{depth} conns × 1 in flight"),
+        }
+    }
+
+    fn connections(self, depth: usize) -> usize {
+        match self {
+            Point::Connections => depth,
+            _ => 1,
+        }
+    }
+
+    fn in_flight_per_connection(self, depth: usize) -> usize {
+        match self {
+            Point::Multiplexed => depth,
+            _ => 1,
+        }
+    }
+}
+
+/// What one point measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct Measured {
+    /// Calls completed in the measured window.
+    pub requests: u64,
+    /// Calls per second.
+    pub rps: f64,
+    /// Median latency, ns.
+    pub p50_ns: u64,
+    /// 99th percentile latency, ns.
+    pub p99_ns: u64,
+}
+
+impl Measured {
+    /// From a latency histogram (ns) and the window's length.
+    pub fn new(histogram: Histogram<u64>, requests: u64, window: Duration) -> Measured {
+        Measured {
+            requests,
+            rps: requests as f64 / window.as_secs_f64(),
+            p50_ns: histogram.value_at_quantile(0.50),
+            p99_ns: histogram.value_at_quantile(0.99),
+        }
+    }
+}
+
+/// One row of the unary table.
+#[derive(Clone, Debug, Serialize)]
+pub struct UnaryResult {
+    /// The system.
+    pub system: System,
+    /// Payload bytes.
+    pub payload: usize,
+    /// The point.
+    pub point: Point,
+    /// Its label.
+    pub point_label: String,
+    /// The figures.
+    pub measured: Measured,
+}
+
+/// A latency histogram in nanoseconds, 1 ns to 60 s, 3 significant digits.
+pub fn new_histogram() -> Result<Histogram<u64>> {
+    Ok(Histogram::new_with_bounds(1, 60_000_000_000, 3)?)
+}
+
+/// One caller: makes one call and checks the answer.
+pub trait Call: Send + 'static {
+    /// One round trip.
+    fn call(&mut self) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// An stmp client calling the echo method.
+pub struct StmpCall {
+    client: stmp::Client,
+    input: Echo,
+}
+
+impl StmpCall {
+    /// Calls with a payload of `payload` bytes.
+    pub fn new(client: stmp::Client, payload: usize) -> StmpCall {
+        StmpCall {
+            client,
+            input: Echo {
+                payload: vec![0x5A; payload],
+            },
+        }
+    }
+}
+
+impl Call for StmpCall {
+    async fn call(&mut self) -> Result<()> {
+        let output: Echo = self.client.call(&ECHO, &self.input).await?;
+        check(output.payload.len(), self.input.payload.len())
+    }
+}
+
+/// A tonic client calling the echo service.
+pub struct TonicCall {
+    client: EchoServiceClient<tonic::transport::Channel>,
+    input: crate::pb::Echo,
+}
+
+impl TonicCall {
+    /// Calls with a payload of `payload` bytes.
+    pub fn new(client: EchoServiceClient<tonic::transport::Channel>, payload: usize) -> TonicCall {
+        TonicCall {
+            client,
+            input: crate::pb::Echo {
+                payload: vec![0x5A; payload],
+            },
+        }
+    }
+}
+
+impl Call for TonicCall {
+    async fn call(&mut self) -> Result<()> {
+        let output = self.client.echo(self.input.clone()).await?.into_inner();
+        check(output.payload.len(), self.input.payload.len())
+    }
+}
+
+fn check(got: usize, sent: usize) -> Result<()> {
+    if got == sent {
+        Ok(())
+    } else {
+        Err(format!("echo of {sent} bytes came back with {got}").into())
+    }
+}
+
+/// Runs `callers` for the warm-up and then the measured window; each measures the calls it
+/// starts inside the window.
+pub async fn drive<C: Call>(
+    callers: Vec<C>,
+    warmup: Duration,
+    measure: Duration,
+) -> Result<Measured> {
+    let start = Instant::now();
+    let measure_from = start + warmup;
+    let end = measure_from + measure;
+    let tasks: Vec<_> = callers
+        .into_iter()
+        .map(|mut caller| {
+            tokio::spawn(async move {
+                let mut histogram = new_histogram()?;
+                let mut requests = 0u64;
+                loop {
+                    let began = Instant::now();
+                    if began >= end {
+                        break;
+                    }
+                    caller.call().await?;
+                    if began >= measure_from {
+                        histogram.saturating_record(began.elapsed().as_nanos() as u64);
+                        requests += 1;
+                    }
+                }
+                Ok::<_, crate::Error>((histogram, requests))
+            })
+        })
+        .collect();
+    let mut histogram = new_histogram()?;
+    let mut requests = 0;
+    for task in tasks {
+        let (part, count) = task.await??;
+        histogram.add(part)?;
+        requests += count;
+    }
+    Ok(Measured::new(histogram, requests, measure))
+}
+
+/// Connects `n` stmp clients of `system`, 64 at a time.
+pub async fn stmp_clients(
+    system: System,
+    server: &Listening,
+    n: usize,
+    router: Option<stmp::Router>,
+) -> Result<Vec<stmp::Client>> {
+    futures_util::stream::iter(0..n)
+        .map(|_| stmp_client(system, server, router.clone()))
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect()
+}
+
+/// Connects `n` tonic channels (one HTTP/2 connection each), 64 at a time.
+pub async fn tonic_clients(
+    server: &Listening,
+    n: usize,
+) -> Result<Vec<EchoServiceClient<tonic::transport::Channel>>> {
+    let uri = format!("http://{}", server.addr("tcp")?);
+    futures_util::stream::iter(0..n)
+        .map(|_| {
+            let uri = uri.clone();
+            async move {
+                let channel = tonic::transport::Endpoint::from_shared(uri)?
+                    .tcp_nodelay(true)
+                    .connect()
+                    .await?;
+                Ok::<_, crate::Error>(EchoServiceClient::new(channel))
+            }
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect()
+}
+
+/// Measures one point of one system.
+pub async fn run_point(
+    system: System,
+    server: &Listening,
+    payload: usize,
+    point: Point,
+    settings: &Settings,
+) -> Result<Measured> {
+    let conns = point.connections(settings.depth);
+    let per_conn = point.in_flight_per_connection(settings.depth);
+    let (warmup, measure) = (settings.warmup, settings.measure);
+    match system {
+        System::RawTcp if point == Point::Multiplexed => {
+            crate::raw::pipelined(server.addr("tcp")?, payload, per_conn, warmup, measure).await
+        }
+        System::RawTcp => {
+            let mut callers = Vec::with_capacity(conns);
+            for _ in 0..conns {
+                callers.push(RawCall::connect(server.addr("tcp")?, payload).await?);
+            }
+            drive(callers, warmup, measure).await
+        }
+        System::Tonic => {
+            let input = crate::pb::Echo {
+                payload: vec![0x5A; payload],
+            };
+            let clients = tonic_clients(server, conns).await?;
+            let callers = clients
+                .iter()
+                .flat_map(|client| std::iter::repeat_n(client, per_conn))
+                .map(|client| TonicCall {
+                    client: client.clone(),
+                    input: input.clone(),
+                })
+                .collect();
+            drive(callers, warmup, measure).await
+        }
+        stmp => {
+            let input = Echo {
+                payload: vec![0x5A; payload],
+            };
+            let clients = stmp_clients(stmp, server, conns, None).await?;
+            let callers = clients
+                .iter()
+                .flat_map(|client| std::iter::repeat_n(client, per_conn))
+                .map(|client| StmpCall {
+                    client: client.clone(),
+                    input: input.clone(),
+                })
+                .collect();
+            let measured = drive(callers, warmup, measure).await;
+            futures_util::future::join_all(clients.iter().map(stmp::Client::close)).await;
+            measured
+        }
+    }
+}
+
+/// The points of the systems: one server process per system.
+pub async fn run(
+    settings: &Settings,
+    systems: &[System],
+    points: &[Point],
+) -> Result<Vec<UnaryResult>> {
+    let mut results = Vec::new();
+    for &system in systems {
+        let server = ServerProcess::spawn(system.server()).await?;
+        for payload in PAYLOADS {
+            for &point in points {
+                let measured = run_point(system, &server.listening, payload, point, settings)
+                    .await
+                    .map_err(|e| {
+                        format!(
+                            "{} {payload} B {}: {e}",
+                            system.label(),
+                            point.label(settings.depth)
+                        )
+                    })?;
+                eprintln!(
+                    "  {:<14} {:>5} B  {:<22} {:>10.0} req/s  p50 {:>9}  p99 {:>9}",
+                    system.label(),
+                    payload,
+                    point.label(settings.depth),
+                    measured.rps,
+                    crate::report::duration(measured.p50_ns),
+                    crate::report::duration(measured.p99_ns),
+                );
+                results.push(UnaryResult {
+                    system,
+                    payload,
+                    point,
+                    point_label: point.label(settings.depth),
+                    measured,
+                });
+            }
+        }
+        server.stop().await;
+    }
+    Ok(results)
+}

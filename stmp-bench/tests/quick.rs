@@ -1,0 +1,132 @@
+//! Smoke test: `stmp-bench --quick` runs to the end (server processes and all), and its table
+//! has every row with figures above zero. No thresholds: figures from a shared CI machine mean
+//! nothing.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Debug builds and a busy machine: generous, but bounded.
+const LIMIT: Duration = Duration::from_secs(300);
+
+#[test]
+fn quick_run_has_every_row() {
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("stmp-bench-quick");
+    let _ = std::fs::remove_dir_all(&out);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stmp-bench"))
+        .arg("--quick")
+        .arg("--out")
+        .arg(&out)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("stmp-bench starts");
+    let began = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if began.elapsed() > LIMIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("stmp-bench --quick took more than {LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let stdout = std::io::read_to_string(child.stdout.take().expect("stdout")).expect("utf-8");
+    assert!(
+        status.success(),
+        "stmp-bench --quick failed: {status}\n{stdout}"
+    );
+
+    let markdown = std::fs::read_to_string(out.join("results.md")).expect("results.md");
+    assert_eq!(
+        markdown.trim(),
+        stdout.trim(),
+        "stdout and results.md differ"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).expect("json"))
+            .expect("results.json parses");
+
+    // Unary: 6 systems × 2 payloads × 3 points, each row with positive figures.
+    let systems = [
+        "stmp tcp",
+        "stmp ws",
+        "stmp tcp+gzip",
+        "stmp quic",
+        "tonic grpc",
+        "raw tcp echo",
+    ];
+    let points = [
+        "1 conn × 1 in flight",
+        "1 conn × 64 in flight",
+        "64 conns × 1 in flight",
+    ];
+    for payload in [32, 1024] {
+        for point in points {
+            for system in systems {
+                let row = format!("| unary {payload} B, {point} | {system} | ");
+                assert!(markdown.contains(&row), "no row {row:?} in\n{markdown}");
+            }
+        }
+    }
+    let unary = json["unary"].as_array().expect("unary rows");
+    assert_eq!(unary.len(), systems.len() * 2 * points.len());
+    for row in unary {
+        let m = &row["measured"];
+        for key in ["requests", "rps", "p50_ns", "p99_ns"] {
+            assert!(
+                m[key].as_f64().unwrap_or(0.0) > 0.0,
+                "{key} not > 0 in {row}"
+            );
+        }
+    }
+
+    // Fan-out: stmp and the raw baseline.
+    for system in ["stmp tcp", "raw tcp"] {
+        let cell = format!("| {system} |");
+        assert!(
+            markdown
+                .lines()
+                .any(|l| l.starts_with("| fan-out to 200 clients,") && l.contains(&cell)),
+            "no fan-out row for {system} in\n{markdown}"
+        );
+        let found = json["fanout"]
+            .as_array()
+            .expect("fan-out rows")
+            .iter()
+            .find(|r| r["system"] == system)
+            .unwrap_or_else(|| panic!("no fan-out row for {system}"));
+        for key in ["p50_ns", "max_ns", "call_ns", "frame_bytes"] {
+            assert!(
+                found[key].as_f64().unwrap_or(0.0) > 0.0,
+                "{key} not > 0 in {found}"
+            );
+        }
+        assert_eq!(found["dropped"], 0, "events dropped: {found}");
+        assert_eq!(found["encodings"], 1, "{found}");
+    }
+
+    // Memory: stmp tcp, stmp ws, tonic.
+    for system in ["stmp tcp", "stmp ws", "tonic grpc"] {
+        let row = format!("| idle memory, 200 conns | {system} | ");
+        assert!(markdown.contains(&row), "no row {row:?} in\n{markdown}");
+    }
+    for row in json["memory"].as_array().expect("memory rows") {
+        assert!(
+            row["per_connection_kib"].as_f64().unwrap_or(0.0) > 0.0,
+            "{row}"
+        );
+    }
+    assert_eq!(json["memory"].as_array().map(Vec::len), Some(3));
+
+    // Targets: all eight, each measured.
+    let targets = json["targets"].as_array().expect("targets");
+    assert_eq!(targets.len(), 8, "{targets:?}");
+    for target in targets {
+        assert!(target["met"].is_boolean(), "target not measured: {target}");
+    }
+    assert!(markdown.contains("### Targets (issue 7)"));
+}
