@@ -18,6 +18,7 @@ pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 type Handler =
     Arc<dyn Fn(Context, Bytes) -> BoxFuture<'static, Result<Bytes, Status>> + Send + Sync>;
+type Layers = Arc<[Arc<dyn ErasedMiddleware>]>;
 type Listener = Arc<dyn Fn(Context, Bytes) -> BoxFuture<'static, ()> + Send + Sync>;
 
 /// What a middleware's [`before`](Middleware::before) decides.
@@ -127,7 +128,8 @@ pub struct Router {
 struct Inner {
     routes: RwLock<Routes>,
     listeners: RwLock<HashMap<u64, Vec<(u64, Listener)>>>,
-    middleware: RwLock<Vec<Arc<dyn ErasedMiddleware>>>,
+    /// Replaced whole when a layer is added, so a request takes a snapshot with one clone.
+    middleware: RwLock<Layers>,
     next_listener: AtomicU64,
 }
 
@@ -289,7 +291,10 @@ impl Router {
 
     /// Adds a middleware around every handler.
     pub fn layer(&self, middleware: impl Middleware) -> &Self {
-        write(&self.inner.middleware).push(Arc::new(middleware));
+        let mut layers = write(&self.inner.middleware);
+        let mut grown: Vec<_> = layers.iter().cloned().collect();
+        grown.push(Arc::new(middleware));
+        *layers = grown.into();
         self
     }
 
@@ -330,7 +335,7 @@ impl Router {
         }
     }
 
-    fn middleware(&self) -> Vec<Arc<dyn ErasedMiddleware>> {
+    fn middleware(&self) -> Layers {
         read(&self.inner.middleware).clone()
     }
 
@@ -344,7 +349,7 @@ impl Router {
     ) -> Result<Bytes, Status> {
         let middleware = self.middleware();
         let mut outcome = None;
-        for layer in &middleware {
+        for layer in middleware.iter() {
             match AssertUnwindSafe(layer.before(ctx)).catch_unwind().await {
                 Ok(Ok(Flow::Continue)) => {}
                 Ok(Ok(Flow::Respond(payload))) => {
@@ -402,7 +407,7 @@ impl Router {
             tracing::debug!(action = %describe(ctx.action(), None), "dropping a notify nobody listens to");
             return;
         }
-        for layer in &self.middleware() {
+        for layer in self.middleware().iter() {
             match AssertUnwindSafe(layer.before(ctx)).catch_unwind().await {
                 Ok(Ok(Flow::Continue)) => {}
                 Ok(Ok(Flow::Respond(_))) => return,

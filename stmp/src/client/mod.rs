@@ -492,6 +492,10 @@ impl Caller for Client {
     ) -> Result<O, Status> {
         let deadline = options.timeout.unwrap_or(self.inner.call_timeout);
         options.timeout = Some(deadline);
+        // Connected: the connection's own deadline is the only timer the call needs.
+        if let Some(conn) = self.conn() {
+            return Caller::call(&conn, method, input, options).await;
+        }
         let call = async {
             let conn = self.connected().await?;
             Caller::call(&conn, method, input, options).await

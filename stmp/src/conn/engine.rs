@@ -1,6 +1,7 @@
 //! The per-connection engine: reads packets, dispatches them, keeps the heartbeat, and runs the
 //! close handshake. The same engine runs every transport on both sides.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -83,8 +84,9 @@ impl Engine {
             stop_writer.clone(),
             writer_failed.clone(),
         ));
-        let (events, events_rx) = mpsc::channel(config.event_queue.max(1));
-        let events_task = tokio::spawn(event_loop(events_rx, router.clone()));
+        // Made on the first notify: many connections never receive one, and idle ones
+        // should not pay for a queue and a task.
+        let mut events: Option<(mpsc::Sender<Event>, tokio::task::JoinHandle<()>)> = None;
         let permits = Arc::new(Semaphore::new(config.max_concurrent_requests));
 
         let half = config.read_timeout / 2;
@@ -168,7 +170,7 @@ impl Engine {
                                 request.header,
                             );
                             let router = router.clone();
-                            tasks.spawn(async move {
+                            let mut handling = Box::pin(async move {
                                 let outcome = router.handle_request(target, &ctx, request.payload).await;
                                 let header = ctx.take_response_header();
                                 let response = match outcome {
@@ -183,12 +185,22 @@ impl Engine {
                                 let _ = ctx.conn().send(response).await;
                                 drop(permit);
                             });
+                            // Most handlers answer without waiting: run them here until their
+                            // first await, and give only the ones that wait a task of their own.
+                            let mut inline = std::task::Context::from_waker(std::task::Waker::noop());
+                            if handling.as_mut().poll(&mut inline).is_pending() {
+                                tasks.spawn(handling);
+                            }
                         }
                         Packet::Notify(notify) => {
                             let target = router.target(&notify.action);
                             let ctx = Context::new(conn.clone(), notify.action, target.method, notify.header);
+                            let (queue, _) = events.get_or_insert_with(|| {
+                                let (queue, rx) = mpsc::channel(config.event_queue.max(1));
+                                (queue, tokio::spawn(event_loop(rx, router.clone())))
+                            });
                             // Waiting here when listeners fall behind is the backpressure.
-                            if events.send((target, ctx, notify.payload)).await.is_err() {
+                            if queue.send((target, ctx, notify.payload)).await.is_err() {
                                 break Ending {
                                     status: Status::internal("event listener task ended"),
                                     send_close: true,
@@ -228,9 +240,11 @@ impl Engine {
         };
 
         finish(conn, ending, stop_writer, writer_task, config.close_grace).await;
-        drop(events);
-        // Listeners already queued still run; the task ends when the queue is empty.
-        let _ = events_task.await;
+        if let Some((queue, task)) = events {
+            drop(queue);
+            // Listeners already queued still run; the task ends when the queue is empty.
+            let _ = task.await;
+        }
     }
 }
 
@@ -321,8 +335,11 @@ async fn write_loop(
     }
 }
 
+/// A notify on its way to its listeners.
+type Event = (Target, Context, Bytes);
+
 /// Runs notifies through listeners one at a time, in the order they arrived.
-async fn event_loop(mut events: mpsc::Receiver<(Target, Context, Bytes)>, router: Router) {
+async fn event_loop(mut events: mpsc::Receiver<Event>, router: Router) {
     while let Some((target, ctx, payload)) = events.recv().await {
         router.handle_notify(target, &ctx, payload).await;
     }

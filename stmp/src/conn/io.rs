@@ -46,6 +46,10 @@ pub(crate) enum PacketWriter {
     WebSocket { sink: WsSink, format: PacketFormat },
 }
 
+/// The read buffer a byte stream starts with. Idle connections are the common case on a
+/// real-time server, so it starts small; the decoder reserves what a large packet needs.
+const READ_BUFFER: usize = 2 << 10;
+
 /// The bytes of the write buffer kept between batches; a larger one is given back.
 const KEEP_WRITE_BUFFER: usize = 64 << 10;
 
@@ -124,7 +128,7 @@ where
     let codec = PacketCodec::with_max_packet_size(max_packet_size);
     if gzip {
         let plain = GzipDecoder::new(BufReader::new(std::io::Cursor::new(leftover).chain(reader)));
-        let packets = FramedRead::new(plain, codec);
+        let packets = FramedRead::with_capacity(plain, codec, READ_BUFFER);
         let io: BoxWrite = Box::pin(GzipEncoder::new(writer));
         (
             Box::pin(packets),
@@ -134,7 +138,7 @@ where
             },
         )
     } else {
-        let mut packets = FramedRead::new(reader, codec);
+        let mut packets = FramedRead::with_capacity(reader, codec, READ_BUFFER);
         packets.read_buffer_mut().extend_from_slice(&leftover);
         let io: BoxWrite = Box::pin(writer);
         (

@@ -24,7 +24,7 @@ const HTTP_KEYS: [&str; 4] = ["Accept", "Accept-Encoding", "Packet-Format", "Stm
 pub(crate) fn ws_config(max_packet_size: usize) -> WebSocketConfig {
     // Small buffers keep idle connections cheap; the limits keep a message within a packet.
     WebSocketConfig::default()
-        .read_buffer_size(16 << 10)
+        .read_buffer_size(4 << 10)
         .write_buffer_size(0)
         .max_message_size(Some(max_packet_size + 64))
         .max_frame_size(Some(max_packet_size + 64))
