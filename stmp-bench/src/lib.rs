@@ -107,8 +107,10 @@ pub struct Settings {
     pub quick: bool,
     /// Warm-up of each unary point, not measured.
     pub warmup: Duration,
-    /// Measured time of each unary point.
+    /// Measured time of each unary point, per round.
     pub measure: Duration,
+    /// Rounds of each unary point; the systems take turns, and the median round counts.
+    pub rounds: usize,
     /// Fan-out sizes.
     pub fanout: Vec<usize>,
     /// Broadcast rounds at each fan-out size (the median is reported).
@@ -117,6 +119,11 @@ pub struct Settings {
     pub idle: Vec<usize>,
     /// In-flight depth of the "64 in flight" points.
     pub depth: usize,
+    /// Keep idle CPUs from halting with nice-19 spinners (see [`child::Spinners`]).
+    pub spin: bool,
+    /// Pin the servers to one CPU and the load generator to another for the 1-in-flight
+    /// points (see [`child::pin_for_latency`]).
+    pub pin: bool,
 }
 
 impl Settings {
@@ -124,12 +131,15 @@ impl Settings {
     pub fn full() -> Settings {
         Settings {
             quick: false,
-            warmup: Duration::from_millis(500),
-            measure: Duration::from_secs(2),
+            warmup: Duration::from_millis(200),
+            measure: Duration::from_millis(700),
+            rounds: 3,
             fanout: vec![1_000, 10_000],
             fanout_rounds: 30,
             idle: vec![1_000, 10_000],
             depth: 64,
+            spin: true,
+            pin: true,
         }
     }
 
@@ -139,10 +149,13 @@ impl Settings {
             quick: true,
             warmup: Duration::from_millis(100),
             measure: Duration::from_millis(300),
+            rounds: 1,
             fanout: vec![200],
             fanout_rounds: 5,
             idle: vec![200],
             depth: 64,
+            spin: true,
+            pin: true,
         }
     }
 }

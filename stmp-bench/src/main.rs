@@ -13,7 +13,7 @@ use stmp_bench::unary::Point;
 use stmp_bench::{Result, Settings, child, fanout, memory, unary};
 
 const USAGE: &str = "usage: stmp-bench [--quick] [--out DIR] [--only unary|fanout|memory]...
-                  [--system LABEL]... [--point single|multiplexed|connections]...
+                  [--system LABEL]... [--point single|multiplexed|connections]... [--no-spin] [--no-pin]
        stmp-bench serve stmp|tonic|raw-echo|raw-fanout
 
 --system and --point narrow the unary part (for profiling): LABEL as in the table
@@ -38,7 +38,14 @@ fn parse(args: &[String]) -> Result<Args> {
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "--quick" => parsed.settings = Settings::quick(),
+            "--quick" => {
+                let (spin, pin) = (parsed.settings.spin, parsed.settings.pin);
+                parsed.settings = Settings::quick();
+                parsed.settings.spin = spin;
+                parsed.settings.pin = pin;
+            }
+            "--no-spin" => parsed.settings.spin = false,
+            "--no-pin" => parsed.settings.pin = false,
             "--out" => parsed.out = args.next().ok_or("--out needs a directory")?.into(),
             "--only" => {
                 let part = args.next().ok_or("--only needs unary, fanout or memory")?;
@@ -74,6 +81,10 @@ fn parse(args: &[String]) -> Result<Args> {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let outcome = match args.first().map(String::as_str) {
+        Some("spin") => {
+            child::spin();
+            Ok(())
+        }
         Some("serve") => match args.get(1).and_then(|kind| ServerKind::parse(kind)) {
             Some(kind) => stmp_bench::serve::main(kind),
             None => Err(USAGE.into()),
@@ -91,6 +102,8 @@ fn main() -> ExitCode {
 
 fn run(args: Args) -> Result<()> {
     let settings = args.settings;
+    // Counted now, before the latency points pin this process to one CPU.
+    let _ = child::machine_cpus();
     let wanted = |part: &str| args.only.is_empty() || args.only.iter().any(|p| p == part);
     let needed = settings
         .fanout
@@ -106,6 +119,13 @@ fn run(args: Args) -> Result<()> {
             "the open-file limit is {limit}, the run needs about {needed}: raise it (ulimit -n {needed})"
         )
         .into());
+    }
+    let spinners = settings.spin.then(child::Spinners::start);
+    if let Some(spinners) = &spinners {
+        eprintln!(
+            "{} nice-19 spinners keep the CPUs awake (--no-spin: none)",
+            spinners.len()
+        );
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

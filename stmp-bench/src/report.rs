@@ -95,7 +95,7 @@ impl Report {
     ) -> Report {
         let mut report = Report {
             settings,
-            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cpus: crate::child::machine_cpus(),
             unary,
             fanout,
             memory,
@@ -270,10 +270,22 @@ impl Report {
         } else {
             "full"
         };
+        let mut spin = String::new();
+        if self.settings.pin {
+            let _ = write!(
+                spin,
+                "; 1-in-flight points: servers pinned to CPU {}, load generator to CPU {}",
+                crate::child::SERVER_CPU,
+                crate::child::LOAD_CPU
+            );
+        }
+        if self.settings.spin {
+            spin.push_str("; idle CPUs kept awake by nice-19 spinners");
+        }
         let _ = writeln!(
             md,
-            "## stmp-bench ({mode}; {} CPUs shared by server and load generator; loopback)\n",
-            self.cpus
+            "## stmp-bench ({mode}; {} CPUs shared by server and load generator; loopback{spin}; unary: median of {} rounds)\n",
+            self.cpus, self.settings.rounds
         );
         md.push_str("| benchmark | system | result | p50 | p99 | vs tonic | vs raw | notes |\n");
         md.push_str("|---|---|---|---|---|---|---|---|\n");

@@ -66,9 +66,26 @@ pub struct Measured {
     pub p50_ns: u64,
     /// 99th percentile latency, ns.
     pub p99_ns: u64,
+    /// Rounds it is the median of (1: a single measurement).
+    pub rounds: usize,
 }
 
 impl Measured {
+    /// The median of each figure over rounds (requests are summed).
+    pub fn median(rounds: Vec<Measured>) -> Measured {
+        let median = |mut values: Vec<f64>| {
+            values.sort_by(f64::total_cmp);
+            values.get(values.len() / 2).copied().unwrap_or(0.0)
+        };
+        Measured {
+            requests: rounds.iter().map(|m| m.requests).sum(),
+            rps: median(rounds.iter().map(|m| m.rps).collect()),
+            p50_ns: median(rounds.iter().map(|m| m.p50_ns as f64).collect()) as u64,
+            p99_ns: median(rounds.iter().map(|m| m.p99_ns as f64).collect()) as u64,
+            rounds: rounds.len(),
+        }
+    }
+
     /// From a latency histogram (ns) and the window's length.
     pub fn new(histogram: Histogram<u64>, requests: u64, window: Duration) -> Measured {
         Measured {
@@ -76,6 +93,7 @@ impl Measured {
             rps: requests as f64 / window.as_secs_f64(),
             p50_ns: histogram.value_at_quantile(0.50),
             p99_ns: histogram.value_at_quantile(0.99),
+            rounds: 1,
         }
     }
 }
@@ -302,26 +320,56 @@ pub async fn run_point(
     }
 }
 
-/// The points of the systems: one server process per system.
+/// The points of the systems. One server process per kind (the stmp transports share one),
+/// all up at once, so that each point can be measured in rounds that take the systems in
+/// turn: a burst of noise from the rest of the machine then hits one round of one system, and
+/// the median of the rounds leaves it out.
 pub async fn run(
     settings: &Settings,
     systems: &[System],
     points: &[Point],
 ) -> Result<Vec<UnaryResult>> {
-    let mut results = Vec::new();
+    let mut servers: Vec<ServerProcess> = Vec::new();
     for &system in systems {
-        let server = ServerProcess::spawn(system.server()).await?;
-        for payload in PAYLOADS {
-            for &point in points {
-                let measured = run_point(system, &server.listening, payload, point, settings)
-                    .await
-                    .map_err(|e| {
-                        format!(
-                            "{} {payload} B {}: {e}",
-                            system.label(),
-                            point.label(settings.depth)
-                        )
-                    })?;
+        if !servers.iter().any(|s| s.kind() == system.server()) {
+            servers.push(ServerProcess::spawn(system.server()).await?);
+        }
+    }
+    let server_of = |system: System| {
+        servers
+            .iter()
+            .find(|s| s.kind() == system.server())
+            .map(|s| &s.listening)
+            .expect("a server per kind")
+    };
+    let mut results = Vec::new();
+    let all: Vec<&ServerProcess> = servers.iter().collect();
+    for payload in PAYLOADS {
+        for &point in points {
+            let pinned = settings.pin && point == Point::Single;
+            if pinned && !crate::child::pin_for_latency(&all, true) {
+                eprintln!("stmp-bench: cannot pin (taskset); the 1-in-flight point runs unpinned");
+            }
+            let mut rounds: Vec<Vec<Measured>> = vec![Vec::new(); systems.len()];
+            for _ in 0..settings.rounds {
+                for (i, &system) in systems.iter().enumerate() {
+                    let measured = run_point(system, server_of(system), payload, point, settings)
+                        .await
+                        .map_err(|e| {
+                            format!(
+                                "{} {payload} B {}: {e}",
+                                system.label(),
+                                point.label(settings.depth)
+                            )
+                        })?;
+                    rounds[i].push(measured);
+                }
+            }
+            if pinned {
+                crate::child::pin_for_latency(&all, false);
+            }
+            for (&system, rounds) in systems.iter().zip(rounds) {
+                let measured = Measured::median(rounds);
                 eprintln!(
                     "  {:<14} {:>5} B  {:<22} {:>10.0} req/s  p50 {:>9}  p99 {:>9}",
                     system.label(),
@@ -340,6 +388,8 @@ pub async fn run(
                 });
             }
         }
+    }
+    for server in servers {
         server.stop().await;
     }
     Ok(results)
