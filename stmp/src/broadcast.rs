@@ -64,12 +64,13 @@ impl ConnSet {
         event: &E,
         exclude: Option<&Conn>,
     ) -> Result<Delivery, Status> {
-        let conns = self.to_vec();
+        // Sending never waits, so the set is read in place rather than copied.
+        let conns = self.read();
         broadcast(
             method,
             event,
             conns
-                .iter()
+                .values()
                 .filter(|conn| exclude.is_none_or(|ex| !ex.same(conn))),
         )
     }

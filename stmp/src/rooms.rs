@@ -234,13 +234,13 @@ impl Rooms {
         event: &E,
         exclude: Option<&Conn>,
     ) -> Result<Delivery, Status> {
-        let members = self.members(room);
+        // Sending never waits, so the room is read in place rather than copied.
+        let shard = read(&self.groups.by_name[shard_of(&room)]);
+        let members = shard.get(room).into_iter().flat_map(HashMap::values);
         broadcast(
             method,
             event,
-            members
-                .iter()
-                .filter(|conn| exclude.is_none_or(|ex| ex != *conn)),
+            members.filter(|conn| exclude.is_none_or(|ex| ex != *conn)),
         )
     }
 }

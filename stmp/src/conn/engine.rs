@@ -308,8 +308,9 @@ async fn write_loop(
     failed: CancellationToken,
 ) {
     const BATCH: usize = 64;
-    let mut batch = Vec::with_capacity(BATCH);
     loop {
+        // Made per wake-up, so an idle connection holds no batch.
+        let mut batch = Vec::new();
         let stopping = tokio::select! {
             biased;
             received = outbox.recv_many(&mut batch, BATCH) => received == 0,
@@ -319,6 +320,16 @@ async fn write_loop(
             while let Ok(packet) = outbox.try_recv() {
                 batch.push(packet);
             }
+        } else if batch.len() < BATCH {
+            // Let the tasks that are ready now (callers, handlers) queue their packets too,
+            // so they share this write instead of each paying for one.
+            tokio::task::yield_now().await;
+            while batch.len() < BATCH {
+                match outbox.try_recv() {
+                    Ok(packet) => batch.push(packet),
+                    Err(_) => break,
+                }
+            }
         }
         if !batch.is_empty() {
             if let Err(status) = writer.write_batch(&batch).await {
@@ -326,7 +337,6 @@ async fn write_loop(
                 failed.cancel();
                 return;
             }
-            batch.clear();
         }
         if stopping {
             writer.shutdown().await;

@@ -169,6 +169,7 @@ impl ServerBuilder {
                 draining: CancellationToken::new(),
                 handlers: TaskTracker::new(),
                 connections: TaskTracker::new(),
+                listeners: TaskTracker::new(),
             }),
         }
     }
@@ -198,6 +199,8 @@ struct Inner {
     draining: CancellationToken,
     handlers: TaskTracker,
     connections: TaskTracker,
+    /// Accept loops: once they end, their addresses are free again.
+    listeners: TaskTracker,
 }
 
 impl std::fmt::Debug for Server {
@@ -312,7 +315,7 @@ impl Server {
         let endpoint = quinn::Endpoint::server(config, addr)?;
         let local = endpoint.local_addr()?;
         let server = self.clone();
-        tokio::spawn(async move {
+        self.inner.listeners.spawn(async move {
             loop {
                 let incoming = tokio::select! {
                     _ = server.inner.stop_accepting.cancelled() => break,
@@ -366,7 +369,7 @@ impl Server {
         let listener = TcpListener::bind(addr).await?;
         let local = listener.local_addr()?;
         let server = self.clone();
-        tokio::spawn(async move {
+        self.inner.listeners.spawn(async move {
             loop {
                 let accepted = tokio::select! {
                     _ = server.inner.stop_accepting.cancelled() => break,
@@ -555,6 +558,8 @@ impl Server {
         self.inner.connections.close();
         let grace = self.inner.config.engine.close_grace * 2 + Duration::from_millis(100);
         let _ = tokio::time::timeout(grace, self.inner.connections.wait()).await;
+        self.inner.listeners.close();
+        let _ = tokio::time::timeout(grace, self.inner.listeners.wait()).await;
     }
 
     /// Waits until [`shutdown`](Server::shutdown) has begun.
