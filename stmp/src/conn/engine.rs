@@ -320,16 +320,6 @@ async fn write_loop(
             while let Ok(packet) = outbox.try_recv() {
                 batch.push(packet);
             }
-        } else if batch.len() < BATCH {
-            // Let the tasks that are ready now (callers, handlers) queue their packets too,
-            // so they share this write instead of each paying for one.
-            tokio::task::yield_now().await;
-            while batch.len() < BATCH {
-                match outbox.try_recv() {
-                    Ok(packet) => batch.push(packet),
-                    Err(_) => break,
-                }
-            }
         }
         if !batch.is_empty() {
             if let Err(status) = writer.write_batch(&batch).await {
