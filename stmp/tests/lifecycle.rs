@@ -9,7 +9,6 @@ use common::*;
 use stmp::{Client, Code, ConnectionEvent, Context, Method, Server, Status};
 use tokio::sync::mpsc;
 
-const BLOCK: Method = Method::new("test.Echo.Block", "test.Echo", "test.Echo");
 const WHO: Method = Method::new("test.Client.Who", "test.Echo", "test.Echo");
 
 #[derive(Clone, Debug, PartialEq)]
@@ -337,20 +336,10 @@ async fn a_client_reconnects_after_a_server_restart() {
 async fn graceful_shutdown_finishes_calls_then_closes_with_server_shutdown() {
     let server = Server::builder().build();
     register(server.router());
-    let release = Arc::new(tokio::sync::Notify::new());
-    let (entered_tx, mut entered) = mpsc::channel(1);
-    server.router().route(&BLOCK, {
-        let release = release.clone();
-        move |_ctx: Context, input: Echo| {
-            let release = release.clone();
-            let entered_tx = entered_tx.clone();
-            async move {
-                entered_tx.send(()).await.unwrap();
-                release.notified().await;
-                Ok::<_, Status>(input)
-            }
-        }
-    });
+    let Gate {
+        release,
+        mut entered,
+    } = route_block(server.router());
     let addr = server.listen_tcp("127.0.0.1:0").await.unwrap();
     let url = format!("tcp://{addr}");
     let client = within(Client::builder().no_reconnect().connect(&url))

@@ -39,6 +39,7 @@ pub const ECHO: Method = Method::new("test.Echo.Echo", "test.Echo", "test.Echo")
 pub const FAIL: Method = Method::new("test.Echo.Fail", "test.Echo", "test.Echo");
 pub const PANIC: Method = Method::new("test.Echo.Panic", "test.Echo", "test.Echo");
 pub const MISSING: Method = Method::new("test.Echo.Missing", "test.Echo", "test.Echo");
+pub const BLOCK: Method = Method::new("test.Echo.Block", "test.Echo", "test.Echo");
 pub const TICK: Method = Method::new("test.Events.Tick", "test.Echo", "test.Echo");
 pub const JOIN_ROOM: Method = Method::new(
     "stmp.examples.quick_start.RoomService.JoinRoom",
@@ -159,4 +160,28 @@ pub async fn until(mut condition: impl FnMut() -> bool) {
         }
     })
     .await
+}
+
+/// The far side of [`route_block`]: hears of each call that reached the handler, and lets the
+/// waiting ones answer.
+pub struct Gate {
+    pub release: Arc<tokio::sync::Notify>,
+    pub entered: tokio::sync::mpsc::UnboundedReceiver<()>,
+}
+
+/// Serves [`BLOCK`] with a handler that echoes only once released.
+pub fn route_block(router: &stmp::Router) -> Gate {
+    let release = Arc::new(tokio::sync::Notify::new());
+    let (entered_tx, entered) = tokio::sync::mpsc::unbounded_channel();
+    let gate = release.clone();
+    router.route(&BLOCK, move |_ctx: Context, input: Echo| {
+        let gate = gate.clone();
+        let entered_tx = entered_tx.clone();
+        async move {
+            let _ = entered_tx.send(());
+            gate.notified().await;
+            Ok::<_, Status>(input)
+        }
+    });
+    Gate { release, entered }
 }
