@@ -97,11 +97,16 @@ impl Engine {
         let mut closing_since: Option<Instant> = None;
         let grace = sleep_until(Instant::now() + Duration::from_secs(86_400));
         tokio::pin!(grace);
+        // Made once, not per packet: each one registers with its token when polled.
+        let close_requested = conn.shared.close_requested.clone().cancelled_owned();
+        tokio::pin!(close_requested);
+        let write_failed = writer_failed.clone().cancelled_owned();
+        tokio::pin!(write_failed);
 
         let ending = loop {
             tokio::select! {
                 biased;
-                _ = conn.shared.close_requested.cancelled(), if closing_since.is_none() => {
+                _ = &mut close_requested, if closing_since.is_none() => {
                     let status = requested(&conn);
                     let _ = conn.try_send(Packet::close(status.code(), status.message()));
                     closing_since = Some(Instant::now());
@@ -110,7 +115,7 @@ impl Engine {
                 _ = &mut grace, if closing_since.is_some() => {
                     break Ending { status: requested(&conn), send_close: false };
                 }
-                _ = writer_failed.cancelled() => {
+                _ = &mut write_failed => {
                     break Ending {
                         status: Status::network_error("cannot write to the connection"),
                         send_close: false,
@@ -308,13 +313,15 @@ async fn write_loop(
     failed: CancellationToken,
 ) {
     const BATCH: usize = 64;
+    let stopped = stop.cancelled();
+    tokio::pin!(stopped);
     loop {
         // Made per wake-up, so an idle connection holds no batch.
         let mut batch = Vec::new();
         let stopping = tokio::select! {
             biased;
             received = outbox.recv_many(&mut batch, BATCH) => received == 0,
-            _ = stop.cancelled() => true,
+            _ = &mut stopped => true,
         };
         if stopping {
             while let Ok(packet) = outbox.try_recv() {
