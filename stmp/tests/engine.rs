@@ -22,10 +22,7 @@ async fn ten_thousand_concurrent_calls_on_one_connection() {
     let calls = (0..10_000).map(|i| {
         let client = client.clone();
         tokio::spawn(async move {
-            let input = Echo {
-                text: i.to_string(),
-                delay_ms: 0,
-            };
+            let input = echo(&i.to_string());
             let output: Echo = client.call(&ECHO, &input).await?;
             Ok::<_, Status>((i, output))
         })
@@ -48,16 +45,7 @@ async fn more_calls_than_message_ids_in_sequence() {
     let conn = client.conn().unwrap();
     let calls = async {
         for i in 0..70_000u32 {
-            let output: Echo = conn
-                .call(
-                    &ECHO,
-                    &Echo {
-                        text: i.to_string(),
-                        delay_ms: 0,
-                    },
-                )
-                .await
-                .unwrap();
+            let output: Echo = conn.call(&ECHO, &echo(&i.to_string())).await.unwrap();
             assert_eq!(output.text, i.to_string());
         }
     };
@@ -74,28 +62,10 @@ async fn a_slow_handler_does_not_delay_a_fast_one() {
     let client = within(Client::connect(&url)).await.unwrap();
     let slow = tokio::spawn({
         let client = client.clone();
-        async move {
-            client
-                .call::<_, Echo>(
-                    &BLOCK,
-                    &Echo {
-                        text: "slow".into(),
-                        delay_ms: 0,
-                    },
-                )
-                .await
-        }
+        async move { client.call::<_, Echo>(&BLOCK, &echo("slow")).await }
     });
     for _ in 0..10 {
-        let fast: Echo = within(client.call(
-            &ECHO,
-            &Echo {
-                text: "fast".into(),
-                delay_ms: 0,
-            },
-        ))
-        .await
-        .unwrap();
+        let fast: Echo = within(client.call(&ECHO, &echo("fast"))).await.unwrap();
         assert_eq!(fast.text, "fast");
     }
     assert!(!slow.is_finished());
@@ -107,10 +77,7 @@ async fn a_slow_handler_does_not_delay_a_fast_one() {
 async fn errors_reach_the_caller_and_panics_stay_in_their_call() {
     let (_server, url) = tcp_server(Server::builder()).await;
     let client = within(Client::connect(&url)).await.unwrap();
-    let input = Echo {
-        text: "x".into(),
-        delay_ms: 0,
-    };
+    let input = echo("x");
 
     let missing = within(client.call::<_, Echo>(&MISSING, &input))
         .await
@@ -198,10 +165,7 @@ async fn oversize_packet_closes_with_request_entity_too_large() {
         .await
         .unwrap();
     let conn = client.conn().unwrap();
-    let big = Echo {
-        text: "x".repeat(2048),
-        delay_ms: 0,
-    };
+    let big = echo(&"x".repeat(2048));
     let error = within(client.call::<_, Echo>(&ECHO, &big))
         .await
         .unwrap_err();
@@ -273,13 +237,7 @@ async fn a_string_action_is_routed_like_its_number() {
     let (_server, url) = tcp_server(Server::builder()).await;
     let client = within(Client::connect(&url)).await.unwrap();
     let conn = client.conn().unwrap();
-    let payload = conn
-        .codec()
-        .encode(&Echo {
-            text: "by name".into(),
-            delay_ms: 0,
-        })
-        .unwrap();
+    let payload = conn.codec().encode(&echo("by name")).unwrap();
     let response = within(conn.request_raw(
         stmp::wire::Action::Method(ECHO.name.to_owned()),
         Default::default(),

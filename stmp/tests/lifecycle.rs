@@ -40,10 +40,7 @@ async fn authentication_attaches_identity_or_refuses_without_retry() {
                 .conn()
                 .extension::<User>()
                 .ok_or_else(|| Status::unauthorized("?"))?;
-            Ok::<_, Status>(Echo {
-                text: user.0,
-                delay_ms: 0,
-            })
+            Ok::<_, Status>(echo(&user.0))
         });
     for scheme in ["tcp", "ws"] {
         let attempts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -115,10 +112,7 @@ async fn the_server_calls_a_method_the_client_serves() {
         client
             .router()
             .route(&WHO, |_ctx: Context, input: Echo| async move {
-                Ok::<_, Status>(Echo {
-                    text: format!("client got {}", input.text),
-                    delay_ms: 0,
-                })
+                Ok::<_, Status>(echo(&format!("client got {}", input.text)))
             });
         let id = client.conn().unwrap().id();
         let conns = server.conns().to_vec();
@@ -127,15 +121,7 @@ async fn the_server_calls_a_method_the_client_serves() {
             .find(|c| c.remote_addr().is_some())
             .expect("a connection");
         assert_eq!(server.conns().len(), 1);
-        let answer: Echo = within(on_server.call(
-            &WHO,
-            &Echo {
-                text: "ping".into(),
-                delay_ms: 0,
-            },
-        ))
-        .await
-        .unwrap();
+        let answer: Echo = within(on_server.call(&WHO, &echo("ping"))).await.unwrap();
         assert_eq!(answer.text, "client got ping");
         assert_ne!(id, on_server.id());
         within(client.close()).await;
@@ -308,15 +294,7 @@ async fn a_client_reconnects_after_a_server_restart() {
     })
     .await;
     assert_eq!(client.conn().unwrap(), conn);
-    let ok: Echo = within(client.call(
-        &ECHO,
-        &Echo {
-            text: "again".into(),
-            delay_ms: 0,
-        },
-    ))
-    .await
-    .unwrap();
+    let ok: Echo = within(client.call(&ECHO, &echo("again"))).await.unwrap();
     assert_eq!(ok.text, "again");
     until(|| !second.conns().is_empty()).await;
     second
@@ -348,17 +326,7 @@ async fn graceful_shutdown_finishes_calls_then_closes_with_server_shutdown() {
     let conn = client.conn().unwrap();
     let in_flight = tokio::spawn({
         let client = client.clone();
-        async move {
-            client
-                .call::<_, Echo>(
-                    &BLOCK,
-                    &Echo {
-                        text: "in flight".into(),
-                        delay_ms: 0,
-                    },
-                )
-                .await
-        }
+        async move { client.call::<_, Echo>(&BLOCK, &echo("in flight")).await }
     });
     within(entered.recv()).await.unwrap();
 
@@ -431,17 +399,7 @@ async fn calls_wait_for_a_reconnect_or_fail_fast() {
     register(back.router());
     let call = tokio::spawn({
         let waiting = waiting.clone();
-        async move {
-            waiting
-                .call::<_, Echo>(
-                    &ECHO,
-                    &Echo {
-                        text: "waited".into(),
-                        delay_ms: 0,
-                    },
-                )
-                .await
-        }
+        async move { waiting.call::<_, Echo>(&ECHO, &echo("waited")).await }
     });
     back.listen_tcp(addr).await.unwrap();
     assert_eq!(within(call).await.unwrap().unwrap().text, "waited");

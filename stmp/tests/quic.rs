@@ -51,15 +51,9 @@ async fn round_trips_and_events_over_quic() {
                     let tx = tx.clone();
                     async move { tx.send(e.user).unwrap() }
                 });
-        let echo: Echo = within(client.call(
-            &ECHO,
-            &Echo {
-                text: "over quic".into(),
-                delay_ms: 0,
-            },
-        ))
-        .await
-        .unwrap();
+        let echo: Echo = within(client.call(&ECHO, &echo("over quic")))
+            .await
+            .unwrap();
         assert_eq!(echo.text, "over quic");
         let room: RoomModel = within(client.call(
             &JOIN_ROOM,
@@ -107,10 +101,7 @@ async fn quic_over_ipv6_loopback_with_gzip() {
         client.conn().unwrap().peer_header().get("Content-Encoding"),
         Some("gzip")
     );
-    let big = Echo {
-        text: "quic ".repeat(40_000),
-        delay_ms: 0,
-    };
+    let big = echo(&"quic ".repeat(40_000));
     let echo: Echo = within(client.call(&ECHO, &big)).await.unwrap();
     assert_eq!(echo, big);
 }
@@ -191,15 +182,7 @@ async fn a_quic_client_reconnects_after_a_server_restart() {
         }
     })
     .await;
-    let echo: Echo = within(client.call(
-        &ECHO,
-        &Echo {
-            text: "back".into(),
-            delay_ms: 0,
-        },
-    ))
-    .await
-    .unwrap();
+    let echo: Echo = within(client.call(&ECHO, &echo("back"))).await.unwrap();
     assert_eq!(echo.text, "back");
     assert_eq!(second.conns().len(), 1);
 }

@@ -24,10 +24,7 @@ impl Middleware for Gate {
         match ctx.header().get("token") {
             None => Err(Status::unauthorized("no token")),
             Some("cached") => {
-                let cached = Echo {
-                    text: "from cache".into(),
-                    delay_ms: 0,
-                };
+                let cached = echo("from cache");
                 Ok(Flow::Respond(ctx.conn().codec().encode(&cached)?))
             }
             Some(_) => Ok(Flow::Continue),
@@ -62,13 +59,7 @@ async fn middleware_rejects_short_circuits_and_rewrites() {
             header.append("token", token);
         }
         async move {
-            let payload = conn
-                .codec()
-                .encode(&Echo {
-                    text: "hi".into(),
-                    delay_ms: 0,
-                })
-                .unwrap();
+            let payload = conn.codec().encode(&echo("hi")).unwrap();
             conn.request_raw(method.wire_action(), header, payload, None)
                 .await
         }

@@ -8,10 +8,7 @@ use stmp::{Code, Codec, PacketFormat, Server};
 async fn round_trip(client: stmp::Client, expected_codec: &Codec) {
     let conn = client.conn().expect("connected");
     assert_eq!(conn.codec(), expected_codec);
-    let input = Echo {
-        text: "héllo; with: special\ncharacters%".into(),
-        delay_ms: 0,
-    };
+    let input = echo("héllo; with: special\ncharacters%");
     let output: Echo = within(client.call(&ECHO, &input)).await.unwrap();
     assert_eq!(output, input);
     let error = within(client.call::<_, Echo>(&FAIL, &input))
@@ -84,10 +81,7 @@ async fn gzip_on_byte_streams() {
         assert_eq!(conn.peer_header().get("Content-Encoding"), Some("gzip"));
         // A large, compressible payload and many small ones: each must arrive at once,
         // which needs a sync flush per write.
-        let big = Echo {
-            text: "stmp ".repeat(50_000),
-            delay_ms: 0,
-        };
+        let big = echo(&"stmp ".repeat(50_000));
         let back: Echo = within(client.call(&ECHO, &big)).await.unwrap();
         assert_eq!(back, big);
         round_trip(client, &Codec::PROTOBUF).await;

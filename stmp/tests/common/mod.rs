@@ -185,3 +185,11 @@ pub fn route_block(router: &stmp::Router) -> Gate {
     });
     Gate { release, entered }
 }
+
+/// An [`Echo`] answered at once.
+pub fn echo(text: &str) -> Echo {
+    Echo {
+        text: text.to_owned(),
+        delay_ms: 0,
+    }
+}
