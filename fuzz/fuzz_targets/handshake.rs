@@ -8,18 +8,9 @@ use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use stmp::wire::{ClientHandshake, Header, ServerHandshake};
 use stmp::{Code, Status};
+use stmp_fuzz::check_error;
 
 const LIMIT: usize = 1 << 16;
-
-fn check_error(error: &Status) {
-    assert!(
-        matches!(
-            error.code(),
-            Code::ProtocolError | Code::RequestEntityTooLarge
-        ),
-        "unexpected error {error}"
-    );
-}
 
 /// Runs a stream decoder on `wire` in one read and in two; both must agree.
 fn decode_stream<T: PartialEq + std::fmt::Debug>(

@@ -3,33 +3,17 @@
 //! decode to it again.
 #![no_main]
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use stmp::Code;
 use stmp::wire::Packet;
+use stmp_fuzz::{assert_message_round_trip, decode_or_refuse};
 
 fuzz_target!(|data: &[u8]| {
-    let packet = match Packet::decode_text(Bytes::copy_from_slice(data), 1 << 20) {
-        Ok(packet) => packet,
-        Err(error) => {
-            assert!(
-                matches!(
-                    error.code(),
-                    Code::ProtocolError | Code::RequestEntityTooLarge
-                ),
-                "unexpected error {error}"
-            );
-            return;
-        }
-    };
-
-    let mut text = BytesMut::new();
-    packet.encode_text(&mut text);
-    let again = Packet::decode_text(text.freeze(), usize::MAX).expect("re-encoded text");
-    assert_eq!(again, packet);
-
-    let mut message = BytesMut::new();
-    packet.encode_message(&mut message);
-    let again = Packet::decode_message(message.freeze(), usize::MAX).expect("as a message");
-    assert_eq!(again, packet);
+    if let Some(packet) = decode_or_refuse(data, Packet::decode_text) {
+        let mut text = BytesMut::new();
+        packet.encode_text(&mut text);
+        let again = Packet::decode_text(text.freeze(), usize::MAX).expect("re-encoded text");
+        assert_eq!(again, packet);
+        assert_message_round_trip(&packet);
+    }
 });
