@@ -135,8 +135,17 @@ struct Inner {
 
 #[derive(Default)]
 struct Routes {
-    by_action: HashMap<u64, (&'static str, Handler)>,
-    by_name: HashMap<&'static str, u64>,
+    handlers: HashMap<u64, Handler>,
+    /// Action → full name, and back, for every method served or listened to.
+    names: HashMap<u64, &'static str>,
+    actions: HashMap<&'static str, u64>,
+}
+
+impl Routes {
+    fn name(&mut self, name: &'static str, action: u64) {
+        self.names.insert(action, name);
+        self.actions.insert(name, action);
+    }
 }
 
 /// What the router found for an incoming packet.
@@ -189,7 +198,7 @@ impl std::fmt::Debug for Router {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let routes = read(&self.inner.routes);
         f.debug_struct("Router")
-            .field("methods", &routes.by_name.keys().collect::<Vec<_>>())
+            .field("methods", &routes.actions.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
 }
@@ -233,8 +242,8 @@ impl Router {
     {
         let handler: Handler = Arc::new(move |ctx, payload| Box::pin(handler(ctx, payload)));
         let mut routes = write(&self.inner.routes);
-        routes.by_action.insert(action, (name, handler));
-        routes.by_name.insert(name, action);
+        routes.handlers.insert(action, handler);
+        routes.name(name, action);
         self
     }
 
@@ -247,7 +256,7 @@ impl Router {
     /// Whether `method` has a handler.
     pub fn serves(&self, method: &Method) -> bool {
         read(&self.inner.routes)
-            .by_action
+            .handlers
             .contains_key(&method.action)
     }
 
@@ -274,10 +283,7 @@ impl Router {
             })
         });
         let id = self.inner.next_listener.fetch_add(1, Ordering::Relaxed);
-        write(&self.inner.routes)
-            .by_name
-            .entry(method.name)
-            .or_insert(method.action);
+        write(&self.inner.routes).name(method.name, method.action);
         write(&self.inner.listeners)
             .entry(method.action)
             .or_default()
@@ -304,7 +310,7 @@ impl Router {
         let routes = read(&self.inner.routes);
         let id = match action {
             Action::Id(id) => Some(*id),
-            Action::Method(name) => routes.by_name.get(name.as_str()).copied(),
+            Action::Method(name) => routes.actions.get(name.as_str()).copied(),
         };
         let Some(id) = id else {
             return Target {
@@ -313,21 +319,12 @@ impl Router {
                 listeners: Vec::new(),
             };
         };
-        let (method, handler) = match routes.by_action.get(&id) {
-            Some((name, handler)) => (Some(*name), Some(handler.clone())),
-            None => (None, None),
-        };
+        let method = routes.names.get(&id).copied();
+        let handler = routes.handlers.get(&id).cloned();
         let listeners: Vec<Listener> = read(&self.inner.listeners)
             .get(&id)
             .map(|list| list.iter().map(|(_, l)| l.clone()).collect())
             .unwrap_or_default();
-        let method = method.or_else(|| {
-            routes
-                .by_name
-                .iter()
-                .find(|(_, action)| **action == id)
-                .map(|(name, _)| *name)
-        });
         Target {
             method,
             handler,
