@@ -135,7 +135,7 @@ impl Server {
             ));
             return;
         }
-        let (packets, writer) = websocket(socket, format, config.max_packet_size);
+        let (packets, writer) = websocket(socket, format, config.wire_limits());
         self.run(conn, outbox, packets, writer).await;
     }
 }
