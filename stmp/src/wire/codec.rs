@@ -174,3 +174,103 @@ impl Encoder<Packet> for PacketCodec {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::Code;
+    use crate::wire::{Action, Header, Notify};
+
+    /// The stream form of a Notify with a `len`-byte payload.
+    fn notify(len: usize) -> BytesMut {
+        let mut wire = BytesMut::new();
+        Packet::Notify(Notify {
+            action: Action::Id(7),
+            header: Header::new(),
+            payload: Bytes::from(vec![b'x'; len]),
+        })
+        .encode_stream(&mut wire);
+        wire
+    }
+
+    fn budgeted(budget: &Arc<BufferBudget>) -> PacketCodec {
+        PacketCodec::new().with_budget(Some(budget.clone()))
+    }
+
+    #[test]
+    fn a_large_partial_packet_charges_the_budget_until_it_completes() {
+        let budget = BufferBudget::new(1 << 20);
+        let mut codec = budgeted(&budget);
+        let mut wire = notify(300 << 10);
+        let mut buffer = BytesMut::from(&wire[..16]);
+        assert_eq!(codec.decode(&mut buffer).unwrap(), None);
+        assert_eq!(budget.used(), wire.len());
+
+        buffer.extend_from_slice(&wire.split_off(16)[..]);
+        assert!(matches!(codec.decode(&mut buffer), Ok(Some(Packet::Notify(_)))));
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn a_packet_that_does_not_fit_is_refused_before_its_bytes_arrive() {
+        let budget = BufferBudget::new(500 << 10);
+        let mut first = budgeted(&budget);
+        let mut second = budgeted(&budget);
+        let wire = notify(300 << 10);
+        assert_eq!(first.decode(&mut BytesMut::from(&wire[..16])), Ok(None));
+
+        let error = second
+            .decode(&mut BytesMut::from(&wire[..16]))
+            .unwrap_err();
+        assert_eq!(error.code(), Code::TooManyRequests);
+        assert!(error.message().contains("busy"), "{error}");
+        assert_eq!(budget.used(), wire.len(), "the refused packet charged nothing");
+
+        drop(first);
+        assert_eq!(budget.used(), 0, "a connection that ends gives its charge back");
+        assert_eq!(second.decode(&mut BytesMut::from(&wire[..16])), Ok(None));
+    }
+
+    #[test]
+    fn small_packets_never_touch_the_budget() {
+        let budget = BufferBudget::new(0);
+        let mut codec = budgeted(&budget);
+        let wire = notify(PARTIAL_ALLOWANCE - 16);
+        let mut buffer = BytesMut::from(&wire[..16]);
+        assert_eq!(codec.decode(&mut buffer), Ok(None));
+        buffer.extend_from_slice(&wire[16..]);
+        assert!(matches!(codec.decode(&mut buffer), Ok(Some(_))));
+        assert!(codec.charge.is_none());
+    }
+
+    #[test]
+    fn an_oversized_header_is_refused_from_its_announced_length() {
+        let mut codec = PacketCodec::with_limits(Limits::DEFAULT.with_max_header_size(100));
+        // Notify, action 7, a header announced at 101 bytes and none of them sent yet.
+        let mut buffer = BytesMut::from(&b"\xb4\x07\x65"[..]);
+        let error = codec.decode(&mut buffer).unwrap_err();
+        assert_eq!(error.code(), Code::RequestEntityTooLarge);
+        assert!(error.message().contains("header of 101 bytes"), "{error}");
+    }
+
+    #[test]
+    fn too_many_header_entries_are_refused() {
+        let limits = Limits::DEFAULT.with_max_header_entries(3);
+        let header: Header = (0..4).map(|i| (format!("k{i}"), "")).collect();
+        let mut wire = BytesMut::new();
+        Packet::Notify(Notify {
+            action: Action::Id(7),
+            header,
+            payload: Bytes::new(),
+        })
+        .encode_stream(&mut wire);
+        let error = PacketCodec::with_limits(limits)
+            .decode(&mut wire.clone())
+            .unwrap_err();
+        assert_eq!(error.code(), Code::RequestEntityTooLarge);
+        assert!(error.message().contains("4 entries"), "{error}");
+        assert!(PacketCodec::new().decode(&mut wire).unwrap().is_some());
+    }
+}

@@ -312,4 +312,32 @@ mod tests {
         assert!(!header.remove("b"));
         assert_eq!(header.len(), 1);
     }
+
+    #[test]
+    fn entry_limit_counts_non_empty_segments() {
+        let limits = Limits::DEFAULT
+            .with_max_header_entries(2)
+            .with_max_header_size(usize::MAX);
+        assert_eq!(Header::decode_with(b";a:;;b:;", limits).unwrap().len(), 2);
+        let error = Header::decode_with(&b"a:;".repeat(100_000), limits).unwrap_err();
+        assert_eq!(error.code(), crate::Code::RequestEntityTooLarge);
+        assert!(error.message().contains("100000 entries"), "{error}");
+    }
+
+    #[test]
+    fn size_limit_is_checked_before_parsing() {
+        let limits = Limits::DEFAULT.with_max_header_size(4);
+        assert!(Header::decode_with(b"ab:c", limits).is_ok());
+        let error = Header::decode_with(b"ab:cd", limits).unwrap_err();
+        assert_eq!(error.code(), crate::Code::RequestEntityTooLarge);
+        assert!(error.message().contains("header of 5 bytes"), "{error}");
+    }
+
+    #[test]
+    fn default_limits_apply_to_decode() {
+        let at_limit = b"a:;".repeat(256);
+        assert_eq!(Header::decode(&at_limit).unwrap().len(), 256);
+        let over = b"a:;".repeat(257);
+        assert!(Header::decode(&over).is_err());
+    }
 }
