@@ -200,7 +200,10 @@ impl std::error::Error for Status {}
 /// carries a `Status` (a limit enforced inside a reader) is that status.
 impl From<std::io::Error> for Status {
     fn from(error: std::io::Error) -> Status {
-        match error.get_ref().and_then(|inner| inner.downcast_ref::<Status>()) {
+        match error
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<Status>())
+        {
             Some(status) => status.clone(),
             None => Status::network_error(error.to_string()),
         }

@@ -15,8 +15,8 @@ use tokio_util::codec::FramedRead;
 
 use crate::Status;
 use crate::wire::{BufferBudget, Limits, Packet, PacketCodec};
-pub(crate) use inflate::InflationLimit;
 use inflate::BoundedGzip;
+pub(crate) use inflate::InflationLimit;
 
 /// Decoded packets from the peer; the stream ends when the transport does.
 pub(crate) type PacketStream = Pin<Box<dyn Stream<Item = Result<Packet, Status>> + Send>>;
@@ -188,9 +188,7 @@ where
                     Some(Packet::decode_message(bytes, limits))
                 }
                 Ok(WsMessage::Binary(bytes)) => Some(Packet::decode_text(bytes, limits)),
-                Ok(WsMessage::Text(text)) => {
-                    Some(Packet::decode_text(Bytes::from(text), limits))
-                }
+                Ok(WsMessage::Text(text)) => Some(Packet::decode_text(Bytes::from(text), limits)),
                 Ok(_) => None,
                 Err(error) => Some(Err(ws_error(error))),
             })

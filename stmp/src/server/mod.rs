@@ -20,7 +20,8 @@ use crate::conn::io::{InflationLimit, PacketStream, PacketWriter, ReadLimits, by
 use crate::conn::{ConnParts, Engine, EngineConfig, Side};
 use crate::router::BoxFuture;
 use crate::wire::{
-    BufferBudget, ClientHandshake, DEFAULT_MAX_PACKET_SIZE, Header, Limits, ServerHandshake, Version,
+    BufferBudget, ClientHandshake, DEFAULT_MAX_PACKET_SIZE, Header, Limits, ServerHandshake,
+    Version,
 };
 use crate::{Code, Conn, ConnSet, Router, Service, Status};
 pub(crate) use negotiate::{Agreement, Transport, negotiate};
@@ -472,7 +473,9 @@ impl Server {
             read_client_handshake(
                 &mut reader,
                 &mut buffer,
-                config.wire_limits().with_max_packet_size(MAX_HANDSHAKE_SIZE),
+                config
+                    .wire_limits()
+                    .with_max_packet_size(MAX_HANDSHAKE_SIZE),
             ),
         )
         .await;

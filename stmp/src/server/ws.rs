@@ -15,7 +15,7 @@ use super::{Server, Transport};
 use crate::Status;
 use crate::conn::PacketFormat;
 use crate::conn::io::websocket;
-use crate::wire::{Header, ServerHandshake, Version};
+use crate::wire::{Header, Limits, ServerHandshake, Version};
 
 /// Header keys of the upgrade request that are part of the stmp handshake (HTTP headers are
 /// case-insensitive, stmp headers are not: these are mapped to their stmp spelling).
@@ -31,10 +31,26 @@ pub(crate) fn ws_config(max_packet_size: usize) -> WebSocketConfig {
 }
 
 /// The stmp handshake of a WebSocket upgrade: query parameters, then the known HTTP headers.
-pub(crate) fn handshake_from_request(request: &Request) -> Header {
+/// The query is held to the header limits, as a binary handshake's header is.
+pub(crate) fn handshake_from_request(request: &Request, limits: &Limits) -> Result<Header, Status> {
     let mut header = Header::new();
     if let Some(query) = request.uri().query() {
-        header.extend(form_urlencoded::parse(query.as_bytes()).into_owned());
+        if query.len() > limits.max_header_size {
+            return Err(Status::request_entity_too_large(format!(
+                "handshake query of {} bytes is over the header limit of {} bytes",
+                query.len(),
+                limits.max_header_size
+            )));
+        }
+        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+            if header.len() == limits.max_header_entries {
+                return Err(Status::request_entity_too_large(format!(
+                    "handshake query has more than {} entries",
+                    limits.max_header_entries
+                )));
+            }
+            header.append(key, value);
+        }
     }
     for key in HTTP_KEYS {
         if !header.contains_key(key)
@@ -43,7 +59,7 @@ pub(crate) fn handshake_from_request(request: &Request) -> Header {
             header.append(key, value);
         }
     }
-    header
+    Ok(header)
 }
 
 fn version_of(header: &Header) -> Result<Version, Status> {
@@ -70,6 +86,7 @@ impl Server {
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         let config = &self.inner.config;
+        let limits = config.wire_limits();
         let mut header = None;
         // The callback's error type is tungstenite's; its size is not ours to choose.
         #[allow(clippy::result_large_err)]
@@ -82,7 +99,7 @@ impl Server {
                 *refusal.status_mut() = StatusCode::NOT_FOUND;
                 return Err(refusal);
             }
-            header = Some(handshake_from_request(request));
+            header = Some(handshake_from_request(request, &limits));
             Ok(response)
         };
         let upgrade = tokio_tungstenite::accept_hdr_async_with_config(
@@ -95,9 +112,14 @@ impl Server {
             Ok(Err(error)) => return tracing::debug!(%remote, %error, "websocket upgrade failed"),
             Err(_) => return tracing::debug!(%remote, "websocket upgrade timed out"),
         };
-        let header = header.unwrap_or_default();
-        let admitted = version_of(&header)
-            .and_then(|version| self.admit(version, &header, Transport::WebSocket));
+        let (header, admitted) = match header.unwrap_or_else(|| Ok(Header::new())) {
+            Ok(header) => {
+                let admitted = version_of(&header)
+                    .and_then(|version| self.admit(version, &header, Transport::WebSocket));
+                (header, admitted)
+            }
+            Err(status) => (Header::new(), Err(status)),
+        };
         // A refusal can only be sent in the format the client asked for if we know it.
         let text = header
             .get("Packet-Format")
@@ -135,7 +157,7 @@ impl Server {
             ));
             return;
         }
-        let (packets, writer) = websocket(socket, format, config.wire_limits());
+        let (packets, writer) = websocket(socket, format, limits);
         self.run(conn, outbox, packets, writer).await;
     }
 }

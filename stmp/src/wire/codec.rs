@@ -209,7 +209,10 @@ mod tests {
         assert_eq!(budget.used(), wire.len());
 
         buffer.extend_from_slice(&wire.split_off(16)[..]);
-        assert!(matches!(codec.decode(&mut buffer), Ok(Some(Packet::Notify(_)))));
+        assert!(matches!(
+            codec.decode(&mut buffer),
+            Ok(Some(Packet::Notify(_)))
+        ));
         assert_eq!(budget.used(), 0);
     }
 
@@ -221,15 +224,21 @@ mod tests {
         let wire = notify(300 << 10);
         assert_eq!(first.decode(&mut BytesMut::from(&wire[..16])), Ok(None));
 
-        let error = second
-            .decode(&mut BytesMut::from(&wire[..16]))
-            .unwrap_err();
+        let error = second.decode(&mut BytesMut::from(&wire[..16])).unwrap_err();
         assert_eq!(error.code(), Code::TooManyRequests);
         assert!(error.message().contains("busy"), "{error}");
-        assert_eq!(budget.used(), wire.len(), "the refused packet charged nothing");
+        assert_eq!(
+            budget.used(),
+            wire.len(),
+            "the refused packet charged nothing"
+        );
 
         drop(first);
-        assert_eq!(budget.used(), 0, "a connection that ends gives its charge back");
+        assert_eq!(
+            budget.used(),
+            0,
+            "a connection that ends gives its charge back"
+        );
         assert_eq!(second.decode(&mut BytesMut::from(&wire[..16])), Ok(None));
     }
 

@@ -11,8 +11,8 @@ use std::fmt::Write as _;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::cursor::{Budget, Cursor, Stop};
 use super::Limits;
+use super::cursor::{Budget, Cursor, Stop};
 use super::header::{Header, check_header_size};
 use super::text::parse_status;
 use super::{MAGIC, varint};

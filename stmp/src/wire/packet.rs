@@ -4,8 +4,8 @@ use std::fmt;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::cursor::{Budget, Cursor, Stop};
 use super::Limits;
+use super::cursor::{Budget, Cursor, Stop};
 use super::header::{Header, check_header_size};
 use super::varint;
 use crate::{Code, Status};

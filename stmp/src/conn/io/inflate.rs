@@ -224,7 +224,11 @@ mod tests {
         let status = Status::from(error);
         assert_eq!(status.code(), Code::RequestEntityTooLarge, "{status}");
         let bound = limit.burst + 8 * bomb.len() + 4096;
-        assert!(plain.len() <= bound, "{} inflated, bound {bound}", plain.len());
+        assert!(
+            plain.len() <= bound,
+            "{} inflated, bound {bound}",
+            plain.len()
+        );
     }
 
     #[tokio::test]
