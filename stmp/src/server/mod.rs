@@ -168,10 +168,10 @@ impl ServerBuilder {
         self
     }
 
-    /// Whether clients may ask for gzip on byte streams. Default false: decompressing is work
-    /// a peer can multiply (a few kilobytes inflate to megabytes of packets), and on the
-    /// networks stmp runs on the bandwidth it saves rarely pays for the CPU it costs. When on,
-    /// each stream's inflation is bounded ([`gzip_inflation_limit`](Self::gzip_inflation_limit)).
+    /// Whether clients may ask for gzip on byte streams. Default false: inflating is work a
+    /// peer can multiply (a few kilobytes of gzip become megabytes of packets to decode), so a
+    /// server offers it only when told to. When on, each stream's inflation is bounded
+    /// ([`gzip_inflation_limit`](Self::gzip_inflation_limit)).
     pub fn gzip(mut self, allowed: bool) -> Self {
         self.gzip = allowed;
         self
