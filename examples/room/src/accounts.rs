@@ -472,8 +472,9 @@ impl Accounts {
     }
 }
 
-/// Refuses, before any hashing, what no account can have.
-fn check_credentials(name: &str, password: &str) -> Result<(), Status> {
+/// Refuses, before any hashing, what no account can have: a bad name, an empty password or
+/// one longer than [`MAX_PASSWORD`] (`BadRequest`).
+pub fn check_credentials(name: &str, password: &str) -> Result<(), Status> {
     valid_name("user name", name)?;
     if password.is_empty() {
         return Err(Status::bad_request("the password is empty"));

@@ -197,6 +197,8 @@ impl Chat {
         let refused = |status: &Status| {
             tracing::info!(conn = ctx.conn().id(), %status, "sign-in refused");
         };
+        // Malformed credentials cost nothing, so they do not count as attempts.
+        crate::accounts::check_credentials(name, &input.password).inspect_err(refused)?;
         let attempt = self
             .limiter
             .attempt(ctx.conn(), std::time::Instant::now())
