@@ -22,12 +22,16 @@ use crate::limits::{SignInLimiter, SignInLimits};
 use crate::{
     AccountService, AccountServiceServer, ChatEventsBroadcaster, ChatService, ChatServiceServer,
     Credentials, DirectInput, DirectMessageEvent, Empty, PresenceServiceClient, RoomInfo,
-    RoomInput, RoomList, RoomMessageEvent, SendInput, SendResult, Session, UserJoinedEvent,
-    UserLeftEvent, WhoEntry, WhoInput, WhoList, account_service, now_ms, valid_name,
+    RoomInput, RoomList, RoomMessageEvent, SendInput, SendResult, Session, TokenInput,
+    UserJoinedEvent, UserLeftEvent, WhoEntry, WhoInput, WhoList, account_service, now_ms,
+    valid_name,
 };
 
 /// The longest message text, in bytes.
 pub const MAX_TEXT: usize = 4096;
+
+/// Longer than any token the accounts issue (64 hex digits).
+const MAX_TOKEN: usize = 128;
 
 /// What a signed-in connection carries.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -258,6 +262,30 @@ impl AccountService for Chat {
 
     async fn sign_in(&self, ctx: Context, input: Credentials) -> Result<Session, Status> {
         self.sign(&ctx, input, false).await
+    }
+
+    async fn resume(&self, ctx: Context, input: TokenInput) -> Result<Session, Status> {
+        let conn = ctx.conn();
+        let refused = |status: &Status| {
+            tracing::info!(conn = conn.id(), %status, "token refused");
+        };
+        if input.token.len() > MAX_TOKEN {
+            return Err(Status::bad_request("that is no token")).inspect_err(refused);
+        }
+        let attempt = self
+            .limiter
+            .attempt(conn, std::time::Instant::now())
+            .inspect_err(refused)?;
+        let user = self
+            .accounts
+            .check_token(&input.token)
+            .inspect_err(refused)?;
+        attempt.succeeded();
+        self.attach(conn, &user, "token");
+        Ok(Session {
+            user,
+            token: String::new(),
+        })
     }
 
     async fn current(&self, ctx: Context, _: Empty) -> Result<Session, Status> {

@@ -342,3 +342,48 @@ async fn websocket_urls_carry_no_token() {
     alice.close().await;
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_signs_in_after_the_handshake_for_clients_without_headers() {
+    logs();
+    let accounts = accounts();
+    let chat = Chat::new(accounts.clone()).sign_in_limits(SignInLimits {
+        per_conn: RateLimit {
+            attempts: 2,
+            period: HOUR,
+        },
+        ..SignInLimits::default()
+    });
+    let (server, _) = listen(&chat, &[]).await;
+    let token = within(accounts.sign_up("alice", "secret")).await.unwrap();
+    let ws = within(server.listen_ws("127.0.0.1:0", room::WS_PATH))
+        .await
+        .unwrap();
+    let client = within(stmp::Client::connect(&format!(
+        "ws://{ws}{}",
+        room::WS_PATH
+    )))
+    .await
+    .unwrap();
+    let account = AccountServiceClient::new(client.clone());
+    let chat_service = room::ChatServiceClient::new(client.clone());
+    let resume = |token: String| within(account.resume(room::TokenInput { token }));
+
+    let status = resume("0".repeat(64)).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthorized, "{status}");
+    let status = resume("0".repeat(1 << 16)).await.unwrap_err();
+    assert_eq!(status.code(), Code::BadRequest, "{status}");
+    assert!(within(chat_service.list_rooms(Empty {})).await.is_err());
+    let session = resume(token.clone()).await.unwrap();
+    assert_eq!(session.user, "alice");
+    assert!(session.token.is_empty());
+    within(chat_service.list_rooms(Empty {})).await.unwrap();
+    // Guessing is rate-limited like passwords.
+    let status = resume("1".repeat(64)).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthorized, "{status}");
+    let status = resume(token).await.unwrap_err();
+    assert_eq!(status.code(), Code::TooManyRequests, "{status}");
+
+    client.close().await;
+    server.shutdown(Duration::from_secs(1)).await;
+}
