@@ -30,8 +30,11 @@ pub(crate) fn ws_config(max_packet_size: usize) -> WebSocketConfig {
         .max_frame_size(Some(max_packet_size + 64))
 }
 
-/// The stmp handshake of a WebSocket upgrade: query parameters, then the known HTTP headers.
-/// The query is held to the header limits, as a binary handshake's header is.
+/// The stmp handshake of a WebSocket upgrade: query parameters, then the HTTP headers (the
+/// known ones in their stmp spelling, the others by their lower-case name), each key the
+/// query does not have. Applications send their entries (tokens…) as headers, out of URLs.
+/// The result is held to the header limits, as a binary handshake's header is; the query is
+/// checked before it is parsed.
 pub(crate) fn handshake_from_request(request: &Request, limits: &Limits) -> Result<Header, Status> {
     let mut header = Header::new();
     if let Some(query) = request.uri().query() {
@@ -52,12 +55,31 @@ pub(crate) fn handshake_from_request(request: &Request, limits: &Limits) -> Resu
             header.append(key, value);
         }
     }
-    for key in HTTP_KEYS {
-        if !header.contains_key(key)
-            && let Some(value) = request.headers().get(key).and_then(|v| v.to_str().ok())
+    let from_query: Vec<String> = header.iter().map(|(k, _)| k.to_owned()).collect();
+    for (name, value) in request.headers() {
+        let key = HTTP_KEYS
+            .into_iter()
+            .find(|known| name.as_str().eq_ignore_ascii_case(known))
+            .unwrap_or(name.as_str());
+        if !from_query.iter().any(|k| k == key)
+            && let Ok(value) = value.to_str()
         {
             header.append(key, value);
         }
+    }
+    if header.len() > limits.max_header_entries {
+        return Err(Status::request_entity_too_large(format!(
+            "handshake has {} entries, over the limit of {}",
+            header.len(),
+            limits.max_header_entries
+        )));
+    }
+    let size = header.encoded_len();
+    if size > limits.max_header_size {
+        return Err(Status::request_entity_too_large(format!(
+            "handshake header of {size} bytes is over the limit of {} bytes",
+            limits.max_header_size
+        )));
     }
     Ok(header)
 }
@@ -175,5 +197,47 @@ pub(crate) fn handshake_message(handshake: &ServerHandshake, text: bool) -> WsMe
     } else {
         handshake.encode(&mut out);
         WsMessage::Binary(out.freeze())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_handshake_comes_from_the_query_and_the_http_headers() {
+        let request = Request::builder()
+            .uri("/room?Stmp-Version=1.0&Accept=application%2Fjson&token=from-query")
+            .header("accept", "application/protobuf")
+            .header("packet-format", "text")
+            .header("token", "from-header")
+            .header("device", "phone")
+            .body(())
+            .unwrap();
+        let header = handshake_from_request(&request, &Limits::DEFAULT).unwrap();
+        assert_eq!(header.get("Accept"), Some("application/json"));
+        assert_eq!(header.get("Packet-Format"), Some("text"));
+        assert_eq!(header.get_all("token").collect::<Vec<_>>(), ["from-query"]);
+        assert_eq!(header.get("device"), Some("phone"));
+    }
+
+    #[test]
+    fn the_http_headers_count_towards_the_header_limits() {
+        let request = Request::builder()
+            .uri("/room?a=1&b=2")
+            .header("c", "3")
+            .header("d", "x".repeat(40))
+            .body(())
+            .unwrap();
+        let three = Limits::DEFAULT.with_max_header_entries(3);
+        let error = handshake_from_request(&request, &three).unwrap_err();
+        assert_eq!(error.code(), crate::Code::RequestEntityTooLarge);
+        assert!(error.message().contains("4 entries"), "{error}");
+        let small = Limits::DEFAULT.with_max_header_size(40);
+        let error = handshake_from_request(&request, &small).unwrap_err();
+        assert!(error.message().contains("header of 54 bytes"), "{error}");
+        let query_over = Limits::DEFAULT.with_max_header_entries(1);
+        let error = handshake_from_request(&request, &query_over).unwrap_err();
+        assert!(error.message().contains("query has more than 1"), "{error}");
     }
 }
