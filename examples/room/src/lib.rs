@@ -9,6 +9,7 @@
 //!   connect by URL, sign in, join, send, and after a server restart reconnect, sign in again
 //!   and re-join by itself.
 //! - [`terminal`]: the commands and output of the `room-client` binary.
+//! - [`web`]: the browser client's files, for `room-server --web`.
 //!
 //! `build.rs` compiles `proto/room.proto` with `stmp-build`; the generated messages and
 //! services are at the crate root.
@@ -19,6 +20,7 @@ pub mod accounts;
 pub mod client;
 pub mod server;
 pub mod terminal;
+pub mod web;
 
 #[allow(missing_docs)]
 mod proto {
