@@ -48,7 +48,12 @@ async fn main() -> Result<(), Error> {
             }
             times.sort();
             let at = |q: f64| times[((times.len() - 1) as f64 * q) as usize].as_micros();
-            println!("calls n={} p50_us={} p99_us={}", times.len(), at(0.5), at(0.99));
+            println!(
+                "calls n={} p50_us={} p99_us={}",
+                times.len(),
+                at(0.5),
+                at(0.99)
+            );
         }
         "flood" => {
             let room = arg(3)?;
@@ -70,7 +75,10 @@ async fn main() -> Result<(), Error> {
                 }
             }
             let seconds = start.elapsed().as_secs_f64();
-            println!("flood n={count} seconds={seconds:.3} per_second={:.0}", count as f64 / seconds);
+            println!(
+                "flood n={count} seconds={seconds:.3} per_second={:.0}",
+                count as f64 / seconds
+            );
         }
         "receive" => {
             let room = arg(3)?;
