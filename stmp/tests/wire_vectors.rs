@@ -1036,16 +1036,15 @@ fn every_shared_vector_matches_its_description() {
         assert_eq!(decode_chunks(chunks.iter().map(Vec::as_slice)), packets);
         checked += 1;
     }
-    for Described { name, wire, entry } in described("message") {
+    for Described { wire, entry, .. } in described("message") {
         message_vector(&hex_string(&wire), &vectors::packet(&entry["packet"]));
-        let _ = name;
         checked += 1;
     }
     for Described { wire, entry, .. } in described("text") {
         text_vector(&wire, &vectors::packet(&entry["packet"]));
         checked += 1;
     }
-    for Described { name, wire, entry } in described("client_handshakes") {
+    for Described { wire, entry, .. } in described("client_handshakes") {
         let (major, minor) = entry["version"].as_str().unwrap().split_once('.').unwrap();
         let expected = ClientHandshake {
             version: Version {
@@ -1056,7 +1055,6 @@ fn every_shared_vector_matches_its_description() {
             message: entry["message"].as_str().unwrap().to_owned(),
         };
         client_handshake_vector(&hex_string(&wire), &expected);
-        let _ = name;
         checked += 1;
     }
     for Described { wire, entry, .. } in described("server_handshakes") {
