@@ -15,7 +15,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file room.proto.
  */
 export const file_room: GenFile = /*@__PURE__*/
-  fileDesc("Cgpyb29tLnByb3RvEhJzdG1wLmV4YW1wbGVzLnJvb20iLQoLQ3JlZGVudGlhbHMSDAoEbmFtZRgBIAEoCRIQCghwYXNzd29yZBgCIAEoCSImCgdTZXNzaW9uEgwKBHVzZXIYASABKAkSDQoFdG9rZW4YAiABKAkiGQoJUm9vbUlucHV0EgwKBHJvb20YASABKAkiKQoIUm9vbUluZm8SDAoEcm9vbRgBIAEoCRIPCgdtZW1iZXJzGAIgAygJIjcKCFJvb21MaXN0EisKBXJvb21zGAEgAygLMhwuc3RtcC5leGFtcGxlcy5yb29tLlJvb21JbmZvIicKCVNlbmRJbnB1dBIMCgRyb29tGAEgASgJEgwKBHRleHQYAiABKAkiKQoLRGlyZWN0SW5wdXQSDAoEdXNlchgBIAEoCRIMCgR0ZXh0GAIgASgJIjIKClNlbmRSZXN1bHQSEQoJdGltZXN0YW1wGAEgASgDEhEKCWRlbGl2ZXJlZBgCIAEoDSIYCghXaG9JbnB1dBIMCgRyb29tGAEgASgJImwKCFdob0VudHJ5EgwKBHVzZXIYASABKAkSDwoHYWRkcmVzcxgCIAEoCRIyCgZzdGF0dXMYAyABKAsyIi5zdG1wLmV4YW1wbGVzLnJvb20uUHJlc2VuY2VTdGF0dXMSDQoFZXJyb3IYBCABKAkiRgoHV2hvTGlzdBIMCgRyb29tGAEgASgJEi0KB2VudHJpZXMYAiADKAsyHC5zdG1wLmV4YW1wbGVzLnJvb20uV2hvRW50cnkiQAoPVXNlckpvaW5lZEV2ZW50EgwKBHJvb20YASABKAkSDAoEdXNlchgCIAEoCRIRCgl0aW1lc3RhbXAYAyABKAMiTgoNVXNlckxlZnRFdmVudBIMCgRyb29tGAEgASgJEgwKBHVzZXIYAiABKAkSEQoJdGltZXN0YW1wGAMgASgDEg4KBnJlYXNvbhgEIAEoCSJRChBSb29tTWVzc2FnZUV2ZW50EgwKBHJvb20YASABKAkSDgoGc2VuZGVyGAIgASgJEgwKBHRleHQYAyABKAkSEQoJdGltZXN0YW1wGAQgASgDIlgKEkRpcmVjdE1lc3NhZ2VFdmVudBIOCgZzZW5kZXIYASABKAkSEQoJcmVjaXBpZW50GAIgASgJEgwKBHRleHQYAyABKAkSEQoJdGltZXN0YW1wGAQgASgDIlcKDlByZXNlbmNlU3RhdHVzEg0KBXN0YXRlGAEgASgJEhQKDGlkbGVfc2Vjb25kcxgCIAEoBBIRCgl0cmFuc3BvcnQYAyABKAkSDQoFYWdlbnQYBCABKAky5gEKDkFjY291bnRTZXJ2aWNlEkgKBlNpZ25VcBIfLnN0bXAuZXhhbXBsZXMucm9vbS5DcmVkZW50aWFscxobLnN0bXAuZXhhbXBsZXMucm9vbS5TZXNzaW9uIgASSAoGU2lnbkluEh8uc3RtcC5leGFtcGxlcy5yb29tLkNyZWRlbnRpYWxzGhsuc3RtcC5leGFtcGxlcy5yb29tLlNlc3Npb24iABJACgdDdXJyZW50EhYuZ29vZ2xlLnByb3RvYnVmLkVtcHR5Ghsuc3RtcC5leGFtcGxlcy5yb29tLlNlc3Npb24iADKWBAoLQ2hhdFNlcnZpY2USSQoISm9pblJvb20SHS5zdG1wLmV4YW1wbGVzLnJvb20uUm9vbUlucHV0Ghwuc3RtcC5leGFtcGxlcy5yb29tLlJvb21JbmZvIgASRAoJTGVhdmVSb29tEh0uc3RtcC5leGFtcGxlcy5yb29tLlJvb21JbnB1dBoWLmdvb2dsZS5wcm90b2J1Zi5FbXB0eSIAEkMKCUxpc3RSb29tcxIWLmdvb2dsZS5wcm90b2J1Zi5FbXB0eRocLnN0bXAuZXhhbXBsZXMucm9vbS5Sb29tTGlzdCIAEkwKC0xpc3RNZW1iZXJzEh0uc3RtcC5leGFtcGxlcy5yb29tLlJvb21JbnB1dBocLnN0bXAuZXhhbXBsZXMucm9vbS5Sb29tSW5mbyIAEk4KC1NlbmRNZXNzYWdlEh0uc3RtcC5leGFtcGxlcy5yb29tLlNlbmRJbnB1dBoeLnN0bXAuZXhhbXBsZXMucm9vbS5TZW5kUmVzdWx0IgASTwoKU2VuZERpcmVjdBIfLnN0bXAuZXhhbXBsZXMucm9vbS5EaXJlY3RJbnB1dBoeLnN0bXAuZXhhbXBsZXMucm9vbS5TZW5kUmVzdWx0IgASQgoDV2hvEhwuc3RtcC5leGFtcGxlcy5yb29tLldob0lucHV0Ghsuc3RtcC5leGFtcGxlcy5yb29tLldob0xpc3QiADLEAgoKQ2hhdEV2ZW50cxJLCgpVc2VySm9pbmVkEiMuc3RtcC5leGFtcGxlcy5yb29tLlVzZXJKb2luZWRFdmVudBoWLmdvb2dsZS5wcm90b2J1Zi5FbXB0eSIAEkcKCFVzZXJMZWZ0EiEuc3RtcC5leGFtcGxlcy5yb29tLlVzZXJMZWZ0RXZlbnQaFi5nb29nbGUucHJvdG9idWYuRW1wdHkiABJNCgtSb29tTWVzc2FnZRIkLnN0bXAuZXhhbXBsZXMucm9vbS5Sb29tTWVzc2FnZUV2ZW50GhYuZ29vZ2xlLnByb3RvYnVmLkVtcHR5IgASUQoNRGlyZWN0TWVzc2FnZRImLnN0bXAuZXhhbXBsZXMucm9vbS5EaXJlY3RNZXNzYWdlRXZlbnQaFi5nb29nbGUucHJvdG9idWYuRW1wdHkiADJZCg9QcmVzZW5jZVNlcnZpY2USRgoGU3RhdHVzEhYuZ29vZ2xlLnByb3RvYnVmLkVtcHR5GiIuc3RtcC5leGFtcGxlcy5yb29tLlByZXNlbmNlU3RhdHVzIgBiBnByb3RvMw", [file_google_protobuf_empty]);
+  fileDesc("Cgpyb29tLnByb3RvEhJzdG1wLmV4YW1wbGVzLnJvb20iLQoLQ3JlZGVudGlhbHMSDAoEbmFtZRgBIAEoCRIQCghwYXNzd29yZBgCIAEoCSImCgdTZXNzaW9uEgwKBHVzZXIYASABKAkSDQoFdG9rZW4YAiABKAkiGwoKVG9rZW5JbnB1dBINCgV0b2tlbhgBIAEoCSIZCglSb29tSW5wdXQSDAoEcm9vbRgBIAEoCSIpCghSb29tSW5mbxIMCgRyb29tGAEgASgJEg8KB21lbWJlcnMYAiADKAkiNwoIUm9vbUxpc3QSKwoFcm9vbXMYASADKAsyHC5zdG1wLmV4YW1wbGVzLnJvb20uUm9vbUluZm8iJwoJU2VuZElucHV0EgwKBHJvb20YASABKAkSDAoEdGV4dBgCIAEoCSIpCgtEaXJlY3RJbnB1dBIMCgR1c2VyGAEgASgJEgwKBHRleHQYAiABKAkiMgoKU2VuZFJlc3VsdBIRCgl0aW1lc3RhbXAYASABKAMSEQoJZGVsaXZlcmVkGAIgASgNIhgKCFdob0lucHV0EgwKBHJvb20YASABKAkifQoIV2hvRW50cnkSDAoEdXNlchgBIAEoCRIRCgl0cmFuc3BvcnQYBSABKAkSMgoGc3RhdHVzGAMgASgLMiIuc3RtcC5leGFtcGxlcy5yb29tLlByZXNlbmNlU3RhdHVzEg0KBWVycm9yGAQgASgJSgQIAhADUgdhZGRyZXNzIkYKB1dob0xpc3QSDAoEcm9vbRgBIAEoCRItCgdlbnRyaWVzGAIgAygLMhwuc3RtcC5leGFtcGxlcy5yb29tLldob0VudHJ5IkAKD1VzZXJKb2luZWRFdmVudBIMCgRyb29tGAEgASgJEgwKBHVzZXIYAiABKAkSEQoJdGltZXN0YW1wGAMgASgDIk4KDVVzZXJMZWZ0RXZlbnQSDAoEcm9vbRgBIAEoCRIMCgR1c2VyGAIgASgJEhEKCXRpbWVzdGFtcBgDIAEoAxIOCgZyZWFzb24YBCABKAkiUQoQUm9vbU1lc3NhZ2VFdmVudBIMCgRyb29tGAEgASgJEg4KBnNlbmRlchgCIAEoCRIMCgR0ZXh0GAMgASgJEhEKCXRpbWVzdGFtcBgEIAEoAyJYChJEaXJlY3RNZXNzYWdlRXZlbnQSDgoGc2VuZGVyGAEgASgJEhEKCXJlY2lwaWVudBgCIAEoCRIMCgR0ZXh0GAMgASgJEhEKCXRpbWVzdGFtcBgEIAEoAyJXCg5QcmVzZW5jZVN0YXR1cxINCgVzdGF0ZRgBIAEoCRIUCgxpZGxlX3NlY29uZHMYAiABKAQSEQoJdHJhbnNwb3J0GAMgASgJEg0KBWFnZW50GAQgASgJMq8CCg5BY2NvdW50U2VydmljZRJICgZTaWduVXASHy5zdG1wLmV4YW1wbGVzLnJvb20uQ3JlZGVudGlhbHMaGy5zdG1wLmV4YW1wbGVzLnJvb20uU2Vzc2lvbiIAEkgKBlNpZ25JbhIfLnN0bXAuZXhhbXBsZXMucm9vbS5DcmVkZW50aWFscxobLnN0bXAuZXhhbXBsZXMucm9vbS5TZXNzaW9uIgASQAoHQ3VycmVudBIWLmdvb2dsZS5wcm90b2J1Zi5FbXB0eRobLnN0bXAuZXhhbXBsZXMucm9vbS5TZXNzaW9uIgASRwoGUmVzdW1lEh4uc3RtcC5leGFtcGxlcy5yb29tLlRva2VuSW5wdXQaGy5zdG1wLmV4YW1wbGVzLnJvb20uU2Vzc2lvbiIAMpYECgtDaGF0U2VydmljZRJJCghKb2luUm9vbRIdLnN0bXAuZXhhbXBsZXMucm9vbS5Sb29tSW5wdXQaHC5zdG1wLmV4YW1wbGVzLnJvb20uUm9vbUluZm8iABJECglMZWF2ZVJvb20SHS5zdG1wLmV4YW1wbGVzLnJvb20uUm9vbUlucHV0GhYuZ29vZ2xlLnByb3RvYnVmLkVtcHR5IgASQwoJTGlzdFJvb21zEhYuZ29vZ2xlLnByb3RvYnVmLkVtcHR5Ghwuc3RtcC5leGFtcGxlcy5yb29tLlJvb21MaXN0IgASTAoLTGlzdE1lbWJlcnMSHS5zdG1wLmV4YW1wbGVzLnJvb20uUm9vbUlucHV0Ghwuc3RtcC5leGFtcGxlcy5yb29tLlJvb21JbmZvIgASTgoLU2VuZE1lc3NhZ2USHS5zdG1wLmV4YW1wbGVzLnJvb20uU2VuZElucHV0Gh4uc3RtcC5leGFtcGxlcy5yb29tLlNlbmRSZXN1bHQiABJPCgpTZW5kRGlyZWN0Eh8uc3RtcC5leGFtcGxlcy5yb29tLkRpcmVjdElucHV0Gh4uc3RtcC5leGFtcGxlcy5yb29tLlNlbmRSZXN1bHQiABJCCgNXaG8SHC5zdG1wLmV4YW1wbGVzLnJvb20uV2hvSW5wdXQaGy5zdG1wLmV4YW1wbGVzLnJvb20uV2hvTGlzdCIAMsQCCgpDaGF0RXZlbnRzEksKClVzZXJKb2luZWQSIy5zdG1wLmV4YW1wbGVzLnJvb20uVXNlckpvaW5lZEV2ZW50GhYuZ29vZ2xlLnByb3RvYnVmLkVtcHR5IgASRwoIVXNlckxlZnQSIS5zdG1wLmV4YW1wbGVzLnJvb20uVXNlckxlZnRFdmVudBoWLmdvb2dsZS5wcm90b2J1Zi5FbXB0eSIAEk0KC1Jvb21NZXNzYWdlEiQuc3RtcC5leGFtcGxlcy5yb29tLlJvb21NZXNzYWdlRXZlbnQaFi5nb29nbGUucHJvdG9idWYuRW1wdHkiABJRCg1EaXJlY3RNZXNzYWdlEiYuc3RtcC5leGFtcGxlcy5yb29tLkRpcmVjdE1lc3NhZ2VFdmVudBoWLmdvb2dsZS5wcm90b2J1Zi5FbXB0eSIAMlkKD1ByZXNlbmNlU2VydmljZRJGCgZTdGF0dXMSFi5nb29nbGUucHJvdG9idWYuRW1wdHkaIi5zdG1wLmV4YW1wbGVzLnJvb20uUHJlc2VuY2VTdGF0dXMiAGIGcHJvdG8z", [file_google_protobuf_empty]);
 
 /**
  * A name and a password.
@@ -31,7 +31,7 @@ export type Credentials = Message<"stmp.examples.room.Credentials"> & {
   name: string;
 
   /**
-   * The password: at least 1 character. The server keeps only a salted argon2 hash of it.
+   * The password: 1 to 1024 bytes. The server keeps only a salted argon2 hash of it.
    *
    * @generated from field: string password = 2;
    */
@@ -60,7 +60,9 @@ export type Session = Message<"stmp.examples.room.Session"> & {
 
   /**
    * A token for later connections: send it as the `token` header of the handshake and the
-   * connection is signed in from the start.
+   * connection is signed in from the start. It expires (24 hours after it was issued by
+   * default); then the handshake is refused with `Unauthorized` and the client signs in with
+   * its password again.
    *
    * @generated from field: string token = 2;
    */
@@ -73,6 +75,25 @@ export type Session = Message<"stmp.examples.room.Session"> & {
  */
 export const SessionSchema: GenMessage<Session> = /*@__PURE__*/
   messageDesc(file_room, 1);
+
+/**
+ * The token of an earlier session.
+ *
+ * @generated from message stmp.examples.room.TokenInput
+ */
+export type TokenInput = Message<"stmp.examples.room.TokenInput"> & {
+  /**
+   * @generated from field: string token = 1;
+   */
+  token: string;
+};
+
+/**
+ * Describes the message stmp.examples.room.TokenInput.
+ * Use `create(TokenInputSchema)` to create a new message.
+ */
+export const TokenInputSchema: GenMessage<TokenInput> = /*@__PURE__*/
+  messageDesc(file_room, 2);
 
 /**
  * A room, by name.
@@ -93,7 +114,7 @@ export type RoomInput = Message<"stmp.examples.room.RoomInput"> & {
  * Use `create(RoomInputSchema)` to create a new message.
  */
 export const RoomInputSchema: GenMessage<RoomInput> = /*@__PURE__*/
-  messageDesc(file_room, 2);
+  messageDesc(file_room, 3);
 
 /**
  * A room and its members.
@@ -121,7 +142,7 @@ export type RoomInfo = Message<"stmp.examples.room.RoomInfo"> & {
  * Use `create(RoomInfoSchema)` to create a new message.
  */
 export const RoomInfoSchema: GenMessage<RoomInfo> = /*@__PURE__*/
-  messageDesc(file_room, 3);
+  messageDesc(file_room, 4);
 
 /**
  * The rooms that have members.
@@ -140,7 +161,7 @@ export type RoomList = Message<"stmp.examples.room.RoomList"> & {
  * Use `create(RoomListSchema)` to create a new message.
  */
 export const RoomListSchema: GenMessage<RoomList> = /*@__PURE__*/
-  messageDesc(file_room, 4);
+  messageDesc(file_room, 5);
 
 /**
  * A message to a room.
@@ -166,7 +187,7 @@ export type SendInput = Message<"stmp.examples.room.SendInput"> & {
  * Use `create(SendInputSchema)` to create a new message.
  */
 export const SendInputSchema: GenMessage<SendInput> = /*@__PURE__*/
-  messageDesc(file_room, 5);
+  messageDesc(file_room, 6);
 
 /**
  * A direct message to a user.
@@ -192,7 +213,7 @@ export type DirectInput = Message<"stmp.examples.room.DirectInput"> & {
  * Use `create(DirectInputSchema)` to create a new message.
  */
 export const DirectInputSchema: GenMessage<DirectInput> = /*@__PURE__*/
-  messageDesc(file_room, 6);
+  messageDesc(file_room, 7);
 
 /**
  * What a send did.
@@ -220,7 +241,7 @@ export type SendResult = Message<"stmp.examples.room.SendResult"> & {
  * Use `create(SendResultSchema)` to create a new message.
  */
 export const SendResultSchema: GenMessage<SendResult> = /*@__PURE__*/
-  messageDesc(file_room, 7);
+  messageDesc(file_room, 8);
 
 /**
  * Whom `Who` asks.
@@ -241,7 +262,7 @@ export type WhoInput = Message<"stmp.examples.room.WhoInput"> & {
  * Use `create(WhoInputSchema)` to create a new message.
  */
 export const WhoInputSchema: GenMessage<WhoInput> = /*@__PURE__*/
-  messageDesc(file_room, 8);
+  messageDesc(file_room, 9);
 
 /**
  * One connection's answer to `PresenceService.Status`, as the server collected it.
@@ -257,11 +278,11 @@ export type WhoEntry = Message<"stmp.examples.room.WhoEntry"> & {
   user: string;
 
   /**
-   * The connection's address, as the server sees it.
+   * The transport the server sees the connection on: "tcp", "tls", "ws", "wss" or "quic".
    *
-   * @generated from field: string address = 2;
+   * @generated from field: string transport = 5;
    */
-  address: string;
+  transport: string;
 
   /**
    * What the client answered; absent when it did not answer in time.
@@ -283,7 +304,7 @@ export type WhoEntry = Message<"stmp.examples.room.WhoEntry"> & {
  * Use `create(WhoEntrySchema)` to create a new message.
  */
 export const WhoEntrySchema: GenMessage<WhoEntry> = /*@__PURE__*/
-  messageDesc(file_room, 9);
+  messageDesc(file_room, 10);
 
 /**
  * Everyone `Who` asked.
@@ -299,7 +320,7 @@ export type WhoList = Message<"stmp.examples.room.WhoList"> & {
   room: string;
 
   /**
-   * One entry per connection, sorted by user.
+   * One entry per connection, sorted by user and transport.
    *
    * @generated from field: repeated stmp.examples.room.WhoEntry entries = 2;
    */
@@ -311,7 +332,7 @@ export type WhoList = Message<"stmp.examples.room.WhoList"> & {
  * Use `create(WhoListSchema)` to create a new message.
  */
 export const WhoListSchema: GenMessage<WhoList> = /*@__PURE__*/
-  messageDesc(file_room, 10);
+  messageDesc(file_room, 11);
 
 /**
  * @generated from message stmp.examples.room.UserJoinedEvent
@@ -340,7 +361,7 @@ export type UserJoinedEvent = Message<"stmp.examples.room.UserJoinedEvent"> & {
  * Use `create(UserJoinedEventSchema)` to create a new message.
  */
 export const UserJoinedEventSchema: GenMessage<UserJoinedEvent> = /*@__PURE__*/
-  messageDesc(file_room, 11);
+  messageDesc(file_room, 12);
 
 /**
  * @generated from message stmp.examples.room.UserLeftEvent
@@ -376,7 +397,7 @@ export type UserLeftEvent = Message<"stmp.examples.room.UserLeftEvent"> & {
  * Use `create(UserLeftEventSchema)` to create a new message.
  */
 export const UserLeftEventSchema: GenMessage<UserLeftEvent> = /*@__PURE__*/
-  messageDesc(file_room, 12);
+  messageDesc(file_room, 13);
 
 /**
  * @generated from message stmp.examples.room.RoomMessageEvent
@@ -410,7 +431,7 @@ export type RoomMessageEvent = Message<"stmp.examples.room.RoomMessageEvent"> & 
  * Use `create(RoomMessageEventSchema)` to create a new message.
  */
 export const RoomMessageEventSchema: GenMessage<RoomMessageEvent> = /*@__PURE__*/
-  messageDesc(file_room, 13);
+  messageDesc(file_room, 14);
 
 /**
  * @generated from message stmp.examples.room.DirectMessageEvent
@@ -444,7 +465,7 @@ export type DirectMessageEvent = Message<"stmp.examples.room.DirectMessageEvent"
  * Use `create(DirectMessageEventSchema)` to create a new message.
  */
 export const DirectMessageEventSchema: GenMessage<DirectMessageEvent> = /*@__PURE__*/
-  messageDesc(file_room, 14);
+  messageDesc(file_room, 15);
 
 /**
  * How a client is doing.
@@ -486,7 +507,7 @@ export type PresenceStatus = Message<"stmp.examples.room.PresenceStatus"> & {
  * Use `create(PresenceStatusSchema)` to create a new message.
  */
 export const PresenceStatusSchema: GenMessage<PresenceStatus> = /*@__PURE__*/
-  messageDesc(file_room, 15);
+  messageDesc(file_room, 16);
 
 /**
  * Accounts: the only service a connection may call before it is signed in.
@@ -496,7 +517,8 @@ export const PresenceStatusSchema: GenMessage<PresenceStatus> = /*@__PURE__*/
 export const AccountService: GenService<{
   /**
    * Creates an account and signs the connection in. `BadRequest` when the name is taken or
-   * invalid.
+   * invalid, or the password too long. `TooManyRequests` (with "retry in Ns") after too many
+   * failed attempts from the connection or its address.
    *
    * @generated from rpc stmp.examples.room.AccountService.SignUp
    */
@@ -507,7 +529,8 @@ export const AccountService: GenService<{
   },
   /**
    * Signs the connection in. `NotFound` for an unknown user, `Unauthorized` for a wrong
-   * password.
+   * password, `BadRequest` for a password longer than 1024 bytes, `TooManyRequests` (with
+   * "retry in Ns") after too many failed attempts from the connection or its address.
    *
    * @generated from rpc stmp.examples.room.AccountService.SignIn
    */
@@ -525,6 +548,19 @@ export const AccountService: GenService<{
   current: {
     methodKind: "unary";
     input: typeof EmptySchema;
+    output: typeof SessionSchema;
+  },
+  /**
+   * Signs the connection in with the token of an earlier session, for clients that cannot
+   * set handshake headers (browsers): a token never belongs in a URL. Returns the session
+   * with an empty token. `Unauthorized` when the token is unknown or expired; rate-limited
+   * like `SignIn`.
+   *
+   * @generated from rpc stmp.examples.room.AccountService.Resume
+   */
+  resume: {
+    methodKind: "unary";
+    input: typeof TokenInputSchema;
     output: typeof SessionSchema;
   },
 }> = /*@__PURE__*/

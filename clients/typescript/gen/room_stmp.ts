@@ -5,8 +5,8 @@
 // @generated from file room.proto (package stmp.examples.room, syntax proto3)
 /* eslint-disable */
 
-import type { Credentials, DirectInput, DirectMessageEvent, PresenceStatus, RoomInfo, RoomInput, RoomList, RoomMessageEvent, SendInput, SendResult, Session, UserJoinedEvent, UserLeftEvent, WhoInput, WhoList } from "./room_pb.js";
-import { CredentialsSchema, DirectInputSchema, DirectMessageEventSchema, PresenceStatusSchema, RoomInfoSchema, RoomInputSchema, RoomListSchema, RoomMessageEventSchema, SendInputSchema, SendResultSchema, SessionSchema, UserJoinedEventSchema, UserLeftEventSchema, WhoInputSchema, WhoListSchema } from "./room_pb.js";
+import type { Credentials, DirectInput, DirectMessageEvent, PresenceStatus, RoomInfo, RoomInput, RoomList, RoomMessageEvent, SendInput, SendResult, Session, TokenInput, UserJoinedEvent, UserLeftEvent, WhoInput, WhoList } from "./room_pb.js";
+import { CredentialsSchema, DirectInputSchema, DirectMessageEventSchema, PresenceStatusSchema, RoomInfoSchema, RoomInputSchema, RoomListSchema, RoomMessageEventSchema, SendInputSchema, SendResultSchema, SessionSchema, TokenInputSchema, UserJoinedEventSchema, UserLeftEventSchema, WhoInputSchema, WhoListSchema } from "./room_pb.js";
 import type { CallContext, Caller, CallOptions, Method, Registrar } from "stmp-client";
 import type { Empty } from "@bufbuild/protobuf/wkt";
 import { EmptySchema } from "@bufbuild/protobuf/wkt";
@@ -34,6 +34,12 @@ export const AccountServiceMethods = {
     input: EmptySchema,
     output: SessionSchema,
   } satisfies Method<typeof EmptySchema, typeof SessionSchema>,
+  resume: {
+    name: "stmp.examples.room.AccountService.Resume",
+    action: 0xA6848EA0,
+    input: TokenInputSchema,
+    output: SessionSchema,
+  } satisfies Method<typeof TokenInputSchema, typeof SessionSchema>,
 } as const;
 
 /**
@@ -44,7 +50,8 @@ export class AccountServiceClient {
 
   /**
    * Creates an account and signs the connection in. `BadRequest` when the name is taken or
-   * invalid.
+   * invalid, or the password too long. `TooManyRequests` (with "retry in Ns") after too many
+   * failed attempts from the connection or its address.
    *
    * @generated from rpc stmp.examples.room.AccountService.SignUp
    */
@@ -54,7 +61,8 @@ export class AccountServiceClient {
 
   /**
    * Signs the connection in. `NotFound` for an unknown user, `Unauthorized` for a wrong
-   * password.
+   * password, `BadRequest` for a password longer than 1024 bytes, `TooManyRequests` (with
+   * "retry in Ns") after too many failed attempts from the connection or its address.
    *
    * @generated from rpc stmp.examples.room.AccountService.SignIn
    */
@@ -71,6 +79,18 @@ export class AccountServiceClient {
   current(input: MessageInitShape<typeof EmptySchema>, options?: CallOptions): Promise<Session> {
     return this.caller.call(AccountServiceMethods.current, input, options);
   }
+
+  /**
+   * Signs the connection in with the token of an earlier session, for clients that cannot
+   * set handshake headers (browsers): a token never belongs in a URL. Returns the session
+   * with an empty token. `Unauthorized` when the token is unknown or expired; rate-limited
+   * like `SignIn`.
+   *
+   * @generated from rpc stmp.examples.room.AccountService.Resume
+   */
+  resume(input: MessageInitShape<typeof TokenInputSchema>, options?: CallOptions): Promise<Session> {
+    return this.caller.call(AccountServiceMethods.resume, input, options);
+  }
 }
 
 /**
@@ -79,14 +99,16 @@ export class AccountServiceClient {
 export interface AccountServiceServer {
   /**
    * Creates an account and signs the connection in. `BadRequest` when the name is taken or
-   * invalid.
+   * invalid, or the password too long. `TooManyRequests` (with "retry in Ns") after too many
+   * failed attempts from the connection or its address.
    *
    * @generated from rpc stmp.examples.room.AccountService.SignUp
    */
   signUp(input: Credentials, context: CallContext): MessageInitShape<typeof SessionSchema> | Promise<MessageInitShape<typeof SessionSchema>>;
   /**
    * Signs the connection in. `NotFound` for an unknown user, `Unauthorized` for a wrong
-   * password.
+   * password, `BadRequest` for a password longer than 1024 bytes, `TooManyRequests` (with
+   * "retry in Ns") after too many failed attempts from the connection or its address.
    *
    * @generated from rpc stmp.examples.room.AccountService.SignIn
    */
@@ -98,6 +120,15 @@ export interface AccountServiceServer {
    * @generated from rpc stmp.examples.room.AccountService.Current
    */
   current(input: Empty, context: CallContext): MessageInitShape<typeof SessionSchema> | Promise<MessageInitShape<typeof SessionSchema>>;
+  /**
+   * Signs the connection in with the token of an earlier session, for clients that cannot
+   * set handshake headers (browsers): a token never belongs in a URL. Returns the session
+   * with an empty token. `Unauthorized` when the token is unknown or expired; rate-limited
+   * like `SignIn`.
+   *
+   * @generated from rpc stmp.examples.room.AccountService.Resume
+   */
+  resume(input: TokenInput, context: CallContext): MessageInitShape<typeof SessionSchema> | Promise<MessageInitShape<typeof SessionSchema>>;
 }
 
 export const AccountServiceServer = {
@@ -107,6 +138,7 @@ export const AccountServiceServer = {
       client.serve(AccountServiceMethods.signUp, (input, context) => impl.signUp(input, context)),
       client.serve(AccountServiceMethods.signIn, (input, context) => impl.signIn(input, context)),
       client.serve(AccountServiceMethods.current, (input, context) => impl.current(input, context)),
+      client.serve(AccountServiceMethods.resume, (input, context) => impl.resume(input, context)),
     ];
     return () => undo.forEach((unregister) => unregister());
   },
