@@ -21,6 +21,9 @@ type Memberships = HashMap<u64, HashSet<Arc<str>>>;
 struct Groups {
     by_name: Box<[RwLock<Members>]>,
     by_conn: Box<[Mutex<Memberships>]>,
+    /// Held by a connection's whole bind (leave the old user, join the new), by connection
+    /// id, so two binds of one connection cannot interleave.
+    binding: Box<[Mutex<()>]>,
 }
 
 fn shard_of(key: &impl Hash) -> usize {
@@ -34,6 +37,7 @@ impl Default for Groups {
         Groups {
             by_name: (0..SHARDS).map(|_| RwLock::default()).collect(),
             by_conn: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            binding: (0..SHARDS).map(|_| Mutex::default()).collect(),
         }
     }
 }
@@ -269,6 +273,7 @@ impl Users {
 
     /// Binds `conn` to `user`, unbinding it from any other user first.
     pub fn bind(&self, user: &str, conn: &Conn) {
+        let _binding = lock(&self.groups.binding[shard_of(&conn.id())]);
         for previous in self.groups.names_of(conn.id()) {
             if previous != user {
                 self.groups.leave(&previous, conn.id());
@@ -279,6 +284,7 @@ impl Users {
 
     /// Forgets `conn`; returns the user it belonged to.
     pub fn unbind(&self, conn: &Conn) -> Option<String> {
+        let _binding = lock(&self.groups.binding[shard_of(&conn.id())]);
         self.groups
             .leave_all(conn.id())
             .into_iter()
