@@ -347,7 +347,10 @@ impl Router {
         let middleware = self.middleware();
         let mut outcome = None;
         for layer in middleware.iter() {
-            match AssertUnwindSafe(lazy(|| layer.before(ctx))).catch_unwind().await {
+            match AssertUnwindSafe(lazy(|| layer.before(ctx)))
+                .catch_unwind()
+                .await
+            {
                 Ok(Ok(Flow::Continue)) => {}
                 Ok(Ok(Flow::Respond(payload))) => {
                     outcome = Some(Ok(payload));
@@ -405,7 +408,10 @@ impl Router {
             return;
         }
         for layer in self.middleware().iter() {
-            match AssertUnwindSafe(lazy(|| layer.before(ctx))).catch_unwind().await {
+            match AssertUnwindSafe(lazy(|| layer.before(ctx)))
+                .catch_unwind()
+                .await
+            {
                 Ok(Ok(Flow::Continue)) => {}
                 Ok(Ok(Flow::Respond(_))) => return,
                 Ok(Err(status)) => {
@@ -416,9 +422,10 @@ impl Router {
             }
         }
         if let Some(handler) = target.handler
-            && let Ok(Err(status)) = AssertUnwindSafe(lazy(|| handler(ctx.clone(), payload.clone())))
-                .catch_unwind()
-                .await
+            && let Ok(Err(status)) =
+                AssertUnwindSafe(lazy(|| handler(ctx.clone(), payload.clone())))
+                    .catch_unwind()
+                    .await
         {
             tracing::debug!(%status, "handler of a notify failed");
         }

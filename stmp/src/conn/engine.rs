@@ -172,6 +172,10 @@ impl Engine {
                     if let Err(status) = queued {
                         break Ending { status, send_close: false };
                     }
+                    // The time spent not reading was this side's doing, not the peer's.
+                    last_read = Instant::now();
+                    pinged = false;
+                    heartbeat.as_mut().reset(last_read + half);
                 }
                 item = reader.next(), if parked.is_none() => {
                     let packet = match item {
@@ -245,8 +249,6 @@ impl Engine {
                             let router = router.clone();
                             let mut handling = Box::pin(async move {
                                 let outcome = router.handle_request(target, &ctx, request.payload).await;
-                                // The request's bytes are gone; its answer is the queue's to count.
-                                drop(reservation);
                                 let header = ctx.take_response_header();
                                 let response = match outcome {
                                     Ok(payload) => Packet::Response(Response {
@@ -258,7 +260,9 @@ impl Engine {
                                     Err(status) => with_header(error_response(request.mid, status), header),
                                 };
                                 let _ = ctx.conn().send(response).await;
-                                drop(permit);
+                                // Held until the answer is queued: a handler waiting for room
+                                // still holds what it was sent.
+                                drop((reservation, permit));
                             });
                             // Most handlers answer without waiting: run them here until their
                             // first await, and give only the ones that wait a task of their own.
@@ -311,10 +315,10 @@ impl Engine {
                 }
                 _ = &mut heartbeat => {
                     if parked.is_some() {
-                        // Not reading is this side's backpressure, not the peer's silence.
-                        last_read = Instant::now();
-                        pinged = false;
-                        heartbeat.as_mut().reset(last_read + half);
+                        // Not reading is this side's backpressure, so silence proves nothing;
+                        // Pings still go out, and a peer that is gone fails the writer.
+                        let _ = conn.try_send(Packet::Ping);
+                        heartbeat.as_mut().reset(Instant::now() + half);
                         continue;
                     }
                     let silent = last_read.elapsed();
@@ -397,7 +401,10 @@ async fn finish(
     )));
     stop_writer.cancel();
     if tokio::time::timeout(grace, &mut writer_task).await.is_err() {
-        tracing::debug!(conn = conn.id(), "the peer does not read; dropping the connection");
+        tracing::debug!(
+            conn = conn.id(),
+            "the peer does not read; dropping the connection"
+        );
         writer_task.abort();
         let _ = writer_task.await;
     }

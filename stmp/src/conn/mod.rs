@@ -298,10 +298,7 @@ impl Conn {
             Err(TryAcquireError::NoPermits) => return Err(Refused::Full(packet)),
             Err(TryAcquireError::Closed) => return Err(Refused::Closed),
         }
-        self.shared
-            .outbox
-            .send(packet)
-            .map_err(|_| Refused::Closed)
+        self.shared.outbox.send(packet).map_err(|_| Refused::Closed)
     }
 
     /// Queues a packet unless the send queue is full (slow peer) or the connection is gone.
