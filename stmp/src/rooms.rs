@@ -324,3 +324,40 @@ impl Users {
         broadcast(method, event, self.conns(user).iter())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Barrier;
+
+    use super::*;
+    use crate::conn::tests::parts;
+
+    #[test]
+    fn concurrent_binds_leave_a_connection_with_one_user() {
+        const THREADS: usize = 4;
+        let users = Users::new();
+        let names: Vec<String> = (0..THREADS).map(|t| format!("user{t}")).collect();
+        for round in 0..300 {
+            let (conn, _outbox) = Conn::new(parts(1024));
+            let barrier = Barrier::new(THREADS);
+            std::thread::scope(|scope| {
+                for name in &names {
+                    let (users, conn, barrier) = (&users, &conn, &barrier);
+                    scope.spawn(move || {
+                        barrier.wait();
+                        users.bind(name, conn);
+                    });
+                }
+            });
+            let holders = names
+                .iter()
+                .filter(|name| users.conns(name).contains(&conn))
+                .count();
+            assert_eq!(holders, 1, "round {round}: bound to {holders} users");
+            let user = users.user_of(&conn).unwrap();
+            assert!(users.conns(&user).contains(&conn));
+            assert_eq!(users.unbind(&conn), Some(user));
+            assert!(users.online().is_empty());
+        }
+    }
+}

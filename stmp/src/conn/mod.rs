@@ -498,4 +498,72 @@ pub(crate) mod tests {
             counters: Counters::new(usize::MAX),
         }
     }
+
+    fn notify(len: usize) -> Packet {
+        Packet::Notify(Notify {
+            action: Action::Id(1),
+            header: Header::new(),
+            payload: Bytes::from(vec![0; len]),
+        })
+    }
+
+    #[tokio::test]
+    async fn the_send_queue_is_bounded_by_bytes_and_room_comes_back_when_written() {
+        let (conn, mut outbox) = Conn::new(parts(4096));
+        let mut queued = 0;
+        while conn.try_send(notify(1024)).is_ok() {
+            queued += 1;
+        }
+        assert_eq!(
+            queued, 3,
+            "three 1 KiB packets and their overhead fit in 4 KiB"
+        );
+        let full = conn.try_send(notify(1024)).unwrap_err();
+        assert_eq!(full.code(), Code::TooManyRequests);
+        // Control packets always get through.
+        conn.try_send(Packet::Ping).unwrap();
+        conn.try_send(Packet::close(Code::Ok, "bye")).unwrap();
+        // A sender waits for room, and gets it once the writer has written.
+        let waiting = tokio::spawn({
+            let conn = conn.clone();
+            async move { conn.send(notify(1024)).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        let mut written = Vec::new();
+        outbox.recv_many(&mut written, 64).await;
+        assert_eq!(written.len(), 5);
+        conn.release_send_room(&written);
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        // A packet larger than the whole budget waits for an empty queue, then goes.
+        let huge = tokio::spawn({
+            let conn = conn.clone();
+            async move { conn.send(notify(10_000)).await }
+        });
+        let mut written = Vec::new();
+        outbox.recv_many(&mut written, 64).await;
+        conn.release_send_room(&written);
+        tokio::time::timeout(Duration::from_secs(5), huge)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        // Once the connection is closed, waiting senders fail.
+        let stuck = tokio::spawn({
+            let conn = conn.clone();
+            async move { conn.send(notify(1024)).await }
+        });
+        tokio::task::yield_now().await;
+        conn.mark_closed(&Status::network_error("gone"));
+        let error = tokio::time::timeout(Duration::from_secs(5), stuck)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(error.code(), Code::NetworkError);
+    }
 }
