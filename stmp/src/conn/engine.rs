@@ -1,5 +1,14 @@
 //! The per-connection engine: reads packets, dispatches them, keeps the heartbeat, and runs the
 //! close handshake. The same engine runs every transport on both sides.
+//!
+//! Backpressure, and why it cannot deadlock: the read loop never drops what it owes the peer.
+//! Requests beyond the handler slots are refused with `TooManyRequests` at once rather than
+//! waited for, because the responses to this side's own calls arrive on the same stream and
+//! handlers may be waiting for them. A reply (Pong, refusal) that finds the send queue full,
+//! or a notify that finds the event queue full, is parked and reading pauses until it is
+//! queued; close, grace and the writer's failures are still watched meanwhile. Reading
+//! resumes as soon as the peer reads (or a listener finishes), and a peer that reads nothing
+//! is ended by the write-stall timeout.
 
 use std::future::Future;
 use std::pin::Pin;

@@ -128,7 +128,10 @@ impl ServerBuilder {
         self
     }
 
-    /// Requests handled at once on one connection; more get `TooManyRequests`. Default 1024.
+    /// Requests handled at once on one connection; more are answered `TooManyRequests` at
+    /// once. Every request gets an answer: when the peer does not read its answers and the
+    /// send queue is full, the connection stops reading until there is room (see
+    /// [`send_queue_bytes`](Self::send_queue_bytes)). Default 1024.
     pub fn max_concurrent_requests(mut self, max: usize) -> Self {
         self.engine.max_concurrent_requests = max.max(1);
         self
