@@ -26,8 +26,8 @@ pub struct ServerStats {
     /// Requests answered `TooManyRequests` because every handler slot of their connection
     /// was taken.
     pub requests_rejected: u64,
-    /// Requests answered `TooManyRequests`, and notifies dropped, because the server's budget
-    /// for bytes in flight was spent.
+    /// Requests answered `TooManyRequests`, and notifies dropped, because the budget for bytes
+    /// in flight (the server's or their connection's) was spent.
     pub requests_shed: u64,
     /// Connections ended because a write made no progress within the write-stall timeout.
     pub write_stalls: u64,

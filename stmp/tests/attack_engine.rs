@@ -535,3 +535,42 @@ async fn a_burst_of_buffered_packets_does_not_starve_other_tasks() {
     // One turn per 64 packets at least, less a wide margin.
     assert!(turns >= PONGS / 64 / 4, "the probe ran {turns} times");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_cannot_take_the_whole_in_flight_budget() {
+    let server = Server::builder()
+        .max_in_flight_bytes(1 << 20)
+        .max_conn_in_flight_bytes(48 << 10)
+        .build();
+    register(server.router());
+    let Gate {
+        release,
+        mut entered,
+    } = route_block(server.router());
+    let addr = server.listen_tcp("127.0.0.1:0").await.unwrap();
+    let url = format!("tcp://{addr}");
+    let big = echo(&"p".repeat(20 << 10));
+    let hog = within(Client::connect(&url)).await.unwrap();
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let (hog, big) = (hog.clone(), big.clone());
+        held.push(tokio::spawn(async move {
+            hog.call::<_, Echo>(&BLOCK, &big).await
+        }));
+        within(entered.recv()).await.unwrap();
+    }
+    let shed = within(hog.call::<_, Echo>(&BLOCK, &big)).await.unwrap_err();
+    assert_eq!(shed.code(), Code::TooManyRequests, "{shed}");
+    assert!(shed.message().contains("this connection"), "{shed}");
+    // Another connection still has room.
+    let other = within(Client::connect(&url)).await.unwrap();
+    let waiting = tokio::spawn(async move { other.call::<_, Echo>(&BLOCK, &big).await });
+    within(entered.recv()).await.unwrap();
+    release.notify_waiters();
+    within(waiting).await.unwrap().unwrap();
+    for call in held {
+        within(call).await.unwrap().unwrap();
+    }
+    assert_eq!(server.stats().requests_shed, 1);
+    until(|| server.stats().in_flight_bytes == 0).await;
+}

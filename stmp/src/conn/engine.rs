@@ -22,7 +22,7 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::budget::Reservation;
+use super::budget::{InFlight, Reservation};
 use super::io::{PacketStream, PacketWriter, WriteError};
 use super::{Conn, Outbox, Refused, lock};
 use crate::router::Target;
@@ -47,6 +47,8 @@ pub(crate) struct EngineConfig {
     pub(crate) event_queue: usize,
     /// A write that makes no progress for this long ends the connection.
     pub(crate) write_stall_timeout: Duration,
+    /// Bytes of requests and notifies this connection's handlers and listeners may hold.
+    pub(crate) conn_in_flight_bytes: usize,
 }
 
 impl Default for EngineConfig {
@@ -57,6 +59,7 @@ impl Default for EngineConfig {
             close_grace: Duration::from_secs(1),
             event_queue: 1024,
             write_stall_timeout: Duration::from_secs(30),
+            conn_in_flight_bytes: 32 << 20,
         }
     }
 }
@@ -143,6 +146,7 @@ impl Engine {
         let permits = Arc::new(Semaphore::new(config.max_concurrent_requests));
         let counters = conn.counters().clone();
         let in_flight = counters.in_flight.clone();
+        let conn_in_flight = Arc::new(InFlight::new(config.conn_in_flight_bytes));
         let mut parked: Option<Parked> = None;
         let mut since_yield = 0;
 
@@ -237,16 +241,13 @@ impl Engine {
                                 continue;
                             };
                             let cost = request.payload.len() + header_cost(&request.header);
-                            let Some(reservation) = in_flight.reserve(cost) else {
-                                Counters::count(&counters.requests_shed);
-                                parked = reply(&conn, error_response(
-                                    request.mid,
-                                    Status::too_many_requests(format!(
-                                        "the server holds its limit of {} request bytes in flight",
-                                        in_flight.limit()
-                                    )),
-                                ));
-                                continue;
+                            let reservation = match reserve(&conn_in_flight, &in_flight, cost) {
+                                Ok(reservation) => reservation,
+                                Err(status) => {
+                                    Counters::count(&counters.requests_shed);
+                                    parked = reply(&conn, error_response(request.mid, status));
+                                    continue;
+                                }
                             };
                             let target = router.target(&request.action);
                             let ctx = Context::new(
@@ -282,10 +283,13 @@ impl Engine {
                         }
                         Packet::Notify(notify) => {
                             let cost = notify.payload.len() + header_cost(&notify.header);
-                            let Some(reservation) = in_flight.reserve(cost) else {
-                                Counters::count(&counters.requests_shed);
-                                tracing::debug!(conn = conn.id(), "dropping a notify: too many bytes in flight");
-                                continue;
+                            let reservation = match reserve(&conn_in_flight, &in_flight, cost) {
+                                Ok(reservation) => reservation,
+                                Err(status) => {
+                                    Counters::count(&counters.requests_shed);
+                                    tracing::debug!(conn = conn.id(), %status, "dropping a notify");
+                                    continue;
+                                }
                             };
                             let target = router.target(&notify.action);
                             let ctx = Context::new(conn.clone(), notify.action, target.method, notify.header);
@@ -355,6 +359,27 @@ impl Engine {
         drop(reader);
         finish(conn, ending, stop_writer, writer_task, config.close_grace).await;
     }
+}
+
+/// Reserves a packet's bytes in the connection's budget, then in the server's.
+fn reserve(
+    conn: &Arc<InFlight>,
+    server: &Arc<InFlight>,
+    bytes: usize,
+) -> Result<(Reservation, Reservation), Status> {
+    let mine = conn.reserve(bytes).ok_or_else(|| {
+        Status::too_many_requests(format!(
+            "this connection holds its limit of {} request bytes in flight",
+            conn.limit()
+        ))
+    })?;
+    let all = server.reserve(bytes).ok_or_else(|| {
+        Status::too_many_requests(format!(
+            "the server holds its limit of {} request bytes in flight",
+            server.limit()
+        ))
+    })?;
+    Ok((mine, all))
 }
 
 fn listeners_gone() -> Status {
@@ -467,7 +492,7 @@ async fn write_loop(
 }
 
 /// A notify on its way to its listeners, with the bytes it holds in the server's budget.
-type Event = (Target, Context, Bytes, Reservation);
+type Event = (Target, Context, Bytes, (Reservation, Reservation));
 
 /// Runs notifies through listeners one at a time, in the order they arrived.
 async fn event_loop(mut events: mpsc::Receiver<Event>, router: Router) {

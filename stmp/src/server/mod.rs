@@ -169,6 +169,15 @@ impl ServerBuilder {
         self
     }
 
+    /// Bytes of requests and notifies that the handlers and listeners of one connection may
+    /// hold at once, so one connection cannot take the whole
+    /// [`max_in_flight_bytes`](Self::max_in_flight_bytes); beyond it, its requests are
+    /// answered `TooManyRequests` and its notifies dropped. Default 32 MiB.
+    pub fn max_conn_in_flight_bytes(mut self, bytes: usize) -> Self {
+        self.engine.conn_in_flight_bytes = bytes;
+        self
+    }
+
     /// Default deadline of server → client calls. Default 30 s.
     pub fn call_timeout(mut self, timeout: Duration) -> Self {
         self.call_timeout = timeout;
