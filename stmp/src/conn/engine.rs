@@ -131,6 +131,8 @@ impl Engine {
             draining,
         } = self;
         let stop_writer = CancellationToken::new();
+        // Should this future be dropped half-way, the writer stops too.
+        let _stop_writer_on_drop = stop_writer.clone().drop_guard();
         let (failed, mut write_failed) = oneshot::channel();
         let writer_task = tokio::spawn(write_loop(
             outbox,
