@@ -53,7 +53,6 @@
 #![warn(missing_docs)]
 
 mod generator;
-mod murmur;
 mod options;
 pub mod plugin;
 mod serde_attrs;
@@ -67,7 +66,7 @@ use prost_build::Module;
 use prost_types::{FileDescriptorProto, FileDescriptorSet};
 
 /// The source of `stmp/options.proto`, importable from every proto stmp-build compiles.
-pub const OPTIONS_PROTO: &str = include_str!("../../proto/stmp/options.proto");
+pub const OPTIONS_PROTO: &str = include_str!("../proto/stmp/options.proto");
 
 /// The import path of [`OPTIONS_PROTO`].
 pub const OPTIONS_PROTO_NAME: &str = "stmp/options.proto";
