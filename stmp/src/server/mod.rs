@@ -93,7 +93,9 @@ impl ServerBuilder {
         self
     }
 
-    /// Accepts a content codec of your own besides protobuf, JSON and msgpack.
+    /// Accepts a content codec of your own besides protobuf, JSON and msgpack; one with a
+    /// built-in content type replaces the built-in (e.g. [`Codec::MSGPACK_GO`] for stmp-go
+    /// clients).
     pub fn codec(mut self, codec: Codec) -> Self {
         self.codecs.add(codec);
         self
