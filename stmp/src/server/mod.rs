@@ -178,7 +178,7 @@ impl ServerBuilder {
 }
 
 /// A server of one router over any number of listeners (TCP, TLS, WebSocket, WebSocket over
-/// TLS). Cheap to clone.
+/// TLS, QUIC). Cheap to clone.
 ///
 /// ```no_run
 /// # async fn run() -> std::io::Result<()> {
@@ -564,7 +564,9 @@ impl Server {
         let _ = tokio::time::timeout(grace, self.inner.listeners.wait()).await;
     }
 
-    /// Waits until [`shutdown`](Server::shutdown) has begun.
+    /// Waits until [`shutdown`](Server::shutdown) has *started*: it returns as soon as the
+    /// server stops accepting, while connections may still be draining. Await `shutdown`
+    /// itself to know when everything has finished.
     pub async fn closed(&self) {
         self.inner.stop_accepting.cancelled().await;
     }
