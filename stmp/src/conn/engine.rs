@@ -328,12 +328,12 @@ async fn write_loop(
                 batch.push(packet);
             }
         }
-        if !batch.is_empty() {
-            if let Err(status) = writer.write_batch(&batch).await {
-                tracing::debug!(%status, "write failed");
-                failed.cancel();
-                return;
-            }
+        if !batch.is_empty()
+            && let Err(status) = writer.write_batch(&batch).await
+        {
+            tracing::debug!(%status, "write failed");
+            failed.cancel();
+            return;
         }
         if stopping {
             writer.shutdown().await;
