@@ -1,6 +1,7 @@
 //! # stmp
 //!
-//! Real-time, bidirectional RPC: the STMP 1.0 protocol of stmp-go, in Rust.
+//! Real-time, bidirectional RPC: the STMP 1.0 protocol of stmp-go, in Rust. The wire format is
+//! described in `docs/wire-format.md` in the repository.
 //!
 //! - [`wire`] is the sans-IO core: packets, handshakes and headers to and from bytes.
 //! - [`Conn`] is one live connection; one engine runs every transport on both sides.

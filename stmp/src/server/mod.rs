@@ -98,7 +98,9 @@ impl ServerBuilder {
         self
     }
 
-    /// Accepts a content codec of your own besides protobuf, JSON and msgpack.
+    /// Accepts a content codec of your own besides protobuf, JSON and msgpack; one with a
+    /// built-in content type replaces the built-in (e.g. [`Codec::MSGPACK_GO`] for stmp-go
+    /// clients).
     pub fn codec(mut self, codec: Codec) -> Self {
         self.codecs.add(codec);
         self
@@ -226,7 +228,7 @@ impl ServerBuilder {
 }
 
 /// A server of one router over any number of listeners (TCP, TLS, WebSocket, WebSocket over
-/// TLS). Cheap to clone.
+/// TLS, QUIC). Cheap to clone.
 ///
 /// ```no_run
 /// # async fn run() -> std::io::Result<()> {
@@ -632,7 +634,9 @@ impl Server {
         let _ = tokio::time::timeout(grace, self.inner.listeners.wait()).await;
     }
 
-    /// Waits until [`shutdown`](Server::shutdown) has begun.
+    /// Waits until [`shutdown`](Server::shutdown) has *started*: it returns as soon as the
+    /// server stops accepting, while connections may still be draining. Await `shutdown`
+    /// itself to know when everything has finished.
     pub async fn closed(&self) {
         self.inner.stop_accepting.cancelled().await;
     }
