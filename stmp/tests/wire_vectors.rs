@@ -1,5 +1,5 @@
-//! The byte vectors captured from stmp-go 1.0, reproduced exactly when encoding and parsed field
-//! by field when decoding.
+//! The byte vectors captured from a running stmp-go 1.0 server and client, reproduced exactly
+//! when encoding and parsed field by field when decoding (the format: `docs/wire-format.md`).
 //!
 //! The bytes live in `tests/vectors/wire.json` (space-separated hex, wire order), shared with the
 //! TypeScript client's tests; each entry also says what it decodes to, and
