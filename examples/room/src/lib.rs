@@ -10,6 +10,7 @@
 //!   and re-join by itself.
 //! - [`limits`]: sign-in rate limits, per connection and per address.
 //! - [`terminal`]: the commands and output of the `room-client` binary.
+//! - [`web`]: the browser client's files, for `room-server --web`.
 //!
 //! `build.rs` compiles `proto/room.proto` with `stmp-build`; the generated messages and
 //! services are at the crate root.
@@ -21,6 +22,7 @@ pub mod client;
 pub mod limits;
 pub mod server;
 pub mod terminal;
+pub mod web;
 
 #[allow(missing_docs)]
 mod proto {
