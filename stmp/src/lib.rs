@@ -39,7 +39,7 @@ pub use context::Context;
 pub use method::Method;
 pub use rooms::{Rooms, Users};
 pub use router::{Flow, ListenerHandle, Middleware, Router, Service};
-pub use server::{Server, ServerBuilder};
+pub use server::{Server, ServerBuilder, raise_fd_limit};
 pub use status::{Code, Status};
 
 /// Includes the code `stmp-build` generated for a proto package: its messages, and for each

@@ -271,6 +271,27 @@ where
     ))
 }
 
+/// The status of a refused WebSocket upgrade: a server over its limits answers 503 (or a
+/// proxy 429), which is worth retrying; anything else means there is no stmp endpoint there.
+fn http_refusal(
+    response: &tokio_tungstenite::tungstenite::http::Response<Option<Vec<u8>>>,
+) -> Status {
+    let code = response.status();
+    let body = response
+        .body()
+        .as_deref()
+        .map(String::from_utf8_lossy)
+        .unwrap_or_default();
+    let message = format!(
+        "websocket upgrade refused with HTTP {code}: {}",
+        body.trim()
+    );
+    match code.as_u16() {
+        429 | 503 => Status::too_many_requests(message),
+        _ => Status::not_found(message),
+    }
+}
+
 /// The client's handshake as the upgrade request's query.
 fn websocket_query(config: &ClientBuilder) -> String {
     let mut query = form_urlencoded::Serializer::new(String::new());
@@ -323,10 +344,7 @@ where
     )
     .await
     .map_err(|e| match e {
-        tokio_tungstenite::tungstenite::Error::Http(response) => Status::not_found(format!(
-            "websocket upgrade refused with HTTP {}",
-            response.status()
-        )),
+        tokio_tungstenite::tungstenite::Error::Http(response) => http_refusal(&response),
         other => crate::conn::io::ws_error(other),
     })?;
     let hello = loop {

@@ -66,6 +66,7 @@ impl Server {
         remote: SocketAddr,
         path: &str,
         transport: &'static str,
+        mut slot: super::Slot,
     ) where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
@@ -135,8 +136,11 @@ impl Server {
             ));
             return;
         }
+        slot.handshaken();
         let (packets, writer) = websocket(socket, format, config.max_packet_size);
         self.run(conn, outbox, packets, writer).await;
+        // The slot is held until the connection's socket is gone.
+        drop(slot);
     }
 }
 
