@@ -205,7 +205,7 @@ fn ready(
         peer_header: hello.header,
         codec,
         default_timeout: config.call_timeout,
-        queue: 256,
+        queue: config.send_queue,
     });
     let engine = Engine {
         conn: conn.clone(),
