@@ -389,3 +389,35 @@ where
         writer,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_engine_gets_the_client_settings() {
+        let config = ClientBuilder::default()
+            .send_queue(3)
+            .event_queue(5)
+            .max_concurrent_requests(7)
+            .read_timeout(Duration::from_secs(9));
+        let (near, _far) = tokio::io::duplex(64);
+        let (reader, writer) = tokio::io::split(near);
+        let (packets, packet_writer) = byte_stream(reader, writer, BytesMut::new(), 1024, false);
+        let dialed = ready(
+            &config,
+            None,
+            "tcp",
+            ServerHandshake::ok(Header::new()),
+            Codec::PROTOBUF,
+            packets,
+            packet_writer,
+        );
+        assert_eq!(dialed.engine.outbox.max_capacity(), 3);
+        assert_eq!(dialed.engine.config.event_queue, 5);
+        assert_eq!(dialed.engine.config.max_concurrent_requests, 7);
+        assert_eq!(dialed.engine.config.read_timeout, Duration::from_secs(9));
+    }
+}

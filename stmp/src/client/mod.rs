@@ -164,8 +164,9 @@ impl ClientBuilder {
         self
     }
 
-    /// Limit of method + header + payload of one packet, both ways: a larger one from the
-    /// server closes the connection with `RequestEntityTooLarge`. Default 16 MiB.
+    /// Limit of method + header + payload of one packet from the server (and of the server's
+    /// handshake): a larger one closes the connection with `RequestEntityTooLarge`.
+    /// Default 16 MiB.
     pub fn max_packet_size(mut self, max: usize) -> Self {
         self.max_packet_size = max;
         self
