@@ -255,18 +255,33 @@ impl ClientBuilder {
     /// a failed attempt (retried unless the status says retrying is pointless, such as
     /// `Unauthorized`).
     ///
-    /// ```no_run
-    /// # async fn run() -> Result<(), stmp::Status> {
-    /// const SIGN_IN: stmp::Method = stmp::Method::new("chat.Auth.SignIn", "chat.Token", "chat.User");
-    /// # #[derive(Clone, PartialEq, prost::Message)] struct Token { #[prost(string, tag = "1")] token: String }
-    /// let client = stmp::Client::builder()
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use stmp::{Client, Context, Method, Server, Status};
+    ///
+    /// #[derive(Clone, PartialEq, prost::Message, serde::Serialize, serde::Deserialize)]
+    /// struct Token {
+    ///     #[prost(string, tag = "1")]
+    ///     token: String,
+    /// }
+    /// const SIGN_IN: Method = Method::new("chat.Auth.SignIn", "chat.Token", "chat.Token");
+    ///
+    /// let server = Server::builder().build();
+    /// server.router().route(&SIGN_IN, |_ctx: Context, token: Token| async move {
+    ///     Ok::<_, Status>(token)
+    /// });
+    /// let addr = server.listen_tcp("127.0.0.1:0").await?;
+    ///
+    /// let client = Client::builder()
     ///     .on_connect(|conn| async move {
     ///         let token = Token { token: "secret".into() };
-    ///         let _user: Token = conn.call(&SIGN_IN, &token).await?;
+    ///         let _signed_in: Token = conn.call(&SIGN_IN, &token).await?;
     ///         Ok(())
     ///     })
-    ///     .connect("tcp://127.0.0.1:5001")
+    ///     .connect(&format!("tcp://{addr}"))
     ///     .await?;
+    /// client.close().await;
     /// # Ok(()) }
     /// ```
     pub fn on_connect<F, Fut>(mut self, hook: F) -> Self

@@ -42,6 +42,8 @@ type ConnHook = Arc<dyn Fn(&Conn, &Status) + Send + Sync>;
 ///
 /// let server = Server::builder()
 ///     .max_connections(10_000)
+///     .max_handshaking(256)
+///     .authenticate_timeout(Duration::from_secs(5))
 ///     .read_timeout(Duration::from_secs(30))
 ///     .authenticate(|conn| async move {
 ///         match conn.peer_header().get("token") {
