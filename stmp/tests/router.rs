@@ -184,8 +184,10 @@ async fn silent_clients_hit_the_handshake_timeout() {
         .handshake_timeout(Duration::from_millis(200))
         .build();
     let addr = server.listen_tcp("127.0.0.1:0").await.unwrap();
-    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // Timed from before the connect: the server may accept (and start its timer) before the
+    // connect returns here.
     let started = tokio::time::Instant::now();
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut rest = Vec::new();
     within(socket.read_to_end(&mut rest)).await.unwrap();
     assert!(rest.is_empty());
