@@ -27,11 +27,12 @@ mod router;
 #[doc(hidden)]
 pub mod serde_support;
 mod server;
+mod stats;
 mod status;
 pub mod tls;
 pub mod wire;
 
-pub use broadcast::{ConnSet, Delivery, broadcast};
+pub use broadcast::{ConnSet, Delivery, SlowConsumer, broadcast};
 pub use client::{Client, ClientBuilder, ConnectionEvent};
 pub use codec::{Codec, Message};
 pub use conn::{CallOptions, Caller, Conn, PacketFormat, Side};
@@ -40,6 +41,7 @@ pub use method::Method;
 pub use rooms::{Rooms, Users};
 pub use router::{Flow, ListenerHandle, Middleware, Router, Service};
 pub use server::{Server, ServerBuilder, raise_fd_limit};
+pub use stats::ServerStats;
 pub use status::{Code, Status};
 
 /// Includes the code `stmp-build` generated for a proto package: its messages, and for each

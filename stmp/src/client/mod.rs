@@ -72,7 +72,7 @@ pub struct ClientBuilder {
     pub(crate) call_timeout: Duration,
     pub(crate) engine: EngineConfig,
     pub(crate) max_packet_size: usize,
-    pub(crate) send_queue: usize,
+    pub(crate) send_queue_bytes: usize,
     pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
     pub(crate) server_name: Option<String>,
     reconnect: Option<ReconnectPolicy>,
@@ -93,7 +93,7 @@ impl Default for ClientBuilder {
             call_timeout: Duration::from_secs(30),
             engine: EngineConfig::default(),
             max_packet_size: DEFAULT_MAX_PACKET_SIZE,
-            send_queue: 256,
+            send_queue_bytes: crate::conn::DEFAULT_SEND_QUEUE_BYTES,
             tls: None,
             server_name: None,
             reconnect: Some(ReconnectPolicy {
@@ -140,7 +140,9 @@ impl ClientBuilder {
         self
     }
 
-    /// Adds an entry to the handshake header (auth tokens…).
+    /// Adds an entry to the handshake header (auth tokens…). Over WebSocket it travels as an
+    /// HTTP header of the upgrade request, not in the URL (so the server sees the key in lower
+    /// case), and must be a valid HTTP header.
     pub fn header(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.header.append(key, value);
         self
@@ -178,9 +180,10 @@ impl ClientBuilder {
         self
     }
 
-    /// Packets queued for sending before senders wait for room. Default 256.
-    pub fn send_queue(mut self, packets: usize) -> Self {
-        self.send_queue = packets.max(1);
+    /// Byte budget of the send queue (payloads, headers and a per-packet overhead): calls and
+    /// answers wait for room, events that find none are dropped. Default 4 MiB.
+    pub fn send_queue_bytes(mut self, bytes: usize) -> Self {
+        self.send_queue_bytes = bytes.max(1);
         self
     }
 

@@ -18,10 +18,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::codec::{Codec, Codecs};
 use crate::conn::io::{PacketStream, PacketWriter, byte_stream};
-use crate::conn::{ConnParts, Engine, EngineConfig, Side};
+use crate::conn::{ConnParts, DEFAULT_SEND_QUEUE_BYTES, Engine, EngineConfig, Outbox, Side};
 use crate::router::BoxFuture;
+use crate::stats::{Counters, ServerStats};
 use crate::wire::{ClientHandshake, DEFAULT_MAX_PACKET_SIZE, Header, ServerHandshake, Version};
-use crate::{Code, Conn, ConnSet, Router, Service, Status};
+use crate::{Code, Conn, ConnSet, Router, Service, SlowConsumer, Status};
 pub use admission::raise_fd_limit;
 use admission::{AcceptBackoff, Admission, Refusal, Slot, Ticket};
 pub(crate) use negotiate::{Agreement, Transport, negotiate};
@@ -65,7 +66,9 @@ pub struct ServerBuilder {
     max_packet_size: usize,
     call_timeout: Duration,
     gzip: bool,
-    queue: usize,
+    send_queue_bytes: usize,
+    slow_consumer: SlowConsumer,
+    max_in_flight_bytes: usize,
     authenticate: Option<Authenticate>,
     on_close: Option<ConnHook>,
 }
@@ -84,7 +87,9 @@ impl Default for ServerBuilder {
             max_packet_size: DEFAULT_MAX_PACKET_SIZE,
             call_timeout: Duration::from_secs(30),
             gzip: true,
-            queue: 256,
+            send_queue_bytes: DEFAULT_SEND_QUEUE_BYTES,
+            slow_consumer: SlowConsumer::default(),
+            max_in_flight_bytes: 256 << 20,
             authenticate: None,
             on_close: None,
         }
@@ -158,9 +163,53 @@ impl ServerBuilder {
         self
     }
 
-    /// Requests handled at once on one connection; more get `TooManyRequests`. Default 1024.
+    /// Requests handled at once on one connection; more are answered `TooManyRequests` at
+    /// once. Every request gets an answer: when the peer does not read its answers and the
+    /// send queue is full, the connection stops reading until there is room (see
+    /// [`send_queue_bytes`](Self::send_queue_bytes)). Default 1024.
     pub fn max_concurrent_requests(mut self, max: usize) -> Self {
         self.engine.max_concurrent_requests = max.max(1);
+        self
+    }
+
+    /// Bytes of packets queued for one connection's peer (encoded size plus a small
+    /// per-packet overhead). A handler's answer waits for room; an event that finds no room
+    /// is dropped under the [`SlowConsumer`] policy; requests stop being read while their
+    /// answers find no room. Default 4 MiB.
+    pub fn send_queue_bytes(mut self, bytes: usize) -> Self {
+        self.send_queue_bytes = bytes.max(1);
+        self
+    }
+
+    /// A write to a peer that makes no progress for this long ends the connection (the peer
+    /// reads nothing). Default 30 s.
+    pub fn write_stall_timeout(mut self, timeout: Duration) -> Self {
+        self.engine.write_stall_timeout = timeout;
+        self
+    }
+
+    /// What happens to a connection whose send queue is full when an event comes. Default
+    /// [`SlowConsumer::Disconnect`] after 1 dropped event.
+    pub fn slow_consumer(mut self, policy: SlowConsumer) -> Self {
+        self.slow_consumer = policy;
+        self
+    }
+
+    /// Bytes of requests and notifies (payload and header) that handlers and listeners of
+    /// every connection may hold at once; beyond it, requests are answered `TooManyRequests`
+    /// and notifies are dropped, both counted in [`ServerStats::requests_shed`]. Default
+    /// 256 MiB.
+    pub fn max_in_flight_bytes(mut self, bytes: usize) -> Self {
+        self.max_in_flight_bytes = bytes;
+        self
+    }
+
+    /// Bytes of requests and notifies that the handlers and listeners of one connection may
+    /// hold at once, so one connection cannot take the whole
+    /// [`max_in_flight_bytes`](Self::max_in_flight_bytes); beyond it, its requests are
+    /// answered `TooManyRequests` and its notifies dropped. Default 32 MiB.
+    pub fn max_conn_in_flight_bytes(mut self, bytes: usize) -> Self {
+        self.engine.conn_in_flight_bytes = bytes;
         self
     }
 
@@ -206,6 +255,7 @@ impl ServerBuilder {
         Server {
             inner: Arc::new(Inner {
                 admission: Admission::new(self.max_connections, self.max_handshaking),
+                counters: Counters::new(self.max_in_flight_bytes),
                 config: self,
                 conns: ConnSet::new(),
                 stop_accepting: CancellationToken::new(),
@@ -239,6 +289,7 @@ struct Inner {
     config: ServerBuilder,
     admission: Arc<Admission>,
     conns: ConnSet,
+    counters: Arc<Counters>,
     stop_accepting: CancellationToken,
     draining: CancellationToken,
     handlers: TaskTracker,
@@ -270,6 +321,11 @@ impl Server {
     /// Every live connection.
     pub fn conns(&self) -> &ConnSet {
         &self.inner.conns
+    }
+
+    /// What the server has dropped, shed and refused so far, and what it holds now.
+    pub fn stats(&self) -> ServerStats {
+        self.inner.counters.snapshot(self.inner.conns.len())
     }
 
     /// Listens for plain TCP; returns the bound address (use port 0 to let the OS pick).
@@ -634,7 +690,7 @@ impl Server {
         transport: &'static str,
         peer_header: Header,
         codec: Codec,
-    ) -> (Conn, tokio::sync::mpsc::Receiver<crate::wire::Packet>) {
+    ) -> (Conn, Outbox) {
         let config = &self.inner.config;
         Conn::new(ConnParts {
             side: Side::Server,
@@ -643,7 +699,9 @@ impl Server {
             peer_header,
             codec,
             default_timeout: config.call_timeout,
-            queue: config.queue,
+            send_queue_bytes: config.send_queue_bytes,
+            slow_consumer: config.slow_consumer,
+            counters: self.inner.counters.clone(),
         })
     }
 
@@ -665,12 +723,17 @@ impl Server {
     pub(crate) async fn run(
         &self,
         conn: Conn,
-        outbox: tokio::sync::mpsc::Receiver<crate::wire::Packet>,
+        outbox: Outbox,
         reader: PacketStream,
         writer: PacketWriter,
     ) {
         let config = &self.inner.config;
         self.inner.conns.insert(conn.clone());
+        // Out of the set however the engine ends, a panic included.
+        let _member = Membership {
+            conns: &self.inner.conns,
+            conn: &conn,
+        };
         tracing::debug!(conn = conn.id(), remote = ?conn.remote_addr(), codec = ?conn.codec(), "connection open");
         Engine {
             conn: conn.clone(),
@@ -689,7 +752,14 @@ impl Server {
             let status = conn
                 .close_status()
                 .unwrap_or_else(|| Status::network_error("closed"));
-            hook(&conn, &status);
+            let call = std::panic::AssertUnwindSafe(|| hook(&conn, &status));
+            if let Err(panic) = std::panic::catch_unwind(call) {
+                tracing::error!(
+                    conn = conn.id(),
+                    panic = crate::router::panic_message(&panic),
+                    "on_close hook panicked"
+                );
+            }
         }
     }
 
@@ -742,6 +812,18 @@ fn http_refusal(status: &Status) -> String {
          Content-Length: {}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
+}
+
+/// Takes a connection out of the server's set when dropped.
+struct Membership<'a> {
+    conns: &'a ConnSet,
+    conn: &'a Conn,
+}
+
+impl Drop for Membership<'_> {
+    fn drop(&mut self) {
+        self.conns.remove(self.conn);
+    }
 }
 
 /// Reads the client's handshake, keeping any bytes after it in `buffer`.
