@@ -41,7 +41,7 @@ pub use context::Context;
 pub use method::Method;
 pub use rooms::{Rooms, Users};
 pub use router::{Flow, ListenerHandle, Middleware, Router, Service};
-pub use server::{Server, ServerBuilder};
+pub use server::{Server, ServerBuilder, raise_fd_limit};
 pub use stats::ServerStats;
 pub use status::{Code, Status};
 

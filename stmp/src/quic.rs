@@ -65,6 +65,12 @@ pub(crate) fn connection_error(error: quinn::ConnectionError) -> Status {
                 "QUIC TLS: the server refused the handshake: {closed}"
             ))
         }
+        // What a server over its connection limit answers (`Incoming::refuse`).
+        quinn::ConnectionError::ConnectionClosed(closed)
+            if closed.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED =>
+        {
+            Status::too_many_requests(format!("QUIC: the server refused the connection: {closed}"))
+        }
         _ => Status::network_error(format!("QUIC: {error}")),
     }
 }

@@ -206,7 +206,7 @@ fn ready(
         peer_header: hello.header,
         codec,
         default_timeout: config.call_timeout,
-        send_queue_bytes: crate::conn::DEFAULT_SEND_QUEUE_BYTES,
+        send_queue_bytes: config.send_queue_bytes,
         slow_consumer: crate::SlowConsumer::default(),
         counters: crate::stats::Counters::new(usize::MAX),
     });
@@ -277,6 +277,27 @@ where
     ))
 }
 
+/// The status of a refused WebSocket upgrade: a server over its limits answers 503 (or a
+/// proxy 429), which is worth retrying; anything else means there is no stmp endpoint there.
+fn http_refusal(
+    response: &tokio_tungstenite::tungstenite::http::Response<Option<Vec<u8>>>,
+) -> Status {
+    let code = response.status();
+    let body = response
+        .body()
+        .as_deref()
+        .map(String::from_utf8_lossy)
+        .unwrap_or_default();
+    let message = format!(
+        "websocket upgrade refused with HTTP {code}: {}",
+        body.trim()
+    );
+    match code.as_u16() {
+        429 | 503 => Status::too_many_requests(message),
+        _ => Status::not_found(message),
+    }
+}
+
 /// The protocol's part of the client's handshake, as the upgrade request's query. The
 /// application's entries (tokens…) go in the request's HTTP headers instead: URLs end up in
 /// access logs and proxies.
@@ -341,10 +362,7 @@ where
     )
     .await
     .map_err(|e| match e {
-        tokio_tungstenite::tungstenite::Error::Http(response) => Status::not_found(format!(
-            "websocket upgrade refused with HTTP {}",
-            response.status()
-        )),
+        tokio_tungstenite::tungstenite::Error::Http(response) => http_refusal(&response),
         other => crate::conn::io::ws_error(other),
     })?;
     let hello = loop {
@@ -388,4 +406,40 @@ where
         packets,
         writer,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_engine_gets_the_client_settings() {
+        let config = ClientBuilder::default()
+            .event_queue(5)
+            .max_concurrent_requests(7)
+            .read_timeout(Duration::from_secs(9));
+        let (near, _far) = tokio::io::duplex(64);
+        let (reader, writer) = tokio::io::split(near);
+        let (packets, packet_writer) = byte_stream(
+            reader,
+            writer,
+            BytesMut::new(),
+            &ReadLimits::default(),
+            false,
+        );
+        let dialed = ready(
+            &config,
+            None,
+            "tcp",
+            ServerHandshake::ok(Header::new()),
+            Codec::PROTOBUF,
+            packets,
+            packet_writer,
+        );
+        assert_eq!(dialed.engine.config.event_queue, 5);
+        assert_eq!(dialed.engine.config.max_concurrent_requests, 7);
+        assert_eq!(dialed.engine.config.read_timeout, Duration::from_secs(9));
+    }
 }

@@ -1,19 +1,22 @@
 //! The client: connects by URL, negotiates, and reconnects with backoff.
 
+mod backoff;
 mod dial;
 mod endpoint;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::{Codec, Message};
 use crate::conn::{CallOptions, Caller, EngineConfig, PacketFormat};
+use crate::router::BoxFuture;
 use crate::wire::{DEFAULT_MAX_PACKET_SIZE, Header};
 use crate::{Code, Conn, Method, Router, Service, Status};
+use backoff::{Backoff, ReconnectPolicy};
 use dial::Dialed;
 use endpoint::Endpoint;
 
@@ -41,23 +44,7 @@ pub enum ConnectionEvent {
 }
 
 type EventHook = Arc<dyn Fn(&ConnectionEvent) + Send + Sync>;
-
-/// Exponential backoff with jitter between reconnect attempts.
-#[derive(Clone, Debug)]
-pub(crate) struct Backoff {
-    initial: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    /// The delay before attempt `attempt` (1-based): `initial · 2^(attempt-1)`, capped, with
-    /// ±25 % jitter so clients of a restarted server do not all come back at once.
-    fn delay(&self, attempt: u32) -> Duration {
-        let exponent = attempt.saturating_sub(1).min(16);
-        let base = self.initial.saturating_mul(1 << exponent).min(self.max);
-        base.mul_f64(0.75 + fastrand::f64() * 0.5)
-    }
-}
+type ConnectHook = Arc<dyn Fn(Conn) -> BoxFuture<'static, Result<(), Status>> + Send + Sync>;
 
 /// Configures a [`Client`].
 ///
@@ -85,11 +72,13 @@ pub struct ClientBuilder {
     pub(crate) call_timeout: Duration,
     pub(crate) engine: EngineConfig,
     pub(crate) max_packet_size: usize,
+    pub(crate) send_queue_bytes: usize,
     pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
     pub(crate) server_name: Option<String>,
-    reconnect: Option<Backoff>,
+    reconnect: Option<ReconnectPolicy>,
     fail_fast: bool,
     on_connection: Option<EventHook>,
+    on_connect: Option<ConnectHook>,
 }
 
 impl Default for ClientBuilder {
@@ -104,14 +93,17 @@ impl Default for ClientBuilder {
             call_timeout: Duration::from_secs(30),
             engine: EngineConfig::default(),
             max_packet_size: DEFAULT_MAX_PACKET_SIZE,
+            send_queue_bytes: crate::conn::DEFAULT_SEND_QUEUE_BYTES,
             tls: None,
             server_name: None,
-            reconnect: Some(Backoff {
-                initial: Duration::from_millis(100),
-                max: Duration::from_secs(10),
+            reconnect: Some(ReconnectPolicy {
+                base: Duration::from_millis(100),
+                cap: Duration::from_secs(10),
+                reset_after: Duration::from_secs(10),
             }),
             fail_fast: false,
             on_connection: None,
+            on_connect: None,
         }
     }
 }
@@ -174,6 +166,33 @@ impl ClientBuilder {
         self
     }
 
+    /// Limit of method + header + payload of one packet from the server (and of the server's
+    /// handshake): a larger one closes the connection with `RequestEntityTooLarge`.
+    /// Default 16 MiB.
+    pub fn max_packet_size(mut self, max: usize) -> Self {
+        self.max_packet_size = max;
+        self
+    }
+
+    /// Server → client requests handled at once; more get `TooManyRequests`. Default 1024.
+    pub fn max_concurrent_requests(mut self, max: usize) -> Self {
+        self.engine.max_concurrent_requests = max.max(1);
+        self
+    }
+
+    /// Byte budget of the send queue (payloads, headers and a per-packet overhead): calls and
+    /// answers wait for room, events that find none are dropped. Default 4 MiB.
+    pub fn send_queue_bytes(mut self, bytes: usize) -> Self {
+        self.send_queue_bytes = bytes.max(1);
+        self
+    }
+
+    /// Events (notifies) queued for listeners before reading pauses. Default 1024.
+    pub fn event_queue(mut self, events: usize) -> Self {
+        self.engine.event_queue = events.max(1);
+        self
+    }
+
     /// TLS settings for `tls://` and `wss://` (see [`tls::client_config`](crate::tls::client_config)).
     pub fn tls(mut self, config: Arc<rustls::ClientConfig>) -> Self {
         self.tls = Some(config);
@@ -186,9 +205,28 @@ impl ClientBuilder {
         self
     }
 
-    /// Reconnect backoff: first delay and cap. Default 100 ms to 10 s.
+    /// Reconnect backoff: each delay is drawn at random between zero and
+    /// `min(max, initial · 2^failures)` ("full jitter"), so the clients of a restarted server
+    /// do not all come back at once. Default 100 ms and 10 s.
     pub fn reconnect(mut self, initial: Duration, max: Duration) -> Self {
-        self.reconnect = Some(Backoff { initial, max });
+        let reset_after = self
+            .reconnect
+            .as_ref()
+            .map_or(Duration::from_secs(10), |policy| policy.reset_after);
+        self.reconnect = Some(ReconnectPolicy {
+            base: initial,
+            cap: max,
+            reset_after,
+        });
+        self
+    }
+
+    /// How long a connection must stay up before the backoff starts over from its first delay;
+    /// a connection that drops sooner counts as one more failed attempt. Default 10 s.
+    pub fn reconnect_reset_after(mut self, uptime: Duration) -> Self {
+        if let Some(policy) = &mut self.reconnect {
+            policy.reset_after = uptime;
+        }
         self
     }
 
@@ -213,6 +251,51 @@ impl ClientBuilder {
         self
     }
 
+    /// Runs after each successful connect and reconnect, before calls waiting for the
+    /// connection proceed: sign in again, re-join rooms. Call the server through the `Conn` it
+    /// gets (the client itself is not connected until the hook has finished). An `Err` closes
+    /// that connection with its status: the first connect fails with it, a reconnect counts as
+    /// a failed attempt (retried unless the status says retrying is pointless, such as
+    /// `Unauthorized`).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use stmp::{Client, Context, Method, Server, Status};
+    ///
+    /// #[derive(Clone, PartialEq, prost::Message, serde::Serialize, serde::Deserialize)]
+    /// struct Token {
+    ///     #[prost(string, tag = "1")]
+    ///     token: String,
+    /// }
+    /// const SIGN_IN: Method = Method::new("chat.Auth.SignIn", "chat.Token", "chat.Token");
+    ///
+    /// let server = Server::builder().build();
+    /// server.router().route(&SIGN_IN, |_ctx: Context, token: Token| async move {
+    ///     Ok::<_, Status>(token)
+    /// });
+    /// let addr = server.listen_tcp("127.0.0.1:0").await?;
+    ///
+    /// let client = Client::builder()
+    ///     .on_connect(|conn| async move {
+    ///         let token = Token { token: "secret".into() };
+    ///         let _signed_in: Token = conn.call(&SIGN_IN, &token).await?;
+    ///         Ok(())
+    ///     })
+    ///     .connect(&format!("tcp://{addr}"))
+    ///     .await?;
+    /// client.close().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn on_connect<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: Fn(Conn) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), Status>> + Send + 'static,
+    {
+        self.on_connect = Some(Arc::new(move |conn| Box::pin(hook(conn))));
+        self
+    }
+
     pub(crate) fn codecs(&self) -> Vec<Codec> {
         match (self.codecs.is_empty(), self.format) {
             (false, _) => self.codecs.clone(),
@@ -232,7 +315,7 @@ impl ClientBuilder {
         let endpoint = Endpoint::parse(url);
         async move {
             let endpoint = endpoint?;
-            let first = dial::dial(&endpoint, &self).await?;
+            let first = establish(&endpoint, &self).await?;
             let (state, _) = watch::channel(State::Connecting);
             let inner = Arc::new(Inner {
                 router: self.router.clone(),
@@ -305,45 +388,106 @@ fn retryable(status: &Status) -> bool {
     )
 }
 
-async fn supervise(
-    inner: Arc<Inner>,
-    mut config: ClientBuilder,
-    endpoint: Endpoint,
-    first: Dialed,
-) {
+/// A connection whose engine runs and whose `on_connect` hook has succeeded.
+struct Live {
+    conn: Conn,
+    engine: tokio::task::JoinHandle<()>,
+    /// What must live as long as the connection (a QUIC endpoint and connection).
+    transport: Option<Box<dyn std::any::Any + Send>>,
+}
+
+impl Live {
+    /// Waits until the engine has let go of the connection.
+    async fn end(self) {
+        let _ = self.engine.await;
+        drop(self.transport);
+    }
+}
+
+/// Closes a connection whose setup was abandoned (the client was closed while the hook ran),
+/// so its engine does not outlive it.
+struct CloseUnlessKept(Option<Conn>);
+
+impl Drop for CloseUnlessKept {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
+            conn.close(Code::Ok, "client closed during connection setup");
+        }
+    }
+}
+
+/// Dials, starts the engine and runs the `on_connect` hook.
+async fn establish(endpoint: &Endpoint, config: &ClientBuilder) -> Result<Live, Status> {
+    let Dialed {
+        conn,
+        engine,
+        transport,
+    } = dial::dial(endpoint, config).await?;
+    let live = Live {
+        conn: conn.clone(),
+        engine: tokio::spawn(engine.run()),
+        transport,
+    };
+    let Some(hook) = &config.on_connect else {
+        return Ok(live);
+    };
+    let mut guard = CloseUnlessKept(Some(conn.clone()));
+    let outcome = tokio::select! {
+        outcome = hook(conn.clone()) => outcome,
+        status = conn.closed() => Err(status),
+    };
+    guard.0 = None;
+    match outcome {
+        Ok(()) => Ok(live),
+        Err(status) => {
+            tracing::warn!(%endpoint, %status, "the on_connect hook failed; closing the connection");
+            conn.close(status.code(), status.message());
+            live.end().await;
+            Err(status)
+        }
+    }
+}
+
+async fn supervise(inner: Arc<Inner>, mut config: ClientBuilder, endpoint: Endpoint, first: Live) {
     let emit = |event: ConnectionEvent| {
         if let Some(hook) = &config.on_connection {
             hook(&event);
         }
     };
-    let mut dialed = first;
+    let closed = |inner: &Inner| {
+        inner
+            .state
+            .send_replace(State::Closed(Status::network_error("client closed")));
+    };
+    let mut backoff = config.reconnect.clone().map(Backoff::new);
+    let mut live = first;
     let mut attempt = 0u32;
     loop {
-        let conn = dialed.conn.clone();
+        let conn = live.conn.clone();
         tracing::info!(%endpoint, conn = conn.id(), "connected");
         inner.state.send_replace(State::Connected(conn.clone()));
         emit(ConnectionEvent::Connected {
             conn: conn.clone(),
             attempt,
         });
-        let transport = dialed.transport;
-        let engine = tokio::spawn(dialed.engine.run());
+        let up_since = Instant::now();
         let mut status = tokio::select! {
             status = conn.closed() => status,
             _ = inner.stop.cancelled() => {
                 conn.close(Code::Ok, "client closed");
-                let _ = engine.await;
-                drop(transport);
-                inner.state.send_replace(State::Closed(Status::network_error("client closed")));
+                live.end().await;
+                closed(&inner);
                 return;
             }
         };
-        let _ = engine.await;
-        drop(transport);
+        live.end().await;
+        if let Some(backoff) = &mut backoff {
+            backoff.connection_lasted(up_since.elapsed());
+        }
         attempt = 0;
-        dialed = loop {
+        live = loop {
             attempt += 1;
-            let Some(backoff) = config.reconnect.as_ref().filter(|_| retryable(&status)) else {
+            let Some(backoff) = backoff.as_mut().filter(|_| retryable(&status)) else {
                 tracing::info!(%endpoint, %status, "disconnected for good");
                 emit(ConnectionEvent::Disconnected {
                     status: status.clone(),
@@ -354,7 +498,7 @@ async fn supervise(
                 inner.state.send_replace(State::Closed(status));
                 return;
             };
-            let delay = backoff.delay(attempt);
+            let delay = backoff.next_delay();
             tracing::info!(%endpoint, %status, attempt, ?delay, "disconnected; reconnecting");
             emit(ConnectionEvent::Disconnected {
                 status: status.clone(),
@@ -365,10 +509,7 @@ async fn supervise(
             inner.state.send_replace(State::Connecting);
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
-                _ = inner.stop.cancelled() => {
-                    inner.state.send_replace(State::Closed(Status::network_error("client closed")));
-                    return;
-                }
+                _ = inner.stop.cancelled() => return closed(&inner),
             }
             config.header = inner
                 .header
@@ -376,14 +517,11 @@ async fn supervise(
                 .unwrap_or_else(|p| p.into_inner())
                 .clone();
             let outcome = tokio::select! {
-                outcome = dial::dial(&endpoint, &config) => outcome,
-                _ = inner.stop.cancelled() => {
-                    inner.state.send_replace(State::Closed(Status::network_error("client closed")));
-                    return;
-                }
+                outcome = establish(&endpoint, &config) => outcome,
+                _ = inner.stop.cancelled() => return closed(&inner),
             };
             match outcome {
-                Ok(dialed) => break dialed,
+                Ok(live) => break live,
                 Err(error) => status = error,
             }
         };

@@ -259,7 +259,11 @@ impl Engine {
                                 request.header,
                             );
                             let router = router.clone();
+                            // Tracked from the start, not from `spawn`: a shutdown that looks
+                            // while the handler runs inline must wait for it.
+                            let tracked = tasks.token();
                             let mut handling = Box::pin(async move {
+                                let _tracked = tracked;
                                 let outcome = router.handle_request(target, &ctx, request.payload).await;
                                 let header = ctx.take_response_header();
                                 let response = match outcome {

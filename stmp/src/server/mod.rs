@@ -1,13 +1,14 @@
 //! The server: listeners for every transport, handshakes, authentication, connection
 //! bookkeeping and graceful shutdown.
 
+mod admission;
 mod negotiate;
 pub(crate) mod ws;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -25,6 +26,8 @@ use crate::wire::{
     Version,
 };
 use crate::{Code, Conn, ConnSet, Router, Service, SlowConsumer, Status};
+pub use admission::raise_fd_limit;
+use admission::{AcceptBackoff, Admission, Refusal, Slot, Ticket};
 pub(crate) use negotiate::{Agreement, Transport, negotiate};
 pub(crate) use ws::ws_config;
 
@@ -43,6 +46,8 @@ type ConnHook = Arc<dyn Fn(&Conn, &Status) + Send + Sync>;
 ///
 /// let server = Server::builder()
 ///     .max_connections(10_000)
+///     .max_handshaking(256)
+///     .authenticate_timeout(Duration::from_secs(5))
 ///     .read_timeout(Duration::from_secs(30))
 ///     .authenticate(|conn| async move {
 ///         match conn.peer_header().get("token") {
@@ -58,6 +63,9 @@ pub struct ServerBuilder {
     engine: EngineConfig,
     handshake_timeout: Duration,
     max_connections: usize,
+    max_handshaking: usize,
+    authenticate_timeout: Duration,
+    raise_fd_limit: bool,
     max_packet_size: usize,
     max_header_size: usize,
     max_header_entries: usize,
@@ -80,6 +88,9 @@ impl Default for ServerBuilder {
             engine: EngineConfig::default(),
             handshake_timeout: Duration::from_secs(10),
             max_connections: 100_000,
+            max_handshaking: 1024,
+            authenticate_timeout: Duration::from_secs(10),
+            raise_fd_limit: true,
             max_packet_size: DEFAULT_MAX_PACKET_SIZE,
             max_header_size: Limits::DEFAULT.max_header_size,
             max_header_entries: Limits::DEFAULT.max_header_entries,
@@ -129,9 +140,33 @@ impl ServerBuilder {
         self
     }
 
-    /// Connections served at once; more are refused with `TooManyRequests`. Default 100,000.
+    /// Connections held at once, counted from accept (handshakes included) until the socket
+    /// is closed; more are refused with `TooManyRequests`. Default 100,000.
     pub fn max_connections(mut self, max: usize) -> Self {
         self.max_connections = max;
+        self
+    }
+
+    /// Connections still in their handshake (TLS, WebSocket upgrade, stmp handshake and
+    /// authentication) at once; more are refused with `TooManyRequests`, so peers that never
+    /// finish a handshake cannot take every place of [`max_connections`](Self::max_connections).
+    /// Default 1024.
+    pub fn max_handshaking(mut self, max: usize) -> Self {
+        self.max_handshaking = max;
+        self
+    }
+
+    /// Time the [`authenticate`](Self::authenticate) hook has for one connection; after it the
+    /// client is refused with `RequestTimeout`. Default 10 s.
+    pub fn authenticate_timeout(mut self, timeout: Duration) -> Self {
+        self.authenticate_timeout = timeout;
+        self
+    }
+
+    /// Whether [`build`](Self::build) raises the process's open-file limit to its hard limit
+    /// (once per process, see [`raise_fd_limit`](crate::raise_fd_limit)). Default true.
+    pub fn raise_fd_limit(mut self, raise: bool) -> Self {
+        self.raise_fd_limit = raise;
         self
     }
 
@@ -264,6 +299,13 @@ impl ServerBuilder {
 
     /// The server; it serves nothing until a `listen_*` call.
     pub fn build(self) -> Server {
+        if self.raise_fd_limit {
+            static RAISED: std::sync::Once = std::sync::Once::new();
+            RAISED.call_once(|| match raise_fd_limit() {
+                Ok(limit) => tracing::debug!(limit, "open-file limit raised"),
+                Err(error) => tracing::warn!(%error, "cannot raise the open-file limit"),
+            });
+        }
         let read_limits = ReadLimits {
             wire: self.wire_limits(),
             buffered: Some(BufferBudget::new(self.max_buffered_bytes)),
@@ -272,6 +314,7 @@ impl ServerBuilder {
         Server {
             inner: Arc::new(Inner {
                 read_limits,
+                admission: Admission::new(self.max_connections, self.max_handshaking),
                 counters: Counters::new(self.max_in_flight_bytes),
                 config: self,
                 conns: ConnSet::new(),
@@ -305,6 +348,7 @@ pub struct Server {
 struct Inner {
     config: ServerBuilder,
     read_limits: ReadLimits,
+    admission: Arc<Admission>,
     conns: ConnSet,
     counters: Arc<Counters>,
     stop_accepting: CancellationToken,
@@ -319,6 +363,7 @@ impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server")
             .field("connections", &self.inner.conns.len())
+            .field("admitted", &self.inner.admission.open())
             .finish_non_exhaustive()
     }
 }
@@ -346,9 +391,19 @@ impl Server {
 
     /// Listens for plain TCP; returns the bound address (use port 0 to let the OS pick).
     pub async fn listen_tcp(&self, addr: impl ToSocketAddrs) -> std::io::Result<SocketAddr> {
-        self.listen(addr, |server, stream, remote| async move {
-            let (reader, writer) = stream.into_split();
-            server.serve_stream(reader, writer, remote, "tcp").await;
+        self.listen(addr, |server, stream, remote, admitted| async move {
+            match admitted {
+                Ok(slot) => {
+                    let (reader, writer) = stream.into_split();
+                    server
+                        .serve_stream(reader, writer, remote, "tcp", slot)
+                        .await;
+                }
+                Err(refusal) => {
+                    let open = std::future::ready(Ok(stream));
+                    server.turn_away(open, refusal, Farewell::Handshake).await;
+                }
+            }
         })
         .await
     }
@@ -360,14 +415,23 @@ impl Server {
         tls: Arc<rustls::ServerConfig>,
     ) -> std::io::Result<SocketAddr> {
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-        self.listen(addr, move |server, stream, remote| {
+        self.listen(addr, move |server, stream, remote, admitted| {
             let acceptor = acceptor.clone();
             async move {
+                let slot = match admitted {
+                    Ok(slot) => slot,
+                    Err(refusal) => {
+                        let open = acceptor.accept(stream);
+                        return server.turn_away(open, refusal, Farewell::Handshake).await;
+                    }
+                };
                 let timeout = server.inner.config.handshake_timeout;
                 match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                     Ok(Ok(tls)) => {
                         let (reader, writer) = tokio::io::split(tls);
-                        server.serve_stream(reader, writer, remote, "tls").await;
+                        server
+                            .serve_stream(reader, writer, remote, "tls", slot)
+                            .await;
                     }
                     Ok(Err(error)) => tracing::debug!(%remote, %error, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
@@ -384,9 +448,21 @@ impl Server {
         path: &str,
     ) -> std::io::Result<SocketAddr> {
         let path: Arc<str> = Arc::from(path);
-        self.listen(addr, move |server, stream, remote| {
+        self.listen(addr, move |server, stream, remote, admitted| {
             let path = path.clone();
-            async move { server.serve_websocket(stream, remote, &path, "ws").await }
+            async move {
+                match admitted {
+                    Ok(slot) => {
+                        server
+                            .serve_websocket(stream, remote, &path, "ws", slot)
+                            .await
+                    }
+                    Err(refusal) => {
+                        let open = std::future::ready(Ok(stream));
+                        server.turn_away(open, refusal, Farewell::Http).await;
+                    }
+                }
+            }
         })
         .await
     }
@@ -400,13 +476,24 @@ impl Server {
     ) -> std::io::Result<SocketAddr> {
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
         let path: Arc<str> = Arc::from(path);
-        self.listen(addr, move |server, stream, remote| {
+        self.listen(addr, move |server, stream, remote, admitted| {
             let acceptor = acceptor.clone();
             let path = path.clone();
             async move {
+                let slot = match admitted {
+                    Ok(slot) => slot,
+                    Err(refusal) => {
+                        let open = acceptor.accept(stream);
+                        return server.turn_away(open, refusal, Farewell::Http).await;
+                    }
+                };
                 let timeout = server.inner.config.handshake_timeout;
                 match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => server.serve_websocket(tls, remote, &path, "wss").await,
+                    Ok(Ok(tls)) => {
+                        server
+                            .serve_websocket(tls, remote, &path, "wss", slot)
+                            .await
+                    }
                     Ok(Err(error)) => tracing::debug!(%remote, %error, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
                 }
@@ -439,10 +526,21 @@ impl Server {
                     incoming = endpoint.accept() => incoming,
                 };
                 let Some(incoming) = incoming else { break };
-                server
-                    .inner
-                    .connections
-                    .spawn(server.clone().serve_quic(incoming));
+                match server.inner.admission.ticket() {
+                    Ticket::Serve(slot) => {
+                        server
+                            .inner
+                            .connections
+                            .spawn(server.clone().serve_quic(incoming, slot));
+                    }
+                    // QUIC refuses with one stateless packet: no task, no TLS handshake.
+                    Ticket::Refuse(refusal) => {
+                        let remote = incoming.remote_address();
+                        tracing::debug!(%remote, status = %refusal.status, "refusing a QUIC connection");
+                        incoming.refuse();
+                    }
+                    Ticket::Drop => incoming.ignore(),
+                }
             }
             tracing::debug!(%local, "QUIC listener stopped");
             // Connections still open keep the endpoint's socket until they end.
@@ -452,7 +550,7 @@ impl Server {
         Ok(local)
     }
 
-    async fn serve_quic(self, incoming: quinn::Incoming) {
+    async fn serve_quic(self, incoming: quinn::Incoming, slot: Slot) {
         let remote = incoming.remote_address();
         let timeout = self.inner.config.handshake_timeout;
         let opened = tokio::time::timeout(timeout, async {
@@ -466,27 +564,29 @@ impl Server {
             Ok(Err(error)) => return tracing::debug!(%remote, %error, "QUIC handshake failed"),
             Err(_) => return tracing::debug!(%remote, "QUIC handshake timed out"),
         };
-        self.serve_stream(recv, send, remote, "quic").await;
+        self.serve_stream(recv, send, remote, "quic", slot).await;
         // Let the peer read the last packets (its Close) before the connection goes.
         let grace = self.inner.config.engine.close_grace;
         let _ = tokio::time::timeout(grace, connection.closed()).await;
         connection.close(0u32.into(), b"");
     }
 
-    /// Binds `addr` and accepts until shutdown, handing each socket to `serve`.
+    /// Binds `addr` and accepts until shutdown, handing each socket to `serve` with its
+    /// admission: a slot that counts it, or the refusal it is owed.
     async fn listen<F, Fut>(
         &self,
         addr: impl ToSocketAddrs,
         serve: F,
     ) -> std::io::Result<SocketAddr>
     where
-        F: Fn(Server, TcpStream, SocketAddr) -> Fut + Send + 'static,
+        F: Fn(Server, TcpStream, SocketAddr, Result<Slot, Refusal>) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
         let listener = TcpListener::bind(addr).await?;
         let local = listener.local_addr()?;
         let server = self.clone();
         self.inner.listeners.spawn(async move {
+            let mut backoff = AcceptBackoff::default();
             loop {
                 let accepted = tokio::select! {
                     _ = server.inner.stop_accepting.cancelled() => break,
@@ -494,16 +594,34 @@ impl Server {
                 };
                 match accepted {
                     Ok((stream, remote)) => {
+                        backoff.accepted();
+                        let admitted = match server.inner.admission.ticket() {
+                            Ticket::Serve(slot) => Ok(slot),
+                            Ticket::Refuse(refusal) => Err(refusal),
+                            Ticket::Drop => {
+                                tracing::debug!(%remote, "over the limit, too many refusals in flight: closed");
+                                continue;
+                            }
+                        };
                         let _ = stream.set_nodelay(true);
                         server
                             .inner
                             .connections
-                            .spawn(serve(server.clone(), stream, remote));
+                            .spawn(serve(server.clone(), stream, remote, admitted));
                     }
                     Err(error) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!(%error, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        let failure = backoff.failed(&error, Instant::now());
+                        match failure.warn {
+                            Some(unwarned) => {
+                                tracing::warn!(%local, %error, unwarned, pause = ?failure.pause, "accept failed")
+                            }
+                            None => tracing::debug!(%local, %error, "accept failed"),
+                        }
+                        let Some(pause) = failure.pause else { continue };
+                        tokio::select! {
+                            _ = server.inner.stop_accepting.cancelled() => break,
+                            _ = tokio::time::sleep(pause) => {}
+                        }
                     }
                 }
             }
@@ -520,6 +638,7 @@ impl Server {
         mut writer: W,
         remote: SocketAddr,
         transport_name: &'static str,
+        mut slot: Slot,
     ) where
         R: AsyncRead + Send + Unpin + 'static,
         W: AsyncWrite + Send + Unpin + 'static,
@@ -576,6 +695,7 @@ impl Server {
             ));
             return;
         }
+        slot.handshaken();
         let (packets, packet_writer) = byte_stream(
             reader,
             writer,
@@ -584,9 +704,41 @@ impl Server {
             agreement.gzip,
         );
         self.run(conn, outbox, packets, packet_writer).await;
+        // The slot is held until the connection's socket is gone.
+        drop(slot);
     }
 
-    /// Version, codec and limits; then the connection count.
+    /// Turns away a socket over the limits: opens it (a TLS handshake, or nothing), sends the
+    /// refusal and waits for the client to close, all within a short time; the refusal's
+    /// place among the bounded refusals in flight is held until then.
+    async fn turn_away<S, F>(&self, open: F, refusal: Refusal, farewell: Farewell)
+    where
+        F: Future<Output = std::io::Result<S>>,
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let status = &refusal.status;
+        tracing::debug!(%status, "refusing a connection over the limits");
+        let mut message = BytesMut::new();
+        match farewell {
+            Farewell::Handshake => ServerHandshake::refuse(status).encode(&mut message),
+            Farewell::Http => message.extend_from_slice(http_refusal(status).as_bytes()),
+        }
+        let limit = self.inner.config.handshake_timeout.min(REFUSAL_TIME);
+        let _ = tokio::time::timeout(limit, async {
+            let mut stream = open.await?;
+            stream.write_all(&message).await?;
+            stream.shutdown().await?;
+            // Closing with the client's bytes unread would reset the connection, and the
+            // client could lose the refusal with it: read until the client closes.
+            let mut sink = [0u8; 512];
+            while stream.read(&mut sink).await? > 0 {}
+            Ok::<_, std::io::Error>(())
+        })
+        .await;
+        drop(refusal);
+    }
+
+    /// Version, codec and limits (the connection count is taken at accept).
     pub(crate) fn admit(
         &self,
         version: Version,
@@ -595,9 +747,6 @@ impl Server {
     ) -> Result<Agreement, Status> {
         if self.inner.stop_accepting.is_cancelled() {
             return Err(Status::server_shutdown("the server is shutting down"));
-        }
-        if self.inner.conns.len() >= self.inner.config.max_connections {
-            return Err(Status::too_many_requests("the server is full"));
         }
         negotiate(version, header, &self.inner.config.codecs, transport)
     }
@@ -623,10 +772,17 @@ impl Server {
         })
     }
 
+    /// Runs the authenticate hook within its time limit.
     pub(crate) async fn authenticate(&self, conn: &Conn) -> Result<(), Status> {
-        match &self.inner.config.authenticate {
-            Some(hook) => hook(conn.clone()).await,
-            None => Ok(()),
+        let Some(hook) = &self.inner.config.authenticate else {
+            return Ok(());
+        };
+        let limit = self.inner.config.authenticate_timeout;
+        match tokio::time::timeout(limit, hook(conn.clone())).await {
+            Ok(verdict) => verdict,
+            Err(_) => Err(Status::request_timeout(format!(
+                "authentication did not finish within {limit:?}"
+            ))),
         }
     }
 
@@ -705,6 +861,26 @@ impl Server {
     pub async fn closed(&self) {
         self.inner.stop_accepting.cancelled().await;
     }
+}
+
+/// Time to spend on telling an over-limit client no, at most.
+const REFUSAL_TIME: Duration = Duration::from_secs(3);
+
+/// The form of a refusal at accept: an stmp handshake, or an HTTP answer to a WebSocket
+/// upgrade (cheaper than the upgrade, and what proxies and browsers understand).
+enum Farewell {
+    Handshake,
+    Http,
+}
+
+/// `503 Service Unavailable` with the status's message as its body.
+fn http_refusal(status: &Status) -> String {
+    let body = status.message();
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n\
+         Content-Length: {}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
 }
 
 /// Takes a connection out of the server's set when dropped.

@@ -104,6 +104,7 @@ impl Server {
         remote: SocketAddr,
         path: &str,
         transport: &'static str,
+        mut slot: super::Slot,
     ) where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
@@ -179,8 +180,11 @@ impl Server {
             ));
             return;
         }
+        slot.handshaken();
         let (packets, writer) = websocket(socket, format, limits);
         self.run(conn, outbox, packets, writer).await;
+        // The slot is held until the connection's socket is gone.
+        drop(slot);
     }
 }
 
