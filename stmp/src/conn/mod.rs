@@ -237,6 +237,11 @@ impl Conn {
         .await
     }
 
+    /// Packets waiting in the send queue.
+    fn queued(&self) -> usize {
+        self.shared.outbox.max_capacity() - self.shared.outbox.capacity()
+    }
+
     /// Queues a packet, waiting while the queue is full.
     pub(crate) async fn send(&self, packet: Packet) -> Result<(), Status> {
         self.shared
@@ -248,6 +253,7 @@ impl Conn {
 
     /// Queues a packet unless the queue is full (slow peer) or the connection is gone.
     pub(crate) fn try_send(&self, packet: Packet) -> Result<(), Status> {
+        crate::telemetry::send_queue_depth(self.queued());
         self.shared
             .outbox
             .try_send(packet)

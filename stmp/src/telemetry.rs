@@ -1,0 +1,170 @@
+//! Metrics and log spans: every series the runtime records, in one place.
+//!
+//! The runtime records through the [`metrics`](https://docs.rs/metrics) facade, which costs
+//! next to nothing until an application installs a recorder (the Prometheus exporter of
+//! `stmp-http`, say). The series:
+//!
+//! | name | kind | labels |
+//! |---|---|---|
+//! | [`CONNECTIONS`] | gauge: connections open now | `transport` |
+//! | [`CONNECTIONS_OPENED`] | counter | `transport` |
+//! | [`CONNECTIONS_CLOSED`] | counter | `transport`, `status` (the close code) |
+//! | [`HANDSHAKES_REFUSED`] | counter | `reason` (the refusal code) |
+//! | [`CALLS`] | counter: requests served | `method`, `status` |
+//! | [`CALL_DURATION`] | histogram, seconds | `method` |
+//! | [`EVENTS_SENT`] | counter: events queued by broadcasts | |
+//! | [`EVENTS_DROPPED`] | counter: events a full or closed queue missed | |
+//! | [`BYTES_RECEIVED`], [`BYTES_SENT`] | counters: packet bytes | |
+//! | [`SEND_QUEUE_HIGH_WATER`] | gauge: the deepest send queue seen | |
+//! | [`SLOW_CONSUMER_DISCONNECTS`] | counter | |
+//!
+//! Requests to a method nobody serves are counted under the method `unknown`, so a peer
+//! cannot grow the series without bound. Connections and calls also get `tracing` spans:
+//! `conn` (id, transport, remote address) and `call` (method), and each call ends with a
+//! debug event carrying its status and duration.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tracing::Instrument;
+
+use crate::{Code, Delivery, Status};
+
+/// Gauge: connections open now, by `transport`.
+pub const CONNECTIONS: &str = "stmp_connections";
+/// Counter: connections that passed their handshake, by `transport`.
+pub const CONNECTIONS_OPENED: &str = "stmp_connections_opened_total";
+/// Counter: connections that ended, by `transport` and close `status`.
+pub const CONNECTIONS_CLOSED: &str = "stmp_connections_closed_total";
+/// Counter: handshakes refused, by `reason` (the status code sent to the client).
+pub const HANDSHAKES_REFUSED: &str = "stmp_handshakes_refused_total";
+/// Counter: requests answered, by `method` and `status`.
+pub const CALLS: &str = "stmp_calls_total";
+/// Histogram: time from a request's arrival to its response, in seconds, by `method`.
+pub const CALL_DURATION: &str = "stmp_call_duration_seconds";
+/// Counter: events queued on connections by broadcasts.
+pub const EVENTS_SENT: &str = "stmp_events_sent_total";
+/// Counter: events that connections missed because their send queue was full or closed.
+pub const EVENTS_DROPPED: &str = "stmp_events_dropped_total";
+/// Counter: bytes of packets received.
+pub const BYTES_RECEIVED: &str = "stmp_bytes_received_total";
+/// Counter: bytes of packets sent.
+pub const BYTES_SENT: &str = "stmp_bytes_sent_total";
+/// Gauge: the most packets seen waiting in one connection's send queue.
+pub const SEND_QUEUE_HIGH_WATER: &str = "stmp_send_queue_high_water";
+/// Counter: connections closed because they did not read their events fast enough.
+pub const SLOW_CONSUMER_DISCONNECTS: &str = "stmp_slow_consumer_disconnects_total";
+
+/// The method label of requests no handler serves.
+const UNKNOWN_METHOD: &str = "unknown";
+
+pub(crate) fn connection_opened(transport: &'static str) {
+    metrics::gauge!(CONNECTIONS, "transport" => transport).increment(1.0);
+    metrics::counter!(CONNECTIONS_OPENED, "transport" => transport).increment(1);
+}
+
+pub(crate) fn connection_closed(transport: &'static str, status: &Status) {
+    metrics::gauge!(CONNECTIONS, "transport" => transport).decrement(1.0);
+    metrics::counter!(
+        CONNECTIONS_CLOSED,
+        "transport" => transport,
+        "status" => status.code().as_str()
+    )
+    .increment(1);
+}
+
+pub(crate) fn handshake_refused(status: &Status) {
+    metrics::counter!(HANDSHAKES_REFUSED, "reason" => status.code().as_str()).increment(1);
+}
+
+pub(crate) fn events_delivered(delivery: &Delivery) {
+    if delivery.queued > 0 {
+        metrics::counter!(EVENTS_SENT).increment(delivery.queued as u64);
+    }
+    if delivery.dropped > 0 {
+        metrics::counter!(EVENTS_DROPPED).increment(delivery.dropped as u64);
+    }
+}
+
+pub(crate) fn bytes_received(bytes: usize) {
+    metrics::counter!(BYTES_RECEIVED).increment(bytes as u64);
+}
+
+pub(crate) fn bytes_sent(bytes: usize) {
+    metrics::counter!(BYTES_SENT).increment(bytes as u64);
+}
+
+static SEND_QUEUE_DEEPEST: AtomicUsize = AtomicUsize::new(0);
+
+/// Records how many packets wait in a send queue; only a new deepest reaches the gauge.
+pub(crate) fn send_queue_depth(depth: usize) {
+    if depth > SEND_QUEUE_DEEPEST.load(Ordering::Relaxed)
+        && SEND_QUEUE_DEEPEST.fetch_max(depth, Ordering::Relaxed) < depth
+    {
+        metrics::gauge!(SEND_QUEUE_HIGH_WATER).set(depth as f64);
+    }
+}
+
+pub(crate) fn slow_consumer_disconnected() {
+    metrics::counter!(SLOW_CONSUMER_DISCONNECTS).increment(1);
+}
+
+/// The span a connection's engine runs in.
+pub(crate) fn conn_span(
+    id: u64,
+    transport: &'static str,
+    remote: Option<SocketAddr>,
+) -> tracing::Span {
+    tracing::info_span!(
+        "conn",
+        id,
+        transport,
+        remote = remote.map(tracing::field::display)
+    )
+}
+
+/// Runs a request's handling in a `call` span, then records its status and duration.
+pub(crate) async fn observe_call<T>(
+    method: Option<&'static str>,
+    handling: impl Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    let method = method.unwrap_or(UNKNOWN_METHOD);
+    let started = Instant::now();
+    let outcome = handling
+        .instrument(tracing::debug_span!("call", method))
+        .await;
+    let code = match &outcome {
+        Ok(_) => Code::Ok,
+        Err(status) => status.code(),
+    };
+    call_finished(method, code, started.elapsed());
+    outcome
+}
+
+fn call_finished(method: &'static str, code: Code, elapsed: Duration) {
+    tracing::debug!(
+        method,
+        status = code.as_str(),
+        duration_us = elapsed.as_micros() as u64,
+        "call"
+    );
+    metrics::counter!(CALLS, "method" => method, "status" => code.as_str()).increment(1);
+    metrics::histogram!(CALL_DURATION, "method" => method).record(elapsed.as_secs_f64());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_high_water_mark_only_rises() {
+        send_queue_depth(3);
+        send_queue_depth(1);
+        assert!(SEND_QUEUE_DEEPEST.load(Ordering::Relaxed) >= 3);
+        let deepest = SEND_QUEUE_DEEPEST.load(Ordering::Relaxed);
+        send_queue_depth(deepest + 5);
+        assert_eq!(SEND_QUEUE_DEEPEST.load(Ordering::Relaxed), deepest + 5);
+    }
+}
