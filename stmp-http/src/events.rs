@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use prost::Message as _;
 use prost_reflect::{DescriptorPool, DeserializeOptions, DynamicMessage, SerializeOptions};
-use stmp::{Conn, Delivery, Method, Status};
+use stmp::{Codec, Conn, Delivery, Method, Status};
 
 /// The events the API may publish, with the descriptors of their messages.
 ///
@@ -131,9 +131,9 @@ impl Event {
         &self.method
     }
 
-    /// The message as stmp's JSON codec writes it.
-    pub fn to_json(&self) -> Result<Bytes, Status> {
-        stmp::Codec::JSON.encode_dynamic(&self.protobuf, &StmpSerde(&self.message))
+    /// The event's payload in `codec`, as the generated type of its message would encode.
+    pub fn encode(&self, codec: &Codec) -> Result<Bytes, Status> {
+        codec.encode_dynamic(&self.protobuf, &StmpSerde(&self.message))
     }
 
     /// Sends the event to each connection, encoded once per codec among them; never waits
@@ -142,11 +142,7 @@ impl Event {
         &self,
         conns: impl IntoIterator<Item = &'a Conn>,
     ) -> Result<Delivery, Status> {
-        stmp::broadcast_with(
-            &self.method,
-            |codec| codec.encode_dynamic(&self.protobuf, &StmpSerde(&self.message)),
-            conns,
-        )
+        stmp::broadcast_with(&self.method, |codec| self.encode(codec), conns)
     }
 }
 
