@@ -253,10 +253,10 @@ impl Conn {
 
     /// Queues a packet unless the queue is full (slow peer) or the connection is gone.
     pub(crate) fn try_send(&self, packet: Packet) -> Result<(), Status> {
-        crate::telemetry::send_queue_depth(self.queued());
         self.shared
             .outbox
             .try_send(packet)
+            .map(|()| crate::telemetry::send_queue_depth(self.queued()))
             .map_err(|error| match error {
                 mpsc::error::TrySendError::Full(_) => {
                     Status::too_many_requests("the connection's send queue is full")
