@@ -9,6 +9,7 @@
 //!   connect by URL, sign in, join, send, and after a server restart reconnect, sign in again
 //!   and re-join by itself.
 //! - [`terminal`]: the commands and output of the `room-client` binary.
+//! - [`http`]: the HTTP API (`room-server --http`): publish, presence, close, drain, metrics.
 //!
 //! `build.rs` compiles `proto/room.proto` with `stmp-build`; the generated messages and
 //! services are at the crate root.
@@ -17,6 +18,7 @@
 
 pub mod accounts;
 pub mod client;
+pub mod http;
 pub mod server;
 pub mod terminal;
 
