@@ -49,7 +49,7 @@ pub(crate) async fn drain(
     tracing::info!(?deadline, connections, "draining over HTTP");
     state.server.shutdown(deadline).await;
     Ok(Json(
-        json!({ "drained": true, "connections_closed": connections }),
+        json!({ "drained": true, "connections": connections }),
     ))
 }
 
