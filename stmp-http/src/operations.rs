@@ -48,9 +48,7 @@ pub(crate) async fn drain(
     let connections = state.server.conns().len();
     tracing::info!(?deadline, connections, "draining over HTTP");
     state.server.shutdown(deadline).await;
-    Ok(Json(
-        json!({ "drained": true, "connections": connections }),
-    ))
+    Ok(Json(json!({ "drained": true, "connections": connections })))
 }
 
 pub(crate) async fn metrics(State(state): State<Shared>) -> Result<Response, ApiError> {

@@ -90,8 +90,4 @@ fn describe() {
         series::SEND_QUEUE_HIGH_WATER,
         "The most packets seen waiting in one send queue."
     );
-    describe_counter!(
-        series::SLOW_CONSUMER_DISCONNECTS,
-        "Connections closed for reading too slowly."
-    );
 }

@@ -14,25 +14,24 @@
 //! | [`CALL_DURATION`] | histogram, seconds | `method` |
 //! | [`EVENTS_SENT`] | counter: events queued by broadcasts | |
 //! | [`EVENTS_DROPPED`] | counter: events a full or closed queue missed | |
-//! | [`BYTES_RECEIVED`], [`BYTES_SENT`] | counters: packet bytes | |
+//! | [`BYTES_RECEIVED`], [`BYTES_SENT`] | counters: bytes of the transports (below gzip, above TLS; WebSocket payloads) | |
 //! | [`SEND_QUEUE_HIGH_WATER`] | gauge: the deepest send queue seen | |
-//! | [`SLOW_CONSUMER_DISCONNECTS`] | counter | |
 //!
 //! Requests to a method nobody serves are counted under the method `unknown`, so a peer
 //! cannot grow the series without bound. Connections and calls also get `tracing` spans:
 //! `conn` (id, transport, remote address) and `call` (method), and each call ends with a
 //! debug event carrying its status and duration.
 
-#![allow(dead_code)] // TEMPORARY until the call sites land
-
 use std::future::Future;
-use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tracing::Instrument;
 
-use crate::{Code, Delivery, Status};
+use crate::{Code, Conn, Delivery, Status};
 
 /// Gauge: connections open now, by `transport`.
 pub const CONNECTIONS: &str = "stmp_connections";
@@ -50,31 +49,31 @@ pub const CALL_DURATION: &str = "stmp_call_duration_seconds";
 pub const EVENTS_SENT: &str = "stmp_events_sent_total";
 /// Counter: events that connections missed because their send queue was full or closed.
 pub const EVENTS_DROPPED: &str = "stmp_events_dropped_total";
-/// Counter: bytes of packets received.
+/// Counter: bytes received: of the byte stream below gzip and above TLS, or of WebSocket
+/// message payloads.
 pub const BYTES_RECEIVED: &str = "stmp_bytes_received_total";
-/// Counter: bytes of packets sent.
+/// Counter: bytes sent, counted as [`BYTES_RECEIVED`] is.
 pub const BYTES_SENT: &str = "stmp_bytes_sent_total";
 /// Gauge: the most packets seen waiting in one connection's send queue.
 pub const SEND_QUEUE_HIGH_WATER: &str = "stmp_send_queue_high_water";
-/// Counter: connections closed because they did not read their events fast enough.
-pub const SLOW_CONSUMER_DISCONNECTS: &str = "stmp_slow_consumer_disconnects_total";
 
 /// The method label of requests no handler serves.
 const UNKNOWN_METHOD: &str = "unknown";
 
-pub(crate) fn connection_opened(transport: &'static str) {
+pub(crate) fn connection_opened(conn: &Conn) {
+    let transport = conn.transport();
     metrics::gauge!(CONNECTIONS, "transport" => transport).increment(1.0);
     metrics::counter!(CONNECTIONS_OPENED, "transport" => transport).increment(1);
 }
 
-pub(crate) fn connection_closed(transport: &'static str, status: &Status) {
+pub(crate) fn connection_closed(conn: &Conn) {
+    let transport = conn.transport();
+    let code = conn
+        .close_status()
+        .map_or(Code::NetworkError, |status| status.code());
     metrics::gauge!(CONNECTIONS, "transport" => transport).decrement(1.0);
-    metrics::counter!(
-        CONNECTIONS_CLOSED,
-        "transport" => transport,
-        "status" => status.code().as_str()
-    )
-    .increment(1);
+    metrics::counter!(CONNECTIONS_CLOSED, "transport" => transport, "status" => code.as_str())
+        .increment(1);
 }
 
 pub(crate) fn handshake_refused(status: &Status) {
@@ -91,7 +90,9 @@ pub(crate) fn events_delivered(delivery: &Delivery) {
 }
 
 pub(crate) fn bytes_received(bytes: usize) {
-    metrics::counter!(BYTES_RECEIVED).increment(bytes as u64);
+    if bytes > 0 {
+        metrics::counter!(BYTES_RECEIVED).increment(bytes as u64);
+    }
 }
 
 pub(crate) fn bytes_sent(bytes: usize) {
@@ -109,22 +110,10 @@ pub(crate) fn send_queue_depth(depth: usize) {
     }
 }
 
-pub(crate) fn slow_consumer_disconnected() {
-    metrics::counter!(SLOW_CONSUMER_DISCONNECTS).increment(1);
-}
-
-/// The span a connection's engine runs in.
-pub(crate) fn conn_span(
-    id: u64,
-    transport: &'static str,
-    remote: Option<SocketAddr>,
-) -> tracing::Span {
-    tracing::info_span!(
-        "conn",
-        id,
-        transport,
-        remote = remote.map(tracing::field::display)
-    )
+/// The span a connection's engine runs in: its id, transport and peer address.
+pub(crate) fn conn_span(conn: &Conn) -> tracing::Span {
+    let remote = conn.remote_addr().map(tracing::field::display);
+    tracing::info_span!("conn", id = conn.id(), transport = conn.transport(), remote)
 }
 
 /// Runs a request's handling in a `call` span, then records its status and duration.
@@ -154,6 +143,72 @@ fn call_finished(method: &'static str, code: Code, elapsed: Duration) {
     );
     metrics::counter!(CALLS, "method" => method, "status" => code.as_str()).increment(1);
     metrics::histogram!(CALL_DURATION, "method" => method).record(elapsed.as_secs_f64());
+}
+
+pin_project_lite::pin_project! {
+    /// A transport's byte stream, counted into [`BYTES_RECEIVED`] and [`BYTES_SENT`] as the
+    /// bytes cross it (below gzip, above TLS).
+    pub(crate) struct Counted<T> {
+        #[pin]
+        inner: T,
+    }
+}
+
+impl<T> Counted<T> {
+    pub(crate) fn new(inner: T) -> Counted<T> {
+        Counted { inner }
+    }
+}
+
+impl<T: AsyncRead> AsyncRead for Counted<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = self.project().inner.poll_read(cx, buf);
+        bytes_received(buf.filled().len() - before);
+        polled
+    }
+}
+
+impl<T: AsyncWrite> AsyncWrite for Counted<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bytes: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = self.project().inner.poll_write(cx, bytes);
+        if let Poll::Ready(Ok(written)) = &polled {
+            bytes_sent(*written);
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = self.project().inner.poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(written)) = &polled {
+            bytes_sent(*written);
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
 }
 
 #[cfg(test)]

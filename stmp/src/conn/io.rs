@@ -12,6 +12,7 @@ use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 use tokio_util::codec::FramedRead;
 
 use crate::Status;
+use crate::telemetry::Counted;
 use crate::wire::{Packet, PacketCodec};
 
 /// Decoded packets from the peer; the stream ends when the transport does.
@@ -81,6 +82,7 @@ impl PacketWriter {
                             text_message(out.freeze())?
                         }
                     };
+                    crate::telemetry::bytes_sent(message.len());
                     sink.feed(message).await.map_err(ws_error)?;
                 }
                 sink.flush().await.map_err(ws_error)?;
@@ -125,6 +127,7 @@ where
     R: AsyncRead + Send + Unpin + 'static,
     W: AsyncWrite + Send + 'static,
 {
+    let (reader, writer) = (Counted::new(reader), Counted::new(writer));
     let codec = PacketCodec::with_max_packet_size(max_packet_size);
     if gzip {
         let plain = GzipDecoder::new(BufReader::new(std::io::Cursor::new(leftover).chain(reader)));
@@ -166,6 +169,9 @@ where
 {
     let (sink, stream) = socket.split();
     let packets = stream
+        .inspect(|message| {
+            crate::telemetry::bytes_received(message.as_ref().map_or(0, WsMessage::len))
+        })
         .take_while(|message| std::future::ready(!matches!(message, Ok(WsMessage::Close(_)))))
         .filter_map(move |message| {
             std::future::ready(match message {

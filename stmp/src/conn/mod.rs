@@ -248,6 +248,7 @@ impl Conn {
             .outbox
             .send(packet)
             .await
+            .map(|()| crate::telemetry::send_queue_depth(self.queued()))
             .map_err(|_| closed_error())
     }
 

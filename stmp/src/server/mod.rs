@@ -14,6 +14,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::codec::{Codec, Codecs};
 use crate::conn::io::{PacketStream, PacketWriter, byte_stream};
@@ -515,6 +516,7 @@ impl Server {
     ) {
         let config = &self.inner.config;
         self.inner.conns.insert(conn.clone());
+        crate::telemetry::connection_opened(&conn);
         tracing::debug!(conn = conn.id(), remote = ?conn.remote_addr(), codec = ?conn.codec(), "connection open");
         Engine {
             conn: conn.clone(),
@@ -527,8 +529,10 @@ impl Server {
             draining: self.inner.draining.clone(),
         }
         .run()
+        .instrument(crate::telemetry::conn_span(&conn))
         .await;
         self.inner.conns.remove(&conn);
+        crate::telemetry::connection_closed(&conn);
         if let Some(hook) = &config.on_close {
             let status = conn
                 .close_status()
@@ -589,6 +593,7 @@ async fn read_client_handshake<R: AsyncRead + Unpin>(
 /// Sends a refusal handshake and ends the connection.
 async fn refuse<W: AsyncWrite + Unpin>(writer: &mut W, status: &Status) {
     tracing::debug!(%status, "refusing a connection");
+    crate::telemetry::handshake_refused(status);
     let mut out = BytesMut::new();
     ServerHandshake::refuse(status).encode(&mut out);
     let _ = writer.write_all(&out).await;
