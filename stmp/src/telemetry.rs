@@ -116,30 +116,34 @@ pub(crate) fn conn_span(conn: &Conn) -> tracing::Span {
     tracing::info_span!("conn", id = conn.id(), transport = conn.transport(), remote)
 }
 
-/// Runs a request's handling in a `call` span, then records its status and duration.
+/// Runs a request's handling in a `call` span (a child of the connection's: the engine
+/// polls it first), then records its status and duration, in the span.
 pub(crate) async fn observe_call<T>(
     method: Option<&'static str>,
     handling: impl Future<Output = Result<T, Status>>,
 ) -> Result<T, Status> {
     let method = method.unwrap_or(UNKNOWN_METHOD);
-    let started = Instant::now();
-    let outcome = handling
-        .instrument(tracing::debug_span!("call", method))
-        .await;
-    let code = match &outcome {
-        Ok(_) => Code::Ok,
-        Err(status) => status.code(),
+    let observed = async {
+        let started = Instant::now();
+        let outcome = handling.await;
+        let code = match &outcome {
+            Ok(_) => Code::Ok,
+            Err(status) => status.code(),
+        };
+        call_finished(method, code, started.elapsed());
+        outcome
     };
-    call_finished(method, code, started.elapsed());
-    outcome
+    observed
+        .instrument(tracing::debug_span!("call", method))
+        .await
 }
 
 fn call_finished(method: &'static str, code: Code, elapsed: Duration) {
+    // The method is on the enclosing `call` span.
     tracing::debug!(
-        method,
         status = code.as_str(),
         duration_us = elapsed.as_micros() as u64,
-        "call"
+        "call finished"
     );
     metrics::counter!(CALLS, "method" => method, "status" => code.as_str()).increment(1);
     metrics::histogram!(CALL_DURATION, "method" => method).record(elapsed.as_secs_f64());
