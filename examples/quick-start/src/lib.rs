@@ -1,14 +1,14 @@
 //! The stmp quick start: chat rooms, wire-compatible with stmp-go's quick start.
 //!
 //! `build.rs` compiles `proto/quick_start.proto` with `stmp-build`; this crate includes the
-//! generated code and implements `RoomService`: rooms keyed by name, each user named by their
-//! address as the server sees it. Joining tells the others of the room (`UserJoin`); leaving,
-//! or disconnecting, tells them too (`UserExit`).
+//! generated code and implements `RoomService` on [`stmp::Rooms`]: rooms keyed by name, each
+//! user named by their address as the server sees it. Joining tells the others of the room
+//! (`UserJoin`); leaving, or disconnecting, tells them too (`UserExit`).
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
-use stmp::{Conn, ConnSet, Context, Status};
+use stmp::{Conn, Context, Status};
 
 stmp::include_proto!("stmp.examples.quick_start");
 
@@ -17,17 +17,19 @@ pub use packages::google::protobuf::Empty;
 /// The path the server serves WebSocket on.
 pub const WS_PATH: &str = "/quick_start";
 
+/// The longest room name, in bytes.
+pub const MAX_ROOM_NAME: usize = 128;
+
+/// The most rooms one connection may be in at once.
+pub const MAX_ROOMS_PER_CONN: usize = 64;
+
 /// The rooms: a [`RoomService`] implementation. Cheap to clone; clones share the rooms.
 #[derive(Clone, Debug, Default)]
 pub struct Rooms {
-    rooms: Arc<Mutex<HashMap<String, Room>>>,
-}
-
-#[derive(Debug, Default)]
-struct Room {
-    conns: ConnSet,
-    /// Users in the order they joined, with their connection's id.
-    users: Vec<(u64, String)>,
+    rooms: stmp::Rooms,
+    /// The connections whose close is hooked. A connection is hooked once, on its first join,
+    /// and forgotten when it closes: joining and leaving a thousand times costs nothing.
+    hooked: Arc<Mutex<HashSet<u64>>>,
 }
 
 /// The name of a connection's user: its address as the server sees it.
@@ -44,81 +46,91 @@ impl Rooms {
         Self::default()
     }
 
-    /// The users of a room, in the order they joined.
+    /// The users of a room, oldest connection first.
     pub fn users(&self, room: &str) -> Vec<String> {
-        self.lock()
-            .get(room)
-            .map(|room| room.users.iter().map(|(_, user)| user.clone()).collect())
-            .unwrap_or_default()
+        let mut members = self.rooms.members(room);
+        // Connection ids grow, so this is the order the connections were made in.
+        members.sort_by_key(Conn::id);
+        members.iter().map(user_name).collect()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Room>> {
-        self.rooms.lock().unwrap_or_else(|p| p.into_inner())
+    /// The rooms that have users.
+    pub fn rooms(&self) -> Vec<String> {
+        self.rooms.list()
     }
 
-    /// Takes `conn` out of the room and tells the others; false when it was not in it.
-    fn leave(&self, name: &str, conn: &Conn) -> bool {
-        let (set, user) = {
-            let mut rooms = self.lock();
-            let Some(room) = rooms.get_mut(name) else {
-                return false;
-            };
-            if !room.conns.remove(conn) {
-                return false;
+    /// The connections whose close the rooms watch (to tell the others they left): those that
+    /// joined a room and are still open, each once however often it joined.
+    pub fn watched_connections(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<u64>> {
+        self.hooked.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hooks `conn`'s close, the first time only. The hook is registered before the
+    /// connection's first [`stmp::Rooms::join`], so it runs before the runtime takes the
+    /// connection out of its rooms and still sees which rooms to tell.
+    fn watch(&self, conn: &Conn) {
+        if !self.lock().insert(conn.id()) {
+            return;
+        }
+        let rooms = self.clone();
+        let closing = conn.clone();
+        conn.on_close(move |_| {
+            rooms.lock().remove(&closing.id());
+            for room in rooms.rooms.leave_all(&closing) {
+                rooms.tell_exit(&room, &closing);
             }
-            let user = match room.users.iter().position(|(id, _)| *id == conn.id()) {
-                Some(index) => room.users.remove(index).1,
-                None => user_name(conn),
-            };
-            let set = room.conns.clone();
-            if room.conns.is_empty() {
-                rooms.remove(name);
-            }
-            (set, user)
-        };
-        tracing::info!(room = name, %user, "user left");
+        });
+    }
+
+    fn tell_exit(&self, room: &str, conn: &Conn) {
+        let user = user_name(conn);
+        tracing::info!(room, %user, "user left");
         let event = UserExitEvent { user };
-        if let Err(status) = RoomEventsBroadcaster::user_exit_to_set(&set, &event, None) {
+        if let Err(status) =
+            RoomEventsBroadcaster::user_exit_to_room(&self.rooms, room, &event, Some(conn))
+        {
             tracing::warn!(%status, "cannot send UserExit");
         }
-        true
     }
 }
 
 impl RoomService for Rooms {
     async fn join_room(&self, ctx: Context, input: JoinRoomInput) -> Result<RoomModel, Status> {
-        let conn = ctx.conn().clone();
-        let user = user_name(&conn);
-        let (model, set, joined) = {
-            let mut rooms = self.lock();
-            let room = rooms.entry(input.name.clone()).or_default();
-            let joined = room.conns.insert(conn.clone());
-            if joined {
-                room.users.push((conn.id(), user.clone()));
-            }
-            let model = RoomModel {
-                name: input.name.clone(),
-                users: room.users.iter().map(|(_, user)| user.clone()).collect(),
-            };
-            (model, room.conns.clone(), joined)
-        };
-        if joined {
-            tracing::info!(room = %input.name, %user, "user joined");
-            // A user who disconnects leaves the room.
-            let rooms = self.clone();
-            let name = input.name.clone();
-            let closing = conn.clone();
-            conn.on_close(move |_| {
-                rooms.leave(&name, &closing);
-            });
-            let event = UserJoinEvent { user };
-            RoomEventsBroadcaster::user_join_to_set(&set, &event, Some(&conn))?;
+        let conn = ctx.conn();
+        let name = input.name;
+        if name.is_empty() || name.len() > MAX_ROOM_NAME {
+            return Err(Status::bad_request(format!(
+                "a room name has 1 to {MAX_ROOM_NAME} bytes"
+            )));
         }
-        Ok(model)
+        if !self.rooms.contains(&name, conn)
+            && self.rooms.rooms_of(conn).len() >= MAX_ROOMS_PER_CONN
+        {
+            return Err(Status::too_many_requests(format!(
+                "a connection is in at most {MAX_ROOMS_PER_CONN} rooms: exit one first"
+            )));
+        }
+        self.watch(conn);
+        if self.rooms.join(&name, conn) {
+            let user = user_name(conn);
+            tracing::info!(room = %name, %user, "user joined");
+            let event = UserJoinEvent { user };
+            RoomEventsBroadcaster::user_join_to_room(&self.rooms, &name, &event, Some(conn))?;
+        }
+        Ok(RoomModel {
+            users: self.users(&name),
+            name,
+        })
     }
 
     async fn exit_room(&self, ctx: Context, input: ExitRoomInput) -> Result<Empty, Status> {
-        self.leave(&input.name, ctx.conn());
+        if self.rooms.leave(&input.name, ctx.conn()) {
+            self.tell_exit(&input.name, ctx.conn());
+        }
         Ok(Empty {})
     }
 }

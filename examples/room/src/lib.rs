@@ -8,6 +8,7 @@
 //! - [`client`]: [`ChatClient`](client::ChatClient), the client side without a terminal:
 //!   connect by URL, sign in, join, send, and after a server restart reconnect, sign in again
 //!   and re-join by itself.
+//! - [`limits`]: sign-in rate limits, per connection and per address.
 //! - [`terminal`]: the commands and output of the `room-client` binary.
 //! - [`http`]: the HTTP API (`room-server --http`): publish, presence, close, drain, metrics.
 //!
@@ -19,6 +20,7 @@
 pub mod accounts;
 pub mod client;
 pub mod http;
+pub mod limits;
 pub mod server;
 pub mod terminal;
 
@@ -52,6 +54,12 @@ pub fn valid_name(what: &str, name: &str) -> Result<(), stmp::Status> {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
     if ok {
         Ok(())
+    } else if name.len() > 32 {
+        // Not echoed: a refusal must not cost more than the request.
+        Err(stmp::Status::bad_request(format!(
+            "bad {what} ({} bytes): use 1 to 32 letters, digits, '-', '_' or '.'",
+            name.len()
+        )))
     } else {
         Err(stmp::Status::bad_request(format!(
             "bad {what} {name:?}: use 1 to 32 letters, digits, '-', '_' or '.'"

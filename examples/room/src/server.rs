@@ -6,6 +6,10 @@
 //! connection then carries a [`SignedIn`] extension and is bound to its user in
 //! [`stmp::Users`], so a direct message reaches every device of the user. Rooms are
 //! [`stmp::Rooms`]; a connection that closes leaves its rooms, and the others hear of it.
+//!
+//! Sign-ins are rate-limited per connection and per address ([`SignInLimits`]); names,
+//! passwords and messages have length limits, refused with `BadRequest` before they cost
+//! anything.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -14,12 +18,20 @@ use std::time::Duration;
 use stmp::{CallOptions, Conn, Context, Flow, Middleware, Status};
 
 use crate::accounts::Accounts;
+use crate::limits::{SignInLimiter, SignInLimits};
 use crate::{
     AccountService, AccountServiceServer, ChatEventsBroadcaster, ChatService, ChatServiceServer,
     Credentials, DirectInput, DirectMessageEvent, Empty, PresenceServiceClient, RoomInfo,
-    RoomInput, RoomList, RoomMessageEvent, SendInput, SendResult, Session, UserJoinedEvent,
-    UserLeftEvent, WhoEntry, WhoInput, WhoList, account_service, now_ms, valid_name,
+    RoomInput, RoomList, RoomMessageEvent, SendInput, SendResult, Session, TokenInput,
+    UserJoinedEvent, UserLeftEvent, WhoEntry, WhoInput, WhoList, account_service, now_ms,
+    valid_name,
 };
+
+/// The longest message text, in bytes.
+pub const MAX_TEXT: usize = 4096;
+
+/// Longer than any token the accounts issue (64 hex digits).
+const MAX_TOKEN: usize = 128;
 
 /// What a signed-in connection carries.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,6 +54,7 @@ pub struct Chat {
     /// Joins and leaves, one at a time, so "first of the user in the room" and "last of the
     /// user in the room" are exact.
     membership: Arc<Mutex<()>>,
+    limiter: SignInLimiter,
     who_timeout: Duration,
 }
 
@@ -53,8 +66,21 @@ impl Chat {
             rooms: stmp::Rooms::new(),
             users: stmp::Users::new(),
             membership: Arc::default(),
+            limiter: SignInLimiter::new(SignInLimits::default()),
             who_timeout: Duration::from_secs(2),
         }
+    }
+
+    /// Limits sign-in attempts as `limits` say instead of the defaults (5 failed attempts a
+    /// minute per connection, 20 per address).
+    pub fn sign_in_limits(mut self, limits: SignInLimits) -> Self {
+        self.limiter = SignInLimiter::new(limits);
+        self
+    }
+
+    /// The sign-in rate limiter.
+    pub fn limiter(&self) -> &SignInLimiter {
+        &self.limiter
     }
 
     /// How long `Who` waits for each client's answer. Default 2 s.
@@ -172,14 +198,22 @@ impl Chat {
     /// Signs in or up, and attaches the session.
     async fn sign(&self, ctx: &Context, input: Credentials, up: bool) -> Result<Session, Status> {
         let name = input.name.trim();
+        let refused = |status: &Status| {
+            tracing::info!(conn = ctx.conn().id(), %status, "sign-in refused");
+        };
+        // Malformed credentials cost nothing, so they do not count as attempts.
+        crate::accounts::check_credentials(name, &input.password).inspect_err(refused)?;
+        let attempt = self
+            .limiter
+            .attempt(ctx.conn(), std::time::Instant::now())
+            .inspect_err(refused)?;
         let token = if up {
             self.accounts.sign_up(name, &input.password).await
         } else {
             self.accounts.sign_in(name, &input.password).await
         };
-        let token = token.inspect_err(|status| {
-            tracing::info!(conn = ctx.conn().id(), user = %name, %status, "sign-in refused");
-        })?;
+        let token = token.inspect_err(refused)?;
+        attempt.succeeded();
         self.attach(ctx.conn(), name, if up { "sign-up" } else { "password" });
         Ok(Session {
             user: name.to_owned(),
@@ -204,6 +238,19 @@ fn signed_in(ctx: &Context) -> Result<String, Status> {
     user_of(ctx.conn()).ok_or_else(not_signed_in)
 }
 
+/// Checks a message's text: not blank, at most [`MAX_TEXT`] bytes.
+fn valid_text(text: &str) -> Result<(), Status> {
+    if text.len() > MAX_TEXT {
+        return Err(Status::bad_request(format!(
+            "the message is longer than {MAX_TEXT} bytes"
+        )));
+    }
+    if text.trim().is_empty() {
+        return Err(Status::bad_request("the message is empty"));
+    }
+    Ok(())
+}
+
 fn not_signed_in() -> Status {
     Status::unauthorized("not signed in: call SignIn or SignUp, or connect with a token header")
 }
@@ -215,6 +262,30 @@ impl AccountService for Chat {
 
     async fn sign_in(&self, ctx: Context, input: Credentials) -> Result<Session, Status> {
         self.sign(&ctx, input, false).await
+    }
+
+    async fn resume(&self, ctx: Context, input: TokenInput) -> Result<Session, Status> {
+        let conn = ctx.conn();
+        let refused = |status: &Status| {
+            tracing::info!(conn = conn.id(), %status, "token refused");
+        };
+        if input.token.len() > MAX_TOKEN {
+            return Err(Status::bad_request("that is no token")).inspect_err(refused);
+        }
+        let attempt = self
+            .limiter
+            .attempt(conn, std::time::Instant::now())
+            .inspect_err(refused)?;
+        let user = self
+            .accounts
+            .check_token(&input.token)
+            .inspect_err(refused)?;
+        attempt.succeeded();
+        self.attach(conn, &user, "token");
+        Ok(Session {
+            user,
+            token: String::new(),
+        })
     }
 
     async fn current(&self, ctx: Context, _: Empty) -> Result<Session, Status> {
@@ -249,6 +320,7 @@ impl ChatService for Chat {
     async fn leave_room(&self, ctx: Context, input: RoomInput) -> Result<Empty, Status> {
         let user = signed_in(&ctx)?;
         let room = input.room.trim();
+        valid_name("room name", room)?;
         if self.leave(ctx.conn(), &user, room, "left") {
             Ok(Empty {})
         } else {
@@ -271,6 +343,7 @@ impl ChatService for Chat {
 
     async fn list_members(&self, ctx: Context, input: RoomInput) -> Result<RoomInfo, Status> {
         signed_in(&ctx)?;
+        valid_name("room name", input.room.trim())?;
         let info = self.room_info(input.room.trim());
         if info.members.is_empty() {
             return Err(Status::not_found(format!("no room #{}", info.room)));
@@ -282,13 +355,12 @@ impl ChatService for Chat {
         let user = signed_in(&ctx)?;
         let conn = ctx.conn();
         let room = input.room.trim();
+        valid_name("room name", room)?;
+        valid_text(&input.text)?;
         if !self.rooms.contains(room, conn) {
             return Err(Status::unauthorized(format!(
                 "you are not in #{room}: join it first"
             )));
-        }
-        if input.text.trim().is_empty() {
-            return Err(Status::bad_request("the message is empty"));
         }
         let event = RoomMessageEvent {
             room: room.to_owned(),
@@ -307,9 +379,8 @@ impl ChatService for Chat {
     async fn send_direct(&self, ctx: Context, input: DirectInput) -> Result<SendResult, Status> {
         let user = signed_in(&ctx)?;
         let to = input.user.trim();
-        if input.text.trim().is_empty() {
-            return Err(Status::bad_request("the message is empty"));
-        }
+        valid_name("user name", to)?;
+        valid_text(&input.text)?;
         // A connection that just closed may not be forgotten yet.
         let open = |conns: Vec<Conn>| conns.into_iter().filter(|c| !c.is_closed());
         let recipients: Vec<Conn> = open(self.users.conns(to)).collect();
@@ -343,6 +414,9 @@ impl ChatService for Chat {
     async fn who(&self, ctx: Context, input: WhoInput) -> Result<WhoList, Status> {
         signed_in(&ctx)?;
         let room = input.room.trim().to_owned();
+        if !room.is_empty() {
+            valid_name("room name", &room)?;
+        }
         let mut conns: Vec<Conn> = if room.is_empty() {
             self.users
                 .online()
@@ -369,16 +443,18 @@ impl ChatService for Chat {
                     Ok(status) => (Some(status), String::new()),
                     Err(status) => (None, status.to_string()),
                 };
+                // Names and transports only: an address is nobody's business but the
+                // server's.
                 WhoEntry {
                     user: user_of(&conn).unwrap_or_default(),
-                    address: address(&conn),
+                    transport: conn.transport().to_owned(),
                     status,
                     error,
                 }
             });
         }
         let mut entries = asks.join_all().await;
-        entries.sort_by(|a, b| (&a.user, &a.address).cmp(&(&b.user, &b.address)));
+        entries.sort_by(|a, b| (&a.user, &a.transport).cmp(&(&b.user, &b.transport)));
         Ok(WhoList { room, entries })
     }
 }

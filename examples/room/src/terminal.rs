@@ -273,16 +273,12 @@ pub fn who_lines(list: &WhoList) -> String {
             Some(status) => {
                 let _ = write!(
                     out,
-                    "{:<7} idle {:>4}s  {:<10} {:<21} {}",
-                    status.state,
-                    status.idle_seconds,
-                    status.transport,
-                    entry.address,
-                    status.agent
+                    "{:<7} idle {:>4}s  {:<10} {}",
+                    status.state, status.idle_seconds, status.transport, status.agent
                 );
             }
             None => {
-                let _ = write!(out, "no answer ({})  {}", entry.error, entry.address);
+                let _ = write!(out, "no answer ({})  {}", entry.error, entry.transport);
             }
         }
     }

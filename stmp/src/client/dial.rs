@@ -7,6 +7,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -271,13 +272,15 @@ where
     ))
 }
 
-/// The client's handshake as the upgrade request's query.
+/// The protocol's part of the client's handshake, as the upgrade request's query. The
+/// application's entries (tokens…) go in the request's HTTP headers instead: URLs end up in
+/// access logs and proxies.
 fn websocket_query(config: &ClientBuilder) -> String {
     let mut query = form_urlencoded::Serializer::new(String::new());
     query.append_pair("Stmp-Version", "1.0");
     for (key, value) in client_header(config)
         .iter()
-        .filter(|(k, _)| *k != "Accept-Encoding")
+        .filter(|(k, _)| *k != "Accept-Encoding" && !config.header.contains_key(k))
     {
         query.append_pair(key, value);
     }
@@ -313,9 +316,19 @@ where
         endpoint.path,
         query
     );
-    let request = url
+    let mut request = url
         .into_client_request()
         .map_err(|e| Status::bad_request(format!("bad websocket url: {e}")))?;
+    for (key, value) in config.header.iter() {
+        let bad = |e: &dyn std::fmt::Display| {
+            Status::bad_request(format!(
+                "handshake header {key:?} cannot be sent over HTTP: {e}"
+            ))
+        };
+        let name = HeaderName::from_bytes(key.as_bytes()).map_err(|e| bad(&e))?;
+        let value = HeaderValue::from_str(value).map_err(|e| bad(&e))?;
+        request.headers_mut().append(name, value);
+    }
     let (mut socket, _) = tokio_tungstenite::client_async_with_config(
         request,
         stream,

@@ -148,7 +148,9 @@ impl ClientBuilder {
         self
     }
 
-    /// Adds an entry to the handshake header (auth tokens…).
+    /// Adds an entry to the handshake header (auth tokens…). Over WebSocket it travels as an
+    /// HTTP header of the upgrade request, not in the URL (so the server sees the key in lower
+    /// case), and must be a valid HTTP header.
     pub fn header(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.header.append(key, value);
         self

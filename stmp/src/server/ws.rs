@@ -30,15 +30,22 @@ pub(crate) fn ws_config(max_packet_size: usize) -> WebSocketConfig {
         .max_frame_size(Some(max_packet_size + 64))
 }
 
-/// The stmp handshake of a WebSocket upgrade: query parameters, then the known HTTP headers.
+/// The stmp handshake of a WebSocket upgrade: query parameters, then the HTTP headers (the
+/// known ones in their stmp spelling, the others by their lower-case name), each key the
+/// query does not have. Applications send their entries (tokens…) as headers, out of URLs.
 pub(crate) fn handshake_from_request(request: &Request) -> Header {
     let mut header = Header::new();
     if let Some(query) = request.uri().query() {
         header.extend(form_urlencoded::parse(query.as_bytes()).into_owned());
     }
-    for key in HTTP_KEYS {
-        if !header.contains_key(key)
-            && let Some(value) = request.headers().get(key).and_then(|v| v.to_str().ok())
+    let from_query: Vec<String> = header.iter().map(|(k, _)| k.to_owned()).collect();
+    for (name, value) in request.headers() {
+        let key = HTTP_KEYS
+            .into_iter()
+            .find(|known| name.as_str().eq_ignore_ascii_case(known))
+            .unwrap_or(name.as_str());
+        if !from_query.iter().any(|k| k == key)
+            && let Ok(value) = value.to_str()
         {
             header.append(key, value);
         }
@@ -155,5 +162,27 @@ pub(crate) fn handshake_message(handshake: &ServerHandshake, text: bool) -> WsMe
     } else {
         handshake.encode(&mut out);
         WsMessage::Binary(out.freeze())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_handshake_comes_from_the_query_and_the_http_headers() {
+        let request = Request::builder()
+            .uri("/room?Stmp-Version=1.0&Accept=application%2Fjson&token=from-query")
+            .header("accept", "application/protobuf")
+            .header("packet-format", "text")
+            .header("token", "from-header")
+            .header("device", "phone")
+            .body(())
+            .unwrap();
+        let header = handshake_from_request(&request);
+        assert_eq!(header.get("Accept"), Some("application/json"));
+        assert_eq!(header.get("Packet-Format"), Some("text"));
+        assert_eq!(header.get_all("token").collect::<Vec<_>>(), ["from-query"]);
+        assert_eq!(header.get("device"), Some("phone"));
     }
 }

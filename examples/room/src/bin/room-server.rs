@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use room::accounts::Accounts;
+use room::limits::{RateLimit, SignInLimits};
 use room::server::{Chat, RoomServer, ServerOptions, TlsPem};
 
 /// The stmp chat-room server.
@@ -38,6 +39,15 @@ struct Args {
     /// The private key of --cert (PEM).
     #[arg(long, value_name = "PATH", default_value = "room-key.pem")]
     key: PathBuf,
+    /// How long a session token is good for, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 24 * 60 * 60)]
+    token_ttl: u64,
+    /// Failed sign-ins a connection may make per minute.
+    #[arg(long, value_name = "N", default_value_t = SignInLimits::default().per_conn.attempts)]
+    sign_ins_per_conn: u32,
+    /// Failed sign-ins one address (an IPv6 /64) may make per minute.
+    #[arg(long, value_name = "N", default_value_t = SignInLimits::default().per_address.attempts)]
+    sign_ins_per_address: u32,
     /// Serve the HTTP API (publish, rooms, presence, close, drain, /metrics, /health) here.
     #[arg(long, value_name = "ADDR", requires = "http_token")]
     http: Option<SocketAddr>,
@@ -72,7 +82,8 @@ async fn serve() -> Result<(), Box<dyn std::error::Error>> {
     let accounts = match &args.data {
         Some(path) => Accounts::open(path).await?,
         None => Accounts::in_memory(),
-    };
+    }
+    .with_token_ttl(Duration::from_secs(args.token_ttl));
     match accounts.path() {
         Some(path) => {
             tracing::info!(path = %path.display(), users = accounts.len(), "accounts loaded")
@@ -85,7 +96,11 @@ async fn serve() -> Result<(), Box<dyn std::error::Error>> {
         None => None,
     };
 
-    let chat = Chat::new(accounts);
+    let chat = Chat::new(accounts).sign_in_limits(SignInLimits {
+        per_conn: RateLimit::per_minute(args.sign_ins_per_conn),
+        per_address: RateLimit::per_minute(args.sign_ins_per_address),
+        ..SignInLimits::default()
+    });
     let server = RoomServer::start(
         chat,
         ServerOptions {
