@@ -85,3 +85,23 @@ fn events_not_in_the_descriptors_are_refused() {
     assert_eq!(error.code(), stmp::Code::BadRequest);
     assert!(error.message().contains("x.Missing"), "{error}");
 }
+
+#[test]
+fn descriptor_sets_that_share_imports_combine() {
+    // Both import google/protobuf/empty.proto.
+    let events = events()
+        .with(
+            quick_start::FILE_DESCRIPTOR_SET,
+            quick_start::room_events::METHODS,
+        )
+        .unwrap();
+    assert!(events.method("options.Echo.Ping").is_some());
+    let event = events
+        .parse(
+            "stmp.examples.quick_start.RoomEvents.UserJoin",
+            "application/json",
+            br#"{"user": "x"}"#,
+        )
+        .unwrap();
+    assert_eq!(&event.encode(&Codec::PROTOBUF).unwrap()[..], b"\x0a\x01x");
+}
