@@ -7,6 +7,9 @@
 //! protoc --plugin=protoc-gen-stmp --stmp_out=src/gen --stmp_opt=no_events room.proto
 //! ```
 //!
+//! Protos that `import "stmp/options.proto"` need its directory on protoc's path:
+//! `-I path/to/stmp-build/proto` (the file ships in the `stmp-build` crate).
+//!
 //! Options (`--stmp_opt`, comma separated): `no_server`, `no_client`, `no_events`,
 //! `extern_path=PROTO=RUST`, `type_attribute=PATH=ATTR`, `message_attribute=PATH=ATTR`,
 //! `enum_attribute=PATH=ATTR`, `field_attribute=PATH=ATTR`.

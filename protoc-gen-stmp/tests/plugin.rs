@@ -103,7 +103,7 @@ fn options_and_parameters_reach_the_generator() {
     let include = root().join("stmp-build/tests/protos");
     let parameter = "no_client,no_events,type_attribute=.options.Ping=#[derive(Eq)]";
     // protoc users pass the directory of stmp/options.proto with -I.
-    let includes = [include.clone(), root().join("proto")];
+    let includes = [include.clone(), root().join("stmp-build/proto")];
     let plugin = files(run_plugin(&request(
         &["options.proto"],
         &includes,
@@ -133,7 +133,7 @@ fn options_and_parameters_reach_the_generator() {
 #[test]
 fn errors_come_back_in_the_response() {
     let include = root().join("stmp-build/tests/protos");
-    let includes = [include, root().join("proto")];
+    let includes = [include, root().join("stmp-build/proto")];
     let response = run_plugin(&request(&["bad_duplicate.proto"], &includes, ""));
     let error = response.error.expect("an error");
     assert!(error.contains("bad_duplicate.proto"), "{error}");

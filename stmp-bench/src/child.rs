@@ -16,7 +16,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 use crate::Result;
-use crate::systems::{CERT_ENV, KEY_ENV, ServerKind, quic_cert};
+use crate::systems::{CERT_ENV, KEY_ENV, Listening, ServerKind, quic_cert};
 
 /// The CPU of the servers while a latency point runs pinned (see [`pin_for_latency`]).
 pub const SERVER_CPU: usize = 0;
@@ -68,23 +68,6 @@ pub fn pin_for_latency(servers: &[&ServerProcess], pin: bool) -> bool {
 
 /// A command (and its arguments) to run the server process under, for profiling.
 pub const WRAPPER_ENV: &str = "STMP_BENCH_SERVER_WRAPPER";
-
-/// The listeners a server process reported.
-#[derive(Clone, Debug, Default)]
-pub struct Listening {
-    addrs: Vec<(String, SocketAddr)>,
-}
-
-impl Listening {
-    /// The address of the listener called `name` (`tcp`, `ws`, `quic`).
-    pub fn addr(&self, name: &str) -> Result<SocketAddr> {
-        self.addrs
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, addr)| *addr)
-            .ok_or_else(|| format!("the server has no {name} listener").into())
-    }
-}
 
 /// A running server process.
 pub struct ServerProcess {
@@ -145,7 +128,7 @@ impl ServerProcess {
                 ["READY"] => break,
                 ["LISTEN", name, addr] => {
                     let addr: SocketAddr = addr.parse()?;
-                    server.listening.addrs.push((name.to_string(), addr));
+                    server.listening.insert(name.to_string(), addr);
                 }
                 _ => return Err(format!("unexpected line from the server: {line}").into()),
             }

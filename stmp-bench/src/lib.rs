@@ -10,15 +10,21 @@
 //! - [`fanout`]: one event to N connected clients, against a raw tokio fan-out.
 //! - [`memory`]: the server's resident memory per idle connection.
 //! - [`report`]: the Markdown table and the JSON.
+//!
+//! The modules form layers with no cycles: [`measure`], [`units`] and [`systems`] at the
+//! bottom; [`child`] (the server process) and [`serve`] (its side) above them; [`raw`], then
+//! [`unary`], [`fanout`] and [`memory`]; [`report`] on top.
 
 pub mod child;
 pub mod fanout;
+pub mod measure;
 pub mod memory;
 pub mod raw;
 pub mod report;
 pub mod serve;
 pub mod systems;
 pub mod unary;
+pub mod units;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -10,8 +10,9 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 use crate::child::ServerProcess;
+use crate::measure::Call;
 use crate::systems::System;
-use crate::unary::{Call, StmpCall, TonicCall};
+use crate::unary::{StmpCall, TonicCall};
 use crate::{Result, Settings};
 
 /// The systems of the memory table.

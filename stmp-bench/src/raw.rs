@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
 use crate::Result;
-use crate::unary::{Call, Measured, new_histogram};
+use crate::measure::{Call, Measured, new_histogram};
 
 /// One frame: the payload's length as a big-endian u32, then the payload.
 pub fn frame(payload: usize) -> Vec<u8> {

@@ -7,9 +7,11 @@ use serde::Serialize;
 
 use crate::Settings;
 use crate::fanout::FanoutResult;
+use crate::measure::Measured;
 use crate::memory::MemoryResult;
 use crate::systems::System;
-use crate::unary::{Measured, PAYLOADS, Point, UnaryResult};
+use crate::unary::{PAYLOADS, Point, UnaryResult};
+use crate::units::{duration, rate, thousands};
 
 /// Everything one run measured.
 #[derive(Clone, Debug, Serialize)]
@@ -37,44 +39,6 @@ pub struct Target {
     pub measured: String,
     /// Whether it was met (`None`: not measured in this run).
     pub met: Option<bool>,
-}
-
-/// `2.20M`, `45.1k`, `812`.
-pub fn rate(per_second: f64) -> String {
-    if per_second >= 1e6 {
-        format!("{:.2}M", per_second / 1e6)
-    } else if per_second >= 1e3 {
-        format!("{:.1}k", per_second / 1e3)
-    } else {
-        format!("{per_second:.0}")
-    }
-}
-
-/// `850 ns`, `21.3 µs`, `3.21 ms`, `1.23 s`.
-pub fn duration(ns: u64) -> String {
-    let ns = ns as f64;
-    if ns < 1e3 {
-        format!("{ns:.0} ns")
-    } else if ns < 1e6 {
-        format!("{:.1} µs", ns / 1e3)
-    } else if ns < 1e9 {
-        format!("{:.2} ms", ns / 1e6)
-    } else {
-        format!("{:.2} s", ns / 1e9)
-    }
-}
-
-/// `1,000`.
-pub fn thousands(n: usize) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 fn ratio(x: f64) -> String {

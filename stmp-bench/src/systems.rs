@@ -3,12 +3,12 @@
 //! A new stmp transport is one [`System`] variant, its row in [`System::ALL`], and one arm in
 //! [`stmp_client`] (plus its listener in [`crate::serve`]): every table picks it up.
 
+use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
 use serde::Serialize;
 
 use crate::Result;
-use crate::child::Listening;
 
 /// One system of the unary table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -109,6 +109,28 @@ impl ServerKind {
         ]
         .into_iter()
         .find(|kind| kind.arg() == arg)
+    }
+}
+
+/// The listeners a server process reported.
+#[derive(Clone, Debug, Default)]
+pub struct Listening {
+    addrs: Vec<(String, SocketAddr)>,
+}
+
+impl Listening {
+    /// Records the listener called `name`.
+    pub fn insert(&mut self, name: String, addr: SocketAddr) {
+        self.addrs.push((name, addr));
+    }
+
+    /// The address of the listener called `name` (`tcp`, `ws`, `quic`).
+    pub fn addr(&self, name: &str) -> Result<SocketAddr> {
+        self.addrs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, addr)| *addr)
+            .ok_or_else(|| format!("the server has no {name} listener").into())
     }
 }
 

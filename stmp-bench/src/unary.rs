@@ -1,16 +1,15 @@
 //! Unary request/response: every system, both payloads, three points.
 
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::child::{Listening, ServerProcess};
+use crate::child::ServerProcess;
+use crate::measure::{Call, Measured, new_histogram};
 use crate::pb::echo_service_client::EchoServiceClient;
 use crate::raw::RawCall;
-use crate::systems::{System, stmp_client};
+use crate::systems::{Listening, System, stmp_client};
 use crate::{ECHO, Echo, Result, Settings};
 
 /// The payload sizes, in bytes.
@@ -55,49 +54,6 @@ impl Point {
     }
 }
 
-/// What one point measured.
-#[derive(Clone, Debug, Serialize)]
-pub struct Measured {
-    /// Calls completed in the measured window.
-    pub requests: u64,
-    /// Calls per second.
-    pub rps: f64,
-    /// Median latency, ns.
-    pub p50_ns: u64,
-    /// 99th percentile latency, ns.
-    pub p99_ns: u64,
-    /// Rounds it is the median of (1: a single measurement).
-    pub rounds: usize,
-}
-
-impl Measured {
-    /// The median of each figure over rounds (requests are summed).
-    pub fn median(rounds: Vec<Measured>) -> Measured {
-        let median = |mut values: Vec<f64>| {
-            values.sort_by(f64::total_cmp);
-            values.get(values.len() / 2).copied().unwrap_or(0.0)
-        };
-        Measured {
-            requests: rounds.iter().map(|m| m.requests).sum(),
-            rps: median(rounds.iter().map(|m| m.rps).collect()),
-            p50_ns: median(rounds.iter().map(|m| m.p50_ns as f64).collect()) as u64,
-            p99_ns: median(rounds.iter().map(|m| m.p99_ns as f64).collect()) as u64,
-            rounds: rounds.len(),
-        }
-    }
-
-    /// From a latency histogram (ns) and the window's length.
-    pub fn new(histogram: Histogram<u64>, requests: u64, window: Duration) -> Measured {
-        Measured {
-            requests,
-            rps: requests as f64 / window.as_secs_f64(),
-            p50_ns: histogram.value_at_quantile(0.50),
-            p99_ns: histogram.value_at_quantile(0.99),
-            rounds: 1,
-        }
-    }
-}
-
 /// One row of the unary table.
 #[derive(Clone, Debug, Serialize)]
 pub struct UnaryResult {
@@ -111,17 +67,6 @@ pub struct UnaryResult {
     pub point_label: String,
     /// The figures.
     pub measured: Measured,
-}
-
-/// A latency histogram in nanoseconds, 1 ns to 60 s, 3 significant digits.
-pub fn new_histogram() -> Result<Histogram<u64>> {
-    Ok(Histogram::new_with_bounds(1, 60_000_000_000, 3)?)
-}
-
-/// One caller: makes one call and checks the answer.
-pub trait Call: Send + 'static {
-    /// One round trip.
-    fn call(&mut self) -> impl Future<Output = Result<()>> + Send;
 }
 
 /// An stmp client calling the echo method.
@@ -376,8 +321,8 @@ pub async fn run(
                     payload,
                     point.label(settings.depth),
                     measured.rps,
-                    crate::report::duration(measured.p50_ns),
-                    crate::report::duration(measured.p99_ns),
+                    crate::units::duration(measured.p50_ns),
+                    crate::units::duration(measured.p99_ns),
                 );
                 results.push(UnaryResult {
                     system,

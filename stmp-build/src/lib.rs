@@ -45,8 +45,10 @@
 //!
 //! ## JSON and msgpack
 //!
-//! Generated messages derive serde: field names are the proto names (lowerCamel JSON names are
-//! accepted too), missing fields take their default, 64-bit integers are written as numbers and
+//! Generated messages derive serde: field names are the proto names (lowerCamel JSON names and
+//! the Go names stmp-go's msgpack writes, `RoomId` for `room_id`, are accepted too; unknown keys
+//! such as Go's `XXX_` fields are skipped), missing fields take their default, `null` is an
+//! empty repeated field or map, 64-bit integers are written as numbers and
 //! read from numbers or strings, enum fields are written as numbers and read from numbers or
 //! value names, `bytes` are base64 in JSON, and oneofs are flattened into the message (one key,
 //! the set field's name). Not covered: 64-bit integers, enums and `bytes` as map values or
@@ -56,7 +58,6 @@
 #![warn(missing_docs)]
 
 mod generator;
-mod murmur;
 mod options;
 pub mod plugin;
 mod serde_attrs;
@@ -70,7 +71,7 @@ use prost_build::Module;
 use prost_types::{FileDescriptorProto, FileDescriptorSet};
 
 /// The source of `stmp/options.proto`, importable from every proto stmp-build compiles.
-pub const OPTIONS_PROTO: &str = include_str!("../../proto/stmp/options.proto");
+pub const OPTIONS_PROTO: &str = include_str!("../proto/stmp/options.proto");
 
 /// The import path of [`OPTIONS_PROTO`].
 pub const OPTIONS_PROTO_NAME: &str = "stmp/options.proto";

@@ -8,7 +8,6 @@ use prost_reflect::{
 };
 
 use crate::Error;
-use crate::murmur::murmur3_x86_32;
 
 /// What to generate for one proto service.
 #[derive(Clone, Debug)]
@@ -198,7 +197,7 @@ fn service_spec(
         };
         let action = match ids {
             Some((service_id, method_id)) => (service_id << 8) | u64::from(method_id),
-            None => u64::from(murmur3_x86_32(full_name.as_bytes())),
+            None => stmp_names::action_id(&full_name),
         };
         methods.insert(
             method.name().to_owned(),

@@ -1,6 +1,6 @@
 //! Serde attributes of generated messages, so JSON and msgpack read what other STMP peers
-//! write: lowerCamel aliases, 64-bit integers from strings, enums from names, base64 bytes and
-//! flattened oneofs.
+//! write: lowerCamel and Go-name aliases, nil for empty repeated fields and maps, 64-bit
+//! integers from strings, enums from names, base64 bytes and flattened oneofs.
 
 use heck::ToUpperCamelCase;
 use prost_build::Config;
@@ -8,6 +8,7 @@ use prost_types::field_descriptor_proto::{Label, Type};
 use prost_types::{
     DescriptorProto, EnumDescriptorProto, FieldDescriptorProto, FileDescriptorProto,
 };
+use stmp_names::go_field_name;
 
 const SUPPORT: &str = "::stmp::serde_support";
 
@@ -95,12 +96,26 @@ impl Scope<'_> {
                 continue;
             }
             let mut attributes = Vec::new();
-            let json = json_name(field.name());
-            if json != field.name() {
-                attributes.push(format!("#[serde(alias = \"{json}\")]"));
+            // Serde names the field after its Rust ident; the other spellings are aliases.
+            let mut names = vec![snake(field.name()).trim_start_matches("r#").to_owned()];
+            for other in [json_name(field.name()), go_field_name(field.name())] {
+                if !names.contains(&other) {
+                    attributes.push(format!("#[serde(alias = \"{other}\")]"));
+                    names.push(other);
+                }
             }
-            if !is_map {
-                attributes.extend(self.value_attribute(field, outer, false));
+            let value = if is_map {
+                None
+            } else {
+                self.value_attribute(field, outer, false)
+            };
+            match value {
+                Some(value) => attributes.push(value),
+                // stmp-go writes an empty repeated field or map as nil.
+                None if is_map || field.label() == Label::Repeated => attributes.push(format!(
+                    "#[serde(deserialize_with = \"{SUPPORT}::null_as_default\")]"
+                )),
+                None => {}
             }
             for attribute in attributes {
                 config.field_attribute(format!("{fq}.{}", field.name()), attribute);

@@ -53,6 +53,10 @@ impl Metrics {
 
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        series::SLOW_CONSUMER_DISCONNECTS,
+        "Connections closed for reading too slowly."
+    );
     describe_gauge!(series::CONNECTIONS, "Connections open now.");
     describe_counter!(
         series::CONNECTIONS_OPENED,
@@ -88,6 +92,6 @@ fn describe() {
     describe_counter!(series::BYTES_SENT, Unit::Bytes, "Packet bytes sent.");
     describe_gauge!(
         series::SEND_QUEUE_HIGH_WATER,
-        "The most packets seen waiting in one send queue."
+        "The most bytes seen waiting in one send queue."
     );
 }

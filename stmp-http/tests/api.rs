@@ -611,7 +611,7 @@ async fn metrics_show_the_series_after_traffic() {
         "stmp_events_sent_total",
         "stmp_bytes_received_total",
         "stmp_bytes_sent_total",
-        "stmp_send_queue_high_water",
+        "stmp_send_queue_high_water_bytes",
     ] {
         assert!(text.contains(series), "no {series} in\n{text}");
     }

@@ -89,12 +89,50 @@ impl ConnSet {
     }
 }
 
+/// What happens to a connection that does not read its events fast enough: its send queue
+/// (a byte budget, [`ServerBuilder::send_queue_bytes`](crate::ServerBuilder::send_queue_bytes))
+/// is full when an event for it comes.
+///
+/// Broadcasts never wait for a slow member: the event is dropped for that member and counted
+/// ([`Conn::events_dropped`], [`ServerStats::events_dropped`](crate::ServerStats)); the policy
+/// decides whether the member stays. A member that reads nothing at all is also ended by the
+/// write-stall timeout ([`ServerBuilder::write_stall_timeout`](crate::ServerBuilder::write_stall_timeout)).
+///
+/// ```
+/// use stmp::{Server, SlowConsumer};
+///
+/// // socket.io's volatile events: whoever is behind misses them, and stays.
+/// let server = Server::builder().slow_consumer(SlowConsumer::DropEvents).build();
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SlowConsumer {
+    /// Drop the event for that connection, count it, keep the connection.
+    DropEvents,
+    /// Drop and count, and close the connection with `TooManyRequests` once `max_dropped`
+    /// events have been dropped for it (Centrifugo's `client.queue_max_size` with 1). Its
+    /// client reconnects and can fetch what it missed.
+    Disconnect {
+        /// Dropped events after which the connection is closed (at least 1).
+        max_dropped: u64,
+    },
+}
+
+impl Default for SlowConsumer {
+    /// `Disconnect { max_dropped: 1 }`: a member 4 MiB behind is better told than silently
+    /// kept in a room it no longer hears.
+    fn default() -> Self {
+        SlowConsumer::Disconnect { max_dropped: 1 }
+    }
+}
+
 /// What a broadcast did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Delivery {
     /// Connections the event was queued on.
     pub queued: usize,
-    /// Connections whose send queue was full or that had closed; they miss the event.
+    /// Connections whose send queue was full or that had closed; they miss the event (see
+    /// [`SlowConsumer`]).
     pub dropped: usize,
     /// How many times the event was serialised (once per content type).
     pub encodings: usize,
@@ -102,7 +140,7 @@ pub struct Delivery {
 
 /// Sends `event` as a notify of `method` to each connection, serialising it once per content
 /// type and sharing the bytes. It never waits: a connection whose send queue is full misses
-/// the event (and is counted in [`Delivery::dropped`]).
+/// the event (counted in [`Delivery::dropped`]) and its [`SlowConsumer`] policy applies.
 pub fn broadcast<'a, E: Message>(
     method: &Method,
     event: &E,
@@ -144,12 +182,11 @@ pub fn broadcast_with<'a>(
             header: Header::new(),
             payload,
         });
-        match conn.try_send(packet) {
-            Ok(()) => delivery.queued += 1,
-            Err(status) => {
-                tracing::debug!(conn = conn.id(), method = method.name, %status, "event dropped");
-                delivery.dropped += 1;
-            }
+        if conn.offer_event(packet) {
+            delivery.queued += 1;
+        } else {
+            tracing::debug!(conn = conn.id(), method = method.name, "event dropped");
+            delivery.dropped += 1;
         }
     }
     delivery.encodings = encoded.len();

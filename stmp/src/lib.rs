@@ -1,6 +1,7 @@
 //! # stmp
 //!
-//! Real-time, bidirectional RPC: the STMP 1.0 protocol of stmp-go, in Rust.
+//! Real-time, bidirectional RPC: the STMP 1.0 protocol of stmp-go, in Rust. The wire format is
+//! described in `docs/wire-format.md` in the repository.
 //!
 //! - [`wire`] is the sans-IO core: packets, handshakes and headers to and from bytes.
 //! - [`Conn`] is one live connection; one engine runs every transport on both sides.
@@ -28,12 +29,13 @@ mod router;
 #[doc(hidden)]
 pub mod serde_support;
 mod server;
+mod stats;
 mod status;
 pub mod telemetry;
 pub mod tls;
 pub mod wire;
 
-pub use broadcast::{ConnSet, Delivery, broadcast, broadcast_with};
+pub use broadcast::{ConnSet, Delivery, SlowConsumer, broadcast, broadcast_with};
 pub use client::{Client, ClientBuilder, ConnectionEvent};
 pub use codec::{Codec, Message};
 pub use conn::{CallOptions, Caller, Conn, PacketFormat, Side};
@@ -42,6 +44,7 @@ pub use method::Method;
 pub use rooms::{Rooms, Users};
 pub use router::{Flow, ListenerHandle, Middleware, Router, Service};
 pub use server::{Server, ServerBuilder};
+pub use stats::ServerStats;
 pub use status::{Code, Status};
 
 /// Includes the code `stmp-build` generated for a proto package: its messages, and for each

@@ -21,6 +21,9 @@ type Memberships = HashMap<u64, HashSet<Arc<str>>>;
 struct Groups {
     by_name: Box<[RwLock<Members>]>,
     by_conn: Box<[Mutex<Memberships>]>,
+    /// Held by a connection's whole bind (leave the old user, join the new), by connection
+    /// id, so two binds of one connection cannot interleave.
+    binding: Box<[Mutex<()>]>,
 }
 
 fn shard_of(key: &impl Hash) -> usize {
@@ -34,6 +37,7 @@ impl Default for Groups {
         Groups {
             by_name: (0..SHARDS).map(|_| RwLock::default()).collect(),
             by_conn: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            binding: (0..SHARDS).map(|_| Mutex::default()).collect(),
         }
     }
 }
@@ -269,6 +273,7 @@ impl Users {
 
     /// Binds `conn` to `user`, unbinding it from any other user first.
     pub fn bind(&self, user: &str, conn: &Conn) {
+        let _binding = lock(&self.groups.binding[shard_of(&conn.id())]);
         for previous in self.groups.names_of(conn.id()) {
             if previous != user {
                 self.groups.leave(&previous, conn.id());
@@ -279,6 +284,7 @@ impl Users {
 
     /// Forgets `conn`; returns the user it belonged to.
     pub fn unbind(&self, conn: &Conn) -> Option<String> {
+        let _binding = lock(&self.groups.binding[shard_of(&conn.id())]);
         self.groups
             .leave_all(conn.id())
             .into_iter()
@@ -316,5 +322,42 @@ impl Users {
         event: &E,
     ) -> Result<Delivery, Status> {
         broadcast(method, event, self.conns(user).iter())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Barrier;
+
+    use super::*;
+    use crate::conn::tests::parts;
+
+    #[test]
+    fn concurrent_binds_leave_a_connection_with_one_user() {
+        const THREADS: usize = 4;
+        let users = Users::new();
+        let names: Vec<String> = (0..THREADS).map(|t| format!("user{t}")).collect();
+        for round in 0..300 {
+            let (conn, _outbox) = Conn::new(parts(1024));
+            let barrier = Barrier::new(THREADS);
+            std::thread::scope(|scope| {
+                for name in &names {
+                    let (users, conn, barrier) = (&users, &conn, &barrier);
+                    scope.spawn(move || {
+                        barrier.wait();
+                        users.bind(name, conn);
+                    });
+                }
+            });
+            let holders = names
+                .iter()
+                .filter(|name| users.conns(name).contains(&conn))
+                .count();
+            assert_eq!(holders, 1, "round {round}: bound to {holders} users");
+            let user = users.user_of(&conn).unwrap();
+            assert!(users.conns(&user).contains(&conn));
+            assert_eq!(users.unbind(&conn), Some(user));
+            assert!(users.online().is_empty());
+        }
     }
 }

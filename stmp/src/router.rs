@@ -347,7 +347,10 @@ impl Router {
         let middleware = self.middleware();
         let mut outcome = None;
         for layer in middleware.iter() {
-            match AssertUnwindSafe(layer.before(ctx)).catch_unwind().await {
+            match AssertUnwindSafe(lazy(|| layer.before(ctx)))
+                .catch_unwind()
+                .await
+            {
                 Ok(Ok(Flow::Continue)) => {}
                 Ok(Ok(Flow::Respond(payload))) => {
                     outcome = Some(Ok(payload));
@@ -366,7 +369,7 @@ impl Router {
         let mut outcome = match (outcome, target.handler) {
             (Some(outcome), _) => outcome,
             (None, Some(handler)) => {
-                match AssertUnwindSafe(handler(ctx.clone(), payload))
+                match AssertUnwindSafe(lazy(|| handler(ctx.clone(), payload)))
                     .catch_unwind()
                     .await
                 {
@@ -387,7 +390,7 @@ impl Router {
             ))),
         };
         for layer in middleware.iter().rev() {
-            if AssertUnwindSafe(layer.after(ctx, &mut outcome))
+            if AssertUnwindSafe(lazy(|| layer.after(ctx, &mut outcome)))
                 .catch_unwind()
                 .await
                 .is_err()
@@ -405,7 +408,10 @@ impl Router {
             return;
         }
         for layer in self.middleware().iter() {
-            match AssertUnwindSafe(layer.before(ctx)).catch_unwind().await {
+            match AssertUnwindSafe(lazy(|| layer.before(ctx)))
+                .catch_unwind()
+                .await
+            {
                 Ok(Ok(Flow::Continue)) => {}
                 Ok(Ok(Flow::Respond(_))) => return,
                 Ok(Err(status)) => {
@@ -416,14 +422,15 @@ impl Router {
             }
         }
         if let Some(handler) = target.handler
-            && let Ok(Err(status)) = AssertUnwindSafe(handler(ctx.clone(), payload.clone()))
-                .catch_unwind()
-                .await
+            && let Ok(Err(status)) =
+                AssertUnwindSafe(lazy(|| handler(ctx.clone(), payload.clone())))
+                    .catch_unwind()
+                    .await
         {
             tracing::debug!(%status, "handler of a notify failed");
         }
         for listener in target.listeners {
-            if AssertUnwindSafe(listener(ctx.clone(), payload.clone()))
+            if AssertUnwindSafe(lazy(|| listener(ctx.clone(), payload.clone())))
                 .catch_unwind()
                 .await
                 .is_err()
@@ -434,6 +441,12 @@ impl Router {
     }
 }
 
+/// Makes the future only when first polled, so a handler that panics before returning its
+/// future panics inside `catch_unwind` too.
+async fn lazy<F: Future>(make: impl FnOnce() -> F) -> F::Output {
+    make().await
+}
+
 fn describe(action: &Action, method: Option<&str>) -> String {
     match (method, action) {
         (Some(name), _) => name.to_owned(),
@@ -442,7 +455,7 @@ fn describe(action: &Action, method: Option<&str>) -> String {
     }
 }
 
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> &str {
+pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> &str {
     panic
         .downcast_ref::<&str>()
         .copied()

@@ -3,7 +3,9 @@
 //!
 //! - 64-bit integers are written as numbers and read from numbers or decimal strings;
 //! - enum fields are written as numbers and read from numbers or value names;
-//! - `bytes` are base64 strings in human-readable formats (JSON) and binary elsewhere.
+//! - `bytes` are base64 strings in human-readable formats (JSON) and binary elsewhere;
+//! - repeated fields and maps read `null` / nil as empty (stmp-go's msgpack writes an empty
+//!   one as nil).
 //!
 //! Not a public API: generated code names these paths.
 #![allow(missing_docs)]
@@ -16,6 +18,13 @@ use serde::ser::Serializer;
 
 pub use serde;
 pub use serde::{Deserialize, Serialize};
+
+/// `deserialize_with` for repeated fields and maps: `null` is the empty value.
+pub fn null_as_default<'de, T: Deserialize<'de> + Default, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<T, D::Error> {
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
 
 /// A 64-bit integer type of a proto field.
 pub trait Int64: Sized + Copy + std::str::FromStr {
@@ -390,6 +399,26 @@ mod tests {
         let empty: Msg = serde_json::from_str("{}").unwrap();
         assert_eq!(empty, Msg::default());
         assert!(serde_json::from_str::<Msg>(r#"{"color":"BLUE"}"#).is_err());
+    }
+
+    #[test]
+    fn null_is_an_empty_repeated_field_or_map() {
+        #[derive(Debug, Default, PartialEq, serde::Deserialize)]
+        #[serde(default)]
+        struct Lists {
+            #[serde(deserialize_with = "null_as_default")]
+            names: Vec<String>,
+            #[serde(deserialize_with = "null_as_default")]
+            counts: std::collections::HashMap<String, u32>,
+        }
+        let nil: Lists = serde_json::from_str(r#"{"names":null,"counts":null}"#).unwrap();
+        assert_eq!(nil, Lists::default());
+        // msgpack: {"names": nil, "counts": nil}, as a Go encoder writes nil slices and maps.
+        let nil: Lists = rmp_serde::from_slice(b"\x82\xa5names\xc0\xa6counts\xc0").unwrap();
+        assert_eq!(nil, Lists::default());
+        let full: Lists = serde_json::from_str(r#"{"names":["a"],"counts":{"b":2}}"#).unwrap();
+        assert_eq!(full.names, ["a"]);
+        assert_eq!(full.counts["b"], 2);
     }
 
     #[test]

@@ -15,7 +15,8 @@
 //! | [`EVENTS_SENT`] | counter: events queued by broadcasts | |
 //! | [`EVENTS_DROPPED`] | counter: events a full or closed queue missed | |
 //! | [`BYTES_RECEIVED`], [`BYTES_SENT`] | counters: bytes of the transports (below gzip, above TLS; WebSocket payloads) | |
-//! | [`SEND_QUEUE_HIGH_WATER`] | gauge: the deepest send queue seen | |
+//! | [`SEND_QUEUE_HIGH_WATER`] | gauge: the deepest send queue seen, in bytes | |
+//! | [`SLOW_CONSUMER_DISCONNECTS`] | counter: connections closed by the slow-consumer policy | |
 //!
 //! Requests to a method nobody serves are counted under the method `unknown`, so a peer
 //! cannot grow the series without bound. Connections and calls also get `tracing` spans:
@@ -54,8 +55,10 @@ pub const EVENTS_DROPPED: &str = "stmp_events_dropped_total";
 pub const BYTES_RECEIVED: &str = "stmp_bytes_received_total";
 /// Counter: bytes sent, counted as [`BYTES_RECEIVED`] is.
 pub const BYTES_SENT: &str = "stmp_bytes_sent_total";
-/// Gauge: the most packets seen waiting in one connection's send queue.
-pub const SEND_QUEUE_HIGH_WATER: &str = "stmp_send_queue_high_water";
+/// Gauge: the most bytes seen waiting in one connection's send queue.
+pub const SEND_QUEUE_HIGH_WATER: &str = "stmp_send_queue_high_water_bytes";
+/// Counter: connections closed because they did not read their events fast enough.
+pub const SLOW_CONSUMER_DISCONNECTS: &str = "stmp_slow_consumer_disconnects_total";
 
 /// The method label of requests no handler serves.
 const UNKNOWN_METHOD: &str = "unknown";
@@ -99,9 +102,13 @@ pub(crate) fn bytes_sent(bytes: usize) {
     metrics::counter!(BYTES_SENT).increment(bytes as u64);
 }
 
+pub(crate) fn slow_consumer_disconnected() {
+    metrics::counter!(SLOW_CONSUMER_DISCONNECTS).increment(1);
+}
+
 static SEND_QUEUE_DEEPEST: AtomicUsize = AtomicUsize::new(0);
 
-/// Records how many packets wait in a send queue; only a new deepest reaches the gauge.
+/// Records how many bytes wait in a send queue; only a new deepest reaches the gauge.
 pub(crate) fn send_queue_depth(depth: usize) {
     if depth > SEND_QUEUE_DEEPEST.load(Ordering::Relaxed)
         && SEND_QUEUE_DEEPEST.fetch_max(depth, Ordering::Relaxed) < depth

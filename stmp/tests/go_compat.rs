@@ -1,5 +1,5 @@
-//! Byte-level compatibility with stmp-go 1.0: the vectors of `shared/wire-vectors.md`
-//! replayed on raw sockets against our server, and our client's bytes compared with the Go
+//! Byte-level compatibility with stmp-go 1.0: the byte vectors captured from a running Go
+//! server and client, replayed on raw sockets against our server, and our client's bytes compared with the Go
 //! client's.
 
 mod common;

@@ -1,7 +1,7 @@
-//! The byte vectors captured from stmp-go 1.0 (`shared/wire-vectors.md`), reproduced exactly when
-//! encoding and parsed field by field when decoding.
+//! The byte vectors captured from a running stmp-go 1.0 server and client, reproduced exactly
+//! when encoding and parsed field by field when decoding (the format: `docs/wire-format.md`).
 //!
-//! Hex strings are pasted verbatim from the document (space separated, wire order).
+//! Hex strings are the captured bytes verbatim (space separated, wire order).
 
 use bytes::{Bytes, BytesMut};
 use stmp::wire::{

@@ -206,7 +206,9 @@ fn ready(
         peer_header: hello.header,
         codec,
         default_timeout: config.call_timeout,
-        queue: 256,
+        send_queue_bytes: crate::conn::DEFAULT_SEND_QUEUE_BYTES,
+        slow_consumer: crate::SlowConsumer::default(),
+        counters: crate::stats::Counters::new(usize::MAX),
     });
     let engine = Engine {
         conn: conn.clone(),

@@ -1,22 +1,38 @@
 //! The per-connection engine: reads packets, dispatches them, keeps the heartbeat, and runs the
 //! close handshake. The same engine runs every transport on both sides.
+//!
+//! Backpressure, and why it cannot deadlock: the read loop never drops what it owes the peer.
+//! Requests beyond the handler slots are refused with `TooManyRequests` at once rather than
+//! waited for, because the responses to this side's own calls arrive on the same stream and
+//! handlers may be waiting for them. A reply (Pong, refusal) that finds the send queue full,
+//! or a notify that finds the event queue full, is parked and reading pauses until it is
+//! queued; close, grace and the writer's failures are still watched meanwhile. Reading
+//! resumes as soon as the peer reads (or a listener finishes), and a peer that reads nothing
+//! is ended by the write-stall timeout.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::io::{PacketStream, PacketWriter};
-use super::{Conn, lock};
+use super::budget::{InFlight, Reservation};
+use super::io::{PacketStream, PacketWriter, WriteError};
+use super::{Conn, Outbox, Refused, lock};
 use crate::router::Target;
+use crate::stats::Counters;
 use crate::wire::{Header, Packet, Response};
 use crate::{Code, Context, Router, Status};
+
+/// Packets the read loop handles before it lets other tasks run: packets already decoded
+/// (a burst inflated by gzip, say) would otherwise be handled without ever yielding.
+const YIELD_EVERY: u32 = 64;
 
 /// Tunables of one connection.
 #[derive(Clone, Debug)]
@@ -29,6 +45,10 @@ pub(crate) struct EngineConfig {
     pub(crate) close_grace: Duration,
     /// Notifies queued for listeners before reading pauses.
     pub(crate) event_queue: usize,
+    /// A write that makes no progress for this long ends the connection.
+    pub(crate) write_stall_timeout: Duration,
+    /// Bytes of requests and notifies this connection's handlers and listeners may hold.
+    pub(crate) conn_in_flight_bytes: usize,
 }
 
 impl Default for EngineConfig {
@@ -38,6 +58,8 @@ impl Default for EngineConfig {
             max_concurrent_requests: 1024,
             close_grace: Duration::from_secs(1),
             event_queue: 1024,
+            write_stall_timeout: Duration::from_secs(30),
+            conn_in_flight_bytes: 32 << 20,
         }
     }
 }
@@ -45,7 +67,7 @@ impl Default for EngineConfig {
 /// Everything one connection's engine needs.
 pub(crate) struct Engine {
     pub(crate) conn: Conn,
-    pub(crate) outbox: mpsc::Receiver<Packet>,
+    pub(crate) outbox: Outbox,
     pub(crate) reader: PacketStream,
     pub(crate) writer: PacketWriter,
     pub(crate) router: Router,
@@ -63,8 +85,40 @@ struct Ending {
     send_close: bool,
 }
 
+/// What the read loop waits for before it reads again: room in the send queue for a reply,
+/// or in the event queue for a notify. Made only when a queue is full.
+type Parked = Pin<Box<dyn Future<Output = Result<(), Status>> + Send>>;
+
+/// Waits for the parked packet to be queued (never, when nothing is parked).
+async fn unpark(parked: &mut Option<Parked>) -> Result<(), Status> {
+    match parked {
+        Some(waiting) => waiting.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Queues a packet the engine answers with (Pong, a refused request). When the send queue is
+/// full the packet waits, and so does reading: a peer that does not read its answers stops
+/// being read, and a reply is never dropped.
+fn reply(conn: &Conn, packet: Packet) -> Option<Parked> {
+    match conn.try_queue(packet) {
+        Ok(()) | Err(Refused::Closed) => None,
+        Err(Refused::Full(packet)) => {
+            let conn = conn.clone();
+            Some(Box::pin(async move { conn.send(packet).await }))
+        }
+    }
+}
+
+/// What the decoded form of a packet's header costs to hold, roughly: each entry is two
+/// strings and their place in a list.
+fn header_cost(header: &Header) -> usize {
+    header.iter().map(|(k, v)| k.len() + v.len() + 48).sum()
+}
+
 impl Engine {
-    /// Runs the connection until it ends.
+    /// Runs the connection until it ends; returns once its writer has stopped and the
+    /// transport is dropped.
     pub(crate) async fn run(self) {
         let Engine {
             conn,
@@ -77,17 +131,26 @@ impl Engine {
             draining,
         } = self;
         let stop_writer = CancellationToken::new();
-        let writer_failed = CancellationToken::new();
+        // Should this future be dropped half-way, the writer stops too.
+        let _stop_writer_on_drop = stop_writer.clone().drop_guard();
+        let (failed, mut write_failed) = oneshot::channel();
         let writer_task = tokio::spawn(write_loop(
             outbox,
             writer,
+            conn.clone(),
+            config.write_stall_timeout,
             stop_writer.clone(),
-            writer_failed.clone(),
+            failed,
         ));
         // Made on the first notify: many connections never receive one, and idle ones
         // should not pay for a queue and a task.
-        let mut events: Option<(mpsc::Sender<Event>, tokio::task::JoinHandle<()>)> = None;
+        let mut events: Option<mpsc::Sender<Event>> = None;
         let permits = Arc::new(Semaphore::new(config.max_concurrent_requests));
+        let counters = conn.counters().clone();
+        let in_flight = counters.in_flight.clone();
+        let conn_in_flight = Arc::new(InFlight::new(config.conn_in_flight_bytes));
+        let mut parked: Option<Parked> = None;
+        let mut since_yield = 0;
 
         let half = config.read_timeout / 2;
         let mut last_read = Instant::now();
@@ -100,14 +163,13 @@ impl Engine {
         // Made once, not per packet: each one registers with its token when polled.
         let close_requested = conn.shared.close_requested.clone().cancelled_owned();
         tokio::pin!(close_requested);
-        let write_failed = writer_failed.clone().cancelled_owned();
-        tokio::pin!(write_failed);
 
         let ending = loop {
             tokio::select! {
                 biased;
                 _ = &mut close_requested, if closing_since.is_none() => {
                     let status = requested(&conn);
+                    // A Close costs no room: it gets through a full queue.
                     let _ = conn.try_send(Packet::close(status.code(), status.message()));
                     closing_since = Some(Instant::now());
                     grace.as_mut().reset(Instant::now() + config.close_grace);
@@ -115,13 +177,22 @@ impl Engine {
                 _ = &mut grace, if closing_since.is_some() => {
                     break Ending { status: requested(&conn), send_close: false };
                 }
-                _ = &mut write_failed => {
-                    break Ending {
-                        status: Status::network_error("cannot write to the connection"),
-                        send_close: false,
-                    };
+                failed = &mut write_failed => {
+                    let status = failed
+                        .unwrap_or_else(|_| Status::network_error("cannot write to the connection"));
+                    break Ending { status, send_close: false };
                 }
-                item = reader.next() => {
+                queued = unpark(&mut parked), if parked.is_some() => {
+                    parked = None;
+                    if let Err(status) = queued {
+                        break Ending { status, send_close: false };
+                    }
+                    // The time spent not reading was this side's doing, not the peer's.
+                    last_read = Instant::now();
+                    pinged = false;
+                    heartbeat.as_mut().reset(last_read + half);
+                }
+                item = reader.next(), if parked.is_none() => {
                     let packet = match item {
                         Some(Ok(packet)) => packet,
                         Some(Err(status)) => {
@@ -144,21 +215,25 @@ impl Engine {
                     };
                     last_read = Instant::now();
                     pinged = false;
+                    since_yield += 1;
+                    if since_yield == YIELD_EVERY {
+                        since_yield = 0;
+                        tokio::task::yield_now().await;
+                    }
                     match packet {
-                        Packet::Ping => {
-                            let _ = conn.try_send(Packet::Pong);
-                        }
+                        Packet::Ping => parked = reply(&conn, Packet::Pong),
                         Packet::Pong => {}
                         Packet::Request(request) => {
                             if draining.is_cancelled() {
-                                let _ = conn.try_send(error_response(
+                                parked = reply(&conn, error_response(
                                     request.mid,
                                     Status::server_shutdown("the server is shutting down"),
                                 ));
                                 continue;
                             }
                             let Ok(permit) = permits.clone().try_acquire_owned() else {
-                                let _ = conn.try_send(error_response(
+                                Counters::count(&counters.requests_rejected);
+                                parked = reply(&conn, error_response(
                                     request.mid,
                                     Status::too_many_requests(format!(
                                         "more than {} requests in flight on this connection",
@@ -166,6 +241,15 @@ impl Engine {
                                     )),
                                 ));
                                 continue;
+                            };
+                            let cost = request.payload.len() + header_cost(&request.header);
+                            let reservation = match reserve(&conn_in_flight, &in_flight, cost) {
+                                Ok(reservation) => reservation,
+                                Err(status) => {
+                                    Counters::count(&counters.requests_shed);
+                                    parked = reply(&conn, error_response(request.mid, status));
+                                    continue;
+                                }
                             };
                             let target = router.target(&request.action);
                             let ctx = Context::new(
@@ -188,7 +272,9 @@ impl Engine {
                                     Err(status) => with_header(error_response(request.mid, status), header),
                                 };
                                 let _ = ctx.conn().send(response).await;
-                                drop(permit);
+                                // Held until the answer is queued: a handler waiting for room
+                                // still holds what it was sent.
+                                drop((reservation, permit));
                             });
                             // Most handlers answer without waiting: run them here until their
                             // first await, and give only the ones that wait a task of their own.
@@ -198,18 +284,37 @@ impl Engine {
                             }
                         }
                         Packet::Notify(notify) => {
+                            let cost = notify.payload.len() + header_cost(&notify.header);
+                            let reservation = match reserve(&conn_in_flight, &in_flight, cost) {
+                                Ok(reservation) => reservation,
+                                Err(status) => {
+                                    Counters::count(&counters.requests_shed);
+                                    tracing::debug!(conn = conn.id(), %status, "dropping a notify");
+                                    continue;
+                                }
+                            };
                             let target = router.target(&notify.action);
                             let ctx = Context::new(conn.clone(), notify.action, target.method, notify.header);
-                            let (queue, _) = events.get_or_insert_with(|| {
+                            let queue = events.get_or_insert_with(|| {
                                 let (queue, rx) = mpsc::channel(config.event_queue.max(1));
-                                (queue, tokio::spawn(event_loop(rx, router.clone())))
+                                // Not awaited when the connection ends: listeners still
+                                // queued run on without holding the connection open.
+                                tokio::spawn(event_loop(rx, router.clone()));
+                                queue
                             });
-                            // Waiting here when listeners fall behind is the backpressure.
-                            if queue.send((target, ctx, notify.payload)).await.is_err() {
-                                break Ending {
-                                    status: Status::internal("event listener task ended"),
-                                    send_close: true,
-                                };
+                            match queue.try_send((target, ctx, notify.payload, reservation)) {
+                                Ok(()) => {}
+                                // Listeners fall behind: stop reading until they catch up,
+                                // while heartbeat and close go on.
+                                Err(mpsc::error::TrySendError::Full(event)) => {
+                                    let queue = queue.clone();
+                                    parked = Some(Box::pin(async move {
+                                        queue.send(event).await.map_err(|_| listeners_gone())
+                                    }));
+                                }
+                                Err(mpsc::error::TrySendError::Closed(_)) => {
+                                    break Ending { status: listeners_gone(), send_close: true };
+                                }
                             }
                         }
                         Packet::Response(response) => {
@@ -224,6 +329,13 @@ impl Engine {
                     }
                 }
                 _ = &mut heartbeat => {
+                    if parked.is_some() {
+                        // Not reading is this side's backpressure, so silence proves nothing;
+                        // Pings still go out, and a peer that is gone fails the writer.
+                        let _ = conn.try_send(Packet::Ping);
+                        heartbeat.as_mut().reset(Instant::now() + half);
+                        continue;
+                    }
                     let silent = last_read.elapsed();
                     if silent >= config.read_timeout {
                         break Ending {
@@ -244,13 +356,36 @@ impl Engine {
             }
         };
 
+        drop(parked);
+        drop(events);
+        drop(reader);
         finish(conn, ending, stop_writer, writer_task, config.close_grace).await;
-        if let Some((queue, task)) = events {
-            drop(queue);
-            // Listeners already queued still run; the task ends when the queue is empty.
-            let _ = task.await;
-        }
     }
+}
+
+/// Reserves a packet's bytes in the connection's budget, then in the server's.
+fn reserve(
+    conn: &Arc<InFlight>,
+    server: &Arc<InFlight>,
+    bytes: usize,
+) -> Result<(Reservation, Reservation), Status> {
+    let mine = conn.reserve(bytes).ok_or_else(|| {
+        Status::too_many_requests(format!(
+            "this connection holds its limit of {} request bytes in flight",
+            conn.limit()
+        ))
+    })?;
+    let all = server.reserve(bytes).ok_or_else(|| {
+        Status::too_many_requests(format!(
+            "the server holds its limit of {} request bytes in flight",
+            server.limit()
+        ))
+    })?;
+    Ok((mine, all))
+}
+
+fn listeners_gone() -> Status {
+    Status::internal("event listener task ended")
 }
 
 fn requested(conn: &Conn) -> Status {
@@ -282,11 +417,13 @@ fn with_header(mut packet: Packet, header: Header) -> Packet {
     packet
 }
 
+/// Sends the last Close, lets the writer flush for up to `grace`, and ends it if it cannot:
+/// once this returns, the writer and with it the transport are gone.
 async fn finish(
     conn: Conn,
     ending: Ending,
     stop_writer: CancellationToken,
-    writer_task: tokio::task::JoinHandle<()>,
+    mut writer_task: tokio::task::JoinHandle<()>,
     grace: Duration,
 ) {
     let Ending { status, send_close } = ending;
@@ -299,18 +436,26 @@ async fn finish(
         "connection closed: {status}"
     )));
     stop_writer.cancel();
-    if tokio::time::timeout(grace, writer_task).await.is_err() {
-        tracing::debug!(conn = conn.id(), "writer did not finish in time");
+    if tokio::time::timeout(grace, &mut writer_task).await.is_err() {
+        tracing::debug!(
+            conn = conn.id(),
+            "the peer does not read; dropping the connection"
+        );
+        writer_task.abort();
+        let _ = writer_task.await;
     }
     conn.mark_closed(&status);
 }
 
 /// Writes queued packets; whatever is queued together goes out in one write and one flush.
+/// A write that makes no progress for `stall` ends the connection through `failed`.
 async fn write_loop(
-    mut outbox: mpsc::Receiver<Packet>,
+    mut outbox: Outbox,
     mut writer: PacketWriter,
+    conn: Conn,
+    stall: Duration,
     stop: CancellationToken,
-    failed: CancellationToken,
+    failed: oneshot::Sender<Status>,
 ) {
     const BATCH: usize = 64;
     let stopped = stop.cancelled();
@@ -329,26 +474,33 @@ async fn write_loop(
             }
         }
         if !batch.is_empty() {
-            if let Err(status) = writer.write_batch(&batch).await {
-                tracing::debug!(%status, "write failed");
-                failed.cancel();
+            let written = writer.write_batch(&batch, stall).await;
+            conn.release_send_room(&batch);
+            if let Err(error) = written {
+                if let WriteError::Stalled(_) = error {
+                    Counters::count(&conn.counters().write_stalls);
+                }
+                let status = Status::from(error);
+                tracing::debug!(conn = conn.id(), %status, "write failed");
+                let _ = failed.send(status);
                 return;
             }
         }
         if stopping {
-            writer.shutdown().await;
+            let _ = tokio::time::timeout(stall, writer.shutdown()).await;
             return;
         }
     }
 }
 
-/// A notify on its way to its listeners.
-type Event = (Target, Context, Bytes);
+/// A notify on its way to its listeners, with the bytes it holds in the server's budget.
+type Event = (Target, Context, Bytes, (Reservation, Reservation));
 
 /// Runs notifies through listeners one at a time, in the order they arrived.
 async fn event_loop(mut events: mpsc::Receiver<Event>, router: Router) {
-    while let Some((target, ctx, payload)) = events.recv().await {
+    while let Some((target, ctx, payload, reservation)) = events.recv().await {
         router.handle_notify(target, &ctx, payload).await;
+        drop(reservation);
     }
 }
 
@@ -397,15 +549,19 @@ mod tests {
             io: Box::pin(recorder.clone()),
             buf: BytesMut::new(),
         };
-        let (tx, rx) = mpsc::channel(64);
+        let (conn, outbox) = Conn::new(super::super::tests::parts(1 << 20));
         for _ in 0..10 {
-            tx.try_send(Packet::Ping).unwrap();
+            conn.try_send(Packet::Pong).unwrap();
         }
         let stop = CancellationToken::new();
         stop.cancel();
-        write_loop(rx, writer, stop, CancellationToken::new()).await;
+        let (failed, _) = oneshot::channel();
+        let stall = Duration::from_secs(5);
+        write_loop(outbox, writer, conn.clone(), stall, stop, failed).await;
         let (bytes, writes, flushes) = recorder.0.lock().unwrap().clone();
-        assert_eq!(bytes, [0x80; 10]);
+        assert_eq!(bytes, [0x90; 10]);
         assert_eq!((writes, flushes), (1, 1));
+        // What was written gave its room back.
+        assert_eq!(conn.shared.send_room.available_permits(), 1 << 20);
     }
 }

@@ -1,7 +1,9 @@
 //! Thin glue between a transport and the engine: a stream of decoded packets in, batches of
 //! packets out. Byte streams (TCP, TLS, QUIC) and WebSocket messages are the two shapes.
 
+use std::future::Future;
 use std::pin::Pin;
+use std::time::Duration;
 
 use async_compression::tokio::bufread::GzipDecoder;
 use async_compression::tokio::write::GzipEncoder;
@@ -54,16 +56,62 @@ const READ_BUFFER: usize = 2 << 10;
 /// The bytes of the write buffer kept between batches; a larger one is given back.
 const KEEP_WRITE_BUFFER: usize = 64 << 10;
 
+/// Why a batch was not written.
+#[derive(Debug)]
+pub(crate) enum WriteError {
+    /// No byte went out for this long: the peer reads nothing.
+    Stalled(Duration),
+    Failed(Status),
+}
+
+impl From<WriteError> for Status {
+    fn from(error: WriteError) -> Status {
+        match error {
+            WriteError::Stalled(stall) => {
+                Status::network_error(format!("the peer read nothing for {stall:?}"))
+            }
+            WriteError::Failed(status) => status,
+        }
+    }
+}
+
+/// One step of a write, which fails when it makes no progress for `stall`. Timing each step
+/// rather than the whole batch lets a slow but steady peer receive a large packet.
+async fn step<T, E: Into<Status>>(
+    stall: Duration,
+    step: impl Future<Output = Result<T, E>>,
+) -> Result<T, WriteError> {
+    match tokio::time::timeout(stall, step).await {
+        Ok(result) => result.map_err(|e| WriteError::Failed(e.into())),
+        Err(_) => Err(WriteError::Stalled(stall)),
+    }
+}
+
 impl PacketWriter {
-    /// Writes the packets and flushes once (with gzip, one sync flush per batch).
-    pub(crate) async fn write_batch(&mut self, packets: &[Packet]) -> Result<(), Status> {
+    /// Writes the packets and flushes once (with gzip, one sync flush per batch); fails when
+    /// a write makes no progress for `stall`.
+    pub(crate) async fn write_batch(
+        &mut self,
+        packets: &[Packet],
+        stall: Duration,
+    ) -> Result<(), WriteError> {
         match self {
             PacketWriter::Stream { io, buf } => {
                 for packet in packets {
                     packet.encode_stream(buf);
                 }
-                io.write_all(buf).await?;
-                io.flush().await?;
+                let mut written = 0;
+                while written < buf.len() {
+                    match step(stall, io.write(&buf[written..])).await? {
+                        0 => {
+                            return Err(WriteError::Failed(Status::network_error(
+                                "the connection accepts no more bytes",
+                            )));
+                        }
+                        n => written += n,
+                    }
+                }
+                step(stall, io.flush()).await?;
                 buf.clear();
                 if buf.capacity() > KEEP_WRITE_BUFFER {
                     *buf = BytesMut::new();
@@ -79,13 +127,13 @@ impl PacketWriter {
                         }
                         PacketFormat::Text => {
                             packet.encode_text(&mut out);
-                            text_message(out.freeze())?
+                            text_message(out.freeze()).map_err(WriteError::Failed)?
                         }
                     };
                     crate::telemetry::bytes_sent(message.len());
-                    sink.feed(message).await.map_err(ws_error)?;
+                    step(stall, async { sink.feed(message).await.map_err(ws_error) }).await?;
                 }
-                sink.flush().await.map_err(ws_error)?;
+                step(stall, async { sink.flush().await.map_err(ws_error) }).await?;
             }
         }
         Ok(())

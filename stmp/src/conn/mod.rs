@@ -3,6 +3,7 @@
 //! One engine serves every transport and both sides; a transport only supplies a stream of
 //! decoded packets and a writer ([`io`]).
 
+mod budget;
 mod call;
 mod engine;
 mod extensions;
@@ -11,23 +12,34 @@ mod pending;
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, TryAcquireError, mpsc};
 use tokio_util::sync::CancellationToken;
 
+pub(crate) use budget::InFlight;
+use budget::queue_cost;
 pub use call::{CallOptions, Caller};
 pub(crate) use engine::{Engine, EngineConfig};
 use extensions::Extensions;
 pub use io::PacketFormat;
 use pending::Pending;
 
+use crate::broadcast::SlowConsumer;
 use crate::codec::{Codec, Message};
+use crate::stats::Counters;
 use crate::wire::{Action, Header, Notify, Packet, Request, Response};
 use crate::{Code, Method, Status};
+
+/// The packets a connection's writer takes from its send queue.
+pub(crate) type Outbox = mpsc::UnboundedReceiver<Packet>;
+
+/// The default byte budget of a connection's send queue.
+pub(crate) const DEFAULT_SEND_QUEUE_BYTES: usize = 4 << 20;
 
 /// Which end of a connection this side is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,7 +65,14 @@ struct Shared {
     transport: &'static str,
     peer_header: Header,
     codec: Codec,
-    outbox: mpsc::Sender<Packet>,
+    /// Unbounded as a channel: `send_room` bounds it, in bytes ([`queue_cost`]).
+    outbox: mpsc::UnboundedSender<Packet>,
+    /// Bytes the send queue may still take; the writer gives back what it wrote.
+    send_room: Semaphore,
+    send_budget: u32,
+    slow_consumer: SlowConsumer,
+    events_dropped: AtomicU64,
+    counters: Arc<Counters>,
     pending: Mutex<Pending>,
     extensions: Extensions,
     default_timeout: Duration,
@@ -74,7 +93,17 @@ pub(crate) struct ConnParts {
     pub(crate) peer_header: Header,
     pub(crate) codec: Codec,
     pub(crate) default_timeout: Duration,
-    pub(crate) queue: usize,
+    /// Byte budget of the send queue.
+    pub(crate) send_queue_bytes: usize,
+    pub(crate) slow_consumer: SlowConsumer,
+    pub(crate) counters: Arc<Counters>,
+}
+
+/// Why a packet was not queued.
+pub(crate) enum Refused {
+    /// The send queue has no room for it; here it is back.
+    Full(Packet),
+    Closed,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -85,8 +114,11 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Conn {
-    pub(crate) fn new(parts: ConnParts) -> (Conn, mpsc::Receiver<Packet>) {
-        let (outbox, rx) = mpsc::channel(parts.queue.max(1));
+    pub(crate) fn new(parts: ConnParts) -> (Conn, Outbox) {
+        let (outbox, rx) = mpsc::unbounded_channel();
+        let send_budget = u32::try_from(parts.send_queue_bytes)
+            .unwrap_or(u32::MAX)
+            .max(1);
         let conn = Conn {
             shared: Arc::new(Shared {
                 id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -96,6 +128,11 @@ impl Conn {
                 peer_header: parts.peer_header,
                 codec: parts.codec,
                 outbox,
+                send_room: Semaphore::new(send_budget as usize),
+                send_budget,
+                slow_consumer: parts.slow_consumer,
+                events_dropped: AtomicU64::new(0),
+                counters: parts.counters,
                 pending: Mutex::new(Pending::default()),
                 extensions: Extensions::default(),
                 default_timeout: parts.default_timeout,
@@ -237,33 +274,96 @@ impl Conn {
         .await
     }
 
-    /// Packets waiting in the send queue.
-    fn queued(&self) -> usize {
-        self.shared.outbox.max_capacity() - self.shared.outbox.capacity()
-    }
-
-    /// Queues a packet, waiting while the queue is full.
+    /// Queues a packet, waiting while the send queue has no room for its bytes.
     pub(crate) async fn send(&self, packet: Packet) -> Result<(), Status> {
-        self.shared
-            .outbox
-            .send(packet)
-            .await
-            .map(|()| crate::telemetry::send_queue_depth(self.queued()))
-            .map_err(|_| closed_error())
+        let room = &self.shared.send_room;
+        let cost = queue_cost(&packet, self.shared.send_budget);
+        match room.try_acquire_many(cost) {
+            Ok(permit) => permit.forget(),
+            Err(TryAcquireError::NoPermits) => room
+                .acquire_many(cost)
+                .await
+                .map_err(|_| closed_error())?
+                .forget(),
+            Err(TryAcquireError::Closed) => return Err(closed_error()),
+        }
+        self.shared.outbox.send(packet).map_err(|_| closed_error())
     }
 
-    /// Queues a packet unless the queue is full (slow peer) or the connection is gone.
+    /// Queues a packet unless the send queue has no room for it or the connection is gone.
+    pub(crate) fn try_queue(&self, packet: Packet) -> Result<(), Refused> {
+        let cost = queue_cost(&packet, self.shared.send_budget);
+        match self.shared.send_room.try_acquire_many(cost) {
+            Ok(permit) => permit.forget(),
+            Err(TryAcquireError::NoPermits) => return Err(Refused::Full(packet)),
+            Err(TryAcquireError::Closed) => return Err(Refused::Closed),
+        }
+        crate::telemetry::send_queue_depth(self.queued_bytes());
+        self.shared.outbox.send(packet).map_err(|_| Refused::Closed)
+    }
+
+    /// Bytes waiting in the send queue.
+    fn queued_bytes(&self) -> usize {
+        (self.shared.send_budget as usize).saturating_sub(self.shared.send_room.available_permits())
+    }
+
+    /// Queues a packet unless the send queue is full (slow peer) or the connection is gone.
     pub(crate) fn try_send(&self, packet: Packet) -> Result<(), Status> {
-        self.shared
-            .outbox
-            .try_send(packet)
-            .map(|()| crate::telemetry::send_queue_depth(self.queued()))
-            .map_err(|error| match error {
-                mpsc::error::TrySendError::Full(_) => {
-                    Status::too_many_requests("the connection's send queue is full")
-                }
-                mpsc::error::TrySendError::Closed(_) => closed_error(),
-            })
+        self.try_queue(packet).map_err(|refused| match refused {
+            Refused::Full(_) => Status::too_many_requests("the connection's send queue is full"),
+            Refused::Closed => closed_error(),
+        })
+    }
+
+    /// Gives back the send-queue room of packets the writer has written.
+    pub(crate) fn release_send_room(&self, packets: &[Packet]) {
+        let budget = self.shared.send_budget;
+        let bytes: usize = packets.iter().map(|p| queue_cost(p, budget) as usize).sum();
+        if bytes > 0 {
+            self.shared.send_room.add_permits(bytes);
+        }
+    }
+
+    /// Queues an event unless the send queue is full, and applies the slow-consumer policy
+    /// when it is. Returns whether the event was queued.
+    pub(crate) fn offer_event(&self, packet: Packet) -> bool {
+        match self.try_queue(packet) {
+            Ok(()) => true,
+            Err(Refused::Closed) => false,
+            Err(Refused::Full(_)) => {
+                self.event_dropped();
+                false
+            }
+        }
+    }
+
+    fn event_dropped(&self) {
+        let shared = &self.shared;
+        let dropped = shared.events_dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        Counters::count(&shared.counters.events_dropped);
+        if let SlowConsumer::Disconnect { max_dropped } = shared.slow_consumer
+            && dropped == max_dropped.max(1)
+        {
+            Counters::count(&shared.counters.slow_consumers_closed);
+            crate::telemetry::slow_consumer_disconnected();
+            tracing::info!(conn = self.id(), dropped, "closing a slow consumer");
+            self.close(
+                Code::TooManyRequests,
+                format!(
+                    "slow consumer: {dropped} events dropped because the send queue ({} bytes) was full",
+                    shared.send_budget
+                ),
+            );
+        }
+    }
+
+    /// Events dropped because this connection's send queue was full.
+    pub fn events_dropped(&self) -> u64 {
+        self.shared.events_dropped.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn counters(&self) -> &Arc<Counters> {
+        &self.shared.counters
     }
 
     /// Closes the connection: sends Close with `code` and `reason`, waits briefly for the
@@ -319,10 +419,20 @@ impl Conn {
         lock(&self.shared.pending).close(Status::network_error(format!(
             "connection closed: {status}"
         )));
+        // Senders waiting for room learn the connection is gone.
+        self.shared.send_room.close();
         self.shared.closed.cancel();
         let callbacks = std::mem::take(&mut *lock(&self.shared.on_close));
         for callback in callbacks {
-            callback(status);
+            // One faulty callback must not keep the others, or the server's bookkeeping,
+            // from running.
+            if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| callback(status))) {
+                tracing::error!(
+                    conn = self.id(),
+                    panic = crate::router::panic_message(&panic),
+                    "close callback panicked"
+                );
+            }
         }
     }
 
@@ -374,5 +484,93 @@ impl Eq for Conn {}
 impl std::hash::Hash for Conn {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         self.shared.id.hash(state);
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// The parts of a server-side connection with a send queue of `send_queue_bytes`.
+    pub(crate) fn parts(send_queue_bytes: usize) -> ConnParts {
+        ConnParts {
+            side: Side::Server,
+            remote_addr: None,
+            transport: "test",
+            peer_header: Header::new(),
+            codec: Codec::PROTOBUF,
+            default_timeout: Duration::from_secs(5),
+            send_queue_bytes,
+            slow_consumer: SlowConsumer::default(),
+            counters: Counters::new(usize::MAX),
+        }
+    }
+
+    fn notify(len: usize) -> Packet {
+        Packet::Notify(Notify {
+            action: Action::Id(1),
+            header: Header::new(),
+            payload: Bytes::from(vec![0; len]),
+        })
+    }
+
+    #[tokio::test]
+    async fn the_send_queue_is_bounded_by_bytes_and_room_comes_back_when_written() {
+        let (conn, mut outbox) = Conn::new(parts(4096));
+        let mut queued = 0;
+        while conn.try_send(notify(1024)).is_ok() {
+            queued += 1;
+        }
+        assert_eq!(
+            queued, 3,
+            "three 1 KiB packets and their overhead fit in 4 KiB"
+        );
+        let full = conn.try_send(notify(1024)).unwrap_err();
+        assert_eq!(full.code(), Code::TooManyRequests);
+        // Control packets always get through.
+        conn.try_send(Packet::Ping).unwrap();
+        conn.try_send(Packet::close(Code::Ok, "bye")).unwrap();
+        // A sender waits for room, and gets it once the writer has written.
+        let waiting = tokio::spawn({
+            let conn = conn.clone();
+            async move { conn.send(notify(1024)).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        let mut written = Vec::new();
+        outbox.recv_many(&mut written, 64).await;
+        assert_eq!(written.len(), 5);
+        conn.release_send_room(&written);
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        // A packet larger than the whole budget waits for an empty queue, then goes.
+        let huge = tokio::spawn({
+            let conn = conn.clone();
+            async move { conn.send(notify(10_000)).await }
+        });
+        let mut written = Vec::new();
+        outbox.recv_many(&mut written, 64).await;
+        conn.release_send_room(&written);
+        tokio::time::timeout(Duration::from_secs(5), huge)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        // Once the connection is closed, waiting senders fail.
+        let stuck = tokio::spawn({
+            let conn = conn.clone();
+            async move { conn.send(notify(1024)).await }
+        });
+        tokio::task::yield_now().await;
+        conn.mark_closed(&Status::network_error("gone"));
+        let error = tokio::time::timeout(Duration::from_secs(5), stuck)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(error.code(), Code::NetworkError);
     }
 }

@@ -18,10 +18,11 @@ use tracing::Instrument;
 
 use crate::codec::{Codec, Codecs};
 use crate::conn::io::{PacketStream, PacketWriter, byte_stream};
-use crate::conn::{ConnParts, Engine, EngineConfig, Side};
+use crate::conn::{ConnParts, DEFAULT_SEND_QUEUE_BYTES, Engine, EngineConfig, Outbox, Side};
 use crate::router::BoxFuture;
+use crate::stats::{Counters, ServerStats};
 use crate::wire::{ClientHandshake, DEFAULT_MAX_PACKET_SIZE, Header, ServerHandshake, Version};
-use crate::{Code, Conn, ConnSet, Router, Service, Status};
+use crate::{Code, Conn, ConnSet, Router, Service, SlowConsumer, Status};
 pub(crate) use negotiate::{Agreement, Transport, negotiate};
 pub(crate) use ws::ws_config;
 
@@ -58,7 +59,9 @@ pub struct ServerBuilder {
     max_packet_size: usize,
     call_timeout: Duration,
     gzip: bool,
-    queue: usize,
+    send_queue_bytes: usize,
+    slow_consumer: SlowConsumer,
+    max_in_flight_bytes: usize,
     authenticate: Option<Authenticate>,
     on_close: Option<ConnHook>,
 }
@@ -74,7 +77,9 @@ impl Default for ServerBuilder {
             max_packet_size: DEFAULT_MAX_PACKET_SIZE,
             call_timeout: Duration::from_secs(30),
             gzip: true,
-            queue: 256,
+            send_queue_bytes: DEFAULT_SEND_QUEUE_BYTES,
+            slow_consumer: SlowConsumer::default(),
+            max_in_flight_bytes: 256 << 20,
             authenticate: None,
             on_close: None,
         }
@@ -94,7 +99,9 @@ impl ServerBuilder {
         self
     }
 
-    /// Accepts a content codec of your own besides protobuf, JSON and msgpack.
+    /// Accepts a content codec of your own besides protobuf, JSON and msgpack; one with a
+    /// built-in content type replaces the built-in (e.g. [`Codec::MSGPACK_GO`] for stmp-go
+    /// clients).
     pub fn codec(mut self, codec: Codec) -> Self {
         self.codecs.add(codec);
         self
@@ -124,9 +131,53 @@ impl ServerBuilder {
         self
     }
 
-    /// Requests handled at once on one connection; more get `TooManyRequests`. Default 1024.
+    /// Requests handled at once on one connection; more are answered `TooManyRequests` at
+    /// once. Every request gets an answer: when the peer does not read its answers and the
+    /// send queue is full, the connection stops reading until there is room (see
+    /// [`send_queue_bytes`](Self::send_queue_bytes)). Default 1024.
     pub fn max_concurrent_requests(mut self, max: usize) -> Self {
         self.engine.max_concurrent_requests = max.max(1);
+        self
+    }
+
+    /// Bytes of packets queued for one connection's peer (encoded size plus a small
+    /// per-packet overhead). A handler's answer waits for room; an event that finds no room
+    /// is dropped under the [`SlowConsumer`] policy; requests stop being read while their
+    /// answers find no room. Default 4 MiB.
+    pub fn send_queue_bytes(mut self, bytes: usize) -> Self {
+        self.send_queue_bytes = bytes.max(1);
+        self
+    }
+
+    /// A write to a peer that makes no progress for this long ends the connection (the peer
+    /// reads nothing). Default 30 s.
+    pub fn write_stall_timeout(mut self, timeout: Duration) -> Self {
+        self.engine.write_stall_timeout = timeout;
+        self
+    }
+
+    /// What happens to a connection whose send queue is full when an event comes. Default
+    /// [`SlowConsumer::Disconnect`] after 1 dropped event.
+    pub fn slow_consumer(mut self, policy: SlowConsumer) -> Self {
+        self.slow_consumer = policy;
+        self
+    }
+
+    /// Bytes of requests and notifies (payload and header) that handlers and listeners of
+    /// every connection may hold at once; beyond it, requests are answered `TooManyRequests`
+    /// and notifies are dropped, both counted in [`ServerStats::requests_shed`]. Default
+    /// 256 MiB.
+    pub fn max_in_flight_bytes(mut self, bytes: usize) -> Self {
+        self.max_in_flight_bytes = bytes;
+        self
+    }
+
+    /// Bytes of requests and notifies that the handlers and listeners of one connection may
+    /// hold at once, so one connection cannot take the whole
+    /// [`max_in_flight_bytes`](Self::max_in_flight_bytes); beyond it, its requests are
+    /// answered `TooManyRequests` and its notifies dropped. Default 32 MiB.
+    pub fn max_conn_in_flight_bytes(mut self, bytes: usize) -> Self {
+        self.engine.conn_in_flight_bytes = bytes;
         self
     }
 
@@ -164,6 +215,7 @@ impl ServerBuilder {
     pub fn build(self) -> Server {
         Server {
             inner: Arc::new(Inner {
+                counters: Counters::new(self.max_in_flight_bytes),
                 config: self,
                 conns: ConnSet::new(),
                 stop_accepting: CancellationToken::new(),
@@ -177,7 +229,7 @@ impl ServerBuilder {
 }
 
 /// A server of one router over any number of listeners (TCP, TLS, WebSocket, WebSocket over
-/// TLS). Cheap to clone.
+/// TLS, QUIC). Cheap to clone.
 ///
 /// ```no_run
 /// # async fn run() -> std::io::Result<()> {
@@ -196,6 +248,7 @@ pub struct Server {
 struct Inner {
     config: ServerBuilder,
     conns: ConnSet,
+    counters: Arc<Counters>,
     stop_accepting: CancellationToken,
     draining: CancellationToken,
     handlers: TaskTracker,
@@ -226,6 +279,11 @@ impl Server {
     /// Every live connection.
     pub fn conns(&self) -> &ConnSet {
         &self.inner.conns
+    }
+
+    /// What the server has dropped, shed and refused so far, and what it holds now.
+    pub fn stats(&self) -> ServerStats {
+        self.inner.counters.snapshot(self.inner.conns.len())
     }
 
     /// Listens for plain TCP; returns the bound address (use port 0 to let the OS pick).
@@ -486,7 +544,7 @@ impl Server {
         transport: &'static str,
         peer_header: Header,
         codec: Codec,
-    ) -> (Conn, tokio::sync::mpsc::Receiver<crate::wire::Packet>) {
+    ) -> (Conn, Outbox) {
         let config = &self.inner.config;
         Conn::new(ConnParts {
             side: Side::Server,
@@ -495,7 +553,9 @@ impl Server {
             peer_header,
             codec,
             default_timeout: config.call_timeout,
-            queue: config.queue,
+            send_queue_bytes: config.send_queue_bytes,
+            slow_consumer: config.slow_consumer,
+            counters: self.inner.counters.clone(),
         })
     }
 
@@ -510,13 +570,18 @@ impl Server {
     pub(crate) async fn run(
         &self,
         conn: Conn,
-        outbox: tokio::sync::mpsc::Receiver<crate::wire::Packet>,
+        outbox: Outbox,
         reader: PacketStream,
         writer: PacketWriter,
     ) {
         let config = &self.inner.config;
         self.inner.conns.insert(conn.clone());
         crate::telemetry::connection_opened(&conn);
+        // Out of the set however the engine ends, a panic included.
+        let _member = Membership {
+            conns: &self.inner.conns,
+            conn: &conn,
+        };
         tracing::debug!(conn = conn.id(), remote = ?conn.remote_addr(), codec = ?conn.codec(), "connection open");
         Engine {
             conn: conn.clone(),
@@ -537,7 +602,14 @@ impl Server {
             let status = conn
                 .close_status()
                 .unwrap_or_else(|| Status::network_error("closed"));
-            hook(&conn, &status);
+            let call = std::panic::AssertUnwindSafe(|| hook(&conn, &status));
+            if let Err(panic) = std::panic::catch_unwind(call) {
+                tracing::error!(
+                    conn = conn.id(),
+                    panic = crate::router::panic_message(&panic),
+                    "on_close hook panicked"
+                );
+            }
         }
     }
 
@@ -566,9 +638,23 @@ impl Server {
         let _ = tokio::time::timeout(grace, self.inner.listeners.wait()).await;
     }
 
-    /// Waits until [`shutdown`](Server::shutdown) has begun.
+    /// Waits until [`shutdown`](Server::shutdown) has *started*: it returns as soon as the
+    /// server stops accepting, while connections may still be draining. Await `shutdown`
+    /// itself to know when everything has finished.
     pub async fn closed(&self) {
         self.inner.stop_accepting.cancelled().await;
+    }
+}
+
+/// Takes a connection out of the server's set when dropped.
+struct Membership<'a> {
+    conns: &'a ConnSet,
+    conn: &'a Conn,
+}
+
+impl Drop for Membership<'_> {
+    fn drop(&mut self) {
+        self.conns.remove(self.conn);
     }
 }
 

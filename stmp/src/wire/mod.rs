@@ -1,7 +1,8 @@
 //! The STMP 1.0 wire format, sans IO.
 //!
 //! Everything here turns bytes into protocol values and back; transports only move the bytes.
-//! The format is the one stmp-go 1.0 speaks (see `shared/wire-format.md` in the project):
+//! The format is the one stmp-go 1.0 speaks, described in `docs/wire-format.md` in the
+//! repository:
 //!
 //! - [`Packet`]: Ping, Pong, Request, Notify, Response and Close, in three forms — binary on a
 //!   byte stream ([`PacketCodec`], payload length-prefixed), binary in a message

@@ -178,8 +178,10 @@ pub fn route_block(router: &stmp::Router) -> Gate {
         let gate = gate.clone();
         let entered_tx = entered_tx.clone();
         async move {
+            // Waiting before telling, so a release right after `entered` is not missed.
+            let released = gate.notified();
             let _ = entered_tx.send(());
-            gate.notified().await;
+            released.await;
             Ok::<_, Status>(input)
         }
     });

@@ -6,28 +6,38 @@
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Ping {
     #[prost(string, tag = "1")]
+    #[serde(alias = "Text")]
     pub text: ::prost::alloc::string::String,
     #[prost(int64, tag = "2")]
     #[serde(alias = "sentAt")]
+    #[serde(alias = "SentAt")]
     #[serde(deserialize_with = "::stmp::serde_support::int64")]
     pub sent_at: i64,
     #[prost(enumeration = "Color", tag = "3")]
+    #[serde(alias = "Color")]
     #[serde(deserialize_with = "::stmp::serde_support::enumeration::<_, Color, _>")]
     pub color: i32,
     #[prost(bytes = "vec", tag = "4")]
+    #[serde(alias = "Data")]
     #[serde(with = "::stmp::serde_support::bytes")]
     pub data: ::prost::alloc::vec::Vec<u8>,
     #[prost(map = "string, int64", tag = "7")]
+    #[serde(alias = "Counts")]
+    #[serde(deserialize_with = "::stmp::serde_support::null_as_default")]
     pub counts: ::std::collections::HashMap<::prost::alloc::string::String, i64>,
     #[prost(int64, optional, tag = "8")]
+    #[serde(alias = "Maybe")]
     #[serde(deserialize_with = "::stmp::serde_support::int64")]
     pub maybe: ::core::option::Option<i64>,
     #[prost(enumeration = "Color", repeated, tag = "9")]
+    #[serde(alias = "Palette")]
     #[serde(deserialize_with = "::stmp::serde_support::enumeration::<_, Color, _>")]
     pub palette: ::prost::alloc::vec::Vec<i32>,
     #[prost(message, optional, tag = "10")]
+    #[serde(alias = "Nested")]
     pub nested: ::core::option::Option<ping::Nested>,
     #[prost(int64, repeated, tag = "11")]
+    #[serde(alias = "Stamps")]
     #[serde(deserialize_with = "::stmp::serde_support::int64")]
     pub stamps: ::prost::alloc::vec::Vec<i64>,
     #[prost(oneof = "ping::Body", tags = "5, 6")]
@@ -42,6 +52,7 @@ pub mod ping {
     #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
     pub struct Nested {
         #[prost(enumeration = "super::Color", tag = "1")]
+        #[serde(alias = "Color")]
         #[serde(
             deserialize_with = "::stmp::serde_support::enumeration::<_, super::Color, _>"
         )]

@@ -7,9 +7,12 @@
 pub struct RoomModel {
     /// The room's name.
     #[prost(string, tag = "1")]
+    #[serde(alias = "Name")]
     pub name: ::prost::alloc::string::String,
     /// The users in the room: each one's address as the server sees it.
     #[prost(string, repeated, tag = "2")]
+    #[serde(alias = "Users")]
+    #[serde(deserialize_with = "::stmp::serde_support::null_as_default")]
     pub users: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 #[derive(::stmp::serde_support::Serialize, ::stmp::serde_support::Deserialize)]
@@ -19,6 +22,7 @@ pub struct RoomModel {
 pub struct JoinRoomInput {
     /// The room to join; it is created on first join.
     #[prost(string, tag = "1")]
+    #[serde(alias = "Name")]
     pub name: ::prost::alloc::string::String,
 }
 #[derive(::stmp::serde_support::Serialize, ::stmp::serde_support::Deserialize)]
@@ -28,6 +32,7 @@ pub struct JoinRoomInput {
 pub struct ExitRoomInput {
     /// The room to leave.
     #[prost(string, tag = "1")]
+    #[serde(alias = "Name")]
     pub name: ::prost::alloc::string::String,
 }
 #[derive(::stmp::serde_support::Serialize, ::stmp::serde_support::Deserialize)]
@@ -37,6 +42,7 @@ pub struct ExitRoomInput {
 pub struct UserJoinEvent {
     /// Who joined.
     #[prost(string, tag = "1")]
+    #[serde(alias = "User")]
     pub user: ::prost::alloc::string::String,
 }
 #[derive(::stmp::serde_support::Serialize, ::stmp::serde_support::Deserialize)]
@@ -46,6 +52,7 @@ pub struct UserJoinEvent {
 pub struct UserExitEvent {
     /// Who left.
     #[prost(string, tag = "1")]
+    #[serde(alias = "User")]
     pub user: ::prost::alloc::string::String,
 }
 /// The methods of `stmp.examples.quick_start.RoomService`: names, actions and message types,

@@ -1,0 +1,126 @@
+//! Byte budgets: what a packet costs in a send queue, and the server-wide budget for the
+//! bytes of requests and notifies that handlers and listeners still hold.
+//!
+//! Counting bytes rather than packets is what bounds memory: a queue of 256 packets holds
+//! 4 KiB or 4 GiB depending on what the peer asked for.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::wire::Packet;
+
+/// What a queued packet costs besides its bytes: the packet value and its channel slot, so a
+/// flood of one-byte packets is bounded too.
+const PACKET_OVERHEAD: usize = std::mem::size_of::<Packet>() + 16;
+
+/// What `packet` costs in a send queue whose budget is `budget` bytes.
+///
+/// Ping and Close cost nothing: the engine sends at most one Ping per heartbeat and one
+/// Close, and both must get through a full queue. A packet larger than the whole budget
+/// costs the whole budget, so it waits for an empty queue rather than forever.
+pub(crate) fn queue_cost(packet: &Packet, budget: u32) -> u32 {
+    match packet {
+        Packet::Ping | Packet::Close(_) => 0,
+        _ => {
+            let bytes = packet.encoded_stream_len() + PACKET_OVERHEAD;
+            u32::try_from(bytes).unwrap_or(u32::MAX).min(budget)
+        }
+    }
+}
+
+/// Bytes held by running handlers and queued listeners, across every connection of a server.
+/// Lock-free: a reservation is one atomic add, its release one atomic subtract.
+#[derive(Debug)]
+pub(crate) struct InFlight {
+    used: AtomicUsize,
+    limit: usize,
+}
+
+impl InFlight {
+    pub(crate) fn new(limit: usize) -> Self {
+        InFlight {
+            used: AtomicUsize::new(0),
+            limit,
+        }
+    }
+
+    /// Reserves `bytes` until the returned guard drops; `None` when the budget has no room.
+    /// One packet larger than the whole budget still gets through when nothing else is held,
+    /// so the limit never refuses what the packet size limit allows.
+    pub(crate) fn reserve(self: &Arc<Self>, bytes: usize) -> Option<Reservation> {
+        let before = self.used.fetch_add(bytes, Ordering::Relaxed);
+        if before > 0 && before.saturating_add(bytes) > self.limit {
+            self.used.fetch_sub(bytes, Ordering::Relaxed);
+            return None;
+        }
+        Some(Reservation {
+            budget: self.clone(),
+            bytes,
+        })
+    }
+
+    pub(crate) fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn limit(&self) -> usize {
+        self.limit
+    }
+}
+
+/// Bytes reserved in an [`InFlight`] budget; given back when dropped.
+#[derive(Debug)]
+pub(crate) struct Reservation {
+    budget: Arc<InFlight>,
+    bytes: usize,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::wire::{Action, Header, Notify};
+
+    fn notify(len: usize) -> Packet {
+        Packet::Notify(Notify {
+            action: Action::Id(1),
+            header: Header::new(),
+            payload: Bytes::from(vec![0; len]),
+        })
+    }
+
+    #[test]
+    fn control_packets_are_free_and_big_ones_cost_at_most_the_budget() {
+        assert_eq!(queue_cost(&Packet::Ping, 1000), 0);
+        assert_eq!(queue_cost(&Packet::close(crate::Code::Ok, "bye"), 1000), 0);
+        let pong = queue_cost(&Packet::Pong, 1000);
+        assert!(pong as usize > PACKET_OVERHEAD, "{pong}");
+        let small = queue_cost(&notify(100), 1 << 20) as usize;
+        assert!(small >= 100 + PACKET_OVERHEAD, "{small}");
+        assert_eq!(queue_cost(&notify(5000), 1000), 1000);
+    }
+
+    #[test]
+    fn reservations_are_refused_over_the_limit_and_given_back_on_drop() {
+        let budget = Arc::new(InFlight::new(100));
+        let first = budget.reserve(60).unwrap();
+        assert!(budget.reserve(60).is_none());
+        let second = budget.reserve(40).unwrap();
+        assert_eq!(budget.used(), 100);
+        drop(first);
+        drop(second);
+        assert_eq!(budget.used(), 0);
+        // Alone, a reservation larger than the limit passes.
+        let big = budget.reserve(500).unwrap();
+        assert!(budget.reserve(1).is_none());
+        drop(big);
+        assert_eq!(budget.used(), 0);
+    }
+}
