@@ -7,7 +7,7 @@
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use stmp::wire::{ClientHandshake, Header, ServerHandshake};
-use stmp::{Code, Status};
+use stmp::Status;
 use stmp_fuzz::check_error;
 
 const LIMIT: usize = 1 << 16;
@@ -102,6 +102,6 @@ fuzz_target!(|data: &[u8]| {
                 header
             );
         }
-        Err(error) => assert_eq!(error.code(), Code::ProtocolError, "{error}"),
+        Err(error) => check_error(&error),
     }
 });

@@ -57,7 +57,8 @@ fn sent(start_ns: u64, began: Instant, queued: usize, dropped: usize, encodings:
 }
 
 async fn stmp_server() -> Result<()> {
-    let server = stmp::Server::builder().build();
+    // gzip is opt-in on servers; the `stmp tcp+gzip` row needs it.
+    let server = stmp::Server::builder().gzip(true).build();
     server
         .router()
         .route(&ECHO, |_ctx, input: Echo| async move {

@@ -196,10 +196,17 @@ impl fmt::Display for Status {
 
 impl std::error::Error for Status {}
 
-/// I/O failures are network errors: the connection they happened on is gone.
+/// I/O failures are network errors: the connection they happened on is gone. An I/O error that
+/// carries a `Status` (a limit enforced inside a reader) is that status.
 impl From<std::io::Error> for Status {
     fn from(error: std::io::Error) -> Status {
-        Status::network_error(error.to_string())
+        match error
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<Status>())
+        {
+            Some(status) => status.clone(),
+            None => Status::network_error(error.to_string()),
+        }
     }
 }
 
@@ -229,5 +236,12 @@ mod tests {
     fn io_errors_become_network_errors() {
         let status: Status = std::io::Error::from(std::io::ErrorKind::ConnectionReset).into();
         assert_eq!(status.code(), Code::NetworkError);
+    }
+
+    #[test]
+    fn a_status_carried_in_an_io_error_comes_back() {
+        let carried = Status::request_entity_too_large("inflates too far");
+        let status: Status = std::io::Error::other(carried.clone()).into();
+        assert_eq!(status, carried);
     }
 }

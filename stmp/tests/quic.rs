@@ -16,7 +16,7 @@ struct Quic {
 }
 
 async fn quic_server(addr: &str, cert: Option<(String, String)>) -> Quic {
-    let server = Server::builder().build();
+    let server = Server::builder().gzip(true).build();
     register(server.router());
     let (cert_pem, key_pem) = cert.unwrap_or_else(self_signed);
     let tls = stmp::tls::server_config(cert_pem.as_bytes(), key_pem.as_bytes()).unwrap();

@@ -5,7 +5,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use stmp::wire::{
-    Action, ClientHandshake, Close, Header, Notify, Packet, PacketCodec, Request, Response,
+    Action, ClientHandshake, Close, Header, Limits, Notify, Packet, PacketCodec, Request, Response,
     ServerHandshake, Version,
 };
 use stmp::{Code, Status};
@@ -626,14 +626,16 @@ proptest! {
         };
         let fits = (limit - already) as u64;
         let over = fits.saturating_add(excess);
+        // The packet limit alone: the header limits have a property of their own.
+        let limits = Limits::from(limit).with_max_header_size(usize::MAX);
 
         let mut wire = prefix.clone();
         wire.extend(varint(over));
-        let mut codec = PacketCodec::with_max_packet_size(limit);
+        let mut codec = PacketCodec::with_limits(limits);
         let error = codec.decode(&mut BytesMut::from(&wire[..])).unwrap_err();
         prop_assert_eq!(error.code(), Code::RequestEntityTooLarge, "{}", error);
         if in_message {
-            let error = Packet::decode_message(Bytes::from(wire), limit).unwrap_err();
+            let error = Packet::decode_message(Bytes::from(wire), limits).unwrap_err();
             prop_assert_eq!(error.code(), Code::RequestEntityTooLarge, "{}", error);
         }
 
@@ -698,11 +700,71 @@ proptest! {
             (limit - h.len()) as u64
         };
         wire.put_slice(&varint(fits.saturating_add(excess)));
-        let error = ClientHandshake::decode(&mut wire.clone(), limit).unwrap_err();
+        let limits = Limits::from(limit).with_max_header_size(usize::MAX);
+        let error = ClientHandshake::decode(&mut wire.clone(), limits).unwrap_err();
         prop_assert_eq!(error.code(), Code::RequestEntityTooLarge, "{}", error);
-        let error = ServerHandshake::decode(&mut wire.clone(), limit).unwrap_err();
+        let error = ServerHandshake::decode(&mut wire.clone(), limits).unwrap_err();
         prop_assert_eq!(error.code(), Code::RequestEntityTooLarge, "{}", error);
-        let error = ServerHandshake::decode_message(&wire, limit).unwrap_err();
+        let error = ServerHandshake::decode_message(&wire, limits).unwrap_err();
         prop_assert_eq!(error.code(), Code::RequestEntityTooLarge, "{}", error);
+    }
+
+    /// A header is decoded in every packet form and in handshakes exactly when it is within
+    /// both header limits; otherwise the answer is `RequestEntityTooLarge`.
+    #[test]
+    fn header_limits_hold_in_every_form(
+        entries in prop::collection::vec(("[a-z]{0,3}", "[a-z:;%]{0,6}"), 0..12),
+        max_entries in 0usize..12,
+        max_size in 0usize..64,
+    ) {
+        let header: Header = entries.into_iter().collect();
+        let limits = Limits::from(1 << 20)
+            .with_max_header_entries(max_entries)
+            .with_max_header_size(max_size);
+        let wire_len = header.encoded_len();
+        let fits = header.len() <= max_entries && wire_len <= max_size;
+        let check = |result: Result<Header, Status>| -> Result<(), TestCaseError> {
+            match result {
+                Ok(decoded) => {
+                    prop_assert!(fits, "{} entries, {} bytes accepted", header.len(), wire_len);
+                    prop_assert_eq!(&decoded, &header);
+                }
+                Err(error) => {
+                    prop_assert!(!fits, "{}", error);
+                    prop_assert_eq!(error.code(), Code::RequestEntityTooLarge, "{}", error);
+                }
+            }
+            Ok(())
+        };
+        let packet = Packet::Notify(Notify {
+            action: Action::Id(1),
+            header: header.clone(),
+            payload: Bytes::new(),
+        });
+        let header_of = |packet: Packet| match packet {
+            Packet::Notify(notify) => notify.header,
+            other => panic!("{other:?}"),
+        };
+        let mut stream = BytesMut::new();
+        packet.encode_stream(&mut stream);
+        check(
+            PacketCodec::with_limits(limits)
+                .decode(&mut stream)
+                .map(|packet| header_of(packet.expect("complete"))),
+        )?;
+        check(Packet::decode_message(encode_message(&packet), limits).map(header_of))?;
+        check(Packet::decode_text(encode_text(&packet), limits).map(header_of))?;
+
+        let client = ClientHandshake::new(header.clone());
+        let mut wire = BytesMut::new();
+        client.encode(&mut wire);
+        check(
+            ClientHandshake::decode(&mut wire, limits)
+                .map(|hello| hello.expect("complete").header),
+        )?;
+        let server = ServerHandshake::ok(header.clone());
+        let mut text = BytesMut::new();
+        server.encode_text(&mut text);
+        check(ServerHandshake::decode_text(&text, limits).map(|hello| hello.header))?;
     }
 }

@@ -1,7 +1,10 @@
 //! The byte vectors captured from a running stmp-go 1.0 server and client, reproduced exactly
 //! when encoding and parsed field by field when decoding (the format: `docs/wire-format.md`).
 //!
-//! Hex strings are the captured bytes verbatim (space separated, wire order).
+//! The bytes live in `tests/vectors/wire.json` (space-separated hex, wire order), shared with the
+//! TypeScript client's tests; each entry also says what it decodes to, and
+//! `every_shared_vector_matches_its_description` checks those descriptions against this crate, so
+//! another implementation can trust them.
 
 use bytes::{Bytes, BytesMut};
 use stmp::wire::{
@@ -10,6 +13,10 @@ use stmp::wire::{
 };
 use stmp::{Code, Status};
 use tokio_util::codec::Decoder;
+
+mod vectors;
+
+use vectors::{Described, chunk, described, large_request, uvarint_of, v};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -226,10 +233,26 @@ fn assert_server_handshake_decodes(wire: &[u8], expected: &ServerHandshake) {
 #[test]
 fn action_ids_and_their_uvarints() {
     for (name, id, wire) in [
-        (JOIN_ROOM, 0x033648F7, "f7 91 d9 19"),
-        (EXIT_ROOM, 0xA7FFD932, "b2 b2 ff bf 0a"),
-        (USER_JOIN, 0x999B2807, "87 d0 ec cc 09"),
-        (USER_EXIT, 0x827247A2, "a2 8f c9 93 08"),
+        (
+            JOIN_ROOM,
+            0x033648F7,
+            uvarint_of("stmp.examples.quick_start.RoomService.JoinRoom"),
+        ),
+        (
+            EXIT_ROOM,
+            0xA7FFD932,
+            uvarint_of("stmp.examples.quick_start.RoomService.ExitRoom"),
+        ),
+        (
+            USER_JOIN,
+            0x999B2807,
+            uvarint_of("stmp.examples.quick_start.RoomEvents.UserJoin"),
+        ),
+        (
+            USER_EXIT,
+            0x827247A2,
+            uvarint_of("stmp.examples.quick_start.RoomEvents.UserExit"),
+        ),
     ] {
         assert_eq!(action_id(name), id, "{name}");
         // A Notify without payload is its head byte then the action uvarint.
@@ -244,9 +267,6 @@ fn action_ids_and_their_uvarints() {
 // Handshakes: T1, T11–T15
 // ---------------------------------------------------------------------------------------------
 
-const SERVER_OK_PROTOBUF: &str = "53 54 4d 50 00 21 43 6f 6e 74 65 6e 74 2d 54 79 70 65 3a 61 70 70 6c 69 63 61 74 69 6f 6e 2f 70 72 6f 74 6f 62 75 66 00";
-const CLIENT_ACCEPT_PROTOBUF: &str = "53 54 4d 50 10 1b 41 63 63 65 70 74 3a 61 70 70 6c 69 63 61 74 69 6f 6e 2f 70 72 6f 74 6f 62 75 66 00";
-
 fn server_ok(content_type: &str) -> ServerHandshake {
     ServerHandshake::ok(header(&[("Content-Type", content_type)]))
 }
@@ -256,25 +276,22 @@ fn t1_handshake_accept_protobuf() {
     let client = ClientHandshake::new(header(&[("Accept", "application/protobuf")]));
     assert_eq!(client.version, Version { major: 1, minor: 0 });
     assert_eq!(client.version.to_byte(), 0x10);
-    client_handshake_vector(CLIENT_ACCEPT_PROTOBUF, &client);
-    let decoded = decode_client_handshake(&hex(CLIENT_ACCEPT_PROTOBUF), 0);
+    client_handshake_vector(v("t1.client"), &client);
+    let decoded = decode_client_handshake(&hex(v("t1.client")), 0);
     assert_eq!(decoded.version, Version::V1_0);
     assert_eq!(decoded.header.get("Accept"), Some("application/protobuf"));
     assert_eq!(decoded.header.len(), 1);
     assert_eq!(decoded.message, "");
 
     let server = server_ok("application/protobuf");
-    server_handshake_vector(SERVER_OK_PROTOBUF, &server);
+    server_handshake_vector(v("t1.server"), &server);
     assert_eq!(server.error(), None);
 }
 
 #[test]
 fn t11_unsupported_accept_is_refused_with_bad_request() {
     let client = ClientHandshake::new(header(&[("Accept", "application/xml")]));
-    client_handshake_vector(
-        "53 54 4d 50 10 16 41 63 63 65 70 74 3a 61 70 70 6c 69 63 61 74 69 6f 6e 2f 78 6d 6c 00",
-        &client,
-    );
+    client_handshake_vector(v("t11.client"), &client);
     let supported = [
         "application/protobuf",
         "application/json",
@@ -287,10 +304,7 @@ fn t11_unsupported_accept_is_refused_with_bad_request() {
     assert_eq!(refusal.status, Code::BadRequest);
     assert!(refusal.header.is_empty());
     assert_eq!(refusal.message, reason);
-    server_handshake_vector(
-        "53 54 4d 50 20 00 38 6e 6f 20 73 75 70 70 6f 72 74 65 64 20 63 6f 6e 74 65 6e 74 2d 74 79 70 65 20 69 6e 20 63 61 6e 64 69 64 61 74 65 73 3a 20 61 70 70 6c 69 63 61 74 69 6f 6e 2f 78 6d 6c",
-        &refusal,
-    );
+    server_handshake_vector(v("t11.server"), &refusal);
     assert_eq!(refusal.error(), Some(Status::bad_request(reason)));
 }
 
@@ -300,27 +314,18 @@ fn t12_version_2_0_is_refused() {
         version: Version { major: 2, minor: 0 },
         ..ClientHandshake::new(header(&[("Accept", "application/protobuf")]))
     };
-    client_handshake_vector(
-        "53 54 4d 50 20 1b 41 63 63 65 70 74 3a 61 70 70 6c 69 63 61 74 69 6f 6e 2f 70 72 6f 74 6f 62 75 66 00",
-        &client,
-    );
+    client_handshake_vector(v("t12.client"), &client);
     assert_eq!(Version::from_byte(0x20).to_string(), "2.0");
 
     let refusal =
         ServerHandshake::refuse(&Status::bad_request("unsupported protocol version: 2.0"));
-    server_handshake_vector(
-        "53 54 4d 50 20 00 21 75 6e 73 75 70 70 6f 72 74 65 64 20 70 72 6f 74 6f 63 6f 6c 20 76 65 72 73 69 6f 6e 3a 20 32 2e 30",
-        &refusal,
-    );
+    server_handshake_vector(v("t12.server"), &refusal);
 }
 
 #[test]
 fn t13_escaped_semicolon_in_accept_list() {
     let client = ClientHandshake::new(header(&[("Accept", "text/x, application/json;q=0.9")]));
-    client_handshake_vector(
-        "53 54 4d 50 10 27 41 63 63 65 70 74 3a 74 65 78 74 2f 78 2c 20 61 70 70 6c 69 63 61 74 69 6f 6e 2f 6a 73 6f 6e 25 33 42 71 3d 30 2e 39 00",
-        &client,
-    );
+    client_handshake_vector(v("t13.client"), &client);
     let supported = [
         "application/protobuf",
         "application/json",
@@ -330,15 +335,12 @@ fn t13_escaped_semicolon_in_accept_list() {
         negotiate(client.header.get("Accept").unwrap(), &supported),
         Some("application/json")
     );
-    server_handshake_vector(
-        "53 54 4d 50 00 1d 43 6f 6e 74 65 6e 74 2d 54 79 70 65 3a 61 70 70 6c 69 63 61 74 69 6f 6e 2f 6a 73 6f 6e 00",
-        &server_ok("application/json"),
-    );
+    server_handshake_vector(v("t13.server"), &server_ok("application/json"));
 }
 
 #[test]
 fn t13b_unescaped_semicolon_is_a_protocol_error() {
-    let wire = hex("53 54 4d 50 10 13 41 63 63 65 70 74 3a 74 65 78 74 2f 78 3b 71 3d 30 2e 39 00");
+    let wire = hex(v("t13b.client"));
     // Every prefix is merely incomplete; the whole handshake is malformed.
     for at in 0..wire.len() {
         let mut buffer = BytesMut::from(&wire[..at]);
@@ -360,10 +362,7 @@ fn t13b_unescaped_semicolon_is_a_protocol_error() {
     let refusal = ServerHandshake::refuse(&Status::protocol_error(
         "parse handshake header: miss ':' in header",
     ));
-    server_handshake_vector(
-        "53 54 4d 50 03 00 2a 70 61 72 73 65 20 68 61 6e 64 73 68 61 6b 65 20 68 65 61 64 65 72 3a 20 6d 69 73 73 20 27 3a 27 20 69 6e 20 68 65 61 64 65 72",
-        &refusal,
-    );
+    server_handshake_vector(v("t13b.server"), &refusal);
     assert_eq!(refusal.error().unwrap().code(), Code::ProtocolError);
 }
 
@@ -373,11 +372,8 @@ fn t14_client_handshake_with_a_message() {
         message: "hello".to_owned(),
         ..ClientHandshake::new(header(&[("Accept", "application/protobuf")]))
     };
-    client_handshake_vector(
-        "53 54 4d 50 10 1b 41 63 63 65 70 74 3a 61 70 70 6c 69 63 61 74 69 6f 6e 2f 70 72 6f 74 6f 62 75 66 05 68 65 6c 6c 6f",
-        &client,
-    );
-    server_handshake_vector(SERVER_OK_PROTOBUF, &server_ok("application/protobuf"));
+    client_handshake_vector(v("t14.client"), &client);
+    server_handshake_vector(v("t1.server"), &server_ok("application/protobuf"));
 }
 
 #[test]
@@ -386,15 +382,10 @@ fn t15_accept_encoding_gzip() {
         ("Accept", "application/protobuf"),
         ("Accept-Encoding", "gzip"),
     ]));
-    client_handshake_vector(
-        "53 54 4d 50 10 30 41 63 63 65 70 74 3a 61 70 70 6c 69 63 61 74 69 6f 6e 2f 70 72 6f 74 6f 62 75 66 3b 41 63 63 65 70 74 2d 45 6e 63 6f 64 69 6e 67 3a 67 7a 69 70 00",
-        &client,
-    );
+    client_handshake_vector(v("t15.client"), &client);
 
     // The server's two keys come from a Go map: compare them as a set.
-    let wire = hex(
-        "53 54 4d 50 00 37 43 6f 6e 74 65 6e 74 2d 45 6e 63 6f 64 69 6e 67 3a 67 7a 69 70 3b 43 6f 6e 74 65 6e 74 2d 54 79 70 65 3a 61 70 70 6c 69 63 61 74 69 6f 6e 2f 70 72 6f 74 6f 62 75 66 00",
-    );
+    let wire = hex(v("t15.server"));
     let ours = ServerHandshake::ok(header(&[
         ("Content-Type", "application/protobuf"),
         ("Content-Encoding", "gzip"),
@@ -419,10 +410,7 @@ fn t15_accept_encoding_gzip() {
         ("Content-Encoding", "gzip"),
         ("Content-Type", "application/protobuf"),
     ]));
-    server_handshake_vector(
-        "53 54 4d 50 00 37 43 6f 6e 74 65 6e 74 2d 45 6e 63 6f 64 69 6e 67 3a 67 7a 69 70 3b 43 6f 6e 74 65 6e 74 2d 54 79 70 65 3a 61 70 70 6c 69 63 61 74 69 6f 6e 2f 70 72 6f 74 6f 62 75 66 00",
-        &in_capture_order,
-    );
+    server_handshake_vector(v("t15.server"), &in_capture_order);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -434,7 +422,7 @@ const GOLDEN: &[u8] = b"\x0a\x06golden";
 #[test]
 fn t2_join_room_request_and_response() {
     stream_vector(
-        "a8 01 00 f7 91 d9 19 08 0a 06 67 6f 6c 64 65 6e",
+        v("t2.request"),
         &[request(
             1,
             Action::Id(action_id(JOIN_ROOM)),
@@ -443,7 +431,7 @@ fn t2_join_room_request_and_response() {
         )],
     );
     stream_vector(
-        "c8 01 00 00 19 0a 06 67 6f 6c 64 65 6e 12 0f 31 32 37 2e 30 2e 30 2e 31 3a 34 30 30 30 31",
+        v("t2.response"),
         &[response(
             1,
             Code::Ok,
@@ -462,7 +450,7 @@ fn t3_ping_and_pong() {
 #[test]
 fn t4_request_with_a_method_name() {
     stream_vector(
-        "aa 02 00 2e 73 74 6d 70 2e 65 78 61 6d 70 6c 65 73 2e 71 75 69 63 6b 5f 73 74 61 72 74 2e 52 6f 6f 6d 53 65 72 76 69 63 65 2e 4a 6f 69 6e 52 6f 6f 6d 08 0a 06 67 6f 6c 64 65 6e",
+        v("t4.request"),
         &[request(
             2,
             Action::Method(JOIN_ROOM.to_owned()),
@@ -471,7 +459,7 @@ fn t4_request_with_a_method_name() {
         )],
     );
     stream_vector(
-        "c8 02 00 22 08 4e 6f 74 46 6f 75 6e 64",
+        v("t4.response"),
         &[response(2, Code::NotFound, b"NotFound")],
     );
 }
@@ -479,11 +467,11 @@ fn t4_request_with_a_method_name() {
 #[test]
 fn t5_unknown_action_gets_not_found() {
     stream_vector(
-        "a8 03 00 b4 24 08 0a 06 67 6f 6c 64 65 6e",
+        v("t5.request"),
         &[request(3, Action::Id(0x1234), Header::new(), GOLDEN)],
     );
     stream_vector(
-        "c8 03 00 22 08 4e 6f 74 46 6f 75 6e 64",
+        v("t5.response"),
         &[response(3, Code::NotFound, b"NotFound")],
     );
 }
@@ -492,11 +480,10 @@ fn t5_unknown_action_gets_not_found() {
 fn t6_request_with_header_and_no_payload() {
     let x_k = header(&[("x-k", "v1"), ("x-k", "v2")]);
     stream_vector(
-        "a4 04 01 f7 91 d9 19 0d 78 2d 6b 3a 76 31 3b 78 2d 6b 3a 76 32",
+        v("t6.request"),
         &[request(0x0104, Action::Id(action_id(JOIN_ROOM)), x_k, b"")],
     );
-    let decoded =
-        decode_chunks([&hex("a4 04 01 f7 91 d9 19 0d 78 2d 6b 3a 76 31 3b 78 2d 6b 3a 76 32")[..]]);
+    let decoded = decode_chunks([&hex(v("t6.request"))[..]]);
     let Packet::Request(request) = &decoded[0] else {
         panic!("not a request: {decoded:?}")
     };
@@ -508,7 +495,7 @@ fn t6_request_with_header_and_no_payload() {
     assert!(request.payload.is_empty());
 
     stream_vector(
-        "c8 04 01 00 11 12 0f 31 32 37 2e 30 2e 30 2e 31 3a 34 30 30 30 31",
+        v("t6.response"),
         &[response(0x0104, Code::Ok, b"\x12\x0f127.0.0.1:40001")],
     );
 }
@@ -516,14 +503,14 @@ fn t6_request_with_header_and_no_payload() {
 #[test]
 fn t6b_notify_and_gos_response_with_mid_0() {
     stream_vector(
-        "b8 f7 91 d9 19 0a 0a 08 67 6f 6c 64 65 6e 2d 6e",
+        v("t6b.notify"),
         &[notify(
             Action::Id(action_id(JOIN_ROOM)),
             b"\x0a\x08golden-n",
         )],
     );
     stream_vector(
-        "c8 00 00 00 1b 0a 08 67 6f 6c 64 65 6e 2d 6e 12 0f 31 32 37 2e 30 2e 30 2e 31 3a 34 30 30 30 31",
+        v("t6b.response"),
         &[response(
             0,
             Code::Ok,
@@ -535,7 +522,7 @@ fn t6b_notify_and_gos_response_with_mid_0() {
 #[test]
 fn t7_second_connection_and_user_join_event() {
     stream_vector(
-        "a8 01 00 f7 91 d9 19 08 0a 06 67 6f 6c 64 65 6e",
+        v("t7.request"),
         &[request(
             1,
             Action::Id(action_id(JOIN_ROOM)),
@@ -544,7 +531,7 @@ fn t7_second_connection_and_user_join_event() {
         )],
     );
     stream_vector(
-        "c8 01 00 00 2a 0a 06 67 6f 6c 64 65 6e 12 0f 31 32 37 2e 30 2e 30 2e 31 3a 34 30 30 30 31 12 0f 31 32 37 2e 30 2e 30 2e 31 3a 34 30 30 30 32",
+        v("t7.response"),
         &[response(
             1,
             Code::Ok,
@@ -552,7 +539,7 @@ fn t7_second_connection_and_user_join_event() {
         )],
     );
     stream_vector(
-        "b8 87 d0 ec cc 09 11 0a 0f 31 32 37 2e 30 2e 30 2e 31 3a 34 30 30 30 32",
+        v("t7.user_join"),
         &[notify(
             Action::Id(action_id(USER_JOIN)),
             b"\x0a\x0f127.0.0.1:40002",
@@ -563,7 +550,7 @@ fn t7_second_connection_and_user_join_event() {
 #[test]
 fn t8_exit_room_empty_response_and_user_exit_event() {
     stream_vector(
-        "a8 02 00 b2 b2 ff bf 0a 08 0a 06 67 6f 6c 64 65 6e",
+        v("t8.request"),
         &[request(
             2,
             Action::Id(action_id(EXIT_ROOM)),
@@ -571,9 +558,9 @@ fn t8_exit_room_empty_response_and_user_exit_event() {
             GOLDEN,
         )],
     );
-    stream_vector("c0 02 00 00", &[response(2, Code::Ok, b"")]);
+    stream_vector(v("t8.response"), &[response(2, Code::Ok, b"")]);
     stream_vector(
-        "b8 a2 8f c9 93 08 11 0a 0f 31 32 37 2e 30 2e 30 2e 31 3a 34 30 30 30 32",
+        v("t8.user_exit"),
         &[notify(
             Action::Id(action_id(USER_EXIT)),
             b"\x0a\x0f127.0.0.1:40002",
@@ -583,23 +570,23 @@ fn t8_exit_room_empty_response_and_user_exit_event() {
 
 #[test]
 fn t9_close_with_a_reason() {
-    stream_vector("d8 00 03 62 79 65", &[Packet::close(Code::Ok, "bye")]);
+    stream_vector(v("t9.close"), &[Packet::close(Code::Ok, "bye")]);
     // A Close without a reason has no payload at all.
-    stream_vector("d0 00", &[Packet::close(Code::Ok, "")]);
+    stream_vector(v("t9.close_empty"), &[Packet::close(Code::Ok, "")]);
 }
 
 #[test]
 fn t10_head_without_fin_is_a_protocol_error() {
-    let mut buffer = BytesMut::from(&hex("00")[..]);
+    let mut buffer = BytesMut::from(&hex(v("t10.no_fin"))[..]);
     let error = PacketCodec::new().decode(&mut buffer).unwrap_err();
     assert_eq!(error.code(), Code::ProtocolError);
     assert!(error.message().contains("FIN"), "{error}");
-    let error = Packet::decode_message(Bytes::from(hex("00")), 1 << 20).unwrap_err();
+    let error = Packet::decode_message(Bytes::from(hex(v("t10.no_fin"))), 1 << 20).unwrap_err();
     assert_eq!(error.code(), Code::ProtocolError);
 
     // The Close the Go server answers with.
     stream_vector(
-        "d8 03 1a 69 6e 76 61 6c 69 64 20 72 65 73 65 72 76 65 64 20 68 65 61 64 20 62 69 74 73",
+        v("t10.close"),
         &[Packet::close(
             Code::ProtocolError,
             "invalid reserved head bits",
@@ -610,7 +597,7 @@ fn t10_head_without_fin_is_a_protocol_error() {
 #[test]
 fn t16_gzip_stream_plaintext_packets() {
     stream_vector(
-        "a8 01 00 f7 91 d9 19 0b 0a 09 67 6f 6c 64 65 6e 2d 67 7a",
+        v("t16.request"),
         &[request(
             1,
             Action::Id(action_id(JOIN_ROOM)),
@@ -619,7 +606,7 @@ fn t16_gzip_stream_plaintext_packets() {
         )],
     );
     stream_vector(
-        "c8 01 00 00 1c 0a 09 67 6f 6c 64 65 6e 2d 67 7a 12 0f 31 32 37 2e 30 2e 30 2e 31 3a 34 30 30 30 33",
+        v("t16.response"),
         &[response(
             1,
             Code::Ok,
@@ -632,7 +619,7 @@ fn t16_gzip_stream_plaintext_packets() {
 fn a_whole_tcp_conversation_decodes_from_one_buffer() {
     // T3, T2 and T9 back to back, as one read could return them.
     stream_vector(
-        "80 a8 01 00 f7 91 d9 19 08 0a 06 67 6f 6c 64 65 6e d8 00 03 62 79 65",
+        v("conversation"),
         &[
             Packet::Ping,
             request(1, Action::Id(action_id(JOIN_ROOM)), Header::new(), GOLDEN),
@@ -647,15 +634,13 @@ fn a_whole_tcp_conversation_decodes_from_one_buffer() {
 
 #[test]
 fn w1_binary_messages() {
-    let handshake = hex(
-        "53 54 4d 50 00 21 43 6f 6e 74 65 6e 74 2d 54 79 70 65 3a 61 70 70 6c 69 63 61 74 69 6f 6e 2f 70 72 6f 74 6f 62 75 66 00",
-    );
+    let handshake = hex(v("t1.server"));
     assert_eq!(
         ServerHandshake::decode_message(&handshake, 1 << 20).unwrap(),
         server_ok("application/protobuf")
     );
     message_vector(
-        "a8 01 00 f7 91 d9 19 0a 0a 67 6f 6c 64 65 6e 2d 77 73 31",
+        v("w1.request"),
         &request(
             1,
             Action::Id(action_id(JOIN_ROOM)),
@@ -664,16 +649,14 @@ fn w1_binary_messages() {
         ),
     );
     message_vector(
-        "c8 01 00 00 0a 0a 67 6f 6c 64 65 6e 2d 77 73 31 12 0f 31 32 37 2e 30 2e 30 2e 31 3a 34 30 30 30 34",
+        v("w1.response"),
         &response(1, Code::Ok, b"\x0a\x0agolden-ws1\x12\x0f127.0.0.1:40004"),
     );
 }
 
 #[test]
 fn w2_binary_messages_with_json() {
-    let handshake = hex(
-        "53 54 4d 50 00 1d 43 6f 6e 74 65 6e 74 2d 54 79 70 65 3a 61 70 70 6c 69 63 61 74 69 6f 6e 2f 6a 73 6f 6e 00",
-    );
+    let handshake = hex(v("t13.server"));
     let expected = server_ok("application/json");
     assert_eq!(
         ServerHandshake::decode_message(&handshake, 1 << 20).unwrap(),
@@ -683,7 +666,7 @@ fn w2_binary_messages_with_json() {
     expected.encode(&mut out);
     assert_eq!(&out[..], &handshake[..]);
     message_vector(
-        "a8 01 00 f7 91 d9 19 7b 22 6e 61 6d 65 22 3a 22 67 6f 6c 64 65 6e 2d 77 73 32 22 7d",
+        v("w2.request"),
         &request(
             1,
             Action::Id(action_id(JOIN_ROOM)),
@@ -692,7 +675,7 @@ fn w2_binary_messages_with_json() {
         ),
     );
     message_vector(
-        "c8 01 00 00 7b 22 6e 61 6d 65 22 3a 22 67 6f 6c 64 65 6e 2d 77 73 32 22 2c 22 75 73 65 72 73 22 3a 5b 22 31 32 37 2e 30 2e 30 2e 31 3a 34 30 30 30 35 22 5d 7d",
+        v("w2.response"),
         &response(
             1,
             Code::Ok,
@@ -703,9 +686,7 @@ fn w2_binary_messages_with_json() {
 
 #[test]
 fn w3_text_handshake_and_text_packets() {
-    let wire = hex(
-        "53 54 4d 50 30 0a 48 43 6f 6e 74 65 6e 74 2d 54 79 70 65 3a 61 70 70 6c 69 63 61 74 69 6f 6e 2f 6a 73 6f 6e 3b 50 61 63 6b 65 74 2d 46 6f 72 6d 61 74 3a 74 65 78 74",
-    );
+    let wire = hex(v("w3.server"));
     assert_eq!(
         &wire[..],
         b"STMP0\nHContent-Type:application/json;Packet-Format:text"
@@ -729,9 +710,7 @@ fn w3_text_handshake_and_text_packets() {
     decoded.encode_text(&mut in_capture_order);
     assert_eq!(&in_capture_order[..], &wire[..]);
 
-    let request_wire = hex(
-        "51 31 3a 33 33 36 34 38 46 37 0a 50 7b 22 6e 61 6d 65 22 3a 22 67 6f 6c 64 65 6e 2d 77 73 33 22 7d",
-    );
+    let request_wire = hex(v("w3.request"));
     assert_eq!(
         &request_wire[..],
         br#"Q1:33648F7
@@ -746,9 +725,7 @@ P{"name":"golden-ws3"}"#
             br#"{"name":"golden-ws3"}"#,
         ),
     );
-    let response_wire = hex(
-        "53 31 3a 30 0a 50 7b 22 6e 61 6d 65 22 3a 22 67 6f 6c 64 65 6e 2d 77 73 33 22 2c 22 75 73 65 72 73 22 3a 5b 22 31 32 37 2e 30 2e 30 2e 31 3a 34 30 30 30 36 22 5d 7d",
-    );
+    let response_wire = hex(v("w3.response"));
     text_vector(
         &response_wire,
         &response(
@@ -761,19 +738,19 @@ P{"name":"golden-ws3"}"#
 
 #[test]
 fn text_forms_of_every_kind() {
-    text_vector(b"I", &Packet::Ping);
-    text_vector(b"O", &Packet::Pong);
+    text_vector(&hex(v("text.ping")), &Packet::Ping);
+    text_vector(&hex(v("text.pong")), &Packet::Pong);
     text_vector(
-        b"S1:22\nPNotFound",
+        &hex(v("text.not_found")),
         &response(1, Code::NotFound, b"NotFound"),
     );
-    text_vector(b"C0\nPbye", &Packet::close(Code::Ok, "bye"));
+    text_vector(&hex(v("text.close")), &Packet::close(Code::Ok, "bye"));
     text_vector(
-        b"N999B2807\nP{}",
+        &hex(v("text.notify")),
         &notify(Action::Id(action_id(USER_JOIN)), b"{}"),
     );
     text_vector(
-        b"QFFFF:M:a%3Ab%0Ac\nHx-k:v1;x-k:v%3B2\nP\nraw\n",
+        &hex(v("text.method_name")),
         &request(
             0xffff,
             Action::Method("a:b\nc".to_owned()),
@@ -789,7 +766,7 @@ fn text_forms_of_every_kind() {
 
 #[test]
 fn go_client_trace_run_1_head_and_payload_in_two_reads() {
-    let handshake = hex(CLIENT_ACCEPT_PROTOBUF);
+    let handshake = hex(v("t1.client"));
     assert_eq!(
         decode_client_handshake(&handshake, handshake.len()),
         ClientHandshake::new(header(&[("Accept", "application/protobuf")]))
@@ -801,8 +778,8 @@ fn go_client_trace_run_1_head_and_payload_in_two_reads() {
         Header::new(),
         b"\x0a\x09golden-go",
     );
-    let head = hex("a8 01 00 f7 91 d9 19 0b");
-    let payload = hex("0a 09 67 6f 6c 64 65 6e 2d 67 6f");
+    let head = hex(chunk("go_run1.request", 0));
+    let payload = hex(chunk("go_run1.request", 1));
     assert_eq!((head.len(), payload.len()), (8, 11));
     let mut codec = PacketCodec::new();
     let mut buffer = BytesMut::from(&head[..]);
@@ -817,9 +794,8 @@ fn go_client_trace_run_1_head_and_payload_in_two_reads() {
     assert_eq!(encode_stream(&[expected_request]), [head, payload].concat());
 
     let expected_response = response(1, Code::Ok, b"\x0a\x09golden-go\x12\x0f127.0.0.1:45042");
-    let head = hex("c8 01 00 00 1c");
-    let payload =
-        hex("0a 09 67 6f 6c 64 65 6e 2d 67 6f 12 0f 31 32 37 2e 30 2e 30 2e 31 3a 34 35 30 34 32");
+    let head = hex(chunk("go_run1.response", 0));
+    let payload = hex(chunk("go_run1.response", 1));
     assert_eq!(
         decode_chunks([&head[..], &payload[..]]),
         std::slice::from_ref(&expected_response)
@@ -830,7 +806,7 @@ fn go_client_trace_run_1_head_and_payload_in_two_reads() {
     );
 
     stream_vector(
-        "d8 02 17 72 65 61 64 20 70 61 63 6b 65 74 20 68 65 61 64 65 72 3a 20 45 4f 46",
+        v("go_run1.close"),
         &[Packet::close(Code::NetworkError, "read packet header: EOF")],
     );
 }
@@ -838,7 +814,7 @@ fn go_client_trace_run_1_head_and_payload_in_two_reads() {
 #[test]
 fn go_client_trace_run_2_whole_packets() {
     stream_vector(
-        "a8 01 00 f7 91 d9 19 0c 0a 0a 67 6f 6c 64 65 6e 2d 67 6f 32",
+        v("go_run2.request"),
         &[request(
             1,
             Action::Id(action_id(JOIN_ROOM)),
@@ -847,7 +823,7 @@ fn go_client_trace_run_2_whole_packets() {
         )],
     );
     stream_vector(
-        "c8 01 00 00 1d 0a 0a 67 6f 6c 64 65 6e 2d 67 6f 32 12 0f 31 32 37 2e 30 2e 30 2e 31 3a 34 38 32 38 36",
+        v("go_run2.response"),
         &[response(
             1,
             Code::Ok,
@@ -859,7 +835,7 @@ fn go_client_trace_run_2_whole_packets() {
 #[test]
 fn eof_inside_a_packet_is_a_network_error() {
     let mut codec = PacketCodec::new();
-    let mut buffer = BytesMut::from(&hex("a8 01 00 f7 91 d9 19 0b 0a 09")[..]);
+    let mut buffer = BytesMut::from(&hex(v("eof_inside_a_packet"))[..]);
     assert_eq!(codec.decode(&mut buffer).unwrap(), None);
     let error = codec.decode_eof(&mut buffer).unwrap_err();
     assert_eq!(error.code(), Code::NetworkError);
@@ -871,8 +847,8 @@ fn eof_inside_a_packet_is_a_network_error() {
 
 #[test]
 fn f1_split_inside_the_payload() {
-    let chunk0 = hex("a8 05 00 f7 91 d9 19 08 0a 06 67");
-    let chunk1 = hex("6f 6c 64 65 6e");
+    let chunk0 = hex(chunk("f1.request", 0));
+    let chunk1 = hex(chunk("f1.request", 1));
     let expected = [request(
         5,
         Action::Id(action_id(JOIN_ROOM)),
@@ -892,9 +868,7 @@ fn f1_split_inside_the_payload() {
     assert_eq!(codec.decode_eof(&mut buffer).unwrap(), None);
 
     // What the Go server answered (a zero-padded payload, then a Close) is well-formed.
-    let answer = hex(
-        "c8 05 00 00 19 0a 06 67 00 00 00 00 00 12 0f 31 32 37 2e 30 2e 30 2e 31 3a 33 38 34 32 34 d8 03 1a 69 6e 76 61 6c 69 64 20 72 65 73 65 72 76 65 64 20 68 65 61 64 20 62 69 74 73",
-    );
+    let answer = hex(v("f1.answer"));
     assert_eq!(
         decode_chunks([&answer[..]]),
         [
@@ -906,8 +880,8 @@ fn f1_split_inside_the_payload() {
 
 #[test]
 fn f2_split_inside_the_mid() {
-    let chunk0 = hex("a8 01");
-    let chunk1 = hex("02 f7 91 d9 19 08 0a 06 67 6f 6c 64 65 6e");
+    let chunk0 = hex(chunk("f2.request", 0));
+    let chunk1 = hex(chunk("f2.request", 1));
     let expected = request(
         0x0201,
         Action::Id(action_id(JOIN_ROOM)),
@@ -924,7 +898,7 @@ fn f2_split_inside_the_mid() {
 
     // Go's answer: a Close with RequestEntityTooLarge.
     stream_vector(
-        "d8 24 2b 70 61 63 6b 65 74 20 73 69 7a 65 20 35 33 38 38 39 32 37 31 20 69 73 20 6c 61 72 67 65 20 74 68 61 6e 20 31 36 37 37 37 32 31 36",
+        v("f2.close"),
         &[Packet::close(
             Code::RequestEntityTooLarge,
             "packet size 53889271 is large than 16777216",
@@ -947,16 +921,13 @@ impl Rng {
 #[test]
 fn f3_a_300_kb_request_in_random_chunks() {
     // a8 06 00 f7 91 d9 19 e4 a7 12 | 0a e0 a7 12 + 300000 'x'
-    let mut payload = hex("0a e0 a7 12");
+    let mut payload = hex(large_request("payload_prefix"));
     payload.resize(4 + 300_000, b'x');
     assert_eq!(payload.len(), 300_004);
     let expected = request(6, Action::Id(action_id(JOIN_ROOM)), Header::new(), &payload);
     let wire = encode_stream(std::slice::from_ref(&expected));
     assert_eq!(wire.len(), 300_014);
-    assert_eq!(
-        &wire[..14],
-        &hex("a8 06 00 f7 91 d9 19 e4 a7 12 0a e0 a7 12")[..]
-    );
+    assert_eq!(&wire[..14], &hex(large_request("head"))[..]);
 
     for seed in [1u64, 0x5eed, 0xdead_beef, 42] {
         let mut rng = Rng(seed);
@@ -982,7 +953,7 @@ fn f3_a_300_kb_request_in_random_chunks() {
 
 #[test]
 fn f3_the_limit_is_checked_before_the_payload_arrives() {
-    let wire = hex("a8 06 00 f7 91 d9 19 e4 a7 12");
+    let wire = hex(large_request("limit_prefix"));
     let mut codec = PacketCodec::with_max_packet_size(300_003);
     let mut buffer = BytesMut::from(&wire[..]);
     let error = codec.decode(&mut buffer).unwrap_err();
@@ -995,10 +966,8 @@ fn f3_the_limit_is_checked_before_the_payload_arrives() {
 
 #[test]
 fn f4_handshake_split_after_st() {
-    let wire = hex(
-        "53 54 4d 50 10 1b 41 63 63 65 70 74 3a 61 70 70 6c 69 63 61 74 69 6f 6e 2f 70 72 6f 74 6f 62 75 66 00",
-    );
-    let mut buffer = BytesMut::from(&hex("53 54")[..]);
+    let wire = hex(v("t1.client"));
+    let mut buffer = BytesMut::from(&hex(v("t1.client"))[..2]);
     assert_eq!(ClientHandshake::decode(&mut buffer, 1 << 20), Ok(None));
     assert_eq!(&buffer[..], b"ST");
     buffer.extend_from_slice(&wire[2..]);
@@ -1018,13 +987,181 @@ fn f4_handshake_split_after_st() {
     assert!(error.message().contains("magic"), "{error}");
 
     // Go's answer is itself a well-formed refusal.
-    let answer = hex(
-        "53 54 4d 50 03 00 21 68 61 6e 64 73 68 61 6b 65 20 6d 61 67 69 63 20 53 54 00 00 00 20 69 73 20 6e 6f 74 20 53 54 4d 50",
-    );
+    let answer = hex(v("f4.server"));
     assert_server_handshake_decodes(
         &answer,
         &ServerHandshake::refuse(&Status::protocol_error(
             "handshake magic ST\0\0\0 is not STMP",
         )),
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The shared vectors' descriptions, which other implementations test against
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn every_shared_vector_matches_its_description() {
+    let mut checked = 0;
+    for Described { name, wire, entry } in described("stream") {
+        let packets: Vec<Packet> = entry["packets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(vectors::packet)
+            .collect();
+        assert_eq!(encode_stream(&packets), wire, "{name}");
+        assert_eq!(decode_chunks([&wire[..]]), packets, "{name}");
+        checked += 1;
+    }
+    for entry in vectors::section("stream_chunks") {
+        let chunks: Vec<Vec<u8>> = entry["chunks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|chunk| hex(chunk.as_str().unwrap()))
+            .collect();
+        let packets: Vec<Packet> = entry["packets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(vectors::packet)
+            .collect();
+        assert_eq!(
+            encode_stream(&packets),
+            chunks.concat(),
+            "{}",
+            entry["name"]
+        );
+        assert_eq!(decode_chunks(chunks.iter().map(Vec::as_slice)), packets);
+        checked += 1;
+    }
+    for Described { wire, entry, .. } in described("message") {
+        message_vector(&hex_string(&wire), &vectors::packet(&entry["packet"]));
+        checked += 1;
+    }
+    for Described { wire, entry, .. } in described("text") {
+        text_vector(&wire, &vectors::packet(&entry["packet"]));
+        checked += 1;
+    }
+    for Described { wire, entry, .. } in described("client_handshakes") {
+        let (major, minor) = entry["version"].as_str().unwrap().split_once('.').unwrap();
+        let expected = ClientHandshake {
+            version: Version {
+                major: major.parse().unwrap(),
+                minor: minor.parse().unwrap(),
+            },
+            header: vectors::header(&entry["header"]),
+            message: entry["message"].as_str().unwrap().to_owned(),
+        };
+        client_handshake_vector(&hex_string(&wire), &expected);
+        checked += 1;
+    }
+    for Described { wire, entry, .. } in described("server_handshakes") {
+        server_handshake_vector(&hex_string(&wire), &described_server_handshake(entry));
+        checked += 1;
+    }
+    for Described { name, wire, entry } in described("server_handshakes_text") {
+        let expected = described_server_handshake(entry);
+        assert_eq!(
+            ServerHandshake::decode_text(&wire, 1 << 20).unwrap(),
+            expected,
+            "{name}"
+        );
+        let mut out = BytesMut::new();
+        expected.encode_text(&mut out);
+        assert_eq!(&out[..], &wire[..], "{name}");
+        checked += 1;
+    }
+    for Described { name, wire, entry } in described("invalid_client_handshakes") {
+        let error = ClientHandshake::decode(&mut BytesMut::from(&wire[..]), 1 << 20).unwrap_err();
+        assert_described_error(name, &error, entry);
+        checked += 1;
+    }
+    for Described { name, wire, entry } in described("invalid_packets") {
+        for form in entry["forms"].as_array().unwrap() {
+            let error = match form.as_str().unwrap() {
+                "stream" => PacketCodec::new()
+                    .decode(&mut BytesMut::from(&wire[..]))
+                    .unwrap_err(),
+                "message" => {
+                    Packet::decode_message(Bytes::from(wire.clone()), 1 << 20).unwrap_err()
+                }
+                other => panic!("{name}: unknown form {other}"),
+            };
+            assert_described_error(name, &error, entry);
+        }
+        checked += 1;
+    }
+    for Described { name, wire, .. } in described("truncated_stream") {
+        let mut codec = PacketCodec::new();
+        let mut buffer = BytesMut::from(&wire[..]);
+        assert_eq!(codec.decode(&mut buffer).unwrap(), None, "{name}");
+        assert_eq!(
+            codec.decode_eof(&mut buffer).unwrap_err().code(),
+            Code::NetworkError
+        );
+        checked += 1;
+    }
+    let total: usize = [
+        "stream",
+        "stream_chunks",
+        "message",
+        "text",
+        "client_handshakes",
+        "server_handshakes",
+        "server_handshakes_text",
+        "invalid_client_handshakes",
+        "invalid_packets",
+        "truncated_stream",
+    ]
+    .iter()
+    .map(|section| vectors::section(section).len())
+    .sum();
+    assert_eq!(checked, total);
+    assert!(checked > 50, "only {checked} vectors");
+}
+
+fn described_server_handshake(entry: &serde_json::Value) -> ServerHandshake {
+    ServerHandshake {
+        status: vectors::status(entry, "status"),
+        header: vectors::header(&entry["header"]),
+        message: entry["message"].as_str().unwrap().to_owned(),
+    }
+}
+
+fn assert_described_error(name: &str, error: &Status, entry: &serde_json::Value) {
+    assert_eq!(
+        error.code(),
+        vectors::status(entry, "code"),
+        "{name}: {error}"
+    );
+    for part in entry["contains"].as_array().unwrap() {
+        let part = part.as_str().unwrap();
+        assert!(
+            error.message().contains(part),
+            "{name}: {error} lacks {part:?}"
+        );
+    }
+}
+
+fn hex_string(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x} ")).collect()
+}
+
+#[test]
+fn the_large_request_is_described_exactly() {
+    let mut payload = hex(large_request("payload_prefix"));
+    let fill = u8::from_str_radix(large_request("fill_byte"), 16).unwrap();
+    let doc = vectors::section_value("large_request");
+    payload.resize(doc["payload_len"].as_u64().unwrap() as usize, fill);
+    let expected = request(
+        doc["mid"].as_u64().unwrap() as u16,
+        Action::Id(doc["action"].as_u64().unwrap()),
+        Header::new(),
+        &payload,
+    );
+    let wire = encode_stream(std::slice::from_ref(&expected));
+    assert_eq!(wire.len() as u64, doc["stream_len"].as_u64().unwrap());
+    assert_eq!(&wire[..14], &hex(large_request("head"))[..]);
 }

@@ -10,6 +10,7 @@
 //!   and re-join by itself.
 //! - [`limits`]: sign-in rate limits, per connection and per address.
 //! - [`terminal`]: the commands and output of the `room-client` binary.
+//! - [`web`]: the browser client's files, for `room-server --web`.
 //! - [`http`]: the HTTP API (`room-server --http`): publish, presence, close, drain, metrics.
 //!
 //! `build.rs` compiles `proto/room.proto` with `stmp-build`; the generated messages and
@@ -23,6 +24,7 @@ pub mod http;
 pub mod limits;
 pub mod server;
 pub mod terminal;
+pub mod web;
 
 #[allow(missing_docs)]
 mod proto {

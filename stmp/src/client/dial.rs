@@ -14,10 +14,10 @@ use tokio_util::task::TaskTracker;
 use super::ClientBuilder;
 use super::endpoint::{Endpoint, Scheme};
 use crate::codec::Codec;
-use crate::conn::io::{PacketStream, PacketWriter, byte_stream, websocket};
+use crate::conn::io::{PacketStream, PacketWriter, ReadLimits, byte_stream, websocket};
 use crate::conn::{ConnParts, Engine, PacketFormat, Side};
 use crate::server::ws_config;
-use crate::wire::{ClientHandshake, Header, ServerHandshake};
+use crate::wire::{ClientHandshake, Header, Limits, ServerHandshake};
 use crate::{Conn, Status};
 
 /// A connection whose handshake succeeded and whose engine is ready to run.
@@ -261,8 +261,11 @@ where
         .header
         .get("Content-Encoding")
         .is_some_and(|e| e.eq_ignore_ascii_case("gzip"));
-    let (packets, packet_writer) =
-        byte_stream(reader, writer, buffer, config.max_packet_size, gzip);
+    let limits = ReadLimits {
+        wire: Limits::from(config.max_packet_size),
+        ..ReadLimits::default()
+    };
+    let (packets, packet_writer) = byte_stream(reader, writer, buffer, &limits, gzip);
     Ok(ready(
         config,
         remote,
@@ -375,7 +378,7 @@ where
         Some(f) if f.eq_ignore_ascii_case("text") => PacketFormat::Text,
         _ => PacketFormat::Binary,
     };
-    let (packets, writer) = websocket(socket, format, config.max_packet_size);
+    let (packets, writer) = websocket(socket, format, Limits::from(config.max_packet_size));
     Ok(ready(
         config,
         remote,

@@ -1,11 +1,13 @@
 //! Thin glue between a transport and the engine: a stream of decoded packets in, batches of
 //! packets out. Byte streams (TCP, TLS, QUIC) and WebSocket messages are the two shapes.
 
+mod inflate;
+
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_compression::tokio::bufread::GzipDecoder;
 use async_compression::tokio::write::GzipEncoder;
 use bytes::{Bytes, BytesMut};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
@@ -15,7 +17,9 @@ use tokio_util::codec::FramedRead;
 
 use crate::Status;
 use crate::telemetry::Counted;
-use crate::wire::{Packet, PacketCodec};
+use crate::wire::{BufferBudget, Limits, Packet, PacketCodec};
+use inflate::BoundedGzip;
+pub(crate) use inflate::InflationLimit;
 
 /// Decoded packets from the peer; the stream ends when the transport does.
 pub(crate) type PacketStream = Pin<Box<dyn Stream<Item = Result<Packet, Status>> + Send>>;
@@ -41,6 +45,15 @@ impl PacketFormat {
             PacketFormat::Text => "text",
         }
     }
+}
+
+/// What a connection accepts from its peer.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ReadLimits {
+    pub(crate) wire: Limits,
+    /// Shared by a server's connections, for large packets still being received.
+    pub(crate) buffered: Option<Arc<BufferBudget>>,
+    pub(crate) inflation: InflationLimit,
 }
 
 /// Where the engine writes packets.
@@ -163,12 +176,13 @@ pub(crate) fn ws_error(error: tungstenite::Error) -> Status {
 }
 
 /// A byte-stream transport: packets framed by [`PacketCodec`], optionally inside one gzip
-/// stream per direction. `leftover` holds bytes read past the handshake.
+/// stream per direction, whose inflation is bounded. `leftover` holds bytes read past the
+/// handshake.
 pub(crate) fn byte_stream<R, W>(
     reader: R,
     writer: W,
     leftover: BytesMut,
-    max_packet_size: usize,
+    limits: &ReadLimits,
     gzip: bool,
 ) -> (PacketStream, PacketWriter)
 where
@@ -176,9 +190,10 @@ where
     W: AsyncWrite + Send + 'static,
 {
     let (reader, writer) = (Counted::new(reader), Counted::new(writer));
-    let codec = PacketCodec::with_max_packet_size(max_packet_size);
+    let codec = PacketCodec::with_limits(limits.wire).with_budget(limits.buffered.clone());
     if gzip {
-        let plain = GzipDecoder::new(BufReader::new(std::io::Cursor::new(leftover).chain(reader)));
+        let compressed = BufReader::new(std::io::Cursor::new(leftover).chain(reader));
+        let plain = BoundedGzip::new(compressed, limits.inflation);
         let packets = FramedRead::with_capacity(plain, codec, READ_BUFFER);
         let io: BoxWrite = Box::pin(GzipEncoder::new(writer));
         (
@@ -207,7 +222,7 @@ where
 pub(crate) fn websocket<S>(
     socket: S,
     format: PacketFormat,
-    max_packet_size: usize,
+    limits: Limits,
 ) -> (PacketStream, PacketWriter)
 where
     S: Stream<Item = Result<WsMessage, tungstenite::Error>>
@@ -224,12 +239,10 @@ where
         .filter_map(move |message| {
             std::future::ready(match message {
                 Ok(WsMessage::Binary(bytes)) if format == PacketFormat::Binary => {
-                    Some(Packet::decode_message(bytes, max_packet_size))
+                    Some(Packet::decode_message(bytes, limits))
                 }
-                Ok(WsMessage::Binary(bytes)) => Some(Packet::decode_text(bytes, max_packet_size)),
-                Ok(WsMessage::Text(text)) => {
-                    Some(Packet::decode_text(Bytes::from(text), max_packet_size))
-                }
+                Ok(WsMessage::Binary(bytes)) => Some(Packet::decode_text(bytes, limits)),
+                Ok(WsMessage::Text(text)) => Some(Packet::decode_text(Bytes::from(text), limits)),
                 Ok(_) => None,
                 Err(error) => Some(Err(ws_error(error))),
             })

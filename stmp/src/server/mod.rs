@@ -17,11 +17,14 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::codec::{Codec, Codecs};
-use crate::conn::io::{PacketStream, PacketWriter, byte_stream};
+use crate::conn::io::{InflationLimit, PacketStream, PacketWriter, ReadLimits, byte_stream};
 use crate::conn::{ConnParts, DEFAULT_SEND_QUEUE_BYTES, Engine, EngineConfig, Outbox, Side};
 use crate::router::BoxFuture;
 use crate::stats::{Counters, ServerStats};
-use crate::wire::{ClientHandshake, DEFAULT_MAX_PACKET_SIZE, Header, ServerHandshake, Version};
+use crate::wire::{
+    BufferBudget, ClientHandshake, DEFAULT_MAX_PACKET_SIZE, Header, Limits, ServerHandshake,
+    Version,
+};
 use crate::{Code, Conn, ConnSet, Router, Service, SlowConsumer, Status};
 pub(crate) use negotiate::{Agreement, Transport, negotiate};
 pub(crate) use ws::ws_config;
@@ -57,8 +60,12 @@ pub struct ServerBuilder {
     handshake_timeout: Duration,
     max_connections: usize,
     max_packet_size: usize,
+    max_header_size: usize,
+    max_header_entries: usize,
+    max_buffered_bytes: usize,
     call_timeout: Duration,
     gzip: bool,
+    inflation: InflationLimit,
     send_queue_bytes: usize,
     slow_consumer: SlowConsumer,
     max_in_flight_bytes: usize,
@@ -75,8 +82,12 @@ impl Default for ServerBuilder {
             handshake_timeout: Duration::from_secs(10),
             max_connections: 100_000,
             max_packet_size: DEFAULT_MAX_PACKET_SIZE,
+            max_header_size: Limits::DEFAULT.max_header_size,
+            max_header_entries: Limits::DEFAULT.max_header_entries,
+            max_buffered_bytes: 256 << 20,
             call_timeout: Duration::from_secs(30),
-            gzip: true,
+            gzip: false,
+            inflation: InflationLimit::default(),
             send_queue_bytes: DEFAULT_SEND_QUEUE_BYTES,
             slow_consumer: SlowConsumer::default(),
             max_in_flight_bytes: 256 << 20,
@@ -128,6 +139,28 @@ impl ServerBuilder {
     /// Limit of method + header + payload of one packet. Default 16 MiB.
     pub fn max_packet_size(mut self, max: usize) -> Self {
         self.max_packet_size = max;
+        self
+    }
+
+    /// Limit of the header block of one packet or handshake, in wire bytes; a peer over it is
+    /// closed with `RequestEntityTooLarge`. Default 16 KiB.
+    pub fn max_header_size(mut self, max: usize) -> Self {
+        self.max_header_size = max;
+        self
+    }
+
+    /// Limit of the entries of one header block (each costs memory whatever its size); a peer
+    /// over it is closed with `RequestEntityTooLarge`. Default 256.
+    pub fn max_header_entries(mut self, max: usize) -> Self {
+        self.max_header_entries = max;
+        self
+    }
+
+    /// Bytes of partially received packets the server holds at once, over all connections.
+    /// Packets over 64 KiB charge it as soon as their size is announced; a connection whose
+    /// packet does not fit is closed with `TooManyRequests`. Default 256 MiB.
+    pub fn max_buffered_bytes(mut self, max: usize) -> Self {
+        self.max_buffered_bytes = max;
         self
     }
 
@@ -187,9 +220,20 @@ impl ServerBuilder {
         self
     }
 
-    /// Whether clients may ask for gzip on byte streams. Default true.
+    /// Whether clients may ask for gzip on byte streams. Default false: inflating is work a
+    /// peer can multiply (a few kilobytes of gzip become megabytes of packets to decode), so a
+    /// server offers it only when told to. When on, each stream's inflation is bounded
+    /// ([`gzip_inflation_limit`](Self::gzip_inflation_limit)).
     pub fn gzip(mut self, allowed: bool) -> Self {
         self.gzip = allowed;
+        self
+    }
+
+    /// How far a client's gzip stream may inflate: over any stretch of it, at most `burst`
+    /// bytes plus `max_ratio` times the compressed bytes of that stretch. A client over it is
+    /// closed with `RequestEntityTooLarge`. Default 64× with a 1 MiB burst.
+    pub fn gzip_inflation_limit(mut self, max_ratio: u32, burst: usize) -> Self {
+        self.inflation = InflationLimit { max_ratio, burst };
         self
     }
 
@@ -211,10 +255,24 @@ impl ServerBuilder {
         self
     }
 
+    /// The packet and header limits.
+    pub(crate) fn wire_limits(&self) -> Limits {
+        Limits::DEFAULT
+            .with_max_packet_size(self.max_packet_size)
+            .with_max_header_size(self.max_header_size)
+            .with_max_header_entries(self.max_header_entries)
+    }
+
     /// The server; it serves nothing until a `listen_*` call.
     pub fn build(self) -> Server {
+        let read_limits = ReadLimits {
+            wire: self.wire_limits(),
+            buffered: Some(BufferBudget::new(self.max_buffered_bytes)),
+            inflation: self.inflation,
+        };
         Server {
             inner: Arc::new(Inner {
+                read_limits,
                 counters: Counters::new(self.max_in_flight_bytes),
                 config: self,
                 conns: ConnSet::new(),
@@ -247,6 +305,7 @@ pub struct Server {
 
 struct Inner {
     config: ServerBuilder,
+    read_limits: ReadLimits,
     conns: ConnSet,
     counters: Arc<Counters>,
     stop_accepting: CancellationToken,
@@ -470,7 +529,13 @@ impl Server {
         let mut buffer = BytesMut::with_capacity(512);
         let hello = tokio::time::timeout(
             config.handshake_timeout,
-            read_client_handshake(&mut reader, &mut buffer, MAX_HANDSHAKE_SIZE),
+            read_client_handshake(
+                &mut reader,
+                &mut buffer,
+                config
+                    .wire_limits()
+                    .with_max_packet_size(MAX_HANDSHAKE_SIZE),
+            ),
         )
         .await;
         let hello = match hello {
@@ -516,7 +581,7 @@ impl Server {
             reader,
             writer,
             buffer,
-            config.max_packet_size,
+            &self.inner.read_limits,
             agreement.gzip,
         );
         self.run(conn, outbox, packets, packet_writer).await;
@@ -662,10 +727,10 @@ impl Drop for Membership<'_> {
 async fn read_client_handshake<R: AsyncRead + Unpin>(
     reader: &mut R,
     buffer: &mut BytesMut,
-    limit: usize,
+    limits: Limits,
 ) -> Result<ClientHandshake, Status> {
     loop {
-        if let Some(hello) = ClientHandshake::decode(buffer, limit)? {
+        if let Some(hello) = ClientHandshake::decode(buffer, limits)? {
             return Ok(hello);
         }
         if reader.read_buf(buffer).await? == 0 {

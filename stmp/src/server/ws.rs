@@ -15,7 +15,7 @@ use super::{Server, Transport};
 use crate::Status;
 use crate::conn::PacketFormat;
 use crate::conn::io::websocket;
-use crate::wire::{Header, ServerHandshake, Version};
+use crate::wire::{Header, Limits, ServerHandshake, Version};
 
 /// Header keys of the upgrade request that are part of the stmp handshake (HTTP headers are
 /// case-insensitive, stmp headers are not: these are mapped to their stmp spelling).
@@ -33,10 +33,27 @@ pub(crate) fn ws_config(max_packet_size: usize) -> WebSocketConfig {
 /// The stmp handshake of a WebSocket upgrade: query parameters, then the HTTP headers (the
 /// known ones in their stmp spelling, the others by their lower-case name), each key the
 /// query does not have. Applications send their entries (tokens…) as headers, out of URLs.
-pub(crate) fn handshake_from_request(request: &Request) -> Header {
+/// The result is held to the header limits, as a binary handshake's header is; the query is
+/// checked before it is parsed.
+pub(crate) fn handshake_from_request(request: &Request, limits: &Limits) -> Result<Header, Status> {
     let mut header = Header::new();
     if let Some(query) = request.uri().query() {
-        header.extend(form_urlencoded::parse(query.as_bytes()).into_owned());
+        if query.len() > limits.max_header_size {
+            return Err(Status::request_entity_too_large(format!(
+                "handshake query of {} bytes is over the header limit of {} bytes",
+                query.len(),
+                limits.max_header_size
+            )));
+        }
+        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+            if header.len() == limits.max_header_entries {
+                return Err(Status::request_entity_too_large(format!(
+                    "handshake query has more than {} entries",
+                    limits.max_header_entries
+                )));
+            }
+            header.append(key, value);
+        }
     }
     let from_query: Vec<String> = header.iter().map(|(k, _)| k.to_owned()).collect();
     for (name, value) in request.headers() {
@@ -50,7 +67,21 @@ pub(crate) fn handshake_from_request(request: &Request) -> Header {
             header.append(key, value);
         }
     }
-    header
+    if header.len() > limits.max_header_entries {
+        return Err(Status::request_entity_too_large(format!(
+            "handshake has {} entries, over the limit of {}",
+            header.len(),
+            limits.max_header_entries
+        )));
+    }
+    let size = header.encoded_len();
+    if size > limits.max_header_size {
+        return Err(Status::request_entity_too_large(format!(
+            "handshake header of {size} bytes is over the limit of {} bytes",
+            limits.max_header_size
+        )));
+    }
+    Ok(header)
 }
 
 fn version_of(header: &Header) -> Result<Version, Status> {
@@ -77,6 +108,7 @@ impl Server {
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         let config = &self.inner.config;
+        let limits = config.wire_limits();
         let mut header = None;
         // The callback's error type is tungstenite's; its size is not ours to choose.
         #[allow(clippy::result_large_err)]
@@ -89,7 +121,7 @@ impl Server {
                 *refusal.status_mut() = StatusCode::NOT_FOUND;
                 return Err(refusal);
             }
-            header = Some(handshake_from_request(request));
+            header = Some(handshake_from_request(request, &limits));
             Ok(response)
         };
         let upgrade = tokio_tungstenite::accept_hdr_async_with_config(
@@ -102,9 +134,14 @@ impl Server {
             Ok(Err(error)) => return tracing::debug!(%remote, %error, "websocket upgrade failed"),
             Err(_) => return tracing::debug!(%remote, "websocket upgrade timed out"),
         };
-        let header = header.unwrap_or_default();
-        let admitted = version_of(&header)
-            .and_then(|version| self.admit(version, &header, Transport::WebSocket));
+        let (header, admitted) = match header.unwrap_or_else(|| Ok(Header::new())) {
+            Ok(header) => {
+                let admitted = version_of(&header)
+                    .and_then(|version| self.admit(version, &header, Transport::WebSocket));
+                (header, admitted)
+            }
+            Err(status) => (Header::new(), Err(status)),
+        };
         // A refusal can only be sent in the format the client asked for if we know it.
         let text = header
             .get("Packet-Format")
@@ -144,7 +181,7 @@ impl Server {
             ));
             return;
         }
-        let (packets, writer) = websocket(socket, format, config.max_packet_size);
+        let (packets, writer) = websocket(socket, format, limits);
         self.run(conn, outbox, packets, writer).await;
     }
 }
@@ -179,10 +216,30 @@ mod tests {
             .header("device", "phone")
             .body(())
             .unwrap();
-        let header = handshake_from_request(&request);
+        let header = handshake_from_request(&request, &Limits::DEFAULT).unwrap();
         assert_eq!(header.get("Accept"), Some("application/json"));
         assert_eq!(header.get("Packet-Format"), Some("text"));
         assert_eq!(header.get_all("token").collect::<Vec<_>>(), ["from-query"]);
         assert_eq!(header.get("device"), Some("phone"));
+    }
+
+    #[test]
+    fn the_http_headers_count_towards_the_header_limits() {
+        let request = Request::builder()
+            .uri("/room?a=1&b=2")
+            .header("c", "3")
+            .header("d", "x".repeat(40))
+            .body(())
+            .unwrap();
+        let three = Limits::DEFAULT.with_max_header_entries(3);
+        let error = handshake_from_request(&request, &three).unwrap_err();
+        assert_eq!(error.code(), crate::Code::RequestEntityTooLarge);
+        assert!(error.message().contains("4 entries"), "{error}");
+        let small = Limits::DEFAULT.with_max_header_size(40);
+        let error = handshake_from_request(&request, &small).unwrap_err();
+        assert!(error.message().contains("header of 54 bytes"), "{error}");
+        let query_over = Limits::DEFAULT.with_max_header_entries(1);
+        let error = handshake_from_request(&request, &query_over).unwrap_err();
+        assert!(error.message().contains("query has more than 1"), "{error}");
     }
 }

@@ -11,8 +11,9 @@ use std::fmt::Write as _;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::Limits;
 use super::cursor::{Budget, Cursor, Stop};
-use super::header::Header;
+use super::header::{Header, check_header_size};
 use super::text::parse_status;
 use super::{MAGIC, varint};
 use crate::{Code, Status};
@@ -102,10 +103,10 @@ impl ClientHandshake {
     }
 
     /// Decodes the handshake at the start of a byte stream's buffer, consuming it; `None` while
-    /// it is incomplete. `max_size` limits header + message.
-    pub fn decode(src: &mut BytesMut, max_size: usize) -> Result<Option<Self>, Status> {
+    /// it is incomplete. `limits` bound header + message (as the packet size) and the header.
+    pub fn decode(src: &mut BytesMut, limits: impl Into<Limits>) -> Result<Option<Self>, Status> {
         Ok(
-            decode_stream(src, max_size)?.map(|(byte, header, message)| ClientHandshake {
+            decode_stream(src, &limits.into())?.map(|(byte, header, message)| ClientHandshake {
                 version: Version::from_byte(byte),
                 header,
                 message,
@@ -144,9 +145,9 @@ impl ServerHandshake {
     }
 
     /// Decodes the handshake at the start of a byte stream's buffer, consuming it; `None` while
-    /// it is incomplete. `max_size` limits header + message.
-    pub fn decode(src: &mut BytesMut, max_size: usize) -> Result<Option<Self>, Status> {
-        match decode_stream(src, max_size)? {
+    /// it is incomplete. `limits` bound header + message (as the packet size) and the header.
+    pub fn decode(src: &mut BytesMut, limits: impl Into<Limits>) -> Result<Option<Self>, Status> {
+        match decode_stream(src, &limits.into())? {
             None => Ok(None),
             Some((byte, header, message)) => Ok(Some(ServerHandshake {
                 status: status_from_byte(byte)?,
@@ -157,8 +158,9 @@ impl ServerHandshake {
     }
 
     /// Decodes a complete binary handshake message (WebSocket).
-    pub fn decode_message(message: &[u8], max_size: usize) -> Result<Self, Status> {
-        let (byte, header, text) = scan(message, max_size)
+    pub fn decode_message(message: &[u8], limits: impl Into<Limits>) -> Result<Self, Status> {
+        let limits = limits.into();
+        let (byte, header, text) = scan(message, &limits)
             .map_err(|stop| stop.truncated("handshake"))
             .and_then(|(byte, header, text, len)| {
                 if len == message.len() {
@@ -169,7 +171,7 @@ impl ServerHandshake {
             })?;
         Ok(ServerHandshake {
             status: status_from_byte(byte)?,
-            header: Header::decode(&message[header])?,
+            header: Header::decode_with(&message[header], limits)?,
             message: String::from_utf8_lossy(&message[text]).into_owned(),
         })
     }
@@ -202,11 +204,13 @@ impl ServerHandshake {
     }
 
     /// Decodes the text form.
-    pub fn decode_text(message: &[u8], max_size: usize) -> Result<Self, Status> {
-        if message.len() > max_size {
+    pub fn decode_text(message: &[u8], limits: impl Into<Limits>) -> Result<Self, Status> {
+        let limits = limits.into();
+        if message.len() > limits.max_packet_size {
             return Err(Status::request_entity_too_large(format!(
-                "handshake of {} bytes is over the limit of {max_size} bytes",
-                message.len()
+                "handshake of {} bytes is over the limit of {} bytes",
+                message.len(),
+                limits.max_packet_size
             )));
         }
         let rest = message
@@ -216,7 +220,10 @@ impl ServerHandshake {
         let (status, header, text) = split_text_handshake(rest)?;
         Ok(ServerHandshake {
             status: parse_status(status)?,
-            header: header.map(Header::decode).transpose()?.unwrap_or_default(),
+            header: header
+                .map(|line| Header::decode_with(line, limits))
+                .transpose()?
+                .unwrap_or_default(),
             message: String::from_utf8_lossy(text).into_owned(),
         })
     }
@@ -279,7 +286,7 @@ fn encode_binary(byte: u8, header: &Header, message: &str, dst: &mut BytesMut) {
 type Range = std::ops::Range<usize>;
 
 /// Finds the parts of a binary handshake: its version/status byte, header, message and length.
-fn scan(src: &[u8], max_size: usize) -> Result<(u8, Range, Range, usize), Stop> {
+fn scan(src: &[u8], limits: &Limits) -> Result<(u8, Range, Range, usize), Stop> {
     // Refuse a wrong magic as soon as its first differing byte arrives.
     let seen = src.len().min(MAGIC.len());
     if src[..seen] != MAGIC[..seen] {
@@ -288,8 +295,10 @@ fn scan(src: &[u8], max_size: usize) -> Result<(u8, Range, Range, usize), Stop> 
     let mut cursor = Cursor::new(src);
     cursor.take(MAGIC.len())?;
     let byte = cursor.u8()?;
-    let mut budget = Budget::new(max_size);
-    let header_len = cursor.length("handshake header", &mut budget)?;
+    let mut budget = Budget::new(limits.max_packet_size);
+    let announced = cursor.uvarint("handshake header")?;
+    check_header_size(announced, limits)?;
+    let header_len = budget.charge("handshake header", announced)?;
     let header = cursor.take(header_len)?;
     let message_len = cursor.length("handshake message", &mut budget)?;
     let message = cursor.take(message_len)?;
@@ -298,12 +307,12 @@ fn scan(src: &[u8], max_size: usize) -> Result<(u8, Range, Range, usize), Stop> 
 
 fn decode_stream(
     src: &mut BytesMut,
-    max_size: usize,
+    limits: &Limits,
 ) -> Result<Option<(u8, Header, String)>, Status> {
-    match scan(src, max_size) {
+    match scan(src, limits) {
         Ok((byte, header, message, len)) => {
             let bytes: Bytes = src.split_to(len).freeze();
-            let header = Header::decode(&bytes[header])?;
+            let header = Header::decode_with(&bytes[header], limits)?;
             Ok(Some((
                 byte,
                 header,

@@ -4,6 +4,7 @@ use std::fmt;
 
 use bytes::BufMut;
 
+use super::Limits;
 use crate::Status;
 
 /// A multi-valued header: ordered `key → value` entries; a key may appear several times.
@@ -121,23 +122,61 @@ impl Header {
         out
     }
 
-    /// Parses a wire form. Empty segments (`a:b;;c:d`) are skipped; a pair without `:`, or bytes
-    /// that are not UTF-8, are a [`ProtocolError`](crate::Code::ProtocolError).
+    /// Parses a wire form within the default [`Limits`]. Empty segments (`a:b;;c:d`) are
+    /// skipped; a pair without `:`, or bytes that are not UTF-8, are a
+    /// [`ProtocolError`](crate::Code::ProtocolError).
     pub fn decode(src: &[u8]) -> Result<Header, Status> {
-        let mut header = Header::new();
-        for pair in src.split(|b| *b == b';').filter(|pair| !pair.is_empty()) {
+        Header::decode_with(src, Limits::DEFAULT)
+    }
+
+    /// Parses a wire form within `limits`: more bytes than `max_header_size` or more entries
+    /// than `max_header_entries` are a
+    /// [`RequestEntityTooLarge`](crate::Code::RequestEntityTooLarge), found before any entry is
+    /// allocated.
+    ///
+    /// ```
+    /// use stmp::{Code, wire::{Header, Limits}};
+    ///
+    /// let limits = Limits::default().with_max_header_entries(2);
+    /// assert_eq!(Header::decode_with(b"a:1;;b:2", limits).unwrap().len(), 2);
+    /// let error = Header::decode_with(b"a:1;b:2;c:3", limits).unwrap_err();
+    /// assert_eq!(error.code(), Code::RequestEntityTooLarge);
+    /// ```
+    pub fn decode_with(src: &[u8], limits: impl Into<Limits>) -> Result<Header, Status> {
+        let limits = limits.into();
+        check_header_size(src.len() as u64, &limits)?;
+        let pairs = || src.split(|b| *b == b';').filter(|pair| !pair.is_empty());
+        let count = pairs().count();
+        if count > limits.max_header_entries {
+            return Err(Status::request_entity_too_large(format!(
+                "header has {count} entries, over the limit of {}",
+                limits.max_header_entries
+            )));
+        }
+        let mut entries = Vec::with_capacity(count);
+        for pair in pairs() {
             let Some(colon) = pair.iter().position(|b| *b == b':') else {
                 return Err(Status::protocol_error(format!(
                     "header entry {:?} has no ':'",
-                    String::from_utf8_lossy(pair)
+                    String::from_utf8_lossy(&pair[..pair.len().min(64)])
                 )));
             };
-            header
-                .entries
-                .push((unescape(&pair[..colon])?, unescape(&pair[colon + 1..])?));
+            entries.push((unescape(&pair[..colon])?, unescape(&pair[colon + 1..])?));
         }
-        Ok(header)
+        Ok(Header { entries })
     }
+}
+
+/// Refuses a header block of `len` wire bytes over the limit; binary decoders call it as soon
+/// as the length is announced, before the bytes are awaited.
+pub(crate) fn check_header_size(len: u64, limits: &Limits) -> Result<(), Status> {
+    if len > limits.max_header_size as u64 {
+        return Err(Status::request_entity_too_large(format!(
+            "header of {len} bytes is over the limit of {} bytes",
+            limits.max_header_size
+        )));
+    }
+    Ok(())
 }
 
 fn escape_code(byte: u8) -> Option<&'static [u8; 3]> {
@@ -272,5 +311,33 @@ mod tests {
         assert!(header.remove("b"));
         assert!(!header.remove("b"));
         assert_eq!(header.len(), 1);
+    }
+
+    #[test]
+    fn entry_limit_counts_non_empty_segments() {
+        let limits = Limits::DEFAULT
+            .with_max_header_entries(2)
+            .with_max_header_size(usize::MAX);
+        assert_eq!(Header::decode_with(b";a:;;b:;", limits).unwrap().len(), 2);
+        let error = Header::decode_with(&b"a:;".repeat(100_000), limits).unwrap_err();
+        assert_eq!(error.code(), crate::Code::RequestEntityTooLarge);
+        assert!(error.message().contains("100000 entries"), "{error}");
+    }
+
+    #[test]
+    fn size_limit_is_checked_before_parsing() {
+        let limits = Limits::DEFAULT.with_max_header_size(4);
+        assert!(Header::decode_with(b"ab:c", limits).is_ok());
+        let error = Header::decode_with(b"ab:cd", limits).unwrap_err();
+        assert_eq!(error.code(), crate::Code::RequestEntityTooLarge);
+        assert!(error.message().contains("header of 5 bytes"), "{error}");
+    }
+
+    #[test]
+    fn default_limits_apply_to_decode() {
+        let at_limit = b"a:;".repeat(256);
+        assert_eq!(Header::decode(&at_limit).unwrap().len(), 256);
+        let over = b"a:;".repeat(257);
+        assert!(Header::decode(&over).is_err());
     }
 }

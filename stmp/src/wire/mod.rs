@@ -11,8 +11,9 @@
 //! - [`Header`], the multi-valued `key:value;key:value` block both carry.
 //! - [`negotiate`] for `Accept`-style lists and [`action_id`] for method names.
 //!
-//! Every decoder checks the announced sizes against a limit before it buffers anything, reports
-//! malformed input as [`Code::ProtocolError`](crate::Code::ProtocolError) and oversized input as
+//! Every decoder checks the announced sizes against its [`Limits`] (packet size, header size and
+//! header entries) before it buffers or allocates anything, reports malformed input as
+//! [`Code::ProtocolError`](crate::Code::ProtocolError) and oversized input as
 //! [`Code::RequestEntityTooLarge`](crate::Code::RequestEntityTooLarge), and never panics.
 //!
 //! ```
@@ -31,19 +32,23 @@
 //! ```
 
 mod action;
+mod budget;
 mod codec;
 mod cursor;
 mod handshake;
 mod header;
+mod limits;
 mod negotiate;
 mod packet;
 mod text;
 mod varint;
 
 pub use action::{action_id, murmur3_x86_32, option_action_id};
+pub(crate) use budget::BufferBudget;
 pub use codec::PacketCodec;
 pub use handshake::{ClientHandshake, ServerHandshake, Version};
 pub use header::Header;
+pub use limits::{DEFAULT_MAX_HEADER_ENTRIES, DEFAULT_MAX_HEADER_SIZE, Limits};
 pub use negotiate::negotiate;
 pub use packet::{Action, Close, Kind, Notify, Packet, Request, Response};
 

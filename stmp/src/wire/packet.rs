@@ -4,8 +4,9 @@ use std::fmt;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::Limits;
 use super::cursor::{Budget, Cursor, Stop};
-use super::header::Header;
+use super::header::{Header, check_header_size};
 use super::varint;
 use crate::{Code, Status};
 
@@ -286,7 +287,8 @@ impl Packet {
     /// Decodes one complete WebSocket binary message: the payload is the rest of the message,
     /// as a zero-copy slice of `message`.
     ///
-    /// `max_size` limits method + header + payload.
+    /// `limits` bound method + header + payload and the header (a bare `usize` is the packet
+    /// size limit, with the default header limits).
     ///
     /// ```
     /// use bytes::Bytes;
@@ -299,9 +301,10 @@ impl Packet {
     /// assert_eq!(request.action, Action::Id(0x033648F7));
     /// assert_eq!(&request.payload[..], b"\x0a\x0agolden-ws1");
     /// ```
-    pub fn decode_message(message: Bytes, max_size: usize) -> Result<Packet, Status> {
-        let layout = scan(&message, Form::Message, max_size).map_err(|e| e.truncated("packet"))?;
-        layout.assemble(&message)
+    pub fn decode_message(message: Bytes, limits: impl Into<Limits>) -> Result<Packet, Status> {
+        let limits = limits.into();
+        let layout = scan(&message, Form::Message, &limits).map_err(|e| e.truncated("packet"))?;
+        layout.assemble(&message, &limits)
     }
 }
 
@@ -360,11 +363,11 @@ fn parse_head(head: u8) -> Result<(Kind, u8), Status> {
     Ok((kind, head))
 }
 
-/// Finds the layout of the binary packet at the start of `src`, checking the size limit
-/// against each announced length before the bytes behind it are awaited.
-pub(crate) fn scan(src: &[u8], form: Form, max_size: usize) -> Result<Layout, Stop> {
+/// Finds the layout of the binary packet at the start of `src`, checking the limits against
+/// each announced length before the bytes behind it are awaited.
+pub(crate) fn scan(src: &[u8], form: Form, limits: &Limits) -> Result<Layout, Stop> {
     let mut cursor = Cursor::new(src);
-    let mut budget = Budget::new(max_size);
+    let mut budget = Budget::new(limits.max_packet_size);
     let (kind, head) = parse_head(cursor.u8()?)?;
     let mid = match kind {
         Kind::Request | Kind::Response => cursor.u16_le()?,
@@ -384,7 +387,9 @@ pub(crate) fn scan(src: &[u8], form: Form, max_size: usize) -> Result<Layout, St
     };
     let empty = cursor.position()..cursor.position();
     let header = if head & WH != 0 {
-        let len = cursor.length("header", &mut budget)?;
+        let announced = cursor.uvarint("header")?;
+        check_header_size(announced, limits)?;
+        let len = budget.charge("header", announced)?;
         cursor.take(len)?
     } else {
         empty.clone()
@@ -418,7 +423,7 @@ pub(crate) fn scan(src: &[u8], form: Form, max_size: usize) -> Result<Layout, St
 impl Layout {
     /// Builds the packet from the bytes the layout was scanned from; the payload is a
     /// zero-copy slice of `src`.
-    pub(crate) fn assemble(self, src: &Bytes) -> Result<Packet, Status> {
+    pub(crate) fn assemble(self, src: &Bytes, limits: &Limits) -> Result<Packet, Status> {
         let status = || {
             Code::from_u8(self.status).ok_or_else(|| {
                 Status::protocol_error(format!("unknown status code {:#04x}", self.status))
@@ -431,7 +436,7 @@ impl Layout {
                 .map_err(|_| Status::protocol_error("method name is not valid UTF-8")),
             ScannedAction::None => unreachable_action(),
         };
-        let header = || Header::decode(&src[self.header.clone()]);
+        let header = || Header::decode_with(&src[self.header.clone()], limits);
         let payload = src.slice(self.payload.clone());
         Ok(match self.kind {
             Kind::Ping => Packet::Ping,

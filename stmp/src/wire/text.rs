@@ -13,6 +13,7 @@ use std::fmt::Write as _;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::Limits;
 use super::header::{Header, escape_into, unescape};
 use super::packet::{Action, Close, Kind, Notify, Packet, Request, Response};
 use crate::{Code, Status};
@@ -86,7 +87,8 @@ impl Packet {
 
     /// Decodes one complete text message; the payload is a zero-copy slice of `message`.
     ///
-    /// `max_size` limits the whole message.
+    /// `limits` bound the whole message and its header (a bare `usize` is the message size
+    /// limit, with the default header limits).
     ///
     /// ```
     /// use bytes::Bytes;
@@ -99,11 +101,13 @@ impl Packet {
     /// assert_eq!((response.mid, response.status), (1, Code::NotFound));
     /// assert_eq!(&response.payload[..], b"NotFound");
     /// ```
-    pub fn decode_text(message: Bytes, max_size: usize) -> Result<Packet, Status> {
-        if message.len() > max_size {
+    pub fn decode_text(message: Bytes, limits: impl Into<Limits>) -> Result<Packet, Status> {
+        let limits = limits.into();
+        if message.len() > limits.max_packet_size {
             return Err(Status::request_entity_too_large(format!(
-                "text packet of {} bytes is over the limit of {max_size} bytes",
-                message.len()
+                "text packet of {} bytes is over the limit of {} bytes",
+                message.len(),
+                limits.max_packet_size
             )));
         }
         let (first, header, payload) = split_lines(&message)?;
@@ -134,7 +138,10 @@ impl Packet {
                 "{kind} cannot carry a payload"
             )));
         }
-        let header = header.map(Header::decode).transpose()?.unwrap_or_default();
+        let header = header
+            .map(|line| Header::decode_with(line, limits))
+            .transpose()?
+            .unwrap_or_default();
         let payload = payload.map_or_else(Bytes::new, |range| message.slice(range));
         let packet = match kind {
             Kind::Ping | Kind::Pong => {

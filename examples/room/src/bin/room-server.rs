@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! cargo run -p room --bin room-server -- --tcp 127.0.0.1:7001 --ws 127.0.0.1:7002 \
-//!     --quic 127.0.0.1:7003 --data accounts.json --http 127.0.0.1:7080 --http-token s3cret
+//!     --quic 127.0.0.1:7003 --data accounts.json --web 127.0.0.1:7080
+//! # the HTTP API as well: --http 127.0.0.1:7090 --http-token s3cret
 //! ```
 
 use std::net::SocketAddr;
@@ -48,6 +49,12 @@ struct Args {
     /// Failed sign-ins one address (an IPv6 /64) may make per minute.
     #[arg(long, value_name = "N", default_value_t = SignInLimits::default().per_address.attempts)]
     sign_ins_per_address: u32,
+    /// Serve the browser client over HTTP here (needs --ws; open http://ADDR/).
+    #[arg(long, value_name = "ADDR", requires = "ws")]
+    web: Option<SocketAddr>,
+    /// The browser client's files (index.html and dist/app.js).
+    #[arg(long, value_name = "PATH", default_value = room::web::DEFAULT_ROOT)]
+    web_root: PathBuf,
     /// Serve the HTTP API (publish, rooms, presence, close, drain, /metrics, /health) here.
     #[arg(long, value_name = "ADDR", requires = "http_token")]
     http: Option<SocketAddr>,
@@ -122,6 +129,19 @@ async fn serve() -> Result<(), Box<dyn std::error::Error>> {
         tracing::info!(url = %format!("http://{addr}"), "HTTP API ready");
     }
     tracing::info!(urls = %urls.join("  "), "chat server ready; Ctrl-C stops it");
+    let _web = match (args.web, server.ws) {
+        (Some(addr), Some(ws)) => {
+            if !room::web::bundle_exists(&args.web_root) {
+                tracing::warn!(root = %args.web_root.display(), "no dist/app.js: run `npm ci && npm run build:web` in clients/typescript");
+            }
+            let (bound, task) = room::web::Site::new(&args.web_root, ws)
+                .listen(addr)
+                .await?;
+            tracing::info!(url = %format!("http://{bound}/"), "browser client");
+            Some(task)
+        }
+        _ => None,
+    };
 
     // Ctrl-C, or a drain over HTTP.
     tokio::select! {

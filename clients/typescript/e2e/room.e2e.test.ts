@@ -1,0 +1,122 @@
+// The room chat in a real headless Chromium against a real room-server, with a Rust terminal
+// client in the same room: sign in, join, messages both ways, an event, the server calling the
+// page (`/who`), and a server restart the page survives by itself.
+
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { after, before, test } from "node:test";
+import type { Page } from "playwright-core";
+import { Child, type RoomServer, binary, launchBrowser, startRoomServer, tempDir } from "./harness.js";
+
+const STEP = 20_000;
+
+let dir: ReturnType<typeof tempDir>;
+let server: RoomServer;
+let browser: Awaited<ReturnType<typeof launchBrowser>>;
+let page: Page;
+let bob: Child;
+
+before(async () => {
+  dir = tempDir();
+  server = await startRoomServer(join(dir.path, "accounts.json"));
+  browser = await launchBrowser();
+  page = await browser.context.newPage();
+  page.on("pageerror", (error) => console.error("page error:", error));
+});
+
+after(async () => {
+  await bob?.stop("SIGTERM").catch(() => {});
+  await browser?.close().catch(() => {});
+  await server?.child.stop().catch(() => {});
+  dir?.remove();
+});
+
+/** Waits for a line in the page's log that contains `text`. */
+async function pageShows(text: string): Promise<void> {
+  await page.locator("#log > div", { hasText: text }).first().waitFor({ timeout: STEP });
+}
+
+async function pageSays(line: string): Promise<void> {
+  await page.fill("#input", line);
+  await page.press("#input", "Enter");
+}
+
+test("a browser user and a terminal user chat, and the page survives a server restart", async () => {
+  await page.goto(server.web);
+  await page.fill("#name", "alice");
+  await page.fill("#password", "alice-secret");
+  await page.check("#signup");
+  await page.click("#signin-button");
+  await page.locator("body[data-state=connected]").waitFor({ timeout: STEP });
+  assert.match(await page.textContent("#status") ?? "", /connected \(application\/protobuf, binary\)/);
+  await pageShows("signed in as alice");
+
+  await pageSays("/join lobby");
+  await pageShows("joined #lobby: alice");
+
+  // The Rust client joins: the page receives the UserJoined event.
+  bob = new Child("room-client", binary("room-client"), ["--url", server.tcp, "--user", "bob", "--password", "bob-secret", "--signup"]);
+  await bob.waitForLine(/connected to .* as bob/);
+  bob.write("/join lobby");
+  await bob.waitForLine(/you joined #lobby; members: alice, bob/);
+  await pageShows("bob joined #lobby");
+
+  // Messages both ways.
+  bob.write("hello from rust");
+  await pageShows("#lobby <bob> hello from rust");
+  await pageSays("hello from the browser");
+  await bob.waitForLine(/#lobby <alice> hello from the browser/);
+
+  // A server → client call: the server asks the page for its PresenceService.Status.
+  const whoFrom = bob.lines.length;
+  bob.write("/who lobby");
+  await bob.waitForLine(/alice.*ws \(browser\)/, { from: whoFrom });
+  // And the page asks about the terminal client.
+  await pageSays("/who lobby");
+  await pageShows("bob — active");
+
+  // A direct message from the terminal.
+  bob.write("/msg alice psst");
+  await pageShows("(from bob) psst");
+
+  // The server restarts on the same ports with the same accounts: both clients come back,
+  // sign in again and re-join #lobby by themselves.
+  const restartFrom = bob.lines.length;
+  await server.child.stop();
+  await page.locator("body[data-state=disconnected]").waitFor({ timeout: STEP });
+  assert.match(await page.textContent("#status") ?? "", /disconnected|reconnecting/);
+  server = await startRoomServer(join(dir.path, "accounts.json"), server);
+  await pageShows("reconnected as alice; rooms re-joined: lobby");
+  await bob.waitForLine(/signed in again as bob; re-joined #lobby/, { from: restartFrom });
+
+  bob.write("after the restart");
+  await pageShows("#lobby <bob> after the restart");
+  await pageSays("still here");
+  await bob.waitForLine(/#lobby <alice> still here/, { from: restartFrom });
+});
+
+test("text packets (JSON in WebSocket text messages) work the same", async () => {
+  const other = await browser.context.newPage();
+  await other.goto(`${server.web}?format=text`);
+  await other.fill("#name", "carol");
+  await other.fill("#password", "carol-secret");
+  await other.check("#signup");
+  await other.click("#signin-button");
+  await other.locator("body[data-state=connected]").waitFor({ timeout: STEP });
+  assert.match(await other.textContent("#status") ?? "", /connected \(application\/json, text\)/);
+  await other.fill("#input", "/join lobby");
+  await other.press("#input", "Enter");
+  await other.locator("#log > div", { hasText: "joined #lobby" }).first().waitFor({ timeout: STEP });
+  await pageShows("carol joined #lobby");
+  await pageSays("hi carol");
+  await other.locator("#log > div", { hasText: "#lobby <alice> hi carol" }).first().waitFor({ timeout: STEP });
+  // A wrong password is reported on the sign-in form, not retried.
+  const intruder = await browser.context.newPage();
+  await intruder.goto(server.web);
+  await intruder.fill("#name", "carol");
+  await intruder.fill("#password", "wrong");
+  await intruder.click("#signin-button");
+  await intruder.locator("#signin-error", { hasText: "Unauthorized" }).waitFor({ timeout: STEP });
+  await other.close();
+  await intruder.close();
+});
