@@ -277,3 +277,30 @@ async fn calls_and_events_go_both_ways() {
     client.close().await;
     server.shutdown(Duration::from_secs(1)).await;
 }
+
+#[test]
+fn the_descriptor_set_describes_every_method_message() {
+    let pool = prost_reflect::DescriptorPool::decode(FILE_DESCRIPTOR_SET).unwrap();
+    for method in echo::METHODS
+        .iter()
+        .chain(alert_service::METHODS)
+        .chain(lobby::METHODS)
+    {
+        for message in [method.input, method.output] {
+            assert!(
+                pool.get_message_by_name(message).is_some(),
+                "{} names {message}, which the set lacks",
+                method.name
+            );
+        }
+    }
+    let ping = pool.get_message_by_name("options.Ping").unwrap();
+    // text, sent_at, color, data, note, big_id, counts, maybe, palette, nested, stamps.
+    assert_eq!(ping.fields().count(), 11);
+    // Only what the messages need: no source info, no option-only imports.
+    assert!(pool.get_file_by_name("stmp/options.proto").is_none());
+    assert!(
+        pool.files()
+            .all(|file| file.file_descriptor_proto().source_code_info.is_none())
+    );
+}

@@ -52,6 +52,11 @@ impl ConnSet {
         self.read().is_empty()
     }
 
+    /// The connection with this [`id`](Conn::id), if it is in the set.
+    pub fn get(&self, id: u64) -> Option<Conn> {
+        self.read().get(&id).cloned()
+    }
+
     /// The connections, as they are now.
     pub fn to_vec(&self) -> Vec<Conn> {
         self.read().values().cloned().collect()
@@ -141,13 +146,33 @@ pub fn broadcast<'a, E: Message>(
     event: &E,
     conns: impl IntoIterator<Item = &'a Conn>,
 ) -> Result<Delivery, Status> {
+    broadcast_with(method, |codec| codec.encode(event), conns)
+}
+
+/// [`broadcast`] of an event that encodes itself: `encode` runs once per content type among
+/// the connections. This is how an event whose type is only known at run time (a message
+/// built from descriptors, say) reaches connections of every codec.
+///
+/// ```
+/// use bytes::Bytes;
+/// use stmp::{Method, broadcast_with};
+///
+/// const PING: Method = Method::new("demo.Events.Ping", "demo.PingEvent", "google.protobuf.Empty");
+/// let delivery = broadcast_with(&PING, |_codec| Ok(Bytes::new()), []).unwrap();
+/// assert_eq!(delivery.queued, 0);
+/// ```
+pub fn broadcast_with<'a>(
+    method: &Method,
+    mut encode: impl FnMut(&Codec) -> Result<Bytes, Status>,
+    conns: impl IntoIterator<Item = &'a Conn>,
+) -> Result<Delivery, Status> {
     let mut encoded: Vec<(Codec, Bytes)> = Vec::with_capacity(1);
     let mut delivery = Delivery::default();
     for conn in conns {
         let payload = match encoded.iter().find(|(codec, _)| codec == conn.codec()) {
             Some((_, payload)) => payload.clone(),
             None => {
-                let payload = conn.codec().encode(event)?;
+                let payload = encode(conn.codec())?;
                 encoded.push((conn.codec().clone(), payload.clone()));
                 payload
             }
@@ -165,5 +190,6 @@ pub fn broadcast<'a, E: Message>(
         }
     }
     delivery.encodings = encoded.len();
+    crate::telemetry::events_delivered(&delivery);
     Ok(delivery)
 }

@@ -182,6 +182,34 @@ impl Codec {
         Ok(Bytes::from(encoded))
     }
 
+    /// Encodes a message whose type is only known at run time (built from descriptors, with
+    /// no Rust type): the protobuf codec sends `protobuf`, its protobuf encoding, as it is;
+    /// every other codec serialises `value`, its serde form.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use stmp::codec::Codec;
+    ///
+    /// let protobuf = Bytes::from_static(b"\x0a\x05lobby");
+    /// let value = serde_json::json!({ "name": "lobby" });
+    /// assert_eq!(Codec::PROTOBUF.encode_dynamic(&protobuf, &value).unwrap(), protobuf);
+    /// assert_eq!(&Codec::JSON.encode_dynamic(&protobuf, &value).unwrap()[..], br#"{"name":"lobby"}"#);
+    /// ```
+    pub fn encode_dynamic(
+        &self,
+        protobuf: &Bytes,
+        value: &dyn erased_serde::Serialize,
+    ) -> Result<Bytes, Status> {
+        let encoded = match &self.0 {
+            Repr::Protobuf => return Ok(protobuf.clone()),
+            Repr::Json => serde_json::to_vec(value).map_err(encode_error)?,
+            Repr::Msgpack => rmp_serde::to_vec_named(value).map_err(encode_error)?,
+            Repr::MsgpackGo => go_msgpack::to_vec(value).map_err(encode_error)?,
+            Repr::Custom(codec) => codec.serialize(value)?,
+        };
+        Ok(Bytes::from(encoded))
+    }
+
     /// Decodes a message; bytes that are not a valid message are a
     /// [`BadRequest`](crate::Code::BadRequest).
     pub fn decode<M: Message>(&self, bytes: &[u8]) -> Result<M, Status> {

@@ -13,6 +13,7 @@
 //!   serialised once per content type.
 //! - [`codec`] turns messages into payloads: protobuf, JSON, msgpack, or your own.
 //! - [`Status`] and [`Code`] are the errors everything returns.
+//! - [`telemetry`] names the metrics the runtime records.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -30,10 +31,11 @@ pub mod serde_support;
 mod server;
 mod stats;
 mod status;
+pub mod telemetry;
 pub mod tls;
 pub mod wire;
 
-pub use broadcast::{ConnSet, Delivery, SlowConsumer, broadcast};
+pub use broadcast::{ConnSet, Delivery, SlowConsumer, broadcast, broadcast_with};
 pub use client::{Client, ClientBuilder, ConnectionEvent};
 pub use codec::{Codec, Message};
 pub use conn::{CallOptions, Caller, Conn, PacketFormat, Side};

@@ -11,6 +11,7 @@
 //! - [`limits`]: sign-in rate limits, per connection and per address.
 //! - [`terminal`]: the commands and output of the `room-client` binary.
 //! - [`web`]: the browser client's files, for `room-server --web`.
+//! - [`http`]: the HTTP API (`room-server --http`): publish, presence, close, drain, metrics.
 //!
 //! `build.rs` compiles `proto/room.proto` with `stmp-build`; the generated messages and
 //! services are at the crate root.
@@ -19,6 +20,7 @@
 
 pub mod accounts;
 pub mod client;
+pub mod http;
 pub mod limits;
 pub mod server;
 pub mod terminal;

@@ -264,7 +264,7 @@ impl Engine {
                             let tracked = tasks.token();
                             let mut handling = Box::pin(async move {
                                 let _tracked = tracked;
-                                let outcome = router.handle_request(target, &ctx, request.payload).await;
+                                let outcome = crate::telemetry::observe_call(target.method, router.handle_request(target, &ctx, request.payload)).await;
                                 let header = ctx.take_response_header();
                                 let response = match outcome {
                                     Ok(payload) => Packet::Response(Response {

@@ -16,6 +16,7 @@ use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 use tokio_util::codec::FramedRead;
 
 use crate::Status;
+use crate::telemetry::Counted;
 use crate::wire::{BufferBudget, Limits, Packet, PacketCodec};
 use inflate::BoundedGzip;
 pub(crate) use inflate::InflationLimit;
@@ -142,6 +143,7 @@ impl PacketWriter {
                             text_message(out.freeze()).map_err(WriteError::Failed)?
                         }
                     };
+                    crate::telemetry::bytes_sent(message.len());
                     step(stall, async { sink.feed(message).await.map_err(ws_error) }).await?;
                 }
                 step(stall, async { sink.flush().await.map_err(ws_error) }).await?;
@@ -187,6 +189,7 @@ where
     R: AsyncRead + Send + Unpin + 'static,
     W: AsyncWrite + Send + 'static,
 {
+    let (reader, writer) = (Counted::new(reader), Counted::new(writer));
     let codec = PacketCodec::with_limits(limits.wire).with_budget(limits.buffered.clone());
     if gzip {
         let compressed = BufReader::new(std::io::Cursor::new(leftover).chain(reader));
@@ -229,6 +232,9 @@ where
 {
     let (sink, stream) = socket.split();
     let packets = stream
+        .inspect(|message| {
+            crate::telemetry::bytes_received(message.as_ref().map_or(0, WsMessage::len))
+        })
         .take_while(|message| std::future::ready(!matches!(message, Ok(WsMessage::Close(_)))))
         .filter_map(move |message| {
             std::future::ready(match message {

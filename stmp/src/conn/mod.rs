@@ -298,7 +298,13 @@ impl Conn {
             Err(TryAcquireError::NoPermits) => return Err(Refused::Full(packet)),
             Err(TryAcquireError::Closed) => return Err(Refused::Closed),
         }
+        crate::telemetry::send_queue_depth(self.queued_bytes());
         self.shared.outbox.send(packet).map_err(|_| Refused::Closed)
+    }
+
+    /// Bytes waiting in the send queue.
+    fn queued_bytes(&self) -> usize {
+        (self.shared.send_budget as usize).saturating_sub(self.shared.send_room.available_permits())
     }
 
     /// Queues a packet unless the send queue is full (slow peer) or the connection is gone.
@@ -339,6 +345,7 @@ impl Conn {
             && dropped == max_dropped.max(1)
         {
             Counters::count(&shared.counters.slow_consumers_closed);
+            crate::telemetry::slow_consumer_disconnected();
             tracing::info!(conn = self.id(), dropped, "closing a slow consumer");
             self.close(
                 Code::TooManyRequests,

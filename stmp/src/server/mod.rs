@@ -15,6 +15,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::codec::{Codec, Codecs};
 use crate::conn::io::{InflationLimit, PacketStream, PacketWriter, ReadLimits, byte_stream};
@@ -796,6 +797,7 @@ impl Server {
     ) {
         let config = &self.inner.config;
         self.inner.conns.insert(conn.clone());
+        crate::telemetry::connection_opened(&conn);
         // Out of the set however the engine ends, a panic included.
         let _member = Membership {
             conns: &self.inner.conns,
@@ -813,8 +815,10 @@ impl Server {
             draining: self.inner.draining.clone(),
         }
         .run()
+        .instrument(crate::telemetry::conn_span(&conn))
         .await;
         self.inner.conns.remove(&conn);
+        crate::telemetry::connection_closed(&conn);
         if let Some(hook) = &config.on_close {
             let status = conn
                 .close_status()
@@ -916,6 +920,7 @@ async fn read_client_handshake<R: AsyncRead + Unpin>(
 /// Sends a refusal handshake and ends the connection.
 async fn refuse<W: AsyncWrite + Unpin>(writer: &mut W, status: &Status) {
     tracing::debug!(%status, "refusing a connection");
+    crate::telemetry::handshake_refused(status);
     let mut out = BytesMut::new();
     ServerHandshake::refuse(status).encode(&mut out);
     let _ = writer.write_all(&out).await;

@@ -151,6 +151,7 @@ impl Server {
         let agreement = match admitted {
             Ok(agreement) => agreement,
             Err(status) => {
+                crate::telemetry::handshake_refused(&status);
                 let _ = socket
                     .send(handshake_message(&ServerHandshake::refuse(&status), text))
                     .await;
@@ -162,6 +163,7 @@ impl Server {
             self.new_conn(Some(remote), transport, header, agreement.codec.clone());
         if let Err(status) = self.authenticate(&conn).await {
             conn.mark_closed(&status);
+            crate::telemetry::handshake_refused(&status);
             let _ = socket
                 .send(handshake_message(&ServerHandshake::refuse(&status), text))
                 .await;

@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run -p room --bin room-server -- --tcp 127.0.0.1:7001 --ws 127.0.0.1:7002 \
 //!     --quic 127.0.0.1:7003 --data accounts.json --web 127.0.0.1:7080
+//! # the HTTP API as well: --http 127.0.0.1:7090 --http-token s3cret
 //! ```
 
 use std::net::SocketAddr;
@@ -54,6 +55,12 @@ struct Args {
     /// The browser client's files (index.html and dist/app.js).
     #[arg(long, value_name = "PATH", default_value = room::web::DEFAULT_ROOT)]
     web_root: PathBuf,
+    /// Serve the HTTP API (publish, rooms, presence, close, drain, /metrics, /health) here.
+    #[arg(long, value_name = "ADDR", requires = "http_token")]
+    http: Option<SocketAddr>,
+    /// The bearer token the HTTP API asks for.
+    #[arg(long, value_name = "TOKEN")]
+    http_token: Option<String>,
 }
 
 #[tokio::main]
@@ -116,6 +123,11 @@ async fn serve() -> Result<(), Box<dyn std::error::Error>> {
         .into_iter()
         .flatten()
         .collect();
+    if let (Some(addr), Some(token)) = (args.http, &args.http_token) {
+        let api = room::http::api(&server.chat, &server.server, token)?;
+        let addr = api.listen(addr).await?;
+        tracing::info!(url = %format!("http://{addr}"), "HTTP API ready");
+    }
     tracing::info!(urls = %urls.join("  "), "chat server ready; Ctrl-C stops it");
     let _web = match (args.web, server.ws) {
         (Some(addr), Some(ws)) => {
@@ -131,7 +143,11 @@ async fn serve() -> Result<(), Box<dyn std::error::Error>> {
         _ => None,
     };
 
-    tokio::signal::ctrl_c().await?;
+    // Ctrl-C, or a drain over HTTP.
+    tokio::select! {
+        signal = tokio::signal::ctrl_c() => signal?,
+        _ = server.server.closed() => {}
+    }
     tracing::info!("stopping");
     server.server.shutdown(Duration::from_secs(2)).await;
     Ok(())

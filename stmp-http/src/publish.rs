@@ -1,0 +1,93 @@
+//! Publishing: an event to a room, to a user's devices, or to everyone.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, header};
+use bytes::Bytes;
+use serde::Serialize;
+use stmp::{Conn, Delivery};
+
+use crate::error::ApiError;
+use crate::{Event, Shared};
+
+/// What a publish did.
+#[derive(Serialize)]
+pub(crate) struct Published {
+    /// Connections the event was queued on.
+    queued: usize,
+    /// Connections that missed it (send queue full, or closing).
+    dropped: usize,
+}
+
+impl From<Delivery> for Published {
+    fn from(delivery: Delivery) -> Published {
+        Published {
+            queued: delivery.queued,
+            dropped: delivery.dropped,
+        }
+    }
+}
+
+pub(crate) async fn to_room(
+    State(state): State<Shared>,
+    Path((room, method)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Published>, ApiError> {
+    let rooms = state
+        .rooms
+        .as_ref()
+        .ok_or_else(|| ApiError::not_found("this server has no rooms"))?;
+    let event = parse(&state, &method, &headers, &body)?;
+    send(&event, &rooms.members(&room), "room", &room)
+}
+
+pub(crate) async fn to_user(
+    State(state): State<Shared>,
+    Path((user, method)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Published>, ApiError> {
+    let users = state
+        .users
+        .as_ref()
+        .ok_or_else(|| ApiError::not_found("this server has no users"))?;
+    let event = parse(&state, &method, &headers, &body)?;
+    send(&event, &users.conns(&user), "user", &user)
+}
+
+pub(crate) async fn to_everyone(
+    State(state): State<Shared>,
+    Path(method): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Published>, ApiError> {
+    let event = parse(&state, &method, &headers, &body)?;
+    send(&event, &state.server.conns().to_vec(), "everyone", "")
+}
+
+fn parse(
+    state: &Shared,
+    method: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Event, ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    Ok(state.events.parse(method, content_type, body)?)
+}
+
+fn send(event: &Event, conns: &[Conn], to: &str, name: &str) -> Result<Json<Published>, ApiError> {
+    let delivery = event.send_to(conns)?;
+    tracing::info!(
+        method = event.method().name,
+        to,
+        name,
+        queued = delivery.queued,
+        dropped = delivery.dropped,
+        "published over HTTP"
+    );
+    Ok(Json(delivery.into()))
+}

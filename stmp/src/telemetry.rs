@@ -1,0 +1,238 @@
+//! Metrics and log spans: every series the runtime records, in one place.
+//!
+//! The runtime records through the [`metrics`](https://docs.rs/metrics) facade, which costs
+//! next to nothing until an application installs a recorder (the Prometheus exporter of
+//! `stmp-http`, say). The series:
+//!
+//! | name | kind | labels |
+//! |---|---|---|
+//! | [`CONNECTIONS`] | gauge: connections open now | `transport` |
+//! | [`CONNECTIONS_OPENED`] | counter | `transport` |
+//! | [`CONNECTIONS_CLOSED`] | counter | `transport`, `status` (the close code) |
+//! | [`HANDSHAKES_REFUSED`] | counter | `reason` (the refusal code) |
+//! | [`CALLS`] | counter: requests served | `method`, `status` |
+//! | [`CALL_DURATION`] | histogram, seconds | `method` |
+//! | [`EVENTS_SENT`] | counter: events queued by broadcasts | |
+//! | [`EVENTS_DROPPED`] | counter: events a full or closed queue missed | |
+//! | [`BYTES_RECEIVED`], [`BYTES_SENT`] | counters: bytes of the transports (below gzip, above TLS; WebSocket payloads) | |
+//! | [`SEND_QUEUE_HIGH_WATER`] | gauge: the deepest send queue seen, in bytes | |
+//! | [`SLOW_CONSUMER_DISCONNECTS`] | counter: connections closed by the slow-consumer policy | |
+//!
+//! Requests to a method nobody serves are counted under the method `unknown`, so a peer
+//! cannot grow the series without bound. Connections and calls also get `tracing` spans:
+//! `conn` (id, transport, remote address) and `call` (method), and each call ends with a
+//! debug event carrying its status and duration.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tracing::Instrument;
+
+use crate::{Code, Conn, Delivery, Status};
+
+/// Gauge: connections open now, by `transport`.
+pub const CONNECTIONS: &str = "stmp_connections";
+/// Counter: connections that passed their handshake, by `transport`.
+pub const CONNECTIONS_OPENED: &str = "stmp_connections_opened_total";
+/// Counter: connections that ended, by `transport` and close `status`.
+pub const CONNECTIONS_CLOSED: &str = "stmp_connections_closed_total";
+/// Counter: handshakes refused, by `reason` (the status code sent to the client).
+pub const HANDSHAKES_REFUSED: &str = "stmp_handshakes_refused_total";
+/// Counter: requests answered, by `method` and `status`.
+pub const CALLS: &str = "stmp_calls_total";
+/// Histogram: time from a request's arrival to its response, in seconds, by `method`.
+pub const CALL_DURATION: &str = "stmp_call_duration_seconds";
+/// Counter: events queued on connections by broadcasts.
+pub const EVENTS_SENT: &str = "stmp_events_sent_total";
+/// Counter: events that connections missed because their send queue was full or closed.
+pub const EVENTS_DROPPED: &str = "stmp_events_dropped_total";
+/// Counter: bytes received: of the byte stream below gzip and above TLS, or of WebSocket
+/// message payloads.
+pub const BYTES_RECEIVED: &str = "stmp_bytes_received_total";
+/// Counter: bytes sent, counted as [`BYTES_RECEIVED`] is.
+pub const BYTES_SENT: &str = "stmp_bytes_sent_total";
+/// Gauge: the most bytes seen waiting in one connection's send queue.
+pub const SEND_QUEUE_HIGH_WATER: &str = "stmp_send_queue_high_water_bytes";
+/// Counter: connections closed because they did not read their events fast enough.
+pub const SLOW_CONSUMER_DISCONNECTS: &str = "stmp_slow_consumer_disconnects_total";
+
+/// The method label of requests no handler serves.
+const UNKNOWN_METHOD: &str = "unknown";
+
+pub(crate) fn connection_opened(conn: &Conn) {
+    let transport = conn.transport();
+    metrics::gauge!(CONNECTIONS, "transport" => transport).increment(1.0);
+    metrics::counter!(CONNECTIONS_OPENED, "transport" => transport).increment(1);
+}
+
+pub(crate) fn connection_closed(conn: &Conn) {
+    let transport = conn.transport();
+    let code = conn
+        .close_status()
+        .map_or(Code::NetworkError, |status| status.code());
+    metrics::gauge!(CONNECTIONS, "transport" => transport).decrement(1.0);
+    metrics::counter!(CONNECTIONS_CLOSED, "transport" => transport, "status" => code.as_str())
+        .increment(1);
+}
+
+pub(crate) fn handshake_refused(status: &Status) {
+    metrics::counter!(HANDSHAKES_REFUSED, "reason" => status.code().as_str()).increment(1);
+}
+
+pub(crate) fn events_delivered(delivery: &Delivery) {
+    if delivery.queued > 0 {
+        metrics::counter!(EVENTS_SENT).increment(delivery.queued as u64);
+    }
+    if delivery.dropped > 0 {
+        metrics::counter!(EVENTS_DROPPED).increment(delivery.dropped as u64);
+    }
+}
+
+pub(crate) fn bytes_received(bytes: usize) {
+    if bytes > 0 {
+        metrics::counter!(BYTES_RECEIVED).increment(bytes as u64);
+    }
+}
+
+pub(crate) fn bytes_sent(bytes: usize) {
+    metrics::counter!(BYTES_SENT).increment(bytes as u64);
+}
+
+pub(crate) fn slow_consumer_disconnected() {
+    metrics::counter!(SLOW_CONSUMER_DISCONNECTS).increment(1);
+}
+
+static SEND_QUEUE_DEEPEST: AtomicUsize = AtomicUsize::new(0);
+
+/// Records how many bytes wait in a send queue; only a new deepest reaches the gauge.
+pub(crate) fn send_queue_depth(depth: usize) {
+    if depth > SEND_QUEUE_DEEPEST.load(Ordering::Relaxed)
+        && SEND_QUEUE_DEEPEST.fetch_max(depth, Ordering::Relaxed) < depth
+    {
+        metrics::gauge!(SEND_QUEUE_HIGH_WATER).set(depth as f64);
+    }
+}
+
+/// The span a connection's engine runs in: its id, transport and peer address.
+pub(crate) fn conn_span(conn: &Conn) -> tracing::Span {
+    let remote = conn.remote_addr().map(tracing::field::display);
+    tracing::info_span!("conn", id = conn.id(), transport = conn.transport(), remote)
+}
+
+/// Runs a request's handling in a `call` span (a child of the connection's: the engine
+/// polls it first), then records its status and duration, in the span.
+pub(crate) async fn observe_call<T>(
+    method: Option<&'static str>,
+    handling: impl Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    let method = method.unwrap_or(UNKNOWN_METHOD);
+    let observed = async {
+        let started = Instant::now();
+        let outcome = handling.await;
+        let code = match &outcome {
+            Ok(_) => Code::Ok,
+            Err(status) => status.code(),
+        };
+        call_finished(method, code, started.elapsed());
+        outcome
+    };
+    observed
+        .instrument(tracing::debug_span!("call", method))
+        .await
+}
+
+fn call_finished(method: &'static str, code: Code, elapsed: Duration) {
+    // The method is on the enclosing `call` span.
+    tracing::debug!(
+        status = code.as_str(),
+        duration_us = elapsed.as_micros() as u64,
+        "call finished"
+    );
+    metrics::counter!(CALLS, "method" => method, "status" => code.as_str()).increment(1);
+    metrics::histogram!(CALL_DURATION, "method" => method).record(elapsed.as_secs_f64());
+}
+
+pin_project_lite::pin_project! {
+    /// A transport's byte stream, counted into [`BYTES_RECEIVED`] and [`BYTES_SENT`] as the
+    /// bytes cross it (below gzip, above TLS).
+    pub(crate) struct Counted<T> {
+        #[pin]
+        inner: T,
+    }
+}
+
+impl<T> Counted<T> {
+    pub(crate) fn new(inner: T) -> Counted<T> {
+        Counted { inner }
+    }
+}
+
+impl<T: AsyncRead> AsyncRead for Counted<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = self.project().inner.poll_read(cx, buf);
+        bytes_received(buf.filled().len() - before);
+        polled
+    }
+}
+
+impl<T: AsyncWrite> AsyncWrite for Counted<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bytes: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = self.project().inner.poll_write(cx, bytes);
+        if let Poll::Ready(Ok(written)) = &polled {
+            bytes_sent(*written);
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = self.project().inner.poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(written)) = &polled {
+            bytes_sent(*written);
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_high_water_mark_only_rises() {
+        send_queue_depth(3);
+        send_queue_depth(1);
+        assert!(SEND_QUEUE_DEEPEST.load(Ordering::Relaxed) >= 3);
+        let deepest = SEND_QUEUE_DEEPEST.load(Ordering::Relaxed);
+        send_queue_depth(deepest + 5);
+        assert_eq!(SEND_QUEUE_DEEPEST.load(Ordering::Relaxed), deepest + 5);
+    }
+}
