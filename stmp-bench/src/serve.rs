@@ -58,7 +58,10 @@ fn sent(start_ns: u64, began: Instant, queued: usize, dropped: usize, encodings:
 
 async fn stmp_server() -> Result<()> {
     // gzip is opt-in on servers; the `stmp tcp+gzip` row needs it.
-    let server = stmp::Server::builder().gzip(true).build();
+    let server = stmp::Server::builder()
+        .gzip(true)
+        .gzip_inflation_limit(crate::systems::BENCH_INFLATION_RATIO, 1 << 20)
+        .build();
     server
         .router()
         .route(&ECHO, |_ctx, input: Echo| async move {

@@ -263,6 +263,7 @@ where
         .is_some_and(|e| e.eq_ignore_ascii_case("gzip"));
     let limits = ReadLimits {
         wire: Limits::from(config.max_packet_size),
+        inflation: config.inflation,
         ..ReadLimits::default()
     };
     let (packets, packet_writer) = byte_stream(reader, writer, buffer, &limits, gzip);

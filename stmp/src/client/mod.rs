@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::{Codec, Message};
+use crate::conn::io::InflationLimit;
 use crate::conn::{CallOptions, Caller, EngineConfig, PacketFormat};
 use crate::router::BoxFuture;
 use crate::wire::{DEFAULT_MAX_PACKET_SIZE, Header};
@@ -73,6 +74,7 @@ pub struct ClientBuilder {
     pub(crate) engine: EngineConfig,
     pub(crate) max_packet_size: usize,
     pub(crate) send_queue_bytes: usize,
+    pub(crate) inflation: InflationLimit,
     pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
     pub(crate) server_name: Option<String>,
     reconnect: Option<ReconnectPolicy>,
@@ -94,6 +96,7 @@ impl Default for ClientBuilder {
             engine: EngineConfig::default(),
             max_packet_size: DEFAULT_MAX_PACKET_SIZE,
             send_queue_bytes: crate::conn::DEFAULT_SEND_QUEUE_BYTES,
+            inflation: InflationLimit::default(),
             tls: None,
             server_name: None,
             reconnect: Some(ReconnectPolicy {
@@ -184,6 +187,14 @@ impl ClientBuilder {
     /// answers wait for room, events that find none are dropped. Default 4 MiB.
     pub fn send_queue_bytes(mut self, bytes: usize) -> Self {
         self.send_queue_bytes = bytes.max(1);
+        self
+    }
+
+    /// How far the server's gzip stream may inflate: over any stretch of it, at most `burst`
+    /// bytes plus `max_ratio` times its compressed bytes; beyond it the connection is closed
+    /// with `RequestEntityTooLarge`. Default 64× with a 1 MiB burst, as on the server.
+    pub fn gzip_inflation_limit(mut self, max_ratio: u32, burst: usize) -> Self {
+        self.inflation = InflationLimit { max_ratio, burst };
         self
     }
 
