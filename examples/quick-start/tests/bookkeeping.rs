@@ -3,41 +3,15 @@
 
 use std::time::Duration;
 
-use quick_start::{
-    ExitRoomInput, JoinRoomInput, RoomEventsListener, RoomServiceClient, Rooms, UserExitEvent,
-    UserJoinEvent, attach_room_events,
-};
-use stmp::{Client, Code, Context};
+use quick_start::{ExitRoomInput, JoinRoomInput, RoomServiceClient, Rooms, attach_room_events};
+use stmp::{Client, Code};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
-const WAIT: Duration = Duration::from_secs(10);
+mod common;
+use common::{Event, Recorder, WAIT, next};
+
 const CYCLES: usize = 200;
-
-#[derive(Debug, PartialEq, Eq)]
-enum Event {
-    Join(String),
-    Exit(String),
-}
-
-struct Recorder(mpsc::UnboundedSender<Event>);
-
-impl RoomEventsListener for Recorder {
-    async fn user_join(&self, _ctx: Context, event: UserJoinEvent) {
-        let _ = self.0.send(Event::Join(event.user));
-    }
-
-    async fn user_exit(&self, _ctx: Context, event: UserExitEvent) {
-        let _ = self.0.send(Event::Exit(event.user));
-    }
-}
-
-async fn next(events: &mut mpsc::UnboundedReceiver<Event>) -> Event {
-    timeout(WAIT, events.recv())
-        .await
-        .expect("no event within the deadline")
-        .expect("listener gone")
-}
 
 fn join(name: &str) -> JoinRoomInput {
     JoinRoomInput {

@@ -4,40 +4,15 @@
 use std::time::Duration;
 
 use quick_start::{
-    Empty, ExitRoomInput, JoinRoomInput, RoomEventsListener, RoomServiceClient, Rooms,
-    UserExitEvent, UserJoinEvent, WS_PATH, attach_room_events, room_events, room_service,
+    Empty, ExitRoomInput, JoinRoomInput, RoomServiceClient, Rooms, WS_PATH, attach_room_events,
+    room_events, room_service,
 };
-use stmp::{Client, Codec, Context, PacketFormat};
+use stmp::{Client, Codec, PacketFormat};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
-const WAIT: Duration = Duration::from_secs(10);
-
-#[derive(Debug, PartialEq, Eq)]
-enum Event {
-    Join(String),
-    Exit(String),
-}
-
-/// Forwards the room's events to the test.
-struct Recorder(mpsc::UnboundedSender<Event>);
-
-impl RoomEventsListener for Recorder {
-    async fn user_join(&self, _ctx: Context, event: UserJoinEvent) {
-        let _ = self.0.send(Event::Join(event.user));
-    }
-
-    async fn user_exit(&self, _ctx: Context, event: UserExitEvent) {
-        let _ = self.0.send(Event::Exit(event.user));
-    }
-}
-
-async fn next(events: &mut mpsc::UnboundedReceiver<Event>) -> Event {
-    timeout(WAIT, events.recv())
-        .await
-        .expect("no event within the deadline")
-        .expect("listener gone")
-}
+mod common;
+use common::{Event, Recorder, WAIT, next};
 
 async fn join(client: &Client, room: &str) -> quick_start::RoomModel {
     let rooms = RoomServiceClient::new(client.clone());
