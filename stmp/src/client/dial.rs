@@ -15,7 +15,7 @@ use super::ClientBuilder;
 use super::endpoint::{Endpoint, Scheme};
 use crate::codec::Codec;
 use crate::conn::io::{PacketStream, PacketWriter, ReadLimits, byte_stream, websocket};
-use crate::conn::{ConnParts, Engine, PacketFormat, Side};
+use crate::conn::{Engine, Host, PacketFormat, Side};
 use crate::server::ws_config;
 use crate::wire::{ClientHandshake, Header, Limits, ServerHandshake};
 use crate::{Conn, Status};
@@ -199,27 +199,19 @@ fn ready(
     reader: PacketStream,
     writer: PacketWriter,
 ) -> Dialed {
-    let (conn, outbox) = Conn::new(ConnParts {
+    let host = Host {
         side: Side::Client,
-        remote_addr: remote,
-        transport,
-        peer_header: hello.header,
-        codec,
-        default_timeout: config.call_timeout,
+        router: config.router.clone(),
+        config: config.engine.clone(),
+        call_timeout: config.call_timeout,
         send_queue_bytes: config.send_queue_bytes,
         slow_consumer: crate::SlowConsumer::default(),
         counters: crate::stats::Counters::new(usize::MAX),
-    });
-    let engine = Engine {
-        conn: conn.clone(),
-        outbox,
-        reader,
-        writer,
-        router: config.router.clone(),
-        config: config.engine.clone(),
         tasks: TaskTracker::new(),
         draining: CancellationToken::new(),
     };
+    let (conn, outbox) = host.conn(remote, transport, hello.header, codec);
+    let engine = host.engine(conn.clone(), outbox, reader, writer);
     Dialed {
         conn,
         engine,

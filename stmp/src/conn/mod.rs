@@ -9,6 +9,7 @@ mod engine;
 mod extensions;
 pub(crate) mod io;
 mod pending;
+mod state;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -24,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 pub(crate) use budget::InFlight;
 use budget::queue_cost;
 pub use call::{CallOptions, Caller};
-pub(crate) use engine::{Engine, EngineConfig};
+pub(crate) use engine::{Engine, EngineConfig, Host};
 use extensions::Extensions;
 pub use io::PacketFormat;
 use pending::Pending;

@@ -19,7 +19,7 @@ use tracing::Instrument;
 
 use crate::codec::{Codec, Codecs};
 use crate::conn::io::{InflationLimit, PacketStream, PacketWriter, ReadLimits, byte_stream};
-use crate::conn::{ConnParts, DEFAULT_SEND_QUEUE_BYTES, Engine, EngineConfig, Outbox, Side};
+use crate::conn::{DEFAULT_SEND_QUEUE_BYTES, EngineConfig, Host, Outbox, Side};
 use crate::router::BoxFuture;
 use crate::stats::{Counters, ServerStats};
 use crate::wire::{
@@ -312,16 +312,27 @@ impl ServerBuilder {
             buffered: Some(BufferBudget::new(self.max_buffered_bytes)),
             inflation: self.inflation,
         };
+        let counters = Counters::new(self.max_in_flight_bytes);
+        let host = Host {
+            side: Side::Server,
+            router: self.router.clone(),
+            config: self.engine.clone(),
+            call_timeout: self.call_timeout,
+            send_queue_bytes: self.send_queue_bytes,
+            slow_consumer: self.slow_consumer,
+            counters: counters.clone(),
+            tasks: TaskTracker::new(),
+            draining: CancellationToken::new(),
+        };
         Server {
             inner: Arc::new(Inner {
                 read_limits,
                 admission: Admission::new(self.max_connections, self.max_handshaking),
-                counters: Counters::new(self.max_in_flight_bytes),
+                counters,
+                host,
                 config: self,
                 conns: ConnSet::new(),
                 stop_accepting: CancellationToken::new(),
-                draining: CancellationToken::new(),
-                handlers: TaskTracker::new(),
                 connections: TaskTracker::new(),
                 listeners: TaskTracker::new(),
             }),
@@ -352,9 +363,10 @@ struct Inner {
     admission: Arc<Admission>,
     conns: ConnSet,
     counters: Arc<Counters>,
+    /// What every connection's engine gets: router, settings, the handlers' tracker (waited
+    /// for at shutdown) and the drain signal.
+    host: Host,
     stop_accepting: CancellationToken,
-    draining: CancellationToken,
-    handlers: TaskTracker,
     connections: TaskTracker,
     /// Accept loops: once they end, their addresses are free again.
     listeners: TaskTracker,
@@ -759,18 +771,7 @@ impl Server {
         peer_header: Header,
         codec: Codec,
     ) -> (Conn, Outbox) {
-        let config = &self.inner.config;
-        Conn::new(ConnParts {
-            side: Side::Server,
-            remote_addr: remote,
-            transport,
-            peer_header,
-            codec,
-            default_timeout: config.call_timeout,
-            send_queue_bytes: config.send_queue_bytes,
-            slow_consumer: config.slow_consumer,
-            counters: self.inner.counters.clone(),
-        })
+        self.inner.host.conn(remote, transport, peer_header, codec)
     }
 
     /// Runs the authenticate hook within its time limit.
@@ -804,19 +805,12 @@ impl Server {
             conn: &conn,
         };
         tracing::debug!(conn = conn.id(), remote = ?conn.remote_addr(), codec = ?conn.codec(), "connection open");
-        Engine {
-            conn: conn.clone(),
-            outbox,
-            reader,
-            writer,
-            router: config.router.clone(),
-            config: config.engine.clone(),
-            tasks: self.inner.handlers.clone(),
-            draining: self.inner.draining.clone(),
-        }
-        .run()
-        .instrument(crate::telemetry::conn_span(&conn))
-        .await;
+        self.inner
+            .host
+            .engine(conn.clone(), outbox, reader, writer)
+            .run()
+            .instrument(crate::telemetry::conn_span(&conn))
+            .await;
         self.inner.conns.remove(&conn);
         crate::telemetry::connection_closed(&conn);
         if let Some(hook) = &config.on_close {
@@ -840,10 +834,10 @@ impl Server {
     pub async fn shutdown(&self, deadline: Duration) {
         tracing::info!(connections = self.inner.conns.len(), "shutting down");
         // Draining first: once `closed()` wakes anyone, new requests are already refused.
-        self.inner.draining.cancel();
+        self.inner.host.draining.cancel();
         self.inner.stop_accepting.cancel();
-        self.inner.handlers.close();
-        if tokio::time::timeout(deadline, self.inner.handlers.wait())
+        self.inner.host.tasks.close();
+        if tokio::time::timeout(deadline, self.inner.host.tasks.wait())
             .await
             .is_err()
         {
