@@ -23,7 +23,6 @@ pub mod codec;
 mod conn;
 mod context;
 mod method;
-pub mod quic;
 mod rooms;
 mod router;
 #[doc(hidden)]
@@ -32,7 +31,7 @@ mod server;
 mod stats;
 mod status;
 pub mod telemetry;
-pub mod tls;
+mod transport;
 pub mod wire;
 
 pub use broadcast::{ConnSet, Delivery, SlowConsumer, broadcast, broadcast_with};
@@ -46,6 +45,7 @@ pub use router::{Flow, ListenerHandle, Middleware, Router, Service};
 pub use server::{Server, ServerBuilder, raise_fd_limit};
 pub use stats::ServerStats;
 pub use status::{Code, Status};
+pub use transport::{quic, tls};
 
 /// Includes the code `stmp-build` generated for a proto package: its messages, and for each
 /// service its method table, service trait, server, client stub, events listener and

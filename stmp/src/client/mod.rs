@@ -1,8 +1,8 @@
 //! The client: connects by URL, negotiates, and reconnects with backoff.
 
 mod backoff;
-mod dial;
-mod endpoint;
+pub(crate) mod dial;
+pub(crate) mod endpoint;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -9,14 +9,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_compression::tokio::write::GzipEncoder;
-use bytes::{Bytes, BytesMut};
-use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use bytes::BytesMut;
+use futures_util::Stream;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 use tokio_util::codec::FramedRead;
 
 use crate::Status;
 use crate::telemetry::Counted;
+use crate::transport::ws::WsWriter;
 use crate::wire::{BufferBudget, Limits, Packet, PacketCodec};
 use inflate::BoundedGzip;
 pub(crate) use inflate::InflationLimit;
@@ -25,7 +25,6 @@ pub(crate) use inflate::InflationLimit;
 pub(crate) type PacketStream = Pin<Box<dyn Stream<Item = Result<Packet, Status>> + Send>>;
 
 type BoxWrite = Pin<Box<dyn AsyncWrite + Send>>;
-type WsSink = Pin<Box<dyn Sink<WsMessage, Error = tungstenite::Error> + Send>>;
 
 /// How packets travel in WebSocket messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -59,7 +58,7 @@ pub(crate) struct ReadLimits {
 /// Where the engine writes packets.
 pub(crate) enum PacketWriter {
     Stream { io: BoxWrite, buf: BytesMut },
-    WebSocket { sink: WsSink, format: PacketFormat },
+    WebSocket(WsWriter),
 }
 
 /// The read buffer a byte stream starts with. Idle connections are the common case on a
@@ -90,7 +89,7 @@ impl From<WriteError> for Status {
 
 /// One step of a write, which fails when it makes no progress for `stall`. Timing each step
 /// rather than the whole batch lets a slow but steady peer receive a large packet.
-async fn step<T, E: Into<Status>>(
+pub(crate) async fn step<T, E: Into<Status>>(
     stall: Duration,
     step: impl Future<Output = Result<T, E>>,
 ) -> Result<T, WriteError> {
@@ -130,24 +129,7 @@ impl PacketWriter {
                     *buf = BytesMut::new();
                 }
             }
-            PacketWriter::WebSocket { sink, format } => {
-                for packet in packets {
-                    let mut out = BytesMut::new();
-                    let message = match format {
-                        PacketFormat::Binary => {
-                            packet.encode_message(&mut out);
-                            WsMessage::Binary(out.freeze())
-                        }
-                        PacketFormat::Text => {
-                            packet.encode_text(&mut out);
-                            text_message(out.freeze()).map_err(WriteError::Failed)?
-                        }
-                    };
-                    crate::telemetry::bytes_sent(message.len());
-                    step(stall, async { sink.feed(message).await.map_err(ws_error) }).await?;
-                }
-                step(stall, async { sink.flush().await.map_err(ws_error) }).await?;
-            }
+            PacketWriter::WebSocket(ws) => ws.write_batch(packets, stall).await?,
         }
         Ok(())
     }
@@ -158,21 +140,9 @@ impl PacketWriter {
             PacketWriter::Stream { io, .. } => {
                 let _ = io.shutdown().await;
             }
-            PacketWriter::WebSocket { sink, .. } => {
-                let _ = sink.close().await;
-            }
+            PacketWriter::WebSocket(ws) => ws.shutdown().await,
         }
     }
-}
-
-fn text_message(bytes: Bytes) -> Result<WsMessage, Status> {
-    tungstenite::Utf8Bytes::try_from(bytes)
-        .map(WsMessage::Text)
-        .map_err(|_| Status::bad_request("text packets need UTF-8 payloads (use the JSON codec)"))
-}
-
-pub(crate) fn ws_error(error: tungstenite::Error) -> Status {
-    Status::network_error(format!("websocket: {error}"))
 }
 
 /// A byte-stream transport: packets framed by [`PacketCodec`], optionally inside one gzip
@@ -215,43 +185,4 @@ where
             },
         )
     }
-}
-
-/// A WebSocket transport: one packet per message. Text packets are accepted in binary
-/// messages too, as the Go server sends them that way.
-pub(crate) fn websocket<S>(
-    socket: S,
-    format: PacketFormat,
-    limits: Limits,
-) -> (PacketStream, PacketWriter)
-where
-    S: Stream<Item = Result<WsMessage, tungstenite::Error>>
-        + Sink<WsMessage, Error = tungstenite::Error>
-        + Send
-        + 'static,
-{
-    let (sink, stream) = socket.split();
-    let packets = stream
-        .inspect(|message| {
-            crate::telemetry::bytes_received(message.as_ref().map_or(0, WsMessage::len))
-        })
-        .take_while(|message| std::future::ready(!matches!(message, Ok(WsMessage::Close(_)))))
-        .filter_map(move |message| {
-            std::future::ready(match message {
-                Ok(WsMessage::Binary(bytes)) if format == PacketFormat::Binary => {
-                    Some(Packet::decode_message(bytes, limits))
-                }
-                Ok(WsMessage::Binary(bytes)) => Some(Packet::decode_text(bytes, limits)),
-                Ok(WsMessage::Text(text)) => Some(Packet::decode_text(Bytes::from(text), limits)),
-                Ok(_) => None,
-                Err(error) => Some(Err(ws_error(error))),
-            })
-        });
-    (
-        Box::pin(packets),
-        PacketWriter::WebSocket {
-            sink: Box::pin(sink),
-            format,
-        },
-    )
 }

@@ -1,15 +1,21 @@
-//! TLS configuration helpers (rustls with the ring provider).
+//! TLS over TCP (rustls with the ring provider): listening, connecting, and helpers that
+//! build the common configurations.
 //!
 //! Any `rustls` config works with [`Server::listen_tls`](crate::Server::listen_tls) and
 //! [`ClientBuilder::tls`](crate::ClientBuilder::tls); these helpers build the common ones from PEM.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::net::{TcpStream, ToSocketAddrs};
 
+use super::Farewell;
 use crate::Status;
+use crate::client::ClientBuilder;
+use crate::client::endpoint::Endpoint;
 
 /// The crypto provider stmp uses: ring (pure Rust build, no cmake).
 pub fn provider() -> Arc<CryptoProvider> {
@@ -59,4 +65,77 @@ pub fn client_config(roots_pem: &[u8]) -> Result<Arc<rustls::ClientConfig>, Stat
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(config))
+}
+
+impl crate::Server {
+    /// Listens for TLS over TCP.
+    pub async fn listen_tls(
+        &self,
+        addr: impl ToSocketAddrs,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> std::io::Result<SocketAddr> {
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        self.listen(addr, move |server, stream, remote, admitted| {
+            let acceptor = acceptor.clone();
+            async move {
+                let slot = match admitted {
+                    Ok(slot) => slot,
+                    Err(refusal) => {
+                        let open = acceptor.accept(stream);
+                        return server.turn_away(open, refusal, Farewell::Handshake).await;
+                    }
+                };
+                let timeout = server.inner.config.handshake_timeout;
+                match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        let (reader, writer) = tokio::io::split(tls);
+                        server
+                            .serve_stream(reader, writer, remote, "tls", slot)
+                            .await;
+                    }
+                    Ok(Err(error)) => tracing::debug!(%remote, %error, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
+                }
+            }
+        })
+        .await
+    }
+}
+
+/// Runs the TLS handshake of a client on `tcp`.
+pub(crate) async fn connect(
+    tcp: TcpStream,
+    endpoint: &Endpoint,
+    config: &ClientBuilder,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, Status> {
+    let tls = config.tls.clone().ok_or_else(|| {
+        Status::bad_request(format!(
+            "{endpoint} needs TLS settings (ClientBuilder::tls)"
+        ))
+    })?;
+    let name = config
+        .server_name
+        .clone()
+        .unwrap_or_else(|| endpoint.host.clone());
+    let name = ServerName::try_from(name)
+        .map_err(|e| Status::bad_request(format!("bad TLS server name: {e}")))?;
+    tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+        .map_err(tls_error)
+}
+
+/// A certificate problem is the client's configuration, not the network: it is reported as
+/// `BadRequest` so the client does not retry it.
+pub(crate) fn tls_error(error: std::io::Error) -> Status {
+    match error
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    {
+        Some(rustls::Error::InvalidCertificate(why)) => Status::bad_request(format!(
+            "TLS: the server's certificate is not trusted: {why:?}"
+        )),
+        Some(tls) => Status::bad_request(format!("TLS: {tls}")),
+        None => Status::network_error(format!("TLS: {error}")),
+    }
 }

@@ -2,20 +2,29 @@
 //! server answers with its handshake as the first message.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
 
-use bytes::BytesMut;
-use futures_util::SinkExt;
+use bytes::{Bytes, BytesMut};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio::net::ToSocketAddrs;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
-use tokio_tungstenite::tungstenite::http::StatusCode;
+use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 
-use super::{Server, Transport};
-use crate::Status;
+use super::Farewell;
+use crate::client::ClientBuilder;
+use crate::client::dial::{Dialed, chosen_codec, client_header, ready};
+use crate::client::endpoint::{Endpoint, Scheme};
 use crate::conn::PacketFormat;
-use crate::conn::io::websocket;
-use crate::wire::{Header, Limits, ServerHandshake, Version};
+use crate::conn::io::{PacketStream, PacketWriter, WriteError, step};
+use crate::server::Transport;
+use crate::wire::{Header, Limits, Packet, ServerHandshake, Version};
+use crate::{Server, Status};
 
 /// Header keys of the upgrade request that are part of the stmp handshake (HTTP headers are
 /// case-insensitive, stmp headers are not: these are mapped to their stmp spelling).
@@ -98,6 +107,67 @@ fn version_of(header: &Header) -> Result<Version, Status> {
 }
 
 impl Server {
+    /// Listens for WebSocket upgrades on `path` (other paths get 404).
+    pub async fn listen_ws(
+        &self,
+        addr: impl ToSocketAddrs,
+        path: &str,
+    ) -> std::io::Result<SocketAddr> {
+        let path: Arc<str> = Arc::from(path);
+        self.listen(addr, move |server, stream, remote, admitted| {
+            let path = path.clone();
+            async move {
+                match admitted {
+                    Ok(slot) => {
+                        server
+                            .serve_websocket(stream, remote, &path, "ws", slot)
+                            .await
+                    }
+                    Err(refusal) => {
+                        let open = std::future::ready(Ok(stream));
+                        server.turn_away(open, refusal, Farewell::Http).await;
+                    }
+                }
+            }
+        })
+        .await
+    }
+
+    /// Listens for WebSocket over TLS on `path`.
+    pub async fn listen_wss(
+        &self,
+        addr: impl ToSocketAddrs,
+        path: &str,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> std::io::Result<SocketAddr> {
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        let path: Arc<str> = Arc::from(path);
+        self.listen(addr, move |server, stream, remote, admitted| {
+            let acceptor = acceptor.clone();
+            let path = path.clone();
+            async move {
+                let slot = match admitted {
+                    Ok(slot) => slot,
+                    Err(refusal) => {
+                        let open = acceptor.accept(stream);
+                        return server.turn_away(open, refusal, Farewell::Http).await;
+                    }
+                };
+                let timeout = server.inner.config.handshake_timeout;
+                match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        server
+                            .serve_websocket(tls, remote, &path, "wss", slot)
+                            .await
+                    }
+                    Ok(Err(error)) => tracing::debug!(%remote, %error, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
+                }
+            }
+        })
+        .await
+    }
+
     pub(crate) async fn serve_websocket<S>(
         &self,
         stream: S,
@@ -135,21 +205,23 @@ impl Server {
             Ok(Err(error)) => return tracing::debug!(%remote, %error, "websocket upgrade failed"),
             Err(_) => return tracing::debug!(%remote, "websocket upgrade timed out"),
         };
-        let (header, admitted) = match header.unwrap_or_else(|| Ok(Header::new())) {
-            Ok(header) => {
-                let admitted = version_of(&header)
-                    .and_then(|version| self.admit(version, &header, Transport::WebSocket));
-                (header, admitted)
-            }
-            Err(status) => (Header::new(), Err(status)),
-        };
+        let header = header.unwrap_or_else(|| Ok(Header::new()));
         // A refusal can only be sent in the format the client asked for if we know it.
-        let text = header
-            .get("Packet-Format")
-            .or_else(|| header.get("Accept-Packet-Format"))
-            .is_some_and(|f| f.eq_ignore_ascii_case("text"));
-        let agreement = match admitted {
-            Ok(agreement) => agreement,
+        let text = header.as_ref().is_ok_and(|header| {
+            header
+                .get("Packet-Format")
+                .or_else(|| header.get("Accept-Packet-Format"))
+                .is_some_and(|f| f.eq_ignore_ascii_case("text"))
+        });
+        let established = match header.and_then(|header| Ok((version_of(&header)?, header))) {
+            Ok((version, header)) => {
+                self.establish(version, header, Transport::WebSocket, remote, transport)
+                    .await
+            }
+            Err(status) => Err(status),
+        };
+        let (conn, outbox, agreement) = match established {
+            Ok(established) => established,
             Err(status) => {
                 crate::telemetry::handshake_refused(&status);
                 let _ = socket
@@ -159,17 +231,6 @@ impl Server {
                 return;
             }
         };
-        let (conn, outbox) =
-            self.new_conn(Some(remote), transport, header, agreement.codec.clone());
-        if let Err(status) = self.authenticate(&conn).await {
-            conn.mark_closed(&status);
-            crate::telemetry::handshake_refused(&status);
-            let _ = socket
-                .send(handshake_message(&ServerHandshake::refuse(&status), text))
-                .await;
-            let _ = socket.close(None).await;
-            return;
-        }
         let format = agreement.format;
         let hello = ServerHandshake::ok(agreement.header);
         if socket
@@ -204,6 +265,230 @@ pub(crate) fn handshake_message(handshake: &ServerHandshake, text: bool) -> WsMe
         handshake.encode(&mut out);
         WsMessage::Binary(out.freeze())
     }
+}
+
+/// The status of a refused WebSocket upgrade: a server over its limits answers 503 (or a
+/// proxy 429), which is worth retrying; anything else means there is no stmp endpoint there.
+fn http_refusal(
+    response: &tokio_tungstenite::tungstenite::http::Response<Option<Vec<u8>>>,
+) -> Status {
+    let code = response.status();
+    let body = response
+        .body()
+        .as_deref()
+        .map(String::from_utf8_lossy)
+        .unwrap_or_default();
+    let message = format!(
+        "websocket upgrade refused with HTTP {code}: {}",
+        body.trim()
+    );
+    match code.as_u16() {
+        429 | 503 => Status::too_many_requests(message),
+        _ => Status::not_found(message),
+    }
+}
+
+/// The protocol's part of the client's handshake, as the upgrade request's query. The
+/// application's entries (tokens…) go in the request's HTTP headers instead: URLs end up in
+/// access logs and proxies.
+fn websocket_query(config: &ClientBuilder) -> String {
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    query.append_pair("Stmp-Version", "1.0");
+    for (key, value) in client_header(config)
+        .iter()
+        .filter(|(k, _)| *k != "Accept-Encoding" && !config.header.contains_key(k))
+    {
+        query.append_pair(key, value);
+    }
+    if config.format == PacketFormat::Text {
+        query.append_pair("Packet-Format", "text");
+    }
+    query.finish()
+}
+
+/// Upgrades `stream` to a WebSocket and runs the stmp handshake on it.
+pub(crate) async fn connect<S>(
+    stream: S,
+    endpoint: &Endpoint,
+    remote: Option<std::net::SocketAddr>,
+    config: &ClientBuilder,
+) -> Result<Dialed, Status>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let query = websocket_query(config);
+    let separator = if endpoint.path.contains('?') {
+        '&'
+    } else {
+        '?'
+    };
+    let scheme = if endpoint.scheme == Scheme::Wss {
+        "wss"
+    } else {
+        "ws"
+    };
+    let url = format!(
+        "{scheme}://{}{}{separator}{}",
+        endpoint.authority(),
+        endpoint.path,
+        query
+    );
+    let mut request = url
+        .into_client_request()
+        .map_err(|e| Status::bad_request(format!("bad websocket url: {e}")))?;
+    for (key, value) in config.header.iter() {
+        let bad = |e: &dyn std::fmt::Display| {
+            Status::bad_request(format!(
+                "handshake header {key:?} cannot be sent over HTTP: {e}"
+            ))
+        };
+        let name = HeaderName::from_bytes(key.as_bytes()).map_err(|e| bad(&e))?;
+        let value = HeaderValue::from_str(value).map_err(|e| bad(&e))?;
+        request.headers_mut().append(name, value);
+    }
+    let (mut socket, _) = tokio_tungstenite::client_async_with_config(
+        request,
+        stream,
+        Some(ws_config(config.max_packet_size)),
+    )
+    .await
+    .map_err(|e| match e {
+        tokio_tungstenite::tungstenite::Error::Http(response) => http_refusal(&response),
+        other => ws_error(other),
+    })?;
+    let hello = loop {
+        match socket.next().await {
+            Some(Ok(WsMessage::Binary(bytes))) => {
+                break if bytes.starts_with(crate::wire::MAGIC)
+                    && bytes.get(4).is_some_and(|b| !b.is_ascii_hexdigit())
+                {
+                    ServerHandshake::decode_message(&bytes, config.max_packet_size)?
+                } else {
+                    ServerHandshake::decode_text(&bytes, config.max_packet_size)?
+                };
+            }
+            Some(Ok(WsMessage::Text(text))) => {
+                break ServerHandshake::decode_text(text.as_bytes(), config.max_packet_size)?;
+            }
+            Some(Ok(WsMessage::Close(_))) | None => {
+                return Err(Status::network_error(
+                    "the server closed the websocket during the handshake",
+                ));
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(ws_error(e)),
+        }
+    };
+    if let Some(refusal) = hello.error() {
+        return Err(refusal);
+    }
+    let codec = chosen_codec(&hello, config)?;
+    let format = match hello.header.get("Packet-Format") {
+        Some(f) if f.eq_ignore_ascii_case("text") => PacketFormat::Text,
+        _ => PacketFormat::Binary,
+    };
+    let (packets, writer) = websocket(socket, format, Limits::from(config.max_packet_size));
+    Ok(ready(
+        config,
+        remote,
+        endpoint.scheme.name(),
+        hello,
+        codec,
+        packets,
+        writer,
+    ))
+}
+
+/// Where the engine writes a WebSocket connection's packets: one message each.
+pub(crate) struct WsWriter {
+    sink: WsSink,
+    format: PacketFormat,
+}
+
+type WsSink = Pin<Box<dyn Sink<WsMessage, Error = tungstenite::Error> + Send>>;
+
+impl WsWriter {
+    /// Writes the packets, one message each, and flushes once.
+    pub(crate) async fn write_batch(
+        &mut self,
+        packets: &[Packet],
+        stall: Duration,
+    ) -> Result<(), WriteError> {
+        for packet in packets {
+            let mut out = BytesMut::new();
+            let message = match self.format {
+                PacketFormat::Binary => {
+                    packet.encode_message(&mut out);
+                    WsMessage::Binary(out.freeze())
+                }
+                PacketFormat::Text => {
+                    packet.encode_text(&mut out);
+                    text_message(out.freeze()).map_err(WriteError::Failed)?
+                }
+            };
+            crate::telemetry::bytes_sent(message.len());
+            step(stall, async {
+                self.sink.feed(message).await.map_err(ws_error)
+            })
+            .await?;
+        }
+        step(stall, async { self.sink.flush().await.map_err(ws_error) }).await?;
+        Ok(())
+    }
+
+    /// Sends a Close frame.
+    pub(crate) async fn shutdown(&mut self) {
+        let _ = self.sink.close().await;
+    }
+}
+
+fn text_message(bytes: Bytes) -> Result<WsMessage, Status> {
+    tungstenite::Utf8Bytes::try_from(bytes)
+        .map(WsMessage::Text)
+        .map_err(|_| Status::bad_request("text packets need UTF-8 payloads (use the JSON codec)"))
+}
+
+pub(crate) fn ws_error(error: tungstenite::Error) -> Status {
+    Status::network_error(format!("websocket: {error}"))
+}
+
+/// A WebSocket transport: one packet per message. Text packets are accepted in binary
+/// messages too, as the Go server sends them that way.
+pub(crate) fn websocket<S>(
+    socket: S,
+    format: PacketFormat,
+    limits: Limits,
+) -> (PacketStream, PacketWriter)
+where
+    S: Stream<Item = Result<WsMessage, tungstenite::Error>>
+        + Sink<WsMessage, Error = tungstenite::Error>
+        + Send
+        + 'static,
+{
+    let (sink, stream) = socket.split();
+    let packets = stream
+        .inspect(|message| {
+            crate::telemetry::bytes_received(message.as_ref().map_or(0, WsMessage::len))
+        })
+        .take_while(|message| std::future::ready(!matches!(message, Ok(WsMessage::Close(_)))))
+        .filter_map(move |message| {
+            std::future::ready(match message {
+                Ok(WsMessage::Binary(bytes)) if format == PacketFormat::Binary => {
+                    Some(Packet::decode_message(bytes, limits))
+                }
+                Ok(WsMessage::Binary(bytes)) => Some(Packet::decode_text(bytes, limits)),
+                Ok(WsMessage::Text(text)) => Some(Packet::decode_text(Bytes::from(text), limits)),
+                Ok(_) => None,
+                Err(error) => Some(Err(ws_error(error))),
+            })
+        });
+    (
+        Box::pin(packets),
+        PacketWriter::WebSocket(WsWriter {
+            sink: Box::pin(sink),
+            format,
+        }),
+    )
 }
 
 #[cfg(test)]
