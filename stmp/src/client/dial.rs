@@ -10,7 +10,13 @@ use super::endpoint::{Endpoint, Scheme};
 use crate::codec::Codec;
 use crate::conn::io::{PacketStream, PacketWriter, ReadLimits, byte_stream};
 use crate::conn::{Engine, Host, Side};
-use crate::transport::{quic, tcp, tls, ws};
+#[cfg(feature = "quic")]
+use crate::transport::quic;
+use crate::transport::tcp;
+#[cfg(feature = "tls")]
+use crate::transport::tls;
+#[cfg(feature = "ws")]
+use crate::transport::ws;
 use crate::wire::{ClientHandshake, Header, Limits, ServerHandshake};
 use crate::{Conn, Status};
 
@@ -40,22 +46,31 @@ async fn dial_now(endpoint: &Endpoint, config: &ClientBuilder) -> Result<Dialed,
             let (reader, writer) = tcp.into_split();
             stream_handshake(reader, writer, remote, endpoint.scheme.name(), config).await
         }
+        #[cfg(feature = "tls")]
         Scheme::Tls => {
             let (tcp, remote) = tcp::connect(endpoint).await?;
             let tls = tls::connect(tcp, endpoint, config).await?;
             let (reader, writer) = tokio::io::split(tls);
             stream_handshake(reader, writer, remote, endpoint.scheme.name(), config).await
         }
+        #[cfg(feature = "ws")]
         Scheme::Ws => {
             let (tcp, remote) = tcp::connect(endpoint).await?;
             ws::connect(tcp, endpoint, remote, config).await
         }
+        #[cfg(all(feature = "ws", feature = "tls"))]
         Scheme::Wss => {
             let (tcp, remote) = tcp::connect(endpoint).await?;
             let tls = tls::connect(tcp, endpoint, config).await?;
             ws::connect(tls, endpoint, remote, config).await
         }
+        #[cfg(feature = "quic")]
         Scheme::Quic => quic::connect(endpoint, config).await,
+        #[allow(unreachable_patterns)]
+        scheme => Err(Status::bad_request(format!(
+            "{scheme}:// needs stmp's `{}` feature, which this build leaves out",
+            scheme.feature()
+        ))),
     }
 }
 
@@ -74,7 +89,7 @@ pub(crate) fn client_header(config: &ClientBuilder) -> Header {
         accept.join(",")
     };
     header.append("Accept", accept);
-    if config.gzip {
+    if config.gzip && cfg!(feature = "gzip") {
         header.append("Accept-Encoding", "gzip");
     }
     header.extend(config.header.iter());
@@ -163,6 +178,11 @@ where
         .header
         .get("Content-Encoding")
         .is_some_and(|e| e.eq_ignore_ascii_case("gzip"));
+    if gzip && !cfg!(feature = "gzip") {
+        return Err(Status::protocol_error(
+            "the server chose gzip, which this client (built without the gzip feature) did not ask for",
+        ));
+    }
     let limits = ReadLimits {
         wire: Limits::from(config.max_packet_size),
         inflation: config.inflation,
@@ -213,5 +233,23 @@ mod tests {
         assert_eq!(dialed.engine.config.event_queue, 5);
         assert_eq!(dialed.engine.config.max_concurrent_requests, 7);
         assert_eq!(dialed.engine.config.read_timeout, Duration::from_secs(9));
+    }
+
+    #[cfg(not(all(feature = "tls", feature = "ws", feature = "quic")))]
+    #[tokio::test]
+    async fn a_scheme_left_out_of_the_build_is_a_bad_request_naming_its_feature() {
+        let missing = [
+            (!cfg!(feature = "tls"), "tls://127.0.0.1:1", "`tls`"),
+            (!cfg!(feature = "ws"), "ws://127.0.0.1:1/", "`ws`"),
+            (!cfg!(feature = "quic"), "quic://127.0.0.1:1", "`quic`"),
+        ];
+        for (_, url, feature) in missing.into_iter().filter(|(left_out, ..)| *left_out) {
+            let endpoint = Endpoint::parse(url).unwrap();
+            let Err(error) = dial(&endpoint, &ClientBuilder::default()).await else {
+                panic!("{url} dialled without its feature");
+            };
+            assert_eq!(error.code(), crate::Code::BadRequest, "{error}");
+            assert!(error.message().contains(feature), "{error}");
+        }
     }
 }

@@ -8,16 +8,21 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+#[cfg(feature = "gzip")]
 use async_compression::tokio::write::GzipEncoder;
 use bytes::BytesMut;
 use futures_util::Stream;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+#[cfg(feature = "gzip")]
+use tokio::io::{AsyncReadExt, BufReader};
 use tokio_util::codec::FramedRead;
 
 use crate::Status;
 use crate::telemetry::Counted;
+#[cfg(feature = "ws")]
 use crate::transport::ws::WsWriter;
 use crate::wire::{BufferBudget, Limits, Packet, PacketCodec};
+#[cfg(feature = "gzip")]
 use inflate::BoundedGzip;
 pub(crate) use inflate::InflationLimit;
 
@@ -52,12 +57,17 @@ pub(crate) struct ReadLimits {
     pub(crate) wire: Limits,
     /// Shared by a server's connections, for large packets still being received.
     pub(crate) buffered: Option<Arc<BufferBudget>>,
+    #[cfg_attr(not(feature = "gzip"), allow(dead_code))]
     pub(crate) inflation: InflationLimit,
 }
 
 /// Where the engine writes packets.
 pub(crate) enum PacketWriter {
-    Stream { io: BoxWrite, buf: BytesMut },
+    Stream {
+        io: BoxWrite,
+        buf: BytesMut,
+    },
+    #[cfg(feature = "ws")]
     WebSocket(WsWriter),
 }
 
@@ -129,6 +139,7 @@ impl PacketWriter {
                     *buf = BytesMut::new();
                 }
             }
+            #[cfg(feature = "ws")]
             PacketWriter::WebSocket(ws) => ws.write_batch(packets, stall).await?,
         }
         Ok(())
@@ -140,6 +151,7 @@ impl PacketWriter {
             PacketWriter::Stream { io, .. } => {
                 let _ = io.shutdown().await;
             }
+            #[cfg(feature = "ws")]
             PacketWriter::WebSocket(ws) => ws.shutdown().await,
         }
     }
@@ -161,28 +173,32 @@ where
 {
     let (reader, writer) = (Counted::new(reader), Counted::new(writer));
     let codec = PacketCodec::with_limits(limits.wire).with_budget(limits.buffered.clone());
+    #[cfg(feature = "gzip")]
     if gzip {
         let compressed = BufReader::new(std::io::Cursor::new(leftover).chain(reader));
         let plain = BoundedGzip::new(compressed, limits.inflation);
         let packets = FramedRead::with_capacity(plain, codec, READ_BUFFER);
         let io: BoxWrite = Box::pin(GzipEncoder::new(writer));
-        (
+        return (
             Box::pin(packets),
             PacketWriter::Stream {
                 io,
                 buf: BytesMut::new(),
             },
-        )
-    } else {
-        let mut packets = FramedRead::with_capacity(reader, codec, READ_BUFFER);
-        packets.read_buffer_mut().extend_from_slice(&leftover);
-        let io: BoxWrite = Box::pin(writer);
-        (
-            Box::pin(packets),
-            PacketWriter::Stream {
-                io,
-                buf: BytesMut::new(),
-            },
-        )
+        );
     }
+    // Without the feature gzip is never agreed on: the client does not ask for it and refuses a
+    // server that picks it anyway.
+    #[cfg(not(feature = "gzip"))]
+    let _ = gzip;
+    let mut packets = FramedRead::with_capacity(reader, codec, READ_BUFFER);
+    packets.read_buffer_mut().extend_from_slice(&leftover);
+    let io: BoxWrite = Box::pin(writer);
+    (
+        Box::pin(packets),
+        PacketWriter::Stream {
+            io,
+            buf: BytesMut::new(),
+        },
+    )
 }

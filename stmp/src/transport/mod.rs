@@ -5,11 +5,14 @@
 //!
 //! Byte streams (TCP, TLS, QUIC) carry the stmp handshake as bytes ([`Server::serve_stream`]
 //! here, `stream_handshake` on the client); WebSocket carries it in the upgrade and the first
-//! message ([`ws`]).
+//! message (`ws`).
 
+#[cfg(feature = "quic")]
 pub mod quic;
 pub(crate) mod tcp;
+#[cfg(feature = "tls")]
 pub mod tls;
+#[cfg(feature = "ws")]
 pub(crate) mod ws;
 
 use std::future::Future;
@@ -126,7 +129,7 @@ impl Server {
             }
         };
         let transport = Transport::Stream {
-            gzip_allowed: config.gzip,
+            gzip_allowed: config.gzip && cfg!(feature = "gzip"),
         };
         let established = self
             .establish(
@@ -198,6 +201,7 @@ const REFUSAL_TIME: Duration = Duration::from_secs(3);
 
 /// The form of a refusal at accept: an stmp handshake, or an HTTP answer to a WebSocket
 /// upgrade (cheaper than the upgrade, and what proxies and browsers understand).
+#[cfg_attr(not(feature = "ws"), allow(dead_code))]
 pub(crate) enum Farewell {
     Handshake,
     Http,

@@ -134,6 +134,7 @@ impl Server {
     }
 
     /// Listens for WebSocket over TLS on `path`.
+    #[cfg(feature = "tls")]
     pub async fn listen_wss(
         &self,
         addr: impl ToSocketAddrs,
