@@ -50,6 +50,7 @@ pub mod serde_support;
 mod server;
 mod stats;
 mod status;
+mod sync;
 pub mod telemetry;
 mod transport;
 pub mod wire;

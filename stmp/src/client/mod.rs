@@ -525,11 +525,7 @@ async fn supervise(inner: Arc<Inner>, mut config: ClientBuilder, endpoint: Endpo
                 _ = tokio::time::sleep(delay) => {}
                 _ = inner.stop.cancelled() => return closed(&inner),
             }
-            config.header = inner
-                .header
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
+            config.header = crate::sync::lock(&inner.header).clone();
             let outcome = tokio::select! {
                 outcome = establish(&endpoint, &config) => outcome,
                 _ = inner.stop.cancelled() => return closed(&inner),
@@ -561,11 +557,7 @@ impl Client {
     /// Sets a handshake header entry (replacing its values) for the next reconnects — a fresh
     /// auth token, say. The live connection keeps the handshake it made.
     pub fn set_handshake_header(&self, key: impl Into<String>, value: impl Into<String>) {
-        self.inner
-            .header
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, value);
+        crate::sync::lock(&self.inner.header).insert(key, value);
     }
 
     /// The current connection, if connected.

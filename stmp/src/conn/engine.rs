@@ -27,11 +27,12 @@ use tokio_util::task::TaskTracker;
 
 use super::io::{PacketStream, PacketWriter, WriteError};
 use super::state::{Action, ConnState, Ending, Held, error_response};
-use super::{Conn, ConnParts, Outbox, Refused, Side, lock};
+use super::{Conn, ConnParts, Outbox, Refused, Side};
 use crate::broadcast::SlowConsumer;
 use crate::codec::Codec;
 use crate::router::Target;
 use crate::stats::Counters;
+use crate::sync::lock;
 use crate::wire::{Header, Packet, Request, Response};
 use crate::{Code, Context, Router, Status};
 

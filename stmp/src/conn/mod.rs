@@ -33,6 +33,7 @@ use pending::Pending;
 use crate::broadcast::SlowConsumer;
 use crate::codec::{Codec, Message};
 use crate::stats::Counters;
+use crate::sync::lock;
 use crate::wire::{Action, Header, Notify, Packet, Request, Response};
 use crate::{Code, Method, Status};
 
@@ -108,11 +109,6 @@ pub(crate) enum Refused {
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Nothing panics while these locks are held; a poisoned one is still consistent.
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 impl Conn {
     pub(crate) fn new(parts: ConnParts) -> (Conn, Outbox) {
