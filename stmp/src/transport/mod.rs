@@ -35,13 +35,13 @@ impl Server {
         &self,
         addr: impl ToSocketAddrs,
         serve: F,
-    ) -> std::io::Result<SocketAddr>
+    ) -> Result<SocketAddr, Status>
     where
         F: Fn(Server, TcpStream, SocketAddr, Result<Slot, Refusal>) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let listener = TcpListener::bind(addr).await?;
-        let local = listener.local_addr()?;
+        let listener = TcpListener::bind(addr).await.map_err(cannot_listen)?;
+        let local = listener.local_addr().map_err(cannot_listen)?;
         let server = self.clone();
         self.inner.listeners.spawn(async move {
             let mut backoff = AcceptBackoff::default();
@@ -194,6 +194,11 @@ impl Server {
         .await;
         drop(refusal);
     }
+}
+
+/// A failure to bind or to set up a listening socket, with the I/O error as its source.
+pub(crate) fn cannot_listen(error: std::io::Error) -> Status {
+    Status::network_error(format!("cannot listen: {error}")).with_source(error)
 }
 
 /// Time to spend on telling an over-limit client no, at most.

@@ -36,8 +36,9 @@ pub(crate) fn server_config(
 ) -> Result<quinn::ServerConfig, Status> {
     let mut tls = tls.clone();
     tls.alpn_protocols = vec![ALPN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
-        .map_err(|e| Status::bad_request(format!("TLS config unusable for QUIC: {e}")))?;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| {
+        Status::bad_request(format!("TLS config unusable for QUIC: {e}")).with_source(e)
+    })?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(transport_config(read_timeout));
     Ok(config)
@@ -49,8 +50,9 @@ pub(crate) fn client_config(
 ) -> Result<quinn::ClientConfig, Status> {
     let mut tls = tls.clone();
     tls.alpn_protocols = vec![ALPN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
-        .map_err(|e| Status::bad_request(format!("TLS config unusable for QUIC: {e}")))?;
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| {
+        Status::bad_request(format!("TLS config unusable for QUIC: {e}")).with_source(e)
+    })?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(transport_config(read_timeout));
     Ok(config)
@@ -59,7 +61,7 @@ pub(crate) fn client_config(
 /// Connection errors as statuses: a TLS failure is the client's configuration (`BadRequest`,
 /// not retried); anything else is the network.
 pub(crate) fn connection_error(error: quinn::ConnectionError) -> Status {
-    match &error {
+    let status = match &error {
         quinn::ConnectionError::TransportError(transport)
             if is_crypto(u64::from(transport.code)) =>
         {
@@ -79,7 +81,8 @@ pub(crate) fn connection_error(error: quinn::ConnectionError) -> Status {
             Status::too_many_requests(format!("QUIC: the server refused the connection: {closed}"))
         }
         _ => Status::network_error(format!("QUIC: {error}")),
-    }
+    };
+    status.with_source(error)
 }
 
 /// QUIC carries TLS alerts as transport error codes 0x100–0x1ff (RFC 9001 section 4.8).
@@ -95,15 +98,15 @@ impl crate::Server {
         &self,
         addr: impl ToSocketAddrs,
         tls: Arc<rustls::ServerConfig>,
-    ) -> std::io::Result<SocketAddr> {
-        let config = crate::quic::server_config(&tls, self.inner.config.engine.read_timeout)
-            .map_err(|status| std::io::Error::new(std::io::ErrorKind::InvalidInput, status))?;
+    ) -> Result<SocketAddr, Status> {
+        let config = server_config(&tls, self.inner.config.engine.read_timeout)?;
         let addr = tokio::net::lookup_host(addr)
-            .await?
+            .await
+            .map_err(super::cannot_listen)?
             .next()
-            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address"))?;
-        let endpoint = quinn::Endpoint::server(config, addr)?;
-        let local = endpoint.local_addr()?;
+            .ok_or_else(|| Status::bad_request("cannot listen: the address resolves to nothing"))?;
+        let endpoint = quinn::Endpoint::server(config, addr).map_err(super::cannot_listen)?;
+        let local = endpoint.local_addr().map_err(super::cannot_listen)?;
         let server = self.clone();
         self.inner.listeners.spawn(async move {
             loop {

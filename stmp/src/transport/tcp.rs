@@ -11,7 +11,7 @@ use crate::client::endpoint::Endpoint;
 
 impl Server {
     /// Listens for plain TCP; returns the bound address (use port 0 to let the OS pick).
-    pub async fn listen_tcp(&self, addr: impl ToSocketAddrs) -> std::io::Result<SocketAddr> {
+    pub async fn listen_tcp(&self, addr: impl ToSocketAddrs) -> Result<SocketAddr, Status> {
         self.listen(addr, |server, stream, remote, admitted| async move {
             match admitted {
                 Ok(slot) => {
@@ -37,7 +37,9 @@ pub(crate) async fn connect(
 ) -> Result<(TcpStream, Option<SocketAddr>), Status> {
     let tcp = TcpStream::connect(endpoint.authority())
         .await
-        .map_err(|e| Status::network_error(format!("cannot connect to {endpoint}: {e}")))?;
+        .map_err(|e| {
+            Status::network_error(format!("cannot connect to {endpoint}: {e}")).with_source(e)
+        })?;
     let _ = tcp.set_nodelay(true);
     let remote = tcp.peer_addr().ok();
     Ok((tcp, remote))

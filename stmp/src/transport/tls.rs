@@ -22,8 +22,13 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn config_error(error: impl std::fmt::Display) -> Status {
-    Status::bad_request(format!("TLS configuration: {error}"))
+/// A configuration rustls or the PEM parser rejects, with their error as the source.
+fn config_error(error: impl std::error::Error + Send + Sync + 'static) -> Status {
+    Status::bad_request(format!("TLS configuration: {error}")).with_source(error)
+}
+
+fn no_certificate() -> Status {
+    Status::bad_request("TLS configuration: no certificate in the PEM")
 }
 
 /// A server config from a PEM certificate chain and a PEM private key.
@@ -35,7 +40,7 @@ pub fn server_config(
         .collect::<Result<Vec<_>, _>>()
         .map_err(config_error)?;
     if chain.is_empty() {
-        return Err(config_error("no certificate in the PEM"));
+        return Err(no_certificate());
     }
     let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(config_error)?;
     let config = rustls::ServerConfig::builder_with_provider(provider())
@@ -57,7 +62,7 @@ pub fn client_config(roots_pem: &[u8]) -> Result<Arc<rustls::ClientConfig>, Stat
             .map_err(config_error)?;
     }
     if roots.is_empty() {
-        return Err(config_error("no certificate in the PEM"));
+        return Err(no_certificate());
     }
     let config = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
@@ -73,7 +78,7 @@ impl crate::Server {
         &self,
         addr: impl ToSocketAddrs,
         tls: Arc<rustls::ServerConfig>,
-    ) -> std::io::Result<SocketAddr> {
+    ) -> Result<SocketAddr, Status> {
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
         self.listen(addr, move |server, stream, remote, admitted| {
             let acceptor = acceptor.clone();
@@ -128,7 +133,7 @@ pub(crate) async fn connect(
 /// A certificate problem is the client's configuration, not the network: it is reported as
 /// `BadRequest` so the client does not retry it.
 pub(crate) fn tls_error(error: std::io::Error) -> Status {
-    match error
+    let status = match error
         .get_ref()
         .and_then(|e| e.downcast_ref::<rustls::Error>())
     {
@@ -137,5 +142,6 @@ pub(crate) fn tls_error(error: std::io::Error) -> Status {
         )),
         Some(tls) => Status::bad_request(format!("TLS: {tls}")),
         None => Status::network_error(format!("TLS: {error}")),
-    }
+    };
+    status.with_source(error)
 }

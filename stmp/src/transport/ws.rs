@@ -112,7 +112,7 @@ impl Server {
         &self,
         addr: impl ToSocketAddrs,
         path: &str,
-    ) -> std::io::Result<SocketAddr> {
+    ) -> Result<SocketAddr, Status> {
         let path: Arc<str> = Arc::from(path);
         self.listen(addr, move |server, stream, remote, admitted| {
             let path = path.clone();
@@ -140,7 +140,7 @@ impl Server {
         addr: impl ToSocketAddrs,
         path: &str,
         tls: Arc<rustls::ServerConfig>,
-    ) -> std::io::Result<SocketAddr> {
+    ) -> Result<SocketAddr, Status> {
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
         let path: Arc<str> = Arc::from(path);
         self.listen(addr, move |server, stream, remote, admitted| {
