@@ -336,11 +336,15 @@ impl ServerBuilder {
 /// TLS, QUIC). Cheap to clone.
 ///
 /// ```no_run
-/// # async fn run() -> std::io::Result<()> {
+/// # async fn run() -> Result<(), stmp::Status> {
 /// let server = stmp::Server::builder().build();
+/// // A failure to listen is a `Status` (a `NetworkError` whose source is the I/O error), as
+/// // a failure to connect is.
 /// let tcp = server.listen_tcp("127.0.0.1:5001").await?;
 /// let ws = server.listen_ws("127.0.0.1:5002", "/stmp").await?;
 /// println!("serving on tcp://{tcp} and ws://{ws}/stmp");
+/// // Returns once `shutdown` has started (another task calls it); connections may still be
+/// // draining then.
 /// server.closed().await;
 /// # Ok(()) }
 /// ```
