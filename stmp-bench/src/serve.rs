@@ -82,7 +82,7 @@ async fn stmp_server() -> Result<()> {
             let seq: u64 = seq.parse().ok()?;
             let start_ns = unix_nanos();
             let began = Instant::now();
-            let delivery = server.conns().broadcast(&EVENT, &event(seq), None).ok()?;
+            let delivery = stmp::broadcast(server.conns(), &EVENT, &event(seq)).ok()?;
             Some(sent(
                 start_ns,
                 began,

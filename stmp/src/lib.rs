@@ -10,7 +10,8 @@
 //!   [`Client`] connects by URL (`tcp://`, `tls://`, `ws://`, `wss://`, `quic://`) and
 //!   reconnects by itself.
 //! - [`Rooms`] and [`Users`] group connections; [`broadcast`] sends one event to many,
-//!   serialised once per content type.
+//!   serialised once per content type; [`adapter`] is the seam that spreads rooms, users and
+//!   broadcasts over several server nodes.
 //! - [`codec`] turns messages into payloads: protobuf, JSON, msgpack, or your own.
 //! - [`Status`] and [`Code`] are the errors everything returns.
 //! - [`telemetry`] names the metrics the runtime records.
@@ -37,6 +38,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod adapter;
 mod broadcast;
 mod client;
 pub mod codec;
@@ -55,7 +57,7 @@ pub mod telemetry;
 mod transport;
 pub mod wire;
 
-pub use broadcast::{ConnSet, Delivery, SlowConsumer, broadcast, broadcast_with};
+pub use broadcast::{Audience, ConnSet, Delivery, SlowConsumer, broadcast, broadcast_with};
 pub use client::{Client, ClientBuilder, ConnectionEvent};
 pub use codec::{Codec, Message};
 pub use conn::{CallOptions, Caller, Conn, PacketFormat, Side};

@@ -6,15 +6,16 @@
 //! [`ChatEvents`].
 //!
 //! When the connection drops (a server restart, say), [`stmp::Client`] reconnects by itself;
-//! `ChatClient` then signs in again on the new connection and re-joins the rooms it was in
-//! before letting calls through, and reports each step as a [`ChatEvent`].
+//! its `on_connect` hook signs in again on the new connection and re-joins the rooms it was
+//! in, and calls made meanwhile wait for it. Each step is reported as a [`ChatEvent`].
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use stmp::{Code, ConnectionEvent, PacketFormat, Status};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use crate::{
     AccountServiceClient, ChatEventsListener, ChatServiceClient, Credentials, DirectInput,
@@ -179,29 +180,19 @@ impl ChatEvents {
     }
 }
 
-#[derive(Clone, Debug)]
-enum Phase {
-    /// Before the first sign-in.
-    Connecting,
-    /// Signed in: calls go through.
-    Ready,
-    /// Disconnected, or signing in again: calls wait.
-    Resuming,
-    /// For good.
-    Closed(Status),
-}
-
 struct Shared {
     auth: Auth,
     transport: String,
     agent: String,
     idle_after: Duration,
-    call_timeout: Duration,
     user: Mutex<String>,
     token: Mutex<String>,
     rooms: Mutex<BTreeSet<String>>,
     last_active: Mutex<Instant>,
-    phase: watch::Sender<Phase>,
+    /// Set once the first connection has signed in: later ones are resumptions.
+    connected_once: AtomicBool,
+    /// The reconnect attempt under way.
+    attempt: AtomicU32,
     events: mpsc::UnboundedSender<ChatEvent>,
 }
 
@@ -226,63 +217,74 @@ impl Shared {
         }
     }
 
-    fn on_connection(self: &Arc<Self>, event: &ConnectionEvent) {
+    fn on_connection(&self, event: &ConnectionEvent) {
         match event {
-            // The first connection: `connect` signs in itself.
-            ConnectionEvent::Connected { attempt: 0, .. } => {}
-            ConnectionEvent::Connected { conn, attempt } => {
-                self.phase.send_replace(Phase::Resuming);
-                self.emit(ChatEvent::Reconnected { attempt: *attempt });
-                tokio::spawn(self.clone().resume(conn.clone()));
-            }
+            // Reported by the `on_connect` hook, which runs before this event.
+            ConnectionEvent::Connected { .. } => {}
             ConnectionEvent::Disconnected {
                 status,
                 will_retry: true,
                 attempt,
                 delay,
             } => {
-                self.phase.send_replace(Phase::Resuming);
+                self.attempt.store(*attempt, Ordering::SeqCst);
                 self.emit(ChatEvent::Disconnected {
                     status: status.clone(),
                     attempt: *attempt,
                     retry_in: delay.unwrap_or_default(),
-                });
+                })
             }
-            ConnectionEvent::Disconnected { status, .. } => {
-                self.phase.send_replace(Phase::Closed(status.clone()));
-                self.emit(ChatEvent::GaveUp {
-                    status: status.clone(),
-                });
-            }
+            ConnectionEvent::Disconnected { status, .. } => self.emit(ChatEvent::GaveUp {
+                status: status.clone(),
+            }),
         }
     }
 
-    /// Signs in again on a new connection and re-joins the rooms.
-    async fn resume(self: Arc<Self>, conn: stmp::Conn) {
+    /// The client's `on_connect` hook: signs in on each new connection and, after a
+    /// reconnect, re-joins the rooms. Calls made meanwhile wait for it to finish.
+    async fn sign_in(self: Arc<Self>, conn: stmp::Conn) -> Result<(), Status> {
+        let first = !self.connected_once.load(Ordering::SeqCst);
+        if !first {
+            let attempt = self.attempt.load(Ordering::SeqCst);
+            self.emit(ChatEvent::Reconnected { attempt });
+        }
         let account = AccountServiceClient::new(conn.clone());
-        let signed = match self.credentials() {
-            // The handshake carried the token.
-            None => account.current(Empty {}).await.map(|s| (s, false)),
-            Some(credentials) => match account.sign_in(credentials.clone()).await {
-                Err(status) if status.code() == Code::NotFound => {
+        let credentials = self.credentials();
+        let signed = match (&self.auth, credentials) {
+            (Auth::Token(token), _) => account.current(Empty {}).await.map(|mut session| {
+                if first || session.token.is_empty() {
+                    session.token = token.clone();
+                }
+                (session, false)
+            }),
+            (Auth::SignUp { .. }, Some(credentials)) if first => {
+                account.sign_up(credentials).await.map(|s| (s, false))
+            }
+            (_, Some(credentials)) => match account.sign_in(credentials.clone()).await {
+                // A restarted server forgot the account: make it again.
+                Err(status) if !first && status.code() == Code::NotFound => {
                     account.sign_up(credentials).await.map(|s| (s, true))
                 }
                 other => other.map(|s| (s, false)),
             },
+            (_, None) => Err(Status::internal("no credentials")),
         };
         let (session, signed_up_again) = match signed {
             Ok(signed) => signed,
-            // Gone again: the next connection resumes.
-            Err(_) if conn.is_closed() => return,
             Err(status) => {
-                self.phase.send_replace(Phase::Closed(status.clone()));
-                self.emit(ChatEvent::ResumeFailed { status });
-                return;
+                if !first && !conn.is_closed() {
+                    self.emit(ChatEvent::ResumeFailed {
+                        status: status.clone(),
+                    });
+                }
+                return Err(status);
             }
         };
         *lock(&self.user) = session.user.clone();
-        if !session.token.is_empty() {
-            *lock(&self.token) = session.token;
+        *lock(&self.token) = session.token;
+        if first {
+            self.connected_once.store(true, Ordering::SeqCst);
+            return Ok(());
         }
         let chat = ChatServiceClient::new(conn.clone());
         let wanted: Vec<String> = lock(&self.rooms).iter().cloned().collect();
@@ -291,20 +293,21 @@ impl Shared {
         for room in wanted {
             match chat.join_room(RoomInput { room: room.clone() }).await {
                 Ok(_) => rooms.push(room),
-                Err(_) if conn.is_closed() => return,
+                // Gone again: the next connection resumes.
+                Err(status) if conn.is_closed() => return Err(status),
                 Err(status) => {
                     lock(&self.rooms).remove(&room);
                     failed.push((room, status));
                 }
             }
         }
-        self.phase.send_replace(Phase::Ready);
         self.emit(ChatEvent::Resumed {
             user: session.user,
             rooms,
             failed,
             signed_up_again,
         });
+        Ok(())
     }
 }
 
@@ -416,12 +419,12 @@ impl ChatClient {
             transport,
             agent: options.agent.clone(),
             idle_after: options.idle_after,
-            call_timeout: options.call_timeout,
             user: Mutex::default(),
             token: Mutex::default(),
             rooms: Mutex::default(),
             last_active: Mutex::new(Instant::now()),
-            phase: watch::channel(Phase::Connecting).0,
+            connected_once: AtomicBool::new(false),
+            attempt: AtomicU32::new(0),
             events: events.clone(),
         });
 
@@ -430,12 +433,13 @@ impl ChatClient {
         // Kept for the client's life: the router lives as long as the client.
         let _listeners = attach_chat_events(&router, Listener(events));
 
-        let hook = shared.clone();
+        let (hook, sign_in) = (shared.clone(), shared.clone());
         let mut builder = stmp::Client::builder()
             .router(router)
             .call_timeout(options.call_timeout)
             .reconnect(options.reconnect.0, options.reconnect.1)
-            .on_connection(move |event| hook.on_connection(event));
+            .on_connection(move |event| hook.on_connection(event))
+            .on_connect(move |conn| sign_in.clone().sign_in(conn));
         if text {
             builder = builder.packet_format(PacketFormat::Text);
         }
@@ -449,29 +453,7 @@ impl ChatClient {
             builder = builder.header("token", token.clone());
         }
         let client = builder.connect(&url).await?;
-        let chat = ChatClient { shared, client };
-        if let Err(status) = chat.sign_in().await {
-            chat.client.close().await;
-            return Err(status);
-        }
-        chat.shared.phase.send_replace(Phase::Ready);
-        Ok((chat, ChatEvents { rx }))
-    }
-
-    async fn sign_in(&self) -> Result<(), Status> {
-        let account = AccountServiceClient::new(self.client.clone());
-        let session = match &self.shared.auth {
-            Auth::SignIn { .. } => account.sign_in(self.shared.credentials().unwrap()).await?,
-            Auth::SignUp { .. } => account.sign_up(self.shared.credentials().unwrap()).await?,
-            Auth::Token(token) => {
-                let mut session = account.current(Empty {}).await?;
-                session.token = token.clone();
-                session
-            }
-        };
-        *lock(&self.shared.user) = session.user;
-        *lock(&self.shared.token) = session.token;
-        Ok(())
+        Ok((ChatClient { shared, client }, ChatEvents { rx }))
     }
 
     /// The user signed in as.
@@ -499,30 +481,8 @@ impl ChatClient {
         &self.client
     }
 
-    /// Waits until signed in (again), up to the call deadline.
-    pub async fn ready(&self) -> Result<(), Status> {
-        let mut phase = self.shared.phase.subscribe();
-        let waited = tokio::time::timeout(
-            self.shared.call_timeout,
-            phase.wait_for(|p| matches!(p, Phase::Ready | Phase::Closed(_))),
-        )
-        .await;
-        let phase = match waited {
-            Ok(Ok(phase)) => phase.clone(),
-            Ok(Err(_)) => return Err(Status::network_error("the client is gone")),
-            Err(_) => {
-                return Err(Status::request_timeout("not connected: still reconnecting"));
-            }
-        };
-        match phase {
-            Phase::Closed(status) => Err(status),
-            _ => Ok(()),
-        }
-    }
-
     /// The chat service, once signed in; `active` marks the user active.
     async fn chat(&self, active: bool) -> Result<ChatServiceClient<stmp::Client>, Status> {
-        self.ready().await?;
         if active {
             *lock(&self.shared.last_active) = Instant::now();
         }
@@ -606,9 +566,6 @@ impl ChatClient {
 
     /// Disconnects for good.
     pub async fn close(&self) {
-        self.shared
-            .phase
-            .send_replace(Phase::Closed(Status::network_error("closed")));
         self.client.close().await;
     }
 }

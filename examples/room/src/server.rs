@@ -20,11 +20,10 @@ use stmp::{CallOptions, Conn, Context, Flow, Middleware, Status};
 use crate::accounts::Accounts;
 use crate::limits::{SignInLimiter, SignInLimits};
 use crate::{
-    AccountService, AccountServiceServer, ChatEventsBroadcaster, ChatService, ChatServiceServer,
-    Credentials, DirectInput, DirectMessageEvent, Empty, PresenceServiceClient, RoomInfo,
-    RoomInput, RoomList, RoomMessageEvent, SendInput, SendResult, Session, TokenInput,
-    UserJoinedEvent, UserLeftEvent, WhoEntry, WhoInput, WhoList, account_service, now_ms,
-    valid_name,
+    AccountService, AccountServiceServer, ChatService, ChatServiceServer, Credentials, DirectInput,
+    DirectMessageEvent, Empty, PresenceServiceClient, RoomInfo, RoomInput, RoomList,
+    RoomMessageEvent, SendInput, SendResult, Session, TokenInput, UserJoinedEvent, UserLeftEvent,
+    WhoEntry, WhoInput, WhoList, account_service, chat_events, now_ms, valid_name,
 };
 
 /// The longest message text, in bytes.
@@ -164,9 +163,7 @@ impl Chat {
             timestamp: now_ms(),
             reason: reason.to_owned(),
         };
-        if let Err(status) =
-            ChatEventsBroadcaster::user_left_to_room(&self.rooms, room, &event, None)
-        {
+        if let Err(status) = chat_events::user_left(self.rooms.to(room), &event) {
             tracing::warn!(%status, "cannot send UserLeft");
         }
         true
@@ -312,7 +309,7 @@ impl ChatService for Chat {
                 user: user.clone(),
                 timestamp: now_ms(),
             };
-            ChatEventsBroadcaster::user_joined_to_room(&self.rooms, room, &event, Some(conn))?;
+            chat_events::user_joined(self.rooms.to(room).except(conn), &event)?;
         }
         Ok(self.room_info(room))
     }
@@ -368,8 +365,7 @@ impl ChatService for Chat {
             text: input.text,
             timestamp: now_ms(),
         };
-        let delivery =
-            ChatEventsBroadcaster::room_message_to_room(&self.rooms, room, &event, Some(conn))?;
+        let delivery = chat_events::room_message(self.rooms.to(room).except(conn), &event)?;
         Ok(SendResult {
             timestamp: event.timestamp,
             delivered: delivery.queued as u32,
@@ -399,12 +395,10 @@ impl ChatService for Chat {
         };
         // The recipient's connections, and the sender's others (a copy for their devices).
         let conn = ctx.conn();
-        let mut targets = recipients;
+        let mut delivery = chat_events::direct_message(self.users.to(&user).except(conn), &event)?;
         if user != to {
-            targets.extend(open(self.users.conns(&user)));
+            delivery.queued += chat_events::direct_message(self.users.to(to), &event)?.queued;
         }
-        targets.retain(|target| target != conn);
-        let delivery = ChatEventsBroadcaster::direct_message_to_list(&targets, &event)?;
         Ok(SendResult {
             timestamp: event.timestamp,
             delivered: delivery.queued as u32,

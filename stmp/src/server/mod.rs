@@ -13,13 +13,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::adapter::{Adapter, LocalAdapter, Node};
 use crate::codec::{Codec, Codecs};
 use crate::conn::io::{InflationLimit, PacketStream, PacketWriter, ReadLimits};
 use crate::conn::{DEFAULT_SEND_QUEUE_BYTES, EngineConfig, Host, Outbox, Side};
 use crate::router::BoxFuture;
 use crate::stats::{Counters, ServerStats};
 use crate::wire::{BufferBudget, DEFAULT_MAX_PACKET_SIZE, Header, Limits, Version};
-use crate::{Code, Conn, ConnSet, Router, Service, SlowConsumer, Status};
+use crate::{Code, Conn, ConnSet, Rooms, Router, Service, SlowConsumer, Status, Users};
 pub use admission::raise_fd_limit;
 pub(crate) use admission::{AcceptBackoff, Admission, Refusal, Slot, Ticket};
 pub(crate) use negotiate::{Agreement, Transport, negotiate};
@@ -71,6 +72,8 @@ pub struct ServerBuilder {
     pub(crate) max_in_flight_bytes: usize,
     pub(crate) authenticate: Option<Authenticate>,
     pub(crate) on_close: Option<ConnHook>,
+    pub(crate) node: Arc<Node>,
+    pub(crate) adapter: Option<Box<dyn Adapter>>,
 }
 
 impl Default for ServerBuilder {
@@ -96,6 +99,8 @@ impl Default for ServerBuilder {
             max_in_flight_bytes: 256 << 20,
             authenticate: None,
             on_close: None,
+            node: Node::new(),
+            adapter: None,
         }
     }
 }
@@ -290,8 +295,32 @@ impl ServerBuilder {
             .with_max_header_entries(self.max_header_entries)
     }
 
+    /// Sends the server's broadcasts, membership changes and presence questions through
+    /// `adapter` (see [`adapter`](crate::adapter)); the default, [`LocalAdapter`], keeps them
+    /// on this server.
+    pub fn adapter(mut self, adapter: impl Adapter) -> Self {
+        self.adapter = Some(Box::new(adapter));
+        self
+    }
+
+    /// The server's rooms, to hand to services before the server is built; the same as
+    /// [`Server::rooms`].
+    pub fn rooms(&self) -> Rooms {
+        Rooms::of(self.node.clone())
+    }
+
+    /// The server's users; the same as [`Server::users`].
+    pub fn users(&self) -> Users {
+        Users::of(self.node.clone())
+    }
+
     /// The server; it serves nothing until a `listen_*` call.
-    pub fn build(self) -> Server {
+    pub fn build(mut self) -> Server {
+        let adapter = self
+            .adapter
+            .take()
+            .unwrap_or_else(|| Box::new(LocalAdapter));
+        self.node.install(adapter, &self.codecs);
         if self.raise_fd_limit {
             static RAISED: std::sync::Once = std::sync::Once::new();
             RAISED.call_once(|| match raise_fd_limit() {
@@ -322,8 +351,8 @@ impl ServerBuilder {
                 admission: Admission::new(self.max_connections, self.max_handshaking),
                 counters,
                 host,
+                conns: self.node.everyone().clone(),
                 config: self,
-                conns: ConnSet::new(),
                 stop_accepting: CancellationToken::new(),
                 connections: TaskTracker::new(),
                 listeners: TaskTracker::new(),
@@ -391,6 +420,27 @@ impl Server {
     /// Every live connection.
     pub fn conns(&self) -> &ConnSet {
         &self.inner.conns
+    }
+
+    /// The server's node: its connections, rooms and users, and its adapter.
+    pub fn node(&self) -> &Arc<Node> {
+        &self.inner.config.node
+    }
+
+    /// Every connection of the server (and, through its adapter, of every node), to
+    /// [`broadcast`](crate::broadcast) to.
+    pub fn everyone(&self) -> crate::Audience<'_> {
+        crate::Audience::on(&self.inner.config.node, crate::adapter::Target::Everyone)
+    }
+
+    /// The server's rooms (through its adapter).
+    pub fn rooms(&self) -> Rooms {
+        Rooms::of(self.inner.config.node.clone())
+    }
+
+    /// The server's users (through its adapter).
+    pub fn users(&self) -> Users {
+        Users::of(self.inner.config.node.clone())
     }
 
     /// What the server has dropped, shed and refused so far, and what it holds now.
