@@ -255,3 +255,74 @@ where
         },
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::sync::{Arc, Mutex};
+    use std::task::{Context, Poll};
+
+    use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+    use tokio_tungstenite::WebSocketStream;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    use super::*;
+    use crate::wire::{Action, Header, Notify};
+
+    /// A socket that reads nothing yet and counts the writes that reach it.
+    #[derive(Clone, Default)]
+    struct CountingSocket(Arc<Mutex<(usize, usize)>>);
+
+    impl AsyncRead for CountingSocket {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    impl AsyncWrite for CountingSocket {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            let mut counts = self.0.lock().unwrap();
+            counts.0 += 1;
+            counts.1 += buf.len();
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_websocket_batch_of_small_packets_leaves_in_one_write() {
+        let socket = CountingSocket::default();
+        let config = crate::server::ws::ws_config(1 << 20);
+        let ws = WebSocketStream::from_raw_socket(socket.clone(), Role::Server, Some(config)).await;
+        let (_packets, mut writer) = websocket(ws, PacketFormat::Binary, Limits::default());
+        let batch: Vec<Packet> = (0..32)
+            .map(|_| {
+                Packet::Notify(Notify {
+                    action: Action::Id(7),
+                    header: Header::new(),
+                    payload: Bytes::from_static(&[0x5A; 32]),
+                })
+            })
+            .collect();
+        writer
+            .write_batch(&batch, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let (writes, bytes) = *socket.0.lock().unwrap();
+        assert!(bytes > 32 * 32, "{bytes} bytes for 32 packets of 32 bytes");
+        assert_eq!(writes, 1, "{writes} writes for one batch");
+    }
+}

@@ -21,11 +21,17 @@ use crate::wire::{Header, Limits, ServerHandshake, Version};
 /// case-insensitive, stmp headers are not: these are mapped to their stmp spelling).
 const HTTP_KEYS: [&str; 4] = ["Accept", "Accept-Encoding", "Packet-Format", "Stmp-Version"];
 
+/// The frames tungstenite gathers before it writes them to the socket. The engine flushes once
+/// per batch, so this is what lets a batch of small packets leave in one write instead of one
+/// syscall per message; the buffer only grows to what a batch holds.
+const WS_WRITE_BUFFER: usize = 64 << 10;
+
 pub(crate) fn ws_config(max_packet_size: usize) -> WebSocketConfig {
-    // Small buffers keep idle connections cheap; the limits keep a message within a packet.
+    // A small read buffer keeps idle connections cheap; the limits keep a message within a
+    // packet.
     WebSocketConfig::default()
         .read_buffer_size(4 << 10)
-        .write_buffer_size(0)
+        .write_buffer_size(WS_WRITE_BUFFER)
         .max_message_size(Some(max_packet_size + 64))
         .max_frame_size(Some(max_packet_size + 64))
 }
