@@ -134,10 +134,16 @@ impl Engine {
         // Should this future be dropped half-way, the writer stops too.
         let _stop_writer_on_drop = stop_writer.clone().drop_guard();
         let (failed, mut write_failed) = oneshot::channel();
+        let permits = Arc::new(Semaphore::new(config.max_concurrent_requests));
+        let busy = Busy {
+            conn: conn.clone(),
+            handling: permits.clone(),
+            slots: config.max_concurrent_requests,
+        };
         let writer_task = tokio::spawn(write_loop(
             outbox,
             writer,
-            conn.clone(),
+            busy,
             config.write_stall_timeout,
             stop_writer.clone(),
             failed,
@@ -145,7 +151,6 @@ impl Engine {
         // Made on the first notify: many connections never receive one, and idle ones
         // should not pay for a queue and a task.
         let mut events: Option<mpsc::Sender<Event>> = None;
-        let permits = Arc::new(Semaphore::new(config.max_concurrent_requests));
         let counters = conn.counters().clone();
         let in_flight = counters.in_flight.clone();
         let conn_in_flight = Arc::new(InFlight::new(config.conn_in_flight_bytes));
@@ -456,12 +461,13 @@ async fn finish(
 async fn write_loop(
     mut outbox: Outbox,
     mut writer: PacketWriter,
-    conn: Conn,
+    busy: Busy,
     stall: Duration,
     stop: CancellationToken,
     failed: oneshot::Sender<Status>,
 ) {
     const BATCH: usize = 64;
+    let conn = busy.conn.clone();
     let stopped = stop.cancelled();
     tokio::pin!(stopped);
     loop {
@@ -475,6 +481,18 @@ async fn write_loop(
         if stopping {
             while let Ok(packet) = outbox.try_recv() {
                 batch.push(packet);
+            }
+        } else if batch.len() < BATCH && busy.more_coming(batch.len()) {
+            // Let the tasks that are ready to run (callers woken by the same read, handlers
+            // answering) queue what they have first: one write then carries many packets
+            // instead of one each, which is what the syscalls per call come down to. With
+            // one call at a time nothing more is coming, and the packet leaves at once.
+            run_ready_tasks_first().await;
+            while batch.len() < BATCH {
+                match outbox.try_recv() {
+                    Ok(packet) => batch.push(packet),
+                    Err(_) => break,
+                }
             }
         }
         if !batch.is_empty() {
@@ -495,6 +513,39 @@ async fn write_loop(
             return;
         }
     }
+}
+
+/// How much of a connection's work is under way: its calls waiting for an answer and the
+/// requests its handlers are serving. Each of them is a packet about to be queued.
+struct Busy {
+    conn: Conn,
+    handling: Arc<Semaphore>,
+    slots: usize,
+}
+
+impl Busy {
+    /// Whether more packets are under way than the `batch` already holds.
+    fn more_coming(&self, batch: usize) -> bool {
+        let handling = self.slots.saturating_sub(self.handling.available_permits());
+        self.conn.pending_calls() + handling > batch
+    }
+}
+
+/// Steps aside once: the task goes to the back of its worker's run queue, behind the tasks that
+/// are ready now, and runs again as soon as they have had their turn. Unlike
+/// [`tokio::task::yield_now`] it does not wait for the runtime to poll the I/O driver, so when
+/// nothing else is ready it costs next to nothing.
+async fn run_ready_tasks_first() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            return std::task::Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 /// A notify on its way to its listeners, with the bytes it holds in the server's budget.
@@ -561,11 +612,75 @@ mod tests {
         stop.cancel();
         let (failed, _) = oneshot::channel();
         let stall = Duration::from_secs(5);
-        write_loop(outbox, writer, conn.clone(), stall, stop, failed).await;
+        write_loop(outbox, writer, idle(&conn), stall, stop, failed).await;
         let (bytes, writes, flushes) = recorder.0.lock().unwrap().clone();
         assert_eq!(bytes, [0x90; 10]);
         assert_eq!((writes, flushes), (1, 1));
         // What was written gave its room back.
         assert_eq!(conn.shared.send_room.available_permits(), 1 << 20);
+    }
+
+    fn idle(conn: &Conn) -> Busy {
+        Busy {
+            conn: conn.clone(),
+            handling: Arc::new(Semaphore::new(16)),
+            slots: 16,
+        }
+    }
+
+    /// Ten answers: the first wakes the writer, the other nine are ready to run right behind
+    /// it (on this single-threaded runtime, in that order). Returns the writes they took.
+    async fn writes_for_ten_answers(handlers_running: u32) -> usize {
+        let recorder = Recorder::default();
+        let writer = PacketWriter::Stream {
+            io: Box::pin(recorder.clone()),
+            buf: BytesMut::new(),
+        };
+        let (conn, outbox) = Conn::new(super::super::tests::parts(1 << 20));
+        let busy = idle(&conn);
+        let running = busy
+            .handling
+            .clone()
+            .try_acquire_many_owned(handlers_running)
+            .unwrap();
+        let stop = CancellationToken::new();
+        let (failed, _) = oneshot::channel();
+        let stall = Duration::from_secs(5);
+        let writer_task = tokio::spawn(write_loop(
+            outbox,
+            writer,
+            busy,
+            stall,
+            stop.clone(),
+            failed,
+        ));
+        // The writer waits for its first packet.
+        tokio::task::yield_now().await;
+        conn.try_send(Packet::Pong).unwrap();
+        let answers: Vec<_> = (0..9)
+            .map(|_| {
+                let conn = conn.clone();
+                tokio::spawn(async move { conn.try_send(Packet::Pong).unwrap() })
+            })
+            .collect();
+        for answer in answers {
+            answer.await.unwrap();
+        }
+        drop(running);
+        stop.cancel();
+        writer_task.await.unwrap();
+        let (bytes, writes, _) = recorder.0.lock().unwrap().clone();
+        assert_eq!(bytes, [0x90; 10]);
+        writes
+    }
+
+    #[tokio::test]
+    async fn with_requests_being_handled_the_writer_lets_their_answers_join_the_write() {
+        assert_eq!(writes_for_ten_answers(10).await, 1);
+    }
+
+    #[tokio::test]
+    async fn with_one_request_being_handled_its_answer_leaves_at_once() {
+        assert_eq!(writes_for_ten_answers(1).await, 2);
     }
 }
