@@ -1,8 +1,8 @@
 //! The client: connects by URL, negotiates, and reconnects with backoff.
 
 mod backoff;
-mod dial;
-mod endpoint;
+pub(crate) mod dial;
+pub(crate) mod endpoint;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -75,6 +75,7 @@ pub struct ClientBuilder {
     pub(crate) max_packet_size: usize,
     pub(crate) send_queue_bytes: usize,
     pub(crate) inflation: InflationLimit,
+    #[cfg(feature = "tls")]
     pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
     pub(crate) server_name: Option<String>,
     reconnect: Option<ReconnectPolicy>,
@@ -97,6 +98,7 @@ impl Default for ClientBuilder {
             max_packet_size: DEFAULT_MAX_PACKET_SIZE,
             send_queue_bytes: crate::conn::DEFAULT_SEND_QUEUE_BYTES,
             inflation: InflationLimit::default(),
+            #[cfg(feature = "tls")]
             tls: None,
             server_name: None,
             reconnect: Some(ReconnectPolicy {
@@ -205,6 +207,7 @@ impl ClientBuilder {
     }
 
     /// TLS settings for `tls://` and `wss://` (see [`tls::client_config`](crate::tls::client_config)).
+    #[cfg(feature = "tls")]
     pub fn tls(mut self, config: Arc<rustls::ClientConfig>) -> Self {
         self.tls = Some(config);
         self
@@ -311,7 +314,7 @@ impl ClientBuilder {
         match (self.codecs.is_empty(), self.format) {
             (false, _) => self.codecs.clone(),
             (true, PacketFormat::Binary) => vec![Codec::PROTOBUF],
-            (true, PacketFormat::Text) => vec![Codec::JSON],
+            (true, PacketFormat::Text) => vec![Codec::TEXT_DEFAULT],
         }
     }
 
@@ -522,11 +525,7 @@ async fn supervise(inner: Arc<Inner>, mut config: ClientBuilder, endpoint: Endpo
                 _ = tokio::time::sleep(delay) => {}
                 _ = inner.stop.cancelled() => return closed(&inner),
             }
-            config.header = inner
-                .header
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
+            config.header = crate::sync::lock(&inner.header).clone();
             let outcome = tokio::select! {
                 outcome = establish(&endpoint, &config) => outcome,
                 _ = inner.stop.cancelled() => return closed(&inner),
@@ -558,11 +557,7 @@ impl Client {
     /// Sets a handshake header entry (replacing its values) for the next reconnects — a fresh
     /// auth token, say. The live connection keeps the handshake it made.
     pub fn set_handshake_header(&self, key: impl Into<String>, value: impl Into<String>) {
-        self.inner
-            .header
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, value);
+        crate::sync::lock(&self.inner.header).insert(key, value);
     }
 
     /// The current connection, if connected.
