@@ -9,11 +9,12 @@
 //!   on 1 connection, 64 connections × 1) for every [`System`].
 //! - [`fanout`]: one event to N connected clients, against a raw tokio fan-out.
 //! - [`memory`]: the server's resident memory per idle connection.
+//! - [`target`]: `--target ADDR`, the quick-start `JoinRoom` against a running server.
 //! - [`report`]: the Markdown table and the JSON.
 //!
 //! The modules form layers with no cycles: [`measure`], [`units`] and [`systems`] at the
 //! bottom; [`child`] (the server process) and [`serve`] (its side) above them; [`raw`], then
-//! [`unary`], [`fanout`] and [`memory`]; [`report`] on top.
+//! [`unary`], [`target`], [`fanout`] and [`memory`]; [`report`] on top.
 
 pub mod child;
 pub mod fanout;
@@ -23,6 +24,7 @@ pub mod raw;
 pub mod report;
 pub mod serve;
 pub mod systems;
+pub mod target;
 pub mod unary;
 pub mod units;
 

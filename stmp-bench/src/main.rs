@@ -10,14 +10,20 @@ use std::process::ExitCode;
 use stmp_bench::report::Report;
 use stmp_bench::systems::{ServerKind, System};
 use stmp_bench::unary::Point;
-use stmp_bench::{Result, Settings, child, fanout, memory, unary};
+use stmp_bench::{Result, Settings, child, fanout, memory, target, unary};
 
 const USAGE: &str = "usage: stmp-bench [--quick] [--out DIR] [--only unary|fanout|memory]...
                   [--system LABEL]... [--point single|multiplexed|connections]... [--no-spin] [--no-pin]
+                  [--target ADDR]
        stmp-bench serve stmp|tonic|raw-echo|raw-fanout
 
 --system and --point narrow the unary part (for profiling): LABEL as in the table
-(\"stmp tcp\", \"tonic grpc\", ...).";
+(\"stmp tcp\", \"tonic grpc\", ...).
+
+--target ADDR loads a server that is already running (any STMP 1.0 server with the quick-start
+RoomService) with JoinRoom calls at the unary points (or those of --point): ADDR is a URL
+(tcp://host:port, ws://host:port/quick_start, ...) or host:port for TCP. Alone it runs only that;
+with --only it runs those parts too.";
 
 struct Args {
     settings: Settings,
@@ -25,6 +31,7 @@ struct Args {
     only: Vec<String>,
     systems: Vec<System>,
     points: Vec<Point>,
+    target: Option<String>,
 }
 
 fn parse(args: &[String]) -> Result<Args> {
@@ -34,6 +41,7 @@ fn parse(args: &[String]) -> Result<Args> {
         only: Vec::new(),
         systems: Vec::new(),
         points: Vec::new(),
+        target: None,
     };
     let mut args = args.iter();
     while let Some(arg) = args.next() {
@@ -71,6 +79,9 @@ fn parse(args: &[String]) -> Result<Args> {
                 };
                 parsed.points.push(point);
             }
+            "--target" => {
+                parsed.target = Some(args.next().ok_or("--target needs an address")?.clone());
+            }
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}").into()),
         }
@@ -104,15 +115,25 @@ fn run(args: Args) -> Result<()> {
     let settings = args.settings;
     // Counted now, before the latency points pin this process to one CPU.
     let _ = child::machine_cpus();
-    let wanted = |part: &str| args.only.is_empty() || args.only.iter().any(|p| p == part);
-    let needed = settings
-        .fanout
-        .iter()
-        .chain(&settings.idle)
-        .copied()
-        .max()
-        .unwrap_or(0) as u64
-        + 512;
+    let wanted = |part: &str| {
+        if args.only.is_empty() {
+            args.target.is_none()
+        } else {
+            args.only.iter().any(|p| p == part)
+        }
+    };
+    // Fan-out and memory hold thousands of connections at once; the rest a few dozen.
+    let fanout = if wanted("fanout") {
+        &settings.fanout[..]
+    } else {
+        &[]
+    };
+    let idle = if wanted("memory") {
+        &settings.idle[..]
+    } else {
+        &[]
+    };
+    let needed = fanout.iter().chain(idle).copied().max().unwrap_or(0) as u64 + 512;
     let limit = child::raise_nofile_limit();
     if limit < needed {
         return Err(format!(
@@ -134,15 +155,20 @@ fn run(args: Args) -> Result<()> {
         let mut unary_results = Vec::new();
         let mut fanout_results = Vec::new();
         let mut memory_results = Vec::new();
+        let mut target_results = Vec::new();
+        let points = match args.points.is_empty() {
+            true => Point::ALL.to_vec(),
+            false => args.points.clone(),
+        };
+        if let Some(target) = &args.target {
+            eprintln!("quick-start JoinRoom against {target}:");
+            target_results = target::run(target, &settings, &points).await?;
+        }
         if wanted("unary") {
             eprintln!("unary request/response:");
             let systems = match args.systems.is_empty() {
                 true => System::unary(),
                 false => args.systems.clone(),
-            };
-            let points = match args.points.is_empty() {
-                true => Point::ALL.to_vec(),
-                false => args.points.clone(),
             };
             unary_results = unary::run(&settings, &systems, &points).await?;
         }
@@ -159,6 +185,7 @@ fn run(args: Args) -> Result<()> {
             unary_results,
             fanout_results,
             memory_results,
+            target_results,
         );
         println!("{}", report.markdown());
         report.write(&args.out)?;

@@ -10,6 +10,7 @@ use crate::fanout::FanoutResult;
 use crate::measure::Measured;
 use crate::memory::MemoryResult;
 use crate::systems::System;
+use crate::target::TargetResult;
 use crate::unary::{PAYLOADS, Point, UnaryResult};
 use crate::units::{duration, rate, thousands};
 
@@ -26,6 +27,8 @@ pub struct Report {
     pub fanout: Vec<FanoutResult>,
     /// Memory rows.
     pub memory: Vec<MemoryResult>,
+    /// `--target` rows: the quick-start JoinRoom against a server already running.
+    pub target: Vec<TargetResult>,
     /// The issue's targets, met or missed.
     pub targets: Vec<Target>,
 }
@@ -56,6 +59,7 @@ impl Report {
         unary: Vec<UnaryResult>,
         fanout: Vec<FanoutResult>,
         memory: Vec<MemoryResult>,
+        target: Vec<TargetResult>,
     ) -> Report {
         let mut report = Report {
             settings,
@@ -63,6 +67,7 @@ impl Report {
             unary,
             fanout,
             memory,
+            target,
             targets: Vec::new(),
         };
         report.targets = report.check_targets();
@@ -342,6 +347,21 @@ impl Report {
                 row.baseline_kib as f64 / 1024.0,
                 row.rss_kib as f64 / 1024.0,
             );
+        }
+        for row in &self.target {
+            let m = &row.measured;
+            let _ = writeln!(
+                md,
+                "| JoinRoom, {} | {} | {} req/s | {} | {} | – | – | --target: quick-start RoomService.JoinRoom |",
+                row.point_label,
+                row.url,
+                rate(m.rps),
+                duration(m.p50_ns),
+                duration(m.p99_ns),
+            );
+        }
+        if self.unary.is_empty() && self.fanout.is_empty() && self.memory.is_empty() {
+            return md;
         }
         md.push_str("\n### Targets (issue 7)\n\n| target | measured | |\n|---|---|---|\n");
         for target in &self.targets {

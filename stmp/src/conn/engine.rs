@@ -25,6 +25,7 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::budget::InFlight;
 use super::io::{PacketStream, PacketWriter, WriteError};
 use super::state::{Action, ConnState, Ending, Held, error_response};
 use super::{Conn, ConnParts, Outbox, Refused, Side};
@@ -192,15 +193,19 @@ impl Engine {
         // Should this future be dropped half-way, the writer stops too.
         let _stop_writer_on_drop = stop_writer.clone().drop_guard();
         let (failed, mut write_failed) = oneshot::channel();
+        let mut state = ConnState::new(&config, conn.counters().clone(), draining, now());
+        let busy = Busy {
+            conn: conn.clone(),
+            handling: state.handler_slots(),
+        };
         let writer_task = tokio::spawn(write_loop(
             outbox,
             writer,
-            conn.clone(),
+            busy,
             config.write_stall_timeout,
             stop_writer.clone(),
             failed,
         ));
-        let mut state = ConnState::new(&config, conn.counters().clone(), draining, now());
         // Made on the first notify: many connections never receive one, and idle ones
         // should not pay for a queue and a task.
         let mut events: Option<mpsc::Sender<Event>> = None;
@@ -418,12 +423,13 @@ async fn finish(
 async fn write_loop(
     mut outbox: Outbox,
     mut writer: PacketWriter,
-    conn: Conn,
+    busy: Busy,
     stall: Duration,
     stop: CancellationToken,
     failed: oneshot::Sender<Status>,
 ) {
     const BATCH: usize = 64;
+    let conn = busy.conn.clone();
     let stopped = stop.cancelled();
     tokio::pin!(stopped);
     loop {
@@ -437,6 +443,18 @@ async fn write_loop(
         if stopping {
             while let Ok(packet) = outbox.try_recv() {
                 batch.push(packet);
+            }
+        } else if batch.len() < BATCH && busy.more_coming(batch.len()) {
+            // Let the tasks that are ready to run (callers woken by the same read, handlers
+            // answering) queue what they have first: one write then carries many packets
+            // instead of one each, which is what the syscalls per call come down to. With
+            // one call at a time nothing more is coming, and the packet leaves at once.
+            run_ready_tasks_first().await;
+            while batch.len() < BATCH {
+                match outbox.try_recv() {
+                    Ok(packet) => batch.push(packet),
+                    Err(_) => break,
+                }
             }
         }
         if !batch.is_empty() {
@@ -457,6 +475,38 @@ async fn write_loop(
             return;
         }
     }
+}
+
+/// How much of a connection's work is under way: its calls waiting for an answer and the
+/// requests its handlers are serving. Each of them is a packet about to be queued.
+struct Busy {
+    conn: Conn,
+    /// The connection's handler slots, one unit per handler running.
+    handling: Arc<InFlight>,
+}
+
+impl Busy {
+    /// Whether more packets are under way than the `batch` already holds.
+    fn more_coming(&self, batch: usize) -> bool {
+        self.conn.pending_calls() + self.handling.used() > batch
+    }
+}
+
+/// Steps aside once: the task goes to the back of its worker's run queue, behind the tasks that
+/// are ready now, and runs again as soon as they have had their turn. Unlike
+/// [`tokio::task::yield_now`] it does not wait for the runtime to poll the I/O driver, so when
+/// nothing else is ready it costs next to nothing.
+async fn run_ready_tasks_first() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            return std::task::Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 /// A notify on its way to its listeners, with the bytes it holds in the budgets.
@@ -523,11 +573,70 @@ mod tests {
         stop.cancel();
         let (failed, _) = oneshot::channel();
         let stall = Duration::from_secs(5);
-        write_loop(outbox, writer, conn.clone(), stall, stop, failed).await;
+        write_loop(outbox, writer, idle(&conn), stall, stop, failed).await;
         let (bytes, writes, flushes) = recorder.0.lock().unwrap().clone();
         assert_eq!(bytes, [0x90; 10]);
         assert_eq!((writes, flushes), (1, 1));
         // What was written gave its room back.
         assert_eq!(conn.shared.send_room.available_permits(), 1 << 20);
+    }
+
+    fn idle(conn: &Conn) -> Busy {
+        Busy {
+            conn: conn.clone(),
+            handling: Arc::new(InFlight::new(16)),
+        }
+    }
+
+    /// Ten answers: the first wakes the writer, the other nine are ready to run right behind
+    /// it (on this single-threaded runtime, in that order). Returns the writes they took.
+    async fn writes_for_ten_answers(handlers_running: usize) -> usize {
+        let recorder = Recorder::default();
+        let writer = PacketWriter::Stream {
+            io: Box::pin(recorder.clone()),
+            buf: BytesMut::new(),
+        };
+        let (conn, outbox) = Conn::new(super::super::tests::parts(1 << 20));
+        let busy = idle(&conn);
+        let running = busy.handling.reserve(handlers_running).unwrap();
+        let stop = CancellationToken::new();
+        let (failed, _) = oneshot::channel();
+        let stall = Duration::from_secs(5);
+        let writer_task = tokio::spawn(write_loop(
+            outbox,
+            writer,
+            busy,
+            stall,
+            stop.clone(),
+            failed,
+        ));
+        // The writer waits for its first packet.
+        tokio::task::yield_now().await;
+        conn.try_send(Packet::Pong).unwrap();
+        let answers: Vec<_> = (0..9)
+            .map(|_| {
+                let conn = conn.clone();
+                tokio::spawn(async move { conn.try_send(Packet::Pong).unwrap() })
+            })
+            .collect();
+        for answer in answers {
+            answer.await.unwrap();
+        }
+        drop(running);
+        stop.cancel();
+        writer_task.await.unwrap();
+        let (bytes, writes, _) = recorder.0.lock().unwrap().clone();
+        assert_eq!(bytes, [0x90; 10]);
+        writes
+    }
+
+    #[tokio::test]
+    async fn with_requests_being_handled_the_writer_lets_their_answers_join_the_write() {
+        assert_eq!(writes_for_ten_answers(10).await, 1);
+    }
+
+    #[tokio::test]
+    async fn with_one_request_being_handled_its_answer_leaves_at_once() {
+        assert_eq!(writes_for_ten_answers(1).await, 2);
     }
 }

@@ -113,6 +113,11 @@ impl ConnState {
         }
     }
 
+    /// The handler slots, one unit per handler running: how busy the connection is.
+    pub(crate) fn handler_slots(&self) -> Arc<InFlight> {
+        self.handler_slots.clone()
+    }
+
     /// A packet arrived from the peer.
     pub(crate) fn handle_packet(&mut self, now: Instant, packet: Packet) -> Action {
         self.last_read = now;

@@ -30,11 +30,17 @@ use crate::{Server, Status};
 /// case-insensitive, stmp headers are not: these are mapped to their stmp spelling).
 const HTTP_KEYS: [&str; 4] = ["Accept", "Accept-Encoding", "Packet-Format", "Stmp-Version"];
 
+/// The frames tungstenite gathers before it writes them to the socket. The engine flushes once
+/// per batch, so this is what lets a batch of small packets leave in one write instead of one
+/// syscall per message; the buffer only grows to what a batch holds.
+const WS_WRITE_BUFFER: usize = 64 << 10;
+
 pub(crate) fn ws_config(max_packet_size: usize) -> WebSocketConfig {
-    // Small buffers keep idle connections cheap; the limits keep a message within a packet.
+    // A small read buffer keeps idle connections cheap; the limits keep a message within a
+    // packet.
     WebSocketConfig::default()
         .read_buffer_size(4 << 10)
-        .write_buffer_size(0)
+        .write_buffer_size(WS_WRITE_BUFFER)
         .max_message_size(Some(max_packet_size + 64))
         .max_frame_size(Some(max_packet_size + 64))
 }
@@ -494,7 +500,15 @@ where
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+    use std::task::{Context, Poll};
+
+    use tokio::io::ReadBuf;
+    use tokio_tungstenite::WebSocketStream;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
     use super::*;
+    use crate::wire::{Action, Notify};
 
     #[test]
     fn the_handshake_comes_from_the_query_and_the_http_headers() {
@@ -531,5 +545,62 @@ mod tests {
         let query_over = Limits::DEFAULT.with_max_header_entries(1);
         let error = handshake_from_request(&request, &query_over).unwrap_err();
         assert!(error.message().contains("query has more than 1"), "{error}");
+    }
+
+    /// A socket that reads nothing yet and counts the writes that reach it.
+    #[derive(Clone, Default)]
+    struct CountingSocket(Arc<Mutex<(usize, usize)>>);
+
+    impl AsyncRead for CountingSocket {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    impl AsyncWrite for CountingSocket {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            let mut counts = self.0.lock().unwrap();
+            counts.0 += 1;
+            counts.1 += buf.len();
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_websocket_batch_of_small_packets_leaves_in_one_write() {
+        let socket = CountingSocket::default();
+        let config = ws_config(1 << 20);
+        let ws = WebSocketStream::from_raw_socket(socket.clone(), Role::Server, Some(config)).await;
+        let (_packets, mut writer) = websocket(ws, PacketFormat::Binary, Limits::default());
+        let batch: Vec<Packet> = (0..32)
+            .map(|_| {
+                Packet::Notify(Notify {
+                    action: Action::Id(7),
+                    header: Header::new(),
+                    payload: Bytes::from_static(&[0x5A; 32]),
+                })
+            })
+            .collect();
+        writer
+            .write_batch(&batch, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let (writes, bytes) = *socket.0.lock().unwrap();
+        assert!(bytes > 32 * 32, "{bytes} bytes for 32 packets of 32 bytes");
+        assert_eq!(writes, 1, "{writes} writes for one batch");
     }
 }
