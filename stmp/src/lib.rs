@@ -11,6 +11,7 @@
 //!   reconnects by itself.
 //! - [`Rooms`] and [`Users`] group connections; [`broadcast`] sends one event to many,
 //!   serialised once per content type.
+//! - [`history`] keeps recent room events so reconnecting clients get what they missed.
 //! - [`codec`] turns messages into payloads: protobuf, JSON, msgpack, or your own.
 //! - [`Status`] and [`Code`] are the errors everything returns.
 //! - [`telemetry`] names the metrics the runtime records.
@@ -22,6 +23,7 @@ mod client;
 pub mod codec;
 mod conn;
 mod context;
+pub mod history;
 mod method;
 pub mod quic;
 mod rooms;
