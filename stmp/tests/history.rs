@@ -366,3 +366,29 @@ async fn a_client_without_history_gets_live_events_and_no_extension_packets() {
     assert!(heard.recoveries.try_recv().is_err());
     client.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_excluded_sender_is_not_replayed_its_own_event() {
+    let history = History::new(Rooms::new());
+    let (_server, tcp, _) = serve(&history).await;
+    let proxy = Proxy::start(tcp).await;
+    let (client, mut heard) =
+        member(Client::builder(), &format!("tcp://{}", proxy.addr), "lobby").await;
+    published_to_members(&history, "lobby", 1).await;
+    let sender = history.rooms().members("lobby").pop().unwrap();
+    let published = history
+        .publish("lobby", &SAID, &Said { seq: 1 }, Some(&sender))
+        .unwrap();
+    assert_eq!(published.delivery.queued, 0);
+    until(|| client.position("lobby").is_some_and(|p| p.offset == 1)).await;
+    proxy.cut();
+    published_to_members(&history, "lobby", 0).await;
+    history
+        .publish("lobby", &SAID, &Said { seq: 2 }, None)
+        .unwrap();
+    proxy.restore();
+    assert!(within(heard.recoveries.recv()).await.unwrap().recovered);
+    assert_eq!(next_events(&mut heard, 1).await, [(2, 2)]);
+    assert!(heard.events.try_recv().is_err());
+    client.close().await;
+}

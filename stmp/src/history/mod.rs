@@ -211,6 +211,16 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The position notify: where `position`'s stream is for this client, and the outcome of its
+/// resume when it asked for one.
+fn position_notify(position: &StreamPosition, recovered: Option<bool>) -> Packet {
+    Packet::Notify(Notify {
+        action: Action::Method(POSITION_METHOD.to_owned()),
+        header: protocol::position_header(position, recovered),
+        payload: Bytes::new(),
+    })
+}
+
 /// A fresh epoch: 64 random bits, so a restarted server never reuses its predecessor's.
 fn new_epoch() -> String {
     format!("{:016x}", fastrand::u64(..))
@@ -267,7 +277,8 @@ impl History {
 
     /// Stamps `event` with the room's next offset, keeps it for replay and sends it to every
     /// member but `exclude`, serialised once per content type. Never waits: a member whose
-    /// send queue is full misses it (and its client recovers it on reconnect).
+    /// send queue is full misses it (and its client recovers it on reconnect). `exclude` (the
+    /// sender, typically) gets only the position notify, so it is not replayed its own event.
     pub fn publish<E: Message + Clone>(
         &self,
         room: &str,
@@ -294,7 +305,15 @@ impl History {
         let position = StreamPosition::new(room, stream.epoch(), offset);
         let value = position.to_value();
         let mut delivery = Delivery::default();
-        for conn in members.iter().filter(|conn| exclude != Some(*conn)) {
+        for conn in &members {
+            if exclude == Some(conn) {
+                // The sender does not hear its own event, but its position moves past it,
+                // or a resume would replay it.
+                if protocol::supports(conn.peer_header()) {
+                    conn.offer_event(position_notify(&position, None));
+                }
+                continue;
+            }
             if conn.offer_event(stored.packet(conn.codec(), &value)?) {
                 delivery.queued += 1;
             } else {
@@ -354,11 +373,7 @@ impl History {
         self.inner.rooms.join(room, conn);
         if tracks {
             let position = StreamPosition::new(room, epoch, stream.top());
-            conn.offer_event(Packet::Notify(Notify {
-                action: Action::Method(POSITION_METHOD.to_owned()),
-                header: protocol::position_header(&position, outcome.recovered),
-                payload: Bytes::new(),
-            }));
+            conn.offer_event(position_notify(&position, outcome.recovered));
         }
         outcome
     }
