@@ -62,6 +62,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use crate::adapter::{Broadcast, Target};
 use crate::codec::{Codec, Message};
 use crate::wire::{Action, Header, Notify, Packet};
 use crate::{Conn, Context, Delivery, Method, Rooms, Status};
@@ -287,42 +288,37 @@ impl History {
         exclude: Option<&Conn>,
     ) -> Result<Published, Status> {
         let stored = Arc::new(Stored::new(method, event));
+        let node = self.inner.rooms.node();
         let stream = self.stream(room);
         let mut stream = lock(&stream);
-        let members = self.inner.rooms.members(room);
-        // Encode before stamping: an event that cannot be encoded takes no offset.
+        // Encoded before it is stamped: an event that cannot be encoded takes no offset.
         let size = stored
-            .payload(
-                members
-                    .first()
-                    .map_or(&Codec::PROTOBUF, |conn| conn.codec()),
-            )?
+            .payload(node.codecs().first().unwrap_or(&Codec::PROTOBUF))?
             .len();
-        for conn in &members {
-            stored.payload(conn.codec())?;
-        }
         let offset = stream.push(stored.clone(), size, Instant::now());
         let position = StreamPosition::new(room, stream.epoch(), offset);
-        let value = position.to_value();
-        let mut delivery = Delivery::default();
-        for conn in &members {
-            if exclude == Some(conn) {
-                // The sender does not hear its own event, but its position moves past it,
-                // or a resume would replay it.
-                if protocol::supports(conn.peer_header()) {
-                    conn.offer_event(position_notify(&position, None));
-                }
-                continue;
-            }
-            if conn.offer_event(stored.packet(conn.codec(), &value)?) {
-                delivery.queued += 1;
-            } else {
-                tracing::debug!(conn = conn.id(), room, offset, "event dropped");
-                delivery.dropped += 1;
-            }
+        // Through the server's adapter, like every room broadcast, with the position in the
+        // header; the encodings are the stored event's, so a replay reuses them.
+        let mut encode = |codec: &Codec| stored.payload(codec);
+        let mut broadcast = Broadcast::new(
+            method,
+            Target::Room(room.to_owned()),
+            node.id(),
+            &mut encode,
+        );
+        broadcast.header_mut().insert(POSITION, position.to_value());
+        if let Some(sender) = exclude {
+            broadcast.except(node.conn_ref(sender));
         }
-        delivery.encodings = lock(&stored.encoded).len();
-        crate::telemetry::events_delivered(&delivery);
+        let delivery = node.broadcast(&mut broadcast)?;
+        // The sender does not hear its own event, but its position moves past it, or a
+        // resume would replay it.
+        if let Some(sender) = exclude
+            && protocol::supports(sender.peer_header())
+            && self.inner.rooms.contains(room, sender)
+        {
+            sender.offer_event(position_notify(&position, None));
+        }
         Ok(Published { position, delivery })
     }
 
