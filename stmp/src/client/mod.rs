@@ -46,6 +46,7 @@ pub enum ConnectionEvent {
 }
 
 type EventHook = Arc<dyn Fn(&ConnectionEvent) + Send + Sync>;
+type RecoveryHook = Arc<dyn Fn(&Recovery) + Send + Sync>;
 type ConnectHook = Arc<dyn Fn(Conn) -> BoxFuture<'static, Result<(), Status>> + Send + Sync>;
 
 /// Configures a [`Client`].
@@ -83,7 +84,7 @@ pub struct ClientBuilder {
     on_connection: Option<EventHook>,
     on_connect: Option<ConnectHook>,
     history: bool,
-    on_recovery: Option<Arc<dyn Fn(&Recovery) + Send + Sync>>,
+    on_recovery: Option<RecoveryHook>,
 }
 
 impl Default for ClientBuilder {

@@ -93,7 +93,7 @@ struct Inner {
     default: Retention,
     /// Longest prefix first.
     by_prefix: Vec<(String, Retention)>,
-    streams: Mutex<HashMap<Arc<str>, Arc<Mutex<Stream<Arc<Stored>>>>>>,
+    streams: Mutex<HashMap<Arc<str>, SharedStream>>,
     /// Held while a connection's resume positions are read out of its handshake, once.
     resume_setup: Mutex<()>,
 }
@@ -165,10 +165,15 @@ pub struct Joined {
     pub recovered: Option<bool>,
 }
 
+/// One stream's history, locked for each publish and join.
+type SharedStream = Arc<Mutex<Stream<Arc<Stored>>>>;
+/// Encodes a stored event for a codec.
+type EncodeStored = dyn Fn(&Codec) -> Result<Bytes, Status> + Send + Sync;
+
 /// An event kept for replay: how to encode it for any codec, and the encodings made so far.
 struct Stored {
     action: Action,
-    encode: Box<dyn Fn(&Codec) -> Result<Bytes, Status> + Send + Sync>,
+    encode: Box<EncodeStored>,
     encoded: Mutex<Vec<(Codec, Bytes)>>,
 }
 
@@ -263,7 +268,7 @@ impl History {
         Some(StreamPosition::new(room, stream.epoch(), stream.top()))
     }
 
-    fn stream(&self, room: &str) -> Arc<Mutex<Stream<Arc<Stored>>>> {
+    fn stream(&self, room: &str) -> SharedStream {
         let mut streams = lock(&self.inner.streams);
         if let Some(stream) = streams.get(room) {
             return stream.clone();
