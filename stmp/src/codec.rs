@@ -18,6 +18,7 @@
 //! Oneof fields are not covered: stmp-go cannot decode them from msgpack at all, and a message
 //! with a oneof is written with its proto names.
 
+#[cfg(feature = "msgpack")]
 mod go_msgpack;
 
 use std::fmt;
@@ -105,8 +106,11 @@ pub struct Codec(Repr);
 #[derive(Clone)]
 enum Repr {
     Protobuf,
+    #[cfg(feature = "json")]
     Json,
+    #[cfg(feature = "msgpack")]
     Msgpack,
+    #[cfg(feature = "msgpack")]
     MsgpackGo,
     Custom(Arc<dyn SerdeCodec>),
 }
@@ -115,8 +119,10 @@ impl Codec {
     /// Protocol Buffers with prost: `application/protobuf`, the default for binary packets.
     pub const PROTOBUF: Codec = Codec(Repr::Protobuf);
     /// JSON: `application/json`, the default for text packets.
+    #[cfg(feature = "json")]
     pub const JSON: Codec = Codec(Repr::Json);
     /// MessagePack with field names: `application/msgpack`.
+    #[cfg(feature = "msgpack")]
     pub const MSGPACK: Codec = Codec(Repr::Msgpack);
     /// MessagePack as stmp-go writes it, fields keyed by their Go names (`RoomId` for
     /// `room_id`): `application/msgpack` for Go peers (see the [module docs](self)). It reads
@@ -137,7 +143,15 @@ impl Codec {
     /// assert_eq!(&Codec::MSGPACK_GO.encode(&input).unwrap()[..], b"\x81\xa6RoomId\xa5lobby");
     /// assert_eq!(&Codec::MSGPACK.encode(&input).unwrap()[..], b"\x81\xa7room_id\xa5lobby");
     /// ```
+    #[cfg(feature = "msgpack")]
     pub const MSGPACK_GO: Codec = Codec(Repr::MsgpackGo);
+
+    /// What text packets use when the client names no codec: JSON, or protobuf in a build
+    /// without the `json` feature (whose payloads then need a codec of your own to be text).
+    #[cfg(feature = "json")]
+    pub(crate) const TEXT_DEFAULT: Codec = Codec::JSON;
+    #[cfg(not(feature = "json"))]
+    pub(crate) const TEXT_DEFAULT: Codec = Codec::PROTOBUF;
 
     /// A codec of your own.
     pub fn custom(codec: impl SerdeCodec) -> Codec {
@@ -148,7 +162,9 @@ impl Codec {
     pub fn content_type(&self) -> &str {
         match &self.0 {
             Repr::Protobuf => PROTOBUF,
+            #[cfg(feature = "json")]
             Repr::Json => JSON,
+            #[cfg(feature = "msgpack")]
             Repr::Msgpack | Repr::MsgpackGo => MSGPACK,
             Repr::Custom(codec) => codec.content_type(),
         }
@@ -174,8 +190,11 @@ impl Codec {
     pub fn encode<M: Message>(&self, message: &M) -> Result<Bytes, Status> {
         let encoded = match &self.0 {
             Repr::Protobuf => message.encode_to_vec(),
+            #[cfg(feature = "json")]
             Repr::Json => serde_json::to_vec(message).map_err(encode_error)?,
+            #[cfg(feature = "msgpack")]
             Repr::Msgpack => rmp_serde::to_vec_named(message).map_err(encode_error)?,
+            #[cfg(feature = "msgpack")]
             Repr::MsgpackGo => go_msgpack::to_vec(message).map_err(encode_error)?,
             Repr::Custom(codec) => codec.serialize(message)?,
         };
@@ -202,8 +221,11 @@ impl Codec {
     ) -> Result<Bytes, Status> {
         let encoded = match &self.0 {
             Repr::Protobuf => return Ok(protobuf.clone()),
+            #[cfg(feature = "json")]
             Repr::Json => serde_json::to_vec(value).map_err(encode_error)?,
+            #[cfg(feature = "msgpack")]
             Repr::Msgpack => rmp_serde::to_vec_named(value).map_err(encode_error)?,
+            #[cfg(feature = "msgpack")]
             Repr::MsgpackGo => go_msgpack::to_vec(value).map_err(encode_error)?,
             Repr::Custom(codec) => codec.serialize(value)?,
         };
@@ -215,7 +237,9 @@ impl Codec {
     pub fn decode<M: Message>(&self, bytes: &[u8]) -> Result<M, Status> {
         match &self.0 {
             Repr::Protobuf => M::decode(bytes).map_err(decode_error),
+            #[cfg(feature = "json")]
             Repr::Json => serde_json::from_slice(bytes).map_err(decode_error),
+            #[cfg(feature = "msgpack")]
             Repr::Msgpack | Repr::MsgpackGo => rmp_serde::from_slice(bytes).map_err(decode_error),
             Repr::Custom(codec) => {
                 let mut decoded = None;
@@ -229,6 +253,7 @@ impl Codec {
     }
 }
 
+#[cfg(any(feature = "json", feature = "msgpack"))]
 fn encode_error(error: impl fmt::Display) -> Status {
     Status::internal(format!("cannot encode message: {error}"))
 }
@@ -240,6 +265,7 @@ fn decode_error(error: impl fmt::Display) -> Status {
 impl fmt::Debug for Codec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0 {
+            #[cfg(feature = "msgpack")]
             Repr::MsgpackGo => write!(f, "Codec({}, Go field names)", self.content_type()),
             _ => write!(f, "Codec({})", self.content_type()),
         }
@@ -261,7 +287,13 @@ pub(crate) struct Codecs {
 impl Default for Codecs {
     fn default() -> Self {
         Codecs {
-            list: vec![Codec::PROTOBUF, Codec::JSON, Codec::MSGPACK],
+            list: vec![
+                Codec::PROTOBUF,
+                #[cfg(feature = "json")]
+                Codec::JSON,
+                #[cfg(feature = "msgpack")]
+                Codec::MSGPACK,
+            ],
         }
     }
 }

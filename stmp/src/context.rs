@@ -81,10 +81,6 @@ impl Context {
     }
 
     fn lock_response_header(&self) -> std::sync::MutexGuard<'_, Header> {
-        // A panicking handler cannot leave a header half-written, so a poisoned lock is fine.
-        self.inner
-            .response_header
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.inner.response_header)
     }
 }

@@ -16,6 +16,26 @@
 //! - [`codec`] turns messages into payloads: protobuf, JSON, msgpack, or your own.
 //! - [`Status`] and [`Code`] are the errors everything returns.
 //! - [`telemetry`] names the metrics the runtime records.
+//!
+//! ## Cargo features
+//!
+//! The optional stacks are features, all on by default; plain TCP and protobuf are always
+//! there. A build without one leaves out its code and dependencies: its `listen_*` method
+//! is gone, and a client given its URL scheme fails with `BadRequest` naming the feature.
+//!
+//! | feature | adds | dependencies |
+//! |---|---|---|
+//! | `tls` | `Server::listen_tls`, `tls://`, [`ClientBuilder::tls`], the `tls` config helpers | rustls (ring), tokio-rustls |
+//! | `ws` | `Server::listen_ws`, `ws://`; with `tls`, `listen_wss` and `wss://` | tokio-tungstenite |
+//! | `quic` (implies `tls`) | `Server::listen_quic`, `quic://`, the `quic` module | quinn |
+//! | `gzip` | gzip stream compression on byte streams ([`ServerBuilder::gzip`]) | async-compression |
+//! | `msgpack` | `Codec::MSGPACK`, `Codec::MSGPACK_GO` | rmp-serde |
+//! | `json` | `Codec::JSON`, the default codec of text packets | serde_json |
+//!
+//! ```toml
+//! # TCP, TLS and protobuf only:
+//! stmp = { version = "0.1", default-features = false, features = ["tls"] }
+//! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -27,7 +47,6 @@ mod conn;
 mod context;
 pub mod history;
 mod method;
-pub mod quic;
 mod rooms;
 mod router;
 #[doc(hidden)]
@@ -35,8 +54,9 @@ pub mod serde_support;
 mod server;
 mod stats;
 mod status;
+mod sync;
 pub mod telemetry;
-pub mod tls;
+mod transport;
 pub mod wire;
 
 pub use broadcast::{ConnSet, Delivery, SlowConsumer, broadcast, broadcast_with};
@@ -50,6 +70,10 @@ pub use router::{Flow, ListenerHandle, Middleware, Router, Service};
 pub use server::{Server, ServerBuilder, raise_fd_limit};
 pub use stats::ServerStats;
 pub use status::{Code, Status};
+#[cfg(feature = "quic")]
+pub use transport::quic;
+#[cfg(feature = "tls")]
+pub use transport::tls;
 
 /// Includes the code `stmp-build` generated for a proto package: its messages, and for each
 /// service its method table, service trait, server, client stub, events listener and

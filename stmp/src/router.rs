@@ -11,6 +11,7 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 
 use crate::codec::Message;
+use crate::sync::{read, write};
 use crate::wire::Action;
 use crate::{Context, Method, Status};
 
@@ -177,15 +178,6 @@ impl ListenerHandle {
             }
         }
     }
-}
-
-fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    // The maps are never left half-updated, so a poisoned lock is still consistent.
-    lock.read().unwrap_or_else(|p| p.into_inner())
-}
-
-fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write().unwrap_or_else(|p| p.into_inner())
 }
 
 impl std::fmt::Debug for Inner {

@@ -1,6 +1,7 @@
 //! Status codes and the error type every stmp operation returns.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// A status code of STMP 1.0, sent in responses, server handshakes and Close packets.
 ///
@@ -122,10 +123,35 @@ impl fmt::Display for Code {
 /// assert_eq!(status.message(), "no such room: lobby");
 /// assert_eq!(status.to_string(), "NotFound: no such room: lobby");
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// ## Local failures
+///
+/// A status that comes from the peer (a response, a refused handshake, a Close) is only a code
+/// and a message. A failure on this side — a URL that does not parse, a TLS configuration
+/// rustls rejects, an address already in use, a refused TCP connect — is a status too, so
+/// `connect`, `listen_*` and calls all return one type, but it keeps what caused it as its
+/// [`source`](std::error::Error::source): match on the code to decide (retry a
+/// `NetworkError`, fix a `BadRequest`), walk the source for the details.
+///
+/// ```
+/// use std::error::Error;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+/// let server = stmp::Server::builder().build();
+/// let error = server.listen_tcp(taken.local_addr().unwrap()).await.unwrap_err();
+/// assert_eq!(error.code(), stmp::Code::NetworkError);
+/// let io = error.source().and_then(|e| e.downcast_ref::<std::io::Error>()).unwrap();
+/// assert_eq!(io.kind(), std::io::ErrorKind::AddrInUse);
+/// # }
+/// ```
+#[derive(Clone, Debug)]
 pub struct Status {
     code: Code,
     message: String,
+    /// What caused a local failure; `None` for statuses from the wire.
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
 }
 
 macro_rules! constructors {
@@ -145,7 +171,14 @@ impl Status {
         Status {
             code,
             message: message.into(),
+            source: None,
         }
+    }
+
+    /// The same status, caused by `source` (a local failure: I/O, TLS, configuration).
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Status {
+        self.source = Some(Arc::new(source));
+        self
     }
 
     constructors! {
@@ -194,7 +227,22 @@ impl fmt::Display for Status {
     }
 }
 
-impl std::error::Error for Status {}
+/// Two statuses are equal when their codes and messages are: what caused them is detail.
+impl PartialEq for Status {
+    fn eq(&self, other: &Status) -> bool {
+        self.code == other.code && self.message == other.message
+    }
+}
+
+impl Eq for Status {}
+
+impl std::error::Error for Status {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|source| source as &(dyn std::error::Error + 'static))
+    }
+}
 
 /// I/O failures are network errors: the connection they happened on is gone. An I/O error that
 /// carries a `Status` (a limit enforced inside a reader) is that status.
@@ -205,8 +253,19 @@ impl From<std::io::Error> for Status {
             .and_then(|inner| inner.downcast_ref::<Status>())
         {
             Some(status) => status.clone(),
-            None => Status::network_error(error.to_string()),
+            None => Status::network_error(error.to_string()).with_source(error),
         }
+    }
+}
+
+/// For functions that return `std::io::Result`: the status travels inside the I/O error, whose
+/// kind is the one of the I/O error that caused it (`AddrInUse`…), or `Other`.
+impl From<Status> for std::io::Error {
+    fn from(status: Status) -> std::io::Error {
+        let kind = std::error::Error::source(&status)
+            .and_then(|source| source.downcast_ref::<std::io::Error>())
+            .map_or(std::io::ErrorKind::Other, std::io::Error::kind);
+        std::io::Error::new(kind, status)
     }
 }
 
@@ -236,6 +295,20 @@ mod tests {
     fn io_errors_become_network_errors() {
         let status: Status = std::io::Error::from(std::io::ErrorKind::ConnectionReset).into();
         assert_eq!(status.code(), Code::NetworkError);
+    }
+
+    #[test]
+    fn a_local_failure_keeps_its_cause_and_an_io_error_its_kind() {
+        use std::error::Error as _;
+        let status = Status::from(std::io::Error::from(std::io::ErrorKind::AddrInUse));
+        let cause = status.source().expect("the I/O error is the source");
+        let io = cause.downcast_ref::<std::io::Error>().unwrap();
+        assert_eq!(io.kind(), std::io::ErrorKind::AddrInUse);
+        let back = std::io::Error::from(status.clone());
+        assert_eq!(back.kind(), std::io::ErrorKind::AddrInUse);
+        assert_eq!(Status::from(back), status);
+        // A status from the wire has no cause.
+        assert!(Status::not_found("no such room").source().is_none());
     }
 
     #[test]

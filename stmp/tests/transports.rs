@@ -132,3 +132,43 @@ async fn websocket_wrong_path_is_not_found() {
     .unwrap_err();
     assert_eq!(error.code(), Code::NotFound, "{error}");
 }
+
+/// Failures on this side keep their cause as `source()`; statuses from the peer have none.
+#[tokio::test]
+async fn local_failures_carry_their_cause_and_listen_agrees_with_connect() {
+    use std::error::Error as _;
+    use std::io::ErrorKind;
+
+    let io_kind = |error: &stmp::Status| {
+        error
+            .source()
+            .and_then(|source| source.downcast_ref::<std::io::Error>())
+            .map(std::io::Error::kind)
+    };
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let server = Server::builder().build();
+    let error = server.listen_tcp(addr).await.unwrap_err();
+    assert_eq!(error.code(), Code::NetworkError, "{error}");
+    assert_eq!(io_kind(&error), Some(ErrorKind::AddrInUse), "{error}");
+
+    drop(taken);
+    let error = within(stmp::Client::connect(&format!("tcp://{addr}")))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::NetworkError, "{error}");
+    assert_eq!(
+        io_kind(&error),
+        Some(ErrorKind::ConnectionRefused),
+        "{error}"
+    );
+
+    let bad_pem = b"-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n";
+    let error = stmp::tls::client_config(bad_pem).unwrap_err();
+    assert_eq!(error.code(), Code::BadRequest, "{error}");
+    assert!(error.source().is_some(), "the PEM error is kept: {error}");
+
+    let error = stmp::Client::connect("tcp://nowhere").await.unwrap_err();
+    assert_eq!(error.code(), Code::BadRequest, "{error}");
+    assert!(error.source().is_none(), "a bad URL has nothing under it");
+}

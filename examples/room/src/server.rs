@@ -614,7 +614,11 @@ impl RoomServer {
                     .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
                 let deadline = tokio::time::Instant::now() + options.bind_retry;
                 loop {
-                    match server.listen_quic(addr, tls.clone()).await {
+                    match server
+                        .listen_quic(addr, tls.clone())
+                        .await
+                        .map_err(std::io::Error::from)
+                    {
                         Ok(bound) => break Some(bound),
                         Err(e)
                             if e.kind() == std::io::ErrorKind::AddrInUse

@@ -1,22 +1,22 @@
 //! Opening one connection: transport, TLS, WebSocket upgrade and the stmp handshake.
 
 use bytes::BytesMut;
-use futures_util::StreamExt;
-use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message as WsMessage;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::ClientBuilder;
 use super::endpoint::{Endpoint, Scheme};
 use crate::codec::Codec;
-use crate::conn::io::{PacketStream, PacketWriter, ReadLimits, byte_stream, websocket};
-use crate::conn::{ConnParts, Engine, PacketFormat, Side};
-use crate::server::ws_config;
+use crate::conn::io::{PacketStream, PacketWriter, ReadLimits, byte_stream};
+use crate::conn::{Engine, Host, Side};
+#[cfg(feature = "quic")]
+use crate::transport::quic;
+use crate::transport::tcp;
+#[cfg(feature = "tls")]
+use crate::transport::tls;
+#[cfg(feature = "ws")]
+use crate::transport::ws;
 use crate::wire::{ClientHandshake, Header, Limits, ServerHandshake};
 use crate::{Conn, Status};
 
@@ -42,118 +42,40 @@ pub(crate) async fn dial(endpoint: &Endpoint, config: &ClientBuilder) -> Result<
 async fn dial_now(endpoint: &Endpoint, config: &ClientBuilder) -> Result<Dialed, Status> {
     match endpoint.scheme {
         Scheme::Tcp => {
-            let (tcp, remote) = tcp_connect(endpoint).await?;
+            let (tcp, remote) = tcp::connect(endpoint).await?;
             let (reader, writer) = tcp.into_split();
             stream_handshake(reader, writer, remote, endpoint.scheme.name(), config).await
         }
+        #[cfg(feature = "tls")]
         Scheme::Tls => {
-            let (tcp, remote) = tcp_connect(endpoint).await?;
-            let tls = tls_connect(tcp, endpoint, config).await?;
+            let (tcp, remote) = tcp::connect(endpoint).await?;
+            let tls = tls::connect(tcp, endpoint, config).await?;
             let (reader, writer) = tokio::io::split(tls);
             stream_handshake(reader, writer, remote, endpoint.scheme.name(), config).await
         }
+        #[cfg(feature = "ws")]
         Scheme::Ws => {
-            let (tcp, remote) = tcp_connect(endpoint).await?;
-            websocket_handshake(tcp, endpoint, remote, config).await
+            let (tcp, remote) = tcp::connect(endpoint).await?;
+            ws::connect(tcp, endpoint, remote, config).await
         }
+        #[cfg(all(feature = "ws", feature = "tls"))]
         Scheme::Wss => {
-            let (tcp, remote) = tcp_connect(endpoint).await?;
-            let tls = tls_connect(tcp, endpoint, config).await?;
-            websocket_handshake(tls, endpoint, remote, config).await
+            let (tcp, remote) = tcp::connect(endpoint).await?;
+            let tls = tls::connect(tcp, endpoint, config).await?;
+            ws::connect(tls, endpoint, remote, config).await
         }
-        Scheme::Quic => quic_dial(endpoint, config).await,
-    }
-}
-
-async fn tcp_connect(
-    endpoint: &Endpoint,
-) -> Result<(TcpStream, Option<std::net::SocketAddr>), Status> {
-    let tcp = TcpStream::connect(endpoint.authority())
-        .await
-        .map_err(|e| Status::network_error(format!("cannot connect to {endpoint}: {e}")))?;
-    let _ = tcp.set_nodelay(true);
-    let remote = tcp.peer_addr().ok();
-    Ok((tcp, remote))
-}
-
-async fn quic_dial(endpoint: &Endpoint, config: &ClientBuilder) -> Result<Dialed, Status> {
-    let tls = config.tls.clone().ok_or_else(|| {
-        Status::bad_request(format!(
-            "{endpoint} needs TLS settings (ClientBuilder::tls)"
-        ))
-    })?;
-    let remote = tokio::net::lookup_host(endpoint.authority())
-        .await
-        .map_err(|e| Status::network_error(format!("cannot resolve {endpoint}: {e}")))?
-        .next()
-        .ok_or_else(|| Status::network_error(format!("{endpoint} resolves to no address")))?;
-    let local: std::net::SocketAddr = if remote.is_ipv6() {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    } else {
-        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-    };
-    let mut quic = quinn::Endpoint::client(local)?;
-    quic.set_default_client_config(crate::quic::client_config(
-        &tls,
-        config.engine.read_timeout,
-    )?);
-    let name = config
-        .server_name
-        .clone()
-        .unwrap_or_else(|| endpoint.host.clone());
-    let connection = quic
-        .connect(remote, &name)
-        .map_err(|e| Status::bad_request(format!("QUIC: {e}")))?
-        .await
-        .map_err(crate::quic::connection_error)?;
-    let (send, recv) = connection
-        .open_bi()
-        .await
-        .map_err(crate::quic::connection_error)?;
-    let mut dialed = stream_handshake(recv, send, Some(remote), "quic", config).await?;
-    dialed.transport = Some(Box::new((quic, connection)));
-    Ok(dialed)
-}
-
-async fn tls_connect(
-    tcp: TcpStream,
-    endpoint: &Endpoint,
-    config: &ClientBuilder,
-) -> Result<tokio_rustls::client::TlsStream<TcpStream>, Status> {
-    let tls = config.tls.clone().ok_or_else(|| {
-        Status::bad_request(format!(
-            "{endpoint} needs TLS settings (ClientBuilder::tls)"
-        ))
-    })?;
-    let name = config
-        .server_name
-        .clone()
-        .unwrap_or_else(|| endpoint.host.clone());
-    let name = ServerName::try_from(name)
-        .map_err(|e| Status::bad_request(format!("bad TLS server name: {e}")))?;
-    tokio_rustls::TlsConnector::from(tls)
-        .connect(name, tcp)
-        .await
-        .map_err(tls_error)
-}
-
-/// A certificate problem is the client's configuration, not the network: it is reported as
-/// `BadRequest` so the client does not retry it.
-pub(crate) fn tls_error(error: std::io::Error) -> Status {
-    match error
-        .get_ref()
-        .and_then(|e| e.downcast_ref::<rustls::Error>())
-    {
-        Some(rustls::Error::InvalidCertificate(why)) => Status::bad_request(format!(
-            "TLS: the server's certificate is not trusted: {why:?}"
-        )),
-        Some(tls) => Status::bad_request(format!("TLS: {tls}")),
-        None => Status::network_error(format!("TLS: {error}")),
+        #[cfg(feature = "quic")]
+        Scheme::Quic => quic::connect(endpoint, config).await,
+        #[allow(unreachable_patterns)]
+        scheme => Err(Status::bad_request(format!(
+            "{scheme}:// needs stmp's `{}` feature, which this build leaves out",
+            scheme.feature()
+        ))),
     }
 }
 
 /// The client's handshake header: its codecs, gzip, and the application entries.
-fn client_header(config: &ClientBuilder) -> Header {
+pub(crate) fn client_header(config: &ClientBuilder) -> Header {
     let mut header = Header::new();
     let accept: Vec<&str> = config.codecs.iter().map(Codec::content_type).collect();
     let codecs = config.codecs();
@@ -167,7 +89,7 @@ fn client_header(config: &ClientBuilder) -> Header {
         accept.join(",")
     };
     header.append("Accept", accept);
-    if config.gzip {
+    if config.gzip && cfg!(feature = "gzip") {
         header.append("Accept-Encoding", "gzip");
     }
     header.extend(config.header.iter());
@@ -175,7 +97,10 @@ fn client_header(config: &ClientBuilder) -> Header {
 }
 
 /// The codec the server chose, which must be one we asked for.
-fn chosen_codec(hello: &ServerHandshake, config: &ClientBuilder) -> Result<Codec, Status> {
+pub(crate) fn chosen_codec(
+    hello: &ServerHandshake,
+    config: &ClientBuilder,
+) -> Result<Codec, Status> {
     let codecs = config.codecs();
     match hello.header.get("Content-Type") {
         None => Ok(codecs[0].clone()),
@@ -190,7 +115,7 @@ fn chosen_codec(hello: &ServerHandshake, config: &ClientBuilder) -> Result<Codec
     }
 }
 
-fn ready(
+pub(crate) fn ready(
     config: &ClientBuilder,
     remote: Option<std::net::SocketAddr>,
     transport: &'static str,
@@ -199,27 +124,19 @@ fn ready(
     reader: PacketStream,
     writer: PacketWriter,
 ) -> Dialed {
-    let (conn, outbox) = Conn::new(ConnParts {
+    let host = Host {
         side: Side::Client,
-        remote_addr: remote,
-        transport,
-        peer_header: hello.header,
-        codec,
-        default_timeout: config.call_timeout,
+        router: config.router.clone(),
+        config: config.engine.clone(),
+        call_timeout: config.call_timeout,
         send_queue_bytes: config.send_queue_bytes,
         slow_consumer: crate::SlowConsumer::default(),
         counters: crate::stats::Counters::new(usize::MAX),
-    });
-    let engine = Engine {
-        conn: conn.clone(),
-        outbox,
-        reader,
-        writer,
-        router: config.router.clone(),
-        config: config.engine.clone(),
         tasks: TaskTracker::new(),
         draining: CancellationToken::new(),
     };
+    let (conn, outbox) = host.conn(remote, transport, hello.header, codec);
+    let engine = host.engine(conn.clone(), outbox, reader, writer);
     Dialed {
         conn,
         engine,
@@ -227,7 +144,7 @@ fn ready(
     }
 }
 
-async fn stream_handshake<R, W>(
+pub(crate) async fn stream_handshake<R, W>(
     mut reader: R,
     mut writer: W,
     remote: Option<std::net::SocketAddr>,
@@ -261,6 +178,11 @@ where
         .header
         .get("Content-Encoding")
         .is_some_and(|e| e.eq_ignore_ascii_case("gzip"));
+    if gzip && !cfg!(feature = "gzip") {
+        return Err(Status::protocol_error(
+            "the server chose gzip, which this client (built without the gzip feature) did not ask for",
+        ));
+    }
     let limits = ReadLimits {
         wire: Limits::from(config.max_packet_size),
         inflation: config.inflation,
@@ -275,137 +197,6 @@ where
         codec,
         packets,
         packet_writer,
-    ))
-}
-
-/// The status of a refused WebSocket upgrade: a server over its limits answers 503 (or a
-/// proxy 429), which is worth retrying; anything else means there is no stmp endpoint there.
-fn http_refusal(
-    response: &tokio_tungstenite::tungstenite::http::Response<Option<Vec<u8>>>,
-) -> Status {
-    let code = response.status();
-    let body = response
-        .body()
-        .as_deref()
-        .map(String::from_utf8_lossy)
-        .unwrap_or_default();
-    let message = format!(
-        "websocket upgrade refused with HTTP {code}: {}",
-        body.trim()
-    );
-    match code.as_u16() {
-        429 | 503 => Status::too_many_requests(message),
-        _ => Status::not_found(message),
-    }
-}
-
-/// The protocol's part of the client's handshake, as the upgrade request's query. The
-/// application's entries (tokens…) go in the request's HTTP headers instead: URLs end up in
-/// access logs and proxies.
-fn websocket_query(config: &ClientBuilder) -> String {
-    let mut query = form_urlencoded::Serializer::new(String::new());
-    query.append_pair("Stmp-Version", "1.0");
-    for (key, value) in client_header(config)
-        .iter()
-        .filter(|(k, _)| *k != "Accept-Encoding" && !config.header.contains_key(k))
-    {
-        query.append_pair(key, value);
-    }
-    if config.format == PacketFormat::Text {
-        query.append_pair("Packet-Format", "text");
-    }
-    query.finish()
-}
-
-async fn websocket_handshake<S>(
-    stream: S,
-    endpoint: &Endpoint,
-    remote: Option<std::net::SocketAddr>,
-    config: &ClientBuilder,
-) -> Result<Dialed, Status>
-where
-    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-{
-    let query = websocket_query(config);
-    let separator = if endpoint.path.contains('?') {
-        '&'
-    } else {
-        '?'
-    };
-    let scheme = if endpoint.scheme == super::endpoint::Scheme::Wss {
-        "wss"
-    } else {
-        "ws"
-    };
-    let url = format!(
-        "{scheme}://{}{}{separator}{}",
-        endpoint.authority(),
-        endpoint.path,
-        query
-    );
-    let mut request = url
-        .into_client_request()
-        .map_err(|e| Status::bad_request(format!("bad websocket url: {e}")))?;
-    for (key, value) in config.header.iter() {
-        let bad = |e: &dyn std::fmt::Display| {
-            Status::bad_request(format!(
-                "handshake header {key:?} cannot be sent over HTTP: {e}"
-            ))
-        };
-        let name = HeaderName::from_bytes(key.as_bytes()).map_err(|e| bad(&e))?;
-        let value = HeaderValue::from_str(value).map_err(|e| bad(&e))?;
-        request.headers_mut().append(name, value);
-    }
-    let (mut socket, _) = tokio_tungstenite::client_async_with_config(
-        request,
-        stream,
-        Some(ws_config(config.max_packet_size)),
-    )
-    .await
-    .map_err(|e| match e {
-        tokio_tungstenite::tungstenite::Error::Http(response) => http_refusal(&response),
-        other => crate::conn::io::ws_error(other),
-    })?;
-    let hello = loop {
-        match socket.next().await {
-            Some(Ok(WsMessage::Binary(bytes))) => {
-                break if bytes.starts_with(crate::wire::MAGIC)
-                    && bytes.get(4).is_some_and(|b| !b.is_ascii_hexdigit())
-                {
-                    ServerHandshake::decode_message(&bytes, config.max_packet_size)?
-                } else {
-                    ServerHandshake::decode_text(&bytes, config.max_packet_size)?
-                };
-            }
-            Some(Ok(WsMessage::Text(text))) => {
-                break ServerHandshake::decode_text(text.as_bytes(), config.max_packet_size)?;
-            }
-            Some(Ok(WsMessage::Close(_))) | None => {
-                return Err(Status::network_error(
-                    "the server closed the websocket during the handshake",
-                ));
-            }
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => return Err(crate::conn::io::ws_error(e)),
-        }
-    };
-    if let Some(refusal) = hello.error() {
-        return Err(refusal);
-    }
-    let codec = chosen_codec(&hello, config)?;
-    let format = match hello.header.get("Packet-Format") {
-        Some(f) if f.eq_ignore_ascii_case("text") => PacketFormat::Text,
-        _ => PacketFormat::Binary,
-    };
-    let (packets, writer) = websocket(socket, format, Limits::from(config.max_packet_size));
-    Ok(ready(
-        config,
-        remote,
-        endpoint.scheme.name(),
-        hello,
-        codec,
-        packets,
-        writer,
     ))
 }
 
@@ -442,5 +233,23 @@ mod tests {
         assert_eq!(dialed.engine.config.event_queue, 5);
         assert_eq!(dialed.engine.config.max_concurrent_requests, 7);
         assert_eq!(dialed.engine.config.read_timeout, Duration::from_secs(9));
+    }
+
+    #[cfg(not(all(feature = "tls", feature = "ws", feature = "quic")))]
+    #[tokio::test]
+    async fn a_scheme_left_out_of_the_build_is_a_bad_request_naming_its_feature() {
+        let missing = [
+            (!cfg!(feature = "tls"), "tls://127.0.0.1:1", "`tls`"),
+            (!cfg!(feature = "ws"), "ws://127.0.0.1:1/", "`ws`"),
+            (!cfg!(feature = "quic"), "quic://127.0.0.1:1", "`quic`"),
+        ];
+        for (_, url, feature) in missing.into_iter().filter(|(left_out, ..)| *left_out) {
+            let endpoint = Endpoint::parse(url).unwrap();
+            let Err(error) = dial(&endpoint, &ClientBuilder::default()).await else {
+                panic!("{url} dialled without its feature");
+            };
+            assert_eq!(error.code(), crate::Code::BadRequest, "{error}");
+            assert!(error.message().contains(feature), "{error}");
+        }
     }
 }

@@ -38,6 +38,25 @@ impl Scheme {
     }
 }
 
+impl Scheme {
+    /// The cargo feature that carries this transport.
+    pub(crate) fn feature(self) -> &'static str {
+        match self {
+            Scheme::Tcp => "default",
+            Scheme::Tls => "tls",
+            Scheme::Ws => "ws",
+            Scheme::Wss => "ws` and `tls",
+            Scheme::Quic => "quic",
+        }
+    }
+}
+
+impl fmt::Display for Scheme {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 impl Endpoint {
     pub(crate) fn parse(url: &str) -> Result<Endpoint, Status> {
         let bad = |why: &str| Status::bad_request(format!("bad url {url:?}: {why}"));

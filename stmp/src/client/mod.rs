@@ -1,8 +1,8 @@
 //! The client: connects by URL, negotiates, and reconnects with backoff.
 
 mod backoff;
-mod dial;
-mod endpoint;
+pub(crate) mod dial;
+pub(crate) mod endpoint;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -77,6 +77,7 @@ pub struct ClientBuilder {
     pub(crate) max_packet_size: usize,
     pub(crate) send_queue_bytes: usize,
     pub(crate) inflation: InflationLimit,
+    #[cfg(feature = "tls")]
     pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
     pub(crate) server_name: Option<String>,
     reconnect: Option<ReconnectPolicy>,
@@ -101,6 +102,7 @@ impl Default for ClientBuilder {
             max_packet_size: DEFAULT_MAX_PACKET_SIZE,
             send_queue_bytes: crate::conn::DEFAULT_SEND_QUEUE_BYTES,
             inflation: InflationLimit::default(),
+            #[cfg(feature = "tls")]
             tls: None,
             server_name: None,
             reconnect: Some(ReconnectPolicy {
@@ -211,6 +213,7 @@ impl ClientBuilder {
     }
 
     /// TLS settings for `tls://` and `wss://` (see [`tls::client_config`](crate::tls::client_config)).
+    #[cfg(feature = "tls")]
     pub fn tls(mut self, config: Arc<rustls::ClientConfig>) -> Self {
         self.tls = Some(config);
         self
@@ -333,7 +336,7 @@ impl ClientBuilder {
         match (self.codecs.is_empty(), self.format) {
             (false, _) => self.codecs.clone(),
             (true, PacketFormat::Binary) => vec![Codec::PROTOBUF],
-            (true, PacketFormat::Text) => vec![Codec::JSON],
+            (true, PacketFormat::Text) => vec![Codec::TEXT_DEFAULT],
         }
     }
 
@@ -562,11 +565,7 @@ async fn supervise(inner: Arc<Inner>, mut config: ClientBuilder, endpoint: Endpo
                 _ = tokio::time::sleep(delay) => {}
                 _ = inner.stop.cancelled() => return closed(&inner),
             }
-            config.header = inner
-                .header
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
+            config.header = crate::sync::lock(&inner.header).clone();
             if let Some(positions) = &inner.positions {
                 positions.add_to_handshake(&mut config.header);
             }
@@ -601,11 +600,7 @@ impl Client {
     /// Sets a handshake header entry (replacing its values) for the next reconnects — a fresh
     /// auth token, say. The live connection keeps the handshake it made.
     pub fn set_handshake_header(&self, key: impl Into<String>, value: impl Into<String>) {
-        self.inner
-            .header
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, value);
+        crate::sync::lock(&self.inner.header).insert(key, value);
     }
 
     /// The last position heard on `stream` (a room with history), if the client tracks

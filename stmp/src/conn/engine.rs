@@ -1,5 +1,7 @@
-//! The per-connection engine: reads packets, dispatches them, keeps the heartbeat, and runs the
-//! close handshake. The same engine runs every transport on both sides.
+//! The per-connection engine: the async driver of a [`ConnState`]. It reads packets, writes
+//! them, runs handlers and listeners and keeps the timers; what a packet means, when to ping
+//! or give up, how the close handshake goes and which requests run are the state's decisions.
+//! The same engine runs every transport on both sides.
 //!
 //! Backpressure, and why it cannot deadlock: the read loop never drops what it owes the peer.
 //! Requests beyond the handler slots are refused with `TooManyRequests` at once rather than
@@ -11,23 +13,27 @@
 //! is ended by the write-stall timeout.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::budget::{InFlight, Reservation};
 use super::io::{PacketStream, PacketWriter, WriteError};
-use super::{Conn, Outbox, Refused, lock};
+use super::state::{Action, ConnState, Ending, Held, error_response};
+use super::{Conn, ConnParts, Outbox, Refused, Side};
+use crate::broadcast::SlowConsumer;
+use crate::codec::Codec;
 use crate::router::Target;
 use crate::stats::Counters;
-use crate::wire::{Header, Packet, Response};
+use crate::sync::lock;
+use crate::wire::{Header, Packet, Request, Response};
 use crate::{Code, Context, Router, Status};
 
 /// Packets the read loop handles before it lets other tasks run: packets already decoded
@@ -64,25 +70,78 @@ impl Default for EngineConfig {
     }
 }
 
-/// Everything one connection's engine needs.
-pub(crate) struct Engine {
-    pub(crate) conn: Conn,
-    pub(crate) outbox: Outbox,
-    pub(crate) reader: PacketStream,
-    pub(crate) writer: PacketWriter,
+/// What one side gives each connection it runs: the router, the settings, the tracker its
+/// handlers run in and its drain signal. A server has one; a client makes one per connection.
+#[derive(Clone)]
+pub(crate) struct Host {
+    pub(crate) side: Side,
     pub(crate) router: Router,
     pub(crate) config: EngineConfig,
+    /// Default deadline of calls this side makes.
+    pub(crate) call_timeout: Duration,
+    pub(crate) send_queue_bytes: usize,
+    pub(crate) slow_consumer: SlowConsumer,
+    pub(crate) counters: Arc<Counters>,
     /// Handler tasks, so a server can wait for them when it shuts down.
     pub(crate) tasks: TaskTracker,
     /// Once cancelled, new requests are answered `ServerShutdown`.
     pub(crate) draining: CancellationToken,
 }
 
-/// Why the read loop stopped.
-struct Ending {
-    status: Status,
-    /// Whether a Close still has to go to the peer.
-    send_close: bool,
+impl Host {
+    /// A connection to a peer whose handshake said `peer_header` and agreed on `codec`; it
+    /// runs once [`engine`](Self::engine) has its transport.
+    pub(crate) fn conn(
+        &self,
+        remote_addr: Option<SocketAddr>,
+        transport: &'static str,
+        peer_header: Header,
+        codec: Codec,
+    ) -> (Conn, Outbox) {
+        Conn::new(ConnParts {
+            side: self.side,
+            remote_addr,
+            transport,
+            peer_header,
+            codec,
+            default_timeout: self.call_timeout,
+            send_queue_bytes: self.send_queue_bytes,
+            slow_consumer: self.slow_consumer,
+            counters: self.counters.clone(),
+        })
+    }
+
+    /// The engine that runs `conn` over a transport's packets.
+    pub(crate) fn engine(
+        &self,
+        conn: Conn,
+        outbox: Outbox,
+        reader: PacketStream,
+        writer: PacketWriter,
+    ) -> Engine {
+        Engine {
+            conn,
+            outbox,
+            reader,
+            writer,
+            router: self.router.clone(),
+            config: self.config.clone(),
+            tasks: self.tasks.clone(),
+            draining: self.draining.clone(),
+        }
+    }
+}
+
+/// Everything one connection's engine needs.
+pub(crate) struct Engine {
+    pub(crate) conn: Conn,
+    outbox: Outbox,
+    reader: PacketStream,
+    writer: PacketWriter,
+    router: Router,
+    pub(crate) config: EngineConfig,
+    tasks: TaskTracker,
+    draining: CancellationToken,
 }
 
 /// What the read loop waits for before it reads again: room in the send queue for a reply,
@@ -110,10 +169,9 @@ fn reply(conn: &Conn, packet: Packet) -> Option<Parked> {
     }
 }
 
-/// What the decoded form of a packet's header costs to hold, roughly: each entry is two
-/// strings and their place in a list.
-fn header_cost(header: &Header) -> usize {
-    header.iter().map(|(k, v)| k.len() + v.len() + 48).sum()
+/// The engine's clock: tokio's, so tests that pause time pause the connection too.
+fn now() -> std::time::Instant {
+    Instant::now().into_std()
 }
 
 impl Engine {
@@ -142,22 +200,19 @@ impl Engine {
             stop_writer.clone(),
             failed,
         ));
+        let mut state = ConnState::new(&config, conn.counters().clone(), draining, now());
         // Made on the first notify: many connections never receive one, and idle ones
         // should not pay for a queue and a task.
         let mut events: Option<mpsc::Sender<Event>> = None;
-        let permits = Arc::new(Semaphore::new(config.max_concurrent_requests));
-        let counters = conn.counters().clone();
-        let in_flight = counters.in_flight.clone();
-        let conn_in_flight = Arc::new(InFlight::new(config.conn_in_flight_bytes));
         let mut parked: Option<Parked> = None;
         let mut since_yield = 0;
 
-        let half = config.read_timeout / 2;
-        let mut last_read = Instant::now();
-        let mut pinged = false;
-        let heartbeat = sleep_until(last_read + half);
+        // Two timers for the state's two deadlines: the close grace is watched before
+        // reading (a peer that floods cannot hold a closing connection open), the heartbeat
+        // after it. Each is re-armed only when its deadline moves, which packets never do.
+        let mut heartbeat_at = state.heartbeat_at();
+        let heartbeat = sleep_until(Instant::from_std(heartbeat_at));
         tokio::pin!(heartbeat);
-        let mut closing_since: Option<Instant> = None;
         let grace = sleep_until(Instant::now() + Duration::from_secs(86_400));
         tokio::pin!(grace);
         // Made once, not per packet: each one registers with its token when polled.
@@ -165,198 +220,100 @@ impl Engine {
         tokio::pin!(close_requested);
 
         let ending = loop {
-            tokio::select! {
+            let action = tokio::select! {
                 biased;
-                _ = &mut close_requested, if closing_since.is_none() => {
-                    let status = requested(&conn);
-                    // A Close costs no room: it gets through a full queue.
-                    let _ = conn.try_send(Packet::close(status.code(), status.message()));
-                    closing_since = Some(Instant::now());
-                    grace.as_mut().reset(Instant::now() + config.close_grace);
+                _ = &mut close_requested, if !state.is_closing() => {
+                    let action = state.close(now(), requested(&conn));
+                    if let Some(deadline) = state.close_deadline() {
+                        grace.as_mut().reset(Instant::from_std(deadline));
+                    }
+                    action
                 }
-                _ = &mut grace, if closing_since.is_some() => {
-                    break Ending { status: requested(&conn), send_close: false };
-                }
+                _ = &mut grace, if state.is_closing() => state.handle_timeout(now()),
                 failed = &mut write_failed => {
                     let status = failed
                         .unwrap_or_else(|_| Status::network_error("cannot write to the connection"));
-                    break Ending { status, send_close: false };
+                    Action::End(state.handle_write_failed(status))
                 }
                 queued = unpark(&mut parked), if parked.is_some() => {
                     parked = None;
-                    if let Err(status) = queued {
-                        break Ending { status, send_close: false };
+                    match queued {
+                        Ok(()) => {
+                            state.resume_reading(now());
+                            Action::Idle
+                        }
+                        Err(status) => Action::End(state.handle_write_failed(status)),
                     }
-                    // The time spent not reading was this side's doing, not the peer's.
-                    last_read = Instant::now();
-                    pinged = false;
-                    heartbeat.as_mut().reset(last_read + half);
                 }
-                item = reader.next(), if parked.is_none() => {
-                    let packet = match item {
-                        Some(Ok(packet)) => packet,
-                        Some(Err(status)) => {
-                            // A network error cannot be answered; bad bytes get a Close.
-                            let send_close = status.code() != Code::NetworkError;
-                            if send_close {
-                                tracing::debug!(conn = conn.id(), %status, "closing on bad input");
-                            }
-                            break Ending { status, send_close };
+                item = reader.next(), if parked.is_none() => match item {
+                    Some(Ok(packet)) => {
+                        since_yield += 1;
+                        if since_yield == YIELD_EVERY {
+                            since_yield = 0;
+                            tokio::task::yield_now().await;
                         }
-                        None if closing_since.is_some() => {
-                            break Ending { status: requested(&conn), send_close: false };
+                        state.handle_packet(now(), packet)
+                    }
+                    Some(Err(status)) => {
+                        if status.code() != Code::NetworkError {
+                            tracing::debug!(conn = conn.id(), %status, "closing on bad input");
                         }
-                        None => {
+                        Action::End(state.handle_read_end(Some(status)))
+                    }
+                    None => Action::End(state.handle_read_end(None)),
+                },
+                _ = &mut heartbeat => state.handle_timeout(now()),
+            };
+            match action {
+                Action::Idle => {}
+                Action::Reply(packet) => parked = reply(&conn, packet),
+                Action::Signal(packet) => {
+                    // A Ping or a Close costs no room: it gets through a full queue.
+                    let _ = conn.try_send(packet);
+                }
+                Action::Handle(request, held) => handle(&conn, &router, &tasks, request, held),
+                Action::Deliver(notify, held) => {
+                    let target = router.target(&notify.action);
+                    let ctx =
+                        Context::new(conn.clone(), notify.action, target.method, notify.header);
+                    let queue = events.get_or_insert_with(|| {
+                        let (queue, rx) = mpsc::channel(config.event_queue.max(1));
+                        // Not awaited when the connection ends: listeners still
+                        // queued run on without holding the connection open.
+                        tokio::spawn(event_loop(rx, router.clone()));
+                        queue
+                    });
+                    match queue.try_send((target, ctx, notify.payload, held)) {
+                        Ok(()) => {}
+                        // Listeners fall behind: stop reading until they catch up,
+                        // while heartbeat and close go on.
+                        Err(mpsc::error::TrySendError::Full(event)) => {
+                            let queue = queue.clone();
+                            parked = Some(Box::pin(async move {
+                                queue.send(event).await.map_err(|_| listeners_gone())
+                            }));
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => {
                             break Ending {
-                                status: Status::network_error("connection closed by the peer"),
+                                status: listeners_gone(),
                                 send_close: true,
                             };
                         }
-                    };
-                    last_read = Instant::now();
-                    pinged = false;
-                    since_yield += 1;
-                    if since_yield == YIELD_EVERY {
-                        since_yield = 0;
-                        tokio::task::yield_now().await;
-                    }
-                    match packet {
-                        Packet::Ping => parked = reply(&conn, Packet::Pong),
-                        Packet::Pong => {}
-                        Packet::Request(request) => {
-                            if draining.is_cancelled() {
-                                parked = reply(&conn, error_response(
-                                    request.mid,
-                                    Status::server_shutdown("the server is shutting down"),
-                                ));
-                                continue;
-                            }
-                            let Ok(permit) = permits.clone().try_acquire_owned() else {
-                                Counters::count(&counters.requests_rejected);
-                                parked = reply(&conn, error_response(
-                                    request.mid,
-                                    Status::too_many_requests(format!(
-                                        "more than {} requests in flight on this connection",
-                                        config.max_concurrent_requests
-                                    )),
-                                ));
-                                continue;
-                            };
-                            let cost = request.payload.len() + header_cost(&request.header);
-                            let reservation = match reserve(&conn_in_flight, &in_flight, cost) {
-                                Ok(reservation) => reservation,
-                                Err(status) => {
-                                    Counters::count(&counters.requests_shed);
-                                    parked = reply(&conn, error_response(request.mid, status));
-                                    continue;
-                                }
-                            };
-                            let target = router.target(&request.action);
-                            let ctx = Context::new(
-                                conn.clone(),
-                                request.action,
-                                target.method,
-                                request.header,
-                            );
-                            let router = router.clone();
-                            // Tracked from the start, not from `spawn`: a shutdown that looks
-                            // while the handler runs inline must wait for it.
-                            let tracked = tasks.token();
-                            let mut handling = Box::pin(async move {
-                                let _tracked = tracked;
-                                let outcome = crate::telemetry::observe_call(target.method, router.handle_request(target, &ctx, request.payload)).await;
-                                let header = ctx.take_response_header();
-                                let response = match outcome {
-                                    Ok(payload) => Packet::Response(Response {
-                                        mid: request.mid,
-                                        status: Code::Ok,
-                                        header,
-                                        payload,
-                                    }),
-                                    Err(status) => with_header(error_response(request.mid, status), header),
-                                };
-                                let _ = ctx.conn().send(response).await;
-                                // Held until the answer is queued: a handler waiting for room
-                                // still holds what it was sent.
-                                drop((reservation, permit));
-                            });
-                            // Most handlers answer without waiting: run them here until their
-                            // first await, and give only the ones that wait a task of their own.
-                            let mut inline = std::task::Context::from_waker(std::task::Waker::noop());
-                            if handling.as_mut().poll(&mut inline).is_pending() {
-                                tasks.spawn(handling);
-                            }
-                        }
-                        Packet::Notify(notify) => {
-                            let cost = notify.payload.len() + header_cost(&notify.header);
-                            let reservation = match reserve(&conn_in_flight, &in_flight, cost) {
-                                Ok(reservation) => reservation,
-                                Err(status) => {
-                                    Counters::count(&counters.requests_shed);
-                                    tracing::debug!(conn = conn.id(), %status, "dropping a notify");
-                                    continue;
-                                }
-                            };
-                            let target = router.target(&notify.action);
-                            let ctx = Context::new(conn.clone(), notify.action, target.method, notify.header);
-                            let queue = events.get_or_insert_with(|| {
-                                let (queue, rx) = mpsc::channel(config.event_queue.max(1));
-                                // Not awaited when the connection ends: listeners still
-                                // queued run on without holding the connection open.
-                                tokio::spawn(event_loop(rx, router.clone()));
-                                queue
-                            });
-                            match queue.try_send((target, ctx, notify.payload, reservation)) {
-                                Ok(()) => {}
-                                // Listeners fall behind: stop reading until they catch up,
-                                // while heartbeat and close go on.
-                                Err(mpsc::error::TrySendError::Full(event)) => {
-                                    let queue = queue.clone();
-                                    parked = Some(Box::pin(async move {
-                                        queue.send(event).await.map_err(|_| listeners_gone())
-                                    }));
-                                }
-                                Err(mpsc::error::TrySendError::Closed(_)) => {
-                                    break Ending { status: listeners_gone(), send_close: true };
-                                }
-                            }
-                        }
-                        Packet::Response(response) => {
-                            if !lock(&conn.shared.pending).complete(response) {
-                                tracing::trace!(conn = conn.id(), "dropping a response nobody waits for");
-                            }
-                        }
-                        Packet::Close(close) => {
-                            let status = Status::new(close.status, close.reason);
-                            break Ending { status, send_close: closing_since.is_none() };
-                        }
                     }
                 }
-                _ = &mut heartbeat => {
-                    if parked.is_some() {
-                        // Not reading is this side's backpressure, so silence proves nothing;
-                        // Pings still go out, and a peer that is gone fails the writer.
-                        let _ = conn.try_send(Packet::Ping);
-                        heartbeat.as_mut().reset(Instant::now() + half);
-                        continue;
+                Action::Complete(response) => {
+                    if !lock(&conn.shared.pending).complete(response) {
+                        tracing::trace!(conn = conn.id(), "dropping a response nobody waits for");
                     }
-                    let silent = last_read.elapsed();
-                    if silent >= config.read_timeout {
-                        break Ending {
-                            status: Status::network_error(format!(
-                                "no packet received for {:?}",
-                                config.read_timeout
-                            )),
-                            send_close: true,
-                        };
-                    }
-                    if silent >= half && !pinged {
-                        let _ = conn.try_send(Packet::Ping);
-                        pinged = true;
-                    }
-                    let next = if pinged { last_read + config.read_timeout } else { last_read + half };
-                    heartbeat.as_mut().reset(next);
                 }
+                Action::End(ending) => break ending,
+            }
+            if parked.is_some() && !state.is_reading_paused() {
+                state.pause_reading();
+            }
+            if state.heartbeat_at() != heartbeat_at {
+                heartbeat_at = state.heartbeat_at();
+                heartbeat.as_mut().reset(Instant::from_std(heartbeat_at));
             }
         };
 
@@ -367,25 +324,44 @@ impl Engine {
     }
 }
 
-/// Reserves a packet's bytes in the connection's budget, then in the server's.
-fn reserve(
-    conn: &Arc<InFlight>,
-    server: &Arc<InFlight>,
-    bytes: usize,
-) -> Result<(Reservation, Reservation), Status> {
-    let mine = conn.reserve(bytes).ok_or_else(|| {
-        Status::too_many_requests(format!(
-            "this connection holds its limit of {} request bytes in flight",
-            conn.limit()
-        ))
-    })?;
-    let all = server.reserve(bytes).ok_or_else(|| {
-        Status::too_many_requests(format!(
-            "the server holds its limit of {} request bytes in flight",
-            server.limit()
-        ))
-    })?;
-    Ok((mine, all))
+/// Runs a request's handler; `held` (its slot and bytes) is given back once it has answered.
+fn handle(conn: &Conn, router: &Router, tasks: &TaskTracker, request: Request, held: Held) {
+    let target = router.target(&request.action);
+    let ctx = Context::new(conn.clone(), request.action, target.method, request.header);
+    let router = router.clone();
+    // Tracked from the start, not from `spawn`: a shutdown that looks while the handler runs
+    // inline must wait for it.
+    let tracked = tasks.token();
+    let mid = request.mid;
+    let payload = request.payload;
+    let mut handling = Box::pin(async move {
+        let _tracked = tracked;
+        let outcome = crate::telemetry::observe_call(
+            target.method,
+            router.handle_request(target, &ctx, payload),
+        )
+        .await;
+        let header = ctx.take_response_header();
+        let response = match outcome {
+            Ok(payload) => Packet::Response(Response {
+                mid,
+                status: Code::Ok,
+                header,
+                payload,
+            }),
+            Err(status) => with_header(error_response(mid, status), header),
+        };
+        let _ = ctx.conn().send(response).await;
+        // Held until the answer is queued: a handler waiting for room still holds what it
+        // was sent.
+        drop(held);
+    });
+    // Most handlers answer without waiting: run them here until their first await, and give
+    // only the ones that wait a task of their own.
+    let mut inline = std::task::Context::from_waker(std::task::Waker::noop());
+    if handling.as_mut().poll(&mut inline).is_pending() {
+        tasks.spawn(handling);
+    }
 }
 
 fn listeners_gone() -> Status {
@@ -398,20 +374,6 @@ fn requested(conn: &Conn) -> Status {
         .get()
         .cloned()
         .unwrap_or_else(|| Status::new(Code::Ok, ""))
-}
-
-fn error_response(mid: u16, status: Status) -> Packet {
-    // A handler that fails with `Ok` still failed.
-    let code = match status.code() {
-        Code::Ok => Code::Unknown,
-        code => code,
-    };
-    Packet::Response(Response {
-        mid,
-        status: code,
-        header: Header::new(),
-        payload: Bytes::from(status.message().to_owned()),
-    })
 }
 
 fn with_header(mut packet: Packet, header: Header) -> Packet {
@@ -497,8 +459,8 @@ async fn write_loop(
     }
 }
 
-/// A notify on its way to its listeners, with the bytes it holds in the server's budget.
-type Event = (Target, Context, Bytes, (Reservation, Reservation));
+/// A notify on its way to its listeners, with the bytes it holds in the budgets.
+type Event = (Target, Context, Bytes, Held);
 
 /// Runs notifies through listeners one at a time, in the order they arrived.
 async fn event_loop(mut events: mpsc::Receiver<Event>, router: Router) {

@@ -8,16 +8,21 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+#[cfg(feature = "gzip")]
 use async_compression::tokio::write::GzipEncoder;
-use bytes::{Bytes, BytesMut};
-use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
+use bytes::BytesMut;
+use futures_util::Stream;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+#[cfg(feature = "gzip")]
+use tokio::io::{AsyncReadExt, BufReader};
 use tokio_util::codec::FramedRead;
 
 use crate::Status;
 use crate::telemetry::Counted;
+#[cfg(feature = "ws")]
+use crate::transport::ws::WsWriter;
 use crate::wire::{BufferBudget, Limits, Packet, PacketCodec};
+#[cfg(feature = "gzip")]
 use inflate::BoundedGzip;
 pub(crate) use inflate::InflationLimit;
 
@@ -25,7 +30,6 @@ pub(crate) use inflate::InflationLimit;
 pub(crate) type PacketStream = Pin<Box<dyn Stream<Item = Result<Packet, Status>> + Send>>;
 
 type BoxWrite = Pin<Box<dyn AsyncWrite + Send>>;
-type WsSink = Pin<Box<dyn Sink<WsMessage, Error = tungstenite::Error> + Send>>;
 
 /// How packets travel in WebSocket messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -53,13 +57,18 @@ pub(crate) struct ReadLimits {
     pub(crate) wire: Limits,
     /// Shared by a server's connections, for large packets still being received.
     pub(crate) buffered: Option<Arc<BufferBudget>>,
+    #[cfg_attr(not(feature = "gzip"), allow(dead_code))]
     pub(crate) inflation: InflationLimit,
 }
 
 /// Where the engine writes packets.
 pub(crate) enum PacketWriter {
-    Stream { io: BoxWrite, buf: BytesMut },
-    WebSocket { sink: WsSink, format: PacketFormat },
+    Stream {
+        io: BoxWrite,
+        buf: BytesMut,
+    },
+    #[cfg(feature = "ws")]
+    WebSocket(WsWriter),
 }
 
 /// The read buffer a byte stream starts with. Idle connections are the common case on a
@@ -90,7 +99,7 @@ impl From<WriteError> for Status {
 
 /// One step of a write, which fails when it makes no progress for `stall`. Timing each step
 /// rather than the whole batch lets a slow but steady peer receive a large packet.
-async fn step<T, E: Into<Status>>(
+pub(crate) async fn step<T, E: Into<Status>>(
     stall: Duration,
     step: impl Future<Output = Result<T, E>>,
 ) -> Result<T, WriteError> {
@@ -130,24 +139,8 @@ impl PacketWriter {
                     *buf = BytesMut::new();
                 }
             }
-            PacketWriter::WebSocket { sink, format } => {
-                for packet in packets {
-                    let mut out = BytesMut::new();
-                    let message = match format {
-                        PacketFormat::Binary => {
-                            packet.encode_message(&mut out);
-                            WsMessage::Binary(out.freeze())
-                        }
-                        PacketFormat::Text => {
-                            packet.encode_text(&mut out);
-                            text_message(out.freeze()).map_err(WriteError::Failed)?
-                        }
-                    };
-                    crate::telemetry::bytes_sent(message.len());
-                    step(stall, async { sink.feed(message).await.map_err(ws_error) }).await?;
-                }
-                step(stall, async { sink.flush().await.map_err(ws_error) }).await?;
-            }
+            #[cfg(feature = "ws")]
+            PacketWriter::WebSocket(ws) => ws.write_batch(packets, stall).await?,
         }
         Ok(())
     }
@@ -158,21 +151,10 @@ impl PacketWriter {
             PacketWriter::Stream { io, .. } => {
                 let _ = io.shutdown().await;
             }
-            PacketWriter::WebSocket { sink, .. } => {
-                let _ = sink.close().await;
-            }
+            #[cfg(feature = "ws")]
+            PacketWriter::WebSocket(ws) => ws.shutdown().await,
         }
     }
-}
-
-fn text_message(bytes: Bytes) -> Result<WsMessage, Status> {
-    tungstenite::Utf8Bytes::try_from(bytes)
-        .map(WsMessage::Text)
-        .map_err(|_| Status::bad_request("text packets need UTF-8 payloads (use the JSON codec)"))
-}
-
-pub(crate) fn ws_error(error: tungstenite::Error) -> Status {
-    Status::network_error(format!("websocket: {error}"))
 }
 
 /// A byte-stream transport: packets framed by [`PacketCodec`], optionally inside one gzip
@@ -191,67 +173,32 @@ where
 {
     let (reader, writer) = (Counted::new(reader), Counted::new(writer));
     let codec = PacketCodec::with_limits(limits.wire).with_budget(limits.buffered.clone());
+    #[cfg(feature = "gzip")]
     if gzip {
         let compressed = BufReader::new(std::io::Cursor::new(leftover).chain(reader));
         let plain = BoundedGzip::new(compressed, limits.inflation);
         let packets = FramedRead::with_capacity(plain, codec, READ_BUFFER);
         let io: BoxWrite = Box::pin(GzipEncoder::new(writer));
-        (
+        return (
             Box::pin(packets),
             PacketWriter::Stream {
                 io,
                 buf: BytesMut::new(),
             },
-        )
-    } else {
-        let mut packets = FramedRead::with_capacity(reader, codec, READ_BUFFER);
-        packets.read_buffer_mut().extend_from_slice(&leftover);
-        let io: BoxWrite = Box::pin(writer);
-        (
-            Box::pin(packets),
-            PacketWriter::Stream {
-                io,
-                buf: BytesMut::new(),
-            },
-        )
+        );
     }
-}
-
-/// A WebSocket transport: one packet per message. Text packets are accepted in binary
-/// messages too, as the Go server sends them that way.
-pub(crate) fn websocket<S>(
-    socket: S,
-    format: PacketFormat,
-    limits: Limits,
-) -> (PacketStream, PacketWriter)
-where
-    S: Stream<Item = Result<WsMessage, tungstenite::Error>>
-        + Sink<WsMessage, Error = tungstenite::Error>
-        + Send
-        + 'static,
-{
-    let (sink, stream) = socket.split();
-    let packets = stream
-        .inspect(|message| {
-            crate::telemetry::bytes_received(message.as_ref().map_or(0, WsMessage::len))
-        })
-        .take_while(|message| std::future::ready(!matches!(message, Ok(WsMessage::Close(_)))))
-        .filter_map(move |message| {
-            std::future::ready(match message {
-                Ok(WsMessage::Binary(bytes)) if format == PacketFormat::Binary => {
-                    Some(Packet::decode_message(bytes, limits))
-                }
-                Ok(WsMessage::Binary(bytes)) => Some(Packet::decode_text(bytes, limits)),
-                Ok(WsMessage::Text(text)) => Some(Packet::decode_text(Bytes::from(text), limits)),
-                Ok(_) => None,
-                Err(error) => Some(Err(ws_error(error))),
-            })
-        });
+    // Without the feature gzip is never agreed on: the client does not ask for it and refuses a
+    // server that picks it anyway.
+    #[cfg(not(feature = "gzip"))]
+    let _ = gzip;
+    let mut packets = FramedRead::with_capacity(reader, codec, READ_BUFFER);
+    packets.read_buffer_mut().extend_from_slice(&leftover);
+    let io: BoxWrite = Box::pin(writer);
     (
         Box::pin(packets),
-        PacketWriter::WebSocket {
-            sink: Box::pin(sink),
-            format,
+        PacketWriter::Stream {
+            io,
+            buf: BytesMut::new(),
         },
     )
 }

@@ -9,6 +9,7 @@ mod engine;
 mod extensions;
 pub(crate) mod io;
 mod pending;
+mod state;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -24,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 pub(crate) use budget::InFlight;
 use budget::queue_cost;
 pub use call::{CallOptions, Caller};
-pub(crate) use engine::{Engine, EngineConfig};
+pub(crate) use engine::{Engine, EngineConfig, Host};
 use extensions::Extensions;
 pub use io::PacketFormat;
 use pending::Pending;
@@ -32,6 +33,7 @@ use pending::Pending;
 use crate::broadcast::SlowConsumer;
 use crate::codec::{Codec, Message};
 use crate::stats::Counters;
+use crate::sync::lock;
 use crate::wire::{Action, Header, Notify, Packet, Request, Response};
 use crate::{Code, Method, Status};
 
@@ -107,11 +109,6 @@ pub(crate) enum Refused {
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Nothing panics while these locks are held; a poisoned one is still consistent.
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 impl Conn {
     pub(crate) fn new(parts: ConnParts) -> (Conn, Outbox) {

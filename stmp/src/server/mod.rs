@@ -3,39 +3,31 @@
 
 mod admission;
 mod negotiate;
-pub(crate) mod ws;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::adapter::{Adapter, LocalAdapter, Node};
 use crate::codec::{Codec, Codecs};
-use crate::conn::io::{InflationLimit, PacketStream, PacketWriter, ReadLimits, byte_stream};
-use crate::conn::{ConnParts, DEFAULT_SEND_QUEUE_BYTES, Engine, EngineConfig, Outbox, Side};
+use crate::conn::io::{InflationLimit, PacketStream, PacketWriter, ReadLimits};
+use crate::conn::{DEFAULT_SEND_QUEUE_BYTES, EngineConfig, Host, Outbox, Side};
 use crate::router::BoxFuture;
 use crate::stats::{Counters, ServerStats};
-use crate::wire::{
-    BufferBudget, ClientHandshake, DEFAULT_MAX_PACKET_SIZE, Header, Limits, ServerHandshake,
-    Version,
-};
+use crate::wire::{BufferBudget, DEFAULT_MAX_PACKET_SIZE, Header, Limits, Version};
 use crate::{Code, Conn, ConnSet, Rooms, Router, Service, SlowConsumer, Status, Users};
 pub use admission::raise_fd_limit;
-use admission::{AcceptBackoff, Admission, Refusal, Slot, Ticket};
+pub(crate) use admission::{AcceptBackoff, Admission, Refusal, Slot, Ticket};
 pub(crate) use negotiate::{Agreement, Transport, negotiate};
-pub(crate) use ws::ws_config;
 
 /// Limit of a client handshake's header + message: far above any real one, far below what
 /// an unauthenticated peer may make the server buffer.
-const MAX_HANDSHAKE_SIZE: usize = 64 << 10;
+pub(crate) const MAX_HANDSHAKE_SIZE: usize = 64 << 10;
 
 type Authenticate = Arc<dyn Fn(Conn) -> BoxFuture<'static, Result<(), Status>> + Send + Sync>;
 type ConnHook = Arc<dyn Fn(&Conn, &Status) + Send + Sync>;
@@ -60,28 +52,28 @@ type ConnHook = Arc<dyn Fn(&Conn, &Status) + Send + Sync>;
 ///     .build();
 /// ```
 pub struct ServerBuilder {
-    router: Router,
-    codecs: Codecs,
-    engine: EngineConfig,
-    handshake_timeout: Duration,
-    max_connections: usize,
-    max_handshaking: usize,
-    authenticate_timeout: Duration,
-    raise_fd_limit: bool,
-    max_packet_size: usize,
-    max_header_size: usize,
-    max_header_entries: usize,
-    max_buffered_bytes: usize,
-    call_timeout: Duration,
-    gzip: bool,
-    inflation: InflationLimit,
-    send_queue_bytes: usize,
-    slow_consumer: SlowConsumer,
-    max_in_flight_bytes: usize,
-    authenticate: Option<Authenticate>,
-    on_close: Option<ConnHook>,
-    node: Arc<Node>,
-    adapter: Option<Box<dyn Adapter>>,
+    pub(crate) router: Router,
+    pub(crate) codecs: Codecs,
+    pub(crate) engine: EngineConfig,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) max_connections: usize,
+    pub(crate) max_handshaking: usize,
+    pub(crate) authenticate_timeout: Duration,
+    pub(crate) raise_fd_limit: bool,
+    pub(crate) max_packet_size: usize,
+    pub(crate) max_header_size: usize,
+    pub(crate) max_header_entries: usize,
+    pub(crate) max_buffered_bytes: usize,
+    pub(crate) call_timeout: Duration,
+    pub(crate) gzip: bool,
+    pub(crate) inflation: InflationLimit,
+    pub(crate) send_queue_bytes: usize,
+    pub(crate) slow_consumer: SlowConsumer,
+    pub(crate) max_in_flight_bytes: usize,
+    pub(crate) authenticate: Option<Authenticate>,
+    pub(crate) on_close: Option<ConnHook>,
+    pub(crate) node: Arc<Node>,
+    pub(crate) adapter: Option<Box<dyn Adapter>>,
 }
 
 impl Default for ServerBuilder {
@@ -341,16 +333,27 @@ impl ServerBuilder {
             buffered: Some(BufferBudget::new(self.max_buffered_bytes)),
             inflation: self.inflation,
         };
+        let counters = Counters::new(self.max_in_flight_bytes);
+        let host = Host {
+            side: Side::Server,
+            router: self.router.clone(),
+            config: self.engine.clone(),
+            call_timeout: self.call_timeout,
+            send_queue_bytes: self.send_queue_bytes,
+            slow_consumer: self.slow_consumer,
+            counters: counters.clone(),
+            tasks: TaskTracker::new(),
+            draining: CancellationToken::new(),
+        };
         Server {
             inner: Arc::new(Inner {
                 read_limits,
                 admission: Admission::new(self.max_connections, self.max_handshaking),
-                counters: Counters::new(self.max_in_flight_bytes),
+                counters,
+                host,
                 conns: self.node.everyone().clone(),
                 config: self,
                 stop_accepting: CancellationToken::new(),
-                draining: CancellationToken::new(),
-                handlers: TaskTracker::new(),
                 connections: TaskTracker::new(),
                 listeners: TaskTracker::new(),
             }),
@@ -362,31 +365,36 @@ impl ServerBuilder {
 /// TLS, QUIC). Cheap to clone.
 ///
 /// ```no_run
-/// # async fn run() -> std::io::Result<()> {
+/// # async fn run() -> Result<(), stmp::Status> {
 /// let server = stmp::Server::builder().build();
+/// // A failure to listen is a `Status` (a `NetworkError` whose source is the I/O error), as
+/// // a failure to connect is.
 /// let tcp = server.listen_tcp("127.0.0.1:5001").await?;
 /// let ws = server.listen_ws("127.0.0.1:5002", "/stmp").await?;
 /// println!("serving on tcp://{tcp} and ws://{ws}/stmp");
+/// // Returns once `shutdown` has started (another task calls it); connections may still be
+/// // draining then.
 /// server.closed().await;
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
 pub struct Server {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
-    config: ServerBuilder,
-    read_limits: ReadLimits,
-    admission: Arc<Admission>,
-    conns: ConnSet,
-    counters: Arc<Counters>,
-    stop_accepting: CancellationToken,
-    draining: CancellationToken,
-    handlers: TaskTracker,
-    connections: TaskTracker,
+pub(crate) struct Inner {
+    pub(crate) config: ServerBuilder,
+    pub(crate) read_limits: ReadLimits,
+    pub(crate) admission: Arc<Admission>,
+    pub(crate) conns: ConnSet,
+    pub(crate) counters: Arc<Counters>,
+    /// What every connection's engine gets: router, settings, the handlers' tracker (waited
+    /// for at shutdown) and the drain signal.
+    pub(crate) host: Host,
+    pub(crate) stop_accepting: CancellationToken,
+    pub(crate) connections: TaskTracker,
     /// Accept loops: once they end, their addresses are free again.
-    listeners: TaskTracker,
+    pub(crate) listeners: TaskTracker,
 }
 
 impl std::fmt::Debug for Server {
@@ -434,355 +442,6 @@ impl Server {
         self.inner.counters.snapshot(self.inner.conns.len())
     }
 
-    /// Listens for plain TCP; returns the bound address (use port 0 to let the OS pick).
-    pub async fn listen_tcp(&self, addr: impl ToSocketAddrs) -> std::io::Result<SocketAddr> {
-        self.listen(addr, |server, stream, remote, admitted| async move {
-            match admitted {
-                Ok(slot) => {
-                    let (reader, writer) = stream.into_split();
-                    server
-                        .serve_stream(reader, writer, remote, "tcp", slot)
-                        .await;
-                }
-                Err(refusal) => {
-                    let open = std::future::ready(Ok(stream));
-                    server.turn_away(open, refusal, Farewell::Handshake).await;
-                }
-            }
-        })
-        .await
-    }
-
-    /// Listens for TLS over TCP.
-    pub async fn listen_tls(
-        &self,
-        addr: impl ToSocketAddrs,
-        tls: Arc<rustls::ServerConfig>,
-    ) -> std::io::Result<SocketAddr> {
-        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-        self.listen(addr, move |server, stream, remote, admitted| {
-            let acceptor = acceptor.clone();
-            async move {
-                let slot = match admitted {
-                    Ok(slot) => slot,
-                    Err(refusal) => {
-                        let open = acceptor.accept(stream);
-                        return server.turn_away(open, refusal, Farewell::Handshake).await;
-                    }
-                };
-                let timeout = server.inner.config.handshake_timeout;
-                match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => {
-                        let (reader, writer) = tokio::io::split(tls);
-                        server
-                            .serve_stream(reader, writer, remote, "tls", slot)
-                            .await;
-                    }
-                    Ok(Err(error)) => tracing::debug!(%remote, %error, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
-                }
-            }
-        })
-        .await
-    }
-
-    /// Listens for WebSocket upgrades on `path` (other paths get 404).
-    pub async fn listen_ws(
-        &self,
-        addr: impl ToSocketAddrs,
-        path: &str,
-    ) -> std::io::Result<SocketAddr> {
-        let path: Arc<str> = Arc::from(path);
-        self.listen(addr, move |server, stream, remote, admitted| {
-            let path = path.clone();
-            async move {
-                match admitted {
-                    Ok(slot) => {
-                        server
-                            .serve_websocket(stream, remote, &path, "ws", slot)
-                            .await
-                    }
-                    Err(refusal) => {
-                        let open = std::future::ready(Ok(stream));
-                        server.turn_away(open, refusal, Farewell::Http).await;
-                    }
-                }
-            }
-        })
-        .await
-    }
-
-    /// Listens for WebSocket over TLS on `path`.
-    pub async fn listen_wss(
-        &self,
-        addr: impl ToSocketAddrs,
-        path: &str,
-        tls: Arc<rustls::ServerConfig>,
-    ) -> std::io::Result<SocketAddr> {
-        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-        let path: Arc<str> = Arc::from(path);
-        self.listen(addr, move |server, stream, remote, admitted| {
-            let acceptor = acceptor.clone();
-            let path = path.clone();
-            async move {
-                let slot = match admitted {
-                    Ok(slot) => slot,
-                    Err(refusal) => {
-                        let open = acceptor.accept(stream);
-                        return server.turn_away(open, refusal, Farewell::Http).await;
-                    }
-                };
-                let timeout = server.inner.config.handshake_timeout;
-                match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => {
-                        server
-                            .serve_websocket(tls, remote, &path, "wss", slot)
-                            .await
-                    }
-                    Ok(Err(error)) => tracing::debug!(%remote, %error, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
-                }
-            }
-        })
-        .await
-    }
-
-    /// Listens for QUIC (ALPN `stmp/1`) on a UDP address: one endpoint, one UDP port, serves
-    /// every client; each connection carries stmp on one bidirectional stream. The TLS
-    /// config must allow TLS 1.3 (the configs of [`tls::server_config`](crate::tls::server_config) do).
-    pub async fn listen_quic(
-        &self,
-        addr: impl ToSocketAddrs,
-        tls: Arc<rustls::ServerConfig>,
-    ) -> std::io::Result<SocketAddr> {
-        let config = crate::quic::server_config(&tls, self.inner.config.engine.read_timeout)
-            .map_err(|status| std::io::Error::new(std::io::ErrorKind::InvalidInput, status))?;
-        let addr = tokio::net::lookup_host(addr)
-            .await?
-            .next()
-            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address"))?;
-        let endpoint = quinn::Endpoint::server(config, addr)?;
-        let local = endpoint.local_addr()?;
-        let server = self.clone();
-        self.inner.listeners.spawn(async move {
-            loop {
-                let incoming = tokio::select! {
-                    _ = server.inner.stop_accepting.cancelled() => break,
-                    incoming = endpoint.accept() => incoming,
-                };
-                let Some(incoming) = incoming else { break };
-                match server.inner.admission.ticket() {
-                    Ticket::Serve(slot) => {
-                        server
-                            .inner
-                            .connections
-                            .spawn(server.clone().serve_quic(incoming, slot));
-                    }
-                    // QUIC refuses with one stateless packet: no task, no TLS handshake.
-                    Ticket::Refuse(refusal) => {
-                        let remote = incoming.remote_address();
-                        tracing::debug!(%remote, status = %refusal.status, "refusing a QUIC connection");
-                        incoming.refuse();
-                    }
-                    Ticket::Drop => incoming.ignore(),
-                }
-            }
-            tracing::debug!(%local, "QUIC listener stopped");
-            // Connections still open keep the endpoint's socket until they end.
-            endpoint.wait_idle().await;
-        });
-        tracing::info!(%local, "listening (QUIC)");
-        Ok(local)
-    }
-
-    async fn serve_quic(self, incoming: quinn::Incoming, slot: Slot) {
-        let remote = incoming.remote_address();
-        let timeout = self.inner.config.handshake_timeout;
-        let opened = tokio::time::timeout(timeout, async {
-            let connection = incoming.accept()?.await?;
-            let (send, recv) = connection.accept_bi().await?;
-            Ok::<_, quinn::ConnectionError>((connection, send, recv))
-        })
-        .await;
-        let (connection, send, recv) = match opened {
-            Ok(Ok(opened)) => opened,
-            Ok(Err(error)) => return tracing::debug!(%remote, %error, "QUIC handshake failed"),
-            Err(_) => return tracing::debug!(%remote, "QUIC handshake timed out"),
-        };
-        self.serve_stream(recv, send, remote, "quic", slot).await;
-        // Let the peer read the last packets (its Close) before the connection goes.
-        let grace = self.inner.config.engine.close_grace;
-        let _ = tokio::time::timeout(grace, connection.closed()).await;
-        connection.close(0u32.into(), b"");
-    }
-
-    /// Binds `addr` and accepts until shutdown, handing each socket to `serve` with its
-    /// admission: a slot that counts it, or the refusal it is owed.
-    async fn listen<F, Fut>(
-        &self,
-        addr: impl ToSocketAddrs,
-        serve: F,
-    ) -> std::io::Result<SocketAddr>
-    where
-        F: Fn(Server, TcpStream, SocketAddr, Result<Slot, Refusal>) -> Fut + Send + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
-        let listener = TcpListener::bind(addr).await?;
-        let local = listener.local_addr()?;
-        let server = self.clone();
-        self.inner.listeners.spawn(async move {
-            let mut backoff = AcceptBackoff::default();
-            loop {
-                let accepted = tokio::select! {
-                    _ = server.inner.stop_accepting.cancelled() => break,
-                    accepted = listener.accept() => accepted,
-                };
-                match accepted {
-                    Ok((stream, remote)) => {
-                        backoff.accepted();
-                        let admitted = match server.inner.admission.ticket() {
-                            Ticket::Serve(slot) => Ok(slot),
-                            Ticket::Refuse(refusal) => Err(refusal),
-                            Ticket::Drop => {
-                                tracing::debug!(%remote, "over the limit, too many refusals in flight: closed");
-                                continue;
-                            }
-                        };
-                        let _ = stream.set_nodelay(true);
-                        server
-                            .inner
-                            .connections
-                            .spawn(serve(server.clone(), stream, remote, admitted));
-                    }
-                    Err(error) => {
-                        let failure = backoff.failed(&error, Instant::now());
-                        match failure.warn {
-                            Some(unwarned) => {
-                                tracing::warn!(%local, %error, unwarned, pause = ?failure.pause, "accept failed")
-                            }
-                            None => tracing::debug!(%local, %error, "accept failed"),
-                        }
-                        let Some(pause) = failure.pause else { continue };
-                        tokio::select! {
-                            _ = server.inner.stop_accepting.cancelled() => break,
-                            _ = tokio::time::sleep(pause) => {}
-                        }
-                    }
-                }
-            }
-            tracing::debug!(%local, "listener stopped");
-        });
-        tracing::info!(%local, "listening");
-        Ok(local)
-    }
-
-    /// Runs the handshake on a byte stream, then the connection.
-    pub(crate) async fn serve_stream<R, W>(
-        &self,
-        mut reader: R,
-        mut writer: W,
-        remote: SocketAddr,
-        transport_name: &'static str,
-        mut slot: Slot,
-    ) where
-        R: AsyncRead + Send + Unpin + 'static,
-        W: AsyncWrite + Send + Unpin + 'static,
-    {
-        let config = &self.inner.config;
-        let mut buffer = BytesMut::with_capacity(512);
-        let hello = tokio::time::timeout(
-            config.handshake_timeout,
-            read_client_handshake(
-                &mut reader,
-                &mut buffer,
-                config
-                    .wire_limits()
-                    .with_max_packet_size(MAX_HANDSHAKE_SIZE),
-            ),
-        )
-        .await;
-        let hello = match hello {
-            Ok(Ok(hello)) => hello,
-            Ok(Err(status)) => {
-                tracing::debug!(%remote, %status, "bad client handshake");
-                if status.code() != Code::NetworkError {
-                    refuse(&mut writer, &status).await;
-                }
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(%remote, "client handshake timed out");
-                return;
-            }
-        };
-        let transport = Transport::Stream {
-            gzip_allowed: config.gzip,
-        };
-        let agreement = match self.admit(hello.version, &hello.header, transport) {
-            Ok(agreement) => agreement,
-            Err(status) => return refuse(&mut writer, &status).await,
-        };
-        let (conn, outbox) = self.new_conn(
-            Some(remote),
-            transport_name,
-            hello.header,
-            agreement.codec.clone(),
-        );
-        if let Err(status) = self.authenticate(&conn).await {
-            conn.mark_closed(&status);
-            return refuse(&mut writer, &status).await;
-        }
-        let mut out = BytesMut::new();
-        ServerHandshake::ok(agreement.header).encode(&mut out);
-        if writer.write_all(&out).await.is_err() || writer.flush().await.is_err() {
-            conn.mark_closed(&Status::network_error(
-                "connection lost during the handshake",
-            ));
-            return;
-        }
-        slot.handshaken();
-        let (packets, packet_writer) = byte_stream(
-            reader,
-            writer,
-            buffer,
-            &self.inner.read_limits,
-            agreement.gzip,
-        );
-        self.run(conn, outbox, packets, packet_writer).await;
-        // The slot is held until the connection's socket is gone.
-        drop(slot);
-    }
-
-    /// Turns away a socket over the limits: opens it (a TLS handshake, or nothing), sends the
-    /// refusal and waits for the client to close, all within a short time; the refusal's
-    /// place among the bounded refusals in flight is held until then.
-    async fn turn_away<S, F>(&self, open: F, refusal: Refusal, farewell: Farewell)
-    where
-        F: Future<Output = std::io::Result<S>>,
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
-        let status = &refusal.status;
-        tracing::debug!(%status, "refusing a connection over the limits");
-        let mut message = BytesMut::new();
-        match farewell {
-            Farewell::Handshake => ServerHandshake::refuse(status).encode(&mut message),
-            Farewell::Http => message.extend_from_slice(http_refusal(status).as_bytes()),
-        }
-        let limit = self.inner.config.handshake_timeout.min(REFUSAL_TIME);
-        let _ = tokio::time::timeout(limit, async {
-            let mut stream = open.await?;
-            stream.write_all(&message).await?;
-            stream.shutdown().await?;
-            // Closing with the client's bytes unread would reset the connection, and the
-            // client could lose the refusal with it: read until the client closes.
-            let mut sink = [0u8; 512];
-            while stream.read(&mut sink).await? > 0 {}
-            Ok::<_, std::io::Error>(())
-        })
-        .await;
-        drop(refusal);
-    }
-
     /// Version, codec and limits (the connection count is taken at accept).
     pub(crate) fn admit(
         &self,
@@ -796,6 +455,32 @@ impl Server {
         negotiate(version, header, &self.inner.config.codecs, transport)
     }
 
+    /// What every transport's handshake shares once the client's handshake is read: admission
+    /// (version, codec, limits), the connection, and the authenticate hook. An `Err` is the
+    /// refusal the transport sends in its own framing; whatever authentication attached to
+    /// the connection is cleaned up first.
+    pub(crate) async fn establish(
+        &self,
+        version: Version,
+        header: Header,
+        transport: Transport,
+        remote: SocketAddr,
+        transport_name: &'static str,
+    ) -> Result<(Conn, Outbox, Agreement), Status> {
+        let agreement = self.admit(version, &header, transport)?;
+        let (conn, outbox) = self.new_conn(
+            Some(remote),
+            transport_name,
+            header,
+            agreement.codec.clone(),
+        );
+        if let Err(status) = self.authenticate(&conn).await {
+            conn.mark_closed(&status);
+            return Err(status);
+        }
+        Ok((conn, outbox, agreement))
+    }
+
     pub(crate) fn new_conn(
         &self,
         remote: Option<SocketAddr>,
@@ -803,18 +488,7 @@ impl Server {
         peer_header: Header,
         codec: Codec,
     ) -> (Conn, Outbox) {
-        let config = &self.inner.config;
-        Conn::new(ConnParts {
-            side: Side::Server,
-            remote_addr: remote,
-            transport,
-            peer_header,
-            codec,
-            default_timeout: config.call_timeout,
-            send_queue_bytes: config.send_queue_bytes,
-            slow_consumer: config.slow_consumer,
-            counters: self.inner.counters.clone(),
-        })
+        self.inner.host.conn(remote, transport, peer_header, codec)
     }
 
     /// Runs the authenticate hook within its time limit.
@@ -848,19 +522,12 @@ impl Server {
             conn: &conn,
         };
         tracing::debug!(conn = conn.id(), remote = ?conn.remote_addr(), codec = ?conn.codec(), "connection open");
-        Engine {
-            conn: conn.clone(),
-            outbox,
-            reader,
-            writer,
-            router: config.router.clone(),
-            config: config.engine.clone(),
-            tasks: self.inner.handlers.clone(),
-            draining: self.inner.draining.clone(),
-        }
-        .run()
-        .instrument(crate::telemetry::conn_span(&conn))
-        .await;
+        self.inner
+            .host
+            .engine(conn.clone(), outbox, reader, writer)
+            .run()
+            .instrument(crate::telemetry::conn_span(&conn))
+            .await;
         self.inner.conns.remove(&conn);
         crate::telemetry::connection_closed(&conn);
         if let Some(hook) = &config.on_close {
@@ -884,10 +551,10 @@ impl Server {
     pub async fn shutdown(&self, deadline: Duration) {
         tracing::info!(connections = self.inner.conns.len(), "shutting down");
         // Draining first: once `closed()` wakes anyone, new requests are already refused.
-        self.inner.draining.cancel();
+        self.inner.host.draining.cancel();
         self.inner.stop_accepting.cancel();
-        self.inner.handlers.close();
-        if tokio::time::timeout(deadline, self.inner.handlers.wait())
+        self.inner.host.tasks.close();
+        if tokio::time::timeout(deadline, self.inner.host.tasks.wait())
             .await
             .is_err()
         {
@@ -911,26 +578,6 @@ impl Server {
     }
 }
 
-/// Time to spend on telling an over-limit client no, at most.
-const REFUSAL_TIME: Duration = Duration::from_secs(3);
-
-/// The form of a refusal at accept: an stmp handshake, or an HTTP answer to a WebSocket
-/// upgrade (cheaper than the upgrade, and what proxies and browsers understand).
-enum Farewell {
-    Handshake,
-    Http,
-}
-
-/// `503 Service Unavailable` with the status's message as its body.
-fn http_refusal(status: &Status) -> String {
-    let body = status.message();
-    format!(
-        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n\
-         Content-Length: {}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-}
-
 /// Takes a connection out of the server's set when dropped.
 struct Membership<'a> {
     conns: &'a ConnSet,
@@ -941,32 +588,4 @@ impl Drop for Membership<'_> {
     fn drop(&mut self) {
         self.conns.remove(self.conn);
     }
-}
-
-/// Reads the client's handshake, keeping any bytes after it in `buffer`.
-async fn read_client_handshake<R: AsyncRead + Unpin>(
-    reader: &mut R,
-    buffer: &mut BytesMut,
-    limits: Limits,
-) -> Result<ClientHandshake, Status> {
-    loop {
-        if let Some(hello) = ClientHandshake::decode(buffer, limits)? {
-            return Ok(hello);
-        }
-        if reader.read_buf(buffer).await? == 0 {
-            return Err(Status::network_error(
-                "connection closed during the handshake",
-            ));
-        }
-    }
-}
-
-/// Sends a refusal handshake and ends the connection.
-async fn refuse<W: AsyncWrite + Unpin>(writer: &mut W, status: &Status) {
-    tracing::debug!(%status, "refusing a connection");
-    crate::telemetry::handshake_refused(status);
-    let mut out = BytesMut::new();
-    ServerHandshake::refuse(status).encode(&mut out);
-    let _ = writer.write_all(&out).await;
-    let _ = writer.shutdown().await;
 }

@@ -10,6 +10,7 @@ use crate::wire::{Header, Version};
 pub(crate) struct Agreement {
     pub(crate) codec: Codec,
     pub(crate) gzip: bool,
+    #[cfg_attr(not(feature = "ws"), allow(dead_code))]
     pub(crate) format: PacketFormat,
     /// The header of the server's `Ok` handshake.
     pub(crate) header: Header,
@@ -55,7 +56,7 @@ pub(crate) fn negotiate(
     let codec = if accept.trim().is_empty() {
         match format {
             PacketFormat::Binary => Codec::PROTOBUF,
-            PacketFormat::Text => Codec::JSON,
+            PacketFormat::Text => Codec::TEXT_DEFAULT,
         }
     } else {
         codecs.negotiate(&accept).ok_or_else(|| {
@@ -126,14 +127,6 @@ mod tests {
         );
         let t12 = negotiate(Version::from_byte(0x20), &header(&[]), &codecs, STREAM).unwrap_err();
         assert_eq!(t12.message(), "unsupported protocol version: 2.0");
-        let t13 = negotiate(
-            Version::V1_0,
-            &header(&[("Accept", "text/x, application/json;q=0.9")]),
-            &codecs,
-            STREAM,
-        )
-        .unwrap();
-        assert_eq!(t13.codec, Codec::JSON);
         let t15 = negotiate(
             Version::V1_0,
             &header(&[
@@ -148,6 +141,20 @@ mod tests {
         assert_eq!(t15.header.get("Content-Encoding"), Some("gzip"));
     }
 
+    #[cfg(feature = "json")]
+    #[test]
+    fn go_vector_t13_json() {
+        let codecs = Codecs::default();
+        let t13 = negotiate(
+            Version::V1_0,
+            &header(&[("Accept", "text/x, application/json;q=0.9")]),
+            &codecs,
+            STREAM,
+        )
+        .unwrap();
+        assert_eq!(t13.codec, Codec::JSON);
+    }
+
     #[test]
     fn websocket_formats_and_defaults() {
         let codecs = Codecs::default();
@@ -160,7 +167,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             (w2.format, w2.codec.clone()),
-            (PacketFormat::Text, Codec::JSON)
+            (PacketFormat::Text, Codec::TEXT_DEFAULT)
         );
         assert_eq!(w2.header.get("Packet-Format"), Some("text"));
         let binary = negotiate(Version::V1_0, &header(&[]), &codecs, Transport::WebSocket).unwrap();

@@ -4,11 +4,16 @@
 //! The accounting is a pure [`InflationMeter`]; [`BoundedGzip`] is the thin `AsyncRead` that
 //! feeds it the bytes consumed on the compressed side and produced on the plain side.
 
+#[cfg(feature = "gzip")]
 use std::io;
+#[cfg(feature = "gzip")]
 use std::pin::Pin;
+#[cfg(feature = "gzip")]
 use std::task::{Context, Poll, ready};
 
+#[cfg(feature = "gzip")]
 use async_compression::tokio::bufread::GzipDecoder;
+#[cfg(feature = "gzip")]
 use tokio::io::{AsyncBufRead, AsyncRead, ReadBuf};
 
 use crate::Status;
@@ -35,12 +40,14 @@ impl Default for InflationLimit {
 
 /// A token bucket refilled by compressed bytes and drained by inflated ones.
 #[derive(Debug)]
+#[cfg_attr(not(feature = "gzip"), allow(dead_code))]
 pub(crate) struct InflationMeter {
     limit: InflationLimit,
     /// Inflated bytes still allowed; never above the burst.
     allowance: u64,
 }
 
+#[cfg_attr(not(feature = "gzip"), allow(dead_code))]
 impl InflationMeter {
     pub(crate) fn new(limit: InflationLimit) -> Self {
         InflationMeter {
@@ -71,11 +78,13 @@ impl InflationMeter {
 }
 
 /// Counts the compressed bytes the decoder consumes.
+#[cfg(feature = "gzip")]
 struct Counted<R> {
     inner: R,
     consumed: u64,
 }
 
+#[cfg(feature = "gzip")]
 impl<R: AsyncRead + Unpin> AsyncRead for Counted<R> {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -89,6 +98,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for Counted<R> {
     }
 }
 
+#[cfg(feature = "gzip")]
 impl<R: AsyncBufRead + Unpin> AsyncBufRead for Counted<R> {
     fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
         Pin::new(&mut self.get_mut().inner).poll_fill_buf(cx)
@@ -102,6 +112,7 @@ impl<R: AsyncBufRead + Unpin> AsyncBufRead for Counted<R> {
 
 /// A gzip decoder that fails with [`RequestEntityTooLarge`](crate::Code::RequestEntityTooLarge)
 /// (carried in the `io::Error`) once the stream inflates past its [`InflationLimit`].
+#[cfg(feature = "gzip")]
 pub(crate) struct BoundedGzip<R> {
     decoder: GzipDecoder<Counted<R>>,
     meter: InflationMeter,
@@ -109,6 +120,7 @@ pub(crate) struct BoundedGzip<R> {
     recorded: u64,
 }
 
+#[cfg(feature = "gzip")]
 impl<R: AsyncBufRead + Unpin> BoundedGzip<R> {
     pub(crate) fn new(compressed: R, limit: InflationLimit) -> Self {
         BoundedGzip {
@@ -122,6 +134,7 @@ impl<R: AsyncBufRead + Unpin> BoundedGzip<R> {
     }
 }
 
+#[cfg(feature = "gzip")]
 impl<R: AsyncBufRead + Unpin> AsyncRead for BoundedGzip<R> {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -144,8 +157,10 @@ impl<R: AsyncBufRead + Unpin> AsyncRead for BoundedGzip<R> {
 
 #[cfg(test)]
 mod tests {
+    #[cfg(feature = "gzip")]
     use std::io::Write as _;
 
+    #[cfg(feature = "gzip")]
     use tokio::io::AsyncReadExt;
 
     use super::*;
@@ -193,12 +208,14 @@ mod tests {
         meter.record(u64::MAX, u64::MAX).unwrap();
     }
 
+    #[cfg(feature = "gzip")]
     fn gzip(plain: &[u8]) -> Vec<u8> {
         let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
         encoder.write_all(plain).unwrap();
         encoder.finish().unwrap()
     }
 
+    #[cfg(feature = "gzip")]
     async fn inflate(compressed: Vec<u8>, limit: InflationLimit) -> (Vec<u8>, io::Result<()>) {
         let mut reader = BoundedGzip::new(std::io::Cursor::new(compressed), limit);
         let mut plain = Vec::new();
@@ -212,6 +229,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "gzip")]
     #[tokio::test]
     async fn a_bomb_stops_after_burst_plus_ratio_times_its_size() {
         let bomb = gzip(&vec![0x80; 64 << 20]);
@@ -231,6 +249,7 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "gzip")]
     #[tokio::test]
     async fn ordinary_data_inflates_whole() {
         let text: Vec<u8> = (0..200_000u32)
@@ -242,6 +261,7 @@ mod tests {
     }
 
     /// Varied bytes that compress a little, as real payloads do.
+    #[cfg(feature = "gzip")]
     fn fastrand_bytes(i: u32) -> [u8; 4] {
         let x = i.wrapping_mul(2_654_435_761);
         [b'a' + (x % 26) as u8, b'{', (x >> 8) as u8, b'"']

@@ -1,0 +1,251 @@
+//! One module per transport, each with its accept side (`Server::listen_*`) next to its
+//! connect side (what `Client::connect` runs for its URL scheme), and the pipeline they share
+//! on the server: accept under the admission limits → the transport's own handshake (TLS,
+//! WebSocket upgrade) → the stmp handshake → admission, authentication → the engine.
+//!
+//! Byte streams (TCP, TLS, QUIC) carry the stmp handshake as bytes ([`Server::serve_stream`]
+//! here, `stream_handshake` on the client); WebSocket carries it in the upgrade and the first
+//! message (`ws`).
+
+#[cfg(feature = "quic")]
+pub mod quic;
+pub(crate) mod tcp;
+#[cfg(feature = "tls")]
+pub mod tls;
+#[cfg(feature = "ws")]
+pub(crate) mod ws;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
+
+use crate::conn::io::byte_stream;
+use crate::server::{AcceptBackoff, MAX_HANDSHAKE_SIZE, Refusal, Slot, Ticket, Transport};
+use crate::wire::{ClientHandshake, Limits, ServerHandshake};
+use crate::{Code, Server, Status};
+
+impl Server {
+    /// Binds `addr` and accepts until shutdown, handing each socket to `serve` with its
+    /// admission: a slot that counts it, or the refusal it is owed.
+    pub(crate) async fn listen<F, Fut>(
+        &self,
+        addr: impl ToSocketAddrs,
+        serve: F,
+    ) -> Result<SocketAddr, Status>
+    where
+        F: Fn(Server, TcpStream, SocketAddr, Result<Slot, Refusal>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let listener = TcpListener::bind(addr).await.map_err(cannot_listen)?;
+        let local = listener.local_addr().map_err(cannot_listen)?;
+        let server = self.clone();
+        self.inner.listeners.spawn(async move {
+            let mut backoff = AcceptBackoff::default();
+            loop {
+                let accepted = tokio::select! {
+                    _ = server.inner.stop_accepting.cancelled() => break,
+                    accepted = listener.accept() => accepted,
+                };
+                match accepted {
+                    Ok((stream, remote)) => {
+                        backoff.accepted();
+                        let admitted = match server.inner.admission.ticket() {
+                            Ticket::Serve(slot) => Ok(slot),
+                            Ticket::Refuse(refusal) => Err(refusal),
+                            Ticket::Drop => {
+                                tracing::debug!(%remote, "over the limit, too many refusals in flight: closed");
+                                continue;
+                            }
+                        };
+                        let _ = stream.set_nodelay(true);
+                        server
+                            .inner
+                            .connections
+                            .spawn(serve(server.clone(), stream, remote, admitted));
+                    }
+                    Err(error) => {
+                        let failure = backoff.failed(&error, Instant::now());
+                        match failure.warn {
+                            Some(unwarned) => {
+                                tracing::warn!(%local, %error, unwarned, pause = ?failure.pause, "accept failed")
+                            }
+                            None => tracing::debug!(%local, %error, "accept failed"),
+                        }
+                        let Some(pause) = failure.pause else { continue };
+                        tokio::select! {
+                            _ = server.inner.stop_accepting.cancelled() => break,
+                            _ = tokio::time::sleep(pause) => {}
+                        }
+                    }
+                }
+            }
+            tracing::debug!(%local, "listener stopped");
+        });
+        tracing::info!(%local, "listening");
+        Ok(local)
+    }
+
+    /// Runs the handshake on a byte stream, then the connection.
+    pub(crate) async fn serve_stream<R, W>(
+        &self,
+        mut reader: R,
+        mut writer: W,
+        remote: SocketAddr,
+        transport_name: &'static str,
+        mut slot: Slot,
+    ) where
+        R: AsyncRead + Send + Unpin + 'static,
+        W: AsyncWrite + Send + Unpin + 'static,
+    {
+        let config = &self.inner.config;
+        let mut buffer = BytesMut::with_capacity(512);
+        let hello = tokio::time::timeout(
+            config.handshake_timeout,
+            read_client_handshake(
+                &mut reader,
+                &mut buffer,
+                config
+                    .wire_limits()
+                    .with_max_packet_size(MAX_HANDSHAKE_SIZE),
+            ),
+        )
+        .await;
+        let hello = match hello {
+            Ok(Ok(hello)) => hello,
+            Ok(Err(status)) => {
+                tracing::debug!(%remote, %status, "bad client handshake");
+                if status.code() != Code::NetworkError {
+                    refuse(&mut writer, &status).await;
+                }
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%remote, "client handshake timed out");
+                return;
+            }
+        };
+        let transport = Transport::Stream {
+            gzip_allowed: config.gzip && cfg!(feature = "gzip"),
+        };
+        let established = self
+            .establish(
+                hello.version,
+                hello.header,
+                transport,
+                remote,
+                transport_name,
+            )
+            .await;
+        let (conn, outbox, agreement) = match established {
+            Ok(established) => established,
+            Err(status) => return refuse(&mut writer, &status).await,
+        };
+        let mut out = BytesMut::new();
+        ServerHandshake::ok(agreement.header).encode(&mut out);
+        if writer.write_all(&out).await.is_err() || writer.flush().await.is_err() {
+            conn.mark_closed(&Status::network_error(
+                "connection lost during the handshake",
+            ));
+            return;
+        }
+        slot.handshaken();
+        let (packets, packet_writer) = byte_stream(
+            reader,
+            writer,
+            buffer,
+            &self.inner.read_limits,
+            agreement.gzip,
+        );
+        self.run(conn, outbox, packets, packet_writer).await;
+        // The slot is held until the connection's socket is gone.
+        drop(slot);
+    }
+
+    /// Turns away a socket over the limits: opens it (a TLS handshake, or nothing), sends the
+    /// refusal and waits for the client to close, all within a short time; the refusal's
+    /// place among the bounded refusals in flight is held until then.
+    pub(crate) async fn turn_away<S, F>(&self, open: F, refusal: Refusal, farewell: Farewell)
+    where
+        F: Future<Output = std::io::Result<S>>,
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let status = &refusal.status;
+        tracing::debug!(%status, "refusing a connection over the limits");
+        let mut message = BytesMut::new();
+        match farewell {
+            Farewell::Handshake => ServerHandshake::refuse(status).encode(&mut message),
+            Farewell::Http => message.extend_from_slice(http_refusal(status).as_bytes()),
+        }
+        let limit = self.inner.config.handshake_timeout.min(REFUSAL_TIME);
+        let _ = tokio::time::timeout(limit, async {
+            let mut stream = open.await?;
+            stream.write_all(&message).await?;
+            stream.shutdown().await?;
+            // Closing with the client's bytes unread would reset the connection, and the
+            // client could lose the refusal with it: read until the client closes.
+            let mut sink = [0u8; 512];
+            while stream.read(&mut sink).await? > 0 {}
+            Ok::<_, std::io::Error>(())
+        })
+        .await;
+        drop(refusal);
+    }
+}
+
+/// A failure to bind or to set up a listening socket, with the I/O error as its source.
+pub(crate) fn cannot_listen(error: std::io::Error) -> Status {
+    Status::network_error(format!("cannot listen: {error}")).with_source(error)
+}
+
+/// Time to spend on telling an over-limit client no, at most.
+const REFUSAL_TIME: Duration = Duration::from_secs(3);
+
+/// The form of a refusal at accept: an stmp handshake, or an HTTP answer to a WebSocket
+/// upgrade (cheaper than the upgrade, and what proxies and browsers understand).
+#[cfg_attr(not(feature = "ws"), allow(dead_code))]
+pub(crate) enum Farewell {
+    Handshake,
+    Http,
+}
+
+/// `503 Service Unavailable` with the status's message as its body.
+fn http_refusal(status: &Status) -> String {
+    let body = status.message();
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n\
+         Content-Length: {}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// Reads the client's handshake, keeping any bytes after it in `buffer`.
+async fn read_client_handshake<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buffer: &mut BytesMut,
+    limits: Limits,
+) -> Result<ClientHandshake, Status> {
+    loop {
+        if let Some(hello) = ClientHandshake::decode(buffer, limits)? {
+            return Ok(hello);
+        }
+        if reader.read_buf(buffer).await? == 0 {
+            return Err(Status::network_error(
+                "connection closed during the handshake",
+            ));
+        }
+    }
+}
+
+/// Sends a refusal handshake and ends the connection.
+async fn refuse<W: AsyncWrite + Unpin>(writer: &mut W, status: &Status) {
+    tracing::debug!(%status, "refusing a connection");
+    crate::telemetry::handshake_refused(status);
+    let mut out = BytesMut::new();
+    ServerHandshake::refuse(status).encode(&mut out);
+    let _ = writer.write_all(&out).await;
+    let _ = writer.shutdown().await;
+}

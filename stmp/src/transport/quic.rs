@@ -1,0 +1,196 @@
+//! QUIC settings shared by both sides: the ALPN, and transport timers lined up with the stmp
+//! heartbeat.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::ToSocketAddrs;
+
+use crate::Status;
+use crate::client::ClientBuilder;
+use crate::client::dial::{Dialed, stream_handshake};
+use crate::client::endpoint::Endpoint;
+use crate::server::{Slot, Ticket};
+
+/// The ALPN protocol id of stmp over QUIC.
+pub const ALPN: &[u8] = b"stmp/1";
+
+/// QUIC's own idle timeout and keep-alive, derived from the stmp read timeout: keep-alives
+/// hold NAT mappings open well inside it, and QUIC gives up on a lost peer when stmp would.
+pub(crate) fn transport_config(read_timeout: Duration) -> Arc<quinn::TransportConfig> {
+    let mut transport = quinn::TransportConfig::default();
+    if let Ok(idle) = quinn::IdleTimeout::try_from(read_timeout) {
+        transport.max_idle_timeout(Some(idle));
+    }
+    transport.keep_alive_interval(Some(read_timeout / 3));
+    // One bidirectional stream carries the connection; the peer needs no others.
+    transport.max_concurrent_uni_streams(0u32.into());
+    transport.max_concurrent_bidi_streams(1u32.into());
+    Arc::new(transport)
+}
+
+pub(crate) fn server_config(
+    tls: &rustls::ServerConfig,
+    read_timeout: Duration,
+) -> Result<quinn::ServerConfig, Status> {
+    let mut tls = tls.clone();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| {
+        Status::bad_request(format!("TLS config unusable for QUIC: {e}")).with_source(e)
+    })?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(transport_config(read_timeout));
+    Ok(config)
+}
+
+pub(crate) fn client_config(
+    tls: &rustls::ClientConfig,
+    read_timeout: Duration,
+) -> Result<quinn::ClientConfig, Status> {
+    let mut tls = tls.clone();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| {
+        Status::bad_request(format!("TLS config unusable for QUIC: {e}")).with_source(e)
+    })?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(transport_config(read_timeout));
+    Ok(config)
+}
+
+/// Connection errors as statuses: a TLS failure is the client's configuration (`BadRequest`,
+/// not retried); anything else is the network.
+pub(crate) fn connection_error(error: quinn::ConnectionError) -> Status {
+    let status = match &error {
+        quinn::ConnectionError::TransportError(transport)
+            if is_crypto(u64::from(transport.code)) =>
+        {
+            Status::bad_request(format!("QUIC TLS: {transport}"))
+        }
+        quinn::ConnectionError::ConnectionClosed(closed)
+            if is_crypto(u64::from(closed.error_code)) =>
+        {
+            Status::bad_request(format!(
+                "QUIC TLS: the server refused the handshake: {closed}"
+            ))
+        }
+        // What a server over its connection limit answers (`Incoming::refuse`).
+        quinn::ConnectionError::ConnectionClosed(closed)
+            if closed.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED =>
+        {
+            Status::too_many_requests(format!("QUIC: the server refused the connection: {closed}"))
+        }
+        _ => Status::network_error(format!("QUIC: {error}")),
+    };
+    status.with_source(error)
+}
+
+/// QUIC carries TLS alerts as transport error codes 0x100–0x1ff (RFC 9001 section 4.8).
+fn is_crypto(code: u64) -> bool {
+    (0x100..0x200).contains(&code)
+}
+
+impl crate::Server {
+    /// Listens for QUIC (ALPN `stmp/1`) on a UDP address: one endpoint, one UDP port, serves
+    /// every client; each connection carries stmp on one bidirectional stream. The TLS
+    /// config must allow TLS 1.3 (the configs of [`tls::server_config`](crate::tls::server_config) do).
+    pub async fn listen_quic(
+        &self,
+        addr: impl ToSocketAddrs,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> Result<SocketAddr, Status> {
+        let config = server_config(&tls, self.inner.config.engine.read_timeout)?;
+        let addr = tokio::net::lookup_host(addr)
+            .await
+            .map_err(super::cannot_listen)?
+            .next()
+            .ok_or_else(|| Status::bad_request("cannot listen: the address resolves to nothing"))?;
+        let endpoint = quinn::Endpoint::server(config, addr).map_err(super::cannot_listen)?;
+        let local = endpoint.local_addr().map_err(super::cannot_listen)?;
+        let server = self.clone();
+        self.inner.listeners.spawn(async move {
+            loop {
+                let incoming = tokio::select! {
+                    _ = server.inner.stop_accepting.cancelled() => break,
+                    incoming = endpoint.accept() => incoming,
+                };
+                let Some(incoming) = incoming else { break };
+                match server.inner.admission.ticket() {
+                    Ticket::Serve(slot) => {
+                        server
+                            .inner
+                            .connections
+                            .spawn(server.clone().serve_quic(incoming, slot));
+                    }
+                    // QUIC refuses with one stateless packet: no task, no TLS handshake.
+                    Ticket::Refuse(refusal) => {
+                        let remote = incoming.remote_address();
+                        tracing::debug!(%remote, status = %refusal.status, "refusing a QUIC connection");
+                        incoming.refuse();
+                    }
+                    Ticket::Drop => incoming.ignore(),
+                }
+            }
+            tracing::debug!(%local, "QUIC listener stopped");
+            // Connections still open keep the endpoint's socket until they end.
+            endpoint.wait_idle().await;
+        });
+        tracing::info!(%local, "listening (QUIC)");
+        Ok(local)
+    }
+
+    async fn serve_quic(self, incoming: quinn::Incoming, slot: Slot) {
+        let remote = incoming.remote_address();
+        let timeout = self.inner.config.handshake_timeout;
+        let opened = tokio::time::timeout(timeout, async {
+            let connection = incoming.accept()?.await?;
+            let (send, recv) = connection.accept_bi().await?;
+            Ok::<_, quinn::ConnectionError>((connection, send, recv))
+        })
+        .await;
+        let (connection, send, recv) = match opened {
+            Ok(Ok(opened)) => opened,
+            Ok(Err(error)) => return tracing::debug!(%remote, %error, "QUIC handshake failed"),
+            Err(_) => return tracing::debug!(%remote, "QUIC handshake timed out"),
+        };
+        self.serve_stream(recv, send, remote, "quic", slot).await;
+        // Let the peer read the last packets (its Close) before the connection goes.
+        let grace = self.inner.config.engine.close_grace;
+        let _ = tokio::time::timeout(grace, connection.closed()).await;
+        connection.close(0u32.into(), b"");
+    }
+}
+
+/// Opens a QUIC connection and its one stream, then runs the stmp handshake on it.
+pub(crate) async fn connect(endpoint: &Endpoint, config: &ClientBuilder) -> Result<Dialed, Status> {
+    let tls = config.tls.clone().ok_or_else(|| {
+        Status::bad_request(format!(
+            "{endpoint} needs TLS settings (ClientBuilder::tls)"
+        ))
+    })?;
+    let remote = tokio::net::lookup_host(endpoint.authority())
+        .await
+        .map_err(|e| Status::network_error(format!("cannot resolve {endpoint}: {e}")))?
+        .next()
+        .ok_or_else(|| Status::network_error(format!("{endpoint} resolves to no address")))?;
+    let local: std::net::SocketAddr = if remote.is_ipv6() {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    };
+    let mut quic = quinn::Endpoint::client(local)?;
+    quic.set_default_client_config(client_config(&tls, config.engine.read_timeout)?);
+    let name = config
+        .server_name
+        .clone()
+        .unwrap_or_else(|| endpoint.host.clone());
+    let connection = quic
+        .connect(remote, &name)
+        .map_err(|e| Status::bad_request(format!("QUIC: {e}")))?
+        .await
+        .map_err(connection_error)?;
+    let (send, recv) = connection.open_bi().await.map_err(connection_error)?;
+    let mut dialed = stream_handshake(recv, send, Some(remote), "quic", config).await?;
+    dialed.transport = Some(Box::new((quic, connection)));
+    Ok(dialed)
+}
