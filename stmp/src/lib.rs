@@ -12,6 +12,7 @@
 //! - [`Rooms`] and [`Users`] group connections; [`broadcast`] sends one event to many,
 //!   serialised once per content type; [`adapter`] is the seam that spreads rooms, users and
 //!   broadcasts over several server nodes.
+//! - [`history`] keeps recent room events so reconnecting clients get what they missed.
 //! - [`codec`] turns messages into payloads: protobuf, JSON, msgpack, or your own.
 //! - [`Status`] and [`Code`] are the errors everything returns.
 //! - [`telemetry`] names the metrics the runtime records.
@@ -44,6 +45,7 @@ mod client;
 pub mod codec;
 mod conn;
 mod context;
+pub mod history;
 mod method;
 mod rooms;
 mod router;

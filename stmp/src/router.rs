@@ -395,6 +395,9 @@ impl Router {
 
     /// Runs a notify through the middleware, then its handler (result dropped) and listeners.
     pub(crate) async fn handle_notify(&self, target: Target, ctx: &Context, payload: Bytes) {
+        if crate::history::observe_notify(ctx) {
+            return;
+        }
         if target.handler.is_none() && target.listeners.is_empty() {
             tracing::debug!(action = %describe(ctx.action(), None), "dropping a notify nobody listens to");
             return;

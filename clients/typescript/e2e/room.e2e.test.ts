@@ -3,6 +3,7 @@
 // page (`/who`), and a server restart the page survives by itself.
 
 import assert from "node:assert/strict";
+import { type Server, type Socket, createConnection, createServer } from "node:net";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
 import type { Page } from "playwright-core";
@@ -119,4 +120,75 @@ test("text packets (JSON in WebSocket text messages) work the same", async () =>
   await intruder.locator("#signin-error", { hasText: "Unauthorized" }).waitFor({ timeout: STEP });
   await other.close();
   await intruder.close();
+});
+
+/** A TCP proxy whose connections can be cut under both peers (no Close), refusing new ones until restored. */
+async function tcpProxy(target: URL): Promise<{ port: number; cut(): void; restore(): void; close(): void }> {
+  let up = true;
+  const sockets = new Set<Socket>();
+  const server: Server = createServer((client) => {
+    if (!up) return client.destroy();
+    const upstream = createConnection({ host: target.hostname, port: Number(target.port) });
+    for (const [a, b] of [[client, upstream], [upstream, client]] as const) {
+      sockets.add(a);
+      a.on("data", (chunk) => b.write(chunk));
+      a.on("close", () => b.destroy());
+      a.on("error", () => b.destroy());
+    }
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const port = (server.address() as { port: number }).port;
+  return {
+    port,
+    cut() {
+      up = false;
+      for (const socket of sockets) socket.destroy();
+      sockets.clear();
+    },
+    restore() {
+      up = true;
+    },
+    close() {
+      server.close();
+    },
+  };
+}
+
+test("a page cut off the network shows the messages it missed, then live ones", async () => {
+  const ws = new URL(server.ws);
+  const proxy = await tcpProxy(ws);
+  const dave = await browser.context.newPage();
+  const shows = (text: string) => dave.locator("#log > div", { hasText: text }).first().waitFor({ timeout: STEP });
+  try {
+    await dave.goto(`${server.web}?ws=${encodeURIComponent(`ws://127.0.0.1:${proxy.port}${ws.pathname}`)}`);
+    await dave.fill("#name", "dave");
+    await dave.fill("#password", "dave-secret");
+    await dave.check("#signup");
+    await dave.click("#signin-button");
+    await dave.locator("body[data-state=connected]").waitFor({ timeout: STEP });
+    await dave.fill("#input", "/join lobby");
+    await dave.press("#input", "Enter");
+    await shows("joined #lobby");
+    bob.write("before the cut");
+    await shows("#lobby <bob> before the cut");
+
+    proxy.cut();
+    await dave.locator("body[data-state=disconnected]").waitFor({ timeout: STEP });
+    const from = bob.lines.length;
+    for (const n of [1, 2, 3]) bob.write(`missed ${n}`);
+    // bob sends one line at a time: the answer to /members means the three are published.
+    bob.write("/members lobby");
+    await bob.waitForLine(/#lobby members:/, { from });
+    proxy.restore();
+
+    await shows("#lobby: caught up on what was said while you were away");
+    const log = await dave.locator("#log > div").allTextContents();
+    const messages = log.filter((line) => /#lobby <bob> (missed \d|before the cut)/.test(line)).map((line) => line.replace(/^.*<bob> /, ""));
+    assert.deepEqual(messages, ["before the cut", "missed 1", "missed 2", "missed 3"]);
+    bob.write("after the cut");
+    await shows("#lobby <bob> after the cut");
+  } finally {
+    await dave.close();
+    proxy.close();
+  }
 });

@@ -5,10 +5,11 @@
 import type { DescMessage, MessageInitShape, MessageShape } from "@bufbuild/protobuf";
 import { type BackoffOptions, fullJitterDelay } from "./backoff.js";
 import { Connection, type Transport } from "./connection.js";
+import { Positions, type Recovery, type StreamPosition } from "./history.js";
 import { type Agreement, type Offer, type PacketFormat, defaultAccept, handshakeUrl } from "./handshake.js";
 import type { CallOptions, Caller, Handler, Listener, Method, Registrar } from "./method.js";
 import { Registry } from "./registry.js";
-import type { HeaderInit } from "./wire/header.js";
+import { Header, type HeaderInit } from "./wire/header.js";
 import { DEFAULT_MAX_PACKET_SIZE } from "./wire/packet.js";
 import { Code, StmpError } from "./wire/status.js";
 
@@ -49,6 +50,13 @@ export interface ClientOptions {
    * is closed and the client tries again after a backoff.
    */
   onConnect?: (connection: Caller, agreement: Agreement) => void | Promise<void>;
+  /**
+   * Track the position of every stream (room with history) heard and resume them after a
+   * reconnect: the server replays missed events before live ones. Default true.
+   */
+  history?: boolean;
+  /** The server's answer to a resume after a reconnect; on `recovered: false`, reload that stream. */
+  onRecovery?: (recovery: Recovery) => void;
   /** The WebSocket class; default `globalThis.WebSocket`. */
   WebSocket?: WebSocketConstructor;
   /** Errors that concern no call (a listener threw…). Default: `console.error`. */
@@ -64,6 +72,8 @@ export interface ClientEvents {
   disconnect: { reason: StmpError };
   /** The next attempt is in `delay` ms. */
   reconnecting: { attempt: number; delay: number };
+  /** A stream resumed after a reconnect: whether every missed event was replayed (they came first). */
+  recovery: Recovery;
 }
 
 type Waiter = { resolve: (connection: Connection) => void; reject: (error: StmpError) => void };
@@ -81,9 +91,10 @@ type Waiter = { resolve: (connection: Connection) => void; reject: (error: StmpE
  */
 export class Client implements Caller, Registrar {
   private readonly registry = new Registry();
-  private readonly options: Required<Omit<ClientOptions, "header" | "onConnect" | "WebSocket" | "reconnect" | "accept">> &
+  private readonly options: Required<Omit<ClientOptions, "header" | "onConnect" | "WebSocket" | "reconnect" | "accept" | "onRecovery">> &
     ClientOptions;
   private readonly offer: Omit<Offer, "header">;
+  private readonly positions?: Positions;
   private current?: Connection;
   private attempt = 0;
   private everConnected = false;
@@ -96,6 +107,7 @@ export class Client implements Caller, Registrar {
     connect: new Set(),
     disconnect: new Set(),
     reconnecting: new Set(),
+    recovery: new Set(),
   };
 
   constructor(
@@ -109,8 +121,15 @@ export class Client implements Caller, Registrar {
       maxPacketSize: DEFAULT_MAX_PACKET_SIZE,
       onError: (error) => console.error("stmp:", error),
       random: Math.random,
+      history: true,
       ...options,
     };
+    if (this.options.history) {
+      this.positions = new Positions((recovery) => {
+        this.options.onRecovery?.(recovery);
+        this.emit("recovery", recovery);
+      });
+    }
     const format = this.options.packetFormat;
     this.offer = { format, accept: options.accept ?? defaultAccept(format) };
     this.connect();
@@ -125,6 +144,16 @@ export class Client implements Caller, Registrar {
   on<K extends keyof ClientEvents>(event: K, handler: (event: ClientEvents[K]) => void): () => void {
     this.handlers[event].add(handler);
     return () => this.handlers[event].delete(handler);
+  }
+
+  /** The last position heard on `stream` (a room with history). */
+  position(stream: string): StreamPosition | undefined {
+    return this.positions?.get(stream);
+  }
+
+  /** Stops resuming `stream` after reconnects (after leaving the room, say). */
+  forgetPosition(stream: string): boolean {
+    return this.positions?.forget(stream) ?? false;
   }
 
   /** Resolves when a connection is ready; rejects after `timeout` ms or when the client closes. */
@@ -210,7 +239,12 @@ export class Client implements Caller, Registrar {
 
   private connect(): void {
     if (this.closed) return;
-    const header = typeof this.options.header === "function" ? this.options.header() : this.options.header;
+    const init = typeof this.options.header === "function" ? this.options.header() : this.options.header;
+    const header = Header.from(init);
+    if (this.positions) {
+      header.delete("stmp-resume");
+      for (const [key, value] of this.positions.handshakeEntries()) header.append(key, value);
+    }
     const offer: Offer = { ...this.offer, header };
     const WebSocketClass = this.options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
     if (!WebSocketClass) {
@@ -239,6 +273,7 @@ export class Client implements Caller, Registrar {
       onOpen: (agreement) => void this.opened(connection, agreement),
       onEnd: (reason) => this.ended(connection, reason),
       onError: this.options.onError,
+      positions: this.positions,
     });
     socket.onmessage = (event) => {
       const data = event.data;

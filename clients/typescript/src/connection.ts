@@ -6,6 +6,7 @@ import { type DescMessage, type MessageInitShape, type MessageShape, create } fr
 import type { Codec } from "./codec.js";
 import { type Agreement, type Offer, agree } from "./handshake.js";
 import { heartbeat } from "./heartbeat.js";
+import { type Positions, positionOf } from "./history.js";
 import type { CallContext, CallOptions, Caller, Method } from "./method.js";
 import type { Registry } from "./registry.js";
 import { fromUtf8Lossy, utf8 } from "./wire/bytes.js";
@@ -40,6 +41,8 @@ export interface ConnectionOptions {
   onEnd?: (reason: StmpError) => void;
   /** An error that concerns no call (a listener threw…). */
   onError?: (error: unknown) => void;
+  /** Stream positions, fed every notify before its listeners. */
+  positions?: Positions;
 }
 
 interface Pending {
@@ -272,6 +275,7 @@ export class Connection implements Caller {
   }
 
   private deliver(action: Action, header: Header, payload: Uint8Array): void {
+    if (this.options.positions?.observe(action, header)) return;
     const listening = this.options.registry.listenersOf(action);
     if (!listening || listening.listeners.size === 0) return;
     let event: MessageShape<DescMessage>;
@@ -291,7 +295,7 @@ export class Connection implements Caller {
   }
 
   private context(method: Method, header: Header): CallContext {
-    return { method, header, connection: this };
+    return { method, header, connection: this, position: positionOf(header) };
   }
 
   private send(packet: Packet): void {

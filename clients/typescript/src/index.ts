@@ -11,3 +11,12 @@ export { Header, type HeaderInit } from "./wire/header.js";
 export { actionId, murmur3X86_32, optionActionId } from "./wire/action.js";
 export { negotiate } from "./wire/negotiate.js";
 export * as wire from "./wire/index.js";
+export {
+  POSITION_METHOD,
+  Positions,
+  type Recovery,
+  type StreamPosition,
+  parsePosition,
+  positionOf,
+  positionToValue,
+} from "./history.js";

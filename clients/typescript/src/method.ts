@@ -2,6 +2,7 @@
 // interfaces calls go through.
 
 import type { DescMessage, MessageInitShape, MessageShape } from "@bufbuild/protobuf";
+import type { StreamPosition } from "./history.js";
 import type { Header, HeaderInit } from "./wire/header.js";
 
 /** A method of a service: its full name, its action id, and its input and output schemas. */
@@ -42,6 +43,8 @@ export interface CallContext {
   readonly header: Header;
   /** The connection it came on: call the server back through it. */
   readonly connection: Caller;
+  /** Where an event is in its stream, when it comes from a room with history. */
+  readonly position?: StreamPosition;
 }
 
 export type Handler<I extends DescMessage, O extends DescMessage> = (

@@ -6,6 +6,7 @@ import { test } from "node:test";
 import { create } from "@bufbuild/protobuf";
 import { Client } from "../src/client.js";
 import { protobufCodec } from "../src/codec.js";
+import { type Recovery, positionToValue } from "../src/history.js";
 import { encodeServerHandshake } from "../src/wire/handshake.js";
 import { Header } from "../src/wire/header.js";
 import { type Packet, decodeMessage, encodeMessage } from "../src/wire/packet.js";
@@ -161,3 +162,60 @@ test("a call made while disconnected fails with RequestTimeout at its deadline",
 });
 
 const EMPTY = new Uint8Array(0);
+
+test("stream positions: listeners see offsets, a reconnect resumes them, the outcome is an event", async () => {
+  const recoveries: Recovery[] = [];
+  const heard: [string, number | undefined][] = [];
+  const client = new Client("ws://127.0.0.1:1/test", {
+    WebSocket: FakeSocket,
+    reconnect: { baseDelay: 1, maxDelay: 1 },
+  });
+  client.on("recovery", (recovery) => void recoveries.push(recovery));
+  AnnouncementsListener.listen(client, { said: (event, context) => void heard.push([event.text, context.position?.offset]) });
+  const first = FakeSocket.opened.at(-1)!;
+  assert.equal(new URL(first.url).searchParams.get("stmp-history"), "1");
+  assert.deepEqual(new URL(first.url).searchParams.getAll("stmp-resume"), []);
+  first.accept();
+  const event = (text: string, offset: number) =>
+    first.serverSends({
+      kind: "notify",
+      action: AnnouncementsMethods.said.action,
+      header: Header.from([["stmp-position", positionToValue({ stream: "lobby", epoch: "ep1", offset })]]),
+      payload: note(text),
+    });
+  event("one", 1);
+  event("two", 2);
+  await client.ready();
+  assert.deepEqual(client.position("lobby"), { stream: "lobby", epoch: "ep1", offset: 2 });
+
+  const second = FakeSocket.next();
+  first.close(); // the network goes, no Close
+  const socket = await second;
+  assert.deepEqual(new URL(socket.url).searchParams.getAll("stmp-resume"), ["s=lobby&e=ep1&o=2"]);
+  socket.accept();
+  // The server replays offset 3, then answers the resume; the answer reaches no listener.
+  socket.serverSends({
+    kind: "notify",
+    action: AnnouncementsMethods.said.action,
+    header: Header.from([["stmp-position", "s=lobby&e=ep1&o=3"]]),
+    payload: note("three"),
+  });
+  socket.serverSends({
+    kind: "notify",
+    action: "stmp.History.Position",
+    header: Header.from([["stmp-position", "s=lobby&e=ep1&o=3"], ["stmp-recovered", "true"]]),
+    payload: EMPTY,
+  });
+  await client.ready();
+  assert.deepEqual(heard, [["one", 1], ["two", 2], ["three", 3]]);
+  assert.deepEqual(recoveries, [{ position: { stream: "lobby", epoch: "ep1", offset: 3 }, recovered: true }]);
+  client.close();
+});
+
+test("with history off the handshake says nothing of it", () => {
+  const client = new Client("ws://127.0.0.1:1/test", { WebSocket: FakeSocket, history: false });
+  const socket = FakeSocket.opened.at(-1)!;
+  assert.equal(new URL(socket.url).searchParams.get("stmp-history"), null);
+  assert.equal(client.position("lobby"), undefined);
+  client.close();
+});

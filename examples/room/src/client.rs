@@ -150,6 +150,15 @@ pub enum ChatEvent {
         /// restarted), so it was made again with the same name and password.
         signed_up_again: bool,
     },
+    /// After a reconnect, the server answered for a room's missed messages: `recovered` says
+    /// whether all of them came (they arrive as `RoomMessage`s before this); `false` means
+    /// some are lost (the server restarted, or we were away too long).
+    History {
+        /// The room.
+        room: String,
+        /// Whether every missed message was replayed.
+        recovered: bool,
+    },
     /// Signing in again failed; calls fail from now on.
     ResumeFailed {
         /// Why.
@@ -439,7 +448,16 @@ impl ChatClient {
             .call_timeout(options.call_timeout)
             .reconnect(options.reconnect.0, options.reconnect.1)
             .on_connection(move |event| hook.on_connection(event))
-            .on_connect(move |conn| sign_in.clone().sign_in(conn));
+            .on_connect(move |conn| sign_in.clone().sign_in(conn))
+            .on_recovery({
+                let shared = shared.clone();
+                move |recovery| {
+                    shared.emit(ChatEvent::History {
+                        room: recovery.position.stream.clone(),
+                        recovered: recovery.recovered,
+                    })
+                }
+            });
         if text {
             builder = builder.packet_format(PacketFormat::Text);
         }

@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use stmp::history::History;
 use stmp::{CallOptions, Conn, Context, Flow, Middleware, Status};
 
 use crate::accounts::Accounts;
@@ -49,6 +50,9 @@ pub fn user_of(conn: &Conn) -> Option<String> {
 pub struct Chat {
     accounts: Accounts,
     rooms: stmp::Rooms,
+    /// Room messages are kept for a while, so a client that drops off gets what it missed
+    /// when it joins again.
+    history: History,
     users: stmp::Users,
     /// Joins and leaves, one at a time, so "first of the user in the room" and "last of the
     /// user in the room" are exact.
@@ -60,9 +64,11 @@ pub struct Chat {
 impl Chat {
     /// A chat over these accounts.
     pub fn new(accounts: Accounts) -> Self {
+        let rooms = stmp::Rooms::new();
         Chat {
             accounts,
-            rooms: stmp::Rooms::new(),
+            history: History::new(rooms.clone()),
+            rooms,
             users: stmp::Users::new(),
             membership: Arc::default(),
             limiter: SignInLimiter::new(SignInLimits::default()),
@@ -301,7 +307,8 @@ impl ChatService for Chat {
         let conn = ctx.conn();
         let _one_at_a_time = lock(&self.membership);
         let was_there = self.has_user(room, &user);
-        let joined = self.rooms.join(room, conn);
+        // Through the history: a client coming back gets the messages it missed first.
+        let joined = self.history.join(room, conn).joined;
         if joined && !was_there {
             tracing::info!(%room, %user, rooms = self.rooms.list().len(), "joined room");
             let event = UserJoinedEvent {
@@ -365,7 +372,10 @@ impl ChatService for Chat {
             text: input.text,
             timestamp: now_ms(),
         };
-        let delivery = chat_events::room_message(self.rooms.to(room).except(conn), &event)?;
+        let delivery = self
+            .history
+            .publish(room, &chat_events::ROOM_MESSAGE, &event, Some(conn))?
+            .delivery;
         Ok(SendResult {
             timestamp: event.timestamp,
             delivered: delivery.queued as u32,

@@ -212,6 +212,20 @@ pub fn event_line(event: &ChatEvent, clock: &Clock, me: &str) -> String {
             }
             line
         }
+        ChatEvent::History {
+            room,
+            recovered: true,
+        } => format!(
+            "[{}] !! #{room}: caught up on what was said while you were away",
+            clock.time(now)
+        ),
+        ChatEvent::History {
+            room,
+            recovered: false,
+        } => format!(
+            "[{}] !! #{room}: some messages from while you were away are lost (the server restarted, or you were gone too long)",
+            clock.time(now)
+        ),
         ChatEvent::ResumeFailed { status } => format!(
             "[{}] !! could not sign in again: {status}; /quit and start again",
             clock.time(now)

@@ -9,11 +9,21 @@ use room::server::TlsPem;
 use stmp::Code;
 
 /// Waits for the client to be back: `(user, rooms)` of its `Resumed`, after a `Disconnected`
-/// that says the server shut down and a `Reconnected`.
+/// that says the server shut down and a `Reconnected`, and after being told, for each room,
+/// that the messages of the restart are lost (the history lived in the old process).
 async fn resumed(events: &mut ChatEvents, who: &str) -> (String, Vec<String>) {
     let mut saw_shutdown = false;
     let mut reconnected = false;
+    let mut lost = Vec::new();
+    let mut back = None;
+    // The outcomes travel with the events, the re-join's answer apart from them: they may come
+    // on either side of `Resumed`.
     loop {
+        if let Some((_, rooms)) = &back
+            && lost.len() == <Vec<String>>::len(rooms)
+        {
+            break;
+        }
         match next(events).await {
             ChatEvent::Disconnected { status, .. } => {
                 saw_shutdown |= status.code() == Code::ServerShutdown;
@@ -29,13 +39,21 @@ async fn resumed(events: &mut ChatEvents, who: &str) -> (String, Vec<String>) {
                 assert!(reconnected, "{who} did not report the reconnect");
                 assert!(failed.is_empty(), "{who}: {failed:?}");
                 assert!(!signed_up_again, "{who}: the data file was not read");
-                return (user, rooms);
+                back = Some((user, rooms));
             }
+            ChatEvent::History {
+                room,
+                recovered: false,
+            } => lost.push(room),
             // The others coming back.
             ChatEvent::UserJoined(_) => {}
             other => panic!("{who}: unexpected {other:?}"),
         }
     }
+    let (user, rooms) = back.unwrap();
+    lost.sort();
+    assert_eq!(lost, rooms, "{who}: every room's history is lost");
+    (user, rooms)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

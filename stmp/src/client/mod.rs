@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::codec::{Codec, Message};
 use crate::conn::io::InflationLimit;
 use crate::conn::{CallOptions, Caller, EngineConfig, PacketFormat};
+use crate::history::{Positions, Recovery, StreamPosition};
 use crate::router::BoxFuture;
 use crate::wire::{DEFAULT_MAX_PACKET_SIZE, Header};
 use crate::{Code, Conn, Method, Router, Service, Status};
@@ -45,6 +46,7 @@ pub enum ConnectionEvent {
 }
 
 type EventHook = Arc<dyn Fn(&ConnectionEvent) + Send + Sync>;
+type RecoveryHook = Arc<dyn Fn(&Recovery) + Send + Sync>;
 type ConnectHook = Arc<dyn Fn(Conn) -> BoxFuture<'static, Result<(), Status>> + Send + Sync>;
 
 /// Configures a [`Client`].
@@ -82,6 +84,8 @@ pub struct ClientBuilder {
     fail_fast: bool,
     on_connection: Option<EventHook>,
     on_connect: Option<ConnectHook>,
+    history: bool,
+    on_recovery: Option<RecoveryHook>,
 }
 
 impl Default for ClientBuilder {
@@ -109,6 +113,8 @@ impl Default for ClientBuilder {
             fail_fast: false,
             on_connection: None,
             on_connect: None,
+            history: true,
+            on_recovery: None,
         }
     }
 }
@@ -310,6 +316,22 @@ impl ClientBuilder {
         self
     }
 
+    /// Whether to track the position of each stream (room with history) heard and resume
+    /// them on reconnect (see [`history`](crate::history)). Default on; off, the client
+    /// sends no history entries and the server replays nothing.
+    pub fn history(mut self, on: bool) -> Self {
+        self.history = on;
+        self
+    }
+
+    /// Runs when the server answers a resume after a reconnect: `recovered` tells whether
+    /// every missed event of the stream was replayed (they reach the listeners before this
+    /// runs). On `false` the application should reload what it shows of that stream.
+    pub fn on_recovery(mut self, hook: impl Fn(&Recovery) + Send + Sync + 'static) -> Self {
+        self.on_recovery = Some(Arc::new(hook));
+        self
+    }
+
     pub(crate) fn codecs(&self) -> Vec<Codec> {
         match (self.codecs.is_empty(), self.format) {
             (false, _) => self.codecs.clone(),
@@ -329,7 +351,14 @@ impl ClientBuilder {
         let endpoint = Endpoint::parse(url);
         async move {
             let endpoint = endpoint?;
-            let first = establish(&endpoint, &self).await?;
+            let positions = self
+                .history
+                .then(|| Positions::new(self.on_recovery.clone()));
+            let mut first_config = self.clone();
+            if let Some(positions) = &positions {
+                positions.add_to_handshake(&mut first_config.header);
+            }
+            let first = establish(&endpoint, &first_config, positions.as_ref()).await?;
             let (state, _) = watch::channel(State::Connecting);
             let inner = Arc::new(Inner {
                 router: self.router.clone(),
@@ -338,6 +367,7 @@ impl ClientBuilder {
                 stop: CancellationToken::new(),
                 call_timeout: self.call_timeout,
                 fail_fast: self.fail_fast,
+                positions,
             });
             inner
                 .state
@@ -363,6 +393,8 @@ struct Inner {
     stop: CancellationToken,
     call_timeout: Duration,
     fail_fast: bool,
+    /// Stream positions heard, when the client tracks them.
+    positions: Option<Positions>,
 }
 
 /// A connection to a server that comes back by itself: calls, notifies, served methods and
@@ -431,12 +463,20 @@ impl Drop for CloseUnlessKept {
 }
 
 /// Dials, starts the engine and runs the `on_connect` hook.
-async fn establish(endpoint: &Endpoint, config: &ClientBuilder) -> Result<Live, Status> {
+async fn establish(
+    endpoint: &Endpoint,
+    config: &ClientBuilder,
+    positions: Option<&Positions>,
+) -> Result<Live, Status> {
     let Dialed {
         conn,
         engine,
         transport,
     } = dial::dial(endpoint, config).await?;
+    // Before the engine reads: the first events may carry positions.
+    if let Some(positions) = positions {
+        conn.insert_extension(positions.clone());
+    }
     let live = Live {
         conn: conn.clone(),
         engine: tokio::spawn(engine.run()),
@@ -526,8 +566,11 @@ async fn supervise(inner: Arc<Inner>, mut config: ClientBuilder, endpoint: Endpo
                 _ = inner.stop.cancelled() => return closed(&inner),
             }
             config.header = crate::sync::lock(&inner.header).clone();
+            if let Some(positions) = &inner.positions {
+                positions.add_to_handshake(&mut config.header);
+            }
             let outcome = tokio::select! {
-                outcome = establish(&endpoint, &config) => outcome,
+                outcome = establish(&endpoint, &config, inner.positions.as_ref()) => outcome,
                 _ = inner.stop.cancelled() => return closed(&inner),
             };
             match outcome {
@@ -558,6 +601,21 @@ impl Client {
     /// auth token, say. The live connection keeps the handshake it made.
     pub fn set_handshake_header(&self, key: impl Into<String>, value: impl Into<String>) {
         crate::sync::lock(&self.inner.header).insert(key, value);
+    }
+
+    /// The last position heard on `stream` (a room with history), if the client tracks
+    /// positions and has heard one.
+    pub fn position(&self, stream: &str) -> Option<StreamPosition> {
+        self.inner.positions.as_ref()?.get(stream)
+    }
+
+    /// Stops resuming `stream` on reconnect (after leaving the room, say); returns whether
+    /// a position was tracked.
+    pub fn forget_position(&self, stream: &str) -> bool {
+        self.inner
+            .positions
+            .as_ref()
+            .is_some_and(|positions| positions.forget(stream))
     }
 
     /// The current connection, if connected.

@@ -113,6 +113,16 @@ async function start(name: string, password: string, signUp: boolean): Promise<v
     document.body.dataset.state = "disconnected";
     if (me) log("error", `disconnected: ${describe(reason)}`);
   });
+  // After a reconnect the server replays what each room missed (it shows as messages) and
+  // says whether it could.
+  client.on("recovery", ({ position, recovered }) => {
+    log(
+      recovered ? "event" : "error",
+      recovered
+        ? `#${position.stream}: caught up on what was said while you were away`
+        : `#${position.stream}: some messages from while you were away are lost`,
+    );
+  });
   client.on("reconnecting", ({ attempt, delay }) => {
     $("status").textContent = `reconnecting (attempt ${attempt}, in ${delay} ms)`;
   });

@@ -1,0 +1,109 @@
+// Recovery of stream events after a reconnect, the client's half: the last position heard on
+// each stream (a room with history), presented in the next handshake, and the server's answer.
+// Pure bookkeeping over header entries; the connection feeds it every notify.
+
+import type { Action } from "./wire/packet.js";
+import type { Header } from "./wire/header.js";
+
+/** The header key of an event's position (and of the position notify's). */
+export const POSITION = "stmp-position";
+/** The handshake key of a position to resume (one entry per stream). */
+export const RESUME = "stmp-resume";
+/** The handshake key by which the client says it tracks positions. */
+export const SUPPORTS = "stmp-history";
+/** The position notify's outcome: `true` or `false`. */
+export const RECOVERED = "stmp-recovered";
+/** The method of the position notify the server sends after a join. */
+export const POSITION_METHOD = "stmp.History.Position";
+/**
+ * Resume entries sent at most. They ride in the upgrade URL's query, so the budget is half the
+ * Rust client's (which sends HTTP headers): the request line stays well inside server limits.
+ */
+export const MAX_RESUME_ENTRIES = 64;
+export const MAX_RESUME_BYTES = 4 * 1024;
+
+/** A place in a stream: the offset of the last event seen, within an epoch. */
+export interface StreamPosition {
+  readonly stream: string;
+  readonly epoch: string;
+  readonly offset: number;
+}
+
+/** The server's answer to a resume: `recovered` is false when missed events are lost for good. */
+export interface Recovery {
+  readonly position: StreamPosition;
+  readonly recovered: boolean;
+}
+
+/** `s=<stream>&e=<epoch>&o=<offset>`, form-urlencoded (the same bytes as the Rust side). */
+export function positionToValue(position: StreamPosition): string {
+  return new URLSearchParams([
+    ["s", position.stream],
+    ["e", position.epoch],
+    ["o", String(position.offset)],
+  ]).toString();
+}
+
+/** Reads a position value; undefined unless it has a stream, an epoch and a decimal offset. */
+export function parsePosition(value: string | undefined): StreamPosition | undefined {
+  if (value === undefined) return undefined;
+  const params = new URLSearchParams(value);
+  const stream = params.get("s");
+  const epoch = params.get("e");
+  const offsetText = params.get("o");
+  if (stream === null || epoch === null || offsetText === null || !/^[0-9]{1,16}$/.test(offsetText)) return undefined;
+  const offset = Number(offsetText);
+  if (!Number.isSafeInteger(offset)) return undefined;
+  return { stream, epoch, offset };
+}
+
+/** The position a notify's header carries, if it comes from a stream. */
+export function positionOf(header: Header): StreamPosition | undefined {
+  return parsePosition(header.get(POSITION));
+}
+
+/** Positions by stream, the most recently updated last. */
+export class Positions {
+  private readonly byStream = new Map<string, StreamPosition>();
+
+  constructor(private readonly onRecovery?: (recovery: Recovery) => void) {}
+
+  /**
+   * Records the position of an incoming notify; returns true when it was the position notify,
+   * which is the tracker's and reaches no listener.
+   */
+  observe(action: Action, header: Header): boolean {
+    const position = positionOf(header);
+    if (!position) return false;
+    this.byStream.delete(position.stream);
+    this.byStream.set(position.stream, position);
+    if (action !== POSITION_METHOD) return false;
+    const recovered = header.get(RECOVERED);
+    if (recovered === "true" || recovered === "false") {
+      this.onRecovery?.({ position, recovered: recovered === "true" });
+    }
+    return true;
+  }
+
+  get(stream: string): StreamPosition | undefined {
+    return this.byStream.get(stream);
+  }
+
+  forget(stream: string): boolean {
+    return this.byStream.delete(stream);
+  }
+
+  /** The handshake entries: support, then the newest positions within the budget. */
+  handshakeEntries(): [string, string][] {
+    const entries: [string, string][] = [[SUPPORTS, "1"]];
+    let bytes = 0;
+    for (const position of [...this.byStream.values()].reverse()) {
+      if (entries.length > MAX_RESUME_ENTRIES) break;
+      const value = positionToValue(position);
+      bytes += RESUME.length + value.length + 2;
+      if (bytes > MAX_RESUME_BYTES) break;
+      entries.push([RESUME, value]);
+    }
+    return entries;
+  }
+}
