@@ -99,10 +99,19 @@ impl NatsServer {
     /// The number of routes to other cluster nodes the server has now, from its monitoring
     /// endpoint.
     pub fn routes(&self) -> io::Result<usize> {
-        let body = http_get(self.ports.monitoring, "/routez")?;
+        let body = self.monitor("/routez")?;
         json_number(&body, "num_routes")
             .map(|n| n as usize)
             .ok_or_else(|| io::Error::other(format!("no num_routes in /routez: {body}")))
+    }
+
+    /// The JSON body of a monitoring endpoint (`/varz`, `/connz?subs=1`, `/routez`, …).
+    pub fn monitor(&self, path: &str) -> io::Result<String> {
+        let response = http_get(self.ports.monitoring, path)?;
+        match response.split_once("\r\n\r\n") {
+            Some((head, body)) if head.split(' ').nth(1) == Some("200") => Ok(body.to_owned()),
+            _ => Err(io::Error::other(format!("{path}: {response}"))),
+        }
     }
 
     fn launch(&mut self) -> io::Result<()> {
@@ -330,7 +339,8 @@ fn http_get(port: u16, path: &str) -> io::Result<String> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        // HTTP/1.0: the body is never chunked, it ends when the server closes.
+        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"
     )?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
