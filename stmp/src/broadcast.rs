@@ -5,8 +5,9 @@ use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 
+use crate::adapter::{NodeId, Payloads, Sender};
 use crate::codec::{Codec, Message};
-use crate::wire::{Header, Notify, Packet};
+use crate::wire::Header;
 use crate::{Conn, Method, Status};
 
 /// A set of connections (every connection of a server, a room…). Cheap to clone; clones
@@ -78,6 +79,12 @@ impl ConnSet {
                 .values()
                 .filter(|conn| exclude.is_none_or(|ex| !ex.same(conn))),
         )
+    }
+
+    /// Runs `each` on every connection, in place (sending never waits, so the set is read
+    /// under its lock rather than copied).
+    pub(crate) fn for_each(&self, each: impl FnMut(&Conn)) {
+        self.read().values().for_each(each);
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<u64, Conn>> {
@@ -166,30 +173,13 @@ pub fn broadcast_with<'a>(
     mut encode: impl FnMut(&Codec) -> Result<Bytes, Status>,
     conns: impl IntoIterator<Item = &'a Conn>,
 ) -> Result<Delivery, Status> {
-    let mut encoded: Vec<(Codec, Bytes)> = Vec::with_capacity(1);
-    let mut delivery = Delivery::default();
+    let action = method.wire_action();
+    let header = Header::new();
+    let mut payloads = Payloads::lazy(&mut encode);
+    let mut sender = Sender::to_conns(&action, method.name, &header, &mut payloads);
     for conn in conns {
-        let payload = match encoded.iter().find(|(codec, _)| codec == conn.codec()) {
-            Some((_, payload)) => payload.clone(),
-            None => {
-                let payload = encode(conn.codec())?;
-                encoded.push((conn.codec().clone(), payload.clone()));
-                payload
-            }
-        };
-        let packet = Packet::Notify(Notify {
-            action: method.wire_action(),
-            header: Header::new(),
-            payload,
-        });
-        if conn.offer_event(packet) {
-            delivery.queued += 1;
-        } else {
-            tracing::debug!(conn = conn.id(), method = method.name, "event dropped");
-            delivery.dropped += 1;
-        }
+        // Connections in a list belong to this process; there is no node to tell apart.
+        sender.offer(NodeId::new(0), conn);
     }
-    delivery.encodings = encoded.len();
-    crate::telemetry::events_delivered(&delivery);
-    Ok(delivery)
+    sender.finish()
 }

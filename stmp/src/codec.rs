@@ -267,6 +267,10 @@ impl Default for Codecs {
 }
 
 impl Codecs {
+    pub(crate) fn list(&self) -> &[Codec] {
+        &self.list
+    }
+
     pub(crate) fn add(&mut self, codec: Codec) {
         self.list.retain(|c| c != &codec);
         self.list.push(codec);

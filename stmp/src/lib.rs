@@ -10,13 +10,15 @@
 //!   [`Client`] connects by URL (`tcp://`, `tls://`, `ws://`, `wss://`, `quic://`) and
 //!   reconnects by itself.
 //! - [`Rooms`] and [`Users`] group connections; [`broadcast`] sends one event to many,
-//!   serialised once per content type.
+//!   serialised once per content type; [`adapter`] is the seam that spreads rooms, users and
+//!   broadcasts over several server nodes.
 //! - [`codec`] turns messages into payloads: protobuf, JSON, msgpack, or your own.
 //! - [`Status`] and [`Code`] are the errors everything returns.
 //! - [`telemetry`] names the metrics the runtime records.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod adapter;
 mod broadcast;
 mod client;
 pub mod codec;

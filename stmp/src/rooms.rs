@@ -1,160 +1,22 @@
 //! Named groups of connections: rooms (a connection joins many) and users (a user has many
 //! connections, one per device). Members leave by themselves when their connection closes.
+//! Both are handles to a server's [`Node`], so they go through its adapter.
 
-use std::collections::hash_map::{DefaultHasher, Entry};
-use std::collections::{HashMap, HashSet};
-use std::hash::{Hash, Hasher};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::Arc;
+use std::time::Duration;
 
+use crate::adapter::{Broadcast, ConnRef, Member, Node, Query, Target};
 use crate::codec::Message;
-use crate::{Conn, Delivery, Method, Status, broadcast};
-
-/// Locks are split this many ways, so joins to different rooms rarely wait for each other.
-const SHARDS: usize = 32;
-
-/// Group name → its connections, by id.
-type Members = HashMap<Arc<str>, HashMap<u64, Conn>>;
-/// Connection id → the names of its groups.
-type Memberships = HashMap<u64, HashSet<Arc<str>>>;
-
-/// Name → connections and connection → names, sharded.
-struct Groups {
-    by_name: Box<[RwLock<Members>]>,
-    by_conn: Box<[Mutex<Memberships>]>,
-    /// Held by a connection's whole bind (leave the old user, join the new), by connection
-    /// id, so two binds of one connection cannot interleave.
-    binding: Box<[Mutex<()>]>,
-}
-
-fn shard_of(key: &impl Hash) -> usize {
-    let mut hasher = DefaultHasher::new();
-    key.hash(&mut hasher);
-    (hasher.finish() as usize) % SHARDS
-}
-
-impl Default for Groups {
-    fn default() -> Self {
-        Groups {
-            by_name: (0..SHARDS).map(|_| RwLock::default()).collect(),
-            by_conn: (0..SHARDS).map(|_| Mutex::default()).collect(),
-            binding: (0..SHARDS).map(|_| Mutex::default()).collect(),
-        }
-    }
-}
-
-// The maps are never left half-updated, so a poisoned lock is still consistent.
-fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(|p| p.into_inner())
-}
-fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write().unwrap_or_else(|p| p.into_inner())
-}
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-impl Groups {
-    /// Adds `conn` to `name`; returns whether it was new. The connection's first group here
-    /// hooks its close, so it leaves everything when it ends.
-    fn join(self: &Arc<Self>, name: &str, conn: &Conn) -> bool {
-        let name: Arc<str> = Arc::from(name);
-        // Both sides change under the name's lock (always taken before a connection's), so
-        // a join and a leave of the same pair cannot interleave.
-        let first = {
-            let mut by_name = write(&self.by_name[shard_of(&name)]);
-            let added = by_name
-                .entry(name.clone())
-                .or_default()
-                .insert(conn.id(), conn.clone())
-                .is_none();
-            if !added {
-                return false;
-            }
-            let mut by_conn = lock(&self.by_conn[shard_of(&conn.id())]);
-            match by_conn.entry(conn.id()) {
-                Entry::Occupied(mut names) => {
-                    names.get_mut().insert(name);
-                    false
-                }
-                Entry::Vacant(slot) => {
-                    slot.insert(HashSet::from([name]));
-                    true
-                }
-            }
-        };
-        if first {
-            let groups: Weak<Groups> = Arc::downgrade(self);
-            let id = conn.id();
-            conn.on_close(move |_| {
-                if let Some(groups) = groups.upgrade() {
-                    groups.leave_all(id);
-                }
-            });
-        }
-        // A connection that closed while joining: its close hook may have run before the
-        // membership above was recorded.
-        if conn.is_closed() {
-            self.leave_all(conn.id());
-        }
-        true
-    }
-
-    fn leave(&self, name: &str, id: u64) -> bool {
-        let mut by_name = write(&self.by_name[shard_of(&name)]);
-        let removed = by_name
-            .get_mut(name)
-            .is_some_and(|members| members.remove(&id).is_some());
-        if by_name.get(name).is_some_and(HashMap::is_empty) {
-            by_name.remove(name);
-        }
-        if removed && let Some(names) = lock(&self.by_conn[shard_of(&id)]).get_mut(&id) {
-            names.remove(name);
-        }
-        removed
-    }
-
-    fn leave_all(&self, id: u64) -> Vec<Arc<str>> {
-        let names: Vec<Arc<str>> = lock(&self.by_conn[shard_of(&id)])
-            .get(&id)
-            .map(|names| names.iter().cloned().collect())
-            .unwrap_or_default();
-        for name in &names {
-            self.leave(name, id);
-        }
-        lock(&self.by_conn[shard_of(&id)]).remove(&id);
-        names
-    }
-
-    fn members(&self, name: &str) -> Vec<Conn> {
-        read(&self.by_name[shard_of(&name)])
-            .get(name)
-            .map(|members| members.values().cloned().collect())
-            .unwrap_or_default()
-    }
-
-    fn names(&self) -> Vec<String> {
-        self.by_name
-            .iter()
-            .flat_map(|shard| {
-                read(shard)
-                    .keys()
-                    .map(|k| k.to_string())
-                    .collect::<Vec<_>>()
-            })
-            .collect()
-    }
-
-    fn names_of(&self, id: u64) -> Vec<String> {
-        lock(&self.by_conn[shard_of(&id)])
-            .get(&id)
-            .map(|names| names.iter().map(|n| n.to_string()).collect())
-            .unwrap_or_default()
-    }
-}
+use crate::{Conn, Delivery, Method, Status};
 
 /// Rooms: named sets of connections. A connection joins any number of rooms and leaves all
 /// of them when it closes; a room exists while it has members. Cheap to clone and safe to
 /// share; the locks are sharded by room.
+///
+/// A server's rooms ([`ServerBuilder::rooms`](crate::ServerBuilder::rooms),
+/// [`Server::rooms`](crate::Server::rooms)) go through its [adapter](crate::adapter), so with
+/// a cluster adapter they span every node; [`Rooms::new`] makes rooms of their own, on no
+/// server, local only.
 ///
 /// ```no_run
 /// # async fn run(conn: stmp::Conn) {
@@ -164,9 +26,15 @@ impl Groups {
 /// assert_eq!(rooms.rooms_of(&conn), ["lobby"]);
 /// # }
 /// ```
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Rooms {
-    groups: Arc<Groups>,
+    node: Arc<Node>,
+}
+
+impl Default for Rooms {
+    fn default() -> Self {
+        Rooms::new()
+    }
 }
 
 impl std::fmt::Debug for Rooms {
@@ -178,59 +46,95 @@ impl std::fmt::Debug for Rooms {
 }
 
 impl Rooms {
-    /// No rooms.
+    /// Rooms of their own, on no server: local to this process.
     pub fn new() -> Self {
-        Self::default()
+        Rooms { node: Node::new() }
+    }
+
+    pub(crate) fn of(node: Arc<Node>) -> Self {
+        Rooms { node }
+    }
+
+    /// The node the rooms live on.
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
     }
 
     /// Puts `conn` in `room` (creating it); returns whether it was not there yet.
     pub fn join(&self, room: &str, conn: &Conn) -> bool {
-        self.groups.join(room, conn)
+        self.node.join_room(room, conn)
     }
 
     /// Takes `conn` out of `room` (dropping the room when it empties); returns whether it was
     /// there.
     pub fn leave(&self, room: &str, conn: &Conn) -> bool {
-        self.groups.leave(room, conn.id())
+        self.node.leave_room(room, conn.id())
     }
 
     /// Takes `conn` out of every room; returns the rooms it left.
     pub fn leave_all(&self, conn: &Conn) -> Vec<String> {
-        self.groups
-            .leave_all(conn.id())
-            .into_iter()
-            .map(|n| n.to_string())
-            .collect()
+        self.node.leave_rooms(conn.id())
     }
 
-    /// The connections in `room`.
+    /// The connections in `room` on this node.
     pub fn members(&self, room: &str) -> Vec<Conn> {
-        self.groups.members(room)
+        self.node.rooms().members(room)
     }
 
     /// Whether `conn` is in `room`.
     pub fn contains(&self, room: &str, conn: &Conn) -> bool {
-        read(&self.groups.by_name[shard_of(&room)])
-            .get(room)
-            .is_some_and(|members| members.contains_key(&conn.id()))
+        self.node.rooms().contains(room, conn.id())
     }
 
-    /// The rooms that have members.
+    /// The rooms that have members on this node, sorted.
     pub fn list(&self) -> Vec<String> {
-        let mut names = self.groups.names();
+        self.node.rooms().names()
+    }
+
+    /// The rooms `conn` is in, sorted.
+    pub fn rooms_of(&self, conn: &Conn) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .node
+            .rooms()
+            .names_of(conn.id())
+            .into_iter()
+            .map(|name| name.to_string())
+            .collect();
         names.sort();
         names
     }
 
-    /// The rooms `conn` is in.
-    pub fn rooms_of(&self, conn: &Conn) -> Vec<String> {
-        let mut names = self.groups.names_of(conn.id());
-        names.sort();
-        names
+    /// The members of `room` on every node the adapter reaches, within `timeout`.
+    pub async fn cluster_members(
+        &self,
+        room: &str,
+        timeout: Duration,
+    ) -> Result<Vec<Member>, Status> {
+        self.node
+            .query(Query::Members(room.to_owned()), timeout)
+            .await?
+            .into_members()
+    }
+
+    /// The rooms that have members on any node, within `timeout`.
+    pub async fn cluster_list(&self, timeout: Duration) -> Result<Vec<String>, Status> {
+        self.node.query(Query::Rooms, timeout).await?.into_names()
+    }
+
+    /// The rooms a connection on any node is in, within `timeout`.
+    pub async fn cluster_rooms_of(
+        &self,
+        conn: ConnRef,
+        timeout: Duration,
+    ) -> Result<Vec<String>, Status> {
+        self.node
+            .query(Query::RoomsOf(conn), timeout)
+            .await?
+            .into_names()
     }
 
     /// Sends an event to every member of `room` but `exclude`, serialising it once per
-    /// content type (see [`broadcast`]).
+    /// content type (see [`broadcast`](crate::broadcast)).
     pub fn broadcast<E: Message>(
         &self,
         room: &str,
@@ -238,23 +142,32 @@ impl Rooms {
         event: &E,
         exclude: Option<&Conn>,
     ) -> Result<Delivery, Status> {
-        // Sending never waits, so the room is read in place rather than copied.
-        let shard = read(&self.groups.by_name[shard_of(&room)]);
-        let members = shard.get(room).into_iter().flat_map(HashMap::values);
-        broadcast(
+        let mut encode = |codec: &crate::Codec| codec.encode(event);
+        let mut broadcast = Broadcast::new(
             method,
-            event,
-            members.filter(|conn| exclude.is_none_or(|ex| ex != *conn)),
-        )
+            Target::Room(room.to_owned()),
+            self.node.id(),
+            &mut encode,
+        );
+        if let Some(conn) = exclude {
+            broadcast.except(self.node.conn_ref(conn));
+        }
+        self.node.broadcast(&mut broadcast)
     }
 }
 
 /// Users: every connection of each signed-in user (one per device), so "send to a user"
 /// reaches all of them. A connection belongs to one user at a time and is forgotten when it
-/// closes.
-#[derive(Clone, Default)]
+/// closes. Like [`Rooms`], a server's users go through its adapter.
+#[derive(Clone)]
 pub struct Users {
-    groups: Arc<Groups>,
+    node: Arc<Node>,
+}
+
+impl Default for Users {
+    fn default() -> Self {
+        Users::new()
+    }
 }
 
 impl std::fmt::Debug for Users {
@@ -266,52 +179,72 @@ impl std::fmt::Debug for Users {
 }
 
 impl Users {
-    /// No users.
+    /// Users of their own, on no server: local to this process.
     pub fn new() -> Self {
-        Self::default()
+        Users { node: Node::new() }
+    }
+
+    pub(crate) fn of(node: Arc<Node>) -> Self {
+        Users { node }
+    }
+
+    /// The node the users live on.
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
     }
 
     /// Binds `conn` to `user`, unbinding it from any other user first.
     pub fn bind(&self, user: &str, conn: &Conn) {
-        let _binding = lock(&self.groups.binding[shard_of(&conn.id())]);
-        for previous in self.groups.names_of(conn.id()) {
-            if previous != user {
-                self.groups.leave(&previous, conn.id());
-            }
-        }
-        self.groups.join(user, conn);
+        self.node.bind(user, conn);
     }
 
     /// Forgets `conn`; returns the user it belonged to.
     pub fn unbind(&self, conn: &Conn) -> Option<String> {
-        let _binding = lock(&self.groups.binding[shard_of(&conn.id())]);
-        self.groups
-            .leave_all(conn.id())
-            .into_iter()
-            .next()
-            .map(|n| n.to_string())
+        self.node.unbind(conn.id())
     }
 
     /// The user `conn` is bound to.
     pub fn user_of(&self, conn: &Conn) -> Option<String> {
-        self.groups.names_of(conn.id()).into_iter().next()
+        self.node.user_of_conn(conn.id())
     }
 
-    /// Every connection of `user`.
+    /// Every connection of `user` on this node.
     pub fn conns(&self, user: &str) -> Vec<Conn> {
-        self.groups.members(user)
+        self.node.users().members(user)
     }
 
-    /// Whether `user` has a connection.
+    /// Whether `user` has a connection on this node.
     pub fn is_online(&self, user: &str) -> bool {
-        !self.conns(user).is_empty()
+        let mut online = false;
+        self.node.users().for_each(user, |_| online = true);
+        online
     }
 
-    /// The users with at least one connection.
+    /// The users with at least one connection on this node, sorted.
     pub fn online(&self) -> Vec<String> {
-        let mut names = self.groups.names();
-        names.sort();
-        names
+        self.node.users().names()
+    }
+
+    /// The connections of `user` on every node the adapter reaches, within `timeout`.
+    pub async fn cluster_conns(
+        &self,
+        user: &str,
+        timeout: Duration,
+    ) -> Result<Vec<Member>, Status> {
+        self.node
+            .query(Query::Conns(user.to_owned()), timeout)
+            .await?
+            .into_members()
+    }
+
+    /// Whether `user` has a connection on any node, within `timeout`.
+    pub async fn cluster_is_online(&self, user: &str, timeout: Duration) -> Result<bool, Status> {
+        Ok(!self.cluster_conns(user, timeout).await?.is_empty())
+    }
+
+    /// The users with a connection on any node, within `timeout`.
+    pub async fn cluster_online(&self, timeout: Duration) -> Result<Vec<String>, Status> {
+        self.node.query(Query::Online, timeout).await?.into_names()
     }
 
     /// Sends an event to every connection of `user`.
@@ -321,7 +254,14 @@ impl Users {
         method: &Method,
         event: &E,
     ) -> Result<Delivery, Status> {
-        broadcast(method, event, self.conns(user).iter())
+        let mut encode = |codec: &crate::Codec| codec.encode(event);
+        let mut broadcast = Broadcast::new(
+            method,
+            Target::User(user.to_owned()),
+            self.node.id(),
+            &mut encode,
+        );
+        self.node.broadcast(&mut broadcast)
     }
 }
 

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::adapter::{Adapter, LocalAdapter, Node};
 use crate::codec::{Codec, Codecs};
 use crate::conn::io::{InflationLimit, PacketStream, PacketWriter, ReadLimits, byte_stream};
 use crate::conn::{ConnParts, DEFAULT_SEND_QUEUE_BYTES, Engine, EngineConfig, Outbox, Side};
@@ -26,7 +27,7 @@ use crate::wire::{
     BufferBudget, ClientHandshake, DEFAULT_MAX_PACKET_SIZE, Header, Limits, ServerHandshake,
     Version,
 };
-use crate::{Code, Conn, ConnSet, Router, Service, SlowConsumer, Status};
+use crate::{Code, Conn, ConnSet, Rooms, Router, Service, SlowConsumer, Status, Users};
 pub use admission::raise_fd_limit;
 use admission::{AcceptBackoff, Admission, Refusal, Slot, Ticket};
 pub(crate) use negotiate::{Agreement, Transport, negotiate};
@@ -79,6 +80,8 @@ pub struct ServerBuilder {
     max_in_flight_bytes: usize,
     authenticate: Option<Authenticate>,
     on_close: Option<ConnHook>,
+    node: Arc<Node>,
+    adapter: Option<Box<dyn Adapter>>,
 }
 
 impl Default for ServerBuilder {
@@ -104,6 +107,8 @@ impl Default for ServerBuilder {
             max_in_flight_bytes: 256 << 20,
             authenticate: None,
             on_close: None,
+            node: Node::new(),
+            adapter: None,
         }
     }
 }
@@ -298,8 +303,32 @@ impl ServerBuilder {
             .with_max_header_entries(self.max_header_entries)
     }
 
+    /// Sends the server's broadcasts, membership changes and presence questions through
+    /// `adapter` (see [`adapter`](crate::adapter)); the default, [`LocalAdapter`], keeps them
+    /// on this server.
+    pub fn adapter(mut self, adapter: impl Adapter) -> Self {
+        self.adapter = Some(Box::new(adapter));
+        self
+    }
+
+    /// The server's rooms, to hand to services before the server is built; the same as
+    /// [`Server::rooms`].
+    pub fn rooms(&self) -> Rooms {
+        Rooms::of(self.node.clone())
+    }
+
+    /// The server's users; the same as [`Server::users`].
+    pub fn users(&self) -> Users {
+        Users::of(self.node.clone())
+    }
+
     /// The server; it serves nothing until a `listen_*` call.
-    pub fn build(self) -> Server {
+    pub fn build(mut self) -> Server {
+        let adapter = self
+            .adapter
+            .take()
+            .unwrap_or_else(|| Box::new(LocalAdapter));
+        self.node.install(adapter, &self.codecs);
         if self.raise_fd_limit {
             static RAISED: std::sync::Once = std::sync::Once::new();
             RAISED.call_once(|| match raise_fd_limit() {
@@ -317,8 +346,8 @@ impl ServerBuilder {
                 read_limits,
                 admission: Admission::new(self.max_connections, self.max_handshaking),
                 counters: Counters::new(self.max_in_flight_bytes),
+                conns: self.node.everyone().clone(),
                 config: self,
-                conns: ConnSet::new(),
                 stop_accepting: CancellationToken::new(),
                 draining: CancellationToken::new(),
                 handlers: TaskTracker::new(),
@@ -383,6 +412,21 @@ impl Server {
     /// Every live connection.
     pub fn conns(&self) -> &ConnSet {
         &self.inner.conns
+    }
+
+    /// The server's node: its connections, rooms and users, and its adapter.
+    pub fn node(&self) -> &Arc<Node> {
+        &self.inner.config.node
+    }
+
+    /// The server's rooms (through its adapter).
+    pub fn rooms(&self) -> Rooms {
+        Rooms::of(self.inner.config.node.clone())
+    }
+
+    /// The server's users (through its adapter).
+    pub fn users(&self) -> Users {
+        Users::of(self.inner.config.node.clone())
     }
 
     /// What the server has dropped, shed and refused so far, and what it holds now.

@@ -41,7 +41,7 @@ mod limits;
 mod negotiate;
 mod packet;
 mod text;
-mod varint;
+pub(crate) mod varint;
 
 pub use action::{action_id, murmur3_x86_32, option_action_id};
 pub(crate) use budget::BufferBudget;
