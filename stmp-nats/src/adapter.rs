@@ -11,7 +11,7 @@ use async_nats::connection::State;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use stmp::adapter::{
-    Adapter, Answer, Broadcast, BoxFuture, Membership, Node, NodeId, Query, Target,
+    Adapter, Answer, BoxFuture, Broadcast, Membership, Node, NodeId, Query, Target,
 };
 use stmp::{Delivery, Status};
 use tokio::sync::{mpsc, oneshot};
@@ -287,13 +287,15 @@ impl Adapter for NatsAdapter {
             Membership::Joined {
                 room, first: true, ..
             } => Command::Listen(subjects.room(room), Kind::Room),
-            Membership::Left { room, last: true, .. } => Command::Unlisten(subjects.room(room)),
+            Membership::Left {
+                room, last: true, ..
+            } => Command::Unlisten(subjects.room(room)),
             Membership::Bound {
                 user, first: true, ..
             } => Command::Listen(subjects.user(user), Kind::User),
-            Membership::Unbound { user, last: true, .. } => {
-                Command::Unlisten(subjects.user(user))
-            }
+            Membership::Unbound {
+                user, last: true, ..
+            } => Command::Unlisten(subjects.user(user)),
             _ => return,
         };
         let _ = self.inner.commands.send(command);
@@ -472,11 +474,8 @@ impl Driver {
         };
         self.node = node;
         self.me = Some(me);
-        *self.peers.lock().unwrap_or_else(|p| p.into_inner()) = Some(Peers::new(
-            me,
-            self.heartbeat,
-            std::time::Instant::now(),
-        ));
+        *self.peers.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(Peers::new(me, self.heartbeat, std::time::Instant::now()));
         match self.client.subscribe(self.subjects.all()).await {
             Ok(all) => self.background.push(tokio::spawn(forward(
                 all,

@@ -95,7 +95,10 @@ mod tests {
         assert!(peers.heard(NodeEvent::Hello(NodeId::new(2)), start));
         assert!(!peers.heard(NodeEvent::Heartbeat(NodeId::new(3)), start));
         assert!(!peers.heard(NodeEvent::Heartbeat(NodeId::new(4)), start));
-        assert!(!peers.heard(NodeEvent::Hello(NodeId::new(1)), start), "my own hello");
+        assert!(
+            !peers.heard(NodeEvent::Hello(NodeId::new(1)), start),
+            "my own hello"
+        );
         let later = start + BEAT * 2;
         peers.heard(NodeEvent::Heartbeat(NodeId::new(2)), later);
         peers.heard(NodeEvent::Goodbye(NodeId::new(4)), later);

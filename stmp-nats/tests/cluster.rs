@@ -79,7 +79,11 @@ async fn direct_messages_reach_every_device_of_a_user_on_any_node() {
     assert_eq!(devices[0].next().await, line("ann", "hi ann"));
     assert_eq!(devices[2].next().await, line("ann", "hi ann"));
     devices[1].tell("bob", "hi bob").await;
-    assert_eq!(devices[3].next().await, line("bob", "hi bob"), "bob heard only his");
+    assert_eq!(
+        devices[3].next().await,
+        line("bob", "hi bob"),
+        "bob heard only his"
+    );
     // Names that are not subject tokens travel safely.
     devices[3].sign_in("b.o b*>").await;
     devices[0].tell("b.o b*>", "escaped").await;
@@ -172,8 +176,14 @@ async fn a_three_node_nats_cluster_carries_rooms_users_and_presence() {
     rest[1].hear_from(&speaker[0], "lobby", "probe").await;
 
     devices[1].say("lobby", "across the cluster").await;
-    assert_eq!(devices[0].next_but("probe").await.text, "across the cluster");
-    assert_eq!(devices[2].next_but("probe").await.text, "across the cluster");
+    assert_eq!(
+        devices[0].next_but("probe").await.text,
+        "across the cluster"
+    );
+    assert_eq!(
+        devices[2].next_but("probe").await.text,
+        "across the cluster"
+    );
 
     devices[0].sign_in("ann").await;
     devices[3].sign_in("ann").await;
@@ -183,9 +193,12 @@ async fn a_three_node_nats_cluster_carries_rooms_users_and_presence() {
         within(async {
             loop {
                 devices[1].tell("ann", "dm").await;
-                if tokio::time::timeout(std::time::Duration::from_millis(100), devices[device].next())
-                    .await
-                    .is_ok()
+                if tokio::time::timeout(
+                    std::time::Duration::from_millis(100),
+                    devices[device].next(),
+                )
+                .await
+                .is_ok()
                 {
                     break;
                 }

@@ -85,7 +85,11 @@ async fn local_delivery_survives_a_nats_outage_and_remote_delivery_resumes_after
     let failures = format!("{PUBLISH_FAILURES}{{reason=disconnected}}");
     let failed_before = counters.get(&failures);
     speaker.say("lobby", "during").await;
-    assert_eq!(neighbour.next().await.text, "during", "local delivery works");
+    assert_eq!(
+        neighbour.next().await.text,
+        "during",
+        "local delivery works"
+    );
     within(async {
         while counters.get(&failures) == failed_before {
             tokio::task::yield_now().await;

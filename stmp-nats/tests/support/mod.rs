@@ -117,7 +117,10 @@ fn serve(server: &Server, adapter: &NatsAdapter, rooms: &Rooms, users: &Users) {
         let (adapter, rooms) = (a.clone(), r.clone());
         async move {
             rooms.join(&input.to, ctx.conn());
-            adapter.flush().await.map_err(|e| Status::internal(e.to_string()))?;
+            adapter
+                .flush()
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
             Ok::<_, Status>(input)
         }
     });
@@ -126,7 +129,10 @@ fn serve(server: &Server, adapter: &NatsAdapter, rooms: &Rooms, users: &Users) {
         let (adapter, rooms) = (a.clone(), r.clone());
         async move {
             rooms.leave(&input.to, ctx.conn());
-            adapter.flush().await.map_err(|e| Status::internal(e.to_string()))?;
+            adapter
+                .flush()
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
             Ok::<_, Status>(input)
         }
     });
@@ -135,7 +141,10 @@ fn serve(server: &Server, adapter: &NatsAdapter, rooms: &Rooms, users: &Users) {
         let (adapter, users) = (a.clone(), u.clone());
         async move {
             users.bind(&input.to, ctx.conn());
-            adapter.flush().await.map_err(|e| Status::internal(e.to_string()))?;
+            adapter
+                .flush()
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
             Ok::<_, Status>(input)
         }
     });
@@ -175,12 +184,14 @@ impl Device {
         .unwrap();
         let (tx, heard) = mpsc::unbounded_channel();
         // The handle is dropped: the listener stays for the client's life.
-        let _listening = client.router().listen(&HEARD, move |_ctx: Context, line: Line| {
-            let tx = tx.clone();
-            async move {
-                let _ = tx.send(line);
-            }
-        });
+        let _listening = client
+            .router()
+            .listen(&HEARD, move |_ctx: Context, line: Line| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(line);
+                }
+            });
         Device { client, heard }
     }
 
@@ -252,12 +263,18 @@ impl Device {
 /// The subjects the NATS server's connections subscribe to, one entry per subscription,
 /// from its monitoring endpoint.
 pub fn subscriptions(nats: &stmp_nats::nats_server::NatsServer) -> Vec<String> {
-    let connz: serde_json::Value = serde_json::from_str(&nats.monitor("/connz?subs=1").unwrap()).unwrap();
+    let connz: serde_json::Value =
+        serde_json::from_str(&nats.monitor("/connz?subs=1").unwrap()).unwrap();
     let mut subjects: Vec<String> = connz["connections"]
         .as_array()
         .into_iter()
         .flatten()
-        .flat_map(|conn| conn["subscriptions_list"].as_array().cloned().unwrap_or_default())
+        .flat_map(|conn| {
+            conn["subscriptions_list"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
         .filter_map(|subject| subject.as_str().map(str::to_owned))
         .collect();
     subjects.sort();
