@@ -1,5 +1,6 @@
-//! NATS goes away mid-test: local delivery keeps working and the failures are counted; NATS
-//! comes back on the same port and the nodes resubscribe by themselves.
+//! Trouble on the bus. NATS goes away mid-test: local delivery keeps working and the failures
+//! are counted; NATS comes back on the same port and the nodes resubscribe by themselves.
+//! Malformed messages on the nodes' subjects are counted and dropped, never fatal.
 
 mod support;
 
@@ -7,10 +8,12 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use bytes::Bytes;
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
 use stmp::Codec;
+use stmp::adapter::{Broadcast, NodeId, Target};
 use stmp_nats::nats_server::NatsServer;
-use stmp_nats::telemetry::PUBLISH_FAILURES;
+use stmp_nats::telemetry::{MALFORMED, PUBLISH_FAILURES};
 use support::*;
 
 /// Counters by name and labels, as `name{label=value,…}`.
@@ -104,4 +107,64 @@ async fn local_delivery_survives_a_nats_outage_and_remote_delivery_resumes_after
     assert_eq!(remote.next_but("probe").await.text, "after");
     // The outage's broadcast was dropped, not delivered late.
     assert_eq!(neighbour.next_but("probe").await.text, "after");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_messages_from_the_bus_are_counted_and_dropped() {
+    let counters = counters();
+    let nats = NatsServer::start().unwrap();
+    let node = StmpNode::start(&nats.url()).await;
+    let mut member = Device::connect(&node, Codec::PROTOBUF).await;
+    member.join("lobby").await;
+    let mut outsider = Device::connect(&node, Codec::PROTOBUF).await;
+    outsider.join("elsewhere").await;
+    let malformed = |kind: &str| counters.get(&format!("{MALFORMED}{{kind={kind}}}"));
+    let before: Vec<u64> = ["broadcast", "query", "node_event"]
+        .iter()
+        .map(|kind| malformed(kind))
+        .collect();
+
+    let rogue = async_nats::connect(nats.url()).await.unwrap();
+    for garbage in [&b""[..], b"\x01", b"\x02anything", &[0xff; 64]] {
+        rogue
+            .publish("stmp.room.lobby", Bytes::copy_from_slice(garbage))
+            .await
+            .unwrap();
+        rogue
+            .publish("stmp.nodes", Bytes::copy_from_slice(garbage))
+            .await
+            .unwrap();
+        rogue
+            .publish_with_reply("stmp.presence", "rogue.inbox", Bytes::copy_from_slice(garbage))
+            .await
+            .unwrap();
+    }
+    // A well-formed broadcast to everyone, on a room's subject: refused too.
+    let mut encode = |codec: &Codec| codec.encode(&line("all", "smuggled"));
+    let mut smuggled = Broadcast::new(&HEARD, Target::Everyone, NodeId::new(7), &mut encode);
+    let bytes = smuggled.to_bytes(&[Codec::PROTOBUF]).unwrap();
+    rogue.publish("stmp.room.lobby", bytes).await.unwrap();
+    rogue.flush().await.unwrap();
+
+    within(async {
+        while malformed("broadcast") < before[0] + 5
+            || malformed("node_event") < before[2] + 4
+            // `\x01` is a well-formed question (the room list), answered.
+            || malformed("query") < before[1] + 3
+        {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    // The node still works, and nothing reached anyone.
+    outsider.say("elsewhere", "alone").await;
+    let other = Device::connect(&node, Codec::PROTOBUF).await;
+    other.join("lobby").await;
+    other.say("lobby", "after the garbage").await;
+    assert_eq!(member.next().await, line("lobby", "after the garbage"));
+    assert!(!outsider.has_heard(), "the smuggled broadcast reached a non-member");
+    let members = within(node.rooms.cluster_members("lobby", PRESENCE))
+        .await
+        .unwrap();
+    assert_eq!(members.len(), 2);
 }
