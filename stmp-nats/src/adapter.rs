@@ -24,6 +24,9 @@ use crate::peers::Peers;
 use crate::subject::{BadPrefix, Subjects};
 use crate::telemetry;
 
+/// How long [`NatsAdapter::flush`] waits for NATS to confirm.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Spreads a server's rooms, users, broadcasts and presence over every node connected to the
 /// same NATS. Cheap to clone; install it with
 /// [`ServerBuilder::adapter`](stmp::ServerBuilder::adapter).
@@ -108,9 +111,12 @@ pub enum Error {
     /// NATS could not be reached.
     #[error("cannot connect to NATS: {0}")]
     Connect(#[source] async_nats::ConnectError),
-    /// NATS did not acknowledge what was sent.
+    /// NATS is not connected now (it reconnects by itself).
+    #[error("NATS is unreachable")]
+    Unreachable,
+    /// NATS did not confirm in time what was sent.
     #[error("NATS did not confirm: {0}")]
-    Flush(#[source] async_nats::client::FlushError),
+    Unconfirmed(#[source] async_nats::RequestError),
     /// The adapter was closed.
     #[error("the NATS adapter is closed")]
     Closed,
@@ -212,10 +218,11 @@ impl NatsAdapter {
         NatsAdapter::builder().connect(url).await
     }
 
-    /// Waits until NATS has every subscription change made so far and every broadcast
-    /// published so far: after it, a broadcast from any node on the same NATS server reaches
-    /// the rooms joined before the call. (Across a NATS cluster, interest still takes the
-    /// routes' time to spread.)
+    /// Waits until the NATS server has processed every subscription change made so far and
+    /// every broadcast published so far: after it, a broadcast from any node on the same NATS
+    /// server reaches the rooms joined before the call. (Across a NATS cluster, interest still
+    /// takes the routes' time to spread.) It fails at once with [`Error::Unreachable`] while
+    /// NATS is down, and with [`Error::Unconfirmed`] if NATS does not answer within 5 s.
     pub async fn flush(&self) -> Result<(), Error> {
         let (done, flushed) = oneshot::channel();
         self.inner
@@ -423,7 +430,7 @@ impl Driver {
                     }
                 }
                 Command::Flush(done) => {
-                    let _ = done.send(self.client.flush().await.map_err(Error::Flush));
+                    let _ = done.send(self.round_trip().await);
                 }
                 Command::Close(done) => {
                     if let Some(me) = self.me {
@@ -439,6 +446,25 @@ impl Driver {
             telemetry::subscriptions(self.interest.len());
         }
         self.stop();
+    }
+
+    /// A request nobody serves: NATS answers "no responders" once it has processed
+    /// everything this connection sent before (a flush only empties the socket buffer).
+    async fn round_trip(&self) -> Result<(), Error> {
+        if self.client.connection_state() != State::Connected {
+            return Err(Error::Unreachable);
+        }
+        let nobody = format!("{}.sync.{:016x}", self.subjects.nodes(), fastrand::u64(..));
+        let answered =
+            tokio::time::timeout(CONFIRM_TIMEOUT, self.client.request(nobody, Bytes::new())).await;
+        match answered {
+            Err(_) => Err(Error::Unconfirmed(async_nats::RequestError::new(
+                async_nats::RequestErrorKind::TimedOut,
+            ))),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) if error.kind() == async_nats::RequestErrorKind::NoResponders => Ok(()),
+            Ok(Err(error)) => Err(Error::Unconfirmed(error)),
+        }
     }
 
     fn stop(&mut self) {

@@ -85,6 +85,11 @@ async fn local_delivery_survives_a_nats_outage_and_remote_delivery_resumes_after
         }
     })
     .await;
+    // Waiting for NATS to confirm fails at once rather than hanging a join.
+    assert!(matches!(
+        within(nodes[0].adapter.flush()).await,
+        Err(stmp_nats::Error::Unreachable)
+    ));
     let failures = format!("{PUBLISH_FAILURES}{{reason=disconnected}}");
     let failed_before = counters.get(&failures);
     speaker.say("lobby", "during").await;
@@ -135,7 +140,11 @@ async fn malformed_messages_from_the_bus_are_counted_and_dropped() {
             .await
             .unwrap();
         rogue
-            .publish_with_reply("stmp.presence", "rogue.inbox", Bytes::copy_from_slice(garbage))
+            .publish_with_reply(
+                "stmp.presence",
+                "rogue.inbox",
+                Bytes::copy_from_slice(garbage),
+            )
             .await
             .unwrap();
     }
@@ -162,7 +171,10 @@ async fn malformed_messages_from_the_bus_are_counted_and_dropped() {
     other.join("lobby").await;
     other.say("lobby", "after the garbage").await;
     assert_eq!(member.next().await, line("lobby", "after the garbage"));
-    assert!(!outsider.has_heard(), "the smuggled broadcast reached a non-member");
+    assert!(
+        !outsider.has_heard(),
+        "the smuggled broadcast reached a non-member"
+    );
     let members = within(node.rooms.cluster_members("lobby", PRESENCE))
         .await
         .unwrap();
