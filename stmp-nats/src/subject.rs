@@ -81,7 +81,7 @@ impl Subjects {
 
 /// `name` as one subject token: ASCII letters, digits, `-` and `_` stay; every other byte
 /// becomes `~XX` (hex); the empty name is `~`. A name whose encoding would pass
-/// [`MAX_TOKEN`] becomes `~~` and a 64-bit hash of it: two long names may then share a
+/// 128 bytes becomes `~~` and a 64-bit hash of it: two long names may then share a
 /// subject, which costs a node some messages it drops (envelopes carry the full name and
 /// receivers match it exactly), never a wrong delivery.
 pub fn token(name: &str) -> String {
