@@ -95,7 +95,7 @@ fn the_plugin_writes_what_stmp_build_writes() {
     assert_eq!(plugin, built);
     let code = &plugin[3].1;
     assert!(code.contains("pub trait RoomService"));
-    assert!(code.contains("pub struct RoomEventsBroadcaster"));
+    assert!(code.contains("pub fn user_join<'a>("));
 }
 
 #[test]
@@ -126,7 +126,7 @@ fn options_and_parameters_reach_the_generator() {
     assert!(code.contains("::stmp::Method::with_ids("), "{code}");
     assert!(code.contains("0x12"));
     assert!(!code.contains("Client<C>"));
-    assert!(!code.contains("Broadcaster"));
+    assert!(!code.contains("::stmp::Audience"));
     assert!(code.contains("#[derive(Eq)]"));
 }
 

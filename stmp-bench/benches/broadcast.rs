@@ -82,7 +82,7 @@ fn bench(c: &mut Criterion) {
             let (began, call, delivery) = runtime
                 .block_on(runtime.spawn(async move {
                     let began = Instant::now();
-                    let delivery = server.conns().broadcast(&EVENT, &event, None);
+                    let delivery = stmp::broadcast(server.conns(), &EVENT, &event);
                     (began, began.elapsed(), delivery)
                 }))
                 .expect("the broadcast task");

@@ -83,7 +83,7 @@ async fn stmp_server() -> Result<()> {
             let seq: u64 = seq.parse().ok()?;
             let start_ns = unix_nanos();
             let began = Instant::now();
-            let delivery = server.conns().broadcast(&EVENT, &event(seq), None).ok()?;
+            let delivery = stmp::broadcast(server.conns(), &EVENT, &event(seq)).ok()?;
             Some(sent(
                 start_ns,
                 began,
@@ -106,18 +106,8 @@ async fn stmp_nats_server() -> Result<()> {
     nats.flush().await?;
     let tcp = server.listen_tcp("127.0.0.1:0").await?;
     println!("LISTEN tcp {tcp}");
-    let node = server.node().clone();
-    let to_everyone = |seq: u64| {
-        let event = event(seq);
-        let mut encode = |codec: &stmp::Codec| codec.encode(&event);
-        let mut broadcast = stmp::adapter::Broadcast::new(
-            &EVENT,
-            stmp::adapter::Target::Everyone,
-            node.id(),
-            &mut encode,
-        );
-        node.broadcast(&mut broadcast)
-    };
+    // Everyone on every node: this node's clients at once, the others' through NATS.
+    let to_everyone = |seq: u64| stmp::broadcast(server.everyone(), &EVENT, &event(seq));
     commands(|words| match words {
         ["count"] => Some(format!("COUNT {}", server.conns().len())),
         ["broadcast", seq] => {

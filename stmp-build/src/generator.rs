@@ -90,6 +90,16 @@ fn hex(value: u64) -> syn::LitInt {
     syn::LitInt::new(&format!("0x{value:X}"), Span::call_site())
 }
 
+/// A message's type path as seen from inside a service's module: one level deeper than the
+/// package, where prost wrote it.
+fn in_service_module(path: &str) -> String {
+    if path.starts_with("::") || path.starts_with("crate::") {
+        path.to_owned()
+    } else {
+        format!("super::{path}")
+    }
+}
+
 fn rust_type(path: &str) -> syn::Type {
     syn::parse_str(path).unwrap_or_else(|error| panic!("prost type path {path:?}: {error}"))
 }
@@ -128,8 +138,8 @@ impl<'a> ServiceCode<'a> {
                     constant: format_ident!("{}", method.proto_name.to_shouty_snake_case()),
                     function: syn::parse_str(&method.name)
                         .unwrap_or_else(|_| format_ident!("{}_", method.name)),
-                    input: rust_type(&method.input_type),
-                    output: rust_type(&method.output_type),
+                    input: rust_type(&in_service_module(&method.input_type)),
+                    output: rust_type(&in_service_module(&method.output_type)),
                 })
             })
             .collect();
@@ -144,26 +154,31 @@ impl<'a> ServiceCode<'a> {
         }
     }
 
+    /// Everything generated for the service, in its own module so a message named like a
+    /// generated item cannot collide with it.
     fn render(&self, parts: Parts) -> TokenStream {
+        let module = &self.module;
+        let module_doc = doc(&format!(
+            "`{}`: its methods (names, actions and message types), and what serves, calls, \
+             listens to and sends them.",
+            self.proto_name()
+        ));
         let table = self.method_table();
         let server = (self.spec.service && parts.server).then(|| self.server());
         let client = (self.spec.service && parts.client).then(|| self.client());
         let events = (self.spec.events && parts.events).then(|| self.events());
         quote! {
-            #table
-            #server
-            #client
-            #events
+            #module_doc
+            pub mod #module {
+                #table
+                #server
+                #client
+                #events
+            }
         }
     }
 
     fn method_table(&self) -> TokenStream {
-        let module = &self.module;
-        let module_doc = doc(&format!(
-            "The methods of `{}`: names, actions and message types, for routing, calls and \
-             logs.",
-            self.proto_name()
-        ));
         let constants = self.methods.iter().map(|m| {
             let constant = &m.constant;
             let docs = docs(&m.method.comments);
@@ -207,12 +222,9 @@ impl<'a> ServiceCode<'a> {
             self.proto_name()
         ));
         quote! {
-            #module_doc
-            pub mod #module {
-                #(#constants)*
-                #all_doc
-                pub const METHODS: &[::stmp::Method] = &[#(#all),*];
-            }
+            #(#constants)*
+            #all_doc
+            pub const METHODS: &[::stmp::Method] = &[#(#all),*];
         }
     }
 
@@ -225,7 +237,6 @@ impl<'a> ServiceCode<'a> {
     }
 
     fn server(&self) -> TokenStream {
-        let module = &self.module;
         let trait_name = format_ident!("{}", self.name);
         let server = format_ident!("{}Server", self.name);
         let client = format_ident!("{}Client", self.name);
@@ -261,7 +272,7 @@ impl<'a> ServiceCode<'a> {
             quote! {
                 let service = self.inner.clone();
                 router.route(
-                    &#module::#constant,
+                    &#constant,
                     move |ctx: ::stmp::Context, input: #input| {
                         let service = service.clone();
                         async move { service.#function(ctx, input).await }
@@ -317,7 +328,6 @@ impl<'a> ServiceCode<'a> {
     }
 
     fn client(&self) -> TokenStream {
-        let module = &self.module;
         let client = format_ident!("{}Client", self.name);
         let client_doc = doc(&format!(
             "Calls `{}` on the peer, through a [`stmp::Client`] or, from a \
@@ -332,10 +342,14 @@ impl<'a> ServiceCode<'a> {
             let input = &m.input;
             let output = &m.output;
             let with_doc = doc(&format!(
-                "[`{}`](Self::{}) with options: a deadline, header entries, or a notify \
-                 instead of a request.",
+                "[`{}`](Self::{}) with options: a deadline, header entries.",
                 function.to_string().trim_start_matches("r#"),
                 function
+            ));
+            let notify = format_ident!("notify_{}", function.to_string().trim_start_matches("r#"));
+            let notify_doc = doc(&format!(
+                "Sends `{}` as a notify: the peer runs it and answers nothing.",
+                m.method.proto_name
             ));
             quote! {
                 #(#docs)*
@@ -352,7 +366,21 @@ impl<'a> ServiceCode<'a> {
                     input: #input,
                     options: ::stmp::CallOptions,
                 ) -> ::core::result::Result<#output, ::stmp::Status> {
-                    ::stmp::Caller::call(&self.caller, &#module::#constant, &input, options).await
+                    ::stmp::Caller::call(&self.caller, &#constant, &input, options).await
+                }
+
+                #notify_doc
+                pub async fn #notify(
+                    &self,
+                    input: #input,
+                ) -> ::core::result::Result<(), ::stmp::Status> {
+                    ::stmp::Caller::notify(
+                        &self.caller,
+                        &#constant,
+                        &input,
+                        ::stmp::CallOptions::default(),
+                    )
+                    .await
                 }
             }
         });
@@ -380,10 +408,8 @@ impl<'a> ServiceCode<'a> {
     }
 
     fn events(&self) -> TokenStream {
-        let module = &self.module;
         let listener = format_ident!("{}Listener", self.name);
         let handle = format_ident!("{}ListenerHandle", self.name);
-        let broadcaster = format_ident!("{}Broadcaster", self.name);
         let attach = format_ident!(
             "attach_{}",
             self.module.to_string().trim_start_matches("r#")
@@ -421,7 +447,7 @@ impl<'a> ServiceCode<'a> {
                 {
                     let listener = listener.clone();
                     router.listen(
-                        &#module::#constant,
+                        &#constant,
                         move |ctx: ::stmp::Context, event: #input| {
                             let listener = listener.clone();
                             async move { listener.#function(ctx, event).await }
@@ -453,103 +479,29 @@ impl<'a> ServiceCode<'a> {
                 quote!(#[doc = ""])
             };
             let function = &m.function;
-            let base = function.to_string();
-            let base = base.trim_start_matches("r#");
-            let to_list = format_ident!("{base}_to_list");
-            let to_set = format_ident!("{base}_to_set");
-            let to_all = format_ident!("{base}_to_all");
-            let to_room = format_ident!("{base}_to_room");
-            let to_user = format_ident!("{base}_to_user");
             let constant = &m.constant;
             let input = &m.input;
-            let one_doc = doc("Sends the event to one connection.");
-            let list_doc = doc(&format!(
-                "Sends the event to each of `conns` (see [`{base}`](Self::{function}))."
-            ));
-            let set_doc = doc(&format!(
-                "Sends the event to every connection of `set` but `exclude` (see \
-                 [`{base}`](Self::{function}))."
-            ));
-            let all_doc = doc(&format!(
-                "Sends the event to every connection of `server` that `filter` accepts (see \
-                 [`{base}`](Self::{function}))."
-            ));
-            let room_doc = doc(&format!(
-                "Sends the event to every member of `room` but `exclude` (see \
-                 [`{base}`](Self::{function}))."
-            ));
-            let user_doc = doc(&format!(
-                "Sends the event to every connection (every device) of `user` (see \
-                 [`{base}`](Self::{function}))."
+            let send_doc = doc(&format!(
+                "Sends `{}` to `to`: a [`stmp::Conn`], a list or [`stmp::ConnSet`] of them, a \
+                 room ([`stmp::Rooms::to`]), a user's devices ([`stmp::Users::to`]) or \
+                 everyone ([`stmp::Server::everyone`]), with `.except(conn)` to leave one out. \
+                 The event is serialised once per content type and never waits: a connection \
+                 whose send queue is full misses it, as \
+                 [`Delivery::dropped`](::stmp::Delivery::dropped) counts.",
+                m.method.proto_name
             ));
             quote! {
                 #(#docs)*
                 #sep
-                #one_doc
-                pub fn #function(
-                    conn: &::stmp::Conn,
+                #send_doc
+                pub fn #function<'a>(
+                    to: impl ::core::convert::Into<::stmp::Audience<'a>>,
                     event: &#input,
                 ) -> ::core::result::Result<::stmp::Delivery, ::stmp::Status> {
-                    ::stmp::broadcast(&#module::#constant, event, [conn])
-                }
-
-                #list_doc
-                pub fn #to_list(
-                    conns: &[::stmp::Conn],
-                    event: &#input,
-                ) -> ::core::result::Result<::stmp::Delivery, ::stmp::Status> {
-                    ::stmp::broadcast(&#module::#constant, event, conns)
-                }
-
-                #set_doc
-                pub fn #to_set(
-                    set: &::stmp::ConnSet,
-                    event: &#input,
-                    exclude: ::core::option::Option<&::stmp::Conn>,
-                ) -> ::core::result::Result<::stmp::Delivery, ::stmp::Status> {
-                    set.broadcast(&#module::#constant, event, exclude)
-                }
-
-                #all_doc
-                pub fn #to_all(
-                    server: &::stmp::Server,
-                    event: &#input,
-                    filter: impl Fn(&::stmp::Conn) -> bool,
-                ) -> ::core::result::Result<::stmp::Delivery, ::stmp::Status> {
-                    let conns = server.conns().to_vec();
-                    ::stmp::broadcast(
-                        &#module::#constant,
-                        event,
-                        conns.iter().filter(|conn| filter(conn)),
-                    )
-                }
-
-                #room_doc
-                pub fn #to_room(
-                    rooms: &::stmp::Rooms,
-                    room: &str,
-                    event: &#input,
-                    exclude: ::core::option::Option<&::stmp::Conn>,
-                ) -> ::core::result::Result<::stmp::Delivery, ::stmp::Status> {
-                    rooms.broadcast(room, &#module::#constant, event, exclude)
-                }
-
-                #user_doc
-                pub fn #to_user(
-                    users: &::stmp::Users,
-                    user: &str,
-                    event: &#input,
-                ) -> ::core::result::Result<::stmp::Delivery, ::stmp::Status> {
-                    users.send(user, &#module::#constant, event)
+                    ::stmp::broadcast(to, &#constant, event)
                 }
             }
         });
-        let broadcaster_doc = doc(&format!(
-            "Sends the events of `{}` to clients (or to the server). Each send serialises the \
-             event once per content type and never waits: a connection whose send queue is \
-             full misses it, as [`Delivery::dropped`](::stmp::Delivery::dropped) counts.",
-            self.proto_name()
-        ));
         quote! {
             #(#listener_doc)*
             #listener_about
@@ -581,13 +533,7 @@ impl<'a> ServiceCode<'a> {
                 }
             }
 
-            #broadcaster_doc
-            #[derive(Clone, Copy, Debug, Default)]
-            pub struct #broadcaster;
-
-            impl #broadcaster {
-                #(#sends)*
-            }
+            #(#sends)*
         }
     }
 }

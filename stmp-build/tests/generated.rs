@@ -1,6 +1,6 @@
 //! The snapshot of `tests/protos/options.proto` compiled and run: the stmp options are
 //! honoured, the serde support reads what other peers write, and the generated server, client,
-//! listener and broadcaster work over a real connection. (`tests/snapshots.rs` checks the
+//! listener and event functions work over a real connection. (`tests/snapshots.rs` checks the
 //! snapshot is what the generator writes today.)
 
 use std::time::Duration;
@@ -15,6 +15,8 @@ mod generated {
     include!("snapshots/options/options.include.rs");
 }
 
+use generated::echo::{Echo, EchoClient as EchoStub, EchoServer as EchoService};
+use generated::lobby::{Lobby, LobbyClient, LobbyServer};
 use generated::*;
 
 #[test]
@@ -41,12 +43,26 @@ fn option_ids_make_the_actions() {
 // is events only by (stmp.kind) although its name ends in "Service"; Lobby is both.
 #[allow(unused_imports)]
 mod kinds {
-    use super::generated::{
-        AlertServiceBroadcaster, AlertServiceListener, Echo, EchoClient, EchoServer, Lobby,
-        LobbyBroadcaster, LobbyClient, LobbyListener, LobbyServer, attach_alert_service,
-        attach_lobby,
+    use super::generated::alert_service::{AlertServiceListener, attach_alert_service, fire};
+    use super::generated::echo::{Echo, EchoClient, EchoServer};
+    use super::generated::lobby::{
+        Lobby, LobbyClient, LobbyListener, LobbyServer, attach_lobby, poke,
     };
-    // Would not compile: there is no EchoListener, no AlertServiceServer.
+    // Would not compile: there is no echo::EchoListener, no alert_service::AlertServiceServer.
+}
+
+#[test]
+fn messages_named_like_generated_items_do_not_collide_with_them() {
+    // The package's messages…
+    let message = EchoServer {
+        name: "a message".into(),
+    };
+    let _ = (EchoClient {}, LobbyListener {}, AlertServiceListener {});
+    assert_eq!(message.name, "a message");
+    // …and the service's items, in the service's module.
+    let _server = echo::EchoServer::new(Echoer);
+    fn is_listener<L: lobby::LobbyListener>() {}
+    is_listener::<Poker>();
 }
 
 struct Echoer;
@@ -72,7 +88,7 @@ impl Echo for Echoer {
 
 struct Alarm(mpsc::UnboundedSender<Ping>);
 
-impl AlertServiceListener for Alarm {
+impl alert_service::AlertServiceListener for Alarm {
     async fn fire(&self, _ctx: Context, event: Ping) {
         let _ = self.0.send(event);
     }
@@ -144,7 +160,7 @@ fn json_reads_camel_case_strings_and_names() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_generated_code_works_over_a_connection() {
     let server = Server::builder()
-        .add_service(EchoServer::new(Echoer))
+        .add_service(EchoService::new(Echoer))
         .build();
     assert!(server.router().serves(&echo::PING));
     assert!(server.router().serves(&echo::SHOUT));
@@ -155,53 +171,53 @@ async fn the_generated_code_works_over_a_connection() {
         .await
         .unwrap();
     let (tx, mut fired) = mpsc::unbounded_channel();
-    let handle = attach_alert_service(client.router(), Alarm(tx));
+    let handle = alert_service::attach_alert_service(client.router(), Alarm(tx));
 
-    let echo = EchoClient::new(client.clone());
+    let echo = EchoStub::new(client.clone());
     let work = async {
         assert_eq!(echo.ping(sample()).await.unwrap(), sample());
         assert_eq!(echo.shout(sample()).await.unwrap().text, "HI");
         let status = echo.hash(sample()).await.unwrap_err();
         assert_eq!(status.code(), stmp::Code::NotFound);
-        // A notify: no answer, the default output.
-        let quiet = echo
-            .ping_with(sample(), stmp::CallOptions::new().notify())
-            .await
-            .unwrap();
-        assert_eq!(quiet, Ping::default());
+        // A typed notify: no answer, nothing made up.
+        let (): () = echo.notify_ping(sample()).await.unwrap();
 
-        // Server → client events, to every connection the filter accepts.
-        let delivery = AlertServiceBroadcaster::fire_to_all(&server, &sample(), |_| true).unwrap();
+        // Server → client events, to everyone.
+        let delivery = alert_service::fire(server.everyone(), &sample()).unwrap();
         assert_eq!(delivery.queued, 1);
         assert_eq!(fired.recv().await.unwrap(), sample());
 
         // And back through the server-side connection: the client is the callee.
         let conn = server.conns().to_vec().pop().unwrap();
-        let delivery = AlertServiceBroadcaster::fire(&conn, &Ping::default()).unwrap();
+        let delivery = alert_service::fire(&conn, &Ping::default()).unwrap();
         assert_eq!(delivery.encodings, 1);
         assert_eq!(fired.recv().await.unwrap(), Ping::default());
+        let list = [conn.clone()];
+        assert_eq!(alert_service::fire(&list, &sample()).unwrap().queued, 1);
+        assert_eq!(fired.recv().await.unwrap(), sample());
+        let set = stmp::ConnSet::new();
+        set.insert(conn.clone());
+        let left_out = stmp::Audience::from(&set).except(&conn);
+        assert_eq!(alert_service::fire(left_out, &sample()).unwrap().queued, 0);
 
         // To a room (with and without the one member excluded), and to a user's devices.
-        let rooms = stmp::Rooms::new();
+        let rooms = server.rooms();
         rooms.join("lobby", &conn);
-        let excluded =
-            AlertServiceBroadcaster::fire_to_room(&rooms, "lobby", &sample(), Some(&conn)).unwrap();
+        let excluded = alert_service::fire(rooms.to("lobby").except(&conn), &sample()).unwrap();
         assert_eq!(excluded.queued, 0);
-        let delivery =
-            AlertServiceBroadcaster::fire_to_room(&rooms, "lobby", &sample(), None).unwrap();
+        let delivery = alert_service::fire(rooms.to("lobby"), &sample()).unwrap();
         assert_eq!(delivery.queued, 1);
         assert_eq!(fired.recv().await.unwrap(), sample());
-        let users = stmp::Users::new();
+        let users = server.users();
         users.bind("alice", &conn);
-        let delivery =
-            AlertServiceBroadcaster::fire_to_user(&users, "alice", &Ping::default()).unwrap();
+        let delivery = alert_service::fire(users.to("alice"), &Ping::default()).unwrap();
         assert_eq!(delivery.queued, 1);
         assert_eq!(fired.recv().await.unwrap(), Ping::default());
-        assert!(
-            AlertServiceBroadcaster::fire_to_user(&users, "bob", &sample())
+        assert_eq!(
+            alert_service::fire(users.to("bob"), &sample())
                 .unwrap()
-                .queued
-                == 0
+                .queued,
+            0
         );
     };
     timeout(Duration::from_secs(20), work)
@@ -223,7 +239,7 @@ impl Lobby for Poker {
     }
 }
 
-impl LobbyListener for Poker {
+impl lobby::LobbyListener for Poker {
     async fn poke(&self, ctx: Context, event: Ping) {
         let from = ctx.conn().remote_addr().is_some();
         let _ = self.0.send(format!("{} {from}", event.text));
@@ -234,7 +250,7 @@ impl LobbyListener for Poker {
 async fn calls_and_events_go_both_ways() {
     let server = Server::builder().build();
     let (tx, mut heard) = mpsc::unbounded_channel();
-    let handle = attach_lobby(server.router(), Poker(tx.clone()));
+    let handle = lobby::attach_lobby(server.router(), Poker(tx.clone()));
     let addr = server.listen_tcp("127.0.0.1:0").await.unwrap();
     let client = Client::builder()
         .add_service(LobbyServer::new(Poker(tx)))
@@ -259,7 +275,7 @@ async fn calls_and_events_go_both_ways() {
             .unwrap();
         assert_eq!(answer.text, "poked you");
         // Client → server event, heard by the listener attached to the server's router.
-        let delivery = LobbyBroadcaster::poke(
+        let delivery = lobby::poke(
             &client.conn().unwrap(),
             &Ping {
                 text: "hello".into(),

@@ -23,6 +23,7 @@ mod generated {
     include!("snapshots/quick_start/stmp.examples.quick_start.include.rs");
 }
 
+use generated::room_service::{RoomService, RoomServiceServer};
 use generated::*;
 
 /// A fixstr: `a0 | len`, then the bytes.

@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use prost::Message as _;
 use prost_reflect::{DescriptorPool, DeserializeOptions, DynamicMessage, SerializeOptions};
-use stmp::{Codec, Conn, Delivery, Method, Status};
+use stmp::wire::Header;
+use stmp::{Audience, Codec, Delivery, Method, Status};
 
 /// The events the API may publish, with the descriptors of their messages.
 ///
@@ -136,13 +137,10 @@ impl Event {
         codec.encode_dynamic(&self.protobuf, &StmpSerde(&self.message))
     }
 
-    /// Sends the event to each connection, encoded once per codec among them; never waits
-    /// (see [`stmp::broadcast`]).
-    pub fn send_to<'a>(
-        &self,
-        conns: impl IntoIterator<Item = &'a Conn>,
-    ) -> Result<Delivery, Status> {
-        stmp::broadcast_with(&self.method, |codec| self.encode(codec), conns)
+    /// Sends the event to an audience (a room, a user, everyone, connections), encoded once
+    /// per codec; never waits (see [`stmp::broadcast_with`]).
+    pub fn send_to<'a>(&self, to: impl Into<Audience<'a>>) -> Result<Delivery, Status> {
+        stmp::broadcast_with(to, &self.method, Header::new(), |codec| self.encode(codec))
     }
 }
 

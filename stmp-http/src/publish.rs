@@ -5,7 +5,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, header};
 use bytes::Bytes;
 use serde::Serialize;
-use stmp::{Conn, Delivery};
+use stmp::{Audience, Delivery};
 
 use crate::error::ApiError;
 use crate::{Event, Shared};
@@ -39,7 +39,7 @@ pub(crate) async fn to_room(
         .as_ref()
         .ok_or_else(|| ApiError::not_found("this server has no rooms"))?;
     let event = parse(&state, &method, &headers, &body)?;
-    send(&event, &rooms.members(&room), "room", &room)
+    send(&event, rooms.to(&room), "room", &room)
 }
 
 pub(crate) async fn to_user(
@@ -53,7 +53,7 @@ pub(crate) async fn to_user(
         .as_ref()
         .ok_or_else(|| ApiError::not_found("this server has no users"))?;
     let event = parse(&state, &method, &headers, &body)?;
-    send(&event, &users.conns(&user), "user", &user)
+    send(&event, users.to(&user), "user", &user)
 }
 
 pub(crate) async fn to_everyone(
@@ -63,7 +63,7 @@ pub(crate) async fn to_everyone(
     body: Bytes,
 ) -> Result<Json<Published>, ApiError> {
     let event = parse(&state, &method, &headers, &body)?;
-    send(&event, &state.server.conns().to_vec(), "everyone", "")
+    send(&event, state.server.everyone(), "everyone", "")
 }
 
 fn parse(
@@ -79,8 +79,13 @@ fn parse(
     Ok(state.events.parse(method, content_type, body)?)
 }
 
-fn send(event: &Event, conns: &[Conn], to: &str, name: &str) -> Result<Json<Published>, ApiError> {
-    let delivery = event.send_to(conns)?;
+fn send(
+    event: &Event,
+    audience: Audience<'_>,
+    to: &str,
+    name: &str,
+) -> Result<Json<Published>, ApiError> {
+    let delivery = event.send_to(audience)?;
     tracing::info!(
         method = event.method().name,
         to,

@@ -5,7 +5,7 @@ use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 
-use crate::adapter::{NodeId, Payloads, Sender};
+use crate::adapter::{Broadcast, ConnRef, Encode, Node, NodeId, Payloads, Sender, Target};
 use crate::codec::{Codec, Message};
 use crate::wire::Header;
 use crate::{Conn, Method, Status};
@@ -61,24 +61,6 @@ impl ConnSet {
     /// The connections, as they are now.
     pub fn to_vec(&self) -> Vec<Conn> {
         self.read().values().cloned().collect()
-    }
-
-    /// Sends an event to every connection but `exclude` (see [`broadcast`]).
-    pub fn broadcast<E: Message>(
-        &self,
-        method: &Method,
-        event: &E,
-        exclude: Option<&Conn>,
-    ) -> Result<Delivery, Status> {
-        // Sending never waits, so the set is read in place rather than copied.
-        let conns = self.read();
-        broadcast(
-            method,
-            event,
-            conns
-                .values()
-                .filter(|conn| exclude.is_none_or(|ex| !ex.same(conn))),
-        )
     }
 
     /// Runs `each` on every connection, in place (sending never waits, so the set is read
@@ -145,41 +127,172 @@ pub struct Delivery {
     pub encodings: usize,
 }
 
-/// Sends `event` as a notify of `method` to each connection, serialising it once per content
-/// type and sharing the bytes. It never waits: a connection whose send queue is full misses
-/// the event (counted in [`Delivery::dropped`]) and its [`SlowConsumer`] policy applies.
-pub fn broadcast<'a, E: Message>(
-    method: &Method,
-    event: &E,
-    conns: impl IntoIterator<Item = &'a Conn>,
-) -> Result<Delivery, Status> {
-    broadcast_with(method, |codec| codec.encode(event), conns)
+/// Who a broadcast goes to: one connection (`&Conn`), a list (`&[Conn]`, `&Vec<Conn>`), a
+/// [`ConnSet`], a room ([`Rooms::to`](crate::Rooms::to)), a user's devices
+/// ([`Users::to`](crate::Users::to)) or everyone
+/// ([`Server::everyone`](crate::Server::everyone)), minus the connections given to
+/// [`except`](Self::except). Rooms, users and everyone go through the server's
+/// [adapter](crate::adapter), so with a cluster adapter they reach every node.
+///
+/// ```no_run
+/// # fn run(rooms: stmp::Rooms, users: stmp::Users, conn: stmp::Conn) -> Result<(), stmp::Status> {
+/// # #[derive(Clone, PartialEq, prost::Message, serde::Serialize, serde::Deserialize)]
+/// # struct Joined { #[prost(string, tag = "1")] user: String }
+/// use stmp::{Method, broadcast};
+///
+/// const JOINED: Method = Method::new("chat.Events.Joined", "chat.Joined", "google.protobuf.Empty");
+/// let event = Joined { user: "alice".into() };
+/// broadcast(rooms.to("lobby").except(&conn), &JOINED, &event)?;
+/// broadcast(users.to("bob"), &JOINED, &event)?;
+/// broadcast(&conn, &JOINED, &event)?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Audience<'a> {
+    to: To<'a>,
+    except: Vec<u64>,
+    except_elsewhere: Vec<ConnRef>,
 }
 
-/// [`broadcast`] of an event that encodes itself: `encode` runs once per content type among
-/// the connections. This is how an event whose type is only known at run time (a message
-/// built from descriptors, say) reaches connections of every codec.
+#[derive(Clone, Debug)]
+enum To<'a> {
+    Conns(&'a [Conn]),
+    Set(&'a ConnSet),
+    Node(&'a Node, Target),
+}
+
+impl<'a> Audience<'a> {
+    /// The members of `target` on `node` (and, through its adapter, on the other nodes).
+    pub fn on(node: &'a Node, target: Target) -> Audience<'a> {
+        Audience::new(To::Node(node, target))
+    }
+
+    fn new(to: To<'a>) -> Audience<'a> {
+        Audience {
+            to,
+            except: Vec::new(),
+            except_elsewhere: Vec::new(),
+        }
+    }
+
+    /// Leaves `conn` out (the sender, usually).
+    pub fn except(mut self, conn: &Conn) -> Self {
+        self.except.push(conn.id());
+        self
+    }
+
+    /// Leaves out a connection of any node (from presence,
+    /// [`Rooms::cluster_members`](crate::Rooms::cluster_members)); it applies to rooms, users and everyone.
+    pub fn except_ref(mut self, conn: ConnRef) -> Self {
+        self.except_elsewhere.push(conn);
+        self
+    }
+}
+
+impl<'a> From<&'a Conn> for Audience<'a> {
+    fn from(conn: &'a Conn) -> Self {
+        Audience::new(To::Conns(std::slice::from_ref(conn)))
+    }
+}
+
+impl<'a> From<&'a [Conn]> for Audience<'a> {
+    fn from(conns: &'a [Conn]) -> Self {
+        Audience::new(To::Conns(conns))
+    }
+}
+
+impl<'a> From<&'a Vec<Conn>> for Audience<'a> {
+    fn from(conns: &'a Vec<Conn>) -> Self {
+        Audience::new(To::Conns(conns))
+    }
+}
+
+impl<'a, const N: usize> From<&'a [Conn; N]> for Audience<'a> {
+    fn from(conns: &'a [Conn; N]) -> Self {
+        Audience::new(To::Conns(conns))
+    }
+}
+
+impl<'a> From<&'a ConnSet> for Audience<'a> {
+    fn from(set: &'a ConnSet) -> Self {
+        Audience::new(To::Set(set))
+    }
+}
+
+/// Sends `event` as a notify of `method` to an [`Audience`], serialising it once per
+/// content type and sharing the bytes. It never waits: a connection whose send queue is full
+/// misses the event (counted in [`Delivery::dropped`]) and its [`SlowConsumer`] policy
+/// applies. Generated code has one typed function per event that calls it.
+pub fn broadcast<'a, E: Message>(
+    to: impl Into<Audience<'a>>,
+    method: &Method,
+    event: &E,
+) -> Result<Delivery, Status> {
+    broadcast_with(to, method, Header::new(), |codec| codec.encode(event))
+}
+
+/// [`broadcast`] of an event that encodes itself, with a header on every notify: `encode`
+/// runs once per content type among the recipients (for every codec of the server when a
+/// cluster adapter ships it). This is how an event whose type is only known at run time (a
+/// message built from descriptors, say) reaches connections of every codec.
 ///
 /// ```
 /// use bytes::Bytes;
+/// use stmp::wire::Header;
 /// use stmp::{Method, broadcast_with};
 ///
 /// const PING: Method = Method::new("demo.Events.Ping", "demo.PingEvent", "google.protobuf.Empty");
-/// let delivery = broadcast_with(&PING, |_codec| Ok(Bytes::new()), []).unwrap();
+/// let nobody: &[stmp::Conn] = &[];
+/// let delivery = broadcast_with(nobody, &PING, Header::new(), |_codec| Ok(Bytes::new())).unwrap();
 /// assert_eq!(delivery.queued, 0);
 /// ```
 pub fn broadcast_with<'a>(
+    to: impl Into<Audience<'a>>,
     method: &Method,
+    header: Header,
     mut encode: impl FnMut(&Codec) -> Result<Bytes, Status>,
-    conns: impl IntoIterator<Item = &'a Conn>,
+) -> Result<Delivery, Status> {
+    let audience = to.into();
+    match audience.to {
+        To::Node(node, target) => {
+            let mut broadcast = Broadcast::new(method, target, node.id(), &mut encode);
+            *broadcast.header_mut() = header;
+            for id in audience.except {
+                broadcast.except(ConnRef {
+                    node: node.id(),
+                    id,
+                });
+            }
+            for conn in audience.except_elsewhere {
+                broadcast.except(conn);
+            }
+            node.broadcast(&mut broadcast)
+        }
+        To::Conns(conns) => send_local(method, header, &mut encode, &audience.except, |each| {
+            conns.iter().for_each(each)
+        }),
+        To::Set(set) => send_local(method, header, &mut encode, &audience.except, |each| {
+            set.for_each(each)
+        }),
+    }
+}
+
+/// Sends to connections held by the caller: they are this process's, so ids alone tell
+/// them apart.
+fn send_local(
+    method: &Method,
+    header: Header,
+    encode: &mut Encode<'_>,
+    except: &[u64],
+    conns: impl FnOnce(&mut dyn FnMut(&Conn)),
 ) -> Result<Delivery, Status> {
     let action = method.wire_action();
-    let header = Header::new();
-    let mut payloads = Payloads::lazy(&mut encode);
+    let mut payloads = Payloads::lazy(encode);
     let mut sender = Sender::to_conns(&action, method.name, &header, &mut payloads);
-    for conn in conns {
-        // Connections in a list belong to this process; there is no node to tell apart.
-        sender.offer(NodeId::new(0), conn);
-    }
+    conns(&mut |conn: &Conn| {
+        if !except.contains(&conn.id()) {
+            sender.offer(NodeId::new(0), conn);
+        }
+    });
     sender.finish()
 }

@@ -37,7 +37,7 @@ pub mod telemetry;
 pub mod tls;
 pub mod wire;
 
-pub use broadcast::{ConnSet, Delivery, SlowConsumer, broadcast, broadcast_with};
+pub use broadcast::{Audience, ConnSet, Delivery, SlowConsumer, broadcast, broadcast_with};
 pub use client::{Client, ClientBuilder, ConnectionEvent};
 pub use codec::{Codec, Message};
 pub use conn::{CallOptions, Caller, Conn, PacketFormat, Side};

@@ -5,9 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::adapter::{Broadcast, ConnRef, Member, Node, Query, Target};
-use crate::codec::Message;
-use crate::{Conn, Delivery, Method, Status};
+use crate::adapter::{ConnRef, Member, Node, Query, Target};
+use crate::{Audience, Conn, Status};
 
 /// Rooms: named sets of connections. A connection joins any number of rooms and leaves all
 /// of them when it closes; a room exists while it has members. Cheap to clone and safe to
@@ -58,6 +57,12 @@ impl Rooms {
     /// The node the rooms live on.
     pub fn node(&self) -> &Arc<Node> {
         &self.node
+    }
+
+    /// The members of `room`, to [`broadcast`](crate::broadcast) to (add
+    /// [`except`](Audience::except) to leave the sender out).
+    pub fn to(&self, room: &str) -> Audience<'_> {
+        Audience::on(&self.node, Target::Room(room.to_owned()))
     }
 
     /// Puts `conn` in `room` (creating it); returns whether it was not there yet.
@@ -132,28 +137,6 @@ impl Rooms {
             .await?
             .into_names()
     }
-
-    /// Sends an event to every member of `room` but `exclude`, serialising it once per
-    /// content type (see [`broadcast`](crate::broadcast)).
-    pub fn broadcast<E: Message>(
-        &self,
-        room: &str,
-        method: &Method,
-        event: &E,
-        exclude: Option<&Conn>,
-    ) -> Result<Delivery, Status> {
-        let mut encode = |codec: &crate::Codec| codec.encode(event);
-        let mut broadcast = Broadcast::new(
-            method,
-            Target::Room(room.to_owned()),
-            self.node.id(),
-            &mut encode,
-        );
-        if let Some(conn) = exclude {
-            broadcast.except(self.node.conn_ref(conn));
-        }
-        self.node.broadcast(&mut broadcast)
-    }
 }
 
 /// Users: every connection of each signed-in user (one per device), so "send to a user"
@@ -191,6 +174,11 @@ impl Users {
     /// The node the users live on.
     pub fn node(&self) -> &Arc<Node> {
         &self.node
+    }
+
+    /// Every connection (device) of `user`, to [`broadcast`](crate::broadcast) to.
+    pub fn to(&self, user: &str) -> Audience<'_> {
+        Audience::on(&self.node, Target::User(user.to_owned()))
     }
 
     /// Binds `conn` to `user`, unbinding it from any other user first.
@@ -245,23 +233,6 @@ impl Users {
     /// The users with a connection on any node, within `timeout`.
     pub async fn cluster_online(&self, timeout: Duration) -> Result<Vec<String>, Status> {
         self.node.query(Query::Online, timeout).await?.into_names()
-    }
-
-    /// Sends an event to every connection of `user`.
-    pub fn send<E: Message>(
-        &self,
-        user: &str,
-        method: &Method,
-        event: &E,
-    ) -> Result<Delivery, Status> {
-        let mut encode = |codec: &crate::Codec| codec.encode(event);
-        let mut broadcast = Broadcast::new(
-            method,
-            Target::User(user.to_owned()),
-            self.node.id(),
-            &mut encode,
-        );
-        self.node.broadcast(&mut broadcast)
     }
 }
 

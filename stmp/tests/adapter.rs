@@ -13,7 +13,7 @@ use stmp::adapter::{
     Adapter, Answer, BoxFuture, Broadcast, ConnRef, Membership, Node, NodeId, Query, Target,
 };
 use stmp::codec::Codec;
-use stmp::{Client, Context, Delivery, Server, Status};
+use stmp::{Audience, Client, Context, Delivery, Server, Status};
 use tokio::sync::{mpsc, oneshot};
 
 /// What one node sends the other.
@@ -170,13 +170,11 @@ fn event(text: &str) -> UserJoinEvent {
 
 /// Broadcasts `text` to `target` from `server`, leaving out `except`.
 fn send(server: &Server, target: Target, text: &str, except: &[ConnRef]) -> Delivery {
-    let event = event(text);
-    let mut encode = |codec: &Codec| codec.encode(&event);
-    let mut broadcast = Broadcast::new(&USER_JOIN, target, server.node().id(), &mut encode);
+    let mut audience = Audience::on(server.node(), target);
     for conn in except {
-        broadcast.except(*conn);
+        audience = audience.except_ref(*conn);
     }
-    server.node().broadcast(&mut broadcast).unwrap()
+    stmp::broadcast(audience, &USER_JOIN, &event(text)).unwrap()
 }
 
 const PRESENCE: Duration = Duration::from_secs(5);
@@ -213,10 +211,7 @@ async fn two_nodes_share_rooms_users_everyone_and_presence_through_the_seam() {
     assert_eq!(next(&mut alice_b).await, "not to bob");
 
     // A user send reaches every device of the user, on both nodes, in each one's codec.
-    let from_b = b
-        .users()
-        .send("alice", &USER_JOIN, &event("to alice"))
-        .unwrap();
+    let from_b = stmp::broadcast(b.users().to("alice"), &USER_JOIN, &event("to alice")).unwrap();
     assert_eq!(from_b.queued, 1, "one of alice's devices is on B");
     assert_eq!(next(&mut alice_a).await, "to alice");
     assert_eq!(next(&mut alice_b).await, "to alice");

@@ -197,7 +197,7 @@ impl Flood {
             delay_ms: 0,
         };
         for _ in 0..EVENTS_PER_ROUND {
-            self.server.conns().broadcast(&TICK, &event, None).unwrap();
+            stmp::broadcast(self.server.conns(), &TICK, &event).unwrap();
         }
         self.rounds += 1;
         let expected = self.rounds * EVENTS_PER_ROUND;

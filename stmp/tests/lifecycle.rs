@@ -159,7 +159,7 @@ async fn broadcast_serialises_once_per_content_type() {
     }
     until(|| server.conns().len() >= 4).await;
     let event = UserJoinEvent { user: "bob".into() };
-    let delivery = server.conns().broadcast(&USER_JOIN, &event, None).unwrap();
+    let delivery = stmp::broadcast(server.conns(), &USER_JOIN, &event).unwrap();
     assert_eq!(delivery.queued, 4);
     assert_eq!(delivery.encodings, 3);
     let mut got = Vec::new();
@@ -179,10 +179,8 @@ async fn broadcast_serialises_once_per_content_type() {
 
     // Excluding one connection; detached listeners hear nothing.
     let excluded = server.conns().to_vec().into_iter().next().unwrap();
-    let delivery = server
-        .conns()
-        .broadcast(&USER_JOIN, &event, Some(&excluded))
-        .unwrap();
+    let delivery =
+        stmp::broadcast(server.everyone().except(&excluded), &USER_JOIN, &event).unwrap();
     assert_eq!(delivery.queued, 3);
 }
 
@@ -208,17 +206,21 @@ async fn listeners_detach_at_runtime() {
             async move { tx.send(format!("second {}", e.user)).unwrap() }
         });
     until(|| !server.conns().is_empty()).await;
-    server
-        .conns()
-        .broadcast(&USER_JOIN, &UserJoinEvent { user: "a".into() }, None)
-        .unwrap();
+    stmp::broadcast(
+        server.everyone(),
+        &USER_JOIN,
+        &UserJoinEvent { user: "a".into() },
+    )
+    .unwrap();
     assert_eq!(within(rx.recv()).await.unwrap(), "first a");
     assert_eq!(within(rx.recv()).await.unwrap(), "second a");
     first.detach();
-    server
-        .conns()
-        .broadcast(&USER_JOIN, &UserJoinEvent { user: "b".into() }, None)
-        .unwrap();
+    stmp::broadcast(
+        server.everyone(),
+        &USER_JOIN,
+        &UserJoinEvent { user: "b".into() },
+    )
+    .unwrap();
     assert_eq!(within(rx.recv()).await.unwrap(), "second b");
     // Events keep their order: a ping proves nothing else was queued.
     let ok: Echo = within(client.call(&ECHO, &Echo::default())).await.unwrap();
@@ -297,16 +299,14 @@ async fn a_client_reconnects_after_a_server_restart() {
     let ok: Echo = within(client.call(&ECHO, &echo("again"))).await.unwrap();
     assert_eq!(ok.text, "again");
     until(|| !second.conns().is_empty()).await;
-    second
-        .conns()
-        .broadcast(
-            &USER_JOIN,
-            &UserJoinEvent {
-                user: "after restart".into(),
-            },
-            None,
-        )
-        .unwrap();
+    stmp::broadcast(
+        second.everyone(),
+        &USER_JOIN,
+        &UserJoinEvent {
+            user: "after restart".into(),
+        },
+    )
+    .unwrap();
     assert_eq!(within(heard.recv()).await.unwrap(), "after restart");
 }
 

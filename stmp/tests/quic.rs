@@ -69,16 +69,14 @@ async fn round_trips_and_events_over_quic() {
             .unwrap_err();
         assert_eq!(failed.code(), Code::BadRequest);
         until(|| !quic.server.conns().is_empty()).await;
-        quic.server
-            .conns()
-            .broadcast(
-                &USER_JOIN,
-                &UserJoinEvent {
-                    user: "carol".into(),
-                },
-                None,
-            )
-            .unwrap();
+        stmp::broadcast(
+            quic.server.everyone(),
+            &USER_JOIN,
+            &UserJoinEvent {
+                user: "carol".into(),
+            },
+        )
+        .unwrap();
         assert_eq!(within(heard.recv()).await.unwrap(), "carol");
         within(client.close()).await;
         until(|| quic.server.conns().is_empty()).await;

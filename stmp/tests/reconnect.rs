@@ -73,9 +73,7 @@ async fn on_connect_rejoins_after_a_restart_before_waiting_calls_go_on() {
             async move { tx.send(e.user).unwrap() }
         });
     let event = |user: &str| UserJoinEvent { user: user.into() };
-    rooms
-        .broadcast("lobby", &USER_JOIN, &event("first"), None)
-        .unwrap();
+    stmp::broadcast(rooms.to("lobby"), &USER_JOIN, &event("first")).unwrap();
     assert_eq!(within(heard.recv()).await.unwrap(), "first");
 
     within(first.shutdown(Duration::from_secs(1))).await;
@@ -94,9 +92,7 @@ async fn on_connect_rejoins_after_a_restart_before_waiting_calls_go_on() {
         "the waiting call went before the re-join"
     );
     assert_eq!(joins.load(Ordering::SeqCst), 2);
-    rooms
-        .broadcast("lobby", &USER_JOIN, &event("after restart"), None)
-        .unwrap();
+    stmp::broadcast(rooms.to("lobby"), &USER_JOIN, &event("after restart")).unwrap();
     assert_eq!(within(heard.recv()).await.unwrap(), "after restart");
 }
 

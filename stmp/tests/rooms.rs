@@ -75,29 +75,25 @@ async fn rooms_reach_exactly_their_members() {
     assert_eq!(rooms.rooms_of(&conns[1]), ["games", "lobby"]);
     assert_eq!(rooms.members("lobby").len(), 2);
 
-    let delivery = rooms
-        .broadcast(
-            "lobby",
-            &USER_JOIN,
-            &UserJoinEvent {
-                user: "to lobby".into(),
-            },
-            Some(&conns[0]),
-        )
-        .unwrap();
+    let delivery = stmp::broadcast(
+        rooms.to("lobby").except(&conns[0]),
+        &USER_JOIN,
+        &UserJoinEvent {
+            user: "to lobby".into(),
+        },
+    )
+    .unwrap();
     assert_eq!((delivery.queued, delivery.encodings), (1, 1));
     assert_eq!(within(heard.recv()).await.unwrap(), (1, "to lobby".into()));
 
-    rooms
-        .broadcast(
-            "games",
-            &USER_JOIN,
-            &UserJoinEvent {
-                user: "to games".into(),
-            },
-            None,
-        )
-        .unwrap();
+    stmp::broadcast(
+        rooms.to("games"),
+        &USER_JOIN,
+        &UserJoinEvent {
+            user: "to games".into(),
+        },
+    )
+    .unwrap();
     let mut got = vec![
         within(heard.recv()).await.unwrap(),
         within(heard.recv()).await.unwrap(),
@@ -108,16 +104,14 @@ async fn rooms_reach_exactly_their_members() {
     // Leaving stops the messages; an empty room disappears.
     assert!(rooms.leave("lobby", &conns[1]));
     assert!(!rooms.leave("lobby", &conns[1]));
-    rooms
-        .broadcast(
-            "lobby",
-            &USER_JOIN,
-            &UserJoinEvent {
-                user: "after leave".into(),
-            },
-            None,
-        )
-        .unwrap();
+    stmp::broadcast(
+        rooms.to("lobby"),
+        &USER_JOIN,
+        &UserJoinEvent {
+            user: "after leave".into(),
+        },
+    )
+    .unwrap();
     assert_eq!(
         within(heard.recv()).await.unwrap(),
         (0, "after leave".into())
@@ -143,9 +137,12 @@ async fn users_reach_every_device() {
     users.bind("bob", &conns[2]);
     assert_eq!(users.online(), ["alice", "bob"]);
     assert_eq!(users.user_of(&conns[1]).as_deref(), Some("alice"));
-    let delivery = users
-        .send("alice", &USER_JOIN, &UserJoinEvent { user: "dm".into() })
-        .unwrap();
+    let delivery = stmp::broadcast(
+        users.to("alice"),
+        &USER_JOIN,
+        &UserJoinEvent { user: "dm".into() },
+    )
+    .unwrap();
     assert_eq!(delivery.queued, 2);
     let mut got = vec![
         within(heard.recv()).await.unwrap(),

@@ -13,6 +13,9 @@ use stmp::{Conn, Context, Status};
 stmp::include_proto!("stmp.examples.quick_start");
 
 pub use packages::google::protobuf::Empty;
+// The services' items live in per-service modules; the ones the binaries and tests use.
+pub use room_events::{RoomEventsListener, RoomEventsListenerHandle, attach_room_events};
+pub use room_service::{RoomService, RoomServiceClient, RoomServiceServer};
 
 /// The path the server serves WebSocket on.
 pub const WS_PATH: &str = "/quick_start";
@@ -90,9 +93,7 @@ impl Rooms {
         let user = user_name(conn);
         tracing::info!(room, %user, "user left");
         let event = UserExitEvent { user };
-        if let Err(status) =
-            RoomEventsBroadcaster::user_exit_to_room(&self.rooms, room, &event, Some(conn))
-        {
+        if let Err(status) = room_events::user_exit(self.rooms.to(room).except(conn), &event) {
             tracing::warn!(%status, "cannot send UserExit");
         }
     }
@@ -119,7 +120,7 @@ impl RoomService for Rooms {
             let user = user_name(conn);
             tracing::info!(room = %name, %user, "user joined");
             let event = UserJoinEvent { user };
-            RoomEventsBroadcaster::user_join_to_room(&self.rooms, &name, &event, Some(conn))?;
+            room_events::user_join(self.rooms.to(&name).except(conn), &event)?;
         }
         Ok(RoomModel {
             users: self.users(&name),

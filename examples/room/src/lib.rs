@@ -32,6 +32,11 @@ mod proto {
 }
 
 pub use proto::*;
+// The services' items live in per-service modules; the ones this crate uses, by name.
+pub use proto::account_service::{AccountService, AccountServiceClient, AccountServiceServer};
+pub use proto::chat_events::{ChatEventsListener, attach_chat_events};
+pub use proto::chat_service::{ChatService, ChatServiceClient, ChatServiceServer};
+pub use proto::presence_service::{PresenceService, PresenceServiceClient, PresenceServiceServer};
 
 /// `google.protobuf.Empty`.
 pub use proto::packages::google::protobuf::Empty;

@@ -20,11 +20,10 @@ use stmp::{CallOptions, Conn, Context, Flow, Middleware, Status};
 use crate::accounts::Accounts;
 use crate::limits::{SignInLimiter, SignInLimits};
 use crate::{
-    AccountService, AccountServiceServer, ChatEventsBroadcaster, ChatService, ChatServiceServer,
-    Credentials, DirectInput, DirectMessageEvent, Empty, PresenceServiceClient, RoomInfo,
-    RoomInput, RoomList, RoomMessageEvent, SendInput, SendResult, Session, TokenInput,
-    UserJoinedEvent, UserLeftEvent, WhoEntry, WhoInput, WhoList, account_service, now_ms,
-    valid_name,
+    AccountService, AccountServiceServer, ChatService, ChatServiceServer, Credentials, DirectInput,
+    DirectMessageEvent, Empty, PresenceServiceClient, RoomInfo, RoomInput, RoomList,
+    RoomMessageEvent, SendInput, SendResult, Session, TokenInput, UserJoinedEvent, UserLeftEvent,
+    WhoEntry, WhoInput, WhoList, account_service, chat_events, now_ms, valid_name,
 };
 
 /// The longest message text, in bytes.
@@ -189,9 +188,7 @@ impl Chat {
             timestamp: now_ms(),
             reason: reason.to_owned(),
         };
-        if let Err(status) =
-            ChatEventsBroadcaster::user_left_to_room(&self.rooms, room, &event, None)
-        {
+        if let Err(status) = chat_events::user_left(self.rooms.to(room), &event) {
             tracing::warn!(%status, "cannot send UserLeft");
         }
         true
@@ -253,25 +250,6 @@ impl Chat {
             token,
         })
     }
-}
-
-/// Sends a direct message to every device of `user` on any node but `except`.
-fn to_user_except(
-    users: &stmp::Users,
-    user: &str,
-    event: &DirectMessageEvent,
-    except: &Conn,
-) -> Result<stmp::Delivery, Status> {
-    let node = users.node();
-    let mut encode = |codec: &stmp::Codec| codec.encode(event);
-    let mut broadcast = stmp::adapter::Broadcast::new(
-        &crate::chat_events::DIRECT_MESSAGE,
-        stmp::adapter::Target::User(user.to_owned()),
-        node.id(),
-        &mut encode,
-    );
-    broadcast.except(node.conn_ref(except));
-    node.broadcast(&mut broadcast)
 }
 
 /// The peer's address, as text.
@@ -366,7 +344,7 @@ impl ChatService for Chat {
                     user: user.clone(),
                     timestamp: now_ms(),
                 };
-                ChatEventsBroadcaster::user_joined_to_room(&self.rooms, room, &event, Some(conn))?;
+                chat_events::user_joined(self.rooms.to(room).except(conn), &event)?;
             }
         }
         self.settled().await;
@@ -430,8 +408,7 @@ impl ChatService for Chat {
             text: input.text,
             timestamp: now_ms(),
         };
-        let delivery =
-            ChatEventsBroadcaster::room_message_to_room(&self.rooms, room, &event, Some(conn))?;
+        let delivery = chat_events::room_message(self.rooms.to(room).except(conn), &event)?;
         Ok(SendResult {
             timestamp: event.timestamp,
             delivered: delivery.queued as u32,
@@ -464,9 +441,9 @@ impl ChatService for Chat {
         };
         // The recipient's devices, and the sender's others (a copy for them), on any node.
         let conn = ctx.conn();
-        let mut delivery = to_user_except(&self.users, to, &event, conn)?;
+        let mut delivery = chat_events::direct_message(self.users.to(to).except(conn), &event)?;
         if user != to {
-            let copies = to_user_except(&self.users, &user, &event, conn)?;
+            let copies = chat_events::direct_message(self.users.to(&user).except(conn), &event)?;
             delivery.queued += copies.queued;
         }
         Ok(SendResult {

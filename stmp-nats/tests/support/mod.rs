@@ -152,7 +152,7 @@ fn serve(server: &Server, adapter: &NatsAdapter, rooms: &Rooms, users: &Users) {
     router.route(&SAY, move |ctx: Context, input: Line| {
         let rooms = r.clone();
         async move {
-            rooms.broadcast(&input.to, &HEARD, &input, Some(ctx.conn()))?;
+            stmp::broadcast(rooms.to(&input.to).except(ctx.conn()), &HEARD, &input)?;
             Ok::<_, Status>(input)
         }
     });
@@ -160,7 +160,7 @@ fn serve(server: &Server, adapter: &NatsAdapter, rooms: &Rooms, users: &Users) {
     router.route(&TELL, move |_ctx: Context, input: Line| {
         let users = u.clone();
         async move {
-            users.send(&input.to, &HEARD, &input)?;
+            stmp::broadcast(users.to(&input.to), &HEARD, &input)?;
             Ok::<_, Status>(input)
         }
     });

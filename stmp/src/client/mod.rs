@@ -655,4 +655,24 @@ impl Caller for Client {
             .await
             .map_err(|_| Status::request_timeout(format!("not answered within {deadline:?}")))?
     }
+
+    async fn notify<I: Message>(
+        &self,
+        method: &'static Method,
+        input: &I,
+        mut options: CallOptions,
+    ) -> Result<(), Status> {
+        let deadline = options.timeout.unwrap_or(self.inner.call_timeout);
+        options.timeout = Some(deadline);
+        let send = async {
+            let conn = match self.conn() {
+                Some(conn) => conn,
+                None => self.connected().await?,
+            };
+            Caller::notify(&conn, method, input, options).await
+        };
+        tokio::time::timeout(deadline, send)
+            .await
+            .map_err(|_| Status::request_timeout(format!("not sent within {deadline:?}")))?
+    }
 }

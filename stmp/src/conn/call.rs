@@ -24,8 +24,6 @@ pub struct CallOptions {
     pub timeout: Option<Duration>,
     /// Header entries sent with the request.
     pub header: Header,
-    /// Send a notify: no answer is awaited and the output is the default value.
-    pub notify: bool,
 }
 
 impl CallOptions {
@@ -45,12 +43,6 @@ impl CallOptions {
         self.header.append(key, value);
         self
     }
-
-    /// Sends the call as a notify: fire and forget.
-    pub fn notify(mut self) -> Self {
-        self.notify = true;
-        self
-    }
 }
 
 /// Something calls can go through: a [`Client`](crate::Client) (which waits for a connection
@@ -63,6 +55,15 @@ pub trait Caller: Clone + Send + Sync + 'static {
         input: &I,
         options: CallOptions,
     ) -> impl Future<Output = Result<O, Status>> + Send;
+
+    /// Sends `method` as a notify: no answer is awaited. It waits only for room in the send
+    /// queue (and, on a reconnecting client, for a connection), up to the deadline.
+    fn notify<I: Message>(
+        &self,
+        method: &'static Method,
+        input: &I,
+        options: CallOptions,
+    ) -> impl Future<Output = Result<(), Status>> + Send;
 }
 
 impl Caller for Conn {
@@ -72,12 +73,22 @@ impl Caller for Conn {
         input: &I,
         options: CallOptions,
     ) -> Result<O, Status> {
-        if options.notify {
-            let payload = self.codec().encode(input)?;
-            self.notify_raw(method.wire_action(), options.header, payload)
-                .await?;
-            return Ok(O::default());
-        }
         self.call_with(method, input, options).await
+    }
+
+    async fn notify<I: Message>(
+        &self,
+        method: &'static Method,
+        input: &I,
+        options: CallOptions,
+    ) -> Result<(), Status> {
+        let payload = self.codec().encode(input)?;
+        let send = self.notify_raw(method.wire_action(), options.header, payload);
+        match options.timeout {
+            Some(deadline) => tokio::time::timeout(deadline, send)
+                .await
+                .map_err(|_| Status::request_timeout(format!("not sent within {deadline:?}")))?,
+            None => send.await,
+        }
     }
 }

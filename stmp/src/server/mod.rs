@@ -419,6 +419,12 @@ impl Server {
         &self.inner.config.node
     }
 
+    /// Every connection of the server (and, through its adapter, of every node), to
+    /// [`broadcast`](crate::broadcast) to.
+    pub fn everyone(&self) -> crate::Audience<'_> {
+        crate::Audience::on(&self.inner.config.node, crate::adapter::Target::Everyone)
+    }
+
     /// The server's rooms (through its adapter).
     pub fn rooms(&self) -> Rooms {
         Rooms::of(self.inner.config.node.clone())

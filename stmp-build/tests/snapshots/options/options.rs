@@ -72,6 +72,32 @@ pub mod ping {
         BigId(u64),
     }
 }
+/// Messages named like the items generated for the services above: each service's items live
+/// in its own module (echo::EchoServer, lobby::LobbyListener), so these do not collide.
+#[derive(::stmp::serde_support::Serialize, ::stmp::serde_support::Deserialize)]
+#[serde(crate = "::stmp::serde_support::serde")]
+#[serde(default)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct EchoServer {
+    #[prost(string, tag = "1")]
+    #[serde(alias = "Name")]
+    pub name: ::prost::alloc::string::String,
+}
+#[derive(::stmp::serde_support::Serialize, ::stmp::serde_support::Deserialize)]
+#[serde(crate = "::stmp::serde_support::serde")]
+#[serde(default)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct EchoClient {}
+#[derive(::stmp::serde_support::Serialize, ::stmp::serde_support::Deserialize)]
+#[serde(crate = "::stmp::serde_support::serde")]
+#[serde(default)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct LobbyListener {}
+#[derive(::stmp::serde_support::Serialize, ::stmp::serde_support::Deserialize)]
+#[serde(crate = "::stmp::serde_support::serde")]
+#[serde(default)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AlertServiceListener {}
 #[derive(::stmp::serde_support::Serialize, ::stmp::serde_support::Deserialize)]
 #[serde(crate = "::stmp::serde_support::serde")]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
@@ -106,8 +132,8 @@ impl Color {
         }
     }
 }
-/// The methods of `options.Echo`: names, actions and message types, for routing, calls and
-/// logs.
+/// `options.Echo`: its methods (names, actions and message types), and what serves, calls,
+/// listens to and sends them.
 pub mod echo {
     /// Answers with the same ping.
     ///
@@ -137,153 +163,198 @@ pub mod echo {
     );
     /// Every method of `options.Echo`, in proto order.
     pub const METHODS: &[::stmp::Method] = &[PING, SHOUT, HASH];
+    /// Echoes pings. Its kind comes from (stmp.kind), not from its name.
+    ///
+    /// Implement it with `async fn`s and serve it with [`EchoServer`] on a [`stmp::Server`] (or
+    /// on a [`stmp::Client`]: the server may call its clients too); call it with [`EchoClient`].
+    pub trait Echo: ::core::marker::Send + ::core::marker::Sync + 'static {
+        /// Answers with the same ping.
+        fn ping(
+            &self,
+            ctx: ::stmp::Context,
+            input: super::Ping,
+        ) -> impl ::core::future::Future<
+            Output = ::core::result::Result<super::Ping, ::stmp::Status>,
+        > + ::core::marker::Send;
+        fn shout(
+            &self,
+            ctx: ::stmp::Context,
+            input: super::Ping,
+        ) -> impl ::core::future::Future<
+            Output = ::core::result::Result<super::Ping, ::stmp::Status>,
+        > + ::core::marker::Send;
+        /// No (stmp.method): the action is the MurmurHash3 of options.Echo.Hash.
+        fn hash(
+            &self,
+            ctx: ::stmp::Context,
+            input: super::Ping,
+        ) -> impl ::core::future::Future<
+            Output = ::core::result::Result<
+                super::super::google::protobuf::Empty,
+                ::stmp::Status,
+            >,
+        > + ::core::marker::Send;
+    }
+    /// Serves a [`Echo`]: pass it to `add_service` of a server or client builder, or of a
+    /// [`stmp::Router`].
+    #[derive(Debug)]
+    pub struct EchoServer<T> {
+        inner: ::std::sync::Arc<T>,
+    }
+    impl<T: Echo> EchoServer<T> {
+        /// Serves `service`.
+        pub fn new(service: T) -> Self {
+            Self::from_arc(::std::sync::Arc::new(service))
+        }
+        /// Serves a shared `service`.
+        pub fn from_arc(service: ::std::sync::Arc<T>) -> Self {
+            Self { inner: service }
+        }
+    }
+    impl<T> ::core::clone::Clone for EchoServer<T> {
+        fn clone(&self) -> Self {
+            Self { inner: self.inner.clone() }
+        }
+    }
+    impl<T: Echo> ::stmp::Service for EchoServer<T> {
+        fn register(self, router: &::stmp::Router) {
+            let service = self.inner.clone();
+            router
+                .route(
+                    &PING,
+                    move |ctx: ::stmp::Context, input: super::Ping| {
+                        let service = service.clone();
+                        async move { service.ping(ctx, input).await }
+                    },
+                );
+            let service = self.inner.clone();
+            router
+                .route(
+                    &SHOUT,
+                    move |ctx: ::stmp::Context, input: super::Ping| {
+                        let service = service.clone();
+                        async move { service.shout(ctx, input).await }
+                    },
+                );
+            let service = self.inner.clone();
+            router
+                .route(
+                    &HASH,
+                    move |ctx: ::stmp::Context, input: super::Ping| {
+                        let service = service.clone();
+                        async move { service.hash(ctx, input).await }
+                    },
+                );
+        }
+    }
+    /// Calls `options.Echo` on the peer, through a [`stmp::Client`] or, from a server, through
+    /// the client's [`stmp::Conn`].
+    #[derive(Clone, Debug)]
+    pub struct EchoClient<C> {
+        caller: C,
+    }
+    impl<C: ::stmp::Caller> EchoClient<C> {
+        /// A client calling through `caller`.
+        pub fn new(caller: C) -> Self {
+            Self { caller }
+        }
+        /// What the calls go through.
+        pub fn caller(&self) -> &C {
+            &self.caller
+        }
+        /// Answers with the same ping.
+        pub async fn ping(
+            &self,
+            input: super::Ping,
+        ) -> ::core::result::Result<super::Ping, ::stmp::Status> {
+            self.ping_with(input, ::stmp::CallOptions::default()).await
+        }
+        /// [`ping`](Self::ping) with options: a deadline, header entries.
+        pub async fn ping_with(
+            &self,
+            input: super::Ping,
+            options: ::stmp::CallOptions,
+        ) -> ::core::result::Result<super::Ping, ::stmp::Status> {
+            ::stmp::Caller::call(&self.caller, &PING, &input, options).await
+        }
+        /// Sends `Ping` as a notify: the peer runs it and answers nothing.
+        pub async fn notify_ping(
+            &self,
+            input: super::Ping,
+        ) -> ::core::result::Result<(), ::stmp::Status> {
+            ::stmp::Caller::notify(
+                    &self.caller,
+                    &PING,
+                    &input,
+                    ::stmp::CallOptions::default(),
+                )
+                .await
+        }
+        pub async fn shout(
+            &self,
+            input: super::Ping,
+        ) -> ::core::result::Result<super::Ping, ::stmp::Status> {
+            self.shout_with(input, ::stmp::CallOptions::default()).await
+        }
+        /// [`shout`](Self::shout) with options: a deadline, header entries.
+        pub async fn shout_with(
+            &self,
+            input: super::Ping,
+            options: ::stmp::CallOptions,
+        ) -> ::core::result::Result<super::Ping, ::stmp::Status> {
+            ::stmp::Caller::call(&self.caller, &SHOUT, &input, options).await
+        }
+        /// Sends `Shout` as a notify: the peer runs it and answers nothing.
+        pub async fn notify_shout(
+            &self,
+            input: super::Ping,
+        ) -> ::core::result::Result<(), ::stmp::Status> {
+            ::stmp::Caller::notify(
+                    &self.caller,
+                    &SHOUT,
+                    &input,
+                    ::stmp::CallOptions::default(),
+                )
+                .await
+        }
+        /// No (stmp.method): the action is the MurmurHash3 of options.Echo.Hash.
+        pub async fn hash(
+            &self,
+            input: super::Ping,
+        ) -> ::core::result::Result<
+            super::super::google::protobuf::Empty,
+            ::stmp::Status,
+        > {
+            self.hash_with(input, ::stmp::CallOptions::default()).await
+        }
+        /// [`hash`](Self::hash) with options: a deadline, header entries.
+        pub async fn hash_with(
+            &self,
+            input: super::Ping,
+            options: ::stmp::CallOptions,
+        ) -> ::core::result::Result<
+            super::super::google::protobuf::Empty,
+            ::stmp::Status,
+        > {
+            ::stmp::Caller::call(&self.caller, &HASH, &input, options).await
+        }
+        /// Sends `Hash` as a notify: the peer runs it and answers nothing.
+        pub async fn notify_hash(
+            &self,
+            input: super::Ping,
+        ) -> ::core::result::Result<(), ::stmp::Status> {
+            ::stmp::Caller::notify(
+                    &self.caller,
+                    &HASH,
+                    &input,
+                    ::stmp::CallOptions::default(),
+                )
+                .await
+        }
+    }
 }
-/// Echoes pings. Its kind comes from (stmp.kind), not from its name.
-///
-/// Implement it with `async fn`s and serve it with [`EchoServer`] on a [`stmp::Server`] (or
-/// on a [`stmp::Client`]: the server may call its clients too); call it with [`EchoClient`].
-pub trait Echo: ::core::marker::Send + ::core::marker::Sync + 'static {
-    /// Answers with the same ping.
-    fn ping(
-        &self,
-        ctx: ::stmp::Context,
-        input: Ping,
-    ) -> impl ::core::future::Future<
-        Output = ::core::result::Result<Ping, ::stmp::Status>,
-    > + ::core::marker::Send;
-    fn shout(
-        &self,
-        ctx: ::stmp::Context,
-        input: Ping,
-    ) -> impl ::core::future::Future<
-        Output = ::core::result::Result<Ping, ::stmp::Status>,
-    > + ::core::marker::Send;
-    /// No (stmp.method): the action is the MurmurHash3 of options.Echo.Hash.
-    fn hash(
-        &self,
-        ctx: ::stmp::Context,
-        input: Ping,
-    ) -> impl ::core::future::Future<
-        Output = ::core::result::Result<super::google::protobuf::Empty, ::stmp::Status>,
-    > + ::core::marker::Send;
-}
-/// Serves a [`Echo`]: pass it to `add_service` of a server or client builder, or of a
-/// [`stmp::Router`].
-#[derive(Debug)]
-pub struct EchoServer<T> {
-    inner: ::std::sync::Arc<T>,
-}
-impl<T: Echo> EchoServer<T> {
-    /// Serves `service`.
-    pub fn new(service: T) -> Self {
-        Self::from_arc(::std::sync::Arc::new(service))
-    }
-    /// Serves a shared `service`.
-    pub fn from_arc(service: ::std::sync::Arc<T>) -> Self {
-        Self { inner: service }
-    }
-}
-impl<T> ::core::clone::Clone for EchoServer<T> {
-    fn clone(&self) -> Self {
-        Self { inner: self.inner.clone() }
-    }
-}
-impl<T: Echo> ::stmp::Service for EchoServer<T> {
-    fn register(self, router: &::stmp::Router) {
-        let service = self.inner.clone();
-        router
-            .route(
-                &echo::PING,
-                move |ctx: ::stmp::Context, input: Ping| {
-                    let service = service.clone();
-                    async move { service.ping(ctx, input).await }
-                },
-            );
-        let service = self.inner.clone();
-        router
-            .route(
-                &echo::SHOUT,
-                move |ctx: ::stmp::Context, input: Ping| {
-                    let service = service.clone();
-                    async move { service.shout(ctx, input).await }
-                },
-            );
-        let service = self.inner.clone();
-        router
-            .route(
-                &echo::HASH,
-                move |ctx: ::stmp::Context, input: Ping| {
-                    let service = service.clone();
-                    async move { service.hash(ctx, input).await }
-                },
-            );
-    }
-}
-/// Calls `options.Echo` on the peer, through a [`stmp::Client`] or, from a server, through
-/// the client's [`stmp::Conn`].
-#[derive(Clone, Debug)]
-pub struct EchoClient<C> {
-    caller: C,
-}
-impl<C: ::stmp::Caller> EchoClient<C> {
-    /// A client calling through `caller`.
-    pub fn new(caller: C) -> Self {
-        Self { caller }
-    }
-    /// What the calls go through.
-    pub fn caller(&self) -> &C {
-        &self.caller
-    }
-    /// Answers with the same ping.
-    pub async fn ping(
-        &self,
-        input: Ping,
-    ) -> ::core::result::Result<Ping, ::stmp::Status> {
-        self.ping_with(input, ::stmp::CallOptions::default()).await
-    }
-    /// [`ping`](Self::ping) with options: a deadline, header entries, or a notify instead of a
-    /// request.
-    pub async fn ping_with(
-        &self,
-        input: Ping,
-        options: ::stmp::CallOptions,
-    ) -> ::core::result::Result<Ping, ::stmp::Status> {
-        ::stmp::Caller::call(&self.caller, &echo::PING, &input, options).await
-    }
-    pub async fn shout(
-        &self,
-        input: Ping,
-    ) -> ::core::result::Result<Ping, ::stmp::Status> {
-        self.shout_with(input, ::stmp::CallOptions::default()).await
-    }
-    /// [`shout`](Self::shout) with options: a deadline, header entries, or a notify instead of a
-    /// request.
-    pub async fn shout_with(
-        &self,
-        input: Ping,
-        options: ::stmp::CallOptions,
-    ) -> ::core::result::Result<Ping, ::stmp::Status> {
-        ::stmp::Caller::call(&self.caller, &echo::SHOUT, &input, options).await
-    }
-    /// No (stmp.method): the action is the MurmurHash3 of options.Echo.Hash.
-    pub async fn hash(
-        &self,
-        input: Ping,
-    ) -> ::core::result::Result<super::google::protobuf::Empty, ::stmp::Status> {
-        self.hash_with(input, ::stmp::CallOptions::default()).await
-    }
-    /// [`hash`](Self::hash) with options: a deadline, header entries, or a notify instead of a
-    /// request.
-    pub async fn hash_with(
-        &self,
-        input: Ping,
-        options: ::stmp::CallOptions,
-    ) -> ::core::result::Result<super::google::protobuf::Empty, ::stmp::Status> {
-        ::stmp::Caller::call(&self.caller, &echo::HASH, &input, options).await
-    }
-}
-/// The methods of `options.AlertService`: names, actions and message types, for routing,
-/// calls and logs.
+/// `options.AlertService`: its methods (names, actions and message types), and what serves,
+/// calls, listens to and sends them.
 pub mod alert_service {
     /// Action `0x1301` (`(stmp.service) << 8 | (stmp.method)`).
     pub const FIRE: ::stmp::Method = ::stmp::Method::with_ids(
@@ -295,123 +366,74 @@ pub mod alert_service {
     );
     /// Every method of `options.AlertService`, in proto order.
     pub const METHODS: &[::stmp::Method] = &[FIRE];
-}
-/// Events only, by (stmp.kind), whatever its name says.
-///
-/// Receives the events of `options.AlertService`: implement the events you want (the others
-/// do nothing) and attach it with [`attach_alert_service`].
-pub trait AlertServiceListener: ::core::marker::Send + ::core::marker::Sync + 'static {
-    fn fire(
-        &self,
-        ctx: ::stmp::Context,
-        event: Ping,
-    ) -> impl ::core::future::Future<Output = ()> + ::core::marker::Send {
-        let _ = (ctx, event);
-        async {}
-    }
-}
-/// Attaches `listener` to a router: a client's ([`stmp::Client::router`]) for events from the
-/// server, or a server's ([`stmp::Server::router`]) for events from clients. Until
-/// [`AlertServiceListenerHandle::detach`], every event of `options.AlertService` runs its
-/// method.
-pub fn attach_alert_service<L: AlertServiceListener>(
-    router: &::stmp::Router,
-    listener: L,
-) -> AlertServiceListenerHandle {
-    let listener = ::std::sync::Arc::new(listener);
-    AlertServiceListenerHandle {
-        handles: ::std::vec::Vec::from([
-            {
-                let listener = listener.clone();
-                router
-                    .listen(
-                        &alert_service::FIRE,
-                        move |ctx: ::stmp::Context, event: Ping| {
-                            let listener = listener.clone();
-                            async move { listener.fire(ctx, event).await }
-                        },
-                    )
-            },
-        ]),
-    }
-}
-/// The listeners [`attach_alert_service`] added; [`detach`](Self::detach) removes them
-/// (dropping the handle keeps them).
-#[derive(Debug)]
-#[must_use = "dropping the handle keeps the listeners; call detach() to remove them"]
-pub struct AlertServiceListenerHandle {
-    handles: ::std::vec::Vec<::stmp::ListenerHandle>,
-}
-impl AlertServiceListenerHandle {
-    /// Removes the listeners.
-    pub fn detach(self) {
-        for handle in self.handles {
-            handle.detach();
+    /// Events only, by (stmp.kind), whatever its name says.
+    ///
+    /// Receives the events of `options.AlertService`: implement the events you want (the others
+    /// do nothing) and attach it with [`attach_alert_service`].
+    pub trait AlertServiceListener: ::core::marker::Send + ::core::marker::Sync + 'static {
+        fn fire(
+            &self,
+            ctx: ::stmp::Context,
+            event: super::Ping,
+        ) -> impl ::core::future::Future<Output = ()> + ::core::marker::Send {
+            let _ = (ctx, event);
+            async {}
         }
     }
-}
-/// Sends the events of `options.AlertService` to clients (or to the server). Each send
-/// serialises the event once per content type and never waits: a connection whose send queue
-/// is full misses it, as [`Delivery::dropped`](::stmp::Delivery::dropped) counts.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct AlertServiceBroadcaster;
-impl AlertServiceBroadcaster {
-    /// Sends the event to one connection.
-    pub fn fire(
-        conn: &::stmp::Conn,
-        event: &Ping,
-    ) -> ::core::result::Result<::stmp::Delivery, ::stmp::Status> {
-        ::stmp::broadcast(&alert_service::FIRE, event, [conn])
+    /// Attaches `listener` to a router: a client's ([`stmp::Client::router`]) for events from the
+    /// server, or a server's ([`stmp::Server::router`]) for events from clients. Until
+    /// [`AlertServiceListenerHandle::detach`], every event of `options.AlertService` runs its
+    /// method.
+    pub fn attach_alert_service<L: AlertServiceListener>(
+        router: &::stmp::Router,
+        listener: L,
+    ) -> AlertServiceListenerHandle {
+        let listener = ::std::sync::Arc::new(listener);
+        AlertServiceListenerHandle {
+            handles: ::std::vec::Vec::from([
+                {
+                    let listener = listener.clone();
+                    router
+                        .listen(
+                            &FIRE,
+                            move |ctx: ::stmp::Context, event: super::Ping| {
+                                let listener = listener.clone();
+                                async move { listener.fire(ctx, event).await }
+                            },
+                        )
+                },
+            ]),
+        }
     }
-    /// Sends the event to each of `conns` (see [`fire`](Self::fire)).
-    pub fn fire_to_list(
-        conns: &[::stmp::Conn],
-        event: &Ping,
-    ) -> ::core::result::Result<::stmp::Delivery, ::stmp::Status> {
-        ::stmp::broadcast(&alert_service::FIRE, event, conns)
+    /// The listeners [`attach_alert_service`] added; [`detach`](Self::detach) removes them
+    /// (dropping the handle keeps them).
+    #[derive(Debug)]
+    #[must_use = "dropping the handle keeps the listeners; call detach() to remove them"]
+    pub struct AlertServiceListenerHandle {
+        handles: ::std::vec::Vec<::stmp::ListenerHandle>,
     }
-    /// Sends the event to every connection of `set` but `exclude` (see [`fire`](Self::fire)).
-    pub fn fire_to_set(
-        set: &::stmp::ConnSet,
-        event: &Ping,
-        exclude: ::core::option::Option<&::stmp::Conn>,
-    ) -> ::core::result::Result<::stmp::Delivery, ::stmp::Status> {
-        set.broadcast(&alert_service::FIRE, event, exclude)
+    impl AlertServiceListenerHandle {
+        /// Removes the listeners.
+        pub fn detach(self) {
+            for handle in self.handles {
+                handle.detach();
+            }
+        }
     }
-    /// Sends the event to every connection of `server` that `filter` accepts (see
-    /// [`fire`](Self::fire)).
-    pub fn fire_to_all(
-        server: &::stmp::Server,
-        event: &Ping,
-        filter: impl Fn(&::stmp::Conn) -> bool,
+    /// Sends `Fire` to `to`: a [`stmp::Conn`], a list or [`stmp::ConnSet`] of them, a room
+    /// ([`stmp::Rooms::to`]), a user's devices ([`stmp::Users::to`]) or everyone
+    /// ([`stmp::Server::everyone`]), with `.except(conn)` to leave one out. The event is
+    /// serialised once per content type and never waits: a connection whose send queue is full
+    /// misses it, as [`Delivery::dropped`](::stmp::Delivery::dropped) counts.
+    pub fn fire<'a>(
+        to: impl ::core::convert::Into<::stmp::Audience<'a>>,
+        event: &super::Ping,
     ) -> ::core::result::Result<::stmp::Delivery, ::stmp::Status> {
-        let conns = server.conns().to_vec();
-        ::stmp::broadcast(
-            &alert_service::FIRE,
-            event,
-            conns.iter().filter(|conn| filter(conn)),
-        )
-    }
-    /// Sends the event to every member of `room` but `exclude` (see [`fire`](Self::fire)).
-    pub fn fire_to_room(
-        rooms: &::stmp::Rooms,
-        room: &str,
-        event: &Ping,
-        exclude: ::core::option::Option<&::stmp::Conn>,
-    ) -> ::core::result::Result<::stmp::Delivery, ::stmp::Status> {
-        rooms.broadcast(room, &alert_service::FIRE, event, exclude)
-    }
-    /// Sends the event to every connection (every device) of `user` (see [`fire`](Self::fire)).
-    pub fn fire_to_user(
-        users: &::stmp::Users,
-        user: &str,
-        event: &Ping,
-    ) -> ::core::result::Result<::stmp::Delivery, ::stmp::Status> {
-        users.send(user, &alert_service::FIRE, event)
+        ::stmp::broadcast(to, &FIRE, event)
     }
 }
-/// The methods of `options.Lobby`: names, actions and message types, for routing, calls and
-/// logs.
+/// `options.Lobby`: its methods (names, actions and message types), and what serves, calls,
+/// listens to and sends them.
 pub mod lobby {
     /// Action `0xC00BF890` (MurmurHash3 of `options.Lobby.Poke`).
     pub const POKE: ::stmp::Method = ::stmp::Method::new(
@@ -421,191 +443,158 @@ pub mod lobby {
     );
     /// Every method of `options.Lobby`, in proto order.
     pub const METHODS: &[::stmp::Method] = &[POKE];
-}
-/// Neither a …Service nor …Events name, no kind: both sides.
-///
-/// Implement it with `async fn`s and serve it with [`LobbyServer`] on a [`stmp::Server`] (or
-/// on a [`stmp::Client`]: the server may call its clients too); call it with [`LobbyClient`].
-pub trait Lobby: ::core::marker::Send + ::core::marker::Sync + 'static {
-    fn poke(
-        &self,
-        ctx: ::stmp::Context,
-        input: Ping,
-    ) -> impl ::core::future::Future<
-        Output = ::core::result::Result<Ping, ::stmp::Status>,
-    > + ::core::marker::Send;
-}
-/// Serves a [`Lobby`]: pass it to `add_service` of a server or client builder, or of a
-/// [`stmp::Router`].
-#[derive(Debug)]
-pub struct LobbyServer<T> {
-    inner: ::std::sync::Arc<T>,
-}
-impl<T: Lobby> LobbyServer<T> {
-    /// Serves `service`.
-    pub fn new(service: T) -> Self {
-        Self::from_arc(::std::sync::Arc::new(service))
+    /// Neither a …Service nor …Events name, no kind: both sides.
+    ///
+    /// Implement it with `async fn`s and serve it with [`LobbyServer`] on a [`stmp::Server`] (or
+    /// on a [`stmp::Client`]: the server may call its clients too); call it with [`LobbyClient`].
+    pub trait Lobby: ::core::marker::Send + ::core::marker::Sync + 'static {
+        fn poke(
+            &self,
+            ctx: ::stmp::Context,
+            input: super::Ping,
+        ) -> impl ::core::future::Future<
+            Output = ::core::result::Result<super::Ping, ::stmp::Status>,
+        > + ::core::marker::Send;
     }
-    /// Serves a shared `service`.
-    pub fn from_arc(service: ::std::sync::Arc<T>) -> Self {
-        Self { inner: service }
+    /// Serves a [`Lobby`]: pass it to `add_service` of a server or client builder, or of a
+    /// [`stmp::Router`].
+    #[derive(Debug)]
+    pub struct LobbyServer<T> {
+        inner: ::std::sync::Arc<T>,
     }
-}
-impl<T> ::core::clone::Clone for LobbyServer<T> {
-    fn clone(&self) -> Self {
-        Self { inner: self.inner.clone() }
-    }
-}
-impl<T: Lobby> ::stmp::Service for LobbyServer<T> {
-    fn register(self, router: &::stmp::Router) {
-        let service = self.inner.clone();
-        router
-            .route(
-                &lobby::POKE,
-                move |ctx: ::stmp::Context, input: Ping| {
-                    let service = service.clone();
-                    async move { service.poke(ctx, input).await }
-                },
-            );
-    }
-}
-/// Calls `options.Lobby` on the peer, through a [`stmp::Client`] or, from a server, through
-/// the client's [`stmp::Conn`].
-#[derive(Clone, Debug)]
-pub struct LobbyClient<C> {
-    caller: C,
-}
-impl<C: ::stmp::Caller> LobbyClient<C> {
-    /// A client calling through `caller`.
-    pub fn new(caller: C) -> Self {
-        Self { caller }
-    }
-    /// What the calls go through.
-    pub fn caller(&self) -> &C {
-        &self.caller
-    }
-    pub async fn poke(
-        &self,
-        input: Ping,
-    ) -> ::core::result::Result<Ping, ::stmp::Status> {
-        self.poke_with(input, ::stmp::CallOptions::default()).await
-    }
-    /// [`poke`](Self::poke) with options: a deadline, header entries, or a notify instead of a
-    /// request.
-    pub async fn poke_with(
-        &self,
-        input: Ping,
-        options: ::stmp::CallOptions,
-    ) -> ::core::result::Result<Ping, ::stmp::Status> {
-        ::stmp::Caller::call(&self.caller, &lobby::POKE, &input, options).await
-    }
-}
-/// Neither a …Service nor …Events name, no kind: both sides.
-///
-/// Receives the events of `options.Lobby`: implement the events you want (the others do
-/// nothing) and attach it with [`attach_lobby`].
-pub trait LobbyListener: ::core::marker::Send + ::core::marker::Sync + 'static {
-    fn poke(
-        &self,
-        ctx: ::stmp::Context,
-        event: Ping,
-    ) -> impl ::core::future::Future<Output = ()> + ::core::marker::Send {
-        let _ = (ctx, event);
-        async {}
-    }
-}
-/// Attaches `listener` to a router: a client's ([`stmp::Client::router`]) for events from the
-/// server, or a server's ([`stmp::Server::router`]) for events from clients. Until
-/// [`LobbyListenerHandle::detach`], every event of `options.Lobby` runs its method.
-pub fn attach_lobby<L: LobbyListener>(
-    router: &::stmp::Router,
-    listener: L,
-) -> LobbyListenerHandle {
-    let listener = ::std::sync::Arc::new(listener);
-    LobbyListenerHandle {
-        handles: ::std::vec::Vec::from([
-            {
-                let listener = listener.clone();
-                router
-                    .listen(
-                        &lobby::POKE,
-                        move |ctx: ::stmp::Context, event: Ping| {
-                            let listener = listener.clone();
-                            async move { listener.poke(ctx, event).await }
-                        },
-                    )
-            },
-        ]),
-    }
-}
-/// The listeners [`attach_lobby`] added; [`detach`](Self::detach) removes them (dropping the
-/// handle keeps them).
-#[derive(Debug)]
-#[must_use = "dropping the handle keeps the listeners; call detach() to remove them"]
-pub struct LobbyListenerHandle {
-    handles: ::std::vec::Vec<::stmp::ListenerHandle>,
-}
-impl LobbyListenerHandle {
-    /// Removes the listeners.
-    pub fn detach(self) {
-        for handle in self.handles {
-            handle.detach();
+    impl<T: Lobby> LobbyServer<T> {
+        /// Serves `service`.
+        pub fn new(service: T) -> Self {
+            Self::from_arc(::std::sync::Arc::new(service))
+        }
+        /// Serves a shared `service`.
+        pub fn from_arc(service: ::std::sync::Arc<T>) -> Self {
+            Self { inner: service }
         }
     }
-}
-/// Sends the events of `options.Lobby` to clients (or to the server). Each send serialises
-/// the event once per content type and never waits: a connection whose send queue is full
-/// misses it, as [`Delivery::dropped`](::stmp::Delivery::dropped) counts.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct LobbyBroadcaster;
-impl LobbyBroadcaster {
-    /// Sends the event to one connection.
-    pub fn poke(
-        conn: &::stmp::Conn,
-        event: &Ping,
-    ) -> ::core::result::Result<::stmp::Delivery, ::stmp::Status> {
-        ::stmp::broadcast(&lobby::POKE, event, [conn])
+    impl<T> ::core::clone::Clone for LobbyServer<T> {
+        fn clone(&self) -> Self {
+            Self { inner: self.inner.clone() }
+        }
     }
-    /// Sends the event to each of `conns` (see [`poke`](Self::poke)).
-    pub fn poke_to_list(
-        conns: &[::stmp::Conn],
-        event: &Ping,
-    ) -> ::core::result::Result<::stmp::Delivery, ::stmp::Status> {
-        ::stmp::broadcast(&lobby::POKE, event, conns)
+    impl<T: Lobby> ::stmp::Service for LobbyServer<T> {
+        fn register(self, router: &::stmp::Router) {
+            let service = self.inner.clone();
+            router
+                .route(
+                    &POKE,
+                    move |ctx: ::stmp::Context, input: super::Ping| {
+                        let service = service.clone();
+                        async move { service.poke(ctx, input).await }
+                    },
+                );
+        }
     }
-    /// Sends the event to every connection of `set` but `exclude` (see [`poke`](Self::poke)).
-    pub fn poke_to_set(
-        set: &::stmp::ConnSet,
-        event: &Ping,
-        exclude: ::core::option::Option<&::stmp::Conn>,
-    ) -> ::core::result::Result<::stmp::Delivery, ::stmp::Status> {
-        set.broadcast(&lobby::POKE, event, exclude)
+    /// Calls `options.Lobby` on the peer, through a [`stmp::Client`] or, from a server, through
+    /// the client's [`stmp::Conn`].
+    #[derive(Clone, Debug)]
+    pub struct LobbyClient<C> {
+        caller: C,
     }
-    /// Sends the event to every connection of `server` that `filter` accepts (see
-    /// [`poke`](Self::poke)).
-    pub fn poke_to_all(
-        server: &::stmp::Server,
-        event: &Ping,
-        filter: impl Fn(&::stmp::Conn) -> bool,
-    ) -> ::core::result::Result<::stmp::Delivery, ::stmp::Status> {
-        let conns = server.conns().to_vec();
-        ::stmp::broadcast(&lobby::POKE, event, conns.iter().filter(|conn| filter(conn)))
+    impl<C: ::stmp::Caller> LobbyClient<C> {
+        /// A client calling through `caller`.
+        pub fn new(caller: C) -> Self {
+            Self { caller }
+        }
+        /// What the calls go through.
+        pub fn caller(&self) -> &C {
+            &self.caller
+        }
+        pub async fn poke(
+            &self,
+            input: super::Ping,
+        ) -> ::core::result::Result<super::Ping, ::stmp::Status> {
+            self.poke_with(input, ::stmp::CallOptions::default()).await
+        }
+        /// [`poke`](Self::poke) with options: a deadline, header entries.
+        pub async fn poke_with(
+            &self,
+            input: super::Ping,
+            options: ::stmp::CallOptions,
+        ) -> ::core::result::Result<super::Ping, ::stmp::Status> {
+            ::stmp::Caller::call(&self.caller, &POKE, &input, options).await
+        }
+        /// Sends `Poke` as a notify: the peer runs it and answers nothing.
+        pub async fn notify_poke(
+            &self,
+            input: super::Ping,
+        ) -> ::core::result::Result<(), ::stmp::Status> {
+            ::stmp::Caller::notify(
+                    &self.caller,
+                    &POKE,
+                    &input,
+                    ::stmp::CallOptions::default(),
+                )
+                .await
+        }
     }
-    /// Sends the event to every member of `room` but `exclude` (see [`poke`](Self::poke)).
-    pub fn poke_to_room(
-        rooms: &::stmp::Rooms,
-        room: &str,
-        event: &Ping,
-        exclude: ::core::option::Option<&::stmp::Conn>,
-    ) -> ::core::result::Result<::stmp::Delivery, ::stmp::Status> {
-        rooms.broadcast(room, &lobby::POKE, event, exclude)
+    /// Neither a …Service nor …Events name, no kind: both sides.
+    ///
+    /// Receives the events of `options.Lobby`: implement the events you want (the others do
+    /// nothing) and attach it with [`attach_lobby`].
+    pub trait LobbyListener: ::core::marker::Send + ::core::marker::Sync + 'static {
+        fn poke(
+            &self,
+            ctx: ::stmp::Context,
+            event: super::Ping,
+        ) -> impl ::core::future::Future<Output = ()> + ::core::marker::Send {
+            let _ = (ctx, event);
+            async {}
+        }
     }
-    /// Sends the event to every connection (every device) of `user` (see [`poke`](Self::poke)).
-    pub fn poke_to_user(
-        users: &::stmp::Users,
-        user: &str,
-        event: &Ping,
+    /// Attaches `listener` to a router: a client's ([`stmp::Client::router`]) for events from the
+    /// server, or a server's ([`stmp::Server::router`]) for events from clients. Until
+    /// [`LobbyListenerHandle::detach`], every event of `options.Lobby` runs its method.
+    pub fn attach_lobby<L: LobbyListener>(
+        router: &::stmp::Router,
+        listener: L,
+    ) -> LobbyListenerHandle {
+        let listener = ::std::sync::Arc::new(listener);
+        LobbyListenerHandle {
+            handles: ::std::vec::Vec::from([
+                {
+                    let listener = listener.clone();
+                    router
+                        .listen(
+                            &POKE,
+                            move |ctx: ::stmp::Context, event: super::Ping| {
+                                let listener = listener.clone();
+                                async move { listener.poke(ctx, event).await }
+                            },
+                        )
+                },
+            ]),
+        }
+    }
+    /// The listeners [`attach_lobby`] added; [`detach`](Self::detach) removes them (dropping the
+    /// handle keeps them).
+    #[derive(Debug)]
+    #[must_use = "dropping the handle keeps the listeners; call detach() to remove them"]
+    pub struct LobbyListenerHandle {
+        handles: ::std::vec::Vec<::stmp::ListenerHandle>,
+    }
+    impl LobbyListenerHandle {
+        /// Removes the listeners.
+        pub fn detach(self) {
+            for handle in self.handles {
+                handle.detach();
+            }
+        }
+    }
+    /// Sends `Poke` to `to`: a [`stmp::Conn`], a list or [`stmp::ConnSet`] of them, a room
+    /// ([`stmp::Rooms::to`]), a user's devices ([`stmp::Users::to`]) or everyone
+    /// ([`stmp::Server::everyone`]), with `.except(conn)` to leave one out. The event is
+    /// serialised once per content type and never waits: a connection whose send queue is full
+    /// misses it, as [`Delivery::dropped`](::stmp::Delivery::dropped) counts.
+    pub fn poke<'a>(
+        to: impl ::core::convert::Into<::stmp::Audience<'a>>,
+        event: &super::Ping,
     ) -> ::core::result::Result<::stmp::Delivery, ::stmp::Status> {
-        users.send(user, &lobby::POKE, event)
+        ::stmp::broadcast(to, &POKE, event)
     }
 }

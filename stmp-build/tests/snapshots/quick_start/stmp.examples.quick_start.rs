@@ -55,8 +55,8 @@ pub struct UserExitEvent {
     #[serde(alias = "User")]
     pub user: ::prost::alloc::string::String,
 }
-/// The methods of `stmp.examples.quick_start.RoomService`: names, actions and message types,
-/// for routing, calls and logs.
+/// `stmp.examples.quick_start.RoomService`: its methods (names, actions and message types),
+/// and what serves, calls, listens to and sends them.
 pub mod room_service {
     /// Joins a room and returns it with its users; the others get a UserJoin event.
     ///
@@ -76,134 +76,156 @@ pub mod room_service {
     );
     /// Every method of `stmp.examples.quick_start.RoomService`, in proto order.
     pub const METHODS: &[::stmp::Method] = &[JOIN_ROOM, EXIT_ROOM];
-}
-/// Rooms clients join and leave.
-///
-/// Implement it with `async fn`s and serve it with [`RoomServiceServer`] on a
-/// [`stmp::Server`] (or on a [`stmp::Client`]: the server may call its clients too); call it
-/// with [`RoomServiceClient`].
-pub trait RoomService: ::core::marker::Send + ::core::marker::Sync + 'static {
-    /// Joins a room and returns it with its users; the others get a UserJoin event.
-    fn join_room(
-        &self,
-        ctx: ::stmp::Context,
-        input: JoinRoomInput,
-    ) -> impl ::core::future::Future<
-        Output = ::core::result::Result<RoomModel, ::stmp::Status>,
-    > + ::core::marker::Send;
-    /// Leaves a room; the others get a UserExit event.
-    fn exit_room(
-        &self,
-        ctx: ::stmp::Context,
-        input: ExitRoomInput,
-    ) -> impl ::core::future::Future<
-        Output = ::core::result::Result<
-            super::super::super::google::protobuf::Empty,
+    /// Rooms clients join and leave.
+    ///
+    /// Implement it with `async fn`s and serve it with [`RoomServiceServer`] on a
+    /// [`stmp::Server`] (or on a [`stmp::Client`]: the server may call its clients too); call it
+    /// with [`RoomServiceClient`].
+    pub trait RoomService: ::core::marker::Send + ::core::marker::Sync + 'static {
+        /// Joins a room and returns it with its users; the others get a UserJoin event.
+        fn join_room(
+            &self,
+            ctx: ::stmp::Context,
+            input: super::JoinRoomInput,
+        ) -> impl ::core::future::Future<
+            Output = ::core::result::Result<super::RoomModel, ::stmp::Status>,
+        > + ::core::marker::Send;
+        /// Leaves a room; the others get a UserExit event.
+        fn exit_room(
+            &self,
+            ctx: ::stmp::Context,
+            input: super::ExitRoomInput,
+        ) -> impl ::core::future::Future<
+            Output = ::core::result::Result<
+                super::super::super::super::google::protobuf::Empty,
+                ::stmp::Status,
+            >,
+        > + ::core::marker::Send;
+    }
+    /// Serves a [`RoomService`]: pass it to `add_service` of a server or client builder, or of a
+    /// [`stmp::Router`].
+    #[derive(Debug)]
+    pub struct RoomServiceServer<T> {
+        inner: ::std::sync::Arc<T>,
+    }
+    impl<T: RoomService> RoomServiceServer<T> {
+        /// Serves `service`.
+        pub fn new(service: T) -> Self {
+            Self::from_arc(::std::sync::Arc::new(service))
+        }
+        /// Serves a shared `service`.
+        pub fn from_arc(service: ::std::sync::Arc<T>) -> Self {
+            Self { inner: service }
+        }
+    }
+    impl<T> ::core::clone::Clone for RoomServiceServer<T> {
+        fn clone(&self) -> Self {
+            Self { inner: self.inner.clone() }
+        }
+    }
+    impl<T: RoomService> ::stmp::Service for RoomServiceServer<T> {
+        fn register(self, router: &::stmp::Router) {
+            let service = self.inner.clone();
+            router
+                .route(
+                    &JOIN_ROOM,
+                    move |ctx: ::stmp::Context, input: super::JoinRoomInput| {
+                        let service = service.clone();
+                        async move { service.join_room(ctx, input).await }
+                    },
+                );
+            let service = self.inner.clone();
+            router
+                .route(
+                    &EXIT_ROOM,
+                    move |ctx: ::stmp::Context, input: super::ExitRoomInput| {
+                        let service = service.clone();
+                        async move { service.exit_room(ctx, input).await }
+                    },
+                );
+        }
+    }
+    /// Calls `stmp.examples.quick_start.RoomService` on the peer, through a [`stmp::Client`] or,
+    /// from a server, through the client's [`stmp::Conn`].
+    #[derive(Clone, Debug)]
+    pub struct RoomServiceClient<C> {
+        caller: C,
+    }
+    impl<C: ::stmp::Caller> RoomServiceClient<C> {
+        /// A client calling through `caller`.
+        pub fn new(caller: C) -> Self {
+            Self { caller }
+        }
+        /// What the calls go through.
+        pub fn caller(&self) -> &C {
+            &self.caller
+        }
+        /// Joins a room and returns it with its users; the others get a UserJoin event.
+        pub async fn join_room(
+            &self,
+            input: super::JoinRoomInput,
+        ) -> ::core::result::Result<super::RoomModel, ::stmp::Status> {
+            self.join_room_with(input, ::stmp::CallOptions::default()).await
+        }
+        /// [`join_room`](Self::join_room) with options: a deadline, header entries.
+        pub async fn join_room_with(
+            &self,
+            input: super::JoinRoomInput,
+            options: ::stmp::CallOptions,
+        ) -> ::core::result::Result<super::RoomModel, ::stmp::Status> {
+            ::stmp::Caller::call(&self.caller, &JOIN_ROOM, &input, options).await
+        }
+        /// Sends `JoinRoom` as a notify: the peer runs it and answers nothing.
+        pub async fn notify_join_room(
+            &self,
+            input: super::JoinRoomInput,
+        ) -> ::core::result::Result<(), ::stmp::Status> {
+            ::stmp::Caller::notify(
+                    &self.caller,
+                    &JOIN_ROOM,
+                    &input,
+                    ::stmp::CallOptions::default(),
+                )
+                .await
+        }
+        /// Leaves a room; the others get a UserExit event.
+        pub async fn exit_room(
+            &self,
+            input: super::ExitRoomInput,
+        ) -> ::core::result::Result<
+            super::super::super::super::google::protobuf::Empty,
             ::stmp::Status,
-        >,
-    > + ::core::marker::Send;
-}
-/// Serves a [`RoomService`]: pass it to `add_service` of a server or client builder, or of a
-/// [`stmp::Router`].
-#[derive(Debug)]
-pub struct RoomServiceServer<T> {
-    inner: ::std::sync::Arc<T>,
-}
-impl<T: RoomService> RoomServiceServer<T> {
-    /// Serves `service`.
-    pub fn new(service: T) -> Self {
-        Self::from_arc(::std::sync::Arc::new(service))
-    }
-    /// Serves a shared `service`.
-    pub fn from_arc(service: ::std::sync::Arc<T>) -> Self {
-        Self { inner: service }
-    }
-}
-impl<T> ::core::clone::Clone for RoomServiceServer<T> {
-    fn clone(&self) -> Self {
-        Self { inner: self.inner.clone() }
-    }
-}
-impl<T: RoomService> ::stmp::Service for RoomServiceServer<T> {
-    fn register(self, router: &::stmp::Router) {
-        let service = self.inner.clone();
-        router
-            .route(
-                &room_service::JOIN_ROOM,
-                move |ctx: ::stmp::Context, input: JoinRoomInput| {
-                    let service = service.clone();
-                    async move { service.join_room(ctx, input).await }
-                },
-            );
-        let service = self.inner.clone();
-        router
-            .route(
-                &room_service::EXIT_ROOM,
-                move |ctx: ::stmp::Context, input: ExitRoomInput| {
-                    let service = service.clone();
-                    async move { service.exit_room(ctx, input).await }
-                },
-            );
+        > {
+            self.exit_room_with(input, ::stmp::CallOptions::default()).await
+        }
+        /// [`exit_room`](Self::exit_room) with options: a deadline, header entries.
+        pub async fn exit_room_with(
+            &self,
+            input: super::ExitRoomInput,
+            options: ::stmp::CallOptions,
+        ) -> ::core::result::Result<
+            super::super::super::super::google::protobuf::Empty,
+            ::stmp::Status,
+        > {
+            ::stmp::Caller::call(&self.caller, &EXIT_ROOM, &input, options).await
+        }
+        /// Sends `ExitRoom` as a notify: the peer runs it and answers nothing.
+        pub async fn notify_exit_room(
+            &self,
+            input: super::ExitRoomInput,
+        ) -> ::core::result::Result<(), ::stmp::Status> {
+            ::stmp::Caller::notify(
+                    &self.caller,
+                    &EXIT_ROOM,
+                    &input,
+                    ::stmp::CallOptions::default(),
+                )
+                .await
+        }
     }
 }
-/// Calls `stmp.examples.quick_start.RoomService` on the peer, through a [`stmp::Client`] or,
-/// from a server, through the client's [`stmp::Conn`].
-#[derive(Clone, Debug)]
-pub struct RoomServiceClient<C> {
-    caller: C,
-}
-impl<C: ::stmp::Caller> RoomServiceClient<C> {
-    /// A client calling through `caller`.
-    pub fn new(caller: C) -> Self {
-        Self { caller }
-    }
-    /// What the calls go through.
-    pub fn caller(&self) -> &C {
-        &self.caller
-    }
-    /// Joins a room and returns it with its users; the others get a UserJoin event.
-    pub async fn join_room(
-        &self,
-        input: JoinRoomInput,
-    ) -> ::core::result::Result<RoomModel, ::stmp::Status> {
-        self.join_room_with(input, ::stmp::CallOptions::default()).await
-    }
-    /// [`join_room`](Self::join_room) with options: a deadline, header entries, or a notify
-    /// instead of a request.
-    pub async fn join_room_with(
-        &self,
-        input: JoinRoomInput,
-        options: ::stmp::CallOptions,
-    ) -> ::core::result::Result<RoomModel, ::stmp::Status> {
-        ::stmp::Caller::call(&self.caller, &room_service::JOIN_ROOM, &input, options)
-            .await
-    }
-    /// Leaves a room; the others get a UserExit event.
-    pub async fn exit_room(
-        &self,
-        input: ExitRoomInput,
-    ) -> ::core::result::Result<
-        super::super::super::google::protobuf::Empty,
-        ::stmp::Status,
-    > {
-        self.exit_room_with(input, ::stmp::CallOptions::default()).await
-    }
-    /// [`exit_room`](Self::exit_room) with options: a deadline, header entries, or a notify
-    /// instead of a request.
-    pub async fn exit_room_with(
-        &self,
-        input: ExitRoomInput,
-        options: ::stmp::CallOptions,
-    ) -> ::core::result::Result<
-        super::super::super::google::protobuf::Empty,
-        ::stmp::Status,
-    > {
-        ::stmp::Caller::call(&self.caller, &room_service::EXIT_ROOM, &input, options)
-            .await
-    }
-}
-/// The methods of `stmp.examples.quick_start.RoomEvents`: names, actions and message types,
-/// for routing, calls and logs.
+/// `stmp.examples.quick_start.RoomEvents`: its methods (names, actions and message types),
+/// and what serves, calls, listens to and sends them.
 pub mod room_events {
     /// Someone joined the room.
     ///
@@ -223,202 +245,105 @@ pub mod room_events {
     );
     /// Every method of `stmp.examples.quick_start.RoomEvents`, in proto order.
     pub const METHODS: &[::stmp::Method] = &[USER_JOIN, USER_EXIT];
-}
-/// What the server tells the users of a room.
-///
-/// Receives the events of `stmp.examples.quick_start.RoomEvents`: implement the events you
-/// want (the others do nothing) and attach it with [`attach_room_events`].
-pub trait RoomEventsListener: ::core::marker::Send + ::core::marker::Sync + 'static {
-    /// Someone joined the room.
-    fn user_join(
-        &self,
-        ctx: ::stmp::Context,
-        event: UserJoinEvent,
-    ) -> impl ::core::future::Future<Output = ()> + ::core::marker::Send {
-        let _ = (ctx, event);
-        async {}
-    }
-    /// Someone left the room, or disconnected.
-    fn user_exit(
-        &self,
-        ctx: ::stmp::Context,
-        event: UserExitEvent,
-    ) -> impl ::core::future::Future<Output = ()> + ::core::marker::Send {
-        let _ = (ctx, event);
-        async {}
-    }
-}
-/// Attaches `listener` to a router: a client's ([`stmp::Client::router`]) for events from the
-/// server, or a server's ([`stmp::Server::router`]) for events from clients. Until
-/// [`RoomEventsListenerHandle::detach`], every event of
-/// `stmp.examples.quick_start.RoomEvents` runs its method.
-pub fn attach_room_events<L: RoomEventsListener>(
-    router: &::stmp::Router,
-    listener: L,
-) -> RoomEventsListenerHandle {
-    let listener = ::std::sync::Arc::new(listener);
-    RoomEventsListenerHandle {
-        handles: ::std::vec::Vec::from([
-            {
-                let listener = listener.clone();
-                router
-                    .listen(
-                        &room_events::USER_JOIN,
-                        move |ctx: ::stmp::Context, event: UserJoinEvent| {
-                            let listener = listener.clone();
-                            async move { listener.user_join(ctx, event).await }
-                        },
-                    )
-            },
-            {
-                let listener = listener.clone();
-                router
-                    .listen(
-                        &room_events::USER_EXIT,
-                        move |ctx: ::stmp::Context, event: UserExitEvent| {
-                            let listener = listener.clone();
-                            async move { listener.user_exit(ctx, event).await }
-                        },
-                    )
-            },
-        ]),
-    }
-}
-/// The listeners [`attach_room_events`] added; [`detach`](Self::detach) removes them
-/// (dropping the handle keeps them).
-#[derive(Debug)]
-#[must_use = "dropping the handle keeps the listeners; call detach() to remove them"]
-pub struct RoomEventsListenerHandle {
-    handles: ::std::vec::Vec<::stmp::ListenerHandle>,
-}
-impl RoomEventsListenerHandle {
-    /// Removes the listeners.
-    pub fn detach(self) {
-        for handle in self.handles {
-            handle.detach();
+    /// What the server tells the users of a room.
+    ///
+    /// Receives the events of `stmp.examples.quick_start.RoomEvents`: implement the events you
+    /// want (the others do nothing) and attach it with [`attach_room_events`].
+    pub trait RoomEventsListener: ::core::marker::Send + ::core::marker::Sync + 'static {
+        /// Someone joined the room.
+        fn user_join(
+            &self,
+            ctx: ::stmp::Context,
+            event: super::UserJoinEvent,
+        ) -> impl ::core::future::Future<Output = ()> + ::core::marker::Send {
+            let _ = (ctx, event);
+            async {}
+        }
+        /// Someone left the room, or disconnected.
+        fn user_exit(
+            &self,
+            ctx: ::stmp::Context,
+            event: super::UserExitEvent,
+        ) -> impl ::core::future::Future<Output = ()> + ::core::marker::Send {
+            let _ = (ctx, event);
+            async {}
         }
     }
-}
-/// Sends the events of `stmp.examples.quick_start.RoomEvents` to clients (or to the server).
-/// Each send serialises the event once per content type and never waits: a connection whose
-/// send queue is full misses it, as [`Delivery::dropped`](::stmp::Delivery::dropped) counts.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct RoomEventsBroadcaster;
-impl RoomEventsBroadcaster {
+    /// Attaches `listener` to a router: a client's ([`stmp::Client::router`]) for events from the
+    /// server, or a server's ([`stmp::Server::router`]) for events from clients. Until
+    /// [`RoomEventsListenerHandle::detach`], every event of
+    /// `stmp.examples.quick_start.RoomEvents` runs its method.
+    pub fn attach_room_events<L: RoomEventsListener>(
+        router: &::stmp::Router,
+        listener: L,
+    ) -> RoomEventsListenerHandle {
+        let listener = ::std::sync::Arc::new(listener);
+        RoomEventsListenerHandle {
+            handles: ::std::vec::Vec::from([
+                {
+                    let listener = listener.clone();
+                    router
+                        .listen(
+                            &USER_JOIN,
+                            move |ctx: ::stmp::Context, event: super::UserJoinEvent| {
+                                let listener = listener.clone();
+                                async move { listener.user_join(ctx, event).await }
+                            },
+                        )
+                },
+                {
+                    let listener = listener.clone();
+                    router
+                        .listen(
+                            &USER_EXIT,
+                            move |ctx: ::stmp::Context, event: super::UserExitEvent| {
+                                let listener = listener.clone();
+                                async move { listener.user_exit(ctx, event).await }
+                            },
+                        )
+                },
+            ]),
+        }
+    }
+    /// The listeners [`attach_room_events`] added; [`detach`](Self::detach) removes them
+    /// (dropping the handle keeps them).
+    #[derive(Debug)]
+    #[must_use = "dropping the handle keeps the listeners; call detach() to remove them"]
+    pub struct RoomEventsListenerHandle {
+        handles: ::std::vec::Vec<::stmp::ListenerHandle>,
+    }
+    impl RoomEventsListenerHandle {
+        /// Removes the listeners.
+        pub fn detach(self) {
+            for handle in self.handles {
+                handle.detach();
+            }
+        }
+    }
     /// Someone joined the room.
     ///
-    /// Sends the event to one connection.
-    pub fn user_join(
-        conn: &::stmp::Conn,
-        event: &UserJoinEvent,
+    /// Sends `UserJoin` to `to`: a [`stmp::Conn`], a list or [`stmp::ConnSet`] of them, a room
+    /// ([`stmp::Rooms::to`]), a user's devices ([`stmp::Users::to`]) or everyone
+    /// ([`stmp::Server::everyone`]), with `.except(conn)` to leave one out. The event is
+    /// serialised once per content type and never waits: a connection whose send queue is full
+    /// misses it, as [`Delivery::dropped`](::stmp::Delivery::dropped) counts.
+    pub fn user_join<'a>(
+        to: impl ::core::convert::Into<::stmp::Audience<'a>>,
+        event: &super::UserJoinEvent,
     ) -> ::core::result::Result<::stmp::Delivery, ::stmp::Status> {
-        ::stmp::broadcast(&room_events::USER_JOIN, event, [conn])
-    }
-    /// Sends the event to each of `conns` (see [`user_join`](Self::user_join)).
-    pub fn user_join_to_list(
-        conns: &[::stmp::Conn],
-        event: &UserJoinEvent,
-    ) -> ::core::result::Result<::stmp::Delivery, ::stmp::Status> {
-        ::stmp::broadcast(&room_events::USER_JOIN, event, conns)
-    }
-    /// Sends the event to every connection of `set` but `exclude` (see
-    /// [`user_join`](Self::user_join)).
-    pub fn user_join_to_set(
-        set: &::stmp::ConnSet,
-        event: &UserJoinEvent,
-        exclude: ::core::option::Option<&::stmp::Conn>,
-    ) -> ::core::result::Result<::stmp::Delivery, ::stmp::Status> {
-        set.broadcast(&room_events::USER_JOIN, event, exclude)
-    }
-    /// Sends the event to every connection of `server` that `filter` accepts (see
-    /// [`user_join`](Self::user_join)).
-    pub fn user_join_to_all(
-        server: &::stmp::Server,
-        event: &UserJoinEvent,
-        filter: impl Fn(&::stmp::Conn) -> bool,
-    ) -> ::core::result::Result<::stmp::Delivery, ::stmp::Status> {
-        let conns = server.conns().to_vec();
-        ::stmp::broadcast(
-            &room_events::USER_JOIN,
-            event,
-            conns.iter().filter(|conn| filter(conn)),
-        )
-    }
-    /// Sends the event to every member of `room` but `exclude` (see
-    /// [`user_join`](Self::user_join)).
-    pub fn user_join_to_room(
-        rooms: &::stmp::Rooms,
-        room: &str,
-        event: &UserJoinEvent,
-        exclude: ::core::option::Option<&::stmp::Conn>,
-    ) -> ::core::result::Result<::stmp::Delivery, ::stmp::Status> {
-        rooms.broadcast(room, &room_events::USER_JOIN, event, exclude)
-    }
-    /// Sends the event to every connection (every device) of `user` (see
-    /// [`user_join`](Self::user_join)).
-    pub fn user_join_to_user(
-        users: &::stmp::Users,
-        user: &str,
-        event: &UserJoinEvent,
-    ) -> ::core::result::Result<::stmp::Delivery, ::stmp::Status> {
-        users.send(user, &room_events::USER_JOIN, event)
+        ::stmp::broadcast(to, &USER_JOIN, event)
     }
     /// Someone left the room, or disconnected.
     ///
-    /// Sends the event to one connection.
-    pub fn user_exit(
-        conn: &::stmp::Conn,
-        event: &UserExitEvent,
+    /// Sends `UserExit` to `to`: a [`stmp::Conn`], a list or [`stmp::ConnSet`] of them, a room
+    /// ([`stmp::Rooms::to`]), a user's devices ([`stmp::Users::to`]) or everyone
+    /// ([`stmp::Server::everyone`]), with `.except(conn)` to leave one out. The event is
+    /// serialised once per content type and never waits: a connection whose send queue is full
+    /// misses it, as [`Delivery::dropped`](::stmp::Delivery::dropped) counts.
+    pub fn user_exit<'a>(
+        to: impl ::core::convert::Into<::stmp::Audience<'a>>,
+        event: &super::UserExitEvent,
     ) -> ::core::result::Result<::stmp::Delivery, ::stmp::Status> {
-        ::stmp::broadcast(&room_events::USER_EXIT, event, [conn])
-    }
-    /// Sends the event to each of `conns` (see [`user_exit`](Self::user_exit)).
-    pub fn user_exit_to_list(
-        conns: &[::stmp::Conn],
-        event: &UserExitEvent,
-    ) -> ::core::result::Result<::stmp::Delivery, ::stmp::Status> {
-        ::stmp::broadcast(&room_events::USER_EXIT, event, conns)
-    }
-    /// Sends the event to every connection of `set` but `exclude` (see
-    /// [`user_exit`](Self::user_exit)).
-    pub fn user_exit_to_set(
-        set: &::stmp::ConnSet,
-        event: &UserExitEvent,
-        exclude: ::core::option::Option<&::stmp::Conn>,
-    ) -> ::core::result::Result<::stmp::Delivery, ::stmp::Status> {
-        set.broadcast(&room_events::USER_EXIT, event, exclude)
-    }
-    /// Sends the event to every connection of `server` that `filter` accepts (see
-    /// [`user_exit`](Self::user_exit)).
-    pub fn user_exit_to_all(
-        server: &::stmp::Server,
-        event: &UserExitEvent,
-        filter: impl Fn(&::stmp::Conn) -> bool,
-    ) -> ::core::result::Result<::stmp::Delivery, ::stmp::Status> {
-        let conns = server.conns().to_vec();
-        ::stmp::broadcast(
-            &room_events::USER_EXIT,
-            event,
-            conns.iter().filter(|conn| filter(conn)),
-        )
-    }
-    /// Sends the event to every member of `room` but `exclude` (see
-    /// [`user_exit`](Self::user_exit)).
-    pub fn user_exit_to_room(
-        rooms: &::stmp::Rooms,
-        room: &str,
-        event: &UserExitEvent,
-        exclude: ::core::option::Option<&::stmp::Conn>,
-    ) -> ::core::result::Result<::stmp::Delivery, ::stmp::Status> {
-        rooms.broadcast(room, &room_events::USER_EXIT, event, exclude)
-    }
-    /// Sends the event to every connection (every device) of `user` (see
-    /// [`user_exit`](Self::user_exit)).
-    pub fn user_exit_to_user(
-        users: &::stmp::Users,
-        user: &str,
-        event: &UserExitEvent,
-    ) -> ::core::result::Result<::stmp::Delivery, ::stmp::Status> {
-        users.send(user, &room_events::USER_EXIT, event)
+        ::stmp::broadcast(to, &USER_EXIT, event)
     }
 }
