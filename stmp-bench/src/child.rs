@@ -83,6 +83,11 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts `stmp-bench serve <kind>` and waits until it listens.
     pub async fn spawn(kind: ServerKind) -> Result<ServerProcess> {
+        ServerProcess::spawn_with_env(kind, &[]).await
+    }
+
+    /// [`spawn`](Self::spawn), with these environment variables set for the server.
+    pub async fn spawn_with_env(kind: ServerKind, env: &[(&str, String)]) -> Result<ServerProcess> {
         let exe = std::env::current_exe()?;
         // For profiling: `STMP_BENCH_SERVER_WRAPPER="valgrind --tool=massif"` runs the server
         // under that command (which must exec the program in place, keeping its pid).
@@ -102,7 +107,8 @@ impl ServerProcess {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
-            .kill_on_drop(true);
+            .kill_on_drop(true)
+            .envs(env.iter().map(|(key, value)| (key, value)));
         if kind == ServerKind::Stmp {
             let cert = quic_cert();
             command
@@ -148,9 +154,21 @@ impl ServerProcess {
 
     /// Sends one command line and returns the answer's words after its first one.
     pub async fn command(&mut self, command: &str) -> Result<Vec<String>> {
+        self.send(command).await?;
+        self.answer().await
+    }
+
+    /// Sends one command line without waiting for its answer (see [`answer`](Self::answer)):
+    /// several servers can then work on theirs at once.
+    pub async fn send(&mut self, command: &str) -> Result<()> {
         self.stdin.write_all(command.as_bytes()).await?;
         self.stdin.write_all(b"\n").await?;
         self.stdin.flush().await?;
+        Ok(())
+    }
+
+    /// The answer to the command sent last: its words after the first.
+    pub async fn answer(&mut self) -> Result<Vec<String>> {
         let line = self.read_line(Duration::from_secs(60)).await?;
         let mut words = line.split_whitespace().map(str::to_owned);
         match words.next().as_deref() {

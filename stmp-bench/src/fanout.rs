@@ -44,7 +44,7 @@ pub struct FanoutResult {
 
 /// The round in progress, shared by every client's receive path.
 #[derive(Default)]
-struct Round {
+pub(crate) struct Round {
     seq: AtomicU64,
     target: AtomicUsize,
     received: AtomicUsize,
@@ -60,7 +60,7 @@ impl Round {
         self.seq.store(seq, Ordering::SeqCst);
     }
 
-    fn hit(&self, seq: u64) {
+    pub(crate) fn hit(&self, seq: u64) {
         if seq != self.seq.load(Ordering::SeqCst) {
             return;
         }
@@ -97,7 +97,7 @@ pub async fn run(settings: &Settings) -> Result<Vec<FanoutResult>> {
     Ok(results)
 }
 
-async fn rounds(
+pub(crate) async fn rounds(
     server: &mut ServerProcess,
     round: &Round,
     system: &str,
@@ -227,7 +227,7 @@ async fn raw(settings: &Settings) -> Result<Vec<FanoutResult>> {
     Ok(results)
 }
 
-fn summary(result: &FanoutResult) -> String {
+pub(crate) fn summary(result: &FanoutResult) -> String {
     format!(
         "fan-out {:<9} to {:>6}: last client after {} (max {}), call {}, server CPU {}/event, {} encoding(s), {} dropped",
         result.system,

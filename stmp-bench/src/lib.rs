@@ -8,15 +8,18 @@
 //! - [`unary`]: request/response at three points (1 in flight on 1 connection, 64 in flight
 //!   on 1 connection, 64 connections × 1) for every [`System`].
 //! - [`fanout`]: one event to N connected clients, against a raw tokio fan-out.
+//! - [`cluster`]: the same through three stmp nodes on NATS, and the broadcasts per second
+//!   such a cluster sustains.
 //! - [`memory`]: the server's resident memory per idle connection.
 //! - [`target`]: `--target ADDR`, the quick-start `JoinRoom` against a running server.
 //! - [`report`]: the Markdown table and the JSON.
 //!
 //! The modules form layers with no cycles: [`measure`], [`units`] and [`systems`] at the
 //! bottom; [`child`] (the server process) and [`serve`] (its side) above them; [`raw`], then
-//! [`unary`], [`target`], [`fanout`] and [`memory`]; [`report`] on top.
+//! [`unary`], [`target`], [`fanout`] and [`memory`], then [`cluster`]; [`report`] on top.
 
 pub mod child;
+pub mod cluster;
 pub mod fanout;
 pub mod measure;
 pub mod memory;

@@ -1,4 +1,4 @@
-//! `stmp-bench [--quick] [--out DIR] [--only unary|fanout|memory]...`: runs the suite and
+//! `stmp-bench [--quick] [--out DIR] [--only unary|fanout|cluster|memory]...`: runs the suite and
 //! prints the table (also written to DIR/results.md and DIR/results.json; DIR defaults to
 //! `target/bench-results`, inside the ignored target directory).
 //!
@@ -10,12 +10,12 @@ use std::process::ExitCode;
 use stmp_bench::report::Report;
 use stmp_bench::systems::{ServerKind, System};
 use stmp_bench::unary::Point;
-use stmp_bench::{Result, Settings, child, fanout, memory, target, unary};
+use stmp_bench::{Result, Settings, child, cluster, fanout, memory, target, unary};
 
-const USAGE: &str = "usage: stmp-bench [--quick] [--out DIR] [--only unary|fanout|memory]...
+const USAGE: &str = "usage: stmp-bench [--quick] [--out DIR] [--only unary|fanout|cluster|memory]...
                   [--system LABEL]... [--point single|multiplexed|connections]... [--no-spin] [--no-pin]
                   [--target ADDR]
-       stmp-bench serve stmp|tonic|raw-echo|raw-fanout
+       stmp-bench serve stmp|tonic|raw-echo|raw-fanout|stmp-nats
 
 --system and --point narrow the unary part (for profiling): LABEL as in the table
 (\"stmp tcp\", \"tonic grpc\", ...).
@@ -56,8 +56,10 @@ fn parse(args: &[String]) -> Result<Args> {
             "--no-pin" => parsed.settings.pin = false,
             "--out" => parsed.out = args.next().ok_or("--out needs a directory")?.into(),
             "--only" => {
-                let part = args.next().ok_or("--only needs unary, fanout or memory")?;
-                if !["unary", "fanout", "memory"].contains(&part.as_str()) {
+                let part = args
+                    .next()
+                    .ok_or("--only needs unary, fanout, cluster or memory")?;
+                if !["unary", "fanout", "cluster", "memory"].contains(&part.as_str()) {
                     return Err(format!("unknown part {part:?}").into());
                 }
                 parsed.only.push(part.clone());
@@ -176,6 +178,13 @@ fn run(args: Args) -> Result<()> {
             eprintln!("broadcast fan-out:");
             fanout_results = fanout::run(&settings).await?;
         }
+        let mut cluster_result = None;
+        if wanted("cluster") {
+            eprintln!("cluster fan-out ({} stmp nodes on NATS):", cluster::NODES);
+            let (rows, throughput) = cluster::run(&settings).await?;
+            fanout_results.extend(rows);
+            cluster_result = Some(throughput);
+        }
         if wanted("memory") {
             eprintln!("idle memory:");
             memory_results = memory::run(&settings).await?;
@@ -186,7 +195,8 @@ fn run(args: Args) -> Result<()> {
             fanout_results,
             memory_results,
             target_results,
-        );
+        )
+        .with_cluster(cluster_result);
         println!("{}", report.markdown());
         report.write(&args.out)?;
         eprintln!(

@@ -6,6 +6,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::Settings;
+use crate::cluster::ClusterThroughput;
 use crate::fanout::FanoutResult;
 use crate::measure::Measured;
 use crate::memory::MemoryResult;
@@ -29,6 +30,8 @@ pub struct Report {
     pub memory: Vec<MemoryResult>,
     /// `--target` rows: the quick-start JoinRoom against a server already running.
     pub target: Vec<TargetResult>,
+    /// What a cluster of stmp nodes on NATS sustained (its fan-out rows are in `fanout`).
+    pub cluster: Option<ClusterThroughput>,
     /// The targets, met or missed.
     pub targets: Vec<Target>,
 }
@@ -68,10 +71,17 @@ impl Report {
             fanout,
             memory,
             target,
+            cluster: None,
             targets: Vec::new(),
         };
         report.targets = report.check_targets();
         report
+    }
+
+    /// Adds the cluster's throughput.
+    pub fn with_cluster(mut self, cluster: Option<ClusterThroughput>) -> Report {
+        self.cluster = cluster;
+        self
     }
 
     fn unary(&self, system: System, payload: usize, point: Point) -> Option<&Measured> {
@@ -325,6 +335,20 @@ impl Report {
                 row.encodings,
                 row.dropped,
                 row.rounds,
+            );
+        }
+        if let Some(c) = &self.cluster {
+            let _ = writeln!(
+                md,
+                "| cluster: broadcasts to everyone, {} clients over {} nodes | {} | {} broadcasts/s | – | – | – | – | {} deliveries/s; {} broadcasts in {}; {} missed |",
+                thousands(c.clients),
+                c.nodes,
+                crate::cluster::SYSTEM,
+                rate(c.broadcasts_per_s),
+                rate(c.deliveries_per_s),
+                thousands(c.broadcasts),
+                duration(c.elapsed_ns),
+                c.missed,
             );
         }
         for row in &self.memory {

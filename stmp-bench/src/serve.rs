@@ -33,6 +33,7 @@ pub fn main(kind: ServerKind) -> Result<()> {
             ServerKind::Tonic => tonic_server().await,
             ServerKind::RawEcho => raw_echo().await,
             ServerKind::RawFanout => raw_fanout().await,
+            ServerKind::StmpNats => stmp_nats_server().await,
         }
     })?;
     // Thousands of connection tasks need no orderly teardown.
@@ -90,6 +91,50 @@ async fn stmp_server() -> Result<()> {
                 delivery.dropped,
                 delivery.encodings,
             ))
+        }
+        _ => None,
+    })
+    .await
+}
+
+/// A cluster node: plain TCP, the NATS adapter, and broadcasts to everyone on every node.
+async fn stmp_nats_server() -> Result<()> {
+    let url = std::env::var(crate::systems::NATS_ENV)?;
+    let nats = stmp_nats::NatsAdapter::connect(&url).await?;
+    let server = stmp::Server::builder().adapter(nats.clone()).build();
+    // NATS has the node's subscriptions before the load generator hears READY.
+    nats.flush().await?;
+    let tcp = server.listen_tcp("127.0.0.1:0").await?;
+    println!("LISTEN tcp {tcp}");
+    // Everyone on every node: this node's clients at once, the others' through NATS.
+    let to_everyone = |seq: u64| stmp::broadcast(server.everyone(), &EVENT, &event(seq));
+    commands(|words| match words {
+        ["count"] => Some(format!("COUNT {}", server.conns().len())),
+        ["broadcast", seq] => {
+            let seq: u64 = seq.parse().ok()?;
+            let start_ns = unix_nanos();
+            let began = Instant::now();
+            let delivery = to_everyone(seq).ok()?;
+            Some(sent(
+                start_ns,
+                began,
+                delivery.queued,
+                delivery.dropped,
+                delivery.encodings,
+            ))
+        }
+        ["burst", count, first] => {
+            let (count, first): (u64, u64) = (count.parse().ok()?, first.parse().ok()?);
+            let start_ns = unix_nanos();
+            let began = Instant::now();
+            let (mut queued, mut dropped, mut encodings) = (0, 0, 0);
+            for seq in first..first + count {
+                let delivery = to_everyone(seq).ok()?;
+                queued += delivery.queued;
+                dropped += delivery.dropped;
+                encodings = encodings.max(delivery.encodings);
+            }
+            Some(sent(start_ns, began, queued, dropped, encodings))
         }
         _ => None,
     })

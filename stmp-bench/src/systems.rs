@@ -86,7 +86,13 @@ pub enum ServerKind {
     RawEcho,
     /// The raw fan-out baseline: `broadcast <seq>` writes stmp's notify bytes to every socket.
     RawFanout,
+    /// An stmp node on the NATS named by [`NATS_ENV`]: `broadcast <seq>` sends the fan-out
+    /// event to everyone on every node; `burst <count> <first seq>` sends `count` of them.
+    StmpNats,
 }
+
+/// The NATS URL of a [`ServerKind::StmpNats`] server.
+pub const NATS_ENV: &str = "STMP_BENCH_NATS";
 
 impl ServerKind {
     /// The word after `serve`.
@@ -96,6 +102,7 @@ impl ServerKind {
             ServerKind::Tonic => "tonic",
             ServerKind::RawEcho => "raw-echo",
             ServerKind::RawFanout => "raw-fanout",
+            ServerKind::StmpNats => "stmp-nats",
         }
     }
 
@@ -106,6 +113,7 @@ impl ServerKind {
             ServerKind::Tonic,
             ServerKind::RawEcho,
             ServerKind::RawFanout,
+            ServerKind::StmpNats,
         ]
         .into_iter()
         .find(|kind| kind.arg() == arg)

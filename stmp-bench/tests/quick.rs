@@ -109,6 +109,28 @@ fn quick_run_has_every_row() {
         assert_eq!(found["encodings"], 1, "{found}");
     }
 
+    // Cluster: the fan-out through three nodes on NATS, and what the cluster sustains.
+    let cluster = json["fanout"]
+        .as_array()
+        .expect("fan-out rows")
+        .iter()
+        .find(|r| r["system"] == "stmp tcp, 3 nodes on NATS")
+        .unwrap_or_else(|| panic!("no cluster fan-out row in {json}"));
+    assert_eq!(cluster["clients"], 200, "{cluster}");
+    assert!(cluster["p50_ns"].as_f64().unwrap_or(0.0) > 0.0, "{cluster}");
+    assert_eq!(cluster["dropped"], 0, "events dropped: {cluster}");
+    let throughput = &json["cluster"];
+    assert_eq!(throughput["nodes"], 3, "{throughput}");
+    assert!(
+        throughput["broadcasts_per_s"].as_f64().unwrap_or(0.0) > 0.0,
+        "{throughput}"
+    );
+    assert_eq!(throughput["missed"], 0, "{throughput}");
+    assert!(
+        markdown.contains("| cluster: broadcasts to everyone, 200 clients over 3 nodes |"),
+        "no cluster row in\n{markdown}"
+    );
+
     // Memory: stmp tcp, stmp ws, tonic.
     for system in ["stmp tcp", "stmp ws", "tonic grpc"] {
         let row = format!("| idle memory, 200 conns | {system} | ");

@@ -59,6 +59,10 @@ pub struct Chat {
     membership: Arc<Mutex<()>>,
     limiter: SignInLimiter,
     who_timeout: Duration,
+    /// How long questions about the other nodes' members (with `--nats`) may take.
+    cluster_timeout: Duration,
+    /// The NATS adapter, when the chat spans nodes.
+    nats: Option<stmp_nats::NatsAdapter>,
 }
 
 impl Chat {
@@ -73,7 +77,28 @@ impl Chat {
             membership: Arc::default(),
             limiter: SignInLimiter::new(SignInLimits::default()),
             who_timeout: Duration::from_secs(2),
+            cluster_timeout: Duration::from_secs(1),
+            nats: None,
         }
+    }
+
+    /// Waits until NATS knows this node listens for the rooms joined and users signed in so
+    /// far, so a join or sign-in answers only once messages from other nodes can reach it.
+    async fn settled(&self) {
+        if let Some(nats) = &self.nats
+            && let Err(error) = nats.flush().await
+        {
+            tracing::warn!(%error, "NATS did not confirm the subscriptions");
+        }
+    }
+
+    /// The chat with the rooms and users of the server `builder` makes, so they go through
+    /// its adapter (NATS: every node's members) and know each other (a room's members come
+    /// with their user).
+    pub fn on(mut self, builder: &stmp::ServerBuilder) -> Self {
+        self.rooms = builder.rooms();
+        self.users = builder.users();
+        self
     }
 
     /// Limits sign-in attempts as `limits` say instead of the defaults (5 failed attempts a
@@ -183,13 +208,20 @@ impl Chat {
             .any(|conn| user_of(conn).as_deref() == Some(user))
     }
 
-    fn room_info(&self, room: &str) -> RoomInfo {
-        let mut members: Vec<String> = self
-            .rooms
-            .members(room)
-            .iter()
-            .filter_map(user_of)
-            .collect();
+    /// The room and its members' names, on every node.
+    async fn room_info(&self, room: &str) -> RoomInfo {
+        let mut members: Vec<String> =
+            match self.rooms.cluster_members(room, self.cluster_timeout).await {
+                Ok(members) => members.into_iter().filter_map(|m| m.user).collect(),
+                Err(status) => {
+                    tracing::warn!(%status, "members of this node only");
+                    self.rooms
+                        .members(room)
+                        .iter()
+                        .filter_map(user_of)
+                        .collect()
+                }
+            };
         members.sort();
         members.dedup();
         RoomInfo {
@@ -218,6 +250,7 @@ impl Chat {
         let token = token.inspect_err(refused)?;
         attempt.succeeded();
         self.attach(ctx.conn(), name, if up { "sign-up" } else { "password" });
+        self.settled().await;
         Ok(Session {
             user: name.to_owned(),
             token,
@@ -285,6 +318,7 @@ impl AccountService for Chat {
             .inspect_err(refused)?;
         attempt.succeeded();
         self.attach(conn, &user, "token");
+        self.settled().await;
         Ok(Session {
             user,
             token: String::new(),
@@ -305,20 +339,23 @@ impl ChatService for Chat {
         let room = input.room.trim();
         valid_name("room name", room)?;
         let conn = ctx.conn();
-        let _one_at_a_time = lock(&self.membership);
-        let was_there = self.has_user(room, &user);
-        // Through the history: a client coming back gets the messages it missed first.
-        let joined = self.history.join(room, conn).joined;
-        if joined && !was_there {
-            tracing::info!(%room, %user, rooms = self.rooms.list().len(), "joined room");
-            let event = UserJoinedEvent {
-                room: room.to_owned(),
-                user: user.clone(),
-                timestamp: now_ms(),
-            };
-            chat_events::user_joined(self.rooms.to(room).except(conn), &event)?;
+        {
+            let _one_at_a_time = lock(&self.membership);
+            let was_there = self.has_user(room, &user);
+            // Through the history: a client coming back gets the messages it missed first.
+            let joined = self.history.join(room, conn).joined;
+            if joined && !was_there {
+                tracing::info!(%room, %user, rooms = self.rooms.list().len(), "joined room");
+                let event = UserJoinedEvent {
+                    room: room.to_owned(),
+                    user: user.clone(),
+                    timestamp: now_ms(),
+                };
+                chat_events::user_joined(self.rooms.to(room).except(conn), &event)?;
+            }
         }
-        Ok(self.room_info(room))
+        self.settled().await;
+        Ok(self.room_info(room).await)
     }
 
     async fn leave_room(&self, ctx: Context, input: RoomInput) -> Result<Empty, Status> {
@@ -334,21 +371,27 @@ impl ChatService for Chat {
 
     async fn list_rooms(&self, ctx: Context, _: Empty) -> Result<RoomList, Status> {
         signed_in(&ctx)?;
-        Ok(RoomList {
-            rooms: self
-                .rooms
-                .list()
-                .iter()
-                .map(|room| self.room_info(room))
-                .filter(|info| !info.members.is_empty())
-                .collect(),
-        })
+        let names = match self.rooms.cluster_list(self.cluster_timeout).await {
+            Ok(names) => names,
+            Err(status) => {
+                tracing::warn!(%status, "rooms of this node only");
+                self.rooms.list()
+            }
+        };
+        let mut rooms = Vec::with_capacity(names.len());
+        for room in names {
+            let info = self.room_info(&room).await;
+            if !info.members.is_empty() {
+                rooms.push(info);
+            }
+        }
+        Ok(RoomList { rooms })
     }
 
     async fn list_members(&self, ctx: Context, input: RoomInput) -> Result<RoomInfo, Status> {
         signed_in(&ctx)?;
         valid_name("room name", input.room.trim())?;
-        let info = self.room_info(input.room.trim());
+        let info = self.room_info(input.room.trim()).await;
         if info.members.is_empty() {
             return Err(Status::not_found(format!("no room #{}", info.room)));
         }
@@ -387,10 +430,13 @@ impl ChatService for Chat {
         let to = input.user.trim();
         valid_name("user name", to)?;
         valid_text(&input.text)?;
-        // A connection that just closed may not be forgotten yet.
-        let open = |conns: Vec<Conn>| conns.into_iter().filter(|c| !c.is_closed());
-        let recipients: Vec<Conn> = open(self.users.conns(to)).collect();
-        if recipients.is_empty() {
+        // Online on any node.
+        let online = self
+            .users
+            .cluster_is_online(to, self.cluster_timeout)
+            .await
+            .unwrap_or_else(|_| self.users.is_online(to));
+        if !online {
             return Err(Status::not_found(if self.accounts.exists(to) {
                 format!("{to} is not online")
             } else {
@@ -403,11 +449,12 @@ impl ChatService for Chat {
             text: input.text,
             timestamp: now_ms(),
         };
-        // The recipient's connections, and the sender's others (a copy for their devices).
+        // The recipient's devices, and the sender's others (a copy for them), on any node.
         let conn = ctx.conn();
-        let mut delivery = chat_events::direct_message(self.users.to(&user).except(conn), &event)?;
+        let mut delivery = chat_events::direct_message(self.users.to(to).except(conn), &event)?;
         if user != to {
-            delivery.queued += chat_events::direct_message(self.users.to(to), &event)?.queued;
+            let copies = chat_events::direct_message(self.users.to(&user).except(conn), &event)?;
+            delivery.queued += copies.queued;
         }
         Ok(SendResult {
             timestamp: event.timestamp,
@@ -431,7 +478,43 @@ impl ChatService for Chat {
             self.rooms.members(&room)
         };
         conns.retain(|conn| !conn.is_closed());
-        if conns.is_empty() {
+        // Members on other nodes (with `--nats`) are listed; only this node can ask its own
+        // clients how they are doing.
+        let here = self.rooms.node().id();
+        let elsewhere: Vec<WhoEntry> = match room.is_empty() {
+            true => self
+                .users
+                .cluster_online(self.cluster_timeout)
+                .await
+                .map(|users| {
+                    users
+                        .into_iter()
+                        .filter(|user| !self.users.is_online(user))
+                        .map(Some)
+                        .collect::<Vec<_>>()
+                }),
+            false => self
+                .rooms
+                .cluster_members(&room, self.cluster_timeout)
+                .await
+                .map(|members| {
+                    members
+                        .into_iter()
+                        .filter(|member| member.conn.node != here)
+                        .map(|member| member.user)
+                        .collect()
+                }),
+        }
+        .unwrap_or_default()
+        .into_iter()
+        .map(|user| WhoEntry {
+            user: user.unwrap_or_default(),
+            transport: String::new(),
+            status: None,
+            error: "on another node".to_owned(),
+        })
+        .collect();
+        if conns.is_empty() && elsewhere.is_empty() {
             return Err(Status::not_found(format!("no room #{room}")));
         }
         // Every client at once: a server → client call on each connection.
@@ -458,6 +541,7 @@ impl ChatService for Chat {
             });
         }
         let mut entries = asks.join_all().await;
+        entries.extend(elsewhere);
         entries.sort_by(|a, b| (&a.user, &a.transport).cmp(&(&b.user, &b.transport)));
         Ok(WhoList { room, entries })
     }
@@ -519,6 +603,8 @@ pub struct ServerOptions {
     /// How long binding a QUIC port may be retried while a previous server's socket goes
     /// away. Default zero: fail at once.
     pub bind_retry: Duration,
+    /// Share rooms, users and messages with every node on this NATS.
+    pub nats: Option<stmp_nats::NatsAdapter>,
 }
 
 impl Default for ServerOptions {
@@ -530,6 +616,7 @@ impl Default for ServerOptions {
             tls: None,
             read_timeout: Duration::from_secs(60),
             bind_retry: Duration::ZERO,
+            nats: None,
         }
     }
 }
@@ -552,7 +639,14 @@ pub struct RoomServer {
 /// A stmp server of `chat`: the services, the sign-in middleware, token authentication at
 /// handshake and connection logs. It listens nowhere yet.
 pub fn build(chat: &Chat, read_timeout: Duration) -> stmp::Server {
-    let server = stmp::Server::builder()
+    let builder = stmp::Server::builder();
+    let chat = chat.clone().on(&builder);
+    build_on(builder, &chat, read_timeout)
+}
+
+/// [`build`] from `builder` (with an adapter, say); `chat` should be [on](Chat::on) it.
+pub fn build_on(builder: stmp::ServerBuilder, chat: &Chat, read_timeout: Duration) -> stmp::Server {
+    let server = builder
         .read_timeout(read_timeout)
         .authenticate({
             let chat = chat.clone();
@@ -570,6 +664,7 @@ pub fn build(chat: &Chat, read_timeout: Duration) -> stmp::Server {
                             tracing::info!(conn = conn.id(), %status, "token refused");
                         })?;
                         chat.attach(&conn, &user, "token");
+                        chat.settled().await;
                     }
                     Ok(())
                 }
@@ -588,7 +683,13 @@ pub fn build(chat: &Chat, read_timeout: Duration) -> stmp::Server {
 impl RoomServer {
     /// Starts serving `chat` as `options` say.
     pub async fn start(chat: Chat, options: ServerOptions) -> std::io::Result<RoomServer> {
-        let server = build(&chat, options.read_timeout);
+        let mut builder = stmp::Server::builder();
+        if let Some(nats) = &options.nats {
+            builder = builder.adapter(nats.clone());
+        }
+        let mut chat = chat.on(&builder);
+        chat.nats = options.nats.clone();
+        let server = build_on(builder, &chat, options.read_timeout);
         let tcp = match options.tcp {
             Some(addr) => Some(server.listen_tcp(addr).await?),
             None => None,

@@ -61,6 +61,10 @@ struct Args {
     /// The bearer token the HTTP API asks for.
     #[arg(long, value_name = "TOKEN")]
     http_token: Option<String>,
+    /// Run as one node of several: rooms, direct messages and presence are shared with every
+    /// room-server on this NATS (e.g. nats://127.0.0.1:4222; several URLs comma-separated).
+    #[arg(long, value_name = "URL")]
+    nats: Option<String>,
 }
 
 #[tokio::main]
@@ -108,6 +112,14 @@ async fn serve() -> Result<(), Box<dyn std::error::Error>> {
         per_address: RateLimit::per_minute(args.sign_ins_per_address),
         ..SignInLimits::default()
     });
+    let nats = match &args.nats {
+        Some(url) => {
+            let nats = stmp_nats::NatsAdapter::connect(url).await?;
+            tracing::info!(%url, "sharing rooms and users over NATS");
+            Some(nats)
+        }
+        None => None,
+    };
     let server = RoomServer::start(
         chat,
         ServerOptions {
@@ -115,6 +127,7 @@ async fn serve() -> Result<(), Box<dyn std::error::Error>> {
             ws: args.ws,
             quic: args.quic,
             tls,
+            nats: nats.clone(),
             ..ServerOptions::default()
         },
     )
@@ -150,6 +163,10 @@ async fn serve() -> Result<(), Box<dyn std::error::Error>> {
     }
     tracing::info!("stopping");
     server.server.shutdown(Duration::from_secs(2)).await;
+    if let Some(nats) = nats {
+        // The other nodes stop waiting for this one's presence answers at once.
+        nats.close().await;
+    }
     Ok(())
 }
 
