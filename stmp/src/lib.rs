@@ -76,8 +76,8 @@ pub use transport::quic;
 pub use transport::tls;
 
 /// Includes the code `stmp-build` generated for a proto package: its messages, and for each
-/// service its method table, service trait, server, client stub, events listener and
-/// broadcaster.
+/// service a module named after it holding its method table, service trait, server, client
+/// stub, events listener and one broadcast function per event.
 ///
 /// The package's items land in the current module; the packages it imports (well-known types
 /// such as `google.protobuf.Empty` included) are reachable under `packages::…` by their
@@ -85,7 +85,7 @@ pub use transport::tls;
 ///
 /// ```ignore
 /// stmp::include_proto!("stmp.examples.quick_start");
-/// // RoomModel, room_service::JOIN_ROOM, RoomServiceServer, RoomEventsBroadcaster, …
+/// // RoomModel, room_service::{JOIN_ROOM, RoomServiceServer}, room_events::user_join, …
 /// // packages::google::protobuf::Empty
 /// ```
 #[macro_export]

@@ -98,6 +98,7 @@ impl Chat {
     pub fn on(mut self, builder: &stmp::ServerBuilder) -> Self {
         self.rooms = builder.rooms();
         self.users = builder.users();
+        self.history = History::new(self.rooms.clone());
         self
     }
 
