@@ -1,4 +1,4 @@
-//! `ConnSet::broadcast` to a set of real loopback connections, set up once: 100 and 1,000 stmp
+//! `stmp::broadcast` to a `ConnSet` of real loopback connections, set up once: 100 and 1,000 stmp
 //! clients in this process, connected to a server in this process.
 //!
 //! - `broadcast/call/N`: the broadcast call alone (one serialisation, N queue pushes), made

@@ -192,8 +192,8 @@ impl Builder {
         self
     }
 
-    /// Whether to generate the events side: the `…Listener` trait, its attach function and the
-    /// `…Broadcaster`. Default true.
+    /// Whether to generate the events side: the `…Listener` trait, its attach function and one
+    /// broadcast function per event. Default true.
     pub fn build_events(mut self, enable: bool) -> Self {
         self.parts.events = enable;
         self

@@ -18,7 +18,7 @@ use crate::conn::InFlight;
 pub struct ServerStats {
     /// Live connections.
     pub connections: usize,
-    /// Events (broadcasts and [`Users::send`](crate::Users::send)) dropped because a
+    /// Events sent with [`broadcast`](crate::broadcast()) (to any audience) dropped because a
     /// connection's send queue was full.
     pub events_dropped: u64,
     /// Connections closed by the slow-consumer policy.
