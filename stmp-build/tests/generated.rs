@@ -67,8 +67,16 @@ fn messages_named_like_generated_items_do_not_collide_with_them() {
 
 struct Echoer;
 
+/// A ping with this text tells [`NOTIFIED`] it reached the server (sent as a typed notify).
+const NOTIFIED_TEXT: &str = "sent as a notify";
+static NOTIFIED: std::sync::LazyLock<tokio::sync::Notify> =
+    std::sync::LazyLock::new(tokio::sync::Notify::new);
+
 impl Echo for Echoer {
     async fn ping(&self, _ctx: Context, input: Ping) -> Result<Ping, Status> {
+        if input.text == NOTIFIED_TEXT {
+            NOTIFIED.notify_one();
+        }
         Ok(input)
     }
 
@@ -180,7 +188,14 @@ async fn the_generated_code_works_over_a_connection() {
         let status = echo.hash(sample()).await.unwrap_err();
         assert_eq!(status.code(), stmp::Code::NotFound);
         // A typed notify: no answer, nothing made up.
-        let (): () = echo.notify_ping(sample()).await.unwrap();
+        let notified = Ping {
+            text: NOTIFIED_TEXT.into(),
+            ..sample()
+        };
+        let (): () = echo.notify_ping(notified).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), NOTIFIED.notified())
+            .await
+            .expect("the notify reached the server's handler");
 
         // Server → client events, to everyone.
         let delivery = alert_service::fire(server.everyone(), &sample()).unwrap();
