@@ -249,3 +249,64 @@ async fn a_string_action_is_routed_like_its_number() {
     let echo: Echo = conn.codec().decode(&response.payload).unwrap();
     assert_eq!(echo.text, "by name");
 }
+
+/// Listeners that finish at once run on the read task; one that waits moves to a task of its
+/// own. Either way every event reaches the listeners once, in the order it was sent, and the
+/// ones behind a waiting listener wait for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_behind_a_waiting_listener_wait_for_it_and_keep_their_order() {
+    let (server, url) = tcp_server(Server::builder()).await;
+    let client = within(Client::connect(&url)).await.unwrap();
+    let gate = std::sync::Arc::new(tokio::sync::Notify::new());
+    let (tx, mut heard) = tokio::sync::mpsc::unbounded_channel();
+    let _listener = client.router().listen(&USER_JOIN, {
+        let gate = gate.clone();
+        move |_ctx: stmp::Context, e: UserJoinEvent| {
+            let (gate, tx) = (gate.clone(), tx.clone());
+            async move {
+                if e.user.starts_with("wait") {
+                    gate.notified().await;
+                }
+                tx.send(e.user).unwrap();
+            }
+        }
+    });
+    until(|| !server.conns().is_empty()).await;
+    let names: Vec<String> = (0..50)
+        .map(|i| match i {
+            10 | 30 => format!("wait {i}"),
+            _ => format!("quick {i}"),
+        })
+        .collect();
+    for name in &names[..20] {
+        let event = UserJoinEvent { user: name.clone() };
+        stmp::broadcast(server.everyone(), &USER_JOIN, &event).unwrap();
+    }
+    for name in &names[..10] {
+        assert_eq!(&within(heard.recv()).await.unwrap(), name);
+    }
+    // The first waiting listener holds back every event after it: a call's round trip
+    // proves they have all arrived.
+    let _: Echo = within(client.call(&ECHO, &Echo::default())).await.unwrap();
+    assert!(
+        heard.try_recv().is_err(),
+        "an event overtook a waiting listener"
+    );
+    for name in &names[20..] {
+        let event = UserJoinEvent { user: name.clone() };
+        stmp::broadcast(server.everyone(), &USER_JOIN, &event).unwrap();
+    }
+    gate.notify_one();
+    for name in &names[10..30] {
+        assert_eq!(&within(heard.recv()).await.unwrap(), name);
+    }
+    let _: Echo = within(client.call(&ECHO, &Echo::default())).await.unwrap();
+    assert!(
+        heard.try_recv().is_err(),
+        "an event overtook a waiting listener"
+    );
+    gate.notify_one();
+    for name in &names[30..] {
+        assert_eq!(&within(heard.recv()).await.unwrap(), name);
+    }
+}

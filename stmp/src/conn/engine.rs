@@ -16,9 +16,9 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep_until};
@@ -31,7 +31,6 @@ use super::state::{Action, ConnState, Ending, Held, error_response};
 use super::{Conn, ConnParts, Outbox, Refused, Side};
 use crate::broadcast::SlowConsumer;
 use crate::codec::Codec;
-use crate::router::Target;
 use crate::stats::Counters;
 use crate::sync::lock;
 use crate::wire::{Header, Packet, Request, Response};
@@ -189,9 +188,8 @@ impl Engine {
             tasks,
             draining,
         } = self;
-        let stop_writer = CancellationToken::new();
         // Should this future be dropped half-way, the writer stops too.
-        let _stop_writer_on_drop = stop_writer.clone().drop_guard();
+        let _stop_writer_on_drop = StopWriterOnDrop(conn.clone());
         let (failed, mut write_failed) = oneshot::channel();
         let mut state = ConnState::new(&config, conn.counters().clone(), draining, now());
         let busy = Busy {
@@ -203,12 +201,9 @@ impl Engine {
             writer,
             busy,
             config.write_stall_timeout,
-            stop_writer.clone(),
             failed,
         ));
-        // Made on the first notify: many connections never receive one, and idle ones
-        // should not pay for a queue and a task.
-        let mut events: Option<mpsc::Sender<Event>> = None;
+        let mut listeners = Listeners::new(config.event_queue);
         let mut parked: Option<Parked> = None;
         let mut since_yield = 0;
 
@@ -281,24 +276,17 @@ impl Engine {
                     let target = router.target(&notify.action);
                     let ctx =
                         Context::new(conn.clone(), notify.action, target.method, notify.header);
-                    let queue = events.get_or_insert_with(|| {
-                        let (queue, rx) = mpsc::channel(config.event_queue.max(1));
-                        // Not awaited when the connection ends: listeners still
-                        // queued run on without holding the connection open.
-                        tokio::spawn(event_loop(rx, router.clone()));
-                        queue
+                    let router = router.clone();
+                    let listening: Listening = Box::pin(async move {
+                        router.handle_notify(target, &ctx, notify.payload).await;
+                        drop(held);
                     });
-                    match queue.try_send((target, ctx, notify.payload, held)) {
-                        Ok(()) => {}
+                    match listeners.deliver(listening) {
+                        Delivered::Done => {}
                         // Listeners fall behind: stop reading until they catch up,
                         // while heartbeat and close go on.
-                        Err(mpsc::error::TrySendError::Full(event)) => {
-                            let queue = queue.clone();
-                            parked = Some(Box::pin(async move {
-                                queue.send(event).await.map_err(|_| listeners_gone())
-                            }));
-                        }
-                        Err(mpsc::error::TrySendError::Closed(_)) => {
+                        Delivered::Full(waiting) => parked = Some(waiting),
+                        Delivered::Gone => {
                             break Ending {
                                 status: listeners_gone(),
                                 send_close: true,
@@ -323,9 +311,9 @@ impl Engine {
         };
 
         drop(parked);
-        drop(events);
+        drop(listeners);
         drop(reader);
-        finish(conn, ending, stop_writer, writer_task, config.close_grace).await;
+        finish(conn, ending, writer_task, config.close_grace).await;
     }
 }
 
@@ -393,7 +381,6 @@ fn with_header(mut packet: Packet, header: Header) -> Packet {
 async fn finish(
     conn: Conn,
     ending: Ending,
-    stop_writer: CancellationToken,
     mut writer_task: tokio::task::JoinHandle<()>,
     grace: Duration,
 ) {
@@ -406,7 +393,7 @@ async fn finish(
     lock(&conn.shared.pending).close(Status::network_error(format!(
         "connection closed: {status}"
     )));
-    stop_writer.cancel();
+    conn.shared.outbox.stop();
     if tokio::time::timeout(grace, &mut writer_task).await.is_err() {
         tracing::debug!(
             conn = conn.id(),
@@ -425,37 +412,21 @@ async fn write_loop(
     mut writer: PacketWriter,
     busy: Busy,
     stall: Duration,
-    stop: CancellationToken,
     failed: oneshot::Sender<Status>,
 ) {
     const BATCH: usize = 64;
     let conn = busy.conn.clone();
-    let stopped = stop.cancelled();
-    tokio::pin!(stopped);
     loop {
         // Made per wake-up, so an idle connection holds no batch.
         let mut batch = Vec::new();
-        let stopping = tokio::select! {
-            biased;
-            received = outbox.recv_many(&mut batch, BATCH) => received == 0,
-            _ = &mut stopped => true,
-        };
-        if stopping {
-            while let Ok(packet) = outbox.try_recv() {
-                batch.push(packet);
-            }
-        } else if batch.len() < BATCH && busy.more_coming(batch.len()) {
+        let stopping = outbox.recv_many(&mut batch, BATCH).await;
+        if !stopping && batch.len() < BATCH && busy.more_coming(batch.len()) {
             // Let the tasks that are ready to run (callers woken by the same read, handlers
             // answering) queue what they have first: one write then carries many packets
             // instead of one each, which is what the syscalls per call come down to. With
             // one call at a time nothing more is coming, and the packet leaves at once.
             run_ready_tasks_first().await;
-            while batch.len() < BATCH {
-                match outbox.try_recv() {
-                    Ok(packet) => batch.push(packet),
-                    Err(_) => break,
-                }
-            }
+            outbox.try_recv_many(&mut batch, BATCH);
         }
         if !batch.is_empty() {
             let written = writer.write_batch(&batch, stall).await;
@@ -474,6 +445,15 @@ async fn write_loop(
             let _ = tokio::time::timeout(stall, writer.shutdown()).await;
             return;
         }
+    }
+}
+
+/// Stops the connection's writer when the engine ends, however it ends.
+struct StopWriterOnDrop(Conn);
+
+impl Drop for StopWriterOnDrop {
+    fn drop(&mut self) {
+        self.0.shared.outbox.stop();
     }
 }
 
@@ -509,14 +489,76 @@ async fn run_ready_tasks_first() {
     .await
 }
 
-/// A notify on its way to its listeners, with the bytes it holds in the budgets.
-type Event = (Target, Context, Bytes, Held);
+/// A notify's listeners at work; it holds the notify's bytes in the budgets until done.
+type Listening = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// Runs notifies through listeners one at a time, in the order they arrived.
-async fn event_loop(mut events: mpsc::Receiver<Event>, router: Router) {
-    while let Some((target, ctx, payload, reservation)) = events.recv().await {
-        router.handle_notify(target, &ctx, payload).await;
-        drop(reservation);
+/// Runs a connection's notifies through their listeners one at a time, in the order they
+/// arrived. Most listeners finish without waiting, and those run right here on the read
+/// task: a task hop per event is what a broadcast to many connections pays for on every
+/// receiving side. A listener that waits moves to a task of its own, and the notifies after
+/// it queue behind it there until it and they are done.
+struct Listeners {
+    /// Made when a listener first waits: many connections never receive a notify, and
+    /// idle ones should not pay for a queue and a task.
+    queue: Option<mpsc::Sender<Listening>>,
+    /// Listeners in the queue or running in its task.
+    behind: Arc<AtomicUsize>,
+    capacity: usize,
+}
+
+/// What became of a notify handed to [`Listeners::deliver`].
+enum Delivered {
+    /// Done, or queued behind the listeners at work.
+    Done,
+    /// The queue is full: reading waits for this.
+    Full(Parked),
+    /// The listeners' task has ended.
+    Gone,
+}
+
+impl Listeners {
+    fn new(capacity: usize) -> Listeners {
+        Listeners {
+            queue: None,
+            behind: Arc::new(AtomicUsize::new(0)),
+            capacity: capacity.max(1),
+        }
+    }
+
+    fn deliver(&mut self, mut listening: Listening) -> Delivered {
+        if self.behind.load(Ordering::Acquire) == 0 {
+            let mut inline = std::task::Context::from_waker(std::task::Waker::noop());
+            if listening.as_mut().poll(&mut inline).is_ready() {
+                return Delivered::Done;
+            }
+        }
+        let behind = self.behind.clone();
+        let queue = self.queue.get_or_insert_with(|| {
+            let (queue, rx) = mpsc::channel(self.capacity);
+            // Not awaited when the connection ends: listeners still queued run on without
+            // holding the connection open.
+            tokio::spawn(event_loop(rx, behind.clone()));
+            queue
+        });
+        behind.fetch_add(1, Ordering::AcqRel);
+        match queue.try_send(listening) {
+            Ok(()) => Delivered::Done,
+            Err(mpsc::error::TrySendError::Full(listening)) => {
+                let queue = queue.clone();
+                Delivered::Full(Box::pin(async move {
+                    queue.send(listening).await.map_err(|_| listeners_gone())
+                }))
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Delivered::Gone,
+        }
+    }
+}
+
+/// Runs the listeners that waited, one at a time, in order.
+async fn event_loop(mut queue: mpsc::Receiver<Listening>, behind: Arc<AtomicUsize>) {
+    while let Some(listening) = queue.recv().await {
+        listening.await;
+        behind.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -569,11 +611,10 @@ mod tests {
         for _ in 0..10 {
             conn.try_send(Packet::Pong).unwrap();
         }
-        let stop = CancellationToken::new();
-        stop.cancel();
+        conn.shared.outbox.stop();
         let (failed, _) = oneshot::channel();
         let stall = Duration::from_secs(5);
-        write_loop(outbox, writer, idle(&conn), stall, stop, failed).await;
+        write_loop(outbox, writer, idle(&conn), stall, failed).await;
         let (bytes, writes, flushes) = recorder.0.lock().unwrap().clone();
         assert_eq!(bytes, [0x90; 10]);
         assert_eq!((writes, flushes), (1, 1));
@@ -599,17 +640,9 @@ mod tests {
         let (conn, outbox) = Conn::new(super::super::tests::parts(1 << 20));
         let busy = idle(&conn);
         let running = busy.handling.reserve(handlers_running).unwrap();
-        let stop = CancellationToken::new();
         let (failed, _) = oneshot::channel();
         let stall = Duration::from_secs(5);
-        let writer_task = tokio::spawn(write_loop(
-            outbox,
-            writer,
-            busy,
-            stall,
-            stop.clone(),
-            failed,
-        ));
+        let writer_task = tokio::spawn(write_loop(outbox, writer, busy, stall, failed));
         // The writer waits for its first packet.
         tokio::task::yield_now().await;
         conn.try_send(Packet::Pong).unwrap();
@@ -623,7 +656,7 @@ mod tests {
             answer.await.unwrap();
         }
         drop(running);
-        stop.cancel();
+        conn.shared.outbox.stop();
         writer_task.await.unwrap();
         let (bytes, writes, _) = recorder.0.lock().unwrap().clone();
         assert_eq!(bytes, [0x90; 10]);

@@ -8,6 +8,7 @@ mod call;
 mod engine;
 mod extensions;
 pub(crate) mod io;
+mod outbox;
 mod pending;
 mod state;
 
@@ -19,7 +20,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{Semaphore, TryAcquireError, mpsc};
+use tokio::sync::{Semaphore, TryAcquireError};
 use tokio_util::sync::CancellationToken;
 
 pub(crate) use budget::InFlight;
@@ -37,8 +38,8 @@ use crate::sync::lock;
 use crate::wire::{Action, Header, Notify, Packet, Request, Response};
 use crate::{Code, Method, Status};
 
-/// The packets a connection's writer takes from its send queue.
-pub(crate) type Outbox = mpsc::UnboundedReceiver<Packet>;
+pub(crate) use outbox::Outbox;
+use outbox::SendQueue;
 
 /// The default byte budget of a connection's send queue.
 pub(crate) const DEFAULT_SEND_QUEUE_BYTES: usize = 4 << 20;
@@ -67,8 +68,8 @@ struct Shared {
     transport: &'static str,
     peer_header: Header,
     codec: Codec,
-    /// Unbounded as a channel: `send_room` bounds it, in bytes ([`queue_cost`]).
-    outbox: mpsc::UnboundedSender<Packet>,
+    /// Unbounded as a queue: `send_room` bounds it, in bytes ([`queue_cost`]).
+    outbox: SendQueue,
     /// Bytes the send queue may still take; the writer gives back what it wrote.
     send_room: Semaphore,
     send_budget: u32,
@@ -112,7 +113,7 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 impl Conn {
     pub(crate) fn new(parts: ConnParts) -> (Conn, Outbox) {
-        let (outbox, rx) = mpsc::unbounded_channel();
+        let (outbox, rx) = outbox::send_queue();
         let send_budget = u32::try_from(parts.send_queue_bytes)
             .unwrap_or(u32::MAX)
             .max(1);
@@ -284,7 +285,7 @@ impl Conn {
                 .forget(),
             Err(TryAcquireError::Closed) => return Err(closed_error()),
         }
-        self.shared.outbox.send(packet).map_err(|_| closed_error())
+        self.shared.outbox.push(packet).map_err(|_| closed_error())
     }
 
     /// Queues a packet unless the send queue has no room for it or the connection is gone.
@@ -296,7 +297,7 @@ impl Conn {
             Err(TryAcquireError::Closed) => return Err(Refused::Closed),
         }
         crate::telemetry::send_queue_depth(self.queued_bytes());
-        self.shared.outbox.send(packet).map_err(|_| Refused::Closed)
+        self.shared.outbox.push(packet).map_err(|_| Refused::Closed)
     }
 
     /// Bytes waiting in the send queue.

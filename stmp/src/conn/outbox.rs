@@ -1,0 +1,218 @@
+//! A connection's send queue: packets in order, from any number of senders to the one writer.
+//!
+//! Not a tokio channel because of what an idle connection pays: an mpsc channel allocates its
+//! first block of 32 slots (about 3 KiB of packets) when it is made and keeps it for life,
+//! while a real-time server holds mostly idle connections. This queue holds nothing while it
+//! is empty, and the writer takes what is queued in one step under one lock. Its bytes are
+//! bounded elsewhere (the connection's send budget), so the queue itself is unbounded.
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::sync::{Arc, Mutex};
+use std::task::{Poll, Waker};
+
+use crate::sync::lock;
+use crate::wire::Packet;
+
+/// The senders' end, held by the connection.
+#[derive(Debug)]
+pub(crate) struct SendQueue {
+    shared: Arc<Mutex<Queue>>,
+}
+
+/// The writer's end: dropping it closes the queue and drops what it still holds.
+#[derive(Debug)]
+pub(crate) struct Outbox {
+    shared: Arc<Mutex<Queue>>,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    packets: VecDeque<Packet>,
+    /// The writer, while it waits for a packet.
+    writer: Option<Waker>,
+    /// The writer is to write what is queued and stop: the connection is ending.
+    stopping: bool,
+    closed: bool,
+}
+
+/// The queue's two ends.
+pub(crate) fn send_queue() -> (SendQueue, Outbox) {
+    let shared = Arc::new(Mutex::new(Queue::default()));
+    (
+        SendQueue {
+            shared: shared.clone(),
+        },
+        Outbox { shared },
+    )
+}
+
+impl SendQueue {
+    /// Queues `packet`; gives it back once the writer is gone.
+    pub(crate) fn push(&self, packet: Packet) -> Result<(), Packet> {
+        let writer = {
+            let mut queue = lock(&self.shared);
+            if queue.closed {
+                return Err(packet);
+            }
+            queue.packets.push_back(packet);
+            // Only a writer that waits is woken, and only once per batch it will take.
+            queue.writer.take()
+        };
+        if let Some(writer) = writer {
+            writer.wake();
+        }
+        Ok(())
+    }
+
+    /// Tells the writer to write what is queued and stop. Packets queued later still go out
+    /// if the writer has not taken its last batch yet.
+    pub(crate) fn stop(&self) {
+        let writer = {
+            let mut queue = lock(&self.shared);
+            queue.stopping = true;
+            queue.writer.take()
+        };
+        if let Some(writer) = writer {
+            writer.wake();
+        }
+    }
+}
+
+impl Outbox {
+    /// Waits until something is queued, then moves up to `limit` packets into `batch`.
+    /// Once [stopped](SendQueue::stop) it moves everything queued and returns true: that is
+    /// the last batch.
+    pub(crate) async fn recv_many(&mut self, batch: &mut Vec<Packet>, limit: usize) -> bool {
+        poll_fn(|cx| {
+            let mut queue = lock(&self.shared);
+            if queue.stopping {
+                take(&mut queue, batch, usize::MAX);
+                return Poll::Ready(true);
+            }
+            if take(&mut queue, batch, limit) > 0 {
+                return Poll::Ready(false);
+            }
+            if !queue
+                .writer
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+            {
+                queue.writer = Some(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// The next packet queued, if any (tests look at what a connection was sent).
+    #[cfg(test)]
+    pub(crate) fn try_recv(&mut self) -> Option<Packet> {
+        let mut one = Vec::with_capacity(1);
+        self.try_recv_many(&mut one, 1);
+        one.pop()
+    }
+
+    /// Moves up to `limit` packets that are queued now into `batch`, without waiting.
+    pub(crate) fn try_recv_many(&mut self, batch: &mut Vec<Packet>, limit: usize) -> usize {
+        take(&mut lock(&self.shared), batch, limit)
+    }
+}
+
+fn take(queue: &mut Queue, batch: &mut Vec<Packet>, limit: usize) -> usize {
+    let room = limit.saturating_sub(batch.len());
+    let taken = queue.packets.len().min(room);
+    batch.extend(queue.packets.drain(..taken));
+    if queue.packets.is_empty() && queue.packets.capacity() > 0 {
+        // A burst's room is not kept: an idle connection holds no queue.
+        queue.packets = VecDeque::new();
+    }
+    taken
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        let packets = {
+            let mut queue = lock(&self.shared);
+            queue.closed = true;
+            queue.writer = None;
+            std::mem::take(&mut queue.packets)
+        };
+        drop(packets);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn packets_come_out_in_order_in_batches_of_at_most_the_limit() {
+        let (queue, mut outbox) = send_queue();
+        for _ in 0..5 {
+            queue.push(Packet::Ping).unwrap();
+        }
+        queue.push(Packet::Pong).unwrap();
+        let mut batch = Vec::new();
+        assert!(!outbox.recv_many(&mut batch, 4).await);
+        assert_eq!(batch.len(), 4);
+        assert_eq!(outbox.try_recv_many(&mut batch, 4), 0, "the batch is full");
+        assert_eq!(outbox.try_recv_many(&mut batch, 6), 2);
+        assert!(batch[..5].iter().all(|p| *p == Packet::Ping));
+        assert_eq!(batch[5], Packet::Pong);
+        assert_eq!(outbox.try_recv_many(&mut batch, 64), 0);
+        // Drained, the queue holds no memory.
+        assert_eq!(lock(&outbox.shared).packets.capacity(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_writer_is_woken_by_a_push() {
+        let (queue, mut outbox) = send_queue();
+        let writer = tokio::spawn(async move {
+            let mut batch = Vec::new();
+            outbox.recv_many(&mut batch, 64).await;
+            batch
+        });
+        // The writer is parked on the empty queue before the push comes.
+        tokio::task::yield_now().await;
+        queue.push(Packet::Pong).unwrap();
+        let batch = tokio::time::timeout(Duration::from_secs(5), writer)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(batch, [Packet::Pong]);
+    }
+
+    #[tokio::test]
+    async fn a_stopped_writer_takes_everything_queued_as_its_last_batch() {
+        let (queue, mut outbox) = send_queue();
+        for _ in 0..3 {
+            queue.push(Packet::Ping).unwrap();
+        }
+        queue.stop();
+        let mut batch = Vec::new();
+        assert!(outbox.recv_many(&mut batch, 2).await, "the last batch");
+        assert_eq!(batch.len(), 3, "past the limit: nothing is left behind");
+        // A writer waiting on an empty queue is woken by the stop.
+        let (queue, mut outbox) = send_queue();
+        let writer = tokio::spawn(async move { outbox.recv_many(&mut Vec::new(), 64).await });
+        tokio::task::yield_now().await;
+        queue.stop();
+        let last = tokio::time::timeout(Duration::from_secs(5), writer)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(last);
+    }
+
+    #[test]
+    fn once_the_writer_is_gone_pushes_are_refused_and_the_queue_is_emptied() {
+        let (queue, outbox) = send_queue();
+        queue.push(Packet::Ping).unwrap();
+        drop(outbox);
+        assert_eq!(queue.push(Packet::Pong), Err(Packet::Pong));
+        assert!(lock(&queue.shared).packets.is_empty());
+    }
+}
