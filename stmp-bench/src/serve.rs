@@ -82,6 +82,7 @@ fn burst(
 async fn stmp_server() -> Result<()> {
     // gzip is opt-in on servers; the `stmp tcp+gzip` row needs it.
     let server = stmp::Server::builder()
+        .handshake_timeout(crate::systems::HANDSHAKE_TIMEOUT)
         .gzip(true)
         .gzip_inflation_limit(crate::systems::BENCH_INFLATION_RATIO, 1 << 20)
         .build();
@@ -126,7 +127,10 @@ async fn stmp_server() -> Result<()> {
 async fn stmp_nats_server() -> Result<()> {
     let url = std::env::var(crate::systems::NATS_ENV)?;
     let nats = stmp_nats::NatsAdapter::connect(&url).await?;
-    let server = stmp::Server::builder().adapter(nats.clone()).build();
+    let server = stmp::Server::builder()
+        .handshake_timeout(crate::systems::HANDSHAKE_TIMEOUT)
+        .adapter(nats.clone())
+        .build();
     // NATS has the node's subscriptions before the load generator hears READY.
     nats.flush().await?;
     let tcp = server.listen_tcp("127.0.0.1:0").await?;
