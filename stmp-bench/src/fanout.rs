@@ -42,28 +42,78 @@ pub struct FanoutResult {
     pub frame_bytes: usize,
 }
 
-/// The round in progress, shared by every client's receive path.
+/// What a burst of broadcasts to every client sustained, end to end.
+#[derive(Clone, Debug, Serialize)]
+pub struct Throughput {
+    /// `stmp tcp` or the cluster's label.
+    pub system: String,
+    /// stmp server processes (nodes) the clients are spread over.
+    pub nodes: usize,
+    /// Clients.
+    pub clients: usize,
+    /// Broadcasts fired, all nodes together.
+    pub broadcasts: usize,
+    /// From the first burst's start to the last client having the last event, ns.
+    pub elapsed_ns: u64,
+    /// Broadcasts per second, end to end.
+    pub broadcasts_per_s: f64,
+    /// Events delivered per second (broadcasts × clients).
+    pub deliveries_per_s: f64,
+    /// Events that did not arrive, over all clients.
+    pub missed: usize,
+}
+
+/// The events awaited now — one round's, or a burst's range of seqs — shared by every
+/// client's receive path: how many arrived and when the last one did.
 #[derive(Default)]
 pub(crate) struct Round {
-    seq: AtomicU64,
+    /// The seqs counted: `first..end`.
+    first: AtomicU64,
+    end: AtomicU64,
     target: AtomicUsize,
     received: AtomicUsize,
     last_ns: AtomicU64,
     done: Notify,
 }
 
+/// What arrived of a round by its deadline.
+pub(crate) struct Arrived {
+    pub received: usize,
+    /// Wall-clock time of the last arrival, unix ns (0: none).
+    pub last_ns: u64,
+}
+
 impl Round {
-    fn start(&self, seq: u64, target: usize) {
+    /// Counts the event `seq` from now on, expecting `target` arrivals.
+    pub(crate) fn start(&self, seq: u64, target: usize) {
+        self.start_range(seq..seq + 1, target);
+    }
+
+    /// Counts every event in `seqs`, expecting `target` arrivals in all.
+    pub(crate) fn start_range(&self, seqs: std::ops::Range<u64>, target: usize) {
         self.received.store(0, Ordering::SeqCst);
         self.last_ns.store(0, Ordering::SeqCst);
         self.target.store(target, Ordering::SeqCst);
-        self.seq.store(seq, Ordering::SeqCst);
+        // Closed first, so no hit counts against a half-set range.
+        self.end.store(0, Ordering::SeqCst);
+        self.first.store(seqs.start, Ordering::SeqCst);
+        self.end.store(seqs.end, Ordering::SeqCst);
     }
 
+    /// An event arrived.
     pub(crate) fn hit(&self, seq: u64) {
-        if seq != self.seq.load(Ordering::SeqCst) {
+        if seq < self.first.load(Ordering::SeqCst) || seq >= self.end.load(Ordering::SeqCst) {
             return;
         }
+        self.count();
+    }
+
+    /// An event of the current round arrived (for readers that do not decode it).
+    fn hit_current(&self) {
+        self.count();
+    }
+
+    fn count(&self) {
         self.last_ns
             .fetch_max(crate::unix_nanos(), Ordering::SeqCst);
         if self.received.fetch_add(1, Ordering::SeqCst) + 1 == self.target.load(Ordering::SeqCst) {
@@ -71,30 +121,138 @@ impl Round {
         }
     }
 
-    async fn wait(&self, timeout: Duration) -> Result<u64> {
-        let deadline = tokio::time::Instant::now() + timeout;
+    /// Waits until every awaited event has arrived or `deadline` passes.
+    pub(crate) async fn arrived_by(&self, deadline: tokio::time::Instant) -> Arrived {
         while self.received.load(Ordering::SeqCst) < self.target.load(Ordering::SeqCst) {
             if tokio::time::timeout_at(deadline, self.done.notified())
                 .await
                 .is_err()
             {
-                return Err(format!(
-                    "only {} of {} clients got the event",
-                    self.received.load(Ordering::SeqCst),
-                    self.target.load(Ordering::SeqCst)
-                )
-                .into());
+                break;
             }
         }
-        Ok(self.last_ns.load(Ordering::SeqCst))
+        Arrived {
+            received: self.received.load(Ordering::SeqCst),
+            last_ns: self.last_ns.load(Ordering::SeqCst),
+        }
+    }
+
+    /// The time of the last arrival, once every awaited event has arrived within `timeout`.
+    async fn wait(&self, timeout: Duration) -> Result<u64> {
+        let arrived = self.arrived_by(tokio::time::Instant::now() + timeout).await;
+        let target = self.target.load(Ordering::SeqCst);
+        if arrived.received < target {
+            return Err(format!(
+                "only {} of {target} clients got the event",
+                arrived.received
+            )
+            .into());
+        }
+        Ok(arrived.last_ns)
     }
 }
 
-/// stmp over TCP, then the raw baseline, at each N of the settings.
-pub async fn run(settings: &Settings) -> Result<Vec<FanoutResult>> {
-    let mut results = stmp(settings).await?;
+/// A router whose listener counts every fan-out event into `round`: the clients connected
+/// with it report there.
+pub(crate) fn counting_router(round: &Arc<Round>) -> stmp::Router {
+    let router = stmp::Router::new();
+    let hits = round.clone();
+    // The listener stays as long as the router: the handle is not needed.
+    let _ = router.listen(&EVENT, move |_ctx, event: Event| {
+        hits.hit(event.seq);
+        std::future::ready(())
+    });
+    router
+}
+
+/// Connects stmp TCP clients to `server` until it holds `n` of them (it holds `held` now).
+pub(crate) async fn connect_up_to(
+    server: &mut ServerProcess,
+    held: usize,
+    n: usize,
+    router: &stmp::Router,
+) -> Result<Vec<stmp::Client>> {
+    let more = n.saturating_sub(held);
+    let clients = crate::unary::stmp_clients(
+        System::StmpTcp,
+        &server.listening,
+        more,
+        Some(router.clone()),
+    )
+    .await?;
+    server.wait_for_connections(held + more).await?;
+    Ok(clients)
+}
+
+/// stmp over TCP, then the raw baseline, at each N of the settings; and the broadcasts per
+/// second one stmp node sustains at the largest N.
+pub async fn run(settings: &Settings) -> Result<(Vec<FanoutResult>, Throughput)> {
+    let (mut results, throughput) = stmp(settings).await?;
     results.extend(raw(settings).await?);
-    Ok(results)
+    Ok((results, throughput))
+}
+
+/// Broadcasts in a throughput burst, all nodes together: sized to about 3 million deliveries
+/// (60,000 with `--quick`) whatever the number of clients.
+pub(crate) fn burst_size(settings: &Settings, clients: usize) -> usize {
+    let budget = if settings.quick { 60_000 } else { 3_000_000 };
+    (budget / clients.max(1)).max(30)
+}
+
+/// Seqs of burst events start here, far above any round's.
+const BURST_SEQ: u64 = 1 << 40;
+
+/// Every server fires its share of `broadcasts` to everyone at once; the figure is the
+/// broadcasts of all over the time from the first start to the last client having the last
+/// event. `clients` is how many clients listen (every one gets every broadcast).
+pub(crate) async fn bursts(
+    servers: &mut [ServerProcess],
+    round: &Round,
+    system: &str,
+    broadcasts: usize,
+    clients: usize,
+) -> Result<Throughput> {
+    let per_server = broadcasts.div_ceil(servers.len().max(1));
+    let broadcasts = per_server * servers.len();
+    let target = broadcasts * clients;
+    round.start_range(BURST_SEQ..BURST_SEQ + broadcasts as u64, target);
+    // Every server gets its command before any answers: the bursts overlap.
+    for (k, server) in servers.iter_mut().enumerate() {
+        let first = BURST_SEQ + (k * per_server) as u64;
+        server.send(&format!("burst {per_server} {first}")).await?;
+    }
+    let mut starts = Vec::new();
+    for server in servers.iter_mut() {
+        let words = server.answer().await?;
+        starts.push(words.first().ok_or("short SENT line")?.parse::<u64>()?);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let arrived = round.arrived_by(deadline).await;
+    let first = starts.iter().copied().min().unwrap_or(0);
+    let elapsed_ns = arrived.last_ns.saturating_sub(first).max(1);
+    let seconds = elapsed_ns as f64 / 1e9;
+    let throughput = Throughput {
+        system: system.to_owned(),
+        nodes: servers.len(),
+        clients,
+        broadcasts,
+        elapsed_ns,
+        broadcasts_per_s: broadcasts as f64 / seconds,
+        deliveries_per_s: arrived.received as f64 / seconds,
+        missed: target.saturating_sub(arrived.received),
+    };
+    eprintln!(
+        "  {} on {} node(s): {} broadcasts to {} clients in {}: {:.0} broadcasts/s, {:.0} deliveries/s, {} missed",
+        throughput.system,
+        throughput.nodes,
+        throughput.broadcasts,
+        throughput.clients,
+        crate::units::duration(throughput.elapsed_ns),
+        throughput.broadcasts_per_s,
+        throughput.deliveries_per_s,
+        throughput.missed,
+    );
+    Ok(throughput)
 }
 
 pub(crate) async fn rounds(
@@ -145,29 +303,14 @@ pub(crate) async fn rounds(
     })
 }
 
-async fn stmp(settings: &Settings) -> Result<Vec<FanoutResult>> {
+async fn stmp(settings: &Settings) -> Result<(Vec<FanoutResult>, Throughput)> {
     let mut server = ServerProcess::spawn(ServerKind::Stmp).await?;
     let round = Arc::new(Round::default());
-    let router = stmp::Router::new();
-    let hits = round.clone();
-    let _listening = router.listen(&EVENT, move |_ctx, event: Event| {
-        hits.hit(event.seq);
-        std::future::ready(())
-    });
+    let router = counting_router(&round);
     let mut clients = Vec::new();
     let mut results = Vec::new();
     for (i, &n) in settings.fanout.iter().enumerate() {
-        let more = n.saturating_sub(clients.len());
-        clients.extend(
-            crate::unary::stmp_clients(
-                System::StmpTcp,
-                &server.listening,
-                more,
-                Some(router.clone()),
-            )
-            .await?,
-        );
-        server.wait_for_connections(n).await?;
+        clients.extend(connect_up_to(&mut server, clients.len(), n, &router).await?);
         let result = rounds(
             &mut server,
             &round,
@@ -180,9 +323,12 @@ async fn stmp(settings: &Settings) -> Result<Vec<FanoutResult>> {
         eprintln!("  {}", summary(&result));
         results.push(result);
     }
+    let broadcasts = burst_size(settings, clients.len());
+    let servers = std::slice::from_mut(&mut server);
+    let throughput = bursts(servers, &round, "stmp tcp", broadcasts, clients.len()).await?;
     server.stop().await;
     drop(clients);
-    Ok(results)
+    Ok((results, throughput))
 }
 
 async fn raw(settings: &Settings) -> Result<Vec<FanoutResult>> {
@@ -204,7 +350,7 @@ async fn raw(settings: &Settings) -> Result<Vec<FanoutResult>> {
             readers.push(tokio::spawn(crate::raw::read_events(
                 stream?,
                 frame_len,
-                move || hits.hit(hits.seq.load(Ordering::SeqCst)),
+                move || hits.hit_current(),
             )));
         }
         server.wait_for_connections(n).await?;

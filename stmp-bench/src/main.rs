@@ -124,8 +124,8 @@ fn run(args: Args) -> Result<()> {
             args.only.iter().any(|p| p == part)
         }
     };
-    // Fan-out and memory hold thousands of connections at once; the rest a few dozen.
-    let fanout = if wanted("fanout") {
+    // Fan-out, cluster and memory hold thousands of connections at once; the rest a few dozen.
+    let fanout = if wanted("fanout") || wanted("cluster") {
         &settings.fanout[..]
     } else {
         &[]
@@ -174,16 +174,18 @@ fn run(args: Args) -> Result<()> {
             };
             unary_results = unary::run(&settings, &systems, &points).await?;
         }
+        let mut throughput = Vec::new();
         if wanted("fanout") {
             eprintln!("broadcast fan-out:");
-            fanout_results = fanout::run(&settings).await?;
+            let (rows, single) = fanout::run(&settings).await?;
+            fanout_results = rows;
+            throughput.push(single);
         }
-        let mut cluster_result = None;
         if wanted("cluster") {
             eprintln!("cluster fan-out ({} stmp nodes on NATS):", cluster::NODES);
-            let (rows, throughput) = cluster::run(&settings).await?;
+            let (rows, cluster) = cluster::run(&settings).await?;
             fanout_results.extend(rows);
-            cluster_result = Some(throughput);
+            throughput.push(cluster);
         }
         if wanted("memory") {
             eprintln!("idle memory:");
@@ -196,7 +198,7 @@ fn run(args: Args) -> Result<()> {
             memory_results,
             target_results,
         )
-        .with_cluster(cluster_result);
+        .with_throughput(throughput);
         println!("{}", report.markdown());
         report.write(&args.out)?;
         eprintln!(

@@ -6,8 +6,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::Settings;
-use crate::cluster::ClusterThroughput;
-use crate::fanout::FanoutResult;
+use crate::fanout::{FanoutResult, Throughput};
 use crate::measure::Measured;
 use crate::memory::MemoryResult;
 use crate::systems::System;
@@ -30,8 +29,9 @@ pub struct Report {
     pub memory: Vec<MemoryResult>,
     /// `--target` rows: the quick-start JoinRoom against a server already running.
     pub target: Vec<TargetResult>,
-    /// What a cluster of stmp nodes on NATS sustained (its fan-out rows are in `fanout`).
-    pub cluster: Option<ClusterThroughput>,
+    /// Broadcasts per second one stmp node and a cluster of stmp nodes on NATS sustained
+    /// (the cluster's fan-out rows are in `fanout`).
+    pub throughput: Vec<Throughput>,
     /// The targets, met or missed.
     pub targets: Vec<Target>,
 }
@@ -71,16 +71,16 @@ impl Report {
             fanout,
             memory,
             target,
-            cluster: None,
+            throughput: Vec::new(),
             targets: Vec::new(),
         };
         report.targets = report.check_targets();
         report
     }
 
-    /// Adds the cluster's throughput.
-    pub fn with_cluster(mut self, cluster: Option<ClusterThroughput>) -> Report {
-        self.cluster = cluster;
+    /// Adds the throughput bursts (one node's, the cluster's).
+    pub fn with_throughput(mut self, throughput: Vec<Throughput>) -> Report {
+        self.throughput = throughput;
         self
     }
 
@@ -301,9 +301,17 @@ impl Report {
                     ratio(row.server_cpu_ns as f64 / raw.server_cpu_ns.max(1) as f64)
                 ),
             };
+            let versus_one_node = match (row.system.as_str(), self.fanout("stmp tcp", row.clients))
+            {
+                (crate::cluster::SYSTEM, Some(one)) => format!(
+                    "; {} the time of one node",
+                    ratio(row.p50_ns as f64 / one.p50_ns.max(1) as f64)
+                ),
+                _ => String::new(),
+            };
             let _ = writeln!(
                 md,
-                "| fan-out to {} clients, {} B frame | {} | {} to last client | {} | {} (worst) | – | {versus_raw} | server CPU {}/event; broadcast call {}; {} encoding(s); {} dropped; {} rounds |",
+                "| fan-out to {} clients, {} B frame | {} | {} to last client | {} | {} (worst) | – | {versus_raw} | server CPU {}/event; broadcast call {}; {} encoding(s); {} dropped; {} rounds{versus_one_node} |",
                 thousands(row.clients),
                 row.frame_bytes,
                 row.system,
@@ -317,18 +325,29 @@ impl Report {
                 row.rounds,
             );
         }
-        if let Some(c) = &self.cluster {
+        let one_node = self
+            .throughput
+            .iter()
+            .find(|t| t.nodes == 1 && t.system == "stmp tcp");
+        for t in &self.throughput {
+            let versus_one_node = match one_node {
+                Some(one) if t.nodes > 1 && one.clients == t.clients => format!(
+                    "; {} one node's",
+                    ratio(t.broadcasts_per_s / one.broadcasts_per_s.max(f64::MIN_POSITIVE))
+                ),
+                _ => String::new(),
+            };
             let _ = writeln!(
                 md,
-                "| cluster: broadcasts to everyone, {} clients over {} nodes | {} | {} broadcasts/s | – | – | – | – | {} deliveries/s; {} broadcasts in {}; {} missed |",
-                thousands(c.clients),
-                c.nodes,
-                crate::cluster::SYSTEM,
-                rate(c.broadcasts_per_s),
-                rate(c.deliveries_per_s),
-                thousands(c.broadcasts),
-                duration(c.elapsed_ns),
-                c.missed,
+                "| broadcasts to everyone, {} clients over {} node(s) | {} | {} broadcasts/s | – | – | – | – | {} deliveries/s; {} broadcasts in {}; {} missed{versus_one_node} |",
+                thousands(t.clients),
+                t.nodes,
+                t.system,
+                rate(t.broadcasts_per_s),
+                rate(t.deliveries_per_s),
+                thousands(t.broadcasts),
+                duration(t.elapsed_ns),
+                t.missed,
             );
         }
         for row in &self.memory {

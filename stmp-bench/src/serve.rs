@@ -4,7 +4,9 @@
 //! answers commands on its stdin, one line each:
 //! - `count` → `COUNT <connections>`;
 //! - `broadcast <seq>` (stmp and raw fan-out) → `SENT <start unix ns> <call ns> <queued>
-//!   <dropped> <encodings>`: the fan-out event of round `seq` goes to every connection.
+//!   <dropped> <encodings>`: the fan-out event of round `seq` goes to every connection;
+//! - `burst <count> <first seq>` (stmp and stmp-nats) → the same `SENT` line, for `count`
+//!   broadcasts one after another (on a cluster node: to everyone on every node).
 //!
 //! It exits when its stdin closes.
 
@@ -57,6 +59,26 @@ fn sent(start_ns: u64, began: Instant, queued: usize, dropped: usize, encodings:
     format!("SENT {start_ns} {call_ns} {queued} {dropped} {encodings}")
 }
 
+/// `burst <count> <first seq>`: `count` broadcasts, seqs from `first`, one after another,
+/// answered like `broadcast` with the deliveries added up.
+fn burst(
+    count: &str,
+    first: &str,
+    broadcast: impl Fn(u64) -> Result<stmp::Delivery, stmp::Status>,
+) -> Option<String> {
+    let (count, first): (u64, u64) = (count.parse().ok()?, first.parse().ok()?);
+    let start_ns = unix_nanos();
+    let began = Instant::now();
+    let (mut queued, mut dropped, mut encodings) = (0, 0, 0);
+    for seq in first..first.checked_add(count)? {
+        let delivery = broadcast(seq).ok()?;
+        queued += delivery.queued;
+        dropped += delivery.dropped;
+        encodings = encodings.max(delivery.encodings);
+    }
+    Some(sent(start_ns, began, queued, dropped, encodings))
+}
+
 async fn stmp_server() -> Result<()> {
     // gzip is opt-in on servers; the `stmp tcp+gzip` row needs it.
     let server = stmp::Server::builder()
@@ -93,6 +115,9 @@ async fn stmp_server() -> Result<()> {
                 delivery.encodings,
             ))
         }
+        ["burst", count, first] => burst(count, first, |seq| {
+            stmp::broadcast(server.conns(), &EVENT, &event(seq))
+        }),
         _ => None,
     })
     .await
@@ -127,19 +152,7 @@ async fn stmp_nats_server() -> Result<()> {
                 delivery.encodings,
             ))
         }
-        ["burst", count, first] => {
-            let (count, first): (u64, u64) = (count.parse().ok()?, first.parse().ok()?);
-            let start_ns = unix_nanos();
-            let began = Instant::now();
-            let (mut queued, mut dropped, mut encodings) = (0, 0, 0);
-            for seq in first..first + count {
-                let delivery = to_everyone(seq).ok()?;
-                queued += delivery.queued;
-                dropped += delivery.dropped;
-                encodings = encodings.max(delivery.encodings);
-            }
-            Some(sent(start_ns, began, queued, dropped, encodings))
-        }
+        ["burst", count, first] => burst(count, first, to_everyone),
         _ => None,
     })
     .await

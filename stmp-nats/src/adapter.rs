@@ -153,7 +153,13 @@ impl NatsAdapterBuilder {
     }
 
     /// Connects to the NATS at `url` (several, comma-separated, for a NATS cluster). It fails
-    /// if NATS cannot be reached now; once connected, the client reconnects by itself.
+    /// if NATS cannot be reached now; once connected, the client reconnects by itself, to
+    /// another node of a NATS cluster if its own is gone.
+    ///
+    /// Give every node of a NATS cluster: the client also learns the nodes routed to the one
+    /// it connects to, but only those routed at that moment (later announcements are not
+    /// taken in), so a node that connected before its cluster formed would have nowhere to
+    /// fail over to.
     pub async fn connect(self, url: &str) -> Result<NatsAdapter, Error> {
         let subjects = Subjects::new(&self.prefix)?;
         let options = async_nats::ConnectOptions::new()
