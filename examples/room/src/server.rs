@@ -11,6 +11,7 @@
 //! passwords and messages have length limits, refused with `BadRequest` before they cost
 //! anything.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -54,9 +55,10 @@ pub struct Chat {
     /// when it joins again.
     history: History,
     users: stmp::Users,
-    /// Joins and leaves, one at a time, so "first of the user in the room" and "last of the
-    /// user in the room" are exact.
-    membership: Arc<Mutex<()>>,
+    /// Joins and leaves decide "first of the user in the room" and "last of the user in the
+    /// room" one at a time; a join whose history replay is still under way counts the user
+    /// as there (by room and user: joins in progress).
+    membership: Arc<Mutex<HashMap<(String, String), usize>>>,
     limiter: SignInLimiter,
     who_timeout: Duration,
     /// How long questions about the other nodes' members (with `--nats`) may take.
@@ -181,11 +183,11 @@ impl Chat {
     /// Takes `conn` out of `room`; when it was the user's last connection there, the others
     /// get `UserLeft`. Returns whether it was in the room.
     fn leave(&self, conn: &Conn, user: &str, room: &str, reason: &str) -> bool {
-        let _one_at_a_time = lock(&self.membership);
+        let joining = lock(&self.membership);
         if !self.rooms.leave(room, conn) {
             return false;
         }
-        if self.has_user(room, user) {
+        if self.has_user(room, user) || joining.contains_key(&(room.to_owned(), user.to_owned())) {
             return true;
         }
         tracing::info!(%room, %user, reason, "left room");
@@ -266,6 +268,24 @@ fn address(conn: &Conn) -> String {
         .unwrap_or_else(|| "?".to_owned())
 }
 
+/// A join counted in [`Chat::membership`] until it is done (or its future dropped).
+struct JoinInProgress<'a> {
+    joining: &'a Mutex<HashMap<(String, String), usize>>,
+    key: (String, String),
+}
+
+impl Drop for JoinInProgress<'_> {
+    fn drop(&mut self) {
+        let mut joining = lock(self.joining);
+        if let Some(count) = joining.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                joining.remove(&self.key);
+            }
+        }
+    }
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -341,10 +361,20 @@ impl ChatService for Chat {
         valid_name("room name", room)?;
         let conn = ctx.conn();
         {
-            let _one_at_a_time = lock(&self.membership);
-            let was_there = self.has_user(room, &user);
+            let key = (room.to_owned(), user.clone());
+            let was_there = {
+                let mut joining = lock(&self.membership);
+                let there = self.has_user(room, &user) || joining.contains_key(&key);
+                *joining.entry(key.clone()).or_default() += 1;
+                there
+            };
+            let in_progress = JoinInProgress {
+                joining: &self.membership,
+                key,
+            };
             // Through the history: a client coming back gets the messages it missed first.
-            let joined = self.history.join(room, conn).joined;
+            let joined = self.history.join(room, conn).await.joined;
+            drop(in_progress);
             if joined && !was_there {
                 tracing::info!(%room, %user, rooms = self.rooms.list().len(), "joined room");
                 let event = UserJoinedEvent {
@@ -418,7 +448,8 @@ impl ChatService for Chat {
         };
         let delivery = self
             .history
-            .publish(room, &chat_events::ROOM_MESSAGE, &event, Some(conn))?
+            .publish(room, &chat_events::ROOM_MESSAGE, &event, Some(conn))
+            .await?
             .delivery;
         Ok(SendResult {
             timestamp: event.timestamp,
