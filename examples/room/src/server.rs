@@ -637,6 +637,51 @@ pub struct ServerOptions {
     pub bind_retry: Duration,
     /// Share rooms, users and messages with every node on this NATS.
     pub nats: Option<stmp_nats::NatsAdapter>,
+    /// Keep room messages in NATS JetStream (every node reads them, and they outlive
+    /// restarts) instead of in this process; see [`history_backend`].
+    pub history: Option<stmp_nats::JetStreamHistory>,
+}
+
+/// Where room messages are kept for clients that come back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HistoryMode {
+    /// In JetStream when the server is on a NATS that has it, else in this process.
+    #[default]
+    Auto,
+    /// In this process: lost on restart, not seen by other nodes.
+    Memory,
+    /// In NATS JetStream; failing if NATS has no JetStream.
+    JetStream,
+}
+
+/// The JetStream history for `mode` on `nats`, or `None` for history in this process.
+/// `Auto` falls back to the process (with a warning) when NATS has no JetStream.
+pub async fn history_backend(
+    nats: Option<&stmp_nats::NatsAdapter>,
+    mode: HistoryMode,
+) -> Result<Option<stmp_nats::JetStreamHistory>, String> {
+    let nats = match (nats, mode) {
+        (_, HistoryMode::Memory) | (None, HistoryMode::Auto) => return Ok(None),
+        (None, HistoryMode::JetStream) => return Err("JetStream history needs --nats".into()),
+        (Some(nats), _) => nats,
+    };
+    match stmp_nats::JetStreamHistory::builder()
+        .build(nats.client().clone())
+        .await
+    {
+        Ok(history) => {
+            tracing::info!(
+                stream = history.stream_name(),
+                "room history in NATS JetStream"
+            );
+            Ok(Some(history))
+        }
+        Err(error) if mode == HistoryMode::Auto => {
+            tracing::warn!(%error, "no JetStream on this NATS: room history stays in this process");
+            Ok(None)
+        }
+        Err(error) => Err(error.to_string()),
+    }
 }
 
 impl Default for ServerOptions {
@@ -649,6 +694,7 @@ impl Default for ServerOptions {
             read_timeout: Duration::from_secs(60),
             bind_retry: Duration::ZERO,
             nats: None,
+            history: None,
         }
     }
 }
@@ -721,6 +767,11 @@ impl RoomServer {
         }
         let mut chat = chat.on(&builder);
         chat.nats = options.nats.clone();
+        if let Some(backend) = options.history.clone() {
+            chat.history = History::builder(chat.rooms.clone())
+                .backend(backend)
+                .build();
+        }
         let server = build_on(builder, &chat, options.read_timeout);
         let tcp = match options.tcp {
             Some(addr) => Some(server.listen_tcp(addr).await?),
