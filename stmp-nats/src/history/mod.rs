@@ -56,6 +56,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::subject::{BadPrefix, Subjects};
+use gap::{Found, Gap, Verdict};
+
+mod gap;
 
 /// The header naming the stream sequence of the room's previous event (0: none).
 const PREV: &str = "Stmp-Prev";
@@ -521,7 +524,7 @@ impl Shared {
         room: &RoomHistory<'_>,
         from: &StreamPosition,
         live: &Live,
-        first_sequence: u64,
+        first_kept: u64,
     ) -> Result<Vec<(u64, bytes::Bytes)>, &'static str> {
         if from.epoch != live.epoch {
             return Err("epoch changed");
@@ -531,55 +534,35 @@ impl Shared {
         }
         let stream = self.stream().await.map_err(|_| "stream unavailable")?;
         let subject = self.subjects.history(room.name);
-        let retention = room.retention;
         let now = time::OffsetDateTime::now_utc();
+        let mut gap = Gap::new(from.offset, live.delivered, room.retention);
         let mut missed = Vec::new();
-        let mut bytes = 0usize;
-        // The last event the client has (or a position between events).
-        let mut last = from.offset;
         loop {
             let next = stream
-                .get_first_raw_message_by_subject(&subject, last + 1)
+                .get_first_raw_message_by_subject(&subject, gap.next_wanted())
                 .await;
             let message = match next {
                 Ok(message) => message,
                 Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => {
-                    if !missed.is_empty() {
-                        return Ok(missed);
-                    }
-                    // Nothing after the position. Fine if nothing was published since, which
-                    // the stream proves when it removed nothing after the position (its
-                    // limits remove oldest first), or still has an older event of the room.
-                    let kept_older = stream
+                    let keeps_older = stream
                         .get_last_raw_message_by_subject(&subject)
                         .await
                         .is_ok();
-                    return if first_sequence <= from.offset + 1 || kept_older {
-                        Ok(missed)
-                    } else {
-                        Err("events after the position expired")
-                    };
+                    return gap.none_after(first_kept, keeps_older).map(|()| missed);
                 }
                 Err(_) => return Err("stream unavailable"),
             };
-            match prev_of(Some(&message.headers)) {
-                Some(prev) if prev <= last => {}
-                _ => return Err("events after the position are gone"),
+            let found = Found {
+                sequence: message.sequence,
+                prev: prev_of(Some(&message.headers)),
+                size: message.payload.len(),
+                age: Duration::try_from(now - message.time).unwrap_or_default(),
+            };
+            match gap.found(found) {
+                Verdict::Replay => missed.push((message.sequence, message.payload)),
+                Verdict::Complete => return Ok(missed),
+                Verdict::Lost(reason) => return Err(reason),
             }
-            if message.sequence > live.delivered {
-                // The rest comes live.
-                return Ok(missed);
-            }
-            bytes += message.payload.len();
-            let age = now - message.time;
-            if missed.len() >= retention.max_events
-                || bytes > retention.max_bytes
-                || age >= retention.max_age
-            {
-                return Err("more missed than the room's retention keeps");
-            }
-            last = message.sequence;
-            missed.push((message.sequence, message.payload));
         }
     }
 }
