@@ -286,7 +286,7 @@ impl Shared {
     /// The stream's state now, recreating the stream if it is gone.
     async fn info(&self) -> Result<stream::Info, Status> {
         let fetched = match self.js.get_stream(&self.config.name).await {
-            Ok(mut stream) => stream.info().await.map(|info| info.clone()).ok(),
+            Ok(mut stream) => stream.info().await.cloned().ok(),
             Err(_) => None,
         };
         let info = match fetched {
