@@ -35,6 +35,7 @@
 //! bigger than its room's retention is answered `recovered: false`, as on a single node.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -573,6 +574,7 @@ impl Shared {
 async fn deliver(shared: Weak<Shared>, state: Arc<RoomState>, room: String, rooms: Rooms) {
     let mut backoff = RESTART_BACKOFF.0;
     loop {
+        let mut reconnected = false;
         let Some(this) = shared.upgrade() else { return };
         let start = state.live.lock().await.delivered + 1;
         let subject = this.subjects.history(&room);
@@ -593,10 +595,23 @@ async fn deliver(shared: Weak<Shared>, state: Arc<RoomState>, room: String, room
             Ok(consumer) => consumer.messages().await.map_err(|e| e.to_string()),
             Err(error) => Err(error),
         };
+        let client = this.js.client();
         drop(this);
         match messages {
             Ok(mut messages) => {
-                while let Some(message) = messages.next().await {
+                // A consumer does not survive a NATS restart, and JetStream's heartbeats take
+                // seconds to say so: a reconnect restarts delivery at once.
+                let mut reconnects = Reconnects::new(client);
+                loop {
+                    let message = tokio::select! {
+                        message = messages.next() => message,
+                        () = reconnects.next() => {
+                            tracing::debug!(room, "NATS reconnected: history delivery restarts");
+                            reconnected = true;
+                            break;
+                        }
+                    };
+                    let Some(message) = message else { break };
                     let message = match message {
                         Ok(message) => message,
                         Err(error) => {
@@ -634,8 +649,10 @@ async fn deliver(shared: Weak<Shared>, state: Arc<RoomState>, room: String, room
             }
             Err(error) => tracing::warn!(room, %error, "cannot start history delivery"),
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(RESTART_BACKOFF.1);
+        if !reconnected {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(RESTART_BACKOFF.1);
+        }
         // The stream may have been recreated: members then learn their events are lost.
         let Some(this) = shared.upgrade() else { return };
         let Ok(info) = this.info().await else {
@@ -650,6 +667,42 @@ async fn deliver(shared: Weak<Shared>, state: Arc<RoomState>, room: String, room
             let position = StreamPosition::new(&room, live.epoch.as_str(), live.delivered);
             for member in rooms.members(&room) {
                 history::send_position(&member, &position, Some(false));
+            }
+        }
+    }
+}
+
+/// Notices when the NATS connection comes back after being lost (however briefly: the
+/// client counts its connects).
+struct Reconnects {
+    statistics: Arc<async_nats::Statistics>,
+    seen: u64,
+    ticks: tokio::time::Interval,
+}
+
+impl Reconnects {
+    /// How often the connect count is looked at.
+    const EVERY: Duration = Duration::from_millis(100);
+
+    fn new(client: async_nats::Client) -> Reconnects {
+        let mut ticks = tokio::time::interval(Self::EVERY);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let statistics = client.statistics();
+        Reconnects {
+            seen: statistics.connects.load(Ordering::Relaxed),
+            statistics,
+            ticks,
+        }
+    }
+
+    /// Returns once the client has connected again.
+    async fn next(&mut self) {
+        loop {
+            self.ticks.tick().await;
+            let connects = self.statistics.connects.load(Ordering::Relaxed);
+            if connects != self.seen {
+                self.seen = connects;
+                return;
             }
         }
     }
