@@ -60,6 +60,7 @@ fn sent(start_ns: u64, began: Instant, queued: usize, dropped: usize, encodings:
 async fn stmp_server() -> Result<()> {
     // gzip is opt-in on servers; the `stmp tcp+gzip` row needs it.
     let server = stmp::Server::builder()
+        .handshake_timeout(crate::systems::HANDSHAKE_TIMEOUT)
         .gzip(true)
         .gzip_inflation_limit(crate::systems::BENCH_INFLATION_RATIO, 1 << 20)
         .build();
@@ -101,7 +102,10 @@ async fn stmp_server() -> Result<()> {
 async fn stmp_nats_server() -> Result<()> {
     let url = std::env::var(crate::systems::NATS_ENV)?;
     let nats = stmp_nats::NatsAdapter::connect(&url).await?;
-    let server = stmp::Server::builder().adapter(nats.clone()).build();
+    let server = stmp::Server::builder()
+        .handshake_timeout(crate::systems::HANDSHAKE_TIMEOUT)
+        .adapter(nats.clone())
+        .build();
     // NATS has the node's subscriptions before the load generator hears READY.
     nats.flush().await?;
     let tcp = server.listen_tcp("127.0.0.1:0").await?;
