@@ -461,7 +461,16 @@ impl Shared {
             return Joined::default();
         }
         if live.epoch != epoch || !live.running() {
+            let lost = !live.epoch.is_empty() && live.epoch != epoch;
             self.start_live(&state, &mut live, &room, &info);
+            if lost {
+                // The stream was recreated under the room's members here: what they had is
+                // gone, and they now hear the new epoch.
+                let position = StreamPosition::new(room.name, live.epoch.as_str(), live.delivered);
+                for member in room.rooms.members(room.name) {
+                    history::send_position(&member, &position, Some(false));
+                }
+            }
         }
         // A client that heard events from another node's delivery may be ahead of this
         // node's: wait for it, or the events in between would reach it twice.
