@@ -16,6 +16,8 @@
 //! # }
 //! ```
 //!
+//! - [`history`]: room history in NATS JetStream ([`JetStreamHistory`]), so a client that
+//!   comes back on another node recovers what it missed.
 //! - [`subject`]: the subjects on NATS, with room and user names escaped into safe tokens.
 //! - [`control`]: the heartbeats and presence-answer framing nodes exchange.
 //! - [`telemetry`]: the metrics the adapter records.
@@ -25,6 +27,7 @@
 
 mod adapter;
 pub mod control;
+pub mod history;
 mod interest;
 pub mod nats_server;
 mod peers;
@@ -32,3 +35,4 @@ pub mod subject;
 pub mod telemetry;
 
 pub use adapter::{Error, NatsAdapter, NatsAdapterBuilder};
+pub use history::{HistoryError, JetStreamHistory, JetStreamHistoryBuilder};

@@ -34,6 +34,8 @@ pub struct NatsServer {
     routes: Vec<String>,
     cluster_name: Option<String>,
     dir: PathBuf,
+    /// Whether JetStream is on, with its file store in `dir` (kept across restarts).
+    jetstream: bool,
 }
 
 /// The ports a server listens on; 0 until the OS has picked them.
@@ -50,8 +52,24 @@ impl NatsServer {
         NatsServer::spawn(None, Vec::new())
     }
 
+    /// Starts a single node with JetStream (`-js`), its file store in a scratch directory
+    /// that survives [`restart`](Self::restart) (and is removed on drop).
+    pub fn start_jetstream() -> io::Result<NatsServer> {
+        let mut server = NatsServer {
+            child: None,
+            ports: Ports::default(),
+            routes: Vec::new(),
+            cluster_name: None,
+            dir: scratch_dir()?,
+            jetstream: true,
+        };
+        server.launch()?;
+        Ok(server)
+    }
+
     fn spawn(cluster_name: Option<String>, routes: Vec<String>) -> io::Result<NatsServer> {
         let mut server = NatsServer {
+            jetstream: false,
             child: None,
             ports: Ports {
                 cluster: cluster_name.as_ref().map(|_| 0),
@@ -134,6 +152,12 @@ impl NatsServer {
             .arg(&ports_dir)
             .arg("--log")
             .arg(self.dir.join("nats-server.log"));
+        if self.jetstream {
+            command
+                .arg("-js")
+                .arg("--store_dir")
+                .arg(self.dir.join("jetstream"));
+        }
         if let (Some(name), Some(cluster)) = (&self.cluster_name, self.ports.cluster) {
             command
                 .args(["--cluster_name", name])

@@ -9,6 +9,7 @@
 //! | `<prefix>.all` | broadcasts to everyone; every node subscribes |
 //! | `<prefix>.presence` | presence questions; every node answers on the reply subject |
 //! | `<prefix>.nodes` | node heartbeats and goodbyes |
+//! | `<prefix>.history.<room>` | a room's kept events, in the JetStream stream of [`JetStreamHistory`](crate::JetStreamHistory) |
 
 /// Encoded names longer than this are hashed instead: NATS bounds a protocol line (4 KiB by
 /// default), and a subject per room must stay far below it.
@@ -76,6 +77,33 @@ impl Subjects {
     /// Node heartbeats and goodbyes.
     pub fn nodes(&self) -> String {
         format!("{}.nodes", self.prefix)
+    }
+
+    /// The kept events of `room` (history).
+    pub fn history(&self, room: &str) -> String {
+        format!("{}.history.{}", self.prefix, token(room))
+    }
+
+    /// Every room's kept events: the subjects of the history stream.
+    pub fn all_history(&self) -> String {
+        format!("{}.history.>", self.prefix)
+    }
+
+    /// The name of the JetStream stream that keeps the history: the prefix in capitals with
+    /// `_` for every character a stream name cannot have.
+    pub fn history_stream(&self) -> String {
+        let name: String = self
+            .prefix
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        format!("{name}_HISTORY")
     }
 }
 

@@ -89,8 +89,11 @@ async fn serve(history: &History) -> (Server, SocketAddr, SocketAddr) {
     server
         .router()
         .route(&JOIN, move |ctx: Context, room: Room| {
-            rooms.join(&room.name, ctx.conn());
-            async move { Ok::<_, Status>(room) }
+            let rooms = rooms.clone();
+            async move {
+                rooms.join(&room.name, ctx.conn()).await;
+                Ok::<_, Status>(room)
+            }
         });
     let tcp = server.listen_tcp("127.0.0.1:0").await.unwrap();
     let ws = server.listen_ws("127.0.0.1:0", "/stmp").await.unwrap();
@@ -156,6 +159,7 @@ async fn cut_publish_and_recover(scheme: &str) {
     for seq in 1..=5 {
         history
             .publish("lobby", &SAID, &Said { seq }, None)
+            .await
             .unwrap();
     }
     assert_eq!(
@@ -170,6 +174,7 @@ async fn cut_publish_and_recover(scheme: &str) {
     for seq in 6..=1005 {
         history
             .publish("lobby", &SAID, &Said { seq }, None)
+            .await
             .unwrap();
     }
     // Live events race the re-join from another thread, as fast as they can, until the
@@ -178,12 +183,14 @@ async fn cut_publish_and_recover(scheme: &str) {
     let recovered = Arc::new(AtomicBool::new(false));
     let racing = {
         let (history, recovered) = (history.clone(), recovered.clone());
+        // On a thread of its own, as fast as it can: the in-process backend never waits.
+        let runtime = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
             let mut seq = 1005;
             while seq < 4005 && !recovered.load(Ordering::SeqCst) {
                 seq += 1;
-                history
-                    .publish("lobby", &SAID, &Said { seq }, None)
+                runtime
+                    .block_on(history.publish("lobby", &SAID, &Said { seq }, None))
                     .unwrap();
             }
             seq
@@ -230,6 +237,7 @@ async fn history_overflow_is_reported_as_not_recovered_and_live_events_go_on() {
     published_to_members(&history, "small/room", 1).await;
     history
         .publish("small/room", &SAID, &Said { seq: 1 }, None)
+        .await
         .unwrap();
     assert_eq!(next_events(&mut heard, 1).await, [(1, 1)]);
     until(|| client.position("small/room").is_some()).await;
@@ -239,6 +247,7 @@ async fn history_overflow_is_reported_as_not_recovered_and_live_events_go_on() {
     for seq in 2..=50 {
         history
             .publish("small/room", &SAID, &Said { seq }, None)
+            .await
             .unwrap();
     }
     proxy.restore();
@@ -249,6 +258,7 @@ async fn history_overflow_is_reported_as_not_recovered_and_live_events_go_on() {
     assert!(heard.events.try_recv().is_err());
     history
         .publish("small/room", &SAID, &Said { seq: 51 }, None)
+        .await
         .unwrap();
     assert_eq!(next_events(&mut heard, 1).await, [(51, 51)]);
     client.close().await;
@@ -264,6 +274,7 @@ async fn a_server_restart_changes_the_epoch_and_is_not_recovered() {
     published_to_members(&before, "lobby", 1).await;
     before
         .publish("lobby", &SAID, &Said { seq: 1 }, None)
+        .await
         .unwrap();
     assert_eq!(next_events(&mut heard, 1).await, [(1, 1)]);
     until(|| client.position("lobby").is_some_and(|p| p.offset == 1)).await;
@@ -277,6 +288,7 @@ async fn a_server_restart_changes_the_epoch_and_is_not_recovered() {
     proxy.retarget(tcp);
     after
         .publish("lobby", &SAID, &Said { seq: 2 }, None)
+        .await
         .unwrap();
     proxy.restore();
 
@@ -287,11 +299,12 @@ async fn a_server_restart_changes_the_epoch_and_is_not_recovered() {
     assert!(heard.events.try_recv().is_err());
     after
         .publish("lobby", &SAID, &Said { seq: 3 }, None)
+        .await
         .unwrap();
     assert_eq!(next_events(&mut heard, 1).await, [(2, 3)]);
     assert_eq!(
         client.position("lobby").unwrap().epoch,
-        after.position("lobby").unwrap().epoch
+        after.position("lobby").await.unwrap().epoch
     );
     client.close().await;
 }
@@ -306,6 +319,7 @@ async fn a_rejoin_on_the_same_connection_does_not_replay_twice() {
     published_to_members(&history, "lobby", 1).await;
     history
         .publish("lobby", &SAID, &Said { seq: 1 }, None)
+        .await
         .unwrap();
     next_events(&mut heard, 1).await;
     until(|| client.position("lobby").is_some_and(|p| p.offset == 1)).await;
@@ -313,6 +327,7 @@ async fn a_rejoin_on_the_same_connection_does_not_replay_twice() {
     published_to_members(&history, "lobby", 0).await;
     history
         .publish("lobby", &SAID, &Said { seq: 2 }, None)
+        .await
         .unwrap();
     proxy.restore();
     assert!(within(heard.recoveries.recv()).await.unwrap().recovered);
@@ -321,11 +336,12 @@ async fn a_rejoin_on_the_same_connection_does_not_replay_twice() {
     // Leave and join again on the same connection: the handshake's resume is used up.
     let conn = history.rooms().members("lobby").pop().unwrap();
     assert!(history.leave("lobby", &conn));
-    let joined = history.join("lobby", &conn);
+    let joined = history.join("lobby", &conn).await;
     assert!(joined.joined);
     assert_eq!((joined.replayed, joined.recovered), (0, None));
     history
         .publish("lobby", &SAID, &Said { seq: 3 }, None)
+        .await
         .unwrap();
     assert_eq!(next_events(&mut heard, 1).await, [(3, 3)]);
     client.close().await;
@@ -347,6 +363,7 @@ async fn a_client_without_history_gets_live_events_and_no_extension_packets() {
     assert!(!conn.peer_header().contains_key(stmp::history::SUPPORTS));
     history
         .publish("lobby", &SAID, &Said { seq: 1 }, None)
+        .await
         .unwrap();
     assert_eq!(next_events(&mut heard, 1).await, [(1, 1)]);
     assert_eq!(client.position("lobby"), None);
@@ -355,11 +372,13 @@ async fn a_client_without_history_gets_live_events_and_no_extension_packets() {
     published_to_members(&history, "lobby", 0).await;
     history
         .publish("lobby", &SAID, &Said { seq: 2 }, None)
+        .await
         .unwrap();
     proxy.restore();
     published_to_members(&history, "lobby", 1).await;
     history
         .publish("lobby", &SAID, &Said { seq: 3 }, None)
+        .await
         .unwrap();
     // Missed, and not replayed: the client did not ask.
     assert_eq!(next_events(&mut heard, 1).await, [(3, 3)]);
@@ -378,6 +397,7 @@ async fn the_excluded_sender_is_not_replayed_its_own_event() {
     let sender = history.rooms().members("lobby").pop().unwrap();
     let published = history
         .publish("lobby", &SAID, &Said { seq: 1 }, Some(&sender))
+        .await
         .unwrap();
     assert_eq!(published.delivery.queued, 0);
     until(|| client.position("lobby").is_some_and(|p| p.offset == 1)).await;
@@ -385,6 +405,7 @@ async fn the_excluded_sender_is_not_replayed_its_own_event() {
     published_to_members(&history, "lobby", 0).await;
     history
         .publish("lobby", &SAID, &Said { seq: 2 }, None)
+        .await
         .unwrap();
     proxy.restore();
     assert!(within(heard.recoveries.recv()).await.unwrap().recovered);

@@ -11,6 +11,7 @@
 //! passwords and messages have length limits, refused with `BadRequest` before they cost
 //! anything.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -54,9 +55,10 @@ pub struct Chat {
     /// when it joins again.
     history: History,
     users: stmp::Users,
-    /// Joins and leaves, one at a time, so "first of the user in the room" and "last of the
-    /// user in the room" are exact.
-    membership: Arc<Mutex<()>>,
+    /// Joins and leaves decide "first of the user in the room" and "last of the user in the
+    /// room" one at a time; a join whose history replay is still under way counts the user
+    /// as there (by room and user: joins in progress).
+    membership: Arc<Mutex<HashMap<(String, String), usize>>>,
     limiter: SignInLimiter,
     who_timeout: Duration,
     /// How long questions about the other nodes' members (with `--nats`) may take.
@@ -181,11 +183,11 @@ impl Chat {
     /// Takes `conn` out of `room`; when it was the user's last connection there, the others
     /// get `UserLeft`. Returns whether it was in the room.
     fn leave(&self, conn: &Conn, user: &str, room: &str, reason: &str) -> bool {
-        let _one_at_a_time = lock(&self.membership);
+        let joining = lock(&self.membership);
         if !self.rooms.leave(room, conn) {
             return false;
         }
-        if self.has_user(room, user) {
+        if self.has_user(room, user) || joining.contains_key(&(room.to_owned(), user.to_owned())) {
             return true;
         }
         tracing::info!(%room, %user, reason, "left room");
@@ -266,6 +268,24 @@ fn address(conn: &Conn) -> String {
         .unwrap_or_else(|| "?".to_owned())
 }
 
+/// A join counted in [`Chat::membership`] until it is done (or its future dropped).
+struct JoinInProgress<'a> {
+    joining: &'a Mutex<HashMap<(String, String), usize>>,
+    key: (String, String),
+}
+
+impl Drop for JoinInProgress<'_> {
+    fn drop(&mut self) {
+        let mut joining = lock(self.joining);
+        if let Some(count) = joining.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                joining.remove(&self.key);
+            }
+        }
+    }
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -341,10 +361,20 @@ impl ChatService for Chat {
         valid_name("room name", room)?;
         let conn = ctx.conn();
         {
-            let _one_at_a_time = lock(&self.membership);
-            let was_there = self.has_user(room, &user);
+            let key = (room.to_owned(), user.clone());
+            let was_there = {
+                let mut joining = lock(&self.membership);
+                let there = self.has_user(room, &user) || joining.contains_key(&key);
+                *joining.entry(key.clone()).or_default() += 1;
+                there
+            };
+            let in_progress = JoinInProgress {
+                joining: &self.membership,
+                key,
+            };
             // Through the history: a client coming back gets the messages it missed first.
-            let joined = self.history.join(room, conn).joined;
+            let joined = self.history.join(room, conn).await.joined;
+            drop(in_progress);
             if joined && !was_there {
                 tracing::info!(%room, %user, rooms = self.rooms.list().len(), "joined room");
                 let event = UserJoinedEvent {
@@ -418,7 +448,8 @@ impl ChatService for Chat {
         };
         let delivery = self
             .history
-            .publish(room, &chat_events::ROOM_MESSAGE, &event, Some(conn))?
+            .publish(room, &chat_events::ROOM_MESSAGE, &event, Some(conn))
+            .await?
             .delivery;
         Ok(SendResult {
             timestamp: event.timestamp,
@@ -606,6 +637,51 @@ pub struct ServerOptions {
     pub bind_retry: Duration,
     /// Share rooms, users and messages with every node on this NATS.
     pub nats: Option<stmp_nats::NatsAdapter>,
+    /// Keep room messages in NATS JetStream (every node reads them, and they outlive
+    /// restarts) instead of in this process; see [`history_backend`].
+    pub history: Option<stmp_nats::JetStreamHistory>,
+}
+
+/// Where room messages are kept for clients that come back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HistoryMode {
+    /// In JetStream when the server is on a NATS that has it, else in this process.
+    #[default]
+    Auto,
+    /// In this process: lost on restart, not seen by other nodes.
+    Memory,
+    /// In NATS JetStream; failing if NATS has no JetStream.
+    JetStream,
+}
+
+/// The JetStream history for `mode` on `nats`, or `None` for history in this process.
+/// `Auto` falls back to the process (with a warning) when NATS has no JetStream.
+pub async fn history_backend(
+    nats: Option<&stmp_nats::NatsAdapter>,
+    mode: HistoryMode,
+) -> Result<Option<stmp_nats::JetStreamHistory>, String> {
+    let nats = match (nats, mode) {
+        (_, HistoryMode::Memory) | (None, HistoryMode::Auto) => return Ok(None),
+        (None, HistoryMode::JetStream) => return Err("JetStream history needs --nats".into()),
+        (Some(nats), _) => nats,
+    };
+    match stmp_nats::JetStreamHistory::builder()
+        .build(nats.client().clone())
+        .await
+    {
+        Ok(history) => {
+            tracing::info!(
+                stream = history.stream_name(),
+                "room history in NATS JetStream"
+            );
+            Ok(Some(history))
+        }
+        Err(error) if mode == HistoryMode::Auto => {
+            tracing::warn!(%error, "no JetStream on this NATS: room history stays in this process");
+            Ok(None)
+        }
+        Err(error) => Err(error.to_string()),
+    }
 }
 
 impl Default for ServerOptions {
@@ -618,6 +694,7 @@ impl Default for ServerOptions {
             read_timeout: Duration::from_secs(60),
             bind_retry: Duration::ZERO,
             nats: None,
+            history: None,
         }
     }
 }
@@ -690,6 +767,11 @@ impl RoomServer {
         }
         let mut chat = chat.on(&builder);
         chat.nats = options.nats.clone();
+        if let Some(backend) = options.history.clone() {
+            chat.history = History::builder(chat.rooms.clone())
+                .backend(backend)
+                .build();
+        }
         let server = build_on(builder, &chat, options.read_timeout);
         let tcp = match options.tcp {
             Some(addr) => Some(server.listen_tcp(addr).await?),

@@ -30,9 +30,12 @@
 //! let server = Server::builder().build();
 //! let rooms = history.clone();
 //! server.router().route(&JOIN, move |ctx: Context, room: Room| {
-//!     // Replays what this client missed in the room, then it hears the live events.
-//!     rooms.join(&room.name, ctx.conn());
-//!     async move { Ok::<_, Status>(room) }
+//!     let rooms = rooms.clone();
+//!     async move {
+//!         // Replays what this client missed in the room, then it hears the live events.
+//!         rooms.join(&room.name, ctx.conn()).await;
+//!         Ok::<_, Status>(room)
+//!     }
 //! });
 //! let addr = server.listen_tcp("127.0.0.1:0").await?;
 //!
@@ -45,28 +48,29 @@
 //!     .connect(&format!("tcp://{addr}"))
 //!     .await?;
 //! let _: Room = client.call(&JOIN, &Room { name: "lobby".into() }).await?;
-//! let published = history.publish("lobby", &SAID, &Said { text: "hi".into() }, None)?;
+//! let published = history.publish("lobby", &SAID, &Said { text: "hi".into() }, None).await?;
 //! assert_eq!(published.position.offset, 1);
 //! assert_eq!(published.delivery.queued, 1);
 //! # client.close().await;
 //! # Ok(()) }
 //! ```
 
+mod backend;
+mod memory;
 mod positions;
 mod protocol;
 mod stream;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use bytes::Bytes;
 
-use crate::adapter::{Broadcast, Target};
 use crate::codec::{Codec, Message};
-use crate::wire::{Action, Header, Notify, Packet};
 use crate::{Conn, Context, Delivery, Method, Rooms, Status};
 
+pub use backend::{Backend, RoomHistory, replay, send_position, stamp, tracks_positions};
+pub use memory::InProcess;
 pub(crate) use positions::Positions;
 pub use positions::Recovery;
 pub use protocol::{
@@ -79,10 +83,10 @@ pub use stream::{Retention, Stream, Unrecoverable};
 /// [`publish`](History::publish) stamps, keeps and sends an event. Cheap to clone; clones
 /// share the history.
 ///
-/// A room's publishes and joins go one at a time (a lock per room, never held across an
-/// `await`), so a joining client gets every event exactly once: those before its join in the
-/// replay, those after it live. Join history rooms only through `History::join`; a plain
-/// [`Rooms::join`] skips the replay.
+/// A room's publishes and joins are serialised by the [`Backend`] (in process: a lock per
+/// room, never held across an `await`), so a joining client gets every event exactly once:
+/// those before its join in the replay, those after it live. Join history rooms only through
+/// `History::join`; a plain [`Rooms::join`] skips the replay.
 #[derive(Clone)]
 pub struct History {
     inner: Arc<Inner>,
@@ -93,7 +97,7 @@ struct Inner {
     default: Retention,
     /// Longest prefix first.
     by_prefix: Vec<(String, Retention)>,
-    streams: Mutex<HashMap<Arc<str>, SharedStream>>,
+    backend: Box<dyn Backend>,
     /// Held while a connection's resume positions are read out of its handshake, once.
     resume_setup: Mutex<()>,
 }
@@ -108,11 +112,20 @@ impl std::fmt::Debug for History {
 }
 
 /// Configures a [`History`].
-#[derive(Debug)]
 pub struct HistoryBuilder {
     rooms: Rooms,
     default: Retention,
     by_prefix: Vec<(String, Retention)>,
+    backend: Option<Box<dyn Backend>>,
+}
+
+impl std::fmt::Debug for HistoryBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HistoryBuilder")
+            .field("default", &self.default)
+            .field("by_prefix", &self.by_prefix)
+            .finish_non_exhaustive()
+    }
 }
 
 impl HistoryBuilder {
@@ -129,6 +142,13 @@ impl HistoryBuilder {
         self
     }
 
+    /// Where events are kept: [`InProcess`] unless set (NATS JetStream for a cluster, in
+    /// `stmp-nats`).
+    pub fn backend(mut self, backend: impl Backend) -> Self {
+        self.backend = Some(Box::new(backend));
+        self
+    }
+
     /// The history.
     pub fn build(mut self) -> History {
         self.by_prefix
@@ -138,7 +158,9 @@ impl HistoryBuilder {
                 rooms: self.rooms,
                 default: self.default,
                 by_prefix: self.by_prefix,
-                streams: Mutex::default(),
+                backend: self
+                    .backend
+                    .unwrap_or_else(|| Box::new(InProcess::default())),
                 resume_setup: Mutex::default(),
             }),
         }
@@ -150,7 +172,8 @@ impl HistoryBuilder {
 pub struct Published {
     /// Where the event is in its stream.
     pub position: StreamPosition,
-    /// The members it was queued on or dropped for.
+    /// The members of this node it was queued on or dropped for, when the backend delivers
+    /// at once ([`InProcess`]); empty when delivery follows the store (JetStream).
     pub delivery: Delivery,
 }
 
@@ -165,46 +188,57 @@ pub struct Joined {
     pub recovered: Option<bool>,
 }
 
-/// One stream's history, locked for each publish and join.
-type SharedStream = Arc<Mutex<Stream<Arc<Stored>>>>;
-/// Encodes a stored event for a codec.
-type EncodeStored = dyn Fn(&Codec) -> Result<Bytes, Status> + Send + Sync;
+/// Encodes an event for a codec.
+type EncodeEvent = dyn Fn(&Codec) -> Result<Bytes, Status> + Send + Sync;
 
-/// An event kept for replay: how to encode it for any codec, and the encodings made so far.
-struct Stored {
-    action: Action,
-    encode: Box<EncodeStored>,
+/// An event on its way into a history: its method, and its payload for any codec, encoded
+/// once per codec however often it is replayed. Cheap to clone.
+#[derive(Clone)]
+pub struct Event {
+    inner: Arc<EventInner>,
+}
+
+struct EventInner {
+    method: Method,
+    encode: Box<EncodeEvent>,
     encoded: Mutex<Vec<(Codec, Bytes)>>,
 }
 
-impl Stored {
-    fn new<E: Message + Clone>(method: &Method, event: &E) -> Stored {
+impl std::fmt::Debug for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Event")
+            .field("method", &self.inner.method.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Event {
+    /// `event` as a notify of `method`.
+    pub fn new<E: Message + Clone>(method: &Method, event: &E) -> Event {
         let event = event.clone();
-        Stored {
-            action: method.wire_action(),
-            encode: Box::new(move |codec| codec.encode(&event)),
-            encoded: Mutex::new(Vec::with_capacity(1)),
+        Event {
+            inner: Arc::new(EventInner {
+                method: *method,
+                encode: Box::new(move |codec| codec.encode(&event)),
+                encoded: Mutex::new(Vec::with_capacity(1)),
+            }),
         }
     }
 
-    fn payload(&self, codec: &Codec) -> Result<Bytes, Status> {
-        let mut encoded = lock(&self.encoded);
+    /// The method it is a notify of.
+    pub fn method(&self) -> &Method {
+        &self.inner.method
+    }
+
+    /// The payload for `codec`, encoded on first use.
+    pub fn payload(&self, codec: &Codec) -> Result<Bytes, Status> {
+        let mut encoded = lock(&self.inner.encoded);
         if let Some((_, payload)) = encoded.iter().find(|(c, _)| c == codec) {
             return Ok(payload.clone());
         }
-        let payload = (self.encode)(codec)?;
+        let payload = (self.inner.encode)(codec)?;
         encoded.push((codec.clone(), payload.clone()));
         Ok(payload)
-    }
-
-    fn packet(&self, codec: &Codec, position: &str) -> Result<Packet, Status> {
-        let mut header = Header::new();
-        header.append(POSITION, position);
-        Ok(Packet::Notify(Notify {
-            action: self.action.clone(),
-            header,
-            payload: self.payload(codec)?,
-        }))
     }
 }
 
@@ -217,23 +251,8 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The position notify: where `position`'s stream is for this client, and the outcome of its
-/// resume when it asked for one.
-fn position_notify(position: &StreamPosition, recovered: Option<bool>) -> Packet {
-    Packet::Notify(Notify {
-        action: Action::Method(POSITION_METHOD.to_owned()),
-        header: protocol::position_header(position, recovered),
-        payload: Bytes::new(),
-    })
-}
-
-/// A fresh epoch: 64 random bits, so a restarted server never reuses its predecessor's.
-fn new_epoch() -> String {
-    format!("{:016x}", fastrand::u64(..))
-}
-
 impl History {
-    /// History over `rooms` with the default retention everywhere.
+    /// History over `rooms` with the default retention everywhere, kept in process.
     pub fn new(rooms: Rooms) -> History {
         History::builder(rooms).build()
     }
@@ -244,6 +263,7 @@ impl History {
             rooms,
             default: Retention::default(),
             by_prefix: Vec::new(),
+            backend: None,
         }
     }
 
@@ -261,122 +281,50 @@ impl History {
             .map_or(self.inner.default, |(_, retention)| *retention)
     }
 
-    /// The newest position of `room`, if it has a stream yet.
-    pub fn position(&self, room: &str) -> Option<StreamPosition> {
-        let stream = lock(&self.inner.streams).get(room).cloned()?;
-        let stream = lock(&stream);
-        Some(StreamPosition::new(room, stream.epoch(), stream.top()))
+    fn room<'a>(&'a self, room: &'a str) -> RoomHistory<'a> {
+        RoomHistory {
+            name: room,
+            retention: self.retention_of(room),
+            rooms: &self.inner.rooms,
+        }
     }
 
-    fn stream(&self, room: &str) -> SharedStream {
-        let mut streams = lock(&self.inner.streams);
-        if let Some(stream) = streams.get(room) {
-            return stream.clone();
-        }
-        let stream = Arc::new(Mutex::new(Stream::new(
-            new_epoch(),
-            self.retention_of(room),
-        )));
-        streams.insert(Arc::from(room), stream.clone());
-        stream
+    /// The newest position of `room`, if it has a stream yet.
+    pub async fn position(&self, room: &str) -> Option<StreamPosition> {
+        self.inner.backend.position(room).await
     }
 
     /// Stamps `event` with the room's next offset, keeps it for replay and sends it to every
-    /// member but `exclude`, serialised once per content type. Never waits: a member whose
-    /// send queue is full misses it (and its client recovers it on reconnect). `exclude` (the
-    /// sender, typically) gets only the position notify, so it is not replayed its own event.
-    pub fn publish<E: Message + Clone>(
+    /// member but `exclude`, serialised once per content type. A member whose send queue is
+    /// full misses it (and its client recovers it on reconnect). `exclude` (the sender,
+    /// typically) gets only the position notify, so it is not replayed its own event.
+    pub async fn publish<E: Message + Clone>(
         &self,
         room: &str,
         method: &Method,
         event: &E,
         exclude: Option<&Conn>,
     ) -> Result<Published, Status> {
-        let stored = Arc::new(Stored::new(method, event));
-        let node = self.inner.rooms.node();
-        let stream = self.stream(room);
-        let mut stream = lock(&stream);
-        // Encoded before it is stamped: an event that cannot be encoded takes no offset.
-        let size = stored
-            .payload(node.codecs().first().unwrap_or(&Codec::PROTOBUF))?
-            .len();
-        let offset = stream.push(stored.clone(), size, Instant::now());
-        let position = StreamPosition::new(room, stream.epoch(), offset);
-        // Through the server's adapter, like every room broadcast, with the position in the
-        // header; the encodings are the stored event's, so a replay reuses them.
-        let mut encode = |codec: &Codec| stored.payload(codec);
-        let mut broadcast = Broadcast::new(
-            method,
-            Target::Room(room.to_owned()),
-            node.id(),
-            &mut encode,
-        );
-        broadcast.header_mut().insert(POSITION, position.to_value());
-        if let Some(sender) = exclude {
-            broadcast.except(node.conn_ref(sender));
-        }
-        let delivery = node.broadcast(&mut broadcast)?;
-        // The sender does not hear its own event, but its position moves past it, or a
-        // resume would replay it.
-        if let Some(sender) = exclude
-            && protocol::supports(sender.peer_header())
-            && self.inner.rooms.contains(room, sender)
-        {
-            sender.offer_event(position_notify(&position, None));
-        }
-        Ok(Published { position, delivery })
+        let event = Event::new(method, event);
+        self.inner
+            .backend
+            .publish(self.room(room), event, exclude)
+            .await
     }
 
     /// Puts `conn` in `room`. A client that asked to resume the room first gets the events it
     /// missed, then the position notify with `recovered`; a client that tracks positions gets
     /// the position notify in any case. Already a member: nothing happens.
-    pub fn join(&self, room: &str, conn: &Conn) -> Joined {
-        let stream = self.stream(room);
-        let mut stream = lock(&stream);
+    pub async fn join(&self, room: &str, conn: &Conn) -> Joined {
         if self.inner.rooms.contains(room, conn) {
             return Joined::default();
         }
-        let tracks = protocol::supports(conn.peer_header());
-        let resume = if tracks {
+        let resume = if backend::tracks_positions(conn) {
             self.take_resume(conn, room)
         } else {
             None
         };
-        let epoch = stream.epoch().to_owned();
-        let mut outcome = Joined {
-            joined: true,
-            ..Joined::default()
-        };
-        if let Some(from) = resume {
-            let recovered = match stream.since(&from.epoch, from.offset, Instant::now()) {
-                Ok(missed) => {
-                    let mut complete = true;
-                    for (offset, stored) in missed {
-                        let value = StreamPosition::new(room, epoch.as_str(), offset).to_value();
-                        let queued = stored
-                            .packet(conn.codec(), &value)
-                            .is_ok_and(|packet| conn.offer_event(packet));
-                        if !queued {
-                            complete = false;
-                            break;
-                        }
-                        outcome.replayed += 1;
-                    }
-                    complete
-                }
-                Err(reason) => {
-                    tracing::debug!(conn = conn.id(), room, ?reason, "cannot recover");
-                    false
-                }
-            };
-            outcome.recovered = Some(recovered);
-        }
-        self.inner.rooms.join(room, conn);
-        if tracks {
-            let position = StreamPosition::new(room, epoch, stream.top());
-            conn.offer_event(position_notify(&position, outcome.recovered));
-        }
-        outcome
+        self.inner.backend.join(self.room(room), conn, resume).await
     }
 
     /// Takes `conn` out of `room`; returns whether it was there.

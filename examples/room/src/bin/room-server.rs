@@ -13,7 +13,7 @@ use std::time::Duration;
 use clap::Parser;
 use room::accounts::Accounts;
 use room::limits::{RateLimit, SignInLimits};
-use room::server::{Chat, RoomServer, ServerOptions, TlsPem};
+use room::server::{Chat, HistoryMode, RoomServer, ServerOptions, TlsPem};
 
 /// The stmp chat-room server.
 #[derive(Parser, Debug)]
@@ -65,6 +65,19 @@ struct Args {
     /// room-server on this NATS (e.g. nats://127.0.0.1:4222; several URLs comma-separated).
     #[arg(long, value_name = "URL")]
     nats: Option<String>,
+    /// Where room messages are kept for clients that come back: `jetstream` (in NATS
+    /// JetStream, shared by every node and kept across restarts; needs --nats and a
+    /// nats-server started with -js), `memory` (this process), or `auto` (JetStream when
+    /// --nats has it).
+    #[arg(long, value_name = "WHERE", default_value = "auto")]
+    history: HistoryArg,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum HistoryArg {
+    Auto,
+    Memory,
+    Jetstream,
 }
 
 #[tokio::main]
@@ -120,6 +133,12 @@ async fn serve() -> Result<(), Box<dyn std::error::Error>> {
         }
         None => None,
     };
+    let mode = match args.history {
+        HistoryArg::Auto => HistoryMode::Auto,
+        HistoryArg::Memory => HistoryMode::Memory,
+        HistoryArg::Jetstream => HistoryMode::JetStream,
+    };
+    let history = room::server::history_backend(nats.as_ref(), mode).await?;
     let server = RoomServer::start(
         chat,
         ServerOptions {
@@ -128,6 +147,7 @@ async fn serve() -> Result<(), Box<dyn std::error::Error>> {
             quic: args.quic,
             tls,
             nats: nats.clone(),
+            history,
             ..ServerOptions::default()
         },
     )
