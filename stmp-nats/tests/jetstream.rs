@@ -4,17 +4,16 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use stmp::history::{History, Recovery, Retention};
 use stmp::{Client, Context, Method, Server, Status};
 use stmp_nats::nats_server::NatsServer;
 use stmp_nats::{JetStreamHistory, NatsAdapter};
-use tokio::net::{TcpListener, TcpStream};
+use stmp_testkit::CutProxy;
 use tokio::sync::mpsc;
-use tokio::task::AbortHandle;
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -56,62 +55,6 @@ async fn until(mut condition: impl FnMut() -> bool) {
         }
     })
     .await
-}
-
-/// A TCP proxy that can cut every connection through it (both sockets dropped under the
-/// peers, no stmp Close), refuse new ones, and send the next ones to another node.
-struct Proxy {
-    addr: SocketAddr,
-    target: Arc<Mutex<SocketAddr>>,
-    up: Arc<AtomicBool>,
-    pipes: Arc<Mutex<Vec<AbortHandle>>>,
-}
-
-impl Proxy {
-    async fn start(target: SocketAddr) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let proxy = Proxy {
-            addr: listener.local_addr().unwrap(),
-            target: Arc::new(Mutex::new(target)),
-            up: Arc::new(AtomicBool::new(true)),
-            pipes: Arc::default(),
-        };
-        let (target, up, pipes) = (proxy.target.clone(), proxy.up.clone(), proxy.pipes.clone());
-        tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                if !up.load(Ordering::SeqCst) {
-                    continue;
-                }
-                let to = *target.lock().unwrap();
-                let pipe = tokio::spawn(async move {
-                    if let Ok(mut server) = TcpStream::connect(to).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                    }
-                });
-                pipes.lock().unwrap().push(pipe.abort_handle());
-            }
-        });
-        proxy
-    }
-
-    fn cut(&self) {
-        self.up.store(false, Ordering::SeqCst);
-        for pipe in self.pipes.lock().unwrap().drain(..) {
-            pipe.abort();
-        }
-    }
-
-    fn restore(&self) {
-        self.up.store(true, Ordering::SeqCst);
-    }
-
-    fn retarget(&self, target: SocketAddr) {
-        *self.target.lock().unwrap() = target;
-    }
-
-    fn url(&self) -> String {
-        format!("tcp://{}", self.addr)
-    }
 }
 
 /// An stmp node on NATS whose history is in JetStream.
@@ -256,8 +199,8 @@ fn assert_in_order(heard: &[(u64, Said)]) {
 async fn a_client_cut_off_one_node_gets_the_thousand_events_on_another() {
     let nats = NatsServer::start_jetstream().unwrap();
     let nodes = Arc::new(nodes(&nats.url(), roomy()).await);
-    let proxy = Proxy::start(nodes[0].addr).await;
-    let (client, mut heard) = member(&proxy.url(), "lobby").await;
+    let proxy = CutProxy::start(nodes[0].addr).await;
+    let (client, mut heard) = member(&format!("tcp://{}", proxy.addr()), "lobby").await;
     until(|| nodes[0].members("lobby") == 1).await;
     for seq in 1..=5 {
         nodes[0].publish("lobby", said("a", seq)).await;
@@ -334,8 +277,8 @@ async fn history_overflow_is_not_recovered_and_live_events_go_on() {
     let nats = NatsServer::start_jetstream().unwrap();
     let small = Retention::new(10, 1 << 20, Duration::from_secs(600));
     let nodes = nodes(&nats.url(), small).await;
-    let proxy = Proxy::start(nodes[0].addr).await;
-    let (client, mut heard) = member(&proxy.url(), "small").await;
+    let proxy = CutProxy::start(nodes[0].addr).await;
+    let (client, mut heard) = member(&format!("tcp://{}", proxy.addr()), "small").await;
     until(|| nodes[0].members("small") == 1).await;
     let first = nodes[0].publish("small", said("a", 1)).await;
     assert_eq!(heard.next(1).await, [(first, said("a", 1))]);
@@ -361,8 +304,8 @@ async fn history_overflow_is_not_recovered_and_live_events_go_on() {
 async fn a_recreated_stream_is_a_new_epoch_and_not_recovered() {
     let nats = NatsServer::start_jetstream().unwrap();
     let nodes = nodes(&nats.url(), roomy()).await;
-    let proxy = Proxy::start(nodes[0].addr).await;
-    let (client, mut heard) = member(&proxy.url(), "lobby").await;
+    let proxy = CutProxy::start(nodes[0].addr).await;
+    let (client, mut heard) = member(&format!("tcp://{}", proxy.addr()), "lobby").await;
     until(|| nodes[0].members("lobby") == 1).await;
     for seq in 1..=3 {
         nodes[0].publish("lobby", said("a", seq)).await;
@@ -409,8 +352,8 @@ async fn a_recreated_stream_is_a_new_epoch_and_not_recovered() {
 async fn history_in_file_storage_survives_a_whole_cluster_restart() {
     let mut nats = NatsServer::start_jetstream().unwrap();
     let first = nodes(&nats.url(), roomy()).await;
-    let proxy = Proxy::start(first[0].addr).await;
-    let (client, mut heard) = member(&proxy.url(), "lobby").await;
+    let proxy = CutProxy::start(first[0].addr).await;
+    let (client, mut heard) = member(&format!("tcp://{}", proxy.addr()), "lobby").await;
     until(|| first[0].members("lobby") == 1).await;
     let offset = first[0].publish("lobby", said("a", 1)).await;
     heard.next(1).await;

@@ -4,16 +4,15 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
 use stmp::history::{History, Recovery, Retention};
 use stmp::{Client, ClientBuilder, Context, Method, Rooms, Server, Status};
-use tokio::net::{TcpListener, TcpStream};
+use stmp_testkit::CutProxy;
 use tokio::sync::mpsc;
-use tokio::task::AbortHandle;
 
 const JOIN: Method = Method::new("test.History.Join", "test.Room", "test.Room");
 const SAID: Method = Method::new("test.History.Said", "test.Said", "google.protobuf.Empty");
@@ -28,58 +27,6 @@ struct Room {
 struct Said {
     #[prost(uint64, tag = "1")]
     seq: u64,
-}
-
-/// A TCP proxy that can cut every connection through it (both sockets dropped under the
-/// peers, no stmp Close) and refuse new ones until it is restored.
-struct Proxy {
-    addr: SocketAddr,
-    target: Arc<Mutex<SocketAddr>>,
-    up: Arc<AtomicBool>,
-    pipes: Arc<Mutex<Vec<AbortHandle>>>,
-}
-
-impl Proxy {
-    async fn start(target: SocketAddr) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let proxy = Proxy {
-            addr: listener.local_addr().unwrap(),
-            target: Arc::new(Mutex::new(target)),
-            up: Arc::new(AtomicBool::new(true)),
-            pipes: Arc::default(),
-        };
-        let (target, up, pipes) = (proxy.target.clone(), proxy.up.clone(), proxy.pipes.clone());
-        tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                if !up.load(Ordering::SeqCst) {
-                    continue;
-                }
-                let to = *target.lock().unwrap();
-                let pipe = tokio::spawn(async move {
-                    if let Ok(mut server) = TcpStream::connect(to).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                    }
-                });
-                pipes.lock().unwrap().push(pipe.abort_handle());
-            }
-        });
-        proxy
-    }
-
-    fn cut(&self) {
-        self.up.store(false, Ordering::SeqCst);
-        for pipe in self.pipes.lock().unwrap().drain(..) {
-            pipe.abort();
-        }
-    }
-
-    fn restore(&self) {
-        self.up.store(true, Ordering::SeqCst);
-    }
-
-    fn retarget(&self, target: SocketAddr) {
-        *self.target.lock().unwrap() = target;
-    }
 }
 
 /// A server whose `Join` joins a room through `history`; returns its TCP and WS addresses.
@@ -149,10 +96,10 @@ async fn cut_publish_and_recover(scheme: &str) {
         .default_retention(Retention::new(5000, 16 << 20, Duration::from_secs(600)))
         .build();
     let (_server, tcp, ws) = serve(&history).await;
-    let proxy = Proxy::start(if scheme == "ws" { ws } else { tcp }).await;
+    let proxy = CutProxy::start(if scheme == "ws" { ws } else { tcp }).await;
     let url = match scheme {
-        "ws" => format!("ws://{}/stmp", proxy.addr),
-        _ => format!("tcp://{}", proxy.addr),
+        "ws" => format!("ws://{}/stmp", proxy.addr()),
+        _ => format!("tcp://{}", proxy.addr()),
     };
     let (client, mut heard) = member(Client::builder(), &url, "lobby").await;
     published_to_members(&history, "lobby", 1).await;
@@ -227,10 +174,10 @@ async fn history_overflow_is_reported_as_not_recovered_and_live_events_go_on() {
         )
         .build();
     let (_server, tcp, _) = serve(&history).await;
-    let proxy = Proxy::start(tcp).await;
+    let proxy = CutProxy::start(tcp).await;
     let (client, mut heard) = member(
         Client::builder(),
-        &format!("tcp://{}", proxy.addr),
+        &format!("tcp://{}", proxy.addr()),
         "small/room",
     )
     .await;
@@ -268,9 +215,13 @@ async fn history_overflow_is_reported_as_not_recovered_and_live_events_go_on() {
 async fn a_server_restart_changes_the_epoch_and_is_not_recovered() {
     let before = History::new(Rooms::new());
     let (first, tcp, _) = serve(&before).await;
-    let proxy = Proxy::start(tcp).await;
-    let (client, mut heard) =
-        member(Client::builder(), &format!("tcp://{}", proxy.addr), "lobby").await;
+    let proxy = CutProxy::start(tcp).await;
+    let (client, mut heard) = member(
+        Client::builder(),
+        &format!("tcp://{}", proxy.addr()),
+        "lobby",
+    )
+    .await;
     published_to_members(&before, "lobby", 1).await;
     before
         .publish("lobby", &SAID, &Said { seq: 1 }, None)
@@ -313,9 +264,13 @@ async fn a_server_restart_changes_the_epoch_and_is_not_recovered() {
 async fn a_rejoin_on_the_same_connection_does_not_replay_twice() {
     let history = History::new(Rooms::new());
     let (_server, tcp, _) = serve(&history).await;
-    let proxy = Proxy::start(tcp).await;
-    let (client, mut heard) =
-        member(Client::builder(), &format!("tcp://{}", proxy.addr), "lobby").await;
+    let proxy = CutProxy::start(tcp).await;
+    let (client, mut heard) = member(
+        Client::builder(),
+        &format!("tcp://{}", proxy.addr()),
+        "lobby",
+    )
+    .await;
     published_to_members(&history, "lobby", 1).await;
     history
         .publish("lobby", &SAID, &Said { seq: 1 }, None)
@@ -351,10 +306,10 @@ async fn a_rejoin_on_the_same_connection_does_not_replay_twice() {
 async fn a_client_without_history_gets_live_events_and_no_extension_packets() {
     let history = History::new(Rooms::new());
     let (_server, tcp, _) = serve(&history).await;
-    let proxy = Proxy::start(tcp).await;
+    let proxy = CutProxy::start(tcp).await;
     let (client, mut heard) = member(
         Client::builder().history(false),
-        &format!("tcp://{}", proxy.addr),
+        &format!("tcp://{}", proxy.addr()),
         "lobby",
     )
     .await;
@@ -390,9 +345,13 @@ async fn a_client_without_history_gets_live_events_and_no_extension_packets() {
 async fn the_excluded_sender_is_not_replayed_its_own_event() {
     let history = History::new(Rooms::new());
     let (_server, tcp, _) = serve(&history).await;
-    let proxy = Proxy::start(tcp).await;
-    let (client, mut heard) =
-        member(Client::builder(), &format!("tcp://{}", proxy.addr), "lobby").await;
+    let proxy = CutProxy::start(tcp).await;
+    let (client, mut heard) = member(
+        Client::builder(),
+        &format!("tcp://{}", proxy.addr()),
+        "lobby",
+    )
+    .await;
     published_to_members(&history, "lobby", 1).await;
     let sender = history.rooms().members("lobby").pop().unwrap();
     let published = history

@@ -2,70 +2,20 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-
 use common::*;
 use room::client::ChatEvent;
 use room::server::TlsPem;
 use room::terminal::{Clock, event_line};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::AbortHandle;
-
-/// A TCP proxy whose connections can be cut under both peers (no stmp Close), refusing new
-/// ones until restored.
-struct Proxy {
-    addr: SocketAddr,
-    up: Arc<AtomicBool>,
-    pipes: Arc<Mutex<Vec<AbortHandle>>>,
-}
-
-impl Proxy {
-    async fn start(target: SocketAddr) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let proxy = Proxy {
-            addr: listener.local_addr().unwrap(),
-            up: Arc::new(AtomicBool::new(true)),
-            pipes: Arc::default(),
-        };
-        let (up, pipes) = (proxy.up.clone(), proxy.pipes.clone());
-        tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                if !up.load(Ordering::SeqCst) {
-                    continue;
-                }
-                let pipe = tokio::spawn(async move {
-                    if let Ok(mut server) = TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                    }
-                });
-                pipes.lock().unwrap().push(pipe.abort_handle());
-            }
-        });
-        proxy
-    }
-
-    fn cut(&self) {
-        self.up.store(false, Ordering::SeqCst);
-        for pipe in self.pipes.lock().unwrap().drain(..) {
-            pipe.abort();
-        }
-    }
-
-    fn restore(&self) {
-        self.up.store(true, Ordering::SeqCst);
-    }
-}
+use stmp_testkit::CutProxy;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_cut_off_the_network_is_shown_the_messages_it_missed() {
     logs();
     let pem = TlsPem::self_signed().unwrap();
     let server = serve(accounts(), Addrs::any(), &pem).await;
-    let proxy = Proxy::start(server.tcp.unwrap()).await;
+    let proxy = CutProxy::start(server.tcp.unwrap()).await;
     let (alice, mut alice_events) = connect(options(
-        &format!("tcp://{}", proxy.addr),
+        &format!("tcp://{}", proxy.addr()),
         sign_up("alice"),
         &pem,
     ))
