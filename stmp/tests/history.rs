@@ -29,6 +29,14 @@ struct Said {
     seq: u64,
 }
 
+/// Publishes `Said { seq }` to `room` through `history`, from nobody in particular.
+async fn say(history: &History, room: &str, seq: u64) {
+    history
+        .publish(room, &SAID, &Said { seq }, None)
+        .await
+        .unwrap();
+}
+
 /// A server whose `Join` joins a room through `history`; returns its TCP and WS addresses.
 async fn serve(history: &History) -> (Server, SocketAddr, SocketAddr) {
     let server = Server::builder().build();
@@ -104,10 +112,7 @@ async fn cut_publish_and_recover(scheme: &str) {
     let (client, mut heard) = member(Client::builder(), &url, "lobby").await;
     published_to_members(&history, "lobby", 1).await;
     for seq in 1..=5 {
-        history
-            .publish("lobby", &SAID, &Said { seq }, None)
-            .await
-            .unwrap();
+        say(&history, "lobby", seq).await;
     }
     assert_eq!(
         next_events(&mut heard, 5).await,
@@ -119,10 +124,7 @@ async fn cut_publish_and_recover(scheme: &str) {
     proxy.cut();
     published_to_members(&history, "lobby", 0).await;
     for seq in 6..=1005 {
-        history
-            .publish("lobby", &SAID, &Said { seq }, None)
-            .await
-            .unwrap();
+        say(&history, "lobby", seq).await;
     }
     // Live events race the re-join from another thread, as fast as they can, until the
     // client has recovered: every one must arrive once, after the replay.
@@ -182,20 +184,14 @@ async fn history_overflow_is_reported_as_not_recovered_and_live_events_go_on() {
     )
     .await;
     published_to_members(&history, "small/room", 1).await;
-    history
-        .publish("small/room", &SAID, &Said { seq: 1 }, None)
-        .await
-        .unwrap();
+    say(&history, "small/room", 1).await;
     assert_eq!(next_events(&mut heard, 1).await, [(1, 1)]);
     until(|| client.position("small/room").is_some()).await;
 
     proxy.cut();
     published_to_members(&history, "small/room", 0).await;
     for seq in 2..=50 {
-        history
-            .publish("small/room", &SAID, &Said { seq }, None)
-            .await
-            .unwrap();
+        say(&history, "small/room", seq).await;
     }
     proxy.restore();
     let recovery = within(heard.recoveries.recv()).await.unwrap();
@@ -203,10 +199,7 @@ async fn history_overflow_is_reported_as_not_recovered_and_live_events_go_on() {
     assert_eq!(recovery.position.offset, 50);
     // Nothing was replayed: a partial replay would be a gap the application cannot see.
     assert!(heard.events.try_recv().is_err());
-    history
-        .publish("small/room", &SAID, &Said { seq: 51 }, None)
-        .await
-        .unwrap();
+    say(&history, "small/room", 51).await;
     assert_eq!(next_events(&mut heard, 1).await, [(51, 51)]);
     client.close().await;
 }
@@ -223,10 +216,7 @@ async fn a_server_restart_changes_the_epoch_and_is_not_recovered() {
     )
     .await;
     published_to_members(&before, "lobby", 1).await;
-    before
-        .publish("lobby", &SAID, &Said { seq: 1 }, None)
-        .await
-        .unwrap();
+    say(&before, "lobby", 1).await;
     assert_eq!(next_events(&mut heard, 1).await, [(1, 1)]);
     until(|| client.position("lobby").is_some_and(|p| p.offset == 1)).await;
     let old_epoch = client.position("lobby").unwrap().epoch;
@@ -237,10 +227,7 @@ async fn a_server_restart_changes_the_epoch_and_is_not_recovered() {
     let after = History::new(Rooms::new());
     let (_second, tcp, _) = serve(&after).await;
     proxy.retarget(tcp);
-    after
-        .publish("lobby", &SAID, &Said { seq: 2 }, None)
-        .await
-        .unwrap();
+    say(&after, "lobby", 2).await;
     proxy.restore();
 
     let recovery = within(heard.recoveries.recv()).await.unwrap();
@@ -248,10 +235,7 @@ async fn a_server_restart_changes_the_epoch_and_is_not_recovered() {
     assert_ne!(recovery.position.epoch, old_epoch);
     assert_eq!(recovery.position.offset, 1);
     assert!(heard.events.try_recv().is_err());
-    after
-        .publish("lobby", &SAID, &Said { seq: 3 }, None)
-        .await
-        .unwrap();
+    say(&after, "lobby", 3).await;
     assert_eq!(next_events(&mut heard, 1).await, [(2, 3)]);
     assert_eq!(
         client.position("lobby").unwrap().epoch,
@@ -272,18 +256,12 @@ async fn a_rejoin_on_the_same_connection_does_not_replay_twice() {
     )
     .await;
     published_to_members(&history, "lobby", 1).await;
-    history
-        .publish("lobby", &SAID, &Said { seq: 1 }, None)
-        .await
-        .unwrap();
+    say(&history, "lobby", 1).await;
     next_events(&mut heard, 1).await;
     until(|| client.position("lobby").is_some_and(|p| p.offset == 1)).await;
     proxy.cut();
     published_to_members(&history, "lobby", 0).await;
-    history
-        .publish("lobby", &SAID, &Said { seq: 2 }, None)
-        .await
-        .unwrap();
+    say(&history, "lobby", 2).await;
     proxy.restore();
     assert!(within(heard.recoveries.recv()).await.unwrap().recovered);
     assert_eq!(next_events(&mut heard, 1).await, [(2, 2)]);
@@ -294,10 +272,7 @@ async fn a_rejoin_on_the_same_connection_does_not_replay_twice() {
     let joined = history.join("lobby", &conn).await;
     assert!(joined.joined);
     assert_eq!((joined.replayed, joined.recovered), (0, None));
-    history
-        .publish("lobby", &SAID, &Said { seq: 3 }, None)
-        .await
-        .unwrap();
+    say(&history, "lobby", 3).await;
     assert_eq!(next_events(&mut heard, 1).await, [(3, 3)]);
     client.close().await;
 }
@@ -316,25 +291,16 @@ async fn a_client_without_history_gets_live_events_and_no_extension_packets() {
     published_to_members(&history, "lobby", 1).await;
     let conn = history.rooms().members("lobby").pop().unwrap();
     assert!(!conn.peer_header().contains_key(stmp::history::SUPPORTS));
-    history
-        .publish("lobby", &SAID, &Said { seq: 1 }, None)
-        .await
-        .unwrap();
+    say(&history, "lobby", 1).await;
     assert_eq!(next_events(&mut heard, 1).await, [(1, 1)]);
     assert_eq!(client.position("lobby"), None);
 
     proxy.cut();
     published_to_members(&history, "lobby", 0).await;
-    history
-        .publish("lobby", &SAID, &Said { seq: 2 }, None)
-        .await
-        .unwrap();
+    say(&history, "lobby", 2).await;
     proxy.restore();
     published_to_members(&history, "lobby", 1).await;
-    history
-        .publish("lobby", &SAID, &Said { seq: 3 }, None)
-        .await
-        .unwrap();
+    say(&history, "lobby", 3).await;
     // Missed, and not replayed: the client did not ask.
     assert_eq!(next_events(&mut heard, 1).await, [(3, 3)]);
     assert!(heard.recoveries.try_recv().is_err());
@@ -362,10 +328,7 @@ async fn the_excluded_sender_is_not_replayed_its_own_event() {
     until(|| client.position("lobby").is_some_and(|p| p.offset == 1)).await;
     proxy.cut();
     published_to_members(&history, "lobby", 0).await;
-    history
-        .publish("lobby", &SAID, &Said { seq: 2 }, None)
-        .await
-        .unwrap();
+    say(&history, "lobby", 2).await;
     proxy.restore();
     assert!(within(heard.recoveries.recv()).await.unwrap().recovered);
     assert_eq!(next_events(&mut heard, 1).await, [(2, 2)]);
