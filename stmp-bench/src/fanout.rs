@@ -34,6 +34,9 @@ pub struct FanoutResult {
     pub call_ns: u64,
     /// Server CPU (user + system) per broadcast, ns.
     pub server_cpu_ns: u64,
+    /// The load generator's CPU per broadcast, ns: its clients receive the events on the same
+    /// cores, so what a client spends per event is part of the time to the last delivery.
+    pub client_cpu_ns: u64,
     /// Serialisations per broadcast (stmp: once per content type).
     pub encodings: usize,
     /// Connections that missed an event, over all rounds.
@@ -263,6 +266,7 @@ pub(crate) async fn rounds(
     settings: &Settings,
     first_seq: u64,
 ) -> Result<FanoutResult> {
+    eprintln!("  {system}: {clients} clients connected, broadcasting");
     // One unmeasured round warms every connection's path.
     let mut seq = first_seq;
     round.start(seq, clients);
@@ -270,6 +274,7 @@ pub(crate) async fn rounds(
     round.wait(Duration::from_secs(30)).await?;
 
     let cpu_before = server.cpu_time()?;
+    let client_cpu_before = crate::child::cpu_time(std::process::id())?;
     let (mut times, mut calls) = (Vec::new(), Vec::new());
     let (mut encodings, mut dropped) = (0, 0);
     for _ in 0..settings.fanout_rounds {
@@ -287,6 +292,7 @@ pub(crate) async fn rounds(
         calls.push(call_ns);
     }
     let cpu = server.cpu_time()?.saturating_sub(cpu_before);
+    let client_cpu = crate::child::cpu_time(std::process::id())?.saturating_sub(client_cpu_before);
     times.sort_unstable();
     calls.sort_unstable();
     Ok(FanoutResult {
@@ -297,6 +303,7 @@ pub(crate) async fn rounds(
         max_ns: *times.last().unwrap_or(&0),
         call_ns: calls[calls.len() / 2],
         server_cpu_ns: (cpu.as_nanos() / settings.fanout_rounds as u128) as u64,
+        client_cpu_ns: (client_cpu.as_nanos() / settings.fanout_rounds as u128) as u64,
         encodings,
         dropped,
         frame_bytes: notify_frame(&event(0)).len(),
@@ -375,13 +382,14 @@ async fn raw(settings: &Settings) -> Result<Vec<FanoutResult>> {
 
 pub(crate) fn summary(result: &FanoutResult) -> String {
     format!(
-        "fan-out {:<9} to {:>6}: last client after {} (max {}), call {}, server CPU {}/event, {} encoding(s), {} dropped",
+        "fan-out {:<9} to {:>6}: last client after {} (max {}), call {}, server CPU {}/event, client CPU {}/event, {} encoding(s), {} dropped",
         result.system,
         result.clients,
         crate::units::duration(result.p50_ns),
         crate::units::duration(result.max_ns),
         crate::units::duration(result.call_ns),
         crate::units::duration(result.server_cpu_ns),
+        crate::units::duration(result.client_cpu_ns),
         result.encodings,
         result.dropped,
     )

@@ -296,9 +296,10 @@ impl Report {
             let versus_raw = match (row.system.as_str(), self.fanout("raw tcp", row.clients)) {
                 ("raw tcp", _) | (_, None) => "–".to_owned(),
                 (_, Some(raw)) => format!(
-                    "{} time, {} CPU",
+                    "{} time, {} server CPU, {} client CPU",
                     ratio(row.p50_ns as f64 / raw.p50_ns as f64),
-                    ratio(row.server_cpu_ns as f64 / raw.server_cpu_ns.max(1) as f64)
+                    ratio(row.server_cpu_ns as f64 / raw.server_cpu_ns.max(1) as f64),
+                    ratio(row.client_cpu_ns as f64 / raw.client_cpu_ns.max(1) as f64)
                 ),
             };
             let versus_one_node = match (row.system.as_str(), self.fanout("stmp tcp", row.clients))
@@ -311,7 +312,7 @@ impl Report {
             };
             let _ = writeln!(
                 md,
-                "| fan-out to {} clients, {} B frame | {} | {} to last client | {} | {} (worst) | – | {versus_raw} | server CPU {}/event; broadcast call {}; {} encoding(s); {} dropped; {} rounds{versus_one_node} |",
+                "| fan-out to {} clients, {} B frame | {} | {} to last client | {} | {} (worst) | – | {versus_raw} | server CPU {}/event; client CPU {}/event; broadcast call {}; {} encoding(s); {} dropped; {} rounds{versus_one_node} |",
                 thousands(row.clients),
                 row.frame_bytes,
                 row.system,
@@ -319,6 +320,7 @@ impl Report {
                 duration(row.p50_ns),
                 duration(row.max_ns),
                 duration(row.server_cpu_ns),
+                duration(row.client_cpu_ns),
                 duration(row.call_ns),
                 row.encodings,
                 row.dropped,

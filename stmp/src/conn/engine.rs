@@ -215,8 +215,8 @@ impl Engine {
         tokio::pin!(heartbeat);
         let grace = sleep_until(Instant::now() + Duration::from_secs(86_400));
         tokio::pin!(grace);
-        // Made once, not per packet: each one registers with its token when polled.
-        let close_requested = conn.shared.close_requested.clone().cancelled_owned();
+        let shared = conn.shared.clone();
+        let close_requested = shared.close_requested.requested();
         tokio::pin!(close_requested);
 
         let ending = loop {
@@ -619,7 +619,7 @@ mod tests {
         assert_eq!(bytes, [0x90; 10]);
         assert_eq!((writes, flushes), (1, 1));
         // What was written gave its room back.
-        assert_eq!(conn.shared.send_room.available_permits(), 1 << 20);
+        assert_eq!(conn.shared.outbox.room(), 1 << 20);
     }
 
     fn idle(conn: &Conn) -> Busy {

@@ -5,6 +5,7 @@
 
 mod budget;
 mod call;
+mod close_request;
 mod engine;
 mod extensions;
 pub(crate) mod io;
@@ -20,12 +21,12 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{Semaphore, TryAcquireError};
 use tokio_util::sync::CancellationToken;
 
 pub(crate) use budget::InFlight;
 use budget::queue_cost;
 pub use call::{CallOptions, Caller};
+use close_request::CloseRequest;
 pub(crate) use engine::{Engine, EngineConfig, Host};
 use extensions::Extensions;
 pub use io::PacketFormat;
@@ -39,6 +40,7 @@ use crate::wire::{Action, Header, Notify, Packet, Request, Response};
 use crate::{Code, Method, Status};
 
 pub(crate) use outbox::Outbox;
+pub(crate) use outbox::Refused;
 use outbox::SendQueue;
 
 /// The default byte budget of a connection's send queue.
@@ -68,10 +70,8 @@ struct Shared {
     transport: &'static str,
     peer_header: Header,
     codec: Codec,
-    /// Unbounded as a queue: `send_room` bounds it, in bytes ([`queue_cost`]).
+    /// Bounded in bytes ([`queue_cost`]); the writer gives back the room of what it wrote.
     outbox: SendQueue,
-    /// Bytes the send queue may still take; the writer gives back what it wrote.
-    send_room: Semaphore,
     send_budget: u32,
     slow_consumer: SlowConsumer,
     events_dropped: AtomicU64,
@@ -79,7 +79,7 @@ struct Shared {
     pending: Mutex<Pending>,
     extensions: Extensions,
     default_timeout: Duration,
-    close_requested: CancellationToken,
+    close_requested: CloseRequest,
     requested_status: OnceLock<Status>,
     closed: CancellationToken,
     close_status: OnceLock<Status>,
@@ -102,21 +102,14 @@ pub(crate) struct ConnParts {
     pub(crate) counters: Arc<Counters>,
 }
 
-/// Why a packet was not queued.
-pub(crate) enum Refused {
-    /// The send queue has no room for it; here it is back.
-    Full(Packet),
-    Closed,
-}
-
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 impl Conn {
     pub(crate) fn new(parts: ConnParts) -> (Conn, Outbox) {
-        let (outbox, rx) = outbox::send_queue();
         let send_budget = u32::try_from(parts.send_queue_bytes)
             .unwrap_or(u32::MAX)
             .max(1);
+        let (outbox, rx) = outbox::send_queue(send_budget as usize);
         let conn = Conn {
             shared: Arc::new(Shared {
                 id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -126,7 +119,6 @@ impl Conn {
                 peer_header: parts.peer_header,
                 codec: parts.codec,
                 outbox,
-                send_room: Semaphore::new(send_budget as usize),
                 send_budget,
                 slow_consumer: parts.slow_consumer,
                 events_dropped: AtomicU64::new(0),
@@ -134,7 +126,7 @@ impl Conn {
                 pending: Mutex::new(Pending::default()),
                 extensions: Extensions::default(),
                 default_timeout: parts.default_timeout,
-                close_requested: CancellationToken::new(),
+                close_requested: CloseRequest::default(),
                 requested_status: OnceLock::new(),
                 closed: CancellationToken::new(),
                 close_status: OnceLock::new(),
@@ -274,35 +266,20 @@ impl Conn {
 
     /// Queues a packet, waiting while the send queue has no room for its bytes.
     pub(crate) async fn send(&self, packet: Packet) -> Result<(), Status> {
-        let room = &self.shared.send_room;
-        let cost = queue_cost(&packet, self.shared.send_budget);
-        match room.try_acquire_many(cost) {
-            Ok(permit) => permit.forget(),
-            Err(TryAcquireError::NoPermits) => room
-                .acquire_many(cost)
-                .await
-                .map_err(|_| closed_error())?
-                .forget(),
-            Err(TryAcquireError::Closed) => return Err(closed_error()),
-        }
-        self.shared.outbox.push(packet).map_err(|_| closed_error())
+        let cost = queue_cost(&packet, self.shared.send_budget) as usize;
+        self.shared
+            .outbox
+            .push(packet, cost)
+            .await
+            .map_err(|_| closed_error())
     }
 
     /// Queues a packet unless the send queue has no room for it or the connection is gone.
     pub(crate) fn try_queue(&self, packet: Packet) -> Result<(), Refused> {
-        let cost = queue_cost(&packet, self.shared.send_budget);
-        match self.shared.send_room.try_acquire_many(cost) {
-            Ok(permit) => permit.forget(),
-            Err(TryAcquireError::NoPermits) => return Err(Refused::Full(packet)),
-            Err(TryAcquireError::Closed) => return Err(Refused::Closed),
-        }
-        crate::telemetry::send_queue_depth(self.queued_bytes());
-        self.shared.outbox.push(packet).map_err(|_| Refused::Closed)
-    }
-
-    /// Bytes waiting in the send queue.
-    fn queued_bytes(&self) -> usize {
-        (self.shared.send_budget as usize).saturating_sub(self.shared.send_room.available_permits())
+        let cost = queue_cost(&packet, self.shared.send_budget) as usize;
+        let queued = self.shared.outbox.try_push(packet, cost)?;
+        crate::telemetry::send_queue_depth(queued);
+        Ok(())
     }
 
     /// Queues a packet unless the send queue is full (slow peer) or the connection is gone.
@@ -317,9 +294,7 @@ impl Conn {
     pub(crate) fn release_send_room(&self, packets: &[Packet]) {
         let budget = self.shared.send_budget;
         let bytes: usize = packets.iter().map(|p| queue_cost(p, budget) as usize).sum();
-        if bytes > 0 {
-            self.shared.send_room.add_permits(bytes);
-        }
+        self.shared.outbox.release(bytes);
     }
 
     /// Queues an event unless the send queue is full, and applies the slow-consumer policy
@@ -371,7 +346,7 @@ impl Conn {
             .shared
             .requested_status
             .set(Status::new(code, reason.into()));
-        self.shared.close_requested.cancel();
+        self.shared.close_requested.request();
     }
 
     /// Whether the connection has ended.
@@ -418,7 +393,7 @@ impl Conn {
             "connection closed: {status}"
         )));
         // Senders waiting for room learn the connection is gone.
-        self.shared.send_room.close();
+        self.shared.outbox.close();
         self.shared.closed.cancel();
         let callbacks = std::mem::take(&mut *lock(&self.shared.on_close));
         for callback in callbacks {

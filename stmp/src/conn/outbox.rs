@@ -1,16 +1,22 @@
-//! A connection's send queue: packets in order, from any number of senders to the one writer.
+//! A connection's send queue: packets in order, from any number of senders to the one writer,
+//! bounded by a byte budget.
 //!
 //! Not a tokio channel because of what an idle connection pays: an mpsc channel allocates its
 //! first block of 32 slots (about 3 KiB of packets) when it is made and keeps it for life,
 //! while a real-time server holds mostly idle connections. This queue keeps a few slots at
 //! most while it is empty, and the writer takes what is queued in one step under one lock.
-//! Its bytes are bounded elsewhere (the connection's send budget), so the queue itself is
-//! unbounded.
+//!
+//! The budget lives under the same lock rather than in a semaphore of its own: a broadcast
+//! queues one packet on each of thousands of connections whose state is cold in the cache,
+//! and every separate structure it touches per connection is another miss. Room is handed
+//! out as a fair semaphore would: senders that wait get released room in the order they came,
+//! before anyone who merely tries.
 
 use std::collections::VecDeque;
-use std::future::poll_fn;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Poll, Waker};
+use std::task::{Context, Poll, Waker};
 
 use crate::sync::lock;
 use crate::wire::Packet;
@@ -30,19 +36,52 @@ pub(crate) struct Outbox {
     shared: Arc<Mutex<Queue>>,
 }
 
-#[derive(Debug, Default)]
+/// Why a packet was not queued.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Refused {
+    /// The queue has no room for it; here it is back.
+    Full(Packet),
+    /// The writer is gone or the connection has ended.
+    Closed,
+}
+
+#[derive(Debug)]
 struct Queue {
     packets: VecDeque<Packet>,
+    /// Bytes of budget nobody holds.
+    room: usize,
+    budget: usize,
+    /// Senders waiting for room, first come first served.
+    waiting: VecDeque<Waiting>,
+    next_ticket: u64,
     /// The writer, while it waits for a packet.
     writer: Option<Waker>,
     /// The writer is to write what is queued and stop: the connection is ending.
     stopping: bool,
+    /// Nothing more is taken: the writer is gone, or the connection has ended.
     closed: bool,
 }
 
-/// The queue's two ends.
-pub(crate) fn send_queue() -> (SendQueue, Outbox) {
-    let shared = Arc::new(Mutex::new(Queue::default()));
+#[derive(Debug)]
+struct Waiting {
+    ticket: u64,
+    /// Bytes still missing; room released goes here first.
+    missing: usize,
+    waker: Waker,
+}
+
+/// The queue's two ends, with `budget` bytes of room.
+pub(crate) fn send_queue(budget: usize) -> (SendQueue, Outbox) {
+    let shared = Arc::new(Mutex::new(Queue {
+        packets: VecDeque::new(),
+        room: budget,
+        budget,
+        waiting: VecDeque::new(),
+        next_ticket: 0,
+        writer: None,
+        stopping: false,
+        closed: false,
+    }));
     (
         SendQueue {
             shared: shared.clone(),
@@ -51,22 +90,98 @@ pub(crate) fn send_queue() -> (SendQueue, Outbox) {
     )
 }
 
+impl Queue {
+    /// Queues a packet whose room is paid for; returns the writer to wake.
+    fn enqueue(&mut self, packet: Packet) -> Option<Waker> {
+        self.packets.push_back(packet);
+        // Only a writer that waits is woken, and only once per batch it will take.
+        self.writer.take()
+    }
+
+    /// Hands `bytes` of room to the senders that wait, in order, and keeps the rest. Returns
+    /// the senders that now have all they need.
+    fn give_back(&mut self, mut bytes: usize) -> Vec<Waker> {
+        let mut ready = Vec::new();
+        for waiting in self.waiting.iter_mut() {
+            if bytes == 0 {
+                break;
+            }
+            if waiting.missing == 0 {
+                continue;
+            }
+            let given = bytes.min(waiting.missing);
+            waiting.missing -= given;
+            bytes -= given;
+            if waiting.missing == 0 {
+                ready.push(waiting.waker.clone());
+            }
+        }
+        self.room = (self.room + bytes).min(self.budget);
+        ready
+    }
+
+    fn wake_all_waiting(&mut self) -> Vec<Waker> {
+        self.waiting.iter().map(|w| w.waker.clone()).collect()
+    }
+}
+
 impl SendQueue {
-    /// Queues `packet`; gives it back once the writer is gone.
-    pub(crate) fn push(&self, packet: Packet) -> Result<(), Packet> {
-        let writer = {
+    /// Queues `packet`, which costs `cost` bytes of the budget, unless the budget has no
+    /// room for it (senders that wait come first) or the queue is closed. Returns the bytes
+    /// queued after it.
+    pub(crate) fn try_push(&self, packet: Packet, cost: usize) -> Result<usize, Refused> {
+        let (writer, queued) = {
             let mut queue = lock(&self.shared);
             if queue.closed {
-                return Err(packet);
+                return Err(Refused::Closed);
             }
-            queue.packets.push_back(packet);
-            // Only a writer that waits is woken, and only once per batch it will take.
-            queue.writer.take()
+            if queue.room < cost {
+                return Err(Refused::Full(packet));
+            }
+            queue.room -= cost;
+            (queue.enqueue(packet), queue.budget - queue.room)
         };
         if let Some(writer) = writer {
             writer.wake();
         }
-        Ok(())
+        Ok(queued)
+    }
+
+    /// Queues `packet`, which costs `cost` bytes of the budget, waiting for room in turn
+    /// with other waiting senders. Gives the packet back once the queue is closed.
+    pub(crate) fn push(&self, packet: Packet, cost: usize) -> Push<'_> {
+        Push {
+            queue: self,
+            packet: Some(packet),
+            cost,
+            ticket: None,
+        }
+    }
+
+    /// Gives back the room of written packets.
+    pub(crate) fn release(&self, bytes: usize) {
+        if bytes == 0 {
+            return;
+        }
+        let ready = lock(&self.shared).give_back(bytes);
+        ready.into_iter().for_each(Waker::wake);
+    }
+
+    /// Bytes of budget nobody holds (tests look at what the writer gave back).
+    #[cfg(test)]
+    pub(crate) fn room(&self) -> usize {
+        lock(&self.shared).room
+    }
+
+    /// Takes nothing more: senders waiting for room are refused, and so is every packet
+    /// after. Packets already queued still go out.
+    pub(crate) fn close(&self) {
+        let waiting = {
+            let mut queue = lock(&self.shared);
+            queue.closed = true;
+            queue.wake_all_waiting()
+        };
+        waiting.into_iter().for_each(Waker::wake);
     }
 
     /// Tells the writer to write what is queued and stop. Packets queued later still go out
@@ -83,12 +198,115 @@ impl SendQueue {
     }
 }
 
+/// A packet waiting for room in the queue ([`SendQueue::push`]). Dropped while it waits, it
+/// gives what room it was handed to the senders behind it.
+#[derive(Debug)]
+pub(crate) struct Push<'a> {
+    queue: &'a SendQueue,
+    packet: Option<Packet>,
+    cost: usize,
+    /// Its place in line, once it waits.
+    ticket: Option<u64>,
+}
+
+impl Future for Push<'_> {
+    type Output = Result<(), Packet>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let Some(packet) = this.packet.take() else {
+            return Poll::Ready(Ok(()));
+        };
+        let mut queue = lock(&this.queue.shared);
+        if queue.closed {
+            let ready = this.leave_line(&mut queue);
+            drop(queue);
+            ready.into_iter().for_each(Waker::wake);
+            return Poll::Ready(Err(packet));
+        }
+        let paid = match this.ticket {
+            None if queue.waiting.is_empty() && queue.room >= this.cost => {
+                queue.room -= this.cost;
+                true
+            }
+            None => {
+                // In line, with what room there is now as a first share.
+                let share = queue.room.min(this.cost);
+                queue.room -= share;
+                let ticket = queue.next_ticket;
+                queue.next_ticket += 1;
+                queue.waiting.push_back(Waiting {
+                    ticket,
+                    missing: this.cost - share,
+                    waker: cx.waker().clone(),
+                });
+                this.ticket = Some(ticket);
+                share == this.cost
+            }
+            Some(ticket) => match queue.waiting.iter_mut().find(|w| w.ticket == ticket) {
+                Some(waiting) if waiting.missing == 0 => true,
+                Some(waiting) => {
+                    if !waiting.waker.will_wake(cx.waker()) {
+                        waiting.waker = cx.waker().clone();
+                    }
+                    false
+                }
+                // Only this future takes its entry out of the line.
+                None => true,
+            },
+        };
+        if !paid {
+            this.packet = Some(packet);
+            return Poll::Pending;
+        }
+        if let Some(ticket) = this.ticket.take() {
+            queue.waiting.retain(|w| w.ticket != ticket);
+        }
+        let writer = queue.enqueue(packet);
+        drop(queue);
+        if let Some(writer) = writer {
+            writer.wake();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Push<'_> {
+    /// Leaves the line, handing the room it was given to those behind.
+    fn leave_line(&mut self, queue: &mut Queue) -> Vec<Waker> {
+        let Some(ticket) = self.ticket.take() else {
+            return Vec::new();
+        };
+        let Some(at) = queue.waiting.iter().position(|w| w.ticket == ticket) else {
+            return Vec::new();
+        };
+        let left = queue
+            .waiting
+            .remove(at)
+            .map_or(0, |w| self.cost - w.missing);
+        queue.give_back(left)
+    }
+}
+
+impl Drop for Push<'_> {
+    fn drop(&mut self) {
+        if self.ticket.is_none() {
+            return;
+        }
+        let ready = {
+            let mut queue = lock(&self.queue.shared);
+            self.leave_line(&mut queue)
+        };
+        ready.into_iter().for_each(Waker::wake);
+    }
+}
+
 impl Outbox {
     /// Waits until something is queued, then moves up to `limit` packets into `batch`.
     /// Once [stopped](SendQueue::stop) it moves everything queued and returns true: that is
     /// the last batch.
     pub(crate) async fn recv_many(&mut self, batch: &mut Vec<Packet>, limit: usize) -> bool {
-        poll_fn(|cx| {
+        std::future::poll_fn(|cx| {
             let mut queue = lock(&self.shared);
             if queue.stopping {
                 take(&mut queue, batch, usize::MAX);
@@ -138,13 +356,14 @@ fn take(queue: &mut Queue, batch: &mut Vec<Packet>, limit: usize) -> usize {
 
 impl Drop for Outbox {
     fn drop(&mut self) {
-        let packets = {
+        let (packets, waiting) = {
             let mut queue = lock(&self.shared);
             queue.closed = true;
             queue.writer = None;
-            std::mem::take(&mut queue.packets)
+            (std::mem::take(&mut queue.packets), queue.wake_all_waiting())
         };
         drop(packets);
+        waiting.into_iter().for_each(Waker::wake);
     }
 }
 
@@ -156,11 +375,11 @@ mod tests {
 
     #[tokio::test]
     async fn packets_come_out_in_order_in_batches_of_at_most_the_limit() {
-        let (queue, mut outbox) = send_queue();
+        let (queue, mut outbox) = send_queue(1 << 20);
         for _ in 0..5 {
-            queue.push(Packet::Ping).unwrap();
+            queue.try_push(Packet::Ping, 0).unwrap();
         }
-        queue.push(Packet::Pong).unwrap();
+        queue.try_push(Packet::Pong, 0).unwrap();
         let mut batch = Vec::new();
         assert!(!outbox.recv_many(&mut batch, 4).await);
         assert_eq!(batch.len(), 4);
@@ -175,7 +394,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_waiting_writer_is_woken_by_a_push() {
-        let (queue, mut outbox) = send_queue();
+        let (queue, mut outbox) = send_queue(1 << 20);
         let writer = tokio::spawn(async move {
             let mut batch = Vec::new();
             outbox.recv_many(&mut batch, 64).await;
@@ -183,7 +402,7 @@ mod tests {
         });
         // The writer is parked on the empty queue before the push comes.
         tokio::task::yield_now().await;
-        queue.push(Packet::Pong).unwrap();
+        queue.try_push(Packet::Pong, 0).unwrap();
         let batch = tokio::time::timeout(Duration::from_secs(5), writer)
             .await
             .unwrap()
@@ -193,16 +412,16 @@ mod tests {
 
     #[tokio::test]
     async fn a_stopped_writer_takes_everything_queued_as_its_last_batch() {
-        let (queue, mut outbox) = send_queue();
+        let (queue, mut outbox) = send_queue(1 << 20);
         for _ in 0..3 {
-            queue.push(Packet::Ping).unwrap();
+            queue.try_push(Packet::Ping, 0).unwrap();
         }
         queue.stop();
         let mut batch = Vec::new();
         assert!(outbox.recv_many(&mut batch, 2).await, "the last batch");
         assert_eq!(batch.len(), 3, "past the limit: nothing is left behind");
         // A writer waiting on an empty queue is woken by the stop.
-        let (queue, mut outbox) = send_queue();
+        let (queue, mut outbox) = send_queue(1 << 20);
         let writer = tokio::spawn(async move { outbox.recv_many(&mut Vec::new(), 64).await });
         tokio::task::yield_now().await;
         queue.stop();
@@ -215,10 +434,110 @@ mod tests {
 
     #[test]
     fn once_the_writer_is_gone_pushes_are_refused_and_the_queue_is_emptied() {
-        let (queue, outbox) = send_queue();
-        queue.push(Packet::Ping).unwrap();
+        let (queue, outbox) = send_queue(1 << 20);
+        queue.try_push(Packet::Ping, 0).unwrap();
         drop(outbox);
-        assert_eq!(queue.push(Packet::Pong), Err(Packet::Pong));
+        assert_eq!(queue.try_push(Packet::Pong, 0), Err(Refused::Closed));
         assert!(lock(&queue.shared).packets.is_empty());
+    }
+
+    fn poll_once<F: Future + Unpin>(future: &mut F) -> Poll<F::Output> {
+        let mut cx = Context::from_waker(Waker::noop());
+        Pin::new(future).poll(&mut cx)
+    }
+
+    #[test]
+    fn the_budget_bounds_the_bytes_queued_and_written_packets_give_their_room_back() {
+        let (queue, mut outbox) = send_queue(100);
+        assert_eq!(queue.try_push(Packet::Ping, 60), Ok(60));
+        assert_eq!(
+            queue.try_push(Packet::Pong, 50),
+            Err(Refused::Full(Packet::Pong))
+        );
+        assert_eq!(queue.try_push(Packet::Pong, 40), Ok(100));
+        // Free packets (Ping, Close) get through a full queue.
+        assert_eq!(queue.try_push(Packet::Ping, 0), Ok(100));
+        let mut batch = Vec::new();
+        assert_eq!(outbox.try_recv_many(&mut batch, 64), 3);
+        assert_eq!(
+            queue.try_push(Packet::Pong, 50),
+            Err(Refused::Full(Packet::Pong)),
+            "taken is not written: the room comes back on release"
+        );
+        queue.release(100);
+        assert_eq!(queue.try_push(Packet::Pong, 100), Ok(100));
+    }
+
+    #[test]
+    fn waiting_senders_get_released_room_in_order_before_anyone_who_only_tries() {
+        let (queue, mut outbox) = send_queue(100);
+        queue.try_push(Packet::Ping, 90).unwrap();
+        let mut first = queue.push(Packet::Pong, 50);
+        let mut second = queue.push(Packet::Ping, 30);
+        assert!(
+            poll_once(&mut first).is_pending(),
+            "10 bytes of room, 50 needed"
+        );
+        assert!(
+            poll_once(&mut second).is_pending(),
+            "in line behind the first"
+        );
+        queue.release(40);
+        assert!(
+            poll_once(&mut second).is_pending(),
+            "the first is served first"
+        );
+        assert_eq!(
+            queue.try_push(Packet::Pong, 10),
+            Err(Refused::Full(Packet::Pong)),
+            "released room went to the line"
+        );
+        assert_eq!(poll_once(&mut first), Poll::Ready(Ok(())));
+        queue.release(50);
+        assert_eq!(poll_once(&mut second), Poll::Ready(Ok(())));
+        let mut batch = Vec::new();
+        outbox.try_recv_many(&mut batch, 64);
+        assert_eq!(batch, [Packet::Ping, Packet::Pong, Packet::Ping]);
+        // 90 + 50 + 30 taken, 40 + 50 given back: 20 left.
+        assert_eq!(
+            queue.try_push(Packet::Pong, 21),
+            Err(Refused::Full(Packet::Pong))
+        );
+        assert_eq!(queue.try_push(Packet::Pong, 20), Ok(100));
+    }
+
+    #[test]
+    fn a_sender_that_gives_up_hands_its_share_of_room_to_the_one_behind() {
+        let (queue, _outbox) = send_queue(100);
+        queue.try_push(Packet::Ping, 70).unwrap();
+        let mut first = queue.push(Packet::Pong, 60);
+        let mut second = queue.push(Packet::Ping, 30);
+        assert!(poll_once(&mut first).is_pending(), "holds 30 of its 60");
+        assert!(poll_once(&mut second).is_pending());
+        drop(first);
+        assert_eq!(poll_once(&mut second), Poll::Ready(Ok(())));
+        assert_eq!(
+            queue.try_push(Packet::Pong, 1),
+            Err(Refused::Full(Packet::Pong))
+        );
+    }
+
+    #[tokio::test]
+    async fn closing_refuses_the_waiting_senders_and_every_packet_after() {
+        let (queue, _outbox) = send_queue(100);
+        let queue = Arc::new(queue);
+        queue.try_push(Packet::Ping, 100).unwrap();
+        let waiting = tokio::spawn({
+            let queue = queue.clone();
+            async move { queue.push(Packet::Pong, 10).await }
+        });
+        tokio::task::yield_now().await;
+        queue.close();
+        let refused = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(refused, Err(Packet::Pong));
+        assert_eq!(queue.try_push(Packet::Ping, 0), Err(Refused::Closed));
     }
 }
