@@ -48,23 +48,27 @@ impl InFlight {
     /// One packet larger than the whole budget still gets through when nothing else is held,
     /// so the limit never refuses what the packet size limit allows.
     pub(crate) fn reserve(self: &Arc<Self>, bytes: usize) -> Option<Reservation> {
-        let before = self.used.fetch_add(bytes, Ordering::Relaxed);
-        if before > 0 && before.saturating_add(bytes) > self.limit {
-            self.used.fetch_sub(bytes, Ordering::Relaxed);
-            return None;
-        }
-        Some(Reservation {
+        self.try_take(bytes).then(|| Reservation {
             budget: self.clone(),
             bytes,
         })
     }
 
-    pub(crate) fn used(&self) -> usize {
-        self.used.load(Ordering::Relaxed)
+    fn try_take(&self, bytes: usize) -> bool {
+        let before = self.used.fetch_add(bytes, Ordering::Relaxed);
+        if before > 0 && before.saturating_add(bytes) > self.limit {
+            self.give(bytes);
+            return false;
+        }
+        true
     }
 
-    pub(crate) fn limit(&self) -> usize {
-        self.limit
+    fn give(&self, bytes: usize) {
+        self.used.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
     }
 }
 
@@ -77,7 +81,66 @@ pub(crate) struct Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        self.budget.used.fetch_sub(self.bytes, Ordering::Relaxed);
+        self.budget.give(self.bytes);
+    }
+}
+
+/// A connection's budget for the bytes its handlers and listeners hold, drawn from the
+/// server's at the same time.
+///
+/// One structure per connection so that what a packet holds points at it alone: were each
+/// reservation to hold the server's budget itself, every packet would also count references on
+/// the one counter all connections share, and those counts bounce between cores.
+#[derive(Debug)]
+pub(crate) struct ConnBytes {
+    conn: InFlight,
+    server: Arc<InFlight>,
+}
+
+/// Which budget had no room.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum NoRoom {
+    /// The connection's, of this many bytes.
+    Conn(usize),
+    /// The server's, of this many bytes.
+    Server(usize),
+}
+
+impl ConnBytes {
+    pub(crate) fn new(limit: usize, server: Arc<InFlight>) -> Arc<Self> {
+        Arc::new(ConnBytes {
+            conn: InFlight::new(limit),
+            server,
+        })
+    }
+
+    /// Reserves `bytes` in both budgets until the returned guard drops.
+    pub(crate) fn reserve(self: &Arc<Self>, bytes: usize) -> Result<HeldBytes, NoRoom> {
+        if !self.conn.try_take(bytes) {
+            return Err(NoRoom::Conn(self.conn.limit));
+        }
+        if !self.server.try_take(bytes) {
+            self.conn.give(bytes);
+            return Err(NoRoom::Server(self.server.limit));
+        }
+        Ok(HeldBytes {
+            budgets: self.clone(),
+            bytes,
+        })
+    }
+}
+
+/// Bytes reserved in a connection's and its server's budgets; given back when dropped.
+#[derive(Debug)]
+pub(crate) struct HeldBytes {
+    budgets: Arc<ConnBytes>,
+    bytes: usize,
+}
+
+impl Drop for HeldBytes {
+    fn drop(&mut self) {
+        self.budgets.conn.give(self.bytes);
+        self.budgets.server.give(self.bytes);
     }
 }
 
@@ -122,5 +185,26 @@ mod tests {
         assert!(budget.reserve(1).is_none());
         drop(big);
         assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn a_connections_bytes_are_held_in_its_budget_and_the_servers_until_dropped() {
+        let server = Arc::new(InFlight::new(1000));
+        let a = ConnBytes::new(600, server.clone());
+        let b = ConnBytes::new(600, server.clone());
+        let held_a = a.reserve(500).unwrap();
+        assert_eq!(a.reserve(200).unwrap_err(), NoRoom::Conn(600));
+        let held_b = b.reserve(400).unwrap();
+        assert_eq!(server.used(), 900);
+        assert_eq!(b.reserve(150).unwrap_err(), NoRoom::Server(1000));
+        assert_eq!(
+            b.conn.used(),
+            400,
+            "a refusal by the server takes nothing from the connection"
+        );
+        drop(held_a);
+        assert_eq!((a.conn.used(), server.used()), (0, 400));
+        drop(held_b);
+        assert_eq!(server.used(), 0);
     }
 }

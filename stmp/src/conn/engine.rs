@@ -203,6 +203,9 @@ impl Engine {
             config.write_stall_timeout,
             failed,
         ));
+        // Each handler and listener holds the router. A handle of this connection's own keeps
+        // those holds off the reference count that every connection of the server shares.
+        let router = Arc::new(router);
         let mut listeners = Listeners::new(config.event_queue);
         let mut parked: Option<Parked> = None;
         let mut since_yield = 0;
@@ -318,7 +321,7 @@ impl Engine {
 }
 
 /// Runs a request's handler; `held` (its slot and bytes) is given back once it has answered.
-fn handle(conn: &Conn, router: &Router, tasks: &TaskTracker, request: Request, held: Held) {
+fn handle(conn: &Conn, router: &Arc<Router>, tasks: &TaskTracker, request: Request, held: Held) {
     let target = router.target(&request.action);
     let ctx = Context::new(conn.clone(), request.action, target.method, request.header);
     let router = router.clone();

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
-use super::budget::{InFlight, Reservation};
+use super::budget::{ConnBytes, HeldBytes, InFlight, NoRoom, Reservation};
 use super::engine::EngineConfig;
 use crate::stats::Counters;
 use crate::wire::{Header, Notify, Packet, Request, Response};
@@ -53,7 +53,7 @@ pub(crate) struct Ending {
 #[derive(Debug)]
 pub(crate) struct Held {
     _slot: Option<Reservation>,
-    _bytes: (Reservation, Reservation),
+    _bytes: HeldBytes,
 }
 
 /// The close handshake.
@@ -73,7 +73,8 @@ pub(crate) struct ConnState {
     max_concurrent_requests: usize,
     /// Handlers running, counted one unit each.
     handler_slots: Arc<InFlight>,
-    conn_in_flight: Arc<InFlight>,
+    /// The bytes its handlers and listeners hold, in its budget and the server's.
+    bytes: Arc<ConnBytes>,
     counters: Arc<Counters>,
     /// Once cancelled, new requests are answered `ServerShutdown`.
     draining: CancellationToken,
@@ -101,7 +102,7 @@ impl ConnState {
             close_grace: config.close_grace,
             max_concurrent_requests: config.max_concurrent_requests,
             handler_slots: Arc::new(InFlight::new(config.max_concurrent_requests)),
-            conn_in_flight: Arc::new(InFlight::new(config.conn_in_flight_bytes)),
+            bytes: ConnBytes::new(config.conn_in_flight_bytes, counters.in_flight.clone()),
             counters,
             draining,
             last_read: now,
@@ -181,22 +182,16 @@ impl ConnState {
         }
     }
 
-    /// Reserves a packet's bytes in the connection's budget, then in the server's.
-    fn reserve(&self, bytes: usize) -> Result<(Reservation, Reservation), Status> {
-        let mine = self.conn_in_flight.reserve(bytes).ok_or_else(|| {
-            Status::too_many_requests(format!(
-                "this connection holds its limit of {} request bytes in flight",
-                self.conn_in_flight.limit()
-            ))
-        })?;
-        let server = &self.counters.in_flight;
-        let all = server.reserve(bytes).ok_or_else(|| {
-            Status::too_many_requests(format!(
-                "the server holds its limit of {} request bytes in flight",
-                server.limit()
-            ))
-        })?;
-        Ok((mine, all))
+    /// Reserves a packet's bytes in the connection's budget and the server's.
+    fn reserve(&self, bytes: usize) -> Result<HeldBytes, Status> {
+        self.bytes.reserve(bytes).map_err(|full| match full {
+            NoRoom::Conn(limit) => Status::too_many_requests(format!(
+                "this connection holds its limit of {limit} request bytes in flight"
+            )),
+            NoRoom::Server(limit) => Status::too_many_requests(format!(
+                "the server holds its limit of {limit} request bytes in flight"
+            )),
+        })
     }
 
     /// The peer's stream ended (`None`) or failed to decode or to read (`Some`).
