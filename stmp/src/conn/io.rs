@@ -2,6 +2,7 @@
 //! packets out. Byte streams (TCP, TLS, QUIC) and WebSocket messages are the two shapes.
 
 mod inflate;
+mod packets;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,7 +16,6 @@ use futures_util::Stream;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 #[cfg(feature = "gzip")]
 use tokio::io::{AsyncReadExt, BufReader};
-use tokio_util::codec::FramedRead;
 
 use crate::Status;
 use crate::telemetry::Counted;
@@ -25,6 +25,7 @@ use crate::wire::{BufferBudget, Limits, Packet, PacketCodec};
 #[cfg(feature = "gzip")]
 use inflate::BoundedGzip;
 pub(crate) use inflate::InflationLimit;
+use packets::PacketReader;
 
 /// Decoded packets from the peer; the stream ends when the transport does.
 pub(crate) type PacketStream = Pin<Box<dyn Stream<Item = Result<Packet, Status>> + Send>>;
@@ -70,11 +71,6 @@ pub(crate) enum PacketWriter {
     #[cfg(feature = "ws")]
     WebSocket(WsWriter),
 }
-
-/// The read buffer a byte stream reads into. Idle connections are the common case on a
-/// real-time server, so it is small and given back while the connection waits with nothing
-/// buffered ([`IdleReleasing`]); the decoder reserves what a large packet needs.
-const READ_BUFFER: usize = 2 << 10;
 
 /// The bytes of the write buffer kept between batches; a larger one is given back.
 const KEEP_WRITE_BUFFER: usize = 64 << 10;
@@ -185,10 +181,10 @@ where
     if gzip {
         let compressed = BufReader::new(std::io::Cursor::new(leftover).chain(reader));
         let plain = BoundedGzip::new(compressed, limits.inflation);
-        let packets = FramedRead::with_capacity(plain, codec, READ_BUFFER);
+        let packets = PacketReader::new(plain, codec, BytesMut::new());
         let io: BoxWrite = Box::pin(GzipEncoder::new(writer));
         return (
-            Box::pin(IdleReleasing(packets)),
+            Box::pin(packets),
             PacketWriter::Stream {
                 io,
                 buf: BytesMut::new(),
@@ -199,90 +195,13 @@ where
     // server that picks it anyway.
     #[cfg(not(feature = "gzip"))]
     let _ = gzip;
-    let mut packets = FramedRead::with_capacity(reader, codec, READ_BUFFER);
-    packets.read_buffer_mut().extend_from_slice(&leftover);
+    let packets = PacketReader::new(reader, codec, leftover);
     let io: BoxWrite = Box::pin(writer);
     (
-        Box::pin(IdleReleasing(packets)),
+        Box::pin(packets),
         PacketWriter::Stream {
             io,
             buf: BytesMut::new(),
         },
     )
-}
-
-/// A byte stream's packets, whose read buffer is given back whenever the connection waits
-/// with nothing buffered and taken again when bytes come: an idle connection then holds no
-/// read buffer (2 KiB of its memory), and a busy one pays an allocation per wake-up.
-struct IdleReleasing<R>(FramedRead<R, PacketCodec>);
-
-impl<R: AsyncRead + Unpin> Stream for IdleReleasing<R> {
-    type Item = Result<Packet, Status>;
-
-    fn poll_next(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        let packets = &mut self.0;
-        if packets.read_buffer().capacity() == 0 {
-            // Not left to the reader, which would reserve a single byte.
-            packets.read_buffer_mut().reserve(READ_BUFFER);
-        }
-        let polled = Pin::new(&mut *packets).poll_next(cx);
-        if polled.is_pending() && packets.read_buffer().is_empty() {
-            *packets.read_buffer_mut() = BytesMut::new();
-        }
-        polled
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::task::{Context, Waker};
-
-    use bytes::Bytes;
-    use futures_util::StreamExt;
-    use tokio::io::AsyncWriteExt;
-
-    use super::*;
-    use crate::wire::{Action, Header, Request};
-
-    #[tokio::test]
-    async fn the_read_buffer_is_given_back_while_waiting_with_nothing_buffered() {
-        let (mut peer, ours) = tokio::io::duplex(64 << 10);
-        let codec = PacketCodec::with_limits(Limits::default());
-        let mut packets = IdleReleasing(FramedRead::with_capacity(ours, codec, READ_BUFFER));
-        let waiting = |packets: &mut IdleReleasing<_>| {
-            let mut cx = Context::from_waker(Waker::noop());
-            assert!(packets.poll_next_unpin(&mut cx).is_pending());
-            packets.0.read_buffer().capacity()
-        };
-        assert_eq!(waiting(&mut packets), 0, "nothing read yet, nothing held");
-
-        let mut request = BytesMut::new();
-        Packet::Request(Request {
-            mid: 1,
-            action: Action::Id(7),
-            header: Header::new(),
-            payload: Bytes::from_static(&[1; 100]),
-        })
-        .encode_stream(&mut request);
-        let mut bytes = BytesMut::new();
-        Packet::Ping.encode_stream(&mut bytes);
-        bytes.extend_from_slice(&request[..50]);
-        peer.write_all(&bytes).await.unwrap();
-        assert_eq!(packets.next().await.unwrap().unwrap(), Packet::Ping);
-        assert!(
-            waiting(&mut packets) >= 50,
-            "half a packet is buffered: kept"
-        );
-        peer.write_all(&request[50..]).await.unwrap();
-        match packets.next().await.unwrap().unwrap() {
-            Packet::Request(request) => assert_eq!(request.payload.len(), 100),
-            other => panic!("not the request: {other:?}"),
-        }
-        assert_eq!(waiting(&mut packets), 0, "idle again: given back");
-        peer.write_all(&[0x90]).await.unwrap();
-        assert_eq!(packets.next().await.unwrap().unwrap(), Packet::Pong);
-    }
 }
