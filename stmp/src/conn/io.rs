@@ -28,7 +28,31 @@ pub(crate) use inflate::InflationLimit;
 use packets::PacketReader;
 
 /// Decoded packets from the peer; the stream ends when the transport does.
-pub(crate) type PacketStream = Pin<Box<dyn Stream<Item = Result<Packet, Status>> + Send>>;
+pub(crate) type PacketStream = Pin<Box<dyn PacketSource>>;
+
+/// A transport's decoded packets.
+pub(crate) trait PacketSource: Stream<Item = Result<Packet, Status>> + Send {
+    /// Whether bytes of further packets are already read, so more input is at hand.
+    fn has_buffered(&self) -> bool {
+        false
+    }
+}
+
+/// Packets of a transport that keeps no buffer of its own (WebSocket messages).
+pub(crate) struct Unbuffered<S>(pub(crate) S);
+
+impl<S: Stream<Item = Result<Packet, Status>> + Send + Unpin> Stream for Unbuffered<S> {
+    type Item = Result<Packet, Status>;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        Pin::new(&mut self.0).poll_next(cx)
+    }
+}
+
+impl<S: Stream<Item = Result<Packet, Status>> + Send + Unpin> PacketSource for Unbuffered<S> {}
 
 type BoxWrite = Pin<Box<dyn AsyncWrite + Send>>;
 
@@ -147,6 +171,47 @@ impl PacketWriter {
             PacketWriter::WebSocket(ws) => ws.write_batch(packets, stall).await?,
         }
         Ok(())
+    }
+
+    /// Whether [`write_now`](Self::write_now) can write: byte streams can, WebSocket cannot.
+    pub(crate) fn writes_inline(&self) -> bool {
+        matches!(self, PacketWriter::Stream { .. })
+    }
+
+    /// Writes the packets as far as the transport takes them without waiting, and flushes.
+    /// Returns whether all of it went out; what did not stays buffered for the next
+    /// [`write_batch`](Self::write_batch), which writes it first and flushes.
+    pub(crate) fn write_now(&mut self, packets: &[Packet]) -> Result<bool, Status> {
+        let PacketWriter::Stream { io, buf } = self else {
+            return Ok(false);
+        };
+        for packet in packets {
+            packet.encode_stream(buf);
+        }
+        // A waker that does nothing: whatever is left, the writer task finishes with its own.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        while !buf.is_empty() {
+            match io.as_mut().poll_write(&mut cx, buf) {
+                std::task::Poll::Ready(Ok(0)) => {
+                    return Err(Status::network_error(
+                        "the connection accepts no more bytes",
+                    ));
+                }
+                std::task::Poll::Ready(Ok(n)) => bytes::Buf::advance(buf, n),
+                std::task::Poll::Ready(Err(e)) => return Err(e.into()),
+                std::task::Poll::Pending => return Ok(false),
+            }
+        }
+        match io.as_mut().poll_flush(&mut cx) {
+            std::task::Poll::Ready(Ok(())) => {}
+            std::task::Poll::Ready(Err(e)) => return Err(e.into()),
+            std::task::Poll::Pending => return Ok(false),
+        }
+        buf.clear();
+        if buf.capacity() > KEEP_WRITE_BUFFER {
+            *buf = BytesMut::new();
+        }
+        Ok(true)
     }
 
     /// Ends the write side (FIN on TCP, a Close frame on WebSocket).

@@ -11,6 +11,7 @@ pub(crate) mod io;
 mod outbox;
 mod pending;
 mod state;
+mod writer;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -39,7 +40,8 @@ use crate::wire::{Action, Header, Notify, Packet, Request, Response};
 use crate::{Code, Method, Status};
 
 pub(crate) use outbox::Outbox;
-use outbox::SendQueue;
+use outbox::{Offered, SendQueue};
+use writer::{Inline, WriterSlot};
 
 /// The default byte budget of a connection's send queue.
 pub(crate) const DEFAULT_SEND_QUEUE_BYTES: usize = 4 << 20;
@@ -70,6 +72,8 @@ struct Shared {
     codec: Codec,
     /// Unbounded as a queue: `send_room` bounds it, in bytes ([`queue_cost`]).
     outbox: SendQueue,
+    /// The transport's writer, for senders that write inline.
+    writer: WriterSlot,
     /// Bytes the send queue may still take; the writer gives back what it wrote.
     send_room: Semaphore,
     send_budget: u32,
@@ -126,6 +130,7 @@ impl Conn {
                 peer_header: parts.peer_header,
                 codec: parts.codec,
                 outbox,
+                writer: WriterSlot::default(),
                 send_room: Semaphore::new(send_budget as usize),
                 send_budget,
                 slow_consumer: parts.slow_consumer,
@@ -236,13 +241,19 @@ impl Conn {
         };
         let deadline = timeout.unwrap_or(self.shared.default_timeout);
         let exchange = async {
-            self.send(Packet::Request(Request {
+            let request = Packet::Request(Request {
                 mid,
                 action,
                 header,
                 payload,
-            }))
-            .await?;
+            });
+            // A lone call leaves at once from this task; with others under way, the writer
+            // task gathers them into one write.
+            if self.pending_calls() == 1 {
+                self.send_inline(request).await?;
+            } else {
+                self.send(request).await?;
+            }
             rx.await.map_err(|_| closed_error())?
         };
         let response = tokio::time::timeout(deadline, exchange)
@@ -274,8 +285,32 @@ impl Conn {
 
     /// Queues a packet, waiting while the send queue has no room for its bytes.
     pub(crate) async fn send(&self, packet: Packet) -> Result<(), Status> {
-        let room = &self.shared.send_room;
+        self.acquire_room(&packet).await?;
+        self.shared.outbox.push(packet).map_err(|_| closed_error())
+    }
+
+    /// Like [`send`](Self::send), but when the writer waits with nothing queued the packet is
+    /// written at once, on this task, without waking the writer's.
+    pub(crate) async fn send_inline(&self, packet: Packet) -> Result<(), Status> {
+        let cost = self.acquire_room(&packet).await?;
+        self.offer(packet, cost).map_err(|_| closed_error())
+    }
+
+    /// Like [`try_queue`](Self::try_queue), writing inline as [`send_inline`](Self::send_inline) does.
+    pub(crate) fn try_queue_inline(&self, packet: Packet) -> Result<(), Refused> {
         let cost = queue_cost(&packet, self.shared.send_budget);
+        match self.shared.send_room.try_acquire_many(cost) {
+            Ok(permit) => permit.forget(),
+            Err(TryAcquireError::NoPermits) => return Err(Refused::Full(packet)),
+            Err(TryAcquireError::Closed) => return Err(Refused::Closed),
+        }
+        self.offer(packet, cost).map_err(|_| Refused::Closed)
+    }
+
+    /// Takes the send-queue room of `packet`, waiting for it; returns its cost.
+    async fn acquire_room(&self, packet: &Packet) -> Result<u32, Status> {
+        let room = &self.shared.send_room;
+        let cost = queue_cost(packet, self.shared.send_budget);
         match room.try_acquire_many(cost) {
             Ok(permit) => permit.forget(),
             Err(TryAcquireError::NoPermits) => room
@@ -285,7 +320,25 @@ impl Conn {
                 .forget(),
             Err(TryAcquireError::Closed) => return Err(closed_error()),
         }
-        self.shared.outbox.push(packet).map_err(|_| closed_error())
+        Ok(cost)
+    }
+
+    /// Queues a packet whose room is taken, or writes it inline when the queue says so.
+    fn offer(&self, packet: Packet, cost: u32) -> Result<(), Packet> {
+        let outbox = &self.shared.outbox;
+        let Offered::WriteInline(packet) = outbox.offer(packet)? else {
+            return Ok(());
+        };
+        let batch = [packet];
+        match self.shared.writer.write_now(&batch, cost as usize) {
+            Inline::Written => {
+                outbox.end_inline(Vec::new(), false);
+                self.release_send_bytes(cost as usize);
+            }
+            Inline::Unfinished => outbox.end_inline(Vec::new(), true),
+            Inline::Declined => outbox.end_inline(batch.into(), false),
+        }
+        Ok(())
     }
 
     /// Queues a packet unless the send queue has no room for it or the connection is gone.
@@ -311,6 +364,13 @@ impl Conn {
             Refused::Full(_) => Status::too_many_requests("the connection's send queue is full"),
             Refused::Closed => closed_error(),
         })
+    }
+
+    /// Gives back `bytes` of send-queue room.
+    pub(crate) fn release_send_bytes(&self, bytes: usize) {
+        if bytes > 0 {
+            self.shared.send_room.add_permits(bytes);
+        }
     }
 
     /// Gives back the send-queue room of packets the writer has written.

@@ -80,7 +80,7 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
                 cx,
                 &mut self.buffer
             ))
-            .map_err(|e| Status::network_error(e.to_string()))?;
+            .map_err(Status::from)?;
             if read == 0 {
                 self.done = true;
                 return Poll::Ready(self.codec.decode_eof(&mut self.buffer).transpose());
@@ -106,6 +106,12 @@ impl<R: AsyncRead + Unpin> Stream for PacketReader<R> {
             _ => {}
         }
         polled
+    }
+}
+
+impl<R: AsyncRead + Unpin + Send> super::PacketSource for PacketReader<R> {
+    fn has_buffered(&self) -> bool {
+        !self.buffer.is_empty()
     }
 }
 
