@@ -28,6 +28,7 @@ use tokio_util::task::TaskTracker;
 use super::budget::InFlight;
 use super::io::{PacketStream, PacketWriter, WriteError};
 use super::state::{Action, ConnState, Ending, Held, error_response};
+use super::writer::Taken;
 use super::{Conn, ConnParts, Outbox, Refused, Side};
 use crate::broadcast::SlowConsumer;
 use crate::codec::Codec;
@@ -456,12 +457,9 @@ async fn write_loop(
     let slot = &conn.shared.writer;
     // However the task ends, the transport goes with it, not with the last `Conn`.
     let _clear = ClearWriterOnDrop(conn.clone());
-    let mut writer = Some(writer);
+    // While the task waits, senders may write inline with it.
+    slot.put(writer);
     loop {
-        // While the task waits, senders may write inline with it.
-        if let Some(writer) = writer.take() {
-            slot.put(writer);
-        }
         // Made per wake-up, so an idle connection holds no batch.
         let mut batch = Vec::new();
         let stopping = outbox.recv_many(&mut batch, BATCH).await;
@@ -473,18 +471,23 @@ async fn write_loop(
             run_ready_tasks_first().await;
             outbox.try_recv_many(&mut batch, BATCH);
         }
-        let taken = slot.take();
-        let Some(mut taken_writer) = taken.writer else {
+        let Taken {
+            writer,
+            owed_room,
+            unfinished,
+            failed: inline_failed,
+        } = slot.take();
+        let Some(mut writer) = writer else {
             return;
         };
-        let inline_failed = taken.failed.map(|status| WriteError::Failed(status));
-        if inline_failed.is_some() || !batch.is_empty() || taken.unfinished {
+        let inline_failed = inline_failed.map(|status| WriteError::Failed(*status));
+        if inline_failed.is_some() || !batch.is_empty() || unfinished {
             let written = match inline_failed {
                 Some(failed) => Err(failed),
-                None => taken_writer.write_batch(&batch, stall).await,
+                None => writer.write_batch(&batch, stall).await,
             };
             conn.release_send_room(&batch);
-            conn.release_send_bytes(taken.owed_room);
+            conn.release_send_bytes(owed_room);
             if let Err(error) = written {
                 if let WriteError::Stalled(_) = error {
                     Counters::count(&conn.counters().write_stalls);
@@ -496,10 +499,10 @@ async fn write_loop(
             }
         }
         if stopping {
-            let _ = tokio::time::timeout(stall, taken_writer.shutdown()).await;
+            let _ = tokio::time::timeout(stall, writer.shutdown()).await;
             return;
         }
-        writer = Some(taken_writer);
+        slot.put(writer);
     }
 }
 

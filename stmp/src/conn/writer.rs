@@ -25,8 +25,9 @@ struct Slot {
     owed_room: usize,
     /// An inline write left bytes unwritten or unflushed.
     unfinished: bool,
-    /// An inline write failed: the writer task reports it and ends.
-    failed: Option<Status>,
+    /// An inline write failed: the writer task reports it and ends. Boxed: every connection
+    /// holds a slot, few a failure.
+    failed: Option<Box<Status>>,
 }
 
 /// What the writer task finds in the slot when it takes the writer.
@@ -34,7 +35,7 @@ pub(crate) struct Taken {
     pub(crate) writer: Option<PacketWriter>,
     pub(crate) owed_room: usize,
     pub(crate) unfinished: bool,
-    pub(crate) failed: Option<Status>,
+    pub(crate) failed: Option<Box<Status>>,
 }
 
 /// What became of an inline write.
@@ -88,7 +89,7 @@ impl WriterSlot {
                 Inline::Unfinished
             }
             Err(status) => {
-                slot.failed = Some(status);
+                slot.failed = Some(Box::new(status));
                 slot.owed_room += room;
                 Inline::Unfinished
             }

@@ -490,7 +490,7 @@ where
             })
         });
     (
-        Box::pin(Unbuffered(Box::pin(packets))),
+        Box::pin(Unbuffered(packets)),
         PacketWriter::WebSocket(WsWriter {
             sink: Box::pin(sink),
             format,
