@@ -351,3 +351,56 @@ async fn large_partial_packets_share_one_budget() {
     };
     assert_eq!(response.status, Code::Ok);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_answered_in_their_order_alone_or_together() {
+    let (_server, addr) = tcp_server(Server::builder()).await;
+    let (mut peer, _) = RawPeer::connect(addr, Header::new()).await;
+    let request = |mid: u16, delay_ms: u64| {
+        let input = Echo {
+            text: mid.to_string(),
+            delay_ms,
+        };
+        Packet::Request(Request {
+            mid,
+            action: ECHO.wire_action(),
+            header: Header::new(),
+            payload: input.encode_to_vec().into(),
+        })
+    };
+    let answered = |peer_packet: Option<Packet>| match peer_packet {
+        Some(Packet::Response(response)) => {
+            assert_eq!(response.status, Code::Ok);
+            let output = Echo::decode(response.payload).unwrap();
+            assert_eq!(output.text, response.mid.to_string());
+            response.mid
+        }
+        other => panic!("expected a response, got {other:?}"),
+    };
+    let mut mid = 1u16;
+    for _ in 0..20 {
+        // A lone request: answered by itself.
+        let mut bytes = BytesMut::new();
+        request(mid, 0).encode_stream(&mut bytes);
+        peer.socket.write_all(&bytes).await.unwrap();
+        assert_eq!(answered(peer.next().await), mid);
+        mid += 1;
+        // 32 in one write, one of which waits: the others are answered in their order.
+        let mut bytes = BytesMut::new();
+        let slow = mid + 5;
+        let burst: Vec<u16> = (mid..mid + 32).collect();
+        for &m in &burst {
+            request(m, if m == slow { 10 } else { 0 }).encode_stream(&mut bytes);
+        }
+        peer.socket.write_all(&bytes).await.unwrap();
+        let mut got = Vec::new();
+        for _ in 0..burst.len() {
+            got.push(answered(peer.next().await));
+        }
+        let fast: Vec<u16> = got.iter().copied().filter(|&m| m != slow).collect();
+        let expected: Vec<u16> = burst.iter().copied().filter(|&m| m != slow).collect();
+        assert_eq!(fast, expected);
+        assert!(got.contains(&slow));
+        mid += 32;
+    }
+}

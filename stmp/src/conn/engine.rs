@@ -28,6 +28,7 @@ use tokio_util::task::TaskTracker;
 use super::budget::InFlight;
 use super::io::{PacketStream, PacketWriter, WriteError};
 use super::state::{Action, ConnState, Ending, Held, error_response};
+use super::writer::Taken;
 use super::{Conn, ConnParts, Outbox, Refused, Side};
 use crate::broadcast::SlowConsumer;
 use crate::codec::Codec;
@@ -192,10 +193,14 @@ impl Engine {
         let _stop_writer_on_drop = StopWriterOnDrop(conn.clone());
         let (failed, mut write_failed) = oneshot::channel();
         let mut state = ConnState::new(&config, conn.counters().clone(), draining, now());
+        let handling = state.handler_slots();
         let busy = Busy {
             conn: conn.clone(),
-            handling: state.handler_slots(),
+            handling: handling.clone(),
         };
+        if writer.writes_inline() {
+            conn.shared.outbox.allow_inline();
+        }
         let writer_task = tokio::spawn(write_loop(
             outbox,
             writer,
@@ -274,7 +279,13 @@ impl Engine {
                     // A Ping or a Close costs no room: it gets through a full queue.
                     let _ = conn.try_send(packet);
                 }
-                Action::Handle(request, held) => handle(&conn, &router, &tasks, request, held),
+                Action::Handle(request, held) => {
+                    // The only work under way, and no more input at hand: its answer may
+                    // leave at once from this task rather than through the writer's.
+                    let alone =
+                        !reader.has_buffered() && handling.used() == 1 && conn.pending_calls() == 0;
+                    handle(&conn, &router, &tasks, request, held, alone)
+                }
                 Action::Deliver(notify, held) => {
                     let target = router.target(&notify.action);
                     let ctx =
@@ -321,24 +332,31 @@ impl Engine {
 }
 
 /// Runs a request's handler; `held` (its slot and bytes) is given back once it has answered.
-fn handle(conn: &Conn, router: &Arc<Router>, tasks: &TaskTracker, request: Request, held: Held) {
+/// An answer ready at once is queued by this task, and written by it when `alone`.
+fn handle(
+    conn: &Conn,
+    router: &Arc<Router>,
+    tasks: &TaskTracker,
+    request: Request,
+    held: Held,
+    alone: bool,
+) {
     let target = router.target(&request.action);
     let ctx = Context::new(conn.clone(), request.action, target.method, request.header);
     let router = router.clone();
-    // Tracked from the start, not from `spawn`: a shutdown that looks while the handler runs
-    // inline must wait for it.
+    // Tracked from the start, not from `spawn`, and until the answer is queued: a shutdown
+    // that looks while the handler runs inline must wait for it.
     let tracked = tasks.token();
     let mid = request.mid;
     let payload = request.payload;
-    let mut handling = Box::pin(async move {
-        let _tracked = tracked;
+    let mut answering = Box::pin(async move {
         let outcome = crate::telemetry::observe_call(
             target.method,
             router.handle_request(target, &ctx, payload),
         )
         .await;
         let header = ctx.take_response_header();
-        let response = match outcome {
+        match outcome {
             Ok(payload) => Packet::Response(Response {
                 mid,
                 status: Code::Ok,
@@ -346,17 +364,37 @@ fn handle(conn: &Conn, router: &Arc<Router>, tasks: &TaskTracker, request: Reque
                 payload,
             }),
             Err(status) => with_header(error_response(mid, status), header),
-        };
-        let _ = ctx.conn().send(response).await;
-        // Held until the answer is queued: a handler waiting for room still holds what it
-        // was sent.
-        drop(held);
+        }
     });
     // Most handlers answer without waiting: run them here until their first await, and give
-    // only the ones that wait a task of their own.
+    // only the ones that wait (or whose answer waits for room) a task of their own.
     let mut inline = std::task::Context::from_waker(std::task::Waker::noop());
-    if handling.as_mut().poll(&mut inline).is_pending() {
-        tasks.spawn(handling);
+    match answering.as_mut().poll(&mut inline) {
+        std::task::Poll::Ready(response) => {
+            let queued = match alone {
+                true => conn.try_queue_inline(response),
+                false => conn.try_queue(response),
+            };
+            if let Err(Refused::Full(response)) = queued {
+                let conn = conn.clone();
+                tasks.spawn(async move {
+                    let _tracked = tracked;
+                    // Held until the answer is queued: a handler waiting for room still
+                    // holds what it was sent.
+                    let _ = conn.send(response).await;
+                    drop(held);
+                });
+            }
+        }
+        std::task::Poll::Pending => {
+            let conn = conn.clone();
+            tasks.spawn(async move {
+                let _tracked = tracked;
+                let response = answering.await;
+                let _ = conn.send(response).await;
+                drop(held);
+            });
+        }
     }
 }
 
@@ -412,13 +450,18 @@ async fn finish(
 /// A write that makes no progress for `stall` ends the connection through `failed`.
 async fn write_loop(
     mut outbox: Outbox,
-    mut writer: PacketWriter,
+    writer: PacketWriter,
     busy: Busy,
     stall: Duration,
     failed: oneshot::Sender<Status>,
 ) {
     const BATCH: usize = 64;
     let conn = busy.conn.clone();
+    let slot = &conn.shared.writer;
+    // However the task ends, the transport goes with it, not with the last `Conn`.
+    let _clear = ClearWriterOnDrop(conn.clone());
+    // While the task waits, senders may write inline with it.
+    slot.put(writer);
     loop {
         // Made per wake-up, so an idle connection holds no batch.
         let mut batch = Vec::new();
@@ -431,9 +474,23 @@ async fn write_loop(
             run_ready_tasks_first().await;
             outbox.try_recv_many(&mut batch, BATCH);
         }
-        if !batch.is_empty() {
-            let written = writer.write_batch(&batch, stall).await;
+        let Taken {
+            writer,
+            owed_room,
+            unfinished,
+            failed: inline_failed,
+        } = slot.take();
+        let Some(mut writer) = writer else {
+            return;
+        };
+        let inline_failed = inline_failed.map(|status| WriteError::Failed(*status));
+        if inline_failed.is_some() || !batch.is_empty() || unfinished {
+            let written = match inline_failed {
+                Some(failed) => Err(failed),
+                None => writer.write_batch(&batch, stall).await,
+            };
             conn.release_send_room(&batch);
+            conn.release_send_bytes(owed_room);
             if let Err(error) = written {
                 if let WriteError::Stalled(_) = error {
                     Counters::count(&conn.counters().write_stalls);
@@ -448,6 +505,16 @@ async fn write_loop(
             let _ = tokio::time::timeout(stall, writer.shutdown()).await;
             return;
         }
+        slot.put(writer);
+    }
+}
+
+/// Drops the writer left in the slot when the writer task ends.
+struct ClearWriterOnDrop(Conn);
+
+impl Drop for ClearWriterOnDrop {
+    fn drop(&mut self) {
+        self.0.shared.writer.clear();
     }
 }
 
@@ -674,5 +741,156 @@ mod tests {
     #[tokio::test]
     async fn with_one_request_being_handled_its_answer_leaves_at_once() {
         assert_eq!(writes_for_ten_answers(1).await, 2);
+    }
+
+    /// Takes `room` bytes, then waits until the test gives it more.
+    #[derive(Clone, Default)]
+    struct Throttled(Arc<Mutex<ThrottledState>>);
+
+    #[derive(Default)]
+    struct ThrottledState {
+        bytes: Vec<u8>,
+        room: usize,
+        waiting: Option<std::task::Waker>,
+    }
+
+    impl Throttled {
+        fn give(&self, room: usize) {
+            let mut state = self.0.lock().unwrap();
+            state.room += room;
+            if let Some(waker) = state.waiting.take() {
+                waker.wake();
+            }
+        }
+
+        fn bytes(&self) -> Vec<u8> {
+            self.0.lock().unwrap().bytes.clone()
+        }
+    }
+
+    impl AsyncWrite for Throttled {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut TaskContext<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            let mut state = self.0.lock().unwrap();
+            if state.room == 0 {
+                state.waiting = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            let n = buf.len().min(state.room);
+            state.room -= n;
+            state.bytes.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: Pin<&mut Self>,
+            _: &mut TaskContext<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn notify(seq: u8, len: usize) -> Packet {
+        Packet::Notify(crate::wire::Notify {
+            action: crate::wire::Action::Id(1),
+            header: Header::new(),
+            payload: bytes::Bytes::from(vec![seq; len]),
+        })
+    }
+
+    fn encoded(packets: &[Packet]) -> Vec<u8> {
+        let mut bytes = BytesMut::new();
+        for packet in packets {
+            packet.encode_stream(&mut bytes);
+        }
+        bytes.to_vec()
+    }
+
+    /// A connection whose writer task runs on `io` and waits for its first packet.
+    async fn waiting_writer(
+        io: impl AsyncWrite + Send + 'static,
+        budget: usize,
+    ) -> (Conn, tokio::task::JoinHandle<()>) {
+        let writer = PacketWriter::Stream {
+            io: Box::pin(io),
+            buf: BytesMut::new(),
+        };
+        let (conn, outbox) = Conn::new(super::super::tests::parts(budget));
+        conn.shared.outbox.allow_inline();
+        let (failed, _) = oneshot::channel();
+        let stall = Duration::from_secs(5);
+        let busy = idle(&conn);
+        let task = tokio::spawn(write_loop(outbox, writer, busy, stall, failed));
+        while !conn.shared.outbox.writer_waits() {
+            tokio::task::yield_now().await;
+        }
+        (conn, task)
+    }
+
+    #[tokio::test]
+    async fn a_lone_packet_is_written_by_its_sender_without_waking_the_writer() {
+        let recorder = Recorder::default();
+        let (conn, writer_task) = waiting_writer(recorder.clone(), 1 << 20).await;
+        conn.send_inline(notify(1, 10)).await.unwrap();
+        // On the wire before this task has let any other run.
+        assert_eq!(recorder.0.lock().unwrap().0, encoded(&[notify(1, 10)]));
+        assert_eq!(conn.shared.outbox.room(), 1 << 20);
+        assert!(
+            conn.shared.outbox.writer_waits(),
+            "the writer was not woken"
+        );
+        // With a packet queued, the next one queues behind it instead.
+        conn.try_send(notify(2, 10)).unwrap();
+        conn.shared.outbox.stop();
+        writer_task.await.unwrap();
+        let written = recorder.0.lock().unwrap().0.clone();
+        assert_eq!(written, encoded(&[notify(1, 10), notify(2, 10)]));
+    }
+
+    #[tokio::test]
+    async fn what_an_inline_write_leaves_goes_out_before_what_was_queued_after_it() {
+        let io = Throttled::default();
+        let (first, second, third) = (notify(1, 1000), notify(2, 1000), notify(3, 1000));
+        let cost = |p: &Packet| super::super::budget::queue_cost(p, u32::MAX) as usize;
+        // Room for the first two packets only.
+        let budget = cost(&first) + cost(&second);
+        let (conn, writer_task) = waiting_writer(io.clone(), budget).await;
+        io.give(10);
+        conn.send_inline(first.clone()).await.unwrap();
+        assert_eq!(
+            io.bytes().len(),
+            10,
+            "the sender wrote what the socket took"
+        );
+        conn.try_send(second.clone()).unwrap();
+        // The first packet's bytes are not all out: its room is still taken.
+        let full = conn.try_send(third.clone()).unwrap_err();
+        assert_eq!(full.code(), Code::TooManyRequests);
+        io.give(usize::MAX / 2);
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while io.bytes().len() < encoded(&[first.clone(), second.clone()]).len() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(io.bytes(), encoded(&[first.clone(), second.clone()]));
+        // Written: the room came back, also that of the packet written inline.
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while conn.shared.outbox.room() < budget {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap();
+        conn.try_send(third.clone()).unwrap();
+        conn.shared.outbox.stop();
+        writer_task.await.unwrap();
+        assert_eq!(io.bytes(), encoded(&[first, second, third]));
     }
 }

@@ -2,6 +2,7 @@
 //! packets out. Byte streams (TCP, TLS, QUIC) and WebSocket messages are the two shapes.
 
 mod inflate;
+mod packets;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,7 +16,6 @@ use futures_util::Stream;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 #[cfg(feature = "gzip")]
 use tokio::io::{AsyncReadExt, BufReader};
-use tokio_util::codec::FramedRead;
 
 use crate::Status;
 use crate::telemetry::Counted;
@@ -25,9 +25,34 @@ use crate::wire::{BufferBudget, Limits, Packet, PacketCodec};
 #[cfg(feature = "gzip")]
 use inflate::BoundedGzip;
 pub(crate) use inflate::InflationLimit;
+use packets::PacketReader;
 
 /// Decoded packets from the peer; the stream ends when the transport does.
-pub(crate) type PacketStream = Pin<Box<dyn Stream<Item = Result<Packet, Status>> + Send>>;
+pub(crate) type PacketStream = Pin<Box<dyn PacketSource>>;
+
+/// A transport's decoded packets.
+pub(crate) trait PacketSource: Stream<Item = Result<Packet, Status>> + Send {
+    /// Whether bytes of further packets are already read, so more input is at hand.
+    fn has_buffered(&self) -> bool {
+        false
+    }
+}
+
+/// Packets of a transport that keeps no buffer of its own (WebSocket messages).
+pub(crate) struct Unbuffered<S>(pub(crate) S);
+
+impl<S: Stream<Item = Result<Packet, Status>> + Send + Unpin> Stream for Unbuffered<S> {
+    type Item = Result<Packet, Status>;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        Pin::new(&mut self.0).poll_next(cx)
+    }
+}
+
+impl<S: Stream<Item = Result<Packet, Status>> + Send + Unpin> PacketSource for Unbuffered<S> {}
 
 type BoxWrite = Pin<Box<dyn AsyncWrite + Send>>;
 
@@ -70,11 +95,6 @@ pub(crate) enum PacketWriter {
     #[cfg(feature = "ws")]
     WebSocket(WsWriter),
 }
-
-/// The read buffer a byte stream reads into. Idle connections are the common case on a
-/// real-time server, so it is small and given back while the connection waits with nothing
-/// buffered ([`IdleReleasing`]); the decoder reserves what a large packet needs.
-const READ_BUFFER: usize = 2 << 10;
 
 /// The bytes of the write buffer kept between batches; a larger one is given back.
 const KEEP_WRITE_BUFFER: usize = 64 << 10;
@@ -153,6 +173,47 @@ impl PacketWriter {
         Ok(())
     }
 
+    /// Whether [`write_now`](Self::write_now) can write: byte streams can, WebSocket cannot.
+    pub(crate) fn writes_inline(&self) -> bool {
+        matches!(self, PacketWriter::Stream { .. })
+    }
+
+    /// Writes the packets as far as the transport takes them without waiting, and flushes.
+    /// Returns whether all of it went out; what did not stays buffered for the next
+    /// [`write_batch`](Self::write_batch), which writes it first and flushes.
+    pub(crate) fn write_now(&mut self, packets: &[Packet]) -> Result<bool, Status> {
+        let PacketWriter::Stream { io, buf } = self else {
+            return Ok(false);
+        };
+        for packet in packets {
+            packet.encode_stream(buf);
+        }
+        // A waker that does nothing: whatever is left, the writer task finishes with its own.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        while !buf.is_empty() {
+            match io.as_mut().poll_write(&mut cx, buf) {
+                std::task::Poll::Ready(Ok(0)) => {
+                    return Err(Status::network_error(
+                        "the connection accepts no more bytes",
+                    ));
+                }
+                std::task::Poll::Ready(Ok(n)) => bytes::Buf::advance(buf, n),
+                std::task::Poll::Ready(Err(e)) => return Err(e.into()),
+                std::task::Poll::Pending => return Ok(false),
+            }
+        }
+        match io.as_mut().poll_flush(&mut cx) {
+            std::task::Poll::Ready(Ok(())) => {}
+            std::task::Poll::Ready(Err(e)) => return Err(e.into()),
+            std::task::Poll::Pending => return Ok(false),
+        }
+        buf.clear();
+        if buf.capacity() > KEEP_WRITE_BUFFER {
+            *buf = BytesMut::new();
+        }
+        Ok(true)
+    }
+
     /// Ends the write side (FIN on TCP, a Close frame on WebSocket).
     pub(crate) async fn shutdown(&mut self) {
         match self {
@@ -185,10 +246,10 @@ where
     if gzip {
         let compressed = BufReader::new(std::io::Cursor::new(leftover).chain(reader));
         let plain = BoundedGzip::new(compressed, limits.inflation);
-        let packets = FramedRead::with_capacity(plain, codec, READ_BUFFER);
+        let packets = PacketReader::new(plain, codec, BytesMut::new());
         let io: BoxWrite = Box::pin(GzipEncoder::new(writer));
         return (
-            Box::pin(IdleReleasing(packets)),
+            Box::pin(packets),
             PacketWriter::Stream {
                 io,
                 buf: BytesMut::new(),
@@ -199,90 +260,13 @@ where
     // server that picks it anyway.
     #[cfg(not(feature = "gzip"))]
     let _ = gzip;
-    let mut packets = FramedRead::with_capacity(reader, codec, READ_BUFFER);
-    packets.read_buffer_mut().extend_from_slice(&leftover);
+    let packets = PacketReader::new(reader, codec, leftover);
     let io: BoxWrite = Box::pin(writer);
     (
-        Box::pin(IdleReleasing(packets)),
+        Box::pin(packets),
         PacketWriter::Stream {
             io,
             buf: BytesMut::new(),
         },
     )
-}
-
-/// A byte stream's packets, whose read buffer is given back whenever the connection waits
-/// with nothing buffered and taken again when bytes come: an idle connection then holds no
-/// read buffer (2 KiB of its memory), and a busy one pays an allocation per wake-up.
-struct IdleReleasing<R>(FramedRead<R, PacketCodec>);
-
-impl<R: AsyncRead + Unpin> Stream for IdleReleasing<R> {
-    type Item = Result<Packet, Status>;
-
-    fn poll_next(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        let packets = &mut self.0;
-        if packets.read_buffer().capacity() == 0 {
-            // Not left to the reader, which would reserve a single byte.
-            packets.read_buffer_mut().reserve(READ_BUFFER);
-        }
-        let polled = Pin::new(&mut *packets).poll_next(cx);
-        if polled.is_pending() && packets.read_buffer().is_empty() {
-            *packets.read_buffer_mut() = BytesMut::new();
-        }
-        polled
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::task::{Context, Waker};
-
-    use bytes::Bytes;
-    use futures_util::StreamExt;
-    use tokio::io::AsyncWriteExt;
-
-    use super::*;
-    use crate::wire::{Action, Header, Request};
-
-    #[tokio::test]
-    async fn the_read_buffer_is_given_back_while_waiting_with_nothing_buffered() {
-        let (mut peer, ours) = tokio::io::duplex(64 << 10);
-        let codec = PacketCodec::with_limits(Limits::default());
-        let mut packets = IdleReleasing(FramedRead::with_capacity(ours, codec, READ_BUFFER));
-        let waiting = |packets: &mut IdleReleasing<_>| {
-            let mut cx = Context::from_waker(Waker::noop());
-            assert!(packets.poll_next_unpin(&mut cx).is_pending());
-            packets.0.read_buffer().capacity()
-        };
-        assert_eq!(waiting(&mut packets), 0, "nothing read yet, nothing held");
-
-        let mut request = BytesMut::new();
-        Packet::Request(Request {
-            mid: 1,
-            action: Action::Id(7),
-            header: Header::new(),
-            payload: Bytes::from_static(&[1; 100]),
-        })
-        .encode_stream(&mut request);
-        let mut bytes = BytesMut::new();
-        Packet::Ping.encode_stream(&mut bytes);
-        bytes.extend_from_slice(&request[..50]);
-        peer.write_all(&bytes).await.unwrap();
-        assert_eq!(packets.next().await.unwrap().unwrap(), Packet::Ping);
-        assert!(
-            waiting(&mut packets) >= 50,
-            "half a packet is buffered: kept"
-        );
-        peer.write_all(&request[50..]).await.unwrap();
-        match packets.next().await.unwrap().unwrap() {
-            Packet::Request(request) => assert_eq!(request.payload.len(), 100),
-            other => panic!("not the request: {other:?}"),
-        }
-        assert_eq!(waiting(&mut packets), 0, "idle again: given back");
-        peer.write_all(&[0x90]).await.unwrap();
-        assert_eq!(packets.next().await.unwrap().unwrap(), Packet::Pong);
-    }
 }

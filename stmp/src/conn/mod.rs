@@ -12,6 +12,7 @@ pub(crate) mod io;
 mod outbox;
 mod pending;
 mod state;
+mod writer;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -25,8 +26,8 @@ use tokio_util::sync::CancellationToken;
 
 pub(crate) use budget::InFlight;
 use budget::queue_cost;
-pub use call::{CallOptions, Caller};
 use close_request::CloseRequest;
+pub use call::{CallOptions, Caller};
 pub(crate) use engine::{Engine, EngineConfig, Host};
 use extensions::Extensions;
 pub use io::PacketFormat;
@@ -41,7 +42,8 @@ use crate::{Code, Method, Status};
 
 pub(crate) use outbox::Outbox;
 pub(crate) use outbox::Refused;
-use outbox::SendQueue;
+use outbox::{Offered, SendQueue};
+use writer::{Inline, WriterSlot};
 
 /// The default byte budget of a connection's send queue.
 pub(crate) const DEFAULT_SEND_QUEUE_BYTES: usize = 4 << 20;
@@ -72,6 +74,8 @@ struct Shared {
     codec: Codec,
     /// Bounded in bytes ([`queue_cost`]); the writer gives back the room of what it wrote.
     outbox: SendQueue,
+    /// The transport's writer, for senders that write inline.
+    writer: WriterSlot,
     send_budget: u32,
     slow_consumer: SlowConsumer,
     events_dropped: AtomicU64,
@@ -102,6 +106,7 @@ pub(crate) struct ConnParts {
     pub(crate) counters: Arc<Counters>,
 }
 
+
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 impl Conn {
@@ -119,6 +124,7 @@ impl Conn {
                 peer_header: parts.peer_header,
                 codec: parts.codec,
                 outbox,
+                writer: WriterSlot::default(),
                 send_budget,
                 slow_consumer: parts.slow_consumer,
                 events_dropped: AtomicU64::new(0),
@@ -228,13 +234,19 @@ impl Conn {
         };
         let deadline = timeout.unwrap_or(self.shared.default_timeout);
         let exchange = async {
-            self.send(Packet::Request(Request {
+            let request = Packet::Request(Request {
                 mid,
                 action,
                 header,
                 payload,
-            }))
-            .await?;
+            });
+            // A lone call leaves at once from this task; with others under way, the writer
+            // task gathers them into one write.
+            if self.pending_calls() == 1 {
+                self.send_inline(request).await?;
+            } else {
+                self.send(request).await?;
+            }
             rx.await.map_err(|_| closed_error())?
         };
         let response = tokio::time::timeout(deadline, exchange)
@@ -267,11 +279,48 @@ impl Conn {
     /// Queues a packet, waiting while the send queue has no room for its bytes.
     pub(crate) async fn send(&self, packet: Packet) -> Result<(), Status> {
         let cost = queue_cost(&packet, self.shared.send_budget) as usize;
-        self.shared
-            .outbox
-            .push(packet, cost)
-            .await
-            .map_err(|_| closed_error())
+        match self.shared.outbox.push(packet, cost, false).await {
+            Ok(_) => Ok(()),
+            Err(_) => Err(closed_error()),
+        }
+    }
+
+    /// Like [`send`](Self::send), but when the writer waits with nothing queued the packet is
+    /// written at once, on this task, without waking the writer's.
+    pub(crate) async fn send_inline(&self, packet: Packet) -> Result<(), Status> {
+        let cost = queue_cost(&packet, self.shared.send_budget) as usize;
+        match self.shared.outbox.push(packet, cost, true).await {
+            Ok(offered) => {
+                self.write_if_handed_back(offered, cost);
+                Ok(())
+            }
+            Err(_) => Err(closed_error()),
+        }
+    }
+
+    /// Like [`try_queue`](Self::try_queue), writing inline as [`send_inline`](Self::send_inline) does.
+    pub(crate) fn try_queue_inline(&self, packet: Packet) -> Result<(), Refused> {
+        let cost = queue_cost(&packet, self.shared.send_budget) as usize;
+        let offered = self.shared.outbox.try_offer(packet, cost)?;
+        self.write_if_handed_back(offered, cost);
+        Ok(())
+    }
+
+    /// Writes a packet (whose room is paid) the queue handed back for an inline write.
+    fn write_if_handed_back(&self, offered: Offered, cost: usize) {
+        let Offered::WriteInline(packet) = offered else {
+            return;
+        };
+        let outbox = &self.shared.outbox;
+        let batch = [packet];
+        match self.shared.writer.write_now(&batch, cost) {
+            Inline::Written => {
+                outbox.end_inline(Vec::new(), false);
+                self.release_send_bytes(cost);
+            }
+            Inline::Unfinished => outbox.end_inline(Vec::new(), true),
+            Inline::Declined => outbox.end_inline(batch.into(), false),
+        }
     }
 
     /// Queues a packet unless the send queue has no room for it or the connection is gone.
@@ -288,6 +337,11 @@ impl Conn {
             Refused::Full(_) => Status::too_many_requests("the connection's send queue is full"),
             Refused::Closed => closed_error(),
         })
+    }
+
+    /// Gives back `bytes` of send-queue room.
+    pub(crate) fn release_send_bytes(&self, bytes: usize) {
+        self.shared.outbox.release(bytes);
     }
 
     /// Gives back the send-queue room of packets the writer has written.

@@ -11,9 +11,14 @@
 //! and every separate structure it touches per connection is another miss. Room is handed
 //! out as a fair semaphore would: senders that wait get released room in the order they came,
 //! before anyone who merely tries.
+//!
+//! A sender may also write its packet itself ("inline") when the writer waits with nothing
+//! queued, saving the hop to the writer's task on a lone call. While it writes, the writer
+//! task is neither woken nor allowed to take packets, so what is queued meanwhile goes out
+//! after the inline packets: the queue's order is the wire's order.
 
 use std::collections::VecDeque;
-use std::future::Future;
+use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
@@ -45,7 +50,7 @@ pub(crate) enum Refused {
     Closed,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Queue {
     packets: VecDeque<Packet>,
     /// Bytes of budget nobody holds.
@@ -54,12 +59,28 @@ struct Queue {
     /// Senders waiting for room, first come first served.
     waiting: VecDeque<Waiting>,
     next_ticket: u64,
-    /// The writer, while it waits for a packet.
+    /// The writer task, while it waits with nothing queued.
     writer: Option<Waker>,
     /// The writer is to write what is queued and stop: the connection is ending.
     stopping: bool,
     /// Nothing more is taken: the writer is gone, or the connection has ended.
     closed: bool,
+    /// Senders may write inline (the transport allows it).
+    inline_allowed: bool,
+    /// A sender is writing inline: the writer task waits until it is done.
+    inline: bool,
+    /// The writer task is to look at its writer even with nothing queued: an inline write
+    /// left bytes unwritten, or failed.
+    kick: bool,
+}
+
+/// What became of a packet offered for an inline write.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Offered {
+    /// Queued for the writer task as usual.
+    Queued,
+    /// The caller writes it now: the writer task waits for [`SendQueue::end_inline`].
+    WriteInline(Packet),
 }
 
 #[derive(Debug)]
@@ -73,14 +94,9 @@ struct Waiting {
 /// The queue's two ends, with `budget` bytes of room.
 pub(crate) fn send_queue(budget: usize) -> (SendQueue, Outbox) {
     let shared = Arc::new(Mutex::new(Queue {
-        packets: VecDeque::new(),
         room: budget,
         budget,
-        waiting: VecDeque::new(),
-        next_ticket: 0,
-        writer: None,
-        stopping: false,
-        closed: false,
+        ..Queue::default()
     }));
     (
         SendQueue {
@@ -91,11 +107,31 @@ pub(crate) fn send_queue(budget: usize) -> (SendQueue, Outbox) {
 }
 
 impl Queue {
-    /// Queues a packet whose room is paid for; returns the writer to wake.
+    /// Queues a packet whose room is paid for; returns the writer to wake: one that waits, and
+    /// not while a sender writes inline (which wakes it when done).
     fn enqueue(&mut self, packet: Packet) -> Option<Waker> {
         self.packets.push_back(packet);
-        // Only a writer that waits is woken, and only once per batch it will take.
-        self.writer.take()
+        if self.inline {
+            None
+        } else {
+            self.writer.take()
+        }
+    }
+
+    /// Queues a packet whose room is paid for, or, when `inline` and the writer task waits
+    /// with nothing queued, hands it back for the sender to write.
+    fn place(&mut self, packet: Packet, inline: bool) -> (Offered, Option<Waker>) {
+        if inline
+            && self.inline_allowed
+            && !self.inline
+            && !self.stopping
+            && self.writer.is_some()
+            && self.packets.is_empty()
+        {
+            self.inline = true;
+            return (Offered::WriteInline(packet), None);
+        }
+        (Offered::Queued, self.enqueue(packet))
     }
 
     /// Hands `bytes` of room to the senders that wait, in order, and keeps the rest. Returns
@@ -147,13 +183,36 @@ impl SendQueue {
         Ok(queued)
     }
 
+    /// Like [`try_push`](Self::try_push), but hands the packet back for the caller to write
+    /// itself when the writer task waits with nothing queued.
+    pub(crate) fn try_offer(&self, packet: Packet, cost: usize) -> Result<Offered, Refused> {
+        let (offered, writer) = {
+            let mut queue = lock(&self.shared);
+            if queue.closed {
+                return Err(Refused::Closed);
+            }
+            if queue.room < cost {
+                return Err(Refused::Full(packet));
+            }
+            queue.room -= cost;
+            queue.place(packet, true)
+        };
+        if let Some(writer) = writer {
+            writer.wake();
+        }
+        Ok(offered)
+    }
+
     /// Queues `packet`, which costs `cost` bytes of the budget, waiting for room in turn
-    /// with other waiting senders. Gives the packet back once the queue is closed.
-    pub(crate) fn push(&self, packet: Packet, cost: usize) -> Push<'_> {
+    /// with other waiting senders; with `inline` it may hand the packet back for the caller
+    /// to write, as [`try_offer`](Self::try_offer) does. Gives the packet back once the queue
+    /// is closed.
+    pub(crate) fn push(&self, packet: Packet, cost: usize, inline: bool) -> Push<'_> {
         Push {
             queue: self,
             packet: Some(packet),
             cost,
+            inline,
             ticket: None,
         }
     }
@@ -184,13 +243,50 @@ impl SendQueue {
         waiting.into_iter().for_each(Waker::wake);
     }
 
+    /// Ends an inline write. `unwritten` (packets it could not write) go back to the head of
+    /// the queue; with `kick` the writer task is to finish what the write left.
+    pub(crate) fn end_inline(&self, unwritten: Vec<Packet>, kick: bool) {
+        let writer = {
+            let mut queue = lock(&self.shared);
+            queue.inline = false;
+            for packet in unwritten.into_iter().rev() {
+                queue.packets.push_front(packet);
+            }
+            queue.kick |= kick;
+            if queue.kick || queue.stopping || !queue.packets.is_empty() {
+                queue.writer.take()
+            } else {
+                None
+            }
+        };
+        if let Some(writer) = writer {
+            writer.wake();
+        }
+    }
+
+    /// Whether the writer task waits with nothing queued.
+    #[cfg(test)]
+    pub(crate) fn writer_waits(&self) -> bool {
+        lock(&self.shared).writer.is_some()
+    }
+
+    /// Lets senders write inline (the writer can write without waiting).
+    pub(crate) fn allow_inline(&self) {
+        lock(&self.shared).inline_allowed = true;
+    }
+
     /// Tells the writer to write what is queued and stop. Packets queued later still go out
     /// if the writer has not taken its last batch yet.
     pub(crate) fn stop(&self) {
         let writer = {
             let mut queue = lock(&self.shared);
             queue.stopping = true;
-            queue.writer.take()
+            // An inline writer wakes the writer task when it is done.
+            if queue.inline {
+                None
+            } else {
+                queue.writer.take()
+            }
         };
         if let Some(writer) = writer {
             writer.wake();
@@ -205,17 +301,18 @@ pub(crate) struct Push<'a> {
     queue: &'a SendQueue,
     packet: Option<Packet>,
     cost: usize,
+    inline: bool,
     /// Its place in line, once it waits.
     ticket: Option<u64>,
 }
 
 impl Future for Push<'_> {
-    type Output = Result<(), Packet>;
+    type Output = Result<Offered, Packet>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
         let Some(packet) = this.packet.take() else {
-            return Poll::Ready(Ok(()));
+            return Poll::Ready(Ok(Offered::Queued));
         };
         let mut queue = lock(&this.queue.shared);
         if queue.closed {
@@ -262,12 +359,12 @@ impl Future for Push<'_> {
         if let Some(ticket) = this.ticket.take() {
             queue.waiting.retain(|w| w.ticket != ticket);
         }
-        let writer = queue.enqueue(packet);
+        let (offered, writer) = queue.place(packet, this.inline);
         drop(queue);
         if let Some(writer) = writer {
             writer.wake();
         }
-        Poll::Ready(Ok(()))
+        Poll::Ready(Ok(offered))
     }
 }
 
@@ -304,16 +401,22 @@ impl Drop for Push<'_> {
 impl Outbox {
     /// Waits until something is queued, then moves up to `limit` packets into `batch`.
     /// Once [stopped](SendQueue::stop) it moves everything queued and returns true: that is
-    /// the last batch.
+    /// the last batch. It also returns, with nothing, when an inline write left work.
     pub(crate) async fn recv_many(&mut self, batch: &mut Vec<Packet>, limit: usize) -> bool {
-        std::future::poll_fn(|cx| {
+        poll_fn(|cx| {
             let mut queue = lock(&self.shared);
-            if queue.stopping {
-                take(&mut queue, batch, usize::MAX);
-                return Poll::Ready(true);
-            }
-            if take(&mut queue, batch, limit) > 0 {
-                return Poll::Ready(false);
+            if !queue.inline {
+                let kicked = std::mem::take(&mut queue.kick);
+                if queue.stopping {
+                    queue.writer = None;
+                    take(&mut queue, batch, usize::MAX);
+                    return Poll::Ready(true);
+                }
+                if take(&mut queue, batch, limit) > 0 || kicked {
+                    // Not waiting any more: no sender may write inline now.
+                    queue.writer = None;
+                    return Poll::Ready(false);
+                }
             }
             if !queue
                 .writer
@@ -441,6 +544,66 @@ mod tests {
         assert!(lock(&queue.shared).packets.is_empty());
     }
 
+    /// Counts its wake-ups.
+    struct CountWakes(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for CountWakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn only_a_lone_packet_with_the_writer_waiting_is_written_inline_and_nothing_overtakes_it() {
+        use std::future::Future;
+        use std::sync::atomic::Ordering::SeqCst;
+
+        let (queue, mut outbox) = send_queue(1 << 20);
+        queue.allow_inline();
+        let wakes = Arc::new(CountWakes(0.into()));
+        let waker = Waker::from(wakes.clone());
+        let mut cx = std::task::Context::from_waker(&waker);
+        let mut recv = |outbox: &mut Outbox| {
+            let mut batch = Vec::new();
+            let polled = std::pin::pin!(outbox.recv_many(&mut batch, 64)).poll(&mut cx);
+            polled.map(|_| batch)
+        };
+        // The writer has not waited yet: queued.
+        assert_eq!(queue.try_offer(Packet::Ping, 0), Ok(Offered::Queued));
+        assert_eq!(recv(&mut outbox), Poll::Ready(vec![Packet::Ping]));
+        // Busy writing (not waiting): queued again.
+        assert_eq!(queue.try_offer(Packet::Ping, 0), Ok(Offered::Queued));
+        assert_eq!(recv(&mut outbox), Poll::Ready(vec![Packet::Ping]));
+        assert!(recv(&mut outbox).is_pending(), "now it waits");
+        // Something queued already: queued behind it, not written ahead of it.
+        queue.try_push(Packet::Pong, 0).unwrap();
+        assert_eq!(queue.try_offer(Packet::Ping, 0), Ok(Offered::Queued));
+        assert_eq!(
+            recv(&mut outbox),
+            Poll::Ready(vec![Packet::Pong, Packet::Ping])
+        );
+        assert!(recv(&mut outbox).is_pending());
+        let woken = wakes.0.load(SeqCst);
+        // Waiting with nothing queued: the sender writes it.
+        assert_eq!(
+            queue.try_offer(Packet::Pong, 0),
+            Ok(Offered::WriteInline(Packet::Pong))
+        );
+        // Meanwhile others queue, and the writer neither wakes nor takes them.
+        assert_eq!(queue.try_offer(Packet::Ping, 0), Ok(Offered::Queued));
+        queue.try_push(Packet::Ping, 0).unwrap();
+        queue.stop();
+        assert_eq!(wakes.0.load(SeqCst), woken);
+        assert!(recv(&mut outbox).is_pending());
+        // Done: what it could not write goes first, then the rest, then the writer stops.
+        queue.end_inline(vec![Packet::Pong], false);
+        assert_eq!(wakes.0.load(SeqCst), woken + 1);
+        assert_eq!(
+            recv(&mut outbox),
+            Poll::Ready(vec![Packet::Pong, Packet::Ping, Packet::Ping])
+        );
+    }
+
     fn poll_once<F: Future + Unpin>(future: &mut F) -> Poll<F::Output> {
         let mut cx = Context::from_waker(Waker::noop());
         Pin::new(future).poll(&mut cx)
@@ -472,8 +635,8 @@ mod tests {
     fn waiting_senders_get_released_room_in_order_before_anyone_who_only_tries() {
         let (queue, mut outbox) = send_queue(100);
         queue.try_push(Packet::Ping, 90).unwrap();
-        let mut first = queue.push(Packet::Pong, 50);
-        let mut second = queue.push(Packet::Ping, 30);
+        let mut first = queue.push(Packet::Pong, 50, false);
+        let mut second = queue.push(Packet::Ping, 30, false);
         assert!(
             poll_once(&mut first).is_pending(),
             "10 bytes of room, 50 needed"
@@ -492,9 +655,9 @@ mod tests {
             Err(Refused::Full(Packet::Pong)),
             "released room went to the line"
         );
-        assert_eq!(poll_once(&mut first), Poll::Ready(Ok(())));
+        assert_eq!(poll_once(&mut first), Poll::Ready(Ok(Offered::Queued)));
         queue.release(50);
-        assert_eq!(poll_once(&mut second), Poll::Ready(Ok(())));
+        assert_eq!(poll_once(&mut second), Poll::Ready(Ok(Offered::Queued)));
         let mut batch = Vec::new();
         outbox.try_recv_many(&mut batch, 64);
         assert_eq!(batch, [Packet::Ping, Packet::Pong, Packet::Ping]);
@@ -510,12 +673,12 @@ mod tests {
     fn a_sender_that_gives_up_hands_its_share_of_room_to_the_one_behind() {
         let (queue, _outbox) = send_queue(100);
         queue.try_push(Packet::Ping, 70).unwrap();
-        let mut first = queue.push(Packet::Pong, 60);
-        let mut second = queue.push(Packet::Ping, 30);
+        let mut first = queue.push(Packet::Pong, 60, false);
+        let mut second = queue.push(Packet::Ping, 30, false);
         assert!(poll_once(&mut first).is_pending(), "holds 30 of its 60");
         assert!(poll_once(&mut second).is_pending());
         drop(first);
-        assert_eq!(poll_once(&mut second), Poll::Ready(Ok(())));
+        assert_eq!(poll_once(&mut second), Poll::Ready(Ok(Offered::Queued)));
         assert_eq!(
             queue.try_push(Packet::Pong, 1),
             Err(Refused::Full(Packet::Pong))
@@ -529,7 +692,7 @@ mod tests {
         queue.try_push(Packet::Ping, 100).unwrap();
         let waiting = tokio::spawn({
             let queue = queue.clone();
-            async move { queue.push(Packet::Pong, 10).await }
+            async move { queue.push(Packet::Pong, 10, false).await }
         });
         tokio::task::yield_now().await;
         queue.close();

@@ -21,7 +21,7 @@ use crate::client::ClientBuilder;
 use crate::client::dial::{Dialed, chosen_codec, client_header, ready};
 use crate::client::endpoint::{Endpoint, Scheme};
 use crate::conn::PacketFormat;
-use crate::conn::io::{PacketStream, PacketWriter, WriteError, step};
+use crate::conn::io::{PacketStream, PacketWriter, Unbuffered, WriteError, step};
 use crate::server::Transport;
 use crate::wire::{Header, Limits, Packet, ServerHandshake, Version};
 use crate::{Server, Status};
@@ -490,7 +490,7 @@ where
             })
         });
     (
-        Box::pin(packets),
+        Box::pin(Unbuffered(packets)),
         PacketWriter::WebSocket(WsWriter {
             sink: Box::pin(sink),
             format,

@@ -1,0 +1,271 @@
+//! Decoded packets from a byte stream, read through a buffer that follows the traffic.
+//!
+//! Idle connections are the common case on a real-time server, so a connection that waits
+//! with nothing buffered holds no read buffer at all. A busy one wants the opposite: with many
+//! calls in flight, a small buffer costs one read syscall (and one allocation) per packet or
+//! two. So the size of the next buffer doubles each time a read fills all the room it had, up
+//! to [`MAX_READ_AHEAD`], and halves when reads use little of it; the size is a number kept
+//! across idle periods, the memory is not.
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::BytesMut;
+use futures_util::Stream;
+use tokio::io::AsyncRead;
+use tokio_util::codec::Decoder;
+use tokio_util::io::poll_read_buf;
+
+use crate::Status;
+use crate::wire::{Packet, PacketCodec};
+
+/// The room a read starts with, and never goes below.
+pub(crate) const MIN_READ_AHEAD: usize = 2 << 10;
+
+/// The most room a busy connection reads into at once. A payload is a slice of the buffer it
+/// arrived in, so a handler that keeps one keeps up to this much alive.
+pub(crate) const MAX_READ_AHEAD: usize = 64 << 10;
+
+/// The packets of a byte stream.
+pub(crate) struct PacketReader<R> {
+    reader: R,
+    codec: PacketCodec,
+    buffer: BytesMut,
+    /// The room the next read gets.
+    read_ahead: usize,
+    /// The stream has ended (or failed): nothing more comes out.
+    done: bool,
+}
+
+impl<R> PacketReader<R> {
+    /// Packets from `reader`, after those in `leftover` (bytes read past the handshake).
+    pub(crate) fn new(reader: R, codec: PacketCodec, leftover: BytesMut) -> Self {
+        PacketReader {
+            reader,
+            codec,
+            buffer: leftover,
+            read_ahead: MIN_READ_AHEAD,
+            done: false,
+        }
+    }
+
+    /// Adapts the next read's room to how much the last one (given `room`) brought.
+    fn adapt(&mut self, read: usize, room: usize) {
+        if read == room {
+            self.read_ahead = (self.read_ahead * 2).min(MAX_READ_AHEAD);
+        } else if read < self.read_ahead / 4 {
+            self.read_ahead = (self.read_ahead / 2).max(MIN_READ_AHEAD);
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn buffer_capacity(&self) -> usize {
+        self.buffer.capacity()
+    }
+}
+
+impl<R: AsyncRead + Unpin> PacketReader<R> {
+    fn poll_packet(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Packet, Status>>> {
+        loop {
+            if let Some(packet) = self.codec.decode(&mut self.buffer)? {
+                return Poll::Ready(Some(Ok(packet)));
+            }
+            // Only a partial packet is buffered here, so making room copies little.
+            if self.buffer.capacity() - self.buffer.len() < self.read_ahead / 2 {
+                self.buffer.reserve(self.read_ahead);
+            }
+            let room = self.buffer.capacity() - self.buffer.len();
+            let read = ready!(poll_read_buf(
+                Pin::new(&mut self.reader),
+                cx,
+                &mut self.buffer
+            ))
+            .map_err(Status::from)?;
+            if read == 0 {
+                self.done = true;
+                return Poll::Ready(self.codec.decode_eof(&mut self.buffer).transpose());
+            }
+            self.adapt(read, room);
+        }
+    }
+}
+
+impl<R: AsyncRead + Unpin> Stream for PacketReader<R> {
+    type Item = Result<Packet, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        let polled = this.poll_packet(cx);
+        match &polled {
+            Poll::Ready(Some(Err(_))) => this.done = true,
+            // Waiting with nothing buffered: the buffer goes back until bytes come.
+            Poll::Pending if this.buffer.is_empty() => this.buffer = BytesMut::new(),
+            _ => {}
+        }
+        polled
+    }
+}
+
+impl<R: AsyncRead + Unpin + Send> super::PacketSource for PacketReader<R> {
+    fn has_buffered(&self) -> bool {
+        !self.buffer.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::task::Waker;
+
+    use bytes::Bytes;
+    use futures_util::StreamExt;
+    use tokio::io::{AsyncWriteExt, ReadBuf};
+
+    use super::*;
+    use crate::wire::{Action, Header, Limits, Request};
+
+    fn request(mid: u16, payload: usize) -> Packet {
+        Packet::Request(Request {
+            mid,
+            action: Action::Id(7),
+            header: Header::new(),
+            payload: Bytes::from(vec![1; payload]),
+        })
+    }
+
+    fn reader<R>(reader: R) -> PacketReader<R> {
+        PacketReader::new(
+            reader,
+            PacketCodec::with_limits(Limits::default()),
+            BytesMut::new(),
+        )
+    }
+
+    /// Counts the reads that brought bytes.
+    struct CountReads<R> {
+        inner: R,
+        reads: usize,
+    }
+
+    impl<R: AsyncRead + Unpin> AsyncRead for CountReads<R> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            let before = buf.filled().len();
+            let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+            if buf.filled().len() > before {
+                self.reads += 1;
+            }
+            polled
+        }
+    }
+
+    fn waiting<R: AsyncRead + Unpin>(packets: &mut PacketReader<R>) -> usize {
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(packets.poll_next_unpin(&mut cx).is_pending());
+        packets.buffer_capacity()
+    }
+
+    #[tokio::test]
+    async fn the_read_buffer_is_given_back_while_waiting_with_nothing_buffered() {
+        let (mut peer, ours) = tokio::io::duplex(64 << 10);
+        let mut packets = reader(ours);
+        assert_eq!(waiting(&mut packets), 0, "nothing read yet, nothing held");
+
+        let mut encoded = BytesMut::new();
+        request(1, 100).encode_stream(&mut encoded);
+        let mut bytes = BytesMut::new();
+        Packet::Ping.encode_stream(&mut bytes);
+        bytes.extend_from_slice(&encoded[..50]);
+        peer.write_all(&bytes).await.unwrap();
+        assert_eq!(packets.next().await.unwrap().unwrap(), Packet::Ping);
+        assert!(
+            waiting(&mut packets) >= 50,
+            "half a packet is buffered: kept"
+        );
+        peer.write_all(&encoded[50..]).await.unwrap();
+        match packets.next().await.unwrap().unwrap() {
+            Packet::Request(request) => assert_eq!(request.payload.len(), 100),
+            other => panic!("not the request: {other:?}"),
+        }
+        assert_eq!(waiting(&mut packets), 0, "idle again: given back");
+        peer.write_all(&[0x90]).await.unwrap();
+        assert_eq!(packets.next().await.unwrap().unwrap(), Packet::Pong);
+    }
+
+    #[tokio::test]
+    async fn a_busy_connection_reads_in_large_chunks_and_an_idle_one_holds_nothing() {
+        let (mut peer, ours) = tokio::io::duplex(1 << 20);
+        let mut packets = reader(CountReads {
+            inner: ours,
+            reads: 0,
+        });
+        // Several bursts of 64 requests of 1 KiB, as 64 calls in flight send them.
+        let mut burst = BytesMut::new();
+        for mid in 0..64 {
+            request(mid, 1024).encode_stream(&mut burst);
+        }
+        for _ in 0..4 {
+            peer.write_all(&burst).await.unwrap();
+            for mid in 0..64 {
+                match packets.next().await.unwrap().unwrap() {
+                    Packet::Request(request) => {
+                        assert_eq!((request.mid, request.payload.len()), (mid, 1024));
+                    }
+                    other => panic!("not a request: {other:?}"),
+                }
+            }
+            assert_eq!(waiting(&mut packets), 0, "between bursts nothing is held");
+        }
+        let reads = packets.reader.reads;
+        // 4 × 66 KiB: read 2 KiB at a time that would take over 130 reads.
+        assert!(reads <= 16, "{reads} reads for 4 bursts of 66 KiB");
+        assert!(packets.read_ahead > MIN_READ_AHEAD);
+        assert!(packets.read_ahead <= MAX_READ_AHEAD);
+
+        // Quiet traffic again: single small packets bring the read size back down.
+        for _ in 0..16 {
+            peer.write_all(&[0x90]).await.unwrap();
+            assert_eq!(packets.next().await.unwrap().unwrap(), Packet::Pong);
+        }
+        assert_eq!(packets.read_ahead, MIN_READ_AHEAD);
+    }
+
+    #[tokio::test]
+    async fn the_end_of_the_stream_ends_the_packets_and_a_cut_packet_is_an_error() {
+        let (mut peer, ours) = tokio::io::duplex(1 << 10);
+        let mut packets = reader(ours);
+        peer.write_all(&[0x90]).await.unwrap();
+        drop(peer);
+        assert_eq!(packets.next().await.unwrap().unwrap(), Packet::Pong);
+        assert!(packets.next().await.is_none());
+
+        let (mut peer, ours) = tokio::io::duplex(1 << 10);
+        let mut packets = reader(ours);
+        let mut encoded = BytesMut::new();
+        request(1, 100).encode_stream(&mut encoded);
+        peer.write_all(&encoded[..40]).await.unwrap();
+        drop(peer);
+        let error = packets.next().await.unwrap().unwrap_err();
+        assert_eq!(error.code(), crate::Code::NetworkError);
+        assert!(packets.next().await.is_none(), "nothing after the error");
+    }
+
+    #[test]
+    fn leftover_bytes_from_the_handshake_come_first() {
+        let leftover = BytesMut::from(&[0x80, 0x90][..]);
+        let mut packets = PacketReader::new(tokio::io::empty(), PacketCodec::new(), leftover);
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut next = || match packets.poll_next_unpin(&mut cx) {
+            Poll::Ready(item) => item.map(Result::unwrap),
+            Poll::Pending => panic!("an empty reader is at its end at once"),
+        };
+        assert_eq!(next(), Some(Packet::Ping));
+        assert_eq!(next(), Some(Packet::Pong));
+        assert_eq!(next(), None);
+    }
+}
