@@ -79,6 +79,14 @@ const READ_BUFFER: usize = 2 << 10;
 /// The bytes of the write buffer kept between batches; a larger one is given back.
 const KEEP_WRITE_BUFFER: usize = 64 << 10;
 
+/// The compression level of the gzip streams we write. A real-time stream is many small
+/// batches, each ended by a sync flush: level 1 (zlib's "quick" strategy) codes them with the
+/// fixed Huffman tables, where the default level builds dynamic trees per batch and clears a
+/// 48 KiB symbol buffer at every flush — most of the CPU of a gzip connection, for trees whose
+/// own size eats the gain on a packet of a few dozen bytes.
+#[cfg(feature = "gzip")]
+const GZIP_LEVEL: async_compression::Level = async_compression::Level::Fastest;
+
 /// Why a batch was not written.
 #[derive(Debug)]
 pub(crate) enum WriteError {
@@ -186,7 +194,7 @@ where
         let compressed = BufReader::new(std::io::Cursor::new(leftover).chain(reader));
         let plain = BoundedGzip::new(compressed, limits.inflation);
         let packets = FramedRead::with_capacity(plain, codec, READ_BUFFER);
-        let io: BoxWrite = Box::pin(GzipEncoder::new(writer));
+        let io: BoxWrite = Box::pin(GzipEncoder::with_quality(writer, GZIP_LEVEL));
         return (
             Box::pin(IdleReleasing(packets)),
             PacketWriter::Stream {
@@ -246,6 +254,61 @@ mod tests {
 
     use super::*;
     use crate::wire::{Action, Header, Request};
+
+    /// The level shows in the gzip header's XFL byte: 4 for the fastest, 0 for the default.
+    #[cfg(feature = "gzip")]
+    #[tokio::test]
+    async fn gzip_batches_are_compressed_at_the_fastest_level_and_inflate_back() {
+        use std::io::Read as _;
+        use tokio::io::AsyncReadExt as _;
+
+        let (ours, mut peer) = tokio::io::duplex(64 << 10);
+        let (_, mut writer) = byte_stream(
+            tokio::io::empty(),
+            ours,
+            BytesMut::new(),
+            &ReadLimits::default(),
+            true,
+        );
+        let request = |mid| {
+            Packet::Request(Request {
+                mid,
+                action: Action::Id(7),
+                header: Header::new(),
+                payload: Bytes::from_static(b"{\"room\":\"lobby\",\"text\":\"hello\"}"),
+            })
+        };
+        let batches = [vec![request(1), Packet::Ping], vec![request(2)]];
+        let mut plain = BytesMut::new();
+        let mut wire = Vec::new();
+        for batch in &batches {
+            writer
+                .write_batch(batch, Duration::from_secs(5))
+                .await
+                .unwrap();
+            batch
+                .iter()
+                .for_each(|packet| packet.encode_stream(&mut plain));
+            // A sync flush ends every batch: its bytes are on the wire before the next one.
+            let mut chunk = vec![0; 4096];
+            let n = peer.read(&mut chunk).await.unwrap();
+            wire.extend_from_slice(&chunk[..n]);
+        }
+        assert_eq!(&wire[..3], &[0x1f, 0x8b, 8], "a gzip member");
+        assert_eq!(wire[8], 4, "XFL: compressed with the fastest level");
+
+        let mut inflated = Vec::new();
+        let mut decoder = flate2::read::GzDecoder::new(&wire[..]);
+        // The stream has no end yet: read what the sync flushes made available.
+        let mut chunk = [0u8; 1024];
+        while inflated.len() < plain.len() {
+            match decoder.read(&mut chunk).unwrap() {
+                0 => break,
+                n => inflated.extend_from_slice(&chunk[..n]),
+            }
+        }
+        assert_eq!(inflated, plain);
+    }
 
     #[tokio::test]
     async fn the_read_buffer_is_given_back_while_waiting_with_nothing_buffered() {
