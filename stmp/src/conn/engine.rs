@@ -606,6 +606,8 @@ mod tests {
         let writer = PacketWriter::Stream {
             io: Box::pin(recorder.clone()),
             buf: BytesMut::new(),
+            #[cfg(feature = "gzip")]
+            gzip: None,
         };
         let (conn, outbox) = Conn::new(super::super::tests::parts(1 << 20));
         for _ in 0..10 {
@@ -636,6 +638,8 @@ mod tests {
         let writer = PacketWriter::Stream {
             io: Box::pin(recorder.clone()),
             buf: BytesMut::new(),
+            #[cfg(feature = "gzip")]
+            gzip: None,
         };
         let (conn, outbox) = Conn::new(super::super::tests::parts(1 << 20));
         let busy = idle(&conn);
