@@ -13,8 +13,6 @@ use std::time::Duration;
 use bytes::BytesMut;
 use futures_util::Stream;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-#[cfg(feature = "gzip")]
-use tokio::io::{AsyncReadExt, BufReader};
 use tokio_util::codec::FramedRead;
 
 use crate::Status;
@@ -209,8 +207,7 @@ where
     let codec = PacketCodec::with_limits(limits.wire).with_budget(limits.buffered.clone());
     #[cfg(feature = "gzip")]
     if gzip {
-        let compressed = BufReader::new(std::io::Cursor::new(leftover).chain(reader));
-        let plain = BoundedGzip::new(compressed, limits.inflation);
+        let plain = BoundedGzip::new(reader, leftover, limits.inflation);
         let packets = FramedRead::with_capacity(plain, codec, READ_BUFFER);
         return (
             Box::pin(IdleReleasing(packets)),
