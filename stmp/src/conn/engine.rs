@@ -676,6 +676,8 @@ mod tests {
         let writer = PacketWriter::Stream {
             io: Box::pin(recorder.clone()),
             buf: BytesMut::new(),
+            #[cfg(feature = "gzip")]
+            gzip: None,
         };
         let (conn, outbox) = Conn::new(super::super::tests::parts(1 << 20));
         for _ in 0..10 {
@@ -706,6 +708,8 @@ mod tests {
         let writer = PacketWriter::Stream {
             io: Box::pin(recorder.clone()),
             buf: BytesMut::new(),
+            #[cfg(feature = "gzip")]
+            gzip: None,
         };
         let (conn, outbox) = Conn::new(super::super::tests::parts(1 << 20));
         let busy = idle(&conn);
@@ -819,6 +823,8 @@ mod tests {
         let writer = PacketWriter::Stream {
             io: Box::pin(io),
             buf: BytesMut::new(),
+            #[cfg(feature = "gzip")]
+            gzip: None,
         };
         let (conn, outbox) = Conn::new(super::super::tests::parts(budget));
         conn.shared.outbox.allow_inline();

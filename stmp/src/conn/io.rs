@@ -1,6 +1,8 @@
 //! Thin glue between a transport and the engine: a stream of decoded packets in, batches of
 //! packets out. Byte streams (TCP, TLS, QUIC) and WebSocket messages are the two shapes.
 
+#[cfg(feature = "gzip")]
+mod deflate;
 mod inflate;
 mod packets;
 
@@ -9,19 +11,17 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-#[cfg(feature = "gzip")]
-use async_compression::tokio::write::GzipEncoder;
 use bytes::BytesMut;
 use futures_util::Stream;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-#[cfg(feature = "gzip")]
-use tokio::io::{AsyncReadExt, BufReader};
 
 use crate::Status;
 use crate::telemetry::Counted;
 #[cfg(feature = "ws")]
 use crate::transport::ws::WsWriter;
 use crate::wire::{BufferBudget, Limits, Packet, PacketCodec};
+#[cfg(feature = "gzip")]
+use deflate::Deflater;
 #[cfg(feature = "gzip")]
 use inflate::BoundedGzip;
 pub(crate) use inflate::InflationLimit;
@@ -39,6 +39,7 @@ pub(crate) trait PacketSource: Stream<Item = Result<Packet, Status>> + Send {
 }
 
 /// Packets of a transport that keeps no buffer of its own (WebSocket messages).
+#[cfg_attr(not(feature = "ws"), allow(dead_code))]
 pub(crate) struct Unbuffered<S>(pub(crate) S);
 
 impl<S: Stream<Item = Result<Packet, Status>> + Send + Unpin> Stream for Unbuffered<S> {
@@ -91,6 +92,9 @@ pub(crate) enum PacketWriter {
     Stream {
         io: BoxWrite,
         buf: BytesMut,
+        /// The gzip stream the batches go out in, when agreed on.
+        #[cfg(feature = "gzip")]
+        gzip: Option<Box<Deflater>>,
     },
     #[cfg(feature = "ws")]
     WebSocket(WsWriter),
@@ -138,21 +142,33 @@ pub(crate) async fn step<T, E: Into<Status>>(
 }
 
 impl PacketWriter {
-    /// Writes the packets and flushes once (with gzip, one sync flush per batch); fails when
-    /// a write makes no progress for `stall`.
+    /// Writes the packets in one buffer (with gzip, compressed and ended by one sync flush)
+    /// and flushes once; fails when a write makes no progress for `stall`.
     pub(crate) async fn write_batch(
         &mut self,
         packets: &[Packet],
         stall: Duration,
     ) -> Result<(), WriteError> {
         match self {
-            PacketWriter::Stream { io, buf } => {
+            PacketWriter::Stream {
+                io,
+                buf,
+                #[cfg(feature = "gzip")]
+                gzip,
+            } => {
                 for packet in packets {
                     packet.encode_stream(buf);
                 }
+                #[cfg(feature = "gzip")]
+                let wire = match gzip {
+                    Some(gzip) => gzip.batch(buf).map_err(WriteError::Failed)?,
+                    None => &buf[..],
+                };
+                #[cfg(not(feature = "gzip"))]
+                let wire = &buf[..];
                 let mut written = 0;
-                while written < buf.len() {
-                    match step(stall, io.write(&buf[written..])).await? {
+                while written < wire.len() {
+                    match step(stall, io.write(&wire[written..])).await? {
                         0 => {
                             return Err(WriteError::Failed(Status::network_error(
                                 "the connection accepts no more bytes",
@@ -173,17 +189,29 @@ impl PacketWriter {
         Ok(())
     }
 
-    /// Whether [`write_now`](Self::write_now) can write: byte streams can, WebSocket cannot.
+    /// Whether [`write_now`](Self::write_now) can write: plain byte streams can; WebSocket
+    /// cannot, and a gzip stream is compressed a batch at a time by the writer task.
     pub(crate) fn writes_inline(&self) -> bool {
-        matches!(self, PacketWriter::Stream { .. })
+        match self {
+            #[cfg(feature = "gzip")]
+            PacketWriter::Stream { gzip: Some(_), .. } => false,
+            PacketWriter::Stream { .. } => true,
+            #[cfg(feature = "ws")]
+            PacketWriter::WebSocket(_) => false,
+        }
     }
 
     /// Writes the packets as far as the transport takes them without waiting, and flushes.
     /// Returns whether all of it went out; what did not stays buffered for the next
     /// [`write_batch`](Self::write_batch), which writes it first and flushes.
     pub(crate) fn write_now(&mut self, packets: &[Packet]) -> Result<bool, Status> {
-        let PacketWriter::Stream { io, buf } = self else {
+        if !self.writes_inline() {
             return Ok(false);
+        }
+        let (io, buf) = match self {
+            PacketWriter::Stream { io, buf, .. } => (io, buf),
+            #[cfg(feature = "ws")]
+            PacketWriter::WebSocket(_) => return Ok(false),
         };
         for packet in packets {
             packet.encode_stream(buf);
@@ -214,10 +242,19 @@ impl PacketWriter {
         Ok(true)
     }
 
-    /// Ends the write side (FIN on TCP, a Close frame on WebSocket).
+    /// Ends the write side (the gzip trailer, then FIN on TCP; a Close frame on WebSocket).
     pub(crate) async fn shutdown(&mut self) {
         match self {
-            PacketWriter::Stream { io, .. } => {
+            PacketWriter::Stream {
+                io,
+                #[cfg(feature = "gzip")]
+                gzip,
+                ..
+            } => {
+                #[cfg(feature = "gzip")]
+                if let Some(Ok(trailer)) = gzip.as_mut().map(|gzip| gzip.finish()) {
+                    let _ = io.write_all(trailer).await;
+                }
                 let _ = io.shutdown().await;
             }
             #[cfg(feature = "ws")]
@@ -244,15 +281,14 @@ where
     let codec = PacketCodec::with_limits(limits.wire).with_budget(limits.buffered.clone());
     #[cfg(feature = "gzip")]
     if gzip {
-        let compressed = BufReader::new(std::io::Cursor::new(leftover).chain(reader));
-        let plain = BoundedGzip::new(compressed, limits.inflation);
+        let plain = BoundedGzip::new(reader, leftover, limits.inflation);
         let packets = PacketReader::new(plain, codec, BytesMut::new());
-        let io: BoxWrite = Box::pin(GzipEncoder::new(writer));
         return (
             Box::pin(packets),
             PacketWriter::Stream {
-                io,
+                io: Box::pin(writer),
                 buf: BytesMut::new(),
+                gzip: Some(Box::new(Deflater::new())),
             },
         );
     }
@@ -267,6 +303,71 @@ where
         PacketWriter::Stream {
             io,
             buf: BytesMut::new(),
+            #[cfg(feature = "gzip")]
+            gzip: None,
         },
     )
+}
+
+#[cfg(all(test, feature = "gzip"))]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::wire::{Action, Header, Request};
+
+    #[tokio::test]
+    async fn gzip_batches_inflate_as_they_come_and_the_shutdown_ends_the_stream() {
+        use std::io::Read as _;
+        use tokio::io::AsyncReadExt as _;
+
+        let (ours, mut peer) = tokio::io::duplex(64 << 10);
+        let (_, mut writer) = byte_stream(
+            tokio::io::empty(),
+            ours,
+            BytesMut::new(),
+            &ReadLimits::default(),
+            true,
+        );
+        let request = |mid| {
+            Packet::Request(Request {
+                mid,
+                action: Action::Id(7),
+                header: Header::new(),
+                payload: Bytes::from_static(b"{\"room\":\"lobby\",\"text\":\"hello\"}"),
+            })
+        };
+        let batches = [vec![request(1), Packet::Ping], vec![request(2)]];
+        let mut plain = BytesMut::new();
+        let mut wire = Vec::new();
+        for batch in &batches {
+            writer
+                .write_batch(batch, Duration::from_secs(5))
+                .await
+                .unwrap();
+            batch
+                .iter()
+                .for_each(|packet| packet.encode_stream(&mut plain));
+            // A sync flush ends every batch: its bytes are on the wire before the next one.
+            let mut chunk = vec![0; 4096];
+            let n = peer.read(&mut chunk).await.unwrap();
+            wire.extend_from_slice(&chunk[..n]);
+        }
+        assert_eq!(&wire[..3], &[0x1f, 0x8b, 8], "a gzip member");
+
+        let mut inflated = vec![0; plain.len()];
+        flate2::read::GzDecoder::new(&wire[..])
+            .read_exact(&mut inflated)
+            .unwrap();
+        assert_eq!(inflated, plain);
+
+        // Shutting down ends the gzip stream: its trailer checks out.
+        writer.shutdown().await;
+        peer.read_to_end(&mut wire).await.unwrap();
+        let mut whole = Vec::new();
+        flate2::read::GzDecoder::new(&wire[..])
+            .read_to_end(&mut whole)
+            .unwrap();
+        assert_eq!(whole, plain);
+    }
 }

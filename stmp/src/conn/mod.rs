@@ -26,8 +26,8 @@ use tokio_util::sync::CancellationToken;
 
 pub(crate) use budget::InFlight;
 use budget::queue_cost;
-use close_request::CloseRequest;
 pub use call::{CallOptions, Caller};
+use close_request::CloseRequest;
 pub(crate) use engine::{Engine, EngineConfig, Host};
 use extensions::Extensions;
 pub use io::PacketFormat;
@@ -105,7 +105,6 @@ pub(crate) struct ConnParts {
     pub(crate) slow_consumer: SlowConsumer,
     pub(crate) counters: Arc<Counters>,
 }
-
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 

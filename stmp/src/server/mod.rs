@@ -255,7 +255,9 @@ impl ServerBuilder {
     /// Whether clients may ask for gzip on byte streams. Default false: inflating is work a
     /// peer can multiply (a few kilobytes of gzip become megabytes of packets to decode), so a
     /// server offers it only when told to. When on, each stream's inflation is bounded
-    /// ([`gzip_inflation_limit`](Self::gzip_inflation_limit)).
+    /// ([`gzip_inflation_limit`](Self::gzip_inflation_limit)). Both sides compress at level 1,
+    /// the fast end: packets go out in small batches, each sync-flushed, where higher levels
+    /// cost several times the CPU for little gain.
     pub fn gzip(mut self, allowed: bool) -> Self {
         self.gzip = allowed;
         self

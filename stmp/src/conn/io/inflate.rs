@@ -9,12 +9,14 @@ use std::io;
 #[cfg(feature = "gzip")]
 use std::pin::Pin;
 #[cfg(feature = "gzip")]
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 #[cfg(feature = "gzip")]
-use async_compression::tokio::bufread::GzipDecoder;
+use bytes::{Buf, BytesMut};
 #[cfg(feature = "gzip")]
-use tokio::io::{AsyncBufRead, AsyncRead, ReadBuf};
+use flate2::{Decompress, FlushDecompress};
+#[cfg(feature = "gzip")]
+use tokio::io::{AsyncRead, ReadBuf};
 
 use crate::Status;
 
@@ -77,81 +79,118 @@ impl InflationMeter {
     }
 }
 
-/// Counts the compressed bytes the decoder consumes.
+/// How many compressed bytes are read from the transport at a time.
 #[cfg(feature = "gzip")]
-struct Counted<R> {
-    inner: R,
-    consumed: u64,
-}
+const READ_COMPRESSED: usize = 2 << 10;
 
+/// The most inflated bytes one read produces.
 #[cfg(feature = "gzip")]
-impl<R: AsyncRead + Unpin> AsyncRead for Counted<R> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
-        self.consumed += (buf.filled().len() - before) as u64;
-        Poll::Ready(Ok(()))
-    }
-}
+const INFLATE_AT_ONCE: usize = 16 << 10;
 
-#[cfg(feature = "gzip")]
-impl<R: AsyncBufRead + Unpin> AsyncBufRead for Counted<R> {
-    fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
-        Pin::new(&mut self.get_mut().inner).poll_fill_buf(cx)
-    }
-
-    fn consume(mut self: Pin<&mut Self>, amt: usize) {
-        self.consumed += amt as u64;
-        Pin::new(&mut self.inner).consume(amt);
-    }
-}
-
-/// A gzip decoder that fails with [`RequestEntityTooLarge`](crate::Code::RequestEntityTooLarge)
-/// (carried in the `io::Error`) once the stream inflates past its [`InflationLimit`].
+/// A gzip stream's inflated bytes, read from a transport that carries it, failing with
+/// [`RequestEntityTooLarge`](crate::Code::RequestEntityTooLarge) (carried in the `io::Error`)
+/// once the stream inflates past its [`InflationLimit`]. The compressed buffer is given back
+/// whenever it is drained, so an idle connection holds none.
 #[cfg(feature = "gzip")]
 pub(crate) struct BoundedGzip<R> {
-    decoder: GzipDecoder<Counted<R>>,
+    transport: R,
+    compressed: BytesMut,
+    inflater: Decompress,
     meter: InflationMeter,
-    /// Compressed bytes already recorded in the meter.
-    recorded: u64,
+    /// The gzip trailer was read: what follows is not inflated.
+    ended: bool,
 }
 
 #[cfg(feature = "gzip")]
-impl<R: AsyncBufRead + Unpin> BoundedGzip<R> {
-    pub(crate) fn new(compressed: R, limit: InflationLimit) -> Self {
+impl<R: AsyncRead + Unpin> BoundedGzip<R> {
+    /// `leftover` holds compressed bytes already read from the transport.
+    pub(crate) fn new(transport: R, leftover: BytesMut, limit: InflationLimit) -> Self {
         BoundedGzip {
-            decoder: GzipDecoder::new(Counted {
-                inner: compressed,
-                consumed: 0,
-            }),
+            transport,
+            compressed: leftover,
+            inflater: Decompress::new_gzip(15),
             meter: InflationMeter::new(limit),
-            recorded: 0,
+            ended: false,
         }
+    }
+
+    /// Inflates what is buffered into `out`; returns the bytes produced.
+    fn inflate(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let (in_before, out_before) = (self.inflater.total_in(), self.inflater.total_out());
+        let status = self
+            .inflater
+            .decompress(&self.compressed, out, FlushDecompress::None)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let consumed = self.inflater.total_in() - in_before;
+        let produced = self.inflater.total_out() - out_before;
+        self.compressed.advance(consumed as usize);
+        self.ended = status == flate2::Status::StreamEnd;
+        self.meter
+            .record(consumed, produced)
+            .map_err(io::Error::other)?;
+        Ok(produced as usize)
     }
 }
 
 #[cfg(feature = "gzip")]
-impl<R: AsyncBufRead + Unpin> AsyncRead for BoundedGzip<R> {
+impl<R: AsyncRead + Unpin> AsyncRead for BoundedGzip<R> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        let before = buf.filled().len();
-        ready!(Pin::new(&mut this.decoder).poll_read(cx, buf))?;
-        let inflated = (buf.filled().len() - before) as u64;
-        let consumed = this.decoder.get_ref().consumed;
-        let compressed = consumed - this.recorded;
-        this.recorded = consumed;
-        this.meter
-            .record(compressed, inflated)
-            .map_err(io::Error::other)?;
-        Poll::Ready(Ok(()))
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            if this.ended {
+                return Poll::Ready(Ok(()));
+            }
+            if !this.compressed.is_empty() {
+                // Only what one call may fill is initialised (zeroed): the caller's buffer can
+                // be as large as the largest packet allowed.
+                let room = buf.remaining().min(INFLATE_AT_ONCE);
+                let produced = this.inflate(buf.initialize_unfilled_to(room))?;
+                buf.advance(produced);
+                if produced > 0 || this.ended {
+                    return Poll::Ready(Ok(()));
+                }
+                if !this.compressed.is_empty() {
+                    // Input left and room in `buf`, yet nothing came out: a stuck stream.
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "the gzip stream makes no progress",
+                    )));
+                }
+            }
+            if this.compressed.capacity() == 0 {
+                this.compressed = BytesMut::with_capacity(READ_COMPRESSED);
+            } else {
+                this.compressed.reserve(READ_COMPRESSED);
+            }
+            let read = tokio_util::io::poll_read_buf(
+                Pin::new(&mut this.transport),
+                cx,
+                &mut this.compressed,
+            );
+            let Poll::Ready(read) = read else {
+                if this.compressed.is_empty() {
+                    this.compressed = BytesMut::new();
+                }
+                return Poll::Pending;
+            };
+            match read {
+                Ok(0) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the gzip stream ends without its trailer",
+                    )));
+                }
+                Ok(_) => {}
+                Err(error) => return Poll::Ready(Err(error)),
+            }
+        }
     }
 }
 
@@ -217,7 +256,7 @@ mod tests {
 
     #[cfg(feature = "gzip")]
     async fn inflate(compressed: Vec<u8>, limit: InflationLimit) -> (Vec<u8>, io::Result<()>) {
-        let mut reader = BoundedGzip::new(std::io::Cursor::new(compressed), limit);
+        let mut reader = BoundedGzip::new(&compressed[..], BytesMut::new(), limit);
         let mut plain = Vec::new();
         let mut chunk = [0u8; 4096];
         loop {
@@ -258,6 +297,44 @@ mod tests {
         let (plain, result) = inflate(gzip(&text), InflationLimit::default()).await;
         result.unwrap();
         assert_eq!(plain, text);
+    }
+
+    #[cfg(feature = "gzip")]
+    #[tokio::test]
+    async fn bytes_read_before_start_the_stream_and_an_idle_reader_holds_no_buffer() {
+        let compressed = gzip(b"hello, stmp");
+        let (mut peer, ours) = tokio::io::duplex(1024);
+        let leftover = BytesMut::from(&compressed[..5]);
+        let mut reader = BoundedGzip::new(ours, leftover, InflationLimit::default());
+        let mut chunk = [0u8; 64];
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let pending = Pin::new(&mut reader).poll_read(&mut cx, &mut ReadBuf::new(&mut chunk));
+        assert!(pending.is_pending());
+        assert_eq!(
+            reader.compressed.capacity(),
+            0,
+            "drained and waiting: given back"
+        );
+
+        use tokio::io::AsyncWriteExt as _;
+        peer.write_all(&compressed[5..]).await.unwrap();
+        let mut plain = Vec::new();
+        reader.read_to_end(&mut plain).await.unwrap();
+        assert_eq!(plain, b"hello, stmp");
+    }
+
+    #[cfg(feature = "gzip")]
+    #[tokio::test]
+    async fn corrupt_or_truncated_streams_are_errors() {
+        let mut corrupt = gzip(&[7; 1000]);
+        corrupt[12] ^= 0xff;
+        let (_, result) = inflate(corrupt, InflationLimit::default()).await;
+        assert_eq!(result.unwrap_err().kind(), io::ErrorKind::InvalidData);
+
+        let whole = gzip(&[7; 1000]);
+        let (_, result) =
+            inflate(whole[..whole.len() - 4].to_vec(), InflationLimit::default()).await;
+        assert_eq!(result.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
     }
 
     /// Varied bytes that compress a little, as real payloads do.
