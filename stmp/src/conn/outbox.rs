@@ -107,6 +107,18 @@ pub(crate) fn send_queue(budget: usize) -> (SendQueue, Outbox) {
 }
 
 impl Queue {
+    /// Takes `cost` bytes of room for `packet` without waiting, or says why not.
+    fn pay(&mut self, packet: Packet, cost: usize) -> Result<Packet, Refused> {
+        if self.closed {
+            return Err(Refused::Closed);
+        }
+        if self.room < cost {
+            return Err(Refused::Full(packet));
+        }
+        self.room -= cost;
+        Ok(packet)
+    }
+
     /// Queues a packet whose room is paid for; returns the writer to wake: one that waits, and
     /// not while a sender writes inline (which wakes it when done).
     fn enqueue(&mut self, packet: Packet) -> Option<Waker> {
@@ -163,18 +175,12 @@ impl Queue {
 
 impl SendQueue {
     /// Queues `packet`, which costs `cost` bytes of the budget, unless the budget has no
-    /// room for it (senders that wait come first) or the queue is closed. Returns the bytes
-    /// queued after it.
+    /// room for it (room given back goes to waiting senders first) or the queue is closed.
+    /// Returns the bytes queued after it.
     pub(crate) fn try_push(&self, packet: Packet, cost: usize) -> Result<usize, Refused> {
         let (writer, queued) = {
             let mut queue = lock(&self.shared);
-            if queue.closed {
-                return Err(Refused::Closed);
-            }
-            if queue.room < cost {
-                return Err(Refused::Full(packet));
-            }
-            queue.room -= cost;
+            let packet = queue.pay(packet, cost)?;
             (queue.enqueue(packet), queue.budget - queue.room)
         };
         if let Some(writer) = writer {
@@ -188,13 +194,7 @@ impl SendQueue {
     pub(crate) fn try_offer(&self, packet: Packet, cost: usize) -> Result<Offered, Refused> {
         let (offered, writer) = {
             let mut queue = lock(&self.shared);
-            if queue.closed {
-                return Err(Refused::Closed);
-            }
-            if queue.room < cost {
-                return Err(Refused::Full(packet));
-            }
-            queue.room -= cost;
+            let packet = queue.pay(packet, cost)?;
             queue.place(packet, true)
         };
         if let Some(writer) = writer {
