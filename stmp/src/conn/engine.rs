@@ -462,9 +462,9 @@ async fn write_loop(
     let _clear = ClearWriterOnDrop(conn.clone());
     // While the task waits, senders may write inline with it.
     slot.put(writer);
+    // One slot kept across wake-ups: a lone packet (an event, an answer) costs no allocation.
+    let mut batch = Vec::new();
     loop {
-        // Made per wake-up, so an idle connection holds no batch.
-        let mut batch = Vec::new();
         let stopping = outbox.recv_many(&mut batch, BATCH).await;
         if !stopping && batch.len() < BATCH && busy.more_coming(batch.len()) {
             // Let the tasks that are ready to run (callers woken by the same read, handlers
@@ -484,14 +484,15 @@ async fn write_loop(
             return;
         };
         let inline_failed = inline_failed.map(|status| WriteError::Failed(*status));
+        let mut room = owed_room;
         if inline_failed.is_some() || !batch.is_empty() || unfinished {
             let written = match inline_failed {
                 Some(failed) => Err(failed),
                 None => writer.write_batch(&batch, stall).await,
             };
-            conn.release_send_room(&batch);
-            conn.release_send_bytes(owed_room);
+            room += conn.send_room(&batch);
             if let Err(error) = written {
+                conn.release_send_bytes(room);
                 if let WriteError::Stalled(_) = error {
                     Counters::count(&conn.counters().write_stalls);
                 }
@@ -502,8 +503,16 @@ async fn write_loop(
             }
         }
         if stopping {
+            conn.release_send_bytes(room);
             let _ = tokio::time::timeout(stall, writer.shutdown()).await;
             return;
+        }
+        // Given back under the queue's lock when the loop next looks at it, right below.
+        outbox.release_later(room);
+        batch.clear();
+        if batch.capacity() > 1 {
+            // A burst's batch is not kept.
+            batch = Vec::new();
         }
         slot.put(writer);
     }

@@ -344,10 +344,15 @@ impl Conn {
     }
 
     /// Gives back the send-queue room of packets the writer has written.
+    #[cfg(test)]
     pub(crate) fn release_send_room(&self, packets: &[Packet]) {
+        self.shared.outbox.release(self.send_room(packets));
+    }
+
+    /// The send-queue room `packets` hold.
+    pub(crate) fn send_room(&self, packets: &[Packet]) -> usize {
         let budget = self.shared.send_budget;
-        let bytes: usize = packets.iter().map(|p| queue_cost(p, budget) as usize).sum();
-        self.shared.outbox.release(bytes);
+        packets.iter().map(|p| queue_cost(p, budget) as usize).sum()
     }
 
     /// Queues an event unless the send queue is full, and applies the slow-consumer policy

@@ -26,7 +26,7 @@ use std::task::{Context, Poll, Waker};
 use crate::sync::lock;
 use crate::wire::Packet;
 
-/// The slots an emptied queue keeps (under half a KiB).
+/// The slots beyond the first that an emptied queue keeps (under half a KiB).
 const KEEP: usize = 4;
 
 /// The senders' end, held by the connection.
@@ -39,6 +39,9 @@ pub(crate) struct SendQueue {
 #[derive(Debug)]
 pub(crate) struct Outbox {
     shared: Arc<Mutex<Queue>>,
+    /// Room of written packets, given back when the writer next looks at the queue: one
+    /// lock per write rather than two.
+    written: usize,
 }
 
 /// Why a packet was not queued.
@@ -52,7 +55,7 @@ pub(crate) enum Refused {
 
 #[derive(Debug, Default)]
 struct Queue {
-    packets: VecDeque<Packet>,
+    packets: Packets,
     /// Bytes of budget nobody holds.
     room: usize,
     budget: usize,
@@ -72,6 +75,68 @@ struct Queue {
     /// The writer task is to look at its writer even with nothing queued: an inline write
     /// left bytes unwritten, or failed.
     kick: bool,
+}
+
+/// Queued packets in order, the oldest held in the queue itself. A broadcast queues one event
+/// on each of thousands of idle connections: kept inline, that event costs no allocation and
+/// no cache line beyond the queue's own, on the broadcasting thread and on the writer's.
+#[derive(Debug, Default)]
+struct Packets {
+    /// The oldest packet; `None` only when `rest` is empty too.
+    head: Option<Packet>,
+    rest: VecDeque<Packet>,
+}
+
+impl Packets {
+    fn is_empty(&self) -> bool {
+        self.head.is_none()
+    }
+
+    fn push_back(&mut self, packet: Packet) {
+        match self.head {
+            None => self.head = Some(packet),
+            Some(_) => self.rest.push_back(packet),
+        }
+    }
+
+    fn push_front(&mut self, packet: Packet) {
+        if let Some(old) = self.head.replace(packet) {
+            self.rest.push_front(old);
+        }
+    }
+
+    /// Moves up to `limit` packets, oldest first, into `batch`; returns how many.
+    fn take(&mut self, batch: &mut Vec<Packet>, limit: usize) -> usize {
+        let mut taken = 0;
+        while taken < limit {
+            let Some(packet) = self.head.take() else {
+                break;
+            };
+            batch.push(packet);
+            self.head = self.rest.pop_front();
+            taken += 1;
+        }
+        if self.rest.is_empty() && self.rest.capacity() > KEEP {
+            // A burst's room is not kept. A few slots are: events that come faster than one
+            // write would otherwise cost each of them an allocation by the sender and a free
+            // by the writer.
+            self.rest = VecDeque::with_capacity(KEEP);
+        }
+        taken
+    }
+
+    /// Moves everything out (what a closed queue drops).
+    fn drain_all(&mut self) -> Vec<Packet> {
+        let mut all = Vec::new();
+        self.take(&mut all, usize::MAX);
+        all
+    }
+
+    /// Slots held beyond the first, for tests.
+    #[cfg(test)]
+    fn spare_capacity(&self) -> usize {
+        self.rest.capacity()
+    }
 }
 
 /// What became of a packet offered for an inline write.
@@ -102,7 +167,7 @@ pub(crate) fn send_queue(budget: usize) -> (SendQueue, Outbox) {
         SendQueue {
             shared: shared.clone(),
         },
-        Outbox { shared },
+        Outbox { shared, written: 0 },
     )
 }
 
@@ -399,33 +464,29 @@ impl Drop for Push<'_> {
 }
 
 impl Outbox {
+    /// Gives back `bytes` of room (of packets written) the next time the writer looks at the
+    /// queue, which it does next. What is owed when the outbox drops is moot: the queue
+    /// is closed then.
+    pub(crate) fn release_later(&mut self, bytes: usize) {
+        self.written += bytes;
+    }
+
     /// Waits until something is queued, then moves up to `limit` packets into `batch`.
     /// Once [stopped](SendQueue::stop) it moves everything queued and returns true: that is
-    /// the last batch. It also returns, with nothing, when an inline write left work.
+    /// the last batch. It also returns, with nothing, when an inline write left work. Room
+    /// owed by [`release_later`](Self::release_later) is given back first.
     pub(crate) async fn recv_many(&mut self, batch: &mut Vec<Packet>, limit: usize) -> bool {
+        let mut written = std::mem::take(&mut self.written);
         poll_fn(|cx| {
             let mut queue = lock(&self.shared);
-            if !queue.inline {
-                let kicked = std::mem::take(&mut queue.kick);
-                if queue.stopping {
-                    queue.writer = None;
-                    take(&mut queue, batch, usize::MAX);
-                    return Poll::Ready(true);
-                }
-                if take(&mut queue, batch, limit) > 0 || kicked {
-                    // Not waiting any more: no sender may write inline now.
-                    queue.writer = None;
-                    return Poll::Ready(false);
-                }
-            }
-            if !queue
-                .writer
-                .as_ref()
-                .is_some_and(|w| w.will_wake(cx.waker()))
-            {
-                queue.writer = Some(cx.waker().clone());
-            }
-            Poll::Pending
+            let ready = match std::mem::take(&mut written) {
+                0 => Vec::new(),
+                bytes => queue.give_back(bytes),
+            };
+            let polled = poll_take(&mut queue, cx, batch, limit);
+            drop(queue);
+            ready.into_iter().for_each(Waker::wake);
+            polled
         })
         .await
     }
@@ -444,17 +505,39 @@ impl Outbox {
     }
 }
 
+/// One look of the writer at the queue (see [`Outbox::recv_many`]).
+fn poll_take(
+    queue: &mut Queue,
+    cx: &mut Context<'_>,
+    batch: &mut Vec<Packet>,
+    limit: usize,
+) -> Poll<bool> {
+    if !queue.inline {
+        let kicked = std::mem::take(&mut queue.kick);
+        if queue.stopping {
+            queue.writer = None;
+            take(queue, batch, usize::MAX);
+            return Poll::Ready(true);
+        }
+        if take(queue, batch, limit) > 0 || kicked {
+            // Not waiting any more: no sender may write inline now.
+            queue.writer = None;
+            return Poll::Ready(false);
+        }
+    }
+    if !queue
+        .writer
+        .as_ref()
+        .is_some_and(|w| w.will_wake(cx.waker()))
+    {
+        queue.writer = Some(cx.waker().clone());
+    }
+    Poll::Pending
+}
+
 fn take(queue: &mut Queue, batch: &mut Vec<Packet>, limit: usize) -> usize {
     let room = limit.saturating_sub(batch.len());
-    let taken = queue.packets.len().min(room);
-    batch.extend(queue.packets.drain(..taken));
-    if queue.packets.is_empty() && queue.packets.capacity() > KEEP {
-        // A burst's room is not kept. The first few slots are: an event to every
-        // connection would otherwise cost each of them an allocation by the broadcasting
-        // thread and a free by its writer's.
-        queue.packets = VecDeque::with_capacity(KEEP);
-    }
-    taken
+    queue.packets.take(batch, room)
 }
 
 impl Drop for Outbox {
@@ -463,7 +546,7 @@ impl Drop for Outbox {
             let mut queue = lock(&self.shared);
             queue.closed = true;
             queue.writer = None;
-            (std::mem::take(&mut queue.packets), queue.wake_all_waiting())
+            (queue.packets.drain_all(), queue.wake_all_waiting())
         };
         drop(packets);
         waiting.into_iter().for_each(Waker::wake);
@@ -492,7 +575,7 @@ mod tests {
         assert_eq!(batch[5], Packet::Pong);
         assert_eq!(outbox.try_recv_many(&mut batch, 64), 0);
         // Drained, the queue keeps only a few slots.
-        assert!(lock(&outbox.shared).packets.capacity() <= KEEP);
+        assert!(lock(&outbox.shared).packets.spare_capacity() <= KEEP);
     }
 
     #[tokio::test]
@@ -533,6 +616,76 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(last);
+    }
+
+    #[test]
+    fn a_lone_packet_is_queued_and_taken_without_a_slot_beyond_the_queue() {
+        let (queue, mut outbox) = send_queue(1 << 20);
+        for _ in 0..3 {
+            queue.try_push(Packet::Ping, 0).unwrap();
+            assert_eq!(outbox.try_recv(), Some(Packet::Ping));
+        }
+        assert_eq!(lock(&outbox.shared).packets.spare_capacity(), 0);
+    }
+
+    #[test]
+    fn packets_keep_their_order_across_the_inline_slot_and_the_rest() {
+        let mut packets = Packets::default();
+        let request = |mid| {
+            Packet::Response(crate::wire::Response {
+                mid,
+                status: crate::Code::Ok,
+                header: crate::wire::Header::new(),
+                payload: bytes::Bytes::new(),
+            })
+        };
+        (1..=4).for_each(|mid| packets.push_back(request(mid)));
+        let mut batch = Vec::new();
+        assert_eq!(packets.take(&mut batch, 2), 2);
+        // Given back to the head (an inline write that could not finish), behind nothing.
+        packets.push_front(request(2));
+        packets.push_front(request(1));
+        packets.push_back(request(5));
+        assert_eq!(packets.take(&mut batch, 1), 1);
+        assert_eq!(packets.take(&mut batch, 64), 4);
+        assert!(packets.is_empty());
+        assert_eq!(packets.take(&mut batch, 64), 0);
+        let mids: Vec<u16> = batch
+            .iter()
+            .map(|p| match p {
+                Packet::Response(r) => r.mid,
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(mids, [1, 2, 1, 2, 3, 4, 5]);
+    }
+
+    #[tokio::test]
+    async fn room_released_later_comes_back_when_the_writer_next_looks_and_wakes_the_line() {
+        let (queue, mut outbox) = send_queue(100);
+        let queue = Arc::new(queue);
+        queue.try_push(Packet::Pong, 100).unwrap();
+        let waiting = tokio::spawn({
+            let queue = queue.clone();
+            async move { queue.push(Packet::Ping, 50, false).await }
+        });
+        let mut batch = Vec::new();
+        assert!(!outbox.recv_many(&mut batch, 64).await);
+        assert_eq!(batch, [Packet::Pong]);
+        outbox.release_later(100);
+        assert_eq!(
+            queue.room(),
+            0,
+            "not given back before the writer looks again"
+        );
+        batch.clear();
+        // The writer looks again: the room goes to the waiting sender, whose packet comes out.
+        tokio::time::timeout(Duration::from_secs(5), outbox.recv_many(&mut batch, 64))
+            .await
+            .unwrap();
+        assert_eq!(batch, [Packet::Ping]);
+        assert_eq!(waiting.await.unwrap(), Ok(Offered::Queued));
+        assert_eq!(queue.room(), 50);
     }
 
     #[test]
