@@ -1,47 +1,91 @@
-//! A request to close a connection, set once by anyone and waited for by its engine.
+//! What a connection's engine must hear about between packets, set once by anyone and waited
+//! for by the engine: a request to close, and the failure of its writer.
 //!
 //! Not a `CancellationToken` because of where it is waited for: the engine checks it every time
 //! it wakes, before it reads, and a token's check takes its mutex. Under a broadcast to many
-//! connections that check ran once per event on every receiving connection. This flag is one
-//! atomic load while nobody has asked.
+//! connections that check ran once per event on every receiving connection. This is one
+//! atomic load while nothing has happened. The writer's failure comes the same way rather
+//! than through a channel of its own: one more thing to poll, in memory of its own, at every
+//! event.
 
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::Poll;
 
 use futures_util::task::AtomicWaker;
 
+use crate::Status;
+
+/// The close was asked for.
+const CLOSE: u8 = 1;
+/// The writer failed or ended.
+const WRITE_FAILED: u8 = 2;
+
 #[derive(Debug, Default)]
 pub(crate) struct CloseRequest {
-    requested: AtomicBool,
+    raised: AtomicU8,
+    /// Why the writer failed; set before [`WRITE_FAILED`] is raised.
+    write_failure: OnceLock<Status>,
     /// The engine, while it waits.
     engine: AtomicWaker,
+}
+
+/// What the engine heard.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Heard {
+    CloseRequested,
+    WriteFailed(Status),
 }
 
 impl CloseRequest {
     /// Asks for the close; the engine wakes if it waits. Asking again does nothing more.
     pub(crate) fn request(&self) {
-        if !self.requested.swap(true, Ordering::AcqRel) {
+        self.raise(CLOSE);
+    }
+
+    /// Reports that the writer failed (or ended): the engine wakes and ends the connection.
+    /// The first report's status is the one it hears.
+    pub(crate) fn write_failed(&self, status: Status) {
+        let _ = self.write_failure.set(status);
+        self.raise(WRITE_FAILED);
+    }
+
+    fn raise(&self, bit: u8) {
+        if self.raised.fetch_or(bit, Ordering::AcqRel) & bit == 0 {
             self.engine.wake();
         }
     }
 
     pub(crate) fn is_requested(&self) -> bool {
-        self.requested.load(Ordering::Acquire)
+        self.raised.load(Ordering::Acquire) & CLOSE != 0
     }
 
-    /// Waits until the close is asked for. Meant for one waiter at a time, the engine.
-    pub(crate) async fn requested(&self) {
+    fn heard(&self, close: bool) -> Option<Heard> {
+        let raised = self.raised.load(Ordering::Acquire);
+        if raised & WRITE_FAILED != 0 {
+            let status = self
+                .write_failure
+                .get()
+                .cloned()
+                .unwrap_or_else(|| Status::network_error("cannot write to the connection"));
+            return Some(Heard::WriteFailed(status));
+        }
+        (close && raised & CLOSE != 0).then_some(Heard::CloseRequested)
+    }
+
+    /// Waits until the writer fails, or, with `close`, until the close is asked for (a
+    /// failure first). Meant for one waiter at a time, the engine.
+    pub(crate) async fn heard_of(&self, close: bool) -> Heard {
         poll_fn(|cx| {
-            if self.is_requested() {
-                return Poll::Ready(());
+            if let Some(heard) = self.heard(close) {
+                return Poll::Ready(heard);
             }
             self.engine.register(cx.waker());
-            // A request between the check and the registration found no waker to wake.
-            if self.is_requested() {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
+            // A report between the check and the registration found no waker to wake.
+            match self.heard(close) {
+                Some(heard) => Poll::Ready(heard),
+                None => Poll::Pending,
             }
         })
         .await
@@ -60,16 +104,17 @@ mod tests {
         let close = Arc::new(CloseRequest::default());
         let waiting = tokio::spawn({
             let close = close.clone();
-            async move { close.requested().await }
+            async move { close.heard_of(true).await }
         });
         // The waiter is parked before the request comes.
         tokio::task::yield_now().await;
         assert!(!close.is_requested());
         close.request();
-        tokio::time::timeout(Duration::from_secs(5), waiting)
+        let heard = tokio::time::timeout(Duration::from_secs(5), waiting)
             .await
             .expect("woken")
             .unwrap();
+        assert_eq!(heard, Heard::CloseRequested);
     }
 
     #[tokio::test]
@@ -77,8 +122,35 @@ mod tests {
         let close = CloseRequest::default();
         close.request();
         close.request();
-        close.requested().await;
-        close.requested().await;
+        assert_eq!(close.heard_of(true).await, Heard::CloseRequested);
+        assert_eq!(close.heard_of(true).await, Heard::CloseRequested);
         assert!(close.is_requested());
+    }
+
+    #[tokio::test]
+    async fn a_closing_engine_hears_only_the_writer_and_its_first_status() {
+        let close = Arc::new(CloseRequest::default());
+        close.request();
+        let waiting = tokio::spawn({
+            let close = close.clone();
+            async move { close.heard_of(false).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(
+            !waiting.is_finished(),
+            "the close request is not heard again"
+        );
+        close.write_failed(Status::network_error("reset"));
+        close.write_failed(Status::network_error("later"));
+        let heard = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("woken")
+            .unwrap();
+        assert_eq!(heard, Heard::WriteFailed(Status::network_error("reset")));
+        // A failure comes before a close request.
+        assert_eq!(
+            close.heard_of(true).await,
+            Heard::WriteFailed(Status::network_error("reset"))
+        );
     }
 }

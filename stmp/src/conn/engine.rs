@@ -20,12 +20,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::budget::InFlight;
+use super::close_request::Heard;
 use super::io::{PacketStream, PacketWriter, WriteError};
 use super::state::{Action, ConnState, Ending, Held, error_response};
 use super::writer::Taken;
@@ -191,7 +192,6 @@ impl Engine {
         } = self;
         // Should this future be dropped half-way, the writer stops too.
         let _stop_writer_on_drop = StopWriterOnDrop(conn.clone());
-        let (failed, mut write_failed) = oneshot::channel();
         let mut state = ConnState::new(&config, conn.counters().clone(), draining, now());
         let handling = state.handler_slots();
         let busy = Busy {
@@ -201,13 +201,8 @@ impl Engine {
         if writer.writes_inline() {
             conn.shared.outbox.allow_inline();
         }
-        let writer_task = tokio::spawn(write_loop(
-            outbox,
-            writer,
-            busy,
-            config.write_stall_timeout,
-            failed,
-        ));
+        let writer_task =
+            tokio::spawn(write_loop(outbox, writer, busy, config.write_stall_timeout));
         // Each handler and listener holds the router. A handle of this connection's own keeps
         // those holds off the reference count that every connection of the server shares.
         let router = Arc::new(router);
@@ -224,25 +219,22 @@ impl Engine {
         let grace = sleep_until(Instant::now() + Duration::from_secs(86_400));
         tokio::pin!(grace);
         let shared = conn.shared.clone();
-        let close_requested = shared.close_requested.requested();
-        tokio::pin!(close_requested);
 
         let ending = loop {
             let action = tokio::select! {
                 biased;
-                _ = &mut close_requested, if !state.is_closing() => {
-                    let action = state.close(now(), requested(&conn));
-                    if let Some(deadline) = state.close_deadline() {
-                        grace.as_mut().reset(Instant::from_std(deadline));
+                // The writer's failure always; a close request until closing.
+                heard = shared.close_requested.heard_of(!state.is_closing()) => match heard {
+                    Heard::WriteFailed(status) => Action::End(state.handle_write_failed(status)),
+                    Heard::CloseRequested => {
+                        let action = state.close(now(), requested(&conn));
+                        if let Some(deadline) = state.close_deadline() {
+                            grace.as_mut().reset(Instant::from_std(deadline));
+                        }
+                        action
                     }
-                    action
-                }
+                },
                 _ = &mut grace, if state.is_closing() => state.handle_timeout(now()),
-                failed = &mut write_failed => {
-                    let status = failed
-                        .unwrap_or_else(|_| Status::network_error("cannot write to the connection"));
-                    Action::End(state.handle_write_failed(status))
-                }
                 queued = unpark(&mut parked), if parked.is_some() => {
                     parked = None;
                     match queued {
@@ -447,14 +439,9 @@ async fn finish(
 }
 
 /// Writes queued packets; whatever is queued together goes out in one write and one flush.
-/// A write that makes no progress for `stall` ends the connection through `failed`.
-async fn write_loop(
-    mut outbox: Outbox,
-    writer: PacketWriter,
-    busy: Busy,
-    stall: Duration,
-    failed: oneshot::Sender<Status>,
-) {
+/// A write that makes no progress for `stall` ends the connection: the engine hears of it, as
+/// it does of the task ending any other way.
+async fn write_loop(mut outbox: Outbox, writer: PacketWriter, busy: Busy, stall: Duration) {
     const BATCH: usize = 64;
     let conn = busy.conn.clone();
     let slot = &conn.shared.writer;
@@ -498,7 +485,7 @@ async fn write_loop(
                 }
                 let status = Status::from(error);
                 tracing::debug!(conn = conn.id(), %status, "write failed");
-                let _ = failed.send(status);
+                conn.shared.close_requested.write_failed(status);
                 return;
             }
         }
@@ -518,12 +505,17 @@ async fn write_loop(
     }
 }
 
-/// Drops the writer left in the slot when the writer task ends.
+/// Drops the writer left in the slot when the writer task ends, and tells the engine, which
+/// cannot go on without it (a failure reported before keeps its status).
 struct ClearWriterOnDrop(Conn);
 
 impl Drop for ClearWriterOnDrop {
     fn drop(&mut self) {
         self.0.shared.writer.clear();
+        self.0
+            .shared
+            .close_requested
+            .write_failed(Status::network_error("cannot write to the connection"));
     }
 }
 
@@ -578,11 +570,16 @@ type Listening = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// it queue behind it there until it and they are done.
 struct Listeners {
     /// Made when a listener first waits: many connections never receive a notify, and
-    /// idle ones should not pay for a queue and a task.
-    queue: Option<mpsc::Sender<Listening>>,
-    /// Listeners in the queue or running in its task.
-    behind: Arc<AtomicUsize>,
+    /// idle ones should not pay for a queue and a task (nor look at a counter elsewhere in
+    /// memory for every event they get).
+    queue: Option<ListenerQueue>,
     capacity: usize,
+}
+
+/// The listeners' task: its queue, and how many listeners are in it or running there.
+struct ListenerQueue {
+    sender: mpsc::Sender<Listening>,
+    behind: Arc<AtomicUsize>,
 }
 
 /// What became of a notify handed to [`Listeners::deliver`].
@@ -599,33 +596,37 @@ impl Listeners {
     fn new(capacity: usize) -> Listeners {
         Listeners {
             queue: None,
-            behind: Arc::new(AtomicUsize::new(0)),
             capacity: capacity.max(1),
         }
     }
 
     fn deliver(&mut self, mut listening: Listening) -> Delivered {
-        if self.behind.load(Ordering::Acquire) == 0 {
+        let idle = self
+            .queue
+            .as_ref()
+            .is_none_or(|queue| queue.behind.load(Ordering::Acquire) == 0);
+        if idle {
             let mut inline = std::task::Context::from_waker(std::task::Waker::noop());
             if listening.as_mut().poll(&mut inline).is_ready() {
                 return Delivered::Done;
             }
         }
-        let behind = self.behind.clone();
+        let capacity = self.capacity;
         let queue = self.queue.get_or_insert_with(|| {
-            let (queue, rx) = mpsc::channel(self.capacity);
+            let (sender, rx) = mpsc::channel(capacity);
+            let behind = Arc::new(AtomicUsize::new(0));
             // Not awaited when the connection ends: listeners still queued run on without
             // holding the connection open.
             tokio::spawn(event_loop(rx, behind.clone()));
-            queue
+            ListenerQueue { sender, behind }
         });
-        behind.fetch_add(1, Ordering::AcqRel);
-        match queue.try_send(listening) {
+        queue.behind.fetch_add(1, Ordering::AcqRel);
+        match queue.sender.try_send(listening) {
             Ok(()) => Delivered::Done,
             Err(mpsc::error::TrySendError::Full(listening)) => {
-                let queue = queue.clone();
+                let sender = queue.sender.clone();
                 Delivered::Full(Box::pin(async move {
-                    queue.send(listening).await.map_err(|_| listeners_gone())
+                    sender.send(listening).await.map_err(|_| listeners_gone())
                 }))
             }
             Err(mpsc::error::TrySendError::Closed(_)) => Delivered::Gone,
@@ -693,9 +694,8 @@ mod tests {
             conn.try_send(Packet::Pong).unwrap();
         }
         conn.shared.outbox.stop();
-        let (failed, _) = oneshot::channel();
         let stall = Duration::from_secs(5);
-        write_loop(outbox, writer, idle(&conn), stall, failed).await;
+        write_loop(outbox, writer, idle(&conn), stall).await;
         let (bytes, writes, flushes) = recorder.0.lock().unwrap().clone();
         assert_eq!(bytes, [0x90; 10]);
         assert_eq!((writes, flushes), (1, 1));
@@ -723,9 +723,8 @@ mod tests {
         let (conn, outbox) = Conn::new(super::super::tests::parts(1 << 20));
         let busy = idle(&conn);
         let running = busy.handling.reserve(handlers_running).unwrap();
-        let (failed, _) = oneshot::channel();
         let stall = Duration::from_secs(5);
-        let writer_task = tokio::spawn(write_loop(outbox, writer, busy, stall, failed));
+        let writer_task = tokio::spawn(write_loop(outbox, writer, busy, stall));
         // The writer waits for its first packet.
         tokio::task::yield_now().await;
         conn.try_send(Packet::Pong).unwrap();
@@ -837,10 +836,9 @@ mod tests {
         };
         let (conn, outbox) = Conn::new(super::super::tests::parts(budget));
         conn.shared.outbox.allow_inline();
-        let (failed, _) = oneshot::channel();
         let stall = Duration::from_secs(5);
         let busy = idle(&conn);
-        let task = tokio::spawn(write_loop(outbox, writer, busy, stall, failed));
+        let task = tokio::spawn(write_loop(outbox, writer, busy, stall));
         while !conn.shared.outbox.writer_waits() {
             tokio::task::yield_now().await;
         }
