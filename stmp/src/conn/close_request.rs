@@ -57,6 +57,7 @@ impl CloseRequest {
         }
     }
 
+    #[cfg(test)]
     pub(crate) fn is_requested(&self) -> bool {
         self.raised.load(Ordering::Acquire) & CLOSE != 0
     }
