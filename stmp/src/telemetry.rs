@@ -93,14 +93,26 @@ pub(crate) fn events_delivered(delivery: &Delivery) {
     }
 }
 
+/// The byte counters' keys, hashed once: they are counted on every read and write.
+static BYTES_RECEIVED_KEY: Key = Key::from_static_name(BYTES_RECEIVED);
+static BYTES_SENT_KEY: Key = Key::from_static_name(BYTES_SENT);
+
 pub(crate) fn bytes_received(bytes: usize) {
     if bytes > 0 {
-        metrics::counter!(BYTES_RECEIVED).increment(bytes as u64);
+        count(&BYTES_RECEIVED_KEY, bytes);
     }
 }
 
 pub(crate) fn bytes_sent(bytes: usize) {
-    metrics::counter!(BYTES_SENT).increment(bytes as u64);
+    count(&BYTES_SENT_KEY, bytes);
+}
+
+fn count(key: &Key, bytes: usize) {
+    metrics::with_recorder(|recorder| {
+        recorder
+            .register_counter(key, &METADATA)
+            .increment(bytes as u64)
+    });
 }
 
 pub(crate) fn slow_consumer_disconnected() {
@@ -155,8 +167,8 @@ fn calls_key(method: &'static str, code: Code) -> Key {
     )
 }
 
-/// What [`metrics`]' own macros would say of the call series.
-static CALL_METADATA: Metadata<'static> =
+/// What [`metrics`]' own macros would say of the series recorded here.
+static METADATA: Metadata<'static> =
     Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
 
 /// Runs a request's handling in a `call` span (a child of the connection's: the engine
@@ -199,12 +211,12 @@ fn call_finished(series: &CallSeries, code: Code, elapsed: Duration) {
     );
     metrics::with_recorder(|recorder| {
         let calls = match code {
-            Code::Ok => recorder.register_counter(&series.answered_ok, &CALL_METADATA),
-            code => recorder.register_counter(&calls_key(series.method, code), &CALL_METADATA),
+            Code::Ok => recorder.register_counter(&series.answered_ok, &METADATA),
+            code => recorder.register_counter(&calls_key(series.method, code), &METADATA),
         };
         calls.increment(1);
         recorder
-            .register_histogram(&series.duration, &CALL_METADATA)
+            .register_histogram(&series.duration, &METADATA)
             .record(elapsed.as_secs_f64());
     });
 }

@@ -22,9 +22,9 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep_until};
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::Drain;
 use super::budget::InFlight;
 use super::io::{PacketStream, PacketWriter, WriteError};
 use super::state::{Action, ConnState, Ending, Held, error_response};
@@ -85,7 +85,7 @@ pub(crate) struct Host {
     /// Handler tasks, so a server can wait for them when it shuts down.
     pub(crate) tasks: TaskTracker,
     /// Once cancelled, new requests are answered `ServerShutdown`.
-    pub(crate) draining: CancellationToken,
+    pub(crate) draining: Drain,
 }
 
 impl Host {
@@ -141,7 +141,7 @@ pub(crate) struct Engine {
     router: Router,
     pub(crate) config: EngineConfig,
     tasks: TaskTracker,
-    draining: CancellationToken,
+    draining: Drain,
 }
 
 /// What the read loop waits for before it reads again: room in the send queue for a reply,

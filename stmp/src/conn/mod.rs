@@ -6,6 +6,7 @@
 mod budget;
 mod call;
 mod close_request;
+mod drain;
 mod engine;
 mod extensions;
 pub(crate) mod io;
@@ -28,6 +29,7 @@ pub(crate) use budget::InFlight;
 use budget::queue_cost;
 pub use call::{CallOptions, Caller};
 use close_request::CloseRequest;
+pub(crate) use drain::Drain;
 pub(crate) use engine::{Engine, EngineConfig, Host};
 use extensions::Extensions;
 pub use io::PacketFormat;
