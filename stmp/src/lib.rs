@@ -46,6 +46,7 @@ pub mod codec;
 mod conn;
 mod context;
 pub mod history;
+mod id_map;
 mod method;
 mod rooms;
 mod router;

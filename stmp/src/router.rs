@@ -11,7 +11,9 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 
 use crate::codec::Message;
+use crate::id_map::IdMap;
 use crate::sync::{read, write};
+use crate::telemetry::CallSeries;
 use crate::wire::Action;
 use crate::{Context, Method, Status};
 
@@ -136,10 +138,16 @@ struct Inner {
 
 #[derive(Default)]
 struct Routes {
-    handlers: HashMap<u64, Handler>,
+    handlers: IdMap<u64, Arc<Route>>,
     /// Action → full name, and back, for every method served or listened to.
-    names: HashMap<u64, &'static str>,
+    names: IdMap<u64, &'static str>,
     actions: HashMap<&'static str, u64>,
+}
+
+/// A method served: its handler, and the series its calls are recorded in.
+pub(crate) struct Route {
+    handler: Handler,
+    pub(crate) series: CallSeries,
 }
 
 impl Routes {
@@ -151,8 +159,9 @@ impl Routes {
 
 /// What the router found for an incoming packet.
 pub(crate) struct Target {
+    action: Option<u64>,
     pub(crate) method: Option<&'static str>,
-    handler: Option<Handler>,
+    pub(crate) route: Option<Arc<Route>>,
     listeners: Vec<Listener>,
 }
 
@@ -233,8 +242,12 @@ impl Router {
         Fut: Future<Output = Result<Bytes, Status>> + Send + 'static,
     {
         let handler: Handler = Arc::new(move |ctx, payload| Box::pin(handler(ctx, payload)));
+        let route = Arc::new(Route {
+            handler,
+            series: CallSeries::new(name),
+        });
         let mut routes = write(&self.inner.routes);
-        routes.handlers.insert(action, handler);
+        routes.handlers.insert(action, route);
         routes.name(name, action);
         self
     }
@@ -299,28 +312,28 @@ impl Router {
     /// Finds the handler and listeners of an action; a method name (SA packets) is resolved
     /// like its numeric action.
     pub(crate) fn target(&self, action: &Action) -> Target {
+        let mut target = self.request_target(action);
+        if let Some(id) = target.action {
+            target.listeners = read(&self.inner.listeners)
+                .get(&id)
+                .map(|list| list.iter().map(|(_, l)| l.clone()).collect())
+                .unwrap_or_default();
+        }
+        target
+    }
+
+    /// Like [`target`](Self::target) without the listeners, which only notifies run.
+    pub(crate) fn request_target(&self, action: &Action) -> Target {
         let routes = read(&self.inner.routes);
         let id = match action {
             Action::Id(id) => Some(*id),
             Action::Method(name) => routes.actions.get(name.as_str()).copied(),
         };
-        let Some(id) = id else {
-            return Target {
-                method: None,
-                handler: None,
-                listeners: Vec::new(),
-            };
-        };
-        let method = routes.names.get(&id).copied();
-        let handler = routes.handlers.get(&id).cloned();
-        let listeners: Vec<Listener> = read(&self.inner.listeners)
-            .get(&id)
-            .map(|list| list.iter().map(|(_, l)| l.clone()).collect())
-            .unwrap_or_default();
         Target {
-            method,
-            handler,
-            listeners,
+            action: id,
+            method: id.and_then(|id| routes.names.get(&id).copied()),
+            route: id.and_then(|id| routes.handlers.get(&id).cloned()),
+            listeners: Vec::new(),
         }
     }
 
@@ -332,7 +345,7 @@ impl Router {
     /// `InternalServerError` for this call only.
     pub(crate) async fn handle_request(
         &self,
-        target: Target,
+        target: &Target,
         ctx: &Context,
         payload: Bytes,
     ) -> Result<Bytes, Status> {
@@ -358,10 +371,10 @@ impl Router {
                 }
             }
         }
-        let mut outcome = match (outcome, target.handler) {
+        let mut outcome = match (outcome, &target.route) {
             (Some(outcome), _) => outcome,
-            (None, Some(handler)) => {
-                match AssertUnwindSafe(lazy(|| handler(ctx.clone(), payload)))
+            (None, Some(route)) => {
+                match AssertUnwindSafe(lazy(|| (route.handler)(ctx.clone(), payload)))
                     .catch_unwind()
                     .await
                 {
@@ -398,7 +411,7 @@ impl Router {
         if crate::history::observe_notify(ctx) {
             return;
         }
-        if target.handler.is_none() && target.listeners.is_empty() {
+        if target.route.is_none() && target.listeners.is_empty() {
             tracing::debug!(action = %describe(ctx.action(), None), "dropping a notify nobody listens to");
             return;
         }
@@ -416,9 +429,9 @@ impl Router {
                 Err(_) => return,
             }
         }
-        if let Some(handler) = target.handler
+        if let Some(route) = target.route
             && let Ok(Err(status)) =
-                AssertUnwindSafe(lazy(|| handler(ctx.clone(), payload.clone())))
+                AssertUnwindSafe(lazy(|| (route.handler)(ctx.clone(), payload.clone())))
                     .catch_unwind()
                     .await
         {

@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use metrics::{Key, Label, Metadata};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tracing::Instrument;
 
@@ -92,14 +93,26 @@ pub(crate) fn events_delivered(delivery: &Delivery) {
     }
 }
 
+/// The byte counters' keys, hashed once: they are counted on every read and write.
+static BYTES_RECEIVED_KEY: Key = Key::from_static_name(BYTES_RECEIVED);
+static BYTES_SENT_KEY: Key = Key::from_static_name(BYTES_SENT);
+
 pub(crate) fn bytes_received(bytes: usize) {
     if bytes > 0 {
-        metrics::counter!(BYTES_RECEIVED).increment(bytes as u64);
+        count(&BYTES_RECEIVED_KEY, bytes);
     }
 }
 
 pub(crate) fn bytes_sent(bytes: usize) {
-    metrics::counter!(BYTES_SENT).increment(bytes as u64);
+    count(&BYTES_SENT_KEY, bytes);
+}
+
+fn count(key: &Key, bytes: usize) {
+    metrics::with_recorder(|recorder| {
+        recorder
+            .register_counter(key, &METADATA)
+            .increment(bytes as u64)
+    });
 }
 
 pub(crate) fn slow_consumer_disconnected() {
@@ -123,21 +136,65 @@ pub(crate) fn conn_span(conn: &Conn) -> tracing::Span {
     tracing::info_span!("conn", id = conn.id(), transport = conn.transport(), remote)
 }
 
+/// The series one method's calls are recorded in. Keys are made once, when the method is
+/// routed: a key with labels allocates and hashes when it is made, which per call would cost
+/// more than the rest of a call's bookkeeping. Recording still goes through whatever recorder
+/// is installed at the time.
+#[derive(Debug)]
+pub(crate) struct CallSeries {
+    method: &'static str,
+    answered_ok: Key,
+    duration: Key,
+}
+
+impl CallSeries {
+    pub(crate) fn new(method: &'static str) -> CallSeries {
+        CallSeries {
+            method,
+            answered_ok: calls_key(method, Code::Ok),
+            duration: Key::from_parts(CALL_DURATION, vec![Label::new("method", method)]),
+        }
+    }
+}
+
+fn calls_key(method: &'static str, code: Code) -> Key {
+    Key::from_parts(
+        CALLS,
+        vec![
+            Label::new("method", method),
+            Label::new("status", code.as_str()),
+        ],
+    )
+}
+
+/// What [`metrics`]' own macros would say of the series recorded here.
+static METADATA: Metadata<'static> =
+    Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
+
 /// Runs a request's handling in a `call` span (a child of the connection's: the engine
-/// polls it first), then records its status and duration, in the span.
+/// polls it first), then records its status and its duration since `arrived`, in the span.
+/// `series` is the method's, if it has a route; `method` names it otherwise.
 pub(crate) async fn observe_call<T>(
+    series: Option<&CallSeries>,
     method: Option<&'static str>,
+    arrived: Instant,
     handling: impl Future<Output = Result<T, Status>>,
 ) -> Result<T, Status> {
-    let method = method.unwrap_or(UNKNOWN_METHOD);
+    let method = series.map_or(method.unwrap_or(UNKNOWN_METHOD), |series| series.method);
     let observed = async {
-        let started = Instant::now();
         let outcome = handling.await;
         let code = match &outcome {
             Ok(_) => Code::Ok,
             Err(status) => status.code(),
         };
-        call_finished(method, code, started.elapsed());
+        // The engine's clock, which tests that pause time pause too.
+        let elapsed = tokio::time::Instant::now()
+            .into_std()
+            .saturating_duration_since(arrived);
+        match series {
+            Some(series) => call_finished(series, code, elapsed),
+            None => call_finished(&CallSeries::new(method), code, elapsed),
+        }
         outcome
     };
     observed
@@ -145,15 +202,23 @@ pub(crate) async fn observe_call<T>(
         .await
 }
 
-fn call_finished(method: &'static str, code: Code, elapsed: Duration) {
+fn call_finished(series: &CallSeries, code: Code, elapsed: Duration) {
     // The method is on the enclosing `call` span.
     tracing::debug!(
         status = code.as_str(),
         duration_us = elapsed.as_micros() as u64,
         "call finished"
     );
-    metrics::counter!(CALLS, "method" => method, "status" => code.as_str()).increment(1);
-    metrics::histogram!(CALL_DURATION, "method" => method).record(elapsed.as_secs_f64());
+    metrics::with_recorder(|recorder| {
+        let calls = match code {
+            Code::Ok => recorder.register_counter(&series.answered_ok, &METADATA),
+            code => recorder.register_counter(&calls_key(series.method, code), &METADATA),
+        };
+        calls.increment(1);
+        recorder
+            .register_histogram(&series.duration, &METADATA)
+            .record(elapsed.as_secs_f64());
+    });
 }
 
 pin_project_lite::pin_project! {
@@ -225,6 +290,106 @@ impl<T: AsyncWrite> AsyncWrite for Counted<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// Keeps the key of every counter and histogram registered with it, and what was added.
+    #[derive(Default)]
+    struct Keys(Mutex<Vec<(String, u64)>>);
+
+    struct Count(Arc<Keys>, String);
+
+    impl metrics::CounterFn for Count {
+        fn increment(&self, value: u64) {
+            self.0.0.lock().unwrap().push((self.1.clone(), value));
+        }
+        fn absolute(&self, _: u64) {}
+    }
+
+    impl metrics::HistogramFn for Count {
+        fn record(&self, _: f64) {
+            self.0.0.lock().unwrap().push((self.1.clone(), 1));
+        }
+    }
+
+    struct Recorder(Arc<Keys>);
+
+    fn describe(key: &Key) -> String {
+        let labels: Vec<String> = key
+            .labels()
+            .map(|label| format!("{}={}", label.key(), label.value()))
+            .collect();
+        format!("{}{{{}}}", key.name(), labels.join(","))
+    }
+
+    impl metrics::Recorder for Recorder {
+        fn describe_counter(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn describe_gauge(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn describe_histogram(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> metrics::Counter {
+            metrics::Counter::from_arc(Arc::new(Count(self.0.clone(), describe(key))))
+        }
+        fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> metrics::Gauge {
+            metrics::Gauge::noop()
+        }
+        fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> metrics::Histogram {
+            metrics::Histogram::from_arc(Arc::new(Count(self.0.clone(), describe(key))))
+        }
+    }
+
+    #[test]
+    fn calls_are_counted_by_method_and_status_and_timed_by_method() {
+        let keys = Arc::new(Keys::default());
+        let recorder = Recorder(keys.clone());
+        let series = CallSeries::new("demo.Echo");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        metrics::with_local_recorder(&recorder, || {
+            runtime.block_on(async {
+                let arrived = tokio::time::Instant::now().into_std();
+                let ok = async { Ok::<_, Status>(()) };
+                observe_call(Some(&series), Some("demo.Echo"), arrived, ok)
+                    .await
+                    .unwrap();
+                let refused = async { Err::<(), _>(Status::not_found("no")) };
+                let _ = observe_call(Some(&series), Some("demo.Echo"), arrived, refused).await;
+                let unknown = async { Err::<(), _>(Status::not_found("no")) };
+                let _ = observe_call(None, None, arrived, unknown).await;
+            })
+        });
+        let recorded = keys.0.lock().unwrap().clone();
+        let names: Vec<&str> = recorded.iter().map(|(key, _)| key.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "stmp_calls_total{method=demo.Echo,status=Ok}",
+                "stmp_call_duration_seconds{method=demo.Echo}",
+                "stmp_calls_total{method=demo.Echo,status=NotFound}",
+                "stmp_call_duration_seconds{method=demo.Echo}",
+                "stmp_calls_total{method=unknown,status=NotFound}",
+                "stmp_call_duration_seconds{method=unknown}",
+            ]
+        );
+        assert!(recorded.iter().all(|(_, value)| *value == 1));
+    }
 
     #[test]
     fn the_high_water_mark_only_rises() {

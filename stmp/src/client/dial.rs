@@ -2,14 +2,13 @@
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::ClientBuilder;
 use super::endpoint::{Endpoint, Scheme};
 use crate::codec::Codec;
 use crate::conn::io::{PacketStream, PacketWriter, ReadLimits, byte_stream};
-use crate::conn::{Engine, Host, Side};
+use crate::conn::{Drain, Engine, Host, Side};
 #[cfg(feature = "quic")]
 use crate::transport::quic;
 use crate::transport::tcp;
@@ -133,7 +132,7 @@ pub(crate) fn ready(
         slow_consumer: crate::SlowConsumer::default(),
         counters: crate::stats::Counters::new(usize::MAX),
         tasks: TaskTracker::new(),
-        draining: CancellationToken::new(),
+        draining: Drain::default(),
     };
     let (conn, outbox) = host.conn(remote, transport, hello.header, codec);
     let engine = host.engine(conn.clone(), outbox, reader, writer);

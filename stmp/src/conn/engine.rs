@@ -22,9 +22,9 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::Drain;
 use super::budget::InFlight;
 use super::close_request::Heard;
 use super::io::{PacketStream, PacketWriter, WriteError};
@@ -34,7 +34,6 @@ use super::{Conn, ConnParts, Outbox, Refused, Side};
 use crate::broadcast::SlowConsumer;
 use crate::codec::Codec;
 use crate::stats::Counters;
-use crate::sync::lock;
 use crate::wire::{Header, Packet, Request, Response};
 use crate::{Code, Context, Router, Status};
 
@@ -87,7 +86,7 @@ pub(crate) struct Host {
     /// Handler tasks, so a server can wait for them when it shuts down.
     pub(crate) tasks: TaskTracker,
     /// Once cancelled, new requests are answered `ServerShutdown`.
-    pub(crate) draining: CancellationToken,
+    pub(crate) draining: Drain,
 }
 
 impl Host {
@@ -143,7 +142,7 @@ pub(crate) struct Engine {
     router: Router,
     pub(crate) config: EngineConfig,
     tasks: TaskTracker,
-    draining: CancellationToken,
+    draining: Drain,
 }
 
 /// What the read loop waits for before it reads again: room in the send queue for a reply,
@@ -209,6 +208,8 @@ impl Engine {
         let mut listeners = Listeners::new(config.event_queue);
         let mut parked: Option<Parked> = None;
         let mut since_yield = 0;
+        // When the packet being handled was read: a request's duration counts from there.
+        let mut arrived = now();
 
         // Two timers for the state's two deadlines: the close grace is watched before
         // reading (a peer that floods cannot hold a closing connection open), the heartbeat
@@ -252,7 +253,8 @@ impl Engine {
                             since_yield = 0;
                             tokio::task::yield_now().await;
                         }
-                        state.handle_packet(now(), packet)
+                        arrived = now();
+                        state.handle_packet(arrived, packet)
                     }
                     Some(Err(status)) => {
                         if status.code() != Code::NetworkError {
@@ -276,7 +278,7 @@ impl Engine {
                     // leave at once from this task rather than through the writer's.
                     let alone =
                         !reader.has_buffered() && handling.used() == 1 && conn.pending_calls() == 0;
-                    handle(&conn, &router, &tasks, request, held, alone)
+                    handle(&conn, &router, &tasks, request, held, alone, arrived)
                 }
                 Action::Deliver(notify, held) => {
                     let target = router.target(&notify.action);
@@ -301,7 +303,7 @@ impl Engine {
                     }
                 }
                 Action::Complete(response) => {
-                    if !lock(&conn.shared.pending).complete(response) {
+                    if !conn.shared.pending.complete(response) {
                         tracing::trace!(conn = conn.id(), "dropping a response nobody waits for");
                     }
                 }
@@ -332,8 +334,9 @@ fn handle(
     request: Request,
     held: Held,
     alone: bool,
+    arrived: std::time::Instant,
 ) {
-    let target = router.target(&request.action);
+    let target = router.request_target(&request.action);
     let ctx = Context::new(conn.clone(), request.action, target.method, request.header);
     let router = router.clone();
     // Tracked from the start, not from `spawn`, and until the answer is queued: a shutdown
@@ -343,8 +346,10 @@ fn handle(
     let payload = request.payload;
     let mut answering = Box::pin(async move {
         let outcome = crate::telemetry::observe_call(
+            target.route.as_ref().map(|route| &route.series),
             target.method,
-            router.handle_request(target, &ctx, payload),
+            arrived,
+            router.handle_request(&target, &ctx, payload),
         )
         .await;
         let header = ctx.take_response_header();
@@ -423,7 +428,7 @@ async fn finish(
     }
     tracing::debug!(conn = conn.id(), %status, "connection closed");
     let _ = conn.shared.close_status.set(status.clone());
-    lock(&conn.shared.pending).close(Status::network_error(format!(
+    conn.shared.pending.close(Status::network_error(format!(
         "connection closed: {status}"
     )));
     conn.shared.outbox.stop();

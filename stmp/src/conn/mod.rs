@@ -6,6 +6,7 @@
 mod budget;
 mod call;
 mod close_request;
+mod drain;
 mod engine;
 mod extensions;
 pub(crate) mod io;
@@ -28,10 +29,11 @@ pub(crate) use budget::InFlight;
 use budget::queue_cost;
 pub use call::{CallOptions, Caller};
 use close_request::CloseRequest;
+pub(crate) use drain::Drain;
 pub(crate) use engine::{Engine, EngineConfig, Host};
 use extensions::Extensions;
 pub use io::PacketFormat;
-use pending::Pending;
+use pending::Calls;
 
 use crate::broadcast::SlowConsumer;
 use crate::codec::{Codec, Message};
@@ -80,7 +82,7 @@ struct Shared {
     slow_consumer: SlowConsumer,
     events_dropped: AtomicU64,
     counters: Arc<Counters>,
-    pending: Mutex<Pending>,
+    pending: Calls,
     extensions: Extensions,
     default_timeout: Duration,
     close_requested: CloseRequest,
@@ -128,7 +130,7 @@ impl Conn {
                 slow_consumer: parts.slow_consumer,
                 events_dropped: AtomicU64::new(0),
                 counters: parts.counters,
-                pending: Mutex::new(Pending::default()),
+                pending: Calls::default(),
                 extensions: Extensions::default(),
                 default_timeout: parts.default_timeout,
                 close_requested: CloseRequest::default(),
@@ -226,10 +228,10 @@ impl Conn {
         payload: Bytes,
         timeout: Option<Duration>,
     ) -> Result<Response, Status> {
-        let (mid, rx) = lock(&self.shared.pending).register()?;
-        let _forget = ForgetOnDrop {
+        let (mid, rx, waiting) = self.shared.pending.register()?;
+        let mut forget = ForgetOnDrop {
             shared: &self.shared,
-            mid,
+            mid: Some(mid),
         };
         let deadline = timeout.unwrap_or(self.shared.default_timeout);
         let exchange = async {
@@ -241,16 +243,19 @@ impl Conn {
             });
             // A lone call leaves at once from this task; with others under way, the writer
             // task gathers them into one write.
-            if self.pending_calls() == 1 {
+            if waiting == 1 {
                 self.send_inline(request).await?;
             } else {
                 self.send(request).await?;
             }
-            rx.await.map_err(|_| closed_error())?
+            rx.await.map_err(|_| closed_error())
         };
-        let response = tokio::time::timeout(deadline, exchange)
+        let answered = tokio::time::timeout(deadline, exchange)
             .await
             .map_err(|_| Status::request_timeout(format!("no response within {deadline:?}")))??;
+        // The table let go of the call when it took the response (or was closed).
+        forget.mid = None;
+        let response = answered?;
         match response.status {
             Code::Ok => Ok(response),
             code => Err(Status::new(
@@ -438,7 +443,7 @@ impl Conn {
 
     /// The number of calls waiting for a response.
     pub fn pending_calls(&self) -> usize {
-        lock(&self.shared.pending).len()
+        self.shared.pending.len()
     }
 
     /// Records the end of the connection, fails its pending calls and runs its close
@@ -447,7 +452,7 @@ impl Conn {
     /// to it is still cleaned up.
     pub(crate) fn mark_closed(&self, status: &Status) {
         let _ = self.shared.close_status.set(status.clone());
-        lock(&self.shared.pending).close(Status::network_error(format!(
+        self.shared.pending.close(Status::network_error(format!(
             "connection closed: {status}"
         )));
         // Senders waiting for room learn the connection is gone.
@@ -481,14 +486,17 @@ fn closed_error() -> Status {
     Status::network_error("connection closed")
 }
 
+/// Forgets a call whose future ends before its response came (dropped, timed out).
 struct ForgetOnDrop<'a> {
     shared: &'a Shared,
-    mid: u16,
+    mid: Option<u16>,
 }
 
 impl Drop for ForgetOnDrop<'_> {
     fn drop(&mut self) {
-        lock(&self.shared.pending).forget(self.mid);
+        if let Some(mid) = self.mid {
+            self.shared.pending.forget(mid);
+        }
     }
 }
 

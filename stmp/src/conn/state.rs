@@ -11,8 +11,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::drain::Drain;
 use bytes::Bytes;
-use tokio_util::sync::CancellationToken;
 
 use super::budget::{ConnBytes, HeldBytes, InFlight, NoRoom, Reservation};
 use super::engine::EngineConfig;
@@ -77,7 +77,7 @@ pub(crate) struct ConnState {
     bytes: Arc<ConnBytes>,
     counters: Arc<Counters>,
     /// Once cancelled, new requests are answered `ServerShutdown`.
-    draining: CancellationToken,
+    draining: Drain,
     last_read: Instant,
     pinged: bool,
     /// When the heartbeat looks at the silence next. Moved only by the heartbeat itself and
@@ -94,7 +94,7 @@ impl ConnState {
     pub(crate) fn new(
         config: &EngineConfig,
         counters: Arc<Counters>,
-        draining: CancellationToken,
+        draining: Drain,
         now: Instant,
     ) -> Self {
         ConnState {
@@ -154,7 +154,7 @@ impl ConnState {
     }
 
     fn admit_request(&mut self, request: Request) -> Action {
-        if self.draining.is_cancelled() {
+        if self.draining.is_draining() {
             let status = Status::server_shutdown("the server is shutting down");
             return Action::Reply(error_response(request.mid, status));
         }
@@ -366,12 +366,7 @@ mod tests {
     }
 
     fn state(now: Instant) -> ConnState {
-        ConnState::new(
-            &config(),
-            Counters::new(usize::MAX),
-            CancellationToken::new(),
-            now,
-        )
+        ConnState::new(&config(), Counters::new(usize::MAX), Drain::default(), now)
     }
 
     fn request(mid: u16, payload: usize) -> Packet {
@@ -567,7 +562,7 @@ mod tests {
     fn requests_beyond_the_handler_slots_are_refused_until_one_finishes() {
         let t0 = Instant::now();
         let counters = Counters::new(usize::MAX);
-        let mut conn = ConnState::new(&config(), counters.clone(), CancellationToken::new(), t0);
+        let mut conn = ConnState::new(&config(), counters.clone(), Drain::default(), t0);
         let Action::Handle(_, first) = conn.handle_packet(t0, request(1, 10)) else {
             panic!("a free slot runs the handler")
         };
@@ -589,7 +584,7 @@ mod tests {
     fn the_byte_budgets_refuse_requests_and_drop_notifies() {
         let t0 = Instant::now();
         let counters = Counters::new(usize::MAX);
-        let mut conn = ConnState::new(&config(), counters.clone(), CancellationToken::new(), t0);
+        let mut conn = ConnState::new(&config(), counters.clone(), Drain::default(), t0);
         let Action::Deliver(_, held) = conn.handle_packet(t0, notify(900)) else {
             panic!("the budget has room")
         };
@@ -617,8 +612,8 @@ mod tests {
     fn the_servers_budget_is_shared_by_its_connections() {
         let t0 = Instant::now();
         let counters = Counters::new(500);
-        let mut one = ConnState::new(&config(), counters.clone(), CancellationToken::new(), t0);
-        let mut two = ConnState::new(&config(), counters.clone(), CancellationToken::new(), t0);
+        let mut one = ConnState::new(&config(), counters.clone(), Drain::default(), t0);
+        let mut two = ConnState::new(&config(), counters.clone(), Drain::default(), t0);
         let _held = one.handle_packet(t0, notify(400));
         let (_, _, message) = refused(two.handle_packet(t0, request(1, 200)));
         assert!(message.contains("the server holds its limit"), "{message}");
@@ -627,9 +622,9 @@ mod tests {
     #[test]
     fn a_draining_server_answers_requests_with_server_shutdown() {
         let t0 = Instant::now();
-        let draining = CancellationToken::new();
+        let draining = Drain::default();
         let mut conn = ConnState::new(&config(), Counters::new(usize::MAX), draining.clone(), t0);
-        draining.cancel();
+        draining.start();
         let (mid, code, _) = refused(conn.handle_packet(t0, request(9, 1)));
         assert_eq!((mid, code), (9, Code::ServerShutdown));
     }

@@ -16,7 +16,7 @@ use tracing::Instrument;
 use crate::adapter::{Adapter, LocalAdapter, Node};
 use crate::codec::{Codec, Codecs};
 use crate::conn::io::{InflationLimit, PacketStream, PacketWriter, ReadLimits};
-use crate::conn::{DEFAULT_SEND_QUEUE_BYTES, EngineConfig, Host, Outbox, Side};
+use crate::conn::{DEFAULT_SEND_QUEUE_BYTES, Drain, EngineConfig, Host, Outbox, Side};
 use crate::router::BoxFuture;
 use crate::stats::{Counters, ServerStats};
 use crate::wire::{BufferBudget, DEFAULT_MAX_PACKET_SIZE, Header, Limits, Version};
@@ -345,7 +345,7 @@ impl ServerBuilder {
             slow_consumer: self.slow_consumer,
             counters: counters.clone(),
             tasks: TaskTracker::new(),
-            draining: CancellationToken::new(),
+            draining: Drain::default(),
         };
         Server {
             inner: Arc::new(Inner {
@@ -559,7 +559,7 @@ impl Server {
     pub async fn shutdown(&self, deadline: Duration) {
         tracing::info!(connections = self.inner.conns.len(), "shutting down");
         // Draining first: once `closed()` wakes anyone, new requests are already refused.
-        self.inner.host.draining.cancel();
+        self.inner.host.draining.start();
         self.inner.stop_accepting.cancel();
         self.inner.host.tasks.close();
         if tokio::time::timeout(deadline, self.inner.host.tasks.wait())
