@@ -23,6 +23,8 @@ type Handler =
     Arc<dyn Fn(Context, Bytes) -> BoxFuture<'static, Result<Bytes, Status>> + Send + Sync>;
 type Layers = Arc<[Arc<dyn ErasedMiddleware>]>;
 type Listener = Arc<dyn Fn(Context, Bytes) -> BoxFuture<'static, ()> + Send + Sync>;
+/// The listeners of one action, each with its id.
+type Listeners = Arc<[(u64, Listener)]>;
 
 /// What a middleware's [`before`](Middleware::before) decides.
 #[derive(Debug)]
@@ -130,7 +132,8 @@ pub struct Router {
 #[derive(Default)]
 struct Inner {
     routes: RwLock<Routes>,
-    listeners: RwLock<HashMap<u64, Vec<(u64, Listener)>>>,
+    /// Replaced whole when one is added or detached, so a notify takes them with one clone.
+    listeners: RwLock<IdMap<u64, Listeners>>,
     /// Replaced whole when a layer is added, so a request takes a snapshot with one clone.
     middleware: RwLock<Layers>,
     next_listener: AtomicU64,
@@ -162,7 +165,7 @@ pub(crate) struct Target {
     action: Option<u64>,
     pub(crate) method: Option<&'static str>,
     pub(crate) route: Option<Arc<Route>>,
-    listeners: Vec<Listener>,
+    listeners: Option<Listeners>,
 }
 
 /// Listeners added by one [`Router::listen`] call; [`detach`](ListenerHandle::detach) removes them.
@@ -179,10 +182,16 @@ impl ListenerHandle {
     pub fn detach(self) {
         if let Some(inner) = self.router.upgrade() {
             let mut listeners = write(&inner.listeners);
-            if let Some(list) = listeners.get_mut(&self.action) {
-                list.retain(|(id, _)| *id != self.id);
-                if list.is_empty() {
+            if let Some(list) = listeners.get(&self.action) {
+                let kept: Listeners = list
+                    .iter()
+                    .filter(|(id, _)| *id != self.id)
+                    .cloned()
+                    .collect();
+                if kept.is_empty() {
                     listeners.remove(&self.action);
+                } else {
+                    listeners.insert(self.action, kept);
                 }
             }
         }
@@ -289,10 +298,15 @@ impl Router {
         });
         let id = self.inner.next_listener.fetch_add(1, Ordering::Relaxed);
         write(&self.inner.routes).name(method.name, method.action);
-        write(&self.inner.listeners)
-            .entry(method.action)
-            .or_default()
-            .push((id, erased));
+        let mut listeners = write(&self.inner.listeners);
+        let grown: Listeners = listeners
+            .get(&method.action)
+            .into_iter()
+            .flat_map(|list| list.iter().cloned())
+            .chain([(id, erased)])
+            .collect();
+        listeners.insert(method.action, grown);
+        drop(listeners);
         ListenerHandle {
             router: Arc::downgrade(&self.inner),
             action: method.action,
@@ -314,10 +328,7 @@ impl Router {
     pub(crate) fn target(&self, action: &Action) -> Target {
         let mut target = self.request_target(action);
         if let Some(id) = target.action {
-            target.listeners = read(&self.inner.listeners)
-                .get(&id)
-                .map(|list| list.iter().map(|(_, l)| l.clone()).collect())
-                .unwrap_or_default();
+            target.listeners = read(&self.inner.listeners).get(&id).cloned();
         }
         target
     }
@@ -333,7 +344,7 @@ impl Router {
             action: id,
             method: id.and_then(|id| routes.names.get(&id).copied()),
             route: id.and_then(|id| routes.handlers.get(&id).cloned()),
-            listeners: Vec::new(),
+            listeners: None,
         }
     }
 
@@ -411,7 +422,7 @@ impl Router {
         if crate::history::observe_notify(ctx) {
             return;
         }
-        if target.route.is_none() && target.listeners.is_empty() {
+        if target.route.is_none() && target.listeners.is_none() {
             tracing::debug!(action = %describe(ctx.action(), None), "dropping a notify nobody listens to");
             return;
         }
@@ -437,7 +448,7 @@ impl Router {
         {
             tracing::debug!(%status, "handler of a notify failed");
         }
-        for listener in target.listeners {
+        for (_, listener) in target.listeners.iter().flat_map(|list| list.iter()) {
             if AssertUnwindSafe(lazy(|| listener(ctx.clone(), payload.clone())))
                 .catch_unwind()
                 .await
@@ -469,4 +480,38 @@ pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> &str {
         .copied()
         .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
         .unwrap_or("non-string panic")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EVENT: Method = Method::new("demo.Room.Joined", "demo.Joined", "demo.Empty");
+
+    #[derive(Clone, PartialEq, prost::Message, serde::Serialize, serde::Deserialize)]
+    struct Joined {
+        #[prost(string, tag = "1")]
+        user: String,
+    }
+
+    fn listener_count(router: &Router) -> usize {
+        let target = router.target(&Action::Id(EVENT.action));
+        target.listeners.map_or(0, |list| list.len())
+    }
+
+    #[test]
+    fn listeners_come_and_go_and_the_last_one_leaves_nothing_behind() {
+        let router = Router::new();
+        let first = router.listen(&EVENT, |_: Context, _: Joined| async {});
+        let second = router.listen(&EVENT, |_: Context, _: Joined| async {});
+        assert_eq!(listener_count(&router), 2);
+        // A notify's snapshot is not changed by a later detach.
+        let taken = router.target(&Action::Id(EVENT.action));
+        first.detach();
+        assert_eq!(listener_count(&router), 1);
+        assert_eq!(taken.listeners.map(|list| list.len()), Some(2));
+        second.detach();
+        assert_eq!(listener_count(&router), 0);
+        assert!(read(&router.inner.listeners).is_empty());
+    }
 }
