@@ -251,6 +251,33 @@ impl Codec {
             }
         }
     }
+
+    /// Decodes a message from a payload that is already [`Bytes`], as a received packet's is.
+    /// Protobuf reads it in place: a `bytes` field declared as [`Bytes`] (prost's `bytes =
+    /// "bytes"`) shares the payload's buffer, and a `Vec<u8>` one is copied once, where
+    /// [`decode`](Self::decode) of a slice copies it twice. Other codecs decode as `decode` does.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use stmp::codec::Codec;
+    ///
+    /// #[derive(Clone, PartialEq, prost::Message, serde::Serialize, serde::Deserialize)]
+    /// struct Blob {
+    ///     #[prost(bytes = "bytes", tag = "1")]
+    ///     data: Bytes,
+    /// }
+    ///
+    /// let payload = Bytes::from_static(b"\x0a\x03abc");
+    /// let blob: Blob = Codec::PROTOBUF.decode_bytes(&payload).unwrap();
+    /// assert_eq!(blob.data, "abc");
+    /// assert_eq!(blob.data.as_ptr(), payload[2..].as_ptr()); // no copy
+    /// ```
+    pub fn decode_bytes<M: Message>(&self, payload: &Bytes) -> Result<M, Status> {
+        match &self.0 {
+            Repr::Protobuf => M::decode(payload.clone()).map_err(decode_error),
+            _ => self.decode(payload),
+        }
+    }
 }
 
 #[cfg(any(feature = "json", feature = "msgpack"))]

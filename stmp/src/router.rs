@@ -236,7 +236,7 @@ impl Router {
                 let handler = handler.clone();
                 async move {
                     let codec = ctx.conn().codec().clone();
-                    let input = codec.decode::<I>(&payload)?;
+                    let input = codec.decode_bytes::<I>(&payload)?;
                     let output = handler(ctx, input).await?;
                     codec.encode(&output)
                 }
@@ -286,7 +286,7 @@ impl Router {
         let erased: Listener = Arc::new(move |ctx: Context, payload: Bytes| {
             let listener = listener.clone();
             Box::pin(async move {
-                match ctx.conn().codec().decode::<E>(&payload) {
+                match ctx.conn().codec().decode_bytes::<E>(&payload) {
                     Ok(event) => listener(ctx, event).await,
                     Err(status) => tracing::warn!(
                         method = method.name,

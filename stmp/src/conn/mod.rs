@@ -209,7 +209,7 @@ impl Conn {
                 options.timeout,
             )
             .await?;
-        self.codec().decode(&response.payload)
+        self.codec().decode_bytes(&response.payload)
     }
 
     /// Sends a notify (an event, or a call that wants no answer).
