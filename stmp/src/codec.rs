@@ -264,6 +264,7 @@ impl Codec {
     /// #[derive(Clone, PartialEq, prost::Message, serde::Serialize, serde::Deserialize)]
     /// struct Blob {
     ///     #[prost(bytes = "bytes", tag = "1")]
+    ///     #[serde(with = "stmp::serde_support::bytes")]
     ///     data: Bytes,
     /// }
     ///
@@ -271,6 +272,9 @@ impl Codec {
     /// let blob: Blob = Codec::PROTOBUF.decode_bytes(&payload).unwrap();
     /// assert_eq!(blob.data, "abc");
     /// assert_eq!(blob.data.as_ptr(), payload[2..].as_ptr()); // no copy
+    ///
+    /// let json = Bytes::from_static(br#"{"data":"YWJj"}"#);
+    /// assert_eq!(Codec::JSON.decode_bytes::<Blob>(&json).unwrap(), blob);
     /// ```
     pub fn decode_bytes<M: Message>(&self, payload: &Bytes) -> Result<M, Status> {
         match &self.0 {
