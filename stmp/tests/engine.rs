@@ -325,7 +325,10 @@ async fn a_short_deadline_after_a_long_one_ends_on_time() {
     let hour = stmp::CallOptions::new().timeout(Duration::from_secs(3600));
     let long = tokio::spawn({
         let conn = conn.clone();
-        async move { conn.call_with::<_, Echo>(&BLOCK, &Echo::default(), hour).await }
+        async move {
+            conn.call_with::<_, Echo>(&BLOCK, &Echo::default(), hour)
+                .await
+        }
     });
     within(entered.recv()).await.unwrap();
     let short = stmp::CallOptions::new().timeout(Duration::from_millis(50));

@@ -274,7 +274,10 @@ mod tests {
             rx.try_recv().unwrap().unwrap_err().code(),
             Code::NetworkError
         );
-        assert_eq!(calls.register(Instant::now(), MINUTE).unwrap_err().code(), Code::NetworkError);
+        assert_eq!(
+            calls.register(Instant::now(), MINUTE).unwrap_err().code(),
+            Code::NetworkError
+        );
         assert_eq!(calls.len(), 0);
     }
 
@@ -297,7 +300,9 @@ mod tests {
     #[test]
     fn full_table_is_too_many_requests() {
         let mut pending = Pending::default();
-        let receivers: Vec<_> = (0..u16::MAX).map(|_| pending.register(Instant::now(), MINUTE).unwrap()).collect();
+        let receivers: Vec<_> = (0..u16::MAX)
+            .map(|_| pending.register(Instant::now(), MINUTE).unwrap())
+            .collect();
         assert_eq!(receivers.len(), 65535);
         assert_eq!(
             pending.register(Instant::now(), MINUTE).unwrap_err().code(),
@@ -314,7 +319,10 @@ mod tests {
         let later = calls.register(start, 2 * MINUTE).unwrap();
         assert!(!later.sooner, "a later deadline leaves the alarm as it is");
         let quick = calls.register(start, Duration::from_secs(1)).unwrap();
-        assert!(quick.sooner, "an earlier deadline must bring the alarm forward");
+        assert!(
+            quick.sooner,
+            "an earlier deadline must bring the alarm forward"
+        );
 
         // Nothing is due yet: the alarm stays on the earliest deadline.
         assert_eq!(calls.expire(start), Some(start + Duration::from_secs(1)));
@@ -349,7 +357,10 @@ mod tests {
         // The next deadline is 2 ns away, but looking at 999 calls again that soon would cost
         // more than it is worth: the alarm waits 100 ns per waiting call.
         let next = calls.expire(start + Duration::from_nanos(1)).unwrap();
-        assert_eq!(next, start + Duration::from_nanos(1 + 999 * SWEEP_NS_PER_CALL));
+        assert_eq!(
+            next,
+            start + Duration::from_nanos(1 + 999 * SWEEP_NS_PER_CALL)
+        );
         assert_eq!(calls.len(), 999);
         assert_eq!(calls.expire(next), None);
         assert_eq!(calls.len(), 0);
