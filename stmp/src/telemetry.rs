@@ -23,7 +23,6 @@
 //! `conn` (id, transport, remote address) and `call` (method), and each call ends with a
 //! debug event carrying its status and duration.
 
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
@@ -31,7 +30,6 @@ use std::time::{Duration, Instant};
 
 use metrics::{Key, Label, Metadata};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tracing::Instrument;
 
 use crate::{Code, Conn, Delivery, Status};
 
@@ -171,35 +169,39 @@ fn calls_key(method: &'static str, code: Code) -> Key {
 static METADATA: Metadata<'static> =
     Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
 
-/// Runs a request's handling in a `call` span (a child of the connection's: the engine
-/// polls it first), then records its status and its duration since `arrived`, in the span.
-/// `series` is the method's, if it has a route; `method` names it otherwise.
-pub(crate) async fn observe_call<T>(
+/// The `call` span a request's handling runs in (a child of the connection's: the engine
+/// polls the handling first). `series` is the method's, if it has a route; `method` names it
+/// otherwise.
+pub(crate) fn call_span(
+    series: Option<&CallSeries>,
+    method: Option<&'static str>,
+) -> tracing::Span {
+    let method = series.map_or(method.unwrap_or(UNKNOWN_METHOD), |series| series.method);
+    tracing::debug_span!("call", method)
+}
+
+/// Records a handled request: its status and its duration since `arrived`, in its span.
+///
+/// Not a wrapper future around the handling: a request's future is built and moved for
+/// every request, and each layer of nesting added a copy of the handler's whole state.
+pub(crate) fn call_observed(
     series: Option<&CallSeries>,
     method: Option<&'static str>,
     arrived: Instant,
-    handling: impl Future<Output = Result<T, Status>>,
-) -> Result<T, Status> {
-    let method = series.map_or(method.unwrap_or(UNKNOWN_METHOD), |series| series.method);
-    let observed = async {
-        let outcome = handling.await;
-        let code = match &outcome {
-            Ok(_) => Code::Ok,
-            Err(status) => status.code(),
-        };
-        // The engine's clock, which tests that pause time pause too.
-        let elapsed = tokio::time::Instant::now()
-            .into_std()
-            .saturating_duration_since(arrived);
-        match series {
-            Some(series) => call_finished(series, code, elapsed),
-            None => call_finished(&CallSeries::new(method), code, elapsed),
-        }
-        outcome
-    };
-    observed
-        .instrument(tracing::debug_span!("call", method))
-        .await
+    code: Code,
+) {
+    // The engine's clock, which tests that pause time pause too.
+    let elapsed = tokio::time::Instant::now()
+        .into_std()
+        .saturating_duration_since(arrived);
+    match series {
+        Some(series) => call_finished(series, code, elapsed),
+        None => call_finished(
+            &CallSeries::new(method.unwrap_or(UNKNOWN_METHOD)),
+            code,
+            elapsed,
+        ),
+    }
 }
 
 fn call_finished(series: &CallSeries, code: Code, elapsed: Duration) {
@@ -365,14 +367,9 @@ mod tests {
         metrics::with_local_recorder(&recorder, || {
             runtime.block_on(async {
                 let arrived = tokio::time::Instant::now().into_std();
-                let ok = async { Ok::<_, Status>(()) };
-                observe_call(Some(&series), Some("demo.Echo"), arrived, ok)
-                    .await
-                    .unwrap();
-                let refused = async { Err::<(), _>(Status::not_found("no")) };
-                let _ = observe_call(Some(&series), Some("demo.Echo"), arrived, refused).await;
-                let unknown = async { Err::<(), _>(Status::not_found("no")) };
-                let _ = observe_call(None, None, arrived, unknown).await;
+                call_observed(Some(&series), Some("demo.Echo"), arrived, Code::Ok);
+                call_observed(Some(&series), Some("demo.Echo"), arrived, Code::NotFound);
+                call_observed(None, None, arrived, Code::NotFound);
             })
         });
         let recorded = keys.0.lock().unwrap().clone();

@@ -362,14 +362,22 @@ fn handle(
     let tracked = tasks.token();
     let mid = request.mid;
     let payload = request.payload;
-    let mut answering = Box::pin(async move {
-        let outcome = crate::telemetry::observe_call(
+    let span = crate::telemetry::call_span(
+        target.route.as_ref().map(|route| &route.series),
+        target.method,
+    );
+    let answering = async move {
+        let outcome = router.handle_request(&target, &ctx, payload).await;
+        let code = match &outcome {
+            Ok(_) => Code::Ok,
+            Err(status) => status.code(),
+        };
+        crate::telemetry::call_observed(
             target.route.as_ref().map(|route| &route.series),
             target.method,
             arrived,
-            router.handle_request(&target, &ctx, payload),
-        )
-        .await;
+            code,
+        );
         let header = ctx.take_response_header();
         match outcome {
             Ok(payload) => Packet::Response(Response {
@@ -380,7 +388,12 @@ fn handle(
             }),
             Err(status) => with_header(error_response(mid, status), header),
         }
-    });
+    };
+    // Built once and moved once, into its box: the span wraps it only when something listens.
+    let mut answering: Pin<Box<dyn Future<Output = Packet> + Send>> = match span.is_disabled() {
+        true => Box::pin(answering),
+        false => Box::pin(tracing::Instrument::instrument(answering, span)),
+    };
     // Most handlers answer without waiting: run them here until their first await, and give
     // only the ones that wait (or whose answer waits for room) a task of their own.
     let mut inline = std::task::Context::from_waker(std::task::Waker::noop());
