@@ -137,6 +137,28 @@ struct Inner {
     /// Replaced whole when a layer is added, so a request takes a snapshot with one clone.
     middleware: RwLock<Layers>,
     next_listener: AtomicU64,
+    /// Counts the changes to routes, listeners and middleware: what a connection resolved for
+    /// a notify ([`NotifyTargets`]) stands while it has not moved.
+    generation: Generation,
+}
+
+/// A counter on a cache line of its own. Every connection reads it for every notify and it
+/// is written only when the router changes, so it stays in every core's cache; the locks
+/// next to it are written by every read-lock and would drag it along.
+#[derive(Default)]
+#[repr(align(128))]
+struct Generation(AtomicU64);
+
+impl Inner {
+    /// Marks a change; called once the change is made, so a connection that sees the new
+    /// generation resolves against the changed router.
+    fn changed(&self) {
+        self.generation.0.fetch_add(1, Ordering::Release);
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.0.load(Ordering::Acquire)
+    }
 }
 
 #[derive(Default)]
@@ -160,12 +182,70 @@ impl Routes {
     }
 }
 
-/// What the router found for an incoming packet.
+/// What the router found for an incoming request.
 pub(crate) struct Target {
-    action: Option<u64>,
     pub(crate) method: Option<&'static str>,
     pub(crate) route: Option<Arc<Route>>,
+}
+
+/// Everything a notify of one action runs through: the middleware, the handler and the
+/// listeners as they were when it was resolved. A notify keeps the snapshot it started with;
+/// changes to the router reach the notifies resolved after them.
+pub(crate) struct NotifyTarget {
+    method: Option<&'static str>,
+    route: Option<Arc<Route>>,
     listeners: Option<Listeners>,
+    middleware: Layers,
+}
+
+/// The actions one connection resolved most recently, kept while the router does not change.
+const CACHED_ACTIONS: usize = 8;
+
+/// One connection's resolved notify targets. A broadcast reaches every connection with the
+/// same action, and resolving it again for each would read-lock the router's maps and count
+/// references on its shared slices from every core at once: the cache lines all connections
+/// share would move between cores with every event. Here a notify of a known action costs
+/// one read of the router's generation, a line no notify writes.
+pub(crate) struct NotifyTargets {
+    router: Router,
+    /// The router's generation the entries were resolved at.
+    generation: u64,
+    /// Numeric actions and their targets, the most recently resolved first.
+    resolved: Vec<(u64, Arc<NotifyTarget>)>,
+}
+
+impl NotifyTargets {
+    pub(crate) fn new(router: Router) -> NotifyTargets {
+        NotifyTargets {
+            router,
+            generation: 0,
+            resolved: Vec::new(),
+        }
+    }
+
+    /// The target of a notify of `action`, as the router is now.
+    pub(crate) fn get(&mut self, action: &Action) -> Arc<NotifyTarget> {
+        // Read before resolving: a change made while resolving moves it again, so what was
+        // resolved is not taken for the changed router's.
+        let generation = self.router.inner.generation();
+        if generation != self.generation {
+            self.resolved.clear();
+            self.generation = generation;
+        }
+        let Action::Id(id) = *action else {
+            // Named actions (SA packets) are rare: resolved every time.
+            return Arc::new(self.router.notify_target(action));
+        };
+        if let Some((_, target)) = self.resolved.iter().find(|(cached, _)| *cached == id) {
+            return target.clone();
+        }
+        let target = Arc::new(self.router.notify_target(action));
+        if self.resolved.len() == CACHED_ACTIONS {
+            self.resolved.pop();
+        }
+        self.resolved.insert(0, (id, target.clone()));
+        target
+    }
 }
 
 /// Listeners added by one [`Router::listen`] call; [`detach`](ListenerHandle::detach) removes them.
@@ -194,6 +274,8 @@ impl ListenerHandle {
                     listeners.insert(self.action, kept);
                 }
             }
+            drop(listeners);
+            inner.changed();
         }
     }
 }
@@ -258,6 +340,8 @@ impl Router {
         let mut routes = write(&self.inner.routes);
         routes.handlers.insert(action, route);
         routes.name(name, action);
+        drop(routes);
+        self.inner.changed();
         self
     }
 
@@ -282,19 +366,20 @@ impl Router {
         F: Fn(Context, E) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let listener = Arc::new(listener);
+        // The event is decoded and the listener called right away; only its future is kept,
+        // so a notify counts no reference on the listener, which every connection shares.
         let erased: Listener = Arc::new(move |ctx: Context, payload: Bytes| {
-            let listener = listener.clone();
-            Box::pin(async move {
-                match ctx.conn().codec().decode::<E>(&payload) {
-                    Ok(event) => listener(ctx, event).await,
-                    Err(status) => tracing::warn!(
+            match ctx.conn().codec().decode::<E>(&payload) {
+                Ok(event) => Box::pin(listener(ctx, event)) as BoxFuture<'static, ()>,
+                Err(status) => {
+                    tracing::warn!(
                         method = method.name,
                         %status,
                         "dropping an event that does not decode"
-                    ),
+                    );
+                    Box::pin(std::future::ready(()))
                 }
-            })
+            }
         });
         let id = self.inner.next_listener.fetch_add(1, Ordering::Relaxed);
         write(&self.inner.routes).name(method.name, method.action);
@@ -307,6 +392,7 @@ impl Router {
             .collect();
         listeners.insert(method.action, grown);
         drop(listeners);
+        self.inner.changed();
         ListenerHandle {
             router: Arc::downgrade(&self.inner),
             action: method.action,
@@ -320,32 +406,40 @@ impl Router {
         let mut grown: Vec<_> = layers.iter().cloned().collect();
         grown.push(Arc::new(middleware));
         *layers = grown.into();
+        drop(layers);
+        self.inner.changed();
         self
     }
 
-    /// Finds the handler and listeners of an action; a method name (SA packets) is resolved
-    /// like its numeric action.
-    pub(crate) fn target(&self, action: &Action) -> Target {
-        let mut target = self.request_target(action);
-        if let Some(id) = target.action {
-            target.listeners = read(&self.inner.listeners).get(&id).cloned();
+    /// Finds the handler, listeners and middleware a notify of `action` runs through; a
+    /// method name (SA packets) is resolved like its numeric action.
+    fn notify_target(&self, action: &Action) -> NotifyTarget {
+        let (id, Target { method, route }) = self.resolve(action);
+        NotifyTarget {
+            method,
+            route,
+            listeners: id.and_then(|id| read(&self.inner.listeners).get(&id).cloned()),
+            middleware: self.middleware(),
         }
-        target
     }
 
-    /// Like [`target`](Self::target) without the listeners, which only notifies run.
+    /// Finds the handler of a request's action.
     pub(crate) fn request_target(&self, action: &Action) -> Target {
+        self.resolve(action).1
+    }
+
+    /// The numeric action, the method's name and its handler.
+    fn resolve(&self, action: &Action) -> (Option<u64>, Target) {
         let routes = read(&self.inner.routes);
         let id = match action {
             Action::Id(id) => Some(*id),
             Action::Method(name) => routes.actions.get(name.as_str()).copied(),
         };
-        Target {
-            action: id,
+        let target = Target {
             method: id.and_then(|id| routes.names.get(&id).copied()),
             route: id.and_then(|id| routes.handlers.get(&id).cloned()),
-            listeners: None,
-        }
+        };
+        (id, target)
     }
 
     fn middleware(&self) -> Layers {
@@ -416,17 +510,24 @@ impl Router {
         }
         outcome
     }
+}
+
+impl NotifyTarget {
+    /// The full name of the method, when something is registered for it.
+    pub(crate) fn method(&self) -> Option<&'static str> {
+        self.method
+    }
 
     /// Runs a notify through the middleware, then its handler (result dropped) and listeners.
-    pub(crate) async fn handle_notify(&self, target: Target, ctx: &Context, payload: Bytes) {
+    pub(crate) async fn run(&self, ctx: &Context, payload: Bytes) {
         if crate::history::observe_notify(ctx) {
             return;
         }
-        if target.route.is_none() && target.listeners.is_none() {
+        if self.route.is_none() && self.listeners.is_none() {
             tracing::debug!(action = %describe(ctx.action(), None), "dropping a notify nobody listens to");
             return;
         }
-        for layer in self.middleware().iter() {
+        for layer in self.middleware.iter() {
             match AssertUnwindSafe(lazy(|| layer.before(ctx)))
                 .catch_unwind()
                 .await
@@ -440,7 +541,7 @@ impl Router {
                 Err(_) => return,
             }
         }
-        if let Some(route) = target.route
+        if let Some(route) = &self.route
             && let Ok(Err(status)) =
                 AssertUnwindSafe(lazy(|| (route.handler)(ctx.clone(), payload.clone())))
                     .catch_unwind()
@@ -448,13 +549,13 @@ impl Router {
         {
             tracing::debug!(%status, "handler of a notify failed");
         }
-        for (_, listener) in target.listeners.iter().flat_map(|list| list.iter()) {
+        for (_, listener) in self.listeners.iter().flat_map(|list| list.iter()) {
             if AssertUnwindSafe(lazy(|| listener(ctx.clone(), payload.clone())))
                 .catch_unwind()
                 .await
                 .is_err()
             {
-                tracing::error!(method = target.method.unwrap_or("?"), "listener panicked");
+                tracing::error!(method = self.method.unwrap_or("?"), "listener panicked");
             }
         }
     }
@@ -494,24 +595,67 @@ mod tests {
         user: String,
     }
 
-    fn listener_count(router: &Router) -> usize {
-        let target = router.target(&Action::Id(EVENT.action));
-        target.listeners.map_or(0, |list| list.len())
+    fn listener_count(targets: &mut NotifyTargets) -> usize {
+        let target = targets.get(&Action::Id(EVENT.action));
+        target.listeners.as_ref().map_or(0, |list| list.len())
     }
 
     #[test]
     fn listeners_come_and_go_and_the_last_one_leaves_nothing_behind() {
         let router = Router::new();
+        // One connection's targets, kept across the changes: the next notify sees each.
+        let mut targets = NotifyTargets::new(router.clone());
+        assert_eq!(listener_count(&mut targets), 0);
         let first = router.listen(&EVENT, |_: Context, _: Joined| async {});
         let second = router.listen(&EVENT, |_: Context, _: Joined| async {});
-        assert_eq!(listener_count(&router), 2);
+        assert_eq!(listener_count(&mut targets), 2);
         // A notify's snapshot is not changed by a later detach.
-        let taken = router.target(&Action::Id(EVENT.action));
+        let taken = targets.get(&Action::Id(EVENT.action));
         first.detach();
-        assert_eq!(listener_count(&router), 1);
-        assert_eq!(taken.listeners.map(|list| list.len()), Some(2));
+        assert_eq!(listener_count(&mut targets), 1);
+        assert_eq!(taken.listeners.as_ref().map(|list| list.len()), Some(2));
         second.detach();
-        assert_eq!(listener_count(&router), 0);
+        assert_eq!(listener_count(&mut targets), 0);
         assert!(read(&router.inner.listeners).is_empty());
+    }
+
+    struct PassThrough;
+
+    impl Middleware for PassThrough {}
+
+    #[test]
+    fn a_connection_resolves_an_action_once_until_the_router_changes() {
+        let router = Router::new();
+        let _listening = router.listen(&EVENT, |_: Context, _: Joined| async {});
+        let mut targets = NotifyTargets::new(router.clone());
+        let action = Action::Id(EVENT.action);
+        let first = targets.get(&action);
+        assert_eq!(first.method(), Some(EVENT.name));
+        assert!(Arc::ptr_eq(&first, &targets.get(&action)), "resolved again");
+
+        router.layer(PassThrough);
+        let layered = targets.get(&action);
+        assert_eq!(layered.middleware.len(), 1, "a new layer is seen");
+        assert!(first.middleware.is_empty(), "a taken snapshot stays");
+
+        router.route_raw(
+            EVENT.name,
+            EVENT.action,
+            |_, payload| async move { Ok(payload) },
+        );
+        let routed = targets.get(&action);
+        assert!(routed.route.is_some(), "a new route is seen");
+        assert!(Arc::ptr_eq(&routed, &targets.get(&action)));
+    }
+
+    #[test]
+    fn actions_nobody_listens_to_take_a_bounded_room() {
+        let router = Router::new();
+        let mut targets = NotifyTargets::new(router);
+        for id in 0..100 {
+            let target = targets.get(&Action::Id(id));
+            assert!(target.listeners.is_none() && target.route.is_none());
+        }
+        assert_eq!(targets.resolved.len(), CACHED_ACTIONS);
     }
 }

@@ -33,6 +33,7 @@ use super::writer::Taken;
 use super::{Conn, ConnParts, Outbox, Refused, Side};
 use crate::broadcast::SlowConsumer;
 use crate::codec::Codec;
+use crate::router::NotifyTargets;
 use crate::stats::Counters;
 use crate::wire::{Header, Packet, Request, Response};
 use crate::{Code, Context, Router, Status};
@@ -204,6 +205,7 @@ impl Engine {
             tokio::spawn(write_loop(outbox, writer, busy, config.write_stall_timeout));
         // Each handler and listener holds the router. A handle of this connection's own keeps
         // those holds off the reference count that every connection of the server shares.
+        let mut notify_targets = NotifyTargets::new(router.clone());
         let router = Arc::new(router);
         let mut listeners = Listeners::new(config.event_queue);
         let mut parked: Option<Parked> = None;
@@ -281,12 +283,11 @@ impl Engine {
                     handle(&conn, &router, &tasks, request, held, alone, arrived)
                 }
                 Action::Deliver(notify, held) => {
-                    let target = router.target(&notify.action);
+                    let target = notify_targets.get(&notify.action);
                     let ctx =
-                        Context::new(conn.clone(), notify.action, target.method, notify.header);
-                    let router = router.clone();
+                        Context::new(conn.clone(), notify.action, target.method(), notify.header);
                     let listening: Listening = Box::pin(async move {
-                        router.handle_notify(target, &ctx, notify.payload).await;
+                        target.run(&ctx, notify.payload).await;
                         drop(held);
                     });
                     match listeners.deliver(listening) {
