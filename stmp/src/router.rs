@@ -17,6 +17,10 @@ use crate::telemetry::CallSeries;
 use crate::wire::Action;
 use crate::{Context, Method, Status};
 
+mod notify;
+
+pub(crate) use notify::NotifyTargets;
+
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 type Handler =
@@ -188,66 +192,6 @@ pub(crate) struct Target {
     pub(crate) route: Option<Arc<Route>>,
 }
 
-/// Everything a notify of one action runs through: the middleware, the handler and the
-/// listeners as they were when it was resolved. A notify keeps the snapshot it started with;
-/// changes to the router reach the notifies resolved after them.
-pub(crate) struct NotifyTarget {
-    method: Option<&'static str>,
-    route: Option<Arc<Route>>,
-    listeners: Option<Listeners>,
-    middleware: Layers,
-}
-
-/// The actions one connection resolved most recently, kept while the router does not change.
-const CACHED_ACTIONS: usize = 8;
-
-/// One connection's resolved notify targets. A broadcast reaches every connection with the
-/// same action, and resolving it again for each would read-lock the router's maps and count
-/// references on its shared slices from every core at once: the cache lines all connections
-/// share would move between cores with every event. Here a notify of a known action costs
-/// one read of the router's generation, a line no notify writes.
-pub(crate) struct NotifyTargets {
-    router: Router,
-    /// The router's generation the entries were resolved at.
-    generation: u64,
-    /// Numeric actions and their targets, the most recently resolved first.
-    resolved: Vec<(u64, Arc<NotifyTarget>)>,
-}
-
-impl NotifyTargets {
-    pub(crate) fn new(router: Router) -> NotifyTargets {
-        NotifyTargets {
-            router,
-            generation: 0,
-            resolved: Vec::new(),
-        }
-    }
-
-    /// The target of a notify of `action`, as the router is now.
-    pub(crate) fn get(&mut self, action: &Action) -> Arc<NotifyTarget> {
-        // Read before resolving: a change made while resolving moves it again, so what was
-        // resolved is not taken for the changed router's.
-        let generation = self.router.inner.generation();
-        if generation != self.generation {
-            self.resolved.clear();
-            self.generation = generation;
-        }
-        let Action::Id(id) = *action else {
-            // Named actions (SA packets) are rare: resolved every time.
-            return Arc::new(self.router.notify_target(action));
-        };
-        if let Some((_, target)) = self.resolved.iter().find(|(cached, _)| *cached == id) {
-            return target.clone();
-        }
-        let target = Arc::new(self.router.notify_target(action));
-        if self.resolved.len() == CACHED_ACTIONS {
-            self.resolved.pop();
-        }
-        self.resolved.insert(0, (id, target.clone()));
-        target
-    }
-}
-
 /// Listeners added by one [`Router::listen`] call; [`detach`](ListenerHandle::detach) removes them.
 #[derive(Debug)]
 #[must_use = "dropping the handle keeps the listener; call detach() to remove it"]
@@ -411,24 +355,13 @@ impl Router {
         self
     }
 
-    /// Finds the handler, listeners and middleware a notify of `action` runs through; a
-    /// method name (SA packets) is resolved like its numeric action.
-    fn notify_target(&self, action: &Action) -> NotifyTarget {
-        let (id, Target { method, route }) = self.resolve(action);
-        NotifyTarget {
-            method,
-            route,
-            listeners: id.and_then(|id| read(&self.inner.listeners).get(&id).cloned()),
-            middleware: self.middleware(),
-        }
-    }
-
     /// Finds the handler of a request's action.
     pub(crate) fn request_target(&self, action: &Action) -> Target {
         self.resolve(action).1
     }
 
-    /// The numeric action, the method's name and its handler.
+    /// The numeric action, the method's name and its handler; a method name (SA packets) is
+    /// resolved like its numeric action.
     fn resolve(&self, action: &Action) -> (Option<u64>, Target) {
         let routes = read(&self.inner.routes);
         let id = match action {
@@ -512,55 +445,6 @@ impl Router {
     }
 }
 
-impl NotifyTarget {
-    /// The full name of the method, when something is registered for it.
-    pub(crate) fn method(&self) -> Option<&'static str> {
-        self.method
-    }
-
-    /// Runs a notify through the middleware, then its handler (result dropped) and listeners.
-    pub(crate) async fn run(&self, ctx: &Context, payload: Bytes) {
-        if crate::history::observe_notify(ctx) {
-            return;
-        }
-        if self.route.is_none() && self.listeners.is_none() {
-            tracing::debug!(action = %describe(ctx.action(), None), "dropping a notify nobody listens to");
-            return;
-        }
-        for layer in self.middleware.iter() {
-            match AssertUnwindSafe(lazy(|| layer.before(ctx)))
-                .catch_unwind()
-                .await
-            {
-                Ok(Ok(Flow::Continue)) => {}
-                Ok(Ok(Flow::Respond(_))) => return,
-                Ok(Err(status)) => {
-                    tracing::debug!(%status, "middleware dropped a notify");
-                    return;
-                }
-                Err(_) => return,
-            }
-        }
-        if let Some(route) = &self.route
-            && let Ok(Err(status)) =
-                AssertUnwindSafe(lazy(|| (route.handler)(ctx.clone(), payload.clone())))
-                    .catch_unwind()
-                    .await
-        {
-            tracing::debug!(%status, "handler of a notify failed");
-        }
-        for (_, listener) in self.listeners.iter().flat_map(|list| list.iter()) {
-            if AssertUnwindSafe(lazy(|| listener(ctx.clone(), payload.clone())))
-                .catch_unwind()
-                .await
-                .is_err()
-            {
-                tracing::error!(method = self.method.unwrap_or("?"), "listener panicked");
-            }
-        }
-    }
-}
-
 /// Makes the future only when first polled, so a handler that panics before returning its
 /// future panics inside `catch_unwind` too.
 async fn lazy<F: Future>(make: impl FnOnce() -> F) -> F::Output {
@@ -581,81 +465,4 @@ pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> &str {
         .copied()
         .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
         .unwrap_or("non-string panic")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const EVENT: Method = Method::new("demo.Room.Joined", "demo.Joined", "demo.Empty");
-
-    #[derive(Clone, PartialEq, prost::Message, serde::Serialize, serde::Deserialize)]
-    struct Joined {
-        #[prost(string, tag = "1")]
-        user: String,
-    }
-
-    fn listener_count(targets: &mut NotifyTargets) -> usize {
-        let target = targets.get(&Action::Id(EVENT.action));
-        target.listeners.as_ref().map_or(0, |list| list.len())
-    }
-
-    #[test]
-    fn listeners_come_and_go_and_the_last_one_leaves_nothing_behind() {
-        let router = Router::new();
-        // One connection's targets, kept across the changes: the next notify sees each.
-        let mut targets = NotifyTargets::new(router.clone());
-        assert_eq!(listener_count(&mut targets), 0);
-        let first = router.listen(&EVENT, |_: Context, _: Joined| async {});
-        let second = router.listen(&EVENT, |_: Context, _: Joined| async {});
-        assert_eq!(listener_count(&mut targets), 2);
-        // A notify's snapshot is not changed by a later detach.
-        let taken = targets.get(&Action::Id(EVENT.action));
-        first.detach();
-        assert_eq!(listener_count(&mut targets), 1);
-        assert_eq!(taken.listeners.as_ref().map(|list| list.len()), Some(2));
-        second.detach();
-        assert_eq!(listener_count(&mut targets), 0);
-        assert!(read(&router.inner.listeners).is_empty());
-    }
-
-    struct PassThrough;
-
-    impl Middleware for PassThrough {}
-
-    #[test]
-    fn a_connection_resolves_an_action_once_until_the_router_changes() {
-        let router = Router::new();
-        let _listening = router.listen(&EVENT, |_: Context, _: Joined| async {});
-        let mut targets = NotifyTargets::new(router.clone());
-        let action = Action::Id(EVENT.action);
-        let first = targets.get(&action);
-        assert_eq!(first.method(), Some(EVENT.name));
-        assert!(Arc::ptr_eq(&first, &targets.get(&action)), "resolved again");
-
-        router.layer(PassThrough);
-        let layered = targets.get(&action);
-        assert_eq!(layered.middleware.len(), 1, "a new layer is seen");
-        assert!(first.middleware.is_empty(), "a taken snapshot stays");
-
-        router.route_raw(
-            EVENT.name,
-            EVENT.action,
-            |_, payload| async move { Ok(payload) },
-        );
-        let routed = targets.get(&action);
-        assert!(routed.route.is_some(), "a new route is seen");
-        assert!(Arc::ptr_eq(&routed, &targets.get(&action)));
-    }
-
-    #[test]
-    fn actions_nobody_listens_to_take_a_bounded_room() {
-        let router = Router::new();
-        let mut targets = NotifyTargets::new(router);
-        for id in 0..100 {
-            let target = targets.get(&Action::Id(id));
-            assert!(target.listeners.is_none() && target.route.is_none());
-        }
-        assert_eq!(targets.resolved.len(), CACHED_ACTIONS);
-    }
 }

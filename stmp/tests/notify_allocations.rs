@@ -167,5 +167,6 @@ fn allocations_per_notify(listeners: usize) -> f64 {
 fn receiving_a_notify_allocates_a_bounded_number_of_times() {
     let per_notify = allocations_per_notify(1);
     println!("allocations per notify, one listener: {per_notify:.2}");
-    assert!(per_notify <= 99.0, "{per_notify:.2} allocations per notify");
+    // The read buffer, the payload's share of it, the Context and the listener's future.
+    assert!(per_notify <= 4.0, "{per_notify:.2} allocations per notify");
 }

@@ -286,20 +286,28 @@ impl Engine {
                     let target = notify_targets.get(&notify.action);
                     let ctx =
                         Context::new(conn.clone(), notify.action, target.method(), notify.header);
-                    let listening: Listening = Box::pin(async move {
-                        target.run(&ctx, notify.payload).await;
-                        drop(held);
-                    });
-                    match listeners.deliver(listening) {
-                        Delivered::Done => {}
-                        // Listeners fall behind: stop reading until they catch up,
-                        // while heartbeat and close go on.
-                        Delivered::Full(waiting) => parked = Some(waiting),
-                        Delivered::Gone => {
-                            break Ending {
-                                status: listeners_gone(),
-                                send_close: true,
-                            };
+                    // Most notifies finish without waiting, and those run right here; one
+                    // that arrives while an earlier one waits queues behind it, in order.
+                    let left = match listeners.idle() {
+                        true => target.start(ctx, notify.payload),
+                        false => Some(target.clone().run(ctx, notify.payload)),
+                    };
+                    if let Some(left) = left {
+                        let listening: Listening = Box::pin(async move {
+                            left.await;
+                            drop(held);
+                        });
+                        match listeners.queue(listening) {
+                            Delivered::Done => {}
+                            // Listeners fall behind: stop reading until they catch up,
+                            // while heartbeat and close go on.
+                            Delivered::Full(waiting) => parked = Some(waiting),
+                            Delivered::Gone => {
+                                break Ending {
+                                    status: listeners_gone(),
+                                    send_close: true,
+                                };
+                            }
                         }
                     }
                 }
@@ -588,7 +596,7 @@ struct ListenerQueue {
     behind: Arc<AtomicUsize>,
 }
 
-/// What became of a notify handed to [`Listeners::deliver`].
+/// What became of a notify handed to [`Listeners::queue`].
 enum Delivered {
     /// Done, or queued behind the listeners at work.
     Done,
@@ -606,17 +614,15 @@ impl Listeners {
         }
     }
 
-    fn deliver(&mut self, mut listening: Listening) -> Delivered {
-        let idle = self
-            .queue
+    /// Whether no listener waits: a notify may then run right away, on the reading task.
+    fn idle(&self) -> bool {
+        self.queue
             .as_ref()
-            .is_none_or(|queue| queue.behind.load(Ordering::Acquire) == 0);
-        if idle {
-            let mut inline = std::task::Context::from_waker(std::task::Waker::noop());
-            if listening.as_mut().poll(&mut inline).is_ready() {
-                return Delivered::Done;
-            }
-        }
+            .is_none_or(|queue| queue.behind.load(Ordering::Acquire) == 0)
+    }
+
+    /// Hands a notify that waits (or must wait its turn) to the listeners' task.
+    fn queue(&mut self, listening: Listening) -> Delivered {
         let capacity = self.capacity;
         let queue = self.queue.get_or_insert_with(|| {
             let (sender, rx) = mpsc::channel(capacity);
