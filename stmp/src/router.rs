@@ -144,6 +144,9 @@ struct Inner {
     /// Counts the changes to routes, listeners and middleware: what a connection resolved for
     /// a notify ([`NotifyTargets`]) stands while it has not moved.
     generation: Generation,
+    /// What notifies of the actions registered here run through, resolved once per
+    /// generation for all connections.
+    notify_targets: RwLock<notify::Shared>,
 }
 
 /// A counter on a cache line of its own. Every connection reads it for every notify and it

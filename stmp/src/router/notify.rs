@@ -11,7 +11,8 @@ use futures_util::FutureExt;
 
 use super::{BoxFuture, Flow, Layers, Listeners, Route, Router, describe, lazy};
 use crate::Context;
-use crate::sync::read;
+use crate::id_map::IdMap;
+use crate::sync::{read, write};
 use crate::wire::Action;
 
 /// Everything a notify of one action runs through: the middleware, the handler and the
@@ -33,6 +34,34 @@ impl NotifyTarget {
             listeners: id.and_then(|id| read(&router.inner.listeners).get(&id).cloned()),
             middleware: router.middleware(),
         }
+    }
+
+    /// The target of numeric action `id` as resolved at `generation` (read before this call),
+    /// the same one for every connection. Those of actions nothing is registered for are not
+    /// kept: a peer chooses those, and they would pile up.
+    fn shared(router: &Router, generation: u64, id: u64) -> Arc<NotifyTarget> {
+        let kept = read(&router.inner.notify_targets);
+        if kept.generation == generation
+            && let Some(target) = kept.by_action.get(&id)
+        {
+            return target.clone();
+        }
+        drop(kept);
+        let target = Arc::new(NotifyTarget::resolve(router, &Action::Id(id)));
+        if target.route.is_none() && target.listeners.is_none() {
+            return target;
+        }
+        let mut kept = write(&router.inner.notify_targets);
+        if kept.generation < generation {
+            *kept = Shared {
+                generation,
+                by_action: IdMap::default(),
+            };
+        }
+        if kept.generation == generation {
+            kept.by_action.entry(id).or_insert_with(|| target.clone());
+        }
+        target
     }
 
     /// The full name of the method, when something is registered for it.
@@ -153,6 +182,15 @@ fn listener_panicked(method: Option<&'static str>) {
     tracing::error!(method = method.unwrap_or("?"), "listener panicked");
 }
 
+/// The notify targets of one generation of a router, shared by its connections: the memory a
+/// broadcast's receivers read is then the same for all of them, and stays in every core's
+/// cache, where a copy per connection would be one more cold line for each.
+#[derive(Default)]
+pub(super) struct Shared {
+    generation: u64,
+    by_action: IdMap<u64, Arc<NotifyTarget>>,
+}
+
 /// The actions one connection keeps resolved; a client listens to a few events.
 const CACHED_ACTIONS: usize = 4;
 
@@ -192,10 +230,11 @@ impl NotifyTargets {
             self.generation = generation;
         }
         let router = &self.router;
-        let resolve = || Arc::new(NotifyTarget::resolve(router, action));
         let Action::Id(id) = *action else {
             // Named actions (SA packets) are rare: resolved every time.
-            return self.named.insert(resolve());
+            return self
+                .named
+                .insert(Arc::new(NotifyTarget::resolve(router, action)));
         };
         let found = self
             .resolved
@@ -209,7 +248,9 @@ impl NotifyTargets {
                 &mut self.resolved[0]
             }
         };
-        &slot.get_or_insert_with(|| (id, resolve())).1
+        &slot
+            .get_or_insert_with(|| (id, NotifyTarget::shared(router, generation, id)))
+            .1
     }
 }
 
@@ -294,8 +335,34 @@ mod tests {
             assert!(target.listeners.is_none() && target.route.is_none());
         }
         assert_eq!(targets.resolved.len(), CACHED_ACTIONS);
+        assert_eq!(
+            read(&router.inner.notify_targets).by_action.len(),
+            1,
+            "only registered actions are kept for all connections"
+        );
         // Named like its action, a notify finds the same listeners.
         let named = targets.get(&Action::Method(EVENT.name.to_owned()));
         assert_eq!(named.listeners.as_ref().map(|list| list.len()), Some(1));
+    }
+
+    #[test]
+    fn connections_share_the_target_of_an_action_until_the_router_changes() {
+        let router = Router::new();
+        let _listening = router.listen(&EVENT, |_: Context, _: Joined| async {});
+        let action = Action::Id(EVENT.action);
+        let (mut one, mut two) = (
+            NotifyTargets::new(router.clone()),
+            NotifyTargets::new(router.clone()),
+        );
+        let first = one.get(&action).clone();
+        assert!(Arc::ptr_eq(&first, two.get(&action)), "one target for both");
+        let _another = router.listen(&EVENT, |_: Context, _: Joined| async {});
+        let changed = two.get(&action).clone();
+        assert!(!Arc::ptr_eq(&first, &changed));
+        assert_eq!(changed.listeners.as_ref().map(|list| list.len()), Some(2));
+        assert!(
+            Arc::ptr_eq(&changed, one.get(&action)),
+            "one target for both"
+        );
     }
 }
