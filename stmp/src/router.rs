@@ -205,7 +205,9 @@ pub struct ListenerHandle {
 }
 
 impl ListenerHandle {
-    /// Removes the listener.
+    /// Removes the listener: no notify read after this call reaches it. The closure itself
+    /// is dropped once no connection holds it any more: a connection that has received this
+    /// event keeps what it resolved until its next notify, or its end.
     pub fn detach(self) {
         if let Some(inner) = self.router.upgrade() {
             let mut listeners = write(&inner.listeners);
