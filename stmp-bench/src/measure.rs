@@ -22,6 +22,10 @@ pub struct Measured {
     pub p99_ns: u64,
     /// Rounds it is the median of (1: a single measurement).
     pub rounds: usize,
+    /// CPU time per call of the server and the load generator together, ns: steadier than
+    /// requests/s on shared machines, where a point can wait on wake-ups with CPUs idle.
+    /// `None` where the server is not ours to read.
+    pub cpu_ns_per_call: Option<u64>,
 }
 
 impl Measured {
@@ -36,6 +40,16 @@ impl Measured {
             rps: median(rounds.iter().map(|m| m.rps).collect()),
             p50_ns: median(rounds.iter().map(|m| m.p50_ns as f64).collect()) as u64,
             p99_ns: median(rounds.iter().map(|m| m.p99_ns as f64).collect()) as u64,
+            cpu_ns_per_call: match rounds.iter().all(|m| m.cpu_ns_per_call.is_some()) {
+                true => Some(median(
+                    rounds
+                        .iter()
+                        .filter_map(|m| m.cpu_ns_per_call)
+                        .map(|ns| ns as f64)
+                        .collect(),
+                ) as u64),
+                false => None,
+            },
             rounds: rounds.len(),
         }
     }
@@ -48,7 +62,16 @@ impl Measured {
             p50_ns: histogram.value_at_quantile(0.50),
             p99_ns: histogram.value_at_quantile(0.99),
             rounds: 1,
+            cpu_ns_per_call: None,
         }
+    }
+
+    /// With the CPU time the window took, if it was read.
+    pub fn with_cpu(mut self, cpu_ns: Option<u64>) -> Measured {
+        self.cpu_ns_per_call = cpu_ns
+            .filter(|_| self.requests > 0)
+            .map(|ns| ns / self.requests);
+        self
     }
 }
 

@@ -246,8 +246,10 @@ impl Report {
             "## stmp-bench ({mode}; {} CPUs shared by server and load generator; loopback{spin}; unary: median of {} rounds)\n",
             self.cpus, self.settings.rounds
         );
-        md.push_str("| benchmark | system | result | p50 | p99 | vs tonic | vs raw | notes |\n");
-        md.push_str("|---|---|---|---|---|---|---|---|\n");
+        md.push_str(
+            "| benchmark | system | result | p50 | p99 | CPU/call | vs tonic | vs raw | notes |\n",
+        );
+        md.push_str("|---|---|---|---|---|---|---|---|---|\n");
         let depth = self.settings.depth;
         for payload in PAYLOADS {
             for point in Point::ALL {
@@ -280,12 +282,13 @@ impl Report {
                     };
                     let _ = writeln!(
                         md,
-                        "| unary {payload} B, {} | {} | {} req/s | {} | {} | {} | {} | {note} |",
+                        "| unary {payload} B, {} | {} | {} req/s | {} | {} | {} | {} | {} | {note} |",
                         point.label(depth),
                         row.system.label(),
                         rate(m.rps),
                         duration(m.p50_ns),
                         duration(m.p99_ns),
+                        m.cpu_ns_per_call.map_or("–".to_owned(), duration),
                         versus(System::Tonic),
                         versus(System::RawTcp),
                     );
@@ -312,7 +315,7 @@ impl Report {
             };
             let _ = writeln!(
                 md,
-                "| fan-out to {} clients, {} B frame | {} | {} to last client | {} | {} (worst) | – | {versus_raw} | server CPU {}/event; client CPU {}/event; broadcast call {}; {} encoding(s); {} dropped; {} rounds{versus_one_node} |",
+                "| fan-out to {} clients, {} B frame | {} | {} to last client | {} | {} (worst) | – | – | {versus_raw} | server CPU {}/event; client CPU {}/event; broadcast call {}; {} encoding(s); {} dropped; {} rounds{versus_one_node} |",
                 thousands(row.clients),
                 row.frame_bytes,
                 row.system,
@@ -341,7 +344,7 @@ impl Report {
             };
             let _ = writeln!(
                 md,
-                "| broadcasts to everyone, {} clients over {} node(s) | {} | {} broadcasts/s | – | – | – | – | {} deliveries/s; {} broadcasts in {}; {} missed{versus_one_node} |",
+                "| broadcasts to everyone, {} clients over {} node(s) | {} | {} broadcasts/s | – | – | – | – | – | {} deliveries/s; {} broadcasts in {}; {} missed{versus_one_node} |",
                 thousands(t.clients),
                 t.nodes,
                 t.system,
@@ -365,7 +368,7 @@ impl Report {
             };
             let _ = writeln!(
                 md,
-                "| idle memory, {} conns | {} | {:.1} KiB/conn | – | – | {versus_tonic} | – | server RSS {:.1} → {:.1} MiB |",
+                "| idle memory, {} conns | {} | {:.1} KiB/conn | – | – | – | {versus_tonic} | – | server RSS {:.1} → {:.1} MiB |",
                 thousands(row.connections),
                 row.system.label(),
                 row.per_connection_kib,
@@ -377,7 +380,7 @@ impl Report {
             let m = &row.measured;
             let _ = writeln!(
                 md,
-                "| JoinRoom, {} | {} | {} req/s | {} | {} | – | – | --target: quick-start RoomService.JoinRoom |",
+                "| JoinRoom, {} | {} | {} req/s | {} | {} | – | – | – | --target: quick-start RoomService.JoinRoom |",
                 row.point_label,
                 row.url,
                 rate(m.rps),

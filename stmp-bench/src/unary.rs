@@ -208,8 +208,38 @@ pub async fn tonic_clients(
         .collect()
 }
 
-/// Measures one point of one system.
+/// Measures one point of one system, and the CPU time its server and this process spent in
+/// the measured window.
 pub async fn run_point(
+    system: System,
+    server: &ServerProcess,
+    payload: usize,
+    point: Point,
+    settings: &Settings,
+) -> Result<Measured> {
+    let (warmup, measure) = (settings.warmup, settings.measure);
+    let cpu = tokio::spawn(cpu_in_window(server.pid(), warmup, measure));
+    let measured = measure_point(system, &server.listening, payload, point, settings).await?;
+    Ok(measured.with_cpu(cpu.await.ok().flatten()))
+}
+
+/// CPU time of the server process and of this one together, from `warmup` from now for
+/// `measure`: the window [`drive`] measures in when it starts now too.
+async fn cpu_in_window(server: u32, warmup: Duration, measure: Duration) -> Option<u64> {
+    let start = tokio::time::Instant::now() + warmup;
+    let both = || {
+        let own = crate::child::cpu_ns(std::process::id()).ok()?;
+        let server = crate::child::cpu_ns(server).ok()?;
+        Some(own + server)
+    };
+    tokio::time::sleep_until(start).await;
+    let before = both()?;
+    tokio::time::sleep_until(start + measure).await;
+    let after = both()?;
+    after.checked_sub(before)
+}
+
+async fn measure_point(
     system: System,
     server: &Listening,
     payload: usize,
@@ -284,7 +314,6 @@ pub async fn run(
         servers
             .iter()
             .find(|s| s.kind() == system.server())
-            .map(|s| &s.listening)
             .expect("a server per kind")
     };
     let mut results = Vec::new();
@@ -316,13 +345,16 @@ pub async fn run(
             for (&system, rounds) in systems.iter().zip(rounds) {
                 let measured = Measured::median(rounds);
                 eprintln!(
-                    "  {:<14} {:>5} B  {:<22} {:>10.0} req/s  p50 {:>9}  p99 {:>9}",
+                    "  {:<14} {:>5} B  {:<22} {:>10.0} req/s  p50 {:>9}  p99 {:>9}  CPU/call {:>9}",
                     system.label(),
                     payload,
                     point.label(settings.depth),
                     measured.rps,
                     crate::units::duration(measured.p50_ns),
                     crate::units::duration(measured.p99_ns),
+                    measured
+                        .cpu_ns_per_call
+                        .map_or("–".to_owned(), crate::units::duration),
                 );
                 results.push(UnaryResult {
                     system,

@@ -76,7 +76,7 @@ fn quick_run_has_every_row() {
     assert_eq!(unary.len(), systems.len() * 2 * points.len());
     for row in unary {
         let m = &row["measured"];
-        for key in ["requests", "rps", "p50_ns", "p99_ns"] {
+        for key in ["requests", "rps", "p50_ns", "p99_ns", "cpu_ns_per_call"] {
             assert!(
                 m[key].as_f64().unwrap_or(0.0) > 0.0,
                 "{key} not > 0 in {row}"

@@ -251,6 +251,37 @@ impl Codec {
             }
         }
     }
+
+    /// Decodes a message from a payload that is already [`Bytes`], as a received packet's is.
+    /// Protobuf reads it in place: a `bytes` field declared as [`Bytes`] (prost's `bytes =
+    /// "bytes"`) shares the payload's buffer, and a `Vec<u8>` one is copied once, where
+    /// [`decode`](Self::decode) of a slice copies it twice. Other codecs decode as `decode` does.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use stmp::codec::Codec;
+    ///
+    /// #[derive(Clone, PartialEq, prost::Message, serde::Serialize, serde::Deserialize)]
+    /// struct Blob {
+    ///     #[prost(bytes = "bytes", tag = "1")]
+    ///     #[serde(with = "stmp::serde_support::bytes")]
+    ///     data: Bytes,
+    /// }
+    ///
+    /// let payload = Bytes::from_static(b"\x0a\x03abc");
+    /// let blob: Blob = Codec::PROTOBUF.decode_bytes(&payload).unwrap();
+    /// assert_eq!(blob.data, "abc");
+    /// assert_eq!(blob.data.as_ptr(), payload[2..].as_ptr()); // no copy
+    ///
+    /// let json = Bytes::from_static(br#"{"data":"YWJj"}"#);
+    /// assert_eq!(Codec::JSON.decode_bytes::<Blob>(&json).unwrap(), blob);
+    /// ```
+    pub fn decode_bytes<M: Message>(&self, payload: &Bytes) -> Result<M, Status> {
+        match &self.0 {
+            Repr::Protobuf => M::decode(payload.clone()).map_err(decode_error),
+            _ => self.decode(payload),
+        }
+    }
 }
 
 #[cfg(any(feature = "json", feature = "msgpack"))]

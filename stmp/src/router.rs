@@ -267,7 +267,7 @@ impl Router {
                 let handler = handler.clone();
                 async move {
                     let codec = ctx.conn().codec().clone();
-                    let input = codec.decode::<I>(&payload)?;
+                    let input = codec.decode_bytes::<I>(&payload)?;
                     let output = handler(ctx, input).await?;
                     codec.encode(&output)
                 }
@@ -318,7 +318,7 @@ impl Router {
         // The event is decoded and the listener called right away; only its future is kept,
         // so a notify counts no reference on the listener, which every connection shares.
         let erased: Listener = Arc::new(move |ctx: Context, payload: Bytes| {
-            match ctx.conn().codec().decode::<E>(&payload) {
+            match ctx.conn().codec().decode_bytes::<E>(&payload) {
                 Ok(event) => Box::pin(listener(ctx, event)) as BoxFuture<'static, ()>,
                 Err(status) => {
                     tracing::warn!(

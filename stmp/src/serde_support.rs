@@ -203,7 +203,7 @@ pub fn enumeration<'de, F: EnumField, E: DeserializeOwned + Into<i32>, D: Deseri
     F::deserialize::<E, D>(deserializer)
 }
 
-/// `with` for `bytes` fields (`Vec<u8>` and `Option<Vec<u8>>`): base64 in JSON, binary in
+/// `with` for `bytes` fields (`Vec<u8>`, `Option<Vec<u8>>` and `Bytes`): base64 in JSON, binary in
 /// msgpack; reads base64 (standard or URL-safe, padded or not), binary or arrays of numbers.
 pub mod bytes {
     use super::*;
@@ -267,6 +267,17 @@ pub mod bytes {
             Ok(Option::<Raw>::deserialize(deserializer)?
                 .map(|raw| raw.0)
                 .unwrap_or_default())
+        }
+    }
+
+    /// A field prost makes [`Bytes`](::bytes::Bytes) (`bytes = "bytes"`), which protobuf
+    /// decodes without a copy (see [`Codec::decode_bytes`](crate::codec::Codec::decode_bytes)).
+    impl BytesField for ::bytes::Bytes {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            serde::Serialize::serialize(&RawRef(self), serializer)
+        }
+        fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            <Vec<u8> as BytesField>::deserialize(deserializer).map(::bytes::Bytes::from)
         }
     }
 

@@ -594,3 +594,27 @@ async fn one_connection_cannot_take_the_whole_in_flight_budget() {
     assert_eq!(server.stats().requests_shed, 1);
     until(|| server.stats().in_flight_bytes == 0).await;
 }
+
+/// Calls to a peer that reads nothing: the first fills the socket, the others wait for room
+/// in the send queue. Each still ends at its own deadline, and the table keeps none of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_waiting_for_room_to_be_sent_end_at_their_deadline() {
+    let server = Server::builder().send_queue_bytes(1 << 10).build();
+    register(server.router());
+    let addr = server.listen_tcp("127.0.0.1:0").await.unwrap();
+    let (stream, _buffer) = raw(addr, Some(4 << 10)).await;
+    let client = stream.local_addr().unwrap();
+    until(|| server.conns().len() == 1).await;
+    let conn = server_side(&server, client);
+    let big = Echo {
+        text: "x".repeat(8 << 20),
+        delay_ms: 0,
+    };
+    let options = stmp::CallOptions::new().timeout(Duration::from_millis(200));
+    let calls = (0..3).map(|_| conn.call_with::<_, Echo>(&ECHO, &big, options.clone()));
+    for ended in within(futures_util::future::join_all(calls)).await {
+        assert_eq!(ended.unwrap_err().code(), Code::RequestTimeout);
+    }
+    assert_eq!(conn.pending_calls(), 0);
+    drop(stream);
+}

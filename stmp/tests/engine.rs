@@ -369,3 +369,39 @@ async fn events_behind_a_waiting_listener_wait_for_it_and_keep_their_order() {
         assert_eq!(&within(heard.recv()).await.unwrap(), name);
     }
 }
+
+/// Deadlines share one alarm per connection: a short deadline that comes after a long one
+/// must bring the alarm forward, or it would wait for the long one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_deadline_after_a_long_one_ends_on_time() {
+    let (server, url) = tcp_server(Server::builder()).await;
+    let Gate {
+        release,
+        mut entered,
+    } = route_block(server.router());
+    let client = within(Client::connect(&url)).await.unwrap();
+    let conn = client.conn().unwrap();
+    let hour = stmp::CallOptions::new().timeout(Duration::from_secs(3600));
+    let long = tokio::spawn({
+        let conn = conn.clone();
+        async move {
+            conn.call_with::<_, Echo>(&BLOCK, &Echo::default(), hour)
+                .await
+        }
+    });
+    within(entered.recv()).await.unwrap();
+    let short = stmp::CallOptions::new().timeout(Duration::from_millis(50));
+    let minute_long = Echo {
+        text: String::new(),
+        delay_ms: 60_000,
+    };
+    let timed_out = within(conn.call_with::<_, Echo>(&ECHO, &minute_long, short))
+        .await
+        .unwrap_err();
+    assert_eq!(timed_out.code(), Code::RequestTimeout);
+    assert!(!long.is_finished(), "the long call still waits");
+    assert_eq!(conn.pending_calls(), 1);
+    release.notify_one();
+    within(long).await.unwrap().unwrap();
+    assert_eq!(conn.pending_calls(), 0);
+}

@@ -1,5 +1,7 @@
-//! What a connection's engine must hear about between packets, set once by anyone and waited
-//! for by the engine: a request to close, and the failure of its writer.
+//! What a connection's engine must hear about between packets, raised by anyone and waited
+//! for by the engine: a request to close and the failure of its writer, which stay raised, and
+//! a call whose deadline comes before the engine's alarm, which the engine takes when it
+//! hears it.
 //!
 //! Not a `CancellationToken` because of where it is waited for: the engine checks it every time
 //! it wakes, before it reads, and a token's check takes its mutex. Under a broadcast to many
@@ -21,6 +23,8 @@ use crate::Status;
 const CLOSE: u8 = 1;
 /// The writer failed or ended.
 const WRITE_FAILED: u8 = 2;
+/// A call was registered with a deadline before the calls' alarm.
+const SOONER_DEADLINE: u8 = 4;
 
 #[derive(Debug, Default)]
 pub(crate) struct CloseRequest {
@@ -36,6 +40,8 @@ pub(crate) struct CloseRequest {
 pub(crate) enum Heard {
     CloseRequested,
     WriteFailed(Status),
+    /// A call's deadline is sooner than the alarm the engine has set for its calls.
+    SoonerDeadline,
 }
 
 impl CloseRequest {
@@ -49,6 +55,11 @@ impl CloseRequest {
     pub(crate) fn write_failed(&self, status: Status) {
         let _ = self.write_failure.set(status);
         self.raise(WRITE_FAILED);
+    }
+
+    /// Tells the engine that a call's deadline comes before the alarm it has set.
+    pub(crate) fn sooner_deadline(&self) {
+        self.raise(SOONER_DEADLINE);
     }
 
     fn raise(&self, bit: u8) {
@@ -72,7 +83,15 @@ impl CloseRequest {
                 .unwrap_or_else(|| Status::network_error("cannot write to the connection"));
             return Some(Heard::WriteFailed(status));
         }
-        (close && raised & CLOSE != 0).then_some(Heard::CloseRequested)
+        if close && raised & CLOSE != 0 {
+            return Some(Heard::CloseRequested);
+        }
+        if raised & SOONER_DEADLINE != 0 {
+            // Heard once: taken down for the next call that needs the alarm sooner.
+            self.raised.fetch_and(!SOONER_DEADLINE, Ordering::AcqRel);
+            return Some(Heard::SoonerDeadline);
+        }
+        None
     }
 
     /// Waits until the writer fails, or, with `close`, until the close is asked for (a
@@ -153,5 +172,26 @@ mod tests {
             close.heard_of(true).await,
             Heard::WriteFailed(Status::network_error("reset"))
         );
+    }
+
+    #[tokio::test]
+    async fn a_sooner_deadline_wakes_the_engine_once_per_raise() {
+        let close = Arc::new(CloseRequest::default());
+        let waiting = tokio::spawn({
+            let close = close.clone();
+            async move { close.heard_of(true).await }
+        });
+        tokio::task::yield_now().await;
+        close.sooner_deadline();
+        let heard = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("woken")
+            .unwrap();
+        assert_eq!(heard, Heard::SoonerDeadline);
+        // Taken when heard: the next wait waits.
+        let again = futures_util::FutureExt::now_or_never(close.heard_of(true));
+        assert_eq!(again, None, "heard twice");
+        close.sooner_deadline();
+        assert_eq!(close.heard_of(true).await, Heard::SoonerDeadline);
     }
 }

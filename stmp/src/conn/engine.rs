@@ -221,6 +221,11 @@ impl Engine {
         tokio::pin!(heartbeat);
         let grace = sleep_until(Instant::now() + Duration::from_secs(86_400));
         tokio::pin!(grace);
+        // One alarm for the deadlines of this side's calls (see `pending`); set by the calls'
+        // table, which says when it should ring next each time it rings.
+        let mut calls_due_at: Option<std::time::Instant> = None;
+        let calls_due = sleep_until(Instant::now() + Duration::from_secs(86_400));
+        tokio::pin!(calls_due);
         let shared = conn.shared.clone();
 
         let ending = loop {
@@ -236,7 +241,15 @@ impl Engine {
                         }
                         action
                     }
+                    Heard::SoonerDeadline => {
+                        calls_due_at = shared.pending.expire(now());
+                        Action::Idle
+                    }
                 },
+                _ = &mut calls_due, if calls_due_at.is_some() => {
+                    calls_due_at = shared.pending.expire(now());
+                    Action::Idle
+                }
                 _ = &mut grace, if state.is_closing() => state.handle_timeout(now()),
                 queued = unpark(&mut parked), if parked.is_some() => {
                     parked = None;
@@ -324,6 +337,11 @@ impl Engine {
             if state.heartbeat_at() != heartbeat_at {
                 heartbeat_at = state.heartbeat_at();
                 heartbeat.as_mut().reset(Instant::from_std(heartbeat_at));
+            }
+            if let Some(at) = calls_due_at
+                && calls_due.deadline() != Instant::from_std(at)
+            {
+                calls_due.as_mut().reset(Instant::from_std(at));
             }
         };
 

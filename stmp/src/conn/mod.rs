@@ -209,7 +209,7 @@ impl Conn {
                 options.timeout,
             )
             .await?;
-        self.codec().decode(&response.payload)
+        self.codec().decode_bytes(&response.payload)
     }
 
     /// Sends a notify (an event, or a call that wants no answer).
@@ -228,31 +228,45 @@ impl Conn {
         payload: Bytes,
         timeout: Option<Duration>,
     ) -> Result<Response, Status> {
-        let (mid, rx, waiting) = self.shared.pending.register()?;
+        let deadline = timeout.unwrap_or(self.shared.default_timeout);
+        let call = self
+            .shared
+            .pending
+            .register(tokio::time::Instant::now().into_std(), deadline)?;
+        if call.sooner {
+            self.shared.close_requested.sooner_deadline();
+        }
         let mut forget = ForgetOnDrop {
             shared: &self.shared,
-            mid: Some(mid),
+            mid: Some(call.mid),
         };
-        let deadline = timeout.unwrap_or(self.shared.default_timeout);
-        let exchange = async {
-            let request = Packet::Request(Request {
-                mid,
-                action,
-                header,
-                payload,
-            });
-            // A lone call leaves at once from this task; with others under way, the writer
-            // task gathers them into one write.
-            if waiting == 1 {
-                self.send_inline(request).await?;
+        let request = Packet::Request(Request {
+            mid: call.mid,
+            action,
+            header,
+            payload,
+        });
+        let mut answer = call.answer;
+        // A lone call leaves at once from this task; with others under way, the writer task
+        // gathers them into one write.
+        let send = async {
+            if call.waiting == 1 {
+                self.send_inline(request).await
             } else {
-                self.send(request).await?;
+                self.send(request).await
             }
-            rx.await.map_err(|_| closed_error())
         };
-        let answered = tokio::time::timeout(deadline, exchange)
-            .await
-            .map_err(|_| Status::request_timeout(format!("no response within {deadline:?}")))??;
+        // The engine ends the call at its deadline through the answer, also while the call
+        // still waits for room in the send queue.
+        let answered = tokio::select! {
+            biased;
+            sent = send => {
+                sent?;
+                (&mut answer).await
+            }
+            early = &mut answer => early,
+        };
+        let answered = answered.map_err(|_| closed_error())?;
         // The table let go of the call when it took the response (or was closed).
         forget.mid = None;
         let response = answered?;

@@ -107,6 +107,10 @@ impl Packets {
 
     /// Moves up to `limit` packets, oldest first, into `batch`; returns how many.
     fn take(&mut self, batch: &mut Vec<Packet>, limit: usize) -> usize {
+        // Room for the whole take at once: grown a packet at a time, a batch of 64 moved its
+        // packets through six allocations.
+        let queued = usize::from(self.head.is_some()) + self.rest.len();
+        batch.reserve(queued.min(limit));
         let mut taken = 0;
         while taken < limit {
             let Some(packet) = self.head.take() else {

@@ -1,7 +1,13 @@
-//! Calls waiting for their response, by message id.
+//! Calls waiting for their response, by message id, and their deadlines.
+//!
+//! A call's deadline is kept here rather than in a timer of its own: the engine keeps one
+//! alarm for all of a connection's calls and, when it rings, ends the calls that are due
+//! ([`Calls::expire`]). A tokio timer per call cost an entry in the runtime's timer wheel,
+//! registered and cleared under its lock on every call.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -13,6 +19,22 @@ use crate::wire::Response;
 /// What a call waits on for its response.
 pub(crate) type Answer = oneshot::Receiver<Result<Response, Status>>;
 
+/// How late an alarm may ring per call it has to look at: a sweep looks at every waiting
+/// call, so with many waiting the alarm is not set sooner than this many nanoseconds per call
+/// from now (6.5 ms with 65,535 waiting). A deadline is then missed by at most that much.
+const SWEEP_NS_PER_CALL: u64 = 100;
+
+/// A newly registered call.
+#[derive(Debug)]
+pub(crate) struct Registered {
+    pub(crate) mid: u16,
+    pub(crate) answer: Answer,
+    /// Calls waiting now, this one included.
+    pub(crate) waiting: usize,
+    /// The call's deadline comes before the engine's alarm: the engine must set it sooner.
+    pub(crate) sooner: bool,
+}
+
 /// A connection's [`Pending`] table behind its lock, with its size readable without the lock:
 /// the writer and the engine ask how many calls wait on every batch and every request.
 #[derive(Debug, Default)]
@@ -22,16 +44,21 @@ pub(crate) struct Calls {
 }
 
 impl Calls {
-    /// Reserves an id for a new call; also says how many calls wait now, this one included.
-    pub(crate) fn register(&self) -> Result<(u16, Answer, usize), Status> {
+    /// Reserves an id for a new call that gives up `timeout` after `now`.
+    pub(crate) fn register(&self, now: Instant, timeout: Duration) -> Result<Registered, Status> {
         let mut table = lock(&self.table);
-        let (mid, answer) = table.register()?;
+        let (mid, answer, sooner) = table.register(now, timeout)?;
         let waiting = table.len();
         self.waiting.store(waiting, Ordering::Relaxed);
-        Ok((mid, answer, waiting))
+        Ok(Registered {
+            mid,
+            answer,
+            waiting,
+            sooner,
+        })
     }
 
-    /// Forgets a call whose future was dropped or timed out before its response came.
+    /// Forgets a call whose future was dropped before its response came.
     pub(crate) fn forget(&self, mid: u16) {
         let mut table = lock(&self.table);
         table.forget(mid);
@@ -50,6 +77,23 @@ impl Calls {
         sender.is_some_and(|sender| sender.send(Ok(response)).is_ok())
     }
 
+    /// Ends the calls whose deadline has passed at `now` with `RequestTimeout`; returns when
+    /// the alarm should ring next (`None`: no call waits).
+    pub(crate) fn expire(&self, now: Instant) -> Option<Instant> {
+        let (due, next) = {
+            let mut table = lock(&self.table);
+            let expired = table.expire(now);
+            self.waiting.store(table.len(), Ordering::Relaxed);
+            expired
+        };
+        for (sender, timeout) in due {
+            let _ = sender.send(Err(Status::request_timeout(format!(
+                "no response within {timeout:?}"
+            ))));
+        }
+        next
+    }
+
     /// Ends every waiting call with `status`, and every later one too.
     pub(crate) fn close(&self, status: Status) {
         let mut table = lock(&self.table);
@@ -63,6 +107,14 @@ impl Calls {
     }
 }
 
+/// One waiting call.
+#[derive(Debug)]
+struct Waiter {
+    answer: oneshot::Sender<Result<Response, Status>>,
+    deadline: Instant,
+    timeout: Duration,
+}
+
 /// The calls of one connection that wait for a response.
 ///
 /// Ids count up from 1 and wrap after 65535; 0 is never used, because stmp-go answers
@@ -70,8 +122,10 @@ impl Calls {
 #[derive(Debug)]
 pub(crate) struct Pending {
     next: u16,
-    waiting: IdMap<u16, oneshot::Sender<Result<Response, Status>>>,
+    waiting: IdMap<u16, Waiter>,
     closed: Option<Status>,
+    /// When the engine's alarm rings; `None` while it is not set.
+    alarm: Option<Instant>,
 }
 
 impl Default for Pending {
@@ -80,13 +134,18 @@ impl Default for Pending {
             next: 1,
             waiting: IdMap::default(),
             closed: None,
+            alarm: None,
         }
     }
 }
 
 impl Pending {
-    /// Reserves an id for a new call.
-    pub(crate) fn register(&mut self) -> Result<(u16, Answer), Status> {
+    /// Reserves an id for a new call; says too whether the alarm must be set sooner for it.
+    pub(crate) fn register(
+        &mut self,
+        now: Instant,
+        timeout: Duration,
+    ) -> Result<(u16, Answer, bool), Status> {
         if let Some(status) = &self.closed {
             return Err(status.clone());
         }
@@ -100,27 +159,66 @@ impl Pending {
             mid = mid.wrapping_add(1);
         }
         self.next = mid.wrapping_add(1);
-        let (tx, rx) = oneshot::channel();
-        self.waiting.insert(mid, tx);
-        Ok((mid, rx))
+        let (answer, rx) = oneshot::channel();
+        // A deadline beyond what an Instant holds is no deadline: a century is as good.
+        let deadline = now
+            .checked_add(timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400));
+        self.waiting.insert(
+            mid,
+            Waiter {
+                answer,
+                deadline,
+                timeout,
+            },
+        );
+        // With the usual single default timeout, deadlines come in order and the alarm is
+        // already set for an earlier call: nothing to tell the engine.
+        let sooner = self.alarm.is_none_or(|alarm| deadline < alarm);
+        if sooner {
+            self.alarm = Some(deadline);
+        }
+        Ok((mid, rx, sooner))
     }
 
-    /// Forgets a call (its future was dropped or timed out).
+    /// Forgets a call (its future was dropped).
     pub(crate) fn forget(&mut self, mid: u16) {
         self.waiting.remove(&mid);
     }
 
     /// Takes the call waiting for the response `mid`, if one does.
     fn take(&mut self, mid: u16) -> Option<oneshot::Sender<Result<Response, Status>>> {
-        self.waiting.remove(&mid)
+        self.waiting.remove(&mid).map(|waiter| waiter.answer)
+    }
+
+    /// Takes the calls due at `now`; returns them and when the alarm should ring next, which
+    /// is also what later registrations compare with.
+    #[allow(clippy::type_complexity)]
+    fn expire(
+        &mut self,
+        now: Instant,
+    ) -> (
+        Vec<(oneshot::Sender<Result<Response, Status>>, Duration)>,
+        Option<Instant>,
+    ) {
+        let due = self
+            .waiting
+            .extract_if(|_, waiter| waiter.deadline <= now)
+            .map(|(_, waiter)| (waiter.answer, waiter.timeout))
+            .collect();
+        let next = self.waiting.values().map(|waiter| waiter.deadline).min();
+        let sweep = Duration::from_nanos(SWEEP_NS_PER_CALL * self.waiting.len() as u64);
+        self.alarm = next.map(|next| next.max(now + sweep));
+        (due, self.alarm)
     }
 
     /// Ends every waiting call with `status`, and every later one too.
     pub(crate) fn close(&mut self, status: Status) {
-        for (_, tx) in self.waiting.drain() {
-            let _ = tx.send(Err(status.clone()));
+        for (_, waiter) in self.waiting.drain() {
+            let _ = waiter.answer.send(Err(status.clone()));
         }
         self.closed = Some(status);
+        self.alarm = None;
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -134,6 +232,8 @@ mod tests {
     use crate::Code;
     use bytes::Bytes;
 
+    const MINUTE: Duration = Duration::from_secs(60);
+
     fn response(mid: u16) -> Response {
         Response {
             mid,
@@ -146,21 +246,26 @@ mod tests {
     #[test]
     fn ids_start_at_one_wrap_and_skip_zero_and_waiting_ids() {
         let mut pending = Pending::default();
-        let (first, _keep) = pending.register().unwrap();
+        let (first, _keep, _) = pending.register(Instant::now(), MINUTE).unwrap();
         assert_eq!(first, 1);
         for expected in 2..=u16::MAX {
-            let (mid, _) = pending.register().unwrap();
+            let (mid, _, _) = pending.register(Instant::now(), MINUTE).unwrap();
             assert_eq!(mid, expected);
             pending.forget(mid);
         }
         // 1 is still waiting, 0 is never used: the wrap lands on 2.
-        assert_eq!(pending.register().unwrap().0, 2);
+        assert_eq!(pending.register(Instant::now(), MINUTE).unwrap().0, 2);
     }
 
     #[test]
     fn unknown_responses_are_dropped_and_close_fails_waiters() {
         let calls = Calls::default();
-        let (mid, mut rx, waiting) = calls.register().unwrap();
+        let Registered {
+            mid,
+            answer: mut rx,
+            waiting,
+            ..
+        } = calls.register(Instant::now(), MINUTE).unwrap();
         assert_eq!((waiting, calls.len()), (1, 1));
         assert!(!calls.complete(response(mid + 1)));
         assert_eq!(calls.len(), 1);
@@ -169,15 +274,20 @@ mod tests {
             rx.try_recv().unwrap().unwrap_err().code(),
             Code::NetworkError
         );
-        assert_eq!(calls.register().unwrap_err().code(), Code::NetworkError);
+        assert_eq!(
+            calls.register(Instant::now(), MINUTE).unwrap_err().code(),
+            Code::NetworkError
+        );
         assert_eq!(calls.len(), 0);
     }
 
     #[test]
     fn the_count_read_without_the_lock_follows_every_change() {
         let calls = Calls::default();
-        let (first, mut first_rx, _) = calls.register().unwrap();
-        let (second, _second_rx, waiting) = calls.register().unwrap();
+        let first = calls.register(Instant::now(), MINUTE).unwrap();
+        let (first, mut first_rx) = (first.mid, first.answer);
+        let second = calls.register(Instant::now(), MINUTE).unwrap();
+        let (second, _second_rx, waiting) = (second.mid, second.answer, second.waiting);
         assert_eq!((waiting, calls.len()), (2, 2));
         assert!(calls.complete(response(first)));
         assert_eq!(first_rx.try_recv().unwrap().unwrap().mid, first);
@@ -190,11 +300,70 @@ mod tests {
     #[test]
     fn full_table_is_too_many_requests() {
         let mut pending = Pending::default();
-        let receivers: Vec<_> = (0..u16::MAX).map(|_| pending.register().unwrap()).collect();
+        let receivers: Vec<_> = (0..u16::MAX)
+            .map(|_| pending.register(Instant::now(), MINUTE).unwrap())
+            .collect();
         assert_eq!(receivers.len(), 65535);
         assert_eq!(
-            pending.register().unwrap_err().code(),
+            pending.register(Instant::now(), MINUTE).unwrap_err().code(),
             Code::TooManyRequests
         );
+    }
+
+    #[test]
+    fn due_calls_time_out_and_the_alarm_follows_the_earliest_deadline_left() {
+        let calls = Calls::default();
+        let start = Instant::now();
+        let slow = calls.register(start, MINUTE).unwrap();
+        assert!(slow.sooner, "the first call sets the alarm");
+        let later = calls.register(start, 2 * MINUTE).unwrap();
+        assert!(!later.sooner, "a later deadline leaves the alarm as it is");
+        let quick = calls.register(start, Duration::from_secs(1)).unwrap();
+        assert!(
+            quick.sooner,
+            "an earlier deadline must bring the alarm forward"
+        );
+
+        // Nothing is due yet: the alarm stays on the earliest deadline.
+        assert_eq!(calls.expire(start), Some(start + Duration::from_secs(1)));
+        assert_eq!(calls.len(), 3);
+
+        let next = calls.expire(start + Duration::from_secs(1));
+        assert_eq!(next, Some(start + MINUTE));
+        let mut quick_answer = quick.answer;
+        let timed_out = quick_answer.try_recv().unwrap().unwrap_err();
+        assert_eq!(timed_out.code(), Code::RequestTimeout);
+        assert_eq!(timed_out.message(), "no response within 1s");
+        assert_eq!(calls.len(), 2);
+        // The calls not due still wait, and still take their responses.
+        assert!(calls.complete(response(later.mid)));
+        assert_eq!(calls.expire(start + MINUTE), None, "no call is left");
+        let mut slow_answer = slow.answer;
+        assert_eq!(
+            slow_answer.try_recv().unwrap().unwrap_err().code(),
+            Code::RequestTimeout
+        );
+        // With no alarm set, the next call sets it again.
+        assert!(calls.register(start, MINUTE).unwrap().sooner);
+    }
+
+    #[test]
+    fn with_many_calls_waiting_the_alarm_rings_no_more_often_than_a_sweep_costs() {
+        let calls = Calls::default();
+        let start = Instant::now();
+        let answers: Vec<_> = (0..1000u64)
+            .map(|i| calls.register(start, Duration::from_nanos(i + 1)).unwrap())
+            .collect();
+        // The next deadline is 2 ns away, but looking at 999 calls again that soon would cost
+        // more than it is worth: the alarm waits 100 ns per waiting call.
+        let next = calls.expire(start + Duration::from_nanos(1)).unwrap();
+        assert_eq!(
+            next,
+            start + Duration::from_nanos(1 + 999 * SWEEP_NS_PER_CALL)
+        );
+        assert_eq!(calls.len(), 999);
+        assert_eq!(calls.expire(next), None);
+        assert_eq!(calls.len(), 0);
+        drop(answers);
     }
 }
