@@ -17,6 +17,10 @@ use crate::telemetry::CallSeries;
 use crate::wire::Action;
 use crate::{Context, Method, Status};
 
+mod notify;
+
+pub(crate) use notify::NotifyTargets;
+
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 type Handler =
@@ -137,6 +141,31 @@ struct Inner {
     /// Replaced whole when a layer is added, so a request takes a snapshot with one clone.
     middleware: RwLock<Layers>,
     next_listener: AtomicU64,
+    /// Counts the changes to routes, listeners and middleware: what a connection resolved for
+    /// a notify ([`NotifyTargets`]) stands while it has not moved.
+    generation: Generation,
+    /// What notifies of the actions registered here run through, resolved once per
+    /// generation for all connections.
+    notify_targets: RwLock<notify::Shared>,
+}
+
+/// A counter on a cache line of its own. Every connection reads it for every notify and it
+/// is written only when the router changes, so it stays in every core's cache; the locks
+/// next to it are written by every read-lock and would drag it along.
+#[derive(Default)]
+#[repr(align(128))]
+struct Generation(AtomicU64);
+
+impl Inner {
+    /// Marks a change; called once the change is made, so a connection that sees the new
+    /// generation resolves against the changed router.
+    fn changed(&self) {
+        self.generation.0.fetch_add(1, Ordering::Release);
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.0.load(Ordering::Acquire)
+    }
 }
 
 #[derive(Default)]
@@ -160,12 +189,10 @@ impl Routes {
     }
 }
 
-/// What the router found for an incoming packet.
+/// What the router found for an incoming request.
 pub(crate) struct Target {
-    action: Option<u64>,
     pub(crate) method: Option<&'static str>,
     pub(crate) route: Option<Arc<Route>>,
-    listeners: Option<Listeners>,
 }
 
 /// Listeners added by one [`Router::listen`] call; [`detach`](ListenerHandle::detach) removes them.
@@ -178,7 +205,9 @@ pub struct ListenerHandle {
 }
 
 impl ListenerHandle {
-    /// Removes the listener.
+    /// Removes the listener: no notify read after this call reaches it. The closure itself
+    /// is dropped once no connection holds it any more: a connection that has received this
+    /// event keeps what it resolved until its next notify, or its end.
     pub fn detach(self) {
         if let Some(inner) = self.router.upgrade() {
             let mut listeners = write(&inner.listeners);
@@ -194,6 +223,8 @@ impl ListenerHandle {
                     listeners.insert(self.action, kept);
                 }
             }
+            drop(listeners);
+            inner.changed();
         }
     }
 }
@@ -258,6 +289,8 @@ impl Router {
         let mut routes = write(&self.inner.routes);
         routes.handlers.insert(action, route);
         routes.name(name, action);
+        drop(routes);
+        self.inner.changed();
         self
     }
 
@@ -282,19 +315,20 @@ impl Router {
         F: Fn(Context, E) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let listener = Arc::new(listener);
+        // The event is decoded and the listener called right away; only its future is kept,
+        // so a notify counts no reference on the listener, which every connection shares.
         let erased: Listener = Arc::new(move |ctx: Context, payload: Bytes| {
-            let listener = listener.clone();
-            Box::pin(async move {
-                match ctx.conn().codec().decode_bytes::<E>(&payload) {
-                    Ok(event) => listener(ctx, event).await,
-                    Err(status) => tracing::warn!(
+            match ctx.conn().codec().decode_bytes::<E>(&payload) {
+                Ok(event) => Box::pin(listener(ctx, event)) as BoxFuture<'static, ()>,
+                Err(status) => {
+                    tracing::warn!(
                         method = method.name,
                         %status,
                         "dropping an event that does not decode"
-                    ),
+                    );
+                    Box::pin(std::future::ready(()))
                 }
-            })
+            }
         });
         let id = self.inner.next_listener.fetch_add(1, Ordering::Relaxed);
         write(&self.inner.routes).name(method.name, method.action);
@@ -307,6 +341,7 @@ impl Router {
             .collect();
         listeners.insert(method.action, grown);
         drop(listeners);
+        self.inner.changed();
         ListenerHandle {
             router: Arc::downgrade(&self.inner),
             action: method.action,
@@ -320,32 +355,29 @@ impl Router {
         let mut grown: Vec<_> = layers.iter().cloned().collect();
         grown.push(Arc::new(middleware));
         *layers = grown.into();
+        drop(layers);
+        self.inner.changed();
         self
     }
 
-    /// Finds the handler and listeners of an action; a method name (SA packets) is resolved
-    /// like its numeric action.
-    pub(crate) fn target(&self, action: &Action) -> Target {
-        let mut target = self.request_target(action);
-        if let Some(id) = target.action {
-            target.listeners = read(&self.inner.listeners).get(&id).cloned();
-        }
-        target
+    /// Finds the handler of a request's action.
+    pub(crate) fn request_target(&self, action: &Action) -> Target {
+        self.resolve(action).1
     }
 
-    /// Like [`target`](Self::target) without the listeners, which only notifies run.
-    pub(crate) fn request_target(&self, action: &Action) -> Target {
+    /// The numeric action, the method's name and its handler; a method name (SA packets) is
+    /// resolved like its numeric action.
+    fn resolve(&self, action: &Action) -> (Option<u64>, Target) {
         let routes = read(&self.inner.routes);
         let id = match action {
             Action::Id(id) => Some(*id),
             Action::Method(name) => routes.actions.get(name.as_str()).copied(),
         };
-        Target {
-            action: id,
+        let target = Target {
             method: id.and_then(|id| routes.names.get(&id).copied()),
             route: id.and_then(|id| routes.handlers.get(&id).cloned()),
-            listeners: None,
-        }
+        };
+        (id, target)
     }
 
     fn middleware(&self) -> Layers {
@@ -416,48 +448,6 @@ impl Router {
         }
         outcome
     }
-
-    /// Runs a notify through the middleware, then its handler (result dropped) and listeners.
-    pub(crate) async fn handle_notify(&self, target: Target, ctx: &Context, payload: Bytes) {
-        if crate::history::observe_notify(ctx) {
-            return;
-        }
-        if target.route.is_none() && target.listeners.is_none() {
-            tracing::debug!(action = %describe(ctx.action(), None), "dropping a notify nobody listens to");
-            return;
-        }
-        for layer in self.middleware().iter() {
-            match AssertUnwindSafe(lazy(|| layer.before(ctx)))
-                .catch_unwind()
-                .await
-            {
-                Ok(Ok(Flow::Continue)) => {}
-                Ok(Ok(Flow::Respond(_))) => return,
-                Ok(Err(status)) => {
-                    tracing::debug!(%status, "middleware dropped a notify");
-                    return;
-                }
-                Err(_) => return,
-            }
-        }
-        if let Some(route) = target.route
-            && let Ok(Err(status)) =
-                AssertUnwindSafe(lazy(|| (route.handler)(ctx.clone(), payload.clone())))
-                    .catch_unwind()
-                    .await
-        {
-            tracing::debug!(%status, "handler of a notify failed");
-        }
-        for (_, listener) in target.listeners.iter().flat_map(|list| list.iter()) {
-            if AssertUnwindSafe(lazy(|| listener(ctx.clone(), payload.clone())))
-                .catch_unwind()
-                .await
-                .is_err()
-            {
-                tracing::error!(method = target.method.unwrap_or("?"), "listener panicked");
-            }
-        }
-    }
 }
 
 /// Makes the future only when first polled, so a handler that panics before returning its
@@ -480,38 +470,4 @@ pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> &str {
         .copied()
         .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
         .unwrap_or("non-string panic")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const EVENT: Method = Method::new("demo.Room.Joined", "demo.Joined", "demo.Empty");
-
-    #[derive(Clone, PartialEq, prost::Message, serde::Serialize, serde::Deserialize)]
-    struct Joined {
-        #[prost(string, tag = "1")]
-        user: String,
-    }
-
-    fn listener_count(router: &Router) -> usize {
-        let target = router.target(&Action::Id(EVENT.action));
-        target.listeners.map_or(0, |list| list.len())
-    }
-
-    #[test]
-    fn listeners_come_and_go_and_the_last_one_leaves_nothing_behind() {
-        let router = Router::new();
-        let first = router.listen(&EVENT, |_: Context, _: Joined| async {});
-        let second = router.listen(&EVENT, |_: Context, _: Joined| async {});
-        assert_eq!(listener_count(&router), 2);
-        // A notify's snapshot is not changed by a later detach.
-        let taken = router.target(&Action::Id(EVENT.action));
-        first.detach();
-        assert_eq!(listener_count(&router), 1);
-        assert_eq!(taken.listeners.map(|list| list.len()), Some(2));
-        second.detach();
-        assert_eq!(listener_count(&router), 0);
-        assert!(read(&router.inner.listeners).is_empty());
-    }
 }

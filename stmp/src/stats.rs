@@ -44,18 +44,30 @@ pub(crate) struct Counters {
     pub(crate) requests_rejected: AtomicU64,
     pub(crate) requests_shed: AtomicU64,
     pub(crate) write_stalls: AtomicU64,
-    pub(crate) in_flight: Arc<InFlight>,
+    /// The budget every connection's handlers and listeners draw from besides their own: a
+    /// server's. A client's connections have none; each has its own budget alone.
+    pub(crate) in_flight: Option<Arc<InFlight>>,
 }
 
 impl Counters {
     pub(crate) fn new(in_flight_limit: usize) -> Arc<Self> {
+        Self::with_budget(Some(Arc::new(InFlight::new(in_flight_limit))))
+    }
+
+    /// The counters of one client connection: it shares no budget with others, and keeping
+    /// one anyway would be a second counter, in memory of its own, touched by every packet.
+    pub(crate) fn unshared() -> Arc<Self> {
+        Self::with_budget(None)
+    }
+
+    fn with_budget(in_flight: Option<Arc<InFlight>>) -> Arc<Self> {
         Arc::new(Counters {
             events_dropped: AtomicU64::new(0),
             slow_consumers_closed: AtomicU64::new(0),
             requests_rejected: AtomicU64::new(0),
             requests_shed: AtomicU64::new(0),
             write_stalls: AtomicU64::new(0),
-            in_flight: Arc::new(InFlight::new(in_flight_limit)),
+            in_flight,
         })
     }
 
@@ -72,7 +84,7 @@ impl Counters {
             requests_rejected: get(&self.requests_rejected),
             requests_shed: get(&self.requests_shed),
             write_stalls: get(&self.write_stalls),
-            in_flight_bytes: self.in_flight.used(),
+            in_flight_bytes: self.in_flight.as_ref().map_or(0, |budget| budget.used()),
         }
     }
 }

@@ -250,6 +250,65 @@ async fn a_string_action_is_routed_like_its_number() {
     assert_eq!(echo.text, "by name");
 }
 
+/// Two listeners of one event run in turn for each event: a panic in the first (when it is
+/// called, or in its future) is its own and the second still runs; when the first waits, the
+/// second runs after it, and the events behind wait for both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_listener_of_an_event_runs_in_turn_though_the_one_before_panics_or_waits() {
+    let (server, url) = tcp_server(Server::builder()).await;
+    let client = within(Client::connect(&url)).await.unwrap();
+    let gate = std::sync::Arc::new(tokio::sync::Notify::new());
+    let (tx, mut heard) = tokio::sync::mpsc::unbounded_channel();
+    let _first = client.router().listen(&USER_JOIN, {
+        let (gate, tx) = (gate.clone(), tx.clone());
+        move |_ctx: stmp::Context, e: UserJoinEvent| {
+            assert!(e.user != "panic when called", "the listener panics");
+            let (gate, tx) = (gate.clone(), tx.clone());
+            async move {
+                assert!(
+                    e.user != "panic when polled",
+                    "the listener's future panics"
+                );
+                if e.user == "wait" {
+                    gate.notified().await;
+                }
+                tx.send(format!("first {}", e.user)).unwrap();
+            }
+        }
+    });
+    let _second =
+        client
+            .router()
+            .listen(&USER_JOIN, move |_ctx: stmp::Context, e: UserJoinEvent| {
+                let tx = tx.clone();
+                async move { tx.send(format!("second {}", e.user)).unwrap() }
+            });
+    until(|| !server.conns().is_empty()).await;
+    let send = |user: &str| {
+        let event = UserJoinEvent { user: user.into() };
+        stmp::broadcast(server.everyone(), &USER_JOIN, &event).unwrap();
+    };
+    for user in ["a", "panic when called", "panic when polled", "wait", "b"] {
+        send(user);
+    }
+    for expected in [
+        "first a",
+        "second a",
+        "second panic when called",
+        "second panic when polled",
+    ] {
+        assert_eq!(within(heard.recv()).await.unwrap(), expected);
+    }
+    // A call's round trip proves every event has arrived: the rest waits for the first
+    // listener of "wait".
+    let _: Echo = within(client.call(&ECHO, &Echo::default())).await.unwrap();
+    assert!(heard.try_recv().is_err(), "ran before the waiting listener");
+    gate.notify_one();
+    for expected in ["first wait", "second wait", "first b", "second b"] {
+        assert_eq!(within(heard.recv()).await.unwrap(), expected);
+    }
+}
+
 /// Listeners that finish at once run on the read task; one that waits moves to a task of its
 /// own. Either way every event reaches the listeners once, in the order it was sent, and the
 /// ones behind a waiting listener wait for it.

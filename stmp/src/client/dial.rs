@@ -130,7 +130,7 @@ pub(crate) fn ready(
         call_timeout: config.call_timeout,
         send_queue_bytes: config.send_queue_bytes,
         slow_consumer: crate::SlowConsumer::default(),
-        counters: crate::stats::Counters::new(usize::MAX),
+        counters: crate::stats::Counters::unshared(),
         tasks: TaskTracker::new(),
         draining: Drain::default(),
     };

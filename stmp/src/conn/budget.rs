@@ -94,7 +94,8 @@ impl Drop for Reservation {
 #[derive(Debug)]
 pub(crate) struct ConnBytes {
     conn: InFlight,
-    server: Arc<InFlight>,
+    /// The server's budget; none on a client.
+    server: Option<Arc<InFlight>>,
 }
 
 /// Which budget had no room.
@@ -107,7 +108,7 @@ pub(crate) enum NoRoom {
 }
 
 impl ConnBytes {
-    pub(crate) fn new(limit: usize, server: Arc<InFlight>) -> Arc<Self> {
+    pub(crate) fn new(limit: usize, server: Option<Arc<InFlight>>) -> Arc<Self> {
         Arc::new(ConnBytes {
             conn: InFlight::new(limit),
             server,
@@ -119,9 +120,11 @@ impl ConnBytes {
         if !self.conn.try_take(bytes) {
             return Err(NoRoom::Conn(self.conn.limit));
         }
-        if !self.server.try_take(bytes) {
+        if let Some(server) = &self.server
+            && !server.try_take(bytes)
+        {
             self.conn.give(bytes);
-            return Err(NoRoom::Server(self.server.limit));
+            return Err(NoRoom::Server(server.limit));
         }
         Ok(HeldBytes {
             budgets: self.clone(),
@@ -140,7 +143,9 @@ pub(crate) struct HeldBytes {
 impl Drop for HeldBytes {
     fn drop(&mut self) {
         self.budgets.conn.give(self.bytes);
-        self.budgets.server.give(self.bytes);
+        if let Some(server) = &self.budgets.server {
+            server.give(self.bytes);
+        }
     }
 }
 
@@ -190,8 +195,8 @@ mod tests {
     #[test]
     fn a_connections_bytes_are_held_in_its_budget_and_the_servers_until_dropped() {
         let server = Arc::new(InFlight::new(1000));
-        let a = ConnBytes::new(600, server.clone());
-        let b = ConnBytes::new(600, server.clone());
+        let a = ConnBytes::new(600, Some(server.clone()));
+        let b = ConnBytes::new(600, Some(server.clone()));
         let held_a = a.reserve(500).unwrap();
         assert_eq!(a.reserve(200).unwrap_err(), NoRoom::Conn(600));
         let held_b = b.reserve(400).unwrap();
@@ -206,5 +211,15 @@ mod tests {
         assert_eq!((a.conn.used(), server.used()), (0, 400));
         drop(held_b);
         assert_eq!(server.used(), 0);
+    }
+
+    #[test]
+    fn without_a_servers_budget_a_connection_is_bounded_by_its_own() {
+        let alone = ConnBytes::new(600, None);
+        let held = alone.reserve(500).unwrap();
+        assert_eq!(alone.reserve(200).unwrap_err(), NoRoom::Conn(600));
+        drop(held);
+        assert_eq!(alone.conn.used(), 0);
+        let _held = alone.reserve(600).unwrap();
     }
 }

@@ -33,6 +33,7 @@ use super::writer::Taken;
 use super::{Conn, ConnParts, Outbox, Refused, Side};
 use crate::broadcast::SlowConsumer;
 use crate::codec::Codec;
+use crate::router::NotifyTargets;
 use crate::stats::Counters;
 use crate::wire::{Header, Packet, Request, Response};
 use crate::{Code, Context, Router, Status};
@@ -204,6 +205,7 @@ impl Engine {
             tokio::spawn(write_loop(outbox, writer, busy, config.write_stall_timeout));
         // Each handler and listener holds the router. A handle of this connection's own keeps
         // those holds off the reference count that every connection of the server shares.
+        let mut notify_targets = NotifyTargets::new(router.clone());
         let router = Arc::new(router);
         let mut listeners = Listeners::new(config.event_queue);
         let mut parked: Option<Parked> = None;
@@ -294,24 +296,31 @@ impl Engine {
                     handle(&conn, &router, &tasks, request, held, alone, arrived)
                 }
                 Action::Deliver(notify, held) => {
-                    let target = router.target(&notify.action);
+                    let target = notify_targets.get(&notify.action);
                     let ctx =
-                        Context::new(conn.clone(), notify.action, target.method, notify.header);
-                    let router = router.clone();
-                    let listening: Listening = Box::pin(async move {
-                        router.handle_notify(target, &ctx, notify.payload).await;
-                        drop(held);
-                    });
-                    match listeners.deliver(listening) {
-                        Delivered::Done => {}
-                        // Listeners fall behind: stop reading until they catch up,
-                        // while heartbeat and close go on.
-                        Delivered::Full(waiting) => parked = Some(waiting),
-                        Delivered::Gone => {
-                            break Ending {
-                                status: listeners_gone(),
-                                send_close: true,
-                            };
+                        Context::new(conn.clone(), notify.action, target.method(), notify.header);
+                    // Most notifies finish without waiting, and those run right here; one
+                    // that arrives while an earlier one waits queues behind it, in order.
+                    let left = match listeners.idle() {
+                        true => target.start(ctx, notify.payload),
+                        false => Some(target.clone().run(ctx, notify.payload)),
+                    };
+                    if let Some(left) = left {
+                        let listening: Listening = Box::pin(async move {
+                            left.await;
+                            drop(held);
+                        });
+                        match listeners.queue(listening) {
+                            Delivered::Done => {}
+                            // Listeners fall behind: stop reading until they catch up,
+                            // while heartbeat and close go on.
+                            Delivered::Full(waiting) => parked = Some(waiting),
+                            Delivered::Gone => {
+                                break Ending {
+                                    status: listeners_gone(),
+                                    send_close: true,
+                                };
+                            }
                         }
                     }
                 }
@@ -618,7 +627,7 @@ struct ListenerQueue {
     behind: Arc<AtomicUsize>,
 }
 
-/// What became of a notify handed to [`Listeners::deliver`].
+/// What became of a notify handed to [`Listeners::queue`].
 enum Delivered {
     /// Done, or queued behind the listeners at work.
     Done,
@@ -636,17 +645,15 @@ impl Listeners {
         }
     }
 
-    fn deliver(&mut self, mut listening: Listening) -> Delivered {
-        let idle = self
-            .queue
+    /// Whether no listener waits: a notify may then run right away, on the reading task.
+    fn idle(&self) -> bool {
+        self.queue
             .as_ref()
-            .is_none_or(|queue| queue.behind.load(Ordering::Acquire) == 0);
-        if idle {
-            let mut inline = std::task::Context::from_waker(std::task::Waker::noop());
-            if listening.as_mut().poll(&mut inline).is_ready() {
-                return Delivered::Done;
-            }
-        }
+            .is_none_or(|queue| queue.behind.load(Ordering::Acquire) == 0)
+    }
+
+    /// Hands a notify that waits (or must wait its turn) to the listeners' task.
+    fn queue(&mut self, listening: Listening) -> Delivered {
         let capacity = self.capacity;
         let queue = self.queue.get_or_insert_with(|| {
             let (sender, rx) = mpsc::channel(capacity);

@@ -1,0 +1,368 @@
+//! What a connection runs for an incoming notify: the middleware, handler and listeners of its
+//! action, resolved once per connection while the router does not change, and run on the
+//! reading task as far as they go without waiting.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll, Waker};
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+
+use super::{BoxFuture, Flow, Layers, Listeners, Route, Router, describe, lazy};
+use crate::Context;
+use crate::id_map::IdMap;
+use crate::sync::{read, write};
+use crate::wire::Action;
+
+/// Everything a notify of one action runs through: the middleware, the handler and the
+/// listeners as they were when it was resolved. A notify keeps the snapshot it started with;
+/// changes to the router reach the notifies resolved after them.
+pub(crate) struct NotifyTarget {
+    method: Option<&'static str>,
+    route: Option<Arc<Route>>,
+    listeners: Option<Listeners>,
+    middleware: Layers,
+}
+
+impl NotifyTarget {
+    fn resolve(router: &Router, action: &Action) -> NotifyTarget {
+        let (id, target) = router.resolve(action);
+        NotifyTarget {
+            method: target.method,
+            route: target.route,
+            listeners: id.and_then(|id| read(&router.inner.listeners).get(&id).cloned()),
+            middleware: router.middleware(),
+        }
+    }
+
+    /// The target of numeric action `id` as resolved at `generation` (read before this call),
+    /// the same one for every connection. Those of actions nothing is registered for are not
+    /// kept: a peer chooses those, and they would pile up.
+    fn shared(router: &Router, generation: u64, id: u64) -> Arc<NotifyTarget> {
+        let kept = read(&router.inner.notify_targets);
+        if kept.generation == generation
+            && let Some(target) = kept.by_action.get(&id)
+        {
+            return target.clone();
+        }
+        drop(kept);
+        let target = Arc::new(NotifyTarget::resolve(router, &Action::Id(id)));
+        if target.route.is_none() && target.listeners.is_none() {
+            return target;
+        }
+        let mut kept = write(&router.inner.notify_targets);
+        if kept.generation < generation {
+            *kept = Shared {
+                generation,
+                by_action: IdMap::default(),
+            };
+        }
+        if kept.generation == generation {
+            kept.by_action.entry(id).or_insert_with(|| target.clone());
+        }
+        target
+    }
+
+    /// The full name of the method, when something is registered for it.
+    pub(crate) fn method(&self) -> Option<&'static str> {
+        self.method
+    }
+
+    /// Runs a notify here and now as far as it goes without waiting, and returns what is left
+    /// when something waits. The common notify — listeners only, which finish at once — costs
+    /// no task, no boxed future of its own and no reference counted on the target.
+    pub(crate) fn start(self: &Arc<Self>, ctx: Context, payload: Bytes) -> Option<Running> {
+        if !self.middleware.is_empty() || self.route.is_some() {
+            return poll_once(self.clone().run(ctx, payload));
+        }
+        if !self.wanted(&ctx) {
+            return None;
+        }
+        let listeners = self.listeners.as_ref()?;
+        for (at, (_, listener)) in listeners.iter().enumerate() {
+            let started = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                poll_once(listener(ctx.clone(), payload.clone()))
+            }));
+            match started {
+                Ok(None) => {}
+                Ok(Some(waiting)) => {
+                    let (listeners, method) = (listeners.clone(), self.method);
+                    return Some(Box::pin(async move {
+                        if AssertUnwindSafe(waiting).catch_unwind().await.is_err() {
+                            listener_panicked(method);
+                        }
+                        run_listeners(&listeners[at + 1..], method, &ctx, &payload).await;
+                    }));
+                }
+                Err(_) => listener_panicked(self.method),
+            }
+        }
+        None
+    }
+
+    /// Runs a notify through the middleware, then its handler (result dropped) and listeners.
+    pub(crate) fn run(self: Arc<Self>, ctx: Context, payload: Bytes) -> Running {
+        Box::pin(async move {
+            if !self.wanted(&ctx) {
+                return;
+            }
+            for layer in self.middleware.iter() {
+                match AssertUnwindSafe(lazy(|| layer.before(&ctx)))
+                    .catch_unwind()
+                    .await
+                {
+                    Ok(Ok(Flow::Continue)) => {}
+                    Ok(Ok(Flow::Respond(_))) => return,
+                    Ok(Err(status)) => {
+                        tracing::debug!(%status, "middleware dropped a notify");
+                        return;
+                    }
+                    Err(_) => return,
+                }
+            }
+            if let Some(route) = &self.route
+                && let Ok(Err(status)) =
+                    AssertUnwindSafe(lazy(|| (route.handler)(ctx.clone(), payload.clone())))
+                        .catch_unwind()
+                        .await
+            {
+                tracing::debug!(%status, "handler of a notify failed");
+            }
+            let listeners = self.listeners.as_deref().unwrap_or_default();
+            run_listeners(listeners, self.method, &ctx, &payload).await;
+        })
+    }
+
+    /// Whether the notify goes to the middleware and listeners: not when history recovery
+    /// takes it, nor when nothing is registered for its action.
+    fn wanted(&self, ctx: &Context) -> bool {
+        if crate::history::observe_notify(ctx) {
+            return false;
+        }
+        if self.route.is_none() && self.listeners.is_none() {
+            tracing::debug!(action = %describe(ctx.action(), None), "dropping a notify nobody listens to");
+            return false;
+        }
+        true
+    }
+}
+
+/// What is left of a notify once something in it waits.
+pub(crate) type Running = BoxFuture<'static, ()>;
+
+/// Polls `future` once, with a waker that does nothing: `None` when it is done. One that waits
+/// is polled again with a real waker wherever it goes on running.
+fn poll_once(mut future: Running) -> Option<Running> {
+    let mut here = TaskContext::from_waker(Waker::noop());
+    match future.as_mut().poll(&mut here) {
+        Poll::Ready(()) => None,
+        Poll::Pending => Some(future),
+    }
+}
+
+async fn run_listeners(
+    listeners: &[(u64, super::Listener)],
+    method: Option<&'static str>,
+    ctx: &Context,
+    payload: &Bytes,
+) {
+    for (_, listener) in listeners {
+        if AssertUnwindSafe(lazy(|| listener(ctx.clone(), payload.clone())))
+            .catch_unwind()
+            .await
+            .is_err()
+        {
+            listener_panicked(method);
+        }
+    }
+}
+
+fn listener_panicked(method: Option<&'static str>) {
+    tracing::error!(method = method.unwrap_or("?"), "listener panicked");
+}
+
+/// The notify targets of one generation of a router, shared by its connections: the memory a
+/// broadcast's receivers read is then the same for all of them, and stays in every core's
+/// cache, where a copy per connection would be one more cold line for each.
+#[derive(Default)]
+pub(super) struct Shared {
+    generation: u64,
+    by_action: IdMap<u64, Arc<NotifyTarget>>,
+}
+
+/// The actions one connection keeps resolved; a client listens to a few events.
+const CACHED_ACTIONS: usize = 4;
+
+/// One connection's resolved notify targets. A broadcast reaches every connection with the
+/// same action, and resolving it again for each would read-lock the router's maps and count
+/// references on its shared slices from every core at once: the cache lines all connections
+/// share would move between cores with every event. Here a notify of a known action costs
+/// one read of the router's generation, a line no notify writes.
+pub(crate) struct NotifyTargets {
+    router: Router,
+    /// The router's generation the entries were resolved at.
+    generation: u64,
+    /// Numeric actions and their targets, the most recently resolved first; held in place, so
+    /// looking one up touches no memory of its own.
+    resolved: [Option<(u64, Arc<NotifyTarget>)>; CACHED_ACTIONS],
+    /// The target of the last notify named by its method rather than its action.
+    named: Option<Arc<NotifyTarget>>,
+}
+
+impl NotifyTargets {
+    pub(crate) fn new(router: Router) -> NotifyTargets {
+        NotifyTargets {
+            router,
+            generation: 0,
+            resolved: Default::default(),
+            named: None,
+        }
+    }
+
+    /// The target of a notify of `action`, as the router is now.
+    pub(crate) fn get(&mut self, action: &Action) -> &Arc<NotifyTarget> {
+        // Read before resolving: a change made while resolving moves it again, so what was
+        // resolved is not taken for the changed router's.
+        let generation = self.router.inner.generation();
+        if generation != self.generation {
+            self.resolved = Default::default();
+            self.generation = generation;
+        }
+        let router = &self.router;
+        let Action::Id(id) = *action else {
+            // Named actions (SA packets) are rare: resolved every time.
+            return self
+                .named
+                .insert(Arc::new(NotifyTarget::resolve(router, action)));
+        };
+        let found = self
+            .resolved
+            .iter()
+            .position(|entry| matches!(entry, Some((cached, _)) if *cached == id));
+        let slot = match found {
+            Some(at) => &mut self.resolved[at],
+            None => {
+                self.resolved.rotate_right(1);
+                self.resolved[0] = None;
+                &mut self.resolved[0]
+            }
+        };
+        &slot
+            .get_or_insert_with(|| (id, NotifyTarget::shared(router, generation, id)))
+            .1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Method, Middleware};
+
+    const EVENT: Method = Method::new("demo.Room.Joined", "demo.Joined", "demo.Empty");
+
+    #[derive(Clone, PartialEq, prost::Message, serde::Serialize, serde::Deserialize)]
+    struct Joined {
+        #[prost(string, tag = "1")]
+        user: String,
+    }
+
+    fn listener_count(targets: &mut NotifyTargets) -> usize {
+        let target = targets.get(&Action::Id(EVENT.action));
+        target.listeners.as_ref().map_or(0, |list| list.len())
+    }
+
+    #[test]
+    fn listeners_come_and_go_and_the_last_one_leaves_nothing_behind() {
+        let router = Router::new();
+        // One connection's targets, kept across the changes: the next notify sees each.
+        let mut targets = NotifyTargets::new(router.clone());
+        assert_eq!(listener_count(&mut targets), 0);
+        let first = router.listen(&EVENT, |_: Context, _: Joined| async {});
+        let second = router.listen(&EVENT, |_: Context, _: Joined| async {});
+        assert_eq!(listener_count(&mut targets), 2);
+        // A notify's snapshot is not changed by a later detach.
+        let taken = targets.get(&Action::Id(EVENT.action)).clone();
+        first.detach();
+        assert_eq!(listener_count(&mut targets), 1);
+        assert_eq!(taken.listeners.as_ref().map(|list| list.len()), Some(2));
+        second.detach();
+        assert_eq!(listener_count(&mut targets), 0);
+        assert!(read(&router.inner.listeners).is_empty());
+    }
+
+    struct PassThrough;
+
+    impl Middleware for PassThrough {}
+
+    #[test]
+    fn a_connection_resolves_an_action_once_until_the_router_changes() {
+        let router = Router::new();
+        let _listening = router.listen(&EVENT, |_: Context, _: Joined| async {});
+        let mut targets = NotifyTargets::new(router.clone());
+        let action = Action::Id(EVENT.action);
+        let first = targets.get(&action).clone();
+        assert_eq!(first.method(), Some(EVENT.name));
+        assert!(Arc::ptr_eq(&first, targets.get(&action)), "resolved again");
+
+        router.layer(PassThrough);
+        let layered = targets.get(&action).clone();
+        assert_eq!(layered.middleware.len(), 1, "a new layer is seen");
+        assert!(first.middleware.is_empty(), "a taken snapshot stays");
+
+        router.route_raw(
+            EVENT.name,
+            EVENT.action,
+            |_, payload| async move { Ok(payload) },
+        );
+        let routed = targets.get(&action).clone();
+        assert!(routed.route.is_some(), "a new route is seen");
+        assert!(Arc::ptr_eq(&routed, targets.get(&action)));
+    }
+
+    #[test]
+    fn a_few_actions_stay_resolved_and_any_number_of_others_take_no_more_room() {
+        let router = Router::new();
+        let _listening = router.listen(&EVENT, |_: Context, _: Joined| async {});
+        let mut targets = NotifyTargets::new(router.clone());
+        let known = targets.get(&Action::Id(EVENT.action)).clone();
+        for id in 1..=(CACHED_ACTIONS as u64 - 1) {
+            targets.get(&Action::Id(id));
+        }
+        assert!(Arc::ptr_eq(&known, targets.get(&Action::Id(EVENT.action))));
+        for id in 100..200 {
+            let target = targets.get(&Action::Id(id));
+            assert!(target.listeners.is_none() && target.route.is_none());
+        }
+        assert_eq!(targets.resolved.len(), CACHED_ACTIONS);
+        assert_eq!(
+            read(&router.inner.notify_targets).by_action.len(),
+            1,
+            "only registered actions are kept for all connections"
+        );
+        // Named like its action, a notify finds the same listeners.
+        let named = targets.get(&Action::Method(EVENT.name.to_owned()));
+        assert_eq!(named.listeners.as_ref().map(|list| list.len()), Some(1));
+    }
+
+    #[test]
+    fn connections_share_the_target_of_an_action_until_the_router_changes() {
+        let router = Router::new();
+        let _listening = router.listen(&EVENT, |_: Context, _: Joined| async {});
+        let action = Action::Id(EVENT.action);
+        let (mut one, mut two) = (
+            NotifyTargets::new(router.clone()),
+            NotifyTargets::new(router.clone()),
+        );
+        let first = one.get(&action).clone();
+        assert!(Arc::ptr_eq(&first, two.get(&action)), "one target for both");
+        let _another = router.listen(&EVENT, |_: Context, _: Joined| async {});
+        let changed = two.get(&action).clone();
+        assert!(!Arc::ptr_eq(&first, &changed));
+        assert_eq!(changed.listeners.as_ref().map(|list| list.len()), Some(2));
+        assert!(
+            Arc::ptr_eq(&changed, one.get(&action)),
+            "one target for both"
+        );
+    }
+}
