@@ -19,6 +19,9 @@ use crate::wire::Response;
 /// What a call waits on for its response.
 pub(crate) type Answer = oneshot::Receiver<Result<Response, Status>>;
 
+/// Where a call's response (or its failure) goes.
+type Answering = oneshot::Sender<Result<Response, Status>>;
+
 /// How late an alarm may ring per call it has to look at: a sweep looks at every waiting
 /// call, so with many waiting the alarm is not set sooner than this many nanoseconds per call
 /// from now (6.5 ms with 65,535 waiting). A deadline is then missed by at most that much.
@@ -110,7 +113,7 @@ impl Calls {
 /// One waiting call.
 #[derive(Debug)]
 struct Waiter {
-    answer: oneshot::Sender<Result<Response, Status>>,
+    answer: Answering,
     deadline: Instant,
     timeout: Duration,
 }
@@ -187,20 +190,13 @@ impl Pending {
     }
 
     /// Takes the call waiting for the response `mid`, if one does.
-    fn take(&mut self, mid: u16) -> Option<oneshot::Sender<Result<Response, Status>>> {
+    fn take(&mut self, mid: u16) -> Option<Answering> {
         self.waiting.remove(&mid).map(|waiter| waiter.answer)
     }
 
     /// Takes the calls due at `now`; returns them and when the alarm should ring next, which
     /// is also what later registrations compare with.
-    #[allow(clippy::type_complexity)]
-    fn expire(
-        &mut self,
-        now: Instant,
-    ) -> (
-        Vec<(oneshot::Sender<Result<Response, Status>>, Duration)>,
-        Option<Instant>,
-    ) {
+    fn expire(&mut self, now: Instant) -> (Vec<(Answering, Duration)>, Option<Instant>) {
         let due = self
             .waiting
             .extract_if(|_, waiter| waiter.deadline <= now)
