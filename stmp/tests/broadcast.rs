@@ -124,6 +124,9 @@ async fn a_connection_closed_during_broadcasts_does_not_hold_up_the_others() {
     for log in &heard {
         let log = log.lock().unwrap();
         assert!(log.len() <= both.len(), "{log:?}");
-        assert!(log.iter().zip(both).all(|(got, sent)| got == sent), "{log:?}");
+        assert!(
+            log.iter().zip(both).all(|(got, sent)| got == sent),
+            "{log:?}"
+        );
     }
 }
