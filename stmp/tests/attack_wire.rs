@@ -13,7 +13,7 @@ use common::*;
 use futures_util::future::select_all;
 use prost::Message as _;
 use stmp::wire::{Action, ClientHandshake, Header, Packet, PacketCodec, Request, ServerHandshake};
-use stmp::{CallOptions, Client, Code, PacketFormat, Server, Status};
+use stmp::{CallOptions, Code, PacketFormat, Server, Status};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::codec::Decoder;
@@ -102,13 +102,7 @@ async fn tcp_server(builder: stmp::ServerBuilder) -> (Server, std::net::SocketAd
 
 /// Another client's call, served as usual.
 async fn still_serves(addr: std::net::SocketAddr) {
-    let client = within(
-        Client::builder()
-            .no_reconnect()
-            .connect(&format!("tcp://{addr}")),
-    )
-    .await
-    .unwrap();
+    let client = tcp_client(addr).await;
     let back: Echo = within(client.call(&ECHO, &echo("still here")))
         .await
         .unwrap();

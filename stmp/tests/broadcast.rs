@@ -17,13 +17,7 @@ async fn audience(n: usize) -> (Server, Vec<Client>, Vec<Shared<Vec<String>>>) {
     let mut clients = Vec::new();
     let mut heard = Vec::new();
     for _ in 0..n {
-        let client = within(
-            Client::builder()
-                .no_reconnect()
-                .connect(&format!("tcp://{addr}")),
-        )
-        .await
-        .unwrap();
+        let client = tcp_client(addr).await;
         let log: Shared<Vec<String>> = Shared::default();
         let into = log.clone();
         let _ = client
@@ -43,8 +37,18 @@ fn tick(text: String) -> Echo {
     Echo { text, delay_ms: 0 }
 }
 
-fn heard_all(heard: &[Shared<Vec<String>>], count: usize) -> bool {
-    heard.iter().all(|log| log.lock().unwrap().len() >= count)
+/// Waits until every client has heard as many events as `expected` holds; they must be those.
+async fn every_client_hears<S: AsRef<str>>(heard: &[Shared<Vec<String>>], expected: &[S]) {
+    until(|| {
+        heard
+            .iter()
+            .all(|log| log.lock().unwrap().len() >= expected.len())
+    })
+    .await;
+    let expected: Vec<&str> = expected.iter().map(AsRef::as_ref).collect();
+    for log in heard {
+        assert_eq!(*log.lock().unwrap(), expected);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -65,10 +69,7 @@ async fn events_broadcast_and_sent_to_one_connection_arrive_in_the_order_sent() 
         expected.push(format!("broadcast {round}"));
         expected.push(format!("direct {round}"));
     }
-    until(|| heard_all(&heard, expected.len())).await;
-    for log in &heard {
-        assert_eq!(*log.lock().unwrap(), expected);
-    }
+    every_client_hears(&heard, &expected).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -79,10 +80,7 @@ async fn back_to_back_broadcasts_arrive_once_each_and_in_order() {
         let delivery = stmp::broadcast(server.conns(), &TICK, &tick(text.clone())).unwrap();
         assert_eq!(delivery.queued, CLIENTS);
     }
-    until(|| heard_all(&heard, expected.len())).await;
-    for log in &heard {
-        assert_eq!(*log.lock().unwrap(), expected);
-    }
+    every_client_hears(&heard, &expected).await;
 }
 
 /// A broadcast from a thread outside the runtime (a plain `std::thread`) is delivered too.
@@ -97,10 +95,7 @@ async fn a_broadcast_from_outside_the_runtime_is_delivered() {
     .join()
     .unwrap();
     assert_eq!(delivery.queued, CLIENTS);
-    until(|| heard_all(&heard, 1)).await;
-    for log in &heard {
-        assert_eq!(*log.lock().unwrap(), ["from a thread"]);
-    }
+    every_client_hears(&heard, &["from a thread"]).await;
 }
 
 /// A connection closed between two broadcasts gets a prefix of them; the others get both.

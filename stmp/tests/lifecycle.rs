@@ -410,13 +410,7 @@ async fn close_callbacks_get_the_status_and_reason() {
     let server = Server::builder().build();
     register(server.router());
     let addr = server.listen_tcp("127.0.0.1:0").await.unwrap();
-    let client = within(
-        Client::builder()
-            .no_reconnect()
-            .connect(&format!("tcp://{addr}")),
-    )
-    .await
-    .unwrap();
+    let client = tcp_client(addr).await;
     let conn = client.conn().unwrap();
     let (tx, mut rx) = mpsc::unbounded_channel();
     conn.on_close(move |status| tx.send(status.clone()).unwrap());

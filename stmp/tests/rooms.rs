@@ -23,13 +23,7 @@ async fn setup(
     let mut clients = Vec::new();
     let mut conns = Vec::new();
     for index in 0..n {
-        let client = within(
-            Client::builder()
-                .no_reconnect()
-                .connect(&format!("tcp://{addr}")),
-        )
-        .await
-        .unwrap();
+        let client = tcp_client(addr).await;
         let tx = tx.clone();
         let _listener =
             client

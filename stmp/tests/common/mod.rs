@@ -61,6 +61,18 @@ pub async fn within<T>(future: impl std::future::Future<Output = T>) -> T {
         .expect("test step timed out")
 }
 
+/// A TCP client of the server at `addr` that does not reconnect, connected within the test
+/// limit.
+pub async fn tcp_client(addr: SocketAddr) -> stmp::Client {
+    within(
+        stmp::Client::builder()
+            .no_reconnect()
+            .connect(&format!("tcp://{addr}")),
+    )
+    .await
+    .unwrap()
+}
+
 /// Registers the test methods: echo (after `delay_ms`), fail, panic, and JoinRoom as in the
 /// Go quick start (the users are the caller's address).
 pub fn register(router: &stmp::Router) {
