@@ -191,6 +191,7 @@ pub(crate) async fn connect_up_to(
 /// second one stmp node sustains at the largest N.
 pub async fn run(settings: &Settings) -> Result<(Vec<FanoutResult>, Throughput)> {
     let (mut results, throughput) = stmp(settings).await?;
+    results.extend(stmp_to_raw_readers(settings).await?);
     results.extend(raw(settings).await?);
     Ok((results, throughput))
 }
@@ -338,9 +339,42 @@ async fn stmp(settings: &Settings) -> Result<(Vec<FanoutResult>, Throughput)> {
     Ok((results, throughput))
 }
 
-async fn raw(settings: &Settings) -> Result<Vec<FanoutResult>> {
-    let mut server = ServerProcess::spawn(ServerKind::RawFanout).await?;
+/// The row of stmp's server broadcasting to raw readers.
+pub const STMP_TO_RAW_READERS: &str = "stmp tcp to raw readers";
+
+/// stmp's server, as in [`stmp`], broadcasting to sockets that did the stmp handshake and then
+/// only read and count bytes, as the raw baseline's clients do: the server's fan-out alone,
+/// without the work of 10,000 stmp clients on the same cores.
+async fn stmp_to_raw_readers(settings: &Settings) -> Result<Vec<FanoutResult>> {
+    let server = ServerProcess::spawn(ServerKind::Stmp).await?;
     let addr = server.listening.addr("tcp")?;
+    read_rounds(server, settings, STMP_TO_RAW_READERS, move || {
+        crate::raw::connect_stmp(addr)
+    })
+    .await
+}
+
+async fn raw(settings: &Settings) -> Result<Vec<FanoutResult>> {
+    let server = ServerProcess::spawn(ServerKind::RawFanout).await?;
+    let addr = server.listening.addr("tcp")?;
+    read_rounds(server, settings, "raw tcp", move || {
+        crate::raw::connect(addr)
+    })
+    .await
+}
+
+/// The rounds at each N of the settings, to readers that count the notify's bytes, each
+/// connected by `connect`.
+async fn read_rounds<C, F>(
+    mut server: ServerProcess,
+    settings: &Settings,
+    system: &str,
+    connect: C,
+) -> Result<Vec<FanoutResult>>
+where
+    C: Fn() -> F,
+    F: std::future::Future<Output = Result<tokio::net::TcpStream>>,
+{
     let round = Arc::new(Round::default());
     let frame_len = notify_frame(&event(0)).len();
     let mut readers = Vec::new();
@@ -348,7 +382,7 @@ async fn raw(settings: &Settings) -> Result<Vec<FanoutResult>> {
     for (i, &n) in settings.fanout.iter().enumerate() {
         let more = n.saturating_sub(readers.len());
         let streams: Vec<_> = futures_util::stream::iter(0..more)
-            .map(|_| crate::raw::connect(addr))
+            .map(|_| connect())
             .buffer_unordered(64)
             .collect()
             .await;
@@ -364,7 +398,7 @@ async fn raw(settings: &Settings) -> Result<Vec<FanoutResult>> {
         let result = rounds(
             &mut server,
             &round,
-            "raw tcp",
+            system,
             n,
             settings,
             i as u64 * 1_000_000,

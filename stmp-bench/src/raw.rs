@@ -41,6 +41,28 @@ pub async fn connect(addr: SocketAddr) -> Result<TcpStream> {
     Ok(stream)
 }
 
+/// A raw socket that has done the stmp handshake (protobuf, no header entries) with the server
+/// at `addr` and reads nothing else yet: a receiver with none of the stmp client's work.
+pub async fn connect_stmp(addr: SocketAddr) -> Result<TcpStream> {
+    let mut stream = connect(addr).await?;
+    let mut hello = BytesMut::new();
+    stmp::wire::ClientHandshake::new(stmp::wire::Header::new()).encode(&mut hello);
+    stream.write_all(&hello).await?;
+    let mut buffer = BytesMut::new();
+    while stmp::wire::ServerHandshake::decode(&mut buffer, 1 << 10)
+        .map_err(|status| status.to_string())?
+        .is_none()
+    {
+        if stream.read_buf(&mut buffer).await? == 0 {
+            return Err("the server closed the connection during the handshake".into());
+        }
+    }
+    if !buffer.is_empty() {
+        return Err("the server sent more than its handshake".into());
+    }
+    Ok(stream)
+}
+
 /// One call in flight on one connection: write a frame, read its echo.
 pub struct RawCall {
     stream: TcpStream,

@@ -83,6 +83,8 @@ async fn stmp_server() -> Result<()> {
     // gzip is opt-in on servers; the `stmp tcp+gzip` row needs it.
     let server = stmp::Server::builder()
         .handshake_timeout(crate::systems::HANDSHAKE_TIMEOUT)
+        // The fan-out's raw readers never answer a Ping: no heartbeat within a run.
+        .read_timeout(std::time::Duration::from_secs(600))
         .gzip(true)
         .gzip_inflation_limit(crate::systems::BENCH_INFLATION_RATIO, 1 << 20)
         .build();

@@ -84,8 +84,8 @@ fn quick_run_has_every_row() {
         }
     }
 
-    // Fan-out: stmp and the raw baseline.
-    for system in ["stmp tcp", "raw tcp"] {
+    // Fan-out: stmp, stmp's server to raw readers, and the raw baseline.
+    for system in ["stmp tcp", "stmp tcp to raw readers", "raw tcp"] {
         let cell = format!("| {system} |");
         assert!(
             markdown
