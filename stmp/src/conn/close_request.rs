@@ -119,13 +119,19 @@ mod tests {
 
     use super::*;
 
+    /// An engine task waiting to hear of `close` (with `listen_for_close`, as while open).
+    fn engine_waiting(
+        close: &Arc<CloseRequest>,
+        listen_for_close: bool,
+    ) -> tokio::task::JoinHandle<Heard> {
+        let close = close.clone();
+        tokio::spawn(async move { close.heard_of(listen_for_close).await })
+    }
+
     #[tokio::test]
     async fn a_waiting_engine_is_woken_by_the_request() {
         let close = Arc::new(CloseRequest::default());
-        let waiting = tokio::spawn({
-            let close = close.clone();
-            async move { close.heard_of(true).await }
-        });
+        let waiting = engine_waiting(&close, true);
         // The waiter is parked before the request comes.
         tokio::task::yield_now().await;
         assert!(!close.is_requested());
@@ -151,10 +157,7 @@ mod tests {
     async fn a_closing_engine_hears_only_the_writer_and_its_first_status() {
         let close = Arc::new(CloseRequest::default());
         close.request();
-        let waiting = tokio::spawn({
-            let close = close.clone();
-            async move { close.heard_of(false).await }
-        });
+        let waiting = engine_waiting(&close, false);
         tokio::task::yield_now().await;
         assert!(
             !waiting.is_finished(),
@@ -177,10 +180,7 @@ mod tests {
     #[tokio::test]
     async fn a_sooner_deadline_wakes_the_engine_once_per_raise() {
         let close = Arc::new(CloseRequest::default());
-        let waiting = tokio::spawn({
-            let close = close.clone();
-            async move { close.heard_of(true).await }
-        });
+        let waiting = engine_waiting(&close, true);
         tokio::task::yield_now().await;
         close.sooner_deadline();
         let heard = tokio::time::timeout(Duration::from_secs(5), waiting)
