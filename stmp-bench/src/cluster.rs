@@ -55,7 +55,7 @@ pub async fn run(settings: &Settings) -> Result<(Vec<FanoutResult>, Throughput)>
             SYSTEM,
             n,
             settings,
-            i as u64 * 1_000_000,
+            crate::fanout::first_seq(i),
         )
         .await?;
         eprintln!("  {}", crate::fanout::summary(&result));

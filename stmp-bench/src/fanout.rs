@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 
 use crate::child::ServerProcess;
 use crate::systems::{ServerKind, System};
-use crate::{EVENT, Event, Result, Settings, event, notify_frame};
+use crate::{EVENT, Event, Result, Settings, event_frame_len};
 
 /// One fan-out row.
 #[derive(Clone, Debug, Serialize)]
@@ -203,6 +203,12 @@ pub(crate) fn burst_size(settings: &Settings, clients: usize) -> usize {
     (budget / clients.max(1)).max(30)
 }
 
+/// The first seq of the rounds at the `phase`-th N: never 0, so every event has the same
+/// length (see [`Event::seq`](crate::Event::seq)).
+pub(crate) fn first_seq(phase: usize) -> u64 {
+    1 + phase as u64 * 1_000_000
+}
+
 /// Seqs of burst events start here, far above any round's.
 const BURST_SEQ: u64 = 1 << 40;
 
@@ -307,7 +313,7 @@ pub(crate) async fn rounds(
         client_cpu_ns: (client_cpu.as_nanos() / settings.fanout_rounds as u128) as u64,
         encodings,
         dropped,
-        frame_bytes: notify_frame(&event(0)).len(),
+        frame_bytes: event_frame_len(),
     })
 }
 
@@ -319,15 +325,7 @@ async fn stmp(settings: &Settings) -> Result<(Vec<FanoutResult>, Throughput)> {
     let mut results = Vec::new();
     for (i, &n) in settings.fanout.iter().enumerate() {
         clients.extend(connect_up_to(&mut server, clients.len(), n, &router).await?);
-        let result = rounds(
-            &mut server,
-            &round,
-            "stmp tcp",
-            n,
-            settings,
-            i as u64 * 1_000_000,
-        )
-        .await?;
+        let result = rounds(&mut server, &round, "stmp tcp", n, settings, first_seq(i)).await?;
         eprintln!("  {}", summary(&result));
         results.push(result);
     }
@@ -376,7 +374,7 @@ where
     F: std::future::Future<Output = Result<tokio::net::TcpStream>>,
 {
     let round = Arc::new(Round::default());
-    let frame_len = notify_frame(&event(0)).len();
+    let frame_len = event_frame_len();
     let mut readers = Vec::new();
     let mut results = Vec::new();
     for (i, &n) in settings.fanout.iter().enumerate() {
@@ -395,15 +393,7 @@ where
             )));
         }
         server.wait_for_connections(n).await?;
-        let result = rounds(
-            &mut server,
-            &round,
-            system,
-            n,
-            settings,
-            i as u64 * 1_000_000,
-        )
-        .await?;
+        let result = rounds(&mut server, &round, system, n, settings, first_seq(i)).await?;
         eprintln!("  {}", summary(&result));
         results.push(result);
     }
@@ -427,4 +417,28 @@ pub(crate) fn summary(result: &FanoutResult) -> String {
         result.encodings,
         result.dropped,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{event, notify_frame};
+
+    /// The raw readers count events by length: a seq whose encoding is longer or shorter than
+    /// the others would make them count events that did not arrive, or miss some.
+    #[test]
+    fn every_seq_a_run_uses_gives_a_frame_of_the_same_length() {
+        let len = event_frame_len();
+        let phases = (0..8).map(first_seq);
+        let rounds = phases.flat_map(|first| first..first + 64);
+        let bursts = BURST_SEQ..BURST_SEQ + 100_000;
+        for seq in rounds.chain(bursts.step_by(997)) {
+            assert_eq!(notify_frame(&event(seq)).len(), len, "seq {seq}");
+        }
+        assert_ne!(
+            notify_frame(&event(0)).len(),
+            len,
+            "seq 0 is left out by proto3"
+        );
+    }
 }

@@ -55,8 +55,10 @@ pub struct Echo {
 /// The event of the fan-out benchmark.
 #[derive(Clone, PartialEq, prost::Message, serde::Serialize, serde::Deserialize)]
 pub struct Event {
-    /// The round it belongs to.
-    #[prost(uint64, tag = "1")]
+    /// The round it belongs to. Fixed-width, so that every event of a run (every seq but 0,
+    /// which proto3 leaves out) has the same length on the wire: the raw readers count events
+    /// by their length.
+    #[prost(fixed64, tag = "1")]
     pub seq: u64,
     /// Opaque bytes.
     #[prost(bytes = "vec", tag = "2")]
@@ -80,7 +82,7 @@ pub const EVENT: Method = Method::new(
 /// The payload size of the fan-out event.
 pub const EVENT_PAYLOAD: usize = 32;
 
-/// The fan-out event of round `seq`.
+/// The fan-out event of round `seq`; every seq a run uses is above 0 (see [`Event::seq`]).
 pub fn event(seq: u64) -> Event {
     Event {
         seq,
@@ -100,6 +102,11 @@ pub fn notify_frame(event: &Event) -> Bytes {
     let mut out = BytesMut::with_capacity(packet.encoded_stream_len());
     packet.encode_stream(&mut out);
     out.freeze()
+}
+
+/// The length of every fan-out event's frame on a TCP stream (any seq but 0).
+pub fn event_frame_len() -> usize {
+    notify_frame(&event(1)).len()
 }
 
 /// Wall-clock time in nanoseconds since the epoch: comparable between the load process and
