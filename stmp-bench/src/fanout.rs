@@ -111,11 +111,6 @@ impl Round {
         self.count();
     }
 
-    /// An event of the current round arrived (for readers that do not decode it).
-    fn hit_current(&self) {
-        self.count();
-    }
-
     fn count(&self) {
         self.last_ns
             .fetch_max(crate::unix_nanos(), Ordering::SeqCst);
@@ -389,7 +384,7 @@ where
             readers.push(tokio::spawn(crate::raw::read_events(
                 stream?,
                 frame_len,
-                move || hits.hit_current(),
+                move |seq| hits.hit(seq),
             )));
         }
         server.wait_for_connections(n).await?;
@@ -440,5 +435,20 @@ mod tests {
             len,
             "seq 0 is left out by proto3"
         );
+    }
+
+    #[test]
+    fn raw_readers_find_the_seq_in_the_frame() {
+        for seq in [
+            1,
+            2,
+            255,
+            1 << 20,
+            first_seq(1) + 7,
+            BURST_SEQ + 12_345,
+            u64::MAX,
+        ] {
+            assert_eq!(crate::event_seq_in(&notify_frame(&event(seq))), seq);
+        }
     }
 }

@@ -109,6 +109,20 @@ pub fn event_frame_len() -> usize {
     notify_frame(&event(1)).len()
 }
 
+/// The seq of the event whose frame is `frame` ([`event_frame_len`] bytes): the readers that
+/// do not decode stmp find it where the fixed-width field sits, so they count the round's
+/// events as stmp's listeners do, by seq.
+pub fn event_seq_in(frame: &[u8]) -> u64 {
+    // The event is the frame's tail: the seq's tag byte, then its 8 bytes, then the payload
+    // field (tag, length, payload).
+    let seq_end = frame.len() - (2 + EVENT_PAYLOAD);
+    let bytes = frame
+        .get(seq_end - 8..seq_end)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .unwrap_or_default();
+    u64::from_le_bytes(bytes)
+}
+
 /// Wall-clock time in nanoseconds since the epoch: comparable between the load process and
 /// the server process (both on this machine).
 pub fn unix_nanos() -> u64 {

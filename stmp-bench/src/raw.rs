@@ -174,24 +174,27 @@ pub async fn pipelined(
     Ok(Measured::new(histogram, requests, measure))
 }
 
-/// Reads the fan-out baseline's frames from one socket, calling `received` once per
-/// `frame_len` bytes.
+/// Reads the fan-out baseline's frames from one socket, calling `received` with the seq of
+/// each event (`frame_len` bytes each).
 pub async fn read_events(
     mut stream: TcpStream,
     frame_len: usize,
-    received: impl Fn(),
+    received: impl Fn(u64),
 ) -> std::io::Result<()> {
-    let mut buf = vec![0u8; 4096];
-    let mut pending = 0usize;
+    let mut buf = vec![0u8; 4096.max(frame_len)];
+    let mut filled = 0;
     loop {
-        let n = stream.read(&mut buf).await?;
+        let n = stream.read(&mut buf[filled..]).await?;
         if n == 0 {
             return Ok(());
         }
-        pending += n;
-        while pending >= frame_len {
-            pending -= frame_len;
-            received();
+        filled += n;
+        let whole = filled - filled % frame_len;
+        for frame in buf[..whole].chunks_exact(frame_len) {
+            received(crate::event_seq_in(frame));
         }
+        // A frame split between two reads: its start waits for the rest.
+        buf.copy_within(whole..filled, 0);
+        filled -= whole;
     }
 }
