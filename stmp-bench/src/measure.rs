@@ -22,6 +22,11 @@ pub struct Measured {
     pub p99_ns: u64,
     /// Rounds it is the median of (1: a single measurement).
     pub rounds: usize,
+    /// Each round's requests/s and median latency (ns), in the order measured. Every system
+    /// of a point is measured once per round, one after the other, so round `i` of two
+    /// systems ran under about the same load: their ratio round by round shows how far the
+    /// machine's noise moves it.
+    pub per_round: Vec<(f64, u64)>,
     /// CPU time per call of the server and the load generator together, ns: steadier than
     /// requests/s on shared machines, where a point can wait on wake-ups with CPUs idle.
     /// `None` where the server is not ours to read.
@@ -50,18 +55,43 @@ impl Measured {
                 ) as u64),
                 false => None,
             },
+            per_round: rounds.iter().flat_map(|m| m.per_round.clone()).collect(),
             rounds: rounds.len(),
         }
     }
 
+    /// The lowest and highest of this point's ratio to `other`'s, round by round (`figure`
+    /// picks what is compared); `None` with fewer than two rounds or unequal rounds.
+    pub fn round_ratios(
+        &self,
+        other: &Measured,
+        figure: impl Fn(&(f64, u64)) -> f64,
+    ) -> Option<(f64, f64)> {
+        if self.per_round.len() < 2 || self.per_round.len() != other.per_round.len() {
+            return None;
+        }
+        let ratios = self
+            .per_round
+            .iter()
+            .zip(&other.per_round)
+            .map(|(mine, theirs)| figure(mine) / figure(theirs));
+        ratios.fold(None, |range, x| match range {
+            None => Some((x, x)),
+            Some((low, high)) => Some((f64::min(low, x), f64::max(high, x))),
+        })
+    }
+
     /// From a latency histogram (ns) and the window's length.
     pub fn new(histogram: Histogram<u64>, requests: u64, window: Duration) -> Measured {
+        let rps = requests as f64 / window.as_secs_f64();
+        let p50_ns = histogram.value_at_quantile(0.50);
         Measured {
             requests,
-            rps: requests as f64 / window.as_secs_f64(),
-            p50_ns: histogram.value_at_quantile(0.50),
+            rps,
+            p50_ns,
             p99_ns: histogram.value_at_quantile(0.99),
             rounds: 1,
+            per_round: vec![(rps, p50_ns)],
             cpu_ns_per_call: None,
         }
     }
@@ -84,4 +114,37 @@ pub fn new_histogram() -> Result<Histogram<u64>> {
 pub trait Call: Send + 'static {
     /// One round trip.
     fn call(&mut self) -> impl Future<Output = Result<()>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round(rps: f64, p50_ns: u64) -> Measured {
+        Measured {
+            requests: 1,
+            rps,
+            p50_ns,
+            p99_ns: p50_ns,
+            rounds: 1,
+            per_round: vec![(rps, p50_ns)],
+            cpu_ns_per_call: None,
+        }
+    }
+
+    #[test]
+    fn ratios_pair_the_rounds_measured_together() {
+        let mine = Measured::median(vec![round(90.0, 30), round(60.0, 40), round(100.0, 20)]);
+        let theirs = Measured::median(vec![round(100.0, 20), round(100.0, 20), round(80.0, 20)]);
+        assert_eq!(mine.rps, 90.0);
+        let (low, high) = mine.round_ratios(&theirs, |r| r.0).unwrap();
+        assert_eq!((low, high), (0.6, 1.25));
+        let (low, high) = mine.round_ratios(&theirs, |r| r.1 as f64).unwrap();
+        assert_eq!((low, high), (1.0, 2.0));
+        assert!(
+            round(1.0, 1)
+                .round_ratios(&round(1.0, 1), |r| r.0)
+                .is_none()
+        );
+    }
 }

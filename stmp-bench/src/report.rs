@@ -47,6 +47,17 @@ pub struct Target {
     pub met: Option<bool>,
 }
 
+/// ` — 0.61–0.74× round by round` after a median ratio, when there were rounds.
+fn rounds_range(range: Option<(f64, f64)>) -> String {
+    range.map_or(String::new(), |(low, high)| {
+        format!(
+            " — {}–{} round by round",
+            ratio(low).trim_end_matches('×'),
+            ratio(high)
+        )
+    })
+}
+
 fn ratio(x: f64) -> String {
     if x >= 10.0 {
         format!("{x:.1}×")
@@ -124,8 +135,9 @@ impl Report {
                 .map(|(s, o)| {
                     let x = s.rps / o.rps;
                     let shown = format!(
-                        "{} ({} {} vs {} {} req/s)",
+                        "{}{} ({} {} vs {} {} req/s)",
                         ratio(x),
+                        rounds_range(s.round_ratios(o, |r| r.0)),
                         system.label(),
                         rate(s.rps),
                         other.label(),
@@ -191,8 +203,9 @@ impl Report {
                     let x = s.p50_ns as f64 / r.p50_ns as f64;
                     (
                         format!(
-                            "{} (stmp {} vs raw {})",
+                            "{}{} (stmp {} vs raw {})",
                             ratio(x),
+                            rounds_range(s.round_ratios(r, |r| r.1 as f64)),
                             duration(s.p50_ns),
                             duration(r.p50_ns)
                         ),
