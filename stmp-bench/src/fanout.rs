@@ -419,8 +419,8 @@ mod tests {
     use super::*;
     use crate::{event, notify_frame};
 
-    /// The raw readers count events by length: a seq whose encoding is longer or shorter than
-    /// the others would make them count events that did not arrive, or miss some.
+    /// The raw readers split frames by length: a seq whose encoding is longer or shorter than
+    /// the others would make them misread every frame after it.
     #[test]
     fn every_seq_a_run_uses_gives_a_frame_of_the_same_length() {
         let len = event_frame_len();
@@ -450,5 +450,10 @@ mod tests {
         ] {
             assert_eq!(crate::event_seq_in(&notify_frame(&event(seq))), seq);
         }
+        assert_eq!(
+            crate::event_seq_in(&[0x5A; 12]),
+            0,
+            "too short to hold a seq"
+        );
     }
 }

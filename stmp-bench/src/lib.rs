@@ -56,8 +56,8 @@ pub struct Echo {
 #[derive(Clone, PartialEq, prost::Message, serde::Serialize, serde::Deserialize)]
 pub struct Event {
     /// The round it belongs to. Fixed-width, so that every event of a run (every seq but 0,
-    /// which proto3 leaves out) has the same length on the wire: the raw readers count events
-    /// by their length.
+    /// which proto3 leaves out) has the same length and layout on the wire: the raw readers
+    /// split frames by that length and find the seq at its offset.
     #[prost(fixed64, tag = "1")]
     pub seq: u64,
     /// Opaque bytes.
@@ -115,12 +115,12 @@ pub fn event_frame_len() -> usize {
 pub fn event_seq_in(frame: &[u8]) -> u64 {
     // The event is the frame's tail: the seq's tag byte, then its 8 bytes, then the payload
     // field (tag, length, payload).
-    let seq_end = frame.len() - (2 + EVENT_PAYLOAD);
-    let bytes = frame
-        .get(seq_end - 8..seq_end)
-        .and_then(|b| <[u8; 8]>::try_from(b).ok())
-        .unwrap_or_default();
-    u64::from_le_bytes(bytes)
+    let seq = frame.len().checked_sub(2 + EVENT_PAYLOAD).and_then(|end| {
+        let bytes = frame.get(end.checked_sub(8)?..end)?;
+        <[u8; 8]>::try_from(bytes).ok()
+    });
+    // Seq 0 is never a round's: a frame too short to hold one counts for nothing.
+    u64::from_le_bytes(seq.unwrap_or_default())
 }
 
 /// Wall-clock time in nanoseconds since the epoch: comparable between the load process and
