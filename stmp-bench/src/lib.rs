@@ -147,6 +147,10 @@ pub struct Settings {
     pub fanout: Vec<usize>,
     /// Broadcast rounds at each fan-out size (the median is reported).
     pub fanout_rounds: usize,
+    /// Passes of the whole fan-out comparison (stmp, raw readers, raw): each row reports its
+    /// median pass, and the target its ratio pass by pass, as one pass is not enough to tell
+    /// the systems apart on a noisy machine.
+    pub fanout_passes: usize,
     /// Idle connection counts of the memory benchmark.
     pub idle: Vec<usize>,
     /// In-flight depth of the "64 in flight" points.
@@ -168,6 +172,7 @@ impl Settings {
             rounds: 3,
             fanout: vec![1_000, 10_000],
             fanout_rounds: 30,
+            fanout_passes: 3,
             idle: vec![1_000, 10_000],
             depth: 64,
             spin: true,
@@ -184,6 +189,7 @@ impl Settings {
             rounds: 1,
             fanout: vec![200],
             fanout_rounds: 5,
+            fanout_passes: 1,
             idle: vec![200],
             depth: 64,
             spin: true,

@@ -14,7 +14,7 @@ use stmp_bench::{Result, Settings, child, cluster, fanout, memory, target, unary
 
 const USAGE: &str = "usage: stmp-bench [--quick] [--out DIR] [--only unary|fanout|cluster|memory]...
                   [--system LABEL]... [--point single|multiplexed|connections]... [--no-spin] [--no-pin]
-                  [--target ADDR]
+                  [--target ADDR] [--fanout-passes N]
        stmp-bench serve stmp|tonic|raw-echo|raw-fanout|stmp-nats
 
 --system and --point narrow the unary part (for profiling): LABEL as in the table
@@ -23,7 +23,10 @@ const USAGE: &str = "usage: stmp-bench [--quick] [--out DIR] [--only unary|fanou
 --target ADDR loads a server that is already running (any STMP 1.0 server with the quick-start
 RoomService) with JoinRoom calls at the unary points (or those of --point): ADDR is a URL
 (tcp://host:port, ws://host:port/quick_start, ...) or host:port for TCP. Alone it runs only that;
-with --only it runs those parts too.";
+with --only it runs those parts too.
+
+--fanout-passes N runs the fan-out comparison N times (3 in the full run, 1 with --quick); each
+row reports its median pass.";
 
 struct Args {
     settings: Settings,
@@ -43,6 +46,8 @@ fn parse(args: &[String]) -> Result<Args> {
         points: Vec::new(),
         target: None,
     };
+    // Applied after the loop, so that `--quick` anywhere does not undo it.
+    let mut passes_asked = None;
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -81,12 +86,25 @@ fn parse(args: &[String]) -> Result<Args> {
                 };
                 parsed.points.push(point);
             }
+            "--fanout-passes" => {
+                let passes = args.next().ok_or("--fanout-passes needs a number")?;
+                passes_asked = Some(
+                    passes
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|&n| n > 0)
+                        .ok_or("--fanout-passes needs a number above 0")?,
+                );
+            }
             "--target" => {
                 parsed.target = Some(args.next().ok_or("--target needs an address")?.clone());
             }
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}").into()),
         }
+    }
+    if let Some(passes) = passes_asked {
+        parsed.settings.fanout_passes = passes;
     }
     Ok(parsed)
 }

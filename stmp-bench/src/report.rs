@@ -47,6 +47,24 @@ pub struct Target {
     pub met: Option<bool>,
 }
 
+/// ` — 1.31–1.62× pass by pass` after a median ratio, when the fan-out ran more than once.
+fn passes_range(mine: &[u64], theirs: &[u64]) -> String {
+    if mine.len() < 2 || mine.len() != theirs.len() {
+        return String::new();
+    }
+    let ratios = mine
+        .iter()
+        .zip(theirs)
+        .map(|(&m, &t)| m as f64 / t.max(1) as f64);
+    let low = ratios.clone().fold(f64::INFINITY, f64::min);
+    let high = ratios.fold(0.0, f64::max);
+    format!(
+        " — {}–{} pass by pass",
+        ratio(low).trim_end_matches('×'),
+        ratio(high)
+    )
+}
+
 /// ` — 0.61–0.74× round by round` after a median ratio, when there were rounds.
 fn rounds_range(range: Option<(f64, f64)>) -> String {
     range.map_or(String::new(), |(low, high)| {
@@ -184,8 +202,9 @@ impl Report {
                     let x = s.p50_ns as f64 / r.p50_ns as f64;
                     (
                         format!(
-                            "{} (stmp {} vs raw {}; {} encoding(s))",
+                            "{}{} (stmp {} vs raw {}; {} encoding(s))",
                             ratio(x),
+                            passes_range(&s.pass_p50_ns, &r.pass_p50_ns),
                             duration(s.p50_ns),
                             duration(r.p50_ns),
                             s.encodings
@@ -326,9 +345,20 @@ impl Report {
                 ),
                 _ => String::new(),
             };
+            let passes = match row.pass_p50_ns.len() {
+                0 | 1 => String::new(),
+                n => format!(
+                    "; the median of {n} passes ({})",
+                    row.pass_p50_ns
+                        .iter()
+                        .map(|&ns| duration(ns))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            };
             let _ = writeln!(
                 md,
-                "| fan-out to {} clients, {} B frame | {} | {} to last client | {} | {} (worst) | – | – | {versus_raw} | server CPU {}/event; client CPU {}/event; broadcast call {}; {} encoding(s); {} dropped; {} rounds{versus_one_node} |",
+                "| fan-out to {} clients, {} B frame | {} | {} to last client | {} | {} (worst) | – | – | {versus_raw} | server CPU {}/event; client CPU {}/event; broadcast call {}; {} encoding(s); {} dropped; {} rounds{passes}{versus_one_node} |",
                 thousands(row.clients),
                 row.frame_bytes,
                 row.system,

@@ -15,6 +15,8 @@ fn quick_run_has_every_row() {
     let _ = std::fs::remove_dir_all(&out);
     let mut child = Command::new(env!("CARGO_BIN_EXE_stmp-bench"))
         .arg("--quick")
+        // Two passes of the fan-out, so that the passes' median and range are exercised.
+        .args(["--fanout-passes", "2"])
         .arg("--out")
         .arg(&out)
         .stdin(Stdio::null())
@@ -107,7 +109,17 @@ fn quick_run_has_every_row() {
         }
         assert_eq!(found["dropped"], 0, "events dropped: {found}");
         assert_eq!(found["encodings"], 1, "{found}");
+        let passes = found["pass_p50_ns"].as_array().expect("each pass's time");
+        assert_eq!(passes.len(), 2, "{found}");
+        assert!(
+            passes.contains(&found["p50_ns"]),
+            "the row is one of its passes: {found}"
+        );
     }
+    assert!(
+        markdown.contains("the median of 2 passes (") && markdown.contains("pass by pass"),
+        "no passes in\n{markdown}"
+    );
 
     // Cluster: the fan-out through three nodes on NATS, and what the cluster sustains.
     let cluster = json["fanout"]
