@@ -357,6 +357,64 @@ async fn graceful_shutdown_finishes_calls_then_closes_with_server_shutdown() {
     assert_eq!(within(client.closed()).await.code(), Code::ServerShutdown);
 }
 
+/// A connection whose handshake ends after shutdown has closed the others (its authenticate
+/// hook was still running) is closed too, instead of living on past the shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_admitted_during_shutdown_is_closed_with_it() {
+    let hooked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let (in_hook_tx, mut in_hook) = mpsc::unbounded_channel();
+    let server = Server::builder()
+        .authenticate({
+            let (hooked, gate) = (hooked.clone(), gate.clone());
+            move |_conn| {
+                let (hooked, gate, in_hook) = (hooked.clone(), gate.clone(), in_hook_tx.clone());
+                async move {
+                    // The first connection passes; the second waits for the gate.
+                    if hooked.fetch_add(1, std::sync::atomic::Ordering::SeqCst) > 0 {
+                        let released = gate.notified();
+                        let _ = in_hook.send(());
+                        released.await;
+                    }
+                    Ok(())
+                }
+            }
+        })
+        .build();
+    register(server.router());
+    let addr = server.listen_tcp("127.0.0.1:0").await.unwrap();
+    let url = format!("tcp://{addr}");
+    let first = within(Client::builder().no_reconnect().connect(&url))
+        .await
+        .unwrap();
+    let first_conn = first.conn().unwrap();
+    let second = tokio::spawn({
+        let url = url.clone();
+        async move { Client::builder().no_reconnect().connect(&url).await }
+    });
+    within(in_hook.recv()).await.unwrap();
+
+    let shutdown = tokio::spawn({
+        let server = server.clone();
+        async move { server.shutdown(Duration::from_secs(1)).await }
+    });
+    // The first connection closed: shutdown has gone through the connections it knows of.
+    assert_eq!(
+        within(first_conn.closed()).await.code(),
+        Code::ServerShutdown
+    );
+    gate.notify_one();
+    match within(second).await.unwrap() {
+        // Admitted after all: it must not outlive the shutdown.
+        Ok(second) => {
+            within(shutdown).await.unwrap();
+            until(|| second.conn().is_none()).await;
+            assert!(server.conns().is_empty(), "{:?}", server.conns().to_vec());
+        }
+        Err(refused) => assert_eq!(refused.code(), Code::ServerShutdown, "{refused}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_wait_for_a_reconnect_or_fail_fast() {
     let server = Server::builder().build();

@@ -523,6 +523,12 @@ impl Server {
     ) {
         let config = &self.inner.config;
         self.inner.conns.insert(conn.clone());
+        // Shutdown closes the connections in the set once it has stopped accepting; one whose
+        // handshake was still under way then joins after that pass and is closed here, as it
+        // would have been. Checked after joining, so that one of the two always sees the other.
+        if self.inner.stop_accepting.is_cancelled() {
+            conn.close(Code::ServerShutdown, "the server is shutting down");
+        }
         crate::telemetry::connection_opened(&conn);
         // Out of the set however the engine ends, a panic included.
         let _member = Membership {

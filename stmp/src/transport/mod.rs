@@ -47,6 +47,9 @@ impl Server {
             let mut backoff = AcceptBackoff::default();
             loop {
                 let accepted = tokio::select! {
+                    // Shutdown first: a connection waiting in the backlog is not taken once it
+                    // has begun.
+                    biased;
                     _ = server.inner.stop_accepting.cancelled() => break,
                     accepted = listener.accept() => accepted,
                 };

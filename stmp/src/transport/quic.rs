@@ -111,6 +111,7 @@ impl crate::Server {
         self.inner.listeners.spawn(async move {
             loop {
                 let incoming = tokio::select! {
+                    biased;
                     _ = server.inner.stop_accepting.cancelled() => break,
                     incoming = endpoint.accept() => incoming,
                 };
