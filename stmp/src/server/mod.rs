@@ -561,7 +561,8 @@ impl Server {
 
     /// Shuts down gracefully: stops accepting, answers new requests with `ServerShutdown`,
     /// lets in-flight handlers finish for up to `deadline`, then closes every connection with
-    /// `ServerShutdown` and waits for them to end.
+    /// `ServerShutdown` and waits for them to end. A connection whose handshake was still under
+    /// way when shutdown began is closed the same way as soon as it is established.
     pub async fn shutdown(&self, deadline: Duration) {
         tracing::info!(connections = self.inner.conns.len(), "shutting down");
         // Draining first: once `closed()` wakes anyone, new requests are already refused.
