@@ -70,15 +70,12 @@ impl Measured {
         if self.per_round.len() < 2 || self.per_round.len() != other.per_round.len() {
             return None;
         }
-        let ratios = self
-            .per_round
-            .iter()
-            .zip(&other.per_round)
-            .map(|(mine, theirs)| figure(mine) / figure(theirs));
-        ratios.fold(None, |range, x| match range {
-            None => Some((x, x)),
-            Some((low, high)) => Some((f64::min(low, x), f64::max(high, x))),
-        })
+        ratio_range(
+            self.per_round
+                .iter()
+                .zip(&other.per_round)
+                .map(|(mine, theirs)| figure(mine) / figure(theirs)),
+        )
     }
 
     /// From a latency histogram (ns) and the window's length.
@@ -103,6 +100,14 @@ impl Measured {
             .map(|ns| ns / self.requests);
         self
     }
+}
+
+/// The lowest and highest of `ratios`, when there are any.
+pub fn ratio_range(ratios: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
+    ratios.fold(None, |range, x| match range {
+        None => Some((x, x)),
+        Some((low, high)) => Some((f64::min(low, x), f64::max(high, x))),
+    })
 }
 
 /// A latency histogram in nanoseconds, 1 ns to 60 s, 3 significant digits.

@@ -47,33 +47,28 @@ pub struct Target {
     pub met: Option<bool>,
 }
 
-/// ` — 1.31–1.62× pass by pass` after a median ratio, when the fan-out ran more than once.
-fn passes_range(mine: &[u64], theirs: &[u64]) -> String {
-    if mine.len() < 2 || mine.len() != theirs.len() {
-        return String::new();
-    }
-    let ratios = mine
-        .iter()
-        .zip(theirs)
-        .map(|(&m, &t)| m as f64 / t.max(1) as f64);
-    let low = ratios.clone().fold(f64::INFINITY, f64::min);
-    let high = ratios.fold(0.0, f64::max);
-    format!(
-        " — {}–{} pass by pass",
-        ratio(low).trim_end_matches('×'),
-        ratio(high)
-    )
-}
-
-/// ` — 0.61–0.74× round by round` after a median ratio, when there were rounds.
-fn rounds_range(range: Option<(f64, f64)>) -> String {
+/// The range of a median ratio, written after it: ` — 0.61–0.74× round by round` (`by`
+/// names the unit); nothing without a range.
+fn range_note(range: Option<(f64, f64)>, by: &str) -> String {
     range.map_or(String::new(), |(low, high)| {
         format!(
-            " — {}–{} round by round",
+            " — {}–{} {by} by {by}",
             ratio(low).trim_end_matches('×'),
             ratio(high)
         )
     })
+}
+
+/// The range pass by pass of one fan-out row's time over another's (the same passes).
+fn pass_ratios(mine: &[u64], theirs: &[u64]) -> Option<(f64, f64)> {
+    if mine.len() < 2 || mine.len() != theirs.len() {
+        return None;
+    }
+    crate::measure::ratio_range(
+        mine.iter()
+            .zip(theirs)
+            .map(|(&m, &t)| m as f64 / t.max(1) as f64),
+    )
 }
 
 fn ratio(x: f64) -> String {
@@ -155,7 +150,7 @@ impl Report {
                     let shown = format!(
                         "{}{} ({} {} vs {} {} req/s)",
                         ratio(x),
-                        rounds_range(s.round_ratios(o, |r| r.0)),
+                        range_note(s.round_ratios(o, |r| r.0), "round"),
                         system.label(),
                         rate(s.rps),
                         other.label(),
@@ -204,7 +199,7 @@ impl Report {
                         format!(
                             "{}{} (stmp {} vs raw {}; {} encoding(s))",
                             ratio(x),
-                            passes_range(&s.pass_p50_ns, &r.pass_p50_ns),
+                            range_note(pass_ratios(&s.pass_p50_ns, &r.pass_p50_ns), "pass"),
                             duration(s.p50_ns),
                             duration(r.p50_ns),
                             s.encodings
@@ -224,7 +219,7 @@ impl Report {
                         format!(
                             "{}{} (stmp {} vs raw {})",
                             ratio(x),
-                            rounds_range(s.round_ratios(r, |r| r.1 as f64)),
+                            range_note(s.round_ratios(r, |r| r.1 as f64), "round"),
                             duration(s.p50_ns),
                             duration(r.p50_ns)
                         ),
