@@ -306,7 +306,7 @@ pub fn raise_nofile_limit() -> u64 {
     rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024)
 }
 
-/// Low-priority busy loops that keep idle CPUs from halting while the suite runs.
+/// Low-priority busy loops that keep idle CPUs from halting while a latency point runs.
 ///
 /// On a VM whose idle vCPUs wake slowly (the firecracker VMs here: a ping-pong point's p99
 /// jumps to ~1.5 ms and its requests/s drop tenfold once the host is busy), every blocking
@@ -314,11 +314,25 @@ pub fn raise_nofile_limit() -> u64 {
 /// running; at nice 19 a spinner gets ~1.5 % of a CPU next to a runnable benchmark thread.
 /// Each spinner is `stmp-bench spin`, which exits when its stdin closes; they are killed when
 /// this is dropped.
+///
+/// Only the 1-in-flight point ([`Spinners::for_point`]) and the fan-out, whose rounds leave the
+/// CPUs idle between events, get them. Where the CPUs are busy anyway they keep nothing awake,
+/// and they cost: whenever the scheduler gives a spinner its
+/// turn, a woken benchmark thread on that CPU waits for the spinner's time slice to end. With
+/// them, stmp tcp's p99 at 64 in flight on one connection was 2.2–4.5 ms; without, 0.5–0.7 ms,
+/// and the round-by-round spread of the ratios narrowed (see the README).
 pub struct Spinners {
     children: Vec<std::process::Child>,
 }
 
 impl Spinners {
+    /// Spinners for the time `point` runs, if the settings want them and the point is the
+    /// latency point; none for the throughput points.
+    pub fn for_point(settings: &crate::Settings, point: crate::unary::Point) -> Option<Spinners> {
+        let wanted = settings.spin && point == crate::unary::Point::Single;
+        wanted.then(Spinners::start)
+    }
+
     /// Starts one spinner per CPU (none if `nice` cannot be run).
     pub fn start() -> Spinners {
         let cpus = machine_cpus();
@@ -343,16 +357,6 @@ impl Spinners {
             }
         }
         Spinners { children }
-    }
-
-    /// How many run.
-    pub fn len(&self) -> usize {
-        self.children.len()
-    }
-
-    /// Whether none runs.
-    pub fn is_empty(&self) -> bool {
-        self.children.is_empty()
     }
 }
 

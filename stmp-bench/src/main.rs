@@ -161,11 +161,9 @@ fn run(args: Args) -> Result<()> {
         )
         .into());
     }
-    let spinners = settings.spin.then(child::Spinners::start);
-    if let Some(spinners) = &spinners {
+    if settings.spin {
         eprintln!(
-            "{} nice-19 spinners keep the CPUs awake (--no-spin: none)",
-            spinners.len()
+            "nice-19 spinners keep the CPUs awake during the 1-in-flight points and the fan-out (--no-spin: never)"
         );
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -193,6 +191,8 @@ fn run(args: Args) -> Result<()> {
             unary_results = unary::run(&settings, &systems, &points).await?;
         }
         let mut throughput = Vec::new();
+        // The fan-out's rounds leave the CPUs idle between events, as a latency point does.
+        let awake = settings.spin.then(child::Spinners::start);
         if wanted("fanout") {
             eprintln!("broadcast fan-out:");
             let (rows, single) = fanout::run(&settings).await?;
@@ -205,6 +205,7 @@ fn run(args: Args) -> Result<()> {
             fanout_results.extend(rows);
             throughput.push(cluster);
         }
+        drop(awake);
         if wanted("memory") {
             eprintln!("idle memory:");
             memory_results = memory::run(&settings).await?;

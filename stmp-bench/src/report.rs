@@ -266,7 +266,9 @@ impl Report {
             );
         }
         if self.settings.spin {
-            spin.push_str("; idle CPUs kept awake by nice-19 spinners");
+            spin.push_str(
+                "; idle CPUs kept awake by nice-19 spinners during the 1-in-flight points and the fan-out",
+            );
         }
         let _ = writeln!(
             md,

@@ -130,6 +130,7 @@ pub async fn run(addr: &str, settings: &Settings, points: &[Point]) -> Result<Ve
     let url = url(addr);
     let mut results = Vec::new();
     for &point in points {
+        let _awake = crate::child::Spinners::for_point(settings, point);
         let mut rounds = Vec::with_capacity(settings.rounds);
         for _ in 0..settings.rounds {
             let measured = run_point(&url, point, settings)

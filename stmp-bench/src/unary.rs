@@ -321,6 +321,7 @@ pub async fn run(
     for payload in PAYLOADS {
         for &point in points {
             let pinned = settings.pin && point == Point::Single;
+            let _awake = crate::child::Spinners::for_point(settings, point);
             if pinned && !crate::child::pin_for_latency(&all, true) {
                 eprintln!("stmp-bench: cannot pin (taskset); the 1-in-flight point runs unpinned");
             }
