@@ -229,6 +229,7 @@ impl Engine {
         let shared = conn.shared.clone();
 
         let ending = loop {
+            let reads_before = reader.reads();
             let action = tokio::select! {
                 biased;
                 // The writer's failure always; a close request until closing.
@@ -268,7 +269,11 @@ impl Engine {
                             since_yield = 0;
                             tokio::task::yield_now().await;
                         }
-                        arrived = now();
+                        // A packet decoded from bytes an earlier read brought arrived with
+                        // that read: the clock is read once per read, not once per packet.
+                        if reads_before.is_none() || reader.reads() != reads_before {
+                            arrived = now();
+                        }
                         state.handle_packet(arrived, packet)
                     }
                     Some(Err(status)) => {

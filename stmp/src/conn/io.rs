@@ -36,6 +36,12 @@ pub(crate) trait PacketSource: Stream<Item = Result<Packet, Status>> + Send {
     fn has_buffered(&self) -> bool {
         false
     }
+
+    /// How many reads from the transport have brought bytes so far, if the source counts
+    /// them: packets that come out between two changes of the count came with one read.
+    fn reads(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Packets of a transport that keeps no buffer of its own (WebSocket messages).

@@ -35,6 +35,8 @@ pub(crate) struct PacketReader<R> {
     read_ahead: usize,
     /// The stream has ended (or failed): nothing more comes out.
     done: bool,
+    /// Reads that brought bytes.
+    reads: u64,
 }
 
 impl<R> PacketReader<R> {
@@ -46,6 +48,7 @@ impl<R> PacketReader<R> {
             buffer: leftover,
             read_ahead: MIN_READ_AHEAD,
             done: false,
+            reads: 0,
         }
     }
 
@@ -85,6 +88,7 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
                 self.done = true;
                 return Poll::Ready(self.codec.decode_eof(&mut self.buffer).transpose());
             }
+            self.reads += 1;
             self.adapt(read, room);
         }
     }
@@ -112,6 +116,10 @@ impl<R: AsyncRead + Unpin> Stream for PacketReader<R> {
 impl<R: AsyncRead + Unpin + Send> super::PacketSource for PacketReader<R> {
     fn has_buffered(&self) -> bool {
         !self.buffer.is_empty()
+    }
+
+    fn reads(&self) -> Option<u64> {
+        Some(self.reads)
     }
 }
 
@@ -233,6 +241,44 @@ mod tests {
             assert_eq!(packets.next().await.unwrap().unwrap(), Packet::Pong);
         }
         assert_eq!(packets.read_ahead, MIN_READ_AHEAD);
+    }
+
+    #[tokio::test]
+    async fn the_reads_count_changes_only_for_packets_that_needed_a_read() {
+        use crate::conn::io::PacketSource;
+
+        let (mut peer, ours) = tokio::io::duplex(1 << 16);
+        let mut packets = reader(CountReads {
+            inner: ours,
+            reads: 0,
+        });
+        assert_eq!(packets.reads(), Some(0));
+        let mut three = BytesMut::new();
+        for mid in 1..=3 {
+            request(mid, 10).encode_stream(&mut three);
+        }
+        let mut split = BytesMut::new();
+        request(4, 100).encode_stream(&mut split);
+        peer.write_all(&three).await.unwrap();
+        peer.write_all(&split[..30]).await.unwrap();
+
+        let mut counts = Vec::new();
+        for _ in 0..3 {
+            packets.next().await.unwrap().unwrap();
+            counts.push(packets.reads().unwrap());
+        }
+        assert_eq!(counts, [1, 1, 1], "three packets of one read, one count");
+        assert!(
+            waiting(&mut packets) > 0,
+            "the cut packet waits for its rest"
+        );
+        peer.write_all(&split[30..]).await.unwrap();
+        match packets.next().await.unwrap().unwrap() {
+            Packet::Request(request) => assert_eq!(request.mid, 4),
+            other => panic!("not the request: {other:?}"),
+        }
+        assert_eq!(packets.reads(), Some(2), "its rest took a read of its own");
+        assert_eq!(packets.reads(), Some(packets.reader.reads as u64));
     }
 
     #[tokio::test]

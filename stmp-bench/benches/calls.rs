@@ -1,0 +1,83 @@
+//! What a unary call costs in CPU, both ends together: an stmp server and client in this process
+//! on one single-threaded runtime, over loopback TCP, echoing 32 bytes.
+//!
+//! - `calls/in_flight/1`: one call at a time;
+//! - `calls/in_flight/64`: 64 callers sharing the connection, as the suite's "1 conn × 64 in
+//!   flight" point.
+//!
+//! On one thread nothing runs in parallel and nothing waits for another CPU, so the time per
+//! call is the CPU both ends spend on it (user and kernel), without the cross-CPU wake-ups of
+//! the suite's two processes of two workers each. The host's noise still reaches it: on the
+//! 2-vCPU VMs here one build measured from 2.7 to 4.1 µs per call at 64 in flight from one run
+//! to the next, so compare builds in alternated runs. `cargo bench -p stmp-bench --bench calls`
+//! (add `-- --warm-up-time 1 --measurement-time 3` for a short run).
+
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use stmp_bench::{ECHO, Echo};
+
+fn setup(runtime: &tokio::runtime::Runtime) -> (stmp::Server, stmp::Client) {
+    runtime.block_on(async {
+        let router = stmp::Router::new();
+        router.route(&ECHO, |_ctx, input: Echo| async move { Ok(input) });
+        let server = stmp::Server::builder().router(router).build();
+        let addr = server.listen_tcp("127.0.0.1:0").await.expect("listen");
+        let client = stmp::Client::builder()
+            .no_reconnect()
+            .connect(&format!("tcp://{addr}"))
+            .await
+            .expect("connect");
+        (server, client)
+    })
+}
+
+/// Makes `calls` calls with `callers` callers sharing `client`; returns how long they took.
+async fn call(client: &stmp::Client, callers: usize, calls: u64) -> Duration {
+    let input = Echo {
+        payload: vec![7; 32],
+    };
+    let began = Instant::now();
+    let each = calls.div_ceil(callers as u64);
+    let tasks: Vec<_> = (0..callers)
+        .map(|_| {
+            let (client, input) = (client.clone(), input.clone());
+            tokio::spawn(async move {
+                for _ in 0..each {
+                    let output: Echo = client.call(&ECHO, &input).await.expect("echo");
+                    assert_eq!(output.payload.len(), 32);
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("caller");
+    }
+    // Per call as asked for: the callers made `each * callers` calls.
+    began
+        .elapsed()
+        .mul_f64(calls as f64 / (each * callers as u64) as f64)
+}
+
+fn calls(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (server, client) = setup(&runtime);
+    let mut group = c.benchmark_group("calls");
+    group.throughput(Throughput::Elements(1));
+    for callers in [1, 64] {
+        group.bench_function(BenchmarkId::new("in_flight", callers), |b| {
+            b.iter_custom(|calls| runtime.block_on(call(&client, callers, calls)));
+        });
+    }
+    group.finish();
+    runtime.block_on(async {
+        client.close().await;
+        server.shutdown(Duration::from_secs(1)).await;
+    });
+}
+
+criterion_group!(benches, calls);
+criterion_main!(benches);
