@@ -16,7 +16,12 @@ use crate::unary::{StmpCall, TonicCall};
 use crate::{Result, Settings};
 
 /// The systems of the memory table.
-pub const SYSTEMS: [System; 3] = [System::StmpTcp, System::StmpWs, System::Tonic];
+pub const SYSTEMS: [System; 4] = [
+    System::StmpTcp,
+    System::StmpWs,
+    System::StmpGzip,
+    System::Tonic,
+];
 
 /// One memory row.
 #[derive(Clone, Debug, Serialize)]

@@ -33,6 +33,9 @@ pub struct ServerStats {
     pub write_stalls: u64,
     /// Bytes of requests and notifies held by handlers and listeners right now.
     pub in_flight_bytes: usize,
+    /// Connections using gzip right now (at most
+    /// [`max_gzip_connections`](crate::ServerBuilder::max_gzip_connections)).
+    pub gzip_connections: usize,
 }
 
 /// The live counters behind [`ServerStats`], shared by every connection of a server (a
@@ -75,7 +78,7 @@ impl Counters {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn snapshot(&self, connections: usize) -> ServerStats {
+    pub(crate) fn snapshot(&self, connections: usize, gzip_connections: usize) -> ServerStats {
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         ServerStats {
             connections,
@@ -85,6 +88,7 @@ impl Counters {
             requests_shed: get(&self.requests_shed),
             write_stalls: get(&self.write_stalls),
             in_flight_bytes: self.in_flight.as_ref().map_or(0, |budget| budget.used()),
+            gzip_connections,
         }
     }
 }

@@ -89,6 +89,46 @@ async fn gzip_on_byte_streams() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gzip_connections_past_the_limit_get_plain_streams() {
+    let server = Server::builder().gzip(true).max_gzip_connections(1).build();
+    let addrs = serve_all(&server).await;
+    let url = addrs.url("tcp");
+    let connect = |gzip: bool| within(addrs.client().gzip(gzip).connect(&url));
+    let encoding = |client: &stmp::Client| {
+        let conn = client.conn().unwrap();
+        conn.peer_header()
+            .get("Content-Encoding")
+            .map(str::to_owned)
+    };
+
+    let first = connect(true).await.unwrap();
+    assert_eq!(encoding(&first).as_deref(), Some("gzip"));
+    assert_eq!(server.stats().gzip_connections, 1);
+    // A client that does not ask for gzip takes no place and is served as ever.
+    let plain = connect(false).await.unwrap();
+    assert_eq!(encoding(&plain), None);
+    // Past the limit, a client asking for gzip gets a plain stream that works.
+    let second = connect(true).await.unwrap();
+    assert_eq!(encoding(&second), None);
+    assert_eq!(server.stats().gzip_connections, 1);
+    round_trip(second, &Codec::PROTOBUF).await;
+    let output: Echo = within(first.call(&ECHO, &echo("still gzip")))
+        .await
+        .unwrap();
+    assert_eq!(output, echo("still gzip"));
+
+    // The place comes back when the gzip connection has ended.
+    first.close().await;
+    until(|| server.stats().gzip_connections == 0).await;
+    let third = connect(true).await.unwrap();
+    assert_eq!(encoding(&third).as_deref(), Some("gzip"));
+    assert_eq!(server.stats().gzip_connections, 1);
+    // Closes the client at its end.
+    round_trip(third, &Codec::PROTOBUF).await;
+    until(|| server.stats().gzip_connections == 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gzip_refused_by_server_falls_back_to_plain() {
     // Servers do not offer gzip unless configured to.
     let server = Server::builder().build();

@@ -572,7 +572,7 @@ mod tests {
         let (mid, code, message) = refused(conn.handle_packet(t0, request(3, 10)));
         assert_eq!((mid, code), (3, Code::TooManyRequests));
         assert!(message.contains("more than 2 requests"), "{message}");
-        assert_eq!(counters.snapshot(0).requests_rejected, 1);
+        assert_eq!(counters.snapshot(0, 0).requests_rejected, 1);
         drop(first);
         assert!(matches!(
             conn.handle_packet(t0, request(4, 10)),
@@ -595,7 +595,7 @@ mod tests {
             "{message}"
         );
         assert!(matches!(conn.handle_packet(t0, notify(200)), Action::Idle));
-        assert_eq!(counters.snapshot(0).requests_shed, 2);
+        assert_eq!(counters.snapshot(0, 0).requests_shed, 2);
         // A refused request gave its handler slot back.
         drop(held);
         assert!(matches!(

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -66,6 +67,7 @@ pub struct ServerBuilder {
     pub(crate) max_buffered_bytes: usize,
     pub(crate) call_timeout: Duration,
     pub(crate) gzip: bool,
+    pub(crate) max_gzip_connections: usize,
     pub(crate) inflation: InflationLimit,
     pub(crate) send_queue_bytes: usize,
     pub(crate) slow_consumer: SlowConsumer,
@@ -93,6 +95,7 @@ impl Default for ServerBuilder {
             max_buffered_bytes: 256 << 20,
             call_timeout: Duration::from_secs(30),
             gzip: false,
+            max_gzip_connections: 1024,
             inflation: InflationLimit::default(),
             send_queue_bytes: DEFAULT_SEND_QUEUE_BYTES,
             slow_consumer: SlowConsumer::default(),
@@ -263,6 +266,23 @@ impl ServerBuilder {
         self
     }
 
+    /// Connections that may use gzip at once; past it, a client that asks for gzip gets a
+    /// plain stream, as when gzip is off. A gzip connection holds about 340 KiB of compressor
+    /// and inflater state where a plain one holds about 6 KiB, so without a bound a peer that
+    /// opens connections asking for gzip makes each cost the server some 50 times more memory.
+    /// Default 1024 (about 340 MiB at most); only counts when [`gzip`](Self::gzip) is on.
+    ///
+    /// ```
+    /// let server = stmp::Server::builder()
+    ///     .gzip(true)
+    ///     .max_gzip_connections(256)
+    ///     .build();
+    /// ```
+    pub fn max_gzip_connections(mut self, max: usize) -> Self {
+        self.max_gzip_connections = max;
+        self
+    }
+
     /// How far a client's gzip stream may inflate: over any stretch of it, at most `burst`
     /// bytes plus `max_ratio` times the compressed bytes of that stretch. A client over it is
     /// closed with `RequestEntityTooLarge`. Default 64× with a 1 MiB burst.
@@ -354,6 +374,9 @@ impl ServerBuilder {
                 counters,
                 host,
                 conns: self.node.everyone().clone(),
+                gzip_streams: Arc::new(Semaphore::new(
+                    self.max_gzip_connections.min(Semaphore::MAX_PERMITS),
+                )),
                 config: self,
                 stop_accepting: CancellationToken::new(),
                 connections: TaskTracker::new(),
@@ -389,6 +412,8 @@ pub(crate) struct Inner {
     pub(crate) read_limits: ReadLimits,
     pub(crate) admission: Arc<Admission>,
     pub(crate) conns: ConnSet,
+    /// One permit per connection that uses gzip ([`ServerBuilder::max_gzip_connections`]).
+    pub(crate) gzip_streams: Arc<Semaphore>,
     pub(crate) counters: Arc<Counters>,
     /// What every connection's engine gets: router, settings, the handlers' tracker (waited
     /// for at shutdown) and the drain signal.
@@ -447,7 +472,15 @@ impl Server {
 
     /// What the server has dropped, shed and refused so far, and what it holds now.
     pub fn stats(&self) -> ServerStats {
-        self.inner.counters.snapshot(self.inner.conns.len())
+        let gzip_places = self
+            .inner
+            .config
+            .max_gzip_connections
+            .min(Semaphore::MAX_PERMITS);
+        let gzip_connections = gzip_places - self.inner.gzip_streams.available_permits();
+        self.inner
+            .counters
+            .snapshot(self.inner.conns.len(), gzip_connections)
     }
 
     /// Version, codec and limits (the connection count is taken at accept).

@@ -93,6 +93,21 @@ impl Server {
     }
 
     /// Runs the handshake on a byte stream, then the connection.
+    /// A place among the connections that may use gzip, if gzip is on and one is free: a
+    /// client asking for it past [`ServerBuilder::max_gzip_connections`] gets a plain stream.
+    ///
+    /// [`ServerBuilder::max_gzip_connections`]: crate::ServerBuilder::max_gzip_connections
+    fn gzip_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        if !(self.inner.config.gzip && cfg!(feature = "gzip")) {
+            return None;
+        }
+        let permit = self.inner.gzip_streams.clone().try_acquire_owned().ok();
+        if permit.is_none() {
+            tracing::debug!("every gzip place is taken: this connection's stream is plain");
+        }
+        permit
+    }
+
     pub(crate) async fn serve_stream<R, W>(
         &self,
         mut reader: R,
@@ -131,8 +146,9 @@ impl Server {
                 return;
             }
         };
+        let gzip_permit = self.gzip_permit();
         let transport = Transport::Stream {
-            gzip_allowed: config.gzip && cfg!(feature = "gzip"),
+            gzip_allowed: gzip_permit.is_some(),
         };
         let established = self
             .establish(
@@ -147,6 +163,8 @@ impl Server {
             Ok(established) => established,
             Err(status) => return refuse(&mut writer, &status).await,
         };
+        // Held while the connection lives, and only if it uses gzip.
+        let gzip_permit = gzip_permit.filter(|_| agreement.gzip);
         let mut out = BytesMut::new();
         ServerHandshake::ok(agreement.header).encode(&mut out);
         if writer.write_all(&out).await.is_err() || writer.flush().await.is_err() {
@@ -166,6 +184,7 @@ impl Server {
         self.run(conn, outbox, packets, packet_writer).await;
         // The slot is held until the connection's socket is gone.
         drop(slot);
+        drop(gzip_permit);
     }
 
     /// Turns away a socket over the limits: opens it (a TLS handshake, or nothing), sends the
