@@ -16,10 +16,11 @@ use crate::unary::{StmpCall, TonicCall};
 use crate::{Result, Settings};
 
 /// The systems of the memory table.
-pub const SYSTEMS: [System; 4] = [
+pub const SYSTEMS: [System; 5] = [
     System::StmpTcp,
     System::StmpWs,
     System::StmpGzip,
+    System::StmpQuic,
     System::Tonic,
 ];
 

@@ -155,8 +155,14 @@ fn quick_run_has_every_row() {
         "no ratio to one node in\n{markdown}"
     );
 
-    // Memory: stmp tcp, stmp ws, stmp tcp+gzip, tonic.
-    for system in ["stmp tcp", "stmp ws", "stmp tcp+gzip", "tonic grpc"] {
+    // Memory: stmp tcp, stmp ws, stmp tcp+gzip, stmp quic, tonic.
+    for system in [
+        "stmp tcp",
+        "stmp ws",
+        "stmp tcp+gzip",
+        "stmp quic",
+        "tonic grpc",
+    ] {
         let row = format!("| idle memory, 200 conns | {system} | ");
         assert!(markdown.contains(&row), "no row {row:?} in\n{markdown}");
     }
@@ -166,7 +172,7 @@ fn quick_run_has_every_row() {
             "{row}"
         );
     }
-    assert_eq!(json["memory"].as_array().map(Vec::len), Some(4));
+    assert_eq!(json["memory"].as_array().map(Vec::len), Some(5));
 
     // Targets: issue 16's eight, idle memory in two rows (tcp, ws), each measured.
     let targets = json["targets"].as_array().expect("targets");
