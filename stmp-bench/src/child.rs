@@ -306,7 +306,8 @@ pub fn raise_nofile_limit() -> u64 {
     rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024)
 }
 
-/// Low-priority busy loops that keep idle CPUs from halting while a latency point runs.
+/// Low-priority busy loops that keep idle CPUs from halting while a latency point or the
+/// fan-out runs.
 ///
 /// On a VM whose idle vCPUs wake slowly (the firecracker VMs here: a ping-pong point's p99
 /// jumps to ~1.5 ms and its requests/s drop tenfold once the host is busy), every blocking
@@ -317,10 +318,10 @@ pub fn raise_nofile_limit() -> u64 {
 ///
 /// Only the 1-in-flight point ([`Spinners::for_point`]) and the fan-out, whose rounds leave the
 /// CPUs idle between events, get them. Where the CPUs are busy anyway they keep nothing awake,
-/// and they cost: whenever the scheduler gives a spinner its
-/// turn, a woken benchmark thread on that CPU waits for the spinner's time slice to end. With
-/// them, stmp tcp's p99 at 64 in flight on one connection was 2.2–4.5 ms; without, 0.5–0.7 ms,
-/// and the round-by-round spread of the ratios narrowed (see the README).
+/// and they cost: whenever the scheduler gives a spinner its turn, a woken benchmark thread on
+/// that CPU waits for the spinner's time slice to end. With them, stmp tcp's p99 at 64 in
+/// flight on one connection was 2.2–4.5 ms; without, 0.5–0.7 ms, and the round-by-round spread
+/// of the ratios narrowed (see the README).
 pub struct Spinners {
     children: Vec<std::process::Child>,
 }

@@ -92,7 +92,6 @@ impl Server {
         Ok(local)
     }
 
-    /// Runs the handshake on a byte stream, then the connection.
     /// A place among the connections that may use gzip, if gzip is on and one is free: a
     /// client asking for it past [`ServerBuilder::max_gzip_connections`] gets a plain stream.
     ///
@@ -108,6 +107,7 @@ impl Server {
         permit
     }
 
+    /// Runs the handshake on a byte stream, then the connection.
     pub(crate) async fn serve_stream<R, W>(
         &self,
         mut reader: R,
