@@ -316,8 +316,8 @@ pub fn raise_nofile_limit() -> u64 {
 /// Each spinner is `stmp-bench spin`, which exits when its stdin closes; they are killed when
 /// this is dropped.
 ///
-/// Only the 1-in-flight point ([`Spinners::for_point`]) and the fan-out, whose rounds leave the
-/// CPUs idle between events, get them. Where the CPUs are busy anyway they keep nothing awake,
+/// Only the 1-in-flight point ([`crate::unary::spinners_for`]) and the fan-out, whose rounds
+/// leave the CPUs idle between events, get them. Where the CPUs are busy anyway they keep nothing awake,
 /// and they cost: whenever the scheduler gives a spinner its turn, a woken benchmark thread on
 /// that CPU waits for the spinner's time slice to end. With them, stmp tcp's p99 at 64 in
 /// flight on one connection was 2.2–4.5 ms; without, 0.5–0.7 ms, and the round-by-round spread
@@ -327,13 +327,6 @@ pub struct Spinners {
 }
 
 impl Spinners {
-    /// Spinners for the time `point` runs, if the settings want them and the point is the
-    /// latency point; none for the throughput points.
-    pub fn for_point(settings: &crate::Settings, point: crate::unary::Point) -> Option<Spinners> {
-        let wanted = settings.spin && point == crate::unary::Point::Single;
-        wanted.then(Spinners::start)
-    }
-
     /// Starts one spinner per CPU (none if `nice` cannot be run).
     pub fn start() -> Spinners {
         let cpus = machine_cpus();

@@ -11,7 +11,7 @@ use serde::Serialize;
 use stmp::Method;
 
 use crate::measure::{Call, Measured};
-use crate::unary::{Point, drive};
+use crate::unary::{Point, drive, spinners_for};
 use crate::{Result, Settings};
 
 /// The quick start's `JoinRoom`: the action both sides derive from this name.
@@ -130,7 +130,7 @@ pub async fn run(addr: &str, settings: &Settings, points: &[Point]) -> Result<Ve
     let url = url(addr);
     let mut results = Vec::new();
     for &point in points {
-        let _awake = crate::child::Spinners::for_point(settings, point);
+        let _awake = spinners_for(settings, point);
         let mut rounds = Vec::with_capacity(settings.rounds);
         for _ in 0..settings.rounds {
             let measured = run_point(&url, point, settings)

@@ -295,6 +295,12 @@ async fn measure_point(
     }
 }
 
+/// Spinners for the time `point` runs, if the settings want them: the latency point gets them,
+/// the throughput points do not (see [`crate::child::Spinners`]).
+pub fn spinners_for(settings: &Settings, point: Point) -> Option<crate::child::Spinners> {
+    (settings.spin && point == Point::Single).then(crate::child::Spinners::start)
+}
+
 /// The points of the systems. One server process per kind (the stmp transports share one),
 /// all up at once, so that each point can be measured in rounds that take the systems in
 /// turn: a burst of noise from the rest of the machine then hits one round of one system, and
@@ -321,7 +327,7 @@ pub async fn run(
     for payload in PAYLOADS {
         for &point in points {
             let pinned = settings.pin && point == Point::Single;
-            let _awake = crate::child::Spinners::for_point(settings, point);
+            let _awake = spinners_for(settings, point);
             if pinned && !crate::child::pin_for_latency(&all, true) {
                 eprintln!("stmp-bench: cannot pin (taskset); the 1-in-flight point runs unpinned");
             }
