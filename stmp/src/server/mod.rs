@@ -338,6 +338,11 @@ impl ServerBuilder {
         Users::of(self.node.clone())
     }
 
+    /// The permits of the gzip connections' semaphore: the limit, as far as a semaphore holds.
+    fn gzip_places(&self) -> usize {
+        self.max_gzip_connections.min(Semaphore::MAX_PERMITS)
+    }
+
     /// The server; it serves nothing until a `listen_*` call.
     pub fn build(mut self) -> Server {
         let adapter = self
@@ -376,9 +381,7 @@ impl ServerBuilder {
                 counters,
                 host,
                 conns: self.node.everyone().clone(),
-                gzip_streams: Arc::new(Semaphore::new(
-                    self.max_gzip_connections.min(Semaphore::MAX_PERMITS),
-                )),
+                gzip_streams: Arc::new(Semaphore::new(self.gzip_places())),
                 config: self,
                 stop_accepting: CancellationToken::new(),
                 connections: TaskTracker::new(),
@@ -474,12 +477,8 @@ impl Server {
 
     /// What the server has dropped, shed and refused so far, and what it holds now.
     pub fn stats(&self) -> ServerStats {
-        let gzip_places = self
-            .inner
-            .config
-            .max_gzip_connections
-            .min(Semaphore::MAX_PERMITS);
-        let gzip_connections = gzip_places - self.inner.gzip_streams.available_permits();
+        let gzip_connections =
+            self.inner.config.gzip_places() - self.inner.gzip_streams.available_permits();
         self.inner
             .counters
             .snapshot(self.inner.conns.len(), gzip_connections)
