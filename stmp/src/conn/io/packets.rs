@@ -157,6 +157,12 @@ mod tests {
         reads: usize,
     }
 
+    impl<R> CountReads<R> {
+        fn new(inner: R) -> Self {
+            CountReads { inner, reads: 0 }
+        }
+    }
+
     impl<R: AsyncRead + Unpin> AsyncRead for CountReads<R> {
         fn poll_read(
             mut self: Pin<&mut Self>,
@@ -208,10 +214,7 @@ mod tests {
     #[tokio::test]
     async fn a_busy_connection_reads_in_large_chunks_and_an_idle_one_holds_nothing() {
         let (mut peer, ours) = tokio::io::duplex(1 << 20);
-        let mut packets = reader(CountReads {
-            inner: ours,
-            reads: 0,
-        });
+        let mut packets = reader(CountReads::new(ours));
         // Several bursts of 64 requests of 1 KiB, as 64 calls in flight send them.
         let mut burst = BytesMut::new();
         for mid in 0..64 {
@@ -248,10 +251,7 @@ mod tests {
         use crate::conn::io::PacketSource;
 
         let (mut peer, ours) = tokio::io::duplex(1 << 16);
-        let mut packets = reader(CountReads {
-            inner: ours,
-            reads: 0,
-        });
+        let mut packets = reader(CountReads::new(ours));
         assert_eq!(packets.reads(), Some(0));
         let mut three = BytesMut::new();
         for mid in 1..=3 {
