@@ -109,7 +109,7 @@ impl ServerProcess {
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .envs(env.iter().map(|(key, value)| (key, value)));
-        if kind == ServerKind::Stmp {
+        if matches!(kind, ServerKind::Stmp | ServerKind::RawEcho) {
             let cert = quic_cert();
             command
                 .env(CERT_ENV, &cert.cert_pem)

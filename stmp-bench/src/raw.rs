@@ -1,12 +1,15 @@
-//! The raw baseline's client side: u32 length-prefixed frames over plain tokio TCP.
+//! The raw baselines' client side: u32 length-prefixed frames over plain tokio TCP, or over
+//! one quinn stream (the QUIC baseline: what quinn costs with nothing of stmp on top).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
@@ -64,29 +67,121 @@ pub async fn connect_stmp(addr: SocketAddr) -> Result<TcpStream> {
 }
 
 /// One call in flight on one connection: write a frame, read its echo.
-pub struct RawCall {
-    stream: TcpStream,
+pub struct RawCall<S = TcpStream> {
+    stream: S,
     frame: Vec<u8>,
     reply: Vec<u8>,
 }
 
 impl RawCall {
-    /// A caller on a new connection.
+    /// A caller on a new TCP connection.
     pub async fn connect(addr: SocketAddr, payload: usize) -> Result<RawCall> {
-        let frame = frame(payload);
-        Ok(RawCall {
-            stream: connect(addr).await?,
-            reply: vec![0; frame.len()],
-            frame,
-        })
+        Ok(RawCall::over(connect(addr).await?, payload))
     }
 }
 
-impl Call for RawCall {
+impl<S> RawCall<S> {
+    /// A caller on `stream`.
+    pub fn over(stream: S, payload: usize) -> RawCall<S> {
+        let frame = frame(payload);
+        RawCall {
+            stream,
+            reply: vec![0; frame.len()],
+            frame,
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Call for RawCall<S> {
     async fn call(&mut self) -> Result<()> {
         self.stream.write_all(&self.frame).await?;
         self.stream.read_exact(&mut self.reply).await?;
         Ok(())
+    }
+}
+
+/// The ALPN of the raw QUIC echo.
+pub const RAW_QUIC_ALPN: &[u8] = b"raw-echo";
+
+/// One bidirectional quinn stream on a connection of its own, as a byte stream: the raw QUIC
+/// baseline's transport. It holds its endpoint (one UDP socket, as an stmp QUIC client has)
+/// and connection for as long as it lives.
+pub struct QuicStream {
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    _connection: quinn::Connection,
+    _endpoint: quinn::Endpoint,
+}
+
+impl QuicStream {
+    /// Connects to the raw QUIC echo at `addr` (TLS 1.3 with the run's self-signed
+    /// certificate, quinn's default transport settings) and opens the stream.
+    pub async fn connect(addr: SocketAddr) -> Result<QuicStream> {
+        let mut tls = (*crate::systems::quic_cert().client).clone();
+        tls.alpn_protocols = vec![RAW_QUIC_ALPN.to_vec()];
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
+        let mut endpoint = quinn::Endpoint::client((std::net::Ipv4Addr::LOCALHOST, 0).into())?;
+        endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+        let connection = endpoint.connect(addr, "localhost")?.await?;
+        let (send, recv) = connection.open_bi().await?;
+        Ok(QuicStream {
+            send,
+            recv,
+            _connection: connection,
+            _endpoint: endpoint,
+        })
+    }
+
+    /// Its two halves; the reading one keeps the connection and the endpoint alive.
+    pub fn into_split(self) -> (impl AsyncRead + Unpin + Send, quinn::SendStream) {
+        let QuicStream {
+            send,
+            recv,
+            _connection,
+            _endpoint,
+        } = self;
+        (Holding(recv, (_connection, _endpoint)), send)
+    }
+}
+
+/// A stream's reading half, and what must live as long as it does.
+struct Holding<H>(quinn::RecvStream, H);
+
+impl<H: Unpin> AsyncRead for Holding<H> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        AsyncRead::poll_read(Pin::new(&mut self.0), cx, buf)
+    }
+}
+
+impl AsyncRead for QuicStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        AsyncRead::poll_read(Pin::new(&mut self.recv), cx, buf)
+    }
+}
+
+impl AsyncWrite for QuicStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        AsyncWrite::poll_write(Pin::new(&mut self.send), cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        AsyncWrite::poll_flush(Pin::new(&mut self.send), cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        AsyncWrite::poll_shutdown(Pin::new(&mut self.send), cx)
     }
 }
 
@@ -99,7 +194,19 @@ pub async fn pipelined(
     warmup: Duration,
     measure: Duration,
 ) -> Result<Measured> {
-    let (mut reader, mut writer) = connect(addr).await?.into_split();
+    let (reader, writer) = connect(addr).await?.into_split();
+    pipelined_over(reader, writer, payload, depth, warmup, measure).await
+}
+
+/// [`pipelined`] over the two halves of any byte stream.
+pub async fn pipelined_over(
+    mut reader: impl AsyncRead + Unpin,
+    mut writer: impl AsyncWrite + Unpin + Send + 'static,
+    payload: usize,
+    depth: usize,
+    warmup: Duration,
+    measure: Duration,
+) -> Result<Measured> {
     let frame = frame(payload);
     let frame_len = frame.len();
     let slots = Arc::new(Semaphore::new(depth));

@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use crate::pb::echo_service_server::{EchoService, EchoServiceServer};
@@ -188,16 +188,18 @@ async fn tonic_server() -> Result<()> {
 }
 
 /// The practical limit: u32 length-prefixed frames echoed as they come, every complete frame
-/// of a read in one write (so pipelined requests are answered in batches).
+/// of a read in one write (so pipelined requests are answered in batches). Given the QUIC
+/// certificate, it echoes the same way on one quinn stream per QUIC connection.
 async fn raw_echo() -> Result<()> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     println!("LISTEN tcp {}", listener.local_addr()?);
     let conns = Arc::new(AtomicUsize::new(0));
     let count = conns.clone();
+    let accepted = conns.clone();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let _ = stream.set_nodelay(true);
-            let conns = conns.clone();
+            let conns = accepted.clone();
             tokio::spawn(async move {
                 conns.fetch_add(1, Ordering::Relaxed);
                 let _ = echo_frames(stream).await;
@@ -205,6 +207,26 @@ async fn raw_echo() -> Result<()> {
             });
         }
     });
+    if let (Ok(cert), Ok(key)) = (std::env::var(CERT_ENV), std::env::var(KEY_ENV)) {
+        let endpoint = raw_quic_endpoint(&cert, &key)?;
+        println!("LISTEN quic {}", endpoint.local_addr()?);
+        tokio::spawn(async move {
+            while let Some(incoming) = endpoint.accept().await {
+                let conns = conns.clone();
+                tokio::spawn(async move {
+                    let Ok(connection) = incoming.await else {
+                        return;
+                    };
+                    let Ok((send, recv)) = connection.accept_bi().await else {
+                        return;
+                    };
+                    conns.fetch_add(1, Ordering::Relaxed);
+                    let _ = echo_frames(tokio::io::join(recv, send)).await;
+                    conns.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
+        });
+    }
     commands(|words| match words {
         ["count"] => Some(format!("COUNT {}", count.load(Ordering::Relaxed))),
         _ => None,
@@ -212,7 +234,20 @@ async fn raw_echo() -> Result<()> {
     .await
 }
 
-async fn echo_frames(mut stream: TcpStream) -> std::io::Result<()> {
+/// The raw QUIC echo's endpoint: TLS 1.3 with the certificate of the run, quinn's default
+/// transport settings.
+fn raw_quic_endpoint(cert: &str, key: &str) -> Result<quinn::Endpoint> {
+    let mut tls = (*stmp::tls::server_config(cert.as_bytes(), key.as_bytes())?).clone();
+    tls.alpn_protocols = vec![crate::raw::RAW_QUIC_ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
+    let config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    Ok(quinn::Endpoint::server(
+        config,
+        (std::net::Ipv4Addr::LOCALHOST, 0).into(),
+    )?)
+}
+
+async fn echo_frames(mut stream: impl AsyncRead + AsyncWrite + Unpin) -> std::io::Result<()> {
     let mut buf = BytesMut::with_capacity(4096);
     loop {
         buf.reserve(4096);

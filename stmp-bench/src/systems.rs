@@ -25,17 +25,21 @@ pub enum System {
     Tonic,
     /// A minimal tokio TCP echo of u32 length-prefixed frames: the practical limit.
     RawTcp,
+    /// The same echo over one quinn stream per connection (TLS 1.3, quinn's default
+    /// settings): the limit of QUIC through quinn, and so of `stmp quic`.
+    RawQuic,
 }
 
 impl System {
     /// Every system, in table order.
-    pub const ALL: [System; 6] = [
+    pub const ALL: [System; 7] = [
         System::StmpTcp,
         System::StmpWs,
         System::StmpGzip,
         System::StmpQuic,
         System::Tonic,
         System::RawTcp,
+        System::RawQuic,
     ];
 
     /// The name in the table.
@@ -47,6 +51,7 @@ impl System {
             System::StmpQuic => "stmp quic",
             System::Tonic => "tonic grpc",
             System::RawTcp => "raw tcp echo",
+            System::RawQuic => "raw quic echo",
         }
     }
 
@@ -62,7 +67,7 @@ impl System {
     pub fn server(self) -> ServerKind {
         match self {
             System::Tonic => ServerKind::Tonic,
-            System::RawTcp => ServerKind::RawEcho,
+            System::RawTcp | System::RawQuic => ServerKind::RawEcho,
             _ => ServerKind::Stmp,
         }
     }
@@ -82,7 +87,7 @@ pub enum ServerKind {
     Stmp,
     /// A tonic server with the echo service.
     Tonic,
-    /// The raw u32-length-prefixed echo.
+    /// The raw u32-length-prefixed echo, on TCP and (given the certificate) on QUIC.
     RawEcho,
     /// The raw fan-out baseline: `broadcast <seq>` writes stmp's notify bytes to every socket.
     RawFanout,
@@ -185,7 +190,7 @@ pub async fn stmp_client(
                 .connect(&format!("quic://{}", server.addr("quic")?))
                 .await?
         }
-        System::Tonic | System::RawTcp => {
+        System::Tonic | System::RawTcp | System::RawQuic => {
             return Err(format!("{} is not stmp", system.label()).into());
         }
     };

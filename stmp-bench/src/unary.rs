@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::child::ServerProcess;
 use crate::measure::{Call, Measured, new_histogram};
 use crate::pb::echo_service_client::EchoServiceClient;
-use crate::raw::RawCall;
+use crate::raw::{QuicStream, RawCall};
 use crate::systems::{Listening, System, stmp_client};
 use crate::{ECHO, Echo, Result, Settings};
 
@@ -257,6 +257,20 @@ async fn measure_point(
             let mut callers = Vec::with_capacity(conns);
             for _ in 0..conns {
                 callers.push(RawCall::connect(server.addr("tcp")?, payload).await?);
+            }
+            drive(callers, warmup, measure).await
+        }
+        System::RawQuic if point == Point::Multiplexed => {
+            let (reader, writer) = QuicStream::connect(server.addr("quic")?)
+                .await?
+                .into_split();
+            crate::raw::pipelined_over(reader, writer, payload, per_conn, warmup, measure).await
+        }
+        System::RawQuic => {
+            let mut callers = Vec::with_capacity(conns);
+            for _ in 0..conns {
+                let stream = QuicStream::connect(server.addr("quic")?).await?;
+                callers.push(RawCall::over(stream, payload));
             }
             drive(callers, warmup, measure).await
         }

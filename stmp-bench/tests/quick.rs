@@ -52,7 +52,7 @@ fn quick_run_has_every_row() {
         serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).expect("json"))
             .expect("results.json parses");
 
-    // Unary: 6 systems × 2 payloads × 3 points, each row with positive figures.
+    // Unary: 7 systems × 2 payloads × 3 points, each row with positive figures.
     let systems = [
         "stmp tcp",
         "stmp ws",
@@ -60,6 +60,7 @@ fn quick_run_has_every_row() {
         "stmp quic",
         "tonic grpc",
         "raw tcp echo",
+        "raw quic echo",
     ];
     let points = [
         "1 conn × 1 in flight",
@@ -181,4 +182,14 @@ fn quick_run_has_every_row() {
         assert!(target["met"].is_boolean(), "target not measured: {target}");
     }
     assert!(markdown.contains("### Targets (issue 16)"));
+    let quic = targets
+        .iter()
+        .find(|t| t["target"].as_str().is_some_and(|t| t.contains("stmp quic")))
+        .expect("the QUIC target");
+    assert!(
+        quic["measured"]
+            .as_str()
+            .is_some_and(|m| m.contains("quinn's own echo")),
+        "the QUIC target does not give quinn's own echo: {quic}"
+    );
 }
