@@ -184,7 +184,11 @@ fn quick_run_has_every_row() {
     assert!(markdown.contains("### Targets (issue 16)"));
     let quic = targets
         .iter()
-        .find(|t| t["target"].as_str().is_some_and(|t| t.contains("stmp quic")))
+        .find(|t| {
+            t["target"]
+                .as_str()
+                .is_some_and(|t| t.contains("stmp quic"))
+        })
         .expect("the QUIC target");
     assert!(
         quic["measured"]
