@@ -9,7 +9,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use stmp_bench::{ECHO, Echo};
+use stmp_bench::in_process::{echo_calls, echo_pair};
 
 /// The system allocator, counting.
 struct Counting;
@@ -49,50 +49,21 @@ fn snapshot() -> (u64, u64) {
     )
 }
 
-/// Makes `calls` calls with `callers` callers sharing `client`.
-async fn call(client: &stmp::Client, callers: u64, calls: u64) {
-    let input = Echo {
-        payload: vec![7; 32],
-    };
-    let tasks: Vec<_> = (0..callers)
-        .map(|_| {
-            let (client, input) = (client.clone(), input.clone());
-            tokio::spawn(async move {
-                for _ in 0..calls / callers {
-                    let output: Echo = client.call(&ECHO, &input).await.expect("echo");
-                    assert_eq!(output.payload.len(), 32);
-                }
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await.expect("caller");
-    }
-}
-
 fn main() {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     runtime.block_on(async {
-        let router = stmp::Router::new();
-        router.route(&ECHO, |_ctx, input: Echo| async move { Ok(input) });
-        let server = stmp::Server::builder().router(router).build();
-        let addr = server.listen_tcp("127.0.0.1:0").await.expect("listen");
-        let client = stmp::Client::builder()
-            .no_reconnect()
-            .connect(&format!("tcp://{addr}"))
-            .await
-            .expect("connect");
+        let (server, client) = echo_pair().await;
         println!("| in flight | allocations / call | bytes allocated / call |");
         println!("|---|---|---|");
         for callers in [1, 64] {
             const CALLS: u64 = 64_000;
             // The first calls grow buffers and maps to their working size.
-            call(&client, callers, CALLS / 4).await;
+            echo_calls(&client, callers, CALLS / 4 / callers as u64).await;
             let (allocations, bytes) = snapshot();
-            call(&client, callers, CALLS).await;
+            echo_calls(&client, callers, CALLS / callers as u64).await;
             let (allocations_after, bytes_after) = snapshot();
             println!(
                 "| {callers} | {:.2} | {:.0} |",

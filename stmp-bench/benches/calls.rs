@@ -15,44 +15,13 @@
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use stmp_bench::{ECHO, Echo};
-
-fn setup(runtime: &tokio::runtime::Runtime) -> (stmp::Server, stmp::Client) {
-    runtime.block_on(async {
-        let router = stmp::Router::new();
-        router.route(&ECHO, |_ctx, input: Echo| async move { Ok(input) });
-        let server = stmp::Server::builder().router(router).build();
-        let addr = server.listen_tcp("127.0.0.1:0").await.expect("listen");
-        let client = stmp::Client::builder()
-            .no_reconnect()
-            .connect(&format!("tcp://{addr}"))
-            .await
-            .expect("connect");
-        (server, client)
-    })
-}
+use stmp_bench::in_process::{echo_calls, echo_pair};
 
 /// Makes `calls` calls with `callers` callers sharing `client`; returns how long they took.
 async fn call(client: &stmp::Client, callers: usize, calls: u64) -> Duration {
-    let input = Echo {
-        payload: vec![7; 32],
-    };
     let began = Instant::now();
     let each = calls.div_ceil(callers as u64);
-    let tasks: Vec<_> = (0..callers)
-        .map(|_| {
-            let (client, input) = (client.clone(), input.clone());
-            tokio::spawn(async move {
-                for _ in 0..each {
-                    let output: Echo = client.call(&ECHO, &input).await.expect("echo");
-                    assert_eq!(output.payload.len(), 32);
-                }
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await.expect("caller");
-    }
+    echo_calls(client, callers, each).await;
     // Per call as asked for: the callers made `each * callers` calls.
     began
         .elapsed()
@@ -64,7 +33,7 @@ fn calls(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("runtime");
-    let (server, client) = setup(&runtime);
+    let (server, client) = runtime.block_on(echo_pair());
     let mut group = c.benchmark_group("calls");
     group.throughput(Throughput::Elements(1));
     for callers in [1, 64] {

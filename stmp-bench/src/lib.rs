@@ -13,14 +13,16 @@
 //! - [`memory`]: the server's resident memory per idle connection.
 //! - [`target`]: `--target ADDR`, the quick-start `JoinRoom` against a running server.
 //! - [`report`]: the Markdown table and the JSON.
+//! - [`in_process`]: server and client in one process, for the benches of `benches/`.
 //!
 //! The modules form layers with no cycles: [`measure`], [`units`] and [`systems`] at the
-//! bottom; [`child`] (the server process) and [`serve`] (its side) above them; [`raw`], then
+//! bottom, with [`in_process`]; [`child`] (the server process) and [`serve`] (its side) above them; [`raw`], then
 //! [`unary`], [`target`], [`fanout`] and [`memory`], then [`cluster`]; [`report`] on top.
 
 pub mod child;
 pub mod cluster;
 pub mod fanout;
+pub mod in_process;
 pub mod measure;
 pub mod memory;
 pub mod raw;
