@@ -1,0 +1,36 @@
+//! The heap allocations of a unary call, both ends together, stay where they are: an
+//! allocation added on the call path fails this test. The counts are not timings, so the
+//! host's noise does not move them (`benches/allocations.rs` prints them).
+//!
+//! At 1 in flight a call costs 12 allocations: the echo message's encoding and the `Vec` it
+//! decodes into on each side (4); the client's answer slot, the handler's `Context` and the two
+//! boxed futures of the handler (4); and a read buffer with its shared header on each side,
+//! which an idle connection gives back (4). At 64 in flight the read buffers are shared by
+//! many calls, and a call costs about 8.3.
+
+use std::time::Duration;
+
+use stmp_bench::in_process::{CountingAllocator, allocations_per_call, echo_pair};
+
+#[global_allocator]
+static COUNTING: CountingAllocator = CountingAllocator::new();
+
+#[test]
+fn a_call_allocates_no_more_than_it_did() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let (server, client) = echo_pair().await;
+        for (callers, most) in [(1, 12.5), (64, 9.0)] {
+            let (allocations, _) = allocations_per_call(&client, &COUNTING, callers, 6_400).await;
+            assert!(
+                allocations <= most,
+                "{allocations:.2} allocations per call with {callers} in flight (at most {most})"
+            );
+        }
+        client.close().await;
+        server.shutdown(Duration::from_secs(1)).await;
+    });
+}
