@@ -8,16 +8,15 @@
 
 use std::time::Duration;
 
-use stmp_bench::in_process::{CountingAllocator, allocations_per_call, echo_pair};
+use stmp_bench::in_process::{
+    CountingAllocator, allocations_per_call, echo_pair, one_thread_runtime,
+};
 
 #[global_allocator]
 static COUNTING: CountingAllocator = CountingAllocator::new();
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = one_thread_runtime();
     runtime.block_on(async {
         let (server, client) = echo_pair().await;
         println!("| in flight | allocations / call | bytes allocated / call |");

@@ -15,7 +15,7 @@
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use stmp_bench::in_process::{echo_calls, echo_pair};
+use stmp_bench::in_process::{echo_calls, echo_pair, one_thread_runtime};
 
 /// Makes `calls` calls with `callers` callers sharing `client`; returns how long they took.
 async fn call(client: &stmp::Client, callers: usize, calls: u64) -> Duration {
@@ -29,10 +29,7 @@ async fn call(client: &stmp::Client, callers: usize, calls: u64) -> Duration {
 }
 
 fn calls(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = one_thread_runtime();
     let (server, client) = runtime.block_on(echo_pair());
     let mut group = c.benchmark_group("calls");
     group.throughput(Throughput::Elements(1));

@@ -6,6 +6,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::{ECHO, Echo};
 
+/// The runtime these benches and tests run both ends on: one thread, so nothing runs in
+/// parallel and nothing waits for another CPU.
+pub fn one_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 /// A server with the echo method on loopback TCP (port 0) and a client connected to it, on
 /// the current runtime.
 pub async fn echo_pair() -> (stmp::Server, stmp::Client) {

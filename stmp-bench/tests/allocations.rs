@@ -10,17 +10,16 @@
 
 use std::time::Duration;
 
-use stmp_bench::in_process::{CountingAllocator, allocations_per_call, echo_pair};
+use stmp_bench::in_process::{
+    CountingAllocator, allocations_per_call, echo_pair, one_thread_runtime,
+};
 
 #[global_allocator]
 static COUNTING: CountingAllocator = CountingAllocator::new();
 
 #[test]
 fn a_call_allocates_no_more_than_it_did() {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = one_thread_runtime();
     runtime.block_on(async {
         let (server, client) = echo_pair().await;
         for (callers, most) in [(1, 12.5), (64, 9.0)] {
