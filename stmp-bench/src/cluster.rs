@@ -23,11 +23,20 @@ pub const NODES: usize = 3;
 /// The system label of the cluster's fan-out rows.
 pub const SYSTEM: &str = "stmp tcp, 3 nodes on NATS";
 
+/// Starts and stops a `nats-server`, to learn before a run whether the cluster part can run.
+pub fn nats_server_runs() -> Result<()> {
+    start_nats().map(drop)
+}
+
+fn start_nats() -> Result<NatsServer> {
+    NatsServer::start().map_err(|e| {
+        format!("the cluster benchmark needs nats-server (apt-get install nats-server): {e}").into()
+    })
+}
+
 /// The fan-out rows at each N of the settings, then the throughput at the largest N.
 pub async fn run(settings: &Settings) -> Result<(Vec<FanoutResult>, Throughput)> {
-    let nats = NatsServer::start().map_err(|e| {
-        format!("the cluster benchmark needs nats-server (apt-get install nats-server): {e}")
-    })?;
+    let nats = start_nats()?;
     let mut nodes = Vec::new();
     for _ in 0..NODES {
         nodes.push(

@@ -135,12 +135,27 @@ fn run(args: Args) -> Result<()> {
     let settings = args.settings;
     // Counted now, before the latency points pin this process to one CPU.
     let _ = child::machine_cpus();
-    let wanted = |part: &str| {
+    let asked = |part: &str| {
         if args.only.is_empty() {
             args.target.is_none()
         } else {
             args.only.iter().any(|p| p == part)
         }
+    };
+    // Checked before minutes of other parts run: the cluster part needs `nats-server`. Asked
+    // for by name it is an error; as part of the full run it is skipped, and said so.
+    let cluster_runs = asked("cluster")
+        && match cluster::nats_server_runs() {
+            Ok(()) => true,
+            Err(error) if !args.only.is_empty() => return Err(error),
+            Err(error) => {
+                eprintln!("skipping the cluster part: {error}");
+                false
+            }
+        };
+    let wanted = |part: &str| match part {
+        "cluster" => cluster_runs,
+        _ => asked(part),
     };
     // Fan-out, cluster and memory hold thousands of connections at once; the rest a few dozen.
     let fanout = if wanted("fanout") || wanted("cluster") {
