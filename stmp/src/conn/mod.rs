@@ -18,7 +18,7 @@ mod writer;
 use std::fmt;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -88,6 +88,9 @@ struct Shared {
     close_requested: CloseRequest,
     requested_status: OnceLock<Status>,
     closed: CancellationToken,
+    /// Set with `closed`: read on every call of a client, and the token's own check takes a
+    /// lock that the callers of all threads would share.
+    is_closed: AtomicBool,
     close_status: OnceLock<Status>,
     on_close: Mutex<Vec<CloseCallback>>,
 }
@@ -136,6 +139,7 @@ impl Conn {
                 close_requested: CloseRequest::default(),
                 requested_status: OnceLock::new(),
                 closed: CancellationToken::new(),
+                is_closed: AtomicBool::new(false),
                 close_status: OnceLock::new(),
                 on_close: Mutex::new(Vec::new()),
             }),
@@ -428,7 +432,7 @@ impl Conn {
 
     /// Whether the connection has ended.
     pub fn is_closed(&self) -> bool {
-        self.shared.closed.is_cancelled()
+        self.shared.is_closed.load(Ordering::Acquire)
     }
 
     /// Waits until the connection has ended; returns why (the Close status, or the network
@@ -471,6 +475,7 @@ impl Conn {
         )));
         // Senders waiting for room learn the connection is gone.
         self.shared.outbox.close();
+        self.shared.is_closed.store(true, Ordering::Release);
         self.shared.closed.cancel();
         let callbacks = std::mem::take(&mut *lock(&self.shared.on_close));
         for callback in callbacks {
