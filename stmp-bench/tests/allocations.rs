@@ -2,11 +2,11 @@
 //! allocation added on the call path fails this test. The counts are not timings, so the
 //! host's noise does not move them (`benches/allocations.rs` prints them).
 //!
-//! At 1 in flight a call costs 12 allocations: the echo message's encoding and the `Vec` it
-//! decodes into on each side (4); the client's answer slot, the handler's `Context` and the two
-//! boxed futures of the handler (4); and a read buffer with its shared header on each side,
-//! which an idle connection gives back (4). At 64 in flight the read buffers are shared by
-//! many calls, and a call costs about 8.3.
+//! At 1 in flight a call costs 11 allocations: the echo message's encoding and the `Vec` it
+//! decodes into on each side (4); the client's answer slot, the handler's `Context` and the
+//! handler's boxed future (3); and a read buffer with its shared header on each side, which an
+//! idle connection gives back (4). At 64 in flight the read buffers are shared by many calls,
+//! and a call costs about 7.3.
 
 use std::time::Duration;
 
@@ -22,8 +22,9 @@ fn a_call_allocates_no_more_than_it_did() {
     let runtime = one_thread_runtime();
     runtime.block_on(async {
         let (server, client) = echo_pair().await;
-        for (callers, most) in [(1, 12.5), (64, 9.0)] {
+        for (callers, most) in [(1, 11.5), (64, 8.0)] {
             let (allocations, _) = allocations_per_call(&client, &COUNTING, callers, 6_400).await;
+            eprintln!("{allocations:.2} allocations per call with {callers} in flight");
             assert!(
                 allocations <= most,
                 "{allocations:.2} allocations per call with {callers} in flight (at most {most})"

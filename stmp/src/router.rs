@@ -2,13 +2,11 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
-use futures_util::FutureExt;
 
 use crate::codec::Message;
 use crate::id_map::IdMap;
@@ -17,9 +15,9 @@ use crate::telemetry::CallSeries;
 use crate::wire::Action;
 use crate::{Context, Method, Status};
 
-mod notify;
+mod target;
 
-pub(crate) use notify::NotifyTargets;
+pub(crate) use target::{ActionTarget, ActionTargets, Started};
 
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -138,18 +136,18 @@ struct Inner {
     routes: RwLock<Routes>,
     /// Replaced whole when one is added or detached, so a notify takes them with one clone.
     listeners: RwLock<IdMap<u64, Listeners>>,
-    /// Replaced whole when a layer is added, so a request takes a snapshot with one clone.
+    /// Replaced whole when a layer is added, so an action's target takes them with one clone.
     middleware: RwLock<Layers>,
     next_listener: AtomicU64,
     /// Counts the changes to routes, listeners and middleware: what a connection resolved for
-    /// a notify ([`NotifyTargets`]) stands while it has not moved.
+    /// an action ([`ActionTargets`]) stands while it has not moved.
     generation: Generation,
-    /// What notifies of the actions registered here run through, resolved once per
-    /// generation for all connections.
-    notify_targets: RwLock<notify::Shared>,
+    /// What requests and notifies of the actions registered here run through, resolved once
+    /// per generation for all connections.
+    action_targets: RwLock<target::Shared>,
 }
 
-/// A counter on a cache line of its own. Every connection reads it for every notify and it
+/// A counter on a cache line of its own. Every connection reads it for every packet and it
 /// is written only when the router changes, so it stays in every core's cache; the locks
 /// next to it are written by every read-lock and would drag it along.
 #[derive(Default)]
@@ -360,11 +358,6 @@ impl Router {
         self
     }
 
-    /// Finds the handler of a request's action.
-    pub(crate) fn request_target(&self, action: &Action) -> Target {
-        self.resolve(action).1
-    }
-
     /// The numeric action, the method's name and its handler; a method name (SA packets) is
     /// resolved like its numeric action.
     fn resolve(&self, action: &Action) -> (Option<u64>, Target) {
@@ -382,71 +375,6 @@ impl Router {
 
     fn middleware(&self) -> Layers {
         read(&self.inner.middleware).clone()
-    }
-
-    /// Runs a request through the middleware and its handler. A panic in the handler is an
-    /// `InternalServerError` for this call only.
-    pub(crate) async fn handle_request(
-        &self,
-        target: &Target,
-        ctx: &Context,
-        payload: Bytes,
-    ) -> Result<Bytes, Status> {
-        let middleware = self.middleware();
-        let mut outcome = None;
-        for layer in middleware.iter() {
-            match AssertUnwindSafe(lazy(|| layer.before(ctx)))
-                .catch_unwind()
-                .await
-            {
-                Ok(Ok(Flow::Continue)) => {}
-                Ok(Ok(Flow::Respond(payload))) => {
-                    outcome = Some(Ok(payload));
-                    break;
-                }
-                Ok(Err(status)) => {
-                    outcome = Some(Err(status));
-                    break;
-                }
-                Err(_) => {
-                    outcome = Some(Err(Status::internal("middleware panicked")));
-                    break;
-                }
-            }
-        }
-        let mut outcome = match (outcome, &target.route) {
-            (Some(outcome), _) => outcome,
-            (None, Some(route)) => {
-                match AssertUnwindSafe(lazy(|| (route.handler)(ctx.clone(), payload)))
-                    .catch_unwind()
-                    .await
-                {
-                    Ok(outcome) => outcome,
-                    Err(panic) => {
-                        tracing::error!(
-                            method = target.method.unwrap_or("?"),
-                            panic = panic_message(&panic),
-                            "handler panicked"
-                        );
-                        Err(Status::internal("handler panicked"))
-                    }
-                }
-            }
-            (None, None) => Err(Status::not_found(format!(
-                "no handler for {}",
-                describe(ctx.action(), target.method)
-            ))),
-        };
-        for layer in middleware.iter().rev() {
-            if AssertUnwindSafe(lazy(|| layer.after(ctx, &mut outcome)))
-                .catch_unwind()
-                .await
-                .is_err()
-            {
-                outcome = Err(Status::internal("middleware panicked"));
-            }
-        }
-        outcome
     }
 }
 

@@ -109,6 +109,86 @@ async fn errors_reach_the_caller_and_panics_stay_in_their_call() {
     );
 }
 
+/// A handler that waits before it panics has left the reading task by then: the panic is
+/// caught on its own task, and still fails only its call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_that_panics_after_waiting_fails_only_its_call() {
+    let (server, url) = tcp_server(Server::builder()).await;
+    const LATE_PANIC: stmp::Method =
+        stmp::Method::new("test.Echo.LatePanic", "test.Echo", "test.Echo");
+    server.router().route(
+        &LATE_PANIC,
+        |_ctx: stmp::Context, _input: Echo| async move {
+            tokio::task::yield_now().await;
+            if true {
+                panic!("handler bug after an await");
+            }
+            Ok::<Echo, Status>(Echo::default())
+        },
+    );
+    let client = within(Client::connect(&url)).await.unwrap();
+    let conn = client.conn().unwrap();
+    let input = echo("x");
+    for _ in 0..2 {
+        let panicked = within(client.call::<_, Echo>(&LATE_PANIC, &input))
+            .await
+            .unwrap_err();
+        assert_eq!(panicked.code(), Code::InternalServerError, "{panicked}");
+    }
+    let after: Echo = within(client.call(&ECHO, &input)).await.unwrap();
+    assert_eq!(after, input);
+    assert!(
+        client.conn().unwrap() == conn,
+        "the panic must not cost the connection"
+    );
+}
+
+/// A connection resolves a request's handler once per action; a route added, replaced or
+/// wrapped in middleware later reaches the connections already open at their next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_and_middleware_added_later_reach_open_connections() {
+    let (server, url) = tcp_server(Server::builder()).await;
+    let client = within(Client::connect(&url)).await.unwrap();
+    let conn = client.conn().unwrap();
+    let input = echo("x");
+    let missing = within(client.call::<_, Echo>(&MISSING, &input))
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+
+    server
+        .router()
+        .route(&MISSING, |_ctx: stmp::Context, input: Echo| async move {
+            Ok::<_, Status>(echo(&format!("found {}", input.text)))
+        });
+    let found: Echo = within(client.call(&MISSING, &input)).await.unwrap();
+    assert_eq!(found.text, "found x");
+
+    server
+        .router()
+        .route(&MISSING, |_ctx: stmp::Context, input: Echo| async move {
+            Ok::<_, Status>(echo(&format!("replaced {}", input.text)))
+        });
+    let replaced: Echo = within(client.call(&MISSING, &input)).await.unwrap();
+    assert_eq!(replaced.text, "replaced x");
+
+    struct Refuse;
+    impl stmp::Middleware for Refuse {
+        async fn before(&self, _ctx: &stmp::Context) -> Result<stmp::Flow, Status> {
+            Err(Status::unauthorized("refused by middleware"))
+        }
+    }
+    server.router().layer(Refuse);
+    let refused = within(client.call::<_, Echo>(&MISSING, &input))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (refused.code(), refused.message()),
+        (Code::Unauthorized, "refused by middleware")
+    );
+    assert!(client.conn().unwrap() == conn, "one connection throughout");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deadlines_and_dropped_calls_forget_their_ids() {
     let (server, url) = tcp_server(Server::builder()).await;

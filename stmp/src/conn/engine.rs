@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
@@ -33,7 +34,7 @@ use super::writer::Taken;
 use super::{Conn, ConnParts, Outbox, Refused, Side};
 use crate::broadcast::SlowConsumer;
 use crate::codec::Codec;
-use crate::router::NotifyTargets;
+use crate::router::{ActionTarget, ActionTargets, Started};
 use crate::stats::Counters;
 use crate::wire::{Header, Packet, Request, Response};
 use crate::{Code, Context, Router, Status};
@@ -203,10 +204,9 @@ impl Engine {
         }
         let writer_task =
             tokio::spawn(write_loop(outbox, writer, busy, config.write_stall_timeout));
-        // Each handler and listener holds the router. A handle of this connection's own keeps
-        // those holds off the reference count that every connection of the server shares.
-        let mut notify_targets = NotifyTargets::new(router.clone());
-        let router = Arc::new(router);
+        // What this connection's requests and notifies run through, resolved once per action
+        // while the router does not change.
+        let mut targets = ActionTargets::new(router);
         let mut listeners = Listeners::new(config.event_queue);
         let mut parked: Option<Parked> = None;
         let mut since_yield = 0;
@@ -298,17 +298,17 @@ impl Engine {
                     // leave at once from this task rather than through the writer's.
                     let alone =
                         !reader.has_buffered() && handling.used() == 1 && conn.pending_calls() == 0;
-                    handle(&conn, &router, &tasks, request, held, alone, arrived)
+                    handle(&conn, &mut targets, &tasks, request, held, alone, arrived)
                 }
                 Action::Deliver(notify, held) => {
-                    let target = notify_targets.get(&notify.action);
+                    let target = targets.get(&notify.action);
                     let ctx =
                         Context::new(conn.clone(), notify.action, target.method(), notify.header);
                     // Most notifies finish without waiting, and those run right here; one
                     // that arrives while an earlier one waits queues behind it, in order.
                     let left = match listeners.idle() {
-                        true => target.start(ctx, notify.payload),
-                        false => Some(target.clone().run(ctx, notify.payload)),
+                        true => target.start_notify(ctx, notify.payload),
+                        false => Some(target.clone().run_notify(ctx, notify.payload)),
                     };
                     if let Some(left) = left {
                         let listening: Listening = Box::pin(async move {
@@ -361,82 +361,83 @@ impl Engine {
 /// An answer ready at once is queued by this task, and written by it when `alone`.
 fn handle(
     conn: &Conn,
-    router: &Arc<Router>,
+    targets: &mut ActionTargets,
     tasks: &TaskTracker,
     request: Request,
     held: Held,
     alone: bool,
     arrived: std::time::Instant,
 ) {
-    let target = router.request_target(&request.action);
-    let ctx = Context::new(conn.clone(), request.action, target.method, request.header);
-    let router = router.clone();
+    let target = targets.get(&request.action);
+    let ctx = Context::new(
+        conn.clone(),
+        request.action,
+        target.method(),
+        request.header,
+    );
     // Tracked from the start, not from `spawn`, and until the answer is queued: a shutdown
     // that looks while the handler runs inline must wait for it.
     let tracked = tasks.token();
     let mid = request.mid;
-    let payload = request.payload;
-    let span = crate::telemetry::call_span(
-        target.route.as_ref().map(|route| &route.series),
-        target.method,
-    );
-    let answering = async move {
-        let outcome = router.handle_request(&target, &ctx, payload).await;
-        let code = match &outcome {
-            Ok(_) => Code::Ok,
-            Err(status) => status.code(),
-        };
-        crate::telemetry::call_observed(
-            target.route.as_ref().map(|route| &route.series),
-            target.method,
-            arrived,
-            code,
-        );
-        let header = ctx.take_response_header();
-        match outcome {
-            Ok(payload) => Packet::Response(Response {
-                mid,
-                status: Code::Ok,
-                header,
-                payload,
-            }),
-            Err(status) => with_header(error_response(mid, status), header),
-        }
-    };
-    // Built once and moved once, into its box: the span wraps it only when something listens.
-    let mut answering: Pin<Box<dyn Future<Output = Packet> + Send>> = match span.is_disabled() {
-        true => Box::pin(answering),
-        false => Box::pin(tracing::Instrument::instrument(answering, span)),
-    };
-    // Most handlers answer without waiting: run them here until their first await, and give
-    // only the ones that wait (or whose answer waits for room) a task of their own.
-    let mut inline = std::task::Context::from_waker(std::task::Waker::noop());
-    match answering.as_mut().poll(&mut inline) {
-        std::task::Poll::Ready(response) => {
-            let queued = match alone {
-                true => conn.try_queue_inline(response),
-                false => conn.try_queue(response),
+    let span = crate::telemetry::call_span(target.series(), target.method());
+    // Most handlers answer without waiting: they run here until their first await, and only
+    // the ones that wait (or whose answer waits for room) get a task of their own.
+    let started = span.in_scope(|| target.start_request(&ctx, request.payload));
+    let response = match started {
+        Started::Done(outcome) => span.in_scope(|| answer(target, &ctx, mid, outcome, arrived)),
+        Started::Waiting(answering) => {
+            let (conn, target) = (conn.clone(), target.clone());
+            let answering = async move {
+                let outcome = answering.await;
+                answer(&target, &ctx, mid, outcome, arrived)
             };
-            if let Err(Refused::Full(response)) = queued {
-                let conn = conn.clone();
-                tasks.spawn(async move {
-                    let _tracked = tracked;
-                    // Held until the answer is queued: a handler waiting for room still
-                    // holds what it was sent.
-                    let _ = conn.send(response).await;
-                    drop(held);
-                });
-            }
-        }
-        std::task::Poll::Pending => {
-            let conn = conn.clone();
             tasks.spawn(async move {
                 let _tracked = tracked;
-                let response = answering.await;
+                let response = tracing::Instrument::instrument(answering, span).await;
                 let _ = conn.send(response).await;
                 drop(held);
             });
+            return;
         }
+    };
+    let queued = match alone {
+        true => conn.try_queue_inline(response),
+        false => conn.try_queue(response),
+    };
+    if let Err(Refused::Full(response)) = queued {
+        let conn = conn.clone();
+        tasks.spawn(async move {
+            let _tracked = tracked;
+            // Held until the answer is queued: a handler waiting for room still holds what
+            // it was sent.
+            let _ = conn.send(response).await;
+            drop(held);
+        });
+    }
+}
+
+/// The response to request `mid`, once its handling is done; records the call.
+fn answer(
+    target: &ActionTarget,
+    ctx: &Context,
+    mid: u16,
+    outcome: Result<Bytes, Status>,
+    arrived: std::time::Instant,
+) -> Packet {
+    let code = match &outcome {
+        Ok(_) => Code::Ok,
+        Err(status) => status.code(),
+    };
+    crate::telemetry::call_observed(target.series(), target.method(), arrived, code);
+    let header = ctx.take_response_header();
+    match outcome {
+        Ok(payload) => Packet::Response(Response {
+            mid,
+            status: Code::Ok,
+            header,
+            payload,
+        }),
+        Err(status) => with_header(error_response(mid, status), header),
     }
 }
 

@@ -1,34 +1,63 @@
-//! What a connection runs for an incoming notify: the middleware, handler and listeners of its
-//! action, resolved once per connection while the router does not change, and run on the
-//! reading task as far as they go without waiting.
+//! What a connection runs for an incoming request or notify: the middleware, handler and
+//! listeners of its action, resolved once per connection while the router does not change, and
+//! run on the reading task as far as they go without waiting.
 
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll, Waker};
 
 use bytes::Bytes;
 use futures_util::FutureExt;
 
-use super::{BoxFuture, Flow, Layers, Listeners, Route, Router, describe, lazy};
-use crate::Context;
+use super::{BoxFuture, Flow, Layers, Listeners, Route, Router, describe, lazy, panic_message};
 use crate::id_map::IdMap;
 use crate::sync::{read, write};
+use crate::telemetry::CallSeries;
 use crate::wire::Action;
+use crate::{Context, Status};
 
-/// Everything a notify of one action runs through: the middleware, the handler and the
-/// listeners as they were when it was resolved. A notify keeps the snapshot it started with;
-/// changes to the router reach the notifies resolved after them.
-pub(crate) struct NotifyTarget {
+/// Everything a packet of one action runs through: the middleware, the handler and the
+/// listeners as they were when it was resolved. A packet keeps the snapshot it started with;
+/// changes to the router reach the packets resolved after them.
+pub(crate) struct ActionTarget {
     method: Option<&'static str>,
     route: Option<Arc<Route>>,
     listeners: Option<Listeners>,
     middleware: Layers,
 }
 
-impl NotifyTarget {
-    fn resolve(router: &Router, action: &Action) -> NotifyTarget {
+/// A request as far as it went on the reading task.
+pub(crate) enum Started {
+    /// Answered without waiting.
+    Done(Result<Bytes, Status>),
+    /// Something waits: the rest, to be run on a task of its own.
+    Waiting(Answering),
+}
+
+/// The rest of a request whose middleware or handler waits. A panic while it runs is an
+/// `InternalServerError` for this request only, as one while it started is.
+pub(crate) struct Answering {
+    rest: BoxFuture<'static, Result<Bytes, Status>>,
+    method: Option<&'static str>,
+}
+
+impl Future for Answering {
+    type Output = Result<Bytes, Status>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let method = self.method;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| self.rest.as_mut().poll(cx))) {
+            Ok(polled) => polled,
+            Err(panic) => Poll::Ready(Err(handler_panicked(method, &panic))),
+        }
+    }
+}
+
+impl ActionTarget {
+    fn resolve(router: &Router, action: &Action) -> ActionTarget {
         let (id, target) = router.resolve(action);
-        NotifyTarget {
+        ActionTarget {
             method: target.method,
             route: target.route,
             listeners: id.and_then(|id| read(&router.inner.listeners).get(&id).cloned()),
@@ -39,19 +68,19 @@ impl NotifyTarget {
     /// The target of numeric action `id` as resolved at `generation` (read before this call),
     /// the same one for every connection. Those of actions nothing is registered for are not
     /// kept: a peer chooses those, and they would pile up.
-    fn shared(router: &Router, generation: u64, id: u64) -> Arc<NotifyTarget> {
-        let kept = read(&router.inner.notify_targets);
+    fn shared(router: &Router, generation: u64, id: u64) -> Arc<ActionTarget> {
+        let kept = read(&router.inner.action_targets);
         if kept.generation == generation
             && let Some(target) = kept.by_action.get(&id)
         {
             return target.clone();
         }
         drop(kept);
-        let target = Arc::new(NotifyTarget::resolve(router, &Action::Id(id)));
+        let target = Arc::new(ActionTarget::resolve(router, &Action::Id(id)));
         if target.route.is_none() && target.listeners.is_none() {
             return target;
         }
-        let mut kept = write(&router.inner.notify_targets);
+        let mut kept = write(&router.inner.action_targets);
         if kept.generation < generation {
             *kept = Shared {
                 generation,
@@ -69,12 +98,107 @@ impl NotifyTarget {
         self.method
     }
 
+    /// The series the method's calls are recorded in, when it has a handler.
+    pub(crate) fn series(&self) -> Option<&CallSeries> {
+        self.route.as_ref().map(|route| &route.series)
+    }
+
+    /// Runs a request here and now as far as it goes without waiting. The common request —
+    /// a handler and no middleware, answered at once — costs no boxed future beyond the
+    /// handler's own, and counts no reference on anything all connections share.
+    pub(crate) fn start_request(self: &Arc<Self>, ctx: &Context, payload: Bytes) -> Started {
+        let rest = match &self.route {
+            Some(route) if self.middleware.is_empty() => {
+                let started = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    let mut answering = (route.handler)(ctx.clone(), payload);
+                    let mut here = TaskContext::from_waker(Waker::noop());
+                    match answering.as_mut().poll(&mut here) {
+                        Poll::Ready(outcome) => Err(outcome),
+                        Poll::Pending => Ok(answering),
+                    }
+                }));
+                match started {
+                    Ok(Ok(waiting)) => waiting,
+                    Ok(Err(outcome)) => return Started::Done(outcome),
+                    Err(panic) => return Started::Done(Err(handler_panicked(self.method, &panic))),
+                }
+            }
+            _ => {
+                let (target, ctx) = (self.clone(), ctx.clone());
+                let mut running: BoxFuture<'static, _> =
+                    Box::pin(async move { target.handle_request(&ctx, payload).await });
+                let mut here = TaskContext::from_waker(Waker::noop());
+                match running.as_mut().poll(&mut here) {
+                    Poll::Ready(outcome) => return Started::Done(outcome),
+                    Poll::Pending => running,
+                }
+            }
+        };
+        // Polled again with a real waker on the task it goes on running on.
+        Started::Waiting(Answering {
+            rest,
+            method: self.method,
+        })
+    }
+
+    /// Runs a request through the middleware and its handler. A panic in the handler is an
+    /// `InternalServerError` for this call only.
+    async fn handle_request(&self, ctx: &Context, payload: Bytes) -> Result<Bytes, Status> {
+        let mut outcome = None;
+        for layer in self.middleware.iter() {
+            match AssertUnwindSafe(lazy(|| layer.before(ctx)))
+                .catch_unwind()
+                .await
+            {
+                Ok(Ok(Flow::Continue)) => {}
+                Ok(Ok(Flow::Respond(payload))) => {
+                    outcome = Some(Ok(payload));
+                    break;
+                }
+                Ok(Err(status)) => {
+                    outcome = Some(Err(status));
+                    break;
+                }
+                Err(_) => {
+                    outcome = Some(Err(Status::internal("middleware panicked")));
+                    break;
+                }
+            }
+        }
+        let mut outcome = match (outcome, &self.route) {
+            (Some(outcome), _) => outcome,
+            (None, Some(route)) => {
+                match AssertUnwindSafe(lazy(|| (route.handler)(ctx.clone(), payload)))
+                    .catch_unwind()
+                    .await
+                {
+                    Ok(outcome) => outcome,
+                    Err(panic) => Err(handler_panicked(self.method, &panic)),
+                }
+            }
+            (None, None) => Err(Status::not_found(format!(
+                "no handler for {}",
+                describe(ctx.action(), self.method)
+            ))),
+        };
+        for layer in self.middleware.iter().rev() {
+            if AssertUnwindSafe(lazy(|| layer.after(ctx, &mut outcome)))
+                .catch_unwind()
+                .await
+                .is_err()
+            {
+                outcome = Err(Status::internal("middleware panicked"));
+            }
+        }
+        outcome
+    }
+
     /// Runs a notify here and now as far as it goes without waiting, and returns what is left
     /// when something waits. The common notify — listeners only, which finish at once — costs
     /// no task, no boxed future of its own and no reference counted on the target.
-    pub(crate) fn start(self: &Arc<Self>, ctx: Context, payload: Bytes) -> Option<Running> {
+    pub(crate) fn start_notify(self: &Arc<Self>, ctx: Context, payload: Bytes) -> Option<Running> {
         if !self.middleware.is_empty() || self.route.is_some() {
-            return poll_once(self.clone().run(ctx, payload));
+            return poll_once(self.clone().run_notify(ctx, payload));
         }
         if !self.wanted(&ctx) {
             return None;
@@ -102,7 +226,7 @@ impl NotifyTarget {
     }
 
     /// Runs a notify through the middleware, then its handler (result dropped) and listeners.
-    pub(crate) fn run(self: Arc<Self>, ctx: Context, payload: Bytes) -> Running {
+    pub(crate) fn run_notify(self: Arc<Self>, ctx: Context, payload: Bytes) -> Running {
         Box::pin(async move {
             if !self.wanted(&ctx) {
                 return;
@@ -178,41 +302,53 @@ async fn run_listeners(
     }
 }
 
+fn handler_panicked(method: Option<&'static str>, panic: &Box<dyn std::any::Any + Send>) -> Status {
+    tracing::error!(
+        method = method.unwrap_or("?"),
+        panic = panic_message(panic),
+        "handler panicked"
+    );
+    Status::internal("handler panicked")
+}
+
 fn listener_panicked(method: Option<&'static str>) {
     tracing::error!(method = method.unwrap_or("?"), "listener panicked");
 }
 
-/// The notify targets of one generation of a router, shared by its connections: the memory a
-/// broadcast's receivers read is then the same for all of them, and stays in every core's
-/// cache, where a copy per connection would be one more cold line for each.
+/// The action targets of one generation of a router, shared by its connections: the memory a
+/// broadcast's receivers (or a server's many callers) read is then the same for all of them,
+/// and stays in every core's cache, where a copy per connection would be one more cold line
+/// for each.
 #[derive(Default)]
 pub(super) struct Shared {
     generation: u64,
-    by_action: IdMap<u64, Arc<NotifyTarget>>,
+    by_action: IdMap<u64, Arc<ActionTarget>>,
 }
 
-/// The actions one connection keeps resolved; a client listens to a few events.
+/// The actions one connection keeps resolved; a client listens to a few events, and most
+/// connections call a few methods.
 const CACHED_ACTIONS: usize = 4;
 
-/// One connection's resolved notify targets. A broadcast reaches every connection with the
-/// same action, and resolving it again for each would read-lock the router's maps and count
-/// references on its shared slices from every core at once: the cache lines all connections
-/// share would move between cores with every event. Here a notify of a known action costs
-/// one read of the router's generation, a line no notify writes.
-pub(crate) struct NotifyTargets {
+/// One connection's resolved action targets. A broadcast reaches every connection with the
+/// same action, and many connections call the same methods; resolving each packet again would
+/// read-lock the router's maps and count references on its shared slices from every core at
+/// once: the cache lines all connections share would move between cores with every packet.
+/// Here a packet of a known action costs one read of the router's generation, a line no
+/// packet writes.
+pub(crate) struct ActionTargets {
     router: Router,
     /// The router's generation the entries were resolved at.
     generation: u64,
     /// Numeric actions and their targets, the most recently resolved first; held in place, so
     /// looking one up touches no memory of its own.
-    resolved: [Option<(u64, Arc<NotifyTarget>)>; CACHED_ACTIONS],
-    /// The target of the last notify named by its method rather than its action.
-    named: Option<Arc<NotifyTarget>>,
+    resolved: [Option<(u64, Arc<ActionTarget>)>; CACHED_ACTIONS],
+    /// The target of the last packet named by its method rather than its action.
+    named: Option<Arc<ActionTarget>>,
 }
 
-impl NotifyTargets {
-    pub(crate) fn new(router: Router) -> NotifyTargets {
-        NotifyTargets {
+impl ActionTargets {
+    pub(crate) fn new(router: Router) -> ActionTargets {
+        ActionTargets {
             router,
             generation: 0,
             resolved: Default::default(),
@@ -220,8 +356,8 @@ impl NotifyTargets {
         }
     }
 
-    /// The target of a notify of `action`, as the router is now.
-    pub(crate) fn get(&mut self, action: &Action) -> &Arc<NotifyTarget> {
+    /// The target of a request or notify of `action`, as the router is now.
+    pub(crate) fn get(&mut self, action: &Action) -> &Arc<ActionTarget> {
         // Read before resolving: a change made while resolving moves it again, so what was
         // resolved is not taken for the changed router's.
         let generation = self.router.inner.generation();
@@ -234,7 +370,7 @@ impl NotifyTargets {
             // Named actions (SA packets) are rare: resolved every time.
             return self
                 .named
-                .insert(Arc::new(NotifyTarget::resolve(router, action)));
+                .insert(Arc::new(ActionTarget::resolve(router, action)));
         };
         let found = self
             .resolved
@@ -249,7 +385,7 @@ impl NotifyTargets {
             }
         };
         &slot
-            .get_or_insert_with(|| (id, NotifyTarget::shared(router, generation, id)))
+            .get_or_insert_with(|| (id, ActionTarget::shared(router, generation, id)))
             .1
     }
 }
@@ -267,7 +403,7 @@ mod tests {
         user: String,
     }
 
-    fn listener_count(targets: &mut NotifyTargets) -> usize {
+    fn listener_count(targets: &mut ActionTargets) -> usize {
         let target = targets.get(&Action::Id(EVENT.action));
         target.listeners.as_ref().map_or(0, |list| list.len())
     }
@@ -276,7 +412,7 @@ mod tests {
     fn listeners_come_and_go_and_the_last_one_leaves_nothing_behind() {
         let router = Router::new();
         // One connection's targets, kept across the changes: the next notify sees each.
-        let mut targets = NotifyTargets::new(router.clone());
+        let mut targets = ActionTargets::new(router.clone());
         assert_eq!(listener_count(&mut targets), 0);
         let first = router.listen(&EVENT, |_: Context, _: Joined| async {});
         let second = router.listen(&EVENT, |_: Context, _: Joined| async {});
@@ -299,7 +435,7 @@ mod tests {
     fn a_connection_resolves_an_action_once_until_the_router_changes() {
         let router = Router::new();
         let _listening = router.listen(&EVENT, |_: Context, _: Joined| async {});
-        let mut targets = NotifyTargets::new(router.clone());
+        let mut targets = ActionTargets::new(router.clone());
         let action = Action::Id(EVENT.action);
         let first = targets.get(&action).clone();
         assert_eq!(first.method(), Some(EVENT.name));
@@ -324,7 +460,7 @@ mod tests {
     fn a_few_actions_stay_resolved_and_any_number_of_others_take_no_more_room() {
         let router = Router::new();
         let _listening = router.listen(&EVENT, |_: Context, _: Joined| async {});
-        let mut targets = NotifyTargets::new(router.clone());
+        let mut targets = ActionTargets::new(router.clone());
         let known = targets.get(&Action::Id(EVENT.action)).clone();
         for id in 1..=(CACHED_ACTIONS as u64 - 1) {
             targets.get(&Action::Id(id));
@@ -336,7 +472,7 @@ mod tests {
         }
         assert_eq!(targets.resolved.len(), CACHED_ACTIONS);
         assert_eq!(
-            read(&router.inner.notify_targets).by_action.len(),
+            read(&router.inner.action_targets).by_action.len(),
             1,
             "only registered actions are kept for all connections"
         );
@@ -351,8 +487,8 @@ mod tests {
         let _listening = router.listen(&EVENT, |_: Context, _: Joined| async {});
         let action = Action::Id(EVENT.action);
         let (mut one, mut two) = (
-            NotifyTargets::new(router.clone()),
-            NotifyTargets::new(router.clone()),
+            ActionTargets::new(router.clone()),
+            ActionTargets::new(router.clone()),
         );
         let first = one.get(&action).clone();
         assert!(Arc::ptr_eq(&first, two.get(&action)), "one target for both");
