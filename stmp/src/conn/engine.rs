@@ -243,12 +243,12 @@ impl Engine {
                         action
                     }
                     Heard::SoonerDeadline => {
-                        calls_due_at = shared.pending.expire(now());
+                        calls_due_at = conn.expire_calls(now());
                         Action::Idle
                     }
                 },
                 _ = &mut calls_due, if calls_due_at.is_some() => {
-                    calls_due_at = shared.pending.expire(now());
+                    calls_due_at = conn.expire_calls(now());
                     Action::Idle
                 }
                 _ = &mut grace, if state.is_closing() => state.handle_timeout(now()),
@@ -330,7 +330,7 @@ impl Engine {
                     }
                 }
                 Action::Complete(response) => {
-                    if !conn.shared.pending.complete(response) {
+                    if !conn.complete_call(response) {
                         tracing::trace!(conn = conn.id(), "dropping a response nobody waits for");
                     }
                 }

@@ -270,6 +270,9 @@ impl Conn {
             }
             early = &mut answer => early,
         };
+        if answered.is_ok() {
+            self.shared.outbox.caller_back();
+        }
         let answered = answered.map_err(|_| closed_error())?;
         // The table let go of the call when it took the response (or was closed).
         forget.mid = None;
@@ -359,6 +362,22 @@ impl Conn {
             Refused::Full(_) => Status::too_many_requests("the connection's send queue is full"),
             Refused::Closed => closed_error(),
         })
+    }
+
+    /// Hands a response to the call waiting for it; false when none waits.
+    pub(crate) fn complete_call(&self, response: Response) -> bool {
+        let outbox = &self.shared.outbox;
+        self.shared
+            .pending
+            .complete(response, || outbox.expect_callers(1))
+    }
+
+    /// Ends the calls due at `now`; returns when the next one is due.
+    pub(crate) fn expire_calls(&self, now: std::time::Instant) -> Option<std::time::Instant> {
+        let outbox = &self.shared.outbox;
+        self.shared
+            .pending
+            .expire(now, |callers| outbox.expect_callers(callers))
     }
 
     /// Gives back `bytes` of send-queue room.
@@ -513,8 +532,11 @@ struct ForgetOnDrop<'a> {
 
 impl Drop for ForgetOnDrop<'_> {
     fn drop(&mut self) {
-        if let Some(mid) = self.mid {
-            self.shared.pending.forget(mid);
+        if let Some(mid) = self.mid
+            && !self.shared.pending.forget(mid)
+        {
+            // Answered (or ended) already: this caller will not come back for it.
+            self.shared.outbox.caller_back();
         }
     }
 }
@@ -570,6 +592,73 @@ pub(crate) mod tests {
             header: Header::new(),
             payload: Bytes::from(vec![0; len]),
         })
+    }
+
+    fn ok_response(mid: u16) -> Response {
+        Response {
+            mid,
+            status: Code::Ok,
+            header: Header::new(),
+            payload: Bytes::new(),
+        }
+    }
+
+    /// Callers counted as coming back must come back, or the writer would wait on them: a call
+    /// answered and taken, one answered and dropped before it looked, and one timed out all
+    /// leave the count where it started.
+    #[tokio::test(start_paused = true)]
+    async fn every_answered_caller_is_counted_back_taken_dropped_or_timed_out() {
+        let (conn, mut outbox) = Conn::new(parts(1 << 20));
+        let queued_mid = |outbox: &mut Outbox| {
+            let mut batch = Vec::new();
+            outbox.try_recv_many(&mut batch, 1);
+            match batch.pop() {
+                Some(Packet::Request(request)) => request.mid,
+                other => panic!("a request was expected, not {other:?}"),
+            }
+        };
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+
+        // Taken.
+        let mut taken =
+            Box::pin(conn.request_raw(Action::Id(1), Header::new(), Bytes::new(), None));
+        assert!(taken.as_mut().poll(&mut cx).is_pending());
+        assert!(conn.complete_call(ok_response(queued_mid(&mut outbox))));
+        assert_eq!(conn.shared.outbox.callers_coming(), 1);
+        assert!(taken.as_mut().poll(&mut cx).is_ready());
+        assert_eq!(conn.shared.outbox.callers_coming(), 0);
+
+        // Dropped with its answer untaken.
+        let mut dropped =
+            Box::pin(conn.request_raw(Action::Id(1), Header::new(), Bytes::new(), None));
+        assert!(dropped.as_mut().poll(&mut cx).is_pending());
+        assert!(conn.complete_call(ok_response(queued_mid(&mut outbox))));
+        assert_eq!(conn.shared.outbox.callers_coming(), 1);
+        drop(dropped);
+        assert_eq!(conn.shared.outbox.callers_coming(), 0);
+
+        // Timed out, then taken.
+        let timeout = Duration::from_secs(1);
+        let mut late =
+            Box::pin(conn.request_raw(Action::Id(1), Header::new(), Bytes::new(), Some(timeout)));
+        assert!(late.as_mut().poll(&mut cx).is_pending());
+        queued_mid(&mut outbox);
+        tokio::time::advance(timeout * 2).await;
+        conn.expire_calls(tokio::time::Instant::now().into_std());
+        assert_eq!(conn.shared.outbox.callers_coming(), 1);
+        match late.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(Err(status)) => assert_eq!(status.code(), Code::RequestTimeout),
+            other => panic!("a timeout was expected, not {other:?}"),
+        }
+        assert_eq!(conn.shared.outbox.callers_coming(), 0);
+
+        // Dropped before any answer: never counted.
+        let mut unanswered =
+            Box::pin(conn.request_raw(Action::Id(1), Header::new(), Bytes::new(), None));
+        assert!(unanswered.as_mut().poll(&mut cx).is_pending());
+        drop(unanswered);
+        assert_eq!(conn.shared.outbox.callers_coming(), 0);
+        assert_eq!(conn.pending_calls(), 0);
     }
 
     #[tokio::test]

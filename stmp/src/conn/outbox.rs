@@ -20,6 +20,7 @@
 use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicIsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
@@ -29,10 +30,24 @@ use crate::wire::Packet;
 /// The slots beyond the first that an emptied queue keeps (under half a KiB).
 const KEEP: usize = 4;
 
+/// While callers are coming back, the packets a write waits for at most: enough that a write
+/// carries many calls, few enough that the peer gets the first of them before the last caller
+/// is back (waiting for all 64 of a busy connection's callers made the two ends take turns).
+const GATHER: usize = 16;
+
 /// The senders' end, held by the connection.
 #[derive(Debug)]
 pub(crate) struct SendQueue {
     shared: Arc<Mutex<Queue>>,
+    /// Callers handed their answer that have not yet taken it ([`expect_callers`]). Each is
+    /// likely to send its next call as soon as it runs: while some are on their way, a
+    /// sender leaves the writer asleep, and the last one back wakes it, so that their calls
+    /// leave in one write instead of one write each as the callers come back one by one
+    /// (on another worker, often). Fewer writes matter most on QUIC, where each is a datagram
+    /// sealed, sent and acknowledged.
+    ///
+    /// [`expect_callers`]: SendQueue::expect_callers
+    coming: AtomicIsize,
 }
 
 /// The writer's end: dropping it closes the queue and drops what it still holds.
@@ -90,6 +105,10 @@ struct Packets {
 impl Packets {
     fn is_empty(&self) -> bool {
         self.head.is_none()
+    }
+
+    fn len(&self) -> usize {
+        usize::from(self.head.is_some()) + self.rest.len()
     }
 
     fn push_back(&mut self, packet: Packet) {
@@ -170,6 +189,7 @@ pub(crate) fn send_queue(budget: usize) -> (SendQueue, Outbox) {
     (
         SendQueue {
             shared: shared.clone(),
+            coming: AtomicIsize::new(0),
         },
         Outbox { shared, written: 0 },
     )
@@ -243,6 +263,35 @@ impl Queue {
 }
 
 impl SendQueue {
+    /// `callers` are about to be handed their answers (counted before they can run).
+    pub(crate) fn expect_callers(&self, callers: usize) {
+        self.coming.fetch_add(callers as isize, Ordering::Relaxed);
+    }
+
+    /// Callers handed their answer that have not taken it yet (tests check the count).
+    #[cfg(test)]
+    pub(crate) fn callers_coming(&self) -> isize {
+        self.coming.load(Ordering::Relaxed)
+    }
+
+    /// A caller took its answer (or will never take it). The last one back wakes the writer
+    /// for what the callers before it queued.
+    pub(crate) fn caller_back(&self) {
+        if self.coming.fetch_sub(1, Ordering::Relaxed) != 1 {
+            return;
+        }
+        let writer = {
+            let mut queue = lock(&self.shared);
+            match queue.packets.is_empty() || queue.inline {
+                true => None,
+                false => queue.writer.take(),
+            }
+        };
+        if let Some(writer) = writer {
+            writer.wake();
+        }
+    }
+
     /// Queues `packet`, which costs `cost` bytes of the budget, unless the budget has no
     /// room for it (room given back goes to waiting senders first) or the queue is closed.
     /// Returns the bytes queued after it.
@@ -428,7 +477,17 @@ impl Future for Push<'_> {
         if let Some(ticket) = this.ticket.take() {
             queue.waiting.retain(|w| w.ticket != ticket);
         }
-        let (offered, writer) = queue.place(packet, this.inline);
+        // Read under the lock, as the last caller back reads the queue under it: either that
+        // caller sees this packet, or this sender sees that none is still coming.
+        let gather =
+            this.queue.coming.load(Ordering::Relaxed) > 0 && queue.packets.len() < GATHER - 1;
+        let (offered, writer) = match gather {
+            true => {
+                queue.packets.push_back(packet);
+                (Offered::Queued, None)
+            }
+            false => queue.place(packet, this.inline),
+        };
         drop(queue);
         if let Some(writer) = writer {
             writer.wake();
@@ -598,6 +657,96 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(batch, [Packet::Pong]);
+    }
+
+    /// Polls the writer's end once with a waker that counts its wakes: the writer now waits.
+    fn park_writer(outbox: &mut Outbox) -> Arc<WakeCount> {
+        let wakes = Arc::new(WakeCount::default());
+        let waker = Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut batch = Vec::new();
+        let waiting = std::pin::pin!(outbox.recv_many(&mut batch, 64));
+        assert!(waiting.poll(&mut cx).is_pending(), "nothing is queued yet");
+        wakes
+    }
+
+    #[derive(Default)]
+    struct WakeCount(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for WakeCount {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    impl WakeCount {
+        fn count(&self) -> usize {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
+    fn push_now(queue: &SendQueue, packet: Packet) {
+        let mut cx = Context::from_waker(Waker::noop());
+        let pushed = std::pin::pin!(queue.push(packet, 0, false)).poll(&mut cx);
+        assert!(matches!(pushed, Poll::Ready(Ok(Offered::Queued))));
+    }
+
+    #[test]
+    fn the_calls_of_callers_coming_back_wait_for_the_last_of_them() {
+        let (queue, mut outbox) = send_queue(1 << 20);
+        let writer = park_writer(&mut outbox);
+        queue.expect_callers(3);
+        // Two callers back, each with its next call: the writer sleeps on.
+        for _ in 0..2 {
+            queue.caller_back();
+            push_now(&queue, Packet::Ping);
+        }
+        assert_eq!(writer.count(), 0);
+        // The last one back wakes it for all of them, before its own call is queued.
+        queue.caller_back();
+        assert_eq!(writer.count(), 1);
+        push_now(&queue, Packet::Pong);
+        let mut batch = Vec::new();
+        assert_eq!(
+            outbox.try_recv_many(&mut batch, 64),
+            3,
+            "one write for the three"
+        );
+
+        // With none coming, a push wakes the writer at once, as before.
+        let writer = park_writer(&mut outbox);
+        push_now(&queue, Packet::Ping);
+        assert_eq!(writer.count(), 1);
+    }
+
+    #[test]
+    fn callers_coming_back_hold_the_writer_for_a_few_calls_only() {
+        let (queue, mut outbox) = send_queue(1 << 20);
+        let writer = park_writer(&mut outbox);
+        queue.expect_callers(64);
+        for _ in 0..GATHER - 1 {
+            queue.caller_back();
+            push_now(&queue, Packet::Ping);
+        }
+        assert_eq!(writer.count(), 0);
+        queue.caller_back();
+        push_now(&queue, Packet::Ping);
+        assert_eq!(
+            writer.count(),
+            1,
+            "the first {GATHER} calls leave without the rest"
+        );
+    }
+
+    #[test]
+    fn the_last_caller_back_with_nothing_queued_wakes_nobody() {
+        let (queue, mut outbox) = send_queue(1 << 20);
+        let writer = park_writer(&mut outbox);
+        queue.expect_callers(1);
+        queue.caller_back();
+        assert_eq!(writer.count(), 0);
+        push_now(&queue, Packet::Ping);
+        assert_eq!(writer.count(), 1);
     }
 
     #[tokio::test]

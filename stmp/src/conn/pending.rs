@@ -61,34 +61,45 @@ impl Calls {
         })
     }
 
-    /// Forgets a call whose future was dropped before its response came.
-    pub(crate) fn forget(&self, mid: u16) {
+    /// Forgets a call whose future was dropped before it took its response; returns whether
+    /// the call still waited (rather than having been answered, timed out or closed).
+    pub(crate) fn forget(&self, mid: u16) -> bool {
         let mut table = lock(&self.table);
-        table.forget(mid);
+        let waited = table.forget(mid);
         self.waiting.store(table.len(), Ordering::Relaxed);
+        waited
     }
 
-    /// Hands a response to its call; a response nobody waits for is dropped.
-    pub(crate) fn complete(&self, response: Response) -> bool {
+    /// Hands a response to its call; a response nobody waits for is dropped. `answering` is
+    /// told first, before the caller can run.
+    pub(crate) fn complete(&self, response: Response, answering: impl FnOnce()) -> bool {
         let sender = {
             let mut table = lock(&self.table);
             let sender = table.take(response.mid);
             self.waiting.store(table.len(), Ordering::Relaxed);
             sender
         };
+        let Some(sender) = sender else {
+            return false;
+        };
+        answering();
         // Sent outside the lock: the send wakes the caller, which may lock the table at once.
-        sender.is_some_and(|sender| sender.send(Ok(response)).is_ok())
+        sender.send(Ok(response)).is_ok()
     }
 
     /// Ends the calls whose deadline has passed at `now` with `RequestTimeout`; returns when
-    /// the alarm should ring next (`None`: no call waits).
-    pub(crate) fn expire(&self, now: Instant) -> Option<Instant> {
+    /// the alarm should ring next (`None`: no call waits). `answering` is told how many
+    /// callers are about to be woken, before they can run.
+    pub(crate) fn expire(&self, now: Instant, answering: impl FnOnce(usize)) -> Option<Instant> {
         let (due, next) = {
             let mut table = lock(&self.table);
             let expired = table.expire(now);
             self.waiting.store(table.len(), Ordering::Relaxed);
             expired
         };
+        if !due.is_empty() {
+            answering(due.len());
+        }
         for (sender, timeout) in due {
             let _ = sender.send(Err(Status::request_timeout(format!(
                 "no response within {timeout:?}"
@@ -184,9 +195,9 @@ impl Pending {
         Ok((mid, rx, sooner))
     }
 
-    /// Forgets a call (its future was dropped).
-    pub(crate) fn forget(&mut self, mid: u16) {
-        self.waiting.remove(&mid);
+    /// Forgets a call (its future was dropped); returns whether it was waiting.
+    pub(crate) fn forget(&mut self, mid: u16) -> bool {
+        self.waiting.remove(&mid).is_some()
     }
 
     /// Takes the call waiting for the response `mid`, if one does.
@@ -263,7 +274,7 @@ mod tests {
             ..
         } = calls.register(Instant::now(), MINUTE).unwrap();
         assert_eq!((waiting, calls.len()), (1, 1));
-        assert!(!calls.complete(response(mid + 1)));
+        assert!(!calls.complete(response(mid + 1), || {}));
         assert_eq!(calls.len(), 1);
         calls.close(Status::network_error("gone"));
         assert_eq!(
@@ -285,12 +296,12 @@ mod tests {
         let second = calls.register(Instant::now(), MINUTE).unwrap();
         let (second, _second_rx, waiting) = (second.mid, second.answer, second.waiting);
         assert_eq!((waiting, calls.len()), (2, 2));
-        assert!(calls.complete(response(first)));
+        assert!(calls.complete(response(first), || {}));
         assert_eq!(first_rx.try_recv().unwrap().unwrap().mid, first);
         assert_eq!(calls.len(), 1);
         calls.forget(second);
         assert_eq!(calls.len(), 0);
-        assert!(!calls.complete(response(second)));
+        assert!(!calls.complete(response(second), || {}));
     }
 
     #[test]
@@ -321,10 +332,13 @@ mod tests {
         );
 
         // Nothing is due yet: the alarm stays on the earliest deadline.
-        assert_eq!(calls.expire(start), Some(start + Duration::from_secs(1)));
+        assert_eq!(
+            calls.expire(start, |_| {}),
+            Some(start + Duration::from_secs(1))
+        );
         assert_eq!(calls.len(), 3);
 
-        let next = calls.expire(start + Duration::from_secs(1));
+        let next = calls.expire(start + Duration::from_secs(1), |_| {});
         assert_eq!(next, Some(start + MINUTE));
         let mut quick_answer = quick.answer;
         let timed_out = quick_answer.try_recv().unwrap().unwrap_err();
@@ -332,8 +346,12 @@ mod tests {
         assert_eq!(timed_out.message(), "no response within 1s");
         assert_eq!(calls.len(), 2);
         // The calls not due still wait, and still take their responses.
-        assert!(calls.complete(response(later.mid)));
-        assert_eq!(calls.expire(start + MINUTE), None, "no call is left");
+        assert!(calls.complete(response(later.mid), || {}));
+        assert_eq!(
+            calls.expire(start + MINUTE, |_| {}),
+            None,
+            "no call is left"
+        );
         let mut slow_answer = slow.answer;
         assert_eq!(
             slow_answer.try_recv().unwrap().unwrap_err().code(),
@@ -352,13 +370,15 @@ mod tests {
             .collect();
         // The next deadline is 2 ns away, but looking at 999 calls again that soon would cost
         // more than it is worth: the alarm waits 100 ns per waiting call.
-        let next = calls.expire(start + Duration::from_nanos(1)).unwrap();
+        let next = calls
+            .expire(start + Duration::from_nanos(1), |_| {})
+            .unwrap();
         assert_eq!(
             next,
             start + Duration::from_nanos(1 + 999 * SWEEP_NS_PER_CALL)
         );
         assert_eq!(calls.len(), 999);
-        assert_eq!(calls.expire(next), None);
+        assert_eq!(calls.expire(next, |_| {}), None);
         assert_eq!(calls.len(), 0);
         drop(answers);
     }
