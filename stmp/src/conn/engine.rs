@@ -474,9 +474,7 @@ async fn finish(
     }
     tracing::debug!(conn = conn.id(), %status, "connection closed");
     let _ = conn.shared.close_status.set(status.clone());
-    conn.shared.pending.close(Status::network_error(format!(
-        "connection closed: {status}"
-    )));
+    conn.fail_calls(&status);
     conn.shared.outbox.stop();
     if tokio::time::timeout(grace, &mut writer_task).await.is_err() {
         tracing::debug!(

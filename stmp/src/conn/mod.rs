@@ -270,12 +270,12 @@ impl Conn {
             }
             early = &mut answer => early,
         };
+        // The table let go of the call when it took the response (or was closed).
+        forget.mid = None;
         if answered.is_ok() {
             self.shared.outbox.caller_back();
         }
         let answered = answered.map_err(|_| closed_error())?;
-        // The table let go of the call when it took the response (or was closed).
-        forget.mid = None;
         let response = answered?;
         match response.status {
             Code::Ok => Ok(response),
@@ -378,6 +378,16 @@ impl Conn {
         self.shared
             .pending
             .expire(now, |callers| outbox.expect_callers(callers))
+    }
+
+    /// Fails the calls still waiting, and every later one, because the connection ended with
+    /// `status`.
+    pub(crate) fn fail_calls(&self, status: &Status) {
+        let outbox = &self.shared.outbox;
+        self.shared.pending.close(
+            Status::network_error(format!("connection closed: {status}")),
+            |callers| outbox.expect_callers(callers),
+        );
     }
 
     /// Gives back `bytes` of send-queue room.
@@ -489,9 +499,7 @@ impl Conn {
     /// to it is still cleaned up.
     pub(crate) fn mark_closed(&self, status: &Status) {
         let _ = self.shared.close_status.set(status.clone());
-        self.shared.pending.close(Status::network_error(format!(
-            "connection closed: {status}"
-        )));
+        self.fail_calls(status);
         // Senders waiting for room learn the connection is gone.
         self.shared.outbox.close();
         self.shared.is_closed.store(true, Ordering::Release);
@@ -604,8 +612,8 @@ pub(crate) mod tests {
     }
 
     /// Callers counted as coming back must come back, or the writer would wait on them: a call
-    /// answered and taken, one answered and dropped before it looked, and one timed out all
-    /// leave the count where it started.
+    /// answered and taken, one answered and dropped before it looked, one timed out and one
+    /// failed by the connection's end all leave the count where it started.
     #[tokio::test(start_paused = true)]
     async fn every_answered_caller_is_counted_back_taken_dropped_or_timed_out() {
         let (conn, mut outbox) = Conn::new(parts(1 << 20));
@@ -659,6 +667,18 @@ pub(crate) mod tests {
         drop(unanswered);
         assert_eq!(conn.shared.outbox.callers_coming(), 0);
         assert_eq!(conn.pending_calls(), 0);
+
+        // Failed by the connection's end, then taken.
+        let mut failed =
+            Box::pin(conn.request_raw(Action::Id(1), Header::new(), Bytes::new(), None));
+        assert!(failed.as_mut().poll(&mut cx).is_pending());
+        conn.fail_calls(&Status::network_error("gone"));
+        assert_eq!(conn.shared.outbox.callers_coming(), 1);
+        assert!(matches!(
+            failed.as_mut().poll(&mut cx),
+            std::task::Poll::Ready(Err(_))
+        ));
+        assert_eq!(conn.shared.outbox.callers_coming(), 0);
     }
 
     #[tokio::test]

@@ -108,9 +108,11 @@ impl Calls {
         next
     }
 
-    /// Ends every waiting call with `status`, and every later one too.
-    pub(crate) fn close(&self, status: Status) {
+    /// Ends every waiting call with `status`, and every later one too. `answering` is told how
+    /// many callers are about to be woken, before they can run.
+    pub(crate) fn close(&self, status: Status, answering: impl FnOnce(usize)) {
         let mut table = lock(&self.table);
+        answering(table.len());
         table.close(status);
         self.waiting.store(0, Ordering::Relaxed);
     }
@@ -276,7 +278,7 @@ mod tests {
         assert_eq!((waiting, calls.len()), (1, 1));
         assert!(!calls.complete(response(mid + 1), || {}));
         assert_eq!(calls.len(), 1);
-        calls.close(Status::network_error("gone"));
+        calls.close(Status::network_error("gone"), |_| {});
         assert_eq!(
             rx.try_recv().unwrap().unwrap_err().code(),
             Code::NetworkError
