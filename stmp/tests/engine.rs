@@ -143,6 +143,35 @@ async fn a_handler_that_panics_after_waiting_fails_only_its_call() {
     );
 }
 
+/// Calls queued while answered callers are on their way back wait for them, but not for a
+/// caller whose future was polled once and then left aside: another task's call still gets
+/// its answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_left_aside_after_its_answer_came_holds_up_no_other_call() {
+    let (_server, url) = tcp_server(Server::builder()).await;
+    let client = within(Client::connect(&url)).await.unwrap();
+    let conn = client.conn().unwrap();
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    // Sent, then not polled again: its answer comes and is not taken.
+    let input = echo("aside");
+    let mut aside = Box::pin(conn.call::<_, Echo>(&ECHO, &input));
+    assert!(aside.as_mut().poll(&mut cx).is_pending());
+    within(async {
+        while conn.pending_calls() > 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    for i in 0..20 {
+        let text = i.to_string();
+        let echoed: Echo = within(client.call(&ECHO, &echo(&text))).await.unwrap();
+        assert_eq!(echoed.text, text);
+    }
+    // Polled again at last, it has its answer.
+    let echoed = within(aside).await.unwrap();
+    assert_eq!(echoed.text, "aside");
+}
+
 /// A connection resolves a request's handler once per action; a route added, replaced or
 /// wrapped in middleware later reaches the connections already open at their next request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -29,6 +29,7 @@ use super::Drain;
 use super::budget::InFlight;
 use super::close_request::Heard;
 use super::io::{PacketStream, PacketWriter, WriteError};
+use super::outbox::DEFERRAL_WATCH;
 use super::state::{Action, ConnState, Ending, Held, error_response};
 use super::writer::Taken;
 use super::{Conn, ConnParts, Outbox, Refused, Side};
@@ -226,6 +227,10 @@ impl Engine {
         let mut calls_due_at: Option<std::time::Instant> = None;
         let calls_due = sleep_until(Instant::now() + Duration::from_secs(86_400));
         tokio::pin!(calls_due);
+        // Set while answered callers are expected back: see `SendQueue::release_deferred`.
+        let mut watching_deferral = false;
+        let deferral_watch = sleep_until(Instant::now() + Duration::from_secs(86_400));
+        tokio::pin!(deferral_watch);
         let shared = conn.shared.clone();
 
         let ending = loop {
@@ -249,6 +254,10 @@ impl Engine {
                 },
                 _ = &mut calls_due, if calls_due_at.is_some() => {
                     calls_due_at = conn.expire_calls(now());
+                    Action::Idle
+                }
+                _ = &mut deferral_watch, if watching_deferral => {
+                    watching_deferral = conn.shared.outbox.release_deferred();
                     Action::Idle
                 }
                 _ = &mut grace, if state.is_closing() => state.handle_timeout(now()),
@@ -332,6 +341,11 @@ impl Engine {
                 Action::Complete(response) => {
                     if !conn.complete_call(response) {
                         tracing::trace!(conn = conn.id(), "dropping a response nobody waits for");
+                    } else if !watching_deferral {
+                        watching_deferral = true;
+                        deferral_watch
+                            .as_mut()
+                            .reset(Instant::now() + DEFERRAL_WATCH);
                     }
                 }
                 Action::End(ending) => break ending,
@@ -342,6 +356,11 @@ impl Engine {
             if state.heartbeat_at() != heartbeat_at {
                 heartbeat_at = state.heartbeat_at();
                 heartbeat.as_mut().reset(Instant::from_std(heartbeat_at));
+            }
+            if watching_deferral && deferral_watch.is_elapsed() {
+                deferral_watch
+                    .as_mut()
+                    .reset(Instant::now() + DEFERRAL_WATCH);
             }
             if let Some(at) = calls_due_at
                 && calls_due.deadline() != Instant::from_std(at)

@@ -35,6 +35,10 @@ const KEEP: usize = 4;
 /// is back (waiting for all 64 of a busy connection's callers made the two ends take turns).
 const GATHER: usize = 16;
 
+/// How often the engine makes sure no call waits on a caller that does not come back
+/// ([`SendQueue::release_deferred`]): the longest a call can be held up by another's.
+pub(crate) const DEFERRAL_WATCH: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// The senders' end, held by the connection.
 #[derive(Debug)]
 pub(crate) struct SendQueue {
@@ -272,6 +276,25 @@ impl SendQueue {
     #[cfg(test)]
     pub(crate) fn callers_coming(&self) -> isize {
         self.coming.load(Ordering::Relaxed)
+    }
+
+    /// Wakes the writer for calls queued while callers were coming back, in case one of those
+    /// callers does not come back soon: a call future polled once and then left aside while
+    /// its task does something else takes its answer only when that task polls it again. The
+    /// engine calls this every [`DEFERRAL_WATCH`] while callers are expected. Returns whether
+    /// any still are.
+    pub(crate) fn release_deferred(&self) -> bool {
+        let writer = {
+            let mut queue = lock(&self.shared);
+            match queue.packets.is_empty() || queue.inline {
+                true => None,
+                false => queue.writer.take(),
+            }
+        };
+        if let Some(writer) = writer {
+            writer.wake();
+        }
+        self.coming.load(Ordering::Relaxed) > 0
     }
 
     /// A caller took its answer (or will never take it). The last one back wakes the writer
