@@ -152,8 +152,12 @@ async fn a_call_left_aside_after_its_answer_came_holds_up_no_other_call() {
     let client = within(Client::connect(&url)).await.unwrap();
     let conn = client.conn().unwrap();
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    // Sent, then not polled again: its answer comes and is not taken.
-    let input = echo("aside");
+    // Sent, then not polled again: its answer comes and is not taken. The handler waits a
+    // little, so the answer cannot come back inside the first poll.
+    let input = Echo {
+        delay_ms: 50,
+        ..echo("aside")
+    };
     let mut aside = Box::pin(conn.call::<_, Echo>(&ECHO, &input));
     assert!(aside.as_mut().poll(&mut cx).is_pending());
     within(async {

@@ -287,6 +287,12 @@ impl SendQueue {
     /// engine calls this every [`DEFERRAL_WATCH`] while callers are expected. Returns whether
     /// any still are.
     pub(crate) fn release_deferred(&self) -> bool {
+        self.wake_writer_for_queued();
+        self.coming.load(Ordering::Relaxed) > 0
+    }
+
+    /// Wakes the writer if it waits while packets are queued (held for callers coming back).
+    fn wake_writer_for_queued(&self) {
         let writer = {
             let mut queue = lock(&self.shared);
             match queue.packets.is_empty() || queue.inline {
@@ -297,7 +303,6 @@ impl SendQueue {
         if let Some(writer) = writer {
             writer.wake();
         }
-        self.coming.load(Ordering::Relaxed) > 0
     }
 
     /// A caller took its answer (or will never take it). The last one back wakes the writer
@@ -306,16 +311,7 @@ impl SendQueue {
         if self.coming.fetch_sub(1, Ordering::Relaxed) != 1 {
             return;
         }
-        let writer = {
-            let mut queue = lock(&self.shared);
-            match queue.packets.is_empty() || queue.inline {
-                true => None,
-                false => queue.writer.take(),
-            }
-        };
-        if let Some(writer) = writer {
-            writer.wake();
-        }
+        self.wake_writer_for_queued();
     }
 
     /// Queues `packet`, which costs `cost` bytes of the budget, unless the budget has no
