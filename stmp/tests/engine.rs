@@ -96,11 +96,20 @@ async fn errors_reach_the_caller_and_panics_stay_in_their_call() {
         (Code::BadRequest, "refused: x")
     );
 
+    panics_fail_only_their_call(&client, &PANIC, 1).await;
+}
+
+/// Calls `method`, whose handler panics, `times` times: each call fails with
+/// `InternalServerError`, and an echo on the same connection still works afterwards.
+async fn panics_fail_only_their_call(client: &Client, method: &'static stmp::Method, times: usize) {
     let conn = client.conn().unwrap();
-    let panicked = within(client.call::<_, Echo>(&PANIC, &input))
-        .await
-        .unwrap_err();
-    assert_eq!(panicked.code(), Code::InternalServerError);
+    let input = echo("x");
+    for _ in 0..times {
+        let panicked = within(client.call::<_, Echo>(method, &input))
+            .await
+            .unwrap_err();
+        assert_eq!(panicked.code(), Code::InternalServerError, "{panicked}");
+    }
     let after: Echo = within(client.call(&ECHO, &input)).await.unwrap();
     assert_eq!(after, input);
     assert!(
@@ -127,20 +136,7 @@ async fn a_handler_that_panics_after_waiting_fails_only_its_call() {
         },
     );
     let client = within(Client::connect(&url)).await.unwrap();
-    let conn = client.conn().unwrap();
-    let input = echo("x");
-    for _ in 0..2 {
-        let panicked = within(client.call::<_, Echo>(&LATE_PANIC, &input))
-            .await
-            .unwrap_err();
-        assert_eq!(panicked.code(), Code::InternalServerError, "{panicked}");
-    }
-    let after: Echo = within(client.call(&ECHO, &input)).await.unwrap();
-    assert_eq!(after, input);
-    assert!(
-        client.conn().unwrap() == conn,
-        "the panic must not cost the connection"
-    );
+    panics_fail_only_their_call(&client, &LATE_PANIC, 2).await;
 }
 
 /// Calls queued while answered callers are on their way back wait for them, but not for a
