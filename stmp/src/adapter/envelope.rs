@@ -8,6 +8,7 @@ use bytes::Bytes;
 use super::frame::{Reader, Writer};
 use super::{ConnRef, NodeId};
 use crate::codec::Codec;
+use crate::conn::{DeferredWrite, EventOffer, write_deferred};
 use crate::wire::{Action, Header, Notify, Packet};
 use crate::{Conn, Delivery, Method, Status};
 
@@ -173,6 +174,7 @@ impl<'a> Broadcast<'a> {
                 payloads: &mut self.payloads,
                 delivery: Delivery::default(),
                 error: None,
+                to_write: Vec::new(),
             },
         )
     }
@@ -326,6 +328,8 @@ pub(crate) struct Sender<'b, 'a> {
     payloads: &'b mut Payloads<'a>,
     delivery: Delivery,
     error: Option<Status>,
+    /// Events handed back by connections whose writers wait: written by [`finish`](Self::finish).
+    to_write: Vec<DeferredWrite>,
 }
 
 impl<'b, 'a> Sender<'b, 'a> {
@@ -344,6 +348,7 @@ impl<'b, 'a> Sender<'b, 'a> {
             payloads,
             delivery: Delivery::default(),
             error: None,
+            to_write: Vec::new(),
         }
     }
 
@@ -379,16 +384,24 @@ impl<'b, 'a> Sender<'b, 'a> {
             header: self.header.clone(),
             payload,
         });
-        if conn.offer_event(packet) {
-            self.delivery.queued += 1;
-        } else {
-            tracing::debug!(conn = conn.id(), method = self.name, "event dropped");
-            self.delivery.dropped += 1;
+        match conn.offer_event_to_write(packet) {
+            EventOffer::Queued => self.delivery.queued += 1,
+            EventOffer::ToWrite(write) => {
+                self.delivery.queued += 1;
+                self.to_write.push(write);
+            }
+            EventOffer::Dropped => {
+                tracing::debug!(conn = conn.id(), method = self.name, "event dropped");
+                self.delivery.dropped += 1;
+            }
         }
     }
 
     /// What the delivery did, or the encoding error that stopped it.
     pub(crate) fn finish(mut self) -> Result<Delivery, Status> {
+        // Written even when an encoding error stopped the broadcast part-way: those events
+        // are queued already.
+        write_deferred(std::mem::take(&mut self.to_write));
         if let Some(error) = self.error {
             return Err(error);
         }

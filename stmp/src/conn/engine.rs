@@ -894,6 +894,19 @@ mod tests {
         io: impl AsyncWrite + Send + 'static,
         budget: usize,
     ) -> (Conn, tokio::task::JoinHandle<()>) {
+        let (conn, task, _) = counted_waiting_writer(io, budget).await;
+        (conn, task)
+    }
+
+    /// [`waiting_writer`], with the number of times its task has been polled.
+    async fn counted_waiting_writer(
+        io: impl AsyncWrite + Send + 'static,
+        budget: usize,
+    ) -> (
+        Conn,
+        tokio::task::JoinHandle<()>,
+        Arc<std::sync::atomic::AtomicUsize>,
+    ) {
         let writer = PacketWriter::Stream {
             io: Box::pin(io),
             buf: BytesMut::new(),
@@ -904,11 +917,17 @@ mod tests {
         conn.shared.outbox.allow_inline();
         let stall = Duration::from_secs(5);
         let busy = idle(&conn);
-        let task = tokio::spawn(write_loop(outbox, writer, busy, stall));
+        let polls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = polls.clone();
+        let mut writing = Box::pin(write_loop(outbox, writer, busy, stall));
+        let task = tokio::spawn(std::future::poll_fn(move |cx| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            writing.as_mut().poll(cx)
+        }));
         while !conn.shared.outbox.writer_waits() {
             tokio::task::yield_now().await;
         }
-        (conn, task)
+        (conn, task, polls)
     }
 
     #[tokio::test]
@@ -971,5 +990,95 @@ mod tests {
         conn.shared.outbox.stop();
         writer_task.await.unwrap();
         assert_eq!(io.bytes(), encoded(&[first, second, third]));
+    }
+
+    fn handed_back(conn: &Conn, packet: Packet) -> super::super::DeferredWrite {
+        match conn.offer_event_to_write(packet) {
+            super::super::EventOffer::ToWrite(write) => write,
+            _ => panic!("the idle writer's queue did not hand the event back"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_event_handed_back_to_a_broadcast_leaves_before_what_was_queued_after_it() {
+        let recorder = Recorder::default();
+        let (conn, writer_task) = waiting_writer(recorder.clone(), 1 << 20).await;
+        let write = handed_back(&conn, notify(1, 10));
+        // While the event waits for the broadcast to write it, the next one queues behind
+        // it, and a direct send too: the writer takes nothing meanwhile.
+        assert!(matches!(
+            conn.offer_event_to_write(notify(2, 10)),
+            super::super::EventOffer::Queued
+        ));
+        conn.try_send(notify(3, 10)).unwrap();
+        tokio::task::yield_now().await;
+        assert!(recorder.0.lock().unwrap().0.is_empty());
+        super::super::write_deferred(vec![write]);
+        conn.shared.outbox.stop();
+        writer_task.await.unwrap();
+        let written = recorder.0.lock().unwrap().0.clone();
+        assert_eq!(
+            written,
+            encoded(&[notify(1, 10), notify(2, 10), notify(3, 10)])
+        );
+        assert_eq!(conn.shared.outbox.room(), 1 << 20, "all room came back");
+    }
+
+    #[tokio::test]
+    async fn an_event_handed_back_and_never_written_goes_out_through_the_writer() {
+        let recorder = Recorder::default();
+        let (conn, writer_task) = waiting_writer(recorder.clone(), 1 << 20).await;
+        let write = handed_back(&conn, notify(1, 10));
+        conn.try_send(notify(2, 10)).unwrap();
+        // A broadcast's chunk task dropped before it ran (its runtime shutting down, say).
+        drop(write);
+        conn.shared.outbox.stop();
+        tokio::time::timeout(Duration::from_secs(5), writer_task)
+            .await
+            .expect("the writer was not left waiting for the dropped write")
+            .unwrap();
+        let written = recorder.0.lock().unwrap().0.clone();
+        assert_eq!(written, encoded(&[notify(1, 10), notify(2, 10)]));
+        assert_eq!(conn.shared.outbox.room(), 1 << 20, "all room came back");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_broadcast_writes_handed_back_events_in_chunks_without_waking_writers() {
+        let mut conns = Vec::new();
+        for _ in 0..300 {
+            let recorder = Recorder::default();
+            let (conn, writer_task, polls) =
+                counted_waiting_writer(recorder.clone(), 1 << 20).await;
+            conns.push((conn, writer_task, recorder, polls));
+        }
+        let polled_before: Vec<usize> = conns
+            .iter()
+            .map(|(_, _, _, polls)| polls.load(std::sync::atomic::Ordering::SeqCst))
+            .collect();
+        let writes = conns
+            .iter()
+            .map(|(conn, _, _, _)| handed_back(conn, notify(7, 20)))
+            .collect();
+        super::super::write_deferred(writes);
+        let want = encoded(&[notify(7, 20)]);
+        tokio::time::timeout(Duration::from_secs(10), async {
+            for (conn, _, recorder, _) in &conns {
+                while recorder.0.lock().unwrap().0 != want || conn.shared.outbox.room() < 1 << 20 {
+                    tokio::task::yield_now().await;
+                }
+            }
+        })
+        .await
+        .expect("every event written and its room given back");
+        for ((conn, writer_task, recorder, polls), before) in conns.into_iter().zip(polled_before) {
+            assert_eq!(
+                polls.load(std::sync::atomic::Ordering::SeqCst),
+                before,
+                "the writer task was not woken for a handed-back event"
+            );
+            assert_eq!(recorder.0.lock().unwrap().1, 1, "one write");
+            conn.shared.outbox.stop();
+            writer_task.await.unwrap();
+        }
     }
 }

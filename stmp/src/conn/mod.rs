@@ -6,6 +6,7 @@
 mod budget;
 mod call;
 mod close_request;
+mod deferred;
 mod drain;
 mod engine;
 mod extensions;
@@ -29,6 +30,7 @@ pub(crate) use budget::InFlight;
 use budget::queue_cost;
 pub use call::{CallOptions, Caller};
 use close_request::CloseRequest;
+pub(crate) use deferred::{DeferredWrite, write_deferred};
 pub(crate) use drain::Drain;
 pub(crate) use engine::{Engine, EngineConfig, Host};
 use extensions::Extensions;
@@ -109,6 +111,17 @@ pub(crate) struct ConnParts {
     pub(crate) send_queue_bytes: usize,
     pub(crate) slow_consumer: SlowConsumer,
     pub(crate) counters: Arc<Counters>,
+}
+
+/// What became of an event offered with [`Conn::offer_event_to_write`].
+pub(crate) enum EventOffer {
+    /// Queued for the connection's writer task.
+    Queued,
+    /// Handed back: the caller writes it.
+    ToWrite(DeferredWrite),
+    /// Not sent: the send queue was full (the slow-consumer policy applies) or the
+    /// connection has ended.
+    Dropped,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -326,7 +339,8 @@ impl Conn {
     /// Like [`try_queue`](Self::try_queue), writing inline as [`send_inline`](Self::send_inline) does.
     pub(crate) fn try_queue_inline(&self, packet: Packet) -> Result<(), Refused> {
         let cost = queue_cost(&packet, self.shared.send_budget) as usize;
-        let offered = self.shared.outbox.try_offer(packet, cost)?;
+        let (offered, queued) = self.shared.outbox.try_offer(packet, cost)?;
+        crate::telemetry::send_queue_depth(queued);
         self.write_if_handed_back(offered, cost);
         Ok(())
     }
@@ -416,6 +430,32 @@ impl Conn {
             Err(Refused::Full(_)) => {
                 self.event_dropped();
                 false
+            }
+        }
+    }
+
+    /// Like [`offer_event`](Self::offer_event), but when the writer waits with nothing
+    /// queued the event is handed back to be written by the caller ([`write_deferred`]),
+    /// without waking the writer's task.
+    pub(crate) fn offer_event_to_write(&self, packet: Packet) -> EventOffer {
+        let cost = queue_cost(&packet, self.shared.send_budget) as usize;
+        let offered = self
+            .shared
+            .outbox
+            .try_offer(packet, cost)
+            .map(|(offered, queued)| {
+                crate::telemetry::send_queue_depth(queued);
+                offered
+            });
+        match offered {
+            Ok(Offered::Queued) => EventOffer::Queued,
+            Ok(Offered::WriteInline(packet)) => {
+                EventOffer::ToWrite(DeferredWrite::new(self.clone(), packet, cost))
+            }
+            Err(Refused::Closed) => EventOffer::Dropped,
+            Err(Refused::Full(_)) => {
+                self.event_dropped();
+                EventOffer::Dropped
             }
         }
     }

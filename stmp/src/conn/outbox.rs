@@ -331,16 +331,22 @@ impl SendQueue {
 
     /// Like [`try_push`](Self::try_push), but hands the packet back for the caller to write
     /// itself when the writer task waits with nothing queued.
-    pub(crate) fn try_offer(&self, packet: Packet, cost: usize) -> Result<Offered, Refused> {
-        let (offered, writer) = {
+    /// Returns the bytes queued (or held for the inline write) after it too.
+    pub(crate) fn try_offer(
+        &self,
+        packet: Packet,
+        cost: usize,
+    ) -> Result<(Offered, usize), Refused> {
+        let (offered, writer, queued) = {
             let mut queue = lock(&self.shared);
             let packet = queue.pay(packet, cost)?;
-            queue.place(packet, true)
+            let (offered, writer) = queue.place(packet, true);
+            (offered, writer, queue.budget - queue.room)
         };
         if let Some(writer) = writer {
             writer.wake();
         }
-        Ok(offered)
+        Ok((offered, queued))
     }
 
     /// Queues `packet`, which costs `cost` bytes of the budget, waiting for room in turn
@@ -897,15 +903,24 @@ mod tests {
             polled.map(|_| batch)
         };
         // The writer has not waited yet: queued.
-        assert_eq!(queue.try_offer(Packet::Ping, 0), Ok(Offered::Queued));
+        assert_eq!(
+            queue.try_offer(Packet::Ping, 0).map(|(offered, _)| offered),
+            Ok(Offered::Queued)
+        );
         assert_eq!(recv(&mut outbox), Poll::Ready(vec![Packet::Ping]));
         // Busy writing (not waiting): queued again.
-        assert_eq!(queue.try_offer(Packet::Ping, 0), Ok(Offered::Queued));
+        assert_eq!(
+            queue.try_offer(Packet::Ping, 0).map(|(offered, _)| offered),
+            Ok(Offered::Queued)
+        );
         assert_eq!(recv(&mut outbox), Poll::Ready(vec![Packet::Ping]));
         assert!(recv(&mut outbox).is_pending(), "now it waits");
         // Something queued already: queued behind it, not written ahead of it.
         queue.try_push(Packet::Pong, 0).unwrap();
-        assert_eq!(queue.try_offer(Packet::Ping, 0), Ok(Offered::Queued));
+        assert_eq!(
+            queue.try_offer(Packet::Ping, 0).map(|(offered, _)| offered),
+            Ok(Offered::Queued)
+        );
         assert_eq!(
             recv(&mut outbox),
             Poll::Ready(vec![Packet::Pong, Packet::Ping])
@@ -914,11 +929,14 @@ mod tests {
         let woken = wakes.0.load(SeqCst);
         // Waiting with nothing queued: the sender writes it.
         assert_eq!(
-            queue.try_offer(Packet::Pong, 0),
+            queue.try_offer(Packet::Pong, 0).map(|(offered, _)| offered),
             Ok(Offered::WriteInline(Packet::Pong))
         );
         // Meanwhile others queue, and the writer neither wakes nor takes them.
-        assert_eq!(queue.try_offer(Packet::Ping, 0), Ok(Offered::Queued));
+        assert_eq!(
+            queue.try_offer(Packet::Ping, 0).map(|(offered, _)| offered),
+            Ok(Offered::Queued)
+        );
         queue.try_push(Packet::Ping, 0).unwrap();
         queue.stop();
         assert_eq!(wakes.0.load(SeqCst), woken);

@@ -1,0 +1,72 @@
+//! Events a broadcast writes itself, on tasks of its own, rather than through each
+//! connection's writer task.
+//!
+//! A broadcast to thousands of idle connections would otherwise wake thousands of writer
+//! tasks, each polled once to write one event and then parked again: a wake-up, a poll and a
+//! waker stored per connection, on top of the write. Instead, the send queue of a connection
+//! whose writer waits with nothing queued hands the event back (as it does to a lone sender
+//! writing inline) and the broadcast writes such events in chunks, one task per chunk, on the
+//! runtime's workers. While an event waits for its chunk, the connection's writer takes
+//! nothing, so packets queued meanwhile still leave after it.
+
+use super::Conn;
+use super::outbox::Offered;
+use crate::wire::Packet;
+
+/// Handed-back events a broadcast writes where it is, without spawning: a task costs more than
+/// a few writes.
+const WRITE_IN_PLACE_AT_MOST: usize = 8;
+
+/// Handed-back events one task writes: enough that spawning costs little per event, few enough
+/// that a task holds a worker for well under a millisecond and the chunks spread over workers.
+const CHUNK: usize = 64;
+
+/// An event the send queue handed back for the broadcast to write. Dropped unwritten, it goes
+/// back to the head of the queue for the writer task, so the connection never waits for it.
+pub(crate) struct DeferredWrite {
+    conn: Conn,
+    packet: Option<Packet>,
+    cost: usize,
+}
+
+impl DeferredWrite {
+    pub(super) fn new(conn: Conn, packet: Packet, cost: usize) -> DeferredWrite {
+        DeferredWrite {
+            conn,
+            packet: Some(packet),
+            cost,
+        }
+    }
+
+    fn write(mut self) {
+        if let Some(packet) = self.packet.take() {
+            self.conn
+                .write_if_handed_back(Offered::WriteInline(packet), self.cost);
+        }
+    }
+}
+
+impl Drop for DeferredWrite {
+    fn drop(&mut self) {
+        if let Some(packet) = self.packet.take() {
+            // Its room stays paid: the writer task gives it back once it has written it.
+            self.conn.shared.outbox.end_inline(vec![packet], false);
+        }
+    }
+}
+
+/// Writes handed-back events: a few right here, more in chunks on tasks of the runtime this
+/// runs on (all right here when there is none).
+pub(crate) fn write_deferred(mut writes: Vec<DeferredWrite>) {
+    let runtime = match tokio::runtime::Handle::try_current() {
+        Ok(runtime) if writes.len() > WRITE_IN_PLACE_AT_MOST => runtime,
+        _ => {
+            writes.into_iter().for_each(DeferredWrite::write);
+            return;
+        }
+    };
+    while !writes.is_empty() {
+        let chunk = writes.split_off(writes.len().saturating_sub(CHUNK));
+        runtime.spawn(async move { chunk.into_iter().for_each(DeferredWrite::write) });
+    }
+}
