@@ -222,7 +222,11 @@ impl<'a> From<&'a ConnSet> for Audience<'a> {
 /// Sends `event` as a notify of `method` to an [`Audience`], serialising it once per
 /// content type and sharing the bytes. It never waits: a connection whose send queue is full
 /// misses the event (counted in [`Delivery::dropped`]) and its [`SlowConsumer`] policy
-/// applies. Generated code has one typed function per event that calls it.
+/// applies. To connections whose writers wait with nothing queued, the event is written by
+/// the broadcast itself rather than by each connection's writer task: by the caller for a few,
+/// and for more by tasks it spawns on the current runtime, 64 connections each (outside a
+/// runtime, all by the caller). Generated code
+/// has one typed function per event that calls it.
 pub fn broadcast<'a, E: Message>(
     to: impl Into<Audience<'a>>,
     method: &Method,
