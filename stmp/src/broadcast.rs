@@ -225,8 +225,8 @@ impl<'a> From<&'a ConnSet> for Audience<'a> {
 /// applies. To connections whose writers wait with nothing queued, the event is written by
 /// the broadcast itself rather than by each connection's writer task: by the caller for a few,
 /// and for more by tasks it spawns on the current runtime, 64 connections each (outside a
-/// runtime, all by the caller). Generated code
-/// has one typed function per event that calls it.
+/// runtime, all by the caller). Generated code has one typed function per event that calls
+/// it.
 pub fn broadcast<'a, E: Message>(
     to: impl Into<Audience<'a>>,
     method: &Method,
