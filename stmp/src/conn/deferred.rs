@@ -21,6 +21,10 @@ const WRITE_IN_PLACE_AT_MOST: usize = 8;
 /// that a task holds a worker for well under a millisecond and the chunks spread over workers.
 const CHUNK: usize = 64;
 
+/// Packets queued behind a handed-back event that join its write, as many as the writer task
+/// takes at once.
+const JOIN_AT_MOST: usize = 63;
+
 /// An event the send queue handed back for the broadcast to write. Dropped unwritten, it goes
 /// back to the head of the queue for the writer task, so the connection never waits for it.
 pub(crate) struct DeferredWrite {
@@ -38,11 +42,24 @@ impl DeferredWrite {
         }
     }
 
+    /// Writes the event, with what was queued behind it since: in a burst of broadcasts the
+    /// later events wait behind the first, and leave in its write rather than in one more.
     fn write(mut self) {
-        if let Some(packet) = self.packet.take() {
-            self.conn
-                .write_if_handed_back(Offered::WriteInline(packet), self.cost);
+        let Some(packet) = self.packet.take() else {
+            return;
+        };
+        let conn = &self.conn;
+        let mut behind = Vec::new();
+        conn.shared
+            .outbox
+            .take_while_inline(&mut behind, JOIN_AT_MOST);
+        if behind.is_empty() {
+            conn.write_if_handed_back(Offered::WriteInline(packet), self.cost);
+            return;
         }
+        let room = self.cost + conn.send_room(&behind);
+        behind.insert(0, packet);
+        conn.write_handed_back(behind, room);
     }
 }
 

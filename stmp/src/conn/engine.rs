@@ -1014,14 +1014,18 @@ mod tests {
         tokio::task::yield_now().await;
         assert!(recorder.0.lock().unwrap().0.is_empty());
         super::super::write_deferred(vec![write]);
-        conn.shared.outbox.stop();
-        writer_task.await.unwrap();
-        let written = recorder.0.lock().unwrap().0.clone();
+        // What queued behind the event joined its write: one write, one flush.
         assert_eq!(
-            written,
-            encoded(&[notify(1, 10), notify(2, 10), notify(3, 10)])
+            recorder.0.lock().unwrap().clone(),
+            (
+                encoded(&[notify(1, 10), notify(2, 10), notify(3, 10)]),
+                1,
+                1
+            )
         );
         assert_eq!(conn.shared.outbox.room(), 1 << 20, "all room came back");
+        conn.shared.outbox.stop();
+        writer_task.await.unwrap();
     }
 
     #[tokio::test]

@@ -350,12 +350,21 @@ impl Conn {
         let Offered::WriteInline(packet) = offered else {
             return;
         };
+        self.write_handed_back([packet], cost);
+    }
+
+    /// Writes packets the queue handed back (with `room` their send-queue room), and ends
+    /// the inline write: the writer task finishes what the transport did not take, or writes
+    /// them all when this cannot write inline.
+    fn write_handed_back<B>(&self, batch: B, room: usize)
+    where
+        B: AsRef<[Packet]> + Into<Vec<Packet>>,
+    {
         let outbox = &self.shared.outbox;
-        let batch = [packet];
-        match self.shared.writer.write_now(&batch, cost) {
+        match self.shared.writer.write_now(batch.as_ref(), room) {
             Inline::Written => {
                 outbox.end_inline(Vec::new(), false);
-                self.release_send_bytes(cost);
+                self.release_send_bytes(room);
             }
             Inline::Unfinished => outbox.end_inline(Vec::new(), true),
             Inline::Declined => outbox.end_inline(batch.into(), false),
