@@ -10,7 +10,6 @@
 //! nothing, so packets queued meanwhile still leave after it.
 
 use super::Conn;
-use super::outbox::Offered;
 use crate::wire::Packet;
 
 /// Handed-back events a broadcast writes where it is, without spawning: a task costs more than
@@ -54,7 +53,8 @@ impl DeferredWrite {
             .outbox
             .take_while_inline(&mut behind, JOIN_AT_MOST);
         if behind.is_empty() {
-            conn.write_if_handed_back(Offered::WriteInline(packet), self.cost);
+            // The common case: a lone event needs no `Vec`.
+            conn.write_handed_back([packet], self.cost);
             return;
         }
         let room = self.cost + conn.send_room(&behind);

@@ -435,9 +435,8 @@ impl Conn {
     pub(crate) fn offer_event(&self, packet: Packet) -> bool {
         match self.try_queue(packet) {
             Ok(()) => true,
-            Err(Refused::Closed) => false,
-            Err(Refused::Full(_)) => {
-                self.event_dropped();
+            Err(refused) => {
+                self.event_refused(refused);
                 false
             }
         }
@@ -461,11 +460,18 @@ impl Conn {
             Ok(Offered::WriteInline(packet)) => {
                 EventOffer::ToWrite(DeferredWrite::new(self.clone(), packet, cost))
             }
-            Err(Refused::Closed) => EventOffer::Dropped,
-            Err(Refused::Full(_)) => {
-                self.event_dropped();
+            Err(refused) => {
+                self.event_refused(refused);
                 EventOffer::Dropped
             }
+        }
+    }
+
+    /// An event the send queue refused: one refused for lack of room counts against the
+    /// slow-consumer policy.
+    fn event_refused(&self, refused: Refused) {
+        if let Refused::Full(_) = refused {
+            self.event_dropped();
         }
     }
 

@@ -413,10 +413,10 @@ impl SendQueue {
     /// Moves up to `limit` queued packets into `batch` for the sender writing inline: the
     /// writer task takes nothing while it writes, so what was queued meanwhile can join its
     /// write. Only for the sender the queue handed a packet back to.
-    pub(crate) fn take_while_inline(&self, batch: &mut Vec<Packet>, limit: usize) -> usize {
+    pub(crate) fn take_while_inline(&self, batch: &mut Vec<Packet>, limit: usize) {
         let mut queue = lock(&self.shared);
         debug_assert!(queue.inline, "only the inline writer takes packets");
-        take(&mut queue, batch, limit)
+        take(&mut queue, batch, limit);
     }
 
     /// Whether the writer task waits with nothing queued.
