@@ -8,7 +8,7 @@ use bytes::Bytes;
 use super::frame::{Reader, Writer};
 use super::{ConnRef, NodeId};
 use crate::codec::Codec;
-use crate::conn::{DeferredWrite, EventOffer, write_deferred};
+use crate::conn::{DeferredWrites, EventOffer};
 use crate::wire::{Action, Header, Notify, Packet};
 use crate::{Conn, Delivery, Method, Status};
 
@@ -174,7 +174,7 @@ impl<'a> Broadcast<'a> {
                 payloads: &mut self.payloads,
                 delivery: Delivery::default(),
                 error: None,
-                to_write: Vec::new(),
+                to_write: DeferredWrites::default(),
             },
         )
     }
@@ -329,7 +329,7 @@ pub(crate) struct Sender<'b, 'a> {
     delivery: Delivery,
     error: Option<Status>,
     /// Events handed back by connections whose writers wait: written by [`finish`](Self::finish).
-    to_write: Vec<DeferredWrite>,
+    to_write: DeferredWrites,
 }
 
 impl<'b, 'a> Sender<'b, 'a> {
@@ -348,7 +348,7 @@ impl<'b, 'a> Sender<'b, 'a> {
             payloads,
             delivery: Delivery::default(),
             error: None,
-            to_write: Vec::new(),
+            to_write: DeferredWrites::default(),
         }
     }
 
@@ -401,7 +401,7 @@ impl<'b, 'a> Sender<'b, 'a> {
     pub(crate) fn finish(mut self) -> Result<Delivery, Status> {
         // Written even when an encoding error stopped the broadcast part-way: those events
         // are queued already.
-        write_deferred(std::mem::take(&mut self.to_write));
+        std::mem::take(&mut self.to_write).finish();
         if let Some(error) = self.error {
             return Err(error);
         }

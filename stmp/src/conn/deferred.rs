@@ -6,8 +6,9 @@
 //! waker stored per connection, on top of the write. Instead, the send queue of a connection
 //! whose writer waits with nothing queued hands the event back (as it does to a lone sender
 //! writing inline) and the broadcast writes such events in chunks, one task per chunk, on the
-//! runtime's workers. While an event waits for its chunk, the connection's writer takes
-//! nothing, so packets queued meanwhile still leave after it.
+//! runtime's workers; each chunk leaves as soon as it is full, so writing starts while the
+//! broadcast is still offering. While an event waits for its chunk, the connection's writer
+//! takes nothing, so packets queued meanwhile still leave after it.
 
 use super::Conn;
 use crate::wire::Packet;
@@ -72,18 +73,54 @@ impl Drop for DeferredWrite {
     }
 }
 
-/// Writes handed-back events: a few right here, more in chunks on tasks of the runtime this
-/// runs on (all right here when there is none).
-pub(crate) fn write_deferred(mut writes: Vec<DeferredWrite>) {
-    let runtime = match tokio::runtime::Handle::try_current() {
-        Ok(runtime) if writes.len() > WRITE_IN_PLACE_AT_MOST => runtime,
-        _ => {
-            writes.into_iter().for_each(DeferredWrite::write);
+/// The handed-back events of one broadcast, written as they gather: each full chunk goes to a
+/// task of its own at once, so the first connections are written while the broadcast still
+/// offers the event to the rest, rather than after it has offered it to all of them. A few
+/// left at the end are written right here; with no runtime, all of them are.
+#[derive(Default)]
+pub(crate) struct DeferredWrites {
+    gathering: Vec<DeferredWrite>,
+}
+
+impl DeferredWrites {
+    /// Adds a handed-back event; a full chunk leaves for a task of its own.
+    pub(crate) fn push(&mut self, write: DeferredWrite) {
+        self.gathering.push(write);
+        if self.gathering.len() < CHUNK {
             return;
         }
-    };
-    while !writes.is_empty() {
-        let chunk = writes.split_off(writes.len().saturating_sub(CHUNK));
-        runtime.spawn(async move { chunk.into_iter().for_each(DeferredWrite::write) });
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let chunk = std::mem::replace(&mut self.gathering, Vec::with_capacity(CHUNK));
+            write_on_a_task(&runtime, chunk);
+        }
     }
+
+    /// Writes what is left: a few right here, more on tasks of the runtime this runs on (all
+    /// right here when there is none).
+    pub(crate) fn finish(self) {
+        let mut writes = self.gathering;
+        let runtime = match tokio::runtime::Handle::try_current() {
+            Ok(runtime) if writes.len() > WRITE_IN_PLACE_AT_MOST => runtime,
+            _ => {
+                writes.into_iter().for_each(DeferredWrite::write);
+                return;
+            }
+        };
+        while !writes.is_empty() {
+            let chunk = writes.split_off(writes.len().saturating_sub(CHUNK));
+            write_on_a_task(&runtime, chunk);
+        }
+    }
+}
+
+fn write_on_a_task(runtime: &tokio::runtime::Handle, chunk: Vec<DeferredWrite>) {
+    runtime.spawn(async move { chunk.into_iter().for_each(DeferredWrite::write) });
+}
+
+/// Writes handed-back events as [`DeferredWrites`] does.
+#[cfg(test)]
+pub(crate) fn write_deferred(writes: Vec<DeferredWrite>) {
+    let mut gathered = DeferredWrites::default();
+    writes.into_iter().for_each(|write| gathered.push(write));
+    gathered.finish();
 }

@@ -1047,6 +1047,36 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_chunk_of_handed_back_events_is_written_before_the_broadcast_ends() {
+        let mut conns = Vec::new();
+        for _ in 0..64 {
+            let recorder = Recorder::default();
+            let (conn, writer_task) = waiting_writer(recorder.clone(), 1 << 20).await;
+            conns.push((conn, writer_task, recorder));
+        }
+        let mut gathering = super::super::DeferredWrites::default();
+        for (conn, _, _) in &conns {
+            gathering.push(handed_back(conn, notify(9, 20)));
+        }
+        // The broadcast has not finished: the chunk left when it was full.
+        let want = encoded(&[notify(9, 20)]);
+        tokio::time::timeout(Duration::from_secs(10), async {
+            for (_, _, recorder) in &conns {
+                while recorder.0.lock().unwrap().0 != want {
+                    tokio::task::yield_now().await;
+                }
+            }
+        })
+        .await
+        .expect("the full chunk was written while the broadcast went on");
+        gathering.finish();
+        for (conn, writer_task, _) in conns {
+            conn.shared.outbox.stop();
+            writer_task.await.unwrap();
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_broadcast_writes_handed_back_events_in_chunks_without_waking_writers() {
         let mut conns = Vec::new();
         for _ in 0..300 {

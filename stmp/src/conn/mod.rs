@@ -30,7 +30,9 @@ pub(crate) use budget::InFlight;
 use budget::queue_cost;
 pub use call::{CallOptions, Caller};
 use close_request::CloseRequest;
-pub(crate) use deferred::{DeferredWrite, write_deferred};
+#[cfg(test)]
+pub(crate) use deferred::write_deferred;
+pub(crate) use deferred::{DeferredWrite, DeferredWrites};
 pub(crate) use drain::Drain;
 pub(crate) use engine::{Engine, EngineConfig, Host};
 use extensions::Extensions;
