@@ -109,6 +109,36 @@ pub(crate) enum PacketWriter {
 /// The bytes of the write buffer kept between batches; a larger one is given back.
 const KEEP_WRITE_BUFFER: usize = 64 << 10;
 
+thread_local! {
+    /// Where an inline write encodes its packets when its connection has nothing buffered:
+    /// bytes that all go out at once then never touch the connection's own buffer. A broadcast
+    /// to thousands of connections saves a cache miss per connection that way, and a
+    /// connection that only receives events keeps no write buffer.
+    static SCRATCH: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
+}
+
+/// Writes as much of `bytes` as `io` takes without waiting; how much that was.
+fn write_without_waiting(
+    mut io: Pin<&mut (dyn AsyncWrite + Send)>,
+    cx: &mut std::task::Context<'_>,
+    bytes: &[u8],
+) -> Result<usize, Status> {
+    let mut written = 0;
+    while written < bytes.len() {
+        match io.as_mut().poll_write(cx, &bytes[written..]) {
+            std::task::Poll::Ready(Ok(0)) => {
+                return Err(Status::network_error(
+                    "the connection accepts no more bytes",
+                ));
+            }
+            std::task::Poll::Ready(Ok(n)) => written += n,
+            std::task::Poll::Ready(Err(e)) => return Err(e.into()),
+            std::task::Poll::Pending => break,
+        }
+    }
+    Ok(written)
+}
+
 /// Why a batch was not written.
 #[derive(Debug)]
 pub(crate) enum WriteError {
@@ -219,21 +249,35 @@ impl PacketWriter {
             #[cfg(feature = "ws")]
             PacketWriter::WebSocket(_) => return Ok(false),
         };
-        for packet in packets {
-            packet.encode_stream(buf);
-        }
         // A waker that does nothing: whatever is left, the writer task finishes with its own.
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        while !buf.is_empty() {
-            match io.as_mut().poll_write(&mut cx, buf) {
-                std::task::Poll::Ready(Ok(0)) => {
-                    return Err(Status::network_error(
-                        "the connection accepts no more bytes",
-                    ));
+        let encoded_in_scratch = buf.is_empty()
+            && SCRATCH.with(|scratch| {
+                // Taken already only if the transport itself wrote inline on this thread.
+                let Ok(mut scratch) = scratch.try_borrow_mut() else {
+                    return Ok(false);
+                };
+                scratch.clear();
+                packets
+                    .iter()
+                    .for_each(|packet| packet.encode_stream(&mut scratch));
+                let written = write_without_waiting(io.as_mut(), &mut cx, &scratch)?;
+                if written < scratch.len() {
+                    buf.extend_from_slice(&scratch[written..]);
                 }
-                std::task::Poll::Ready(Ok(n)) => bytes::Buf::advance(buf, n),
-                std::task::Poll::Ready(Err(e)) => return Err(e.into()),
-                std::task::Poll::Pending => return Ok(false),
+                if scratch.capacity() > KEEP_WRITE_BUFFER {
+                    *scratch = BytesMut::new();
+                }
+                Ok::<_, Status>(true)
+            })?;
+        if !encoded_in_scratch {
+            packets.iter().for_each(|packet| packet.encode_stream(buf));
+        }
+        if !buf.is_empty() {
+            let written = write_without_waiting(io.as_mut(), &mut cx, buf)?;
+            bytes::Buf::advance(buf, written);
+            if !buf.is_empty() {
+                return Ok(false);
             }
         }
         match io.as_mut().poll_flush(&mut cx) {
@@ -375,5 +419,54 @@ mod tests {
             .read_to_end(&mut whole)
             .unwrap();
         assert_eq!(whole, plain);
+    }
+
+    fn stream_writer(io: impl AsyncWrite + Send + 'static) -> PacketWriter {
+        PacketWriter::Stream {
+            io: Box::pin(io),
+            buf: BytesMut::new(),
+            #[cfg(feature = "gzip")]
+            gzip: None,
+        }
+    }
+
+    fn write_buffer(writer: &PacketWriter) -> &BytesMut {
+        match writer {
+            PacketWriter::Stream { buf, .. } => buf,
+            #[cfg(feature = "ws")]
+            PacketWriter::WebSocket(_) => unreachable!(),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_inline_write_that_goes_out_whole_leaves_no_write_buffer_and_one_that_does_not_keeps_the_rest()
+     {
+        use tokio::io::AsyncReadExt as _;
+
+        let event = Packet::Request(Request {
+            mid: 1,
+            action: Action::Id(7),
+            header: Header::new(),
+            payload: Bytes::from(vec![5; 100]),
+        });
+        let mut encoded = BytesMut::new();
+        event.encode_stream(&mut encoded);
+
+        let (ours, mut peer) = tokio::io::duplex(64 << 10);
+        let mut writer = stream_writer(ours);
+        assert!(writer.write_now(std::slice::from_ref(&event)).unwrap());
+        assert_eq!(write_buffer(&writer).capacity(), 0, "nothing kept");
+        let mut got = vec![0; encoded.len()];
+        peer.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, encoded);
+
+        // A transport that takes 40 bytes: the rest waits in the connection's buffer.
+        let (ours, mut peer) = tokio::io::duplex(40);
+        let mut writer = stream_writer(ours);
+        assert!(!writer.write_now(std::slice::from_ref(&event)).unwrap());
+        assert_eq!(&write_buffer(&writer)[..], &encoded[40..]);
+        let mut got = vec![0; 40];
+        peer.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, encoded[..40]);
     }
 }

@@ -364,10 +364,7 @@ impl Conn {
     {
         let outbox = &self.shared.outbox;
         match self.shared.writer.write_now(batch.as_ref(), room) {
-            Inline::Written => {
-                outbox.end_inline(Vec::new(), false);
-                self.release_send_bytes(room);
-            }
+            Inline::Written => outbox.end_inline_written(room),
             Inline::Unfinished => outbox.end_inline(Vec::new(), true),
             Inline::Declined => outbox.end_inline(batch.into(), false),
         }

@@ -392,19 +392,35 @@ impl SendQueue {
     /// Ends an inline write. `unwritten` (packets it could not write) go back to the head of
     /// the queue; with `kick` the writer task is to finish what the write left.
     pub(crate) fn end_inline(&self, unwritten: Vec<Packet>, kick: bool) {
-        let writer = {
+        self.end_inline_giving_back(unwritten, kick, 0);
+    }
+
+    /// Ends an inline write that wrote everything, giving back the `room` its packets held:
+    /// one lock for both, as the write ends.
+    pub(crate) fn end_inline_written(&self, room: usize) {
+        self.end_inline_giving_back(Vec::new(), false, room);
+    }
+
+    fn end_inline_giving_back(&self, unwritten: Vec<Packet>, kick: bool, room: usize) {
+        let (writer, ready) = {
             let mut queue = lock(&self.shared);
             queue.inline = false;
             for packet in unwritten.into_iter().rev() {
                 queue.packets.push_front(packet);
             }
             queue.kick |= kick;
-            if queue.kick || queue.stopping || !queue.packets.is_empty() {
+            let ready = match room {
+                0 => Vec::new(),
+                room => queue.give_back(room),
+            };
+            let writer = if queue.kick || queue.stopping || !queue.packets.is_empty() {
                 queue.writer.take()
             } else {
                 None
-            }
+            };
+            (writer, ready)
         };
+        ready.into_iter().for_each(Waker::wake);
         if let Some(writer) = writer {
             writer.wake();
         }
