@@ -27,12 +27,15 @@ const WRITE_FAILED: u8 = 2;
 const SOONER_DEADLINE: u8 = 4;
 
 #[derive(Debug, Default)]
+/// `repr(C)`: the flag and the waker, which the engine looks at on every turn, come first and
+/// share a cache line.
+#[repr(C)]
 pub(crate) struct CloseRequest {
     raised: AtomicU8,
-    /// Why the writer failed; set before [`WRITE_FAILED`] is raised.
-    write_failure: OnceLock<Status>,
     /// The engine, while it waits.
     engine: AtomicWaker,
+    /// Why the writer failed; set before [`WRITE_FAILED`] is raised.
+    write_failure: OnceLock<Status>,
 }
 
 /// What the engine heard.

@@ -71,30 +71,35 @@ pub struct Conn {
     shared: Arc<Shared>,
 }
 
+/// `repr(C)`, in this order: what a broadcast touches of each of its thousands of connections
+/// (`id`, `send_budget`, `outbox`, `codec`, `writer`) and what the read loop touches per packet
+/// (the reference count before the fields, `close_requested`) come first, so they share a few
+/// cache lines rather than a miss each.
+#[repr(C)]
 struct Shared {
     id: u64,
+    send_budget: u32,
+    /// Set with `closed`: read on every call of a client, and the token's own check takes a
+    /// lock that the callers of all threads would share.
+    is_closed: AtomicBool,
+    /// Bounded in bytes ([`queue_cost`]); the writer gives back the room of what it wrote.
+    outbox: SendQueue,
+    codec: Codec,
+    /// The transport's writer, for senders that write inline.
+    writer: WriterSlot,
+    close_requested: CloseRequest,
+    slow_consumer: SlowConsumer,
+    events_dropped: AtomicU64,
     side: Side,
     remote_addr: Option<SocketAddr>,
     transport: &'static str,
     peer_header: Header,
-    codec: Codec,
-    /// Bounded in bytes ([`queue_cost`]); the writer gives back the room of what it wrote.
-    outbox: SendQueue,
-    /// The transport's writer, for senders that write inline.
-    writer: WriterSlot,
-    send_budget: u32,
-    slow_consumer: SlowConsumer,
-    events_dropped: AtomicU64,
     counters: Arc<Counters>,
     pending: Calls,
     extensions: Extensions,
     default_timeout: Duration,
-    close_requested: CloseRequest,
     requested_status: OnceLock<Status>,
     closed: CancellationToken,
-    /// Set with `closed`: read on every call of a client, and the token's own check takes a
-    /// lock that the callers of all threads would share.
-    is_closed: AtomicBool,
     close_status: OnceLock<Status>,
     on_close: Mutex<Vec<CloseCallback>>,
 }
