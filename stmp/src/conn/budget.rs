@@ -67,16 +67,6 @@ impl InFlight {
         self.used.fetch_sub(bytes, Ordering::Relaxed);
     }
 
-    /// Whether `bytes` would be taken now, without taking them: a look, not a reservation.
-    pub(crate) fn has_room(&self, bytes: usize) -> bool {
-        let used = self.used.load(Ordering::Relaxed);
-        used == 0 || used.saturating_add(bytes) <= self.limit
-    }
-
-    pub(crate) fn limit(&self) -> usize {
-        self.limit
-    }
-
     pub(crate) fn used(&self) -> usize {
         self.used.load(Ordering::Relaxed)
     }
@@ -140,30 +130,6 @@ impl ConnBytes {
             budgets: self.clone(),
             bytes,
         })
-    }
-}
-
-impl ConnBytes {
-    /// Bytes held in the connection's own budget.
-    #[cfg(test)]
-    pub(crate) fn conn_used(&self) -> usize {
-        self.conn.used()
-    }
-
-    /// Holds `bytes` in both budgets whether or not they have room: for a notify whose
-    /// listener has already started and waits, so it can no longer be turned away. The engine
-    /// looks at the server's budget before starting a listener, so the connection's budget goes
-    /// over its limit by this one notify at most, and the server's by one notify per thread
-    /// that was starting a listener at the same moment.
-    pub(crate) fn hold(self: &Arc<Self>, bytes: usize) -> HeldBytes {
-        self.conn.used.fetch_add(bytes, Ordering::Relaxed);
-        if let Some(server) = &self.server {
-            server.used.fetch_add(bytes, Ordering::Relaxed);
-        }
-        HeldBytes {
-            budgets: self.clone(),
-            bytes,
-        }
     }
 }
 

@@ -309,33 +309,17 @@ impl Engine {
                         !reader.has_buffered() && handling.used() == 1 && conn.pending_calls() == 0;
                     handle(&conn, &mut targets, &tasks, request, held, alone, arrived)
                 }
-                Action::Deliver(notify, cost) => {
+                Action::Deliver(notify, held) => {
                     let target = targets.get(&notify.action);
-                    // Most notifies finish without waiting, and those run right here and hold
-                    // nothing; one that arrives while an earlier one waits queues behind it,
-                    // in order, and holds its bytes from the start.
-                    let listening = if listeners.idle() {
-                        let ctx = Context::new(
-                            conn.clone(),
-                            notify.action,
-                            target.method(),
-                            notify.header,
-                        );
-                        target
-                            .start_notify(ctx, notify.payload)
-                            .map(|left| (left, state.hold_waiting(cost)))
-                    } else {
-                        state.hold_queued(cost).map(|held| {
-                            let ctx = Context::new(
-                                conn.clone(),
-                                notify.action,
-                                target.method(),
-                                notify.header,
-                            );
-                            (target.clone().run_notify(ctx, notify.payload), held)
-                        })
+                    let ctx =
+                        Context::new(conn.clone(), notify.action, target.method(), notify.header);
+                    // Most notifies finish without waiting, and those run right here; one
+                    // that arrives while an earlier one waits queues behind it, in order.
+                    let left = match listeners.idle() {
+                        true => target.start_notify(ctx, notify.payload),
+                        false => Some(target.clone().run_notify(ctx, notify.payload)),
                     };
-                    if let Some((left, held)) = listening {
+                    if let Some(left) = left {
                         let listening: Listening = Box::pin(async move {
                             left.await;
                             drop(held);

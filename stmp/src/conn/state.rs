@@ -32,9 +32,8 @@ pub(crate) enum Action {
     Signal(Packet),
     /// Run the request's handler; what it holds is given back when the handler has answered.
     Handle(Request, Held),
-    /// Hand the notify to the listeners. What it costs is held only if a listener keeps it
-    /// past the read: see [`ConnState::hold_waiting`] and [`ConnState::hold_queued`].
-    Deliver(Notify, NotifyCost),
+    /// Hand the notify to the listeners; its bytes are held until they are done with it.
+    Deliver(Notify, Held),
     /// Hand the response to the call that waits for it.
     Complete(Response),
     /// The connection is over.
@@ -57,10 +56,6 @@ pub(crate) struct Held {
     _bytes: HeldBytes,
 }
 
-/// The bytes a delivered notify costs in the budgets, once something holds it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct NotifyCost(usize);
-
 /// The close handshake.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Closing {
@@ -80,9 +75,6 @@ pub(crate) struct ConnState {
     handler_slots: Arc<InFlight>,
     /// The bytes its handlers and listeners hold, in its budget and the server's.
     bytes: Arc<ConnBytes>,
-    /// The server's budget (none on a client), looked at before a notify is delivered without
-    /// touching the connection's: most listeners finish at once and hold nothing.
-    server_bytes: Option<Arc<InFlight>>,
     counters: Arc<Counters>,
     /// Once cancelled, new requests are answered `ServerShutdown`.
     draining: Drain,
@@ -111,7 +103,6 @@ impl ConnState {
             max_concurrent_requests: config.max_concurrent_requests,
             handler_slots: Arc::new(InFlight::new(config.max_concurrent_requests)),
             bytes: ConnBytes::new(config.conn_in_flight_bytes, counters.in_flight.clone()),
-            server_bytes: counters.in_flight.clone(),
             counters,
             draining,
             last_read: now,
@@ -136,55 +127,29 @@ impl ConnState {
             Packet::Ping => Action::Reply(Packet::Pong),
             Packet::Pong => Action::Idle,
             Packet::Request(request) => self.admit_request(request),
-            Packet::Notify(notify) => self.admit_notify(notify),
+            Packet::Notify(notify) => {
+                let cost = notify.payload.len() + header_cost(&notify.header);
+                match self.reserve(cost) {
+                    Ok(bytes) => Action::Deliver(
+                        notify,
+                        Held {
+                            _slot: None,
+                            _bytes: bytes,
+                        },
+                    ),
+                    Err(status) => {
+                        Counters::count(&self.counters.requests_shed);
+                        tracing::debug!(%status, "dropping a notify");
+                        Action::Idle
+                    }
+                }
+            }
             Packet::Response(response) => Action::Complete(response),
             Packet::Close(close) => Action::End(Ending {
                 status: Status::new(close.status, close.reason),
                 // The peer's Close is answered unless it answers ours.
                 send_close: self.closing == Closing::Open,
             }),
-        }
-    }
-
-    /// A notify is delivered unless the server's budget is full. Its bytes are not reserved
-    /// yet: a listener that finishes at once holds nothing, and most do.
-    fn admit_notify(&mut self, notify: Notify) -> Action {
-        let cost = notify.payload.len() + header_cost(&notify.header);
-        if let Some(server) = &self.server_bytes
-            && !server.has_room(cost)
-        {
-            Counters::count(&self.counters.requests_shed);
-            tracing::debug!(
-                limit = server.limit(),
-                "dropping a notify: the server's in-flight budget is full"
-            );
-            return Action::Idle;
-        }
-        Action::Deliver(notify, NotifyCost(cost))
-    }
-
-    /// Holds a delivered notify whose listener started at once and now waits: it can no
-    /// longer be turned away, so it is held even over the limits (see [`ConnBytes::hold`]).
-    pub(crate) fn hold_waiting(&self, cost: NotifyCost) -> Held {
-        Held {
-            _slot: None,
-            _bytes: self.bytes.hold(cost.0),
-        }
-    }
-
-    /// Holds a delivered notify that waits its turn behind a listener that waits; `None`
-    /// (the notify is dropped, and counted) when the budgets have no room for it.
-    pub(crate) fn hold_queued(&self, cost: NotifyCost) -> Option<Held> {
-        match self.reserve(cost.0) {
-            Ok(bytes) => Some(Held {
-                _slot: None,
-                _bytes: bytes,
-            }),
-            Err(status) => {
-                Counters::count(&self.counters.requests_shed);
-                tracing::debug!(%status, "dropping a notify");
-                None
-            }
         }
     }
 
@@ -615,30 +580,21 @@ mod tests {
         ));
     }
 
-    fn delivered(action: Action) -> NotifyCost {
-        match action {
-            Action::Deliver(_, cost) => cost,
-            other => panic!("the notify was not delivered: {other:?}"),
-        }
-    }
-
     #[test]
     fn the_byte_budgets_refuse_requests_and_drop_notifies() {
         let t0 = Instant::now();
         let counters = Counters::new(usize::MAX);
         let mut conn = ConnState::new(&config(), counters.clone(), Drain::default(), t0);
-        // A listener that waits holds its notify.
-        let cost = delivered(conn.handle_packet(t0, notify(900)));
-        let held = conn.hold_waiting(cost);
+        let Action::Deliver(_, held) = conn.handle_packet(t0, notify(900)) else {
+            panic!("the budget has room")
+        };
         let (_, code, message) = refused(conn.handle_packet(t0, request(1, 200)));
         assert_eq!(code, Code::TooManyRequests);
         assert!(
             message.contains("this connection holds its limit"),
             "{message}"
         );
-        // One that would queue behind it finds no room.
-        let queued = delivered(conn.handle_packet(t0, notify(200)));
-        assert!(conn.hold_queued(queued).is_none());
+        assert!(matches!(conn.handle_packet(t0, notify(200)), Action::Idle));
         assert_eq!(counters.snapshot(0, 0).requests_shed, 2);
         // A refused request gave its handler slot back.
         drop(held);
@@ -653,39 +609,14 @@ mod tests {
     }
 
     #[test]
-    fn a_notify_holds_nothing_until_its_listener_waits_and_then_holds_it_over_the_limit() {
-        let t0 = Instant::now();
-        let counters = Counters::new(usize::MAX);
-        let mut conn = ConnState::new(&config(), counters.clone(), Drain::default(), t0);
-        let Action::Handle(_, request_held) = conn.handle_packet(t0, request(1, 900)) else {
-            panic!("the budget has room")
-        };
-        // Delivered although the handler holds most of the budget: a listener that finishes
-        // at once holds nothing.
-        let cost = delivered(conn.handle_packet(t0, notify(300)));
-        assert_eq!(conn.bytes.conn_used(), 900 + header_cost(&Header::new()));
-        // Its listener waits: held, over the limit, since it cannot be turned away now.
-        let notify_held = conn.hold_waiting(cost);
-        assert!(conn.bytes.conn_used() > 1000);
-        assert!(conn.hold_queued(cost).is_none(), "nothing more fits");
-        drop((request_held, notify_held));
-        assert_eq!(conn.bytes.conn_used(), 0);
-        assert_eq!(counters.snapshot(0, 0).requests_shed, 1);
-    }
-
-    #[test]
     fn the_servers_budget_is_shared_by_its_connections() {
         let t0 = Instant::now();
         let counters = Counters::new(500);
         let mut one = ConnState::new(&config(), counters.clone(), Drain::default(), t0);
         let mut two = ConnState::new(&config(), counters.clone(), Drain::default(), t0);
-        let cost = delivered(one.handle_packet(t0, notify(400)));
-        let _held = one.hold_waiting(cost);
+        let _held = one.handle_packet(t0, notify(400));
         let (_, _, message) = refused(two.handle_packet(t0, request(1, 200)));
         assert!(message.contains("the server holds its limit"), "{message}");
-        // The server's budget is looked at before a notify is delivered at all.
-        assert!(matches!(two.handle_packet(t0, notify(200)), Action::Idle));
-        assert_eq!(counters.snapshot(0, 0).requests_shed, 2);
     }
 
     #[test]

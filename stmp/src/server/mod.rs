@@ -233,9 +233,8 @@ impl ServerBuilder {
 
     /// Bytes of requests and notifies (payload and header) that handlers and listeners of
     /// every connection may hold at once; beyond it, requests are answered `TooManyRequests`
-    /// and notifies are dropped, both counted in [`ServerStats::requests_shed`]. A notify
-    /// counts only while a listener keeps it past the read (most finish at once and hold
-    /// nothing). Default 256 MiB.
+    /// and notifies are dropped, both counted in [`ServerStats::requests_shed`]. Default
+    /// 256 MiB.
     pub fn max_in_flight_bytes(mut self, bytes: usize) -> Self {
         self.max_in_flight_bytes = bytes;
         self
