@@ -26,9 +26,9 @@ const WRITE_FAILED: u8 = 2;
 /// A call was registered with a deadline before the calls' alarm.
 const SOONER_DEADLINE: u8 = 4;
 
-#[derive(Debug, Default)]
 /// `repr(C)`: the flag and the waker, which the engine looks at on every turn, come first and
 /// share a cache line.
+#[derive(Debug, Default)]
 #[repr(C)]
 pub(crate) struct CloseRequest {
     raised: AtomicU8,

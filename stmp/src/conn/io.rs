@@ -112,8 +112,8 @@ const KEEP_WRITE_BUFFER: usize = 64 << 10;
 thread_local! {
     /// Where an inline write encodes its packets when its connection has nothing buffered:
     /// bytes that all go out at once then never touch the connection's own buffer. A broadcast
-    /// to thousands of connections saves a cache miss per connection that way, and a
-    /// connection that only receives events keeps no write buffer.
+    /// to thousands of connections writes from one warm buffer that way, and a connection that
+    /// only receives events keeps no write buffer.
     static SCRATCH: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
 }
 
