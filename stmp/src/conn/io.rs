@@ -117,6 +117,37 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
 }
 
+/// Encodes `packets` into this thread's scratch buffer and writes what `io` takes without
+/// waiting; what it does not take goes to `leftover`. `Ok(false)`, with nothing done, when the
+/// scratch buffer cannot be had: taken already (a transport that itself writes inline on this
+/// thread) or gone (the thread is ending).
+fn write_through_scratch(
+    mut io: Pin<&mut (dyn AsyncWrite + Send)>,
+    cx: &mut std::task::Context<'_>,
+    packets: &[Packet],
+    leftover: &mut BytesMut,
+) -> Result<bool, Status> {
+    SCRATCH
+        .try_with(|scratch| {
+            let Ok(mut scratch) = scratch.try_borrow_mut() else {
+                return Ok(false);
+            };
+            scratch.clear();
+            packets
+                .iter()
+                .for_each(|packet| packet.encode_stream(&mut scratch));
+            let written = write_without_waiting(io.as_mut(), cx, &scratch)?;
+            if written < scratch.len() {
+                leftover.extend_from_slice(&scratch[written..]);
+            }
+            if scratch.capacity() > KEEP_WRITE_BUFFER {
+                *scratch = BytesMut::new();
+            }
+            Ok(true)
+        })
+        .unwrap_or(Ok(false))
+}
+
 /// Writes as much of `bytes` as `io` takes without waiting; how much that was.
 fn write_without_waiting(
     mut io: Pin<&mut (dyn AsyncWrite + Send)>,
@@ -251,25 +282,8 @@ impl PacketWriter {
         };
         // A waker that does nothing: whatever is left, the writer task finishes with its own.
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        let encoded_in_scratch = buf.is_empty()
-            && SCRATCH.with(|scratch| {
-                // Taken already only if the transport itself wrote inline on this thread.
-                let Ok(mut scratch) = scratch.try_borrow_mut() else {
-                    return Ok(false);
-                };
-                scratch.clear();
-                packets
-                    .iter()
-                    .for_each(|packet| packet.encode_stream(&mut scratch));
-                let written = write_without_waiting(io.as_mut(), &mut cx, &scratch)?;
-                if written < scratch.len() {
-                    buf.extend_from_slice(&scratch[written..]);
-                }
-                if scratch.capacity() > KEEP_WRITE_BUFFER {
-                    *scratch = BytesMut::new();
-                }
-                Ok::<_, Status>(true)
-            })?;
+        let encoded_in_scratch =
+            buf.is_empty() && write_through_scratch(io.as_mut(), &mut cx, packets, buf)?;
         if !encoded_in_scratch {
             packets.iter().for_each(|packet| packet.encode_stream(buf));
         }
