@@ -86,7 +86,8 @@ impl DeferredWrites {
     /// Adds a handed-back event; a full chunk leaves for a task of its own.
     pub(crate) fn push(&mut self, write: DeferredWrite) {
         self.gathering.push(write);
-        if self.gathering.len() < CHUNK {
+        // Without a runtime everything gathers for `finish`: looked for once per chunk.
+        if self.gathering.len() % CHUNK != 0 {
             return;
         }
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {

@@ -1077,6 +1077,38 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_broadcast_without_a_runtime_writes_every_event_where_it_finishes() {
+        let mut conns = Vec::new();
+        for _ in 0..130 {
+            let recorder = Recorder::default();
+            let (conn, writer_task) = waiting_writer(recorder.clone(), 1 << 20).await;
+            conns.push((conn, writer_task, recorder));
+        }
+        let writes: Vec<_> = conns
+            .iter()
+            .map(|(conn, _, _)| handed_back(conn, notify(3, 20)))
+            .collect();
+        let recorders: Vec<_> = conns.iter().map(|(_, _, r)| r.clone()).collect();
+        let want = encoded(&[notify(3, 20)]);
+        // A thread of its own has no runtime to spawn chunks on.
+        std::thread::spawn(move || {
+            let mut gathering = super::super::DeferredWrites::default();
+            writes.into_iter().for_each(|write| gathering.push(write));
+            let written = |r: &Recorder| r.0.lock().unwrap().0.clone();
+            assert!(recorders.iter().all(|r| written(r).is_empty()));
+            gathering.finish();
+            assert!(recorders.iter().all(|r| written(r) == want));
+        })
+        .join()
+        .unwrap();
+        for (conn, writer_task, _) in conns {
+            assert_eq!(conn.shared.outbox.room(), 1 << 20, "all room came back");
+            conn.shared.outbox.stop();
+            writer_task.await.unwrap();
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_broadcast_writes_handed_back_events_in_chunks_without_waking_writers() {
         let mut conns = Vec::new();
         for _ in 0..300 {
