@@ -87,7 +87,7 @@ impl DeferredWrites {
     pub(crate) fn push(&mut self, write: DeferredWrite) {
         self.gathering.push(write);
         // Without a runtime everything gathers for `finish`: looked for once per chunk.
-        if self.gathering.len() % CHUNK != 0 {
+        if !self.gathering.len().is_multiple_of(CHUNK) {
             return;
         }
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
