@@ -1046,14 +1046,20 @@ mod tests {
         assert_eq!(conn.shared.outbox.room(), 1 << 20, "all room came back");
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_full_chunk_of_handed_back_events_is_written_before_the_broadcast_ends() {
+    /// `n` connections whose writers wait, each writing into its own recorder.
+    async fn waiting_writers(n: usize) -> Vec<(Conn, tokio::task::JoinHandle<()>, Recorder)> {
         let mut conns = Vec::new();
-        for _ in 0..64 {
+        for _ in 0..n {
             let recorder = Recorder::default();
             let (conn, writer_task) = waiting_writer(recorder.clone(), 1 << 20).await;
             conns.push((conn, writer_task, recorder));
         }
+        conns
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_chunk_of_handed_back_events_is_written_before_the_broadcast_ends() {
+        let conns = waiting_writers(64).await;
         let mut gathering = super::super::DeferredWrites::default();
         for (conn, _, _) in &conns {
             gathering.push(handed_back(conn, notify(9, 20)));
@@ -1078,12 +1084,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_broadcast_without_a_runtime_writes_every_event_where_it_finishes() {
-        let mut conns = Vec::new();
-        for _ in 0..130 {
-            let recorder = Recorder::default();
-            let (conn, writer_task) = waiting_writer(recorder.clone(), 1 << 20).await;
-            conns.push((conn, writer_task, recorder));
-        }
+        let conns = waiting_writers(130).await;
         let writes: Vec<_> = conns
             .iter()
             .map(|(conn, _, _)| handed_back(conn, notify(3, 20)))
