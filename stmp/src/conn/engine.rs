@@ -564,9 +564,12 @@ async fn write_loop(mut outbox: Outbox, writer: PacketWriter, busy: Busy, stall:
         }
         // Given back under the queue's lock when the loop next looks at it, right below.
         outbox.release_later(room);
+        // A busy connection's next write follows at once: its queue and batch keep their
+        // room for it. A burst's room is not kept.
+        let busy_now = busy.more_coming(0);
+        outbox.keep_slots(busy_now);
         batch.clear();
-        if batch.capacity() > 1 {
-            // A burst's batch is not kept.
+        if !busy_now && batch.capacity() > 1 {
             batch = Vec::new();
         }
         slot.put(writer);

@@ -30,6 +30,11 @@ use crate::wire::Packet;
 /// The slots beyond the first that an emptied queue keeps (under half a KiB).
 const KEEP: usize = 4;
 
+/// The slots beyond the first that an emptied queue keeps while its connection has calls or
+/// handlers under way: a busy connection's queue refills at once, and growing it again from
+/// [`KEEP`] on every write cost four reallocations per write of 64 calls.
+const KEEP_BUSY: usize = 64;
+
 /// While callers are coming back, the packets a write waits for at most: enough that a write
 /// carries many calls, few enough that the peer gets the first of them before the last caller
 /// is back (waiting for all 64 of a busy connection's callers made the two ends take turns).
@@ -64,6 +69,8 @@ pub(crate) struct Outbox {
     /// Room of written packets, given back when the writer next looks at the queue: one
     /// lock per write rather than two.
     written: usize,
+    /// The slots an emptied queue keeps, as the writer last set it ([`Outbox::keep_slots`]).
+    keep: usize,
 }
 
 /// Why a packet was not queued.
@@ -131,8 +138,9 @@ impl Packets {
         }
     }
 
-    /// Moves up to `limit` packets, oldest first, into `batch`; returns how many.
-    fn take(&mut self, batch: &mut Vec<Packet>, limit: usize) -> usize {
+    /// Moves up to `limit` packets, oldest first, into `batch`; returns how many. Emptied, the
+    /// queue keeps room for `keep` packets beyond the first, or what it has if that is less.
+    fn take(&mut self, batch: &mut Vec<Packet>, limit: usize, keep: usize) -> usize {
         // Room for the whole take at once: grown a packet at a time, a batch of 64 moved its
         // packets through six allocations.
         let queued = usize::from(self.head.is_some()) + self.rest.len();
@@ -146,11 +154,11 @@ impl Packets {
             self.head = self.rest.pop_front();
             taken += 1;
         }
-        if self.rest.is_empty() && self.rest.capacity() > KEEP {
+        if self.rest.is_empty() && self.rest.capacity() > keep {
             // A burst's room is not kept. A few slots are: events that come faster than one
             // write would otherwise cost each of them an allocation by the sender and a free
             // by the writer.
-            self.rest = VecDeque::with_capacity(KEEP);
+            self.rest = VecDeque::with_capacity(keep);
         }
         taken
     }
@@ -158,7 +166,7 @@ impl Packets {
     /// Moves everything out (what a closed queue drops).
     fn drain_all(&mut self) -> Vec<Packet> {
         let mut all = Vec::new();
-        self.take(&mut all, usize::MAX);
+        self.take(&mut all, usize::MAX, 0);
         all
     }
 
@@ -198,7 +206,11 @@ pub(crate) fn send_queue(budget: usize) -> (SendQueue, Outbox) {
             shared: shared.clone(),
             coming: AtomicIsize::new(0),
         },
-        Outbox { shared, written: 0 },
+        Outbox {
+            shared,
+            written: 0,
+            keep: KEEP,
+        },
     )
 }
 
@@ -432,7 +444,7 @@ impl SendQueue {
     pub(crate) fn take_while_inline(&self, batch: &mut Vec<Packet>, limit: usize) {
         let mut queue = lock(&self.shared);
         debug_assert!(queue.inline, "only the inline writer takes packets");
-        take(&mut queue, batch, limit);
+        take(&mut queue, batch, limit, KEEP);
     }
 
     /// Whether the writer task waits with nothing queued.
@@ -580,6 +592,13 @@ impl Drop for Push<'_> {
 }
 
 impl Outbox {
+    /// Says whether the connection has work under way, whose packets will refill the queue as
+    /// soon as it is emptied: then the emptied queue keeps room for a full write's packets,
+    /// otherwise only for a few.
+    pub(crate) fn keep_slots(&mut self, busy: bool) {
+        self.keep = if busy { KEEP_BUSY } else { KEEP };
+    }
+
     /// Gives back `bytes` of room (of packets written) the next time the writer looks at the
     /// queue, which it does next. What is owed when the outbox drops is moot: the queue
     /// is closed then.
@@ -599,7 +618,7 @@ impl Outbox {
                 0 => Vec::new(),
                 bytes => queue.give_back(bytes),
             };
-            let polled = poll_take(&mut queue, cx, batch, limit);
+            let polled = poll_take(&mut queue, cx, batch, limit, self.keep);
             drop(queue);
             ready.into_iter().for_each(Waker::wake);
             polled
@@ -617,7 +636,7 @@ impl Outbox {
 
     /// Moves up to `limit` packets that are queued now into `batch`, without waiting.
     pub(crate) fn try_recv_many(&mut self, batch: &mut Vec<Packet>, limit: usize) -> usize {
-        take(&mut lock(&self.shared), batch, limit)
+        take(&mut lock(&self.shared), batch, limit, self.keep)
     }
 }
 
@@ -627,15 +646,16 @@ fn poll_take(
     cx: &mut Context<'_>,
     batch: &mut Vec<Packet>,
     limit: usize,
+    keep: usize,
 ) -> Poll<bool> {
     if !queue.inline {
         let kicked = std::mem::take(&mut queue.kick);
         if queue.stopping {
             queue.writer = None;
-            take(queue, batch, usize::MAX);
+            take(queue, batch, usize::MAX, keep);
             return Poll::Ready(true);
         }
-        if take(queue, batch, limit) > 0 || kicked {
+        if take(queue, batch, limit, keep) > 0 || kicked {
             // Not waiting any more: no sender may write inline now.
             queue.writer = None;
             return Poll::Ready(false);
@@ -651,9 +671,9 @@ fn poll_take(
     Poll::Pending
 }
 
-fn take(queue: &mut Queue, batch: &mut Vec<Packet>, limit: usize) -> usize {
+fn take(queue: &mut Queue, batch: &mut Vec<Packet>, limit: usize, keep: usize) -> usize {
     let room = limit.saturating_sub(batch.len());
-    queue.packets.take(batch, room)
+    queue.packets.take(batch, room, keep)
 }
 
 impl Drop for Outbox {
@@ -692,6 +712,31 @@ mod tests {
         assert_eq!(outbox.try_recv_many(&mut batch, 64), 0);
         // Drained, the queue keeps only a few slots.
         assert!(lock(&outbox.shared).packets.spare_capacity() <= KEEP);
+    }
+
+    #[tokio::test]
+    async fn a_busy_connections_queue_keeps_its_room_and_an_idle_ones_gives_it_back() {
+        let (queue, mut outbox) = send_queue(1 << 20);
+        let mut batch = Vec::new();
+        let mut fill_and_drain = |outbox: &mut Outbox, batch: &mut Vec<Packet>| {
+            for _ in 0..40 {
+                queue.try_push(Packet::Ping, 0).unwrap();
+            }
+            batch.clear();
+            assert_eq!(outbox.try_recv_many(batch, 64), 40);
+            lock(&outbox.shared).packets.spare_capacity()
+        };
+        outbox.keep_slots(true);
+        let kept = fill_and_drain(&mut outbox, &mut batch);
+        assert!(
+            kept >= 39,
+            "busy: the room for the next write stays ({kept})"
+        );
+        // Refilled, the kept room is used again rather than grown anew.
+        assert_eq!(fill_and_drain(&mut outbox, &mut batch), kept);
+        outbox.keep_slots(false);
+        let idle = fill_and_drain(&mut outbox, &mut batch);
+        assert!(idle <= KEEP, "idle: only a few slots stay ({idle})");
     }
 
     #[tokio::test]
@@ -847,15 +892,15 @@ mod tests {
         };
         (1..=4).for_each(|mid| packets.push_back(request(mid)));
         let mut batch = Vec::new();
-        assert_eq!(packets.take(&mut batch, 2), 2);
+        assert_eq!(packets.take(&mut batch, 2, KEEP), 2);
         // Given back to the head (an inline write that could not finish), behind nothing.
         packets.push_front(request(2));
         packets.push_front(request(1));
         packets.push_back(request(5));
-        assert_eq!(packets.take(&mut batch, 1), 1);
-        assert_eq!(packets.take(&mut batch, 64), 4);
+        assert_eq!(packets.take(&mut batch, 1, KEEP), 1);
+        assert_eq!(packets.take(&mut batch, 64, KEEP), 4);
         assert!(packets.is_empty());
-        assert_eq!(packets.take(&mut batch, 64), 0);
+        assert_eq!(packets.take(&mut batch, 64, KEEP), 0);
         let mids: Vec<u16> = batch
             .iter()
             .map(|p| match p {
