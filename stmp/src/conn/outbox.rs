@@ -718,7 +718,7 @@ mod tests {
     async fn a_busy_connections_queue_keeps_its_room_and_an_idle_ones_gives_it_back() {
         let (queue, mut outbox) = send_queue(1 << 20);
         let mut batch = Vec::new();
-        let mut fill_and_drain = |outbox: &mut Outbox, batch: &mut Vec<Packet>| {
+        let fill_and_drain = |outbox: &mut Outbox, batch: &mut Vec<Packet>| {
             for _ in 0..40 {
                 queue.try_push(Packet::Ping, 0).unwrap();
             }
