@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
 use crate::Result;
-use crate::measure::{Call, Measured, new_histogram};
+use crate::measure::{Call, Latencies, Measured};
 
 /// One frame: the payload's length as a big-endian u32, then the payload.
 pub fn frame(payload: usize) -> Vec<u8> {
@@ -243,8 +243,7 @@ pub async fn pipelined_over(
         }
     });
 
-    let mut histogram = new_histogram()?;
-    let mut requests = 0u64;
+    let mut latencies = Latencies::default();
     let mut buf = BytesMut::with_capacity(64 << 10);
     let outcome: Result<()> = async {
         loop {
@@ -263,8 +262,7 @@ pub async fn pipelined_over(
                 for _ in 0..answered {
                     let at = sent.pop_front().ok_or("an echo nobody asked for")?;
                     if at >= measure_from && at < end {
-                        histogram.saturating_record(now.duration_since(at).as_nanos() as u64);
-                        requests += 1;
+                        latencies.record(now.duration_since(at));
                     }
                 }
             }
@@ -278,7 +276,12 @@ pub async fn pipelined_over(
     slots.close();
     writer_task.abort();
     outcome?;
-    Ok(Measured::new(histogram, requests, measure))
+    let requests = latencies.count();
+    Ok(Measured::new(
+        Latencies::histogram([latencies])?,
+        requests,
+        measure,
+    ))
 }
 
 /// Reads the fan-out baseline's frames from one socket, calling `received` with the seq of

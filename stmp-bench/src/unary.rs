@@ -6,7 +6,7 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 use crate::child::ServerProcess;
-use crate::measure::{Call, Measured, new_histogram};
+use crate::measure::{Call, Latencies, Measured};
 use crate::pb::echo_service_client::EchoServiceClient;
 use crate::raw::{QuicStream, RawCall};
 use crate::systems::{Listening, System, stmp_client};
@@ -141,8 +141,7 @@ pub async fn drive<C: Call>(
         .into_iter()
         .map(|mut caller| {
             tokio::spawn(async move {
-                let mut histogram = new_histogram()?;
-                let mut requests = 0u64;
+                let mut latencies = Latencies::default();
                 loop {
                     let began = Instant::now();
                     if began >= end {
@@ -150,22 +149,19 @@ pub async fn drive<C: Call>(
                     }
                     caller.call().await?;
                     if began >= measure_from {
-                        histogram.saturating_record(began.elapsed().as_nanos() as u64);
-                        requests += 1;
+                        latencies.record(began.elapsed());
                     }
                 }
-                Ok::<_, crate::Error>((histogram, requests))
+                Ok::<_, crate::Error>(latencies)
             })
         })
         .collect();
-    let mut histogram = new_histogram()?;
-    let mut requests = 0;
+    let mut all = Vec::with_capacity(tasks.len());
     for task in tasks {
-        let (part, count) = task.await??;
-        histogram.add(part)?;
-        requests += count;
+        all.push(task.await??);
     }
-    Ok(Measured::new(histogram, requests, measure))
+    let requests = all.iter().map(Latencies::count).sum();
+    Ok(Measured::new(Latencies::histogram(all)?, requests, measure))
 }
 
 /// Connects `n` stmp clients of `system`, 64 at a time.
