@@ -48,7 +48,7 @@ use crate::{Code, Method, Status};
 
 pub(crate) use outbox::Outbox;
 pub(crate) use outbox::Refused;
-use outbox::{Offered, SendQueue};
+use outbox::{HoldsSendQueue, Offered, SendQueue};
 use writer::{Inline, WriterSlot};
 
 /// The default byte budget of a connection's send queue.
@@ -72,9 +72,10 @@ pub struct Conn {
 }
 
 /// `repr(C)`, in this order: first what a broadcast touches of each of its thousands of
-/// connections (`id`, `send_budget`, `outbox`, `codec`, `writer`), then what the read loop
-/// polls per packet (`close_requested`), so that each touches few cache lines: a broadcast
-/// touched five lines per connection when the budget sat at the far end.
+/// connections (`id`, `send_budget`, `codec`, the send queue's state in `outbox`, `writer`),
+/// then what the read loop polls per packet (`close_requested`), so that each touches few
+/// cache lines: a broadcast touched five lines per connection when the budget sat at the far
+/// end, and the send queue had an allocation of its own.
 #[repr(C)]
 struct Shared {
     id: u64,
@@ -82,9 +83,9 @@ struct Shared {
     /// Set with `closed`: read on every call of a client, and the token's own check takes a
     /// lock that the callers of all threads would share.
     is_closed: AtomicBool,
+    codec: Codec,
     /// Bounded in bytes ([`queue_cost`]); the writer gives back the room of what it wrote.
     outbox: SendQueue,
-    codec: Codec,
     /// The transport's writer, for senders that write inline.
     writer: WriterSlot,
     close_requested: CloseRequest,
@@ -102,6 +103,12 @@ struct Shared {
     closed: CancellationToken,
     close_status: OnceLock<Status>,
     on_close: Mutex<Vec<CloseCallback>>,
+}
+
+impl HoldsSendQueue for Shared {
+    fn send_queue(&self) -> &SendQueue {
+        &self.outbox
+    }
 }
 
 type CloseCallback = Box<dyn FnOnce(&Status) + Send>;
@@ -138,7 +145,6 @@ impl Conn {
         let send_budget = u32::try_from(parts.send_queue_bytes)
             .unwrap_or(u32::MAX)
             .max(1);
-        let (outbox, rx) = outbox::send_queue(send_budget as usize);
         let conn = Conn {
             shared: Arc::new(Shared {
                 id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -147,7 +153,7 @@ impl Conn {
                 transport: parts.transport,
                 peer_header: parts.peer_header,
                 codec: parts.codec,
-                outbox,
+                outbox: SendQueue::new(send_budget as usize),
                 writer: WriterSlot::default(),
                 send_budget,
                 slow_consumer: parts.slow_consumer,
@@ -164,7 +170,8 @@ impl Conn {
                 on_close: Mutex::new(Vec::new()),
             }),
         };
-        (conn, rx)
+        let outbox = Outbox::new(conn.shared.clone());
+        (conn, outbox)
     }
 
     /// A number that identifies the connection within this process.
