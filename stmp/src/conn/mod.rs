@@ -46,7 +46,8 @@ use crate::sync::lock;
 use crate::wire::{Action, Header, Notify, Packet, Request, Response};
 use crate::{Code, Method, Status};
 
-pub(crate) use outbox::Outbox;
+/// A connection's send queue, the writer task's end.
+pub(crate) type Outbox = outbox::Outbox<Shared>;
 pub(crate) use outbox::Refused;
 use outbox::{HoldsSendQueue, Offered, SendQueue};
 use writer::{Inline, WriterSlot};
@@ -77,7 +78,7 @@ pub struct Conn {
 /// cache lines: a broadcast touched five lines per connection when the budget sat at the far
 /// end, and the send queue had an allocation of its own.
 #[repr(C)]
-struct Shared {
+pub(crate) struct Shared {
     id: u64,
     send_budget: u32,
     /// Set with `closed`: read on every call of a client, and the token's own check takes a

@@ -64,10 +64,12 @@ pub(crate) struct SendQueue {
     coming: AtomicIsize,
 }
 
-/// The writer's end: dropping it closes the queue and drops what it still holds.
-pub(crate) struct Outbox {
-    /// What holds the queue: the connection's shared state, whose allocation it is part of.
-    holder: Arc<dyn HoldsSendQueue>,
+/// The writer's end: dropping it closes the queue and drops what it still holds. `H` holds the
+/// queue: the connection's shared state, whose allocation the queue is part of (a queue of its
+/// own in tests). Generic rather than a trait object, the pointer is one word: the writer task
+/// holds this for as long as the connection lives.
+pub(crate) struct Outbox<H: HoldsSendQueue = SendQueue> {
+    holder: Arc<H>,
     /// Room of written packets, given back when the writer next looks at the queue: one
     /// lock per write rather than two.
     written: usize,
@@ -231,7 +233,7 @@ impl SendQueue {
 
 /// A queue on its own with its writer's end, for tests.
 #[cfg(test)]
-pub(crate) fn send_queue(budget: usize) -> (Arc<SendQueue>, Outbox) {
+pub(crate) fn send_queue(budget: usize) -> (Arc<SendQueue>, Outbox<SendQueue>) {
     let queue = Arc::new(SendQueue::new(budget));
     let outbox = Outbox::new(queue.clone());
     (queue, outbox)
@@ -614,7 +616,7 @@ impl Drop for Push<'_> {
     }
 }
 
-impl std::fmt::Debug for Outbox {
+impl<H: HoldsSendQueue> std::fmt::Debug for Outbox<H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Outbox")
             .field("queue", self.queue())
@@ -624,9 +626,9 @@ impl std::fmt::Debug for Outbox {
     }
 }
 
-impl Outbox {
+impl<H: HoldsSendQueue> Outbox<H> {
     /// The writer's end of the queue that `holder` holds; one per queue.
-    pub(crate) fn new(holder: Arc<dyn HoldsSendQueue>) -> Outbox {
+    pub(crate) fn new(holder: Arc<H>) -> Outbox<H> {
         Outbox {
             holder,
             written: 0,
@@ -722,7 +724,7 @@ fn take(queue: &mut Queue, batch: &mut Vec<Packet>, limit: usize, keep: usize) -
     queue.packets.take(batch, room, keep)
 }
 
-impl Drop for Outbox {
+impl<H: HoldsSendQueue> Drop for Outbox<H> {
     fn drop(&mut self) {
         let (packets, waiting) = {
             let mut queue = lock(self.queue());
