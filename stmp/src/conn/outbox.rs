@@ -32,7 +32,9 @@ const KEEP: usize = 4;
 
 /// The slots beyond the first that an emptied queue keeps while its connection has calls or
 /// handlers under way: a busy connection's queue refills at once, and growing it again from
-/// [`KEEP`] on every write cost four reallocations per write of 64 calls.
+/// [`KEEP`] on every write cost four reallocations per write of 64 calls. A connection that
+/// goes quiet with calls under way (a client whose last calls wait for their answers) keeps
+/// the room until its next write, a heartbeat's ping at the latest.
 const KEEP_BUSY: usize = 64;
 
 /// While callers are coming back, the packets a write waits for at most: enough that a write
@@ -163,13 +165,18 @@ impl Packets {
             self.head = self.rest.pop_front();
             taken += 1;
         }
+        self.shrink_to(keep);
+        taken
+    }
+
+    /// Emptied, keeps room for `keep` packets beyond the first, or what it has if that is less.
+    fn shrink_to(&mut self, keep: usize) {
         if self.rest.is_empty() && self.rest.capacity() > keep {
             // A burst's room is not kept. A few slots are: events that come faster than one
             // write would otherwise cost each of them an allocation by the sender and a free
             // by the writer.
             self.rest = VecDeque::with_capacity(keep);
         }
-        taken
     }
 
     /// Moves everything out (what a closed queue drops).
@@ -644,7 +651,12 @@ impl<H: HoldsSendQueue> Outbox<H> {
     /// soon as it is emptied: then the emptied queue keeps room for a full write's packets,
     /// otherwise only for a few.
     pub(crate) fn keep_slots(&mut self, busy: bool) {
-        self.keep = if busy { KEEP_BUSY } else { KEEP };
+        let keep = if busy { KEEP_BUSY } else { KEEP };
+        if keep < self.keep {
+            // Gone quiet: the room kept for the next write goes back now, not at that write.
+            lock(self.queue()).packets.shrink_to(keep);
+        }
+        self.keep = keep;
     }
 
     /// Gives back `bytes` of room (of packets written) the next time the writer looks at the
@@ -782,7 +794,9 @@ mod tests {
         );
         // Refilled, the kept room is used again rather than grown anew.
         assert_eq!(fill_and_drain(&mut outbox, &mut batch), kept);
+        // Going quiet gives the room back at once, before the queue is used again.
         outbox.keep_slots(false);
+        assert!(lock(outbox.queue()).packets.spare_capacity() <= KEEP);
         let idle = fill_and_drain(&mut outbox, &mut batch);
         assert!(idle <= KEEP, "idle: only a few slots stay ({idle})");
     }
