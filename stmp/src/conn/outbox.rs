@@ -54,7 +54,7 @@ pub(crate) const DEFERRAL_WATCH: std::time::Duration = std::time::Duration::from
 #[derive(Debug)]
 #[repr(C)]
 pub(crate) struct SendQueue {
-    shared: Mutex<Queue>,
+    state: Mutex<Queue>,
     /// Callers handed their answer that have not yet taken it ([`expect_callers`]). Each is
     /// likely to send its next call as soon as it runs: while some are on their way, a
     /// sender leaves the writer asleep, and the last one back wakes it, so that their calls
@@ -228,7 +228,7 @@ impl SendQueue {
     /// A queue with room for `budget` bytes; its [`Outbox`] comes from [`Outbox::new`].
     pub(crate) fn new(budget: usize) -> SendQueue {
         SendQueue {
-            shared: Mutex::new(Queue {
+            state: Mutex::new(Queue {
                 room: budget,
                 budget,
                 ..Queue::default()
@@ -338,7 +338,7 @@ impl SendQueue {
     /// Wakes the writer if it waits while packets are queued (held for callers coming back).
     fn wake_writer_for_queued(&self) {
         let writer = {
-            let mut queue = lock(&self.shared);
+            let mut queue = lock(&self.state);
             match queue.packets.is_empty() || queue.inline {
                 true => None,
                 false => queue.writer.take(),
@@ -363,7 +363,7 @@ impl SendQueue {
     /// Returns the bytes queued after it.
     pub(crate) fn try_push(&self, packet: Packet, cost: usize) -> Result<usize, Refused> {
         let (writer, queued) = {
-            let mut queue = lock(&self.shared);
+            let mut queue = lock(&self.state);
             let packet = queue.pay(packet, cost)?;
             (queue.enqueue(packet), queue.budget - queue.room)
         };
@@ -382,7 +382,7 @@ impl SendQueue {
         cost: usize,
     ) -> Result<(Offered, usize), Refused> {
         let (offered, writer, queued) = {
-            let mut queue = lock(&self.shared);
+            let mut queue = lock(&self.state);
             let packet = queue.pay(packet, cost)?;
             let (offered, writer) = queue.place(packet, true);
             (offered, writer, queue.budget - queue.room)
@@ -412,21 +412,21 @@ impl SendQueue {
         if bytes == 0 {
             return;
         }
-        let ready = lock(&self.shared).give_back(bytes);
+        let ready = lock(&self.state).give_back(bytes);
         ready.into_iter().for_each(Waker::wake);
     }
 
     /// Bytes of budget nobody holds (tests look at what the writer gave back).
     #[cfg(test)]
     pub(crate) fn room(&self) -> usize {
-        lock(&self.shared).room
+        lock(&self.state).room
     }
 
     /// Takes nothing more: senders waiting for room are refused, and so is every packet
     /// after. Packets already queued still go out.
     pub(crate) fn close(&self) {
         let waiting = {
-            let mut queue = lock(&self.shared);
+            let mut queue = lock(&self.state);
             queue.closed = true;
             queue.wake_all_waiting()
         };
@@ -447,7 +447,7 @@ impl SendQueue {
 
     fn end_inline_giving_back(&self, unwritten: Vec<Packet>, kick: bool, room: usize) {
         let (writer, ready) = {
-            let mut queue = lock(&self.shared);
+            let mut queue = lock(&self.state);
             queue.inline = false;
             for packet in unwritten.into_iter().rev() {
                 queue.packets.push_front(packet);
@@ -474,7 +474,7 @@ impl SendQueue {
     /// writer task takes nothing while it writes, so what was queued meanwhile can join its
     /// write. Only for the sender the queue handed a packet back to.
     pub(crate) fn take_while_inline(&self, batch: &mut Vec<Packet>, limit: usize) {
-        let mut queue = lock(&self.shared);
+        let mut queue = lock(&self.state);
         debug_assert!(queue.inline, "only the inline writer takes packets");
         take(&mut queue, batch, limit, KEEP);
     }
@@ -482,19 +482,19 @@ impl SendQueue {
     /// Whether the writer task waits with nothing queued.
     #[cfg(test)]
     pub(crate) fn writer_waits(&self) -> bool {
-        lock(&self.shared).writer.is_some()
+        lock(&self.state).writer.is_some()
     }
 
     /// Lets senders write inline (the writer can write without waiting).
     pub(crate) fn allow_inline(&self) {
-        lock(&self.shared).inline_allowed = true;
+        lock(&self.state).inline_allowed = true;
     }
 
     /// Tells the writer to write what is queued and stop. Packets queued later still go out
     /// if the writer has not taken its last batch yet.
     pub(crate) fn stop(&self) {
         let writer = {
-            let mut queue = lock(&self.shared);
+            let mut queue = lock(&self.state);
             queue.stopping = true;
             // An inline writer wakes the writer task when it is done.
             if queue.inline {
@@ -529,7 +529,7 @@ impl Future for Push<'_> {
         let Some(packet) = this.packet.take() else {
             return Poll::Ready(Ok(Offered::Queued));
         };
-        let mut queue = lock(&this.queue.shared);
+        let mut queue = lock(&this.queue.state);
         if queue.closed {
             let ready = this.leave_line(&mut queue);
             drop(queue);
@@ -616,7 +616,7 @@ impl Drop for Push<'_> {
             return;
         }
         let ready = {
-            let mut queue = lock(&self.queue.shared);
+            let mut queue = lock(&self.queue.state);
             self.leave_line(&mut queue)
         };
         ready.into_iter().for_each(Waker::wake);
@@ -644,7 +644,7 @@ impl<H: HoldsSendQueue> Outbox<H> {
     }
 
     fn queue(&self) -> &Mutex<Queue> {
-        &self.holder.send_queue().shared
+        &self.holder.send_queue().state
     }
 
     /// Says whether the connection has work under way, whose packets will refill the queue as
@@ -1007,7 +1007,7 @@ mod tests {
         queue.try_push(Packet::Ping, 0).unwrap();
         drop(outbox);
         assert_eq!(queue.try_push(Packet::Pong, 0), Err(Refused::Closed));
-        assert!(lock(&queue.shared).packets.is_empty());
+        assert!(lock(&queue.state).packets.is_empty());
     }
 
     /// Counts its wake-ups.
