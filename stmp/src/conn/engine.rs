@@ -181,7 +181,9 @@ fn now() -> std::time::Instant {
 impl Engine {
     /// Runs the connection until it ends; returns once its writer has stopped and the
     /// transport is dropped.
-    pub(crate) async fn run(self) {
+    pub(crate) fn run(self) -> impl Future<Output = ()> + Send {
+        // Taken apart before the future is made: kept whole, the engine would stay in the
+        // future's state beside the parts moved out of it.
         let Engine {
             conn,
             outbox,
@@ -192,188 +194,238 @@ impl Engine {
             tasks,
             draining,
         } = self;
-        // Should this future be dropped half-way, the writer stops too.
-        let _stop_writer_on_drop = StopWriterOnDrop(conn.clone());
-        let mut state = ConnState::new(&config, conn.counters().clone(), draining, now());
-        let handling = state.handler_slots();
-        let busy = Busy {
-            conn: conn.clone(),
-            handling: handling.clone(),
-        };
-        if writer.writes_inline() {
-            conn.shared.outbox.allow_inline();
-        }
-        let writer_task =
-            tokio::spawn(write_loop(outbox, writer, busy, config.write_stall_timeout));
-        // What this connection's requests and notifies run through, resolved once per action
-        // while the router does not change.
-        let mut targets = ActionTargets::new(router);
-        let mut listeners = Listeners::new(config.event_queue);
-        let mut parked: Option<Parked> = None;
-        let mut since_yield = 0;
-        // When the packet being handled was read: a request's duration counts from there.
-        let mut arrived = now();
+        async move {
+            // Should this future be dropped half-way, the writer stops too.
+            let _stop_writer_on_drop = StopWriterOnDrop(conn.clone());
+            let mut state = ConnState::new(&config, conn.counters().clone(), draining, now());
+            let handling = state.handler_slots();
+            let busy = Busy {
+                conn: conn.clone(),
+                handling: handling.clone(),
+            };
+            if writer.writes_inline() {
+                conn.shared.outbox.allow_inline();
+            }
+            let writer_task =
+                tokio::spawn(write_loop(outbox, writer, busy, config.write_stall_timeout));
+            // What this connection's requests and notifies run through, resolved once per action
+            // while the router does not change.
+            let mut targets = ActionTargets::new(router);
+            let mut listeners = Listeners::new(config.event_queue);
+            // Two timers for the state's two deadlines: the close grace is watched before
+            // reading (a peer that floods cannot hold a closing connection open), the heartbeat
+            // after it. Each is re-armed only when its deadline moves, which packets never do.
+            let heartbeat_at = state.heartbeat_at();
+            let heartbeat = sleep_until(Instant::from_std(heartbeat_at));
+            tokio::pin!(heartbeat);
+            // The timers that rarely ring are boxed, out of the way of what every packet reads.
+            let mut grace = Box::pin(sleep_until(far_off()));
+            // One alarm for the deadlines of this side's calls (see `pending`); set by the calls'
+            // table, which says when it should ring next each time it rings.
+            let mut calls_due = Box::pin(sleep_until(far_off()));
+            // Set while answered callers are expected back: see `SendQueue::release_deferred`.
+            let mut deferral_watch = Box::pin(sleep_until(far_off()));
+            let mut book = Bookkeeping {
+                parked: None,
+                // When the packet being handled was read: a request's duration counts from there.
+                arrived: now(),
+                heartbeat_at,
+                calls_due_at: None,
+                since_yield: 0,
+                watching_deferral: false,
+            };
+            let shared = conn.shared.clone();
 
-        // Two timers for the state's two deadlines: the close grace is watched before
-        // reading (a peer that floods cannot hold a closing connection open), the heartbeat
-        // after it. Each is re-armed only when its deadline moves, which packets never do.
-        let mut heartbeat_at = state.heartbeat_at();
-        let heartbeat = sleep_until(Instant::from_std(heartbeat_at));
-        tokio::pin!(heartbeat);
-        let grace = sleep_until(Instant::now() + Duration::from_secs(86_400));
-        tokio::pin!(grace);
-        // One alarm for the deadlines of this side's calls (see `pending`); set by the calls'
-        // table, which says when it should ring next each time it rings.
-        let mut calls_due_at: Option<std::time::Instant> = None;
-        let calls_due = sleep_until(Instant::now() + Duration::from_secs(86_400));
-        tokio::pin!(calls_due);
-        // Set while answered callers are expected back: see `SendQueue::release_deferred`.
-        let mut watching_deferral = false;
-        let deferral_watch = sleep_until(Instant::now() + Duration::from_secs(86_400));
-        tokio::pin!(deferral_watch);
-        let shared = conn.shared.clone();
-
-        let ending = loop {
-            let reads_before = reader.reads();
-            let action = tokio::select! {
-                biased;
-                // The writer's failure always; a close request until closing.
-                heard = shared.close_requested.heard_of(!state.is_closing()) => match heard {
-                    Heard::WriteFailed(status) => Action::End(state.handle_write_failed(status)),
-                    Heard::CloseRequested => {
-                        let action = state.close(now(), requested(&conn));
-                        if let Some(deadline) = state.close_deadline() {
-                            grace.as_mut().reset(Instant::from_std(deadline));
+            let ending = loop {
+                let action = tokio::select! {
+                    biased;
+                    // The writer's failure always; a close request until closing.
+                    heard = shared.close_requested.heard_of(!state.is_closing()) => match heard {
+                        Heard::WriteFailed(status) => Action::End(state.handle_write_failed(status)),
+                        Heard::CloseRequested => {
+                            let action = state.close(now(), requested(&conn));
+                            if let Some(deadline) = state.close_deadline() {
+                                grace.as_mut().reset(Instant::from_std(deadline));
+                            }
+                            action
                         }
-                        action
-                    }
-                    Heard::SoonerDeadline => {
-                        calls_due_at = conn.expire_calls(now());
-                        Action::Idle
-                    }
-                },
-                _ = &mut calls_due, if calls_due_at.is_some() => {
-                    calls_due_at = conn.expire_calls(now());
-                    Action::Idle
-                }
-                _ = &mut deferral_watch, if watching_deferral => {
-                    watching_deferral = conn.shared.outbox.release_deferred();
-                    Action::Idle
-                }
-                _ = &mut grace, if state.is_closing() => state.handle_timeout(now()),
-                queued = unpark(&mut parked), if parked.is_some() => {
-                    parked = None;
-                    match queued {
-                        Ok(()) => {
-                            state.resume_reading(now());
+                        Heard::SoonerDeadline => {
+                            book.calls_due_at = set_alarm(calls_due.as_mut(), conn.expire_calls(now()));
                             Action::Idle
                         }
-                        Err(status) => Action::End(state.handle_write_failed(status)),
+                    },
+                    _ = &mut calls_due, if book.calls_due_at.is_some() => {
+                        book.calls_due_at = set_alarm(calls_due.as_mut(), conn.expire_calls(now()));
+                        Action::Idle
                     }
-                }
-                item = reader.next(), if parked.is_none() => match item {
-                    Some(Ok(packet)) => {
-                        since_yield += 1;
-                        if since_yield == YIELD_EVERY {
-                            since_yield = 0;
-                            tokio::task::yield_now().await;
-                        }
-                        // A packet decoded from bytes an earlier read brought arrived with
-                        // that read: the clock is read once per read, not once per packet.
-                        if reads_before.is_none() || reader.reads() != reads_before {
-                            arrived = now();
-                        }
-                        state.handle_packet(arrived, packet)
+                    _ = &mut deferral_watch, if book.watching_deferral => {
+                        book.watching_deferral = conn.shared.outbox.release_deferred();
+                        Action::Idle
                     }
-                    Some(Err(status)) => {
-                        if status.code() != Code::NetworkError {
-                            tracing::debug!(conn = conn.id(), %status, "closing on bad input");
+                    _ = &mut grace, if state.is_closing() => state.handle_timeout(now()),
+                    queued = unpark(&mut book.parked), if book.parked.is_some() => {
+                        book.parked = None;
+                        match queued {
+                            Ok(()) => {
+                                state.resume_reading(now());
+                                Action::Idle
+                            }
+                            Err(status) => Action::End(state.handle_write_failed(status)),
                         }
-                        Action::End(state.handle_read_end(Some(status)))
                     }
-                    None => Action::End(state.handle_read_end(None)),
-                },
-                _ = &mut heartbeat => state.handle_timeout(now()),
-            };
-            match action {
-                Action::Idle => {}
-                Action::Reply(packet) => parked = reply(&conn, packet),
-                Action::Signal(packet) => {
-                    // A Ping or a Close costs no room: it gets through a full queue.
-                    let _ = conn.try_send(packet);
-                }
-                Action::Handle(request, held) => {
-                    // The only work under way, and no more input at hand: its answer may
-                    // leave at once from this task rather than through the writer's.
-                    let alone =
-                        !reader.has_buffered() && handling.used() == 1 && conn.pending_calls() == 0;
-                    handle(&conn, &mut targets, &tasks, request, held, alone, arrived)
-                }
-                Action::Deliver(notify, held) => {
-                    let target = targets.get(&notify.action);
-                    let ctx =
-                        Context::new(conn.clone(), notify.action, target.method(), notify.header);
-                    // Most notifies finish without waiting, and those run right here; one
-                    // that arrives while an earlier one waits queues behind it, in order.
-                    let left = match listeners.idle() {
-                        true => target.start_notify(ctx, notify.payload),
-                        false => Some(target.clone().run_notify(ctx, notify.payload)),
-                    };
-                    if let Some(left) = left {
-                        let listening: Listening = Box::pin(async move {
-                            left.await;
-                            drop(held);
-                        });
-                        match listeners.queue(listening) {
-                            Delivered::Done => {}
-                            // Listeners fall behind: stop reading until they catch up,
-                            // while heartbeat and close go on.
-                            Delivered::Full(waiting) => parked = Some(waiting),
-                            Delivered::Gone => {
-                                break Ending {
-                                    status: listeners_gone(),
-                                    send_close: true,
-                                };
+                    item = reader.next(), if book.parked.is_none() => match item {
+                        Some(Ok(packet)) => {
+                            book.since_yield += 1;
+                            if book.since_yield == YIELD_EVERY {
+                                book.since_yield = 0;
+                                tokio::task::yield_now().await;
+                            }
+                            // A packet decoded from bytes an earlier read brought arrived with
+                            // that read: the clock is read once per read, not once per packet.
+                            if reader.as_mut().took_a_read() {
+                                book.arrived = now();
+                            }
+                            state.handle_packet(book.arrived, packet)
+                        }
+                        Some(Err(status)) => {
+                            if status.code() != Code::NetworkError {
+                                tracing::debug!(conn = conn.id(), %status, "closing on bad input");
+                            }
+                            Action::End(state.handle_read_end(Some(status)))
+                        }
+                        None => Action::End(state.handle_read_end(None)),
+                    },
+                    _ = &mut heartbeat => state.handle_timeout(now()),
+                };
+                match action {
+                    Action::Idle => {}
+                    Action::Reply(packet) => book.parked = reply(&conn, packet),
+                    Action::Signal(packet) => {
+                        // A Ping or a Close costs no room: it gets through a full queue.
+                        let _ = conn.try_send(packet);
+                    }
+                    Action::Handle(request, held) => {
+                        // The only work under way, and no more input at hand: its answer may
+                        // leave at once from this task rather than through the writer's.
+                        let alone = !reader.has_buffered()
+                            && handling.used() == 1
+                            && conn.pending_calls() == 0;
+                        handle(
+                            &conn,
+                            &mut targets,
+                            &tasks,
+                            request,
+                            held,
+                            alone,
+                            book.arrived,
+                        )
+                    }
+                    Action::Deliver(notify, held) => {
+                        let target = targets.get(&notify.action);
+                        let ctx = Context::new(
+                            conn.clone(),
+                            notify.action,
+                            target.method(),
+                            notify.header,
+                        );
+                        // Most notifies finish without waiting, and those run right here; one
+                        // that arrives while an earlier one waits queues behind it, in order.
+                        let left = match listeners.idle() {
+                            true => target.start_notify(ctx, notify.payload),
+                            false => Some(target.clone().run_notify(ctx, notify.payload)),
+                        };
+                        if let Some(left) = left {
+                            let listening: Listening = Box::pin(async move {
+                                left.await;
+                                drop(held);
+                            });
+                            match listeners.queue(listening) {
+                                Delivered::Done => {}
+                                // Listeners fall behind: stop reading until they catch up,
+                                // while heartbeat and close go on.
+                                Delivered::Full(waiting) => book.parked = Some(waiting),
+                                Delivered::Gone => {
+                                    break Ending {
+                                        status: listeners_gone(),
+                                        send_close: true,
+                                    };
+                                }
                             }
                         }
                     }
-                }
-                Action::Complete(response) => {
-                    if !conn.complete_call(response) {
-                        tracing::trace!(conn = conn.id(), "dropping a response nobody waits for");
-                    } else if !watching_deferral {
-                        watching_deferral = true;
-                        deferral_watch
-                            .as_mut()
-                            .reset(Instant::now() + DEFERRAL_WATCH);
+                    Action::Complete(response) => {
+                        if !conn.complete_call(response) {
+                            tracing::trace!(
+                                conn = conn.id(),
+                                "dropping a response nobody waits for"
+                            );
+                        } else if !book.watching_deferral {
+                            book.watching_deferral = true;
+                            deferral_watch
+                                .as_mut()
+                                .reset(Instant::now() + DEFERRAL_WATCH);
+                        }
                     }
+                    Action::End(ending) => break ending,
                 }
-                Action::End(ending) => break ending,
-            }
-            if parked.is_some() && !state.is_reading_paused() {
-                state.pause_reading();
-            }
-            if state.heartbeat_at() != heartbeat_at {
-                heartbeat_at = state.heartbeat_at();
-                heartbeat.as_mut().reset(Instant::from_std(heartbeat_at));
-            }
-            if watching_deferral && deferral_watch.is_elapsed() {
-                deferral_watch
-                    .as_mut()
-                    .reset(Instant::now() + DEFERRAL_WATCH);
-            }
-            if let Some(at) = calls_due_at
-                && calls_due.deadline() != Instant::from_std(at)
-            {
-                calls_due.as_mut().reset(Instant::from_std(at));
-            }
-        };
+                if book.parked.is_some() && !state.is_reading_paused() {
+                    state.pause_reading();
+                }
+                if state.heartbeat_at() != book.heartbeat_at {
+                    book.heartbeat_at = state.heartbeat_at();
+                    heartbeat
+                        .as_mut()
+                        .reset(Instant::from_std(book.heartbeat_at));
+                }
+                if book.watching_deferral && deferral_watch.is_elapsed() {
+                    deferral_watch
+                        .as_mut()
+                        .reset(Instant::now() + DEFERRAL_WATCH);
+                }
+            };
 
-        drop(parked);
-        drop(listeners);
-        drop(reader);
-        finish(conn, ending, writer_task, config.close_grace).await;
+            drop(book);
+            drop(listeners);
+            drop(reader);
+            finish(conn, ending, writer_task, config.close_grace).await;
+        }
     }
+}
+
+/// What the engine's loop reads or changes on every packet, kept in one place: with thousands
+/// of connections, each one's wake-up finds its engine out of the cache, and every cache line
+/// of the engine's state that a packet touches is a miss of its own.
+struct Bookkeeping {
+    /// Reading waits for room to queue a reply, or for listeners to catch up.
+    parked: Option<Parked>,
+    /// When the packet being handled was read: a request's duration counts from there.
+    arrived: std::time::Instant,
+    /// The heartbeat timer's deadline.
+    heartbeat_at: std::time::Instant,
+    /// When the calls' alarm rings; `None` while no call waits.
+    calls_due_at: Option<std::time::Instant>,
+    /// Packets handled since the engine last gave other tasks a turn.
+    since_yield: u32,
+    /// Whether answered callers are expected back: see `SendQueue::release_deferred`.
+    watching_deferral: bool,
+}
+
+/// A deadline for a timer that is not set: a day is as good as never, and re-armed long before.
+fn far_off() -> Instant {
+    Instant::now() + Duration::from_secs(86_400)
+}
+
+/// Sets the calls' alarm to ring at `at` (left as it is when no call waits); returns `at`.
+fn set_alarm(
+    alarm: Pin<&mut tokio::time::Sleep>,
+    at: Option<std::time::Instant>,
+) -> Option<std::time::Instant> {
+    if let Some(ring) = at.map(Instant::from_std)
+        && alarm.deadline() != ring
+    {
+        alarm.reset(ring);
+    }
+    at
 }
 
 /// Runs a request's handler; `held` (its slot and bytes) is given back once it has answered.

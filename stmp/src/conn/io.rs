@@ -37,10 +37,12 @@ pub(crate) trait PacketSource: Stream<Item = Result<Packet, Status>> + Send {
         false
     }
 
-    /// How many reads from the transport have brought bytes so far, if the source counts
-    /// them: packets that come out between two changes of the count came with one read.
-    fn reads(&self) -> Option<u64> {
-        None
+    /// Whether a read from the transport has brought bytes since the last time this was
+    /// asked: asked after each packet, it says whether the packet came with a read of its
+    /// own rather than with the bytes an earlier read brought. A source that cannot tell
+    /// says yes.
+    fn took_a_read(self: Pin<&mut Self>) -> bool {
+        true
     }
 }
 

@@ -35,8 +35,8 @@ pub(crate) struct PacketReader<R> {
     read_ahead: usize,
     /// The stream has ended (or failed): nothing more comes out.
     done: bool,
-    /// Reads that brought bytes.
-    reads: u64,
+    /// A read brought bytes since the engine last asked ([`PacketSource::took_a_read`]).
+    read_since_asked: bool,
 }
 
 impl<R> PacketReader<R> {
@@ -48,7 +48,7 @@ impl<R> PacketReader<R> {
             buffer: leftover,
             read_ahead: MIN_READ_AHEAD,
             done: false,
-            reads: 0,
+            read_since_asked: false,
         }
     }
 
@@ -88,7 +88,7 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
                 self.done = true;
                 return Poll::Ready(self.codec.decode_eof(&mut self.buffer).transpose());
             }
-            self.reads += 1;
+            self.read_since_asked = true;
             self.adapt(read, room);
         }
     }
@@ -118,8 +118,8 @@ impl<R: AsyncRead + Unpin + Send> super::PacketSource for PacketReader<R> {
         !self.buffer.is_empty()
     }
 
-    fn reads(&self) -> Option<u64> {
-        Some(self.reads)
+    fn took_a_read(self: Pin<&mut Self>) -> bool {
+        std::mem::take(&mut self.get_mut().read_since_asked)
     }
 }
 
@@ -247,12 +247,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_reads_count_changes_only_for_packets_that_needed_a_read() {
+    async fn only_the_first_packet_of_a_read_says_it_took_one() {
         use crate::conn::io::PacketSource;
 
         let (mut peer, ours) = tokio::io::duplex(1 << 16);
         let mut packets = reader(CountReads::new(ours));
-        assert_eq!(packets.reads(), Some(0));
+        assert!(!Pin::new(&mut packets).took_a_read(), "nothing read yet");
         let mut three = BytesMut::new();
         for mid in 1..=3 {
             request(mid, 10).encode_stream(&mut three);
@@ -262,12 +262,13 @@ mod tests {
         peer.write_all(&three).await.unwrap();
         peer.write_all(&split[..30]).await.unwrap();
 
-        let mut counts = Vec::new();
+        let mut took = Vec::new();
         for _ in 0..3 {
             packets.next().await.unwrap().unwrap();
-            counts.push(packets.reads().unwrap());
+            took.push(Pin::new(&mut packets).took_a_read());
         }
-        assert_eq!(counts, [1, 1, 1], "three packets of one read, one count");
+        assert_eq!(packets.reader.reads, 1);
+        assert_eq!(took, [true, false, false], "three packets of one read");
         assert!(
             waiting(&mut packets) > 0,
             "the cut packet waits for its rest"
@@ -277,8 +278,15 @@ mod tests {
             Packet::Request(request) => assert_eq!(request.mid, 4),
             other => panic!("not the request: {other:?}"),
         }
-        assert_eq!(packets.reads(), Some(2), "its rest took a read of its own");
-        assert_eq!(packets.reads(), Some(packets.reader.reads as u64));
+        assert!(
+            Pin::new(&mut packets).took_a_read(),
+            "its rest took a read of its own"
+        );
+        assert_eq!(packets.reader.reads, 2);
+        assert!(
+            !Pin::new(&mut packets).took_a_read(),
+            "asked twice, told once"
+        );
     }
 
     #[tokio::test]
