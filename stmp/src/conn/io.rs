@@ -172,6 +172,51 @@ fn write_without_waiting(
     Ok(written)
 }
 
+/// Compresses `packets` as the next batch of the gzip stream and writes what `io` takes
+/// without waiting, after anything already `pending`; the rest of the compressed bytes joins
+/// `pending`. Once compressed the batch is part of the stream, so it is never given back.
+#[cfg(feature = "gzip")]
+fn compress_now(
+    mut io: Pin<&mut (dyn AsyncWrite + Send)>,
+    cx: &mut std::task::Context<'_>,
+    packets: &[Packet],
+    gzip: &mut Deflater,
+    pending: &mut BytesMut,
+) -> Result<(), Status> {
+    let plain_from = pending.len();
+    packets
+        .iter()
+        .for_each(|packet| packet.encode_stream(pending));
+    let wire = gzip.batch(&pending[plain_from..])?;
+    pending.truncate(plain_from);
+    let written = match pending.is_empty() {
+        true => write_without_waiting(io.as_mut(), cx, wire)?,
+        false => 0,
+    };
+    pending.extend_from_slice(&wire[written..]);
+    Ok(())
+}
+
+/// Writes all of `bytes`, failing when a write makes no progress for `stall`.
+async fn write_stepped(
+    mut io: Pin<&mut (dyn AsyncWrite + Send)>,
+    bytes: &[u8],
+    stall: Duration,
+) -> Result<(), WriteError> {
+    let mut written = 0;
+    while written < bytes.len() {
+        match step(stall, io.write(&bytes[written..])).await? {
+            0 => {
+                return Err(WriteError::Failed(Status::network_error(
+                    "the connection accepts no more bytes",
+                )));
+            }
+            n => written += n,
+        }
+    }
+    Ok(())
+}
+
 /// Why a batch was not written.
 #[derive(Debug)]
 pub(crate) enum WriteError {
@@ -212,7 +257,8 @@ pub(crate) async fn step<T, E: Into<Status>>(
 
 impl PacketWriter {
     /// Writes the packets in one buffer (with gzip, compressed and ended by one sync flush)
-    /// and flushes once; fails when a write makes no progress for `stall`.
+    /// and flushes once; fails when a write makes no progress for `stall`. What an inline
+    /// write left in the buffer goes first.
     pub(crate) async fn write_batch(
         &mut self,
         packets: &[Packet],
@@ -225,27 +271,31 @@ impl PacketWriter {
                 #[cfg(feature = "gzip")]
                 gzip,
             } => {
-                for packet in packets {
-                    packet.encode_stream(buf);
-                }
                 #[cfg(feature = "gzip")]
                 let wire = match gzip {
-                    Some(gzip) => gzip.batch(buf).map_err(WriteError::Failed)?,
-                    None => &buf[..],
+                    Some(gzip) => {
+                        // An inline write's leftover is compressed already: it goes as it is.
+                        write_stepped(io.as_mut(), buf, stall).await?;
+                        buf.clear();
+                        match packets.is_empty() {
+                            true => &[][..],
+                            false => {
+                                packets.iter().for_each(|packet| packet.encode_stream(buf));
+                                gzip.batch(buf).map_err(WriteError::Failed)?
+                            }
+                        }
+                    }
+                    None => {
+                        packets.iter().for_each(|packet| packet.encode_stream(buf));
+                        &buf[..]
+                    }
                 };
                 #[cfg(not(feature = "gzip"))]
-                let wire = &buf[..];
-                let mut written = 0;
-                while written < wire.len() {
-                    match step(stall, io.write(&wire[written..])).await? {
-                        0 => {
-                            return Err(WriteError::Failed(Status::network_error(
-                                "the connection accepts no more bytes",
-                            )));
-                        }
-                        n => written += n,
-                    }
-                }
+                let wire = {
+                    packets.iter().for_each(|packet| packet.encode_stream(buf));
+                    &buf[..]
+                };
+                write_stepped(io.as_mut(), wire, stall).await?;
                 step(stall, io.flush()).await?;
                 buf.clear();
                 if buf.capacity() > KEEP_WRITE_BUFFER {
@@ -258,12 +308,10 @@ impl PacketWriter {
         Ok(())
     }
 
-    /// Whether [`write_now`](Self::write_now) can write: plain byte streams can; WebSocket
-    /// cannot, and a gzip stream is compressed a batch at a time by the writer task.
+    /// Whether [`write_now`](Self::write_now) can write: byte streams can (a gzip stream
+    /// compresses the packets there and then); WebSocket cannot.
     pub(crate) fn writes_inline(&self) -> bool {
         match self {
-            #[cfg(feature = "gzip")]
-            PacketWriter::Stream { gzip: Some(_), .. } => false,
             PacketWriter::Stream { .. } => true,
             #[cfg(feature = "ws")]
             PacketWriter::WebSocket(_) => false,
@@ -271,24 +319,32 @@ impl PacketWriter {
     }
 
     /// Writes the packets as far as the transport takes them without waiting, and flushes.
-    /// Returns whether all of it went out; what did not stays buffered for the next
-    /// [`write_batch`](Self::write_batch), which writes it first and flushes.
+    /// Returns whether all of it went out; what did not stays buffered (with gzip, compressed)
+    /// for the next [`write_batch`](Self::write_batch), which writes it first and flushes.
     pub(crate) fn write_now(&mut self, packets: &[Packet]) -> Result<bool, Status> {
-        if !self.writes_inline() {
-            return Ok(false);
-        }
+        // A waker that does nothing: whatever is left, the writer task finishes with its own.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         let (io, buf) = match self {
-            PacketWriter::Stream { io, buf, .. } => (io, buf),
+            #[cfg(feature = "gzip")]
+            PacketWriter::Stream {
+                io,
+                buf,
+                gzip: Some(gzip),
+            } => {
+                compress_now(io.as_mut(), &mut cx, packets, gzip, buf)?;
+                (io, buf)
+            }
+            PacketWriter::Stream { io, buf, .. } => {
+                let encoded_in_scratch =
+                    buf.is_empty() && write_through_scratch(io.as_mut(), &mut cx, packets, buf)?;
+                if !encoded_in_scratch {
+                    packets.iter().for_each(|packet| packet.encode_stream(buf));
+                }
+                (io, buf)
+            }
             #[cfg(feature = "ws")]
             PacketWriter::WebSocket(_) => return Ok(false),
         };
-        // A waker that does nothing: whatever is left, the writer task finishes with its own.
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        let encoded_in_scratch =
-            buf.is_empty() && write_through_scratch(io.as_mut(), &mut cx, packets, buf)?;
-        if !encoded_in_scratch {
-            packets.iter().for_each(|packet| packet.encode_stream(buf));
-        }
         if !buf.is_empty() {
             let written = write_without_waiting(io.as_mut(), &mut cx, buf)?;
             bytes::Buf::advance(buf, written);
@@ -435,6 +491,71 @@ mod tests {
             .read_to_end(&mut whole)
             .unwrap();
         assert_eq!(whole, plain);
+    }
+
+    #[tokio::test]
+    async fn a_gzip_stream_writes_inline_and_its_compressed_leftover_goes_first() {
+        use std::io::Read as _;
+        use tokio::io::AsyncReadExt as _;
+
+        let packet = |mid| {
+            Packet::Request(Request {
+                mid,
+                action: Action::Id(7),
+                header: Header::new(),
+                payload: Bytes::from(format!("{{\"n\":{mid},\"text\":\"hello\"}}")),
+            })
+        };
+        // A transport that takes 20 bytes at once: the first inline write cannot go out whole.
+        let (ours, mut peer) = tokio::io::duplex(20);
+        let (_, mut writer) = byte_stream(
+            tokio::io::empty(),
+            ours,
+            BytesMut::new(),
+            &ReadLimits::default(),
+            true,
+        );
+        assert!(writer.writes_inline());
+        let first = [packet(1), packet(2)];
+        assert!(
+            !writer.write_now(&first).unwrap(),
+            "20 bytes went, the rest waits"
+        );
+        let left = write_buffer(&writer).len();
+        assert!(left > 0);
+
+        // The peer reads while the writer task's batch writes the leftover, then the next batch.
+        let reading = tokio::spawn(async move {
+            let mut wire = Vec::new();
+            peer.read_to_end(&mut wire).await.unwrap();
+            wire
+        });
+        let second = [packet(3)];
+        writer
+            .write_batch(&second, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(write_buffer(&writer).is_empty());
+        // Inline again, now that nothing waits: it goes out whole.
+        let third = [packet(4), Packet::Ping];
+        assert!(writer.write_now(&third).unwrap());
+        writer.shutdown().await;
+        let wire = reading.await.unwrap();
+
+        let mut plain = Vec::new();
+        for packet in first.iter().chain(&second).chain(&third) {
+            let mut encoded = BytesMut::new();
+            packet.encode_stream(&mut encoded);
+            plain.extend_from_slice(&encoded);
+        }
+        let mut inflated = Vec::new();
+        flate2::read::GzDecoder::new(&wire[..])
+            .read_to_end(&mut inflated)
+            .unwrap();
+        assert_eq!(
+            inflated, plain,
+            "every packet once, in order, in one gzip stream"
+        );
     }
 
     fn stream_writer(io: impl AsyncWrite + Send + 'static) -> PacketWriter {
