@@ -203,9 +203,7 @@ impl Engine {
                 conn: conn.clone(),
                 handling: handling.clone(),
             };
-            if writer.writes_inline() {
-                conn.shared.outbox.allow_inline();
-            }
+            conn.shared.outbox.allow_inline();
             let writer_task =
                 tokio::spawn(write_loop(outbox, writer, busy, config.write_stall_timeout));
             // What this connection's requests and notifies run through, resolved once per action
@@ -307,7 +305,7 @@ impl Engine {
                     Action::Handle(request, held) => {
                         // The only work under way, and no more input at hand: its answer may
                         // leave at once from this task rather than through the writer's.
-                        let alone = !reader.has_buffered()
+                        let alone = !reader.as_mut().has_buffered()
                             && handling.used() == 1
                             && conn.pending_calls() == 0;
                         handle(

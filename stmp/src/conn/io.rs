@@ -32,8 +32,9 @@ pub(crate) type PacketStream = Pin<Box<dyn PacketSource>>;
 
 /// A transport's decoded packets.
 pub(crate) trait PacketSource: Stream<Item = Result<Packet, Status>> + Send {
-    /// Whether bytes of further packets are already read, so more input is at hand.
-    fn has_buffered(&self) -> bool {
+    /// Whether more input is at hand (bytes of further packets already read, or a packet
+    /// ready to be taken), so that the packet just taken is not the last of its read.
+    fn has_buffered(self: Pin<&mut Self>) -> bool {
         false
     }
 
@@ -46,11 +47,19 @@ pub(crate) trait PacketSource: Stream<Item = Result<Packet, Status>> + Send {
     }
 }
 
-/// Packets of a transport that keeps no buffer of its own (WebSocket messages).
+/// Packets of a transport that keeps its read buffer to itself (WebSocket messages): whether
+/// more are at hand is found by looking ahead, without waiting.
 #[cfg_attr(not(feature = "ws"), allow(dead_code))]
-pub(crate) struct Unbuffered<S>(pub(crate) S);
+pub(crate) struct LookingAhead<S: Stream>(futures_util::stream::Peekable<S>);
 
-impl<S: Stream<Item = Result<Packet, Status>> + Send + Unpin> Stream for Unbuffered<S> {
+#[cfg_attr(not(feature = "ws"), allow(dead_code))]
+impl<S: Stream> LookingAhead<S> {
+    pub(crate) fn new(packets: S) -> Self {
+        LookingAhead(futures_util::StreamExt::peekable(packets))
+    }
+}
+
+impl<S: Stream<Item = Result<Packet, Status>> + Send + Unpin> Stream for LookingAhead<S> {
     type Item = Result<Packet, Status>;
 
     fn poll_next(
@@ -61,7 +70,14 @@ impl<S: Stream<Item = Result<Packet, Status>> + Send + Unpin> Stream for Unbuffe
     }
 }
 
-impl<S: Stream<Item = Result<Packet, Status>> + Send + Unpin> PacketSource for Unbuffered<S> {}
+impl<S: Stream<Item = Result<Packet, Status>> + Send + Unpin> PacketSource for LookingAhead<S> {
+    fn has_buffered(mut self: Pin<&mut Self>) -> bool {
+        // A waker that does nothing: the engine asks for the next packet right after, with
+        // its own, and a transport that has nothing buffered answers without a syscall.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        Pin::new(&mut self.0).poll_peek(&mut cx).is_ready()
+    }
+}
 
 type BoxWrite = Pin<Box<dyn AsyncWrite + Send>>;
 
@@ -308,16 +324,6 @@ impl PacketWriter {
         Ok(())
     }
 
-    /// Whether [`write_now`](Self::write_now) can write: byte streams can (a gzip stream
-    /// compresses the packets there and then); WebSocket cannot.
-    pub(crate) fn writes_inline(&self) -> bool {
-        match self {
-            PacketWriter::Stream { .. } => true,
-            #[cfg(feature = "ws")]
-            PacketWriter::WebSocket(_) => false,
-        }
-    }
-
     /// Writes the packets as far as the transport takes them without waiting, and flushes.
     /// Returns whether all of it went out; what did not stays buffered (with gzip, compressed)
     /// for the next [`write_batch`](Self::write_batch), which writes it first and flushes.
@@ -343,7 +349,7 @@ impl PacketWriter {
                 (io, buf)
             }
             #[cfg(feature = "ws")]
-            PacketWriter::WebSocket(_) => return Ok(false),
+            PacketWriter::WebSocket(ws) => return ws.write_now(packets),
         };
         if !buf.is_empty() {
             let written = write_without_waiting(io.as_mut(), &mut cx, buf)?;
@@ -515,7 +521,6 @@ mod tests {
             &ReadLimits::default(),
             true,
         );
-        assert!(writer.writes_inline());
         let first = [packet(1), packet(2)];
         assert!(
             !writer.write_now(&first).unwrap(),

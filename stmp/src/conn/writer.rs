@@ -44,7 +44,8 @@ pub(crate) enum Inline {
     Written,
     /// Some bytes are left for the writer task, with the packets' room.
     Unfinished,
-    /// The writer is not there (or cannot write inline): the packets are given back.
+    /// The writer is not there (its task is writing) or an earlier inline write is not done:
+    /// the packets are given back.
     Declined,
 }
 
@@ -75,7 +76,7 @@ impl WriterSlot {
     pub(crate) fn write_now(&self, packets: &[crate::wire::Packet], room: usize) -> Inline {
         let mut slot = lock(&self.state);
         let slot = &mut *slot;
-        let Some(writer) = slot.writer.as_mut().filter(|w| w.writes_inline()) else {
+        let Some(writer) = slot.writer.as_mut() else {
             return Inline::Declined;
         };
         if slot.failed.is_some() || slot.unfinished {

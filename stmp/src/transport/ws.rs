@@ -1,9 +1,11 @@
 //! WebSocket: the client's handshake rides on the upgrade request's query (and headers); the
 //! server answers with its handshake as the first message.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -21,7 +23,7 @@ use crate::client::ClientBuilder;
 use crate::client::dial::{Dialed, chosen_codec, client_header, ready};
 use crate::client::endpoint::{Endpoint, Scheme};
 use crate::conn::PacketFormat;
-use crate::conn::io::{PacketStream, PacketWriter, Unbuffered, WriteError, step};
+use crate::conn::io::{LookingAhead, PacketStream, PacketWriter, WriteError, step};
 use crate::server::Transport;
 use crate::wire::{Header, Limits, Packet, ServerHandshake, Version};
 use crate::{Server, Status};
@@ -410,30 +412,53 @@ where
 pub(crate) struct WsWriter {
     sink: WsSink,
     format: PacketFormat,
+    /// Messages an inline write could not hand to the sink at once (the reader held the
+    /// socket, or the socket was full): the writer task sends them before anything else.
+    unsent: VecDeque<WsMessage>,
 }
 
 type WsSink = Pin<Box<dyn Sink<WsMessage, Error = tungstenite::Error> + Send>>;
 
 impl WsWriter {
-    /// Writes the packets, one message each, and flushes once.
+    fn new(sink: WsSink, format: PacketFormat) -> Self {
+        WsWriter {
+            sink,
+            format,
+            unsent: VecDeque::new(),
+        }
+    }
+
+    fn message(&self, packet: &Packet) -> Result<WsMessage, Status> {
+        let mut out = BytesMut::new();
+        let message = match self.format {
+            PacketFormat::Binary => {
+                packet.encode_message(&mut out);
+                WsMessage::Binary(out.freeze())
+            }
+            PacketFormat::Text => {
+                packet.encode_text(&mut out);
+                text_message(out.freeze())?
+            }
+        };
+        crate::telemetry::bytes_sent(message.len());
+        Ok(message)
+    }
+
+    /// Writes the packets, one message each, and flushes once; what an inline write left goes
+    /// first.
     pub(crate) async fn write_batch(
         &mut self,
         packets: &[Packet],
         stall: Duration,
     ) -> Result<(), WriteError> {
+        while let Some(message) = self.unsent.pop_front() {
+            step(stall, async {
+                self.sink.feed(message).await.map_err(ws_error)
+            })
+            .await?;
+        }
         for packet in packets {
-            let mut out = BytesMut::new();
-            let message = match self.format {
-                PacketFormat::Binary => {
-                    packet.encode_message(&mut out);
-                    WsMessage::Binary(out.freeze())
-                }
-                PacketFormat::Text => {
-                    packet.encode_text(&mut out);
-                    text_message(out.freeze()).map_err(WriteError::Failed)?
-                }
-            };
-            crate::telemetry::bytes_sent(message.len());
+            let message = self.message(packet).map_err(WriteError::Failed)?;
             step(stall, async {
                 self.sink.feed(message).await.map_err(ws_error)
             })
@@ -441,6 +466,36 @@ impl WsWriter {
         }
         step(stall, async { self.sink.flush().await.map_err(ws_error) }).await?;
         Ok(())
+    }
+
+    /// Hands the packets to the sink and flushes, as far as that goes without waiting.
+    /// Returns whether all of it went out; what did not is left for
+    /// [`write_batch`](Self::write_batch).
+    pub(crate) fn write_now(&mut self, packets: &[Packet]) -> Result<bool, Status> {
+        // A waker that does nothing: whatever is left, the writer task finishes with its own.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        for packet in packets {
+            let message = self.message(packet)?;
+            if self.unsent.is_empty() {
+                match self.sink.as_mut().poll_ready(&mut cx) {
+                    Poll::Ready(Ok(())) => {
+                        self.sink.as_mut().start_send(message).map_err(ws_error)?;
+                        continue;
+                    }
+                    Poll::Ready(Err(error)) => return Err(ws_error(error)),
+                    Poll::Pending => {}
+                }
+            }
+            self.unsent.push_back(message);
+        }
+        if !self.unsent.is_empty() {
+            return Ok(false);
+        }
+        match self.sink.as_mut().poll_flush(&mut cx) {
+            Poll::Ready(Ok(())) => Ok(true),
+            Poll::Ready(Err(error)) => Err(ws_error(error)),
+            Poll::Pending => Ok(false),
+        }
     }
 
     /// Sends a Close frame.
@@ -490,11 +545,8 @@ where
             })
         });
     (
-        Box::pin(Unbuffered(packets)),
-        PacketWriter::WebSocket(WsWriter {
-            sink: Box::pin(sink),
-            format,
-        }),
+        Box::pin(LookingAhead::new(packets)),
+        PacketWriter::WebSocket(WsWriter::new(Box::pin(sink), format)),
     )
 }
 
@@ -578,6 +630,82 @@ mod tests {
         fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
             Poll::Ready(Ok(()))
         }
+    }
+
+    #[tokio::test]
+    async fn websocket_packets_written_inline_arrive_in_order_when_the_socket_is_full() {
+        let notify = |n: u8| {
+            Packet::Notify(Notify {
+                action: Action::Id(7),
+                header: Header::new(),
+                payload: Bytes::from(vec![n; 20 << 10]),
+            })
+        };
+        // A socket that takes 100 bytes until the peer reads, under messages that outgrow
+        // tungstenite's write buffer (64 KiB): the sink stops taking them once it is full.
+        let (ours, theirs) = tokio::io::duplex(100);
+        let config = ws_config(1 << 20);
+        let ws = WebSocketStream::from_raw_socket(ours, Role::Server, Some(config)).await;
+        let (_packets, mut writer) = websocket(ws, PacketFormat::Binary, Limits::default());
+        let first: Vec<Packet> = (1..=6).map(notify).collect();
+        assert!(
+            !writer.write_now(&first).unwrap(),
+            "the socket cannot take 120 KiB"
+        );
+        let PacketWriter::WebSocket(ws_writer) = &writer else {
+            unreachable!()
+        };
+        assert!(
+            !ws_writer.unsent.is_empty(),
+            "the sink took no more once the socket was full"
+        );
+
+        let peer = WebSocketStream::from_raw_socket(theirs, Role::Client, Some(config)).await;
+        let reading = tokio::spawn(async move {
+            peer.take(8)
+                .map(|message| match message.unwrap() {
+                    WsMessage::Binary(bytes) => {
+                        Packet::decode_message(bytes, Limits::default()).unwrap()
+                    }
+                    other => panic!("{other:?}"),
+                })
+                .collect::<Vec<_>>()
+                .await
+        });
+        writer
+            .write_batch(&[notify(7)], Duration::from_secs(5))
+            .await
+            .unwrap();
+        let PacketWriter::WebSocket(ws_writer) = &writer else {
+            unreachable!()
+        };
+        assert!(
+            ws_writer.unsent.is_empty(),
+            "the batch sent what was left first"
+        );
+        // Inline again: the sink takes it; what the socket does not, the writer task flushes.
+        if !writer.write_now(&[notify(8)]).unwrap() {
+            writer
+                .write_batch(&[], Duration::from_secs(5))
+                .await
+                .unwrap();
+        }
+        let received = tokio::time::timeout(Duration::from_secs(10), reading)
+            .await
+            .expect("all eight messages within 10 s")
+            .unwrap();
+        let firsts: Vec<u8> = received
+            .iter()
+            .map(|packet| match packet {
+                Packet::Notify(notify) => notify.payload[0],
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            firsts,
+            [1, 2, 3, 4, 5, 6, 7, 8],
+            "every message once, in order"
+        );
     }
 
     #[tokio::test]

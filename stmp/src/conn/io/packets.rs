@@ -114,7 +114,7 @@ impl<R: AsyncRead + Unpin> Stream for PacketReader<R> {
 }
 
 impl<R: AsyncRead + Unpin + Send> super::PacketSource for PacketReader<R> {
-    fn has_buffered(&self) -> bool {
+    fn has_buffered(self: Pin<&mut Self>) -> bool {
         !self.buffer.is_empty()
     }
 
