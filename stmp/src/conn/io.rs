@@ -50,12 +50,20 @@ pub(crate) trait PacketSource: Stream<Item = Result<Packet, Status>> + Send {
 /// Packets of a transport that keeps its read buffer to itself (WebSocket messages): whether
 /// more are at hand is found by looking ahead, without waiting.
 #[cfg_attr(not(feature = "ws"), allow(dead_code))]
-pub(crate) struct LookingAhead<S: Stream>(futures_util::stream::Peekable<S>);
+pub(crate) struct LookingAhead<S> {
+    packets: S,
+    /// What looking ahead found (`None` inside: the end), until it is asked for. Boxed: most
+    /// connections, idle ones above all, never hold one.
+    ahead: Option<Box<Option<Result<Packet, Status>>>>,
+}
 
 #[cfg_attr(not(feature = "ws"), allow(dead_code))]
-impl<S: Stream> LookingAhead<S> {
+impl<S> LookingAhead<S> {
     pub(crate) fn new(packets: S) -> Self {
-        LookingAhead(futures_util::StreamExt::peekable(packets))
+        LookingAhead {
+            packets,
+            ahead: None,
+        }
     }
 }
 
@@ -66,16 +74,28 @@ impl<S: Stream<Item = Result<Packet, Status>> + Send + Unpin> Stream for Looking
         mut self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Self::Item>> {
-        Pin::new(&mut self.0).poll_next(cx)
+        match self.ahead.take() {
+            Some(ahead) => std::task::Poll::Ready(*ahead),
+            None => Pin::new(&mut self.packets).poll_next(cx),
+        }
     }
 }
 
 impl<S: Stream<Item = Result<Packet, Status>> + Send + Unpin> PacketSource for LookingAhead<S> {
     fn has_buffered(mut self: Pin<&mut Self>) -> bool {
+        if self.ahead.is_some() {
+            return true;
+        }
         // A waker that does nothing: the engine asks for the next packet right after, with
         // its own, and a transport that has nothing buffered answers without a syscall.
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        Pin::new(&mut self.0).poll_peek(&mut cx).is_ready()
+        match Pin::new(&mut self.packets).poll_next(&mut cx) {
+            std::task::Poll::Ready(ahead) => {
+                self.ahead = Some(Box::new(ahead));
+                true
+            }
+            std::task::Poll::Pending => false,
+        }
     }
 }
 
@@ -561,6 +581,36 @@ mod tests {
             inflated, plain,
             "every packet once, in order, in one gzip stream"
         );
+    }
+
+    #[test]
+    fn looking_ahead_tells_whether_another_packet_is_at_hand_and_loses_none() {
+        use futures_util::StreamExt as _;
+
+        let request = |mid| {
+            Ok(Packet::Request(Request {
+                mid,
+                action: Action::Id(7),
+                header: Header::new(),
+                payload: Bytes::new(),
+            }))
+        };
+        let at_hand = futures_util::stream::iter([request(1), request(2)]);
+        let mut source = std::pin::pin!(LookingAhead::new(
+            at_hand.chain(futures_util::stream::pending())
+        ));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut next = |source: Pin<&mut LookingAhead<_>>| match source.poll_next(&mut cx) {
+            std::task::Poll::Ready(Some(Ok(Packet::Request(request)))) => Some(request.mid),
+            std::task::Poll::Pending => None,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(next(source.as_mut()), Some(1));
+        assert!(source.as_mut().has_buffered(), "the second is at hand");
+        assert!(source.as_mut().has_buffered(), "and still is, asked twice");
+        assert_eq!(next(source.as_mut()), Some(2));
+        assert!(!source.as_mut().has_buffered(), "nothing more has come");
+        assert_eq!(next(source.as_mut()), None);
     }
 
     fn stream_writer(io: impl AsyncWrite + Send + 'static) -> PacketWriter {
