@@ -101,7 +101,8 @@ struct Queue {
     writer: Option<Waker>,
     /// Nothing more is taken: the writer is gone, or the connection has ended.
     closed: bool,
-    /// Senders may write inline (the transport allows it).
+    /// Senders may write inline: set when the connection's engine starts, as every transport
+    /// can (a queue on its own, in tests, leaves it off).
     inline_allowed: bool,
     /// A sender is writing inline: the writer task waits until it is done.
     inline: bool,
