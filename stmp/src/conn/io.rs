@@ -470,13 +470,7 @@ mod tests {
         use tokio::io::AsyncReadExt as _;
 
         let (ours, mut peer) = tokio::io::duplex(64 << 10);
-        let (_, mut writer) = byte_stream(
-            tokio::io::empty(),
-            ours,
-            BytesMut::new(),
-            &ReadLimits::default(),
-            true,
-        );
+        let mut writer = gzip_writer(ours);
         let request = |mid| {
             Packet::Request(Request {
                 mid,
@@ -534,13 +528,7 @@ mod tests {
         };
         // A transport that takes 20 bytes at once: the first inline write cannot go out whole.
         let (ours, mut peer) = tokio::io::duplex(20);
-        let (_, mut writer) = byte_stream(
-            tokio::io::empty(),
-            ours,
-            BytesMut::new(),
-            &ReadLimits::default(),
-            true,
-        );
+        let mut writer = gzip_writer(ours);
         let first = [packet(1), packet(2)];
         assert!(
             !writer.write_now(&first).unwrap(),
@@ -611,6 +599,11 @@ mod tests {
         assert_eq!(next(source.as_mut()), Some(2));
         assert!(!source.as_mut().has_buffered(), "nothing more has come");
         assert_eq!(next(source.as_mut()), None);
+    }
+
+    fn gzip_writer(io: impl AsyncWrite + Send + 'static) -> PacketWriter {
+        let limits = ReadLimits::default();
+        byte_stream(tokio::io::empty(), io, BytesMut::new(), &limits, true).1
     }
 
     fn stream_writer(io: impl AsyncWrite + Send + 'static) -> PacketWriter {
