@@ -15,7 +15,7 @@ use stmp_nats::nats_server::NatsServer;
 
 use crate::child::ServerProcess;
 use crate::fanout::{FanoutResult, Round, Throughput};
-use crate::systems::{NATS_ENV, ServerKind};
+use crate::systems::{NATS_ENV, ServerKind, System};
 use crate::{Result, Settings};
 
 /// The stmp nodes of the cluster.
@@ -54,7 +54,14 @@ pub async fn run(settings: &Settings) -> Result<(Vec<FanoutResult>, Throughput)>
             // Round-robin: node k holds clients k, k + 3, k + 6, …
             let wanted = n / NODES + usize::from(node < n % NODES);
             clients.extend(
-                crate::fanout::connect_up_to(server, per_node[node], wanted, &router).await?,
+                crate::fanout::connect_up_to(
+                    server,
+                    System::StmpTcp,
+                    per_node[node],
+                    wanted,
+                    &router,
+                )
+                .await?,
             );
             per_node[node] = per_node[node].max(wanted);
         }

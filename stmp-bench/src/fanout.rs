@@ -20,7 +20,7 @@ use crate::{EVENT, Event, Result, Settings, event_frame_len};
 /// One fan-out row.
 #[derive(Clone, Debug, Serialize)]
 pub struct FanoutResult {
-    /// `stmp tcp` or `raw tcp`.
+    /// `stmp tcp`, `stmp ws`, `stmp tcp to raw readers` or `raw tcp`.
     pub system: String,
     /// Connected clients.
     pub clients: usize,
@@ -166,28 +166,25 @@ pub(crate) fn counting_router(round: &Arc<Round>) -> stmp::Router {
     router
 }
 
-/// Connects stmp TCP clients to `server` until it holds `n` of them (it holds `held` now).
+/// Connects stmp clients of `system` to `server` until it holds `n` of them (it holds `held`
+/// now).
 pub(crate) async fn connect_up_to(
     server: &mut ServerProcess,
+    system: System,
     held: usize,
     n: usize,
     router: &stmp::Router,
 ) -> Result<Vec<stmp::Client>> {
     let more = n.saturating_sub(held);
-    let clients = crate::unary::stmp_clients(
-        System::StmpTcp,
-        &server.listening,
-        more,
-        Some(router.clone()),
-    )
-    .await?;
+    let clients =
+        crate::unary::stmp_clients(system, &server.listening, more, Some(router.clone())).await?;
     server.wait_for_connections(held + more).await?;
     Ok(clients)
 }
 
-/// stmp over TCP, stmp's server to raw readers, then the raw baseline, at each N of the
-/// settings, as many passes as the settings ask; and the broadcasts per second one stmp node
-/// sustains at the largest N (its median pass).
+/// stmp over TCP, stmp over WebSocket, stmp's server to raw readers, then the raw baseline, at
+/// each N of the settings, as many passes as the settings ask; and the broadcasts per second
+/// one stmp node sustains at the largest N over TCP (its median pass).
 pub async fn run(settings: &Settings) -> Result<(Vec<FanoutResult>, Throughput)> {
     let passes = settings.fanout_passes.max(1);
     let mut rows = Vec::new();
@@ -197,6 +194,7 @@ pub async fn run(settings: &Settings) -> Result<(Vec<FanoutResult>, Throughput)>
             eprintln!("  pass {pass} of {passes}");
         }
         let (mut results, throughput) = stmp(settings).await?;
+        results.extend(stmp_ws(settings).await?);
         results.extend(stmp_to_raw_readers(settings).await?);
         results.extend(raw(settings).await?);
         rows.push(results);
@@ -349,21 +347,47 @@ pub(crate) async fn rounds(
 async fn stmp(settings: &Settings) -> Result<(Vec<FanoutResult>, Throughput)> {
     let mut server = ServerProcess::spawn(ServerKind::Stmp).await?;
     let round = Arc::new(Round::default());
-    let router = counting_router(&round);
-    let mut clients = Vec::new();
-    let mut results = Vec::new();
-    for (i, &n) in settings.fanout.iter().enumerate() {
-        clients.extend(connect_up_to(&mut server, clients.len(), n, &router).await?);
-        let result = rounds(&mut server, &round, "stmp tcp", n, settings, first_seq(i)).await?;
-        eprintln!("  {}", summary(&result));
-        results.push(result);
-    }
+    let (results, clients) = stmp_rounds(&mut server, &round, System::StmpTcp, settings).await?;
     let broadcasts = burst_size(settings, clients.len());
     let servers = std::slice::from_mut(&mut server);
     let throughput = bursts(servers, &round, "stmp tcp", broadcasts, clients.len()).await?;
     server.stop().await;
     drop(clients);
     Ok((results, throughput))
+}
+
+/// The same rounds with stmp's WebSocket clients: the browsers' path, where each event is
+/// one binary message.
+async fn stmp_ws(settings: &Settings) -> Result<Vec<FanoutResult>> {
+    let mut server = ServerProcess::spawn(ServerKind::Stmp).await?;
+    let round = Arc::new(Round::default());
+    let (results, clients) = stmp_rounds(&mut server, &round, System::StmpWs, settings).await?;
+    server.stop().await;
+    drop(clients);
+    Ok(results)
+}
+
+/// The rounds at each N of the settings, to stmp clients of `system` that count the event in
+/// their listener; returns the rows and the clients, still connected.
+async fn stmp_rounds(
+    server: &mut ServerProcess,
+    round: &Arc<Round>,
+    system: System,
+    settings: &Settings,
+) -> Result<(Vec<FanoutResult>, Vec<stmp::Client>)> {
+    let router = counting_router(round);
+    let mut clients = Vec::new();
+    let mut results = Vec::new();
+    for (i, &n) in settings.fanout.iter().enumerate() {
+        clients.extend(connect_up_to(server, system, clients.len(), n, &router).await?);
+        let mut result = rounds(server, round, system.label(), n, settings, first_seq(i)).await?;
+        if system == System::StmpWs {
+            result.frame_bytes = crate::event_message_len();
+        }
+        eprintln!("  {}", summary(&result));
+        results.push(result);
+    }
+    Ok((results, clients))
 }
 
 /// The row of stmp's server broadcasting to raw readers.

@@ -111,6 +111,20 @@ pub fn event_frame_len() -> usize {
     notify_frame(&event(1)).len()
 }
 
+/// The bytes of every fan-out event on a WebSocket connection (any seq but 0): one binary
+/// message from the server, so a two-byte frame header (short and unmasked) and the packet
+/// in its message form.
+pub fn event_message_len() -> usize {
+    let packet = Packet::Notify(Notify {
+        action: EVENT.wire_action(),
+        header: Header::new(),
+        payload: Bytes::from(prost::Message::encode_to_vec(&event(1))),
+    });
+    let mut message = BytesMut::new();
+    packet.encode_message(&mut message);
+    2 + message.len()
+}
+
 /// The seq of the event whose frame is `frame` ([`event_frame_len`] bytes): the readers that
 /// do not decode stmp find it where the fixed-width field sits, so they count the round's
 /// events as stmp's listeners do, by seq.

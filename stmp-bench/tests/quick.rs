@@ -87,8 +87,8 @@ fn quick_run_has_every_row() {
         }
     }
 
-    // Fan-out: stmp, stmp's server to raw readers, and the raw baseline.
-    for system in ["stmp tcp", "stmp tcp to raw readers", "raw tcp"] {
+    // Fan-out: stmp over TCP and WebSocket, stmp's server to raw readers, and the raw baseline.
+    for system in ["stmp tcp", "stmp ws", "stmp tcp to raw readers", "raw tcp"] {
         let cell = format!("| {system} |");
         assert!(
             markdown
