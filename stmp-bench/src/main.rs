@@ -13,7 +13,8 @@ use stmp_bench::unary::Point;
 use stmp_bench::{Result, Settings, child, cluster, fanout, memory, target, unary};
 
 const USAGE: &str = "usage: stmp-bench [--quick] [--out DIR] [--only unary|fanout|cluster|memory]...
-                  [--system LABEL]... [--point single|multiplexed|connections]... [--no-spin] [--no-pin]
+                  [--system LABEL]... [--point single|multiplexed|connections]... [--payload 32|1024]...
+                  [--no-spin] [--no-pin]
                   [--target ADDR] [--fanout-passes N]
        stmp-bench serve stmp|tonic|raw-echo|raw-fanout|stmp-nats
 
@@ -34,6 +35,7 @@ struct Args {
     only: Vec<String>,
     systems: Vec<System>,
     points: Vec<Point>,
+    payloads: Vec<usize>,
     target: Option<String>,
 }
 
@@ -44,6 +46,7 @@ fn parse(args: &[String]) -> Result<Args> {
         only: Vec::new(),
         systems: Vec::new(),
         points: Vec::new(),
+        payloads: Vec::new(),
         target: None,
     };
     // Applied after the loop, so that `--quick` anywhere does not undo it.
@@ -85,6 +88,14 @@ fn parse(args: &[String]) -> Result<Args> {
                     _ => return Err("--point needs single, multiplexed or connections".into()),
                 };
                 parsed.points.push(point);
+            }
+            "--payload" => {
+                let payload = args
+                    .next()
+                    .and_then(|bytes| bytes.parse::<usize>().ok())
+                    .filter(|bytes| unary::PAYLOADS.contains(bytes))
+                    .ok_or("--payload needs 32 or 1024")?;
+                parsed.payloads.push(payload);
             }
             "--fanout-passes" => {
                 let passes = args.next().ok_or("--fanout-passes needs a number")?;
@@ -203,7 +214,11 @@ fn run(args: Args) -> Result<()> {
                 true => System::unary(),
                 false => args.systems.clone(),
             };
-            unary_results = unary::run(&settings, &systems, &points).await?;
+            let payloads = match args.payloads.is_empty() {
+                true => unary::PAYLOADS.to_vec(),
+                false => args.payloads.clone(),
+            };
+            unary_results = unary::run(&settings, &systems, &points, &payloads).await?;
         }
         let mut throughput = Vec::new();
         // The fan-out's rounds leave the CPUs idle between events, as a latency point does.
@@ -242,4 +257,32 @@ fn run(args: Args) -> Result<()> {
         );
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(args: &[&str]) -> Result<Args> {
+        parse(&args.iter().map(|a| a.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn payloads_narrow_the_unary_part_to_the_sizes_it_knows() {
+        let args = parsed(&["--payload", "1024", "--point", "multiplexed"]).expect("valid");
+        assert_eq!(args.payloads, [1024]);
+        assert_eq!(args.points, [Point::Multiplexed]);
+        assert!(
+            parsed(&[]).expect("valid").payloads.is_empty(),
+            "both by default"
+        );
+        for wrong in [
+            &["--payload", "64"][..],
+            &["--payload", "many"],
+            &["--payload"],
+        ] {
+            let error = parsed(wrong).err().expect("refused").to_string();
+            assert!(error.contains("--payload needs 32 or 1024"), "{error}");
+        }
+    }
 }

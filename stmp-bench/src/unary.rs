@@ -319,6 +319,7 @@ pub async fn run(
     settings: &Settings,
     systems: &[System],
     points: &[Point],
+    payloads: &[usize],
 ) -> Result<Vec<UnaryResult>> {
     let mut servers: Vec<ServerProcess> = Vec::new();
     for &system in systems {
@@ -334,7 +335,7 @@ pub async fn run(
     };
     let mut results = Vec::new();
     let all: Vec<&ServerProcess> = servers.iter().collect();
-    for payload in PAYLOADS {
+    for &payload in payloads {
         for &point in points {
             let pinned = settings.pin && point == Point::Single;
             let _awake = spinners_for(settings, point);
