@@ -5,6 +5,7 @@
 mod deflate;
 mod inflate;
 mod packets;
+mod read_ahead;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -26,6 +27,8 @@ use deflate::Deflater;
 use inflate::BoundedGzip;
 pub(crate) use inflate::InflationLimit;
 use packets::PacketReader;
+#[cfg_attr(not(feature = "ws"), allow(unused_imports))]
+pub(crate) use read_ahead::ReadAheadStream;
 
 /// Decoded packets from the peer; the stream ends when the transport does.
 pub(crate) type PacketStream = Pin<Box<dyn PacketSource>>;

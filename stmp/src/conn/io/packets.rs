@@ -1,11 +1,5 @@
-//! Decoded packets from a byte stream, read through a buffer that follows the traffic.
-//!
-//! Idle connections are the common case on a real-time server, so a connection that waits
-//! with nothing buffered holds no read buffer at all. A busy one wants the opposite: with many
-//! calls in flight, a small buffer costs one read syscall (and one allocation) per packet or
-//! two. So the size of the next buffer doubles each time a read fills all the room it had, up
-//! to [`MAX_READ_AHEAD`], and halves when reads use little of it; the size is a number kept
-//! across idle periods, the memory is not.
+//! Decoded packets from a byte stream, read through a buffer that follows the traffic
+//! ([`ReadAhead`]).
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -16,23 +10,16 @@ use tokio::io::AsyncRead;
 use tokio_util::codec::Decoder;
 use tokio_util::io::poll_read_buf;
 
+use super::read_ahead::ReadAhead;
 use crate::Status;
 use crate::wire::{Packet, PacketCodec};
-
-/// The room a read starts with, and never goes below.
-pub(crate) const MIN_READ_AHEAD: usize = 2 << 10;
-
-/// The most room a busy connection reads into at once. A payload is a slice of the buffer it
-/// arrived in, so a handler that keeps one keeps up to this much alive.
-pub(crate) const MAX_READ_AHEAD: usize = 64 << 10;
 
 /// The packets of a byte stream.
 pub(crate) struct PacketReader<R> {
     reader: R,
     codec: PacketCodec,
     buffer: BytesMut,
-    /// The room the next read gets.
-    read_ahead: usize,
+    read_ahead: ReadAhead,
     /// The stream has ended (or failed): nothing more comes out.
     done: bool,
     /// A read brought bytes since the engine last asked ([`PacketSource::took_a_read`]).
@@ -46,18 +33,9 @@ impl<R> PacketReader<R> {
             reader,
             codec,
             buffer: leftover,
-            read_ahead: MIN_READ_AHEAD,
+            read_ahead: ReadAhead::new(),
             done: false,
             read_since_asked: false,
-        }
-    }
-
-    /// Adapts the next read's room to how much the last one (given `room`) brought.
-    fn adapt(&mut self, read: usize, room: usize) {
-        if read == room {
-            self.read_ahead = (self.read_ahead * 2).min(MAX_READ_AHEAD);
-        } else if read < self.read_ahead / 4 {
-            self.read_ahead = (self.read_ahead / 2).max(MIN_READ_AHEAD);
         }
     }
 
@@ -74,8 +52,8 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
                 return Poll::Ready(Some(Ok(packet)));
             }
             // Only a partial packet is buffered here, so making room copies little.
-            if self.buffer.capacity() - self.buffer.len() < self.read_ahead / 2 {
-                self.buffer.reserve(self.read_ahead);
+            if self.buffer.capacity() - self.buffer.len() < self.read_ahead.room() / 2 {
+                self.buffer.reserve(self.read_ahead.room());
             }
             let room = self.buffer.capacity() - self.buffer.len();
             let read = ready!(poll_read_buf(
@@ -89,7 +67,7 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
                 return Poll::Ready(self.codec.decode_eof(&mut self.buffer).transpose());
             }
             self.read_since_asked = true;
-            self.adapt(read, room);
+            self.read_ahead.adapt(read, room);
         }
     }
 }
@@ -129,9 +107,10 @@ mod tests {
 
     use bytes::Bytes;
     use futures_util::StreamExt;
-    use tokio::io::{AsyncWriteExt, ReadBuf};
+    use tokio::io::AsyncWriteExt;
 
     use super::*;
+    use crate::conn::io::read_ahead::{CountReads, MAX_READ_AHEAD, MIN_READ_AHEAD};
     use crate::wire::{Action, Header, Limits, Request};
 
     fn request(mid: u16, payload: usize) -> Packet {
@@ -149,33 +128,6 @@ mod tests {
             PacketCodec::with_limits(Limits::default()),
             BytesMut::new(),
         )
-    }
-
-    /// Counts the reads that brought bytes.
-    struct CountReads<R> {
-        inner: R,
-        reads: usize,
-    }
-
-    impl<R> CountReads<R> {
-        fn new(inner: R) -> Self {
-            CountReads { inner, reads: 0 }
-        }
-    }
-
-    impl<R: AsyncRead + Unpin> AsyncRead for CountReads<R> {
-        fn poll_read(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &mut ReadBuf<'_>,
-        ) -> Poll<std::io::Result<()>> {
-            let before = buf.filled().len();
-            let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-            if buf.filled().len() > before {
-                self.reads += 1;
-            }
-            polled
-        }
     }
 
     fn waiting<R: AsyncRead + Unpin>(packets: &mut PacketReader<R>) -> usize {
@@ -235,15 +187,15 @@ mod tests {
         let reads = packets.reader.reads;
         // 4 × 66 KiB: read 2 KiB at a time that would take over 130 reads.
         assert!(reads <= 16, "{reads} reads for 4 bursts of 66 KiB");
-        assert!(packets.read_ahead > MIN_READ_AHEAD);
-        assert!(packets.read_ahead <= MAX_READ_AHEAD);
+        assert!(packets.read_ahead.room() > MIN_READ_AHEAD);
+        assert!(packets.read_ahead.room() <= MAX_READ_AHEAD);
 
         // Quiet traffic again: single small packets bring the read size back down.
         for _ in 0..16 {
             peer.write_all(&[0x90]).await.unwrap();
             assert_eq!(packets.next().await.unwrap().unwrap(), Packet::Pong);
         }
-        assert_eq!(packets.read_ahead, MIN_READ_AHEAD);
+        assert_eq!(packets.read_ahead.room(), MIN_READ_AHEAD);
     }
 
     #[tokio::test]
