@@ -40,8 +40,8 @@ const HTTP_KEYS: [&str; 4] = ["Accept", "Accept-Encoding", "Packet-Format", "Stm
 const WS_WRITE_BUFFER: usize = 64 << 10;
 
 pub(crate) fn ws_config(max_packet_size: usize) -> WebSocketConfig {
-    // A small read buffer keeps idle connections cheap; the limits keep a message within a
-    // packet.
+    // A small read buffer keeps idle connections cheap (a busy one reads ahead below it, in
+    // `ReadAheadStream`); the limits keep a message within a packet.
     WebSocketConfig::default()
         .read_buffer_size(4 << 10)
         .write_buffer_size(WS_WRITE_BUFFER)

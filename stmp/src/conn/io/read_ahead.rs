@@ -58,9 +58,9 @@ impl ReadAhead {
 #[cfg_attr(not(feature = "ws"), allow(dead_code))]
 pub(crate) struct ReadAheadStream<S> {
     inner: S,
-    /// Made at the first read that asks for less than the read-ahead: a connection that only
-    /// ever gets a message now and then reads straight from the stream and never needs it,
-    /// and the stream lives as long as its connection.
+    /// Made when first needed, by a read that asks for less than the read-ahead or one that
+    /// fills its room: a connection that gets a message now and then reads straight from the
+    /// stream and never needs it, and the stream lives as long as its connection.
     buffered: Option<Box<Buffered>>,
 }
 
