@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use stmp::{Context, Method, Server, Status};
+use stmp::{Context, Method, Status};
 
 #[derive(Clone, PartialEq, prost::Message, serde::Serialize, serde::Deserialize)]
 pub struct Echo {
@@ -114,6 +114,7 @@ pub fn self_signed() -> (String, String) {
 }
 
 /// The addresses of a server listening on every transport.
+#[cfg(all(feature = "tls", feature = "ws"))]
 pub struct Addrs {
     pub tcp: SocketAddr,
     pub tls: SocketAddr,
@@ -122,6 +123,7 @@ pub struct Addrs {
     pub cert_pem: String,
 }
 
+#[cfg(all(feature = "tls", feature = "ws"))]
 impl Addrs {
     pub fn url(&self, scheme: &str) -> String {
         match scheme {
@@ -139,7 +141,8 @@ impl Addrs {
 }
 
 /// Starts `server` on every transport, with the test methods registered.
-pub async fn serve_all(server: &Server) -> Addrs {
+#[cfg(all(feature = "tls", feature = "ws"))]
+pub async fn serve_all(server: &stmp::Server) -> Addrs {
     register(server.router());
     let (cert_pem, key_pem) = self_signed();
     let tls = stmp::tls::server_config(cert_pem.as_bytes(), key_pem.as_bytes()).unwrap();
