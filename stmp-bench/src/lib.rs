@@ -92,15 +92,19 @@ pub fn event(seq: u64) -> Event {
     }
 }
 
+/// `event` as the notify of [`EVENT`] that stmp sends.
+fn notify_packet(event: &Event) -> Packet {
+    Packet::Notify(Notify {
+        action: EVENT.wire_action(),
+        header: Header::new(),
+        payload: Bytes::from(prost::Message::encode_to_vec(event)),
+    })
+}
+
 /// The exact bytes stmp writes on a TCP stream for `event` as a notify of [`EVENT`]: what the
 /// raw fan-out baseline writes to each socket.
 pub fn notify_frame(event: &Event) -> Bytes {
-    let payload = Bytes::from(prost::Message::encode_to_vec(event));
-    let packet = Packet::Notify(Notify {
-        action: EVENT.wire_action(),
-        header: Header::new(),
-        payload,
-    });
+    let packet = notify_packet(event);
     let mut out = BytesMut::with_capacity(packet.encoded_stream_len());
     packet.encode_stream(&mut out);
     out.freeze()
@@ -115,13 +119,8 @@ pub fn event_frame_len() -> usize {
 /// message from the server, so a two-byte frame header (short and unmasked) and the packet
 /// in its message form.
 pub fn event_message_len() -> usize {
-    let packet = Packet::Notify(Notify {
-        action: EVENT.wire_action(),
-        header: Header::new(),
-        payload: Bytes::from(prost::Message::encode_to_vec(&event(1))),
-    });
     let mut message = BytesMut::new();
-    packet.encode_message(&mut message);
+    notify_packet(&event(1)).encode_message(&mut message);
     2 + message.len()
 }
 
