@@ -16,7 +16,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 use crate::Result;
-use crate::systems::{CERT_ENV, KEY_ENV, Listening, ServerKind, quic_cert};
+use crate::systems::{CERT_ENV, KEY_ENV, Listening, ServerKind, bench_cert};
 
 /// The CPU of the servers while a latency point runs pinned (see [`pin_for_latency`]).
 pub const SERVER_CPU: usize = 0;
@@ -110,7 +110,7 @@ impl ServerProcess {
             .kill_on_drop(true)
             .envs(env.iter().map(|(key, value)| (key, value)));
         if matches!(kind, ServerKind::Stmp | ServerKind::RawEcho) {
-            let cert = quic_cert();
+            let cert = bench_cert();
             command
                 .env(CERT_ENV, &cert.cert_pem)
                 .env(KEY_ENV, &cert.key_pem);

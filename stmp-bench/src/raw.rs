@@ -117,7 +117,7 @@ impl QuicStream {
     /// Connects to the raw QUIC echo at `addr` (TLS 1.3 with the run's self-signed
     /// certificate, quinn's default transport settings) and opens the stream.
     pub async fn connect(addr: SocketAddr) -> Result<QuicStream> {
-        let mut tls = (*crate::systems::quic_cert().client).clone();
+        let mut tls = (*crate::systems::bench_cert().client).clone();
         tls.alpn_protocols = vec![RAW_QUIC_ALPN.to_vec()];
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
         let mut endpoint = quinn::Endpoint::client((std::net::Ipv4Addr::LOCALHOST, 0).into())?;

@@ -328,6 +328,7 @@ impl Report {
                             "quinn, TLS 1.3, one stream; pipelined, batched writes"
                         }
                         (System::RawQuic, _) => "quinn, TLS 1.3, one stream",
+                        (System::StmpTls | System::StmpWss, _) => "TLS 1.3 (rustls, ring)",
                         (System::StmpGzip, _) => "gzip stream, sync flush per batch",
                         (System::StmpQuic, _) => "TLS 1.3, one stream; vs raw: raw quic echo",
                         (System::Tonic, Point::Multiplexed) => "HTTP/2 streams on one channel",

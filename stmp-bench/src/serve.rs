@@ -102,11 +102,18 @@ async fn stmp_server() -> Result<()> {
     println!("LISTEN ws {ws}");
     if let (Ok(cert), Ok(key)) = (std::env::var(CERT_ENV), std::env::var(KEY_ENV)) {
         let tls = stmp::tls::server_config(cert.as_bytes(), key.as_bytes())?;
+        let over_tcp = server.listen_tls("127.0.0.1:0", tls.clone()).await?;
+        println!("LISTEN tls {over_tcp}");
+        let wss = server
+            .listen_wss("127.0.0.1:0", "/stmp", tls.clone())
+            .await?;
+        println!("LISTEN wss {wss}");
         let quic = server.listen_quic("127.0.0.1:0", tls).await?;
         println!("LISTEN quic {quic}");
     }
     commands(|words| match words {
         ["count"] => Some(format!("COUNT {}", server.conns().len())),
+
         ["broadcast", seq] => {
             let seq: u64 = seq.parse().ok()?;
             let start_ns = unix_nanos();

@@ -15,8 +15,12 @@ use crate::Result;
 pub enum System {
     /// stmp over plain TCP.
     StmpTcp,
+    /// stmp over TLS 1.3 over TCP (rustls with ring, self-signed certificate).
+    StmpTls,
     /// stmp over WebSocket (binary packets).
     StmpWs,
+    /// stmp over WebSocket over TLS 1.3: what a browser in production uses.
+    StmpWss,
     /// stmp over TCP with gzip stream compression.
     StmpGzip,
     /// stmp over QUIC (one bidirectional stream, TLS 1.3, self-signed certificate).
@@ -32,9 +36,11 @@ pub enum System {
 
 impl System {
     /// Every system, in table order.
-    pub const ALL: [System; 7] = [
+    pub const ALL: [System; 9] = [
         System::StmpTcp,
+        System::StmpTls,
         System::StmpWs,
+        System::StmpWss,
         System::StmpGzip,
         System::StmpQuic,
         System::Tonic,
@@ -46,7 +52,9 @@ impl System {
     pub fn label(self) -> &'static str {
         match self {
             System::StmpTcp => "stmp tcp",
+            System::StmpTls => "stmp tls",
             System::StmpWs => "stmp ws",
+            System::StmpWss => "stmp wss",
             System::StmpGzip => "stmp tcp+gzip",
             System::StmpQuic => "stmp quic",
             System::Tonic => "tonic grpc",
@@ -59,7 +67,12 @@ impl System {
     pub fn is_stmp(self) -> bool {
         matches!(
             self,
-            System::StmpTcp | System::StmpWs | System::StmpGzip | System::StmpQuic
+            System::StmpTcp
+                | System::StmpTls
+                | System::StmpWs
+                | System::StmpWss
+                | System::StmpGzip
+                | System::StmpQuic
         )
     }
 
@@ -82,8 +95,8 @@ impl System {
 /// What `stmp-bench serve <kind>` runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum ServerKind {
-    /// An stmp server listening on TCP, WebSocket (`/stmp`) and QUIC at once, with the echo
-    /// method; `broadcast <seq>` on its stdin sends the fan-out event to every connection.
+    /// An stmp server listening on TCP, WebSocket (`/stmp`) and, given the certificate, TLS,
+    /// WebSocket over TLS and QUIC at once, with the echo method; `broadcast <seq>` on its stdin sends the fan-out event to every connection.
     Stmp,
     /// A tonic server with the echo service.
     Tonic,
@@ -137,7 +150,7 @@ impl Listening {
         self.addrs.push((name, addr));
     }
 
-    /// The address of the listener called `name` (`tcp`, `ws`, `quic`).
+    /// The address of the listener called `name` (`tcp`, `tls`, `ws`, `wss`, `quic`).
     pub fn addr(&self, name: &str) -> Result<SocketAddr> {
         self.addrs
             .iter()
@@ -178,15 +191,23 @@ pub async fn stmp_client(
                 .connect(&format!("tcp://{}", server.addr("tcp")?))
                 .await?
         }
+        System::StmpTls => {
+            trusting_cert(builder)
+                .connect(&format!("tls://{}", server.addr("tls")?))
+                .await?
+        }
         System::StmpWs => {
             builder
                 .connect(&format!("ws://{}/stmp", server.addr("ws")?))
                 .await?
         }
+        System::StmpWss => {
+            trusting_cert(builder)
+                .connect(&format!("wss://{}/stmp", server.addr("wss")?))
+                .await?
+        }
         System::StmpQuic => {
-            builder
-                .tls(quic_cert().client.clone())
-                .server_name("localhost")
+            trusting_cert(builder)
                 .connect(&format!("quic://{}", server.addr("quic")?))
                 .await?
         }
@@ -197,9 +218,16 @@ pub async fn stmp_client(
     Ok(client)
 }
 
-/// The self-signed certificate of the QUIC listener: made once by the load process, handed to
-/// the server process in the environment.
-pub struct QuicCert {
+/// A client builder that trusts the run's certificate, issued to `localhost`.
+fn trusting_cert(builder: stmp::ClientBuilder) -> stmp::ClientBuilder {
+    builder
+        .tls(bench_cert().client.clone())
+        .server_name("localhost")
+}
+
+/// The self-signed certificate of the TLS, WebSocket-over-TLS and QUIC listeners: made once by
+/// the load process, handed to the server process in the environment.
+pub struct BenchCert {
     /// The certificate, PEM.
     pub cert_pem: String,
     /// Its private key, PEM.
@@ -208,21 +236,21 @@ pub struct QuicCert {
     pub client: Arc<rustls::ClientConfig>,
 }
 
-/// Environment variables that carry the QUIC certificate to the server process.
-pub const CERT_ENV: &str = "STMP_BENCH_QUIC_CERT";
+/// Environment variables that carry the certificate to the server process.
+pub const CERT_ENV: &str = "STMP_BENCH_CERT";
 /// See [`CERT_ENV`].
-pub const KEY_ENV: &str = "STMP_BENCH_QUIC_KEY";
+pub const KEY_ENV: &str = "STMP_BENCH_KEY";
 
-/// The process's QUIC certificate.
-pub fn quic_cert() -> &'static QuicCert {
-    static CERT: OnceLock<QuicCert> = OnceLock::new();
+/// The process's certificate.
+pub fn bench_cert() -> &'static BenchCert {
+    static CERT: OnceLock<BenchCert> = OnceLock::new();
     CERT.get_or_init(|| {
         let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
             .expect("a self-signed certificate");
         let cert_pem = certified.cert.pem();
         let key_pem = certified.signing_key.serialize_pem();
         let client = stmp::tls::client_config(cert_pem.as_bytes()).expect("a client TLS config");
-        QuicCert {
+        BenchCert {
             cert_pem,
             key_pem,
             client,

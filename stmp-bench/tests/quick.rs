@@ -52,10 +52,12 @@ fn quick_run_has_every_row() {
         serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).expect("json"))
             .expect("results.json parses");
 
-    // Unary: 7 systems × 2 payloads × 3 points, each row with positive figures.
+    // Unary: 9 systems × 2 payloads × 3 points, each row with positive figures.
     let systems = [
         "stmp tcp",
+        "stmp tls",
         "stmp ws",
+        "stmp wss",
         "stmp tcp+gzip",
         "stmp quic",
         "tonic grpc",
@@ -156,10 +158,12 @@ fn quick_run_has_every_row() {
         "no ratio to one node in\n{markdown}"
     );
 
-    // Memory: stmp tcp, stmp ws, stmp tcp+gzip, stmp quic, tonic.
+    // Memory: stmp tcp, tls, ws, wss, tcp+gzip, quic, tonic.
     for system in [
         "stmp tcp",
+        "stmp tls",
         "stmp ws",
+        "stmp wss",
         "stmp tcp+gzip",
         "stmp quic",
         "tonic grpc",
@@ -173,7 +177,7 @@ fn quick_run_has_every_row() {
             "{row}"
         );
     }
-    assert_eq!(json["memory"].as_array().map(Vec::len), Some(5));
+    assert_eq!(json["memory"].as_array().map(Vec::len), Some(7));
 
     // Targets: issue 16's eight, idle memory in two rows (tcp, ws), each measured.
     let targets = json["targets"].as_array().expect("targets");
