@@ -131,10 +131,11 @@ impl crate::Server {
                 let Some(incoming) = incoming else { break };
                 match server.inner.admission.ticket() {
                     Ticket::Serve(slot) => {
-                        server
-                            .inner
-                            .connections
-                            .spawn(server.clone().serve_quic(incoming, slot));
+                        // Boxed: the connection's task keeps its arguments for as long as
+                        // it lives, and an `Incoming` is 0.8 KB.
+                        let incoming = Box::new(incoming);
+                        let serving = server.clone().serve_quic(incoming, slot);
+                        server.inner.connections.spawn(serving);
                     }
                     // QUIC refuses with one stateless packet: no task, no TLS handshake.
                     Ticket::Refuse(refusal) => {
@@ -153,7 +154,7 @@ impl crate::Server {
         Ok(local)
     }
 
-    async fn serve_quic(self, incoming: quinn::Incoming, slot: Slot) {
+    pub(super) async fn serve_quic(self, incoming: Box<quinn::Incoming>, slot: Slot) {
         let remote = incoming.remote_address();
         let timeout = self.inner.config.handshake_timeout;
         let opened = tokio::time::timeout(timeout, async {

@@ -8,25 +8,33 @@ use super::Farewell;
 use crate::Server;
 use crate::Status;
 use crate::client::endpoint::Endpoint;
+use crate::server::{Refusal, Slot};
 
 impl Server {
     /// Listens for plain TCP; returns the bound address (use port 0 to let the OS pick).
     pub async fn listen_tcp(&self, addr: impl ToSocketAddrs) -> Result<SocketAddr, Status> {
-        self.listen(addr, |server, stream, remote, admitted| async move {
-            match admitted {
-                Ok(slot) => {
-                    let (reader, writer) = stream.into_split();
-                    server
-                        .serve_stream(reader, writer, remote, "tcp", slot)
-                        .await;
-                }
-                Err(refusal) => {
-                    let open = std::future::ready(Ok(stream));
-                    server.turn_away(open, refusal, Farewell::Handshake).await;
-                }
-            }
-        })
-        .await
+        self.listen(addr, serve_tcp).await
+    }
+}
+
+/// An accepted TCP socket, from its admission to the end of its connection.
+pub(crate) async fn serve_tcp(
+    server: Server,
+    stream: TcpStream,
+    remote: SocketAddr,
+    admitted: Result<Slot, Refusal>,
+) {
+    match admitted {
+        Ok(slot) => {
+            let (reader, writer) = stream.into_split();
+            server
+                .serve_stream(reader, writer, remote, "tcp", slot)
+                .await;
+        }
+        Err(refusal) => {
+            let open = std::future::ready(Ok(stream));
+            server.turn_away(open, refusal, Farewell::Handshake).await;
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::ToSocketAddrs;
+use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue, StatusCode};
@@ -26,7 +26,7 @@ use crate::conn::PacketFormat;
 use crate::conn::io::{
     LookingAhead, PacketStream, PacketWriter, ReadAheadStream, WriteError, step,
 };
-use crate::server::Transport;
+use crate::server::{Refusal, Slot, Transport};
 use crate::wire::{Header, Limits, Packet, ServerHandshake, Version};
 use crate::{Server, Status};
 
@@ -103,6 +103,56 @@ pub(crate) fn handshake_from_request(request: &Request, limits: &Limits) -> Resu
     Ok(header)
 }
 
+/// An accepted socket of a WebSocket listener on `path`, from its admission to the end of its
+/// connection.
+pub(crate) async fn serve_ws(
+    server: Server,
+    path: Arc<str>,
+    stream: TcpStream,
+    remote: SocketAddr,
+    admitted: Result<Slot, Refusal>,
+) {
+    match admitted {
+        Ok(slot) => {
+            server
+                .serve_websocket(stream, remote, &path, "ws", slot)
+                .await
+        }
+        Err(refusal) => {
+            let open = std::future::ready(Ok(stream));
+            server.turn_away(open, refusal, Farewell::Http).await;
+        }
+    }
+}
+
+/// An accepted socket of a WebSocket-over-TLS listener on `path`, from its admission to the
+/// end of its connection.
+#[cfg(feature = "tls")]
+pub(crate) async fn serve_wss(
+    server: Server,
+    acceptor: tokio_rustls::TlsAcceptor,
+    path: Arc<str>,
+    stream: TcpStream,
+    remote: SocketAddr,
+    admitted: Result<Slot, Refusal>,
+) {
+    let slot = match admitted {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            let open = acceptor.accept(stream);
+            // Boxed: see `tls::accept`.
+            let refusing = server.turn_away(open, refusal, Farewell::Http);
+            return Box::pin(refusing).await;
+        }
+    };
+    let Some(tls) = super::tls::accept(&server, &acceptor, stream, remote).await else {
+        return;
+    };
+    server
+        .serve_websocket(tls, remote, &path, "wss", slot)
+        .await
+}
+
 fn version_of(header: &Header) -> Result<Version, Status> {
     match header.get("Stmp-Version") {
         None => Ok(Version::V1_0),
@@ -125,20 +175,7 @@ impl Server {
     ) -> Result<SocketAddr, Status> {
         let path: Arc<str> = Arc::from(path);
         self.listen(addr, move |server, stream, remote, admitted| {
-            let path = path.clone();
-            async move {
-                match admitted {
-                    Ok(slot) => {
-                        server
-                            .serve_websocket(stream, remote, &path, "ws", slot)
-                            .await
-                    }
-                    Err(refusal) => {
-                        let open = std::future::ready(Ok(stream));
-                        server.turn_away(open, refusal, Farewell::Http).await;
-                    }
-                }
-            }
+            serve_ws(server, path.clone(), stream, remote, admitted)
         })
         .await
     }
@@ -154,27 +191,14 @@ impl Server {
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
         let path: Arc<str> = Arc::from(path);
         self.listen(addr, move |server, stream, remote, admitted| {
-            let acceptor = acceptor.clone();
-            let path = path.clone();
-            async move {
-                let slot = match admitted {
-                    Ok(slot) => slot,
-                    Err(refusal) => {
-                        let open = acceptor.accept(stream);
-                        return server.turn_away(open, refusal, Farewell::Http).await;
-                    }
-                };
-                let timeout = server.inner.config.handshake_timeout;
-                match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => {
-                        server
-                            .serve_websocket(tls, remote, &path, "wss", slot)
-                            .await
-                    }
-                    Ok(Err(error)) => tracing::debug!(%remote, %error, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
-                }
-            }
+            serve_wss(
+                server,
+                acceptor.clone(),
+                path.clone(),
+                stream,
+                remote,
+                admitted,
+            )
         })
         .await
     }
@@ -185,7 +209,7 @@ impl Server {
         remote: SocketAddr,
         path: &str,
         transport: &'static str,
-        mut slot: super::Slot,
+        mut slot: Slot,
     ) where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
