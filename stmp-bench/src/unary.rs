@@ -142,15 +142,17 @@ pub async fn drive<C: Call>(
         .map(|mut caller| {
             tokio::spawn(async move {
                 let mut latencies = Latencies::default();
-                loop {
-                    let began = Instant::now();
-                    if began >= end {
-                        break;
-                    }
+                // One clock read per call: a call's end is the next one's start. The load
+                // generator shares the CPUs with the server, and in a profile of stmp tcp at
+                // 64 in flight the clock reads were 2.4 % of both processes' time.
+                let mut began = Instant::now();
+                while began < end {
                     caller.call().await?;
+                    let ended = Instant::now();
                     if began >= measure_from {
-                        latencies.record(began.elapsed());
+                        latencies.record(ended - began);
                     }
+                    began = ended;
                 }
                 Ok::<_, crate::Error>(latencies)
             })
