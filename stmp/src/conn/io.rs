@@ -28,7 +28,7 @@ use inflate::BoundedGzip;
 pub(crate) use inflate::InflationLimit;
 use packets::PacketReader;
 #[cfg_attr(not(feature = "ws"), allow(unused_imports))]
-pub(crate) use read_ahead::ReadAheadStream;
+pub(crate) use read_ahead::{MIN_READ_AHEAD, ReadAheadStream};
 
 /// Decoded packets from the peer; the stream ends when the transport does.
 pub(crate) type PacketStream = Pin<Box<dyn PacketSource>>;

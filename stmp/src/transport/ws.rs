@@ -24,7 +24,7 @@ use crate::client::dial::{Dialed, chosen_codec, client_header, ready};
 use crate::client::endpoint::{Endpoint, Scheme};
 use crate::conn::PacketFormat;
 use crate::conn::io::{
-    LookingAhead, PacketStream, PacketWriter, ReadAheadStream, WriteError, step,
+    LookingAhead, MIN_READ_AHEAD, PacketStream, PacketWriter, ReadAheadStream, WriteError, step,
 };
 use crate::server::{Refusal, Slot, Transport};
 use crate::wire::{Header, Limits, Packet, ServerHandshake, Version};
@@ -40,10 +40,13 @@ const HTTP_KEYS: [&str; 4] = ["Accept", "Accept-Encoding", "Packet-Format", "Stm
 const WS_WRITE_BUFFER: usize = 64 << 10;
 
 pub(crate) fn ws_config(max_packet_size: usize) -> WebSocketConfig {
-    // A small read buffer keeps idle connections cheap (a busy one reads ahead below it, in
-    // `ReadAheadStream`); the limits keep a message within a packet.
+    // tungstenite's read buffer is allocated with the connection and kept for its life: at
+    // 4 KiB, an idle WebSocket connection took 11.9 KiB, at this size 10.0. A busy connection
+    // reads ahead below it (`ReadAheadStream`), and a read that asks for at least the
+    // read-ahead's floor, as a lone message's does at this size, goes straight to the socket.
+    // The limits keep a message within a packet.
     WebSocketConfig::default()
-        .read_buffer_size(4 << 10)
+        .read_buffer_size(MIN_READ_AHEAD)
         .write_buffer_size(WS_WRITE_BUFFER)
         .max_message_size(Some(max_packet_size + 64))
         .max_frame_size(Some(max_packet_size + 64))
