@@ -308,30 +308,35 @@ mod tests {
                 Ticket::Serve(slot) => Ok(slot),
                 _ => panic!("a fresh server refused a connection"),
             };
-            (server.clone(), stream, remote, admitted)
+            (stream, remote, admitted)
         };
 
-        let (server_, stream, remote, admitted) = accepted().await;
-        let tcp = size_of_val(&tcp::serve_tcp(server_, stream, remote, admitted));
-        let (server_, stream, remote, admitted) = accepted().await;
+        let (stream, remote, admitted) = accepted().await;
+        let tcp = size_of_val(&tcp::serve_tcp(server.clone(), stream, remote, admitted));
+        let (stream, remote, admitted) = accepted().await;
         let tls = size_of_val(&tls::serve_tls(
-            server_,
+            server.clone(),
             acceptor.clone(),
             stream,
             remote,
             admitted,
         ));
-        let (server_, stream, remote, admitted) = accepted().await;
+        let (stream, remote, admitted) = accepted().await;
         let ws = size_of_val(&ws::serve_ws(
-            server_,
+            server.clone(),
             path.clone(),
             stream,
             remote,
             admitted,
         ));
-        let (server_, stream, remote, admitted) = accepted().await;
+        let (stream, remote, admitted) = accepted().await;
         let wss = size_of_val(&ws::serve_wss(
-            server_, acceptor, path, stream, remote, admitted,
+            server.clone(),
+            acceptor,
+            path,
+            stream,
+            remote,
+            admitted,
         ));
         let quic = output_size(Server::serve_quic);
         eprintln!(

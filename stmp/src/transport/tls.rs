@@ -97,16 +97,15 @@ pub(crate) async fn serve_tls(
     remote: SocketAddr,
     admitted: Result<Slot, Refusal>,
 ) {
-    let slot = match admitted {
-        Ok(slot) => slot,
-        Err(refusal) => {
-            let open = acceptor.accept(stream);
-            // Boxed: see `accept`.
-            let refusing = server.turn_away(open, refusal, Farewell::Handshake);
-            return Box::pin(refusing).await;
-        }
-    };
-    let Some(tls) = accept(&server, &acceptor, stream, remote).await else {
+    let admitted = admit(
+        &server,
+        &acceptor,
+        stream,
+        remote,
+        admitted,
+        Farewell::Handshake,
+    );
+    let Some((tls, slot)) = admitted.await else {
         return;
     };
     let (reader, writer) = tokio::io::split(tls);
@@ -115,24 +114,34 @@ pub(crate) async fn serve_tls(
         .await;
 }
 
-/// Runs the TLS handshake of an accepted socket within the server's handshake timeout; a
-/// failure is logged.
+/// Turns away a socket over the limits (with `farewell`, after the TLS handshake), or runs the
+/// TLS handshake of an admitted one within the server's handshake timeout; a failure is logged.
 ///
 /// The stream comes back boxed. A rustls connection is 1.2 KB, and a connection task's future
 /// keeps room, for as long as the connection lives, for each place that holds the stream by
 /// value across an await: a future's argument (`serve_websocket`'s), a `match` on the
-/// handshake's result around the serving, the refusal's handshake (which its callers box for
-/// that reason). Held so, an idle TLS connection's task was 6.5 KB, against 2.1 KB over TCP.
-pub(crate) async fn accept(
+/// handshake's result around the serving, the refusal's handshake (boxed here for that
+/// reason). Held so, an idle TLS connection's task was 6.5 KB, against 2.1 KB over TCP.
+pub(crate) async fn admit(
     server: &crate::Server,
     acceptor: &TlsAcceptor,
     stream: TcpStream,
     remote: SocketAddr,
-) -> Option<Box<tokio_rustls::server::TlsStream<TcpStream>>> {
+    admitted: Result<Slot, Refusal>,
+    farewell: Farewell,
+) -> Option<(Box<tokio_rustls::server::TlsStream<TcpStream>>, Slot)> {
+    let slot = match admitted {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            let open = acceptor.accept(stream);
+            Box::pin(server.turn_away(open, refusal, farewell)).await;
+            return None;
+        }
+    };
     let timeout = server.inner.config.handshake_timeout;
     let handshake = async move { acceptor.accept(stream).await.map(Box::new) };
     match tokio::time::timeout(timeout, handshake).await {
-        Ok(Ok(tls)) => Some(tls),
+        Ok(Ok(tls)) => Some((tls, slot)),
         Ok(Err(error)) => {
             tracing::debug!(%remote, %error, "TLS handshake failed");
             None

@@ -139,16 +139,8 @@ pub(crate) async fn serve_wss(
     remote: SocketAddr,
     admitted: Result<Slot, Refusal>,
 ) {
-    let slot = match admitted {
-        Ok(slot) => slot,
-        Err(refusal) => {
-            let open = acceptor.accept(stream);
-            // Boxed: see `tls::accept`.
-            let refusing = server.turn_away(open, refusal, Farewell::Http);
-            return Box::pin(refusing).await;
-        }
-    };
-    let Some(tls) = super::tls::accept(&server, &acceptor, stream, remote).await else {
+    let admitted = super::tls::admit(&server, &acceptor, stream, remote, admitted, Farewell::Http);
+    let Some((tls, slot)) = admitted.await else {
         return;
     };
     server
