@@ -36,6 +36,65 @@ async fn ten_thousand_concurrent_calls_on_one_connection() {
     assert_eq!(client.conn().unwrap().pending_calls(), 0);
 }
 
+/// A connection's writer task starts only once a packet waits for it: one call at a time is
+/// written by its senders (the caller, then the handler), so an idle or quiet connection runs
+/// no writer task on either side.
+// One thread: the tasks counted are this runtime's, and none runs while they are counted.
+#[tokio::test]
+async fn a_quiet_connection_runs_no_writer_task_until_a_packet_waits_for_one() {
+    const CLIENTS: usize = 8;
+    let (_server, url) = tcp_server(Server::builder()).await;
+    let tasks = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    let before = tasks();
+    let mut clients = Vec::new();
+    for i in 0..CLIENTS {
+        let client = within(Client::connect(&url)).await.unwrap();
+        for _ in 0..3 {
+            let echoed: Echo = within(client.call(&ECHO, &echo(&i.to_string())))
+                .await
+                .unwrap();
+            assert_eq!(echoed.text, i.to_string());
+        }
+        clients.push(client);
+    }
+    let quiet = tasks() - before;
+    // The server's engine, and the client's with the task that dials it again should the
+    // connection drop: three. A writer task on each side would make five.
+    assert!(
+        quiet <= 3 * CLIENTS,
+        "{quiet} tasks for {CLIENTS} quiet connections"
+    );
+
+    // 64 calls at once: all but the first queue behind it, and the writer task starts.
+    let client = clients[0].clone();
+    let calls = (0..64).map(|i| {
+        let client = client.clone();
+        async move {
+            let echoed: Echo = client.call(&ECHO, &echo(&i.to_string())).await?;
+            Ok::<_, Status>((i, echoed))
+        }
+    });
+    for result in within(futures_util::future::join_all(calls)).await {
+        let (i, echoed) = result.unwrap();
+        assert_eq!(echoed.text, i.to_string());
+    }
+    let busy = tasks() - before;
+    assert!(
+        busy > quiet,
+        "{busy} tasks after 64 calls at once, {quiet} before"
+    );
+
+    // Quiet connections close as others do: their writer starts to send the Close.
+    for client in &clients {
+        within(client.close()).await;
+    }
+    until(|| tasks() == before).await;
+}
+
 // One thread: the 70,000 round trips then cost no cross-CPU wake-ups, which are slow and
 // erratic on small VMs.
 #[tokio::test]

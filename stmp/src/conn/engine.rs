@@ -115,7 +115,8 @@ impl Host {
         })
     }
 
-    /// The engine that runs `conn` over a transport's packets.
+    /// The engine that runs `conn` over a transport's packets. From here on `conn` can send:
+    /// its senders write inline, and its writer task starts once a packet waits for it.
     pub(crate) fn engine(
         &self,
         conn: Conn,
@@ -123,15 +124,30 @@ impl Host {
         reader: PacketStream,
         writer: PacketWriter,
     ) -> Engine {
+        let state = ConnState::new(
+            &self.config,
+            conn.counters().clone(),
+            self.draining.clone(),
+            now(),
+        );
+        let busy = Busy {
+            conn: conn.clone(),
+            handling: state.handler_slots(),
+        };
+        conn.shared.writer.put(writer);
+        conn.shared.outbox.allow_inline();
+        let writer_task = WriterTask::waiting(&conn, outbox, busy, self.config.write_stall_timeout);
         Engine {
+            writer_task: StopWriterOnDrop {
+                conn: conn.clone(),
+                task: writer_task,
+            },
             conn,
-            outbox,
+            state,
             reader,
-            writer,
             router: self.router.clone(),
             config: self.config.clone(),
             tasks: self.tasks.clone(),
-            draining: self.draining.clone(),
         }
     }
 }
@@ -139,13 +155,13 @@ impl Host {
 /// Everything one connection's engine needs.
 pub(crate) struct Engine {
     pub(crate) conn: Conn,
-    outbox: Outbox,
+    state: ConnState,
     reader: PacketStream,
-    writer: PacketWriter,
+    /// Stops the writer however the engine ends, run or not.
+    writer_task: StopWriterOnDrop,
     router: Router,
     pub(crate) config: EngineConfig,
     tasks: TaskTracker,
-    draining: Drain,
 }
 
 /// What the read loop waits for before it reads again: room in the send queue for a reply,
@@ -186,26 +202,15 @@ impl Engine {
         // future's state beside the parts moved out of it.
         let Engine {
             conn,
-            outbox,
+            mut state,
             mut reader,
-            writer,
+            writer_task,
             router,
             config,
             tasks,
-            draining,
         } = self;
         async move {
-            // Should this future be dropped half-way, the writer stops too.
-            let _stop_writer_on_drop = StopWriterOnDrop(conn.clone());
-            let mut state = ConnState::new(&config, conn.counters().clone(), draining, now());
             let handling = state.handler_slots();
-            let busy = Busy {
-                conn: conn.clone(),
-                handling: handling.clone(),
-            };
-            conn.shared.outbox.allow_inline();
-            let writer_task =
-                tokio::spawn(write_loop(outbox, writer, busy, config.write_stall_timeout));
             // What this connection's requests and notifies run through, resolved once per action
             // while the router does not change.
             let mut targets = ActionTargets::new(router);
@@ -386,7 +391,7 @@ impl Engine {
             drop(book);
             drop(listeners);
             drop(reader);
-            finish(conn, ending, writer_task, config.close_grace).await;
+            finish(conn, ending, &writer_task.task, config.close_grace).await;
         }
     }
 }
@@ -532,12 +537,7 @@ fn with_header(mut packet: Packet, header: Header) -> Packet {
 
 /// Sends the last Close, lets the writer flush for up to `grace`, and ends it if it cannot:
 /// once this returns, the writer and with it the transport are gone.
-async fn finish(
-    conn: Conn,
-    ending: Ending,
-    mut writer_task: tokio::task::JoinHandle<()>,
-    grace: Duration,
-) {
+async fn finish(conn: Conn, ending: Ending, writer_task: &WriterTask, grace: Duration) {
     let Ending { status, send_close } = ending;
     if send_close {
         let _ = conn.try_send(Packet::close(status.code(), status.message()));
@@ -546,6 +546,11 @@ async fn finish(
     let _ = conn.shared.close_status.set(status.clone());
     conn.fail_calls(&status);
     conn.shared.outbox.stop();
+    // Started now if nothing needed it before: it writes what is queued, the Close among it.
+    let Some(mut writer_task) = writer_task.start() else {
+        conn.mark_closed(&status);
+        return;
+    };
     if tokio::time::timeout(grace, &mut writer_task).await.is_err() {
         tracing::debug!(
             conn = conn.id(),
@@ -560,14 +565,14 @@ async fn finish(
 /// Writes queued packets; whatever is queued together goes out in one write and one flush.
 /// A write that makes no progress for `stall` ends the connection: the engine hears of it, as
 /// it does of the task ending any other way.
-async fn write_loop(mut outbox: Outbox, writer: PacketWriter, busy: Busy, stall: Duration) {
+/// The writer is in the connection's writer slot when the task starts: while the task waits,
+/// senders may write inline with it.
+async fn write_loop(mut outbox: Outbox, busy: Busy, stall: Duration) {
     const BATCH: usize = 64;
     let conn = busy.conn.clone();
     let slot = &conn.shared.writer;
     // However the task ends, the transport goes with it, not with the last `Conn`.
     let _clear = ClearWriterOnDrop(conn.clone());
-    // While the task waits, senders may write inline with it.
-    slot.put(writer);
     // One slot kept across wake-ups: a lone packet (an event, an answer) costs no allocation.
     let mut batch = Vec::new();
     loop {
@@ -627,6 +632,87 @@ async fn write_loop(mut outbox: Outbox, writer: PacketWriter, busy: Busy, stall:
     }
 }
 
+/// The connection's writer task, started the first time it is needed: when a packet is queued
+/// for it rather than written inline by its sender, when an inline write leaves bytes for it,
+/// or when the connection ends. Until then the send queue holds this as the waiting writer's
+/// waker, so senders write inline as they would with the task waiting. Connections that sit
+/// idle, or only ever write one packet at a time, never start one: a task is about 1.3 KB a
+/// connection, a fifth of what an idle TCP connection costs.
+pub(super) struct WriterTask {
+    state: std::sync::Mutex<WriterTaskState>,
+}
+
+enum WriterTaskState {
+    Waiting {
+        outbox: Outbox,
+        busy: Busy,
+        stall: Duration,
+        /// Where to start it: the waker may be woken on any thread (a broadcast from a thread
+        /// of its own, say).
+        runtime: tokio::runtime::Handle,
+    },
+    /// Started; its handle is there until the engine takes it to wait for the task's end.
+    Started(Option<tokio::task::JoinHandle<()>>),
+}
+
+impl WriterTask {
+    /// A writer task not started yet, registered as the send queue's waiting writer.
+    fn waiting(conn: &Conn, outbox: Outbox, busy: Busy, stall: Duration) -> Arc<WriterTask> {
+        let task = Arc::new(WriterTask {
+            state: std::sync::Mutex::new(WriterTaskState::Waiting {
+                outbox,
+                busy,
+                stall,
+                runtime: tokio::runtime::Handle::current(),
+            }),
+        });
+        let waker = std::task::Waker::from(task.clone());
+        if !conn.shared.outbox.writer_waits_with(waker) {
+            crate::sync::lock(&task.state).start();
+        }
+        task
+    }
+
+    /// Starts the task if it has not started, and hands out its handle the first time only.
+    /// The parts it holds until then (the connection among them) leave with it: nothing
+    /// stays behind to keep the connection's shared state alive.
+    fn start(&self) -> Option<tokio::task::JoinHandle<()>> {
+        let mut state = crate::sync::lock(&self.state);
+        state.start();
+        match &mut *state {
+            WriterTaskState::Started(handle) => handle.take(),
+            WriterTaskState::Waiting { .. } => None,
+        }
+    }
+}
+
+impl WriterTaskState {
+    fn start(&mut self) {
+        let state = std::mem::replace(self, WriterTaskState::Started(None));
+        *self = match state {
+            WriterTaskState::Waiting {
+                outbox,
+                busy,
+                stall,
+                runtime,
+            } => WriterTaskState::Started(Some(runtime.spawn(write_loop(outbox, busy, stall)))),
+            started => started,
+        };
+    }
+}
+
+/// Woken as the waiting writer: starts the task, which looks at the queue when it first runs
+/// and from then on waits with a waker of its own. Woken again before that, it does nothing.
+impl std::task::Wake for WriterTask {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        crate::sync::lock(&self.state).start();
+    }
+}
+
 /// Drops the writer left in the slot when the writer task ends, and tells the engine, which
 /// cannot go on without it (a failure reported before keeps its status).
 struct ClearWriterOnDrop(Conn);
@@ -641,12 +727,18 @@ impl Drop for ClearWriterOnDrop {
     }
 }
 
-/// Stops the connection's writer when the engine ends, however it ends.
-struct StopWriterOnDrop(Conn);
+/// Stops the connection's writer when the engine ends, however it ends (dropped half-way, or
+/// before it ran).
+struct StopWriterOnDrop {
+    conn: Conn,
+    task: Arc<WriterTask>,
+}
 
 impl Drop for StopWriterOnDrop {
     fn drop(&mut self) {
-        self.0.shared.outbox.stop();
+        self.conn.shared.outbox.stop();
+        // The task writes what is queued and ends on its own.
+        drop(self.task.start());
     }
 }
 
@@ -815,12 +907,112 @@ mod tests {
         }
         conn.shared.outbox.stop();
         let stall = Duration::from_secs(5);
-        write_loop(outbox, writer, idle(&conn), stall).await;
+        conn.shared.writer.put(writer);
+        write_loop(outbox, idle(&conn), stall).await;
         let (bytes, writes, flushes) = recorder.0.lock().unwrap().clone();
         assert_eq!(bytes, [0x90; 10]);
         assert_eq!((writes, flushes), (1, 1));
         // What was written gave its room back.
         assert_eq!(conn.shared.outbox.room(), 1 << 20);
+    }
+
+    /// A connection as the engine leaves it before anything is sent: the writer in its slot,
+    /// inline writes allowed, and its writer task not started.
+    fn lazily_written(recorder: &Recorder, queued: &[Packet]) -> (Conn, Arc<WriterTask>) {
+        let writer = PacketWriter::Stream {
+            io: Box::pin(recorder.clone()),
+            buf: BytesMut::new(),
+            #[cfg(feature = "gzip")]
+            gzip: None,
+        };
+        let (conn, outbox) = Conn::new(super::super::tests::parts(1 << 20));
+        for packet in queued {
+            conn.try_send(packet.clone()).unwrap();
+        }
+        conn.shared.writer.put(writer);
+        conn.shared.outbox.allow_inline();
+        let busy = idle(&conn);
+        let task = WriterTask::waiting(&conn, outbox, busy, Duration::from_secs(5));
+        (conn, task)
+    }
+
+    fn started(task: &WriterTask) -> bool {
+        matches!(*crate::sync::lock(&task.state), WriterTaskState::Started(_))
+    }
+
+    #[tokio::test]
+    async fn the_writer_task_starts_only_when_a_packet_waits_for_it() {
+        let recorder = Recorder::default();
+        let (conn, task) = lazily_written(&recorder, &[]);
+        assert!(!started(&task));
+        // A lone packet is written by its sender, with no task to wake.
+        conn.send_inline(notify(1, 10)).await.unwrap();
+        assert_eq!(recorder.0.lock().unwrap().0, encoded(&[notify(1, 10)]));
+        assert!(
+            !started(&task),
+            "a lone inline write started the writer task"
+        );
+
+        // A packet that only queues starts it, and it writes the packet.
+        conn.try_send(notify(2, 10)).unwrap();
+        assert!(started(&task));
+        let sent = encoded(&[notify(1, 10), notify(2, 10)]);
+        let written = || recorder.0.lock().unwrap().0 == sent;
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !written() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the queued packet written");
+
+        // The engine takes its handle once, to wait for it as the connection ends.
+        conn.shared.outbox.stop();
+        let handle = task.start().expect("the task's handle");
+        assert!(task.start().is_none());
+        tokio::time::timeout(Duration::from_secs(10), handle)
+            .await
+            .expect("the writer task ends once stopped")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn packets_queued_before_the_engine_started_start_the_writer_task_at_once() {
+        let recorder = Recorder::default();
+        let (conn, task) = lazily_written(&recorder, &[notify(1, 10), notify(2, 10)]);
+        // Nothing would wake a writer for them: they were queued with nobody waiting.
+        assert!(started(&task));
+        conn.shared.outbox.stop();
+        let handle = task.start().expect("the task's handle");
+        tokio::time::timeout(Duration::from_secs(10), handle)
+            .await
+            .expect("the writer task ends once stopped")
+            .unwrap();
+        let sent = encoded(&[notify(1, 10), notify(2, 10)]);
+        assert_eq!(recorder.0.lock().unwrap().0, sent);
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_never_needed_its_writer_task_starts_it_to_close() {
+        let recorder = Recorder::default();
+        let (conn, task) = lazily_written(&recorder, &[]);
+        conn.try_queue_inline(notify(1, 10)).unwrap();
+        assert!(!started(&task));
+        // The engine's ending: the Close queued, the writer stopped, the task awaited.
+        conn.try_send(Packet::close(Code::Ok, "bye")).unwrap();
+        conn.shared.outbox.stop();
+        let handle = task.start().expect("the task's handle");
+        tokio::time::timeout(Duration::from_secs(10), handle)
+            .await
+            .expect("the writer task ends once stopped")
+            .unwrap();
+        let sent = encoded(&[notify(1, 10), Packet::close(Code::Ok, "bye")]);
+        assert_eq!(recorder.0.lock().unwrap().0, sent);
+        // The task took the transport with it, and with the parts it held, nothing is left
+        // that keeps the connection's shared state alive but `conn`.
+        assert!(conn.shared.writer.take().writer.is_none());
+        drop(task);
+        assert_eq!(Arc::strong_count(&conn.shared), 1);
     }
 
     fn idle(conn: &Conn) -> Busy {
@@ -844,7 +1036,8 @@ mod tests {
         let busy = idle(&conn);
         let running = busy.handling.reserve(handlers_running).unwrap();
         let stall = Duration::from_secs(5);
-        let writer_task = tokio::spawn(write_loop(outbox, writer, busy, stall));
+        conn.shared.writer.put(writer);
+        let writer_task = tokio::spawn(write_loop(outbox, busy, stall));
         // The writer waits for its first packet.
         tokio::task::yield_now().await;
         conn.try_send(Packet::Pong).unwrap();
@@ -973,7 +1166,8 @@ mod tests {
         let busy = idle(&conn);
         let polls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counted = polls.clone();
-        let mut writing = Box::pin(write_loop(outbox, writer, busy, stall));
+        conn.shared.writer.put(writer);
+        let mut writing = Box::pin(write_loop(outbox, busy, stall));
         let task = tokio::spawn(std::future::poll_fn(move |cx| {
             counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             writing.as_mut().poll(cx)

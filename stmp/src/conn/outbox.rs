@@ -480,6 +480,23 @@ impl SendQueue {
         take(&mut queue, batch, limit, KEEP);
     }
 
+    /// Registers `writer` as the waiting writer's waker before any writer task has looked at
+    /// the queue: the engine starts its writer task lazily, when this is first woken. Returns
+    /// false, registering nothing, when there is work for the writer already (packets
+    /// queued before the engine started, say): then the task is needed at once.
+    pub(crate) fn writer_waits_with(&self, writer: Waker) -> bool {
+        let mut queue = lock(&self.state);
+        let idle = !queue.closed
+            && !queue.stopping
+            && !queue.kick
+            && !queue.inline
+            && queue.packets.is_empty();
+        if idle {
+            queue.writer = Some(writer);
+        }
+        idle
+    }
+
     /// Whether the writer task waits with nothing queued.
     #[cfg(test)]
     pub(crate) fn writer_waits(&self) -> bool {
