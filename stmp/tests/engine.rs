@@ -4,7 +4,9 @@ mod common;
 
 use std::time::Duration;
 
+use bytes::BytesMut;
 use common::*;
+use stmp::wire::{ClientHandshake, Header, ServerHandshake};
 use stmp::{Client, Code, Server, Status};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -93,6 +95,41 @@ async fn a_quiet_connection_runs_no_writer_task_until_a_packet_waits_for_one() {
         within(client.close()).await;
     }
     until(|| tasks() == before).await;
+}
+
+/// The heartbeat does not start a writer task either: the engine writes its Pong (and its
+/// Ping) itself, as a handler's lone answer is.
+#[tokio::test]
+async fn a_heartbeat_starts_no_writer_task() {
+    let (_server, url) = tcp_server(Server::builder()).await;
+    let addr = url.trim_start_matches("tcp://");
+    let tasks = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    let before = tasks();
+    let mut peer = within(tokio::net::TcpStream::connect(addr)).await.unwrap();
+    let mut hello = BytesMut::new();
+    ClientHandshake::new(Header::new()).encode(&mut hello);
+    peer.write_all(&hello).await.unwrap();
+    let mut read = BytesMut::new();
+    while ServerHandshake::decode(&mut read, 1 << 10)
+        .unwrap()
+        .is_none()
+    {
+        assert_ne!(within(peer.read_buf(&mut read)).await.unwrap(), 0);
+    }
+    for _ in 0..3 {
+        // A Ping, one byte; the Pong is one byte back.
+        peer.write_all(&[0x80]).await.unwrap();
+        while read.is_empty() {
+            assert_ne!(within(peer.read_buf(&mut read)).await.unwrap(), 0);
+        }
+        assert_eq!(read.split().as_ref(), [0x90]);
+    }
+    // The connection's engine, and no writer task beside it.
+    assert_eq!(tasks() - before, 1);
 }
 
 // One thread: the 70,000 round trips then cost no cross-CPU wake-ups, which are slow and

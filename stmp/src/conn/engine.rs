@@ -176,11 +176,17 @@ async fn unpark(parked: &mut Option<Parked>) -> Result<(), Status> {
     }
 }
 
-/// Queues a packet the engine answers with (Pong, a refused request). When the send queue is
-/// full the packet waits, and so does reading: a peer that does not read its answers stops
-/// being read, and a reply is never dropped.
-fn reply(conn: &Conn, packet: Packet) -> Option<Parked> {
-    match conn.try_queue(packet) {
+/// Queues a packet the engine answers with (Pong, a refused request), or writes it at once
+/// when `alone` (no more input at hand) and the writer waits with nothing queued: an idle
+/// connection's heartbeat then never starts its writer task. When the send queue is full the
+/// packet waits, and so does reading: a peer that does not read its answers stops being
+/// read, and a reply is never dropped.
+fn reply(conn: &Conn, packet: Packet, alone: bool) -> Option<Parked> {
+    let queued = match alone {
+        true => conn.try_queue_inline(packet),
+        false => conn.try_queue(packet),
+    };
+    match queued {
         Ok(()) | Err(Refused::Closed) => None,
         Err(Refused::Full(packet)) => {
             let conn = conn.clone();
@@ -302,10 +308,13 @@ impl Engine {
                 };
                 match action {
                     Action::Idle => {}
-                    Action::Reply(packet) => book.parked = reply(&conn, packet),
+                    Action::Reply(packet) => {
+                        let alone = !reader.as_mut().has_buffered();
+                        book.parked = reply(&conn, packet, alone);
+                    }
                     Action::Signal(packet) => {
                         // A Ping or a Close costs no room: it gets through a full queue.
-                        let _ = conn.try_send(packet);
+                        let _ = conn.try_queue_inline(packet);
                     }
                     Action::Handle(request, held) => {
                         // The only work under way, and no more input at hand: its answer may
