@@ -39,8 +39,8 @@ async fn ten_thousand_concurrent_calls_on_one_connection() {
 }
 
 /// A connection's writer task starts only once a packet waits for it: one call at a time is
-/// written by its senders (the caller, then the handler), so an idle or quiet connection runs
-/// no writer task on either side.
+/// written by its senders (the caller, then the handler, also one that waited first), so an
+/// idle or quiet connection runs no writer task on either side.
 // One thread: the tasks counted are this runtime's, and none runs while they are counted.
 #[tokio::test]
 async fn a_quiet_connection_runs_no_writer_task_until_a_packet_waits_for_one() {
@@ -55,10 +55,13 @@ async fn a_quiet_connection_runs_no_writer_task_until_a_packet_waits_for_one() {
     let mut clients = Vec::new();
     for i in 0..CLIENTS {
         let client = within(Client::connect(&url)).await.unwrap();
-        for _ in 0..3 {
-            let echoed: Echo = within(client.call(&ECHO, &echo(&i.to_string())))
-                .await
-                .unwrap();
+        for delay_ms in [0, 0, 1] {
+            // With a delay the handler waits, and answers from a task of its own.
+            let input = Echo {
+                delay_ms,
+                ..echo(&i.to_string())
+            };
+            let echoed: Echo = within(client.call(&ECHO, &input)).await.unwrap();
             assert_eq!(echoed.text, i.to_string());
         }
         clients.push(client);

@@ -79,6 +79,14 @@ pub(crate) struct Reservation {
     bytes: usize,
 }
 
+impl Reservation {
+    /// Whether this reservation is all its budget has given out: the only handler running,
+    /// for a connection's handler slots.
+    pub(crate) fn is_alone(&self) -> bool {
+        self.budget.used() == self.bytes
+    }
+}
+
 impl Drop for Reservation {
     fn drop(&mut self) {
         self.budget.give(self.bytes);

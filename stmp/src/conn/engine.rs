@@ -478,8 +478,14 @@ fn handle(
             tasks.spawn(async move {
                 let _tracked = tracked;
                 let response = tracing::Instrument::instrument(answering, span).await;
-                let _ = conn.send(response).await;
-                drop(held);
+                // Alone, as the answers ready at once are: written from here when the writer
+                // waits, rather than by its task (which then need not even start).
+                if held.handler_alone() && conn.pending_calls() == 0 {
+                    let _ = conn.send_inline_then(response, || drop(held)).await;
+                } else {
+                    let _ = conn.send(response).await;
+                    drop(held);
+                }
             });
             return;
         }

@@ -341,8 +341,21 @@ impl Conn {
     /// Like [`send`](Self::send), but when the writer waits with nothing queued the packet is
     /// written at once, on this task, without waking the writer's.
     pub(crate) async fn send_inline(&self, packet: Packet) -> Result<(), Status> {
+        self.send_inline_then(packet, || {}).await
+    }
+
+    /// Like [`send_inline`](Self::send_inline), but calls `paid` once the packet's room is
+    /// paid and before it can be written: a handler gives its slot back there, so that a peer
+    /// that sends its next request as soon as it reads this answer finds the slot free.
+    pub(crate) async fn send_inline_then(
+        &self,
+        packet: Packet,
+        paid: impl FnOnce(),
+    ) -> Result<(), Status> {
         let cost = queue_cost(&packet, self.shared.send_budget) as usize;
-        match self.shared.outbox.push(packet, cost, true).await {
+        let offered = self.shared.outbox.push(packet, cost, true).await;
+        paid();
+        match offered {
             Ok(offered) => {
                 self.write_if_handed_back(offered, cost);
                 Ok(())

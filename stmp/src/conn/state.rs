@@ -52,8 +52,15 @@ pub(crate) struct Ending {
 /// handler slot (requests only) and its bytes in the connection's and the server's budgets.
 #[derive(Debug)]
 pub(crate) struct Held {
-    _slot: Option<Reservation>,
+    slot: Option<Reservation>,
     _bytes: HeldBytes,
+}
+
+impl Held {
+    /// Whether this request's handler is the only one of its connection running.
+    pub(crate) fn handler_alone(&self) -> bool {
+        self.slot.as_ref().is_some_and(Reservation::is_alone)
+    }
 }
 
 /// The close handshake.
@@ -137,7 +144,7 @@ impl ConnState {
                     Ok(bytes) => Action::Deliver(
                         notify,
                         Held {
-                            _slot: None,
+                            slot: None,
                             _bytes: bytes,
                         },
                     ),
@@ -175,7 +182,7 @@ impl ConnState {
             Ok(bytes) => Action::Handle(
                 request,
                 Held {
-                    _slot: Some(slot),
+                    slot: Some(slot),
                     _bytes: bytes,
                 },
             ),
