@@ -15,6 +15,7 @@ mod outbox;
 mod pending;
 mod state;
 mod writer;
+mod writer_task;
 
 use std::fmt;
 use std::net::SocketAddr;

@@ -1,0 +1,777 @@
+//! The connection's writer task: it writes what senders queue, in batches, while senders
+//! write lone packets inline whenever it waits with nothing queued. It starts the first time a
+//! packet waits for it ([`WriterTask`]), so a connection that never needs it never pays for it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::budget::InFlight;
+use super::io::WriteError;
+use super::writer::Taken;
+use super::{Conn, Outbox};
+use crate::Status;
+use crate::stats::Counters;
+
+/// Writes queued packets; whatever is queued together goes out in one write and one flush.
+/// A write that makes no progress for `stall` ends the connection: the engine hears of it, as
+/// it does of the task ending any other way.
+/// The writer is in the connection's writer slot when the task starts: while the task waits,
+/// senders may write inline with it.
+async fn write_loop(mut outbox: Outbox, busy: Busy, stall: Duration) {
+    const BATCH: usize = 64;
+    let conn = busy.conn.clone();
+    let slot = &conn.shared.writer;
+    // However the task ends, the transport goes with it, not with the last `Conn`.
+    let _clear = ClearWriterOnDrop(conn.clone());
+    // One slot kept across wake-ups: a lone packet (an event, an answer) costs no allocation.
+    let mut batch = Vec::new();
+    loop {
+        let stopping = outbox.recv_many(&mut batch, BATCH).await;
+        if !stopping && batch.len() < BATCH && busy.more_coming(batch.len()) {
+            // Let the tasks that are ready to run (callers woken by the same read, handlers
+            // answering) queue what they have first: one write then carries many packets
+            // instead of one each, which is what the syscalls per call come down to. With
+            // one call at a time nothing more is coming, and the packet leaves at once.
+            run_ready_tasks_first().await;
+            outbox.try_recv_many(&mut batch, BATCH);
+        }
+        let Taken {
+            writer,
+            owed_room,
+            unfinished,
+            failed: inline_failed,
+        } = slot.take();
+        let Some(mut writer) = writer else {
+            return;
+        };
+        let inline_failed = inline_failed.map(|status| WriteError::Failed(*status));
+        let mut room = owed_room;
+        if inline_failed.is_some() || !batch.is_empty() || unfinished {
+            let written = match inline_failed {
+                Some(failed) => Err(failed),
+                None => writer.write_batch(&batch, stall).await,
+            };
+            room += conn.send_room(&batch);
+            if let Err(error) = written {
+                conn.release_send_bytes(room);
+                if let WriteError::Stalled(_) = error {
+                    Counters::count(&conn.counters().write_stalls);
+                }
+                let status = Status::from(error);
+                tracing::debug!(conn = conn.id(), %status, "write failed");
+                conn.shared.close_requested.write_failed(status);
+                return;
+            }
+        }
+        if stopping {
+            conn.release_send_bytes(room);
+            let _ = tokio::time::timeout(stall, writer.shutdown()).await;
+            return;
+        }
+        // Given back under the queue's lock when the loop next looks at it, right below.
+        outbox.release_later(room);
+        // A busy connection's next write follows at once: its queue and batch keep their
+        // room for it. A burst's room is not kept.
+        let busy_now = busy.more_coming(0);
+        outbox.keep_slots(busy_now);
+        batch.clear();
+        if !busy_now && batch.capacity() > 1 {
+            batch = Vec::new();
+        }
+        slot.put(writer);
+    }
+}
+
+/// The connection's writer task, started the first time it is needed: when a packet is queued
+/// for it rather than written inline by its sender, when an inline write leaves bytes for it,
+/// or when the connection ends. Until then the send queue holds this as the waiting writer's
+/// waker, so senders write inline as they would with the task waiting. Connections that sit
+/// idle, or only ever write one packet at a time, never start one: a task is about 1.3 KB a
+/// connection, a fifth of what an idle TCP connection costs.
+pub(super) struct WriterTask {
+    state: std::sync::Mutex<WriterTaskState>,
+}
+
+enum WriterTaskState {
+    Waiting {
+        outbox: Outbox,
+        busy: Busy,
+        stall: Duration,
+        /// Where to start it: the waker may be woken on any thread (a broadcast from a thread
+        /// of its own, say).
+        runtime: tokio::runtime::Handle,
+    },
+    /// Started; its handle is there until the engine takes it to wait for the task's end.
+    Started(Option<tokio::task::JoinHandle<()>>),
+}
+
+impl WriterTask {
+    /// A writer task not started yet, registered as the send queue's waiting writer.
+    pub(super) fn waiting(
+        conn: &Conn,
+        outbox: Outbox,
+        busy: Busy,
+        stall: Duration,
+    ) -> Arc<WriterTask> {
+        let task = Arc::new(WriterTask {
+            state: std::sync::Mutex::new(WriterTaskState::Waiting {
+                outbox,
+                busy,
+                stall,
+                runtime: tokio::runtime::Handle::current(),
+            }),
+        });
+        let waker = std::task::Waker::from(task.clone());
+        if !conn.shared.outbox.writer_waits_with(waker) {
+            crate::sync::lock(&task.state).start();
+        }
+        task
+    }
+
+    /// Starts the task if it has not started, and hands out its handle the first time only.
+    /// The parts it holds until then (the connection among them) leave with it: nothing
+    /// stays behind to keep the connection's shared state alive.
+    pub(super) fn start(&self) -> Option<tokio::task::JoinHandle<()>> {
+        let mut state = crate::sync::lock(&self.state);
+        state.start();
+        match &mut *state {
+            WriterTaskState::Started(handle) => handle.take(),
+            WriterTaskState::Waiting { .. } => None,
+        }
+    }
+}
+
+impl WriterTaskState {
+    fn start(&mut self) {
+        let state = std::mem::replace(self, WriterTaskState::Started(None));
+        *self = match state {
+            WriterTaskState::Waiting {
+                outbox,
+                busy,
+                stall,
+                runtime,
+            } => WriterTaskState::Started(Some(runtime.spawn(write_loop(outbox, busy, stall)))),
+            started => started,
+        };
+    }
+}
+
+/// Woken as the waiting writer: starts the task, which looks at the queue when it first runs
+/// and from then on waits with a waker of its own. Woken again before that, it does nothing.
+impl std::task::Wake for WriterTask {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        crate::sync::lock(&self.state).start();
+    }
+}
+
+/// Drops the writer left in the slot when the writer task ends, and tells the engine, which
+/// cannot go on without it (a failure reported before keeps its status).
+struct ClearWriterOnDrop(Conn);
+
+impl Drop for ClearWriterOnDrop {
+    fn drop(&mut self) {
+        self.0.shared.writer.clear();
+        self.0
+            .shared
+            .close_requested
+            .write_failed(Status::network_error("cannot write to the connection"));
+    }
+}
+
+/// Stops the connection's writer when the engine ends, however it ends (dropped half-way, or
+/// before it ran).
+pub(super) struct StopWriterOnDrop {
+    pub(super) conn: Conn,
+    pub(super) task: Arc<WriterTask>,
+}
+
+impl Drop for StopWriterOnDrop {
+    fn drop(&mut self) {
+        self.conn.shared.outbox.stop();
+        // The task writes what is queued and ends on its own.
+        drop(self.task.start());
+    }
+}
+
+/// How much of a connection's work is under way: its calls waiting for an answer and the
+/// requests its handlers are serving. Each of them is a packet about to be queued.
+pub(super) struct Busy {
+    pub(super) conn: Conn,
+    /// The connection's handler slots, one unit per handler running.
+    pub(super) handling: Arc<InFlight>,
+}
+
+impl Busy {
+    /// Whether more packets are under way than the `batch` already holds.
+    fn more_coming(&self, batch: usize) -> bool {
+        self.conn.pending_calls() + self.handling.used() > batch
+    }
+}
+
+/// Steps aside once: the task goes to the back of its worker's run queue, behind the tasks that
+/// are ready now, and runs again as soon as they have had their turn. Unlike
+/// [`tokio::task::yield_now`] it does not wait for the runtime to poll the I/O driver, so when
+/// nothing else is ready it costs next to nothing.
+async fn run_ready_tasks_first() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            return std::task::Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::sync::{Arc, Mutex};
+    use std::task::{Context as TaskContext, Poll};
+
+    use bytes::BytesMut;
+    use tokio::io::AsyncWrite;
+
+    use super::super::io::PacketWriter;
+    use super::*;
+    use crate::Code;
+    use crate::wire::{Header, Packet};
+
+    /// Records what reaches the socket: bytes, and how many writes and flushes it took.
+    #[derive(Clone, Default)]
+    struct Recorder(Arc<Mutex<(Vec<u8>, usize, usize)>>);
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut TaskContext<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            let mut state = self.0.lock().unwrap();
+            state.0.extend_from_slice(buf);
+            state.1 += 1;
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+            self.0.lock().unwrap().2 += 1;
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: Pin<&mut Self>,
+            _: &mut TaskContext<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn queued_packets_go_out_in_one_write_and_one_flush() {
+        let recorder = Recorder::default();
+        let writer = PacketWriter::Stream {
+            io: Box::pin(recorder.clone()),
+            buf: BytesMut::new(),
+            #[cfg(feature = "gzip")]
+            gzip: None,
+        };
+        let (conn, outbox) = Conn::new(super::super::tests::parts(1 << 20));
+        for _ in 0..10 {
+            conn.try_send(Packet::Pong).unwrap();
+        }
+        conn.shared.outbox.stop();
+        let stall = Duration::from_secs(5);
+        conn.shared.writer.put(writer);
+        write_loop(outbox, idle(&conn), stall).await;
+        let (bytes, writes, flushes) = recorder.0.lock().unwrap().clone();
+        assert_eq!(bytes, [0x90; 10]);
+        assert_eq!((writes, flushes), (1, 1));
+        // What was written gave its room back.
+        assert_eq!(conn.shared.outbox.room(), 1 << 20);
+    }
+
+    /// A connection as the engine leaves it before anything is sent: the writer in its slot,
+    /// inline writes allowed, and its writer task not started.
+    fn lazily_written(recorder: &Recorder, queued: &[Packet]) -> (Conn, Arc<WriterTask>) {
+        let writer = PacketWriter::Stream {
+            io: Box::pin(recorder.clone()),
+            buf: BytesMut::new(),
+            #[cfg(feature = "gzip")]
+            gzip: None,
+        };
+        let (conn, outbox) = Conn::new(super::super::tests::parts(1 << 20));
+        for packet in queued {
+            conn.try_send(packet.clone()).unwrap();
+        }
+        conn.shared.writer.put(writer);
+        conn.shared.outbox.allow_inline();
+        let busy = idle(&conn);
+        let task = WriterTask::waiting(&conn, outbox, busy, Duration::from_secs(5));
+        (conn, task)
+    }
+
+    fn started(task: &WriterTask) -> bool {
+        matches!(*crate::sync::lock(&task.state), WriterTaskState::Started(_))
+    }
+
+    #[tokio::test]
+    async fn the_writer_task_starts_only_when_a_packet_waits_for_it() {
+        let recorder = Recorder::default();
+        let (conn, task) = lazily_written(&recorder, &[]);
+        assert!(!started(&task));
+        // A lone packet is written by its sender, with no task to wake.
+        conn.send_inline(notify(1, 10)).await.unwrap();
+        assert_eq!(recorder.0.lock().unwrap().0, encoded(&[notify(1, 10)]));
+        assert!(
+            !started(&task),
+            "a lone inline write started the writer task"
+        );
+
+        // A packet that only queues starts it, and it writes the packet.
+        conn.try_send(notify(2, 10)).unwrap();
+        assert!(started(&task));
+        let sent = encoded(&[notify(1, 10), notify(2, 10)]);
+        let written = || recorder.0.lock().unwrap().0 == sent;
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !written() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the queued packet written");
+
+        // The engine takes its handle once, to wait for it as the connection ends.
+        conn.shared.outbox.stop();
+        let handle = task.start().expect("the task's handle");
+        assert!(task.start().is_none());
+        tokio::time::timeout(Duration::from_secs(10), handle)
+            .await
+            .expect("the writer task ends once stopped")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn packets_queued_before_the_engine_started_start_the_writer_task_at_once() {
+        let recorder = Recorder::default();
+        let (conn, task) = lazily_written(&recorder, &[notify(1, 10), notify(2, 10)]);
+        // Nothing would wake a writer for them: they were queued with nobody waiting.
+        assert!(started(&task));
+        conn.shared.outbox.stop();
+        let handle = task.start().expect("the task's handle");
+        tokio::time::timeout(Duration::from_secs(10), handle)
+            .await
+            .expect("the writer task ends once stopped")
+            .unwrap();
+        let sent = encoded(&[notify(1, 10), notify(2, 10)]);
+        assert_eq!(recorder.0.lock().unwrap().0, sent);
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_never_needed_its_writer_task_starts_it_to_close() {
+        let recorder = Recorder::default();
+        let (conn, task) = lazily_written(&recorder, &[]);
+        conn.try_queue_inline(notify(1, 10)).unwrap();
+        assert!(!started(&task));
+        // The engine's ending: the Close queued, the writer stopped, the task awaited.
+        conn.try_send(Packet::close(Code::Ok, "bye")).unwrap();
+        conn.shared.outbox.stop();
+        let handle = task.start().expect("the task's handle");
+        tokio::time::timeout(Duration::from_secs(10), handle)
+            .await
+            .expect("the writer task ends once stopped")
+            .unwrap();
+        let sent = encoded(&[notify(1, 10), Packet::close(Code::Ok, "bye")]);
+        assert_eq!(recorder.0.lock().unwrap().0, sent);
+        // The task took the transport with it, and with the parts it held, nothing is left
+        // that keeps the connection's shared state alive but `conn`.
+        assert!(conn.shared.writer.take().writer.is_none());
+        drop(task);
+        assert_eq!(Arc::strong_count(&conn.shared), 1);
+    }
+
+    fn idle(conn: &Conn) -> Busy {
+        Busy {
+            conn: conn.clone(),
+            handling: Arc::new(InFlight::new(16)),
+        }
+    }
+
+    /// Ten answers: the first wakes the writer, the other nine are ready to run right behind
+    /// it (on this single-threaded runtime, in that order). Returns the writes they took.
+    async fn writes_for_ten_answers(handlers_running: usize) -> usize {
+        let recorder = Recorder::default();
+        let writer = PacketWriter::Stream {
+            io: Box::pin(recorder.clone()),
+            buf: BytesMut::new(),
+            #[cfg(feature = "gzip")]
+            gzip: None,
+        };
+        let (conn, outbox) = Conn::new(super::super::tests::parts(1 << 20));
+        let busy = idle(&conn);
+        let running = busy.handling.reserve(handlers_running).unwrap();
+        let stall = Duration::from_secs(5);
+        conn.shared.writer.put(writer);
+        let writer_task = tokio::spawn(write_loop(outbox, busy, stall));
+        // The writer waits for its first packet.
+        tokio::task::yield_now().await;
+        conn.try_send(Packet::Pong).unwrap();
+        let answers: Vec<_> = (0..9)
+            .map(|_| {
+                let conn = conn.clone();
+                tokio::spawn(async move { conn.try_send(Packet::Pong).unwrap() })
+            })
+            .collect();
+        for answer in answers {
+            answer.await.unwrap();
+        }
+        drop(running);
+        conn.shared.outbox.stop();
+        writer_task.await.unwrap();
+        let (bytes, writes, _) = recorder.0.lock().unwrap().clone();
+        assert_eq!(bytes, [0x90; 10]);
+        writes
+    }
+
+    #[tokio::test]
+    async fn with_requests_being_handled_the_writer_lets_their_answers_join_the_write() {
+        assert_eq!(writes_for_ten_answers(10).await, 1);
+    }
+
+    #[tokio::test]
+    async fn with_one_request_being_handled_its_answer_leaves_at_once() {
+        assert_eq!(writes_for_ten_answers(1).await, 2);
+    }
+
+    /// Takes `room` bytes, then waits until the test gives it more.
+    #[derive(Clone, Default)]
+    struct Throttled(Arc<Mutex<ThrottledState>>);
+
+    #[derive(Default)]
+    struct ThrottledState {
+        bytes: Vec<u8>,
+        room: usize,
+        waiting: Option<std::task::Waker>,
+    }
+
+    impl Throttled {
+        fn give(&self, room: usize) {
+            let mut state = self.0.lock().unwrap();
+            state.room += room;
+            if let Some(waker) = state.waiting.take() {
+                waker.wake();
+            }
+        }
+
+        fn bytes(&self) -> Vec<u8> {
+            self.0.lock().unwrap().bytes.clone()
+        }
+    }
+
+    impl AsyncWrite for Throttled {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut TaskContext<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            let mut state = self.0.lock().unwrap();
+            if state.room == 0 {
+                state.waiting = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            let n = buf.len().min(state.room);
+            state.room -= n;
+            state.bytes.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: Pin<&mut Self>,
+            _: &mut TaskContext<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn notify(seq: u8, len: usize) -> Packet {
+        Packet::Notify(crate::wire::Notify {
+            action: crate::wire::Action::Id(1),
+            header: Header::new(),
+            payload: bytes::Bytes::from(vec![seq; len]),
+        })
+    }
+
+    fn encoded(packets: &[Packet]) -> Vec<u8> {
+        let mut bytes = BytesMut::new();
+        for packet in packets {
+            packet.encode_stream(&mut bytes);
+        }
+        bytes.to_vec()
+    }
+
+    /// A connection whose writer task runs on `io` and waits for its first packet.
+    async fn waiting_writer(
+        io: impl AsyncWrite + Send + 'static,
+        budget: usize,
+    ) -> (Conn, tokio::task::JoinHandle<()>) {
+        let (conn, task, _) = counted_waiting_writer(io, budget).await;
+        (conn, task)
+    }
+
+    /// [`waiting_writer`], with the number of times its task has been polled.
+    async fn counted_waiting_writer(
+        io: impl AsyncWrite + Send + 'static,
+        budget: usize,
+    ) -> (
+        Conn,
+        tokio::task::JoinHandle<()>,
+        Arc<std::sync::atomic::AtomicUsize>,
+    ) {
+        let writer = PacketWriter::Stream {
+            io: Box::pin(io),
+            buf: BytesMut::new(),
+            #[cfg(feature = "gzip")]
+            gzip: None,
+        };
+        let (conn, outbox) = Conn::new(super::super::tests::parts(budget));
+        conn.shared.outbox.allow_inline();
+        let stall = Duration::from_secs(5);
+        let busy = idle(&conn);
+        let polls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = polls.clone();
+        conn.shared.writer.put(writer);
+        let mut writing = Box::pin(write_loop(outbox, busy, stall));
+        let task = tokio::spawn(std::future::poll_fn(move |cx| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            writing.as_mut().poll(cx)
+        }));
+        while !conn.shared.outbox.writer_waits() {
+            tokio::task::yield_now().await;
+        }
+        (conn, task, polls)
+    }
+
+    #[tokio::test]
+    async fn a_lone_packet_is_written_by_its_sender_without_waking_the_writer() {
+        let recorder = Recorder::default();
+        let (conn, writer_task) = waiting_writer(recorder.clone(), 1 << 20).await;
+        conn.send_inline(notify(1, 10)).await.unwrap();
+        // On the wire before this task has let any other run.
+        assert_eq!(recorder.0.lock().unwrap().0, encoded(&[notify(1, 10)]));
+        assert_eq!(conn.shared.outbox.room(), 1 << 20);
+        assert!(
+            conn.shared.outbox.writer_waits(),
+            "the writer was not woken"
+        );
+        // With a packet queued, the next one queues behind it instead.
+        conn.try_send(notify(2, 10)).unwrap();
+        conn.shared.outbox.stop();
+        writer_task.await.unwrap();
+        let written = recorder.0.lock().unwrap().0.clone();
+        assert_eq!(written, encoded(&[notify(1, 10), notify(2, 10)]));
+    }
+
+    #[tokio::test]
+    async fn what_an_inline_write_leaves_goes_out_before_what_was_queued_after_it() {
+        let io = Throttled::default();
+        let (first, second, third) = (notify(1, 1000), notify(2, 1000), notify(3, 1000));
+        let cost = |p: &Packet| super::super::budget::queue_cost(p, u32::MAX) as usize;
+        // Room for the first two packets only.
+        let budget = cost(&first) + cost(&second);
+        let (conn, writer_task) = waiting_writer(io.clone(), budget).await;
+        io.give(10);
+        conn.send_inline(first.clone()).await.unwrap();
+        assert_eq!(
+            io.bytes().len(),
+            10,
+            "the sender wrote what the socket took"
+        );
+        conn.try_send(second.clone()).unwrap();
+        // The first packet's bytes are not all out: its room is still taken.
+        let full = conn.try_send(third.clone()).unwrap_err();
+        assert_eq!(full.code(), Code::TooManyRequests);
+        io.give(usize::MAX / 2);
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while io.bytes().len() < encoded(&[first.clone(), second.clone()]).len() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(io.bytes(), encoded(&[first.clone(), second.clone()]));
+        // Written: the room came back, also that of the packet written inline.
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while conn.shared.outbox.room() < budget {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap();
+        conn.try_send(third.clone()).unwrap();
+        conn.shared.outbox.stop();
+        writer_task.await.unwrap();
+        assert_eq!(io.bytes(), encoded(&[first, second, third]));
+    }
+
+    fn handed_back(conn: &Conn, packet: Packet) -> super::super::DeferredWrite {
+        match conn.offer_event_to_write(packet) {
+            super::super::EventOffer::ToWrite(write) => write,
+            _ => panic!("the idle writer's queue did not hand the event back"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_event_handed_back_to_a_broadcast_leaves_before_what_was_queued_after_it() {
+        let recorder = Recorder::default();
+        let (conn, writer_task) = waiting_writer(recorder.clone(), 1 << 20).await;
+        let write = handed_back(&conn, notify(1, 10));
+        // While the event waits for the broadcast to write it, the next one queues behind
+        // it, and a direct send too: the writer takes nothing meanwhile.
+        assert!(matches!(
+            conn.offer_event_to_write(notify(2, 10)),
+            super::super::EventOffer::Queued
+        ));
+        conn.try_send(notify(3, 10)).unwrap();
+        tokio::task::yield_now().await;
+        assert!(recorder.0.lock().unwrap().0.is_empty());
+        super::super::write_deferred(vec![write]);
+        // What queued behind the event joined its write: one write, one flush.
+        assert_eq!(
+            recorder.0.lock().unwrap().clone(),
+            (
+                encoded(&[notify(1, 10), notify(2, 10), notify(3, 10)]),
+                1,
+                1
+            )
+        );
+        assert_eq!(conn.shared.outbox.room(), 1 << 20, "all room came back");
+        conn.shared.outbox.stop();
+        writer_task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_event_handed_back_and_never_written_goes_out_through_the_writer() {
+        let recorder = Recorder::default();
+        let (conn, writer_task) = waiting_writer(recorder.clone(), 1 << 20).await;
+        let write = handed_back(&conn, notify(1, 10));
+        conn.try_send(notify(2, 10)).unwrap();
+        // A broadcast's chunk task dropped before it ran (its runtime shutting down, say).
+        drop(write);
+        conn.shared.outbox.stop();
+        tokio::time::timeout(Duration::from_secs(5), writer_task)
+            .await
+            .expect("the writer was not left waiting for the dropped write")
+            .unwrap();
+        let written = recorder.0.lock().unwrap().0.clone();
+        assert_eq!(written, encoded(&[notify(1, 10), notify(2, 10)]));
+        assert_eq!(conn.shared.outbox.room(), 1 << 20, "all room came back");
+    }
+
+    /// `n` connections whose writers wait, each writing into its own recorder.
+    async fn waiting_writers(n: usize) -> Vec<(Conn, tokio::task::JoinHandle<()>, Recorder)> {
+        let mut conns = Vec::new();
+        for _ in 0..n {
+            let recorder = Recorder::default();
+            let (conn, writer_task) = waiting_writer(recorder.clone(), 1 << 20).await;
+            conns.push((conn, writer_task, recorder));
+        }
+        conns
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_chunk_of_handed_back_events_is_written_before_the_broadcast_ends() {
+        let conns = waiting_writers(64).await;
+        let mut gathering = super::super::DeferredWrites::default();
+        for (conn, _, _) in &conns {
+            gathering.push(handed_back(conn, notify(9, 20)));
+        }
+        // The broadcast has not finished: the chunk left when it was full.
+        let want = encoded(&[notify(9, 20)]);
+        tokio::time::timeout(Duration::from_secs(10), async {
+            for (_, _, recorder) in &conns {
+                while recorder.0.lock().unwrap().0 != want {
+                    tokio::task::yield_now().await;
+                }
+            }
+        })
+        .await
+        .expect("the full chunk was written while the broadcast went on");
+        gathering.finish();
+        for (conn, writer_task, _) in conns {
+            conn.shared.outbox.stop();
+            writer_task.await.unwrap();
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_broadcast_without_a_runtime_writes_every_event_where_it_finishes() {
+        let conns = waiting_writers(130).await;
+        let writes: Vec<_> = conns
+            .iter()
+            .map(|(conn, _, _)| handed_back(conn, notify(3, 20)))
+            .collect();
+        let recorders: Vec<_> = conns.iter().map(|(_, _, r)| r.clone()).collect();
+        let want = encoded(&[notify(3, 20)]);
+        // A thread of its own has no runtime to spawn chunks on.
+        std::thread::spawn(move || {
+            let mut gathering = super::super::DeferredWrites::default();
+            writes.into_iter().for_each(|write| gathering.push(write));
+            let written = |r: &Recorder| r.0.lock().unwrap().0.clone();
+            assert!(recorders.iter().all(|r| written(r).is_empty()));
+            gathering.finish();
+            assert!(recorders.iter().all(|r| written(r) == want));
+        })
+        .join()
+        .unwrap();
+        for (conn, writer_task, _) in conns {
+            assert_eq!(conn.shared.outbox.room(), 1 << 20, "all room came back");
+            conn.shared.outbox.stop();
+            writer_task.await.unwrap();
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_broadcast_writes_handed_back_events_in_chunks_without_waking_writers() {
+        let mut conns = Vec::new();
+        for _ in 0..300 {
+            let recorder = Recorder::default();
+            let (conn, writer_task, polls) =
+                counted_waiting_writer(recorder.clone(), 1 << 20).await;
+            conns.push((conn, writer_task, recorder, polls));
+        }
+        let polled_before: Vec<usize> = conns
+            .iter()
+            .map(|(_, _, _, polls)| polls.load(std::sync::atomic::Ordering::SeqCst))
+            .collect();
+        let writes = conns
+            .iter()
+            .map(|(conn, _, _, _)| handed_back(conn, notify(7, 20)))
+            .collect();
+        super::super::write_deferred(writes);
+        let want = encoded(&[notify(7, 20)]);
+        tokio::time::timeout(Duration::from_secs(10), async {
+            for (conn, _, recorder, _) in &conns {
+                while recorder.0.lock().unwrap().0 != want || conn.shared.outbox.room() < 1 << 20 {
+                    tokio::task::yield_now().await;
+                }
+            }
+        })
+        .await
+        .expect("every event written and its room given back");
+        for ((conn, writer_task, recorder, polls), before) in conns.into_iter().zip(polled_before) {
+            assert_eq!(
+                polls.load(std::sync::atomic::Ordering::SeqCst),
+                before,
+                "the writer task was not woken for a handed-back event"
+            );
+            assert_eq!(recorder.0.lock().unwrap().1, 1, "one write");
+            conn.shared.outbox.stop();
+            writer_task.await.unwrap();
+        }
+    }
+}
