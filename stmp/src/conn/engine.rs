@@ -226,13 +226,13 @@ impl Engine {
             let heartbeat_at = state.heartbeat_at();
             let heartbeat = sleep_until(Instant::from_std(heartbeat_at));
             tokio::pin!(heartbeat);
-            // The timers that rarely ring are boxed, out of the way of what every packet reads.
-            let mut grace = Box::pin(sleep_until(far_off()));
+            // The timers that rarely ring are made when first set (see `Alarm`).
+            let mut grace = Alarm::default();
             // One alarm for the deadlines of this side's calls (see `pending`); set by the calls'
             // table, which says when it should ring next each time it rings.
-            let mut calls_due = Box::pin(sleep_until(far_off()));
+            let mut calls_due = Alarm::default();
             // Set while answered callers are expected back: see `SendQueue::release_deferred`.
-            let mut deferral_watch = Box::pin(sleep_until(far_off()));
+            let mut deferral_watch = Alarm::default();
             let mut book = Bookkeeping {
                 parked: None,
                 // When the packet being handled was read: a request's duration counts from there.
@@ -253,24 +253,24 @@ impl Engine {
                         Heard::CloseRequested => {
                             let action = state.close(now(), requested(&conn));
                             if let Some(deadline) = state.close_deadline() {
-                                grace.as_mut().reset(Instant::from_std(deadline));
+                                grace.set(Instant::from_std(deadline));
                             }
                             action
                         }
                         Heard::SoonerDeadline => {
-                            book.calls_due_at = set_alarm(calls_due.as_mut(), conn.expire_calls(now()));
+                            book.calls_due_at = set_alarm(&mut calls_due, conn.expire_calls(now()));
                             Action::Idle
                         }
                     },
-                    _ = &mut calls_due, if book.calls_due_at.is_some() => {
-                        book.calls_due_at = set_alarm(calls_due.as_mut(), conn.expire_calls(now()));
+                    _ = calls_due.rung(), if book.calls_due_at.is_some() => {
+                        book.calls_due_at = set_alarm(&mut calls_due, conn.expire_calls(now()));
                         Action::Idle
                     }
-                    _ = &mut deferral_watch, if book.watching_deferral => {
+                    _ = deferral_watch.rung(), if book.watching_deferral => {
                         book.watching_deferral = conn.shared.outbox.release_deferred();
                         Action::Idle
                     }
-                    _ = &mut grace, if state.is_closing() => state.handle_timeout(now()),
+                    _ = grace.rung(), if state.is_closing() => state.handle_timeout(now()),
                     queued = unpark(&mut book.parked), if book.parked.is_some() => {
                         book.parked = None;
                         match queued {
@@ -373,9 +373,7 @@ impl Engine {
                             );
                         } else if !book.watching_deferral {
                             book.watching_deferral = true;
-                            deferral_watch
-                                .as_mut()
-                                .reset(Instant::now() + DEFERRAL_WATCH);
+                            deferral_watch.set(Instant::now() + DEFERRAL_WATCH);
                         }
                     }
                     Action::End(ending) => break ending,
@@ -390,16 +388,16 @@ impl Engine {
                         .reset(Instant::from_std(book.heartbeat_at));
                 }
                 if book.watching_deferral && deferral_watch.is_elapsed() {
-                    deferral_watch
-                        .as_mut()
-                        .reset(Instant::now() + DEFERRAL_WATCH);
+                    deferral_watch.set(Instant::now() + DEFERRAL_WATCH);
                 }
             };
 
             drop(book);
             drop(listeners);
             drop(reader);
-            finish(conn, ending, &writer_task.task, config.close_grace).await;
+            // Boxed: room for the closing's state would otherwise sit in every connection's
+            // future for its whole life.
+            Box::pin(finish(conn, ending, &writer_task.task, config.close_grace)).await;
         }
     }
 }
@@ -422,20 +420,39 @@ struct Bookkeeping {
     watching_deferral: bool,
 }
 
-/// A deadline for a timer that is not set: a day is as good as never, and re-armed long before.
-fn far_off() -> Instant {
-    Instant::now() + Duration::from_secs(86_400)
+/// A timer that rarely rings, made the first time it is set: most connections never close
+/// with a grace, wait for no call of their own and expect no callers back, and an idle one
+/// should not hold a timer on the heap (128 B each) for each of those. Boxed when made, out of
+/// the way of what every packet reads.
+#[derive(Default)]
+struct Alarm(Option<Pin<Box<tokio::time::Sleep>>>);
+
+impl Alarm {
+    fn set(&mut self, at: Instant) {
+        match &mut self.0 {
+            Some(timer) if timer.deadline() == at => {}
+            Some(timer) => timer.as_mut().reset(at),
+            None => self.0 = Some(Box::pin(sleep_until(at))),
+        }
+    }
+
+    fn is_elapsed(&self) -> bool {
+        self.0.as_ref().is_some_and(|timer| timer.is_elapsed())
+    }
+
+    /// Rings at the deadline last set; never, before one is.
+    async fn rung(&mut self) {
+        match &mut self.0 {
+            Some(timer) => timer.as_mut().await,
+            None => std::future::pending().await,
+        }
+    }
 }
 
 /// Sets the calls' alarm to ring at `at` (left as it is when no call waits); returns `at`.
-fn set_alarm(
-    alarm: Pin<&mut tokio::time::Sleep>,
-    at: Option<std::time::Instant>,
-) -> Option<std::time::Instant> {
-    if let Some(ring) = at.map(Instant::from_std)
-        && alarm.deadline() != ring
-    {
-        alarm.reset(ring);
+fn set_alarm(alarm: &mut Alarm, at: Option<std::time::Instant>) -> Option<std::time::Instant> {
+    if let Some(ring) = at {
+        alarm.set(Instant::from_std(ring));
     }
     at
 }
