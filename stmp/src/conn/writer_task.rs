@@ -270,15 +270,20 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn queued_packets_go_out_in_one_write_and_one_flush() {
-        let recorder = Recorder::default();
-        let writer = PacketWriter::Stream {
-            io: Box::pin(recorder.clone()),
+    /// A plain stream writer over `io`.
+    fn stream_writer(io: impl AsyncWrite + Send + 'static) -> PacketWriter {
+        PacketWriter::Stream {
+            io: Box::pin(io),
             buf: BytesMut::new(),
             #[cfg(feature = "gzip")]
             gzip: None,
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn queued_packets_go_out_in_one_write_and_one_flush() {
+        let recorder = Recorder::default();
+        let writer = stream_writer(recorder.clone());
         let (conn, outbox) = Conn::new(super::super::tests::parts(1 << 20));
         for _ in 0..10 {
             conn.try_send(Packet::Pong).unwrap();
@@ -297,12 +302,7 @@ mod tests {
     /// A connection as the engine leaves it before anything is sent: the writer in its slot,
     /// inline writes allowed, and its writer task not started.
     fn lazily_written(recorder: &Recorder, queued: &[Packet]) -> (Conn, Arc<WriterTask>) {
-        let writer = PacketWriter::Stream {
-            io: Box::pin(recorder.clone()),
-            buf: BytesMut::new(),
-            #[cfg(feature = "gzip")]
-            gzip: None,
-        };
+        let writer = stream_writer(recorder.clone());
         let (conn, outbox) = Conn::new(super::super::tests::parts(1 << 20));
         for packet in queued {
             conn.try_send(packet.clone()).unwrap();
@@ -404,12 +404,7 @@ mod tests {
     /// it (on this single-threaded runtime, in that order). Returns the writes they took.
     async fn writes_for_ten_answers(handlers_running: usize) -> usize {
         let recorder = Recorder::default();
-        let writer = PacketWriter::Stream {
-            io: Box::pin(recorder.clone()),
-            buf: BytesMut::new(),
-            #[cfg(feature = "gzip")]
-            gzip: None,
-        };
+        let writer = stream_writer(recorder.clone());
         let (conn, outbox) = Conn::new(super::super::tests::parts(1 << 20));
         let busy = idle(&conn);
         let running = busy.handling.reserve(handlers_running).unwrap();
@@ -532,12 +527,7 @@ mod tests {
         tokio::task::JoinHandle<()>,
         Arc<std::sync::atomic::AtomicUsize>,
     ) {
-        let writer = PacketWriter::Stream {
-            io: Box::pin(io),
-            buf: BytesMut::new(),
-            #[cfg(feature = "gzip")]
-            gzip: None,
-        };
+        let writer = stream_writer(io);
         let (conn, outbox) = Conn::new(super::super::tests::parts(budget));
         conn.shared.outbox.allow_inline();
         let stall = Duration::from_secs(5);
