@@ -461,7 +461,7 @@ where
 }
 
 #[cfg(all(test, feature = "gzip"))]
-mod tests {
+pub(super) mod tests {
     use bytes::Bytes;
 
     use super::*;
@@ -609,7 +609,7 @@ mod tests {
         byte_stream(tokio::io::empty(), io, BytesMut::new(), &limits, true).1
     }
 
-    fn stream_writer(io: impl AsyncWrite + Send + 'static) -> PacketWriter {
+    pub(in crate::conn) fn stream_writer(io: impl AsyncWrite + Send + 'static) -> PacketWriter {
         PacketWriter::Stream {
             io: Box::pin(io),
             buf: BytesMut::new(),

@@ -238,7 +238,7 @@ mod tests {
     use bytes::BytesMut;
     use tokio::io::AsyncWrite;
 
-    use super::super::io::PacketWriter;
+    use super::super::io::tests::stream_writer;
     use super::*;
     use crate::Code;
     use crate::wire::{Header, Packet};
@@ -267,16 +267,6 @@ mod tests {
             _: &mut TaskContext<'_>,
         ) -> Poll<std::io::Result<()>> {
             Poll::Ready(Ok(()))
-        }
-    }
-
-    /// A plain stream writer over `io`.
-    fn stream_writer(io: impl AsyncWrite + Send + 'static) -> PacketWriter {
-        PacketWriter::Stream {
-            io: Box::pin(io),
-            buf: BytesMut::new(),
-            #[cfg(feature = "gzip")]
-            gzip: None,
         }
     }
 
