@@ -461,9 +461,10 @@ where
 }
 
 #[cfg(all(test, feature = "gzip"))]
-pub(super) mod tests {
+mod tests {
     use bytes::Bytes;
 
+    use super::super::tests::stream_writer;
     use super::*;
     use crate::wire::{Action, Header, Request};
 
@@ -607,15 +608,6 @@ pub(super) mod tests {
     fn gzip_writer(io: impl AsyncWrite + Send + 'static) -> PacketWriter {
         let limits = ReadLimits::default();
         byte_stream(tokio::io::empty(), io, BytesMut::new(), &limits, true).1
-    }
-
-    pub(in crate::conn) fn stream_writer(io: impl AsyncWrite + Send + 'static) -> PacketWriter {
-        PacketWriter::Stream {
-            io: Box::pin(io),
-            buf: BytesMut::new(),
-            #[cfg(feature = "gzip")]
-            gzip: None,
-        }
     }
 
     fn write_buffer(writer: &PacketWriter) -> &BytesMut {

@@ -675,6 +675,18 @@ pub(crate) mod tests {
         }
     }
 
+    /// A plain stream writer over `io`.
+    pub(crate) fn stream_writer(
+        io: impl tokio::io::AsyncWrite + Send + 'static,
+    ) -> super::io::PacketWriter {
+        super::io::PacketWriter::Stream {
+            io: Box::pin(io),
+            buf: bytes::BytesMut::new(),
+            #[cfg(feature = "gzip")]
+            gzip: None,
+        }
+    }
+
     fn notify(len: usize) -> Packet {
         Packet::Notify(Notify {
             action: Action::Id(1),

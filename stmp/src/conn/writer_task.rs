@@ -238,7 +238,7 @@ mod tests {
     use bytes::BytesMut;
     use tokio::io::AsyncWrite;
 
-    use super::super::io::tests::stream_writer;
+    use super::super::tests::stream_writer;
     use super::*;
     use crate::Code;
     use crate::wire::{Header, Packet};
