@@ -576,9 +576,8 @@ async fn finish(conn: Conn, ending: Ending, writer_task: &WriterTask, grace: Dur
     tracing::debug!(conn = conn.id(), %status, "connection closed");
     let _ = conn.shared.close_status.set(status.clone());
     conn.fail_calls(&status);
-    conn.shared.outbox.stop();
     // Started now if nothing needed it before: it writes what is queued, the Close among it.
-    let Some(mut writer_task) = writer_task.start() else {
+    let Some(mut writer_task) = writer_task.stop(&conn) else {
         conn.mark_closed(&status);
         return;
     };

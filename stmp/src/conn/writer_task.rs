@@ -128,10 +128,17 @@ impl WriterTask {
         task
     }
 
+    /// Tells the writer to write what is queued and stop, starting the task if nothing needed
+    /// it before; hands out the task's handle the first time only.
+    pub(super) fn stop(&self, conn: &Conn) -> Option<tokio::task::JoinHandle<()>> {
+        conn.shared.outbox.stop();
+        self.start()
+    }
+
     /// Starts the task if it has not started, and hands out its handle the first time only.
     /// The parts it holds until then (the connection among them) leave with it: nothing
     /// stays behind to keep the connection's shared state alive.
-    pub(super) fn start(&self) -> Option<tokio::task::JoinHandle<()>> {
+    fn start(&self) -> Option<tokio::task::JoinHandle<()>> {
         let mut state = crate::sync::lock(&self.state);
         state.start();
         match &mut *state {
@@ -191,9 +198,8 @@ pub(super) struct StopWriterOnDrop {
 
 impl Drop for StopWriterOnDrop {
     fn drop(&mut self) {
-        self.conn.shared.outbox.stop();
         // The task writes what is queued and ends on its own.
-        drop(self.task.start());
+        drop(self.task.stop(&self.conn));
     }
 }
 
