@@ -135,6 +135,69 @@ async fn a_heartbeat_starts_no_writer_task() {
     assert_eq!(tasks() - before, 1);
 }
 
+/// A burst starts the writer tasks; once the connection has nothing under way they end at its
+/// next heartbeat, and the next burst starts them again. A connection that once got a burst
+/// (a broadcast, a replay) is back to an idle connection's cost.
+#[tokio::test]
+async fn a_quiet_connection_lets_its_writer_tasks_go_at_the_heartbeat() {
+    const CALLS: usize = 64;
+    // A Ping after 100 ms of silence: the heartbeat rings every 100 ms or so.
+    let read_timeout = Duration::from_millis(200);
+    let server = Server::builder().read_timeout(read_timeout).build();
+    let mut gate = route_block(server.router());
+    let addr = server.listen_tcp("127.0.0.1:0").await.unwrap();
+    let tasks = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    let before = tasks();
+    let client = within(
+        Client::builder()
+            .read_timeout(read_timeout)
+            .connect(&format!("tcp://{addr}")),
+    )
+    .await
+    .unwrap();
+    let quiet = tasks() - before;
+    for burst in 0..2 {
+        let calls = futures_util::future::join_all((0..CALLS).map(|i| {
+            let client = client.clone();
+            async move {
+                let echoed: Echo = client.call(&BLOCK, &echo(&i.to_string())).await?;
+                Ok::<_, Status>((i, echoed))
+            }
+        }));
+        let mut calls = std::pin::pin!(calls);
+        // Every call reaches its handler, which waits: calls pending on one side, handlers
+        // running on the other, so neither lets its writer go. All but the first call queued
+        // behind it, which started the client's writer task.
+        within(async {
+            for _ in 0..CALLS {
+                tokio::select! {
+                    biased;
+                    entered = gate.entered.recv() => entered.unwrap(),
+                    _ = &mut calls => panic!("the calls ended before reaching their handlers"),
+                }
+            }
+        })
+        .await;
+        let busy = tasks() - before;
+        assert!(
+            busy > quiet + CALLS,
+            "burst {burst}: {busy} tasks with {CALLS} handlers waiting, {quiet} before"
+        );
+        gate.release.notify_waiters();
+        for result in within(&mut calls).await {
+            let (i, echoed) = result.unwrap();
+            assert_eq!(echoed.text, i.to_string());
+        }
+        until(|| tasks() - before == quiet).await;
+    }
+    within(client.close()).await;
+    until(|| tasks() == before).await;
+}
+
 // One thread: the 70,000 round trips then cost no cross-CPU wake-ups, which are slow and
 // erratic on small VMs.
 #[tokio::test]

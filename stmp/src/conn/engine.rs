@@ -30,7 +30,7 @@ use super::close_request::Heard;
 use super::io::{PacketStream, PacketWriter};
 use super::outbox::DEFERRAL_WATCH;
 use super::state::{Action, ConnState, Ending, Held, error_response};
-use super::writer_task::{Busy, StopWriterOnDrop, WriterTask};
+use super::writer_task::{Busy, StopWriterOnDrop, WriterParts, WriterTask};
 use super::{Conn, ConnParts, Outbox, Refused, Side};
 use crate::broadcast::SlowConsumer;
 use crate::codec::Codec;
@@ -135,7 +135,14 @@ impl Host {
         };
         conn.shared.writer.put(writer);
         conn.shared.outbox.allow_inline();
-        let writer_task = WriterTask::waiting(&conn, outbox, busy, self.config.write_stall_timeout);
+        let writer_task = WriterTask::waiting(
+            &conn,
+            WriterParts {
+                outbox,
+                busy,
+                stall: self.config.write_stall_timeout,
+            },
+        );
         Engine {
             writer_task: StopWriterOnDrop {
                 conn: conn.clone(),
@@ -241,6 +248,7 @@ impl Engine {
                 calls_due_at: None,
                 since_yield: 0,
                 watching_deferral: false,
+                heartbeat_rang: false,
             };
             let shared = conn.shared.clone();
 
@@ -303,7 +311,10 @@ impl Engine {
                         }
                         None => Action::End(state.handle_read_end(None)),
                     },
-                    _ = &mut heartbeat => state.handle_timeout(now()),
+                    _ = &mut heartbeat => {
+                        book.heartbeat_rang = true;
+                        state.handle_timeout(now())
+                    }
                 };
                 match action {
                     Action::Idle => {}
@@ -390,6 +401,15 @@ impl Engine {
                 if book.watching_deferral && deferral_watch.is_elapsed() {
                     deferral_watch.set(Instant::now() + DEFERRAL_WATCH);
                 }
+                // Once per heartbeat, after its Ping went out: a connection with nothing under
+                // way lets its writer task go (a burst started it), to start another when a
+                // packet next waits for one. A busy one keeps it.
+                if std::mem::take(&mut book.heartbeat_rang)
+                    && handling.used() == 0
+                    && conn.pending_calls() == 0
+                {
+                    writer_task.task.retire_if_waiting(&conn);
+                }
             };
 
             drop(book);
@@ -418,6 +438,8 @@ struct Bookkeeping {
     since_yield: u32,
     /// Whether answered callers are expected back: see `SendQueue::release_deferred`.
     watching_deferral: bool,
+    /// The heartbeat timer rang on this turn of the loop.
+    heartbeat_rang: bool,
 }
 
 /// A timer that rarely rings, made the first time it is set: most connections never close
@@ -568,7 +590,7 @@ fn with_header(mut packet: Packet, header: Header) -> Packet {
 
 /// Sends the last Close, lets the writer flush for up to `grace`, and ends it if it cannot:
 /// once this returns, the writer and with it the transport are gone.
-async fn finish(conn: Conn, ending: Ending, writer_task: &WriterTask, grace: Duration) {
+async fn finish(conn: Conn, ending: Ending, writer_task: &Arc<WriterTask>, grace: Duration) {
     let Ending { status, send_close } = ending;
     if send_close {
         let _ = conn.try_send(Packet::close(status.code(), status.message()));

@@ -111,6 +111,9 @@ struct Queue {
     /// The writer task is to look at its writer even with nothing queued: an inline write
     /// left bytes unwritten, or failed.
     kick: bool,
+    /// The writer task is to end unless something is queued: the connection has gone quiet
+    /// ([`SendQueue::retire_writer`]).
+    retire: bool,
     packets: Packets,
     /// Senders waiting for room, first come first served.
     waiting: VecDeque<Waiting>,
@@ -497,6 +500,33 @@ impl SendQueue {
         idle
     }
 
+    /// Asks the writer task to end if it waits with nothing queued, as the connection has
+    /// gone quiet; `lazy`, the waker that starts a task again, is not asked (it is what
+    /// waits once no task runs). Returns whether a task was asked. It ends unless a packet
+    /// is queued before it looks ([`Next::Retire`]).
+    pub(crate) fn retire_writer(&self, lazy: &Waker) -> bool {
+        let writer = {
+            let mut queue = lock(&self.state);
+            let task_waits = queue
+                .writer
+                .as_ref()
+                .is_some_and(|writer| !writer.will_wake(lazy));
+            if !task_waits
+                || queue.closed
+                || queue.stopping
+                || queue.kick
+                || queue.inline
+                || !queue.packets.is_empty()
+            {
+                return false;
+            }
+            queue.retire = true;
+            queue.writer.take()
+        };
+        writer.into_iter().for_each(Waker::wake);
+        true
+    }
+
     /// Whether the writer task waits with nothing queued.
     #[cfg(test)]
     pub(crate) fn writer_waits(&self) -> bool {
@@ -685,10 +715,11 @@ impl<H: HoldsSendQueue> Outbox<H> {
     }
 
     /// Waits until something is queued, then moves up to `limit` packets into `batch`.
-    /// Once [stopped](SendQueue::stop) it moves everything queued and returns true: that is
-    /// the last batch. It also returns, with nothing, when an inline write left work. Room
-    /// owed by [`release_later`](Self::release_later) is given back first.
-    pub(crate) async fn recv_many(&mut self, batch: &mut Vec<Packet>, limit: usize) -> bool {
+    /// Once [stopped](SendQueue::stop) it moves everything queued: that is the last batch.
+    /// It also returns, with nothing, when an inline write left work, or when the writer is
+    /// asked to retire with nothing queued. Room owed by
+    /// [`release_later`](Self::release_later) is given back first.
+    pub(crate) async fn recv_many(&mut self, batch: &mut Vec<Packet>, limit: usize) -> Next {
         let mut written = std::mem::take(&mut self.written);
         poll_fn(|cx| {
             let mut queue = lock(self.queue());
@@ -718,6 +749,18 @@ impl<H: HoldsSendQueue> Outbox<H> {
     }
 }
 
+/// What the writer task does after [`Outbox::recv_many`].
+#[derive(Debug, PartialEq)]
+pub(crate) enum Next {
+    /// Write the batch (empty when an inline write left work for it).
+    Write,
+    /// Write the batch, which is the last one, and stop.
+    Stop,
+    /// End with nothing to write, as the connection has gone quiet
+    /// ([`SendQueue::retire_writer`]).
+    Retire,
+}
+
 /// One look of the writer at the queue (see [`Outbox::recv_many`]).
 fn poll_take(
     queue: &mut Queue,
@@ -725,18 +768,23 @@ fn poll_take(
     batch: &mut Vec<Packet>,
     limit: usize,
     keep: usize,
-) -> Poll<bool> {
+) -> Poll<Next> {
     if !queue.inline {
         let kicked = std::mem::take(&mut queue.kick);
+        let retire = std::mem::take(&mut queue.retire);
         if queue.stopping {
             queue.writer = None;
             take(queue, batch, usize::MAX, keep);
-            return Poll::Ready(true);
+            return Poll::Ready(Next::Stop);
         }
         if take(queue, batch, limit, keep) > 0 || kicked {
             // Not waiting any more: no sender may write inline now.
             queue.writer = None;
-            return Poll::Ready(false);
+            return Poll::Ready(Next::Write);
+        }
+        if retire {
+            queue.writer = None;
+            return Poll::Ready(Next::Retire);
         }
     }
     if !queue
@@ -781,7 +829,7 @@ mod tests {
         }
         queue.try_push(Packet::Pong, 0).unwrap();
         let mut batch = Vec::new();
-        assert!(!outbox.recv_many(&mut batch, 4).await);
+        assert_eq!(outbox.recv_many(&mut batch, 4).await, Next::Write);
         assert_eq!(batch.len(), 4);
         assert_eq!(outbox.try_recv_many(&mut batch, 4), 0, "the batch is full");
         assert_eq!(outbox.try_recv_many(&mut batch, 6), 2);
@@ -935,7 +983,11 @@ mod tests {
         }
         queue.stop();
         let mut batch = Vec::new();
-        assert!(outbox.recv_many(&mut batch, 2).await, "the last batch");
+        assert_eq!(
+            outbox.recv_many(&mut batch, 2).await,
+            Next::Stop,
+            "the last batch"
+        );
         assert_eq!(batch.len(), 3, "past the limit: nothing is left behind");
         // A writer waiting on an empty queue is woken by the stop.
         let (queue, mut outbox) = send_queue(1 << 20);
@@ -946,7 +998,7 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        assert!(last);
+        assert_eq!(last, Next::Stop);
     }
 
     #[test]
@@ -1001,7 +1053,7 @@ mod tests {
             async move { queue.push(Packet::Ping, 50, false).await }
         });
         let mut batch = Vec::new();
-        assert!(!outbox.recv_many(&mut batch, 64).await);
+        assert_eq!(outbox.recv_many(&mut batch, 64).await, Next::Write);
         assert_eq!(batch, [Packet::Pong]);
         outbox.release_later(100);
         assert_eq!(

@@ -1,32 +1,68 @@
 //! The connection's writer task: it writes what senders queue, in batches, while senders
 //! write lone packets inline whenever it waits with nothing queued. It starts the first time a
-//! packet waits for it ([`WriterTask`]), so a connection that never needs it never pays for it.
+//! packet waits for it ([`WriterTask`]), so a connection that never needs it never pays for it,
+//! and it ends again when the connection goes quiet.
 
 use std::sync::Arc;
+use std::task::Waker;
 use std::time::Duration;
 
 use super::budget::InFlight;
 use super::io::WriteError;
+use super::outbox::Next;
 use super::writer::Taken;
 use super::{Conn, Outbox};
 use crate::Status;
 use crate::stats::Counters;
 
+/// What a writer task runs with; [`WriterTask`] holds it while no task runs.
+pub(super) struct WriterParts {
+    pub(super) outbox: Outbox,
+    pub(super) busy: Busy,
+    /// A write that makes no progress for this long ends the connection.
+    pub(super) stall: Duration,
+}
+
 /// Writes queued packets; whatever is queued together goes out in one write and one flush.
 /// A write that makes no progress for `stall` ends the connection: the engine hears of it, as
-/// it does of the task ending any other way.
+/// it does of the task ending any other way. Asked to retire with nothing queued, it hands its
+/// parts back to `task` and ends, the connection going on without it.
 /// The writer is in the connection's writer slot when the task starts: while the task waits,
 /// senders may write inline with it.
-async fn write_loop(mut outbox: Outbox, busy: Busy, stall: Duration) {
+async fn write_loop(task: Arc<WriterTask>, parts: WriterParts) {
     const BATCH: usize = 64;
+    let WriterParts {
+        mut outbox,
+        mut busy,
+        stall,
+    } = parts;
     let conn = busy.conn.clone();
     let slot = &conn.shared.writer;
-    // However the task ends, the transport goes with it, not with the last `Conn`.
-    let _clear = ClearWriterOnDrop(conn.clone());
+    // However the task ends, the transport goes with it, not with the last `Conn`; unless it
+    // retires, leaving the transport to the next task.
+    let mut clear = ClearWriterOnDrop(Some(conn.clone()));
     // One slot kept across wake-ups: a lone packet (an event, an answer) costs no allocation.
     let mut batch = Vec::new();
     loop {
-        let stopping = outbox.recv_many(&mut batch, BATCH).await;
+        let next = outbox.recv_many(&mut batch, BATCH).await;
+        if next == Next::Retire {
+            match task.retire(WriterParts {
+                outbox,
+                busy,
+                stall,
+            }) {
+                Ok(()) => {
+                    clear.0 = None;
+                    return;
+                }
+                // Something was queued meanwhile: not quiet after all.
+                Err(parts) => {
+                    (outbox, busy) = (parts.outbox, parts.busy);
+                    continue;
+                }
+            }
+        }
+        let stopping = next == Next::Stop;
         if !stopping && batch.len() < BATCH && busy.more_coming(batch.len()) {
             // Let the tasks that are ready to run (callers woken by the same read, handlers
             // answering) queue what they have first: one write then carries many packets
@@ -82,21 +118,22 @@ async fn write_loop(mut outbox: Outbox, busy: Busy, stall: Duration) {
     }
 }
 
-/// The connection's writer task, started the first time it is needed: when a packet is queued
-/// for it rather than written inline by its sender, when an inline write leaves bytes for it,
-/// or when the connection ends. Until then the send queue holds this as the waiting writer's
-/// waker, so senders write inline as they would with the task waiting. Connections that sit
-/// idle, or only ever write one packet at a time, never start one: a task is about 1.3 KB a
-/// connection, a fifth of what an idle TCP connection costs.
+/// The connection's writer task, started when it is needed: when a packet is queued for it
+/// rather than written inline by its sender, when an inline write leaves bytes for it, or when
+/// the connection ends. Until then the send queue holds this as the waiting writer's waker,
+/// so senders write inline as they would with the task waiting. Connections that sit idle, or
+/// only ever write one packet at a time, never start one: a task is about 1.3 KB a
+/// connection, a fifth of what an idle TCP connection costs. A task that was started ends
+/// again when the connection goes quiet ([`retire_if_waiting`](Self::retire_if_waiting)),
+/// so a burst (a broadcast's event, a reconnecting client's replay) does not keep it for the
+/// connection's life.
 pub(super) struct WriterTask {
     state: std::sync::Mutex<WriterTaskState>,
 }
 
 enum WriterTaskState {
     Waiting {
-        outbox: Outbox,
-        busy: Busy,
-        stall: Duration,
+        parts: WriterParts,
         /// Where to start it: the waker may be woken on any thread (a broadcast from a thread
         /// of its own, say).
         runtime: tokio::runtime::Handle,
@@ -107,59 +144,76 @@ enum WriterTaskState {
 
 impl WriterTask {
     /// A writer task not started yet, registered as the send queue's waiting writer.
-    pub(super) fn waiting(
-        conn: &Conn,
-        outbox: Outbox,
-        busy: Busy,
-        stall: Duration,
-    ) -> Arc<WriterTask> {
+    pub(super) fn waiting(conn: &Conn, parts: WriterParts) -> Arc<WriterTask> {
         let task = Arc::new(WriterTask {
             state: std::sync::Mutex::new(WriterTaskState::Waiting {
-                outbox,
-                busy,
-                stall,
+                parts,
                 runtime: tokio::runtime::Handle::current(),
             }),
         });
-        let waker = std::task::Waker::from(task.clone());
-        if !conn.shared.outbox.writer_waits_with(waker) {
-            crate::sync::lock(&task.state).start();
+        if !conn.shared.outbox.writer_waits_with(task.lazy_waker()) {
+            task.start(&mut crate::sync::lock(&task.state));
         }
         task
     }
 
-    /// Tells the writer to write what is queued and stop, starting the task if nothing needed
-    /// it before; hands out the task's handle the first time only.
-    pub(super) fn stop(&self, conn: &Conn) -> Option<tokio::task::JoinHandle<()>> {
-        conn.shared.outbox.stop();
-        self.start()
+    /// The waker that starts the task: what the send queue holds while no task runs.
+    fn lazy_waker(self: &Arc<Self>) -> Waker {
+        Waker::from(self.clone())
     }
 
-    /// Starts the task if it has not started, and hands out its handle the first time only.
-    /// The parts it holds until then (the connection among them) leave with it: nothing
-    /// stays behind to keep the connection's shared state alive.
-    fn start(&self) -> Option<tokio::task::JoinHandle<()>> {
+    /// Tells the writer to write what is queued and stop, starting the task if it is not
+    /// running; hands out the task's handle the first time only.
+    pub(super) fn stop(self: &Arc<Self>, conn: &Conn) -> Option<tokio::task::JoinHandle<()>> {
+        conn.shared.outbox.stop();
         let mut state = crate::sync::lock(&self.state);
-        state.start();
+        self.start(&mut state);
         match &mut *state {
             WriterTaskState::Started(handle) => handle.take(),
             WriterTaskState::Waiting { .. } => None,
         }
     }
-}
 
-impl WriterTaskState {
-    fn start(&mut self) {
-        let state = std::mem::replace(self, WriterTaskState::Started(None));
-        *self = match state {
-            WriterTaskState::Waiting {
-                outbox,
-                busy,
-                stall,
-                runtime,
-            } => WriterTaskState::Started(Some(runtime.spawn(write_loop(outbox, busy, stall)))),
+    /// Asks a running task that waits with nothing queued to end, as `conn` has gone quiet;
+    /// the next packet that waits for a writer starts one again.
+    pub(super) fn retire_if_waiting(self: &Arc<Self>, conn: &Conn) {
+        conn.shared.outbox.retire_writer(&self.lazy_waker());
+    }
+
+    /// Starts the task if it is not running. The parts it holds until then (the connection
+    /// among them) leave with it: nothing stays behind to keep the connection's shared state
+    /// alive.
+    fn start(self: &Arc<Self>, state: &mut WriterTaskState) {
+        *state = match std::mem::replace(state, WriterTaskState::Started(None)) {
+            WriterTaskState::Waiting { parts, runtime } => {
+                WriterTaskState::Started(Some(runtime.spawn(write_loop(self.clone(), parts))))
+            }
             started => started,
         };
+    }
+
+    /// Called by the running task as it retires: takes its parts back and waits, unstarted,
+    /// as the send queue's writer, unless something was queued meanwhile (then the parts go
+    /// back to the task, which goes on). The state's lock is held while the queue takes the
+    /// waker: a sender that wakes it at once starts a task only once the parts are here.
+    fn retire(self: &Arc<Self>, parts: WriterParts) -> Result<(), WriterParts> {
+        let mut state = crate::sync::lock(&self.state);
+        if !parts
+            .busy
+            .conn
+            .shared
+            .outbox
+            .writer_waits_with(self.lazy_waker())
+        {
+            return Err(parts);
+        }
+        // The running task's handle goes (it is ending); whoever stops the writer later gets
+        // the handle of the task it starts.
+        *state = WriterTaskState::Waiting {
+            parts,
+            runtime: tokio::runtime::Handle::current(),
+        };
+        Ok(())
     }
 }
 
@@ -171,19 +225,22 @@ impl std::task::Wake for WriterTask {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        crate::sync::lock(&self.state).start();
+        self.start(&mut crate::sync::lock(&self.state));
     }
 }
 
 /// Drops the writer left in the slot when the writer task ends, and tells the engine, which
-/// cannot go on without it (a failure reported before keeps its status).
-struct ClearWriterOnDrop(Conn);
+/// cannot go on without it (a failure reported before keeps its status). Emptied when the task
+/// retires: the writer stays for the next task.
+struct ClearWriterOnDrop(Option<Conn>);
 
 impl Drop for ClearWriterOnDrop {
     fn drop(&mut self) {
-        self.0.shared.writer.clear();
-        self.0
-            .shared
+        let Some(conn) = &self.0 else {
+            return;
+        };
+        conn.shared.writer.clear();
+        conn.shared
             .close_requested
             .write_failed(Status::network_error("cannot write to the connection"));
     }
@@ -287,7 +344,7 @@ mod tests {
         conn.shared.outbox.stop();
         let stall = Duration::from_secs(5);
         conn.shared.writer.put(writer);
-        write_loop(outbox, idle(&conn), stall).await;
+        write_loop_started(outbox, idle(&conn), stall).await;
         let (bytes, writes, flushes) = recorder.0.lock().unwrap().clone();
         assert_eq!(bytes, [0x90; 10]);
         assert_eq!((writes, flushes), (1, 1));
@@ -306,8 +363,28 @@ mod tests {
         conn.shared.writer.put(writer);
         conn.shared.outbox.allow_inline();
         let busy = idle(&conn);
-        let task = WriterTask::waiting(&conn, outbox, busy, Duration::from_secs(5));
+        let parts = WriterParts {
+            outbox,
+            busy,
+            stall: Duration::from_secs(5),
+        };
+        let task = WriterTask::waiting(&conn, parts);
         (conn, task)
+    }
+
+    /// The write loop as a started task runs it.
+    fn write_loop_started(outbox: Outbox, busy: Busy, stall: Duration) -> impl Future<Output = ()> {
+        let task = Arc::new(WriterTask {
+            state: std::sync::Mutex::new(WriterTaskState::Started(None)),
+        });
+        write_loop(
+            task,
+            WriterParts {
+                outbox,
+                busy,
+                stall,
+            },
+        )
     }
 
     fn started(task: &WriterTask) -> bool {
@@ -342,8 +419,8 @@ mod tests {
 
         // The engine takes its handle once, to wait for it as the connection ends.
         conn.shared.outbox.stop();
-        let handle = task.start().expect("the task's handle");
-        assert!(task.start().is_none());
+        let handle = task.stop(&conn).expect("the task's handle");
+        assert!(task.stop(&conn).is_none());
         tokio::time::timeout(Duration::from_secs(10), handle)
             .await
             .expect("the writer task ends once stopped")
@@ -357,7 +434,7 @@ mod tests {
         // Nothing would wake a writer for them: they were queued with nobody waiting.
         assert!(started(&task));
         conn.shared.outbox.stop();
-        let handle = task.start().expect("the task's handle");
+        let handle = task.stop(&conn).expect("the task's handle");
         tokio::time::timeout(Duration::from_secs(10), handle)
             .await
             .expect("the writer task ends once stopped")
@@ -375,7 +452,7 @@ mod tests {
         // The engine's ending: the Close queued, the writer stopped, the task awaited.
         conn.try_send(Packet::close(Code::Ok, "bye")).unwrap();
         conn.shared.outbox.stop();
-        let handle = task.start().expect("the task's handle");
+        let handle = task.stop(&conn).expect("the task's handle");
         tokio::time::timeout(Duration::from_secs(10), handle)
             .await
             .expect("the writer task ends once stopped")
@@ -389,6 +466,87 @@ mod tests {
         assert_eq!(Arc::strong_count(&conn.shared), 1);
     }
 
+    /// Tasks alive on this test's runtime (single-threaded: none runs while they are counted).
+    fn tasks_alive() -> usize {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    }
+
+    /// Yields until `condition` holds, within the test's bound.
+    async fn until(mut condition: impl FnMut() -> bool) {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !condition() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the condition within 10 s");
+    }
+
+    #[tokio::test]
+    async fn a_quiet_connections_writer_task_retires_and_the_next_queued_packet_starts_another() {
+        let recorder = Recorder::default();
+        let (conn, task) = lazily_written(&recorder, &[]);
+        let written = |packets: &[Packet]| recorder.0.lock().unwrap().0 == encoded(packets);
+        // Not started: there is nothing to retire, and asking starts nothing.
+        task.retire_if_waiting(&conn);
+        assert!(!started(&task));
+        assert_eq!(tasks_alive(), 0);
+
+        // A queued packet starts the task; once it waits again, it is asked to retire.
+        conn.try_send(notify(1, 10)).unwrap();
+        until(|| written(&[notify(1, 10)]) && conn.shared.outbox.writer_waits()).await;
+        assert_eq!(tasks_alive(), 1);
+        task.retire_if_waiting(&conn);
+        until(|| tasks_alive() == 0).await;
+        assert!(!started(&task), "retired, it waits unstarted");
+
+        // The transport stayed with the connection: a lone packet is written inline by its
+        // sender, with no task, and a queued one starts a task again.
+        conn.send_inline(notify(2, 10)).await.unwrap();
+        assert!(written(&[notify(1, 10), notify(2, 10)]));
+        assert!(!started(&task));
+        conn.try_send(notify(3, 10)).unwrap();
+        assert!(started(&task));
+        until(|| written(&[notify(1, 10), notify(2, 10), notify(3, 10)])).await;
+
+        // The task started last is the one the engine waits for at the end.
+        conn.try_send(Packet::close(Code::Ok, "bye")).unwrap();
+        let handle = task.stop(&conn).expect("the running task's handle");
+        tokio::time::timeout(Duration::from_secs(10), handle)
+            .await
+            .expect("the writer task ends once stopped")
+            .unwrap();
+        let sent = [
+            notify(1, 10),
+            notify(2, 10),
+            notify(3, 10),
+            Packet::close(Code::Ok, "bye"),
+        ];
+        assert!(written(&sent));
+        assert!(conn.shared.writer.take().writer.is_none());
+        drop(task);
+        assert_eq!(Arc::strong_count(&conn.shared), 1);
+    }
+
+    #[tokio::test]
+    async fn a_writer_task_asked_to_retire_writes_what_was_queued_before_it_looked_and_stays() {
+        let recorder = Recorder::default();
+        let (conn, task) = lazily_written(&recorder, &[]);
+        conn.try_send(notify(1, 10)).unwrap();
+        until(|| conn.shared.outbox.writer_waits()).await;
+        // Asked, and before it runs (this runtime has one thread) a packet is queued: with no
+        // writer waiting it is not written inline, and the task takes it when it looks.
+        task.retire_if_waiting(&conn);
+        conn.try_queue_inline(notify(2, 10)).unwrap();
+        until(|| recorder.0.lock().unwrap().0 == encoded(&[notify(1, 10), notify(2, 10)])).await;
+        until(|| conn.shared.outbox.writer_waits()).await;
+        assert!(started(&task), "not quiet: the task goes on");
+        assert_eq!(tasks_alive(), 1);
+        drop(task.stop(&conn));
+        until(|| tasks_alive() == 0).await;
+    }
     fn idle(conn: &Conn) -> Busy {
         Busy {
             conn: conn.clone(),
@@ -406,7 +564,7 @@ mod tests {
         let running = busy.handling.reserve(handlers_running).unwrap();
         let stall = Duration::from_secs(5);
         conn.shared.writer.put(writer);
-        let writer_task = tokio::spawn(write_loop(outbox, busy, stall));
+        let writer_task = tokio::spawn(write_loop_started(outbox, busy, stall));
         // The writer waits for its first packet.
         tokio::task::yield_now().await;
         conn.try_send(Packet::Pong).unwrap();
@@ -531,7 +689,7 @@ mod tests {
         let polls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counted = polls.clone();
         conn.shared.writer.put(writer);
-        let mut writing = Box::pin(write_loop(outbox, busy, stall));
+        let mut writing = Box::pin(write_loop_started(outbox, busy, stall));
         let task = tokio::spawn(std::future::poll_fn(move |cx| {
             counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             writing.as_mut().poll(cx)
