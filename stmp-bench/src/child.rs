@@ -183,6 +183,19 @@ impl ServerProcess {
         Ok(words.first().ok_or("no count")?.parse()?)
     }
 
+    /// The tasks alive on the server's runtime (an stmp server's).
+    pub async fn tasks(&mut self) -> Result<usize> {
+        let words = self.command("tasks").await?;
+        Ok(words.first().ok_or("no task count")?.parse()?)
+    }
+
+    /// Bytes of heap the server's allocator has handed out and not been given back (an stmp
+    /// server's, built with glibc).
+    pub async fn heap_bytes(&mut self) -> Result<u64> {
+        let words = self.command("heap").await?;
+        Ok(words.first().ok_or("no heap figure")?.parse()?)
+    }
+
     /// Waits until the server holds `n` connections.
     pub async fn wait_for_connections(&mut self, n: usize) -> Result<()> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);

@@ -3,6 +3,12 @@
 //! A fresh server process per system; its `VmRSS` is read before any connection, then after
 //! each step of idle connections (each has made one echo call, so its buffers are as a real
 //! connection's, and then sits idle). Per connection = (RSS − RSS before) / connections.
+//!
+//! Then, for stmp, what a burst leaves behind ([`AfterBurst`]): at the largest step every
+//! connection makes [`BURST`] calls at once, which the server answers through the
+//! connection's writer task, and goes quiet again. Freed memory mostly stays resident, so
+//! this is read from the allocator's count of the heap in use, before the burst and once the
+//! server has as many tasks as before it (bounded by three heartbeats).
 
 use std::time::Duration;
 
@@ -11,7 +17,7 @@ use serde::Serialize;
 
 use crate::child::ServerProcess;
 use crate::measure::Call;
-use crate::systems::System;
+use crate::systems::{READ_TIMEOUT_ENV, System};
 use crate::unary::{StmpCall, TonicCall};
 use crate::{Result, Settings};
 
@@ -41,7 +47,30 @@ pub struct MemoryResult {
     pub rss_kib: u64,
     /// (rss − baseline) / connections, KiB.
     pub per_connection_kib: f64,
+    /// What a burst on every connection left behind (stmp, at the largest step).
+    pub after_burst: Option<AfterBurst>,
 }
+
+/// The server's heap and tasks once connections that each had a burst of calls are quiet
+/// again, against the same connections idle before it.
+#[derive(Clone, Debug, Serialize)]
+pub struct AfterBurst {
+    /// Heap in use before the burst, KiB.
+    pub heap_before_kib: u64,
+    /// Heap in use once quiet again, KiB.
+    pub heap_after_kib: u64,
+    /// (heap after − heap before) / connections, KiB.
+    pub per_connection_kib: f64,
+    /// Tasks alive on the server beyond those before the burst (a writer task each
+    /// connection kept, say).
+    pub tasks_left: i64,
+}
+
+/// Calls each connection makes at once in the burst.
+pub const BURST: usize = 16;
+
+/// The memory part's stmp server read timeout: its heartbeat rings every two seconds or so.
+const READ_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// Waits for the RSS to stop moving (or 3 s), returns it.
 async fn settled_rss(server: &ServerProcess) -> Result<u64> {
@@ -61,7 +90,10 @@ async fn settled_rss(server: &ServerProcess) -> Result<u64> {
 pub async fn run(settings: &Settings) -> Result<Vec<MemoryResult>> {
     let mut results = Vec::new();
     for system in SYSTEMS {
-        let mut server = ServerProcess::spawn(system.server()).await?;
+        let read_timeout_ms = READ_TIMEOUT.as_millis().to_string();
+        let mut server =
+            ServerProcess::spawn_with_env(system.server(), &[(READ_TIMEOUT_ENV, read_timeout_ms)])
+                .await?;
         tokio::time::sleep(Duration::from_millis(200)).await;
         let baseline = settled_rss(&server).await?;
         let mut stmp_clients = Vec::new();
@@ -83,12 +115,18 @@ pub async fn run(settings: &Settings) -> Result<Vec<MemoryResult>> {
                 server.wait_for_connections(n).await?;
             }
             let rss = settled_rss(&server).await?;
+            let last_step = settings.idle.last() == Some(&n);
+            let after_burst = match system != System::Tonic && last_step {
+                true => Some(after_burst(&mut server, &stmp_clients).await?),
+                false => None,
+            };
             let result = MemoryResult {
                 system,
                 connections: n,
                 baseline_kib: baseline,
                 rss_kib: rss,
                 per_connection_kib: rss.saturating_sub(baseline) as f64 / n as f64,
+                after_burst,
             };
             eprintln!(
                 "  memory {:<10} {:>6} idle connections: RSS {} KiB → {} KiB, {:.1} KiB per connection",
@@ -98,6 +136,17 @@ pub async fn run(settings: &Settings) -> Result<Vec<MemoryResult>> {
                 rss,
                 result.per_connection_kib
             );
+            if let Some(burst) = &result.after_burst {
+                eprintln!(
+                    "  memory {:<10} {:>6} after a burst of {BURST} calls each: heap {} KiB → {} KiB, {:+.2} KiB per connection, {} tasks left",
+                    system.label(),
+                    n,
+                    burst.heap_before_kib,
+                    burst.heap_after_kib,
+                    burst.per_connection_kib,
+                    burst.tasks_left
+                );
+            }
             results.push(result);
         }
         futures_util::future::join_all(stmp_clients.iter().map(stmp::Client::close)).await;
@@ -106,6 +155,40 @@ pub async fn run(settings: &Settings) -> Result<Vec<MemoryResult>> {
         drop(tonic_clients);
     }
     Ok(results)
+}
+
+/// [`BURST`] calls at once on each of `clients` (64 connections at a time), then waits for the
+/// server to be back to the tasks it had before, for three heartbeats at most.
+async fn after_burst(server: &mut ServerProcess, clients: &[stmp::Client]) -> Result<AfterBurst> {
+    let tasks_before = server.tasks().await?;
+    let heap_before = server.heap_bytes().await?;
+    let bursts: Vec<Result<()>> = futures_util::stream::iter(clients)
+        .map(|client| async move {
+            let calls = (0..BURST).map(|_| async {
+                let mut call = StmpCall::new(client.clone(), 32);
+                call.call().await
+            });
+            futures_util::future::try_join_all(calls).await.map(drop)
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    bursts.into_iter().collect::<Result<()>>()?;
+    let quiet_by = tokio::time::Instant::now() + 3 * READ_TIMEOUT / 2;
+    let mut tasks = server.tasks().await?;
+    while tasks > tasks_before && tokio::time::Instant::now() < quiet_by {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        tasks = server.tasks().await?;
+    }
+    let heap_after = server.heap_bytes().await?;
+    Ok(AfterBurst {
+        heap_before_kib: heap_before / 1024,
+        heap_after_kib: heap_after / 1024,
+        per_connection_kib: (heap_after as f64 - heap_before as f64)
+            / 1024.0
+            / clients.len() as f64,
+        tasks_left: tasks as i64 - tasks_before as i64,
+    })
 }
 
 /// One echo call on every connection, 64 at a time.

@@ -440,6 +440,19 @@ impl Report {
                 row.baseline_kib as f64 / 1024.0,
                 row.rss_kib as f64 / 1024.0,
             );
+            if let Some(burst) = &row.after_burst {
+                let _ = writeln!(
+                    md,
+                    "| heap after a burst, {} conns | {} | {:+.2} KiB/conn | – | – | – | – | – | {} calls at once on each, then quiet: heap in use {:.1} → {:.1} MiB, {} tasks left |",
+                    thousands(row.connections),
+                    row.system.label(),
+                    burst.per_connection_kib,
+                    crate::memory::BURST,
+                    burst.heap_before_kib as f64 / 1024.0,
+                    burst.heap_after_kib as f64 / 1024.0,
+                    burst.tasks_left,
+                );
+            }
         }
         for row in &self.target {
             let m = &row.measured;

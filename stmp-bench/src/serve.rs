@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use crate::pb::echo_service_server::{EchoService, EchoServiceServer};
-use crate::systems::{CERT_ENV, KEY_ENV, ServerKind};
+use crate::systems::{CERT_ENV, KEY_ENV, READ_TIMEOUT_ENV, ServerKind};
 use crate::{ECHO, EVENT, Echo, Result, event, notify_frame, unix_nanos};
 
 /// Runs the server of `kind` until stdin closes.
@@ -80,11 +80,19 @@ fn burst(
 }
 
 async fn stmp_server() -> Result<()> {
+    // The fan-out's raw readers never answer a Ping: no heartbeat within a run, unless the
+    // memory part asks for one.
+    let read_timeout = std::env::var(READ_TIMEOUT_ENV)
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .map_or(
+            std::time::Duration::from_secs(600),
+            std::time::Duration::from_millis,
+        );
     // gzip is opt-in on servers; the `stmp tcp+gzip` row needs it.
     let server = stmp::Server::builder()
         .handshake_timeout(crate::systems::HANDSHAKE_TIMEOUT)
-        // The fan-out's raw readers never answer a Ping: no heartbeat within a run.
-        .read_timeout(std::time::Duration::from_secs(600))
+        .read_timeout(read_timeout)
         .gzip(true)
         // Every gzip connection of the idle-memory row must get gzip: the row measures what
         // one costs, not the limit.
@@ -113,6 +121,13 @@ async fn stmp_server() -> Result<()> {
     }
     commands(|words| match words {
         ["count"] => Some(format!("COUNT {}", server.conns().len())),
+        ["tasks"] => Some(format!(
+            "TASKS {}",
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks()
+        )),
+        ["heap"] => heap_in_use().map(|bytes| format!("HEAP {bytes}")),
 
         ["broadcast", seq] => {
             let seq: u64 = seq.parse().ok()?;
@@ -133,6 +148,21 @@ async fn stmp_server() -> Result<()> {
         _ => None,
     })
     .await
+}
+
+/// Bytes the allocator has handed out and not been given back (glibc's count, over every
+/// arena). Unlike the resident size, it falls when memory is freed: freed memory mostly stays
+/// mapped, for the process to reuse.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn heap_in_use() -> Option<u64> {
+    // SAFETY: `mallinfo2` only reads the allocator's own statistics.
+    let info = unsafe { libc::mallinfo2() };
+    Some((info.uordblks + info.hblkhd) as u64)
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn heap_in_use() -> Option<u64> {
+    None
 }
 
 /// A cluster node: plain TCP, the NATS adapter, and broadcasts to everyone on every node.

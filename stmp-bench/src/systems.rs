@@ -238,6 +238,9 @@ pub struct BenchCert {
 
 /// Environment variables that carry the certificate to the server process.
 pub const CERT_ENV: &str = "STMP_BENCH_CERT";
+/// The stmp server's read timeout in milliseconds, when set (600 s otherwise): the memory
+/// part sets a short one, so that its connections' heartbeat rings within the run.
+pub const READ_TIMEOUT_ENV: &str = "STMP_BENCH_READ_TIMEOUT_MS";
 /// See [`CERT_ENV`].
 pub const KEY_ENV: &str = "STMP_BENCH_KEY";
 

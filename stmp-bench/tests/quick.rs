@@ -178,6 +178,18 @@ fn quick_run_has_every_row() {
         );
     }
     assert_eq!(json["memory"].as_array().map(Vec::len), Some(7));
+    // What a burst leaves behind: measured for stmp's rows, not for tonic's.
+    for row in json["memory"].as_array().expect("memory rows") {
+        let burst = &row["after_burst"];
+        match row["system"].as_str() {
+            Some("Tonic") => assert!(burst.is_null(), "{row}"),
+            _ => {
+                assert!(burst["heap_before_kib"].as_u64().unwrap_or(0) > 0, "{row}");
+                assert!(burst["tasks_left"].is_i64(), "{row}");
+            }
+        }
+    }
+    assert!(markdown.contains("| heap after a burst, 200 conns | stmp tcp | "));
 
     // Targets: issue 16's eight, idle memory in two rows (tcp, ws), each measured.
     let targets = json["targets"].as_array().expect("targets");
