@@ -347,6 +347,17 @@ impl PacketWriter {
         Ok(())
     }
 
+    /// Gives back the write buffer when it holds nothing: the connection has gone quiet, and
+    /// its lone packets are encoded in the thread's scratch buffer. A burst's buffer is not
+    /// kept for the connection's life.
+    pub(crate) fn give_back_buffer(&mut self) {
+        if let PacketWriter::Stream { buf, .. } = self
+            && buf.is_empty()
+        {
+            *buf = BytesMut::new();
+        }
+    }
+
     /// Writes the packets as far as the transport takes them without waiting, and flushes.
     /// Returns whether all of it went out; what did not stays buffered (with gzip, compressed)
     /// for the next [`write_batch`](Self::write_batch), which writes it first and flushes.

@@ -783,6 +783,8 @@ fn poll_take(
             return Poll::Ready(Next::Write);
         }
         if retire {
+            // Quiet for a heartbeat: not even the few slots kept for events go on being held.
+            queue.packets.shrink_to(0);
             queue.writer = None;
             return Poll::Ready(Next::Retire);
         }
@@ -883,6 +885,47 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(batch, [Packet::Pong]);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_writer_asked_to_retire_gets_retire_and_the_queue_keeps_no_slots() {
+        let (queue, mut outbox) = send_queue(1 << 20);
+        let lazy_wakes = Arc::new(WakeCount::default());
+        let lazy = Waker::from(lazy_wakes.clone());
+        // With packets queued, or with nothing but the lazy waker waiting, nobody is asked.
+        queue.try_push(Packet::Ping, 0).unwrap();
+        queue.try_push(Packet::Ping, 0).unwrap();
+        assert!(!queue.retire_writer(&lazy));
+        let mut batch = Vec::new();
+        assert_eq!(outbox.recv_many(&mut batch, 64).await, Next::Write);
+        assert!(queue.writer_waits_with(lazy.clone()));
+        assert!(!queue.retire_writer(&lazy));
+        assert_eq!(lazy_wakes.count(), 0);
+
+        // A running writer that waits with nothing queued is woken, and told to retire.
+        let task_wakes = park_writer(&mut outbox);
+        assert!(lock(outbox.queue()).packets.spare_capacity() > 0);
+        assert!(queue.retire_writer(&lazy));
+        assert_eq!(task_wakes.count(), 1);
+        assert!(
+            !queue.writer_waits(),
+            "no sender writes inline to a retiring writer"
+        );
+        batch.clear();
+        assert_eq!(outbox.recv_many(&mut batch, 64).await, Next::Retire);
+        assert!(batch.is_empty());
+        assert_eq!(lock(outbox.queue()).packets.spare_capacity(), 0);
+
+        // Asked, but a packet came before it looked: it writes that instead, and is no longer
+        // asked to retire.
+        let _task_wakes = park_writer(&mut outbox);
+        assert!(queue.retire_writer(&lazy));
+        queue.try_push(Packet::Pong, 0).unwrap();
+        assert_eq!(outbox.recv_many(&mut batch, 64).await, Next::Write);
+        assert_eq!(batch, [Packet::Pong]);
+        let waits_again = park_writer(&mut outbox);
+        queue.try_push(Packet::Pong, 0).unwrap();
+        assert_eq!(waits_again.count(), 1, "a push wakes it as usual");
     }
 
     /// Polls the writer's end once with a waker that counts its wakes: the writer now waits.

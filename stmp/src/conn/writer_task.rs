@@ -111,8 +111,11 @@ async fn write_loop(task: Arc<WriterTask>, parts: WriterParts) {
         let busy_now = busy.more_coming(0);
         outbox.keep_slots(busy_now);
         batch.clear();
-        if !busy_now && batch.capacity() > 1 {
-            batch = Vec::new();
+        if !busy_now {
+            if batch.capacity() > 1 {
+                batch = Vec::new();
+            }
+            writer.give_back_buffer();
         }
         slot.put(writer);
     }
@@ -301,6 +304,7 @@ mod tests {
     use bytes::BytesMut;
     use tokio::io::AsyncWrite;
 
+    use super::super::io::PacketWriter;
     use super::super::tests::stream_writer;
     use super::*;
     use crate::Code;
@@ -528,6 +532,29 @@ mod tests {
         assert!(conn.shared.writer.take().writer.is_none());
         drop(task);
         assert_eq!(Arc::strong_count(&conn.shared), 1);
+    }
+
+    #[tokio::test]
+    async fn a_writer_task_with_nothing_more_coming_keeps_no_write_buffer() {
+        let recorder = Recorder::default();
+        let (conn, task) = lazily_written(&recorder, &[]);
+        // Queued together: the task encodes them in the connection's buffer, in one write.
+        let packets: Vec<_> = (0..4).map(|seq| notify(seq, 100)).collect();
+        for packet in &packets {
+            conn.try_send(packet.clone()).unwrap();
+        }
+        until(|| {
+            recorder.0.lock().unwrap().0 == encoded(&packets) && conn.shared.outbox.writer_waits()
+        })
+        .await;
+        let taken = conn.shared.writer.take();
+        let Some(PacketWriter::Stream { buf, .. }) = &taken.writer else {
+            panic!("the stream writer in its slot");
+        };
+        assert_eq!(buf.capacity(), 0, "the burst's buffer was kept");
+        conn.shared.writer.put(taken.writer.unwrap());
+        drop(task.stop(&conn));
+        until(|| tasks_alive() == 0).await;
     }
 
     #[tokio::test]
