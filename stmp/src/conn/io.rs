@@ -349,7 +349,8 @@ impl PacketWriter {
 
     /// Gives back the write buffer when it holds nothing: the connection has gone quiet, and
     /// its lone packets are encoded in the thread's scratch buffer. A burst's buffer is not
-    /// kept for the connection's life.
+    /// kept for the connection's life. (A WebSocket's buffers are tungstenite's, which keeps
+    /// them.)
     pub(crate) fn give_back_buffer(&mut self) {
         if let PacketWriter::Stream { buf, .. } = self
             && buf.is_empty()

@@ -66,6 +66,14 @@ impl WriterSlot {
         }
     }
 
+    /// Lets the writer give back its buffers: the connection has gone quiet
+    /// ([`PacketWriter::give_back_buffer`]).
+    pub(crate) fn give_back_buffers(&self) {
+        if let Some(writer) = lock(&self.state).writer.as_mut() {
+            writer.give_back_buffer();
+        }
+    }
+
     /// Drops the writer (and with it the transport): the writer task has ended.
     pub(crate) fn clear(&self) {
         lock(&self.state).writer = None;

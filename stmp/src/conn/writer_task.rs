@@ -46,6 +46,8 @@ async fn write_loop(task: Arc<WriterTask>, parts: WriterParts) {
     loop {
         let next = outbox.recv_many(&mut batch, BATCH).await;
         if next == Next::Retire {
+            // Nor does its write buffer stay: the next lone packets are written inline.
+            slot.give_back_buffers();
             match task.retire(WriterParts {
                 outbox,
                 busy,
@@ -111,11 +113,8 @@ async fn write_loop(task: Arc<WriterTask>, parts: WriterParts) {
         let busy_now = busy.more_coming(0);
         outbox.keep_slots(busy_now);
         batch.clear();
-        if !busy_now {
-            if batch.capacity() > 1 {
-                batch = Vec::new();
-            }
-            writer.give_back_buffer();
+        if !busy_now && batch.capacity() > 1 {
+            batch = Vec::new();
         }
         slot.put(writer);
     }
@@ -535,9 +534,18 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_writer_task_with_nothing_more_coming_keeps_no_write_buffer() {
+    async fn a_retired_writer_task_leaves_no_write_buffer_behind() {
         let recorder = Recorder::default();
         let (conn, task) = lazily_written(&recorder, &[]);
+        let buffer = || {
+            let taken = conn.shared.writer.take();
+            let capacity = match &taken.writer {
+                Some(PacketWriter::Stream { buf, .. }) => buf.capacity(),
+                _ => panic!("the stream writer in its slot"),
+            };
+            conn.shared.writer.put(taken.writer.unwrap());
+            capacity
+        };
         // Queued together: the task encodes them in the connection's buffer, in one write.
         let packets: Vec<_> = (0..4).map(|seq| notify(seq, 100)).collect();
         for packet in &packets {
@@ -547,12 +555,10 @@ mod tests {
             recorder.0.lock().unwrap().0 == encoded(&packets) && conn.shared.outbox.writer_waits()
         })
         .await;
-        let taken = conn.shared.writer.take();
-        let Some(PacketWriter::Stream { buf, .. }) = &taken.writer else {
-            panic!("the stream writer in its slot");
-        };
-        assert_eq!(buf.capacity(), 0, "the burst's buffer was kept");
-        conn.shared.writer.put(taken.writer.unwrap());
+        assert!(buffer() > 0, "kept while the task runs, for its next batch");
+        task.retire_if_waiting(&conn);
+        until(|| tasks_alive() == 0).await;
+        assert_eq!(buffer(), 0, "the burst's buffer outlived its task");
         drop(task.stop(&conn));
         until(|| tasks_alive() == 0).await;
     }
