@@ -141,8 +141,9 @@ async fn a_heartbeat_starts_no_writer_task() {
 #[tokio::test]
 async fn a_quiet_connection_lets_its_writer_tasks_go_at_the_heartbeat() {
     const CALLS: usize = 64;
-    // A Ping after 100 ms of silence: the heartbeat rings every 100 ms or so.
-    let read_timeout = Duration::from_millis(200);
+    // The heartbeat rings every half second or so. Shorter, a stall of the test's thread
+    // under a loaded machine could outlast the read timeout and end the connection.
+    let read_timeout = Duration::from_secs(1);
     let server = Server::builder().read_timeout(read_timeout).build();
     let mut gate = route_block(server.router());
     let addr = server.listen_tcp("127.0.0.1:0").await.unwrap();
