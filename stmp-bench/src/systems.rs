@@ -96,7 +96,7 @@ impl System {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum ServerKind {
     /// An stmp server listening on TCP, WebSocket (`/stmp`) and, given the certificate, TLS,
-    /// WebSocket over TLS and QUIC at once, with the echo method; `broadcast <seq>` on its stdin sends the fan-out event to every connection.
+    /// WebSocket over TLS and QUIC at once, with the echo method; `broadcast <seq>` on its stdin sends the fan-out event to every connection, `tasks` and `heap` tell its live tasks and heap in use.
     Stmp,
     /// A tonic server with the echo service.
     Tonic,
