@@ -563,6 +563,73 @@ mod tests {
         until(|| tasks_alive() == 0).await;
     }
 
+    /// Retire requests racing senders on two workers: every packet goes out once, in order,
+    /// whether its sender wrote it inline, queued it for a running task, or started a new one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn retiring_while_senders_send_loses_and_reorders_nothing() {
+        const PACKETS: u16 = 5_000;
+        let recorder = Recorder::default();
+        let (conn, task) = lazily_written(&recorder, &[]);
+        let packets: Vec<Packet> = (0..PACKETS)
+            .map(|seq| {
+                let mut packet = notify(0, 0);
+                if let Packet::Notify(notify) = &mut packet {
+                    notify.payload = bytes::Bytes::copy_from_slice(&seq.to_be_bytes());
+                }
+                packet
+            })
+            .collect();
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let retiring = tokio::spawn({
+            let (conn, task, done) = (conn.clone(), task.clone(), done.clone());
+            async move {
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    task.retire_if_waiting(&conn);
+                    tokio::task::yield_now().await;
+                }
+            }
+        });
+        let sending = tokio::spawn({
+            let (conn, packets) = (conn.clone(), packets.clone());
+            async move {
+                for (i, packet) in packets.into_iter().enumerate() {
+                    // Some inline, some queued, in runs of each, with pauses in between.
+                    match i % 7 < 3 {
+                        true => conn.try_queue_inline(packet).unwrap(),
+                        false => conn.try_send(packet).unwrap(),
+                    }
+                    if i % 5 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(30), sending)
+            .await
+            .expect("every packet sent within 30 s")
+            .unwrap();
+        let all = encoded(&packets);
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while recorder.0.lock().unwrap().0.len() < all.len() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("every packet written within 30 s");
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        retiring.await.unwrap();
+        assert!(
+            recorder.0.lock().unwrap().0 == all,
+            "lost, repeated or reordered"
+        );
+        if let Some(handle) = task.stop(&conn) {
+            tokio::time::timeout(Duration::from_secs(10), handle)
+                .await
+                .expect("the writer task ends once stopped")
+                .unwrap();
+        }
+    }
+
     #[tokio::test]
     async fn a_writer_task_asked_to_retire_writes_what_was_queued_before_it_looked_and_stays() {
         let recorder = Recorder::default();
