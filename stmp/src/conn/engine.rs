@@ -30,7 +30,7 @@ use super::close_request::Heard;
 use super::io::{PacketStream, PacketWriter};
 use super::outbox::DEFERRAL_WATCH;
 use super::state::{Action, ConnState, Ending, Held, error_response};
-use super::writer_task::{Busy, StopWriterOnDrop, WriterParts, WriterTask};
+use super::writer_task::{Busy, Finishing, StopWriterOnDrop, WriterParts, WriterTask};
 use super::{Conn, ConnParts, Outbox, Refused, Side};
 use crate::broadcast::SlowConsumer;
 use crate::codec::Codec;
@@ -593,23 +593,32 @@ fn with_header(mut packet: Packet, header: Header) -> Packet {
 async fn finish(conn: Conn, ending: Ending, writer_task: &Arc<WriterTask>, grace: Duration) {
     let Ending { status, send_close } = ending;
     if send_close {
-        let _ = conn.try_send(Packet::close(status.code(), status.message()));
+        // Written here when the writer waits with nothing queued, as a quiet connection's
+        // does: it then needs no writer task to close either.
+        let _ = conn.try_queue_inline(Packet::close(status.code(), status.message()));
     }
     tracing::debug!(conn = conn.id(), %status, "connection closed");
     let _ = conn.shared.close_status.set(status.clone());
     conn.fail_calls(&status);
-    // Started now if nothing needed it before: it writes what is queued, the Close among it.
-    let Some(mut writer_task) = writer_task.stop(&conn) else {
-        conn.mark_closed(&status);
-        return;
+    // The writer's last turn writes what is queued, the Close among it: in its task if one
+    // runs, here otherwise. Given up on (dropped, or the task aborted) after the grace.
+    let flushed = match writer_task.finish(&conn) {
+        Finishing::Done => true,
+        Finishing::Here(writing) => tokio::time::timeout(grace, writing).await.is_ok(),
+        Finishing::Task(mut task) => {
+            let flushed = tokio::time::timeout(grace, &mut task).await.is_ok();
+            if !flushed {
+                task.abort();
+                let _ = task.await;
+            }
+            flushed
+        }
     };
-    if tokio::time::timeout(grace, &mut writer_task).await.is_err() {
+    if !flushed {
         tracing::debug!(
             conn = conn.id(),
             "the peer does not read; dropping the connection"
         );
-        writer_task.abort();
-        let _ = writer_task.await;
     }
     conn.mark_closed(&status);
 }

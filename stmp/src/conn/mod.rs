@@ -406,6 +406,7 @@ impl Conn {
     }
 
     /// Queues a packet unless the send queue is full (slow peer) or the connection is gone.
+    #[cfg(test)]
     pub(crate) fn try_send(&self, packet: Packet) -> Result<(), Status> {
         self.try_queue(packet).map_err(|refused| match refused {
             Refused::Full(_) => Status::too_many_requests("the connection's send queue is full"),

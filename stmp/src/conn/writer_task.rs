@@ -176,6 +176,28 @@ impl WriterTask {
         }
     }
 
+    /// Tells the writer to write what is queued and stop, as the engine ends. A running task
+    /// does that and the engine waits for it; with none running the engine runs the writer's
+    /// last turn itself, rather than spawning a task for it (most connections close quiet).
+    pub(super) fn finish(
+        self: &Arc<Self>,
+        conn: &Conn,
+    ) -> Finishing<impl Future<Output = ()> + Send + 'static> {
+        // Taken before the stop wakes the waiting writer, so that the wake starts nothing.
+        let taken = std::mem::replace(
+            &mut *crate::sync::lock(&self.state),
+            WriterTaskState::Started(None),
+        );
+        conn.shared.outbox.stop();
+        match taken {
+            WriterTaskState::Waiting { parts, .. } => {
+                Finishing::Here(write_loop(self.clone(), parts))
+            }
+            WriterTaskState::Started(Some(handle)) => Finishing::Task(handle),
+            WriterTaskState::Started(None) => Finishing::Done,
+        }
+    }
+
     /// Asks a running task that waits with nothing queued to end, as `conn` has gone quiet;
     /// the next packet that waits for a writer starts one again.
     pub(super) fn retire_if_waiting(self: &Arc<Self>, conn: &Conn) {
@@ -217,6 +239,16 @@ impl WriterTask {
         };
         Ok(())
     }
+}
+
+/// How the writer's last turn runs as the engine ends ([`WriterTask::finish`]).
+pub(super) enum Finishing<F> {
+    /// In the writer task, which the engine waits for.
+    Task(tokio::task::JoinHandle<()>),
+    /// In the engine, which runs this future.
+    Here(F),
+    /// It ran already.
+    Done,
 }
 
 /// Woken as the waiting writer: starts the task, which looks at the queue when it first runs
@@ -447,26 +479,50 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_connection_that_never_needed_its_writer_task_starts_it_to_close() {
+    async fn a_connection_that_never_needed_its_writer_task_closes_without_one() {
         let recorder = Recorder::default();
         let (conn, task) = lazily_written(&recorder, &[]);
         conn.try_queue_inline(notify(1, 10)).unwrap();
         assert!(!started(&task));
-        // The engine's ending: the Close queued, the writer stopped, the task awaited.
-        conn.try_send(Packet::close(Code::Ok, "bye")).unwrap();
-        conn.shared.outbox.stop();
-        let handle = task.stop(&conn).expect("the task's handle");
+        // The engine's ending: the Close sent, then the writer's last turn, run by the engine.
+        conn.try_queue_inline(Packet::close(Code::Ok, "bye"))
+            .unwrap();
+        let Finishing::Here(last_turn) = task.finish(&conn) else {
+            panic!("no task runs: the engine runs the last turn");
+        };
+        assert_eq!(tasks_alive(), 0, "the stop started a task");
+        tokio::time::timeout(Duration::from_secs(10), last_turn)
+            .await
+            .expect("the last turn ends once stopped");
+        assert_eq!(tasks_alive(), 0);
+        let sent = encoded(&[notify(1, 10), Packet::close(Code::Ok, "bye")]);
+        assert_eq!(recorder.0.lock().unwrap().0, sent);
+        assert!(matches!(task.finish(&conn), Finishing::Done));
+        // The transport is gone, and with the parts the last turn held, nothing is left that
+        // keeps the connection's shared state alive but `conn`.
+        assert!(conn.shared.writer.take().writer.is_none());
+        drop(task);
+        assert_eq!(Arc::strong_count(&conn.shared), 1);
+    }
+
+    #[tokio::test]
+    async fn a_running_writer_task_writes_the_last_turn_and_the_engine_waits_for_it() {
+        let recorder = Recorder::default();
+        let (conn, task) = lazily_written(&recorder, &[]);
+        conn.try_send(notify(1, 10)).unwrap();
+        assert!(started(&task));
+        conn.try_queue_inline(Packet::close(Code::Ok, "bye"))
+            .unwrap();
+        let Finishing::Task(handle) = task.finish(&conn) else {
+            panic!("the running task's handle");
+        };
         tokio::time::timeout(Duration::from_secs(10), handle)
             .await
             .expect("the writer task ends once stopped")
             .unwrap();
         let sent = encoded(&[notify(1, 10), Packet::close(Code::Ok, "bye")]);
         assert_eq!(recorder.0.lock().unwrap().0, sent);
-        // The task took the transport with it, and with the parts it held, nothing is left
-        // that keeps the connection's shared state alive but `conn`.
-        assert!(conn.shared.writer.take().writer.is_none());
-        drop(task);
-        assert_eq!(Arc::strong_count(&conn.shared), 1);
+        assert!(matches!(task.finish(&conn), Finishing::Done));
     }
 
     /// Tasks alive on this test's runtime (single-threaded: none runs while they are counted).
