@@ -456,10 +456,7 @@ mod tests {
         conn.shared.outbox.stop();
         let handle = task.stop(&conn).expect("the task's handle");
         assert!(task.stop(&conn).is_none());
-        tokio::time::timeout(Duration::from_secs(10), handle)
-            .await
-            .expect("the writer task ends once stopped")
-            .unwrap();
+        task_ends(handle).await;
     }
 
     #[tokio::test]
@@ -470,10 +467,7 @@ mod tests {
         assert!(started(&task));
         conn.shared.outbox.stop();
         let handle = task.stop(&conn).expect("the task's handle");
-        tokio::time::timeout(Duration::from_secs(10), handle)
-            .await
-            .expect("the writer task ends once stopped")
-            .unwrap();
+        task_ends(handle).await;
         let sent = encoded(&[notify(1, 10), notify(2, 10)]);
         assert_eq!(recorder.0.lock().unwrap().0, sent);
     }
@@ -516,13 +510,18 @@ mod tests {
         let Finishing::Task(handle) = task.finish(&conn) else {
             panic!("the running task's handle");
         };
+        task_ends(handle).await;
+        let sent = encoded(&[notify(1, 10), Packet::close(Code::Ok, "bye")]);
+        assert_eq!(recorder.0.lock().unwrap().0, sent);
+        assert!(matches!(task.finish(&conn), Finishing::Done));
+    }
+
+    /// Waits, within the test's bound, for a stopped writer task to end.
+    async fn task_ends(handle: tokio::task::JoinHandle<()>) {
         tokio::time::timeout(Duration::from_secs(10), handle)
             .await
             .expect("the writer task ends once stopped")
             .unwrap();
-        let sent = encoded(&[notify(1, 10), Packet::close(Code::Ok, "bye")]);
-        assert_eq!(recorder.0.lock().unwrap().0, sent);
-        assert!(matches!(task.finish(&conn), Finishing::Done));
     }
 
     /// Tasks alive on this test's runtime (single-threaded: none runs while they are counted).
@@ -573,10 +572,7 @@ mod tests {
         // The task started last is the one the engine waits for at the end.
         conn.try_send(Packet::close(Code::Ok, "bye")).unwrap();
         let handle = task.stop(&conn).expect("the running task's handle");
-        tokio::time::timeout(Duration::from_secs(10), handle)
-            .await
-            .expect("the writer task ends once stopped")
-            .unwrap();
+        task_ends(handle).await;
         let sent = [
             notify(1, 10),
             notify(2, 10),
@@ -679,10 +675,7 @@ mod tests {
             "lost, repeated or reordered"
         );
         if let Some(handle) = task.stop(&conn) {
-            tokio::time::timeout(Duration::from_secs(10), handle)
-                .await
-                .expect("the writer task ends once stopped")
-                .unwrap();
+            task_ends(handle).await;
         }
     }
 
