@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use stmp_bench::in_process::{
-    CountingAllocator, allocations_per_call, echo_pair, one_thread_runtime,
+    CountingAllocator, allocations_per_call, echo_pair, echo_pair_ws, one_thread_runtime,
 };
 
 #[global_allocator]
@@ -18,15 +18,20 @@ static COUNTING: CountingAllocator = CountingAllocator::new();
 fn main() {
     let runtime = one_thread_runtime();
     runtime.block_on(async {
-        let (server, client) = echo_pair().await;
-        println!("| in flight | allocations / call | bytes allocated / call |");
-        println!("|---|---|---|");
-        for callers in [1, 64] {
-            let (allocations, bytes) =
-                allocations_per_call(&client, &COUNTING, callers, 64_000).await;
-            println!("| {callers} | {allocations:.2} | {bytes:.0} |");
+        println!("| transport | in flight | allocations / call | bytes allocated / call |");
+        println!("|---|---|---|---|");
+        for transport in ["tcp", "ws"] {
+            let (server, client) = match transport {
+                "tcp" => echo_pair().await,
+                _ => echo_pair_ws().await,
+            };
+            for callers in [1, 64] {
+                let (allocations, bytes) =
+                    allocations_per_call(&client, &COUNTING, callers, 64_000).await;
+                println!("| {transport} | {callers} | {allocations:.2} | {bytes:.0} |");
+            }
+            client.close().await;
+            server.shutdown(Duration::from_secs(1)).await;
         }
-        client.close().await;
-        server.shutdown(Duration::from_secs(1)).await;
     });
 }

@@ -18,16 +18,30 @@ pub fn one_thread_runtime() -> tokio::runtime::Runtime {
 /// A server with the echo method on loopback TCP (port 0) and a client connected to it, on
 /// the current runtime.
 pub async fn echo_pair() -> (stmp::Server, stmp::Client) {
+    let server = echo_server();
+    let addr = server.listen_tcp("127.0.0.1:0").await.expect("listen");
+    (server, echo_client(&format!("tcp://{addr}")).await)
+}
+
+/// The same over a binary WebSocket on loopback.
+pub async fn echo_pair_ws() -> (stmp::Server, stmp::Client) {
+    let server = echo_server();
+    let addr = server.listen_ws("127.0.0.1:0", "/").await.expect("listen");
+    (server, echo_client(&format!("ws://{addr}/")).await)
+}
+
+fn echo_server() -> stmp::Server {
     let router = stmp::Router::new();
     router.route(&ECHO, |_ctx, input: Echo| async move { Ok(input) });
-    let server = stmp::Server::builder().router(router).build();
-    let addr = server.listen_tcp("127.0.0.1:0").await.expect("listen");
-    let client = stmp::Client::builder()
+    stmp::Server::builder().router(router).build()
+}
+
+async fn echo_client(url: &str) -> stmp::Client {
+    stmp::Client::builder()
         .no_reconnect()
-        .connect(&format!("tcp://{addr}"))
+        .connect(url)
         .await
-        .expect("connect");
-    (server, client)
+        .expect("connect")
 }
 
 /// `callers` tasks sharing `client`, each making `each` echo calls of 32 bytes; returns once
