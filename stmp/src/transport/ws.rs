@@ -1,6 +1,7 @@
 //! WebSocket: the client's handshake rides on the upgrade request's query (and headers); the
 //! server answers with its handshake as the first message.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -432,6 +433,19 @@ where
     ))
 }
 
+thread_local! {
+    /// Where a message is encoded when the sink takes it at once. The sink copies it into
+    /// tungstenite's frame buffer by the next `poll_ready` or flush, which frees these bytes
+    /// for the next message: a batch, or a broadcast over thousands of connections, allocates
+    /// no message of its own. A message that has to wait ([`WsWriter::unsent`]) gets its own
+    /// bytes instead, so that it does not hold on to the buffer.
+    static MESSAGE_SCRATCH: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+}
+
+/// A message longer than this is not left in the scratch buffer's place: the buffer it grew
+/// would be kept for the thread's life, and held by a message the sink keeps waiting.
+const KEEP_MESSAGE_SCRATCH: usize = 4 << 10;
+
 /// Where the engine writes a WebSocket connection's packets: one message each.
 pub(crate) struct WsWriter {
     sink: WsSink,
@@ -452,16 +466,42 @@ impl WsWriter {
         }
     }
 
+    /// `packet`'s message in bytes of its own, for a message that may have to wait.
     fn message(&self, packet: &Packet) -> Result<WsMessage, Status> {
-        let mut out = BytesMut::new();
+        self.encode(packet, &mut BytesMut::new())
+    }
+
+    /// `packet`'s message for a sink that is ready: encoded in this thread's scratch buffer
+    /// when that can be had ([`MESSAGE_SCRATCH`]), in bytes of its own otherwise.
+    fn message_now(&self, packet: &Packet) -> Result<WsMessage, Status> {
+        MESSAGE_SCRATCH
+            .try_with(|scratch| {
+                let mut scratch = scratch.try_borrow_mut().ok()?;
+                let message = self.encode(packet, &mut scratch);
+                if message
+                    .as_ref()
+                    .is_ok_and(|m| m.len() > KEEP_MESSAGE_SCRATCH)
+                {
+                    *scratch = BytesMut::new();
+                }
+                Some(message)
+            })
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| self.message(packet))
+    }
+
+    /// Encodes `packet` at the end of `out` and splits it off as a message.
+    fn encode(&self, packet: &Packet, out: &mut BytesMut) -> Result<WsMessage, Status> {
+        out.clear();
         let message = match self.format {
             PacketFormat::Binary => {
-                packet.encode_message(&mut out);
-                WsMessage::Binary(out.freeze())
+                packet.encode_message(out);
+                WsMessage::Binary(out.split().freeze())
             }
             PacketFormat::Text => {
-                packet.encode_text(&mut out);
-                text_message(out.freeze())?
+                packet.encode_text(out);
+                text_message(out.split().freeze())?
             }
         };
         crate::telemetry::bytes_sent(message.len());
@@ -482,11 +522,18 @@ impl WsWriter {
             .await?;
         }
         for packet in packets {
-            let message = self.message(packet).map_err(WriteError::Failed)?;
+            // Ready first, so that the message is handed over as soon as it is made.
             step(stall, async {
-                self.sink.feed(message).await.map_err(ws_error)
+                std::future::poll_fn(|cx| self.sink.as_mut().poll_ready(cx))
+                    .await
+                    .map_err(ws_error)
             })
             .await?;
+            let message = self.message_now(packet).map_err(WriteError::Failed)?;
+            self.sink
+                .as_mut()
+                .start_send(message)
+                .map_err(|error| WriteError::Failed(ws_error(error)))?;
         }
         step(stall, async { self.sink.flush().await.map_err(ws_error) }).await?;
         Ok(())
@@ -499,10 +546,10 @@ impl WsWriter {
         // A waker that does nothing: whatever is left, the writer task finishes with its own.
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         for packet in packets {
-            let message = self.message(packet)?;
             if self.unsent.is_empty() {
                 match self.sink.as_mut().poll_ready(&mut cx) {
                     Poll::Ready(Ok(())) => {
+                        let message = self.message_now(packet)?;
                         self.sink.as_mut().start_send(message).map_err(ws_error)?;
                         continue;
                     }
@@ -510,7 +557,7 @@ impl WsWriter {
                     Poll::Pending => {}
                 }
             }
-            self.unsent.push_back(message);
+            self.unsent.push_back(self.message(packet)?);
         }
         if !self.unsent.is_empty() {
             return Ok(false);
@@ -730,6 +777,39 @@ mod tests {
             [1, 2, 3, 4, 5, 6, 7, 8],
             "every message once, in order"
         );
+    }
+
+    #[test]
+    fn messages_made_in_the_scratch_buffer_keep_their_bytes_while_held() {
+        let sink = futures_util::sink::drain().sink_map_err(|never| match never {});
+        let writer = WsWriter::new(Box::pin(sink), PacketFormat::Binary);
+        let notify = |byte: u8, len: usize| {
+            Packet::Notify(Notify {
+                action: Action::Id(7),
+                header: Header::new(),
+                payload: Bytes::from(vec![byte; len]),
+            })
+        };
+        // As a sink that keeps them waiting would: the next messages are made meanwhile.
+        let held: Vec<WsMessage> = (0..64)
+            .map(|byte| writer.message_now(&notify(byte, 100)).unwrap())
+            .collect();
+        for (byte, message) in (0..64).zip(held) {
+            let WsMessage::Binary(bytes) = message else {
+                panic!("a binary message");
+            };
+            let Packet::Notify(notify) = Packet::decode_message(bytes, Limits::default()).unwrap()
+            else {
+                panic!("a notify");
+            };
+            assert_eq!(notify.payload, vec![byte; 100]);
+        }
+        // A long message does not leave its buffer for the thread to keep.
+        let long = writer
+            .message_now(&notify(1, 2 * KEEP_MESSAGE_SCRATCH))
+            .unwrap();
+        assert!(long.len() > 2 * KEEP_MESSAGE_SCRATCH);
+        MESSAGE_SCRATCH.with(|scratch| assert_eq!(scratch.borrow().capacity(), 0));
     }
 
     #[tokio::test]
