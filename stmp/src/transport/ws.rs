@@ -442,8 +442,8 @@ thread_local! {
     static MESSAGE_SCRATCH: RefCell<BytesMut> = RefCell::new(BytesMut::new());
 }
 
-/// A message longer than this is not left in the scratch buffer's place: the buffer it grew
-/// would be kept for the thread's life, and held by a message the sink keeps waiting.
+/// After a message longer than this the scratch buffer starts afresh: the buffer that message
+/// grew would otherwise be kept for the thread's life, and held whole by a message that waits.
 const KEEP_MESSAGE_SCRATCH: usize = 4 << 10;
 
 /// Where the engine writes a WebSocket connection's packets: one message each.
@@ -491,7 +491,7 @@ impl WsWriter {
             .unwrap_or_else(|| self.message(packet))
     }
 
-    /// Encodes `packet` at the end of `out` and splits it off as a message.
+    /// Encodes `packet` into `out` and splits it off as a message; `out` keeps its spare room.
     fn encode(&self, packet: &Packet, out: &mut BytesMut) -> Result<WsMessage, Status> {
         out.clear();
         let message = match self.format {
