@@ -55,10 +55,15 @@ pub(crate) trait PacketSource: Stream<Item = Result<Packet, Status>> + Send {
 #[cfg_attr(not(feature = "ws"), allow(dead_code))]
 pub(crate) struct LookingAhead<S> {
     packets: S,
-    /// What looking ahead found (`None` inside: the end), until it is asked for. Boxed: most
-    /// connections, idle ones above all, never hold one.
-    ahead: Option<Box<Option<Result<Packet, Status>>>>,
+    /// Where what looking ahead found waits until it is asked for (`Some(None)`: the end).
+    /// Boxed, as most connections, idle ones above all, never hold one; and kept while the
+    /// connection is busy, so that a batch of messages costs one box rather than one each.
+    /// Let go as soon as the transport has nothing at hand.
+    ahead: Option<Box<Ahead>>,
 }
+
+/// A packet (or the end, or a failure) found by looking ahead, if one was.
+type Ahead = Option<Option<Result<Packet, Status>>>;
 
 #[cfg_attr(not(feature = "ws"), allow(dead_code))]
 impl<S> LookingAhead<S> {
@@ -70,6 +75,20 @@ impl<S> LookingAhead<S> {
     }
 }
 
+impl<S: Stream<Item = Result<Packet, Status>> + Send + Unpin> LookingAhead<S> {
+    /// The next packet from the transport; a quiet transport lets the box go.
+    fn poll_packets(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Packet, Status>>> {
+        let polled = Pin::new(&mut self.packets).poll_next(cx);
+        if polled.is_pending() {
+            self.ahead = None;
+        }
+        polled
+    }
+}
+
 impl<S: Stream<Item = Result<Packet, Status>> + Send + Unpin> Stream for LookingAhead<S> {
     type Item = Result<Packet, Status>;
 
@@ -77,24 +96,27 @@ impl<S: Stream<Item = Result<Packet, Status>> + Send + Unpin> Stream for Looking
         mut self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Self::Item>> {
-        match self.ahead.take() {
-            Some(ahead) => std::task::Poll::Ready(*ahead),
-            None => Pin::new(&mut self.packets).poll_next(cx),
+        if let Some(found) = self.ahead.as_mut().and_then(|ahead| ahead.take()) {
+            return std::task::Poll::Ready(found);
         }
+        self.poll_packets(cx)
     }
 }
 
 impl<S: Stream<Item = Result<Packet, Status>> + Send + Unpin> PacketSource for LookingAhead<S> {
     fn has_buffered(mut self: Pin<&mut Self>) -> bool {
-        if self.ahead.is_some() {
+        if self.ahead.as_ref().is_some_and(|ahead| ahead.is_some()) {
             return true;
         }
         // A waker that does nothing: the engine asks for the next packet right after, with
         // its own, and a transport that has nothing buffered answers without a syscall.
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        match Pin::new(&mut self.packets).poll_next(&mut cx) {
-            std::task::Poll::Ready(ahead) => {
-                self.ahead = Some(Box::new(ahead));
+        match self.poll_packets(&mut cx) {
+            std::task::Poll::Ready(found) => {
+                match self.ahead.as_mut() {
+                    Some(ahead) => **ahead = Some(found),
+                    None => self.ahead = Some(Box::new(Some(found))),
+                }
                 true
             }
             std::task::Poll::Pending => false,
@@ -613,7 +635,9 @@ mod tests {
         assert!(source.as_mut().has_buffered(), "the second is at hand");
         assert!(source.as_mut().has_buffered(), "and still is, asked twice");
         assert_eq!(next(source.as_mut()), Some(2));
+        assert!(source.ahead.is_some(), "kept while the connection is busy");
         assert!(!source.as_mut().has_buffered(), "nothing more has come");
+        assert!(source.ahead.is_none(), "let go once it is quiet");
         assert_eq!(next(source.as_mut()), None);
     }
 
