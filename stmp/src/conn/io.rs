@@ -1,5 +1,6 @@
 //! Thin glue between a transport and the engine: a stream of decoded packets in, batches of
-//! packets out. Byte streams (TCP, TLS, QUIC) and WebSocket messages are the two shapes.
+//! packets out. Every transport is a byte stream (TCP, TLS, QUIC, and WebSocket under its
+//! upgrade); what differs is how packets are framed on it ([`Framing`], [`Unframe`]).
 
 #[cfg(feature = "gzip")]
 mod deflate;
@@ -19,16 +20,16 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use crate::Status;
 use crate::telemetry::Counted;
 #[cfg(feature = "ws")]
-use crate::transport::ws::WsWriter;
+use crate::transport::ws::frame::FrameWriter;
 use crate::wire::{BufferBudget, Limits, Packet, PacketCodec};
 #[cfg(feature = "gzip")]
 use deflate::Deflater;
 #[cfg(feature = "gzip")]
 use inflate::BoundedGzip;
 pub(crate) use inflate::InflationLimit;
-use packets::PacketReader;
-#[cfg_attr(not(feature = "ws"), allow(unused_imports))]
-pub(crate) use read_ahead::{MIN_READ_AHEAD, ReadAheadStream};
+pub(crate) use packets::PacketReader;
+#[cfg(feature = "ws")]
+pub(crate) use packets::{Unframe, Unframed};
 
 /// Decoded packets from the peer; the stream ends when the transport does.
 pub(crate) type PacketStream = Pin<Box<dyn PacketSource>>;
@@ -47,80 +48,6 @@ pub(crate) trait PacketSource: Stream<Item = Result<Packet, Status>> + Send {
     /// says yes.
     fn took_a_read(self: Pin<&mut Self>) -> bool {
         true
-    }
-}
-
-/// Packets of a transport that keeps its read buffer to itself (WebSocket messages): whether
-/// more are at hand is found by looking ahead, without waiting.
-#[cfg_attr(not(feature = "ws"), allow(dead_code))]
-pub(crate) struct LookingAhead<S> {
-    packets: S,
-    /// Where what looking ahead found waits until it is asked for (`Some(None)`: the end).
-    /// Boxed, as most connections, idle ones above all, never hold one; and kept while the
-    /// connection is busy, so that a batch of messages costs one box rather than one each.
-    /// Let go as soon as the transport has nothing at hand.
-    ahead: Option<Box<Ahead>>,
-}
-
-/// A packet (or the end, or a failure) found by looking ahead, if one was.
-type Ahead = Option<Option<Result<Packet, Status>>>;
-
-#[cfg_attr(not(feature = "ws"), allow(dead_code))]
-impl<S> LookingAhead<S> {
-    pub(crate) fn new(packets: S) -> Self {
-        LookingAhead {
-            packets,
-            ahead: None,
-        }
-    }
-}
-
-impl<S: Stream<Item = Result<Packet, Status>> + Send + Unpin> LookingAhead<S> {
-    /// The next packet from the transport; a quiet transport lets the box go.
-    fn poll_packets(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<Packet, Status>>> {
-        let polled = Pin::new(&mut self.packets).poll_next(cx);
-        if polled.is_pending() {
-            self.ahead = None;
-        }
-        polled
-    }
-}
-
-impl<S: Stream<Item = Result<Packet, Status>> + Send + Unpin> Stream for LookingAhead<S> {
-    type Item = Result<Packet, Status>;
-
-    fn poll_next(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        if let Some(found) = self.ahead.as_mut().and_then(|ahead| ahead.take()) {
-            return std::task::Poll::Ready(found);
-        }
-        self.poll_packets(cx)
-    }
-}
-
-impl<S: Stream<Item = Result<Packet, Status>> + Send + Unpin> PacketSource for LookingAhead<S> {
-    fn has_buffered(mut self: Pin<&mut Self>) -> bool {
-        if self.ahead.as_ref().is_some_and(|ahead| ahead.is_some()) {
-            return true;
-        }
-        // A waker that does nothing: the engine asks for the next packet right after, with
-        // its own, and a transport that has nothing buffered answers without a syscall.
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        match self.poll_packets(&mut cx) {
-            std::task::Poll::Ready(found) => {
-                match self.ahead.as_mut() {
-                    Some(ahead) => **ahead = Some(found),
-                    None => self.ahead = Some(Box::new(Some(found))),
-                }
-                true
-            }
-            std::task::Poll::Pending => false,
-        }
     }
 }
 
@@ -161,12 +88,32 @@ pub(crate) enum PacketWriter {
     Stream {
         io: BoxWrite,
         buf: BytesMut,
+        framing: Framing,
         /// The gzip stream the batches go out in, when agreed on.
         #[cfg(feature = "gzip")]
         gzip: Option<Box<Deflater>>,
     },
+}
+
+/// How packets are laid out on the byte stream.
+pub(crate) enum Framing {
+    /// Each packet's stream form, its payload's length first.
+    Stream,
+    /// Each packet one WebSocket message.
     #[cfg(feature = "ws")]
-    WebSocket(WsWriter),
+    WebSocket(FrameWriter),
+}
+
+impl Framing {
+    fn encode(&self, packets: &[Packet], dst: &mut BytesMut) {
+        match self {
+            Framing::Stream => packets.iter().for_each(|packet| packet.encode_stream(dst)),
+            #[cfg(feature = "ws")]
+            Framing::WebSocket(frames) => {
+                packets.iter().for_each(|packet| frames.encode(packet, dst))
+            }
+        }
+    }
 }
 
 /// The bytes of the write buffer kept between batches; a larger one is given back.
@@ -188,6 +135,7 @@ fn write_through_scratch(
     mut io: Pin<&mut (dyn AsyncWrite + Send)>,
     cx: &mut std::task::Context<'_>,
     packets: &[Packet],
+    framing: &Framing,
     leftover: &mut BytesMut,
 ) -> Result<bool, Status> {
     SCRATCH
@@ -196,9 +144,7 @@ fn write_through_scratch(
                 return Ok(false);
             };
             scratch.clear();
-            packets
-                .iter()
-                .for_each(|packet| packet.encode_stream(&mut scratch));
+            framing.encode(packets, &mut scratch);
             let written = write_without_waiting(io.as_mut(), cx, &scratch)?;
             if written < scratch.len() {
                 leftover.extend_from_slice(&scratch[written..]);
@@ -241,13 +187,12 @@ fn compress_now(
     mut io: Pin<&mut (dyn AsyncWrite + Send)>,
     cx: &mut std::task::Context<'_>,
     packets: &[Packet],
+    framing: &Framing,
     gzip: &mut Deflater,
     pending: &mut BytesMut,
 ) -> Result<(), Status> {
     let plain_from = pending.len();
-    packets
-        .iter()
-        .for_each(|packet| packet.encode_stream(pending));
+    framing.encode(packets, pending);
     let wire = gzip.batch(&pending[plain_from..])?;
     pending.truncate(plain_from);
     let written = match pending.is_empty() {
@@ -329,6 +274,7 @@ impl PacketWriter {
             PacketWriter::Stream {
                 io,
                 buf,
+                framing,
                 #[cfg(feature = "gzip")]
                 gzip,
             } => {
@@ -341,19 +287,19 @@ impl PacketWriter {
                         match packets.is_empty() {
                             true => &[][..],
                             false => {
-                                packets.iter().for_each(|packet| packet.encode_stream(buf));
+                                framing.encode(packets, buf);
                                 gzip.batch(buf).map_err(WriteError::Failed)?
                             }
                         }
                     }
                     None => {
-                        packets.iter().for_each(|packet| packet.encode_stream(buf));
+                        framing.encode(packets, buf);
                         &buf[..]
                     }
                 };
                 #[cfg(not(feature = "gzip"))]
                 let wire = {
-                    packets.iter().for_each(|packet| packet.encode_stream(buf));
+                    framing.encode(packets, buf);
                     &buf[..]
                 };
                 write_stepped(io.as_mut(), wire, stall).await?;
@@ -363,16 +309,13 @@ impl PacketWriter {
                     *buf = BytesMut::new();
                 }
             }
-            #[cfg(feature = "ws")]
-            PacketWriter::WebSocket(ws) => ws.write_batch(packets, stall).await?,
         }
         Ok(())
     }
 
     /// Gives back the write buffer when it holds nothing: the connection has gone quiet, and
     /// its lone packets are encoded in the thread's scratch buffer. A burst's buffer is not
-    /// kept for the connection's life. (A WebSocket's buffers are tungstenite's, which keeps
-    /// them.)
+    /// kept for the connection's life.
     pub(crate) fn give_back_buffer(&mut self) {
         if let PacketWriter::Stream { buf, .. } = self
             && buf.is_empty()
@@ -392,21 +335,22 @@ impl PacketWriter {
             PacketWriter::Stream {
                 io,
                 buf,
+                framing,
                 gzip: Some(gzip),
             } => {
-                compress_now(io.as_mut(), &mut cx, packets, gzip, buf)?;
+                compress_now(io.as_mut(), &mut cx, packets, framing, gzip, buf)?;
                 (io, buf)
             }
-            PacketWriter::Stream { io, buf, .. } => {
-                let encoded_in_scratch =
-                    buf.is_empty() && write_through_scratch(io.as_mut(), &mut cx, packets, buf)?;
+            PacketWriter::Stream {
+                io, buf, framing, ..
+            } => {
+                let encoded_in_scratch = buf.is_empty()
+                    && write_through_scratch(io.as_mut(), &mut cx, packets, framing, buf)?;
                 if !encoded_in_scratch {
-                    packets.iter().for_each(|packet| packet.encode_stream(buf));
+                    framing.encode(packets, buf);
                 }
                 (io, buf)
             }
-            #[cfg(feature = "ws")]
-            PacketWriter::WebSocket(ws) => return ws.write_now(packets),
         };
         if !buf.is_empty() {
             let written = write_without_waiting(io.as_mut(), &mut cx, buf)?;
@@ -432,18 +376,26 @@ impl PacketWriter {
         match self {
             PacketWriter::Stream {
                 io,
+                buf,
+                framing,
                 #[cfg(feature = "gzip")]
                 gzip,
-                ..
             } => {
                 #[cfg(feature = "gzip")]
                 if let Some(Ok(trailer)) = gzip.as_mut().map(|gzip| gzip.finish()) {
                     let _ = io.write_all(trailer).await;
                 }
+                #[cfg(feature = "ws")]
+                if let Framing::WebSocket(frames) = framing {
+                    // After what an inline write left, so that the Close comes last.
+                    frames.close(buf);
+                    let _ = io.write_all(buf).await;
+                    buf.clear();
+                }
+                #[cfg(not(feature = "ws"))]
+                let _ = (buf, framing);
                 let _ = io.shutdown().await;
             }
-            #[cfg(feature = "ws")]
-            PacketWriter::WebSocket(ws) => ws.shutdown().await,
         }
     }
 }
@@ -473,6 +425,7 @@ where
             PacketWriter::Stream {
                 io: Box::pin(writer),
                 buf: BytesMut::new(),
+                framing: Framing::Stream,
                 gzip: Some(Box::new(Deflater::new())),
             },
         );
@@ -488,6 +441,7 @@ where
         PacketWriter::Stream {
             io,
             buf: BytesMut::new(),
+            framing: Framing::Stream,
             #[cfg(feature = "gzip")]
             gzip: None,
         },
@@ -609,38 +563,6 @@ mod tests {
         );
     }
 
-    #[test]
-    fn looking_ahead_tells_whether_another_packet_is_at_hand_and_loses_none() {
-        use futures_util::StreamExt as _;
-
-        let request = |mid| {
-            Ok(Packet::Request(Request {
-                mid,
-                action: Action::Id(7),
-                header: Header::new(),
-                payload: Bytes::new(),
-            }))
-        };
-        let at_hand = futures_util::stream::iter([request(1), request(2)]);
-        let mut source = std::pin::pin!(LookingAhead::new(
-            at_hand.chain(futures_util::stream::pending())
-        ));
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        let mut next = |source: Pin<&mut LookingAhead<_>>| match source.poll_next(&mut cx) {
-            std::task::Poll::Ready(Some(Ok(Packet::Request(request)))) => Some(request.mid),
-            std::task::Poll::Pending => None,
-            other => panic!("{other:?}"),
-        };
-        assert_eq!(next(source.as_mut()), Some(1));
-        assert!(source.as_mut().has_buffered(), "the second is at hand");
-        assert!(source.as_mut().has_buffered(), "and still is, asked twice");
-        assert_eq!(next(source.as_mut()), Some(2));
-        assert!(source.ahead.is_some(), "kept while the connection is busy");
-        assert!(!source.as_mut().has_buffered(), "nothing more has come");
-        assert!(source.ahead.is_none(), "let go once it is quiet");
-        assert_eq!(next(source.as_mut()), None);
-    }
-
     fn gzip_writer(io: impl AsyncWrite + Send + 'static) -> PacketWriter {
         let limits = ReadLimits::default();
         byte_stream(tokio::io::empty(), io, BytesMut::new(), &limits, true).1
@@ -649,8 +571,6 @@ mod tests {
     fn write_buffer(writer: &PacketWriter) -> &BytesMut {
         match writer {
             PacketWriter::Stream { buf, .. } => buf,
-            #[cfg(feature = "ws")]
-            PacketWriter::WebSocket(_) => unreachable!(),
         }
     }
 

@@ -683,6 +683,7 @@ pub(crate) mod tests {
         super::io::PacketWriter::Stream {
             io: Box::pin(io),
             buf: bytes::BytesMut::new(),
+            framing: super::io::Framing::Stream,
             #[cfg(feature = "gzip")]
             gzip: None,
         }

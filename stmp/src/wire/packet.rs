@@ -243,6 +243,16 @@ impl Packet {
         len
     }
 
+    /// The exact length of [`encode_message`](Packet::encode_message)'s output.
+    pub(crate) fn encoded_message_len(&self) -> usize {
+        let payload = self.parts().payload.len();
+        let prefix = match payload {
+            0 => 0,
+            len => varint::encoded_len(len as u64),
+        };
+        self.encoded_stream_len() - prefix
+    }
+
     fn encode_binary(&self, dst: &mut BytesMut, form: Form) {
         let parts = self.parts();
         let header = parts.header.filter(|h| !h.is_empty());

@@ -14,10 +14,43 @@ use super::read_ahead::ReadAhead;
 use crate::Status;
 use crate::wire::{Packet, PacketCodec};
 
+/// How packets are cut out of a byte stream: the stream framing ([`PacketCodec`]), or
+/// WebSocket frames.
+pub(crate) trait Unframe: Send + Unpin {
+    /// The next packet in `buf`, if all of it is there; `End` when the peer said it sends
+    /// nothing more.
+    fn next_packet(&mut self, buf: &mut BytesMut) -> Result<Unframed, Status>;
+
+    /// What is left in `buf` once the stream has ended.
+    fn at_end(&mut self, buf: &mut BytesMut) -> Result<Option<Packet>, Status>;
+}
+
+/// What [`Unframe::next_packet`] found.
+pub(crate) enum Unframed {
+    Packet(Packet),
+    /// More bytes are needed.
+    More,
+    /// The peer ended its side (a WebSocket Close).
+    End,
+}
+
+impl Unframe for PacketCodec {
+    fn next_packet(&mut self, buf: &mut BytesMut) -> Result<Unframed, Status> {
+        Ok(match self.decode(buf)? {
+            Some(packet) => Unframed::Packet(packet),
+            None => Unframed::More,
+        })
+    }
+
+    fn at_end(&mut self, buf: &mut BytesMut) -> Result<Option<Packet>, Status> {
+        self.decode_eof(buf)
+    }
+}
+
 /// The packets of a byte stream.
-pub(crate) struct PacketReader<R> {
+pub(crate) struct PacketReader<R, U = PacketCodec> {
     reader: R,
-    codec: PacketCodec,
+    unframe: U,
     buffer: BytesMut,
     read_ahead: ReadAhead,
     /// The stream has ended (or failed): nothing more comes out.
@@ -26,12 +59,12 @@ pub(crate) struct PacketReader<R> {
     read_since_asked: bool,
 }
 
-impl<R> PacketReader<R> {
+impl<R, U> PacketReader<R, U> {
     /// Packets from `reader`, after those in `leftover` (bytes read past the handshake).
-    pub(crate) fn new(reader: R, codec: PacketCodec, leftover: BytesMut) -> Self {
+    pub(crate) fn new(reader: R, unframe: U, leftover: BytesMut) -> Self {
         PacketReader {
             reader,
-            codec,
+            unframe,
             buffer: leftover,
             read_ahead: ReadAhead::new(),
             done: false,
@@ -45,11 +78,16 @@ impl<R> PacketReader<R> {
     }
 }
 
-impl<R: AsyncRead + Unpin> PacketReader<R> {
+impl<R: AsyncRead + Unpin, U: Unframe> PacketReader<R, U> {
     fn poll_packet(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Packet, Status>>> {
         loop {
-            if let Some(packet) = self.codec.decode(&mut self.buffer)? {
-                return Poll::Ready(Some(Ok(packet)));
+            match self.unframe.next_packet(&mut self.buffer)? {
+                Unframed::Packet(packet) => return Poll::Ready(Some(Ok(packet))),
+                Unframed::End => {
+                    self.done = true;
+                    return Poll::Ready(None);
+                }
+                Unframed::More => {}
             }
             // Only a partial packet is buffered here, so making room copies little.
             if self.buffer.capacity() - self.buffer.len() < self.read_ahead.room() / 2 {
@@ -64,7 +102,7 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
             .map_err(Status::from)?;
             if read == 0 {
                 self.done = true;
-                return Poll::Ready(self.codec.decode_eof(&mut self.buffer).transpose());
+                return Poll::Ready(self.unframe.at_end(&mut self.buffer).transpose());
             }
             self.read_since_asked = true;
             self.read_ahead.adapt(read, room);
@@ -72,7 +110,7 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
     }
 }
 
-impl<R: AsyncRead + Unpin> Stream for PacketReader<R> {
+impl<R: AsyncRead + Unpin, U: Unframe> Stream for PacketReader<R, U> {
     type Item = Result<Packet, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
@@ -91,7 +129,7 @@ impl<R: AsyncRead + Unpin> Stream for PacketReader<R> {
     }
 }
 
-impl<R: AsyncRead + Unpin + Send> super::PacketSource for PacketReader<R> {
+impl<R: AsyncRead + Unpin + Send, U: Unframe> super::PacketSource for PacketReader<R, U> {
     fn has_buffered(self: Pin<&mut Self>) -> bool {
         !self.buffer.is_empty()
     }

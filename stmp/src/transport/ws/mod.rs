@@ -1,56 +1,46 @@
 //! WebSocket: the client's handshake rides on the upgrade request's query (and headers); the
 //! server answers with its handshake as the first message.
 
-use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
-use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite};
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 
 use super::Farewell;
 use crate::client::ClientBuilder;
 use crate::client::dial::{Dialed, chosen_codec, client_header, ready};
 use crate::client::endpoint::{Endpoint, Scheme};
 use crate::conn::PacketFormat;
-use crate::conn::io::{
-    LookingAhead, MIN_READ_AHEAD, PacketStream, PacketWriter, ReadAheadStream, WriteError, step,
-};
+use crate::conn::io::{Framing, PacketReader, PacketStream, PacketWriter, Unframe, Unframed};
 use crate::server::{Refusal, Slot, Transport};
+use crate::telemetry::Counted;
 use crate::wire::{Header, Limits, Packet, ServerHandshake, Version};
 use crate::{Server, Status};
+use frame::{FrameReader, FrameWriter, Incoming, Owed, Role};
+use head::HeadOnly;
 
-/// Header keys of the upgrade request that are part of the stmp handshake (HTTP headers are
-/// case-insensitive, stmp headers are not: these are mapped to their stmp spelling).
+pub(crate) mod frame;
+mod head;
+
 const HTTP_KEYS: [&str; 4] = ["Accept", "Accept-Encoding", "Packet-Format", "Stmp-Version"];
 
-/// The frames tungstenite gathers before it writes them to the socket. The engine flushes once
-/// per batch, so this is what lets a batch of small packets leave in one write instead of one
-/// syscall per message; the buffer only grows to what a batch holds.
-const WS_WRITE_BUFFER: usize = 64 << 10;
-
-pub(crate) fn ws_config(max_packet_size: usize) -> WebSocketConfig {
-    // tungstenite's read buffer is allocated with the connection and kept for its life: at
-    // 4 KiB, an idle WebSocket connection took 11.9 KiB, at this size 10.0. A busy connection
-    // reads ahead below it (`ReadAheadStream`), and a read that asks for at least the
-    // read-ahead's floor, as a lone message's does at this size, goes straight to the socket.
-    // The limits keep a message within a packet.
+/// tungstenite's settings for the HTTP upgrade, which is all it does here: it reads the head
+/// only ([`HeadOnly`]) and writes no frame, so its buffers stay small.
+fn upgrade_config() -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(MIN_READ_AHEAD)
-        .write_buffer_size(WS_WRITE_BUFFER)
-        .max_message_size(Some(max_packet_size + 64))
-        .max_frame_size(Some(max_packet_size + 64))
+        .read_buffer_size(4 << 10)
+        .write_buffer_size(0)
+}
+
+/// The longest message taken: a packet, with room for its framing.
+fn max_message(max_packet_size: usize) -> usize {
+    max_packet_size.saturating_add(64)
 }
 
 /// The stmp handshake of a WebSocket upgrade: query parameters, then the HTTP headers (the
@@ -227,18 +217,19 @@ impl Server {
             Ok(response)
         };
         // Boxed for the handshake only: its nested states each hold the socket, and inline
-        // they would size this task for the connection's whole life (0.2 KiB of an idle
-        // WebSocket connection's 12).
+        // they would size this task for the connection's whole life.
         let upgrade = Box::pin(tokio_tungstenite::accept_hdr_async_with_config(
-            ReadAheadStream::new(stream),
+            HeadOnly::new(stream),
             callback,
-            Some(ws_config(config.max_packet_size)),
+            Some(upgrade_config()),
         ));
-        let mut socket = match tokio::time::timeout(config.handshake_timeout, upgrade).await {
+        let socket = match tokio::time::timeout(config.handshake_timeout, upgrade).await {
             Ok(Ok(socket)) => socket,
             Ok(Err(error)) => return tracing::debug!(%remote, %error, "websocket upgrade failed"),
             Err(_) => return tracing::debug!(%remote, "websocket upgrade timed out"),
         };
+        // From here on the engine reads and writes the frames itself.
+        let (mut stream, leftover) = socket.into_inner().into_parts();
         let header = header.unwrap_or_else(|| Ok(Header::new()));
         // A refusal can only be sent in the format the client asked for if we know it.
         let text = header.as_ref().is_ok_and(|header| {
@@ -254,51 +245,49 @@ impl Server {
             }
             Err(status) => Err(status),
         };
+        let owed = Arc::new(Owed::default());
         let (conn, outbox, agreement) = match established {
             Ok(established) => established,
             Err(status) => {
                 crate::telemetry::handshake_refused(&status);
-                let _ = socket
-                    .send(handshake_message(&ServerHandshake::refuse(&status), text))
-                    .await;
-                let _ = socket.close(None).await;
+                let frames = FrameWriter::new(Role::Server, PacketFormat::Binary, owed);
+                let mut refusal = handshake_frame(&frames, &ServerHandshake::refuse(&status), text);
+                frames.close(&mut refusal);
+                let _ = stream.write_all(&refusal).await;
+                let _ = stream.shutdown().await;
                 return;
             }
         };
         let format = agreement.format;
+        let frames = FrameWriter::new(Role::Server, format, owed.clone());
         let hello = ServerHandshake::ok(agreement.header);
-        if socket
-            .send(handshake_message(&hello, format == PacketFormat::Text))
-            .await
-            .is_err()
-        {
+        let hello = handshake_frame(&frames, &hello, format == PacketFormat::Text);
+        if stream.write_all(&hello).await.is_err() {
             conn.mark_closed(&Status::network_error(
                 "connection lost during the handshake",
             ));
             return;
         }
         slot.handshaken();
-        let (packets, writer) = websocket(socket, format, limits);
+        let reader = FrameReader::new(Role::Server, max_message(limits.max_packet_size), owed);
+        let (packets, writer) = websocket(stream, leftover, reader, frames, format, limits);
         self.run(conn, outbox, packets, writer).await;
         // The slot is held until the connection's socket is gone.
         drop(slot);
     }
 }
 
-/// The server handshake as a WebSocket message: binary form in a binary message, text form
-/// in a text message.
-pub(crate) fn handshake_message(handshake: &ServerHandshake, text: bool) -> WsMessage {
-    let mut out = BytesMut::new();
-    if text {
-        handshake.encode_text(&mut out);
-        match String::from_utf8(out.to_vec()) {
-            Ok(text) => WsMessage::text(text),
-            Err(_) => WsMessage::Binary(out.freeze()),
-        }
-    } else {
-        handshake.encode(&mut out);
-        WsMessage::Binary(out.freeze())
+/// The server handshake as one frame: the text form in a text message, the binary form in a
+/// binary one.
+fn handshake_frame(frames: &FrameWriter, handshake: &ServerHandshake, text: bool) -> BytesMut {
+    let mut message = BytesMut::new();
+    match text {
+        true => handshake.encode_text(&mut message),
+        false => handshake.encode(&mut message),
     }
+    let mut frame = BytesMut::new();
+    frames.message(text, &message, &mut frame);
+    frame
 }
 
 /// The status of a refused WebSocket upgrade: a server over its limits answers 503 (or a
@@ -380,19 +369,26 @@ where
         let value = HeaderValue::from_str(value).map_err(|e| bad(&e))?;
         request.headers_mut().append(name, value);
     }
-    let (mut socket, _) = tokio_tungstenite::client_async_with_config(
+    let (socket, _) = tokio_tungstenite::client_async_with_config(
         request,
-        ReadAheadStream::new(stream),
-        Some(ws_config(config.max_packet_size)),
+        HeadOnly::new(stream),
+        Some(upgrade_config()),
     )
     .await
     .map_err(|e| match e {
         tokio_tungstenite::tungstenite::Error::Http(response) => http_refusal(&response),
-        other => ws_error(other),
+        other => Status::network_error(format!("websocket: {other}")),
     })?;
+    let (mut stream, mut buf) = socket.into_inner().into_parts();
+    let owed = Arc::new(Owed::default());
+    let mut frames = FrameReader::new(
+        Role::Client,
+        max_message(config.max_packet_size),
+        owed.clone(),
+    );
     let hello = loop {
-        match socket.next().await {
-            Some(Ok(WsMessage::Binary(bytes))) => {
+        match frames.next(&mut buf)? {
+            Some(Incoming::Message { bytes, .. }) => {
                 break if bytes.starts_with(crate::wire::MAGIC)
                     && bytes.get(4).is_some_and(|b| !b.is_ascii_hexdigit())
                 {
@@ -401,16 +397,20 @@ where
                     ServerHandshake::decode_text(&bytes, config.max_packet_size)?
                 };
             }
-            Some(Ok(WsMessage::Text(text))) => {
-                break ServerHandshake::decode_text(text.as_bytes(), config.max_packet_size)?;
-            }
-            Some(Ok(WsMessage::Close(_))) | None => {
+            // Its Pong goes with the connection's first Pong packet.
+            Some(Incoming::Ping) => continue,
+            Some(Incoming::Closed) => {
                 return Err(Status::network_error(
                     "the server closed the websocket during the handshake",
                 ));
             }
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => return Err(ws_error(e)),
+            None => {
+                if stream.read_buf(&mut buf).await? == 0 {
+                    return Err(Status::network_error(
+                        "the server closed the websocket during the handshake",
+                    ));
+                }
+            }
         }
     };
     if let Some(refusal) = hello.error() {
@@ -421,7 +421,9 @@ where
         Some(f) if f.eq_ignore_ascii_case("text") => PacketFormat::Text,
         _ => PacketFormat::Binary,
     };
-    let (packets, writer) = websocket(socket, format, Limits::from(config.max_packet_size));
+    let writer = FrameWriter::new(Role::Client, format, owed);
+    let limits = Limits::from(config.max_packet_size);
+    let (packets, writer) = websocket(stream, buf, frames, writer, format, limits);
     Ok(ready(
         config,
         remote,
@@ -433,202 +435,76 @@ where
     ))
 }
 
-thread_local! {
-    /// Where a message is encoded when the sink takes it at once. The sink copies it into
-    /// tungstenite's frame buffer by the next `poll_ready` or flush, which frees these bytes
-    /// for the next message: a batch, or a broadcast over thousands of connections, allocates
-    /// no message of its own. A message that has to wait ([`WsWriter::unsent`]) gets its own
-    /// bytes instead, so that it does not hold on to the buffer.
-    static MESSAGE_SCRATCH: RefCell<BytesMut> = RefCell::new(BytesMut::new());
-}
-
-/// After a message longer than this the scratch buffer starts afresh: the buffer that message
-/// grew would otherwise be kept for the thread's life, and held whole by a message that waits.
-const KEEP_MESSAGE_SCRATCH: usize = 4 << 10;
-
-/// Where the engine writes a WebSocket connection's packets: one message each.
-pub(crate) struct WsWriter {
-    sink: WsSink,
+/// The packets of a WebSocket connection's frames. The peer's Ping comes out as a Ping
+/// packet, which the engine answers with the Pong the frame writer turns into the Pong frame.
+struct WsPackets {
+    frames: FrameReader,
     format: PacketFormat,
-    /// Messages an inline write could not hand to the sink at once (the reader held the
-    /// socket, or the socket was full): the writer task sends them before anything else.
-    unsent: VecDeque<WsMessage>,
+    limits: Limits,
 }
 
-type WsSink = Pin<Box<dyn Sink<WsMessage, Error = tungstenite::Error> + Send>>;
-
-impl WsWriter {
-    fn new(sink: WsSink, format: PacketFormat) -> Self {
-        WsWriter {
-            sink,
-            format,
-            unsent: VecDeque::new(),
-        }
-    }
-
-    /// `packet`'s message in bytes of its own, for a message that may have to wait.
-    fn message(&self, packet: &Packet) -> Result<WsMessage, Status> {
-        self.encode(packet, &mut BytesMut::new())
-    }
-
-    /// `packet`'s message for a sink that is ready: encoded in this thread's scratch buffer
-    /// when that can be had ([`MESSAGE_SCRATCH`]), in bytes of its own otherwise.
-    fn message_now(&self, packet: &Packet) -> Result<WsMessage, Status> {
-        MESSAGE_SCRATCH
-            .try_with(|scratch| {
-                let mut scratch = scratch.try_borrow_mut().ok()?;
-                let message = self.encode(packet, &mut scratch);
-                if message
-                    .as_ref()
-                    .is_ok_and(|m| m.len() > KEEP_MESSAGE_SCRATCH)
-                {
-                    *scratch = BytesMut::new();
-                }
-                Some(message)
-            })
-            .ok()
-            .flatten()
-            .unwrap_or_else(|| self.message(packet))
-    }
-
-    /// Encodes `packet` into `out` and splits it off as a message; `out` keeps its spare room.
-    fn encode(&self, packet: &Packet, out: &mut BytesMut) -> Result<WsMessage, Status> {
-        out.clear();
-        let message = match self.format {
-            PacketFormat::Binary => {
-                packet.encode_message(out);
-                WsMessage::Binary(out.split().freeze())
+impl Unframe for WsPackets {
+    fn next_packet(&mut self, buf: &mut BytesMut) -> Result<Unframed, Status> {
+        Ok(match self.frames.next(buf)? {
+            None => Unframed::More,
+            Some(Incoming::Message { text, bytes }) => {
+                Unframed::Packet(frame::packet_of(text, bytes, self.format, self.limits)?)
             }
-            PacketFormat::Text => {
-                packet.encode_text(out);
-                text_message(out.split().freeze())?
-            }
-        };
-        crate::telemetry::bytes_sent(message.len());
-        Ok(message)
+            Some(Incoming::Ping) => Unframed::Packet(Packet::Ping),
+            Some(Incoming::Closed) => Unframed::End,
+        })
     }
 
-    /// Writes the packets, one message each, and flushes once; what an inline write left goes
-    /// first.
-    pub(crate) async fn write_batch(
-        &mut self,
-        packets: &[Packet],
-        stall: Duration,
-    ) -> Result<(), WriteError> {
-        while let Some(message) = self.unsent.pop_front() {
-            step(stall, async {
-                self.sink.feed(message).await.map_err(ws_error)
-            })
-            .await?;
+    fn at_end(&mut self, buf: &mut BytesMut) -> Result<Option<Packet>, Status> {
+        match self.frames.inside_a_message(buf) {
+            true => Err(Status::network_error(
+                "the websocket connection ended inside a message",
+            )),
+            false => Ok(None),
         }
-        for packet in packets {
-            // Ready first, so that the message is handed over as soon as it is made.
-            step(stall, async {
-                std::future::poll_fn(|cx| self.sink.as_mut().poll_ready(cx))
-                    .await
-                    .map_err(ws_error)
-            })
-            .await?;
-            let message = self.message_now(packet).map_err(WriteError::Failed)?;
-            self.sink
-                .as_mut()
-                .start_send(message)
-                .map_err(|error| WriteError::Failed(ws_error(error)))?;
-        }
-        step(stall, async { self.sink.flush().await.map_err(ws_error) }).await?;
-        Ok(())
-    }
-
-    /// Hands the packets to the sink and flushes, as far as that goes without waiting.
-    /// Returns whether all of it went out; what did not is left for
-    /// [`write_batch`](Self::write_batch).
-    pub(crate) fn write_now(&mut self, packets: &[Packet]) -> Result<bool, Status> {
-        // A waker that does nothing: whatever is left, the writer task finishes with its own.
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        for packet in packets {
-            if self.unsent.is_empty() {
-                match self.sink.as_mut().poll_ready(&mut cx) {
-                    Poll::Ready(Ok(())) => {
-                        let message = self.message_now(packet)?;
-                        self.sink.as_mut().start_send(message).map_err(ws_error)?;
-                        continue;
-                    }
-                    Poll::Ready(Err(error)) => return Err(ws_error(error)),
-                    Poll::Pending => {}
-                }
-            }
-            self.unsent.push_back(self.message(packet)?);
-        }
-        if !self.unsent.is_empty() {
-            return Ok(false);
-        }
-        match self.sink.as_mut().poll_flush(&mut cx) {
-            Poll::Ready(Ok(())) => Ok(true),
-            Poll::Ready(Err(error)) => Err(ws_error(error)),
-            Poll::Pending => Ok(false),
-        }
-    }
-
-    /// Sends a Close frame.
-    pub(crate) async fn shutdown(&mut self) {
-        let _ = self.sink.close().await;
     }
 }
 
-fn text_message(bytes: Bytes) -> Result<WsMessage, Status> {
-    tungstenite::Utf8Bytes::try_from(bytes)
-        .map(WsMessage::Text)
-        .map_err(|_| Status::bad_request("text packets need UTF-8 payloads (use the JSON codec)"))
-}
-
-pub(crate) fn ws_error(error: tungstenite::Error) -> Status {
-    Status::network_error(format!("websocket: {error}"))
-}
-
-/// A WebSocket transport: one packet per message. Text packets are accepted in binary
-/// messages too, as the Go server sends them that way.
-pub(crate) fn websocket<S>(
-    socket: S,
+/// A WebSocket connection after its upgrade, as the engine's packets in and writer out: the
+/// same read buffer and write batches as a TCP connection, framed as WebSocket messages.
+/// `leftover` holds frames read past the handshake.
+fn websocket<S>(
+    stream: S,
+    leftover: BytesMut,
+    frames: FrameReader,
+    writer: FrameWriter,
     format: PacketFormat,
     limits: Limits,
 ) -> (PacketStream, PacketWriter)
 where
-    S: Stream<Item = Result<WsMessage, tungstenite::Error>>
-        + Sink<WsMessage, Error = tungstenite::Error>
-        + Send
-        + 'static,
+    S: AsyncRead + AsyncWrite + Send + 'static,
 {
-    let (sink, stream) = socket.split();
-    let packets = stream
-        .inspect(|message| {
-            crate::telemetry::bytes_received(message.as_ref().map_or(0, WsMessage::len))
-        })
-        .take_while(|message| std::future::ready(!matches!(message, Ok(WsMessage::Close(_)))))
-        .filter_map(move |message| {
-            std::future::ready(match message {
-                Ok(WsMessage::Binary(bytes)) if format == PacketFormat::Binary => {
-                    Some(Packet::decode_message(bytes, limits))
-                }
-                Ok(WsMessage::Binary(bytes)) => Some(Packet::decode_text(bytes, limits)),
-                Ok(WsMessage::Text(text)) => Some(Packet::decode_text(Bytes::from(text), limits)),
-                Ok(_) => None,
-                Err(error) => Some(Err(ws_error(error))),
-            })
-        });
-    (
-        Box::pin(LookingAhead::new(packets)),
-        PacketWriter::WebSocket(WsWriter::new(Box::pin(sink), format)),
-    )
+    let (reader, io) = tokio::io::split(stream);
+    let unframe = WsPackets {
+        frames,
+        format,
+        limits,
+    };
+    let packets = PacketReader::new(Counted::new(reader), unframe, leftover);
+    let writer = PacketWriter::Stream {
+        io: Box::pin(Counted::new(io)),
+        buf: BytesMut::new(),
+        framing: Framing::WebSocket(writer),
+        #[cfg(feature = "gzip")]
+        gzip: None,
+    };
+    (Box::pin(packets), writer)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::pin::Pin;
     use std::sync::Mutex;
     use std::task::{Context, Poll};
+    use std::time::Duration;
 
+    use bytes::Bytes;
     use tokio::io::ReadBuf;
-    use tokio_tungstenite::WebSocketStream;
-    use tokio_tungstenite::tungstenite::protocol::Role;
 
     use super::*;
     use crate::wire::{Action, Notify};
@@ -703,130 +579,31 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn websocket_packets_written_inline_arrive_in_order_when_the_socket_is_full() {
-        let notify = |n: u8| {
-            Packet::Notify(Notify {
-                action: Action::Id(7),
-                header: Header::new(),
-                payload: Bytes::from(vec![n; 20 << 10]),
-            })
-        };
-        // A socket that takes 100 bytes until the peer reads, under messages that outgrow
-        // tungstenite's write buffer (64 KiB): the sink stops taking them once it is full.
-        let (ours, theirs) = tokio::io::duplex(100);
-        let config = ws_config(1 << 20);
-        let ws = WebSocketStream::from_raw_socket(ours, Role::Server, Some(config)).await;
-        let (_packets, mut writer) = websocket(ws, PacketFormat::Binary, Limits::default());
-        let first: Vec<Packet> = (1..=6).map(notify).collect();
-        assert!(
-            !writer.write_now(&first).unwrap(),
-            "the socket cannot take 120 KiB"
-        );
-        let PacketWriter::WebSocket(ws_writer) = &writer else {
-            unreachable!()
-        };
-        assert!(
-            !ws_writer.unsent.is_empty(),
-            "the sink took no more once the socket was full"
-        );
-
-        let peer = WebSocketStream::from_raw_socket(theirs, Role::Client, Some(config)).await;
-        let reading = tokio::spawn(async move {
-            peer.take(8)
-                .map(|message| match message.unwrap() {
-                    WsMessage::Binary(bytes) => {
-                        Packet::decode_message(bytes, Limits::default()).unwrap()
-                    }
-                    other => panic!("{other:?}"),
-                })
-                .collect::<Vec<_>>()
-                .await
-        });
-        writer
-            .write_batch(&[notify(7)], Duration::from_secs(5))
-            .await
-            .unwrap();
-        let PacketWriter::WebSocket(ws_writer) = &writer else {
-            unreachable!()
-        };
-        assert!(
-            ws_writer.unsent.is_empty(),
-            "the batch sent what was left first"
-        );
-        // Inline again: the sink takes it; what the socket does not, the writer task flushes.
-        if !writer.write_now(&[notify(8)]).unwrap() {
-            writer
-                .write_batch(&[], Duration::from_secs(5))
-                .await
-                .unwrap();
-        }
-        let received = tokio::time::timeout(Duration::from_secs(10), reading)
-            .await
-            .expect("all eight messages within 10 s")
-            .unwrap();
-        let firsts: Vec<u8> = received
-            .iter()
-            .map(|packet| match packet {
-                Packet::Notify(notify) => notify.payload[0],
-                other => panic!("{other:?}"),
-            })
-            .collect();
-        assert_eq!(
-            firsts,
-            [1, 2, 3, 4, 5, 6, 7, 8],
-            "every message once, in order"
-        );
+    fn notify(n: u8, len: usize) -> Packet {
+        Packet::Notify(Notify {
+            action: Action::Id(7),
+            header: Header::new(),
+            payload: Bytes::from(vec![n; len]),
+        })
     }
 
-    #[test]
-    fn messages_made_in_the_scratch_buffer_keep_their_bytes_while_held() {
-        let sink = futures_util::sink::drain().sink_map_err(|never| match never {});
-        let writer = WsWriter::new(Box::pin(sink), PacketFormat::Binary);
-        let notify = |byte: u8, len: usize| {
-            Packet::Notify(Notify {
-                action: Action::Id(7),
-                header: Header::new(),
-                payload: Bytes::from(vec![byte; len]),
-            })
-        };
-        // As a sink that keeps them waiting would: the next messages are made meanwhile.
-        let held: Vec<WsMessage> = (0..64)
-            .map(|byte| writer.message_now(&notify(byte, 100)).unwrap())
-            .collect();
-        for (byte, message) in (0..64).zip(held) {
-            let WsMessage::Binary(bytes) = message else {
-                panic!("a binary message");
-            };
-            let Packet::Notify(notify) = Packet::decode_message(bytes, Limits::default()).unwrap()
-            else {
-                panic!("a notify");
-            };
-            assert_eq!(notify.payload, vec![byte; 100]);
-        }
-        // A long message does not leave its buffer for the thread to keep.
-        let long = writer
-            .message_now(&notify(1, 2 * KEEP_MESSAGE_SCRATCH))
-            .unwrap();
-        assert!(long.len() > 2 * KEEP_MESSAGE_SCRATCH);
-        MESSAGE_SCRATCH.with(|scratch| assert_eq!(scratch.borrow().capacity(), 0));
+    fn server_side<S: AsyncRead + AsyncWrite + Send + 'static>(
+        socket: S,
+        leftover: BytesMut,
+        format: PacketFormat,
+    ) -> (PacketStream, PacketWriter) {
+        let owed = Arc::new(Owed::default());
+        let reader = FrameReader::new(Role::Server, 1 << 20, owed.clone());
+        let writer = FrameWriter::new(Role::Server, format, owed);
+        websocket(socket, leftover, reader, writer, format, Limits::default())
     }
 
     #[tokio::test]
-    async fn a_websocket_batch_of_small_packets_leaves_in_one_write() {
+    async fn a_batch_of_small_packets_leaves_in_one_write() {
         let socket = CountingSocket::default();
-        let config = ws_config(1 << 20);
-        let ws = WebSocketStream::from_raw_socket(socket.clone(), Role::Server, Some(config)).await;
-        let (_packets, mut writer) = websocket(ws, PacketFormat::Binary, Limits::default());
-        let batch: Vec<Packet> = (0..32)
-            .map(|_| {
-                Packet::Notify(Notify {
-                    action: Action::Id(7),
-                    header: Header::new(),
-                    payload: Bytes::from_static(&[0x5A; 32]),
-                })
-            })
-            .collect();
+        let (_packets, mut writer) =
+            server_side(socket.clone(), BytesMut::new(), PacketFormat::Binary);
+        let batch: Vec<Packet> = (0..32).map(|_| notify(0x5A, 32)).collect();
         writer
             .write_batch(&batch, Duration::from_secs(5))
             .await
@@ -834,5 +611,118 @@ mod tests {
         let (writes, bytes) = *socket.0.lock().unwrap();
         assert!(bytes > 32 * 32, "{bytes} bytes for 32 packets of 32 bytes");
         assert_eq!(writes, 1, "{writes} writes for one batch");
+    }
+
+    /// tungstenite, as the peer, checks our framing against its own: messages of each length
+    /// class, Ping and Pong, and the closing handshake, both ways.
+    #[tokio::test]
+    async fn a_tungstenite_client_and_our_server_side_understand_each_other() {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::WebSocketStream;
+        use tokio_tungstenite::tungstenite::Message;
+        use tokio_tungstenite::tungstenite::protocol::Role as PeerRole;
+
+        let (ours, theirs) = tokio::io::duplex(1 << 16);
+        // A frame that came with the upgrade's head, read before the engine took over.
+        let mut leftover = BytesMut::new();
+        FrameWriter::new(Role::Client, PacketFormat::Binary, Arc::default())
+            .encode(&notify(1, 10), &mut leftover);
+        let (mut packets, mut writer) = server_side(ours, leftover, PacketFormat::Binary);
+        let mut peer = WebSocketStream::from_raw_socket(theirs, PeerRole::Client, None).await;
+
+        let message = |packet: &Packet| {
+            let mut bytes = BytesMut::new();
+            packet.encode_message(&mut bytes);
+            Message::Binary(bytes.freeze())
+        };
+        peer.send(message(&notify(2, 100))).await.unwrap();
+        peer.send(message(&notify(3, 5000))).await.unwrap();
+        peer.send(Message::Ping(Bytes::from_static(b"are you there")))
+            .await
+            .unwrap();
+        for expected in [notify(1, 10), notify(2, 100), notify(3, 5000), Packet::Ping] {
+            let got = packets.next().await.unwrap().unwrap();
+            assert!(
+                got == expected,
+                "{:?} for {:?}",
+                got.kind(),
+                expected.kind()
+            );
+        }
+
+        let reading = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while let Some(message) = peer.next().await {
+                match message.unwrap() {
+                    Message::Pong(payload) => seen.push(format!("pong {payload:?}")),
+                    Message::Binary(bytes) => {
+                        let packet = Packet::decode_message(bytes, Limits::default()).unwrap();
+                        let Packet::Notify(notify) = packet else {
+                            panic!("{packet:?}")
+                        };
+                        seen.push(format!(
+                            "notify {} x{}",
+                            notify.payload[0],
+                            notify.payload.len()
+                        ));
+                    }
+                    Message::Close(close) => {
+                        seen.push(format!("close {:?}", close.map(|c| u16::from(c.code))))
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+            seen
+        });
+        // The engine's answers: a Pong for the Ping, and packets in one batch.
+        writer
+            .write_batch(
+                &[Packet::Pong, notify(4, 70_000), notify(5, 3)],
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+        writer.shutdown().await;
+        let seen = tokio::time::timeout(Duration::from_secs(10), reading)
+            .await
+            .expect("read within 10 s")
+            .unwrap();
+        assert_eq!(
+            seen,
+            [
+                "pong b\"are you there\"",
+                "notify 4 x70000",
+                "notify 5 x3",
+                "close Some(1000)"
+            ]
+        );
+        // The peer answered our Close: the packets end.
+        assert!(packets.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn text_packets_go_in_text_messages() {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::WebSocketStream;
+        use tokio_tungstenite::tungstenite::Message;
+        use tokio_tungstenite::tungstenite::protocol::Role as PeerRole;
+
+        let (ours, theirs) = tokio::io::duplex(1 << 16);
+        let (_packets, mut writer) = server_side(ours, BytesMut::new(), PacketFormat::Text);
+        let mut peer = WebSocketStream::from_raw_socket(theirs, PeerRole::Client, None).await;
+        let packet = Packet::Notify(Notify {
+            action: Action::Id(7),
+            header: Header::new(),
+            payload: Bytes::from_static(b"{\"a\":1}"),
+        });
+        writer
+            .write_batch(std::slice::from_ref(&packet), Duration::from_secs(5))
+            .await
+            .unwrap();
+        let Some(Ok(Message::Text(text))) = peer.next().await else {
+            panic!("a text message");
+        };
+        let decoded = Packet::decode_text(Bytes::from(text), Limits::default()).unwrap();
+        assert_eq!(decoded, packet);
     }
 }

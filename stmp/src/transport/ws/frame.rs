@@ -1,0 +1,633 @@
+//! WebSocket framing (RFC 6455 section 5) of stmp packets, over bytes and without I/O: the
+//! engine reads and writes a WebSocket connection as it does a TCP one, through its own read
+//! buffer and write batches, with this module in place of the stream framing. A packet is one
+//! message; a message may come in fragments, with control frames between them.
+
+use std::sync::{Arc, Mutex};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use crate::Status;
+use crate::conn::PacketFormat;
+use crate::sync::lock;
+use crate::wire::{Limits, Packet};
+
+const FIN: u8 = 0x80;
+const RSV: u8 = 0x70;
+const MASKED: u8 = 0x80;
+
+const CONTINUATION: u8 = 0x0;
+const TEXT: u8 = 0x1;
+const BINARY: u8 = 0x2;
+const CLOSE: u8 = 0x8;
+const PING: u8 = 0x9;
+const PONG: u8 = 0xA;
+
+/// The longest header: 2 bytes, a 64-bit length, a mask.
+const MAX_HEADER: usize = 14;
+
+/// Control frames carry at most this much (RFC 6455 section 5.5).
+const MAX_CONTROL_PAYLOAD: usize = 125;
+
+/// The Close status of a normal end (RFC 6455 section 7.4.1).
+const NORMAL_CLOSURE: u16 = 1000;
+
+/// Which end of the connection this side is: a client masks what it sends and expects
+/// unmasked frames; a server the reverse.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Role {
+    Server,
+    Client,
+}
+
+/// What the reading side owes the peer, for the writing side to send: the Pong of the peer's
+/// last Ping, and the Close that answers the peer's.
+#[derive(Debug, Default)]
+pub(crate) struct Owed {
+    pong: Mutex<Option<Bytes>>,
+    /// The status code of the peer's Close, echoed in ours.
+    close_code: Mutex<Option<u16>>,
+}
+
+/// What a frame (or the last fragment of a message) brought.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Incoming {
+    /// A whole message: its bytes, and whether it was a text message.
+    Message { text: bool, bytes: Bytes },
+    /// The peer's Ping; its Pong is owed ([`Owed`]).
+    Ping,
+    /// The peer's Close: nothing more comes.
+    Closed,
+}
+
+/// Reads frames out of a connection's read buffer.
+#[derive(Debug)]
+pub(crate) struct FrameReader {
+    role: Role,
+    /// The longest message taken.
+    max_message: usize,
+    /// A fragmented message being put together: whether it is text, and its bytes so far.
+    partial: Option<(bool, BytesMut)>,
+    owed: Arc<Owed>,
+    closed: bool,
+}
+
+impl FrameReader {
+    pub(crate) fn new(role: Role, max_message: usize, owed: Arc<Owed>) -> Self {
+        FrameReader {
+            role,
+            max_message,
+            partial: None,
+            owed,
+            closed: false,
+        }
+    }
+
+    /// Takes the next message, Ping or Close out of `buf`; `Ok(None)` while it needs more
+    /// bytes. A frame's payload is unmasked in place and handed on without a copy, unless the
+    /// message comes in fragments. Pongs are passed over. After the peer's Close it takes
+    /// nothing more.
+    pub(crate) fn next(&mut self, buf: &mut BytesMut) -> Result<Option<Incoming>, Status> {
+        loop {
+            if self.closed {
+                return Ok(None);
+            }
+            let Some(head) = self.head(buf)? else {
+                return Ok(None);
+            };
+            if buf.len() < head.len + head.payload {
+                return Ok(None);
+            }
+            buf.advance(head.len);
+            let mut payload = buf.split_to(head.payload);
+            if let Some(mask) = head.mask {
+                apply_mask(&mut payload, mask);
+            }
+            if let Some(incoming) = self.take(head, payload)? {
+                return Ok(Some(incoming));
+            }
+        }
+    }
+
+    /// Whether bytes of a frame or fragments of a message are held: the connection ended
+    /// inside a message.
+    pub(crate) fn inside_a_message(&self, buf: &BytesMut) -> bool {
+        !self.closed && (!buf.is_empty() || self.partial.is_some())
+    }
+
+    /// The header at the start of `buf`, checked; `Ok(None)` while it is not all there.
+    fn head(&self, buf: &BytesMut) -> Result<Option<Head>, Status> {
+        let [first, second, ..] = buf[..] else {
+            return Ok(None);
+        };
+        if first & RSV != 0 {
+            return Err(Status::protocol_error(
+                "websocket frame with reserved bits set (no extension was agreed)",
+            ));
+        }
+        let opcode = first & 0x0F;
+        let masked = second & MASKED != 0;
+        match (self.role, masked) {
+            (Role::Server, false) => {
+                return Err(Status::protocol_error(
+                    "websocket frame from a client without a mask",
+                ));
+            }
+            (Role::Client, true) => {
+                return Err(Status::protocol_error(
+                    "masked websocket frame from a server",
+                ));
+            }
+            _ => {}
+        }
+        let (payload, mut len) = match second & 0x7F {
+            126 => match buf.get(2..4) {
+                Some(bytes) => (u64::from(u16::from_be_bytes([bytes[0], bytes[1]])), 4),
+                None => return Ok(None),
+            },
+            127 => match buf.get(2..10) {
+                Some(bytes) => {
+                    let mut be = [0; 8];
+                    be.copy_from_slice(bytes);
+                    (u64::from_be_bytes(be), 10)
+                }
+                None => return Ok(None),
+            },
+            short => (u64::from(short), 2),
+        };
+        let fin = first & FIN != 0;
+        if opcode >= CLOSE {
+            if !fin {
+                return Err(Status::protocol_error("fragmented websocket control frame"));
+            }
+            if payload > MAX_CONTROL_PAYLOAD as u64 {
+                return Err(Status::protocol_error(format!(
+                    "websocket control frame of {payload} bytes (at most {MAX_CONTROL_PAYLOAD})"
+                )));
+            }
+        } else {
+            let so_far = self.partial.as_ref().map_or(0, |(_, bytes)| bytes.len()) as u64;
+            if so_far.saturating_add(payload) > self.max_message as u64 {
+                return Err(Status::request_entity_too_large(format!(
+                    "websocket message of {} bytes or more is over the limit of {} bytes",
+                    so_far.saturating_add(payload),
+                    self.max_message
+                )));
+            }
+        }
+        let mask = match masked {
+            true => match buf.get(len..len + 4) {
+                Some(bytes) => {
+                    len += 4;
+                    Some([bytes[0], bytes[1], bytes[2], bytes[3]])
+                }
+                None => return Ok(None),
+            },
+            false => None,
+        };
+        // Under `max_message` (or 125), so it fits a usize.
+        let payload = payload as usize;
+        Ok(Some(Head {
+            fin,
+            opcode,
+            mask,
+            len,
+            payload,
+        }))
+    }
+
+    /// What one frame brings, if anything.
+    fn take(&mut self, head: Head, payload: BytesMut) -> Result<Option<Incoming>, Status> {
+        match head.opcode {
+            TEXT | BINARY => {
+                if self.partial.is_some() {
+                    return Err(Status::protocol_error(
+                        "websocket message begun before the last one ended",
+                    ));
+                }
+                let text = head.opcode == TEXT;
+                match head.fin {
+                    true => message(text, payload.freeze()).map(Some),
+                    false => {
+                        self.partial = Some((text, payload));
+                        Ok(None)
+                    }
+                }
+            }
+            CONTINUATION => {
+                let Some((text, mut bytes)) = self.partial.take() else {
+                    return Err(Status::protocol_error(
+                        "websocket continuation frame without a message",
+                    ));
+                };
+                bytes.extend_from_slice(&payload);
+                match head.fin {
+                    true => message(text, bytes.freeze()).map(Some),
+                    false => {
+                        self.partial = Some((text, bytes));
+                        Ok(None)
+                    }
+                }
+            }
+            PING => {
+                *lock(&self.owed.pong) = Some(payload.freeze());
+                Ok(Some(Incoming::Ping))
+            }
+            PONG => Ok(None),
+            CLOSE => {
+                let code = match payload[..] {
+                    [] => None,
+                    [_] => {
+                        return Err(Status::protocol_error(
+                            "websocket Close frame with a one-byte payload",
+                        ));
+                    }
+                    [high, low, ..] => Some(u16::from_be_bytes([high, low])),
+                };
+                *lock(&self.owed.close_code) = Some(code.unwrap_or(NORMAL_CLOSURE));
+                self.closed = true;
+                Ok(Some(Incoming::Closed))
+            }
+            other => Err(Status::protocol_error(format!(
+                "websocket frame with unknown opcode {other:#x}"
+            ))),
+        }
+    }
+}
+
+/// A frame's header, read.
+#[derive(Debug)]
+struct Head {
+    fin: bool,
+    opcode: u8,
+    mask: Option<[u8; 4]>,
+    /// The header's own length.
+    len: usize,
+    payload: usize,
+}
+
+/// A whole message; a text message must be UTF-8 (RFC 6455 section 8.1).
+fn message(text: bool, bytes: Bytes) -> Result<Incoming, Status> {
+    if text && std::str::from_utf8(&bytes).is_err() {
+        return Err(Status::protocol_error(
+            "websocket text message that is not UTF-8",
+        ));
+    }
+    Ok(Incoming::Message { text, bytes })
+}
+
+/// The packet a message carries. Text packets are taken from binary messages too, as the Go
+/// server sends them that way.
+pub(crate) fn packet_of(
+    text: bool,
+    bytes: Bytes,
+    format: PacketFormat,
+    limits: Limits,
+) -> Result<Packet, Status> {
+    match (text, format) {
+        (false, PacketFormat::Binary) => Packet::decode_message(bytes, limits),
+        _ => Packet::decode_text(bytes, limits),
+    }
+}
+
+/// Writes packets as frames into a connection's write buffer.
+#[derive(Debug)]
+pub(crate) struct FrameWriter {
+    role: Role,
+    format: PacketFormat,
+    owed: Arc<Owed>,
+}
+
+impl FrameWriter {
+    pub(crate) fn new(role: Role, format: PacketFormat, owed: Arc<Owed>) -> Self {
+        FrameWriter { role, format, owed }
+    }
+
+    /// Appends `packet` to `dst` as one message. The engine answers a WebSocket Ping as it
+    /// does a Ping packet, so a Pong packet goes out as the Pong frame owed, when one is.
+    /// In text format a packet whose text is not UTF-8 (a binary payload) goes in a binary
+    /// message, as the Go server sends text packets.
+    pub(crate) fn encode(&self, packet: &Packet, dst: &mut BytesMut) {
+        if let Packet::Pong = packet
+            && let Some(payload) = lock(&self.owed.pong).take()
+        {
+            self.frame(PONG, &payload, dst);
+            return;
+        }
+        match self.format {
+            PacketFormat::Binary => {
+                let len = packet.encoded_message_len();
+                let mask = self.head(BINARY, len, dst);
+                let start = dst.len();
+                packet.encode_message(dst);
+                mask_from(dst, start, mask);
+            }
+            PacketFormat::Text => {
+                // The header's length is known only once the text is: room for the longest
+                // header, then the text, then the header where it ends, moved up to it.
+                let at = dst.len();
+                dst.put_bytes(0, MAX_HEADER);
+                packet.encode_text(dst);
+                let text = at + MAX_HEADER..dst.len();
+                let opcode = match std::str::from_utf8(&dst[text.clone()]) {
+                    Ok(_) => TEXT,
+                    Err(_) => BINARY,
+                };
+                let mut head = BytesMut::with_capacity(MAX_HEADER);
+                let mask = self.head(opcode, text.len(), &mut head);
+                dst[at..at + head.len()].copy_from_slice(&head);
+                dst.copy_within(text.clone(), at + head.len());
+                dst.truncate(at + head.len() + text.len());
+                mask_from(dst, at + head.len(), mask);
+            }
+        }
+    }
+
+    /// Appends one message of `payload`, text or binary.
+    pub(crate) fn message(&self, text: bool, payload: &[u8], dst: &mut BytesMut) {
+        self.frame(if text { TEXT } else { BINARY }, payload, dst);
+    }
+
+    /// Appends the Close frame that ends our side: the peer's status echoed when it closed
+    /// first, a normal closure otherwise.
+    pub(crate) fn close(&self, dst: &mut BytesMut) {
+        let code = lock(&self.owed.close_code).unwrap_or(NORMAL_CLOSURE);
+        self.frame(CLOSE, &code.to_be_bytes(), dst);
+    }
+
+    /// A whole frame of `payload`.
+    fn frame(&self, opcode: u8, payload: &[u8], dst: &mut BytesMut) {
+        let mask = self.head(opcode, payload.len(), dst);
+        let start = dst.len();
+        dst.put_slice(payload);
+        mask_from(dst, start, mask);
+    }
+
+    /// Appends a final frame's header for a payload of `len` bytes; the mask a client must
+    /// apply to it.
+    fn head(&self, opcode: u8, len: usize, dst: &mut BytesMut) -> Option<[u8; 4]> {
+        dst.reserve(MAX_HEADER + len);
+        dst.put_u8(FIN | opcode);
+        let masked = match self.role {
+            Role::Client => MASKED,
+            Role::Server => 0,
+        };
+        match len {
+            0..=125 => dst.put_u8(masked | len as u8),
+            126..=0xFFFF => {
+                dst.put_u8(masked | 126);
+                dst.put_u16(len as u16);
+            }
+            _ => {
+                dst.put_u8(masked | 127);
+                dst.put_u64(len as u64);
+            }
+        }
+        match self.role {
+            Role::Client => {
+                // Unpredictable to the page or program that chose the payload, which is what
+                // masking is for (RFC 6455 section 10.3).
+                let mask: [u8; 4] = rand::random();
+                dst.put_slice(&mask);
+                Some(mask)
+            }
+            Role::Server => None,
+        }
+    }
+}
+
+fn mask_from(dst: &mut BytesMut, start: usize, mask: Option<[u8; 4]>) {
+    if let Some(mask) = mask {
+        apply_mask(&mut dst[start..], mask);
+    }
+}
+
+/// XORs `bytes` with the mask, the mask's first byte on the first byte.
+fn apply_mask(bytes: &mut [u8], mask: [u8; 4]) {
+    let wide = u64::from_ne_bytes([
+        mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3],
+    ]);
+    let mut chunks = bytes.chunks_exact_mut(8);
+    for chunk in &mut chunks {
+        let mut word = [0; 8];
+        word.copy_from_slice(chunk);
+        chunk.copy_from_slice(&(u64::from_ne_bytes(word) ^ wide).to_ne_bytes());
+    }
+    for (byte, key) in chunks.into_remainder().iter_mut().zip(mask.iter().cycle()) {
+        *byte ^= key;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{Action, Header, Notify};
+
+    fn notify(len: usize) -> Packet {
+        Packet::Notify(Notify {
+            action: Action::Id(7),
+            header: Header::new(),
+            payload: Bytes::from((0..len).map(|i| i as u8).collect::<Vec<u8>>()),
+        })
+    }
+
+    fn pair(format: PacketFormat) -> (FrameWriter, FrameReader) {
+        let writer = FrameWriter::new(Role::Client, format, Arc::default());
+        let reader = FrameReader::new(Role::Server, 1 << 20, Arc::default());
+        (writer, reader)
+    }
+
+    fn packets(reader: &mut FrameReader, buf: &mut BytesMut, format: PacketFormat) -> Vec<Packet> {
+        let mut out = Vec::new();
+        while let Some(incoming) = reader.next(buf).unwrap() {
+            match incoming {
+                Incoming::Message { text, bytes } => {
+                    out.push(packet_of(text, bytes, format, Limits::default()).unwrap())
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn packets_of_every_length_class_go_through_masked_and_back() {
+        for format in [PacketFormat::Binary, PacketFormat::Text] {
+            let (writer, mut reader) = pair(format);
+            let sent: Vec<Packet> = [0, 1, 100, 200, 70_000].map(notify).into();
+            let mut buf = BytesMut::new();
+            sent.iter().for_each(|p| writer.encode(p, &mut buf));
+            // Fed a byte at a time, as a slow socket would.
+            let mut fed = BytesMut::new();
+            let mut got = Vec::new();
+            for byte in buf {
+                fed.put_u8(byte);
+                got.extend(packets(&mut reader, &mut fed, format));
+            }
+            assert_eq!(got, sent, "{format:?}");
+            assert!(!reader.inside_a_message(&fed));
+        }
+    }
+
+    #[test]
+    fn the_server_side_writes_what_a_client_reads() {
+        let writer = FrameWriter::new(Role::Server, PacketFormat::Binary, Arc::default());
+        let mut reader = FrameReader::new(Role::Client, 1 << 20, Arc::default());
+        let mut buf = BytesMut::new();
+        writer.encode(&notify(300), &mut buf);
+        assert_eq!(buf[1], 126, "unmasked, with a 16-bit length");
+        assert_eq!(
+            packets(&mut reader, &mut buf, PacketFormat::Binary),
+            [notify(300)]
+        );
+    }
+
+    #[test]
+    fn a_fragmented_message_with_a_ping_between_its_fragments_comes_whole() {
+        let owed = Arc::new(Owed::default());
+        let mut reader = FrameReader::new(Role::Client, 1 << 20, owed.clone());
+        let mut message = BytesMut::new();
+        notify(10).encode_message(&mut message);
+        let (a, b) = message.split_at(4);
+        let mut buf = BytesMut::new();
+        buf.put_slice(&[BINARY, a.len() as u8]);
+        buf.put_slice(a);
+        buf.put_slice(&[FIN | PING, 3]);
+        buf.put_slice(b"abc");
+        buf.put_slice(&[FIN | CONTINUATION, b.len() as u8]);
+        buf.put_slice(b);
+        assert_eq!(reader.next(&mut buf).unwrap(), Some(Incoming::Ping));
+        let Some(Incoming::Message { text: false, bytes }) = reader.next(&mut buf).unwrap() else {
+            panic!("the message");
+        };
+        assert_eq!(bytes, message);
+        // The engine answers the Ping with a Pong packet, which goes out as the Pong frame.
+        let writer = FrameWriter::new(Role::Server, PacketFormat::Binary, owed);
+        let mut out = BytesMut::new();
+        writer.encode(&Packet::Pong, &mut out);
+        assert_eq!(&out[..], &[FIN | PONG, 3, b'a', b'b', b'c']);
+        out.clear();
+        writer.encode(&Packet::Pong, &mut out);
+        assert_ne!(out[0], FIN | PONG, "one Pong frame per Ping");
+    }
+
+    #[test]
+    fn a_close_ends_the_reading_and_is_echoed() {
+        let owed = Arc::new(Owed::default());
+        let mut reader = FrameReader::new(Role::Client, 1 << 20, owed.clone());
+        let mut buf = BytesMut::from(&[FIN | CLOSE, 2, 0x03, 0xE9, FIN | BINARY, 1, 0x10][..]);
+        assert_eq!(reader.next(&mut buf).unwrap(), Some(Incoming::Closed));
+        assert_eq!(
+            reader.next(&mut buf).unwrap(),
+            None,
+            "nothing after a Close"
+        );
+        assert!(!reader.inside_a_message(&buf));
+        let writer = FrameWriter::new(Role::Server, PacketFormat::Binary, owed);
+        let mut out = BytesMut::new();
+        writer.close(&mut out);
+        assert_eq!(&out[..], &[FIN | CLOSE, 2, 0x03, 0xE9]);
+    }
+
+    #[test]
+    fn frames_that_break_the_protocol_are_refused() {
+        let cases: [(&[u8], &str); 8] = [
+            (&[FIN | BINARY, 0], "without a mask"),
+            (&[FIN | BINARY | 0x40, MASKED], "reserved bits"),
+            (&[PING, MASKED], "fragmented websocket control"),
+            (&[FIN | PING, MASKED | 126, 0, 126], "control frame of 126"),
+            (
+                &[FIN | CONTINUATION, MASKED, 0, 0, 0, 0],
+                "continuation frame without",
+            ),
+            (&[FIN | 0x3, MASKED, 0, 0, 0, 0], "unknown opcode"),
+            (
+                &[FIN | CLOSE, MASKED | 1, 0, 0, 0, 0, 0],
+                "one-byte payload",
+            ),
+            (
+                &[FIN | TEXT, MASKED | 1, 0, 0, 0, 0, 0xFF],
+                "text message that is not UTF-8",
+            ),
+        ];
+        for (bytes, expected) in cases {
+            let mut reader = FrameReader::new(Role::Server, 1 << 20, Arc::default());
+            let Err(error) = reader.next(&mut BytesMut::from(bytes)) else {
+                panic!("{bytes:?} taken; expected {expected}");
+            };
+            assert_eq!(error.code(), crate::Code::ProtocolError, "{expected}");
+            assert!(error.message().contains(expected), "{error} for {expected}");
+        }
+        let mut reader = FrameReader::new(Role::Client, 1 << 20, Arc::default());
+        let error = reader
+            .next(&mut BytesMut::from(&[FIN | BINARY, MASKED, 0, 0, 0, 0][..]))
+            .unwrap_err();
+        assert!(
+            error
+                .message()
+                .contains("masked websocket frame from a server")
+        );
+    }
+
+    #[test]
+    fn a_message_over_the_limit_is_refused_before_its_payload_comes() {
+        let mut reader = FrameReader::new(Role::Client, 1000, Arc::default());
+        // A header that announces 2^63 bytes, and a fragmented message that outgrows the limit.
+        let mut huge = BytesMut::from(
+            &[
+                FIN | BINARY,
+                127,
+                0x7F,
+                0xFF,
+                0xFF,
+                0xFF,
+                0xFF,
+                0xFF,
+                0xFF,
+                0xFF,
+            ][..],
+        );
+        let error = reader.next(&mut huge).unwrap_err();
+        assert_eq!(error.code(), crate::Code::RequestEntityTooLarge);
+        let mut reader = FrameReader::new(Role::Client, 1000, Arc::default());
+        let mut buf = BytesMut::new();
+        buf.put_slice(&[BINARY, 126, 0x02, 0x58]);
+        buf.put_bytes(1, 600);
+        buf.put_slice(&[FIN | CONTINUATION, 126, 0x02, 0x58]);
+        assert_eq!(
+            reader.next(&mut buf).unwrap_err().code(),
+            crate::Code::RequestEntityTooLarge
+        );
+    }
+
+    #[test]
+    fn text_packets_that_are_not_utf8_go_in_binary_messages() {
+        let (writer, mut reader) = pair(PacketFormat::Text);
+        let mut buf = BytesMut::new();
+        let binary_payload = Packet::Notify(Notify {
+            action: Action::Id(7),
+            header: Header::new(),
+            payload: Bytes::from_static(&[0xFF, 0xFE]),
+        });
+        writer.encode(&binary_payload, &mut buf);
+        assert_eq!(buf[0], FIN | BINARY);
+        assert_eq!(
+            packets(&mut reader, &mut buf, PacketFormat::Text),
+            [binary_payload]
+        );
+    }
+
+    #[test]
+    fn masking_twice_gives_the_bytes_back_whatever_their_length() {
+        for len in 0..40 {
+            let original: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+            let mut bytes = original.clone();
+            apply_mask(&mut bytes, [1, 2, 3, 4]);
+            for (i, (masked, plain)) in bytes.iter().zip(&original).enumerate() {
+                assert_eq!(masked ^ plain, [1, 2, 3, 4][i % 4]);
+            }
+            apply_mask(&mut bytes, [1, 2, 3, 4]);
+            assert_eq!(bytes, original);
+        }
+    }
+}
