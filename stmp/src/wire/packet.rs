@@ -244,6 +244,7 @@ impl Packet {
     }
 
     /// The exact length of [`encode_message`](Packet::encode_message)'s output.
+    #[cfg_attr(not(feature = "ws"), allow(dead_code))]
     pub(crate) fn encoded_message_len(&self) -> usize {
         let payload = self.parts().payload.len();
         let prefix = match payload {

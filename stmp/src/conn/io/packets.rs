@@ -31,6 +31,7 @@ pub(crate) enum Unframed {
     /// More bytes are needed.
     More,
     /// The peer ended its side (a WebSocket Close).
+    #[cfg_attr(not(feature = "ws"), allow(dead_code))]
     End,
 }
 
