@@ -26,7 +26,7 @@
 //! | feature | adds | dependencies |
 //! |---|---|---|
 //! | `tls` | `Server::listen_tls`, `tls://`, [`ClientBuilder::tls`], the `tls` config helpers | rustls (ring), tokio-rustls |
-//! | `ws` | `Server::listen_ws`, `ws://`; with `tls`, `listen_wss` and `wss://` | tokio-tungstenite |
+//! | `ws` | `Server::listen_ws`, `ws://`; with `tls`, `listen_wss` and `wss://` | tokio-tungstenite (the HTTP upgrade), rand (client masks) |
 //! | `quic` (implies `tls`) | `Server::listen_quic`, `quic://`, the `quic` module | quinn |
 //! | `gzip` | gzip stream compression on byte streams ([`ServerBuilder::gzip`]) | flate2 (zlib-rs) |
 //! | `msgpack` | `Codec::MSGPACK`, `Codec::MSGPACK_GO` | rmp-serde |

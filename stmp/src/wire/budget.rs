@@ -77,6 +77,30 @@ impl Charge {
     }
 }
 
+/// Holds `needed` bytes of a partial packet against `budget`, if there is one, in `charge`:
+/// a peer that announces a large packet waits for room rather than making the server hold it.
+pub(crate) fn hold(
+    charge: &mut Option<Charge>,
+    budget: Option<&Arc<BufferBudget>>,
+    needed: usize,
+) -> Result<(), crate::Status> {
+    let Some(budget) = budget else {
+        return Ok(());
+    };
+    if charge
+        .get_or_insert_with(|| Charge::new(budget.clone()))
+        .raise_to(needed)
+    {
+        return Ok(());
+    }
+    Err(crate::Status::too_many_requests(format!(
+        "the server is busy receiving large packets ({} of {} bytes in use); a packet of \
+         {needed} bytes does not fit now",
+        budget.used(),
+        budget.limit()
+    )))
+}
+
 impl Drop for Charge {
     fn drop(&mut self) {
         self.budget.give_back(self.bytes);

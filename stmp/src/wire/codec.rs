@@ -6,13 +6,13 @@ use bytes::BytesMut;
 use tokio_util::codec::{Decoder, Encoder};
 
 use super::Limits;
-use super::budget::{BufferBudget, Charge};
+use super::budget::{BufferBudget, Charge, hold};
 use super::cursor::Stop;
 use super::packet::{Form, Packet, scan};
 use crate::Status;
 
 /// How much room the decoder makes in advance for a packet whose bytes are still coming.
-const MAX_RESERVE_AHEAD: usize = 256 << 10;
+pub(crate) const MAX_RESERVE_AHEAD: usize = 256 << 10;
 
 /// Partial packets up to this size never touch a shared [`BufferBudget`]: the common small
 /// packet pays nothing for it.
@@ -84,25 +84,6 @@ impl PacketCodec {
     pub fn limits(&self) -> Limits {
         self.limits
     }
-
-    /// Charges the budget for a partial packet of `needed` bytes before its bytes are awaited.
-    fn charge_for(&mut self, needed: usize) -> Result<(), Status> {
-        let Some(budget) = &self.budget else {
-            return Ok(());
-        };
-        let charge = self
-            .charge
-            .get_or_insert_with(|| Charge::new(budget.clone()));
-        if charge.raise_to(needed) {
-            return Ok(());
-        }
-        Err(Status::too_many_requests(format!(
-            "the server is busy receiving large packets ({} of {} bytes in use); a packet of \
-             {needed} bytes does not fit now",
-            budget.used(),
-            budget.limit()
-        )))
-    }
 }
 
 /// A clone has the same limits and budget, and nothing charged yet.
@@ -134,7 +115,7 @@ impl Decoder for PacketCodec {
             }
             Err(Stop::Incomplete(needed)) => {
                 if needed > PARTIAL_ALLOWANCE {
-                    self.charge_for(needed)?;
+                    hold(&mut self.charge, self.budget.as_ref(), needed)?;
                 }
                 // `needed` is within the limit, but a peer that announces a large packet and
                 // sends it slowly must not make us hold the whole size up front.

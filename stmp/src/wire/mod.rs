@@ -44,8 +44,9 @@ mod text;
 pub(crate) mod varint;
 
 pub use action::{action_id, murmur3_x86_32, option_action_id};
-pub(crate) use budget::BufferBudget;
+pub(crate) use budget::{BufferBudget, Charge, hold};
 pub use codec::PacketCodec;
+pub(crate) use codec::{MAX_RESERVE_AHEAD, PARTIAL_ALLOWANCE};
 pub use handshake::{ClientHandshake, ServerHandshake, Version};
 pub use header::Header;
 pub use limits::{DEFAULT_MAX_HEADER_ENTRIES, DEFAULT_MAX_HEADER_SIZE, Limits};

@@ -10,7 +10,9 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use crate::Status;
 use crate::conn::PacketFormat;
 use crate::sync::lock;
-use crate::wire::{Limits, Packet};
+use crate::wire::{
+    BufferBudget, Charge, Limits, MAX_RESERVE_AHEAD, PARTIAL_ALLOWANCE, Packet, hold,
+};
 
 const FIN: u8 = 0x80;
 const RSV: u8 = 0x70;
@@ -40,13 +42,20 @@ pub(crate) enum Role {
     Client,
 }
 
-/// What the reading side owes the peer, for the writing side to send: the Pong of the peer's
-/// last Ping, and the Close that answers the peer's.
+/// What the reading side owes the peer, for the writing side to send: a Pong for each of the
+/// peer's Pings (with the last one's payload, RFC 6455 section 5.5.3), and the Close that
+/// answers the peer's.
 #[derive(Debug, Default)]
 pub(crate) struct Owed {
-    pong: Mutex<Option<Bytes>>,
+    pongs: Mutex<Pongs>,
     /// The status code of the peer's Close, echoed in ours.
     close_code: Mutex<Option<u16>>,
+}
+
+#[derive(Debug, Default)]
+struct Pongs {
+    count: usize,
+    payload: Bytes,
 }
 
 /// What a frame (or the last fragment of a message) brought.
@@ -70,6 +79,10 @@ pub(crate) struct FrameReader {
     partial: Option<(bool, BytesMut)>,
     owed: Arc<Owed>,
     closed: bool,
+    /// Shared with the server's other connections, for messages over [`PARTIAL_ALLOWANCE`].
+    budget: Option<Arc<BufferBudget>>,
+    /// What the message being received has charged to `budget`.
+    charge: Option<Charge>,
 }
 
 impl FrameReader {
@@ -80,7 +93,15 @@ impl FrameReader {
             partial: None,
             owed,
             closed: false,
+            budget: None,
+            charge: None,
         }
+    }
+
+    /// Makes messages over [`PARTIAL_ALLOWANCE`] charge `budget` while they are received.
+    pub(crate) fn with_budget(mut self, budget: Option<Arc<BufferBudget>>) -> Self {
+        self.budget = budget;
+        self
     }
 
     /// Takes the next message, Ping or Close out of `buf`; `Ok(None)` while it needs more
@@ -95,7 +116,16 @@ impl FrameReader {
             let Some(head) = self.head(buf)? else {
                 return Ok(None);
             };
-            if buf.len() < head.len + head.payload {
+            let frame = head.len + head.payload;
+            if buf.len() < frame {
+                // Held for this message once its frame is in: what came before, and the frame.
+                let needed = self.partial.as_ref().map_or(0, |(_, b)| b.len()) + frame;
+                if needed > PARTIAL_ALLOWANCE {
+                    hold(&mut self.charge, self.budget.as_ref(), needed)?;
+                }
+                // A peer that announces a large frame and sends it slowly must not make us
+                // hold the whole size up front.
+                buf.reserve((frame - buf.len()).min(MAX_RESERVE_AHEAD));
                 return Ok(None);
             }
             buf.advance(head.len);
@@ -104,6 +134,9 @@ impl FrameReader {
                 apply_mask(&mut payload, mask);
             }
             if let Some(incoming) = self.take(head, payload)? {
+                if let Incoming::Message { .. } = incoming {
+                    self.charge = None;
+                }
                 return Ok(Some(incoming));
             }
         }
@@ -230,7 +263,9 @@ impl FrameReader {
                 }
             }
             PING => {
-                *lock(&self.owed.pong) = Some(payload.freeze());
+                let mut pongs = lock(&self.owed.pongs);
+                pongs.count += 1;
+                pongs.payload = payload.freeze();
                 Ok(Some(Incoming::Ping))
             }
             PONG => Ok(None),
@@ -308,11 +343,15 @@ impl FrameWriter {
     /// In text format a packet whose text is not UTF-8 (a binary payload) goes in a binary
     /// message, as the Go server sends text packets.
     pub(crate) fn encode(&self, packet: &Packet, dst: &mut BytesMut) {
-        if let Packet::Pong = packet
-            && let Some(payload) = lock(&self.owed.pong).take()
-        {
-            self.frame(PONG, &payload, dst);
-            return;
+        if let Packet::Pong = packet {
+            let mut pongs = lock(&self.owed.pongs);
+            if pongs.count > 0 {
+                pongs.count -= 1;
+                let payload = pongs.payload.clone();
+                drop(pongs);
+                self.frame(PONG, &payload, dst);
+                return;
+            }
         }
         match self.format {
             PacketFormat::Binary => {
@@ -509,6 +548,17 @@ mod tests {
         out.clear();
         writer.encode(&Packet::Pong, &mut out);
         assert_ne!(out[0], FIN | PONG, "one Pong frame per Ping");
+        // Two Pings before the answers: two Pong frames, with the last Ping's payload.
+        let mut reader = FrameReader::new(Role::Client, 1 << 20, writer.owed.clone());
+        let mut pings = BytesMut::from(&[FIN | PING, 1, b'x', FIN | PING, 1, b'y'][..]);
+        assert_eq!(reader.next(&mut pings).unwrap(), Some(Incoming::Ping));
+        assert_eq!(reader.next(&mut pings).unwrap(), Some(Incoming::Ping));
+        out.clear();
+        for _ in 0..3 {
+            writer.encode(&Packet::Pong, &mut out);
+        }
+        assert_eq!(&out[..6], &[FIN | PONG, 1, b'y', FIN | PONG, 1, b'y']);
+        assert_ne!(out[6], FIN | PONG, "a Pong packet for a Ping packet");
     }
 
     #[test]
@@ -601,6 +651,38 @@ mod tests {
     }
 
     #[test]
+    fn large_messages_share_the_budget_while_they_come_and_give_it_back_once_whole() {
+        let budget = BufferBudget::new(200 << 10);
+        let reader = || {
+            FrameReader::new(Role::Server, 1 << 20, Arc::default())
+                .with_budget(Some(budget.clone()))
+        };
+        let (mut first, mut second) = (reader(), reader());
+        let writer = FrameWriter::new(Role::Client, PacketFormat::Binary, Arc::default());
+        let mut whole = BytesMut::new();
+        writer.encode(&notify(150 << 10), &mut whole);
+        // The first message's start charges its whole frame; the second's does not fit.
+        let mut start = BytesMut::from(&whole[..100]);
+        assert_eq!(first.next(&mut start).unwrap(), None);
+        assert_eq!(budget.used(), whole.len());
+        let error = second.next(&mut BytesMut::from(&whole[..100])).unwrap_err();
+        assert_eq!(error.code(), crate::Code::TooManyRequests, "{error}");
+        // Small messages pay nothing for it, even while it is spent.
+        let mut small = BytesMut::new();
+        writer.encode(&notify(10), &mut small);
+        assert!(matches!(
+            second.next(&mut small),
+            Ok(Some(Incoming::Message { .. }))
+        ));
+        start.extend_from_slice(&whole[100..]);
+        assert!(matches!(
+            first.next(&mut start),
+            Ok(Some(Incoming::Message { .. }))
+        ));
+        assert_eq!(budget.used(), 0, "given back once whole");
+    }
+
+    #[test]
     fn text_packets_that_are_not_utf8_go_in_binary_messages() {
         let (writer, mut reader) = pair(PacketFormat::Text);
         let mut buf = BytesMut::new();
@@ -615,6 +697,36 @@ mod tests {
             packets(&mut reader, &mut buf, PacketFormat::Text),
             [binary_payload]
         );
+    }
+
+    #[test]
+    fn random_bytes_are_taken_or_refused_never_a_panic() {
+        let mut rng = fastrand::Rng::with_seed(16);
+        for _ in 0..20_000 {
+            let role = if rng.bool() {
+                Role::Server
+            } else {
+                Role::Client
+            };
+            let mut reader = FrameReader::new(role, 300, Arc::default());
+            let mut bytes: Vec<u8> = (0..rng.usize(0..80)).map(|_| rng.u8(..)).collect();
+            // Mostly well-formed first bytes, so that the checks past them are reached too.
+            if let [first, second, ..] = &mut bytes[..] {
+                *first = (*first & 0x8F) | if rng.u8(..4) == 0 { 0x40 } else { 0 };
+                *second = match role {
+                    Role::Server => *second | MASKED,
+                    Role::Client => *second & !MASKED,
+                };
+            }
+            let mut buf = BytesMut::from(&bytes[..]);
+            for _ in 0..bytes.len() + 1 {
+                match reader.next(&mut buf) {
+                    Ok(Some(Incoming::Message { bytes, .. })) => assert!(bytes.len() <= 300),
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        }
     }
 
     #[test]

@@ -269,7 +269,8 @@ impl Server {
             return;
         }
         slot.handshaken();
-        let reader = FrameReader::new(Role::Server, max_message(limits.max_packet_size), owed);
+        let reader = FrameReader::new(Role::Server, max_message(limits.max_packet_size), owed)
+            .with_budget(self.inner.read_limits.buffered.clone());
         let (packets, writer) = websocket(stream, leftover, reader, frames, format, limits);
         self.run(conn, outbox, packets, writer).await;
         // The slot is held until the connection's socket is gone.
@@ -397,8 +398,12 @@ where
                     ServerHandshake::decode_text(&bytes, config.max_packet_size)?
                 };
             }
-            // Its Pong goes with the connection's first Pong packet.
-            Some(Incoming::Ping) => continue,
+            Some(Incoming::Ping) => {
+                let mut pong = BytesMut::new();
+                FrameWriter::new(Role::Client, PacketFormat::Binary, owed.clone())
+                    .encode(&Packet::Pong, &mut pong);
+                stream.write_all(&pong).await?;
+            }
             Some(Incoming::Closed) => {
                 return Err(Status::network_error(
                     "the server closed the websocket during the handshake",
