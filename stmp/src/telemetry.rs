@@ -14,7 +14,7 @@
 //! | [`CALL_DURATION`] | histogram, seconds | `method` |
 //! | [`EVENTS_SENT`] | counter: events queued by broadcasts | |
 //! | [`EVENTS_DROPPED`] | counter: events a full or closed queue missed | |
-//! | [`BYTES_RECEIVED`], [`BYTES_SENT`] | counters: bytes of the transports (below gzip, above TLS; WebSocket payloads) | |
+//! | [`BYTES_RECEIVED`], [`BYTES_SENT`] | counters: bytes of the transports (below gzip, above TLS; WebSocket frames after the upgrade) | |
 //! | [`SEND_QUEUE_HIGH_WATER`] | gauge: the deepest send queue seen, in bytes | |
 //! | [`SLOW_CONSUMER_DISCONNECTS`] | counter: connections closed by the slow-consumer policy | |
 //!
@@ -49,8 +49,8 @@ pub const CALL_DURATION: &str = "stmp_call_duration_seconds";
 pub const EVENTS_SENT: &str = "stmp_events_sent_total";
 /// Counter: events that connections missed because their send queue was full or closed.
 pub const EVENTS_DROPPED: &str = "stmp_events_dropped_total";
-/// Counter: bytes received: of the byte stream below gzip and above TLS, or of WebSocket
-/// message payloads.
+/// Counter: bytes received: of the byte stream below gzip and above TLS (over WebSocket, its
+/// frames after the upgrade).
 pub const BYTES_RECEIVED: &str = "stmp_bytes_received_total";
 /// Counter: bytes sent, counted as [`BYTES_RECEIVED`] is.
 pub const BYTES_SENT: &str = "stmp_bytes_sent_total";

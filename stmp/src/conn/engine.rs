@@ -328,8 +328,7 @@ impl Engine {
                     }
                     Action::Handle(request, held) => {
                         // The only work under way, and no more input at hand: its answer may
-                        // leave at once from this task rather than through the writer's. Input
-                        // is looked at last: over WebSocket that means looking ahead.
+                        // leave at once from this task rather than through the writer's.
                         let alone = handling.used() == 1
                             && conn.pending_calls() == 0
                             && !reader.as_mut().has_buffered();
