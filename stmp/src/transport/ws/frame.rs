@@ -229,6 +229,20 @@ impl FrameReader {
         }))
     }
 
+    /// The whole message once its last fragment is in; until then its bytes are kept.
+    fn gather(
+        &mut self,
+        text: bool,
+        bytes: BytesMut,
+        last: bool,
+    ) -> Result<Option<Incoming>, Status> {
+        if !last {
+            self.partial = Some((text, bytes));
+            return Ok(None);
+        }
+        message(text, bytes.freeze()).map(Some)
+    }
+
     /// What one frame brings, if anything.
     fn take(&mut self, head: Head, payload: BytesMut) -> Result<Option<Incoming>, Status> {
         match head.opcode {
@@ -238,14 +252,7 @@ impl FrameReader {
                         "websocket message begun before the last one ended",
                     ));
                 }
-                let text = head.opcode == TEXT;
-                match head.fin {
-                    true => message(text, payload.freeze()).map(Some),
-                    false => {
-                        self.partial = Some((text, payload));
-                        Ok(None)
-                    }
-                }
+                self.gather(head.opcode == TEXT, payload, head.fin)
             }
             CONTINUATION => {
                 let Some((text, mut bytes)) = self.partial.take() else {
@@ -254,13 +261,7 @@ impl FrameReader {
                     ));
                 };
                 bytes.extend_from_slice(&payload);
-                match head.fin {
-                    true => message(text, bytes.freeze()).map(Some),
-                    false => {
-                        self.partial = Some((text, bytes));
-                        Ok(None)
-                    }
-                }
+                self.gather(text, bytes, head.fin)
             }
             PING => {
                 let mut pongs = lock(&self.owed.pongs);
