@@ -209,6 +209,51 @@ async fn a_websocket_handshake_query_over_the_limits_is_refused() {
     still_serves(addrs.tcp).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_frames_that_break_the_protocol_are_closed_with_a_status() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let server = Server::builder().build();
+    let addrs = serve_all(&server).await;
+    // An unmasked frame from a client, and a masked one that announces 2^40 bytes.
+    let cases: [(&[u8], Code, &str); 2] = [
+        (&[0x82, 0x01, 0x00], Code::ProtocolError, "without a mask"),
+        (
+            &[0x82, 0xFF, 0, 0, 0, 1, 0, 0, 0, 0, 1, 2, 3, 4],
+            Code::RequestEntityTooLarge,
+            "over the limit",
+        ),
+    ];
+    for (frame, code, reason) in cases {
+        let url = format!("ws://{}/stmp", addrs.ws);
+        let tcp = within(TcpStream::connect(addrs.ws)).await.unwrap();
+        let (mut socket, _) = within(tokio_tungstenite::client_async(url.as_str(), tcp))
+            .await
+            .unwrap();
+        let hello = within(socket.next()).await.unwrap().unwrap();
+        let hello = ServerHandshake::decode_message(&hello.into_data(), 1 << 16).unwrap();
+        assert_eq!(hello.status, Code::Ok);
+        // Past tungstenite's framing, straight onto the socket.
+        within(socket.get_mut().write_all(frame)).await.unwrap();
+        let mut close = None;
+        while let Some(message) = within(socket.next()).await {
+            match message {
+                Ok(Message::Binary(bytes)) => match Packet::decode_message(bytes, 1 << 16) {
+                    Ok(Packet::Close(packet)) => close = Some(packet),
+                    other => panic!("{other:?}"),
+                },
+                Ok(Message::Close(_)) | Err(_) => break,
+                Ok(other) => panic!("{other:?}"),
+            }
+        }
+        let close = close.expect("a Close packet before the end");
+        assert_eq!(close.status, code, "{close:?}");
+        assert!(close.reason.contains(reason), "{close:?}");
+    }
+    still_serves(addrs.tcp).await;
+}
+
 /// Reads the server's gzip stream until its Close.
 async fn close_in_gzip(mut reader: tokio::net::tcp::OwnedReadHalf, mut buffer: BytesMut) -> Status {
     let mut inflater = flate2::write::GzDecoder::new(Vec::new());
