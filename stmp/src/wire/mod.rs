@@ -44,8 +44,11 @@ mod text;
 pub(crate) mod varint;
 
 pub use action::{action_id, murmur3_x86_32, option_action_id};
-pub(crate) use budget::{BufferBudget, Charge, hold};
+pub(crate) use budget::BufferBudget;
+#[cfg(feature = "ws")]
+pub(crate) use budget::{Charge, hold};
 pub use codec::PacketCodec;
+#[cfg(feature = "ws")]
 pub(crate) use codec::{MAX_RESERVE_AHEAD, PARTIAL_ALLOWANCE};
 pub use handshake::{ClientHandshake, ServerHandshake, Version};
 pub use header::Header;
