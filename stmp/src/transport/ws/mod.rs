@@ -189,16 +189,14 @@ impl Server {
         .await
     }
 
-    pub(crate) async fn serve_websocket<S>(
+    pub(crate) async fn serve_websocket<S: Halves>(
         &self,
         stream: S,
         remote: SocketAddr,
         path: &str,
         transport: &'static str,
         mut slot: Slot,
-    ) where
-        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-    {
+    ) {
         let config = &self.inner.config;
         let limits = config.wire_limits();
         let mut header = None;
@@ -331,7 +329,7 @@ fn websocket_query(config: &ClientBuilder) -> String {
 }
 
 /// Upgrades `stream` to a WebSocket and runs the stmp handshake on it.
-pub(crate) async fn connect<S>(
+pub(crate) async fn connect<S: Halves>(
     stream: S,
     endpoint: &Endpoint,
     remote: Option<std::net::SocketAddr>,
@@ -440,6 +438,47 @@ where
     ))
 }
 
+/// A socket the engine reads on one task while others write to it: a TCP socket splits into
+/// halves that share nothing, a TLS stream into halves that share it behind a lock.
+pub(crate) trait Halves: AsyncRead + AsyncWrite + Send + Unpin + 'static {
+    type Read: AsyncRead + Send + Unpin + 'static;
+    type Write: AsyncWrite + Send + 'static;
+
+    fn halves(self) -> (Self::Read, Self::Write);
+}
+
+impl Halves for TcpStream {
+    type Read = tokio::net::tcp::OwnedReadHalf;
+    type Write = tokio::net::tcp::OwnedWriteHalf;
+
+    fn halves(self) -> (Self::Read, Self::Write) {
+        self.into_split()
+    }
+}
+
+/// The halves of a stream that cannot be split otherwise.
+#[cfg_attr(not(any(feature = "tls", test)), allow(unused_macros))]
+macro_rules! halves_by_lock {
+    ($($stream:ty),* $(,)?) => {$(
+        impl Halves for $stream {
+            type Read = tokio::io::ReadHalf<Self>;
+            type Write = tokio::io::WriteHalf<Self>;
+
+            fn halves(self) -> (Self::Read, Self::Write) {
+                tokio::io::split(self)
+            }
+        }
+    )*};
+}
+
+#[cfg(feature = "tls")]
+halves_by_lock!(
+    Box<tokio_rustls::server::TlsStream<TcpStream>>,
+    tokio_rustls::client::TlsStream<TcpStream>,
+);
+#[cfg(test)]
+halves_by_lock!(tokio::io::DuplexStream);
+
 /// The packets of a WebSocket connection's frames. The peer's Ping comes out as a Ping
 /// packet, which the engine answers with the Pong the frame writer turns into the Pong frame.
 struct WsPackets {
@@ -473,7 +512,7 @@ impl Unframe for WsPackets {
 /// A WebSocket connection after its upgrade, as the engine's packets in and writer out: the
 /// same read buffer and write batches as a TCP connection, framed as WebSocket messages.
 /// `leftover` holds frames read past the handshake.
-fn websocket<S>(
+fn websocket<S: Halves>(
     stream: S,
     leftover: BytesMut,
     frames: FrameReader,
@@ -484,7 +523,7 @@ fn websocket<S>(
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
-    let (reader, io) = tokio::io::split(stream);
+    let (reader, io) = stream.halves();
     let unframe = WsPackets {
         frames,
         format,
@@ -555,6 +594,8 @@ mod tests {
     #[derive(Clone, Default)]
     struct CountingSocket(Arc<Mutex<(usize, usize)>>);
 
+    halves_by_lock!(CountingSocket);
+
     impl AsyncRead for CountingSocket {
         fn poll_read(
             self: Pin<&mut Self>,
@@ -592,7 +633,7 @@ mod tests {
         })
     }
 
-    fn server_side<S: AsyncRead + AsyncWrite + Send + 'static>(
+    fn server_side<S: Halves>(
         socket: S,
         leftover: BytesMut,
         format: PacketFormat,
