@@ -334,10 +334,7 @@ pub(crate) async fn connect<S: Halves>(
     endpoint: &Endpoint,
     remote: Option<std::net::SocketAddr>,
     config: &ClientBuilder,
-) -> Result<Dialed, Status>
-where
-    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-{
+) -> Result<Dialed, Status> {
     let query = websocket_query(config);
     let separator = if endpoint.path.contains('?') {
         '&'
@@ -519,10 +516,7 @@ fn websocket<S: Halves>(
     writer: FrameWriter,
     format: PacketFormat,
     limits: Limits,
-) -> (PacketStream, PacketWriter)
-where
-    S: AsyncRead + AsyncWrite + Send + 'static,
-{
+) -> (PacketStream, PacketWriter) {
     let (reader, io) = stream.halves();
     let unframe = WsPackets {
         frames,
