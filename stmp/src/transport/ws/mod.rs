@@ -284,6 +284,8 @@ fn handshake_frame(frames: &FrameWriter, handshake: &ServerHandshake, text: bool
         true => handshake.encode_text(&mut message),
         false => handshake.encode(&mut message),
     }
+    // A handshake is text throughout; should it not be, a binary message still carries it.
+    let text = text && std::str::from_utf8(&message).is_ok();
     let mut frame = BytesMut::new();
     frames.message(text, &message, &mut frame);
     frame
