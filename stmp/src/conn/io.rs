@@ -38,17 +38,12 @@ pub(crate) type PacketStream = Pin<Box<dyn PacketSource>>;
 pub(crate) trait PacketSource: Stream<Item = Result<Packet, Status>> + Send {
     /// Whether more input is at hand (bytes of further packets already read, or a packet
     /// ready to be taken), so that the packet just taken is not the last of its read.
-    fn has_buffered(self: Pin<&mut Self>) -> bool {
-        false
-    }
+    fn has_buffered(self: Pin<&mut Self>) -> bool;
 
     /// Whether a read from the transport has brought bytes since the last time this was
     /// asked: asked after each packet, it says whether the packet came with a read of its
-    /// own rather than with the bytes an earlier read brought. A source that cannot tell
-    /// says yes.
-    fn took_a_read(self: Pin<&mut Self>) -> bool {
-        true
-    }
+    /// own rather than with the bytes an earlier read brought.
+    fn took_a_read(self: Pin<&mut Self>) -> bool;
 }
 
 type BoxWrite = Pin<Box<dyn AsyncWrite + Send>>;
@@ -83,16 +78,15 @@ pub(crate) struct ReadLimits {
     pub(crate) inflation: InflationLimit,
 }
 
-/// Where the engine writes packets.
-pub(crate) enum PacketWriter {
-    Stream {
-        io: BoxWrite,
-        buf: BytesMut,
-        framing: Framing,
-        /// The gzip stream the batches go out in, when agreed on.
-        #[cfg(feature = "gzip")]
-        gzip: Option<Box<Deflater>>,
-    },
+/// Where the engine writes packets: a byte stream, with what lays them out on it.
+pub(crate) struct PacketWriter {
+    pub(crate) io: BoxWrite,
+    /// What an inline write left unwritten, and each batch while it is written.
+    pub(crate) buf: BytesMut,
+    pub(crate) framing: Framing,
+    /// The gzip stream the batches go out in, when agreed on.
+    #[cfg(feature = "gzip")]
+    pub(crate) gzip: Option<Box<Deflater>>,
 }
 
 /// How packets are laid out on the byte stream.
@@ -270,45 +264,42 @@ impl PacketWriter {
         packets: &[Packet],
         stall: Duration,
     ) -> Result<(), WriteError> {
-        match self {
-            PacketWriter::Stream {
-                io,
-                buf,
-                framing,
-                #[cfg(feature = "gzip")]
-                gzip,
-            } => {
-                #[cfg(feature = "gzip")]
-                let wire = match gzip {
-                    Some(gzip) => {
-                        // An inline write's leftover is compressed already: it goes as it is.
-                        write_stepped(io.as_mut(), buf, stall).await?;
-                        buf.clear();
-                        match packets.is_empty() {
-                            true => &[][..],
-                            false => {
-                                framing.encode(packets, buf);
-                                gzip.batch(buf).map_err(WriteError::Failed)?
-                            }
-                        }
-                    }
-                    None => {
-                        framing.encode(packets, buf);
-                        &buf[..]
-                    }
-                };
-                #[cfg(not(feature = "gzip"))]
-                let wire = {
-                    framing.encode(packets, buf);
-                    &buf[..]
-                };
-                write_stepped(io.as_mut(), wire, stall).await?;
-                step(stall, io.flush()).await?;
+        let PacketWriter {
+            io,
+            buf,
+            framing,
+            #[cfg(feature = "gzip")]
+            gzip,
+        } = self;
+        #[cfg(feature = "gzip")]
+        let wire = match gzip {
+            Some(gzip) => {
+                // An inline write's leftover is compressed already: it goes as it is.
+                write_stepped(io.as_mut(), buf, stall).await?;
                 buf.clear();
-                if buf.capacity() > KEEP_WRITE_BUFFER {
-                    *buf = BytesMut::new();
+                match packets.is_empty() {
+                    true => &[][..],
+                    false => {
+                        framing.encode(packets, buf);
+                        gzip.batch(buf).map_err(WriteError::Failed)?
+                    }
                 }
             }
+            None => {
+                framing.encode(packets, buf);
+                &buf[..]
+            }
+        };
+        #[cfg(not(feature = "gzip"))]
+        let wire = {
+            framing.encode(packets, buf);
+            &buf[..]
+        };
+        write_stepped(io.as_mut(), wire, stall).await?;
+        step(stall, io.flush()).await?;
+        buf.clear();
+        if buf.capacity() > KEEP_WRITE_BUFFER {
+            *buf = BytesMut::new();
         }
         Ok(())
     }
@@ -317,10 +308,8 @@ impl PacketWriter {
     /// its lone packets are encoded in the thread's scratch buffer. A burst's buffer is not
     /// kept for the connection's life.
     pub(crate) fn give_back_buffer(&mut self) {
-        if let PacketWriter::Stream { buf, .. } = self
-            && buf.is_empty()
-        {
-            *buf = BytesMut::new();
+        if self.buf.is_empty() {
+            self.buf = BytesMut::new();
         }
     }
 
@@ -330,28 +319,30 @@ impl PacketWriter {
     pub(crate) fn write_now(&mut self, packets: &[Packet]) -> Result<bool, Status> {
         // A waker that does nothing: whatever is left, the writer task finishes with its own.
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        let (io, buf) = match self {
+        let PacketWriter {
+            io,
+            buf,
+            framing,
             #[cfg(feature = "gzip")]
-            PacketWriter::Stream {
-                io,
-                buf,
-                framing,
-                gzip: Some(gzip),
-            } => {
+            gzip,
+        } = self;
+        #[cfg(feature = "gzip")]
+        let compressed = match gzip.as_deref_mut() {
+            Some(gzip) => {
                 compress_now(io.as_mut(), &mut cx, packets, framing, gzip, buf)?;
-                (io, buf)
+                true
             }
-            PacketWriter::Stream {
-                io, buf, framing, ..
-            } => {
-                let encoded_in_scratch = buf.is_empty()
-                    && write_through_scratch(io.as_mut(), &mut cx, packets, framing, buf)?;
-                if !encoded_in_scratch {
-                    framing.encode(packets, buf);
-                }
-                (io, buf)
-            }
+            None => false,
         };
+        #[cfg(not(feature = "gzip"))]
+        let compressed = false;
+        if !compressed {
+            let encoded_in_scratch = buf.is_empty()
+                && write_through_scratch(io.as_mut(), &mut cx, packets, framing, buf)?;
+            if !encoded_in_scratch {
+                framing.encode(packets, buf);
+            }
+        }
         if !buf.is_empty() {
             let written = write_without_waiting(io.as_mut(), &mut cx, buf)?;
             bytes::Buf::advance(buf, written);
@@ -373,30 +364,18 @@ impl PacketWriter {
 
     /// Ends the write side (the gzip trailer, then FIN on TCP; a Close frame on WebSocket).
     pub(crate) async fn shutdown(&mut self) {
-        match self {
-            PacketWriter::Stream {
-                io,
-                buf,
-                framing,
-                #[cfg(feature = "gzip")]
-                gzip,
-            } => {
-                #[cfg(feature = "gzip")]
-                if let Some(Ok(trailer)) = gzip.as_mut().map(|gzip| gzip.finish()) {
-                    let _ = io.write_all(trailer).await;
-                }
-                #[cfg(feature = "ws")]
-                if let Framing::WebSocket(frames) = framing {
-                    // After what an inline write left, so that the Close comes last.
-                    frames.close(buf);
-                    let _ = io.write_all(buf).await;
-                    buf.clear();
-                }
-                #[cfg(not(feature = "ws"))]
-                let _ = (buf, framing);
-                let _ = io.shutdown().await;
-            }
+        #[cfg(feature = "gzip")]
+        if let Some(Ok(trailer)) = self.gzip.as_mut().map(|gzip| gzip.finish()) {
+            let _ = self.io.write_all(trailer).await;
         }
+        #[cfg(feature = "ws")]
+        if let Framing::WebSocket(frames) = &self.framing {
+            // After what an inline write left, so that the Close comes last.
+            frames.close(&mut self.buf);
+            let _ = self.io.write_all(&self.buf).await;
+            self.buf.clear();
+        }
+        let _ = self.io.shutdown().await;
     }
 }
 
@@ -422,7 +401,7 @@ where
         let packets = PacketReader::new(plain, codec, BytesMut::new());
         return (
             Box::pin(packets),
-            PacketWriter::Stream {
+            PacketWriter {
                 io: Box::pin(writer),
                 buf: BytesMut::new(),
                 framing: Framing::Stream,
@@ -438,7 +417,7 @@ where
     let io: BoxWrite = Box::pin(writer);
     (
         Box::pin(packets),
-        PacketWriter::Stream {
+        PacketWriter {
             io,
             buf: BytesMut::new(),
             framing: Framing::Stream,
@@ -569,9 +548,7 @@ mod tests {
     }
 
     fn write_buffer(writer: &PacketWriter) -> &BytesMut {
-        match writer {
-            PacketWriter::Stream { buf, .. } => buf,
-        }
+        &writer.buf
     }
 
     #[tokio::test]

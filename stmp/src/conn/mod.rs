@@ -680,7 +680,7 @@ pub(crate) mod tests {
     pub(crate) fn stream_writer(
         io: impl tokio::io::AsyncWrite + Send + 'static,
     ) -> super::io::PacketWriter {
-        super::io::PacketWriter::Stream {
+        super::io::PacketWriter {
             io: Box::pin(io),
             buf: bytes::BytesMut::new(),
             framing: super::io::Framing::Stream,

@@ -335,7 +335,6 @@ mod tests {
     use bytes::BytesMut;
     use tokio::io::AsyncWrite;
 
-    use super::super::io::PacketWriter;
     use super::super::tests::stream_writer;
     use super::*;
     use crate::Code;
@@ -592,8 +591,8 @@ mod tests {
         let buffer = || {
             let taken = conn.shared.writer.take();
             let capacity = match &taken.writer {
-                Some(PacketWriter::Stream { buf, .. }) => buf.capacity(),
-                _ => panic!("the stream writer in its slot"),
+                Some(writer) => writer.buf.capacity(),
+                None => panic!("the stream writer in its slot"),
             };
             conn.shared.writer.put(taken.writer.unwrap());
             capacity

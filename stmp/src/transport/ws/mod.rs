@@ -526,7 +526,7 @@ fn websocket<S: Halves>(
         limits,
     };
     let packets = PacketReader::new(Counted::new(reader), unframe, leftover);
-    let writer = PacketWriter::Stream {
+    let writer = PacketWriter {
         io: Box::pin(Counted::new(io)),
         buf: BytesMut::new(),
         framing: Framing::WebSocket(writer),
