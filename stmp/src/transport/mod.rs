@@ -22,8 +22,10 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
+use tokio::sync::OwnedSemaphorePermit;
 
-use crate::conn::io::byte_stream;
+use crate::conn::io::{PacketStream, PacketWriter, byte_stream};
+use crate::conn::{Conn, Outbox};
 use crate::server::{AcceptBackoff, MAX_HANDSHAKE_SIZE, Refusal, Slot, Ticket, Transport};
 use crate::wire::{ClientHandshake, Limits, ServerHandshake};
 use crate::{Code, Server, Status};
@@ -96,7 +98,7 @@ impl Server {
     /// client asking for it past [`ServerBuilder::max_gzip_connections`] gets a plain stream.
     ///
     /// [`ServerBuilder::max_gzip_connections`]: crate::ServerBuilder::max_gzip_connections
-    fn gzip_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    fn gzip_permit(&self) -> Option<OwnedSemaphorePermit> {
         if !(self.inner.config.gzip && cfg!(feature = "gzip")) {
             return None;
         }
@@ -110,12 +112,40 @@ impl Server {
     /// Runs the handshake on a byte stream, then the connection.
     pub(crate) async fn serve_stream<R, W>(
         &self,
-        mut reader: R,
-        mut writer: W,
+        reader: R,
+        writer: W,
         remote: SocketAddr,
         transport_name: &'static str,
         mut slot: Slot,
     ) where
+        R: AsyncRead + Send + Unpin + 'static,
+        W: AsyncWrite + Send + Unpin + 'static,
+    {
+        let Some((opened, gzip_permit)) = self
+            .open_stream(reader, writer, remote, transport_name)
+            .await
+        else {
+            return;
+        };
+        slot.handshaken();
+        self.run(opened.conn, opened.outbox, opened.packets, opened.writer)
+            .await;
+        // The slot is held until the connection's socket is gone.
+        drop(slot);
+        drop(gzip_permit);
+    }
+
+    /// Both handshakes on a byte stream: the connection, ready to run, once the server's hello
+    /// is sent, and its place among the gzip streams if it uses gzip. A future of its own, so
+    /// that what the handshakes hold is not kept in the connection's task for its whole life.
+    async fn open_stream<R, W>(
+        &self,
+        mut reader: R,
+        mut writer: W,
+        remote: SocketAddr,
+        transport_name: &'static str,
+    ) -> Option<(Opened, Option<OwnedSemaphorePermit>)>
+    where
         R: AsyncRead + Send + Unpin + 'static,
         W: AsyncWrite + Send + Unpin + 'static,
     {
@@ -139,11 +169,11 @@ impl Server {
                 if status.code() != Code::NetworkError {
                     refuse(&mut writer, &status).await;
                 }
-                return;
+                return None;
             }
             Err(_) => {
                 tracing::debug!(%remote, "client handshake timed out");
-                return;
+                return None;
             }
         };
         let gzip_permit = self.gzip_permit();
@@ -161,30 +191,35 @@ impl Server {
             .await;
         let (conn, outbox, agreement) = match established {
             Ok(established) => established,
-            Err(status) => return refuse(&mut writer, &status).await,
+            Err(status) => {
+                refuse(&mut writer, &status).await;
+                return None;
+            }
         };
         // Held while the connection lives, and only if it uses gzip.
         let gzip_permit = gzip_permit.filter(|_| agreement.gzip);
-        let mut out = BytesMut::new();
-        ServerHandshake::ok(agreement.header).encode(&mut out);
-        if writer.write_all(&out).await.is_err() || writer.flush().await.is_err() {
+        let mut hello = BytesMut::new();
+        ServerHandshake::ok(agreement.header).encode(&mut hello);
+        if writer.write_all(&hello).await.is_err() || writer.flush().await.is_err() {
             conn.mark_closed(&Status::network_error(
                 "connection lost during the handshake",
             ));
-            return;
+            return None;
         }
-        slot.handshaken();
-        let (packets, packet_writer) = byte_stream(
+        let (packets, writer) = byte_stream(
             reader,
             writer,
             buffer,
             &self.inner.read_limits,
             agreement.gzip,
         );
-        self.run(conn, outbox, packets, packet_writer).await;
-        // The slot is held until the connection's socket is gone.
-        drop(slot);
-        drop(gzip_permit);
+        let opened = Opened {
+            conn,
+            outbox,
+            packets,
+            writer,
+        };
+        Some((opened, gzip_permit))
     }
 
     /// Turns away a socket over the limits: opens it (a TLS handshake, or nothing), sends the
@@ -219,6 +254,14 @@ impl Server {
 }
 
 /// A failure to bind or to set up a listening socket, with the I/O error as its source.
+/// A connection past both handshakes, ready for [`Server::run`].
+pub(crate) struct Opened {
+    pub(crate) conn: Conn,
+    pub(crate) outbox: Outbox,
+    pub(crate) packets: PacketStream,
+    pub(crate) writer: PacketWriter,
+}
+
 pub(crate) fn cannot_listen(error: std::io::Error) -> Status {
     Status::network_error(format!("cannot listen: {error}")).with_source(error)
 }
@@ -342,8 +385,10 @@ mod tests {
         eprintln!(
             "connection task futures: tcp {tcp} B, tls {tls}, ws {ws}, wss {wss}, quic {quic}"
         );
-        // What TLS and QUIC hold beyond TCP lives on the heap, once.
+        // What TLS, WebSocket and QUIC hold beyond TCP lives on the heap, once, and what the
+        // handshakes hold is not kept once the connection runs.
         assert!(tls <= tcp + 128, "tls {tls} B against tcp {tcp} B");
+        assert!(ws <= tcp + 128, "ws {ws} B against tcp {tcp} B");
         assert!(wss <= ws + 128, "wss {wss} B against ws {ws} B");
         assert!(quic <= tcp + 256, "quic {quic} B against tcp {tcp} B");
     }

@@ -93,6 +93,18 @@ impl Header {
         self.entries.is_empty()
     }
 
+    /// Gives back the room that appends left over: a connection keeps its peer's handshake
+    /// header for its whole life.
+    #[cfg(feature = "ws")]
+    pub(crate) fn shrink_to_fit(&mut self) {
+        self.entries.shrink_to_fit();
+    }
+
+    #[cfg(all(test, feature = "ws"))]
+    pub(crate) fn entries_capacity(&self) -> usize {
+        self.entries.capacity()
+    }
+
     /// The length of [`Header::encode`]'s output.
     pub fn encoded_len(&self) -> usize {
         let text: usize = self

@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, 
 use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use super::Farewell;
+use super::{Farewell, Opened};
 use crate::client::ClientBuilder;
 use crate::client::dial::{Dialed, chosen_codec, client_header, ready};
 use crate::client::endpoint::{Endpoint, Scheme};
@@ -30,6 +30,16 @@ mod head;
 
 const HTTP_KEYS: [&str; 4] = ["Accept", "Accept-Encoding", "Packet-Format", "Stmp-Version"];
 
+/// The HTTP headers that only drive the upgrade itself. Once it is done they say nothing to the
+/// application, and the connection would carry them for its whole life.
+const UPGRADE_ONLY: [&str; 5] = [
+    "connection",
+    "upgrade",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-extensions",
+];
+
 /// tungstenite's settings for the HTTP upgrade, which is all it does here: it reads the head
 /// only ([`HeadOnly`]) and writes no frame, so its buffers stay small.
 fn upgrade_config() -> WebSocketConfig {
@@ -44,8 +54,8 @@ fn max_message(max_packet_size: usize) -> usize {
 }
 
 /// The stmp handshake of a WebSocket upgrade: query parameters, then the HTTP headers (the
-/// known ones in their stmp spelling, the others by their lower-case name), each key the
-/// query does not have. Applications send their entries (tokens…) as headers, out of URLs.
+/// known ones in their stmp spelling, the others by their lower-case name) but those of the
+/// upgrade itself ([`UPGRADE_ONLY`]), each key the query does not have. Applications send their entries (tokens…) as headers, out of URLs.
 /// The result is held to the header limits, as a binary handshake's header is; the query is
 /// checked before it is parsed.
 pub(crate) fn handshake_from_request(request: &Request, limits: &Limits) -> Result<Header, Status> {
@@ -70,6 +80,9 @@ pub(crate) fn handshake_from_request(request: &Request, limits: &Limits) -> Resu
     }
     let from_query: Vec<String> = header.iter().map(|(k, _)| k.to_owned()).collect();
     for (name, value) in request.headers() {
+        if UPGRADE_ONLY.contains(&name.as_str()) {
+            continue;
+        }
         let key = HTTP_KEYS
             .into_iter()
             .find(|known| name.as_str().eq_ignore_ascii_case(known))
@@ -94,6 +107,7 @@ pub(crate) fn handshake_from_request(request: &Request, limits: &Limits) -> Resu
             limits.max_header_size
         )));
     }
+    header.shrink_to_fit();
     Ok(header)
 }
 
@@ -189,14 +203,13 @@ impl Server {
         .await
     }
 
-    pub(crate) async fn serve_websocket<S: Halves>(
+    /// The HTTP upgrade, with the stmp handshake it carries; `None` when it failed (logged).
+    async fn upgrade<S: Halves>(
         &self,
         stream: S,
         remote: SocketAddr,
         path: &str,
-        transport: &'static str,
-        mut slot: Slot,
-    ) {
+    ) -> Option<(S, BytesMut, Result<Header, Status>)> {
         let config = &self.inner.config;
         let limits = config.wire_limits();
         let mut header = None;
@@ -214,8 +227,7 @@ impl Server {
             header = Some(handshake_from_request(request, &limits));
             Ok(response)
         };
-        // Boxed for the handshake only: its nested states each hold the socket, and inline
-        // they would size this task for the connection's whole life.
+        // Boxed for the handshake only: its nested states each hold the socket.
         let upgrade = Box::pin(tokio_tungstenite::accept_hdr_async_with_config(
             HeadOnly::new(stream),
             callback,
@@ -223,12 +235,53 @@ impl Server {
         ));
         let socket = match tokio::time::timeout(config.handshake_timeout, upgrade).await {
             Ok(Ok(socket)) => socket,
-            Ok(Err(error)) => return tracing::debug!(%remote, %error, "websocket upgrade failed"),
-            Err(_) => return tracing::debug!(%remote, "websocket upgrade timed out"),
+            Ok(Err(error)) => {
+                tracing::debug!(%remote, %error, "websocket upgrade failed");
+                return None;
+            }
+            Err(_) => {
+                tracing::debug!(%remote, "websocket upgrade timed out");
+                return None;
+            }
         };
         // From here on the engine reads and writes the frames itself.
-        let (mut stream, leftover) = socket.into_inner().into_parts();
-        let header = header.unwrap_or_else(|| Ok(Header::new()));
+        let (stream, leftover) = socket.into_inner().into_parts();
+        Some((
+            stream,
+            leftover,
+            header.unwrap_or_else(|| Ok(Header::new())),
+        ))
+    }
+
+    pub(crate) async fn serve_websocket<S: Halves>(
+        &self,
+        stream: S,
+        remote: SocketAddr,
+        path: &str,
+        transport: &'static str,
+        mut slot: Slot,
+    ) {
+        let Some(opened) = self.open_websocket(stream, remote, path, transport).await else {
+            return;
+        };
+        slot.handshaken();
+        self.run(opened.conn, opened.outbox, opened.packets, opened.writer)
+            .await;
+        // The slot is held until the connection's socket is gone.
+        drop(slot);
+    }
+
+    /// The upgrade and both handshakes: the connection, ready to run, once the server's hello
+    /// is sent. Its own future, like [`Server::upgrade`].
+    async fn open_websocket<S: Halves>(
+        &self,
+        stream: S,
+        remote: SocketAddr,
+        path: &str,
+        transport: &'static str,
+    ) -> Option<Opened> {
+        let limits = self.inner.config.wire_limits();
+        let (mut stream, leftover, header) = self.upgrade(stream, remote, path).await?;
         // A refusal can only be sent in the format the client asked for if we know it.
         let text = header.as_ref().is_ok_and(|header| {
             header
@@ -253,7 +306,7 @@ impl Server {
                 frames.close(&mut refusal);
                 let _ = stream.write_all(&refusal).await;
                 let _ = stream.shutdown().await;
-                return;
+                return None;
             }
         };
         let format = agreement.format;
@@ -264,15 +317,17 @@ impl Server {
             conn.mark_closed(&Status::network_error(
                 "connection lost during the handshake",
             ));
-            return;
+            return None;
         }
-        slot.handshaken();
         let reader = FrameReader::new(Role::Server, max_message(limits.max_packet_size), owed)
             .with_budget(self.inner.read_limits.buffered.clone());
         let (packets, writer) = websocket(stream, leftover, reader, frames, format, limits);
-        self.run(conn, outbox, packets, writer).await;
-        // The slot is held until the connection's socket is gone.
-        drop(slot);
+        Some(Opened {
+            conn,
+            outbox,
+            packets,
+            writer,
+        })
     }
 }
 
@@ -564,6 +619,29 @@ mod tests {
         assert_eq!(header.get("Packet-Format"), Some("text"));
         assert_eq!(header.get_all("token").collect::<Vec<_>>(), ["from-query"]);
         assert_eq!(header.get("device"), Some("phone"));
+    }
+
+    #[test]
+    fn the_headers_of_the_upgrade_itself_are_not_kept() {
+        let request = Request::builder()
+            .uri("/room?Stmp-Version=1.0")
+            .header("host", "example.com")
+            .header("connection", "Upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .header("sec-websocket-extensions", "permessage-deflate")
+            .header("sec-websocket-protocol", "chat")
+            .header("origin", "https://example.com")
+            .body(())
+            .unwrap();
+        let header = handshake_from_request(&request, &Limits::DEFAULT).unwrap();
+        let keys: Vec<&str> = header.iter().map(|(key, _)| key).collect();
+        assert_eq!(
+            keys,
+            ["Stmp-Version", "host", "sec-websocket-protocol", "origin"]
+        );
+        assert_eq!(header.entries_capacity(), header.len());
     }
 
     #[test]
