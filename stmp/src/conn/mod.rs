@@ -192,7 +192,10 @@ impl Conn {
     }
 
     /// The header of the peer's handshake: the client's (`Accept`, auth tokens…) on a server,
-    /// the server's (`Content-Type`…) on a client.
+    /// the server's (`Content-Type`…) on a client. Over WebSocket the client's is the upgrade
+    /// request's query and HTTP headers (`Host`, `Origin`, `Cookie`…), except those that only
+    /// drive the upgrade (`Connection`, `Upgrade`, `Sec-WebSocket-Key`, `-Version`,
+    /// `-Extensions`).
     pub fn peer_header(&self) -> &Header {
         &self.shared.peer_header
     }
