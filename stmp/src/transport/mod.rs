@@ -121,15 +121,24 @@ impl Server {
         R: AsyncRead + Send + Unpin + 'static,
         W: AsyncWrite + Send + Unpin + 'static,
     {
-        let Some((opened, gzip_permit)) = self
+        // Taken apart at once: a local moved out of only in part would keep its place in this
+        // future while the connection runs.
+        let Some((
+            Opened {
+                conn,
+                outbox,
+                packets,
+                writer,
+            },
+            gzip_permit,
+        )) = self
             .open_stream(reader, writer, remote, transport_name)
             .await
         else {
             return;
         };
         slot.handshaken();
-        self.run(opened.conn, opened.outbox, opened.packets, opened.writer)
-            .await;
+        self.run(conn, outbox, packets, writer).await;
         // The slot is held until the connection's socket is gone.
         drop(slot);
         drop(gzip_permit);

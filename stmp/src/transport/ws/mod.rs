@@ -261,12 +261,19 @@ impl Server {
         transport: &'static str,
         mut slot: Slot,
     ) {
-        let Some(opened) = self.open_websocket(stream, remote, path, transport).await else {
+        // Taken apart at once: a local moved out of only in part would keep its place in this
+        // future while the connection runs.
+        let Some(Opened {
+            conn,
+            outbox,
+            packets,
+            writer,
+        }) = self.open_websocket(stream, remote, path, transport).await
+        else {
             return;
         };
         slot.handshaken();
-        self.run(opened.conn, opened.outbox, opened.packets, opened.writer)
-            .await;
+        self.run(conn, outbox, packets, writer).await;
         // The slot is held until the connection's socket is gone.
         drop(slot);
     }
