@@ -262,7 +262,6 @@ impl Server {
     }
 }
 
-/// A failure to bind or to set up a listening socket, with the I/O error as its source.
 /// A connection past both handshakes, ready for [`Server::run`].
 pub(crate) struct Opened {
     pub(crate) conn: Conn,
@@ -271,6 +270,7 @@ pub(crate) struct Opened {
     pub(crate) writer: PacketWriter,
 }
 
+/// A failure to bind or to set up a listening socket, with the I/O error as its source.
 pub(crate) fn cannot_listen(error: std::io::Error) -> Status {
     Status::network_error(format!("cannot listen: {error}")).with_source(error)
 }

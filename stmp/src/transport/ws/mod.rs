@@ -54,10 +54,10 @@ fn max_message(max_packet_size: usize) -> usize {
 }
 
 /// The stmp handshake of a WebSocket upgrade: query parameters, then the HTTP headers (the
-/// known ones in their stmp spelling, the others by their lower-case name) but those of the
-/// upgrade itself ([`UPGRADE_ONLY`]), each key the query does not have. Applications send their entries (tokens…) as headers, out of URLs.
-/// The result is held to the header limits, as a binary handshake's header is; the query is
-/// checked before it is parsed.
+/// known ones in their stmp spelling, the others by their lower-case name) except those of the
+/// upgrade itself ([`UPGRADE_ONLY`]), each key the query does not have. Applications send
+/// their entries (tokens…) as headers, out of URLs. The result is held to the header limits,
+/// as a binary handshake's header is; the query is checked before it is parsed.
 pub(crate) fn handshake_from_request(request: &Request, limits: &Limits) -> Result<Header, Status> {
     let mut header = Header::new();
     if let Some(query) = request.uri().query() {
