@@ -576,7 +576,7 @@ fn requested(conn: &Conn) -> Status {
     conn.shared
         .requested_status
         .get()
-        .cloned()
+        .map(|status| Status::clone(status))
         .unwrap_or_else(|| Status::new(Code::Ok, ""))
 }
 
@@ -597,7 +597,7 @@ async fn finish(conn: Conn, ending: Ending, writer_task: &Arc<WriterTask>, grace
         let _ = conn.try_queue_inline(Packet::close(status.code(), status.message()));
     }
     tracing::debug!(conn = conn.id(), %status, "connection closed");
-    let _ = conn.shared.close_status.set(status.clone());
+    let _ = conn.shared.close_status.set(Box::new(status.clone()));
     conn.fail_calls(&status);
     // The writer's last turn writes what is queued, the Close among it: in its task if one
     // runs, here otherwise. Given up on (dropped, or the task aborted) after the grace.

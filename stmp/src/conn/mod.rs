@@ -101,9 +101,11 @@ pub(crate) struct Shared {
     pending: Calls,
     extensions: Extensions,
     default_timeout: Duration,
-    requested_status: OnceLock<Status>,
+    /// Boxed, as `close_status` is: most connections never set it, and a status is 48 B.
+    requested_status: OnceLock<Box<Status>>,
     closed: CancellationToken,
-    close_status: OnceLock<Status>,
+    /// Set once, when the connection ends; boxed so that it takes one word until then.
+    close_status: OnceLock<Box<Status>>,
     on_close: Mutex<Vec<CloseCallback>>,
 }
 
@@ -540,7 +542,7 @@ impl Conn {
         let _ = self
             .shared
             .requested_status
-            .set(Status::new(code, reason.into()));
+            .set(Box::new(Status::new(code, reason.into())));
         self.shared.close_requested.request();
     }
 
@@ -558,7 +560,7 @@ impl Conn {
 
     /// Why the connection ended, once it has.
     pub fn close_status(&self) -> Option<Status> {
-        self.shared.close_status.get().cloned()
+        self.shared.close_status.get().map(|status| Status::clone(status))
     }
 
     /// Runs `callback` with the close status when the connection ends (at once if it has).
@@ -583,7 +585,7 @@ impl Conn {
     /// connection refused or broken before its engine ran, so what authentication attached
     /// to it is still cleaned up.
     pub(crate) fn mark_closed(&self, status: &Status) {
-        let _ = self.shared.close_status.set(status.clone());
+        let _ = self.shared.close_status.set(Box::new(status.clone()));
         self.fail_calls(status);
         // Senders waiting for room learn the connection is gone.
         self.shared.outbox.close();
