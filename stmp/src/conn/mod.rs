@@ -560,7 +560,10 @@ impl Conn {
 
     /// Why the connection ended, once it has.
     pub fn close_status(&self) -> Option<Status> {
-        self.shared.close_status.get().map(|status| Status::clone(status))
+        self.shared
+            .close_status
+            .get()
+            .map(|status| Status::clone(status))
     }
 
     /// Runs `callback` with the close status when the connection ends (at once if it has).
