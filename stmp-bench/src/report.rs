@@ -168,10 +168,27 @@ impl Report {
                 })
         };
         let multiplexed = Point::Multiplexed;
+        // What a baseline with nothing of stmp reaches against `other` at the same point: a
+        // ratio stmp cannot pass on this host.
+        let ceiling = |baseline: System, other: System, label: &str| {
+            self.unary(baseline, 32, multiplexed)
+                .zip(self.unary(other, 32, multiplexed))
+                .map_or(String::new(), |(b, o)| {
+                    format!(
+                        "; {label} {} req/s = {} {}",
+                        rate(b.rps),
+                        ratio(b.rps / o.rps),
+                        other.label()
+                    )
+                })
+        };
+        // The raw echo's own ratio to tonic moves with the host more than stmp's does: the
+        // target is beyond it on some hosts.
+        let raw_over_tonic = ceiling(System::RawTcp, System::Tonic, "raw tcp echo (pipelined)");
         push(
             format!("{depth} in flight on 1 conn, 32 B: stmp tcp ≥ 10× tonic req/s"),
             throughput(System::StmpTcp, System::Tonic, 32, multiplexed)
-                .map(|(m, x)| (m, x >= 10.0)),
+                .map(|(m, x)| (format!("{m}{raw_over_tonic}"), x >= 10.0)),
         );
         push(
             format!("{depth} in flight on 1 conn, 32 B: stmp ws ≥ 0.7× stmp tcp req/s"),
@@ -190,16 +207,11 @@ impl Report {
         );
         // quinn's own echo shows how much of the gap is QUIC through quinn: stmp quic cannot
         // go faster than it.
-        let quinn_ceiling = self
-            .unary(System::RawQuic, 32, multiplexed)
-            .zip(self.unary(System::StmpTcp, 32, multiplexed))
-            .map_or(String::new(), |(q, t)| {
-                format!(
-                    "; quinn's own echo (raw quic echo, pipelined) {} req/s = {} stmp tcp",
-                    rate(q.rps),
-                    ratio(q.rps / t.rps)
-                )
-            });
+        let quinn_ceiling = ceiling(
+            System::RawQuic,
+            System::StmpTcp,
+            "quinn's own echo (raw quic echo, pipelined)",
+        );
         push(
             format!("{depth} in flight on 1 conn, 32 B: stmp quic ≥ 0.8× stmp tcp req/s"),
             throughput(System::StmpQuic, System::StmpTcp, 32, multiplexed)
