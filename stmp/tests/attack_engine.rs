@@ -556,6 +556,41 @@ async fn a_burst_of_buffered_packets_does_not_starve_other_tasks() {
     assert!(turns >= PONGS / 64 / 4, "the probe ran {turns} times");
 }
 
+/// Requests the engine has already read are taken one after another without polling what it
+/// waits on; a close asked for meanwhile is still heard before the next of them.
+#[tokio::test]
+async fn a_close_asked_for_during_a_burst_of_read_requests_is_heard_before_the_next() {
+    let server = Server::builder().build();
+    let handled = Arc::new(AtomicUsize::new(0));
+    server.router().route(&ECHO, {
+        let handled = handled.clone();
+        move |ctx: Context, input: Echo| {
+            handled.fetch_add(1, Ordering::Relaxed);
+            ctx.conn().close(Code::ServerShutdown, "enough");
+            async move { Ok::<_, Status>(input) }
+        }
+    });
+    let addr = server.listen_tcp("127.0.0.1:0").await.unwrap();
+    let (mut socket, mut buffer) = raw(addr, None).await;
+    const BURST: u16 = 200;
+    let burst = encode((1..=BURST).map(|mid| request(mid, &ECHO, &echo("hi"))));
+    socket.write_all(&burst).await.unwrap();
+    let mut answers = 0;
+    let close = loop {
+        match next_packet(&mut socket, &mut buffer, 1 << 16).await {
+            Some(Packet::Response(_)) => answers += 1,
+            Some(Packet::Close(close)) => break close,
+            other => panic!("neither an answer nor the Close: {other:?}"),
+        }
+    };
+    assert_eq!(close.status, Code::ServerShutdown);
+    // The first request asks for the close, and the Close follows its answer. (What was read
+    // with it is still handled while the connection closes, but answered after the Close,
+    // that is never.)
+    assert_eq!(answers, 1);
+    assert!(handled.load(Ordering::Relaxed) >= 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_connection_cannot_take_the_whole_in_flight_budget() {
     let server = Server::builder()

@@ -115,6 +115,8 @@ async fn the_server_calls_a_method_the_client_serves() {
                 Ok::<_, Status>(echo(&format!("client got {}", input.text)))
             });
         let id = client.conn().unwrap().id();
+        // The server's hello reaches the client before the server lists the connection.
+        until(|| !server.conns().is_empty()).await;
         let conns = server.conns().to_vec();
         let on_server = conns
             .iter()

@@ -71,6 +71,11 @@ impl CloseRequest {
         }
     }
 
+    /// Whether anything was reported that the engine has not heard yet.
+    pub(crate) fn is_raised(&self) -> bool {
+        self.raised.load(Ordering::Acquire) != 0
+    }
+
     #[cfg(test)]
     pub(crate) fn is_requested(&self) -> bool {
         self.raised.load(Ordering::Acquire) & CLOSE != 0

@@ -253,68 +253,94 @@ impl Engine {
             let shared = conn.shared.clone();
 
             let ending = loop {
-                let action = tokio::select! {
-                    biased;
-                    // The writer's failure always; a close request until closing.
-                    heard = shared.close_requested.heard_of(!state.is_closing()) => match heard {
-                        Heard::WriteFailed(status) => Action::End(state.handle_write_failed(status)),
-                        Heard::CloseRequested => {
-                            let action = state.close(now(), requested(&conn));
-                            if let Some(deadline) = state.close_deadline() {
-                                grace.set(Instant::from_std(deadline));
-                            }
-                            action
+                // A packet whose bytes are already buffered is taken without the wait below
+                // unless reading is parked, the connection closes, or something the wait
+                // watches is due. Per packet, the wait polled the close request and two timers
+                // (registering a waker each time) to find nothing due.
+                let watched_first = book.parked.is_some()
+                    || state.is_closing()
+                    || shared.close_requested.is_raised()
+                    || (book.calls_due_at.is_some() && calls_due.is_elapsed())
+                    || (book.watching_deferral && deferral_watch.is_elapsed())
+                    || heartbeat.is_elapsed();
+                let buffered = match watched_first {
+                    true => None,
+                    false => reader.as_mut().next_buffered(),
+                };
+                let step = match buffered {
+                    Some(item) => Step::Read(Some(item)),
+                    None => tokio::select! {
+                        biased;
+                        // The writer's failure always; a close request until closing.
+                        heard = shared.close_requested.heard_of(!state.is_closing()) => {
+                            Step::Act(match heard {
+                                Heard::WriteFailed(status) => {
+                                    Action::End(state.handle_write_failed(status))
+                                }
+                                Heard::CloseRequested => {
+                                    let action = state.close(now(), requested(&conn));
+                                    if let Some(deadline) = state.close_deadline() {
+                                        grace.set(Instant::from_std(deadline));
+                                    }
+                                    action
+                                }
+                                Heard::SoonerDeadline => {
+                                    book.calls_due_at =
+                                        set_alarm(&mut calls_due, conn.expire_calls(now()));
+                                    Action::Idle
+                                }
+                            })
                         }
-                        Heard::SoonerDeadline => {
+                        _ = calls_due.rung(), if book.calls_due_at.is_some() => {
                             book.calls_due_at = set_alarm(&mut calls_due, conn.expire_calls(now()));
-                            Action::Idle
+                            Step::Act(Action::Idle)
+                        }
+                        _ = deferral_watch.rung(), if book.watching_deferral => {
+                            book.watching_deferral = conn.shared.outbox.release_deferred();
+                            Step::Act(Action::Idle)
+                        }
+                        _ = grace.rung(), if state.is_closing() => {
+                            Step::Act(state.handle_timeout(now()))
+                        }
+                        queued = unpark(&mut book.parked), if book.parked.is_some() => {
+                            book.parked = None;
+                            Step::Act(match queued {
+                                Ok(()) => {
+                                    state.resume_reading(now());
+                                    Action::Idle
+                                }
+                                Err(status) => Action::End(state.handle_write_failed(status)),
+                            })
+                        }
+                        item = reader.next(), if book.parked.is_none() => Step::Read(item),
+                        _ = &mut heartbeat => {
+                            book.heartbeat_rang = true;
+                            Step::Act(state.handle_timeout(now()))
                         }
                     },
-                    _ = calls_due.rung(), if book.calls_due_at.is_some() => {
-                        book.calls_due_at = set_alarm(&mut calls_due, conn.expire_calls(now()));
-                        Action::Idle
-                    }
-                    _ = deferral_watch.rung(), if book.watching_deferral => {
-                        book.watching_deferral = conn.shared.outbox.release_deferred();
-                        Action::Idle
-                    }
-                    _ = grace.rung(), if state.is_closing() => state.handle_timeout(now()),
-                    queued = unpark(&mut book.parked), if book.parked.is_some() => {
-                        book.parked = None;
-                        match queued {
-                            Ok(()) => {
-                                state.resume_reading(now());
-                                Action::Idle
-                            }
-                            Err(status) => Action::End(state.handle_write_failed(status)),
+                };
+                let action = match step {
+                    Step::Act(action) => action,
+                    Step::Read(Some(Ok(packet))) => {
+                        book.since_yield += 1;
+                        if book.since_yield == YIELD_EVERY {
+                            book.since_yield = 0;
+                            tokio::task::yield_now().await;
                         }
-                    }
-                    item = reader.next(), if book.parked.is_none() => match item {
-                        Some(Ok(packet)) => {
-                            book.since_yield += 1;
-                            if book.since_yield == YIELD_EVERY {
-                                book.since_yield = 0;
-                                tokio::task::yield_now().await;
-                            }
-                            // A packet decoded from bytes an earlier read brought arrived with
-                            // that read: the clock is read once per read, not once per packet.
-                            if reader.as_mut().took_a_read() {
-                                book.arrived = now();
-                            }
-                            state.handle_packet(book.arrived, packet)
+                        // A packet decoded from bytes an earlier read brought arrived with
+                        // that read: the clock is read once per read, not once per packet.
+                        if reader.as_mut().took_a_read() {
+                            book.arrived = now();
                         }
-                        Some(Err(status)) => {
-                            if status.code() != Code::NetworkError {
-                                tracing::debug!(conn = conn.id(), %status, "closing on bad input");
-                            }
-                            Action::End(state.handle_read_end(Some(status)))
-                        }
-                        None => Action::End(state.handle_read_end(None)),
-                    },
-                    _ = &mut heartbeat => {
-                        book.heartbeat_rang = true;
-                        state.handle_timeout(now())
+                        state.handle_packet(book.arrived, packet)
                     }
+                    Step::Read(Some(Err(status))) => {
+                        if status.code() != Code::NetworkError {
+                            tracing::debug!(conn = conn.id(), %status, "closing on bad input");
+                        }
+                        Action::End(state.handle_read_end(Some(status)))
+                    }
+                    Step::Read(None) => Action::End(state.handle_read_end(None)),
                 };
                 match action {
                     Action::Idle => {}
@@ -439,6 +465,13 @@ struct Bookkeeping {
     watching_deferral: bool,
     /// The heartbeat timer rang on this turn of the loop.
     heartbeat_rang: bool,
+}
+
+/// What one turn of the engine's loop got: an action from what it watches, or what the reader
+/// gave.
+enum Step {
+    Act(Action),
+    Read(Option<Result<Packet, Status>>),
 }
 
 /// A timer that rarely rings, made the first time it is set: most connections never close

@@ -44,6 +44,11 @@ pub(crate) trait PacketSource: Stream<Item = Result<Packet, Status>> + Send {
     /// asked: asked after each packet, it says whether the packet came with a read of its
     /// own rather than with the bytes an earlier read brought.
     fn took_a_read(self: Pin<&mut Self>) -> bool;
+
+    /// The next packet if all of it is already buffered, without reading: what `next` would
+    /// give at once. `None` when more bytes are needed or the stream has ended (`next` then
+    /// says which).
+    fn next_buffered(self: Pin<&mut Self>) -> Option<Result<Packet, Status>>;
 }
 
 type BoxWrite = Pin<Box<dyn AsyncWrite + Send>>;

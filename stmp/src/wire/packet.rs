@@ -268,18 +268,28 @@ impl Packet {
             head |= SA;
         }
         dst.reserve(self.encoded_stream_len());
-        dst.put_u8(head);
+        // The fixed fields and an action id leave in one copy: each `put` checks the room
+        // and copies on its own, and a request took nine of them.
+        let mut fixed = [0; FIXED_MAX];
+        fixed[0] = head;
+        let mut len = 1;
         if let Some(mid) = parts.mid {
-            dst.put_u16_le(mid);
+            fixed[len..len + 2].copy_from_slice(&mid.to_le_bytes());
+            len += 2;
         }
         if let Some(status) = parts.status {
-            dst.put_u8(status.as_u8());
+            fixed[len] = status.as_u8();
+            len += 1;
         }
         match parts.action {
-            None => {}
-            Some(Action::Id(id)) => varint::put(dst, *id),
+            None => dst.put_slice(&fixed[..len]),
+            Some(Action::Id(id)) => {
+                len += varint::write(&mut fixed[len..], *id);
+                dst.put_slice(&fixed[..len]);
+            }
             Some(Action::Method(name)) => {
-                varint::put(dst, name.len() as u64);
+                len += varint::write(&mut fixed[len..], name.len() as u64);
+                dst.put_slice(&fixed[..len]);
                 dst.put_slice(name.as_bytes());
             }
         }
@@ -327,6 +337,10 @@ pub(crate) struct Parts<'a> {
     pub(crate) header: Option<&'a Header>,
     pub(crate) payload: &'a [u8],
 }
+
+/// The head byte, a message id, a status and a varint: the most [`Packet::encode_stream`]
+/// writes before the method name, header and payload.
+const FIXED_MAX: usize = 1 + 2 + 1 + varint::MAX_LEN;
 
 fn prefixed_len(len: usize) -> usize {
     varint::encoded_len(len as u64) + len

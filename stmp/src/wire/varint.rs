@@ -5,12 +5,25 @@ use bytes::BufMut;
 /// The longest varint of a `u64`.
 pub(crate) const MAX_LEN: usize = 10;
 
-pub(crate) fn put(dst: &mut impl BufMut, mut value: u64) {
+/// Appends `value` in one `put_slice`: a `BytesMut` checks its room and copies once per call,
+/// which byte by byte cost a 5-byte action id about as much as the rest of its packet header.
+pub(crate) fn put(dst: &mut impl BufMut, value: u64) {
+    let mut bytes = [0; MAX_LEN];
+    let len = write(&mut bytes, value);
+    dst.put_slice(&bytes[..len]);
+}
+
+/// Writes `value` at the start of `dst` (which has room for [`encoded_len`] bytes); returns
+/// how many bytes it took.
+pub(crate) fn write(dst: &mut [u8], mut value: u64) -> usize {
+    let mut len = 0;
     while value >= 0x80 {
-        dst.put_u8((value as u8) | 0x80);
+        dst[len] = (value as u8) | 0x80;
         value >>= 7;
+        len += 1;
     }
-    dst.put_u8(value as u8);
+    dst[len] = value as u8;
+    len + 1
 }
 
 pub(crate) const fn encoded_len(value: u64) -> usize {
@@ -65,6 +78,21 @@ mod tests {
             assert_eq!(out, wire, "{value:#x}");
             assert_eq!(encoded_len(value), wire.len());
             assert_eq!(get(wire), Ok((value, wire.len())));
+        }
+    }
+
+    #[test]
+    fn every_length_round_trips_and_is_written_at_once() {
+        for bits in 0..64 {
+            for value in [(1u64 << bits) - 1, 1u64 << bits, (1u64 << bits) + 1] {
+                let mut bytes = [0xAA; MAX_LEN];
+                let len = write(&mut bytes, value);
+                assert_eq!(len, encoded_len(value), "{value:#x}");
+                assert_eq!(get(&bytes[..len]), Ok((value, len)), "{value:#x}");
+                let mut out = bytes::BytesMut::new();
+                put(&mut out, value);
+                assert_eq!(&out[..], &bytes[..len], "{value:#x}");
+            }
         }
     }
 

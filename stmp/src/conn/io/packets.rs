@@ -138,6 +138,25 @@ impl<R: AsyncRead + Unpin + Send, U: Unframe> super::PacketSource for PacketRead
     fn took_a_read(self: Pin<&mut Self>) -> bool {
         std::mem::take(&mut self.get_mut().read_since_asked)
     }
+
+    fn next_buffered(self: Pin<&mut Self>) -> Option<Result<Packet, Status>> {
+        let this = self.get_mut();
+        if this.done {
+            return None;
+        }
+        match this.unframe.next_packet(&mut this.buffer) {
+            Ok(Unframed::Packet(packet)) => Some(Ok(packet)),
+            Ok(Unframed::More) => None,
+            Ok(Unframed::End) => {
+                this.done = true;
+                None
+            }
+            Err(status) => {
+                this.done = true;
+                Some(Err(status))
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -149,6 +168,7 @@ mod tests {
     use tokio::io::AsyncWriteExt;
 
     use super::*;
+    use crate::conn::io::PacketSource;
     use crate::conn::io::read_ahead::{CountReads, MAX_READ_AHEAD, MIN_READ_AHEAD};
     use crate::wire::{Action, Header, Limits, Request};
 
@@ -200,6 +220,56 @@ mod tests {
         assert_eq!(waiting(&mut packets), 0, "idle again: given back");
         peer.write_all(&[0x90]).await.unwrap();
         assert_eq!(packets.next().await.unwrap().unwrap(), Packet::Pong);
+    }
+
+    #[tokio::test]
+    async fn buffered_packets_are_taken_without_a_read_and_a_partial_one_waits_for_it() {
+        let (mut peer, ours) = tokio::io::duplex(64 << 10);
+        let mut packets = reader(CountReads::new(ours));
+        assert!(
+            Pin::new(&mut packets).next_buffered().is_none(),
+            "nothing read yet"
+        );
+
+        let mut bytes = BytesMut::new();
+        for mid in 1..=3 {
+            request(mid, 40).encode_stream(&mut bytes);
+        }
+        let mut last = BytesMut::new();
+        request(4, 40).encode_stream(&mut last);
+        bytes.extend_from_slice(&last[..10]);
+        peer.write_all(&bytes).await.unwrap();
+        let mid = |packet: Packet| match packet {
+            Packet::Request(request) => request.mid,
+            other => panic!("not a request: {other:?}"),
+        };
+        assert_eq!(mid(packets.next().await.unwrap().unwrap()), 1);
+        for expected in [2, 3] {
+            let taken = Pin::new(&mut packets).next_buffered();
+            assert_eq!(mid(taken.expect("buffered").unwrap()), expected);
+        }
+        assert!(
+            Pin::new(&mut packets).next_buffered().is_none(),
+            "only part of the fourth is here"
+        );
+        assert_eq!(packets.reader.reads, 1, "one read brought the three");
+
+        peer.write_all(&last[10..]).await.unwrap();
+        assert_eq!(mid(packets.next().await.unwrap().unwrap()), 4);
+        assert_eq!(packets.reader.reads, 2);
+
+        // Bytes that are no packet are the error `next` would give, and the end.
+        let mut bytes = BytesMut::new();
+        request(5, 40).encode_stream(&mut bytes);
+        bytes.extend_from_slice(&[0xff; 16]);
+        peer.write_all(&bytes).await.unwrap();
+        assert_eq!(mid(packets.next().await.unwrap().unwrap()), 5);
+        assert!(matches!(
+            Pin::new(&mut packets).next_buffered(),
+            Some(Err(_))
+        ));
+        assert!(Pin::new(&mut packets).next_buffered().is_none());
+        assert!(packets.next().await.is_none(), "nothing after the error");
     }
 
     #[tokio::test]
