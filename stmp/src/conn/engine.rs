@@ -349,8 +349,14 @@ impl Engine {
                         book.parked = reply(&conn, packet, alone);
                     }
                     Action::Signal(packet) => {
+                        let ours_ends = matches!(packet, Packet::Close(_));
                         // A Ping or a Close costs no room: it gets through a full queue.
                         let _ = conn.try_queue_inline(packet);
+                        if ours_ends {
+                            // Nothing follows our Close on the wire: the answers of handlers
+                            // still running, events and calls are refused from here on.
+                            conn.shared.outbox.close();
+                        }
                     }
                     Action::Handle(request, held) => {
                         // The only work under way, and no more input at hand: its answer may

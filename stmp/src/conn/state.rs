@@ -137,6 +137,9 @@ impl ConnState {
         match packet {
             Packet::Ping => Action::Reply(Packet::Pong),
             Packet::Pong => Action::Idle,
+            // After our Close nothing more is written, so nothing is started that would
+            // answer: the peer's calls fail when our Close reaches it.
+            Packet::Request(_) | Packet::Notify(_) if self.is_closing() => Action::Idle,
             Packet::Request(request) => self.admit_request(request),
             Packet::Notify(notify) => {
                 let cost = notify.payload.len() + header_cost(&notify.header);
@@ -512,6 +515,12 @@ mod tests {
         );
         assert!(conn.is_closing());
         assert_eq!(conn.close_deadline(), Some(t0 + GRACE));
+        // What the peer sends before it hears our Close is not taken up: nothing would answer.
+        assert!(matches!(
+            conn.handle_packet(t0, request(1, 10)),
+            Action::Idle
+        ));
+        assert!(matches!(conn.handle_packet(t0, notify(10)), Action::Idle));
         // A second close changes nothing.
         assert!(matches!(
             conn.close(t0, Status::internal("again")),
