@@ -348,15 +348,10 @@ impl Engine {
                         let alone = !reader.as_mut().has_buffered();
                         book.parked = reply(&conn, packet, alone);
                     }
+                    // A Ping or a Close costs no room: it gets through a full queue.
+                    Action::Signal(close @ Packet::Close(_)) => conn.send_close(close),
                     Action::Signal(packet) => {
-                        let ours_ends = matches!(packet, Packet::Close(_));
-                        // A Ping or a Close costs no room: it gets through a full queue.
                         let _ = conn.try_queue_inline(packet);
-                        if ours_ends {
-                            // Nothing follows our Close on the wire: the answers of handlers
-                            // still running, events and calls are refused from here on.
-                            conn.shared.outbox.close();
-                        }
                     }
                     Action::Handle(request, held) => {
                         // The only work under way, and no more input at hand: its answer may
@@ -633,7 +628,7 @@ async fn finish(conn: Conn, ending: Ending, writer_task: &Arc<WriterTask>, grace
     if send_close {
         // Written here when the writer waits with nothing queued, as a quiet connection's
         // does: it then needs no writer task to close either.
-        let _ = conn.try_queue_inline(Packet::close(status.code(), status.message()));
+        conn.send_close(Packet::close(status.code(), status.message()));
     }
     tracing::debug!(conn = conn.id(), %status, "connection closed");
     let _ = conn.shared.close_status.set(Box::new(status.clone()));

@@ -370,6 +370,14 @@ impl Conn {
         }
     }
 
+    /// Queues this side's Close (written inline when the writer waits) and closes the send
+    /// queue behind it: nothing follows a Close on the wire, so the answers of handlers still
+    /// running, events and calls are refused from here on.
+    pub(crate) fn send_close(&self, close: Packet) {
+        let _ = self.try_queue_inline(close);
+        self.shared.outbox.close();
+    }
+
     /// Like [`try_queue`](Self::try_queue), writing inline as [`send_inline`](Self::send_inline) does.
     pub(crate) fn try_queue_inline(&self, packet: Packet) -> Result<(), Refused> {
         let cost = queue_cost(&packet, self.shared.send_budget) as usize;
