@@ -18,13 +18,13 @@ const PACKET_OVERHEAD: usize = std::mem::size_of::<Packet>() + 16;
 /// Ping and Close cost nothing: the engine sends at most one Ping per heartbeat and one
 /// Close, and both must get through a full queue. A packet larger than the whole budget
 /// costs the whole budget, so it waits for an empty queue rather than forever.
-pub(crate) fn queue_cost(packet: &Packet, budget: u32) -> u32 {
+///
+/// Priced once, as the packet is queued: the queue keeps the sum of what it holds, so the
+/// writer learns what a batch held without pricing its packets again.
+pub(crate) fn queue_cost(packet: &Packet, budget: usize) -> usize {
     match packet {
         Packet::Ping | Packet::Close(_) => 0,
-        _ => {
-            let bytes = packet.encoded_stream_len() + PACKET_OVERHEAD;
-            u32::try_from(bytes).unwrap_or(u32::MAX).min(budget)
-        }
+        _ => (packet.encoded_stream_len() + PACKET_OVERHEAD).min(budget),
     }
 }
 
@@ -177,8 +177,8 @@ mod tests {
         assert_eq!(queue_cost(&Packet::Ping, 1000), 0);
         assert_eq!(queue_cost(&Packet::close(crate::Code::Ok, "bye"), 1000), 0);
         let pong = queue_cost(&Packet::Pong, 1000);
-        assert!(pong as usize > PACKET_OVERHEAD, "{pong}");
-        let small = queue_cost(&notify(100), 1 << 20) as usize;
+        assert!(pong > PACKET_OVERHEAD, "{pong}");
+        let small = queue_cost(&notify(100), 1 << 20);
         assert!(small >= 100 + PACKET_OVERHEAD, "{small}");
         assert_eq!(queue_cost(&notify(5000), 1000), 1000);
     }

@@ -50,7 +50,8 @@ impl DeferredWrite {
         };
         let conn = &self.conn;
         let mut behind = Vec::new();
-        conn.shared
+        let behind_room = conn
+            .shared
             .outbox
             .take_while_inline(&mut behind, JOIN_AT_MOST);
         if behind.is_empty() {
@@ -58,7 +59,7 @@ impl DeferredWrite {
             conn.write_handed_back([packet], self.cost);
             return;
         }
-        let room = self.cost + conn.send_room(&behind);
+        let room = self.cost + behind_room;
         behind.insert(0, packet);
         conn.write_handed_back(behind, room);
     }
@@ -68,7 +69,8 @@ impl Drop for DeferredWrite {
     fn drop(&mut self) {
         if let Some(packet) = self.packet.take() {
             // Its room stays paid: the writer task gives it back once it has written it.
-            self.conn.shared.outbox.end_inline(vec![packet], false);
+            let outbox = &self.conn.shared.outbox;
+            outbox.end_inline_unwritten(vec![packet], self.cost);
         }
     }
 }

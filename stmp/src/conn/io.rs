@@ -106,7 +106,7 @@ pub(crate) enum Framing {
 impl Framing {
     fn encode(&self, packets: &[Packet], dst: &mut BytesMut) {
         match self {
-            Framing::Stream => packets.iter().for_each(|packet| packet.encode_stream(dst)),
+            Framing::Stream => packets.iter().for_each(|packet| packet.append_stream(dst)),
             #[cfg(feature = "ws")]
             Framing::WebSocket(frames) => {
                 packets.iter().for_each(|packet| frames.encode(packet, dst))

@@ -337,7 +337,7 @@ impl Conn {
 
     /// Queues a packet, waiting while the send queue has no room for its bytes.
     pub(crate) async fn send(&self, packet: Packet) -> Result<(), Status> {
-        let cost = queue_cost(&packet, self.shared.send_budget) as usize;
+        let cost = self.queue_cost(&packet);
         match self.shared.outbox.push(packet, cost, false).await {
             Ok(_) => Ok(()),
             Err(_) => Err(closed_error()),
@@ -358,7 +358,7 @@ impl Conn {
         packet: Packet,
         paid: impl FnOnce(),
     ) -> Result<(), Status> {
-        let cost = queue_cost(&packet, self.shared.send_budget) as usize;
+        let cost = self.queue_cost(&packet);
         let offered = self.shared.outbox.push(packet, cost, true).await;
         paid();
         match offered {
@@ -380,7 +380,7 @@ impl Conn {
 
     /// Like [`try_queue`](Self::try_queue), writing inline as [`send_inline`](Self::send_inline) does.
     pub(crate) fn try_queue_inline(&self, packet: Packet) -> Result<(), Refused> {
-        let cost = queue_cost(&packet, self.shared.send_budget) as usize;
+        let cost = self.queue_cost(&packet);
         let (offered, queued) = self.shared.outbox.try_offer(packet, cost)?;
         crate::telemetry::send_queue_depth(queued);
         self.write_if_handed_back(offered, cost);
@@ -405,14 +405,14 @@ impl Conn {
         let outbox = &self.shared.outbox;
         match self.shared.writer.write_now(batch.as_ref(), room) {
             Inline::Written => outbox.end_inline_written(room),
-            Inline::Unfinished => outbox.end_inline(Vec::new(), true),
-            Inline::Declined => outbox.end_inline(batch.into(), false),
+            Inline::Unfinished => outbox.end_inline(true),
+            Inline::Declined => outbox.end_inline_unwritten(batch.into(), room),
         }
     }
 
     /// Queues a packet unless the send queue has no room for it or the connection is gone.
     pub(crate) fn try_queue(&self, packet: Packet) -> Result<(), Refused> {
-        let cost = queue_cost(&packet, self.shared.send_budget) as usize;
+        let cost = self.queue_cost(&packet);
         let queued = self.shared.outbox.try_push(packet, cost)?;
         crate::telemetry::send_queue_depth(queued);
         Ok(())
@@ -461,13 +461,13 @@ impl Conn {
     /// Gives back the send-queue room of packets the writer has written.
     #[cfg(test)]
     pub(crate) fn release_send_room(&self, packets: &[Packet]) {
-        self.shared.outbox.release(self.send_room(packets));
+        let room = packets.iter().map(|p| self.queue_cost(p)).sum();
+        self.shared.outbox.release(room);
     }
 
-    /// The send-queue room `packets` hold.
-    pub(crate) fn send_room(&self, packets: &[Packet]) -> usize {
-        let budget = self.shared.send_budget;
-        packets.iter().map(|p| queue_cost(p, budget) as usize).sum()
+    /// What `packet` costs in this connection's send queue.
+    fn queue_cost(&self, packet: &Packet) -> usize {
+        queue_cost(packet, self.shared.send_budget as usize)
     }
 
     /// Queues an event unless the send queue is full, and applies the slow-consumer policy
@@ -486,7 +486,7 @@ impl Conn {
     /// queued the event is handed back to be written by the caller ([`write_deferred`]),
     /// without waking the writer's task.
     pub(crate) fn offer_event_to_write(&self, packet: Packet) -> EventOffer {
-        let cost = queue_cost(&packet, self.shared.send_budget) as usize;
+        let cost = self.queue_cost(&packet);
         let offered = self
             .shared
             .outbox

@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
+use super::budget::queue_cost;
 use crate::sync::lock;
 use crate::wire::Packet;
 
@@ -75,6 +76,9 @@ pub(crate) struct Outbox<H: HoldsSendQueue = SendQueue> {
     /// Room of written packets, given back when the writer next looks at the queue: one
     /// lock per write rather than two.
     written: usize,
+    /// Room of the packets moved into the writer's batch since it last asked
+    /// ([`room_taken`](Outbox::room_taken)).
+    taken: usize,
     /// The slots an emptied queue keeps, as the writer last set it ([`Outbox::keep_slots`]).
     keep: usize,
 }
@@ -129,6 +133,9 @@ struct Packets {
     /// The oldest packet; `None` only when `rest` is empty too.
     head: Option<Packet>,
     rest: VecDeque<Packet>,
+    /// The budget the queued packets hold, each priced by [`queue_cost`] as it came: what a
+    /// writer that takes them all gives back once they are written.
+    room: usize,
 }
 
 impl Packets {
@@ -140,39 +147,62 @@ impl Packets {
         usize::from(self.head.is_some()) + self.rest.len()
     }
 
-    fn push_back(&mut self, packet: Packet) {
+    /// Queues `packet`, which holds `cost` of the budget.
+    fn push_back(&mut self, packet: Packet, cost: usize) {
+        self.room += cost;
         match self.head {
             None => self.head = Some(packet),
             Some(_) => self.rest.push_back(packet),
         }
     }
 
-    fn push_front(&mut self, packet: Packet) {
-        if let Some(old) = self.head.replace(packet) {
-            self.rest.push_front(old);
+    /// Puts `packets`, which hold `room` of the budget together, back in front, in order.
+    fn push_front(&mut self, packets: Vec<Packet>, room: usize) {
+        self.room += room;
+        for packet in packets.into_iter().rev() {
+            if let Some(old) = self.head.replace(packet) {
+                self.rest.push_front(old);
+            }
         }
     }
 
-    /// Moves up to `limit` packets, oldest first, into `batch`; returns how many. Emptied, the
-    /// queue keeps room for `keep` packets beyond the first, or what it has if that is less.
-    fn take(&mut self, batch: &mut Vec<Packet>, limit: usize, keep: usize) -> usize {
+    /// Moves up to `limit` packets, oldest first, into `batch`; returns how many, and the
+    /// budget they hold. Emptied, the queue keeps room for `keep` packets beyond the first, or
+    /// what it has if that is less. `budget` is the queue's, to price the packets of a take
+    /// that leaves some behind.
+    fn take(
+        &mut self,
+        batch: &mut Vec<Packet>,
+        limit: usize,
+        keep: usize,
+        budget: usize,
+    ) -> (usize, usize) {
         // Room for the whole take at once: grown a packet at a time, a batch of 64 moved its
         // packets through six allocations.
-        let queued = usize::from(self.head.is_some()) + self.rest.len();
-        batch.reserve(queued.min(limit));
-        let mut taken = 0;
-        while taken < limit {
+        let queued = self.len();
+        let taking = queued.min(limit);
+        batch.reserve(taking);
+        let from = batch.len();
+        for _ in 0..taking {
             let Some(packet) = self.head.take() else {
                 break;
             };
             batch.push(packet);
             self.head = self.rest.pop_front();
-            taken += 1;
         }
+        let room = match taking == queued {
+            // The usual take, of everything: no packet is priced again.
+            true => std::mem::take(&mut self.room),
+            false => {
+                let taken: usize = batch[from..].iter().map(|p| queue_cost(p, budget)).sum();
+                debug_assert!(taken <= self.room, "queued packets priced by `queue_cost`");
+                self.room = self.room.saturating_sub(taken);
+                taken
+            }
+        };
         self.shrink_to(keep);
-        taken
+        (taking, room)
     }
-
     /// Emptied, keeps room for `keep` packets beyond the first, or what it has if that is less.
     fn shrink_to(&mut self, keep: usize) {
         if self.rest.is_empty() && self.rest.capacity() > keep {
@@ -186,7 +216,7 @@ impl Packets {
     /// Moves everything out (what a closed queue drops).
     fn drain_all(&mut self) -> Vec<Packet> {
         let mut all = Vec::new();
-        self.take(&mut all, usize::MAX, 0);
+        self.take(&mut all, usize::MAX, 0, usize::MAX);
         all
     }
 
@@ -263,10 +293,10 @@ impl Queue {
         Ok(packet)
     }
 
-    /// Queues a packet whose room is paid for; returns the writer to wake: one that waits, and
-    /// not while a sender writes inline (which wakes it when done).
-    fn enqueue(&mut self, packet: Packet) -> Option<Waker> {
-        self.packets.push_back(packet);
+    /// Queues a packet whose room (`cost`) is paid for; returns the writer to wake: one that
+    /// waits, and not while a sender writes inline (which wakes it when done).
+    fn enqueue(&mut self, packet: Packet, cost: usize) -> Option<Waker> {
+        self.packets.push_back(packet, cost);
         if self.inline {
             None
         } else {
@@ -274,9 +304,9 @@ impl Queue {
         }
     }
 
-    /// Queues a packet whose room is paid for, or, when `inline` and the writer task waits
-    /// with nothing queued, hands it back for the sender to write.
-    fn place(&mut self, packet: Packet, inline: bool) -> (Offered, Option<Waker>) {
+    /// Queues a packet whose room (`cost`) is paid for, or, when `inline` and the writer task
+    /// waits with nothing queued, hands it back for the sender to write.
+    fn place(&mut self, packet: Packet, cost: usize, inline: bool) -> (Offered, Option<Waker>) {
         if inline
             && self.inline_allowed
             && !self.inline
@@ -287,7 +317,7 @@ impl Queue {
             self.inline = true;
             return (Offered::WriteInline(packet), None);
         }
-        (Offered::Queued, self.enqueue(packet))
+        (Offered::Queued, self.enqueue(packet, cost))
     }
 
     /// Hands `bytes` of room to the senders that wait, in order, and keeps the rest. Returns
@@ -369,7 +399,7 @@ impl SendQueue {
         let (writer, queued) = {
             let mut queue = lock(&self.state);
             let packet = queue.pay(packet, cost)?;
-            (queue.enqueue(packet), queue.budget - queue.room)
+            (queue.enqueue(packet, cost), queue.budget - queue.room)
         };
         if let Some(writer) = writer {
             writer.wake();
@@ -388,7 +418,7 @@ impl SendQueue {
         let (offered, writer, queued) = {
             let mut queue = lock(&self.state);
             let packet = queue.pay(packet, cost)?;
-            let (offered, writer) = queue.place(packet, true);
+            let (offered, writer) = queue.place(packet, cost, true);
             (offered, writer, queue.budget - queue.room)
         };
         if let Some(writer) = writer {
@@ -437,24 +467,36 @@ impl SendQueue {
         waiting.into_iter().for_each(Waker::wake);
     }
 
-    /// Ends an inline write. `unwritten` (packets it could not write) go back to the head of
-    /// the queue; with `kick` the writer task is to finish what the write left.
-    pub(crate) fn end_inline(&self, unwritten: Vec<Packet>, kick: bool) {
-        self.end_inline_giving_back(unwritten, kick, 0);
+    /// Ends an inline write that left the writer task bytes to finish (`kick`) or nothing to
+    /// do.
+    pub(crate) fn end_inline(&self, kick: bool) {
+        self.end_inline_giving_back(Vec::new(), 0, kick, 0);
+    }
+
+    /// Ends an inline write that could not write: `unwritten`, which hold `room` of the budget
+    /// together, go back to the head of the queue for the writer task.
+    pub(crate) fn end_inline_unwritten(&self, unwritten: Vec<Packet>, room: usize) {
+        self.end_inline_giving_back(unwritten, room, false, 0);
     }
 
     /// Ends an inline write that wrote everything, giving back the `room` its packets held:
     /// one lock for both, as the write ends.
     pub(crate) fn end_inline_written(&self, room: usize) {
-        self.end_inline_giving_back(Vec::new(), false, room);
+        self.end_inline_giving_back(Vec::new(), 0, false, room);
     }
 
-    fn end_inline_giving_back(&self, unwritten: Vec<Packet>, kick: bool, room: usize) {
+    fn end_inline_giving_back(
+        &self,
+        unwritten: Vec<Packet>,
+        unwritten_room: usize,
+        kick: bool,
+        room: usize,
+    ) {
         let (writer, ready) = {
             let mut queue = lock(&self.state);
             queue.inline = false;
-            for packet in unwritten.into_iter().rev() {
-                queue.packets.push_front(packet);
+            if !unwritten.is_empty() {
+                queue.packets.push_front(unwritten, unwritten_room);
             }
             queue.kick |= kick;
             let ready = match room {
@@ -476,11 +518,12 @@ impl SendQueue {
 
     /// Moves up to `limit` queued packets into `batch` for the sender writing inline: the
     /// writer task takes nothing while it writes, so what was queued meanwhile can join its
-    /// write. Only for the sender the queue handed a packet back to.
-    pub(crate) fn take_while_inline(&self, batch: &mut Vec<Packet>, limit: usize) {
+    /// write. Only for the sender the queue handed a packet back to. Returns the budget they
+    /// hold.
+    pub(crate) fn take_while_inline(&self, batch: &mut Vec<Packet>, limit: usize) -> usize {
         let mut queue = lock(&self.state);
         debug_assert!(queue.inline, "only the inline writer takes packets");
-        take(&mut queue, batch, limit, KEEP);
+        take(&mut queue, batch, limit, KEEP).1
     }
 
     /// Registers `writer` as the waiting writer's waker before any writer task has looked at
@@ -628,10 +671,10 @@ impl Future for Push<'_> {
             this.queue.coming.load(Ordering::Relaxed) > 0 && queue.packets.len() < GATHER - 1;
         let (offered, writer) = match gather {
             true => {
-                queue.packets.push_back(packet);
+                queue.packets.push_back(packet, this.cost);
                 (Offered::Queued, None)
             }
-            false => queue.place(packet, this.inline),
+            false => queue.place(packet, this.cost, this.inline),
         };
         drop(queue);
         if let Some(writer) = writer {
@@ -676,6 +719,7 @@ impl<H: HoldsSendQueue> std::fmt::Debug for Outbox<H> {
         f.debug_struct("Outbox")
             .field("queue", self.queue())
             .field("written", &self.written)
+            .field("taken", &self.taken)
             .field("keep", &self.keep)
             .finish()
     }
@@ -687,6 +731,7 @@ impl<H: HoldsSendQueue> Outbox<H> {
         Outbox {
             holder,
             written: 0,
+            taken: 0,
             keep: KEEP,
         }
     }
@@ -714,6 +759,12 @@ impl<H: HoldsSendQueue> Outbox<H> {
         self.written += bytes;
     }
 
+    /// The budget held by the packets moved into the writer's batch since the last ask: what
+    /// to give back once they are written.
+    pub(crate) fn room_taken(&mut self) -> usize {
+        std::mem::take(&mut self.taken)
+    }
+
     /// Waits until something is queued, then moves up to `limit` packets into `batch`.
     /// Once [stopped](SendQueue::stop) it moves everything queued: that is the last batch.
     /// It also returns, with nothing, when an inline write left work, or when the writer is
@@ -721,13 +772,15 @@ impl<H: HoldsSendQueue> Outbox<H> {
     /// [`release_later`](Self::release_later) is given back first.
     pub(crate) async fn recv_many(&mut self, batch: &mut Vec<Packet>, limit: usize) -> Next {
         let mut written = std::mem::take(&mut self.written);
+        let (keep, taken) = (self.keep, &mut self.taken);
+        let holder = &self.holder;
         poll_fn(|cx| {
-            let mut queue = lock(self.queue());
+            let mut queue = lock(&holder.send_queue().state);
             let ready = match std::mem::take(&mut written) {
                 0 => Vec::new(),
                 bytes => queue.give_back(bytes),
             };
-            let polled = poll_take(&mut queue, cx, batch, limit, self.keep);
+            let polled = poll_take(&mut queue, cx, batch, limit, keep, taken);
             drop(queue);
             ready.into_iter().for_each(Waker::wake);
             polled
@@ -745,7 +798,9 @@ impl<H: HoldsSendQueue> Outbox<H> {
 
     /// Moves up to `limit` packets that are queued now into `batch`, without waiting.
     pub(crate) fn try_recv_many(&mut self, batch: &mut Vec<Packet>, limit: usize) -> usize {
-        take(&mut lock(self.queue()), batch, limit, self.keep)
+        let (count, room) = take(&mut lock(self.queue()), batch, limit, self.keep);
+        self.taken += room;
+        count
     }
 }
 
@@ -768,16 +823,19 @@ fn poll_take(
     batch: &mut Vec<Packet>,
     limit: usize,
     keep: usize,
+    taken: &mut usize,
 ) -> Poll<Next> {
     if !queue.inline {
         let kicked = std::mem::take(&mut queue.kick);
         let retire = std::mem::take(&mut queue.retire);
         if queue.stopping {
             queue.writer = None;
-            take(queue, batch, usize::MAX, keep);
+            *taken += take(queue, batch, usize::MAX, keep).1;
             return Poll::Ready(Next::Stop);
         }
-        if take(queue, batch, limit, keep) > 0 || kicked {
+        let (count, room) = take(queue, batch, limit, keep);
+        *taken += room;
+        if count > 0 || kicked {
             // Not waiting any more: no sender may write inline now.
             queue.writer = None;
             return Poll::Ready(Next::Write);
@@ -799,9 +857,11 @@ fn poll_take(
     Poll::Pending
 }
 
-fn take(queue: &mut Queue, batch: &mut Vec<Packet>, limit: usize, keep: usize) -> usize {
-    let room = limit.saturating_sub(batch.len());
-    queue.packets.take(batch, room, keep)
+/// Moves packets into `batch` until it holds `limit`; returns how many, and the budget they
+/// hold.
+fn take(queue: &mut Queue, batch: &mut Vec<Packet>, limit: usize, keep: usize) -> (usize, usize) {
+    let space = limit.saturating_sub(batch.len());
+    queue.packets.take(batch, space, keep, queue.budget)
 }
 
 impl<H: HoldsSendQueue> Drop for Outbox<H> {
@@ -1065,17 +1125,18 @@ mod tests {
                 payload: bytes::Bytes::new(),
             })
         };
-        (1..=4).for_each(|mid| packets.push_back(request(mid)));
+        let budget = 1 << 20;
+        let cost = queue_cost(&request(1), budget);
+        (1..=4).for_each(|mid| packets.push_back(request(mid), cost));
         let mut batch = Vec::new();
-        assert_eq!(packets.take(&mut batch, 2, KEEP), 2);
+        assert_eq!(packets.take(&mut batch, 2, KEEP, budget), (2, 2 * cost));
         // Given back to the head (an inline write that could not finish), behind nothing.
-        packets.push_front(request(2));
-        packets.push_front(request(1));
-        packets.push_back(request(5));
-        assert_eq!(packets.take(&mut batch, 1, KEEP), 1);
-        assert_eq!(packets.take(&mut batch, 64, KEEP), 4);
+        packets.push_front(vec![request(1), request(2)], 2 * cost);
+        packets.push_back(request(5), cost);
+        assert_eq!(packets.take(&mut batch, 1, KEEP, budget), (1, cost));
+        assert_eq!(packets.take(&mut batch, 64, KEEP, budget), (4, 4 * cost));
         assert!(packets.is_empty());
-        assert_eq!(packets.take(&mut batch, 64, KEEP), 0);
+        assert_eq!(packets.take(&mut batch, 64, KEEP, budget), (0, 0));
         let mids: Vec<u16> = batch
             .iter()
             .map(|p| match p {
@@ -1187,7 +1248,7 @@ mod tests {
         assert_eq!(wakes.0.load(SeqCst), woken);
         assert!(recv(&mut outbox).is_pending());
         // Done: what it could not write goes first, then the rest, then the writer stops.
-        queue.end_inline(vec![Packet::Pong], false);
+        queue.end_inline_unwritten(vec![Packet::Pong], 0);
         assert_eq!(wakes.0.load(SeqCst), woken + 1);
         assert_eq!(
             recv(&mut outbox),
@@ -1198,6 +1259,34 @@ mod tests {
     fn poll_once<F: Future + Unpin>(future: &mut F) -> Poll<F::Output> {
         let mut cx = Context::from_waker(Waker::noop());
         Pin::new(future).poll(&mut cx)
+    }
+
+    #[tokio::test]
+    async fn the_writer_learns_the_room_of_what_it_took_as_the_packets_were_priced() {
+        let budget = 1 << 20;
+        let (queue, mut outbox) = send_queue(budget);
+        let notify = |len: usize| {
+            Packet::Notify(crate::wire::Notify {
+                action: crate::wire::Action::Id(7),
+                header: crate::wire::Header::new(),
+                payload: bytes::Bytes::from(vec![1; len]),
+            })
+        };
+        let packets: Vec<Packet> = [10, 300, 5000, 1, 70].map(notify).into();
+        let costs: Vec<usize> = packets.iter().map(|p| queue_cost(p, budget)).collect();
+        for (packet, cost) in packets.iter().zip(&costs) {
+            queue.try_push(packet.clone(), *cost).unwrap();
+        }
+        let mut batch = Vec::new();
+        // A take that leaves packets behind prices what it took; the last take gets the rest.
+        assert_eq!(outbox.recv_many(&mut batch, 2).await, Next::Write);
+        assert_eq!(outbox.room_taken(), costs[0] + costs[1]);
+        assert_eq!(outbox.room_taken(), 0, "asked once");
+        assert_eq!(outbox.try_recv_many(&mut batch, 64), 3);
+        assert_eq!(outbox.room_taken(), costs[2..].iter().sum::<usize>());
+        assert_eq!(batch, packets);
+        queue.release(costs.iter().sum());
+        assert_eq!(queue.room(), budget, "all of it back, nothing more");
     }
 
     #[test]

@@ -89,7 +89,7 @@ async fn write_loop(task: Arc<WriterTask>, parts: WriterParts) {
                 Some(failed) => Err(failed),
                 None => writer.write_batch(&batch, stall).await,
             };
-            room += conn.send_room(&batch);
+            room += outbox.room_taken();
             if let Err(error) = written {
                 conn.release_send_bytes(room);
                 if let WriteError::Stalled(_) = error {
@@ -872,7 +872,7 @@ mod tests {
     async fn what_an_inline_write_leaves_goes_out_before_what_was_queued_after_it() {
         let io = Throttled::default();
         let (first, second, third) = (notify(1, 1000), notify(2, 1000), notify(3, 1000));
-        let cost = |p: &Packet| super::super::budget::queue_cost(p, u32::MAX) as usize;
+        let cost = |p: &Packet| super::super::budget::queue_cost(p, usize::MAX);
         // Room for the first two packets only.
         let budget = cost(&first) + cost(&second);
         let (conn, writer_task) = waiting_writer(io.clone(), budget).await;

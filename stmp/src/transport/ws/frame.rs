@@ -359,7 +359,8 @@ impl FrameWriter {
                 let len = packet.encoded_message_len();
                 let mask = self.head(BINARY, len, dst);
                 let start = dst.len();
-                packet.encode_message(dst);
+                dst.reserve(len);
+                packet.append_message(dst);
                 mask_from(dst, start, mask);
             }
             PacketFormat::Text => {
