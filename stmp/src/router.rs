@@ -257,16 +257,18 @@ impl Router {
         F: Fn(Context, I) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<O, Status>> + Send + 'static,
     {
-        let handler = Arc::new(handler);
         self.route_raw(
             method.name,
             method.action,
             move |ctx: Context, payload: Bytes| {
-                let handler = handler.clone();
+                // The handler is called here, not in the future: the future then holds no
+                // reference to it, whose count every worker handling the method would write.
+                let codec = ctx.conn().codec().clone();
+                let answering = codec
+                    .decode_payload::<I>(payload)
+                    .map(|input| handler(ctx, input));
                 async move {
-                    let codec = ctx.conn().codec().clone();
-                    let input = codec.decode_bytes::<I>(&payload)?;
-                    let output = handler(ctx, input).await?;
+                    let output = answering?.await?;
                     codec.encode(&output)
                 }
             },
@@ -316,7 +318,7 @@ impl Router {
         // The event is decoded and the listener called right away; only its future is kept,
         // so a notify counts no reference on the listener, which every connection shares.
         let erased: Listener = Arc::new(move |ctx: Context, payload: Bytes| {
-            match ctx.conn().codec().decode_bytes::<E>(&payload) {
+            match ctx.conn().codec().decode_payload::<E>(payload) {
                 Ok(event) => Box::pin(listener(ctx, event)) as BoxFuture<'static, ()>,
                 Err(status) => {
                     tracing::warn!(

@@ -247,7 +247,7 @@ impl Conn {
                 options.timeout,
             )
             .await?;
-        self.codec().decode_bytes(&response.payload)
+        self.codec().decode_payload(response.payload)
     }
 
     /// Sends a notify (an event, or a call that wants no answer).
