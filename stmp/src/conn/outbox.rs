@@ -132,10 +132,10 @@ struct Queue {
 struct Packets {
     /// The oldest packet; `None` only when `rest` is empty too.
     head: Option<Packet>,
-    rest: VecDeque<Packet>,
     /// The budget the queued packets hold, each priced by [`queue_cost`] as it came: what a
     /// writer that takes them all gives back once they are written.
     room: usize,
+    rest: VecDeque<Packet>,
 }
 
 impl Packets {
@@ -203,6 +203,7 @@ impl Packets {
         self.shrink_to(keep);
         (taking, room)
     }
+
     /// Emptied, keeps room for `keep` packets beyond the first, or what it has if that is less.
     fn shrink_to(&mut self, keep: usize) {
         if self.rest.is_empty() && self.rest.capacity() > keep {
