@@ -40,10 +40,14 @@ pub(crate) struct Registered {
 
 /// A connection's [`Pending`] table behind its lock, with its size readable without the lock:
 /// the writer and the engine ask how many calls wait on every batch and every request.
+///
+/// `repr(C)` with the count first: it is written with the table, under its lock, and next to
+/// the lock it shares that lock's cache line rather than taking one more.
 #[derive(Debug, Default)]
+#[repr(C)]
 pub(crate) struct Calls {
-    table: Mutex<Pending>,
     waiting: AtomicUsize,
+    table: Mutex<Pending>,
 }
 
 impl Calls {
