@@ -405,7 +405,7 @@ impl Conn {
         let outbox = &self.shared.outbox;
         match self.shared.writer.write_now(batch.as_ref(), room) {
             Inline::Written => outbox.end_inline_written(room),
-            Inline::Unfinished => outbox.end_inline(true),
+            Inline::Unfinished => outbox.end_inline_unfinished(),
             Inline::Declined => outbox.end_inline_unwritten(batch.into(), room),
         }
     }

@@ -233,7 +233,8 @@ impl Packets {
 pub(crate) enum Offered {
     /// Queued for the writer task as usual.
     Queued,
-    /// The caller writes it now: the writer task waits for [`SendQueue::end_inline`].
+    /// The caller writes it now: the writer task waits until it ends the inline write
+    /// ([`SendQueue::end_inline_written`] and the like).
     WriteInline(Packet),
 }
 
@@ -468,10 +469,9 @@ impl SendQueue {
         waiting.into_iter().for_each(Waker::wake);
     }
 
-    /// Ends an inline write that left the writer task bytes to finish (`kick`) or nothing to
-    /// do.
-    pub(crate) fn end_inline(&self, kick: bool) {
-        self.end_inline_giving_back(Vec::new(), 0, kick, 0);
+    /// Ends an inline write that left bytes for the writer task to finish.
+    pub(crate) fn end_inline_unfinished(&self) {
+        self.end_inline_giving_back(Vec::new(), 0, true, 0);
     }
 
     /// Ends an inline write that could not write: `unwritten`, which hold `room` of the budget
