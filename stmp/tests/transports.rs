@@ -1,9 +1,16 @@
-//! Round trips over every transport, with every codec, and gzip on byte streams.
+//! Round trips over every transport, with every codec, gzip on byte streams and
+//! permessage-deflate on WebSocket.
 
 mod common;
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use common::*;
 use stmp::{Code, Codec, PacketFormat, Server};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 
 async fn round_trip(client: stmp::Client, expected_codec: &Codec) {
     let conn = client.conn().expect("connected");
@@ -126,6 +133,93 @@ async fn gzip_connections_past_the_limit_get_plain_streams() {
     // Closes the client at its end.
     round_trip(third, &Codec::PROTOBUF).await;
     until(|| server.stats().gzip_connections == 0).await;
+}
+
+/// The bytes a [`relay`] carried each way.
+#[derive(Clone, Default)]
+struct Carried {
+    to_server: Arc<AtomicU64>,
+    to_client: Arc<AtomicU64>,
+}
+
+/// A TCP relay to `target` for one connection, counting what goes through it.
+async fn relay(target: SocketAddr) -> (SocketAddr, Carried) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let carried = Carried::default();
+    let counts = carried.clone();
+    tokio::spawn(async move {
+        let (client, _) = listener.accept().await.unwrap();
+        let server = TcpStream::connect(target).await.unwrap();
+        let (client_in, client_out) = client.into_split();
+        let (server_in, server_out) = server.into_split();
+        tokio::spawn(pump(client_in, server_out, counts.to_server));
+        pump(server_in, client_out, counts.to_client).await;
+    });
+    (addr, carried)
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    count: Arc<AtomicU64>,
+) {
+    let mut buf = vec![0; 64 << 10];
+    while let Ok(read @ 1..) = from.read(&mut buf).await {
+        // Counted before it is passed on: what the other end has seen is counted.
+        count.fetch_add(read as u64, Ordering::Relaxed);
+        if to.write_all(&buf[..read]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
+/// Echoes a large compressible payload over `ws://` through a [`relay`]; the bytes it carried
+/// to the server and back.
+async fn echo_through_relay(server: &Server, gzip: bool, format: PacketFormat) -> (u64, u64) {
+    let addrs = serve_all(server).await;
+    let (relay, carried) = relay(addrs.ws).await;
+    let client = within(
+        addrs
+            .client()
+            .gzip(gzip)
+            .packet_format(format)
+            .connect(&format!("ws://{relay}/stmp")),
+    )
+    .await
+    .unwrap();
+    let big = echo(&"stmp ".repeat(50_000));
+    let back: Echo = within(client.call(&ECHO, &big)).await.unwrap();
+    assert!(back == big, "the echo differs");
+    let codec = match format {
+        PacketFormat::Binary => Codec::PROTOBUF,
+        PacketFormat::Text => Codec::JSON,
+    };
+    round_trip(client, &codec).await;
+    (
+        carried.to_server.load(Ordering::Relaxed),
+        carried.to_client.load(Ordering::Relaxed),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permessage_deflate_on_websocket() {
+    let server = Server::builder().websocket_compression(true).build();
+    for format in [PacketFormat::Binary, PacketFormat::Text] {
+        let (up, down) = echo_through_relay(&server, true, format).await;
+        // 250 kB each way, deflated to a few kilobytes.
+        assert!(
+            up < 25_000 && down < 25_000,
+            "{format:?}: {up} up, {down} down"
+        );
+    }
+    // Both sides must want it.
+    let (up, down) = echo_through_relay(&server, false, PacketFormat::Binary).await;
+    assert!(up > 250_000 && down > 250_000, "{up} up, {down} down");
+    let server = Server::builder().build();
+    let (up, down) = echo_through_relay(&server, true, PacketFormat::Binary).await;
+    assert!(up > 250_000 && down > 250_000, "{up} up, {down} down");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -27,6 +27,8 @@ use deflate::Deflater;
 #[cfg(feature = "gzip")]
 use inflate::BoundedGzip;
 pub(crate) use inflate::InflationLimit;
+#[cfg(feature = "gzip")]
+pub(crate) use inflate::InflationMeter;
 pub(crate) use packets::PacketReader;
 #[cfg(feature = "ws")]
 pub(crate) use packets::{Unframe, Unframed};

@@ -68,6 +68,7 @@ pub struct ServerBuilder {
     pub(crate) call_timeout: Duration,
     pub(crate) gzip: bool,
     pub(crate) max_gzip_connections: usize,
+    pub(crate) websocket_compression: bool,
     pub(crate) inflation: InflationLimit,
     pub(crate) send_queue_bytes: usize,
     pub(crate) slow_consumer: SlowConsumer,
@@ -96,6 +97,7 @@ impl Default for ServerBuilder {
             call_timeout: Duration::from_secs(30),
             gzip: false,
             max_gzip_connections: 1024,
+            websocket_compression: false,
             inflation: InflationLimit::default(),
             send_queue_bytes: DEFAULT_SEND_QUEUE_BYTES,
             slow_consumer: SlowConsumer::default(),
@@ -285,9 +287,29 @@ impl ServerBuilder {
         self
     }
 
-    /// How far a client's gzip stream may inflate: over any stretch of it, at most `burst`
-    /// bytes plus `max_ratio` times the compressed bytes of that stretch. A client over it is
-    /// closed with `RequestEntityTooLarge`. Default 64× with a 1 MiB burst.
+    /// Whether WebSocket clients may have messages compressed (permessage-deflate, RFC 7692),
+    /// which browsers ask for by themselves. Default false: as with [`gzip`](Self::gzip), the
+    /// inflating is bounded ([`gzip_inflation_limit`](Self::gzip_inflation_limit)), and a
+    /// message whose inflated bytes pass the packet size limit is refused.
+    ///
+    /// Each message is compressed on its own (no context takeover, either way), so a
+    /// connection holds no compression state and idle ones cost what they do without it;
+    /// repeated messages compress less than in a gzip stream. Messages under 128 bytes, and
+    /// those deflate does not shorten, go out as they are. Needs the `gzip` feature; without
+    /// it the offer is declined.
+    ///
+    /// ```
+    /// let server = stmp::Server::builder().websocket_compression(true).build();
+    /// ```
+    pub fn websocket_compression(mut self, allowed: bool) -> Self {
+        self.websocket_compression = allowed;
+        self
+    }
+
+    /// How far what a client compressed may inflate: over any stretch of its gzip stream, or
+    /// of its deflated WebSocket messages, at most `burst` bytes plus `max_ratio` times the
+    /// compressed bytes of that stretch. A client over it is closed with
+    /// `RequestEntityTooLarge`. Default 64× with a 1 MiB burst.
     pub fn gzip_inflation_limit(mut self, max_ratio: u32, burst: usize) -> Self {
         self.inflation = InflationLimit { max_ratio, burst };
         self

@@ -7,8 +7,10 @@ use std::sync::{Arc, Mutex};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
+use super::deflate;
 use crate::Status;
 use crate::conn::PacketFormat;
+use crate::conn::io::InflationLimit;
 use crate::sync::lock;
 use crate::wire::{
     BufferBudget, Charge, Limits, MAX_RESERVE_AHEAD, PARTIAL_ALLOWANCE, Packet, hold,
@@ -16,6 +18,8 @@ use crate::wire::{
 
 const FIN: u8 = 0x80;
 const RSV: u8 = 0x70;
+/// Set on the first frame of a deflated message (RFC 7692 section 6).
+const RSV1: u8 = 0x40;
 const MASKED: u8 = 0x80;
 
 const CONTINUATION: u8 = 0x0;
@@ -75,14 +79,25 @@ pub(crate) struct FrameReader {
     role: Role,
     /// The longest message taken.
     max_message: usize,
-    /// A fragmented message being put together: whether it is text, and its bytes so far.
-    partial: Option<(bool, BytesMut)>,
+    /// A fragmented message being put together.
+    partial: Option<Partial>,
     owed: Arc<Owed>,
     closed: bool,
     /// Shared with the server's other connections, for messages over [`PARTIAL_ALLOWANCE`].
     budget: Option<Arc<BufferBudget>>,
     /// What the message being received has charged to `budget`.
     charge: Option<Charge>,
+    /// Inflates deflated messages, once permessage-deflate is agreed.
+    #[cfg(feature = "gzip")]
+    inflater: Option<deflate::MessageInflater>,
+}
+
+/// The fragments of a message so far.
+#[derive(Debug)]
+struct Partial {
+    text: bool,
+    deflated: bool,
+    bytes: BytesMut,
 }
 
 impl FrameReader {
@@ -95,7 +110,33 @@ impl FrameReader {
             closed: false,
             budget: None,
             charge: None,
+            #[cfg(feature = "gzip")]
+            inflater: None,
         }
+    }
+
+    /// Takes deflated messages when permessage-deflate was `agreed` at the upgrade, each
+    /// inflating to at most the longest message and all of them within `limit`.
+    pub(crate) fn with_inflater(self, agreed: bool, limit: InflationLimit) -> Self {
+        #[cfg(feature = "gzip")]
+        if agreed {
+            let inflater = deflate::MessageInflater::new(self.max_message, limit);
+            return FrameReader {
+                inflater: Some(inflater),
+                ..self
+            };
+        }
+        #[cfg(not(feature = "gzip"))]
+        let _ = (agreed, limit);
+        self
+    }
+
+    /// Whether deflated messages are taken.
+    fn inflates(&self) -> bool {
+        #[cfg(feature = "gzip")]
+        return self.inflater.is_some();
+        #[cfg(not(feature = "gzip"))]
+        return false;
     }
 
     /// Makes messages over [`PARTIAL_ALLOWANCE`] charge `budget` while they are received.
@@ -119,7 +160,7 @@ impl FrameReader {
             let frame = head.len + head.payload;
             if buf.len() < frame {
                 // Held for this message once its frame is in: what came before, and the frame.
-                let needed = self.partial.as_ref().map_or(0, |(_, b)| b.len()) + frame;
+                let needed = self.partial.as_ref().map_or(0, |p| p.bytes.len()) + frame;
                 if needed > PARTIAL_ALLOWANCE {
                     hold(&mut self.charge, self.budget.as_ref(), needed)?;
                 }
@@ -153,12 +194,17 @@ impl FrameReader {
         let [first, second, ..] = buf[..] else {
             return Ok(None);
         };
-        if first & RSV != 0 {
-            return Err(Status::protocol_error(
-                "websocket frame with reserved bits set (no extension was agreed)",
-            ));
-        }
         let opcode = first & 0x0F;
+        // Only a message's first frame says it is deflated; control frames never are.
+        let deflated = first & RSV == RSV1 && self.inflates() && matches!(opcode, TEXT | BINARY);
+        if first & RSV != 0 && !deflated {
+            return Err(Status::protocol_error(match self.inflates() {
+                true => {
+                    "websocket frame with reserved bits set where permessage-deflate allows none"
+                }
+                false => "websocket frame with reserved bits set (no extension was agreed)",
+            }));
+        }
         let masked = second & MASKED != 0;
         match (self.role, masked) {
             (Role::Server, false) => {
@@ -199,7 +245,7 @@ impl FrameReader {
                 )));
             }
         } else {
-            let so_far = self.partial.as_ref().map_or(0, |(_, bytes)| bytes.len()) as u64;
+            let so_far = self.partial.as_ref().map_or(0, |p| p.bytes.len()) as u64;
             if so_far.saturating_add(payload) > self.max_message as u64 {
                 return Err(Status::request_entity_too_large(format!(
                     "websocket message of {} bytes or more is over the limit of {} bytes",
@@ -223,24 +269,43 @@ impl FrameReader {
         Ok(Some(Head {
             fin,
             opcode,
+            deflated,
             mask,
             len,
             payload,
         }))
     }
 
-    /// The whole message once its last fragment is in; until then its bytes are kept.
-    fn gather(
-        &mut self,
-        text: bool,
-        bytes: BytesMut,
-        last: bool,
-    ) -> Result<Option<Incoming>, Status> {
+    /// The whole message once its last fragment is in, inflated if it was deflated; until
+    /// then its bytes are kept.
+    fn gather(&mut self, partial: Partial, last: bool) -> Result<Option<Incoming>, Status> {
         if !last {
-            self.partial = Some((text, bytes));
+            self.partial = Some(partial);
             return Ok(None);
         }
-        message(text, bytes.freeze()).map(Some)
+        let Partial {
+            text,
+            deflated,
+            bytes,
+        } = partial;
+        let bytes = match deflated {
+            true => self.inflate(&bytes)?,
+            false => bytes.freeze(),
+        };
+        message(text, bytes).map(Some)
+    }
+
+    /// A deflated message's bytes; [`FrameReader::head`] lets one through only when an
+    /// inflater is set.
+    fn inflate(&mut self, deflated: &[u8]) -> Result<Bytes, Status> {
+        #[cfg(feature = "gzip")]
+        if let Some(inflater) = &mut self.inflater {
+            return inflater.inflate(deflated);
+        }
+        let _ = deflated;
+        Err(Status::protocol_error(
+            "deflated websocket message without permessage-deflate",
+        ))
     }
 
     /// What one frame brings, if anything.
@@ -252,16 +317,21 @@ impl FrameReader {
                         "websocket message begun before the last one ended",
                     ));
                 }
-                self.gather(head.opcode == TEXT, payload, head.fin)
+                let partial = Partial {
+                    text: head.opcode == TEXT,
+                    deflated: head.deflated,
+                    bytes: payload,
+                };
+                self.gather(partial, head.fin)
             }
             CONTINUATION => {
-                let Some((text, mut bytes)) = self.partial.take() else {
+                let Some(mut partial) = self.partial.take() else {
                     return Err(Status::protocol_error(
                         "websocket continuation frame without a message",
                     ));
                 };
-                bytes.extend_from_slice(&payload);
-                self.gather(text, bytes, head.fin)
+                partial.bytes.extend_from_slice(&payload);
+                self.gather(partial, head.fin)
             }
             PING => {
                 let mut pongs = lock(&self.owed.pongs);
@@ -296,6 +366,8 @@ impl FrameReader {
 struct Head {
     fin: bool,
     opcode: u8,
+    /// The first frame of a deflated message.
+    deflated: bool,
     mask: Option<[u8; 4]>,
     /// The header's own length.
     len: usize,
@@ -332,11 +404,25 @@ pub(crate) struct FrameWriter {
     role: Role,
     format: PacketFormat,
     owed: Arc<Owed>,
+    /// permessage-deflate was agreed: messages of [`deflate::MIN_DEFLATED`] bytes or more go
+    /// out deflated when that makes them shorter.
+    deflates: bool,
 }
 
 impl FrameWriter {
     pub(crate) fn new(role: Role, format: PacketFormat, owed: Arc<Owed>) -> Self {
-        FrameWriter { role, format, owed }
+        FrameWriter {
+            role,
+            format,
+            owed,
+            deflates: false,
+        }
+    }
+
+    /// Deflates the messages worth it, once permessage-deflate is agreed.
+    pub(crate) fn with_deflate(mut self, agreed: bool) -> Self {
+        self.deflates = agreed;
+        self
     }
 
     /// Appends `packet` to `dst` as one message. The engine answers a WebSocket Ping as it
@@ -357,9 +443,14 @@ impl FrameWriter {
         match self.format {
             PacketFormat::Binary => {
                 let len = packet.encoded_message_len();
+                if self.deflates && len >= deflate::MIN_DEFLATED {
+                    let mut plain = BytesMut::with_capacity(len);
+                    packet.append_message(&mut plain);
+                    return self.maybe_deflated(BINARY, &plain, dst);
+                }
+                dst.reserve(MAX_HEADER + len);
                 let mask = self.head(BINARY, len, dst);
                 let start = dst.len();
-                dst.reserve(len);
                 packet.append_message(dst);
                 mask_from(dst, start, mask);
             }
@@ -374,14 +465,42 @@ impl FrameWriter {
                     Ok(_) => TEXT,
                     Err(_) => BINARY,
                 };
-                let mut head = BytesMut::with_capacity(MAX_HEADER);
-                let mask = self.head(opcode, text.len(), &mut head);
-                dst[at..at + head.len()].copy_from_slice(&head);
-                dst.copy_within(text.clone(), at + head.len());
-                dst.truncate(at + head.len() + text.len());
-                mask_from(dst, at + head.len(), mask);
+                if self.deflates && text.len() >= deflate::MIN_DEFLATED {
+                    let plain = dst[text].to_vec();
+                    dst.truncate(at);
+                    return self.maybe_deflated(opcode, &plain, dst);
+                }
+                self.head_before(at, opcode, dst);
             }
         }
+    }
+
+    /// Appends one message of `plain`, deflated when that makes it shorter.
+    fn maybe_deflated(&self, opcode: u8, plain: &[u8], dst: &mut BytesMut) {
+        #[cfg(feature = "gzip")]
+        {
+            let at = dst.len();
+            dst.put_bytes(0, MAX_HEADER);
+            if deflate::deflate(plain, dst) {
+                return self.head_before(at, RSV1 | opcode, dst);
+            }
+            dst.truncate(at);
+        }
+        self.frame(opcode, plain, dst);
+    }
+
+    /// Puts the header of a message whose payload follows [`MAX_HEADER`] bytes left free at
+    /// `at`, moving the payload up to its header's end, and masks it if this side must.
+    fn head_before(&self, at: usize, first: u8, dst: &mut BytesMut) {
+        let payload = at + MAX_HEADER..dst.len();
+        let mut head = [0; MAX_HEADER];
+        let mut free = &mut head[..];
+        let mask = self.head(first, payload.len(), &mut free);
+        let head_len = MAX_HEADER - free.len();
+        dst[at..at + head_len].copy_from_slice(&head[..head_len]);
+        dst.copy_within(payload.clone(), at + head_len);
+        dst.truncate(at + head_len + payload.len());
+        mask_from(dst, at + head_len, mask);
     }
 
     /// Appends one message of `payload`, text or binary.
@@ -398,17 +517,17 @@ impl FrameWriter {
 
     /// A whole frame of `payload`.
     fn frame(&self, opcode: u8, payload: &[u8], dst: &mut BytesMut) {
+        dst.reserve(MAX_HEADER + payload.len());
         let mask = self.head(opcode, payload.len(), dst);
         let start = dst.len();
         dst.put_slice(payload);
         mask_from(dst, start, mask);
     }
 
-    /// Appends a final frame's header for a payload of `len` bytes; the mask a client must
-    /// apply to it.
-    fn head(&self, opcode: u8, len: usize, dst: &mut BytesMut) -> Option<[u8; 4]> {
-        dst.reserve(MAX_HEADER + len);
-        dst.put_u8(FIN | opcode);
+    /// Puts a final frame's header for a payload of `len` bytes; the mask a client must
+    /// apply to it. `first` is the opcode, with the reserved bit of a deflated message.
+    fn head(&self, first: u8, len: usize, dst: &mut impl BufMut) -> Option<[u8; 4]> {
+        dst.put_u8(FIN | first);
         let masked = match self.role {
             Role::Client => MASKED,
             Role::Server => 0,
@@ -619,6 +738,153 @@ mod tests {
                 .message()
                 .contains("masked websocket frame from a server")
         );
+    }
+
+    /// A compressible packet of `len` payload bytes.
+    #[cfg(feature = "gzip")]
+    fn chatty(len: usize) -> Packet {
+        Packet::Notify(Notify {
+            action: Action::Id(7),
+            header: Header::new(),
+            payload: Bytes::from(b"{\"text\":\"hello\"}".repeat(len / 16 + 1)[..len].to_vec()),
+        })
+    }
+
+    #[cfg(feature = "gzip")]
+    fn deflating(role: Role, format: PacketFormat) -> (FrameWriter, FrameReader) {
+        let peer = match role {
+            Role::Client => Role::Server,
+            Role::Server => Role::Client,
+        };
+        let writer = FrameWriter::new(role, format, Arc::default()).with_deflate(true);
+        let reader = FrameReader::new(peer, 1 << 20, Arc::default())
+            .with_inflater(true, InflationLimit::default());
+        (writer, reader)
+    }
+
+    #[cfg(feature = "gzip")]
+    #[test]
+    fn with_permessage_deflate_large_messages_go_deflated_and_small_ones_plain() {
+        for role in [Role::Client, Role::Server] {
+            for format in [PacketFormat::Binary, PacketFormat::Text] {
+                let (writer, mut reader) = deflating(role, format);
+                let mut small = BytesMut::new();
+                writer.encode(&chatty(40), &mut small);
+                assert_eq!(small[0], FIN | opcode_of(format), "{role:?} {format:?}");
+                let mut large = BytesMut::new();
+                writer.encode(&chatty(4000), &mut large);
+                assert_eq!(
+                    large[0],
+                    FIN | RSV1 | opcode_of(format),
+                    "{role:?} {format:?}"
+                );
+                assert!(large.len() < 1000, "{} bytes for 4000", large.len());
+                let mut buf = small;
+                buf.extend_from_slice(&large);
+                writer.encode(&notify(300), &mut buf);
+                assert_eq!(
+                    packets(&mut reader, &mut buf, format),
+                    [chatty(40), chatty(4000), notify(300)],
+                    "{role:?} {format:?}"
+                );
+            }
+        }
+    }
+
+    #[cfg(feature = "gzip")]
+    fn opcode_of(format: PacketFormat) -> u8 {
+        match format {
+            PacketFormat::Binary => BINARY,
+            PacketFormat::Text => TEXT,
+        }
+    }
+
+    #[cfg(feature = "gzip")]
+    #[test]
+    fn the_rfc_examples_of_deflated_messages_are_read() {
+        // RFC 7692 section 7.2.3.1: "Hello" deflated in one frame, then in two fragments.
+        let whole = [0xc1, 0x07, 0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00];
+        let fragments = [
+            0x41, 0x03, 0xf2, 0x48, 0xcd, 0x80, 0x04, 0xc9, 0xc9, 0x07, 0x00,
+        ];
+        for frames in [&whole[..], &fragments[..]] {
+            let mut reader = FrameReader::new(Role::Client, 1 << 20, Arc::default())
+                .with_inflater(true, InflationLimit::default());
+            let incoming = reader.next(&mut BytesMut::from(frames)).unwrap();
+            assert_eq!(
+                incoming,
+                Some(Incoming::Message {
+                    text: true,
+                    bytes: Bytes::from_static(b"Hello"),
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn the_reserved_bit_of_deflate_is_refused_where_it_does_not_belong() {
+        let cases: [(&[u8], &str); 4] = [
+            (&[FIN | RSV1 | PING, MASKED, 0, 0, 0, 0], "reserved bits"),
+            (
+                &[
+                    RSV1 | TEXT,
+                    MASKED | 1,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0xf2,
+                    FIN | RSV1 | CONTINUATION,
+                    MASKED,
+                    0,
+                    0,
+                    0,
+                    0,
+                ],
+                "reserved bits",
+            ),
+            (&[FIN | 0x20 | BINARY, MASKED, 0, 0, 0, 0], "reserved bits"),
+            (
+                &[FIN | RSV1 | BINARY, MASKED | 2, 0, 0, 0, 0, 0xff, 0xff],
+                "does not inflate",
+            ),
+        ];
+        for (bytes, expected) in cases {
+            let reader = FrameReader::new(Role::Server, 1 << 20, Arc::default());
+            let mut reader = reader.with_inflater(true, InflationLimit::default());
+            let mut buf = BytesMut::from(bytes);
+            let error = loop {
+                match reader.next(&mut buf) {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => panic!("{bytes:?} taken; expected {expected}"),
+                    Err(error) => break error,
+                }
+            };
+            // Without the gzip feature no inflater is set, and every reserved bit is refused.
+            let expected = if cfg!(feature = "gzip") {
+                expected
+            } else {
+                "reserved bits"
+            };
+            assert_eq!(error.code(), crate::Code::ProtocolError, "{expected}");
+            assert!(error.message().contains(expected), "{error} for {expected}");
+        }
+    }
+
+    #[cfg(feature = "gzip")]
+    #[test]
+    fn a_deflated_message_that_inflates_past_the_limit_is_refused() {
+        let mut plain = BytesMut::new();
+        plain.put_bytes(b'x', 100_000);
+        let mut payload = BytesMut::new();
+        assert!(super::deflate::deflate(&plain, &mut payload));
+        let writer = FrameWriter::new(Role::Client, PacketFormat::Binary, Arc::default());
+        let mut buf = BytesMut::new();
+        writer.frame(RSV1 | BINARY, &payload, &mut buf);
+        let mut reader = FrameReader::new(Role::Server, 64 << 10, Arc::default())
+            .with_inflater(true, InflationLimit::default());
+        let error = reader.next(&mut buf).unwrap_err();
+        assert_eq!(error.code(), crate::Code::RequestEntityTooLarge, "{error}");
     }
 
     #[test]

@@ -25,6 +25,7 @@ use crate::{Server, Status};
 use frame::{FrameReader, FrameWriter, Incoming, Owed, Role};
 use head::HeadOnly;
 
+mod deflate;
 pub(crate) mod frame;
 mod head;
 
@@ -209,10 +210,12 @@ impl Server {
         stream: S,
         remote: SocketAddr,
         path: &str,
-    ) -> Option<(S, BytesMut, Result<Header, Status>)> {
+    ) -> Option<Upgraded<S>> {
         let config = &self.inner.config;
         let limits = config.wire_limits();
+        let compression = config.websocket_compression && cfg!(feature = "gzip");
         let mut header = None;
+        let mut deflate = false;
         // The callback's error type is tungstenite's; its size is not ours to choose.
         #[allow(clippy::result_large_err)]
         let callback = |request: &Request, response: Response| -> Result<Response, ErrorResponse> {
@@ -225,6 +228,16 @@ impl Server {
                 return Err(refusal);
             }
             header = Some(handshake_from_request(request, &limits));
+            let mut response = response;
+            let offers = request.headers().get_all("sec-websocket-extensions");
+            deflate = compression
+                && deflate::accepts_offer(offers.iter().filter_map(|v| v.to_str().ok()));
+            if deflate {
+                response.headers_mut().insert(
+                    "sec-websocket-extensions",
+                    HeaderValue::from_static(deflate::AGREEMENT),
+                );
+            }
             Ok(response)
         };
         // Boxed for the handshake only: its nested states each hold the socket.
@@ -246,11 +259,12 @@ impl Server {
         };
         // From here on the engine reads and writes the frames itself.
         let (stream, leftover) = socket.into_inner().into_parts();
-        Some((
+        Some(Upgraded {
             stream,
             leftover,
-            header.unwrap_or_else(|| Ok(Header::new())),
-        ))
+            header: header.unwrap_or_else(|| Ok(Header::new())),
+            deflate,
+        })
     }
 
     pub(crate) async fn serve_websocket<S: Halves>(
@@ -288,7 +302,12 @@ impl Server {
         transport: &'static str,
     ) -> Option<Opened> {
         let limits = self.inner.config.wire_limits();
-        let (mut stream, leftover, header) = self.upgrade(stream, remote, path).await?;
+        let Upgraded {
+            mut stream,
+            leftover,
+            header,
+            deflate,
+        } = self.upgrade(stream, remote, path).await?;
         // A refusal can only be sent in the format the client asked for if we know it.
         let text = header.as_ref().is_ok_and(|header| {
             header
@@ -317,7 +336,7 @@ impl Server {
             }
         };
         let format = agreement.format;
-        let frames = FrameWriter::new(Role::Server, format, owed.clone());
+        let frames = FrameWriter::new(Role::Server, format, owed.clone()).with_deflate(deflate);
         let hello = ServerHandshake::ok(agreement.header);
         let hello = handshake_frame(&frames, &hello, format == PacketFormat::Text);
         if stream.write_all(&hello).await.is_err() {
@@ -327,7 +346,8 @@ impl Server {
             return None;
         }
         let reader = FrameReader::new(Role::Server, max_message(limits.max_packet_size), owed)
-            .with_budget(self.inner.read_limits.buffered.clone());
+            .with_budget(self.inner.read_limits.buffered.clone())
+            .with_inflater(deflate, self.inner.read_limits.inflation);
         let (packets, writer) = websocket(stream, leftover, reader, frames, format, limits);
         Some(Opened {
             conn,
@@ -336,6 +356,17 @@ impl Server {
             writer,
         })
     }
+}
+
+/// A socket past its HTTP upgrade.
+struct Upgraded<S> {
+    stream: S,
+    /// Frames read past the upgrade request.
+    leftover: BytesMut,
+    /// The stmp handshake the request carried.
+    header: Result<Header, Status>,
+    /// permessage-deflate was agreed.
+    deflate: bool,
 }
 
 /// The server handshake as one frame: the text form in a text message, the binary form in a
@@ -429,7 +460,15 @@ pub(crate) async fn connect<S: Halves>(
         let value = HeaderValue::from_str(value).map_err(|e| bad(&e))?;
         request.headers_mut().append(name, value);
     }
-    let (socket, _) = tokio_tungstenite::client_async_with_config(
+    // Over WebSocket, gzip is asked for as permessage-deflate.
+    let offered = config.gzip && cfg!(feature = "gzip");
+    if offered {
+        request.headers_mut().insert(
+            "sec-websocket-extensions",
+            HeaderValue::from_static(deflate::AGREEMENT),
+        );
+    }
+    let (socket, response) = tokio_tungstenite::client_async_with_config(
         request,
         HeadOnly::new(stream),
         Some(upgrade_config()),
@@ -439,13 +478,16 @@ pub(crate) async fn connect<S: Halves>(
         tokio_tungstenite::tungstenite::Error::Http(response) => http_refusal(&response),
         other => Status::network_error(format!("websocket: {other}")),
     })?;
+    let extensions = response.headers().get("sec-websocket-extensions");
+    let deflate = deflate::agreed_by_server(offered, extensions.and_then(|v| v.to_str().ok()))?;
     let (mut stream, mut buf) = socket.into_inner().into_parts();
     let owed = Arc::new(Owed::default());
     let mut frames = FrameReader::new(
         Role::Client,
         max_message(config.max_packet_size),
         owed.clone(),
-    );
+    )
+    .with_inflater(deflate, config.inflation);
     let hello = loop {
         match frames.next(&mut buf)? {
             Some(Incoming::Message { bytes, .. }) => {
@@ -485,7 +527,7 @@ pub(crate) async fn connect<S: Halves>(
         Some(f) if f.eq_ignore_ascii_case("text") => PacketFormat::Text,
         _ => PacketFormat::Binary,
     };
-    let writer = FrameWriter::new(Role::Client, format, owed);
+    let writer = FrameWriter::new(Role::Client, format, owed).with_deflate(deflate);
     let limits = Limits::from(config.max_packet_size);
     let (packets, writer) = websocket(stream, buf, frames, writer, format, limits);
     Ok(ready(

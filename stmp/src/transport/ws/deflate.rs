@@ -1,0 +1,480 @@
+//! permessage-deflate (RFC 7692), in the form where neither side keeps its LZ77 window from one
+//! message to the next ("no context takeover" both ways).
+//!
+//! Each message is compressed and inflated on its own, so a connection holds no compression
+//! state at all: the compressor and inflater belong to the thread and are reset per message.
+//! Keeping the window would compress small, similar messages better, but would cost every
+//! connection some 300 KiB for as long as it lives, where browsers keep thousands of idle
+//! ones. Messages under [`MIN_DEFLATED`] bytes, and those deflate does not shrink, go out
+//! plain: the extension lets each message choose.
+//!
+//! Negotiation is over strings ([`accepts_offer`], [`agreed_by_server`]); the codec over bytes
+//! ([`deflate`], [`MessageInflater`]). Neither does I/O.
+
+use crate::Status;
+
+/// The extension's name in `Sec-WebSocket-Extensions`.
+const NAME: &str = "permessage-deflate";
+
+/// What a server answers to an offer it takes, and what our client offers: both sides reset
+/// their window after each message.
+pub(crate) const AGREEMENT: &str =
+    "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
+
+/// Messages shorter than this go out plain: the few bytes deflate may save are not worth a
+/// reset and a pass over them.
+pub(crate) const MIN_DEFLATED: usize = 128;
+
+/// The window the compressor uses, the largest: a client that offers a smaller
+/// `server_max_window_bits` is declined rather than given a compressor of its own.
+const WINDOW_BITS: u8 = 15;
+
+/// Whether one of the client's offers (the values of its `Sec-WebSocket-Extensions` headers)
+/// is a permessage-deflate we take. An offer with a parameter we do not know, one given twice,
+/// or a bad value is declined (RFC 7692 section 5), as is one that asks for a window under
+/// [`WINDOW_BITS`]; the client may have sent another that we take.
+///
+/// ```text
+/// "permessage-deflate; client_max_window_bits"       taken (what browsers offer)
+/// "permessage-deflate; server_max_window_bits=10"    declined
+/// "x-webkit-deflate-frame, permessage-deflate"       taken (the second)
+/// ```
+pub(crate) fn accepts_offer<'a>(values: impl IntoIterator<Item = &'a str>) -> bool {
+    values
+        .into_iter()
+        .flat_map(|value| value.split(','))
+        .filter_map(|offer| parse(offer).ok())
+        .any(|params| {
+            params.iter().all(|(name, value)| match *name {
+                "server_no_context_takeover" | "client_no_context_takeover" => value.is_none(),
+                "server_max_window_bits" => value.and_then(window_bits) == Some(WINDOW_BITS),
+                // Tells us the client can take a smaller window; we ask for none.
+                "client_max_window_bits" => value.is_none_or(|bits| window_bits(bits).is_some()),
+                _ => false,
+            })
+        })
+}
+
+/// Whether the server took our offer ([`AGREEMENT`]), from its response's
+/// `Sec-WebSocket-Extensions`; `offered` says whether we made it. A response we cannot honour
+/// fails the connection (RFC 6455 section 4.1): an extension we did not offer, or parameters
+/// outside what we offered.
+pub(crate) fn agreed_by_server(offered: bool, response: Option<&str>) -> Result<bool, Status> {
+    let Some(response) = response.filter(|value| !value.trim().is_empty()) else {
+        return Ok(false);
+    };
+    let refuse = |why: &str| {
+        Err(Status::protocol_error(format!(
+            "websocket upgrade answered with extensions {response:?}: {why}"
+        )))
+    };
+    if !offered {
+        return refuse("none was offered");
+    }
+    if response.contains(',') {
+        return refuse("more than the one offered");
+    }
+    let Ok(params) = parse(response) else {
+        return refuse("not a permessage-deflate we understand");
+    };
+    // We offered server_no_context_takeover, so a server that takes the offer says it
+    // (RFC 7692 section 7.1.1.1); our inflater keeps no window.
+    if !params
+        .iter()
+        .any(|(name, _)| *name == "server_no_context_takeover")
+    {
+        return refuse("the server would keep its window between messages");
+    }
+    let understood = params.iter().all(|(name, value)| match *name {
+        "server_no_context_takeover" | "client_no_context_takeover" => value.is_none(),
+        // The server's window: ours inflates any.
+        "server_max_window_bits" => value.and_then(window_bits).is_some(),
+        // Not offered, so not to be answered (RFC 7692 section 7.1.2.2).
+        _ => false,
+    });
+    match understood {
+        true => Ok(true),
+        false => refuse("parameters outside our offer"),
+    }
+}
+
+/// A permessage-deflate offer or response's parameters, each once; `Err` when it names another
+/// extension or is malformed.
+fn parse(extension: &str) -> Result<Vec<(&str, Option<&str>)>, ()> {
+    let mut parts = extension.split(';').map(str::trim);
+    if !parts
+        .next()
+        .is_some_and(|name| name.eq_ignore_ascii_case(NAME))
+    {
+        return Err(());
+    }
+    let mut params: Vec<(&str, Option<&str>)> = Vec::new();
+    for part in parts {
+        let (name, value) = match part.split_once('=') {
+            Some((name, value)) => {
+                let value = value.trim();
+                // A value may be a quoted string (RFC 7692 section 5.1).
+                let value = value
+                    .strip_prefix('"')
+                    .and_then(|v| v.strip_suffix('"'))
+                    .unwrap_or(value);
+                (name.trim(), Some(value))
+            }
+            None => (part, None),
+        };
+        if name.is_empty() || params.iter().any(|(seen, _)| *seen == name) {
+            return Err(());
+        }
+        params.push((name, value));
+    }
+    Ok(params)
+}
+
+/// A window size in bits, 8 to 15, written as 1*DIGIT without a leading zero.
+fn window_bits(value: &str) -> Option<u8> {
+    if value.starts_with('0') || value.len() > 2 {
+        return None;
+    }
+    value.parse().ok().filter(|bits| (8..=15).contains(bits))
+}
+
+#[cfg(feature = "gzip")]
+pub(crate) use codec::{MessageInflater, deflate};
+
+#[cfg(feature = "gzip")]
+mod codec {
+    use std::cell::RefCell;
+
+    use bytes::{Bytes, BytesMut};
+    use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
+
+    use super::WINDOW_BITS;
+    use crate::Status;
+    use crate::conn::io::{InflationLimit, InflationMeter};
+
+    /// What a sync flush ends with, and what a message's deflated bytes are sent without
+    /// (RFC 7692 section 7.2.1).
+    const TAIL: [u8; 4] = [0x00, 0x00, 0xFF, 0xFF];
+
+    /// How much a message may grow per step while it is inflated.
+    const INFLATE_STEP: usize = 16 << 10;
+
+    thread_local! {
+        // Level 1, as for gzip streams: small messages, where higher levels cost several times
+        // the CPU for a few bytes.
+        static COMPRESSOR: RefCell<Compress> =
+            RefCell::new(Compress::new_with_window_bits(Compression::fast(), false, WINDOW_BITS));
+        static INFLATER: RefCell<Decompress> =
+            RefCell::new(Decompress::new_with_window_bits(false, WINDOW_BITS));
+    }
+
+    /// Appends `plain` deflated to `dst`, as a message's payload, and returns true; when
+    /// deflate does not make it shorter, leaves `dst` as it was and returns false.
+    pub(crate) fn deflate(plain: &[u8], dst: &mut BytesMut) -> bool {
+        COMPRESSOR.with_borrow_mut(|compressor| {
+            compressor.reset();
+            let start = dst.len();
+            // Output of the plain length and the tail at most: anything longer is not kept.
+            dst.resize(start + plain.len() + TAIL.len(), 0);
+            let before = (compressor.total_in(), compressor.total_out());
+            let done = compressor.compress(plain, &mut dst[start..], FlushCompress::Sync);
+            let consumed = (compressor.total_in() - before.0) as usize;
+            let produced = (compressor.total_out() - before.1) as usize;
+            // All taken, with room left: the flush is complete and ends with the tail.
+            let whole = done.is_ok()
+                && consumed == plain.len()
+                && produced < plain.len() + TAIL.len()
+                && dst[start..start + produced].ends_with(&TAIL);
+            match whole && produced - TAIL.len() < plain.len() {
+                true => {
+                    dst.truncate(start + produced - TAIL.len());
+                    true
+                }
+                false => {
+                    dst.truncate(start);
+                    false
+                }
+            }
+        })
+    }
+
+    /// Inflates a connection's compressed messages, each on its own, within `max_message`
+    /// bytes each and the connection's [`InflationLimit`] over all: a message of a few
+    /// kilobytes that would inflate to gigabytes is refused once past the first.
+    #[derive(Debug)]
+    pub(crate) struct MessageInflater {
+        max_message: usize,
+        meter: InflationMeter,
+    }
+
+    impl MessageInflater {
+        pub(crate) fn new(max_message: usize, limit: InflationLimit) -> Self {
+            MessageInflater {
+                max_message,
+                meter: InflationMeter::new(limit),
+            }
+        }
+
+        /// The message whose deflated payload (without its tail) is `compressed`.
+        pub(crate) fn inflate(&mut self, compressed: &[u8]) -> Result<Bytes, Status> {
+            let inflated = INFLATER.with_borrow_mut(|inflater| {
+                inflater.reset(false);
+                self.inflate_with(inflater, compressed)
+            })?;
+            self.meter
+                .record(compressed.len() as u64, inflated.len() as u64)?;
+            Ok(inflated)
+        }
+
+        fn inflate_with(
+            &self,
+            inflater: &mut Decompress,
+            compressed: &[u8],
+        ) -> Result<Bytes, Status> {
+            let too_large = || {
+                Status::request_entity_too_large(format!(
+                    "websocket message inflates past the limit of {} bytes",
+                    self.max_message
+                ))
+            };
+            let bad = |e: &dyn std::fmt::Display| {
+                Status::protocol_error(format!("websocket message that does not inflate: {e}"))
+            };
+            // Room for one byte past the limit: what shows a message over it.
+            let cap = self.max_message.saturating_add(1);
+            let mut out =
+                BytesMut::with_capacity(compressed.len().saturating_mul(4).clamp(64, cap));
+            for chunk in [compressed, &TAIL[..]] {
+                let mut input = chunk;
+                loop {
+                    if out.len() == out.capacity() {
+                        if out.len() >= cap {
+                            return Err(too_large());
+                        }
+                        out.reserve(INFLATE_STEP.min(cap - out.len()));
+                    }
+                    let start = out.len();
+                    let room = out.capacity() - start;
+                    out.resize(start + room, 0);
+                    let before = (inflater.total_in(), inflater.total_out());
+                    let status = inflater
+                        .decompress(input, &mut out[start..], FlushDecompress::Sync)
+                        .map_err(|e| bad(&e))?;
+                    let consumed = (inflater.total_in() - before.0) as usize;
+                    let produced = (inflater.total_out() - before.1) as usize;
+                    out.truncate(start + produced);
+                    input = &input[consumed..];
+                    if out.len() > self.max_message {
+                        return Err(too_large());
+                    }
+                    if status == flate2::Status::StreamEnd {
+                        // A final block: what follows it (the tail we add) is not read.
+                        return Ok(out.freeze());
+                    }
+                    if input.is_empty() && produced < room {
+                        break;
+                    }
+                    if consumed == 0 && produced == 0 {
+                        return Err(bad(&"no progress"));
+                    }
+                }
+            }
+            Ok(out.freeze())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offers_browsers_and_libraries_make_are_taken() {
+        for offer in [
+            "permessage-deflate",
+            "permessage-deflate; client_max_window_bits",
+            "permessage-deflate; client_max_window_bits=15",
+            "permessage-deflate; client_max_window_bits=\"12\"",
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover",
+            "permessage-deflate; server_max_window_bits=15",
+            "PerMessage-Deflate ;client_max_window_bits",
+            AGREEMENT,
+        ] {
+            assert!(accepts_offer([offer]), "{offer}");
+        }
+    }
+
+    #[test]
+    fn a_declined_offer_leaves_the_next_one_to_take() {
+        assert!(accepts_offer([
+            "x-webkit-deflate-frame",
+            "permessage-deflate; server_max_window_bits=10, permessage-deflate",
+        ]));
+        assert!(!accepts_offer([
+            "x-webkit-deflate-frame, permessage-deflate; server_max_window_bits=10"
+        ]));
+    }
+
+    #[test]
+    fn malformed_or_unknown_parameters_decline_the_offer() {
+        for offer in [
+            "",
+            "deflate",
+            "permessage-deflate; x=1",
+            "permessage-deflate; server_no_context_takeover=1",
+            "permessage-deflate; client_max_window_bits; client_max_window_bits",
+            "permessage-deflate; client_max_window_bits=7",
+            "permessage-deflate; client_max_window_bits=16",
+            "permessage-deflate; client_max_window_bits=015",
+            "permessage-deflate; client_max_window_bits=abc",
+            "permessage-deflate; server_max_window_bits",
+            "permessage-deflate; ;",
+        ] {
+            assert!(!accepts_offer([offer]), "{offer:?}");
+        }
+        assert!(!accepts_offer([]));
+    }
+
+    #[test]
+    fn the_client_takes_only_the_answer_to_what_it_offered() {
+        assert!(!agreed_by_server(true, None).unwrap());
+        assert!(!agreed_by_server(false, Some("")).unwrap());
+        assert!(agreed_by_server(true, Some(AGREEMENT)).unwrap());
+        assert!(
+            agreed_by_server(
+                true,
+                Some("permessage-deflate; server_no_context_takeover; server_max_window_bits=10")
+            )
+            .unwrap()
+        );
+        for (offered, response) in [
+            (false, AGREEMENT),
+            (true, "permessage-deflate"),
+            (true, "permessage-deflate; client_no_context_takeover"),
+            (
+                true,
+                "permessage-deflate; server_no_context_takeover; client_max_window_bits=10",
+            ),
+            (true, "x-other; server_no_context_takeover"),
+            (
+                true,
+                "permessage-deflate; server_no_context_takeover, x-other",
+            ),
+        ] {
+            let refused = agreed_by_server(offered, Some(response)).unwrap_err();
+            assert_eq!(refused.code(), crate::Code::ProtocolError, "{response}");
+        }
+    }
+
+    #[cfg(feature = "gzip")]
+    mod codec {
+        use bytes::BytesMut;
+        use flate2::{Compress, Compression, FlushCompress};
+
+        use super::super::{MIN_DEFLATED, MessageInflater, deflate};
+        use crate::Code;
+        use crate::conn::io::InflationLimit;
+
+        fn inflater(max_message: usize) -> MessageInflater {
+            MessageInflater::new(max_message, InflationLimit::default())
+        }
+
+        #[test]
+        fn the_rfc_example_inflates() {
+            // RFC 7692 section 7.2.3.1: "Hello" in one compressed message.
+            let hello = [0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00];
+            assert_eq!(&inflater(64).inflate(&hello).unwrap()[..], b"Hello");
+            // Section 7.2.3.3: the same, in a block without compression.
+            let stored = [
+                0x00, 0x05, 0x00, 0xfa, 0xff, 0x48, 0x65, 0x6c, 0x6c, 0x6f, 0x00,
+            ];
+            assert_eq!(&inflater(64).inflate(&stored).unwrap()[..], b"Hello");
+        }
+
+        #[test]
+        fn what_is_deflated_inflates_back_each_message_on_its_own() {
+            let mut inflater = inflater(1 << 20);
+            for text in [
+                "a".repeat(MIN_DEFLATED),
+                "{\"room\":\"lobby\",\"text\":\"hello\"}".repeat(40),
+                (0..5000)
+                    .map(|i| char::from(b'a' + (i * 7 % 26) as u8))
+                    .collect(),
+            ] {
+                let mut dst = BytesMut::from(&b"head"[..]);
+                assert!(deflate(text.as_bytes(), &mut dst));
+                assert!(dst.len() < 4 + text.len());
+                assert_eq!(&dst[..4], b"head");
+                let inflated = inflater.inflate(&dst[4..]).unwrap();
+                assert!(inflated == text.as_bytes(), "{} bytes differ", text.len());
+            }
+        }
+
+        #[test]
+        fn what_deflate_cannot_shorten_is_left_plain() {
+            let noise: Vec<u8> = (0..512).map(|_| fastrand::u8(..)).collect();
+            let mut dst = BytesMut::from(&b"head"[..]);
+            assert!(!deflate(&noise, &mut dst));
+            assert_eq!(&dst[..], b"head");
+        }
+
+        /// What a peer sends to make us inflate much: `plain` at the best level.
+        fn deflated_hard(plain: &[u8]) -> Vec<u8> {
+            let mut compressor = Compress::new(Compression::best(), false);
+            let mut out = Vec::with_capacity(plain.len() / 100 + 64);
+            compressor
+                .compress_vec(plain, &mut out, FlushCompress::Sync)
+                .unwrap();
+            assert_eq!(compressor.total_in(), plain.len() as u64);
+            assert!(out.ends_with(&[0, 0, 0xFF, 0xFF]));
+            out.truncate(out.len() - 4);
+            out
+        }
+
+        #[test]
+        fn a_bomb_is_refused_at_the_message_limit() {
+            let bomb = deflated_hard(&vec![0u8; 1 << 20]);
+            assert!(bomb.len() < 2 << 10, "{} bytes", bomb.len());
+            let refused = inflater(64 << 10).inflate(&bomb).unwrap_err();
+            assert_eq!(refused.code(), Code::RequestEntityTooLarge);
+            // Exactly at the limit is taken.
+            assert_eq!(inflater(1 << 20).inflate(&bomb).unwrap().len(), 1 << 20);
+        }
+
+        #[test]
+        fn messages_under_the_limit_are_still_held_to_the_inflation_ratio() {
+            // Each message inflates some 500 times its size: well under the message limit,
+            // over the ratio, so the burst runs out after a few.
+            let small = deflated_hard(&vec![b'x'; 60 << 10]);
+            let mut inflater = MessageInflater::new(
+                1 << 20,
+                InflationLimit {
+                    max_ratio: 64,
+                    burst: 256 << 10,
+                },
+            );
+            let taken = (0..64)
+                .take_while(|_| inflater.inflate(&small).is_ok())
+                .count();
+            assert!((4..=5).contains(&taken), "{taken} messages taken");
+        }
+
+        #[test]
+        fn garbage_is_a_protocol_error_never_a_panic() {
+            let mut inflater = inflater(1 << 16);
+            for _ in 0..2000 {
+                let len = fastrand::usize(..64);
+                let bytes: Vec<u8> = (0..len).map(|_| fastrand::u8(..)).collect();
+                if let Err(status) = inflater.inflate(&bytes) {
+                    assert!(
+                        matches!(
+                            status.code(),
+                            Code::ProtocolError | Code::RequestEntityTooLarge
+                        ),
+                        "{status}"
+                    );
+                }
+            }
+        }
+    }
+}
