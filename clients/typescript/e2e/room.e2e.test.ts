@@ -122,16 +122,30 @@ test("text packets (JSON in WebSocket text messages) work the same", async () =>
   await intruder.close();
 });
 
-/** A TCP proxy whose connections can be cut under both peers (no Close), refusing new ones until restored. */
-async function tcpProxy(target: URL): Promise<{ port: number; cut(): void; restore(): void; close(): void }> {
+/** Bytes a proxy carried, each way. */
+interface Carried {
+  toServer: number;
+  toClient: number;
+}
+
+/**
+ * A TCP proxy whose connections can be cut under both peers (no Close), refusing new ones until
+ * restored; it counts the bytes it carries.
+ */
+async function tcpProxy(target: URL): Promise<{ port: number; carried: Carried; cut(): void; restore(): void; close(): void }> {
   let up = true;
   const sockets = new Set<Socket>();
+  const carried: Carried = { toServer: 0, toClient: 0 };
   const server: Server = createServer((client) => {
     if (!up) return client.destroy();
     const upstream = createConnection({ host: target.hostname, port: Number(target.port) });
     for (const [a, b] of [[client, upstream], [upstream, client]] as const) {
       sockets.add(a);
-      a.on("data", (chunk) => b.write(chunk));
+      a.on("data", (chunk) => {
+        if (a === client) carried.toServer += chunk.length;
+        else carried.toClient += chunk.length;
+        b.write(chunk);
+      });
       a.on("close", () => b.destroy());
       a.on("error", () => b.destroy());
     }
@@ -140,6 +154,7 @@ async function tcpProxy(target: URL): Promise<{ port: number; cut(): void; resto
   const port = (server.address() as { port: number }).port;
   return {
     port,
+    carried,
     cut() {
       up = false;
       for (const socket of sockets) socket.destroy();
@@ -189,6 +204,43 @@ test("a page cut off the network shows the messages it missed, then live ones", 
     await shows("#lobby <bob> after the cut");
   } finally {
     await dave.close();
+    proxy.close();
+  }
+});
+
+test("long messages cross the browser's WebSocket deflated, both ways", async () => {
+  const ws = new URL(server.ws);
+  const proxy = await tcpProxy(ws);
+  const erin = await browser.context.newPage();
+  const shows = (text: string) => erin.locator("#log > div", { hasText: text }).first().waitFor({ timeout: STEP });
+  try {
+    await erin.goto(`${server.web}?ws=${encodeURIComponent(`ws://127.0.0.1:${proxy.port}${ws.pathname}`)}`);
+    await erin.fill("#name", "erin");
+    await erin.fill("#password", "erin-secret");
+    await erin.check("#signup");
+    await erin.click("#signin-button");
+    await erin.locator("body[data-state=connected]").waitFor({ timeout: STEP });
+    await erin.fill("#input", "/join lobby");
+    await erin.press("#input", "Enter");
+    await shows("joined #lobby");
+
+    // 3,000 characters each way; Chromium offers permessage-deflate and the room server takes it.
+    const long = (who: string) => `${who} says: ${"all work and no play makes a long line; ".repeat(75)}end`;
+    const before = { ...proxy.carried };
+    bob.write(long("bob"));
+    await shows("<bob> bob says:");
+    const down = proxy.carried.toClient - before.toClient;
+    assert.ok(down < 1_000, `${down} bytes to the page for a 3,000-character message`);
+
+    const from = bob.lines.length;
+    const sent = { ...proxy.carried };
+    await erin.fill("#input", long("erin"));
+    await erin.press("#input", "Enter");
+    await bob.waitForLine(/<erin> erin says: .*end$/, { from });
+    const up = proxy.carried.toServer - sent.toServer;
+    assert.ok(up < 1_000, `${up} bytes from the page for a 3,000-character message`);
+  } finally {
+    await erin.close();
     proxy.close();
   }
 });

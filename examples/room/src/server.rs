@@ -726,6 +726,8 @@ pub fn build(chat: &Chat, read_timeout: Duration) -> stmp::Server {
 pub fn build_on(builder: stmp::ServerBuilder, chat: &Chat, read_timeout: Duration) -> stmp::Server {
     let server = builder
         .read_timeout(read_timeout)
+        // Browsers offer permessage-deflate by themselves: long messages go compressed.
+        .websocket_compression(true)
         .authenticate({
             let chat = chat.clone();
             move |conn: Conn| {

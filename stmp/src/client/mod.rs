@@ -139,7 +139,15 @@ impl ClientBuilder {
         self
     }
 
-    /// Asks for gzip stream compression (byte streams only). Default off.
+    /// Asks for compression. Default off. On TCP, TLS and QUIC it is a gzip stream, which the
+    /// server grants when its [`gzip`](crate::ServerBuilder::gzip) is on; on WebSocket it is
+    /// permessage-deflate, granted by its
+    /// [`websocket_compression`](crate::ServerBuilder::websocket_compression). A server that
+    /// does not grant it is talked to plainly.
+    ///
+    /// ```
+    /// let client = stmp::Client::builder().gzip(true);
+    /// ```
     pub fn gzip(mut self, on: bool) -> Self {
         self.gzip = on;
         self
@@ -198,8 +206,9 @@ impl ClientBuilder {
         self
     }
 
-    /// How far the server's gzip stream may inflate: over any stretch of it, at most `burst`
-    /// bytes plus `max_ratio` times its compressed bytes; beyond it the connection is closed
+    /// How far what the server compressed may inflate (its gzip stream, or its deflated
+    /// WebSocket messages): over any stretch of it, at most `burst` bytes plus `max_ratio`
+    /// times its compressed bytes; beyond it the connection is closed
     /// with `RequestEntityTooLarge`. Default 64× with a 1 MiB burst, as on the server.
     pub fn gzip_inflation_limit(mut self, max_ratio: u32, burst: usize) -> Self {
         self.inflation = InflationLimit { max_ratio, burst };

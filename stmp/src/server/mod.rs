@@ -257,7 +257,8 @@ impl ServerBuilder {
         self
     }
 
-    /// Whether clients may ask for gzip on byte streams. Default false: inflating is work a
+    /// Whether clients may ask for gzip on byte streams (TCP, TLS, QUIC; WebSocket has
+    /// [`websocket_compression`](Self::websocket_compression)). Default false: inflating is work a
     /// peer can multiply (a few kilobytes of gzip become megabytes of packets to decode), so a
     /// server offers it only when told to. When on, each stream's inflation is bounded
     /// ([`gzip_inflation_limit`](Self::gzip_inflation_limit)). Both sides compress at level 1,
