@@ -24,12 +24,13 @@ use crate::{Result, Settings};
 /// The systems of the memory table. QUIC comes last: each of its clients has an endpoint (a
 /// UDP socket) of its own, released only once its connection has drained after the close, and
 /// 10,000 of them still open made the next system's connections fail for want of descriptors.
-pub const SYSTEMS: [System; 7] = [
+pub const SYSTEMS: [System; 8] = [
     System::StmpTcp,
     System::StmpTls,
     System::StmpWs,
     System::StmpWss,
     System::StmpGzip,
+    System::StmpWsDeflate,
     System::Tonic,
     System::StmpQuic,
 ];

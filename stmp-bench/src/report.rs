@@ -342,6 +342,9 @@ impl Report {
                         (System::RawQuic, _) => "quinn, TLS 1.3, one stream",
                         (System::StmpTls | System::StmpWss, _) => "TLS 1.3 (rustls, ring)",
                         (System::StmpGzip, _) => "gzip stream, sync flush per batch",
+                        (System::StmpWsDeflate, _) => {
+                            "permessage-deflate per message of 128 B or more"
+                        }
                         (System::StmpQuic, _) => "TLS 1.3, one stream; vs raw: raw quic echo",
                         (System::Tonic, Point::Multiplexed) => "HTTP/2 streams on one channel",
                         _ => "",

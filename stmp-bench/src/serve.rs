@@ -89,7 +89,8 @@ async fn stmp_server() -> Result<()> {
             std::time::Duration::from_secs(600),
             std::time::Duration::from_millis,
         );
-    // gzip is opt-in on servers; the `stmp tcp+gzip` row needs it.
+    // gzip and WebSocket compression are opt-in on servers; the `stmp tcp+gzip` and
+    // `stmp ws+deflate` rows need them.
     let server = stmp::Server::builder()
         .handshake_timeout(crate::systems::HANDSHAKE_TIMEOUT)
         .read_timeout(read_timeout)
@@ -98,6 +99,8 @@ async fn stmp_server() -> Result<()> {
         // one costs, not the limit.
         .max_gzip_connections(usize::MAX)
         .gzip_inflation_limit(crate::systems::BENCH_INFLATION_RATIO, 1 << 20)
+        // Only the `stmp ws+deflate` row's clients ask for it.
+        .websocket_compression(true)
         .build();
     server
         .router()

@@ -23,6 +23,9 @@ pub enum System {
     StmpWss,
     /// stmp over TCP with gzip stream compression.
     StmpGzip,
+    /// stmp over WebSocket with permessage-deflate: what a browser gets from a server with
+    /// `websocket_compression(true)`. Messages under 128 B go plain.
+    StmpWsDeflate,
     /// stmp over QUIC (one bidirectional stream, TLS 1.3, self-signed certificate).
     StmpQuic,
     /// tonic 0.14 gRPC unary echo over HTTP/2 (h2c).
@@ -36,12 +39,13 @@ pub enum System {
 
 impl System {
     /// Every system, in table order.
-    pub const ALL: [System; 9] = [
+    pub const ALL: [System; 10] = [
         System::StmpTcp,
         System::StmpTls,
         System::StmpWs,
         System::StmpWss,
         System::StmpGzip,
+        System::StmpWsDeflate,
         System::StmpQuic,
         System::Tonic,
         System::RawTcp,
@@ -56,6 +60,7 @@ impl System {
             System::StmpWs => "stmp ws",
             System::StmpWss => "stmp wss",
             System::StmpGzip => "stmp tcp+gzip",
+            System::StmpWsDeflate => "stmp ws+deflate",
             System::StmpQuic => "stmp quic",
             System::Tonic => "tonic grpc",
             System::RawTcp => "raw tcp echo",
@@ -72,6 +77,7 @@ impl System {
                 | System::StmpWs
                 | System::StmpWss
                 | System::StmpGzip
+                | System::StmpWsDeflate
                 | System::StmpQuic
         )
     }
@@ -201,6 +207,13 @@ pub async fn stmp_client(
                 .connect(&format!("ws://{}/stmp", server.addr("ws")?))
                 .await?
         }
+        System::StmpWsDeflate => {
+            builder
+                .gzip(true)
+                .gzip_inflation_limit(BENCH_INFLATION_RATIO, 1 << 20)
+                .connect(&format!("ws://{}/stmp", server.addr("ws")?))
+                .await?
+        }
         System::StmpWss => {
             trusting_cert(builder)
                 .connect(&format!("wss://{}/stmp", server.addr("wss")?))
@@ -261,7 +274,7 @@ pub fn bench_cert() -> &'static BenchCert {
     })
 }
 
-/// The gzip inflation both sides of the `stmp tcp+gzip` row allow: the payloads are one byte
+/// The inflation both sides of the `stmp tcp+gzip` and `stmp ws+deflate` rows allow: the payloads are one byte
 /// repeated, which deflate shrinks by far more than the default 64× bound that protects a
 /// public server from gzip bombs.
 pub const BENCH_INFLATION_RATIO: u32 = 4096;

@@ -52,13 +52,14 @@ fn quick_run_has_every_row() {
         serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).expect("json"))
             .expect("results.json parses");
 
-    // Unary: 9 systems × 2 payloads × 3 points, each row with positive figures.
+    // Unary: 10 systems × 2 payloads × 3 points, each row with positive figures.
     let systems = [
         "stmp tcp",
         "stmp tls",
         "stmp ws",
         "stmp wss",
         "stmp tcp+gzip",
+        "stmp ws+deflate",
         "stmp quic",
         "tonic grpc",
         "raw tcp echo",
@@ -158,13 +159,14 @@ fn quick_run_has_every_row() {
         "no ratio to one node in\n{markdown}"
     );
 
-    // Memory: stmp tcp, tls, ws, wss, tcp+gzip, quic, tonic.
+    // Memory: stmp tcp, tls, ws, wss, tcp+gzip, ws+deflate, quic, tonic.
     for system in [
         "stmp tcp",
         "stmp tls",
         "stmp ws",
         "stmp wss",
         "stmp tcp+gzip",
+        "stmp ws+deflate",
         "stmp quic",
         "tonic grpc",
     ] {
@@ -177,7 +179,7 @@ fn quick_run_has_every_row() {
             "{row}"
         );
     }
-    assert_eq!(json["memory"].as_array().map(Vec::len), Some(7));
+    assert_eq!(json["memory"].as_array().map(Vec::len), Some(8));
     // What a burst leaves behind: measured for stmp's rows, not for tonic's.
     for row in json["memory"].as_array().expect("memory rows") {
         let burst = &row["after_burst"];

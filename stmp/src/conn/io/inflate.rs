@@ -71,8 +71,8 @@ impl InflationMeter {
                 Ok(())
             }
             None => Err(Status::request_entity_too_large(format!(
-                "the gzip stream inflates more than {}x its compressed size beyond a burst of \
-                 {} bytes",
+                "what the peer compressed inflates more than {}x its compressed size beyond a \
+                 burst of {} bytes",
                 self.limit.max_ratio, self.limit.burst
             ))),
         }

@@ -156,8 +156,10 @@ mod codec {
     /// (RFC 7692 section 7.2.1).
     const TAIL: [u8; 4] = [0x00, 0x00, 0xFF, 0xFF];
 
-    /// How much a message may grow per step while it is inflated.
-    const INFLATE_STEP: usize = 16 << 10;
+    /// The most a message's buffer grows by at once while it is inflated; below it, the
+    /// buffer doubles. Each step's room is zeroed before it is written, so the room given
+    /// stays near what the message needs.
+    const MAX_INFLATE_STEP: usize = 64 << 10;
 
     thread_local! {
         // Level 1, as for gzip streams: small messages, where higher levels cost several times
@@ -217,33 +219,32 @@ mod codec {
 
         /// The message whose deflated payload (without its tail) is `compressed`.
         pub(crate) fn inflate(&mut self, compressed: &[u8]) -> Result<Bytes, Status> {
-            let inflated = INFLATER.with_borrow_mut(|inflater| {
+            INFLATER.with_borrow_mut(|inflater| {
                 inflater.reset(false);
                 self.inflate_with(inflater, compressed)
-            })?;
-            self.meter
-                .record(compressed.len() as u64, inflated.len() as u64)?;
-            Ok(inflated)
+            })
         }
 
+        /// Checks the limits step by step, so that a message over them costs at most one
+        /// step's work past them.
         fn inflate_with(
-            &self,
+            &mut self,
             inflater: &mut Decompress,
             compressed: &[u8],
         ) -> Result<Bytes, Status> {
+            let max_message = self.max_message;
             let too_large = || {
                 Status::request_entity_too_large(format!(
-                    "websocket message inflates past the limit of {} bytes",
-                    self.max_message
+                    "websocket message inflates past the limit of {max_message} bytes"
                 ))
             };
             let bad = |e: &dyn std::fmt::Display| {
                 Status::protocol_error(format!("websocket message that does not inflate: {e}"))
             };
             // Room for one byte past the limit: what shows a message over it.
-            let cap = self.max_message.saturating_add(1);
+            let cap = max_message.saturating_add(1);
             let mut out =
-                BytesMut::with_capacity(compressed.len().saturating_mul(4).clamp(64, cap));
+                BytesMut::with_capacity(compressed.len().saturating_mul(4).max(256).min(cap));
             for chunk in [compressed, &TAIL[..]] {
                 let mut input = chunk;
                 loop {
@@ -251,7 +252,8 @@ mod codec {
                         if out.len() >= cap {
                             return Err(too_large());
                         }
-                        out.reserve(INFLATE_STEP.min(cap - out.len()));
+                        let step = out.len().clamp(256, MAX_INFLATE_STEP);
+                        out.reserve(step.min(cap - out.len()));
                     }
                     let start = out.len();
                     let room = out.capacity() - start;
@@ -264,9 +266,10 @@ mod codec {
                     let produced = (inflater.total_out() - before.1) as usize;
                     out.truncate(start + produced);
                     input = &input[consumed..];
-                    if out.len() > self.max_message {
+                    if out.len() > max_message {
                         return Err(too_large());
                     }
+                    self.meter.record(consumed as u64, produced as u64)?;
                     if status == flate2::Status::StreamEnd {
                         // A final block: what follows it (the tail we add) is not read.
                         return Ok(out.freeze());
@@ -439,6 +442,11 @@ mod tests {
             assert_eq!(refused.code(), Code::RequestEntityTooLarge);
             // Exactly at the limit is taken.
             assert_eq!(inflater(1 << 20).inflate(&bomb).unwrap().len(), 1 << 20);
+            // Under a far larger message limit, the ratio stops a bomb as it inflates.
+            let bomb = deflated_hard(&vec![0u8; 4 << 20]);
+            let refused = inflater(64 << 20).inflate(&bomb).unwrap_err();
+            assert_eq!(refused.code(), Code::RequestEntityTooLarge);
+            assert!(refused.message().contains("more than 64x"), "{refused}");
         }
 
         #[test]
@@ -461,8 +469,9 @@ mod tests {
 
         #[test]
         fn garbage_is_a_protocol_error_never_a_panic() {
-            let mut inflater = inflater(1 << 16);
             for _ in 0..2000 {
+                // Message limits from none at all to far more than the bytes given.
+                let mut inflater = inflater(fastrand::usize(..1 << 12));
                 let len = fastrand::usize(..64);
                 let bytes: Vec<u8> = (0..len).map(|_| fastrand::u8(..)).collect();
                 if let Err(status) = inflater.inflate(&bytes) {
