@@ -28,7 +28,7 @@
 //! | `tls` | `Server::listen_tls`, `tls://`, [`ClientBuilder::tls`], the `tls` config helpers | rustls (ring), tokio-rustls |
 //! | `ws` | `Server::listen_ws`, `ws://`; with `tls`, `listen_wss` and `wss://` | tokio-tungstenite (the HTTP upgrade), rand (client masks) |
 //! | `quic` (implies `tls`) | `Server::listen_quic`, `quic://`, the `quic` module | quinn |
-//! | `gzip` | gzip stream compression on byte streams ([`ServerBuilder::gzip`]) | flate2 (zlib-rs) |
+//! | `gzip` | gzip stream compression on byte streams ([`ServerBuilder::gzip`]), permessage-deflate on WebSocket ([`ServerBuilder::websocket_compression`]) | flate2 (zlib-rs) |
 //! | `msgpack` | `Codec::MSGPACK`, `Codec::MSGPACK_GO` | rmp-serde |
 //! | `json` | `Codec::JSON`, the default codec of text packets | serde_json |
 //!

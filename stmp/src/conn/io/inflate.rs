@@ -45,15 +45,18 @@ impl Default for InflationLimit {
 #[cfg_attr(not(feature = "gzip"), allow(dead_code))]
 pub(crate) struct InflationMeter {
     limit: InflationLimit,
+    /// What is inflated, as the error names it: "the gzip stream".
+    what: &'static str,
     /// Inflated bytes still allowed; never above the burst.
     allowance: u64,
 }
 
 #[cfg_attr(not(feature = "gzip"), allow(dead_code))]
 impl InflationMeter {
-    pub(crate) fn new(limit: InflationLimit) -> Self {
+    pub(crate) fn new(limit: InflationLimit, what: &'static str) -> Self {
         InflationMeter {
             limit,
+            what,
             allowance: limit.burst as u64,
         }
     }
@@ -71,9 +74,8 @@ impl InflationMeter {
                 Ok(())
             }
             None => Err(Status::request_entity_too_large(format!(
-                "what the peer compressed inflates more than {}x its compressed size beyond a \
-                 burst of {} bytes",
-                self.limit.max_ratio, self.limit.burst
+                "{} inflates more than {}x its compressed size beyond a burst of {} bytes",
+                self.what, self.limit.max_ratio, self.limit.burst
             ))),
         }
     }
@@ -109,7 +111,7 @@ impl<R: AsyncRead + Unpin> BoundedGzip<R> {
             transport,
             compressed: leftover,
             inflater: Decompress::new_gzip(15),
-            meter: InflationMeter::new(limit),
+            meter: InflationMeter::new(limit, "the gzip stream"),
             ended: false,
         }
     }
@@ -212,7 +214,7 @@ mod tests {
 
     #[test]
     fn the_burst_is_spent_once_then_the_ratio_holds() {
-        let mut meter = InflationMeter::new(LIMIT);
+        let mut meter = InflationMeter::new(LIMIT, "the gzip stream");
         meter.record(0, 100).unwrap();
         meter.record(10, 40).unwrap();
         let error = meter.record(0, 1).unwrap_err();
@@ -222,7 +224,7 @@ mod tests {
 
     #[test]
     fn compressed_bytes_refill_up_to_the_burst_only() {
-        let mut meter = InflationMeter::new(LIMIT);
+        let mut meter = InflationMeter::new(LIMIT, "the gzip stream");
         // Incompressible input earns far more than the burst; only the burst is kept.
         meter.record(1_000, 0).unwrap();
         meter.record(0, 100).unwrap();
@@ -231,7 +233,7 @@ mod tests {
 
     #[test]
     fn a_stream_within_the_ratio_runs_forever() {
-        let mut meter = InflationMeter::new(LIMIT);
+        let mut meter = InflationMeter::new(LIMIT, "the gzip stream");
         for _ in 0..10_000 {
             meter.record(25, 100).unwrap();
         }
@@ -239,10 +241,11 @@ mod tests {
 
     #[test]
     fn saturates_instead_of_overflowing() {
-        let mut meter = InflationMeter::new(InflationLimit {
+        let limit = InflationLimit {
             max_ratio: u32::MAX,
             burst: usize::MAX,
-        });
+        };
+        let mut meter = InflationMeter::new(limit, "the gzip stream");
         meter.record(u64::MAX, 0).unwrap();
         meter.record(u64::MAX, u64::MAX).unwrap();
     }

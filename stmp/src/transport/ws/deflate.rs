@@ -213,7 +213,7 @@ mod codec {
         pub(crate) fn new(max_message: usize, limit: InflationLimit) -> Self {
             MessageInflater {
                 max_message,
-                meter: InflationMeter::new(limit),
+                meter: InflationMeter::new(limit, "the websocket connection's deflated data"),
             }
         }
 
@@ -446,7 +446,12 @@ mod tests {
             let bomb = deflated_hard(&vec![0u8; 4 << 20]);
             let refused = inflater(64 << 20).inflate(&bomb).unwrap_err();
             assert_eq!(refused.code(), Code::RequestEntityTooLarge);
-            assert!(refused.message().contains("more than 64x"), "{refused}");
+            assert!(
+                refused
+                    .message()
+                    .contains("deflated data inflates more than 64x"),
+                "{refused}"
+            );
         }
 
         #[test]
