@@ -821,6 +821,55 @@ mod tests {
         }
     }
 
+    /// An unmasked frame, as a server sends it; `first` is its first byte whole.
+    #[cfg(feature = "gzip")]
+    fn server_frame(first: u8, payload: &[u8], dst: &mut BytesMut) {
+        dst.put_u8(first);
+        match payload.len() {
+            len @ 0..=125 => dst.put_u8(len as u8),
+            len => {
+                dst.put_u8(126);
+                dst.put_u16(len as u16);
+            }
+        }
+        dst.put_slice(payload);
+    }
+
+    #[cfg(feature = "gzip")]
+    #[test]
+    fn deflated_messages_split_anywhere_come_back_whole() {
+        let mut rng = fastrand::Rng::with_seed(30);
+        let mut reader = FrameReader::new(Role::Client, 1 << 16, Arc::default())
+            .with_inflater(true, InflationLimit::default());
+        for _ in 0..500 {
+            let words = ["room", "lobby", "hello", "{\"text\":", "é", " "];
+            let plain: String = (0..rng.usize(30..3000))
+                .map(|_| words[rng.usize(..words.len())])
+                .collect();
+            let mut deflated = BytesMut::new();
+            assert!(super::deflate::deflate(plain.as_bytes(), &mut deflated));
+            // Cut into fragments at random places, some of them empty.
+            let mut cuts: Vec<usize> = (0..rng.usize(0..4))
+                .map(|_| rng.usize(..=deflated.len()))
+                .collect();
+            cuts.push(0);
+            cuts.push(deflated.len());
+            cuts.sort_unstable();
+            let mut buf = BytesMut::new();
+            for (i, pair) in cuts.windows(2).enumerate() {
+                let opcode = if i == 0 { RSV1 | TEXT } else { CONTINUATION };
+                let fin = if i == cuts.len() - 2 { FIN } else { 0 };
+                server_frame(fin | opcode, &deflated[pair[0]..pair[1]], &mut buf);
+            }
+            let incoming = reader.next(&mut buf).unwrap();
+            let Some(Incoming::Message { text: true, bytes }) = incoming else {
+                panic!("no text message: {incoming:?}");
+            };
+            assert!(bytes == plain.as_bytes(), "{} bytes differ", plain.len());
+            assert!(buf.is_empty());
+        }
+    }
+
     #[test]
     fn the_reserved_bit_of_deflate_is_refused_where_it_does_not_belong() {
         let cases: [(&[u8], &str); 4] = [
@@ -970,13 +1019,17 @@ mod tests {
     #[test]
     fn random_bytes_are_taken_or_refused_never_a_panic() {
         let mut rng = fastrand::Rng::with_seed(16);
-        for _ in 0..20_000 {
+        for _ in 0..40_000 {
             let role = if rng.bool() {
                 Role::Server
             } else {
                 Role::Client
             };
-            let mut reader = FrameReader::new(role, 300, Arc::default());
+            // Half the time with permessage-deflate agreed: the reserved bit then takes the
+            // payload to the inflater.
+            let agreed = rng.bool();
+            let mut reader = FrameReader::new(role, 300, Arc::default())
+                .with_inflater(agreed, InflationLimit::default());
             let mut bytes: Vec<u8> = (0..rng.usize(0..80)).map(|_| rng.u8(..)).collect();
             // Mostly well-formed first bytes, so that the checks past them are reached too.
             if let [first, second, ..] = &mut bytes[..] {
