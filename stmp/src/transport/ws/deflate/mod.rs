@@ -2,7 +2,8 @@
 //! message to the next ("no context takeover" both ways).
 //!
 //! Each message is compressed and inflated on its own, so a connection holds no compression
-//! state at all: the compressor and inflater belong to the thread and are reset per message.
+//! state at all: a message is deflated in one pass with a hash table sized to it
+//! ([`fixed`]), and inflated by an inflater that belongs to the thread, reset per message.
 //! Keeping the window would compress small, similar messages better, but would cost every
 //! connection some 300 KiB for as long as it lives, where browsers keep thousands of idle
 //! ones. Messages under [`MIN_DEFLATED`] bytes, and those deflate does not shrink, go out
@@ -25,7 +26,7 @@ pub(crate) const AGREEMENT: &str =
 /// reset and a pass over them.
 pub(crate) const MIN_DEFLATED: usize = 128;
 
-/// The window the compressor uses, the largest: a client that offers a smaller
+/// The window our matches reach back over, the largest: a client that offers a smaller
 /// `server_max_window_bits` is declined rather than given a compressor of its own.
 const WINDOW_BITS: u8 = 15;
 
@@ -142,11 +143,14 @@ fn window_bits(value: &str) -> Option<u8> {
 pub(crate) use codec::{MessageInflater, deflate};
 
 #[cfg(feature = "gzip")]
+mod fixed;
+
+#[cfg(feature = "gzip")]
 mod codec {
     use std::cell::RefCell;
 
     use bytes::{Bytes, BytesMut};
-    use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
+    use flate2::{Decompress, FlushDecompress};
 
     use super::WINDOW_BITS;
     use crate::Status;
@@ -162,10 +166,6 @@ mod codec {
     const MAX_INFLATE_STEP: usize = 64 << 10;
 
     thread_local! {
-        // Level 1, as for gzip streams: small messages, where higher levels cost several times
-        // the CPU for a few bytes.
-        static COMPRESSOR: RefCell<Compress> =
-            RefCell::new(Compress::new_with_window_bits(Compression::fast(), false, WINDOW_BITS));
         static INFLATER: RefCell<Decompress> =
             RefCell::new(Decompress::new_with_window_bits(false, WINDOW_BITS));
     }
@@ -173,31 +173,13 @@ mod codec {
     /// Appends `plain` deflated to `dst`, as a message's payload, and returns true; when
     /// deflate does not make it shorter, leaves `dst` as it was and returns false.
     pub(crate) fn deflate(plain: &[u8], dst: &mut BytesMut) -> bool {
-        COMPRESSOR.with_borrow_mut(|compressor| {
-            compressor.reset();
-            let start = dst.len();
-            // Output of the plain length and the tail at most: anything longer is not kept.
-            dst.resize(start + plain.len() + TAIL.len(), 0);
-            let before = (compressor.total_in(), compressor.total_out());
-            let done = compressor.compress(plain, &mut dst[start..], FlushCompress::Sync);
-            let consumed = (compressor.total_in() - before.0) as usize;
-            let produced = (compressor.total_out() - before.1) as usize;
-            // All taken, with room left: the flush is complete and ends with the tail.
-            let whole = done.is_ok()
-                && consumed == plain.len()
-                && produced < plain.len() + TAIL.len()
-                && dst[start..start + produced].ends_with(&TAIL);
-            match whole && produced - TAIL.len() < plain.len() {
-                true => {
-                    dst.truncate(start + produced - TAIL.len());
-                    true
-                }
-                false => {
-                    dst.truncate(start);
-                    false
-                }
-            }
-        })
+        let start = dst.len();
+        super::fixed::deflate_message(plain, dst);
+        if dst.len() - start < plain.len() {
+            return true;
+        }
+        dst.truncate(start);
+        false
     }
 
     /// Inflates a connection's compressed messages, each on its own, within `max_message`

@@ -1,0 +1,316 @@
+//! One message deflated on its own (RFC 1951): greedy LZ77 matches over the message, coded with
+//! the fixed Huffman codes, in one block ended as a sync flush ends it.
+//!
+//! Why not zlib: a message compressed without context takeover starts from an empty window, so
+//! a zlib stream must be reset before each one, and zlib-rs's reset clears a 128 KiB hash table
+//! and its block's tree counts. For a message of a kilobyte that was most of the CPU deflate
+//! took (a profile of 1 KiB echoes put 40 % of the busy CPU in that clearing). Here the hash
+//! table is sized to the message, so clearing it costs in proportion to what is compressed.
+//! zlib's own fast level codes small inputs this way too: fixed codes, greedy matches.
+
+use std::cell::RefCell;
+
+use bytes::{BufMut, BytesMut};
+
+/// Matches reach at most this far back (the window of RFC 1951).
+const MAX_DISTANCE: usize = 32 << 10;
+const MIN_MATCH: usize = 4;
+const MAX_MATCH: usize = 258;
+/// The end-of-block symbol.
+const END_OF_BLOCK: usize = 256;
+
+/// The hash table's size, in bits, for the largest messages.
+const MAX_HASH_BITS: u32 = 14;
+const MIN_HASH_BITS: u32 = 8;
+
+thread_local! {
+    /// Per position hashed, where it was last seen (position + 1; 0 for never). Kept by the
+    /// thread, and cleared only as far as a message uses it.
+    static HEADS: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The fixed literal/length codes (RFC 1951 section 3.2.6), bit-reversed as they are written,
+/// with their lengths.
+const LITERAL_CODES: [(u16, u8); 288] = {
+    let mut codes = [(0, 0); 288];
+    let mut symbol = 0;
+    while symbol < 288 {
+        let (code, len) = match symbol {
+            0..=143 => (0x30 + symbol, 8),
+            144..=255 => (0x190 + symbol - 144, 9),
+            256..=279 => (symbol - 256, 7),
+            _ => (0xC0 + symbol - 280, 8),
+        };
+        codes[symbol] = (reverse(code as u16, len), len);
+        symbol += 1;
+    }
+    codes
+};
+
+/// The low `len` bits of `code`, in reverse order: Huffman codes go out most significant bit
+/// first, into a stream packed from each byte's least significant bit.
+const fn reverse(code: u16, len: u8) -> u16 {
+    code.reverse_bits() >> (16 - len as u32)
+}
+
+/// Bits packed from the least significant end, as DEFLATE lays them out.
+struct Bits<'a> {
+    dst: &'a mut BytesMut,
+    pending: u64,
+    count: u32,
+}
+
+impl Bits<'_> {
+    /// Appends the low `count` bits of `value` (at most 32 at a time).
+    fn put(&mut self, value: u32, count: u32) {
+        self.pending |= u64::from(value) << self.count;
+        self.count += count;
+        if self.count >= 32 {
+            self.dst.put_u32_le(self.pending as u32);
+            self.pending >>= 32;
+            self.count -= 32;
+        }
+    }
+
+    fn symbol(&mut self, symbol: usize) {
+        let (code, len) = LITERAL_CODES[symbol];
+        self.put(u32::from(code), u32::from(len));
+    }
+
+    /// A match of `len` bytes, `distance` back.
+    fn matched(&mut self, len: usize, distance: usize) {
+        let (symbol, extra, extra_bits) = length_code(len);
+        self.symbol(symbol);
+        self.put(extra, extra_bits);
+        let (code, extra, extra_bits) = distance_code(distance);
+        // Distance codes are all five bits long.
+        self.put(u32::from(reverse(code, 5)), 5);
+        self.put(extra, extra_bits);
+    }
+
+    /// Writes out the last, partial byte.
+    fn finish(mut self) {
+        while self.count > 0 {
+            self.dst.put_u8(self.pending as u8);
+            self.pending >>= 8;
+            self.count = self.count.saturating_sub(8);
+        }
+    }
+}
+
+/// The length symbol of a match of `len` (3 to 258) bytes, its extra bits' value and count.
+fn length_code(len: usize) -> (usize, u32, u32) {
+    if len == MAX_MATCH {
+        return (285, 0, 0);
+    }
+    let above = (len - 3) as u32;
+    if above < 8 {
+        return (257 + above as usize, 0, 0);
+    }
+    let log = 31 - above.leading_zeros();
+    let extra_bits = log - 2;
+    let symbol = 257 + 4 * (log - 1) + ((above >> extra_bits) & 3);
+    (symbol as usize, above & ((1 << extra_bits) - 1), extra_bits)
+}
+
+/// The distance code of a match `distance` (1 to 32768) bytes back, its extra bits' value and
+/// count.
+fn distance_code(distance: usize) -> (u16, u32, u32) {
+    let above = (distance - 1) as u32;
+    if above < 4 {
+        return (above as u16, 0, 0);
+    }
+    let log = 31 - above.leading_zeros();
+    let extra_bits = log - 1;
+    let code = 2 * log + ((above >> extra_bits) & 1);
+    (code as u16, above & ((1 << extra_bits) - 1), extra_bits)
+}
+
+fn read_u32(bytes: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+}
+
+/// Appends `plain` as one fixed-code block followed by the empty stored block of a sync flush,
+/// without that block's last four bytes (`00 00 FF FF`): a permessage-deflate payload.
+pub(super) fn deflate_message(plain: &[u8], dst: &mut BytesMut) {
+    // A hash table of about one entry per byte, within bounds.
+    let hash_bits = (usize::BITS - plain.len().leading_zeros()).clamp(MIN_HASH_BITS, MAX_HASH_BITS);
+    HEADS.with_borrow_mut(|heads| {
+        let size = 1 << hash_bits;
+        if heads.len() < size {
+            heads.resize(size, 0);
+        }
+        let heads = &mut heads[..size];
+        heads.fill(0);
+        // Fixed codes take at most 9 bits a byte.
+        dst.reserve(plain.len() + plain.len() / 8 + 16);
+        let mut bits = Bits {
+            dst,
+            pending: 0,
+            count: 0,
+        };
+        // BFINAL 0, BTYPE 01 (fixed codes).
+        bits.put(0b010, 3);
+        let hash = |at: usize| {
+            (read_u32(plain, at).wrapping_mul(0x9E37_79B1) >> (32 - hash_bits)) as usize
+        };
+        let mut at = 0;
+        while at + MIN_MATCH <= plain.len() {
+            let slot = hash(at);
+            let seen = heads[slot] as usize;
+            heads[slot] = at as u32 + 1;
+            if seen > 0 {
+                let from = seen - 1;
+                let distance = at - from;
+                if distance <= MAX_DISTANCE && read_u32(plain, from) == read_u32(plain, at) {
+                    let longest = (plain.len() - at).min(MAX_MATCH);
+                    let mut len = MIN_MATCH;
+                    while len < longest && plain[from + len] == plain[at + len] {
+                        len += 1;
+                    }
+                    bits.matched(len, distance);
+                    // The positions inside a short match are remembered too; a long one is a
+                    // run, whose start stays in the table.
+                    if len < 32 {
+                        for inside in at + 1..(at + len).min(plain.len() - MIN_MATCH + 1) {
+                            heads[hash(inside)] = inside as u32 + 1;
+                        }
+                    }
+                    at += len;
+                    continue;
+                }
+            }
+            bits.symbol(usize::from(plain[at]));
+            at += 1;
+        }
+        for &byte in &plain[at..] {
+            bits.symbol(usize::from(byte));
+        }
+        bits.symbol(END_OF_BLOCK);
+        // The sync flush's empty stored block: BFINAL 0, BTYPE 00, then up to the byte's end;
+        // its LEN and NLEN (00 00 FF FF) are what permessage-deflate leaves off.
+        bits.put(0, 3);
+        bits.finish();
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use flate2::{Decompress, FlushDecompress};
+
+    use super::*;
+
+    /// `deflated` inflated by zlib-rs, the tail put back.
+    fn inflate(deflated: &[u8], len: usize) -> Vec<u8> {
+        let mut input = deflated.to_vec();
+        input.extend_from_slice(&[0, 0, 0xFF, 0xFF]);
+        let mut out = Vec::with_capacity(len + 64);
+        let mut inflater = Decompress::new(false);
+        inflater
+            .decompress_vec(&input, &mut out, FlushDecompress::Sync)
+            .unwrap();
+        assert_eq!(
+            inflater.total_in(),
+            input.len() as u64,
+            "all the input read"
+        );
+        out
+    }
+
+    fn round_trip(plain: &[u8]) -> usize {
+        let mut dst = BytesMut::from(&b"xy"[..]);
+        deflate_message(plain, &mut dst);
+        assert_eq!(&dst[..2], b"xy");
+        let back = inflate(&dst[2..], plain.len());
+        assert!(back == plain, "{} bytes differ", plain.len());
+        dst.len() - 2
+    }
+
+    #[test]
+    fn the_rfc_example_is_what_zlib_writes() {
+        // RFC 7692 section 7.2.3.1: "Hello" with fixed codes, no match.
+        let mut dst = BytesMut::new();
+        deflate_message(b"Hello", &mut dst);
+        assert_eq!(&dst[..], [0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00]);
+    }
+
+    #[test]
+    fn every_length_and_distance_code_is_right() {
+        for len in 3..=258 {
+            let (symbol, extra, bits) = length_code(len);
+            let (base, base_bits) = LENGTH_BASES[symbol - 257];
+            assert_eq!((base + extra as usize, bits), (len, base_bits), "{len}");
+        }
+        for distance in 1..=MAX_DISTANCE {
+            let (code, extra, bits) = distance_code(distance);
+            let (base, base_bits) = DISTANCE_BASES[usize::from(code)];
+            assert_eq!(
+                (base + extra as usize, bits),
+                (distance, base_bits),
+                "{distance}"
+            );
+        }
+    }
+
+    /// RFC 1951 section 3.2.5, as written there: each code's base and extra bits.
+    #[rustfmt::skip]
+    const LENGTH_BASES: [(usize, u32); 29] = [
+        (3, 0), (4, 0), (5, 0), (6, 0), (7, 0), (8, 0), (9, 0), (10, 0), (11, 1), (13, 1),
+        (15, 1), (17, 1), (19, 2), (23, 2), (27, 2), (31, 2), (35, 3), (43, 3), (51, 3), (59, 3),
+        (67, 4), (83, 4), (99, 4), (115, 4), (131, 5), (163, 5), (195, 5), (227, 5), (258, 0),
+    ];
+    #[rustfmt::skip]
+    const DISTANCE_BASES: [(usize, u32); 30] = [
+        (1, 0), (2, 0), (3, 0), (4, 0), (5, 1), (7, 1), (9, 2), (13, 2), (17, 3), (25, 3),
+        (33, 4), (49, 4), (65, 5), (97, 5), (129, 6), (193, 6), (257, 7), (385, 7), (513, 8),
+        (769, 8), (1025, 9), (1537, 9), (2049, 10), (3073, 10), (4097, 11), (6145, 11),
+        (8193, 12), (12289, 12), (16385, 13), (24577, 13),
+    ];
+
+    #[test]
+    fn messages_of_every_kind_inflate_back() {
+        let mut rng = fastrand::Rng::with_seed(7692);
+        assert_eq!(round_trip(b""), 2);
+        for len in [1, 3, 4, 5, 7, 8, 9, 300] {
+            round_trip(&vec![b'a'; len]);
+        }
+        // Runs longer than the longest match, and than the window.
+        let run = round_trip(&vec![0; 100_000]);
+        assert!(run < 1_000, "{run} bytes for a run of 100,000");
+        // Text, the usual case.
+        let words = [
+            "{\"room\":",
+            "\"lobby\"",
+            ",\"text\":",
+            "\"hello\"",
+            "}",
+            "é",
+            " ",
+        ];
+        for _ in 0..300 {
+            let text: String = (0..rng.usize(0..2000))
+                .map(|_| words[rng.usize(..words.len())])
+                .collect();
+            let size = round_trip(text.as_bytes());
+            assert!(
+                text.len() < 200 || size < text.len() / 2,
+                "{size} for {}",
+                text.len()
+            );
+        }
+        // Noise, and noise with repeats further back than the window reaches.
+        for len in [1, 100, 5000, 70_000] {
+            let noise: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
+            round_trip(&noise);
+            let mut far = noise.clone();
+            far.extend_from_slice(&vec![0; 33_000]);
+            far.extend_from_slice(&noise);
+            round_trip(&far);
+        }
+        // Few symbols, many short matches at every distance.
+        for _ in 0..200 {
+            let bytes: Vec<u8> = (0..rng.usize(0..40_000)).map(|_| rng.u8(..4)).collect();
+            round_trip(&bytes);
+        }
+    }
+}
