@@ -170,16 +170,53 @@ mod codec {
             RefCell::new(Decompress::new_with_window_bits(false, WINDOW_BITS));
     }
 
+    /// Messages up to this long are remembered once deflated ([`LastDeflated`]).
+    const MAX_REMEMBERED: usize = 64 << 10;
+
+    /// The last message deflated on a thread, and what it deflated to (`None`: it did not
+    /// shrink). A broadcast writes one message to many connections in turn, and without
+    /// context takeover it deflates to the same bytes for each: it is deflated once, then
+    /// copied. Keyed by the message's bytes themselves, so it can only ever give a message's
+    /// own deflated form.
+    #[derive(Default)]
+    struct LastDeflated {
+        plain: Vec<u8>,
+        deflated: Option<Vec<u8>>,
+    }
+
+    thread_local! {
+        static LAST: RefCell<LastDeflated> = RefCell::default();
+    }
+
     /// Appends `plain` deflated to `dst`, as a message's payload, and returns true; when
     /// deflate does not make it shorter, leaves `dst` as it was and returns false.
     pub(crate) fn deflate(plain: &[u8], dst: &mut BytesMut) -> bool {
-        let start = dst.len();
-        super::fixed::deflate_message(plain, dst);
-        if dst.len() - start < plain.len() {
-            return true;
-        }
-        dst.truncate(start);
-        false
+        LAST.with_borrow_mut(|last| {
+            if last.plain == plain {
+                return match &last.deflated {
+                    Some(deflated) => {
+                        dst.extend_from_slice(deflated);
+                        true
+                    }
+                    None => false,
+                };
+            }
+            let start = dst.len();
+            super::fixed::deflate_message(plain, dst);
+            let shrank = dst.len() - start < plain.len();
+            if plain.len() <= MAX_REMEMBERED {
+                last.plain.clear();
+                last.plain.extend_from_slice(plain);
+                let mut deflated = last.deflated.take().unwrap_or_default();
+                deflated.clear();
+                deflated.extend_from_slice(&dst[start..]);
+                last.deflated = shrank.then_some(deflated);
+            }
+            if !shrank {
+                dst.truncate(start);
+            }
+            shrank
+        })
     }
 
     /// Inflates a connection's compressed messages, each on its own, within `max_message`
@@ -392,6 +429,40 @@ mod tests {
                 assert_eq!(&dst[..4], b"head");
                 let inflated = inflater.inflate(&dst[4..]).unwrap();
                 assert!(inflated == text.as_bytes(), "{} bytes differ", text.len());
+            }
+        }
+
+        #[test]
+        fn a_message_deflated_again_comes_out_the_same() {
+            let one = "{\"text\":\"hello\"}".repeat(20);
+            let two = "{\"text\":\"world\"}".repeat(30);
+            let noise: Vec<u8> = (0..300).map(|_| fastrand::u8(..)).collect();
+            let mut first = Vec::new();
+            for plain in [one.as_bytes(), two.as_bytes(), &noise[..]] {
+                let mut dst = BytesMut::new();
+                let shrank = deflate(plain, &mut dst);
+                first.push((shrank, dst));
+            }
+            // Again, each twice in a row and in turns: the same bytes, which inflate back.
+            let mut inflater = inflater(1 << 16);
+            for plain in [
+                one.as_bytes(),
+                one.as_bytes(),
+                &noise[..],
+                two.as_bytes(),
+                one.as_bytes(),
+            ] {
+                let mut dst = BytesMut::from(&b"head"[..]);
+                let shrank = deflate(plain, &mut dst);
+                let index = [one.as_bytes(), two.as_bytes(), &noise[..]]
+                    .iter()
+                    .position(|p| *p == plain)
+                    .unwrap();
+                assert_eq!((shrank, &dst[4..]), (first[index].0, &first[index].1[..]));
+                match shrank {
+                    true => assert!(inflater.inflate(&dst[4..]).unwrap() == plain),
+                    false => assert_eq!(&dst[..], b"head"),
+                }
             }
         }
 
