@@ -133,7 +133,7 @@ pub async fn run(settings: &Settings) -> Result<Vec<MemoryResult>> {
                 after_burst,
             };
             eprintln!(
-                "  memory {:<10} {:>6} idle connections: RSS {} KiB → {} KiB, {:.1} KiB per connection",
+                "  memory {:<15} {:>6} idle connections: RSS {} KiB → {} KiB, {:.1} KiB per connection",
                 system.label(),
                 n,
                 baseline,
@@ -142,7 +142,7 @@ pub async fn run(settings: &Settings) -> Result<Vec<MemoryResult>> {
             );
             if let Some(burst) = &result.after_burst {
                 eprintln!(
-                    "  memory {:<10} {:>6} after a burst of {BURST} calls each: heap {} KiB → {} KiB, {:+.2} KiB per connection, {} tasks left",
+                    "  memory {:<15} {:>6} after a burst of {BURST} calls each: heap {} KiB → {} KiB, {:+.2} KiB per connection, {} tasks left",
                     system.label(),
                     n,
                     burst.heap_before_kib,

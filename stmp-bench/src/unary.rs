@@ -365,7 +365,7 @@ pub async fn run(
             for (&system, rounds) in systems.iter().zip(rounds) {
                 let measured = Measured::median(rounds);
                 eprintln!(
-                    "  {:<14} {:>5} B  {:<22} {:>10.0} req/s  p50 {:>9}  p99 {:>9}  CPU/call {:>9}",
+                    "  {:<15} {:>5} B  {:<22} {:>10.0} req/s  p50 {:>9}  p99 {:>9}  CPU/call {:>9}",
                     system.label(),
                     payload,
                     point.label(settings.depth),

@@ -169,21 +169,30 @@ async function tcpProxy(target: URL): Promise<{ port: number; carried: Carried; 
   };
 }
 
-test("a page cut off the network shows the messages it missed, then live ones", async () => {
+/**
+ * A new page whose WebSocket goes through a {@link tcpProxy}, signed up as `name` and in #lobby;
+ * `shows` waits for a line of its log.
+ */
+async function pageThroughProxy(name: string) {
   const ws = new URL(server.ws);
   const proxy = await tcpProxy(ws);
-  const dave = await browser.context.newPage();
-  const shows = (text: string) => dave.locator("#log > div", { hasText: text }).first().waitFor({ timeout: STEP });
+  const page = await browser.context.newPage();
+  const shows = (text: string) => page.locator("#log > div", { hasText: text }).first().waitFor({ timeout: STEP });
+  await page.goto(`${server.web}?ws=${encodeURIComponent(`ws://127.0.0.1:${proxy.port}${ws.pathname}`)}`);
+  await page.fill("#name", name);
+  await page.fill("#password", `${name}-secret`);
+  await page.check("#signup");
+  await page.click("#signin-button");
+  await page.locator("body[data-state=connected]").waitFor({ timeout: STEP });
+  await page.fill("#input", "/join lobby");
+  await page.press("#input", "Enter");
+  await shows("joined #lobby");
+  return { page, proxy, shows };
+}
+
+test("a page cut off the network shows the messages it missed, then live ones", async () => {
+  const { page: dave, proxy, shows } = await pageThroughProxy("dave");
   try {
-    await dave.goto(`${server.web}?ws=${encodeURIComponent(`ws://127.0.0.1:${proxy.port}${ws.pathname}`)}`);
-    await dave.fill("#name", "dave");
-    await dave.fill("#password", "dave-secret");
-    await dave.check("#signup");
-    await dave.click("#signin-button");
-    await dave.locator("body[data-state=connected]").waitFor({ timeout: STEP });
-    await dave.fill("#input", "/join lobby");
-    await dave.press("#input", "Enter");
-    await shows("joined #lobby");
     bob.write("before the cut");
     await shows("#lobby <bob> before the cut");
 
@@ -209,21 +218,8 @@ test("a page cut off the network shows the messages it missed, then live ones", 
 });
 
 test("long messages cross the browser's WebSocket deflated, both ways", async () => {
-  const ws = new URL(server.ws);
-  const proxy = await tcpProxy(ws);
-  const erin = await browser.context.newPage();
-  const shows = (text: string) => erin.locator("#log > div", { hasText: text }).first().waitFor({ timeout: STEP });
+  const { page: erin, proxy, shows } = await pageThroughProxy("erin");
   try {
-    await erin.goto(`${server.web}?ws=${encodeURIComponent(`ws://127.0.0.1:${proxy.port}${ws.pathname}`)}`);
-    await erin.fill("#name", "erin");
-    await erin.fill("#password", "erin-secret");
-    await erin.check("#signup");
-    await erin.click("#signin-button");
-    await erin.locator("body[data-state=connected]").waitFor({ timeout: STEP });
-    await erin.fill("#input", "/join lobby");
-    await erin.press("#input", "Enter");
-    await shows("joined #lobby");
-
     // 3,000 characters each way; Chromium offers permessage-deflate and the room server takes it.
     const long = (who: string) => `${who} says: ${"all work and no play makes a long line; ".repeat(75)}end`;
     const before = { ...proxy.carried };
