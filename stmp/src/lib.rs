@@ -9,7 +9,7 @@
 //! - [`Server`] listens on TCP, TLS, WebSocket, WebSocket over TLS and QUIC at once;
 //!   [`Client`] connects by URL (`tcp://`, `tls://`, `ws://`, `wss://`, `quic://`) and
 //!   reconnects by itself.
-//! - [`Rooms`] and [`Users`] group connections; [`broadcast`] sends one event to many,
+//! - [`Rooms`] and [`Users`] group connections; [`broadcast()`] sends one event to many,
 //!   serialised once per content type; [`adapter`] is the seam that spreads rooms, users and
 //!   broadcasts over several server nodes.
 //! - [`history`] keeps recent room events so reconnecting clients get what they missed.

@@ -59,7 +59,7 @@ impl Rooms {
         &self.node
     }
 
-    /// The members of `room`, to [`broadcast`](crate::broadcast) to (add
+    /// The members of `room`, to [`broadcast`](fn@crate::broadcast) to (add
     /// [`except`](Audience::except) to leave the sender out).
     pub fn to(&self, room: &str) -> Audience<'_> {
         Audience::on(&self.node, Target::Room(room.to_owned()))
@@ -176,7 +176,7 @@ impl Users {
         &self.node
     }
 
-    /// Every connection (device) of `user`, to [`broadcast`](crate::broadcast) to.
+    /// Every connection (device) of `user`, to [`broadcast`](fn@crate::broadcast) to.
     pub fn to(&self, user: &str) -> Audience<'_> {
         Audience::on(&self.node, Target::User(user.to_owned()))
     }

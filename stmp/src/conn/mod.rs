@@ -483,7 +483,7 @@ impl Conn {
     }
 
     /// Like [`offer_event`](Self::offer_event), but when the writer waits with nothing
-    /// queued the event is handed back to be written by the caller ([`write_deferred`]),
+    /// queued the event is handed back to be written by the caller (`write_deferred`),
     /// without waking the writer's task.
     pub(crate) fn offer_event_to_write(&self, packet: Packet) -> EventOffer {
         let cost = self.queue_cost(&packet);

@@ -167,7 +167,7 @@ impl ServerBuilder {
     }
 
     /// Whether [`build`](Self::build) raises the process's open-file limit to its hard limit
-    /// (once per process, see [`raise_fd_limit`](crate::raise_fd_limit)). Default true.
+    /// (once per process, see [`raise_fd_limit`]). Default true.
     pub fn raise_fd_limit(mut self, raise: bool) -> Self {
         self.raise_fd_limit = raise;
         self
@@ -483,7 +483,7 @@ impl Server {
     }
 
     /// Every connection of the server (and, through its adapter, of every node), to
-    /// [`broadcast`](crate::broadcast) to.
+    /// [`broadcast`](fn@crate::broadcast) to.
     pub fn everyone(&self) -> crate::Audience<'_> {
         crate::Audience::on(&self.inner.config.node, crate::adapter::Target::Everyone)
     }

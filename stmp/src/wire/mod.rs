@@ -9,7 +9,7 @@
 //!   ([`Packet::decode_message`], payload runs to the end) and text ([`Packet::decode_text`]).
 //! - [`ClientHandshake`] and [`ServerHandshake`], which open a connection.
 //! - [`Header`], the multi-valued `key:value;key:value` block both carry.
-//! - [`negotiate`] for `Accept`-style lists and [`action_id`] for method names.
+//! - [`negotiate()`] for `Accept`-style lists and [`action_id`] for method names.
 //!
 //! Every decoder checks the announced sizes against its [`Limits`] (packet size, header size and
 //! header entries) before it buffers or allocates anything, reports malformed input as

@@ -56,7 +56,7 @@ pub(crate) struct PacketReader<R, U = PacketCodec> {
     read_ahead: ReadAhead,
     /// The stream has ended (or failed): nothing more comes out.
     done: bool,
-    /// A read brought bytes since the engine last asked ([`PacketSource::took_a_read`]).
+    /// A read brought bytes since the engine last asked ([`PacketSource::took_a_read`](super::PacketSource::took_a_read)).
     read_since_asked: bool,
 }
 
