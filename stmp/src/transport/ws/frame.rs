@@ -446,7 +446,7 @@ impl FrameWriter {
                 if self.deflates && len >= deflate::MIN_DEFLATED {
                     let mut plain = BytesMut::with_capacity(len);
                     packet.append_message(&mut plain);
-                    return self.maybe_deflated(BINARY, &plain, dst);
+                    return self.maybe_deflated(BINARY, &plain, is_event(packet), dst);
                 }
                 dst.reserve(MAX_HEADER + len);
                 let mask = self.head(BINARY, len, dst);
@@ -468,20 +468,25 @@ impl FrameWriter {
                 if self.deflates && text.len() >= deflate::MIN_DEFLATED {
                     let plain = dst[text].to_vec();
                     dst.truncate(at);
-                    return self.maybe_deflated(opcode, &plain, dst);
+                    return self.maybe_deflated(opcode, &plain, is_event(packet), dst);
                 }
                 self.head_before(at, opcode, dst);
             }
         }
     }
 
-    /// Appends one message of `plain`, deflated when that makes it shorter.
-    fn maybe_deflated(&self, opcode: u8, plain: &[u8], dst: &mut BytesMut) {
+    /// Appends one message of `plain`, deflated when that makes it shorter; an `event` may be
+    /// one a broadcast writes to many connections.
+    fn maybe_deflated(&self, opcode: u8, plain: &[u8], event: bool, dst: &mut BytesMut) {
         #[cfg(feature = "gzip")]
         {
             let at = dst.len();
             dst.put_bytes(0, MAX_HEADER);
-            if deflate::deflate(plain, dst) {
+            let deflated = match event {
+                true => deflate::deflate_remembered(plain, dst),
+                false => deflate::deflate(plain, dst),
+            };
+            if deflated {
                 return self.head_before(at, RSV1 | opcode, dst);
             }
             dst.truncate(at);
@@ -554,6 +559,11 @@ impl FrameWriter {
             Role::Server => None,
         }
     }
+}
+
+/// Whether `packet` is a notify, the only kind a broadcast sends.
+fn is_event(packet: &Packet) -> bool {
+    matches!(packet, Packet::Notify(_))
 }
 
 fn mask_from(dst: &mut BytesMut, start: usize, mask: Option<[u8; 4]>) {

@@ -140,7 +140,7 @@ fn window_bits(value: &str) -> Option<u8> {
 }
 
 #[cfg(feature = "gzip")]
-pub(crate) use codec::{MessageInflater, deflate};
+pub(crate) use codec::{MessageInflater, deflate, deflate_remembered};
 
 #[cfg(feature = "gzip")]
 mod fixed;
@@ -191,6 +191,18 @@ mod codec {
     /// Appends `plain` deflated to `dst`, as a message's payload, and returns true; when
     /// deflate does not make it shorter, leaves `dst` as it was and returns false.
     pub(crate) fn deflate(plain: &[u8], dst: &mut BytesMut) -> bool {
+        let start = dst.len();
+        super::fixed::deflate_message(plain, dst);
+        if dst.len() - start < plain.len() {
+            return true;
+        }
+        dst.truncate(start);
+        false
+    }
+
+    /// [`deflate`], for a message that may be written to many connections in turn (an
+    /// event): the last one is remembered ([`LastDeflated`]).
+    pub(crate) fn deflate_remembered(plain: &[u8], dst: &mut BytesMut) -> bool {
         LAST.with_borrow_mut(|last| {
             if last.plain == plain {
                 return match &last.deflated {
@@ -202,8 +214,7 @@ mod codec {
                 };
             }
             let start = dst.len();
-            super::fixed::deflate_message(plain, dst);
-            let shrank = dst.len() - start < plain.len();
+            let shrank = deflate(plain, dst);
             if plain.len() <= MAX_REMEMBERED {
                 last.plain.clear();
                 last.plain.extend_from_slice(plain);
@@ -211,9 +222,6 @@ mod codec {
                 deflated.clear();
                 deflated.extend_from_slice(&dst[start..]);
                 last.deflated = shrank.then_some(deflated);
-            }
-            if !shrank {
-                dst.truncate(start);
             }
             shrank
         })
@@ -393,7 +401,7 @@ mod tests {
         use bytes::BytesMut;
         use flate2::{Compress, Compression, FlushCompress};
 
-        use super::super::{MIN_DEFLATED, MessageInflater, deflate};
+        use super::super::{MIN_DEFLATED, MessageInflater, deflate, deflate_remembered};
         use crate::Code;
         use crate::conn::io::InflationLimit;
 
@@ -440,7 +448,7 @@ mod tests {
             let mut first = Vec::new();
             for plain in [one.as_bytes(), two.as_bytes(), &noise[..]] {
                 let mut dst = BytesMut::new();
-                let shrank = deflate(plain, &mut dst);
+                let shrank = deflate_remembered(plain, &mut dst);
                 first.push((shrank, dst));
             }
             // Again, each twice in a row and in turns: the same bytes, which inflate back.
@@ -453,7 +461,7 @@ mod tests {
                 one.as_bytes(),
             ] {
                 let mut dst = BytesMut::from(&b"head"[..]);
-                let shrank = deflate(plain, &mut dst);
+                let shrank = deflate_remembered(plain, &mut dst);
                 let index = [one.as_bytes(), two.as_bytes(), &noise[..]]
                     .iter()
                     .position(|p| *p == plain)
