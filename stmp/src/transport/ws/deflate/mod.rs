@@ -23,7 +23,7 @@ pub(crate) const AGREEMENT: &str =
     "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
 
 /// Messages shorter than this go out plain: the few bytes deflate may save are not worth a
-/// reset and a pass over them.
+/// pass over them.
 pub(crate) const MIN_DEFLATED: usize = 128;
 
 /// The window our matches reach back over, the largest: a client that offers a smaller
