@@ -1,12 +1,13 @@
 //! One message deflated on its own (RFC 1951): greedy LZ77 matches over the message, coded with
 //! the fixed Huffman codes, in one block ended as a sync flush ends it.
 //!
-//! Why not zlib: a message compressed without context takeover starts from an empty window, so
-//! a zlib stream must be reset before each one, and zlib-rs's reset clears a 128 KiB hash table
-//! and its block's tree counts. For a message of a kilobyte that was most of the CPU deflate
-//! took (a profile of 1 KiB echoes put 40 % of the busy CPU in that clearing). Here the hash
-//! table is sized to the message, so clearing it costs in proportion to what is compressed.
-//! zlib's own fast level codes small inputs this way too: fixed codes, greedy matches.
+//! Why not zlib for small messages: a message compressed without context takeover starts from
+//! an empty window, so a zlib stream must be reset before each one, and zlib-rs's reset clears
+//! a 128 KiB hash table and its block's tree counts. For a message of a kilobyte that was most
+//! of the CPU deflate took (a profile of 1 KiB echoes put 40 % of the busy CPU in that
+//! clearing). Here the hash table is sized to the message, so clearing it costs in proportion
+//! to what is compressed. zlib-rs's fastest level codes the same way (fixed codes, greedy
+//! matches) and is faster per byte, so larger messages go to it (`ZLIB_FROM`).
 
 use std::cell::RefCell;
 
