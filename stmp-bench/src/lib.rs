@@ -54,6 +54,46 @@ pub struct Echo {
     pub payload: Vec<u8>,
 }
 
+/// The echo payload of `len` bytes: chat messages as JSON, from a small vocabulary picked by a
+/// fixed pseudo-random sequence, so every run sends the same bytes. Text like this is what the
+/// compressed rows (gzip, permessage-deflate) meet in use: a repeated byte would compress
+/// to almost nothing and flatter any compressor.
+pub fn echo_payload(len: usize) -> Vec<u8> {
+    const WORDS: [&str; 24] = [
+        "hello", "room", "lobby", "see", "you", "at", "the", "meeting", "tomorrow", "ok", "thanks",
+        "who", "is", "joining", "today", "game", "starts", "soon", "ready", "for", "deploy",
+        "review", "please", "done",
+    ];
+    let mut state: u32 = 0x2545_F491;
+    let mut next = |below: usize| {
+        // xorshift32: the same sequence on every machine.
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        state as usize % below
+    };
+    let mut text = String::with_capacity(len + 128);
+    let mut id = 1000;
+    while text.len() < len {
+        id += 1 + next(7);
+        text.push_str(&format!(
+            "{{\"id\":{id},\"room\":\"room-{}\",\"user\":\"user{}\",\"text\":\"",
+            next(8),
+            next(500)
+        ));
+        for word in 0..3 + next(9) {
+            if word > 0 {
+                text.push(' ');
+            }
+            text.push_str(WORDS[next(WORDS.len())]);
+        }
+        text.push_str("\"},");
+    }
+    let mut bytes = text.into_bytes();
+    bytes.truncate(len);
+    bytes
+}
+
 /// The event of the fan-out benchmark.
 #[derive(Clone, PartialEq, prost::Message, serde::Serialize, serde::Deserialize)]
 pub struct Event {
@@ -218,3 +258,30 @@ pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
 /// A result with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    #[test]
+    fn the_echo_payload_is_text_of_the_length_asked_that_compresses_like_text() {
+        for len in [0, 1, 32, 1024, 4096] {
+            let payload = echo_payload(len);
+            assert_eq!(payload.len(), len);
+            assert!(payload.is_ascii());
+            assert_eq!(payload, echo_payload(len), "the same bytes on every call");
+        }
+        let payload = echo_payload(1024);
+        let mut deflater =
+            flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+        deflater.write_all(&payload).unwrap();
+        let deflated = deflater.finish().unwrap().len();
+        // Chat JSON shrinks about three to five times; one repeated byte would shrink a hundred.
+        assert!(
+            (1024 / 6..1024 / 2).contains(&deflated),
+            "1 KiB deflated to {deflated} B"
+        );
+    }
+}

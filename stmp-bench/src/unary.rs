@@ -81,7 +81,7 @@ impl StmpCall {
         StmpCall {
             client,
             input: Echo {
-                payload: vec![0x5A; payload],
+                payload: crate::echo_payload(payload),
             },
         }
     }
@@ -106,7 +106,7 @@ impl TonicCall {
         TonicCall {
             client,
             input: crate::pb::Echo {
-                payload: vec![0x5A; payload],
+                payload: crate::echo_payload(payload),
             },
         }
     }
@@ -274,7 +274,7 @@ async fn measure_point(
         }
         System::Tonic => {
             let input = crate::pb::Echo {
-                payload: vec![0x5A; payload],
+                payload: crate::echo_payload(payload),
             };
             let clients = tonic_clients(server, conns).await?;
             let callers = clients
@@ -289,7 +289,7 @@ async fn measure_point(
         }
         stmp => {
             let input = Echo {
-                payload: vec![0x5A; payload],
+                payload: crate::echo_payload(payload),
             };
             let clients = stmp_clients(stmp, server, conns, None).await?;
             let callers = clients
