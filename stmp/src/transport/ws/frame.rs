@@ -409,6 +409,26 @@ pub(crate) struct FrameWriter {
     deflates: bool,
 }
 
+thread_local! {
+    /// A packet's plain bytes on their way to the deflater, kept by the thread: a deflated
+    /// message would otherwise allocate them every time.
+    static SCRATCH: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
+}
+
+/// Runs `write` with the thread's empty scratch buffer. One that a large message grew is let
+/// go, so that a thread does not keep the largest message it ever deflated.
+fn with_scratch<T>(write: impl FnOnce(&mut BytesMut) -> T) -> T {
+    const KEPT: usize = 64 << 10;
+    SCRATCH.with_borrow_mut(|scratch| {
+        scratch.clear();
+        let done = write(scratch);
+        if scratch.capacity() > KEPT {
+            *scratch = BytesMut::new();
+        }
+        done
+    })
+}
+
 impl FrameWriter {
     pub(crate) fn new(role: Role, format: PacketFormat, owed: Arc<Owed>) -> Self {
         FrameWriter {
@@ -444,9 +464,10 @@ impl FrameWriter {
             PacketFormat::Binary => {
                 let len = packet.encoded_message_len();
                 if self.deflates && len >= deflate::MIN_DEFLATED {
-                    let mut plain = BytesMut::with_capacity(len);
-                    packet.append_message(&mut plain);
-                    return self.maybe_deflated(BINARY, &plain, is_event(packet), dst);
+                    return with_scratch(|plain| {
+                        packet.append_message(plain);
+                        self.maybe_deflated(BINARY, plain, is_event(packet), dst)
+                    });
                 }
                 dst.reserve(MAX_HEADER + len);
                 let mask = self.head(BINARY, len, dst);
@@ -466,9 +487,11 @@ impl FrameWriter {
                     Err(_) => BINARY,
                 };
                 if self.deflates && text.len() >= deflate::MIN_DEFLATED {
-                    let plain = dst[text].to_vec();
-                    dst.truncate(at);
-                    return self.maybe_deflated(opcode, &plain, is_event(packet), dst);
+                    return with_scratch(|plain| {
+                        plain.extend_from_slice(&dst[text]);
+                        dst.truncate(at);
+                        self.maybe_deflated(opcode, plain, is_event(packet), dst)
+                    });
                 }
                 self.head_before(at, opcode, dst);
             }

@@ -150,7 +150,7 @@ mod codec {
     use std::cell::RefCell;
 
     use bytes::{Bytes, BytesMut};
-    use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
+    use flate2::{Decompress, FlushDecompress};
 
     use super::WINDOW_BITS;
     use crate::Status;
@@ -188,25 +188,9 @@ mod codec {
         static LAST: RefCell<LastDeflated> = RefCell::default();
     }
 
-    /// From this size on a message is deflated by zlib-rs. Its reset clears a 128 KiB table,
-    /// which costs more than [`fixed`](super::fixed) takes for a small message, but its
-    /// SIMD matching is faster per byte: on JSON text the two cross near 2 KiB (1 KiB: 3.2
-    /// against 5.2 µs; 4 KiB: 12.1 against 10.1 µs; 64 KiB: 257 against 109 µs), at about
-    /// the same size out, both using the fixed codes.
-    const ZLIB_FROM: usize = 2 << 10;
-
-    thread_local! {
-        // Level 1, as for gzip streams.
-        static COMPRESSOR: RefCell<Compress> =
-            RefCell::new(Compress::new_with_window_bits(Compression::fast(), false, WINDOW_BITS));
-    }
-
     /// Appends `plain` deflated to `dst`, as a message's payload, and returns true; when
     /// deflate does not make it shorter, leaves `dst` as it was and returns false.
     pub(crate) fn deflate(plain: &[u8], dst: &mut BytesMut) -> bool {
-        if plain.len() >= ZLIB_FROM {
-            return deflate_with_zlib(plain, dst);
-        }
         let start = dst.len();
         super::fixed::deflate_message(plain, dst);
         if dst.len() - start < plain.len() {
@@ -214,31 +198,6 @@ mod codec {
         }
         dst.truncate(start);
         false
-    }
-
-    /// [`deflate`] by a zlib-rs stream of the thread's, reset first.
-    fn deflate_with_zlib(plain: &[u8], dst: &mut BytesMut) -> bool {
-        COMPRESSOR.with_borrow_mut(|compressor| {
-            compressor.reset();
-            let start = dst.len();
-            // Room for the plain length and the tail: anything longer is not kept anyway.
-            dst.resize(start + plain.len() + TAIL.len(), 0);
-            let before = (compressor.total_in(), compressor.total_out());
-            let done = compressor.compress(plain, &mut dst[start..], FlushCompress::Sync);
-            let consumed = (compressor.total_in() - before.0) as usize;
-            let produced = (compressor.total_out() - before.1) as usize;
-            // All taken, with room left: the flush is complete and ends with the tail.
-            let whole = done.is_ok()
-                && consumed == plain.len()
-                && produced < plain.len() + TAIL.len()
-                && dst[start..start + produced].ends_with(&TAIL);
-            if whole && produced - TAIL.len() < plain.len() {
-                dst.truncate(start + produced - TAIL.len());
-                return true;
-            }
-            dst.truncate(start);
-            false
-        })
     }
 
     /// [`deflate`], for a message that may be written to many connections in turn (an
