@@ -54,17 +54,24 @@ pub struct Echo {
     pub payload: Vec<u8>,
 }
 
-/// The echo payload of `len` bytes: chat messages as JSON, from a small vocabulary picked by a
-/// fixed pseudo-random sequence, so every run sends the same bytes. Text like this is what the
-/// compressed rows (gzip, permessage-deflate) meet in use: a repeated byte would compress
-/// to almost nothing and flatter any compressor.
-pub fn echo_payload(len: usize) -> Vec<u8> {
+/// How many different payloads each caller of a unary point takes turns with: the 64 callers
+/// of a point then send 512 different messages in turn, more than a gzip stream's 32 KiB
+/// window holds at 1 KiB each, so no call finds its own payload there to copy.
+pub const PAYLOADS_PER_CALLER: usize = 8;
+
+/// Echo payload number `variant` of `len` bytes: chat messages as JSON, from a small
+/// vocabulary picked by a fixed pseudo-random sequence, so every run sends the same bytes.
+/// Text like this is what the compressed rows (gzip, permessage-deflate) meet in use: a
+/// repeated byte would compress to almost nothing, and one payload sent over and over would
+/// let a compressing stream copy each call from the last.
+pub fn echo_payload(len: usize, variant: usize) -> Vec<u8> {
     const WORDS: [&str; 24] = [
         "hello", "room", "lobby", "see", "you", "at", "the", "meeting", "tomorrow", "ok", "thanks",
         "who", "is", "joining", "today", "game", "starts", "soon", "ready", "for", "deploy",
         "review", "please", "done",
     ];
-    let mut state: u32 = 0x2545_F491;
+    // Never 0, which xorshift would keep.
+    let mut state: u32 = (0x2545_F491 ^ (variant as u32).wrapping_mul(0x9E37_79B9)) | 1;
     let mut next = |below: usize| {
         // xorshift32: the same sequence on every machine.
         state ^= state << 13;
@@ -73,7 +80,8 @@ pub fn echo_payload(len: usize) -> Vec<u8> {
         state as usize % below
     };
     let mut text = String::with_capacity(len + 128);
-    let mut id = 1000;
+    // Message ids from a random start, so that even 32 B payloads differ.
+    let mut id = 100_000_000 + next(900_000_000);
     while text.len() < len {
         id += 1 + next(7);
         text.push_str(&format!(
@@ -92,6 +100,13 @@ pub fn echo_payload(len: usize) -> Vec<u8> {
     let mut bytes = text.into_bytes();
     bytes.truncate(len);
     bytes
+}
+
+/// The payloads caller number `caller` of a unary point takes turns with.
+pub fn echo_payloads(len: usize, caller: usize) -> Vec<Vec<u8>> {
+    (0..PAYLOADS_PER_CALLER)
+        .map(|turn| echo_payload(len, caller * PAYLOADS_PER_CALLER + turn))
+        .collect()
 }
 
 /// The event of the fan-out benchmark.
@@ -266,14 +281,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_echo_payload_is_text_of_the_length_asked_that_compresses_like_text() {
+    fn echo_payloads_are_different_texts_of_the_length_asked_that_compress_like_text() {
         for len in [0, 1, 32, 1024, 4096] {
-            let payload = echo_payload(len);
+            let payload = echo_payload(len, 3);
             assert_eq!(payload.len(), len);
             assert!(payload.is_ascii());
-            assert_eq!(payload, echo_payload(len), "the same bytes on every call");
+            assert_eq!(
+                payload,
+                echo_payload(len, 3),
+                "the same bytes on every call"
+            );
         }
-        let payload = echo_payload(1024);
+        let turns: std::collections::HashSet<Vec<u8>> = (0..64)
+            .flat_map(|caller| echo_payloads(32, caller))
+            .collect();
+        assert_eq!(
+            turns.len(),
+            64 * PAYLOADS_PER_CALLER,
+            "every payload differs"
+        );
+        let payload = echo_payload(1024, 0);
         let mut deflater =
             flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
         deflater.write_all(&payload).unwrap();

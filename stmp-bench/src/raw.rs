@@ -20,7 +20,7 @@ use crate::measure::{Call, Latencies, Measured};
 pub fn frame(payload: usize) -> Vec<u8> {
     let mut frame = Vec::with_capacity(4 + payload);
     frame.extend_from_slice(&(payload as u32).to_be_bytes());
-    frame.extend_from_slice(&crate::echo_payload(payload));
+    frame.extend_from_slice(&crate::echo_payload(payload, 0));
     frame
 }
 

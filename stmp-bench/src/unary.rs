@@ -69,53 +69,90 @@ pub struct UnaryResult {
     pub measured: Measured,
 }
 
-/// An stmp client calling the echo method.
+/// An stmp client calling the echo method, with each of its payloads in turn.
 pub struct StmpCall {
     client: stmp::Client,
-    input: Echo,
+    inputs: Turns<Echo>,
 }
 
 impl StmpCall {
-    /// Calls with a payload of `payload` bytes.
+    /// The first caller of a point, with payloads of `payload` bytes.
     pub fn new(client: stmp::Client, payload: usize) -> StmpCall {
+        StmpCall::caller(client, payload, 0)
+    }
+
+    /// Caller number `caller` of a point, with payloads of `payload` bytes.
+    pub fn caller(client: stmp::Client, payload: usize, caller: usize) -> StmpCall {
         StmpCall {
             client,
-            input: Echo {
-                payload: crate::echo_payload(payload),
-            },
+            inputs: Turns::new(payload, caller, |payload| Echo { payload }),
         }
     }
 }
 
 impl Call for StmpCall {
     async fn call(&mut self) -> Result<()> {
-        let output: Echo = self.client.call(&ECHO, &self.input).await?;
-        check(output.payload.len(), self.input.payload.len())
+        let input = self.inputs.next();
+        let output: Echo = self.client.call(&ECHO, input).await?;
+        check(output.payload.len(), input.payload.len())
     }
 }
 
-/// A tonic client calling the echo service.
+/// A tonic client calling the echo service, with each of its payloads in turn.
 pub struct TonicCall {
     client: EchoServiceClient<tonic::transport::Channel>,
-    input: crate::pb::Echo,
+    inputs: Turns<crate::pb::Echo>,
 }
 
 impl TonicCall {
-    /// Calls with a payload of `payload` bytes.
+    /// The first caller of a point, with payloads of `payload` bytes.
     pub fn new(client: EchoServiceClient<tonic::transport::Channel>, payload: usize) -> TonicCall {
+        TonicCall::caller(client, payload, 0)
+    }
+
+    /// Caller number `caller` of a point, with payloads of `payload` bytes.
+    pub fn caller(
+        client: EchoServiceClient<tonic::transport::Channel>,
+        payload: usize,
+        caller: usize,
+    ) -> TonicCall {
         TonicCall {
             client,
-            input: crate::pb::Echo {
-                payload: crate::echo_payload(payload),
-            },
+            inputs: Turns::new(payload, caller, |payload| crate::pb::Echo { payload }),
         }
     }
 }
 
 impl Call for TonicCall {
     async fn call(&mut self) -> Result<()> {
-        let output = self.client.echo(self.input.clone()).await?.into_inner();
-        check(output.payload.len(), self.input.payload.len())
+        let input = self.inputs.next();
+        let sent = input.payload.len();
+        let output = self.client.echo(input.clone()).await?.into_inner();
+        check(output.payload.len(), sent)
+    }
+}
+
+/// A caller's requests ([`crate::echo_payloads`]), taken in turn.
+struct Turns<T> {
+    inputs: Vec<T>,
+    next: usize,
+}
+
+impl<T> Turns<T> {
+    fn new(payload: usize, caller: usize, input: impl Fn(Vec<u8>) -> T) -> Self {
+        Turns {
+            inputs: crate::echo_payloads(payload, caller)
+                .into_iter()
+                .map(input)
+                .collect(),
+            next: 0,
+        }
+    }
+
+    fn next(&mut self) -> &T {
+        let turn = self.next;
+        self.next = (turn + 1) % self.inputs.len();
+        &self.inputs[turn]
     }
 }
 
@@ -273,32 +310,22 @@ async fn measure_point(
             drive(callers, warmup, measure).await
         }
         System::Tonic => {
-            let input = crate::pb::Echo {
-                payload: crate::echo_payload(payload),
-            };
             let clients = tonic_clients(server, conns).await?;
             let callers = clients
                 .iter()
                 .flat_map(|client| std::iter::repeat_n(client, per_conn))
-                .map(|client| TonicCall {
-                    client: client.clone(),
-                    input: input.clone(),
-                })
+                .enumerate()
+                .map(|(caller, client)| TonicCall::caller(client.clone(), payload, caller))
                 .collect();
             drive(callers, warmup, measure).await
         }
         stmp => {
-            let input = Echo {
-                payload: crate::echo_payload(payload),
-            };
             let clients = stmp_clients(stmp, server, conns, None).await?;
             let callers = clients
                 .iter()
                 .flat_map(|client| std::iter::repeat_n(client, per_conn))
-                .map(|client| StmpCall {
-                    client: client.clone(),
-                    input: input.clone(),
-                })
+                .enumerate()
+                .map(|(caller, client)| StmpCall::caller(client.clone(), payload, caller))
                 .collect();
             let measured = drive(callers, warmup, measure).await;
             futures_util::future::join_all(clients.iter().map(stmp::Client::close)).await;
