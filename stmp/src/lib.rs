@@ -45,6 +45,8 @@ mod client;
 pub mod codec;
 mod conn;
 mod context;
+#[cfg(feature = "gzip")]
+mod deflater;
 pub mod history;
 mod id_map;
 mod method;

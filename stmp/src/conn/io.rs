@@ -194,7 +194,7 @@ fn compress_now(
 ) -> Result<(), Status> {
     let plain_from = pending.len();
     framing.encode(packets, pending);
-    let wire = gzip.batch(&pending[plain_from..])?;
+    let wire = gzip.batch(&pending[plain_from..]);
     pending.truncate(plain_from);
     let written = match pending.is_empty() {
         true => write_without_waiting(io.as_mut(), cx, wire)?,
@@ -288,7 +288,7 @@ impl PacketWriter {
                     true => &[][..],
                     false => {
                         framing.encode(packets, buf);
-                        gzip.batch(buf).map_err(WriteError::Failed)?
+                        gzip.batch(buf)
                     }
                 }
             }
@@ -372,7 +372,7 @@ impl PacketWriter {
     /// Ends the write side (the gzip trailer, then FIN on TCP; a Close frame on WebSocket).
     pub(crate) async fn shutdown(&mut self) {
         #[cfg(feature = "gzip")]
-        if let Some(Ok(trailer)) = self.gzip.as_mut().map(|gzip| gzip.finish()) {
+        if let Some(trailer) = self.gzip.as_mut().map(|gzip| gzip.finish()) {
             let _ = self.io.write_all(trailer).await;
         }
         #[cfg(feature = "ws")]

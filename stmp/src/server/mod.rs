@@ -261,21 +261,22 @@ impl ServerBuilder {
     /// [`websocket_compression`](Self::websocket_compression)). Default false: inflating is work a
     /// peer can multiply (a few kilobytes of gzip become megabytes of packets to decode), so a
     /// server offers it only when told to. When on, each stream's inflation is bounded
-    /// ([`gzip_inflation_limit`](Self::gzip_inflation_limit)). Both sides compress at level 1,
-    /// the fast end: packets go out in small batches, each sync-flushed, where higher levels
-    /// cost several times the CPU for little gain. Each gzip connection holds about 340 KiB of
-    /// compression state; [`max_gzip_connections`](Self::max_gzip_connections) bounds how many
-    /// there are.
+    /// ([`gzip_inflation_limit`](Self::gzip_inflation_limit)). Both sides compress the fast way
+    /// (greedy matches and fixed Huffman codes, as zlib's level 1 does): packets go out in
+    /// small batches, each sync-flushed, where higher levels cost several times the CPU for
+    /// little gain. Each gzip connection holds up to about 250 KiB of compression state; [`max_gzip_connections`](Self::max_gzip_connections)
+    /// bounds how many there are.
     pub fn gzip(mut self, allowed: bool) -> Self {
         self.gzip = allowed;
         self
     }
 
     /// Connections that may use gzip at once; past it, a client that asks for gzip gets a
-    /// plain stream, as when gzip is off. A gzip connection holds about 340 KiB of compressor
-    /// and inflater state where a plain one holds about 6 KiB, so without a bound a peer that
-    /// opens connections asking for gzip makes each cost the server some 50 times more memory.
-    /// Default 1024 (about 340 MiB at most); only counts when [`gzip`](Self::gzip) is on.
+    /// plain stream, as when gzip is off. A gzip connection holds compressor and inflater state:
+    /// about 24 KiB while its packets are small, up to about 250 KiB once its batches fill the
+    /// windows and buffers, where a plain one holds about 4 KiB. Without a bound a peer that
+    /// opens connections asking for gzip makes each cost the server up to some 60 times more
+    /// memory. Default 1024 (about 250 MiB at most); only counts when [`gzip`](Self::gzip) is on.
     ///
     /// ```
     /// let server = stmp::Server::builder()

@@ -3,79 +3,74 @@
 //!
 //! Each batch ends with a sync flush, so the peer can inflate every packet of it at once; the
 //! stream goes on across batches (one gzip member per direction, its window shared by all).
+//! The deflating is [`DeflateStream`]'s: the fixed Huffman codes zlib's fastest level uses
+//! too. A real-time stream is many small batches, each ended by a sync flush, and dynamic
+//! trees built per batch cost more than they save on a packet of a few dozen bytes.
 
-use flate2::{Compress, Compression, FlushCompress, Status};
+use flate2::Crc;
 
-/// The largest window, as the peer's inflater expects of a gzip stream.
-const WINDOW_BITS: u8 = 15;
+use crate::deflater::DeflateStream;
 
-/// The compression level. A real-time stream is many small batches, each ended by a sync
-/// flush: level 1 (zlib's "quick" strategy) codes them with the fixed Huffman tables, where the
-/// default level builds dynamic trees per batch and clears a 48 KiB symbol buffer at every
-/// flush — most of the CPU of a gzip connection, for trees whose own size eats the gain on a
-/// packet of a few dozen bytes.
-const LEVEL: u32 = 1;
+/// A gzip member's header (RFC 1952): deflate, no flags, no time, XFL 4 (the fastest
+/// compression), OS 255 (unknown).
+const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 4, 255];
 
 /// The compressed bytes kept between batches; a larger buffer is given back.
 const KEEP_OUTPUT: usize = 64 << 10;
 
 /// One direction's gzip stream.
 pub(crate) struct Deflater {
-    compress: Compress,
+    stream: DeflateStream,
+    /// The checksum and length of everything sent, for the trailer.
+    crc: Crc,
     /// The compressed bytes of the batch (or trailer) last made.
     output: Vec<u8>,
+    started: bool,
     finished: bool,
 }
 
 impl Deflater {
     pub(crate) fn new() -> Self {
         Deflater {
-            compress: Compress::new_gzip(Compression::new(LEVEL), WINDOW_BITS),
+            stream: DeflateStream::new(),
+            crc: Crc::new(),
             output: Vec::new(),
+            started: false,
             finished: false,
         }
     }
 
     /// Compresses `plain` as the next batch of the stream, ended by a sync flush; returns the
     /// bytes to write (the gzip header comes with the first batch).
-    pub(crate) fn batch(&mut self, plain: &[u8]) -> Result<&[u8], crate::Status> {
+    pub(crate) fn batch(&mut self, plain: &[u8]) -> &[u8] {
         self.reset_output();
-        if self.finished {
-            return Ok(&self.output);
+        if !self.finished {
+            self.start();
+            self.crc.update(plain);
+            self.stream.batch(plain, &mut self.output);
         }
-        let mut consumed = 0;
-        loop {
-            // Room for incompressible input (stored blocks) and the flush marker, so that one
-            // call nearly always does it.
-            self.output.reserve(plain.len() - consumed + 64);
-            let before = self.compress.total_in();
-            let spare_before = self.output.capacity() - self.output.len();
-            self.deflate(&plain[consumed..], FlushCompress::Sync)?;
-            consumed += (self.compress.total_in() - before) as usize;
-            let produced = spare_before - (self.output.capacity() - self.output.len());
-            // zlib's contract: the flush is complete once a call leaves output space unused.
-            if consumed == plain.len() && produced < spare_before {
-                return Ok(&self.output);
-            }
-        }
+        &self.output
     }
 
     /// Ends the stream: the last block and the gzip trailer (CRC and length). Later batches
     /// are empty.
-    pub(crate) fn finish(&mut self) -> Result<&[u8], crate::Status> {
+    pub(crate) fn finish(&mut self) -> &[u8] {
         self.reset_output();
-        while !self.finished {
-            self.output.reserve(64);
-            self.finished = self.deflate(&[], FlushCompress::Finish)? == Status::StreamEnd;
+        if !self.finished {
+            self.start();
+            self.stream.finish(&mut self.output);
+            self.output.extend_from_slice(&self.crc.sum().to_le_bytes());
+            self.output
+                .extend_from_slice(&self.crc.amount().to_le_bytes());
+            self.finished = true;
         }
-        Ok(&self.output)
+        &self.output
     }
 
-    /// Deflate fails only on a misused stream, which would be our bug, not the peer's.
-    fn deflate(&mut self, input: &[u8], flush: FlushCompress) -> Result<Status, crate::Status> {
-        self.compress
-            .compress_vec(input, &mut self.output, flush)
-            .map_err(|e| crate::Status::internal(format!("gzip: {e}")))
+    fn start(&mut self) {
+        if !std::mem::replace(&mut self.started, true) {
+            self.output.extend_from_slice(&GZIP_HEADER);
+        }
     }
 
     fn reset_output(&mut self) {
@@ -106,20 +101,17 @@ mod tests {
         let mut wire = Vec::new();
         let mut plain = Vec::new();
         for batch in batches {
-            wire.extend_from_slice(deflater.batch(batch).unwrap());
+            wire.extend_from_slice(deflater.batch(batch));
             plain.extend_from_slice(batch);
             assert_eq!(inflate_available(&wire, plain.len()), plain);
         }
-        wire.extend_from_slice(deflater.finish().unwrap());
+        wire.extend_from_slice(deflater.finish());
         let mut whole = Vec::new();
         flate2::read::GzDecoder::new(&wire[..])
             .read_to_end(&mut whole)
             .unwrap();
         assert_eq!(whole, plain, "the trailer's CRC and length check out");
-        assert!(
-            deflater.batch(b"late").unwrap().is_empty(),
-            "nothing after the end"
-        );
+        assert!(deflater.batch(b"late").is_empty(), "nothing after the end");
     }
 
     #[test]
@@ -134,7 +126,7 @@ mod tests {
                 x as u8
             })
             .collect();
-        let wire = deflater.batch(&noise).unwrap().to_vec();
+        let wire = deflater.batch(&noise).to_vec();
         assert_eq!(inflate_available(&wire, noise.len()), noise);
     }
 
@@ -142,7 +134,7 @@ mod tests {
     #[test]
     fn the_stream_is_compressed_at_the_fastest_level() {
         let mut deflater = Deflater::new();
-        let wire = deflater.batch(b"{\"room\":\"lobby\"}").unwrap();
+        let wire = deflater.batch(b"{\"room\":\"lobby\"}");
         assert_eq!(&wire[..3], &[0x1f, 0x8b, 8], "a gzip member");
         assert_eq!(wire[8], 4, "XFL: compressed with the fastest level");
     }

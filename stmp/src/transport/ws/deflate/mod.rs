@@ -3,10 +3,10 @@
 //!
 //! Each message is compressed and inflated on its own, so a connection holds no compression
 //! state at all: a message is deflated in one pass with a hash table sized to it
-//! ([`fixed`]), and inflated by an inflater that belongs to the thread, reset per message.
-//! Keeping the window would compress small, similar messages better, but would cost every
-//! connection some 300 KiB for as long as it lives, where browsers keep thousands of idle
-//! ones. Messages under [`MIN_DEFLATED`] bytes, and those deflate does not shrink, go out
+//! ([`deflate_message`](crate::deflater::deflate_message)), and inflated by an inflater that
+//! belongs to the thread, reset per message. Keeping the window would compress small, similar
+//! messages better, but would cost every connection a window each way (32 KiB to inflate, up
+//! to 128 KiB to deflate) for as long as it lives, where browsers keep thousands of idle ones. Messages under [`MIN_DEFLATED`] bytes, and those deflate does not shrink, go out
 //! plain: the extension lets each message choose.
 //!
 //! Negotiation is over strings ([`accepts_offer`], [`agreed_by_server`]); the codec over bytes
@@ -143,9 +143,6 @@ fn window_bits(value: &str) -> Option<u8> {
 pub(crate) use codec::{MessageInflater, deflate, deflate_remembered};
 
 #[cfg(feature = "gzip")]
-mod fixed;
-
-#[cfg(feature = "gzip")]
 mod codec {
     use std::cell::RefCell;
 
@@ -192,7 +189,7 @@ mod codec {
     /// deflate does not make it shorter, leaves `dst` as it was and returns false.
     pub(crate) fn deflate(plain: &[u8], dst: &mut BytesMut) -> bool {
         let start = dst.len();
-        super::fixed::deflate_message(plain, dst);
+        crate::deflater::deflate_message(plain, dst);
         if dst.len() - start < plain.len() {
             return true;
         }

@@ -1,18 +1,30 @@
-//! One message deflated on its own (RFC 1951): greedy LZ77 matches over the message, coded with
-//! the fixed Huffman codes, in one block ended as a sync flush ends it.
+//! DEFLATE (RFC 1951) as real-time traffic wants it: greedy LZ77 matches coded with the fixed
+//! Huffman codes, in one pass, each block ended by a sync flush so that the peer can inflate
+//! all of it at once. Two forms:
 //!
-//! Why not zlib: a message compressed without context takeover starts from an empty window, so
-//! a zlib stream must be reset before each one, and zlib-rs's reset clears a 128 KiB hash
-//! table and its block's tree counts. For a message of a kilobyte that was most of the CPU
-//! deflate took (a profile of 1 KiB echoes put 40 % of the busy CPU in that clearing). Here the
-//! hash table is sized to the message, so clearing it costs in proportion to what is
-//! compressed. zlib-rs's fastest level codes the same way (fixed codes, greedy matches), and
-//! writes within 1 % of the same size on JSON text; this is faster at every size measured,
-//! from 256 B to 1 MiB.
+//! - [`deflate_message`]: a message on its own, from an empty window (permessage-deflate with
+//!   no context takeover);
+//! - [`DeflateStream`]: a stream whose matches reach back into what it sent before (a gzip
+//!   connection's batches).
+//!
+//! Why not zlib: zlib's fastest level codes the same way (fixed codes, greedy matches, the
+//! "quick" strategy), and writes within 1 % of the same size on JSON text. But a message
+//! compressed without context takeover needs a zlib stream reset before each one, and
+//! zlib-rs's reset clears a 128 KiB hash table and its block's tree counts: for a message of a
+//! kilobyte that was most of the CPU deflate took (a profile of 1 KiB echoes put 40 % of the
+//! busy CPU in that clearing). Here a message's hash table is sized to the message, so
+//! clearing it costs in proportion to what is compressed. A zlib stream also holds about
+//! 300 KiB from its first byte, where [`DeflateStream`] holds its window and a table that grows
+//! with it, to 128 KiB at most. Timed on JSON text, this is faster than zlib-rs's level 1 at
+//! every size from 256 B to 1 MiB.
 
 use std::cell::RefCell;
 
 use bytes::BytesMut;
+
+mod stream;
+
+pub(crate) use stream::DeflateStream;
 
 /// Matches reach at most this far back (the window of RFC 1951).
 const MAX_DISTANCE: usize = 32 << 10;
@@ -21,9 +33,15 @@ const MAX_MATCH: usize = 258;
 /// The end-of-block symbol.
 const END_OF_BLOCK: usize = 256;
 
-/// The hash table's size, in bits, for the largest messages.
+/// The hash table's size, in bits, for the largest messages and for streams.
 const MAX_HASH_BITS: u32 = 14;
+/// The hash table's size, in bits, for the smallest messages and streams.
 const MIN_HASH_BITS: u32 = 8;
+
+/// The hash table's size, in bits, for `len` bytes: about one entry per byte, within bounds.
+fn hash_bits_for(len: usize) -> u32 {
+    (usize::BITS - len.leading_zeros()).clamp(MIN_HASH_BITS, MAX_HASH_BITS)
+}
 
 thread_local! {
     /// Per position hashed, where it was last seen (position + 1; 0 for never). Kept by the
@@ -65,6 +83,15 @@ struct Bits<'a> {
 }
 
 impl Bits<'_> {
+    fn new(out: &mut [u8]) -> Bits<'_> {
+        Bits {
+            out,
+            written: 0,
+            pending: 0,
+            count: 0,
+        }
+    }
+
     /// Appends the low `count` bits of `value` (at most 32 at a time).
     fn put(&mut self, value: u32, count: u32) {
         self.pending |= u64::from(value) << self.count;
@@ -149,6 +176,11 @@ fn distance_code(distance: usize) -> (u16, u32, u32) {
     (code as u16, above & ((1 << extra_bits) - 1), extra_bits)
 }
 
+/// Where four bytes (`word`) go in a table of `2^hash_bits` entries.
+fn hash(word: u32, hash_bits: u32) -> usize {
+    (word.wrapping_mul(0x9E37_79B1) >> (32 - hash_bits)) as usize
+}
+
 fn read_u32(bytes: &[u8], at: usize) -> u32 {
     let mut word = [0; 4];
     word.copy_from_slice(&bytes[at..at + 4]);
@@ -176,11 +208,16 @@ fn common_len(bytes: &[u8], a: usize, b: usize, limit: usize) -> usize {
     len
 }
 
+/// The most bytes [`code_block`] writes for `len` plain bytes, the flush after it included:
+/// fixed codes take at most 9 bits a byte (a match fewer than its bytes would).
+fn worst_case(len: usize) -> usize {
+    len + len / 8 + 16
+}
+
 /// Appends `plain` as one fixed-code block followed by the empty stored block of a sync flush,
 /// without that block's last four bytes (`00 00 FF FF`): a permessage-deflate payload.
-pub(super) fn deflate_message(plain: &[u8], dst: &mut BytesMut) {
-    // A hash table of about one entry per byte, within bounds.
-    let hash_bits = (usize::BITS - plain.len().leading_zeros()).clamp(MIN_HASH_BITS, MAX_HASH_BITS);
+pub(crate) fn deflate_message(plain: &[u8], dst: &mut BytesMut) {
+    let hash_bits = hash_bits_for(plain.len());
     HEADS.with_borrow_mut(|heads| {
         let size = 1 << hash_bits;
         if heads.len() < size {
@@ -189,63 +226,66 @@ pub(super) fn deflate_message(plain: &[u8], dst: &mut BytesMut) {
         let heads = &mut heads[..size];
         heads.fill(0);
         let start = dst.len();
-        // Fixed codes take at most 9 bits a byte (a match fewer than its bytes would), and the
-        // block's head, end and the flush's empty block fit in the rest.
-        dst.resize(start + plain.len() + plain.len() / 8 + 16, 0);
-        let mut bits = Bits {
-            out: &mut dst[start..],
-            written: 0,
-            pending: 0,
-            count: 0,
-        };
-        // BFINAL 0, BTYPE 01 (fixed codes).
-        bits.put(0b010, 3);
-        let hash = |word: u32| (word.wrapping_mul(0x9E37_79B1) >> (32 - hash_bits)) as usize;
-        let mut at = 0;
-        let mut misses = 0;
-        while at + MIN_MATCH <= plain.len() {
-            let word = read_u32(plain, at);
-            let slot = hash(word);
-            let seen = heads[slot] as usize;
-            heads[slot] = at as u32 + 1;
-            if seen > 0 {
-                let from = seen - 1;
-                let distance = at - from;
-                if distance <= MAX_DISTANCE && read_u32(plain, from) == word {
-                    let longest = (plain.len() - at).min(MAX_MATCH);
-                    let len = MIN_MATCH
-                        + common_len(plain, from + MIN_MATCH, at + MIN_MATCH, longest - MIN_MATCH);
-                    bits.matched(len, distance);
-                    misses = 0;
-                    // The positions inside a match are not hashed: that cost half the time
-                    // and won about 1 % of the size on text.
-                    at += len;
-                    continue;
-                }
-            }
-            // Bytes that keep finding no match are likely to go on not matching (noise,
-            // or compressed data): after every 32 misses in a row, one more byte is skipped
-            // between lookups.
-            misses += 1;
-            bits.literal(plain[at]);
-            at += 1;
-            if misses > 32 {
-                for &byte in &plain[at..(at + misses / 32 - 1).min(plain.len())] {
-                    bits.literal(byte);
-                }
-                at += misses / 32 - 1;
-            }
-        }
-        for &byte in plain.get(at..).unwrap_or_default() {
-            bits.literal(byte);
-        }
-        bits.put(u32::from(LITERAL_CODES[END_OF_BLOCK].0), 7);
+        dst.resize(start + worst_case(plain.len()), 0);
+        let mut bits = Bits::new(&mut dst[start..]);
+        code_block(plain, 0, heads, &mut bits);
         // The sync flush's empty stored block: BFINAL 0, BTYPE 00, then up to the byte's end;
         // its LEN and NLEN (00 00 FF FF) are what permessage-deflate leaves off.
         bits.put(0, 3);
         let written = bits.finish();
         dst.truncate(start + written);
     });
+}
+
+/// Codes `data[start..]` as one fixed-code block (not the last), whose matches may reach back
+/// into `data` before `start` as far as the window goes. `heads` (a power of two long) holds,
+/// per hash of four bytes, where in `data` they were last seen (position + 1; 0 for never);
+/// the block's positions are added to it.
+fn code_block(data: &[u8], start: usize, heads: &mut [u32], bits: &mut Bits) {
+    let hash_bits = heads.len().trailing_zeros();
+    // BFINAL 0, BTYPE 01 (fixed codes).
+    bits.put(0b010, 3);
+    let hash = |word: u32| hash(word, hash_bits);
+    let mut at = start;
+    let mut misses = 0;
+    while at + MIN_MATCH <= data.len() {
+        let word = read_u32(data, at);
+        let slot = hash(word);
+        let seen = heads[slot] as usize;
+        heads[slot] = at as u32 + 1;
+        if seen > 0 {
+            let from = seen - 1;
+            let distance = at - from;
+            if distance <= MAX_DISTANCE && read_u32(data, from) == word {
+                let longest = (data.len() - at).min(MAX_MATCH);
+                let len = MIN_MATCH
+                    + common_len(data, from + MIN_MATCH, at + MIN_MATCH, longest - MIN_MATCH);
+                bits.matched(len, distance);
+                misses = 0;
+                // The positions inside a match are not hashed: that cost half the time and
+                // won about 1 % of the size on text.
+                at += len;
+                continue;
+            }
+        }
+        // Bytes that keep finding no match are likely to go on not matching (noise, or
+        // compressed data): after every 32 misses in a row, one more byte is skipped between
+        // lookups.
+        misses += 1;
+        bits.literal(data[at]);
+        at += 1;
+        if misses > 32 {
+            let skip = misses / 32 - 1;
+            for &byte in &data[at..(at + skip).min(data.len())] {
+                bits.literal(byte);
+            }
+            at += skip;
+        }
+    }
+    for &byte in data.get(at..).unwrap_or_default() {
+        bits.literal(byte);
+    }
+    bits.put(u32::from(LITERAL_CODES[END_OF_BLOCK].0), 7);
 }
 
 #[cfg(test)]
