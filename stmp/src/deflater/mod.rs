@@ -401,6 +401,26 @@ mod tests {
     }
 
     #[test]
+    fn an_inflater_written_apart_from_zlib_reads_it_too() {
+        let mut rng = fastrand::Rng::with_seed(1952);
+        for len in [0, 5, 300, 1000, 5000, 70_000, 300_000] {
+            for plain in [
+                chat_json(&mut rng, len),
+                (0..len).map(|_| rng.u8(..4)).collect(),
+                (0..len).map(|_| rng.u8(..)).collect(),
+            ] {
+                let mut deflated = BytesMut::new();
+                deflate_message(&plain, &mut deflated);
+                // The tail permessage-deflate leaves off, then a final empty block: a whole
+                // stream for miniz_oxide.
+                deflated.extend_from_slice(&[0, 0, 0xFF, 0xFF, 0b011, 0]);
+                let back = miniz_oxide::inflate::decompress_to_vec(&deflated).unwrap();
+                assert!(back == plain, "{} bytes differ", plain.len());
+            }
+        }
+    }
+
+    #[test]
     fn text_after_noise_is_still_matched() {
         // Lookups grow sparse over noise; the first match must bring them back to every byte.
         let mut rng = fastrand::Rng::with_seed(7);

@@ -210,6 +210,26 @@ mod tests {
     }
 
     #[test]
+    fn an_inflater_written_apart_from_zlib_reads_the_whole_stream() {
+        let mut rng = fastrand::Rng::with_seed(1952);
+        let mut stream = DeflateStream::new();
+        let (mut wire, mut plain) = (Vec::new(), Vec::new());
+        for round in 0..60 {
+            let len = rng.usize(0..20_000);
+            let batch = match round % 3 {
+                0 => json(&mut rng, len),
+                1 => (0..len).map(|_| rng.u8(..)).collect(),
+                _ => (0..len * 10).map(|_| rng.u8(..3)).collect(),
+            };
+            stream.batch(&batch, &mut wire);
+            plain.extend_from_slice(&batch);
+        }
+        stream.finish(&mut wire);
+        let back = miniz_oxide::inflate::decompress_to_vec(&wire).unwrap();
+        assert!(back == plain, "{} bytes differ", plain.len());
+    }
+
+    #[test]
     fn later_batches_copy_from_earlier_ones() {
         let mut rng = fastrand::Rng::with_seed(7);
         let message = json(&mut rng, 1000);
