@@ -3,7 +3,7 @@
 //! upgrade); what differs is how packets are framed on it ([`Framing`], [`Unframe`]).
 
 #[cfg(feature = "gzip")]
-mod deflate;
+mod gzip_writer;
 mod inflate;
 mod packets;
 mod read_ahead;
@@ -23,7 +23,7 @@ use crate::telemetry::Counted;
 use crate::transport::ws::frame::FrameWriter;
 use crate::wire::{BufferBudget, Limits, Packet, PacketCodec};
 #[cfg(feature = "gzip")]
-use deflate::Deflater;
+use gzip_writer::GzipWriter;
 #[cfg(feature = "gzip")]
 use inflate::BoundedGzip;
 pub(crate) use inflate::InflationLimit;
@@ -93,7 +93,7 @@ pub(crate) struct PacketWriter {
     pub(crate) framing: Framing,
     /// The gzip stream the batches go out in, when agreed on.
     #[cfg(feature = "gzip")]
-    pub(crate) gzip: Option<Box<Deflater>>,
+    pub(crate) gzip: Option<Box<GzipWriter>>,
 }
 
 /// How packets are laid out on the byte stream.
@@ -189,7 +189,7 @@ fn compress_now(
     cx: &mut std::task::Context<'_>,
     packets: &[Packet],
     framing: &Framing,
-    gzip: &mut Deflater,
+    gzip: &mut GzipWriter,
     pending: &mut BytesMut,
 ) -> Result<(), Status> {
     let plain_from = pending.len();
@@ -412,7 +412,7 @@ where
                 io: Box::pin(writer),
                 buf: BytesMut::new(),
                 framing: Framing::Stream,
-                gzip: Some(Box::new(Deflater::new())),
+                gzip: Some(Box::new(GzipWriter::new())),
             },
         );
     }

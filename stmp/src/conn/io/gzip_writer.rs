@@ -19,7 +19,7 @@ const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 4, 255];
 const KEEP_OUTPUT: usize = 64 << 10;
 
 /// One direction's gzip stream.
-pub(crate) struct Deflater {
+pub(crate) struct GzipWriter {
     stream: DeflateStream,
     /// The checksum and length of everything sent, for the trailer.
     crc: Crc,
@@ -29,9 +29,9 @@ pub(crate) struct Deflater {
     finished: bool,
 }
 
-impl Deflater {
+impl GzipWriter {
     pub(crate) fn new() -> Self {
-        Deflater {
+        GzipWriter {
             stream: DeflateStream::new(),
             crc: Crc::new(),
             output: Vec::new(),
@@ -96,27 +96,27 @@ mod tests {
 
     #[test]
     fn every_batch_inflates_at_once_and_the_trailer_ends_the_stream() {
-        let mut deflater = Deflater::new();
+        let mut gzip = GzipWriter::new();
         let batches: [&[u8]; 3] = [b"first batch", &[0x5A; 5000], b""];
         let mut wire = Vec::new();
         let mut plain = Vec::new();
         for batch in batches {
-            wire.extend_from_slice(deflater.batch(batch));
+            wire.extend_from_slice(gzip.batch(batch));
             plain.extend_from_slice(batch);
             assert_eq!(inflate_available(&wire, plain.len()), plain);
         }
-        wire.extend_from_slice(deflater.finish());
+        wire.extend_from_slice(gzip.finish());
         let mut whole = Vec::new();
         flate2::read::GzDecoder::new(&wire[..])
             .read_to_end(&mut whole)
             .unwrap();
         assert_eq!(whole, plain, "the trailer's CRC and length check out");
-        assert!(deflater.batch(b"late").is_empty(), "nothing after the end");
+        assert!(gzip.batch(b"late").is_empty(), "nothing after the end");
     }
 
     #[test]
     fn incompressible_batches_larger_than_the_reserve_come_out_whole() {
-        let mut deflater = Deflater::new();
+        let mut gzip = GzipWriter::new();
         let mut x = 0x2545_f491_u32;
         let noise: Vec<u8> = (0..300_000)
             .map(|_| {
@@ -126,15 +126,15 @@ mod tests {
                 x as u8
             })
             .collect();
-        let wire = deflater.batch(&noise).to_vec();
+        let wire = gzip.batch(&noise).to_vec();
         assert_eq!(inflate_available(&wire, noise.len()), noise);
     }
 
     /// The level shows in the gzip header's XFL byte: 4 for the fastest, 0 for the default.
     #[test]
     fn the_stream_is_compressed_at_the_fastest_level() {
-        let mut deflater = Deflater::new();
-        let wire = deflater.batch(b"{\"room\":\"lobby\"}");
+        let mut gzip = GzipWriter::new();
+        let wire = gzip.batch(b"{\"room\":\"lobby\"}");
         assert_eq!(&wire[..3], &[0x1f, 0x8b, 8], "a gzip member");
         assert_eq!(wire[8], 4, "XFL: compressed with the fastest level");
     }
