@@ -264,8 +264,8 @@ impl ServerBuilder {
     /// ([`gzip_inflation_limit`](Self::gzip_inflation_limit)). Both sides compress the fast way
     /// (greedy matches and fixed Huffman codes, as zlib's level 1 does): packets go out in
     /// small batches, each sync-flushed, where higher levels cost several times the CPU for
-    /// little gain. Each gzip connection holds up to about 250 KiB of compression state; [`max_gzip_connections`](Self::max_gzip_connections)
-    /// bounds how many there are.
+    /// little gain. Each gzip connection holds up to about 200 KiB of compression state;
+    /// [`max_gzip_connections`](Self::max_gzip_connections) bounds how many there are.
     pub fn gzip(mut self, allowed: bool) -> Self {
         self.gzip = allowed;
         self
@@ -273,10 +273,10 @@ impl ServerBuilder {
 
     /// Connections that may use gzip at once; past it, a client that asks for gzip gets a
     /// plain stream, as when gzip is off. A gzip connection holds compressor and inflater state:
-    /// about 24 KiB while its packets are small, up to about 250 KiB once its batches fill the
+    /// about 24 KiB while its packets are small, up to about 200 KiB once its batches fill the
     /// windows and buffers, where a plain one holds about 4 KiB. Without a bound a peer that
-    /// opens connections asking for gzip makes each cost the server up to some 60 times more
-    /// memory. Default 1024 (about 250 MiB at most); only counts when [`gzip`](Self::gzip) is on.
+    /// opens connections asking for gzip makes each cost the server up to some 50 times more
+    /// memory. Default 1024 (about 200 MiB at most); only counts when [`gzip`](Self::gzip) is on.
     ///
     /// ```
     /// let server = stmp::Server::builder()
