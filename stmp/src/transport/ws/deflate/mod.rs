@@ -5,9 +5,12 @@
 //! state at all: a message is deflated in one pass with a hash table sized to it
 //! ([`deflate_message`](crate::deflater::deflate_message)), and inflated by an inflater that
 //! belongs to the thread, reset per message. Keeping the window would compress small, similar
-//! messages better, but would cost every connection a window each way (32 KiB to inflate, up
-//! to 128 KiB to deflate) for as long as it lives, where browsers keep thousands of idle ones. Messages under [`MIN_DEFLATED`] bytes, and those deflate does not shrink, go out
-//! plain: the extension lets each message choose.
+//! messages better, but would cost every connection a window each way (32 KiB to inflate; to
+//! deflate, the history and a hash table of [`DeflateStream`](crate::deflater::DeflateStream))
+//! for as long as it lives, where browsers keep thousands of idle ones, and a broadcast could
+//! no longer deflate its event once for every connection. Messages under [`MIN_DEFLATED`]
+//! bytes, and those deflate does not shrink, go out plain: the extension lets each message
+//! choose.
 //!
 //! Negotiation is over strings ([`accepts_offer`], [`agreed_by_server`]); the codec over bytes
 //! ([`deflate`], [`MessageInflater`]). Neither does I/O.
