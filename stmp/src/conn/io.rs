@@ -117,8 +117,15 @@ impl Framing {
     }
 }
 
-/// The bytes of the write buffer kept between batches; a larger one is given back.
+/// The bytes of write buffer a connection keeps once it has written all it had; a larger one
+/// is given back.
 const KEEP_WRITE_BUFFER: usize = 64 << 10;
+
+/// The bytes of write buffer kept for the next batch of a connection that is busy, and by a
+/// thread's scratch buffer. 64 answers of 1 KiB are more than [`KEEP_WRITE_BUFFER`]: given back
+/// after every batch, the buffer grew again through every power of two for the next one,
+/// copying what it held at each step.
+const KEEP_WHILE_BUSY: usize = 1 << 20;
 
 thread_local! {
     /// Where an inline write encodes its packets when its connection has nothing buffered:
@@ -150,7 +157,7 @@ fn write_through_scratch(
             if written < scratch.len() {
                 leftover.extend_from_slice(&scratch[written..]);
             }
-            if scratch.capacity() > KEEP_WRITE_BUFFER {
+            if scratch.capacity() > KEEP_WHILE_BUSY {
                 *scratch = BytesMut::new();
             }
             Ok(true)
@@ -305,10 +312,19 @@ impl PacketWriter {
         write_stepped(io.as_mut(), wire, stall).await?;
         step(stall, io.flush()).await?;
         buf.clear();
-        if buf.capacity() > KEEP_WRITE_BUFFER {
+        if buf.capacity() > KEEP_WHILE_BUSY {
             *buf = BytesMut::new();
         }
         Ok(())
+    }
+
+    /// Gives back a write buffer larger than a connection keeps once nothing more is coming
+    /// ([`KEEP_WRITE_BUFFER`]): after a batch, the writer task calls this unless the
+    /// connection is busy, whose next batch then finds its buffer grown already.
+    pub(crate) fn trim_buffer(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > KEEP_WRITE_BUFFER {
+            self.buf = BytesMut::new();
+        }
     }
 
     /// Gives back the write buffer when it holds nothing: the connection has gone quiet, and
@@ -556,6 +572,41 @@ mod tests {
 
     fn write_buffer(writer: &PacketWriter) -> &BytesMut {
         &writer.buf
+    }
+
+    #[tokio::test]
+    async fn a_busy_connection_keeps_its_grown_write_buffer_until_it_is_trimmed() {
+        let answer = |mid, len| {
+            Packet::Response(crate::wire::Response {
+                mid,
+                status: crate::Code::Ok,
+                header: Header::new(),
+                payload: Bytes::from(vec![7; len]),
+            })
+        };
+        let stall = Duration::from_secs(5);
+        let mut writer = stream_writer(tokio::io::sink());
+        let batch: Vec<Packet> = (1..=64).map(|mid| answer(mid, 1024)).collect();
+        writer.write_batch(&batch, stall).await.unwrap();
+        let grown = write_buffer(&writer).capacity();
+        assert!(grown > KEEP_WRITE_BUFFER, "64 answers of 1 KiB: {grown} B");
+        writer.write_batch(&batch, stall).await.unwrap();
+        assert_eq!(
+            write_buffer(&writer).capacity(),
+            grown,
+            "the next batch finds the buffer as it was"
+        );
+
+        writer.trim_buffer();
+        assert_eq!(write_buffer(&writer).capacity(), 0, "quiet: given back");
+
+        let huge = [answer(1, KEEP_WHILE_BUSY)];
+        writer.write_batch(&huge, stall).await.unwrap();
+        assert_eq!(
+            write_buffer(&writer).capacity(),
+            0,
+            "a batch over what a busy connection keeps is given back at once"
+        );
     }
 
     #[tokio::test]

@@ -29,13 +29,13 @@ use crate::sync::lock;
 use crate::wire::Packet;
 
 /// The slots beyond the first that an emptied queue keeps (under half a KiB).
-const KEEP: usize = 4;
+pub(super) const KEEP: usize = 4;
 
-/// The slots beyond the first that an emptied queue keeps while its connection has calls or
-/// handlers under way: a busy connection's queue refills at once, and growing it again from
-/// [`KEEP`] on every write cost four reallocations per write of 64 calls. A connection that
-/// goes quiet with calls under way (a client whose last calls wait for their answers) keeps
-/// the room until its next write, a heartbeat's ping at the latest.
+/// The slots beyond the first that an emptied queue keeps while its connection is busy (it
+/// has calls or handlers under way, or its last write carried several packets): a busy
+/// connection's queue refills at once, and growing it again from [`KEEP`] on every write cost
+/// four reallocations per write of 64 calls. A connection that goes quiet keeps the room
+/// until its next write of a lone packet, or until its writer task retires.
 const KEEP_BUSY: usize = 64;
 
 /// While callers are coming back, the packets a write waits for at most: enough that a write
@@ -225,6 +225,14 @@ impl Packets {
     #[cfg(test)]
     fn spare_capacity(&self) -> usize {
         self.rest.capacity()
+    }
+}
+
+#[cfg(test)]
+impl SendQueue {
+    /// Slots the queue holds beyond the first.
+    pub(crate) fn spare_slots(&self) -> usize {
+        lock(&self.state).packets.spare_capacity()
     }
 }
 
@@ -741,9 +749,9 @@ impl<H: HoldsSendQueue> Outbox<H> {
         &self.holder.send_queue().state
     }
 
-    /// Says whether the connection has work under way, whose packets will refill the queue as
-    /// soon as it is emptied: then the emptied queue keeps room for a full write's packets,
-    /// otherwise only for a few.
+    /// Says whether the connection is busy, its queue bound to refill as soon as it is
+    /// emptied: then the emptied queue keeps room for a full write's packets, otherwise only
+    /// for a few.
     pub(crate) fn keep_slots(&mut self, busy: bool) {
         let keep = if busy { KEEP_BUSY } else { KEEP };
         if keep < self.keep {

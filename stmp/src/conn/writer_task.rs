@@ -46,7 +46,9 @@ async fn write_loop(task: Arc<WriterTask>, parts: WriterParts) {
     loop {
         let next = outbox.recv_many(&mut batch, BATCH).await;
         if next == Next::Retire {
-            // Nor does its write buffer stay: the next lone packets are written inline.
+            // Nor does the room kept for the next write stay: the next lone packets are
+            // written inline.
+            outbox.keep_slots(false);
             slot.give_back_buffers();
             match task.retire(WriterParts {
                 outbox,
@@ -108,13 +110,21 @@ async fn write_loop(task: Arc<WriterTask>, parts: WriterParts) {
         }
         // Given back under the queue's lock when the loop next looks at it, right below.
         outbox.release_later(room);
-        // A busy connection's next write follows at once: its queue and batch keep their
-        // room for it. A burst's room is not kept.
-        let busy_now = busy.more_coming(0);
-        outbox.keep_slots(busy_now);
+        // The queue, the batch and the write buffer keep their room for the next write when
+        // it is bound to be as large: when more is under way already, and when this write
+        // carried several packets. A server's handlers answer inline, so between two reads
+        // of a client with 64 calls in flight nothing is under way; given back after every
+        // write, the room grew again through every power of two for the next one. A write
+        // of one packet gives it back, and so does every connection that goes quiet, when
+        // its writer task retires.
+        let keep_room = batch.len() > 1 || busy.more_coming(0);
+        outbox.keep_slots(keep_room);
         batch.clear();
-        if !busy_now && batch.capacity() > 1 {
-            batch = Vec::new();
+        if !keep_room {
+            writer.trim_buffer();
+            if batch.capacity() > 1 {
+                batch = Vec::new();
+            }
         }
         slot.put(writer);
     }
@@ -423,6 +433,58 @@ mod tests {
 
     fn started(task: &WriterTask) -> bool {
         matches!(*crate::sync::lock(&task.state), WriterTaskState::Started(_))
+    }
+
+    #[tokio::test]
+    async fn a_write_of_several_packets_keeps_the_queues_room_and_a_lone_one_gives_it_back() {
+        let recorder = Recorder::default();
+        let (conn, outbox) = Conn::new(super::super::tests::parts(1 << 20));
+        conn.shared.writer.put(stream_writer(recorder.clone()));
+        let writing = tokio::spawn(write_loop_started(
+            outbox,
+            idle(&conn),
+            Duration::from_secs(5),
+        ));
+        let mut sent = Vec::new();
+        let mut send = |packets: Vec<Packet>| {
+            // Queued while the writer task waits for its turn: they go out as one batch.
+            for packet in &packets {
+                conn.try_send(packet.clone()).unwrap();
+            }
+            sent.extend(packets);
+            encoded(&sent)
+        };
+        let written = |expected: Vec<u8>| {
+            let recorder = recorder.clone();
+            async move {
+                tokio::time::timeout(Duration::from_secs(10), async {
+                    while recorder.0.lock().unwrap().0 != expected {
+                        tokio::task::yield_now().await;
+                    }
+                })
+                .await
+                .expect("the batch written");
+            }
+        };
+
+        // Nothing is under way between two reads of a peer with many calls in flight; its
+        // answers come a read's worth at a time, and once a write has carried several the
+        // queue keeps room for the next ones.
+        for first in [0, 20] {
+            written(send(
+                (first..first + 20).map(|seq| notify(seq, 10)).collect(),
+            ))
+            .await;
+        }
+        assert!(conn.shared.outbox.spare_slots() >= 16, "room kept");
+        written(send(vec![notify(40, 10)])).await;
+        assert!(
+            conn.shared.outbox.spare_slots() <= super::super::outbox::KEEP,
+            "room given back"
+        );
+
+        conn.shared.outbox.stop();
+        task_ends(writing).await;
     }
 
     #[tokio::test]
