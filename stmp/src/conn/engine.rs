@@ -34,6 +34,7 @@ use super::writer_task::{Busy, Finishing, StopWriterOnDrop, WriterParts, WriterT
 use super::{Conn, ConnParts, Outbox, Refused, Side};
 use crate::broadcast::SlowConsumer;
 use crate::codec::Codec;
+use crate::context::SpareContext;
 use crate::router::{ActionTarget, ActionTargets, Started};
 use crate::stats::Counters;
 use crate::wire::{Header, Packet, Request, Response};
@@ -249,6 +250,7 @@ impl Engine {
                 since_yield: 0,
                 watching_deferral: false,
                 heartbeat_rang: false,
+                spare: SpareContext::default(),
             };
             let shared = conn.shared.clone();
 
@@ -359,30 +361,20 @@ impl Engine {
                         let alone = handling.used() == 1
                             && conn.pending_calls() == 0
                             && !reader.as_mut().has_buffered();
-                        handle(
-                            &conn,
-                            &mut targets,
-                            &tasks,
-                            request,
-                            held,
-                            alone,
-                            book.arrived,
-                        )
+                        handle(&conn, &mut targets, &tasks, &mut book, request, held, alone)
                     }
                     Action::Deliver(notify, held) => {
                         let target = targets.get(&notify.action);
-                        let ctx = Context::new(
-                            conn.clone(),
-                            notify.action,
-                            target.method(),
-                            notify.header,
-                        );
+                        let ctx =
+                            book.spare
+                                .fill(&conn, notify.action, target.method(), notify.header);
                         // Most notifies finish without waiting, and those run right here; one
                         // that arrives while an earlier one waits queues behind it, in order.
                         let left = match listeners.idle() {
-                            true => target.start_notify(ctx, notify.payload),
-                            false => Some(target.clone().run_notify(ctx, notify.payload)),
+                            true => target.start_notify(&ctx, notify.payload),
+                            false => Some(target.clone().run_notify(ctx.clone(), notify.payload)),
                         };
+                        book.spare.keep(ctx);
                         if let Some(left) = left {
                             let listening: Listening = Box::pin(async move {
                                 left.await;
@@ -435,6 +427,7 @@ impl Engine {
                     && conn.pending_calls() == 0
                 {
                     writer_task.task.retire_if_waiting(&conn);
+                    book.spare.clear();
                 }
             };
 
@@ -466,6 +459,8 @@ struct Bookkeeping {
     watching_deferral: bool,
     /// The heartbeat timer rang on this turn of the loop.
     heartbeat_rang: bool,
+    /// The last packet's context, for the next one; let go of once the connection is quiet.
+    spare: SpareContext,
 }
 
 /// What one turn of the engine's loop got: an action from what it watches, or what the reader
@@ -513,23 +508,21 @@ fn set_alarm(alarm: &mut Alarm, at: Option<std::time::Instant>) -> Option<std::t
 }
 
 /// Runs a request's handler; `held` (its slot and bytes) is given back once it has answered.
-/// An answer ready at once is queued by this task, and written by it when `alone`.
+/// An answer ready at once is queued by this task, and written by it when `alone`. The
+/// request's context is `book`'s spare one, filled in, and goes back there when the handler
+/// is done with it.
 fn handle(
     conn: &Conn,
     targets: &mut ActionTargets,
     tasks: &TaskTracker,
+    book: &mut Bookkeeping,
     request: Request,
     held: Held,
     alone: bool,
-    arrived: std::time::Instant,
 ) {
+    let (spare, arrived) = (&mut book.spare, book.arrived);
     let target = targets.get(&request.action);
-    let ctx = Context::new(
-        conn.clone(),
-        request.action,
-        target.method(),
-        request.header,
-    );
+    let ctx = spare.fill(conn, request.action, target.method(), request.header);
     // Tracked from the start, not from `spawn`, and until the answer is queued: a shutdown
     // that looks while the handler runs inline must wait for it.
     let tracked = tasks.token();
@@ -539,7 +532,11 @@ fn handle(
     // the ones that wait (or whose answer waits for room) get a task of their own.
     let started = span.in_scope(|| target.start_request(&ctx, request.payload));
     let response = match started {
-        Started::Done(outcome) => span.in_scope(|| answer(target, &ctx, mid, outcome, arrived)),
+        Started::Done(outcome) => {
+            let response = span.in_scope(|| answer(target, &ctx, mid, outcome, arrived));
+            spare.keep(ctx);
+            response
+        }
         Started::Waiting(answering) => {
             let (conn, target) = (conn.clone(), target.clone());
             let answering = async move {

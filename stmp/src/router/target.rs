@@ -196,11 +196,11 @@ impl ActionTarget {
     /// Runs a notify here and now as far as it goes without waiting, and returns what is left
     /// when something waits. The common notify — listeners only, which finish at once — costs
     /// no task, no boxed future of its own and no reference counted on the target.
-    pub(crate) fn start_notify(self: &Arc<Self>, ctx: Context, payload: Bytes) -> Option<Running> {
+    pub(crate) fn start_notify(self: &Arc<Self>, ctx: &Context, payload: Bytes) -> Option<Running> {
         if !self.middleware.is_empty() || self.route.is_some() {
-            return poll_once(self.clone().run_notify(ctx, payload));
+            return poll_once(self.clone().run_notify(ctx.clone(), payload));
         }
-        if !self.wanted(&ctx) {
+        if !self.wanted(ctx) {
             return None;
         }
         let listeners = self.listeners.as_ref()?;
@@ -211,7 +211,7 @@ impl ActionTarget {
             match started {
                 Ok(None) => {}
                 Ok(Some(waiting)) => {
-                    let (listeners, method) = (listeners.clone(), self.method);
+                    let (listeners, method, ctx) = (listeners.clone(), self.method, ctx.clone());
                     return Some(Box::pin(async move {
                         if AssertUnwindSafe(waiting).catch_unwind().await.is_err() {
                             listener_panicked(method);
