@@ -79,8 +79,9 @@ pub(crate) struct Outbox<H: HoldsSendQueue = SendQueue> {
     /// Room of the packets moved into the writer's batch since it last asked
     /// ([`room_taken`](Outbox::room_taken)).
     taken: usize,
-    /// The slots an emptied queue keeps, as the writer last set it ([`Outbox::keep_slots`]).
-    keep: usize,
+    /// What the writer last said of the connection ([`Outbox::keep_slots`]), as the queue has
+    /// it: the queue is locked only when it changes.
+    busy: bool,
 }
 
 /// Why a packet was not queued.
@@ -136,9 +137,21 @@ struct Packets {
     /// writer that takes them all gives back once they are written.
     room: usize,
     rest: VecDeque<Packet>,
+    /// The connection is busy ([`Outbox::keep_slots`]): emptied, the queue keeps room for
+    /// [`KEEP_BUSY`] packets rather than [`KEEP`], whoever empties it (the writer task, or a
+    /// sender writing inline).
+    busy: bool,
 }
 
 impl Packets {
+    /// The slots beyond the first an emptied queue keeps.
+    fn kept(&self) -> usize {
+        match self.busy {
+            true => KEEP_BUSY,
+            false => KEEP,
+        }
+    }
+
     fn is_empty(&self) -> bool {
         self.head.is_none()
     }
@@ -532,7 +545,7 @@ impl SendQueue {
     pub(crate) fn take_while_inline(&self, batch: &mut Vec<Packet>, limit: usize) -> usize {
         let mut queue = lock(&self.state);
         debug_assert!(queue.inline, "only the inline writer takes packets");
-        take(&mut queue, batch, limit, KEEP).1
+        take(&mut queue, batch, limit).1
     }
 
     /// Registers `writer` as the waiting writer's waker before any writer task has looked at
@@ -729,7 +742,7 @@ impl<H: HoldsSendQueue> std::fmt::Debug for Outbox<H> {
             .field("queue", self.queue())
             .field("written", &self.written)
             .field("taken", &self.taken)
-            .field("keep", &self.keep)
+            .field("busy", &self.busy)
             .finish()
     }
 }
@@ -741,7 +754,7 @@ impl<H: HoldsSendQueue> Outbox<H> {
             holder,
             written: 0,
             taken: 0,
-            keep: KEEP,
+            busy: false,
         }
     }
 
@@ -753,12 +766,16 @@ impl<H: HoldsSendQueue> Outbox<H> {
     /// emptied: then the emptied queue keeps room for a full write's packets, otherwise only
     /// for a few.
     pub(crate) fn keep_slots(&mut self, busy: bool) {
-        let keep = if busy { KEEP_BUSY } else { KEEP };
-        if keep < self.keep {
-            // Gone quiet: the room kept for the next write goes back now, not at that write.
-            lock(self.queue()).packets.shrink_to(keep);
+        if busy == self.busy {
+            return;
         }
-        self.keep = keep;
+        self.busy = busy;
+        let mut queue = lock(self.queue());
+        queue.packets.busy = busy;
+        if !busy {
+            // Gone quiet: the room kept for the next write goes back now, not at that write.
+            queue.packets.shrink_to(KEEP);
+        }
     }
 
     /// Gives back `bytes` of room (of packets written) the next time the writer looks at the
@@ -781,7 +798,7 @@ impl<H: HoldsSendQueue> Outbox<H> {
     /// [`release_later`](Self::release_later) is given back first.
     pub(crate) async fn recv_many(&mut self, batch: &mut Vec<Packet>, limit: usize) -> Next {
         let mut written = std::mem::take(&mut self.written);
-        let (keep, taken) = (self.keep, &mut self.taken);
+        let taken = &mut self.taken;
         let holder = &self.holder;
         poll_fn(|cx| {
             let mut queue = lock(&holder.send_queue().state);
@@ -789,7 +806,7 @@ impl<H: HoldsSendQueue> Outbox<H> {
                 0 => Vec::new(),
                 bytes => queue.give_back(bytes),
             };
-            let polled = poll_take(&mut queue, cx, batch, limit, keep, taken);
+            let polled = poll_take(&mut queue, cx, batch, limit, taken);
             drop(queue);
             ready.into_iter().for_each(Waker::wake);
             polled
@@ -807,7 +824,7 @@ impl<H: HoldsSendQueue> Outbox<H> {
 
     /// Moves up to `limit` packets that are queued now into `batch`, without waiting.
     pub(crate) fn try_recv_many(&mut self, batch: &mut Vec<Packet>, limit: usize) -> usize {
-        let (count, room) = take(&mut lock(self.queue()), batch, limit, self.keep);
+        let (count, room) = take(&mut lock(self.queue()), batch, limit);
         self.taken += room;
         count
     }
@@ -831,7 +848,6 @@ fn poll_take(
     cx: &mut Context<'_>,
     batch: &mut Vec<Packet>,
     limit: usize,
-    keep: usize,
     taken: &mut usize,
 ) -> Poll<Next> {
     if !queue.inline {
@@ -839,10 +855,10 @@ fn poll_take(
         let retire = std::mem::take(&mut queue.retire);
         if queue.stopping {
             queue.writer = None;
-            *taken += take(queue, batch, usize::MAX, keep).1;
+            *taken += take(queue, batch, usize::MAX).1;
             return Poll::Ready(Next::Stop);
         }
-        let (count, room) = take(queue, batch, limit, keep);
+        let (count, room) = take(queue, batch, limit);
         *taken += room;
         if count > 0 || kicked {
             // Not waiting any more: no sender may write inline now.
@@ -868,8 +884,9 @@ fn poll_take(
 
 /// Moves packets into `batch` until it holds `limit`; returns how many, and the budget they
 /// hold.
-fn take(queue: &mut Queue, batch: &mut Vec<Packet>, limit: usize, keep: usize) -> (usize, usize) {
+fn take(queue: &mut Queue, batch: &mut Vec<Packet>, limit: usize) -> (usize, usize) {
     let space = limit.saturating_sub(batch.len());
+    let keep = queue.packets.kept();
     queue.packets.take(batch, space, keep, queue.budget)
 }
 
@@ -935,6 +952,36 @@ mod tests {
         outbox.keep_slots(false);
         assert!(lock(outbox.queue()).packets.spare_capacity() <= KEEP);
         let idle = fill_and_drain(&mut outbox, &mut batch);
+        assert!(idle <= KEEP, "idle: only a few slots stay ({idle})");
+    }
+
+    #[test]
+    fn a_sender_writing_inline_leaves_a_busy_connections_room_as_the_writer_would() {
+        let (queue, mut outbox) = send_queue(1 << 20);
+        queue.allow_inline();
+        let mut batch = Vec::new();
+        let mut inline_write = |outbox: &mut Outbox| {
+            // The writer waits with nothing queued: the next sender writes inline, and takes
+            // what was queued behind it meanwhile.
+            let mut waiting = Box::pin(outbox.recv_many(&mut batch, 64));
+            assert!(poll_once(&mut waiting).is_pending());
+            drop(waiting);
+            let offered = queue.try_offer(Packet::Ping, 0).map(|(offered, _)| offered);
+            assert_eq!(offered, Ok(Offered::WriteInline(Packet::Ping)));
+            for _ in 0..40 {
+                queue.try_push(Packet::Pong, 0).unwrap();
+            }
+            let mut behind = Vec::new();
+            queue.take_while_inline(&mut behind, 64);
+            assert_eq!(behind.len(), 40);
+            queue.end_inline_written(0);
+            lock(outbox.queue()).packets.spare_capacity()
+        };
+        outbox.keep_slots(true);
+        let kept = inline_write(&mut outbox);
+        assert!(kept >= 39, "busy: the room stays ({kept})");
+        outbox.keep_slots(false);
+        let idle = inline_write(&mut outbox);
         assert!(idle <= KEEP, "idle: only a few slots stay ({idle})");
     }
 
