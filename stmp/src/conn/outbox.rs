@@ -119,6 +119,10 @@ struct Queue {
     /// The writer task is to end unless something is queued: the connection has gone quiet
     /// ([`SendQueue::retire_writer`]).
     retire: bool,
+    /// The connection is busy ([`Outbox::keep_slots`]): emptied, the queue keeps room for
+    /// [`KEEP_BUSY`] packets rather than [`KEEP`], whoever empties it (the writer task, or a
+    /// sender writing inline). With the other flags, on the line a broadcast reads anyway.
+    busy: bool,
     packets: Packets,
     /// Senders waiting for room, first come first served.
     waiting: VecDeque<Waiting>,
@@ -137,21 +141,9 @@ struct Packets {
     /// writer that takes them all gives back once they are written.
     room: usize,
     rest: VecDeque<Packet>,
-    /// The connection is busy ([`Outbox::keep_slots`]): emptied, the queue keeps room for
-    /// [`KEEP_BUSY`] packets rather than [`KEEP`], whoever empties it (the writer task, or a
-    /// sender writing inline).
-    busy: bool,
 }
 
 impl Packets {
-    /// The slots beyond the first an emptied queue keeps.
-    fn kept(&self) -> usize {
-        match self.busy {
-            true => KEEP_BUSY,
-            false => KEEP,
-        }
-    }
-
     fn is_empty(&self) -> bool {
         self.head.is_none()
     }
@@ -771,7 +763,7 @@ impl<H: HoldsSendQueue> Outbox<H> {
         }
         self.busy = busy;
         let mut queue = lock(self.queue());
-        queue.packets.busy = busy;
+        queue.busy = busy;
         if !busy {
             // Gone quiet: the room kept for the next write goes back now, not at that write.
             queue.packets.shrink_to(KEEP);
@@ -886,7 +878,10 @@ fn poll_take(
 /// hold.
 fn take(queue: &mut Queue, batch: &mut Vec<Packet>, limit: usize) -> (usize, usize) {
     let space = limit.saturating_sub(batch.len());
-    let keep = queue.packets.kept();
+    let keep = match queue.busy {
+        true => KEEP_BUSY,
+        false => KEEP,
+    };
     queue.packets.take(batch, space, keep, queue.budget)
 }
 
