@@ -10,10 +10,9 @@
 //! than through a channel of its own: one more thing to poll, in memory of its own, at every
 //! event.
 
-use std::future::poll_fn;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::task::Poll;
+use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
 
@@ -102,21 +101,25 @@ impl CloseRequest {
         None
     }
 
-    /// Waits until the writer fails, or, with `close`, until the close is asked for (a
-    /// failure first). Meant for one waiter at a time, the engine.
+    /// Whether the writer failed, or, with `close`, whether the close was asked for (a failure
+    /// first); if neither, the engine behind `cx` is woken when one is reported. Meant for one
+    /// waiter at a time, the engine.
+    pub(crate) fn poll_heard(&self, cx: &mut Context<'_>, close: bool) -> Poll<Heard> {
+        if let Some(heard) = self.heard(close) {
+            return Poll::Ready(heard);
+        }
+        self.engine.register(cx.waker());
+        // A report between the check and the registration found no waker to wake.
+        match self.heard(close) {
+            Some(heard) => Poll::Ready(heard),
+            None => Poll::Pending,
+        }
+    }
+
+    /// Waits until [`poll_heard`](Self::poll_heard) hears something.
+    #[cfg(test)]
     pub(crate) async fn heard_of(&self, close: bool) -> Heard {
-        poll_fn(|cx| {
-            if let Some(heard) = self.heard(close) {
-                return Poll::Ready(heard);
-            }
-            self.engine.register(cx.waker());
-            // A report between the check and the registration found no waker to wake.
-            match self.heard(close) {
-                Some(heard) => Poll::Ready(heard),
-                None => Poll::Pending,
-            }
-        })
-        .await
+        std::future::poll_fn(|cx| self.poll_heard(cx, close)).await
     }
 }
 

@@ -17,15 +17,16 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use tokio::sync::mpsc;
-use tokio::time::{Instant, sleep_until};
+use tokio::time::{Instant, Sleep, sleep_until};
 use tokio_util::task::TaskTracker;
 
 use super::Drain;
+use super::budget::InFlight;
 use super::close_request::Heard;
 use super::io::{PacketStream, PacketWriter};
 use super::outbox::DEFERRAL_WATCH;
@@ -175,14 +176,6 @@ pub(crate) struct Engine {
 /// or in the event queue for a notify. Made only when a queue is full.
 type Parked = Pin<Box<dyn Future<Output = Result<(), Status>> + Send>>;
 
-/// Waits for the parked packet to be queued (never, when nothing is parked).
-async fn unpark(parked: &mut Option<Parked>) -> Result<(), Status> {
-    match parked {
-        Some(waiting) => waiting.await,
-        None => std::future::pending().await,
-    }
-}
-
 /// Queues a packet the engine answers with (Pong, a refused request), or writes it at once
 /// when `alone` (no more input at hand) and the writer waits with nothing queued: an idle
 /// connection's heartbeat then never starts its writer task. When the send queue is full the
@@ -215,120 +208,83 @@ impl Engine {
         // future's state beside the parts moved out of it.
         let Engine {
             conn,
-            mut state,
-            mut reader,
+            state,
+            reader,
             writer_task,
             router,
             config,
             tasks,
         } = self;
-        async move {
-            let handling = state.handler_slots();
-            // What this connection's requests and notifies run through, resolved once per action
-            // while the router does not change.
-            let mut targets = ActionTargets::new(router);
-            let mut listeners = Listeners::new(config.event_queue);
-            // Two timers for the state's two deadlines: the close grace is watched before
-            // reading (a peer that floods cannot hold a closing connection open), the heartbeat
-            // after it. Each is re-armed only when its deadline moves, which packets never do.
-            let heartbeat_at = state.heartbeat_at();
-            let heartbeat = sleep_until(Instant::from_std(heartbeat_at));
-            tokio::pin!(heartbeat);
-            // The timers that rarely ring are made when first set (see `Alarm`).
-            let mut grace = Alarm::default();
-            // One alarm for the deadlines of this side's calls (see `pending`); set by the calls'
-            // table, which says when it should ring next each time it rings.
-            let mut calls_due = Alarm::default();
-            // Set while answered callers are expected back: see `SendQueue::release_deferred`.
-            let mut deferral_watch = Alarm::default();
-            let mut book = Bookkeeping {
-                parked: None,
-                // When the packet being handled was read: a request's duration counts from there.
+        // Built before the future: moved in, the parts would stay in its state beside it.
+        let mut turn = Turn {
+            book: Bookkeeping {
+                // When the packet being handled was read: a request's duration counts from
+                // there.
                 arrived: now(),
-                heartbeat_at,
                 calls_due_at: None,
+                parked: None,
+                spare: SpareContext::default(),
                 since_yield: 0,
                 watching_deferral: false,
                 heartbeat_rang: false,
-                spare: SpareContext::default(),
-            };
-            let shared = conn.shared.clone();
+            },
+            conn,
+            reader,
+            listeners: Listeners::default(),
+            handling: state.handler_slots(),
+            tasks,
+            calls_due: Alarm::default(),
+            state,
+            grace: Alarm::default(),
+            deferral_watch: Alarm::default(),
+            targets: ActionTargets::new(router),
+        };
+        async move {
+            // Two timers for the state's two deadlines: the close grace is watched before
+            // reading (a peer that floods cannot hold a closing connection open), the heartbeat
+            // after it. Each is re-armed only when its deadline moves, which packets never do.
+            let heartbeat = sleep_until(Instant::from_std(turn.state.heartbeat_at()));
+            tokio::pin!(heartbeat);
 
             let ending = loop {
+                // Before the next packet is taken rather than with one in hand: whatever is
+                // held across an await is kept in the future's state, written out to memory
+                // of its own on every packet.
+                if turn.book.since_yield >= YIELD_EVERY {
+                    turn.book.since_yield = 0;
+                    tokio::task::yield_now().await;
+                }
                 // A packet whose bytes are already buffered is taken without the wait below
                 // unless reading is parked, the connection closes, or something the wait
                 // watches is due. Per packet, the wait polled the close request and two timers
                 // (registering a waker each time) to find nothing due.
-                let watched_first = book.parked.is_some()
-                    || state.is_closing()
-                    || shared.close_requested.is_raised()
-                    || (book.calls_due_at.is_some() && calls_due.is_elapsed())
-                    || (book.watching_deferral && deferral_watch.is_elapsed())
-                    || heartbeat.is_elapsed();
-                let buffered = match watched_first {
-                    true => None,
-                    false => reader.as_mut().next_buffered(),
+                let watched_first = turn.is_anything_due() || heartbeat.is_elapsed();
+                let step = 'step: {
+                    if !watched_first && let Some(item) = turn.reader.as_mut().next_buffered() {
+                        break 'step Step::Read(Some(item));
+                    }
+                    let woke = {
+                        let (turn, mut heartbeat) = (&mut turn, heartbeat.as_mut());
+                        std::future::poll_fn(move |cx| turn.poll_wait(cx, heartbeat.as_mut())).await
+                    };
+                    turn.woke(woke)
                 };
-                let step = match buffered {
-                    Some(item) => Step::Read(Some(item)),
-                    None => tokio::select! {
-                        biased;
-                        // The writer's failure always; a close request until closing.
-                        heard = shared.close_requested.heard_of(!state.is_closing()) => {
-                            Step::Act(match heard {
-                                Heard::WriteFailed(status) => {
-                                    Action::End(state.handle_write_failed(status))
-                                }
-                                Heard::CloseRequested => {
-                                    let action = state.close(now(), requested(&conn));
-                                    if let Some(deadline) = state.close_deadline() {
-                                        grace.set(Instant::from_std(deadline));
-                                    }
-                                    action
-                                }
-                                Heard::SoonerDeadline => {
-                                    book.calls_due_at =
-                                        set_alarm(&mut calls_due, conn.expire_calls(now()));
-                                    Action::Idle
-                                }
-                            })
-                        }
-                        _ = calls_due.rung(), if book.calls_due_at.is_some() => {
-                            book.calls_due_at = set_alarm(&mut calls_due, conn.expire_calls(now()));
-                            Step::Act(Action::Idle)
-                        }
-                        _ = deferral_watch.rung(), if book.watching_deferral => {
-                            book.watching_deferral = conn.shared.outbox.release_deferred();
-                            Step::Act(Action::Idle)
-                        }
-                        _ = grace.rung(), if state.is_closing() => {
-                            Step::Act(state.handle_timeout(now()))
-                        }
-                        queued = unpark(&mut book.parked), if book.parked.is_some() => {
-                            book.parked = None;
-                            Step::Act(match queued {
-                                Ok(()) => {
-                                    state.resume_reading(now());
-                                    Action::Idle
-                                }
-                                Err(status) => Action::End(state.handle_write_failed(status)),
-                            })
-                        }
-                        item = reader.next(), if book.parked.is_none() => Step::Read(item),
-                        _ = &mut heartbeat => {
-                            book.heartbeat_rang = true;
-                            Step::Act(state.handle_timeout(now()))
-                        }
-                    },
-                };
+                let Turn {
+                    book,
+                    reader,
+                    targets,
+                    listeners,
+                    handling,
+                    tasks,
+                    conn,
+                    state,
+                    deferral_watch,
+                    ..
+                } = &mut turn;
                 let action = match step {
                     Step::Act(action) => action,
                     Step::Read(Some(Ok(packet))) => {
                         book.since_yield += 1;
-                        if book.since_yield == YIELD_EVERY {
-                            book.since_yield = 0;
-                            tokio::task::yield_now().await;
-                        }
                         // A packet decoded from bytes an earlier read brought arrived with
                         // that read: the clock is read once per read, not once per packet.
                         if reader.as_mut().took_a_read() {
@@ -348,7 +304,7 @@ impl Engine {
                     Action::Idle => {}
                     Action::Reply(packet) => {
                         let alone = !reader.as_mut().has_buffered();
-                        book.parked = reply(&conn, packet, alone);
+                        book.parked = reply(conn, packet, alone);
                     }
                     // A Ping or a Close costs no room: it gets through a full queue.
                     Action::Signal(close @ Packet::Close(_)) => conn.send_close(close),
@@ -361,13 +317,13 @@ impl Engine {
                         let alone = handling.used() == 1
                             && conn.pending_calls() == 0
                             && !reader.as_mut().has_buffered();
-                        handle(&conn, &mut targets, &tasks, &mut book, request, held, alone)
+                        handle(conn, targets, tasks, book, request, held, alone)
                     }
                     Action::Deliver(notify, held) => {
                         let target = targets.get(&notify.action);
                         let ctx =
                             book.spare
-                                .fill(&conn, notify.action, target.method(), notify.header);
+                                .fill(conn, notify.action, target.method(), notify.header);
                         // Most notifies finish without waiting, and those run right here; one
                         // that arrives while an earlier one waits queues behind it, in order.
                         let left = match listeners.idle() {
@@ -380,7 +336,7 @@ impl Engine {
                                 left.await;
                                 drop(held);
                             });
-                            match listeners.queue(listening) {
+                            match listeners.queue(listening, config.event_queue) {
                                 Delivered::Done => {}
                                 // Listeners fall behind: stop reading until they catch up,
                                 // while heartbeat and close go on.
@@ -410,11 +366,8 @@ impl Engine {
                 if book.parked.is_some() && !state.is_reading_paused() {
                     state.pause_reading();
                 }
-                if state.heartbeat_at() != book.heartbeat_at {
-                    book.heartbeat_at = state.heartbeat_at();
-                    heartbeat
-                        .as_mut()
-                        .reset(Instant::from_std(book.heartbeat_at));
+                if let Some(at) = state.take_heartbeat_move() {
+                    heartbeat.as_mut().reset(Instant::from_std(at));
                 }
                 if book.watching_deferral && deferral_watch.is_elapsed() {
                     deferral_watch.set(Instant::now() + DEFERRAL_WATCH);
@@ -426,14 +379,13 @@ impl Engine {
                     && handling.used() == 0
                     && conn.pending_calls() == 0
                 {
-                    writer_task.task.retire_if_waiting(&conn);
+                    writer_task.task.retire_if_waiting(conn);
                     book.spare.clear();
                 }
             };
 
-            drop(book);
-            drop(listeners);
-            drop(reader);
+            let conn = turn.conn.clone();
+            drop(turn);
             // Boxed: room for the closing's state would otherwise sit in every connection's
             // future for its whole life.
             Box::pin(finish(conn, ending, &writer_task.task, config.close_grace)).await;
@@ -441,26 +393,162 @@ impl Engine {
     }
 }
 
-/// What the engine's loop reads or changes on every packet, kept in one place: with thousands
-/// of connections, each one's wake-up finds its engine out of the cache, and every cache line
-/// of the engine's state that a packet touches is a miss of its own.
+/// The engine's state between packets, in one block laid out by hand: what every packet reads
+/// or writes is packed into its first 192 bytes (and the first 32 of the targets). With
+/// thousands of connections each one's wake-up finds its engine out of the cache, and every
+/// cache line a packet touches is a miss of its own. Left to the compiler, these fields and
+/// what the loop held across its awaits were spread over the whole of the engine's future:
+/// nine lines missed per event, against five now (cachegrind, a client receiving a broadcast;
+/// see `stmp-bench/README.md`).
+#[repr(C)]
+struct Turn {
+    // Bytes 0 to 64.
+    book: Bookkeeping,
+    // 64 to 128.
+    reader: PacketStream,
+    conn: Conn,
+    listeners: Listeners,
+    handling: Arc<InFlight>,
+    tasks: TaskTracker,
+    /// The alarm for the deadlines of this side's calls (see `pending`), set by the calls'
+    /// table, which says when it should ring next each time it rings. Like the other two
+    /// alarms it is made when first set (see `Alarm`).
+    calls_due: Alarm,
+    // From 128: the state, its fields that every packet touches first (see `ConnState`).
+    state: ConnState,
+    /// The close grace.
+    grace: Alarm,
+    /// Set while answered callers are expected back (see `SendQueue::release_deferred`).
+    deferral_watch: Alarm,
+    /// What this connection's requests and notifies run through, resolved once per action
+    /// while the router does not change; what a lookup reads comes first.
+    targets: ActionTargets,
+}
+
+impl Turn {
+    /// Whether something the wait watches needs a look before a buffered packet is taken.
+    fn is_anything_due(&self) -> bool {
+        let book = &self.book;
+        book.parked.is_some()
+            || self.state.is_closing()
+            || self.conn.shared.close_requested.is_raised()
+            || (book.calls_due_at.is_some() && self.calls_due.is_elapsed())
+            || (book.watching_deferral && self.deferral_watch.is_elapsed())
+    }
+
+    /// The engine's wait, polled by hand in a fixed order rather than through `select!`, which
+    /// makes every branch's future anew on every turn: memory written on every packet, out of
+    /// the cache on a connection that wakes once per event.
+    fn poll_wait(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        heartbeat: Pin<&mut Sleep>,
+    ) -> Poll<Woke> {
+        let closing = self.state.is_closing();
+        // The writer's failure always; a close request until closing.
+        if let Poll::Ready(heard) = self.conn.shared.close_requested.poll_heard(cx, !closing) {
+            return Poll::Ready(Woke::Heard(heard));
+        }
+        if self.book.calls_due_at.is_some() && self.calls_due.poll_rung(cx).is_ready() {
+            return Poll::Ready(Woke::CallsDue);
+        }
+        if self.book.watching_deferral && self.deferral_watch.poll_rung(cx).is_ready() {
+            return Poll::Ready(Woke::DeferralDue);
+        }
+        if closing && self.grace.poll_rung(cx).is_ready() {
+            return Poll::Ready(Woke::GraceDue);
+        }
+        match &mut self.book.parked {
+            Some(parked) => {
+                if let Poll::Ready(queued) = parked.as_mut().poll(cx) {
+                    return Poll::Ready(Woke::Unparked(queued));
+                }
+            }
+            None => {
+                if let Poll::Ready(item) = self.reader.as_mut().poll_next(cx) {
+                    return Poll::Ready(Woke::Read(item));
+                }
+            }
+        }
+        match heartbeat.poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Woke::Heartbeat),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// What the engine does about what ended its wait.
+    fn woke(&mut self, woke: Woke) -> Step {
+        let (state, book, conn) = (&mut self.state, &mut self.book, &self.conn);
+        match woke {
+            Woke::Read(item) => Step::Read(item),
+            Woke::Heard(Heard::WriteFailed(status)) => {
+                Step::Act(Action::End(state.handle_write_failed(status)))
+            }
+            Woke::Heard(Heard::CloseRequested) => {
+                let action = state.close(now(), requested(conn));
+                if let Some(deadline) = state.close_deadline() {
+                    self.grace.set(Instant::from_std(deadline));
+                }
+                Step::Act(action)
+            }
+            Woke::Heard(Heard::SoonerDeadline) | Woke::CallsDue => {
+                book.calls_due_at = set_alarm(&mut self.calls_due, conn.expire_calls(now()));
+                Step::Act(Action::Idle)
+            }
+            Woke::DeferralDue => {
+                book.watching_deferral = conn.shared.outbox.release_deferred();
+                Step::Act(Action::Idle)
+            }
+            Woke::GraceDue => Step::Act(state.handle_timeout(now())),
+            Woke::Unparked(queued) => {
+                book.parked = None;
+                Step::Act(match queued {
+                    Ok(()) => {
+                        state.resume_reading(now());
+                        Action::Idle
+                    }
+                    Err(status) => Action::End(state.handle_write_failed(status)),
+                })
+            }
+            Woke::Heartbeat => {
+                book.heartbeat_rang = true;
+                Step::Act(state.handle_timeout(now()))
+            }
+        }
+    }
+}
+
+/// What the engine's loop reads or changes on every packet besides the state: one cache line's
+/// worth, the first of the [`Turn`].
+#[repr(C)]
 struct Bookkeeping {
-    /// Reading waits for room to queue a reply, or for listeners to catch up.
-    parked: Option<Parked>,
     /// When the packet being handled was read: a request's duration counts from there.
     arrived: std::time::Instant,
-    /// The heartbeat timer's deadline.
-    heartbeat_at: std::time::Instant,
     /// When the calls' alarm rings; `None` while no call waits.
     calls_due_at: Option<std::time::Instant>,
+    /// Reading waits for room to queue a reply, or for listeners to catch up.
+    parked: Option<Parked>,
+    /// The last packet's context, for the next one; let go of once the connection is quiet.
+    spare: SpareContext,
     /// Packets handled since the engine last gave other tasks a turn.
     since_yield: u32,
     /// Whether answered callers are expected back: see `SendQueue::release_deferred`.
     watching_deferral: bool,
     /// The heartbeat timer rang on this turn of the loop.
     heartbeat_rang: bool,
-    /// The last packet's context, for the next one; let go of once the connection is quiet.
-    spare: SpareContext,
+}
+
+/// What ended the engine's wait, in the order it looks: what the close request heard, the
+/// calls' alarm, the deferral watch, the close grace, the parked packet queued (or, when none
+/// is parked, a packet read), the heartbeat.
+enum Woke {
+    Heard(Heard),
+    CallsDue,
+    DeferralDue,
+    GraceDue,
+    Unparked(Result<(), Status>),
+    Read(Option<Result<Packet, Status>>),
+    Heartbeat,
 }
 
 /// What one turn of the engine's loop got: an action from what it watches, or what the reader
@@ -490,11 +578,11 @@ impl Alarm {
         self.0.as_ref().is_some_and(|timer| timer.is_elapsed())
     }
 
-    /// Rings at the deadline last set; never, before one is.
-    async fn rung(&mut self) {
+    /// Ready at the deadline last set; never, before one is.
+    fn poll_rung(&mut self, cx: &mut std::task::Context<'_>) -> Poll<()> {
         match &mut self.0 {
-            Some(timer) => timer.as_mut().await,
-            None => std::future::pending().await,
+            Some(timer) => timer.as_mut().poll(cx),
+            None => Poll::Pending,
         }
     }
 }
@@ -661,12 +749,12 @@ type Listening = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// task: a task hop per event is what a broadcast to many connections pays for on every
 /// receiving side. A listener that waits moves to a task of its own, and the notifies after
 /// it queue behind it there until it and they are done.
+#[derive(Default)]
 struct Listeners {
     /// Made when a listener first waits: many connections never receive a notify, and
     /// idle ones should not pay for a queue and a task (nor look at a counter elsewhere in
     /// memory for every event they get).
     queue: Option<ListenerQueue>,
-    capacity: usize,
 }
 
 /// The listeners' task: its queue, and how many listeners are in it or running there.
@@ -686,13 +774,6 @@ enum Delivered {
 }
 
 impl Listeners {
-    fn new(capacity: usize) -> Listeners {
-        Listeners {
-            queue: None,
-            capacity: capacity.max(1),
-        }
-    }
-
     /// Whether no listener waits: a notify may then run right away, on the reading task.
     fn idle(&self) -> bool {
         self.queue
@@ -701,8 +782,8 @@ impl Listeners {
     }
 
     /// Hands a notify that waits (or must wait its turn) to the listeners' task.
-    fn queue(&mut self, listening: Listening) -> Delivered {
-        let capacity = self.capacity;
+    fn queue(&mut self, listening: Listening, capacity: usize) -> Delivered {
+        let capacity = capacity.max(1);
         let queue = self.queue.get_or_insert_with(|| {
             let (sender, rx) = mpsc::channel(capacity);
             let behind = Arc::new(AtomicUsize::new(0));
@@ -730,5 +811,20 @@ async fn event_loop(mut queue: mpsc::Receiver<Listening>, behind: Arc<AtomicUsiz
     while let Some(listening) = queue.recv().await {
         listening.await;
         behind.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::mem::{offset_of, size_of};
+
+    use super::*;
+
+    #[test]
+    fn what_every_packet_touches_is_packed_at_the_start_of_the_turn() {
+        assert!(size_of::<Bookkeeping>() <= 64);
+        assert_eq!(offset_of!(Turn, reader), 64);
+        assert!(offset_of!(Turn, calls_due) + size_of::<Alarm>() <= 128);
+        assert_eq!(offset_of!(Turn, state), 128);
     }
 }

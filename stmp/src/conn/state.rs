@@ -89,6 +89,8 @@ pub(crate) struct ConnState {
     pinged: bool,
     /// Reading paused by this side's backpressure: silence proves nothing then.
     paused: bool,
+    /// `heartbeat_at` moved since the engine last asked.
+    heartbeat_moved: bool,
     read_timeout: Duration,
     close_grace: Duration,
     max_concurrent_requests: usize,
@@ -120,6 +122,7 @@ impl ConnState {
             pinged: false,
             heartbeat_at: now + config.read_timeout / 2,
             paused: false,
+            heartbeat_moved: false,
             closing: Closing::Open,
             requested: None,
         }
@@ -264,7 +267,7 @@ impl ConnState {
         self.paused = false;
         self.last_read = now;
         self.pinged = false;
-        self.heartbeat_at = now + self.read_timeout / 2;
+        self.move_heartbeat(now + self.read_timeout / 2);
     }
 
     pub(crate) fn is_reading_paused(&self) -> bool {
@@ -274,6 +277,17 @@ impl ConnState {
     /// When the heartbeat wants [`handle_timeout`](Self::handle_timeout) called.
     pub(crate) fn heartbeat_at(&self) -> Instant {
         self.heartbeat_at
+    }
+
+    /// The heartbeat's new deadline, once after each time it moved: the engine re-arms its
+    /// timer then, and packets never move it.
+    pub(crate) fn take_heartbeat_move(&mut self) -> Option<Instant> {
+        std::mem::take(&mut self.heartbeat_moved).then_some(self.heartbeat_at)
+    }
+
+    fn move_heartbeat(&mut self, at: Instant) {
+        self.heartbeat_at = at;
+        self.heartbeat_moved = true;
     }
 
     /// When a close this side started gives up on the peer's Close.
@@ -302,7 +316,7 @@ impl ConnState {
         if self.paused {
             // Not reading is this side's backpressure, so silence proves nothing; Pings still
             // go out, and a peer that is gone fails the writer.
-            self.heartbeat_at = now + half;
+            self.move_heartbeat(now + half);
             return Action::Signal(Packet::Ping);
         }
         let silent = now.saturating_duration_since(self.last_read);
@@ -319,11 +333,11 @@ impl ConnState {
         if ping {
             self.pinged = true;
         }
-        self.heartbeat_at = if self.pinged {
+        self.move_heartbeat(if self.pinged {
             self.last_read + self.read_timeout
         } else {
             self.last_read + half
-        };
+        });
         if ping {
             Action::Signal(Packet::Ping)
         } else {
@@ -420,6 +434,13 @@ mod tests {
             ),
             other => panic!("expected a refusal, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn what_every_packet_touches_comes_first_on_one_cache_line() {
+        let end = std::mem::offset_of!(ConnState, heartbeat_moved) + 1;
+        assert!(end <= 64, "{end}");
+        assert!(std::mem::offset_of!(ConnState, bytes) < 64);
     }
 
     #[test]

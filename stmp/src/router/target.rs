@@ -335,6 +335,7 @@ const CACHED_ACTIONS: usize = 4;
 /// once: the cache lines all connections share would move between cores with every packet.
 /// Here a packet of a known action costs one read of the router's generation, a line no
 /// packet writes.
+#[repr(C)]
 pub(crate) struct ActionTargets {
     router: Router,
     /// The router's generation the entries were resolved at.
@@ -406,6 +407,14 @@ mod tests {
     fn listener_count(targets: &mut ActionTargets) -> usize {
         let target = targets.get(&Action::Id(EVENT.action));
         target.listeners.as_ref().map_or(0, |list| list.len())
+    }
+
+    #[test]
+    fn a_known_actions_lookup_reads_the_first_half_line_only() {
+        let first_entry = std::mem::offset_of!(ActionTargets, resolved)
+            + std::mem::size_of::<Option<(u64, Arc<ActionTarget>)>>();
+        assert!(first_entry <= 32, "{first_entry}");
+        assert!(std::mem::offset_of!(ActionTargets, generation) < first_entry);
     }
 
     #[test]
