@@ -444,6 +444,28 @@ mod tests {
     }
 
     #[test]
+    fn the_heartbeat_reports_each_move_once_and_packets_never_move_it() {
+        let t0 = Instant::now();
+        let mut conn = state(t0);
+        assert_eq!(
+            conn.take_heartbeat_move(),
+            None,
+            "the engine armed its timer at the start"
+        );
+        assert!(matches!(
+            conn.handle_packet(t0 + GRACE, Packet::Pong),
+            Action::Idle
+        ));
+        assert_eq!(conn.take_heartbeat_move(), None);
+        // The Pong pushed the silence back: the heartbeat looks again half a timeout after it.
+        assert!(matches!(conn.handle_timeout(t0 + HALF), Action::Idle));
+        assert_eq!(conn.take_heartbeat_move(), Some(t0 + GRACE + HALF));
+        assert_eq!(conn.take_heartbeat_move(), None, "taken once");
+        conn.resume_reading(t0 + HALF + GRACE);
+        assert_eq!(conn.take_heartbeat_move(), Some(t0 + HALF + GRACE + HALF));
+    }
+
+    #[test]
     fn a_silent_peer_is_pinged_after_half_the_read_timeout_and_dropped_after_all_of_it() {
         let t0 = Instant::now();
         let mut conn = state(t0);
