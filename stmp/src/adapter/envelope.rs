@@ -8,7 +8,7 @@ use bytes::Bytes;
 use super::frame::{Reader, Writer};
 use super::{ConnRef, NodeId};
 use crate::codec::Codec;
-use crate::conn::{DeferredWrites, EventOffer};
+use crate::conn::{DeferredWrites, EventOffer, EventRef};
 use crate::wire::{Action, Header, Notify, Packet};
 use crate::{Conn, Delivery, Method, Status};
 
@@ -362,21 +362,41 @@ impl<'b, 'a> Sender<'b, 'a> {
         {
             return;
         }
-        let payload = match self.payloads.get(conn.codec()) {
+        let Some(event) = self.event(conn) else {
+            return;
+        };
+        match conn.offer_event_to_write(event, &mut self.to_write) {
+            EventOffer::Queued | EventOffer::HandedBack => self.delivery.queued += 1,
+            EventOffer::Dropped => {
+                tracing::debug!(conn = conn.id(), method = self.name, "event dropped");
+                self.delivery.dropped += 1;
+            }
+        }
+    }
+
+    /// The event's packet for the content type of `conn`, made the first time one of its
+    /// connections needs it: every connection of a content type is sent the same packet.
+    /// `None` when there is none (counted, or the encoding error kept).
+    fn event(&mut self, conn: &Conn) -> Option<EventRef> {
+        let codec = conn.codec();
+        if let Some(event) = self.to_write.event(codec) {
+            return Some(event);
+        }
+        let payload = match self.payloads.get(codec) {
             Ok(Some(payload)) => payload,
             Ok(None) => {
                 tracing::warn!(
                     conn = conn.id(),
                     method = self.name,
-                    content_type = conn.codec().content_type(),
+                    content_type = codec.content_type(),
                     "a broadcast from another node has no payload for this content type"
                 );
                 self.delivery.dropped += 1;
-                return;
+                return None;
             }
             Err(error) => {
                 self.error = Some(error);
-                return;
+                return None;
             }
         };
         let packet = Packet::Notify(Notify {
@@ -384,17 +404,7 @@ impl<'b, 'a> Sender<'b, 'a> {
             header: self.header.clone(),
             payload,
         });
-        match conn.offer_event_to_write(packet) {
-            EventOffer::Queued => self.delivery.queued += 1,
-            EventOffer::ToWrite(write) => {
-                self.delivery.queued += 1;
-                self.to_write.push(write);
-            }
-            EventOffer::Dropped => {
-                tracing::debug!(conn = conn.id(), method = self.name, "event dropped");
-                self.delivery.dropped += 1;
-            }
-        }
+        Some(self.to_write.add_event(codec, packet))
     }
 
     /// What the delivery did, or the encoding error that stopped it.

@@ -31,9 +31,7 @@ pub(crate) use budget::InFlight;
 use budget::queue_cost;
 pub use call::{CallOptions, Caller};
 use close_request::CloseRequest;
-#[cfg(test)]
-pub(crate) use deferred::write_deferred;
-pub(crate) use deferred::{DeferredWrite, DeferredWrites};
+pub(crate) use deferred::{DeferredWrites, EventRef};
 pub(crate) use drain::Drain;
 pub(crate) use engine::{Engine, EngineConfig, Host};
 use extensions::Extensions;
@@ -135,8 +133,8 @@ pub(crate) struct ConnParts {
 pub(crate) enum EventOffer {
     /// Queued for the connection's writer task.
     Queued,
-    /// Handed back: the caller writes it.
-    ToWrite(DeferredWrite),
+    /// Handed back: the broadcast's [`DeferredWrites`] write it.
+    HandedBack,
     /// Not sent: the send queue was full (the slow-consumer policy applies) or the
     /// connection has ended.
     Dropped,
@@ -482,34 +480,39 @@ impl Conn {
         }
     }
 
-    /// Like [`offer_event`](Self::offer_event), but when the writer waits with nothing
-    /// queued the event is handed back to be written by the caller (`write_deferred`),
-    /// without waking the writer's task.
-    pub(crate) fn offer_event_to_write(&self, packet: Packet) -> EventOffer {
-        let cost = self.queue_cost(&packet);
-        let offered = self
-            .shared
-            .outbox
-            .try_offer(packet, cost)
-            .map(|(offered, queued)| {
+    /// Like [`offer_event`](Self::offer_event), for one of a broadcast's events (`event`
+    /// of `writes`), but when the writer waits with nothing queued the event is handed back
+    /// to `writes`, which write it without waking the writer's task.
+    pub(crate) fn offer_event_to_write(
+        &self,
+        event: EventRef,
+        writes: &mut DeferredWrites,
+    ) -> EventOffer {
+        let Some(packet) = writes.packet(event) else {
+            debug_assert!(false, "the event is one of the broadcast's");
+            return EventOffer::Dropped;
+        };
+        let cost = self.queue_cost(packet);
+        let handed_back = match self.shared.outbox.try_offer_event(packet, cost) {
+            Ok((offered, queued)) => {
                 crate::telemetry::send_queue_depth(queued);
-                offered
-            });
-        match offered {
-            Ok(Offered::Queued) => EventOffer::Queued,
-            Ok(Offered::WriteInline(packet)) => {
-                EventOffer::ToWrite(DeferredWrite::new(self.clone(), packet, cost))
+                matches!(offered, Offered::WriteInline(_))
             }
             Err(refused) => {
                 self.event_refused(refused);
-                EventOffer::Dropped
+                return EventOffer::Dropped;
             }
+        };
+        if !handed_back {
+            return EventOffer::Queued;
         }
+        writes.push(self.clone(), event, cost);
+        EventOffer::HandedBack
     }
 
     /// An event the send queue refused: one refused for lack of room counts against the
     /// slow-consumer policy.
-    fn event_refused(&self, refused: Refused) {
+    fn event_refused<P>(&self, refused: Refused<P>) {
         if let Refused::Full(_) = refused {
             self.event_dropped();
         }

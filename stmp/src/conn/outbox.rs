@@ -86,9 +86,9 @@ pub(crate) struct Outbox<H: HoldsSendQueue = SendQueue> {
 
 /// Why a packet was not queued.
 #[derive(Debug, PartialEq)]
-pub(crate) enum Refused {
+pub(crate) enum Refused<P = Packet> {
     /// The queue has no room for it; here it is back.
-    Full(Packet),
+    Full(P),
     /// The writer is gone or the connection has ended.
     Closed,
 }
@@ -243,12 +243,12 @@ impl SendQueue {
 
 /// What became of a packet offered for an inline write.
 #[derive(Debug, PartialEq)]
-pub(crate) enum Offered {
+pub(crate) enum Offered<P = Packet> {
     /// Queued for the writer task as usual.
     Queued,
     /// The caller writes it now: the writer task waits until it ends the inline write
     /// ([`SendQueue::end_inline_written`] and the like).
-    WriteInline(Packet),
+    WriteInline(P),
 }
 
 #[derive(Debug)]
@@ -297,7 +297,7 @@ pub(crate) fn send_queue(budget: usize) -> (Arc<SendQueue>, Outbox<SendQueue>) {
 
 impl Queue {
     /// Takes `cost` bytes of room for `packet` without waiting, or says why not.
-    fn pay(&mut self, packet: Packet, cost: usize) -> Result<Packet, Refused> {
+    fn pay<P>(&mut self, packet: P, cost: usize) -> Result<P, Refused<P>> {
         if self.closed {
             return Err(Refused::Closed);
         }
@@ -322,6 +322,17 @@ impl Queue {
     /// Queues a packet whose room (`cost`) is paid for, or, when `inline` and the writer task
     /// waits with nothing queued, hands it back for the sender to write.
     fn place(&mut self, packet: Packet, cost: usize, inline: bool) -> (Offered, Option<Waker>) {
+        self.place_as(packet, cost, inline, |packet| packet)
+    }
+
+    /// [`place`](Self::place) for what becomes a packet (`to_packet`) only if it is queued.
+    fn place_as<P>(
+        &mut self,
+        packet: P,
+        cost: usize,
+        inline: bool,
+        to_packet: impl FnOnce(P) -> Packet,
+    ) -> (Offered<P>, Option<Waker>) {
         if inline
             && self.inline_allowed
             && !self.inline
@@ -332,7 +343,7 @@ impl Queue {
             self.inline = true;
             return (Offered::WriteInline(packet), None);
         }
-        (Offered::Queued, self.enqueue(packet, cost))
+        (Offered::Queued, self.enqueue(to_packet(packet), cost))
     }
 
     /// Hands `bytes` of room to the senders that wait, in order, and keeps the rest. Returns
@@ -442,6 +453,25 @@ impl SendQueue {
         Ok((offered, queued))
     }
 
+    /// [`try_offer`](Self::try_offer) for an event the caller keeps, which many connections
+    /// share (a broadcast's): copied only if it is queued, not when it is handed back.
+    pub(crate) fn try_offer_event<'p>(
+        &self,
+        event: &'p Packet,
+        cost: usize,
+    ) -> Result<(Offered<&'p Packet>, usize), Refused<&'p Packet>> {
+        let (offered, writer, queued) = {
+            let mut queue = lock(&self.state);
+            let event = queue.pay(event, cost)?;
+            let (offered, writer) = queue.place_as(event, cost, true, Packet::clone);
+            (offered, writer, queue.budget - queue.room)
+        };
+        if let Some(writer) = writer {
+            writer.wake();
+        }
+        Ok((offered, queued))
+    }
+
     /// Queues `packet`, which costs `cost` bytes of the budget, waiting for room in turn
     /// with other waiting senders; with `inline` it may hand the packet back for the caller
     /// to write, as [`try_offer`](Self::try_offer) does. Gives the packet back once the queue
@@ -537,6 +567,11 @@ impl SendQueue {
     pub(crate) fn take_while_inline(&self, batch: &mut Vec<Packet>, limit: usize) -> usize {
         let mut queue = lock(&self.state);
         debug_assert!(queue.inline, "only the inline writer takes packets");
+        if queue.packets.is_empty() {
+            // The usual case, a broadcast's event written alone: the queue's other lines
+            // (the rest of the packets, their room) stay out of the cache.
+            return 0;
+        }
         take(&mut queue, batch, limit).1
     }
 

@@ -346,6 +346,7 @@ mod tests {
     use tokio::io::AsyncWrite;
 
     use super::super::tests::stream_writer;
+    use super::super::{DeferredWrites, EventOffer, EventRef};
     use super::*;
     use crate::Code;
     use crate::wire::{Header, Packet};
@@ -891,8 +892,20 @@ mod tests {
         tokio::task::JoinHandle<()>,
         Arc<std::sync::atomic::AtomicUsize>,
     ) {
+        counted_waiting_writer_of(io, super::super::tests::parts(budget)).await
+    }
+
+    /// [`counted_waiting_writer`] of a connection made of `parts`.
+    async fn counted_waiting_writer_of(
+        io: impl AsyncWrite + Send + 'static,
+        parts: super::super::ConnParts,
+    ) -> (
+        Conn,
+        tokio::task::JoinHandle<()>,
+        Arc<std::sync::atomic::AtomicUsize>,
+    ) {
         let writer = stream_writer(io);
-        let (conn, outbox) = Conn::new(super::super::tests::parts(budget));
+        let (conn, outbox) = Conn::new(parts);
         conn.shared.outbox.allow_inline();
         let stall = Duration::from_secs(5);
         let busy = idle(&conn);
@@ -972,28 +985,43 @@ mod tests {
         assert_eq!(io.bytes(), encoded(&[first, second, third]));
     }
 
-    fn handed_back(conn: &Conn, packet: Packet) -> super::super::DeferredWrite {
-        match conn.offer_event_to_write(packet) {
-            super::super::EventOffer::ToWrite(write) => write,
-            _ => panic!("the idle writer's queue did not hand the event back"),
-        }
+    /// A broadcast's writes, with `packet` as its event for the content type of `conn`.
+    fn broadcast_of(conn: &Conn, packet: Packet) -> (DeferredWrites, EventRef) {
+        let mut writes = DeferredWrites::default();
+        let event = writes.add_event(conn.codec(), packet);
+        (writes, event)
+    }
+
+    /// Offers `event` to `conn`, whose writer waits with nothing queued: its queue hands the
+    /// event back to `writes`.
+    fn hand_back(conn: &Conn, writes: &mut DeferredWrites, event: EventRef) {
+        assert!(
+            matches!(
+                conn.offer_event_to_write(event, writes),
+                EventOffer::HandedBack
+            ),
+            "the idle writer's queue did not hand the event back"
+        );
     }
 
     #[tokio::test]
     async fn an_event_handed_back_to_a_broadcast_leaves_before_what_was_queued_after_it() {
         let recorder = Recorder::default();
         let (conn, writer_task) = waiting_writer(recorder.clone(), 1 << 20).await;
-        let write = handed_back(&conn, notify(1, 10));
+        let (mut writes, first) = broadcast_of(&conn, notify(1, 10));
+        hand_back(&conn, &mut writes, first);
         // While the event waits for the broadcast to write it, the next one queues behind
         // it, and a direct send too: the writer takes nothing meanwhile.
+        let (mut next_broadcast, next) = broadcast_of(&conn, notify(2, 10));
         assert!(matches!(
-            conn.offer_event_to_write(notify(2, 10)),
-            super::super::EventOffer::Queued
+            conn.offer_event_to_write(next, &mut next_broadcast),
+            EventOffer::Queued
         ));
+        next_broadcast.finish();
         conn.try_send(notify(3, 10)).unwrap();
         tokio::task::yield_now().await;
         assert!(recorder.0.lock().unwrap().0.is_empty());
-        super::super::write_deferred(vec![write]);
+        writes.finish();
         // What queued behind the event joined its write: one write, one flush.
         assert_eq!(
             recorder.0.lock().unwrap().clone(),
@@ -1012,10 +1040,12 @@ mod tests {
     async fn an_event_handed_back_and_never_written_goes_out_through_the_writer() {
         let recorder = Recorder::default();
         let (conn, writer_task) = waiting_writer(recorder.clone(), 1 << 20).await;
-        let write = handed_back(&conn, notify(1, 10));
+        let (mut writes, event) = broadcast_of(&conn, notify(1, 10));
+        hand_back(&conn, &mut writes, event);
         conn.try_send(notify(2, 10)).unwrap();
-        // A broadcast's chunk task dropped before it ran (its runtime shutting down, say).
-        drop(write);
+        // A broadcast's writes dropped before they were made (its chunk's task dropped as
+        // the runtime shuts down, say).
+        drop(writes);
         conn.shared.outbox.stop();
         tokio::time::timeout(Duration::from_secs(5), writer_task)
             .await
@@ -1040,9 +1070,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_full_chunk_of_handed_back_events_is_written_before_the_broadcast_ends() {
         let conns = waiting_writers(64).await;
-        let mut gathering = super::super::DeferredWrites::default();
+        let (mut gathering, event) = broadcast_of(&conns[0].0, notify(9, 20));
         for (conn, _, _) in &conns {
-            gathering.push(handed_back(conn, notify(9, 20)));
+            hand_back(conn, &mut gathering, event);
         }
         // The broadcast has not finished: the chunk left when it was full.
         let want = encoded(&[notify(9, 20)]);
@@ -1065,16 +1095,15 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_broadcast_without_a_runtime_writes_every_event_where_it_finishes() {
         let conns = waiting_writers(130).await;
-        let writes: Vec<_> = conns
-            .iter()
-            .map(|(conn, _, _)| handed_back(conn, notify(3, 20)))
-            .collect();
+        let targets: Vec<Conn> = conns.iter().map(|(conn, _, _)| conn.clone()).collect();
         let recorders: Vec<_> = conns.iter().map(|(_, _, r)| r.clone()).collect();
         let want = encoded(&[notify(3, 20)]);
         // A thread of its own has no runtime to spawn chunks on.
         std::thread::spawn(move || {
-            let mut gathering = super::super::DeferredWrites::default();
-            writes.into_iter().for_each(|write| gathering.push(write));
+            let (mut gathering, event) = broadcast_of(&targets[0], notify(3, 20));
+            for conn in &targets {
+                hand_back(conn, &mut gathering, event);
+            }
             let written = |r: &Recorder| r.0.lock().unwrap().0.clone();
             assert!(recorders.iter().all(|r| written(r).is_empty()));
             gathering.finish();
@@ -1102,11 +1131,11 @@ mod tests {
             .iter()
             .map(|(_, _, _, polls)| polls.load(std::sync::atomic::Ordering::SeqCst))
             .collect();
-        let writes = conns
-            .iter()
-            .map(|(conn, _, _, _)| handed_back(conn, notify(7, 20)))
-            .collect();
-        super::super::write_deferred(writes);
+        let (mut writes, event) = broadcast_of(&conns[0].0, notify(7, 20));
+        for (conn, _, _, _) in &conns {
+            hand_back(conn, &mut writes, event);
+        }
+        writes.finish();
         let want = encoded(&[notify(7, 20)]);
         tokio::time::timeout(Duration::from_secs(10), async {
             for (conn, _, recorder, _) in &conns {
@@ -1124,6 +1153,55 @@ mod tests {
                 "the writer task was not woken for a handed-back event"
             );
             assert_eq!(recorder.0.lock().unwrap().1, 1, "one write");
+            conn.shared.outbox.stop();
+            writer_task.await.unwrap();
+        }
+    }
+
+    #[cfg(feature = "json")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_connection_of_a_broadcast_gets_the_packet_of_its_content_type() {
+        // Every third connection speaks JSON: each chunk of writes names both packets.
+        let mut conns = Vec::new();
+        for i in 0..150 {
+            let mut parts = super::super::tests::parts(1 << 20);
+            if i % 3 == 0 {
+                parts.codec = crate::Codec::JSON;
+            }
+            let recorder = Recorder::default();
+            let (conn, writer_task, _) = counted_waiting_writer_of(recorder.clone(), parts).await;
+            conns.push((conn, writer_task, recorder));
+        }
+        let packet_for = |codec: &crate::Codec| match codec.content_type() {
+            "application/json" => notify(4, 30),
+            _ => notify(5, 20),
+        };
+        let mut writes = DeferredWrites::default();
+        for (conn, _, _) in &conns {
+            let codec = conn.codec();
+            let event = match writes.event(codec) {
+                Some(event) => event,
+                None => writes.add_event(codec, packet_for(codec)),
+            };
+            hand_back(conn, &mut writes, event);
+        }
+        assert_eq!(
+            writes.event(&crate::Codec::PROTOBUF),
+            writes.event(conns[1].0.codec()),
+            "one packet per content type"
+        );
+        writes.finish();
+        tokio::time::timeout(Duration::from_secs(10), async {
+            for (conn, _, recorder) in &conns {
+                let want = encoded(&[packet_for(conn.codec())]);
+                while recorder.0.lock().unwrap().0 != want || conn.shared.outbox.room() < 1 << 20 {
+                    tokio::task::yield_now().await;
+                }
+            }
+        })
+        .await
+        .expect("every connection got its content type's event, and its room back");
+        for (conn, writer_task, _) in conns {
             conn.shared.outbox.stop();
             writer_task.await.unwrap();
         }
