@@ -489,6 +489,61 @@ async fn a_silent_peer_is_pinged_then_closed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_goes_silent_after_packets_is_still_pinged_then_closed() {
+    // The engine leaves its heartbeat timer alone on the waits of a busy connection, once the
+    // timer holds its waker: the timer must still ring once the packets stop.
+    let (_server, url) =
+        tcp_server(Server::builder().read_timeout(Duration::from_millis(400))).await;
+    let addr = url.trim_start_matches("tcp://");
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut hello = bytes::BytesMut::new();
+    stmp::wire::ClientHandshake::new(Default::default()).encode(&mut hello);
+    socket.write_all(&hello).await.unwrap();
+    let mut buffer = bytes::BytesMut::new();
+    while within(socket.read_buf(&mut buffer)).await.unwrap() > 0 {
+        if stmp::wire::ServerHandshake::decode(&mut buffer, 1024)
+            .unwrap()
+            .is_some()
+        {
+            break;
+        }
+    }
+    let mut codec = stmp::wire::PacketCodec::new();
+    let mut next_packet = async |socket: &mut tokio::net::TcpStream,
+                                 buffer: &mut bytes::BytesMut| loop {
+        if let Some(packet) = tokio_util::codec::Decoder::decode(&mut codec, buffer).unwrap() {
+            return Some(packet);
+        }
+        if within(socket.read_buf(buffer)).await.unwrap() == 0 {
+            return None;
+        }
+    };
+    // Five Pings, each answered before the next: five waits of the engine after its first.
+    let mut ping = bytes::BytesMut::new();
+    stmp::wire::Packet::Ping.encode_stream(&mut ping);
+    for _ in 0..5 {
+        socket.write_all(&ping).await.unwrap();
+        assert_eq!(
+            next_packet(&mut socket, &mut buffer).await,
+            Some(stmp::wire::Packet::Pong)
+        );
+    }
+    let silent_from = tokio::time::Instant::now();
+    assert_eq!(
+        next_packet(&mut socket, &mut buffer).await,
+        Some(stmp::wire::Packet::Ping),
+        "the heartbeat pinged the silent peer"
+    );
+    let Some(stmp::wire::Packet::Close(close)) = next_packet(&mut socket, &mut buffer).await else {
+        panic!("no Close after the Ping")
+    };
+    assert_eq!(close.status, Code::NetworkError);
+    let elapsed = silent_from.elapsed();
+    assert!(elapsed >= Duration::from_millis(200), "{elapsed:?}");
+    assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_healthy_connection_stays_up() {
     // Long enough that a busy CI machine answers a Ping well inside half of it.
     let timeout = Duration::from_millis(600);

@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::Poll;
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -221,10 +221,11 @@ impl Engine {
                 // When the packet being handled was read: a request's duration counts from
                 // there.
                 arrived: now(),
-                calls_due_at: None,
+                heartbeat_waker: None,
                 parked: None,
                 spare: SpareContext::default(),
                 since_yield: 0,
+                calls_waiting: false,
                 watching_deferral: false,
                 heartbeat_rang: false,
             },
@@ -256,9 +257,10 @@ impl Engine {
                 }
                 // A packet whose bytes are already buffered is taken without the wait below
                 // unless reading is parked, the connection closes, or something the wait
-                // watches is due. Per packet, the wait polled the close request and two timers
-                // (registering a waker each time) to find nothing due.
-                let watched_first = turn.is_anything_due() || heartbeat.is_elapsed();
+                // watches before reading is due. Per packet, the wait polled the close request
+                // and two timers (registering a waker each time) to find nothing due. (The
+                // heartbeat is not among them: the wait looks at it after reading.)
+                let watched_first = turn.is_anything_due();
                 let step = 'step: {
                     if !watched_first && let Some(item) = turn.reader.as_mut().next_buffered() {
                         break 'step Step::Read(Some(item));
@@ -368,6 +370,8 @@ impl Engine {
                 }
                 if let Some(at) = state.take_heartbeat_move() {
                     heartbeat.as_mut().reset(Instant::from_std(at));
+                    // Polled again on the next wait, for the new deadline.
+                    book.heartbeat_waker = None;
                 }
                 if book.watching_deferral && deferral_watch.is_elapsed() {
                     deferral_watch.set(Instant::now() + DEFERRAL_WATCH);
@@ -432,7 +436,7 @@ impl Turn {
         book.parked.is_some()
             || self.state.is_closing()
             || self.conn.shared.close_requested.is_raised()
-            || (book.calls_due_at.is_some() && self.calls_due.is_elapsed())
+            || (book.calls_waiting && self.calls_due.is_elapsed())
             || (book.watching_deferral && self.deferral_watch.is_elapsed())
     }
 
@@ -449,7 +453,7 @@ impl Turn {
         if let Poll::Ready(heard) = self.conn.shared.close_requested.poll_heard(cx, !closing) {
             return Poll::Ready(Woke::Heard(heard));
         }
-        if self.book.calls_due_at.is_some() && self.calls_due.poll_rung(cx).is_ready() {
+        if self.book.calls_waiting && self.calls_due.poll_rung(cx).is_ready() {
             return Poll::Ready(Woke::CallsDue);
         }
         if self.book.watching_deferral && self.deferral_watch.poll_rung(cx).is_ready() {
@@ -470,9 +474,33 @@ impl Turn {
                 }
             }
         }
+        self.poll_heartbeat(cx, heartbeat)
+    }
+
+    /// Polls the heartbeat's timer when it may have rung (its deadline has passed) or when it
+    /// does not hold this task's waker yet; otherwise it is known to be pending.
+    fn poll_heartbeat(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        heartbeat: Pin<&mut Sleep>,
+    ) -> Poll<Woke> {
+        let book = &mut self.book;
+        let holds_ours =
+            (book.heartbeat_waker.as_ref()).is_some_and(|held| held.will_wake(cx.waker()));
+        if holds_ours && now() < self.state.heartbeat_at() {
+            return Poll::Pending;
+        }
         match heartbeat.poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Woke::Heartbeat),
-            Poll::Pending => Poll::Pending,
+            Poll::Ready(()) => {
+                book.heartbeat_waker = None;
+                Poll::Ready(Woke::Heartbeat)
+            }
+            Poll::Pending => {
+                if !holds_ours {
+                    book.heartbeat_waker = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            }
         }
     }
 
@@ -492,7 +520,7 @@ impl Turn {
                 Step::Act(action)
             }
             Woke::Heard(Heard::SoonerDeadline) | Woke::CallsDue => {
-                book.calls_due_at = set_alarm(&mut self.calls_due, conn.expire_calls(now()));
+                book.calls_waiting = set_alarm(&mut self.calls_due, conn.expire_calls(now()));
                 Step::Act(Action::Idle)
             }
             Woke::DeferralDue => {
@@ -524,14 +552,19 @@ impl Turn {
 struct Bookkeeping {
     /// When the packet being handled was read: a request's duration counts from there.
     arrived: std::time::Instant,
-    /// When the calls' alarm rings; `None` while no call waits.
-    calls_due_at: Option<std::time::Instant>,
+    /// The waker the heartbeat's timer holds, from the wait that last polled it, until it
+    /// rings or moves. While it holds this task's, a wait before the deadline leaves the
+    /// timer alone: polled, it read and wrote two cache lines of its own per event on a
+    /// connection that wakes once per event.
+    heartbeat_waker: Option<Waker>,
     /// Reading waits for room to queue a reply, or for listeners to catch up.
     parked: Option<Parked>,
     /// The last packet's context, for the next one; let go of once the connection is quiet.
     spare: SpareContext,
     /// Packets handled since the engine last gave other tasks a turn.
     since_yield: u32,
+    /// A call of this side waits for its answer: the calls' alarm is set.
+    calls_waiting: bool,
     /// Whether answered callers are expected back: see `SendQueue::release_deferred`.
     watching_deferral: bool,
     /// The heartbeat timer rang on this turn of the loop.
@@ -587,12 +620,13 @@ impl Alarm {
     }
 }
 
-/// Sets the calls' alarm to ring at `at` (left as it is when no call waits); returns `at`.
-fn set_alarm(alarm: &mut Alarm, at: Option<std::time::Instant>) -> Option<std::time::Instant> {
+/// Sets the calls' alarm to ring at `at` (left as it is when no call waits); returns whether
+/// a call waits.
+fn set_alarm(alarm: &mut Alarm, at: Option<std::time::Instant>) -> bool {
     if let Some(ring) = at {
         alarm.set(Instant::from_std(ring));
     }
-    at
+    at.is_some()
 }
 
 /// Runs a request's handler; `held` (its slot and bytes) is given back once it has answered.
