@@ -86,9 +86,11 @@ struct Chunk {
 
 impl Chunk {
     fn write_all(mut self) {
-        let events = &self.events;
-        for write in self.writes.drain(..) {
-            match events.get(write.event.0 as usize) {
+        // In order, each taken off the end only as it is made: were a write to panic, the
+        // ones after it would still be here for `Drop` to give back.
+        self.writes.reverse();
+        while let Some(write) = self.writes.pop() {
+            match self.events.get(write.event.0 as usize) {
                 Some(packet) => write.write(packet),
                 None => debug_assert!(false, "a write names a packet of its chunk"),
             }
