@@ -452,15 +452,20 @@ async fn oversize_packet_closes_with_request_entity_too_large() {
     drop(server);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_silent_peer_is_pinged_then_closed() {
-    let (_server, url) =
-        tcp_server(Server::builder().read_timeout(Duration::from_millis(400))).await;
+/// A TCP server with `read_timeout`, and a raw socket that has sent it a client's hello.
+async fn hello_sent(read_timeout: Duration) -> (Server, tokio::net::TcpStream) {
+    let (server, url) = tcp_server(Server::builder().read_timeout(read_timeout)).await;
     let addr = url.trim_start_matches("tcp://");
     let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut hello = bytes::BytesMut::new();
     stmp::wire::ClientHandshake::new(Default::default()).encode(&mut hello);
     socket.write_all(&hello).await.unwrap();
+    (server, socket)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_peer_is_pinged_then_closed() {
+    let (_server, mut socket) = hello_sent(Duration::from_millis(400)).await;
     let started = tokio::time::Instant::now();
     let mut received = Vec::new();
     within(socket.read_to_end(&mut received)).await.unwrap();
@@ -492,13 +497,7 @@ async fn a_silent_peer_is_pinged_then_closed() {
 async fn a_peer_that_goes_silent_after_packets_is_still_pinged_then_closed() {
     // The engine leaves its heartbeat timer alone on the waits of a busy connection, once the
     // timer holds its waker: the timer must still ring once the packets stop.
-    let (_server, url) =
-        tcp_server(Server::builder().read_timeout(Duration::from_millis(400))).await;
-    let addr = url.trim_start_matches("tcp://");
-    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut hello = bytes::BytesMut::new();
-    stmp::wire::ClientHandshake::new(Default::default()).encode(&mut hello);
-    socket.write_all(&hello).await.unwrap();
+    let (_server, mut socket) = hello_sent(Duration::from_millis(400)).await;
     let mut buffer = bytes::BytesMut::new();
     while within(socket.read_buf(&mut buffer)).await.unwrap() > 0 {
         if stmp::wire::ServerHandshake::decode(&mut buffer, 1024)
