@@ -1,6 +1,6 @@
 //! Sets of connections and sending one event to many of them.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
@@ -10,8 +10,20 @@ use crate::codec::{Codec, Message};
 use crate::wire::Header;
 use crate::{Conn, Method, Status};
 
+/// Connections by id, so that going through them follows the order they were made in.
+///
+/// That order is what a broadcast to thousands of connections wants: their state on the server
+/// (the connection's `Arc`, the socket, the kernel's file and socket structures) was allocated
+/// in that order too, so the sends walk memory mostly forward and the prefetchers keep up; in
+/// a hash map's order every connection's state is a cold miss. See the fan-out notes in
+/// `stmp-bench/README.md` for the measurement.
+pub(crate) type ConnsById = BTreeMap<u64, Conn>;
+
 /// A set of connections (every connection of a server, a room…). Cheap to clone; clones
 /// share the set.
+///
+/// It goes through its connections in the order they were made (by [`Conn::id`]), for
+/// [`to_vec`](Self::to_vec) and for a [`broadcast`](fn@crate::broadcast).
 ///
 /// ```
 /// let set = stmp::ConnSet::new();
@@ -19,7 +31,7 @@ use crate::{Conn, Method, Status};
 /// ```
 #[derive(Clone, Default, Debug)]
 pub struct ConnSet {
-    conns: Arc<RwLock<HashMap<u64, Conn>>>,
+    conns: Arc<RwLock<ConnsById>>,
 }
 
 impl ConnSet {
@@ -58,7 +70,7 @@ impl ConnSet {
         self.read().get(&id).cloned()
     }
 
-    /// The connections, as they are now.
+    /// The connections, as they are now, oldest first.
     pub fn to_vec(&self) -> Vec<Conn> {
         self.read().values().cloned().collect()
     }
@@ -69,11 +81,11 @@ impl ConnSet {
         self.read().values().for_each(each);
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<u64, Conn>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, ConnsById> {
         self.conns.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<u64, Conn>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, ConnsById> {
         self.conns.write().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -299,4 +311,31 @@ fn send_local(
         }
     });
     sender.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conn::tests::parts;
+
+    #[test]
+    fn a_set_goes_through_its_connections_in_the_order_they_were_made() {
+        let made: Vec<Conn> = (0..40).map(|_| Conn::new(parts(1024)).0).collect();
+        let set = ConnSet::new();
+        // Added out of order (every seventh, wrapping), as joins and reconnects come.
+        for i in 0..made.len() {
+            assert!(set.insert(made[i * 7 % made.len()].clone()));
+        }
+        set.remove(&made[3]);
+        let expected: Vec<u64> = made
+            .iter()
+            .map(Conn::id)
+            .filter(|&id| id != made[3].id())
+            .collect();
+        let listed: Vec<u64> = set.to_vec().iter().map(Conn::id).collect();
+        assert_eq!(listed, expected);
+        let mut visited = Vec::new();
+        set.for_each(|conn| visited.push(conn.id()));
+        assert_eq!(visited, expected);
+    }
 }

@@ -8,12 +8,14 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::Conn;
+use crate::broadcast::ConnsById;
 
 /// Locks are split this many ways.
 const SHARDS: usize = 32;
 
-/// Group name → its connections, by id.
-type Members = HashMap<Arc<str>, HashMap<u64, Conn>>;
+/// Group name → its connections, by id (in the order they were made, as a broadcast wants
+/// them: see [`ConnsById`]).
+type Members = HashMap<Arc<str>, ConnsById>;
 /// Connection id → the names of its groups.
 type Memberships = HashMap<u64, HashSet<Arc<str>>>;
 
@@ -157,5 +159,23 @@ impl Groups {
             .collect();
         names.sort();
         names
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conn::tests::parts;
+
+    #[test]
+    fn a_group_goes_through_its_members_in_the_order_they_were_made() {
+        let made: Vec<Conn> = (0..40).map(|_| Conn::new(parts(1024)).0).collect();
+        let groups = Groups::default();
+        for i in (0..made.len()).rev() {
+            groups.join("lobby", &made[i], |_| {});
+        }
+        let expected: Vec<u64> = made.iter().map(Conn::id).collect();
+        let members: Vec<u64> = groups.members("lobby").iter().map(Conn::id).collect();
+        assert_eq!(members, expected);
     }
 }
