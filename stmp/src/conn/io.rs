@@ -3,6 +3,8 @@
 //! upgrade); what differs is how packets are framed on it ([`Framing`], [`Unframe`]).
 
 #[cfg(feature = "gzip")]
+mod gzip_header;
+#[cfg(feature = "gzip")]
 mod gzip_writer;
 mod inflate;
 mod packets;

@@ -7,7 +7,7 @@
 //! too. A real-time stream is many small batches, each ended by a sync flush, and dynamic
 //! trees built per batch cost more than they save on a packet of a few dozen bytes.
 
-use flate2::Crc;
+use crc32fast::Hasher as Crc32;
 
 use crate::deflater::DeflateStream;
 
@@ -21,8 +21,9 @@ const KEEP_OUTPUT: usize = 64 << 10;
 /// One direction's gzip stream.
 pub(crate) struct GzipWriter {
     stream: DeflateStream,
-    /// The checksum and length of everything sent, for the trailer.
-    crc: Crc,
+    /// The checksum and length (modulo 2³²) of everything sent, for the trailer.
+    crc: Crc32,
+    sent: u32,
     /// The compressed bytes of the batch (or trailer) last made.
     output: Vec<u8>,
     started: bool,
@@ -33,7 +34,8 @@ impl GzipWriter {
     pub(crate) fn new() -> Self {
         GzipWriter {
             stream: DeflateStream::new(),
-            crc: Crc::new(),
+            crc: Crc32::new(),
+            sent: 0,
             output: Vec::new(),
             started: false,
             finished: false,
@@ -47,6 +49,8 @@ impl GzipWriter {
         if !self.finished {
             self.start();
             self.crc.update(plain);
+            // The trailer's ISIZE is the length modulo 2³² (RFC 1952).
+            self.sent = self.sent.wrapping_add(plain.len() as u32);
             self.stream.batch(plain, &mut self.output);
         }
         &self.output
@@ -59,9 +63,9 @@ impl GzipWriter {
         if !self.finished {
             self.start();
             self.stream.finish(&mut self.output);
-            self.output.extend_from_slice(&self.crc.sum().to_le_bytes());
-            self.output
-                .extend_from_slice(&self.crc.amount().to_le_bytes());
+            let crc = self.crc.clone().finalize();
+            self.output.extend_from_slice(&crc.to_le_bytes());
+            self.output.extend_from_slice(&self.sent.to_le_bytes());
             self.finished = true;
         }
         &self.output

@@ -3,6 +3,10 @@
 //!
 //! The accounting is a pure [`InflationMeter`]; [`BoundedGzip`] is the thin `AsyncRead` that
 //! feeds it the bytes consumed on the compressed side and produced on the plain side.
+//!
+//! The gzip member's header and trailer (RFC 1952) are read here, around a raw inflater, so
+//! that the checksum is `crc32fast`'s: zlib-rs's own takes a byte at a time below 64 bytes,
+//! and a stream of small packets is all small inputs.
 
 #[cfg(feature = "gzip")]
 use std::io;
@@ -89,6 +93,18 @@ const READ_COMPRESSED: usize = 2 << 10;
 #[cfg(feature = "gzip")]
 const INFLATE_AT_ONCE: usize = 16 << 10;
 
+/// Where a [`BoundedGzip`] is in its gzip member.
+#[cfg(feature = "gzip")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Member {
+    Header,
+    Deflated,
+    /// The CRC-32 and length of what was inflated.
+    Trailer,
+    /// Past the trailer: what follows is not inflated.
+    Ended,
+}
+
 /// A gzip stream's inflated bytes, read from a transport that carries it, failing with
 /// [`RequestEntityTooLarge`](crate::Code::RequestEntityTooLarge) (carried in the `io::Error`)
 /// once the stream inflates past its [`InflationLimit`]. The compressed buffer is given back
@@ -97,10 +113,12 @@ const INFLATE_AT_ONCE: usize = 16 << 10;
 pub(crate) struct BoundedGzip<R> {
     transport: R,
     compressed: BytesMut,
+    /// Raw deflate: the header and trailer around it are read here.
     inflater: Decompress,
     meter: InflationMeter,
-    /// The gzip trailer was read: what follows is not inflated.
-    ended: bool,
+    member: Member,
+    /// The checksum of everything inflated, for the trailer.
+    crc: crc32fast::Hasher,
 }
 
 #[cfg(feature = "gzip")]
@@ -110,10 +128,43 @@ impl<R: AsyncRead + Unpin> BoundedGzip<R> {
         BoundedGzip {
             transport,
             compressed: leftover,
-            inflater: Decompress::new_gzip(15),
+            inflater: Decompress::new(false),
             meter: InflationMeter::new(limit, "the gzip stream"),
-            ended: false,
+            member: Member::Header,
+            crc: crc32fast::Hasher::new(),
         }
+    }
+
+    /// Takes the member's header off the buffered bytes; false while it is not all there.
+    fn read_header(&mut self) -> io::Result<bool> {
+        match super::gzip_header::header_len(&self.compressed).map_err(invalid)? {
+            Some(len) => {
+                self.compressed.advance(len);
+                self.member = Member::Deflated;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Checks the trailer against what was inflated; false while it is not all there.
+    fn read_trailer(&mut self) -> io::Result<bool> {
+        if self.compressed.len() < 8 {
+            return Ok(false);
+        }
+        let crc = self.compressed.get_u32_le();
+        let len = self.compressed.get_u32_le();
+        if crc != self.crc.clone().finalize() {
+            return Err(invalid(
+                "the gzip stream's checksum does not match its data",
+            ));
+        }
+        // ISIZE is the length modulo 2³² (RFC 1952).
+        if len != self.inflater.total_out() as u32 {
+            return Err(invalid("the gzip stream's length does not match its data"));
+        }
+        self.member = Member::Ended;
+        Ok(true)
     }
 
     /// Inflates what is buffered into `out`; returns the bytes produced.
@@ -126,7 +177,10 @@ impl<R: AsyncRead + Unpin> BoundedGzip<R> {
         let consumed = self.inflater.total_in() - in_before;
         let produced = self.inflater.total_out() - out_before;
         self.compressed.advance(consumed as usize);
-        self.ended = status == flate2::Status::StreamEnd;
+        self.crc.update(&out[..produced as usize]);
+        if status == flate2::Status::StreamEnd {
+            self.member = Member::Trailer;
+        }
         self.meter
             .record(consumed, produced)
             .map_err(io::Error::other)?;
@@ -146,25 +200,29 @@ impl<R: AsyncRead + Unpin> AsyncRead for BoundedGzip<R> {
             return Poll::Ready(Ok(()));
         }
         loop {
-            if this.ended {
-                return Poll::Ready(Ok(()));
-            }
-            if !this.compressed.is_empty() {
-                // Only what one call may fill is initialised (zeroed): the caller's buffer can
-                // be as large as the largest packet allowed.
-                let room = buf.remaining().min(INFLATE_AT_ONCE);
-                let produced = this.inflate(buf.initialize_unfilled_to(room))?;
-                buf.advance(produced);
-                if produced > 0 || this.ended {
-                    return Poll::Ready(Ok(()));
+            let progressed = match this.member {
+                Member::Ended => return Poll::Ready(Ok(())),
+                Member::Header => this.read_header()?,
+                Member::Trailer => this.read_trailer()?,
+                Member::Deflated if this.compressed.is_empty() => false,
+                Member::Deflated => {
+                    // Only what one call may fill is initialised (zeroed): the caller's buffer
+                    // can be as large as the largest packet allowed.
+                    let room = buf.remaining().min(INFLATE_AT_ONCE);
+                    let produced = this.inflate(buf.initialize_unfilled_to(room))?;
+                    buf.advance(produced);
+                    if produced > 0 {
+                        return Poll::Ready(Ok(()));
+                    }
+                    if this.member == Member::Deflated && !this.compressed.is_empty() {
+                        // Input left and room in `buf`, yet nothing came out: a stuck stream.
+                        return Poll::Ready(Err(invalid("the gzip stream makes no progress")));
+                    }
+                    this.member != Member::Deflated
                 }
-                if !this.compressed.is_empty() {
-                    // Input left and room in `buf`, yet nothing came out: a stuck stream.
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "the gzip stream makes no progress",
-                    )));
-                }
+            };
+            if progressed {
+                continue;
             }
             if this.compressed.capacity() == 0 {
                 this.compressed = BytesMut::with_capacity(READ_COMPRESSED);
@@ -194,6 +252,11 @@ impl<R: AsyncRead + Unpin> AsyncRead for BoundedGzip<R> {
             }
         }
     }
+}
+
+#[cfg(feature = "gzip")]
+fn invalid(why: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, why)
 }
 
 #[cfg(test)]
@@ -307,7 +370,8 @@ mod tests {
     async fn bytes_read_before_start_the_stream_and_an_idle_reader_holds_no_buffer() {
         let compressed = gzip(b"hello, stmp");
         let (mut peer, ours) = tokio::io::duplex(1024);
-        let leftover = BytesMut::from(&compressed[..5]);
+        // The header only: taken whole, so nothing is left waiting.
+        let leftover = BytesMut::from(&compressed[..10]);
         let mut reader = BoundedGzip::new(ours, leftover, InflationLimit::default());
         let mut chunk = [0u8; 64];
         let mut cx = Context::from_waker(std::task::Waker::noop());
@@ -320,7 +384,7 @@ mod tests {
         );
 
         use tokio::io::AsyncWriteExt as _;
-        peer.write_all(&compressed[5..]).await.unwrap();
+        peer.write_all(&compressed[10..]).await.unwrap();
         let mut plain = Vec::new();
         reader.read_to_end(&mut plain).await.unwrap();
         assert_eq!(plain, b"hello, stmp");
@@ -338,6 +402,47 @@ mod tests {
         let (_, result) =
             inflate(whole[..whole.len() - 4].to_vec(), InflationLimit::default()).await;
         assert_eq!(result.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[cfg(feature = "gzip")]
+    #[tokio::test]
+    async fn a_trailer_that_does_not_match_the_data_is_refused() {
+        let whole = gzip(b"hello, stmp");
+        let (plain, result) = inflate(whole.clone(), InflationLimit::default()).await;
+        result.unwrap();
+        assert_eq!(plain, b"hello, stmp");
+        let trailer = whole.len() - 8;
+        for (at, what) in [(trailer, "checksum"), (trailer + 4, "length")] {
+            let mut wrong = whole.clone();
+            wrong[at] ^= 1;
+            let (_, result) = inflate(wrong, InflationLimit::default()).await;
+            let error = result.unwrap_err();
+            assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+            assert!(error.to_string().contains(what), "{error}");
+        }
+    }
+
+    #[cfg(feature = "gzip")]
+    #[tokio::test]
+    async fn a_member_that_comes_a_byte_at_a_time_inflates_whole() {
+        let text: Vec<u8> = (0..3_000u32).flat_map(fastrand_bytes).collect();
+        let mut encoder = flate2::GzBuilder::new()
+            .filename("room.log")
+            .write(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(&text).unwrap();
+        let compressed = encoder.finish().unwrap();
+        let (mut peer, ours) = tokio::io::duplex(1);
+        let feeding = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt as _;
+            for byte in compressed {
+                peer.write_all(&[byte]).await.unwrap();
+            }
+        });
+        let mut reader = BoundedGzip::new(ours, BytesMut::new(), InflationLimit::default());
+        let mut plain = Vec::new();
+        reader.read_to_end(&mut plain).await.unwrap();
+        feeding.await.unwrap();
+        assert_eq!(plain, text);
     }
 
     /// Varied bytes that compress a little, as real payloads do.
