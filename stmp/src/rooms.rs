@@ -81,7 +81,7 @@ impl Rooms {
         self.node.leave_rooms(conn.id())
     }
 
-    /// The connections in `room` on this node.
+    /// The connections in `room` on this node, oldest first.
     pub fn members(&self, room: &str) -> Vec<Conn> {
         self.node.rooms().members(room)
     }
@@ -196,7 +196,7 @@ impl Users {
         self.node.user_of_conn(conn.id())
     }
 
-    /// Every connection of `user` on this node.
+    /// Every connection of `user` on this node, oldest first.
     pub fn conns(&self, user: &str) -> Vec<Conn> {
         self.node.users().members(user)
     }
