@@ -316,11 +316,11 @@ fn send_local(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conn::tests::parts;
+    use crate::conn::tests::made_in_order;
 
     #[test]
     fn a_set_goes_through_its_connections_in_the_order_they_were_made() {
-        let made: Vec<Conn> = (0..40).map(|_| Conn::new(parts(1024)).0).collect();
+        let made = made_in_order(40);
         let set = ConnSet::new();
         // Added out of order (every seventh, wrapping), as joins and reconnects come.
         for i in 0..made.len() {

@@ -165,11 +165,11 @@ impl Groups {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conn::tests::parts;
+    use crate::conn::tests::made_in_order;
 
     #[test]
     fn a_group_goes_through_its_members_in_the_order_they_were_made() {
-        let made: Vec<Conn> = (0..40).map(|_| Conn::new(parts(1024)).0).collect();
+        let made = made_in_order(40);
         let groups = Groups::default();
         for i in (0..made.len()).rev() {
             groups.join("lobby", &made[i], |_| {});

@@ -695,6 +695,11 @@ pub(crate) mod tests {
         }
     }
 
+    /// `n` server-side connections, in the order they were made (their ids count up).
+    pub(crate) fn made_in_order(n: usize) -> Vec<Conn> {
+        (0..n).map(|_| Conn::new(parts(1024)).0).collect()
+    }
+
     /// A plain stream writer over `io`.
     pub(crate) fn stream_writer(
         io: impl tokio::io::AsyncWrite + Send + 'static,
