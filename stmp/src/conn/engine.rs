@@ -32,7 +32,7 @@ use super::io::{PacketStream, PacketWriter};
 use super::outbox::DEFERRAL_WATCH;
 use super::state::{Action, ConnState, Ending, Held, error_response};
 use super::writer_task::{Busy, Finishing, StopWriterOnDrop, WriterParts, WriterTask};
-use super::{Conn, ConnParts, Outbox, Refused, Side};
+use super::{Answers, Conn, ConnParts, Outbox, Refused, Side};
 use crate::broadcast::SlowConsumer;
 use crate::codec::Codec;
 use crate::context::SpareContext;
@@ -239,6 +239,7 @@ impl Engine {
             grace: Alarm::default(),
             deferral_watch: Alarm::default(),
             targets: ActionTargets::new(router),
+            answers: Answers::default(),
         };
         async move {
             // Two timers for the state's two deadlines: the close grace is watched before
@@ -253,6 +254,7 @@ impl Engine {
                 // of its own on every packet.
                 if turn.book.since_yield >= YIELD_EVERY {
                     turn.book.since_yield = 0;
+                    turn.hand_over_answers();
                     tokio::task::yield_now().await;
                 }
                 // A packet whose bytes are already buffered is taken without the wait below
@@ -265,6 +267,8 @@ impl Engine {
                     if !watched_first && let Some(item) = turn.reader.as_mut().next_buffered() {
                         break 'step Step::Read(Some(item));
                     }
+                    // Nothing more at hand: the callers answered so far get their answers now.
+                    turn.hand_over_answers();
                     let woke = {
                         let (turn, mut heartbeat) = (&mut turn, heartbeat.as_mut());
                         std::future::poll_fn(move |cx| turn.poll_wait(cx, heartbeat.as_mut())).await
@@ -281,6 +285,7 @@ impl Engine {
                     conn,
                     state,
                     deferral_watch,
+                    answers,
                     ..
                 } = &mut turn;
                 let action = match step {
@@ -302,6 +307,11 @@ impl Engine {
                     }
                     Step::Read(None) => Action::End(state.handle_read_end(None)),
                 };
+                // Responses wait only for the responses right behind them: whatever else
+                // the peer sent after them finds their calls answered.
+                if !answers.is_empty() && !matches!(action, Action::Complete(_)) {
+                    hand_over(conn, answers, book, deferral_watch);
+                }
                 match action {
                     Action::Idle => {}
                     Action::Reply(packet) => {
@@ -353,14 +363,8 @@ impl Engine {
                         }
                     }
                     Action::Complete(response) => {
-                        if !conn.complete_call(response) {
-                            tracing::trace!(
-                                conn = conn.id(),
-                                "dropping a response nobody waits for"
-                            );
-                        } else if !book.watching_deferral {
-                            book.watching_deferral = true;
-                            deferral_watch.set(Instant::now() + DEFERRAL_WATCH);
+                        if answers.push(response) {
+                            hand_over(conn, answers, book, deferral_watch);
                         }
                     }
                     Action::End(ending) => break ending,
@@ -385,6 +389,7 @@ impl Engine {
                 {
                     writer_task.task.retire_if_waiting(conn);
                     book.spare.clear();
+                    answers.shrink();
                 }
             };
 
@@ -427,9 +432,23 @@ struct Turn {
     /// What this connection's requests and notifies run through, resolved once per action
     /// while the router does not change; what a lookup reads comes first.
     targets: ActionTargets,
+    /// Responses read since the engine last handed some over: they go to their calls
+    /// together (see `Answers`), before the engine waits or handles anything else.
+    answers: Answers,
 }
 
 impl Turn {
+    fn hand_over_answers(&mut self) {
+        if !self.answers.is_empty() {
+            hand_over(
+                &self.conn,
+                &mut self.answers,
+                &mut self.book,
+                &mut self.deferral_watch,
+            );
+        }
+    }
+
     /// Whether something the wait watches needs a look before a buffered packet is taken.
     fn is_anything_due(&self) -> bool {
         let book = &self.book;
@@ -627,6 +646,18 @@ fn set_alarm(alarm: &mut Alarm, at: Option<std::time::Instant>) -> bool {
         alarm.set(Instant::from_std(ring));
     }
     at.is_some()
+}
+
+/// Hands the responses read so far to their calls; once callers are woken, the deferral watch
+/// looks after the calls they may hold back.
+fn hand_over(conn: &Conn, answers: &mut Answers, book: &mut Bookkeeping, watch: &mut Alarm) {
+    let handed = conn.complete_calls(answers);
+    if handed == 0 {
+        tracing::trace!(conn = conn.id(), "dropping responses nobody waits for");
+    } else if !book.watching_deferral {
+        book.watching_deferral = true;
+        watch.set(Instant::now() + DEFERRAL_WATCH);
+    }
 }
 
 /// Runs a request's handler; `held` (its slot and bytes) is given back once it has answered.

@@ -36,6 +36,7 @@ pub(crate) use drain::Drain;
 pub(crate) use engine::{Engine, EngineConfig, Host};
 use extensions::Extensions;
 pub use io::PacketFormat;
+pub(crate) use pending::Answers;
 use pending::Calls;
 
 use crate::broadcast::SlowConsumer;
@@ -425,12 +426,13 @@ impl Conn {
         })
     }
 
-    /// Hands a response to the call waiting for it; false when none waits.
-    pub(crate) fn complete_call(&self, response: Response) -> bool {
+    /// Hands a burst of responses to the calls waiting for them; returns how many calls took
+    /// theirs (a response nobody waits for is dropped).
+    pub(crate) fn complete_calls(&self, answers: &mut Answers) -> usize {
         let outbox = &self.shared.outbox;
         self.shared
             .pending
-            .complete(response, || outbox.expect_callers(1))
+            .complete(answers, |callers| outbox.expect_callers(callers))
     }
 
     /// Ends the calls due at `now`; returns when the next one is due.
@@ -730,6 +732,13 @@ pub(crate) mod tests {
         }
     }
 
+    /// Hands an Ok response to call `mid`, as a burst of one.
+    fn complete_call(conn: &Conn, mid: u16) -> usize {
+        let mut answers = Answers::default();
+        answers.push(ok_response(mid));
+        conn.complete_calls(&mut answers)
+    }
+
     /// Callers counted as coming back must come back, or the writer would wait on them: a call
     /// answered and taken, one answered and dropped before it looked, one timed out and one
     /// failed by the connection's end all leave the count where it started.
@@ -750,7 +759,7 @@ pub(crate) mod tests {
         let mut taken =
             Box::pin(conn.request_raw(Action::Id(1), Header::new(), Bytes::new(), None));
         assert!(taken.as_mut().poll(&mut cx).is_pending());
-        assert!(conn.complete_call(ok_response(queued_mid(&mut outbox))));
+        assert_eq!(complete_call(&conn, queued_mid(&mut outbox)), 1);
         assert_eq!(conn.shared.outbox.callers_coming(), 1);
         assert!(taken.as_mut().poll(&mut cx).is_ready());
         assert_eq!(conn.shared.outbox.callers_coming(), 0);
@@ -759,7 +768,7 @@ pub(crate) mod tests {
         let mut dropped =
             Box::pin(conn.request_raw(Action::Id(1), Header::new(), Bytes::new(), None));
         assert!(dropped.as_mut().poll(&mut cx).is_pending());
-        assert!(conn.complete_call(ok_response(queued_mid(&mut outbox))));
+        assert_eq!(complete_call(&conn, queued_mid(&mut outbox)), 1);
         assert_eq!(conn.shared.outbox.callers_coming(), 1);
         drop(dropped);
         assert_eq!(conn.shared.outbox.callers_coming(), 0);

@@ -38,6 +38,38 @@ pub(crate) struct Registered {
     pub(crate) sooner: bool,
 }
 
+/// Responses read in one burst, on their way to their calls together.
+///
+/// With many calls in flight, a read brings dozens of responses, while the callers woken by
+/// the first ones already register their next calls on the other worker. Handed over one by
+/// one, each response locked the calls' table again, and its cache line went back and forth
+/// between the reader and the callers once per response; now it moves once per burst.
+#[derive(Debug, Default)]
+pub(crate) struct Answers {
+    batch: Vec<(Response, Option<Answering>)>,
+}
+
+impl Answers {
+    /// How many responses wait at most: the first callers of a long burst are not held back
+    /// until its end.
+    const MAX: usize = 32;
+
+    /// Adds a response; returns whether the batch is full and must be handed over now.
+    pub(crate) fn push(&mut self, response: Response) -> bool {
+        self.batch.push((response, None));
+        self.batch.len() >= Self::MAX
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.batch.is_empty()
+    }
+
+    /// Lets go of the batch's room: for a connection gone quiet.
+    pub(crate) fn shrink(&mut self) {
+        self.batch = Vec::new();
+    }
+}
+
 /// A connection's [`Pending`] table behind its lock, with its size readable without the lock:
 /// the writer and the engine ask how many calls wait on every batch and every request.
 ///
@@ -74,21 +106,30 @@ impl Calls {
         waited
     }
 
-    /// Hands a response to its call; a response nobody waits for is dropped. `answering` is
-    /// told first, before the caller can run.
-    pub(crate) fn complete(&self, response: Response, answering: impl FnOnce()) -> bool {
-        let sender = {
+    /// Hands the responses in `answers` to their calls, under one lock of the table for all
+    /// of them; a response nobody waits for is dropped. `answering` is told how many callers
+    /// are about to be woken, before they can run. Returns how many were handed over.
+    pub(crate) fn complete(&self, answers: &mut Answers, answering: impl FnOnce(usize)) -> usize {
+        let handed = {
             let mut table = lock(&self.table);
-            let sender = table.take(response.mid);
+            let mut handed = 0;
+            for (response, sender) in &mut answers.batch {
+                *sender = table.take(response.mid);
+                handed += usize::from(sender.is_some());
+            }
             self.waiting.store(table.len(), Ordering::Relaxed);
-            sender
+            handed
         };
-        let Some(sender) = sender else {
-            return false;
-        };
-        answering();
-        // Sent outside the lock: the send wakes the caller, which may lock the table at once.
-        sender.send(Ok(response)).is_ok()
+        if handed > 0 {
+            answering(handed);
+        }
+        // Sent outside the lock: a send wakes its caller, which may lock the table at once.
+        for (response, sender) in answers.batch.drain(..) {
+            if let Some(sender) = sender {
+                let _ = sender.send(Ok(response));
+            }
+        }
+        handed
     }
 
     /// Ends the calls whose deadline has passed at `now` with `RequestTimeout`; returns when
@@ -256,6 +297,19 @@ mod tests {
         }
     }
 
+    /// Hands the responses to `mids` over as one burst; returns how many calls took theirs.
+    fn complete(calls: &Calls, mids: &[u16]) -> usize {
+        let mut answers = Answers::default();
+        for &mid in mids {
+            answers.push(response(mid));
+        }
+        let mut told = 0;
+        let handed = calls.complete(&mut answers, |callers| told = callers);
+        assert_eq!(told, handed, "the count of callers woken is told first");
+        assert!(answers.is_empty());
+        handed
+    }
+
     #[test]
     fn ids_start_at_one_wrap_and_skip_zero_and_waiting_ids() {
         let mut pending = Pending::default();
@@ -280,7 +334,7 @@ mod tests {
             ..
         } = calls.register(Instant::now(), MINUTE).unwrap();
         assert_eq!((waiting, calls.len()), (1, 1));
-        assert!(!calls.complete(response(mid + 1), || {}));
+        assert_eq!(complete(&calls, &[mid + 1]), 0);
         assert_eq!(calls.len(), 1);
         calls.close(Status::network_error("gone"), |_| {});
         assert_eq!(
@@ -302,12 +356,36 @@ mod tests {
         let second = calls.register(Instant::now(), MINUTE).unwrap();
         let (second, _second_rx, waiting) = (second.mid, second.answer, second.waiting);
         assert_eq!((waiting, calls.len()), (2, 2));
-        assert!(calls.complete(response(first), || {}));
+        assert_eq!(complete(&calls, &[first]), 1);
         assert_eq!(first_rx.try_recv().unwrap().unwrap().mid, first);
         assert_eq!(calls.len(), 1);
         calls.forget(second);
         assert_eq!(calls.len(), 0);
-        assert!(!calls.complete(response(second), || {}));
+        assert_eq!(complete(&calls, &[second]), 0);
+    }
+
+    #[test]
+    fn a_burst_hands_each_response_to_its_call_and_drops_the_rest() {
+        let calls = Calls::default();
+        let mut registered: Vec<_> = (0..3)
+            .map(|_| calls.register(Instant::now(), MINUTE).unwrap())
+            .collect();
+        let mids: Vec<u16> = registered.iter().map(|call| call.mid).collect();
+        // Out of order, one twice, and one that no call waits for.
+        let unknown = mids.iter().max().unwrap() + 1;
+        assert_eq!(complete(&calls, &[mids[2], mids[0], mids[0], unknown]), 2);
+        assert_eq!(calls.len(), 1);
+        for i in [0, 2] {
+            let answer = registered[i].answer.try_recv().unwrap().unwrap();
+            assert_eq!(answer.mid, mids[i]);
+        }
+        assert_eq!(
+            registered[1].answer.try_recv(),
+            Err(oneshot::error::TryRecvError::Empty),
+            "a call left out of the burst still waits"
+        );
+        assert_eq!(complete(&calls, &[mids[1]]), 1);
+        assert_eq!(calls.len(), 0);
     }
 
     #[test]
@@ -352,7 +430,7 @@ mod tests {
         assert_eq!(timed_out.message(), "no response within 1s");
         assert_eq!(calls.len(), 2);
         // The calls not due still wait, and still take their responses.
-        assert!(calls.complete(response(later.mid), || {}));
+        assert_eq!(complete(&calls, &[later.mid]), 1);
         assert_eq!(
             calls.expire(start + MINUTE, |_| {}),
             None,
