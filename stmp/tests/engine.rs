@@ -42,16 +42,34 @@ async fn ten_thousand_concurrent_calls_on_one_connection() {
 /// written by its senders (the caller, then the handler, also one that waited first), so an
 /// idle or quiet connection runs no writer task on either side.
 // One thread: the tasks counted are this runtime's, and none runs while they are counted.
+/// Tasks alive on this test's runtime.
+fn alive_tasks() -> usize {
+    tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks()
+}
+
+/// A peer that has said hello over plain TCP, with what it read past the server's answer.
+async fn handshaken(addr: &str) -> (tokio::net::TcpStream, BytesMut) {
+    let mut peer = within(tokio::net::TcpStream::connect(addr)).await.unwrap();
+    let mut hello = BytesMut::new();
+    ClientHandshake::new(Header::new()).encode(&mut hello);
+    peer.write_all(&hello).await.unwrap();
+    let mut read = BytesMut::new();
+    while ServerHandshake::decode(&mut read, 1 << 10)
+        .unwrap()
+        .is_none()
+    {
+        assert_ne!(within(peer.read_buf(&mut read)).await.unwrap(), 0);
+    }
+    (peer, read)
+}
+
 #[tokio::test]
 async fn a_quiet_connection_runs_no_writer_task_until_a_packet_waits_for_one() {
     const CLIENTS: usize = 8;
     let (_server, url) = tcp_server(Server::builder()).await;
-    let tasks = || {
-        tokio::runtime::Handle::current()
-            .metrics()
-            .num_alive_tasks()
-    };
-    let before = tasks();
+    let before = alive_tasks();
     let mut clients = Vec::new();
     for i in 0..CLIENTS {
         let client = within(Client::connect(&url)).await.unwrap();
@@ -66,7 +84,7 @@ async fn a_quiet_connection_runs_no_writer_task_until_a_packet_waits_for_one() {
         }
         clients.push(client);
     }
-    let quiet = tasks() - before;
+    let quiet = alive_tasks() - before;
     // The server's engine, and the client's with the task that dials it again should the
     // connection drop: three. A writer task on each side would make five.
     assert!(
@@ -87,7 +105,7 @@ async fn a_quiet_connection_runs_no_writer_task_until_a_packet_waits_for_one() {
         let (i, echoed) = result.unwrap();
         assert_eq!(echoed.text, i.to_string());
     }
-    let busy = tasks() - before;
+    let busy = alive_tasks() - before;
     assert!(
         busy > quiet,
         "{busy} tasks after 64 calls at once, {quiet} before"
@@ -97,7 +115,7 @@ async fn a_quiet_connection_runs_no_writer_task_until_a_packet_waits_for_one() {
     for client in &clients {
         within(client.close()).await;
     }
-    until(|| tasks() == before).await;
+    until(|| alive_tasks() == before).await;
 }
 
 /// The heartbeat does not start a writer task either: the engine writes its Pong (and its
@@ -106,23 +124,8 @@ async fn a_quiet_connection_runs_no_writer_task_until_a_packet_waits_for_one() {
 async fn a_heartbeat_starts_no_writer_task() {
     let (_server, url) = tcp_server(Server::builder()).await;
     let addr = url.trim_start_matches("tcp://");
-    let tasks = || {
-        tokio::runtime::Handle::current()
-            .metrics()
-            .num_alive_tasks()
-    };
-    let before = tasks();
-    let mut peer = within(tokio::net::TcpStream::connect(addr)).await.unwrap();
-    let mut hello = BytesMut::new();
-    ClientHandshake::new(Header::new()).encode(&mut hello);
-    peer.write_all(&hello).await.unwrap();
-    let mut read = BytesMut::new();
-    while ServerHandshake::decode(&mut read, 1 << 10)
-        .unwrap()
-        .is_none()
-    {
-        assert_ne!(within(peer.read_buf(&mut read)).await.unwrap(), 0);
-    }
+    let before = alive_tasks();
+    let (mut peer, mut read) = handshaken(addr).await;
     for _ in 0..3 {
         // A Ping, one byte; the Pong is one byte back.
         peer.write_all(&[0x80]).await.unwrap();
@@ -132,7 +135,31 @@ async fn a_heartbeat_starts_no_writer_task() {
         assert_eq!(read.split().as_ref(), [0x90]);
     }
     // The connection's engine, and no writer task beside it.
-    assert_eq!(tasks() - before, 1);
+    assert_eq!(alive_tasks() - before, 1);
+}
+
+/// Nor does a burst of requests read at once: their answers are held until the burst is
+/// handled, and the engine writes them together.
+#[tokio::test]
+async fn a_burst_read_at_once_is_answered_by_the_engine_without_a_writer_task() {
+    const BURST: usize = 32;
+    let (_server, url) = tcp_server(Server::builder()).await;
+    let addr = url.trim_start_matches("tcp://");
+    let before = alive_tasks();
+    let (mut peer, mut read) = handshaken(addr).await;
+    for _ in 0..3 {
+        // Pings in one write, each answered with a Pong.
+        peer.write_all(&[0x80; BURST]).await.unwrap();
+        while read.len() < BURST {
+            assert_ne!(within(peer.read_buf(&mut read)).await.unwrap(), 0);
+        }
+        assert_eq!(read.split().as_ref(), [0x90; BURST]);
+    }
+    assert_eq!(
+        alive_tasks() - before,
+        1,
+        "a writer task answered the burst"
+    );
 }
 
 /// A burst starts the writer tasks; once the connection has nothing under way they end at its
@@ -147,12 +174,7 @@ async fn a_quiet_connection_lets_its_writer_tasks_go_at_the_heartbeat() {
     let server = Server::builder().read_timeout(read_timeout).build();
     let mut gate = route_block(server.router());
     let addr = server.listen_tcp("127.0.0.1:0").await.unwrap();
-    let tasks = || {
-        tokio::runtime::Handle::current()
-            .metrics()
-            .num_alive_tasks()
-    };
-    let before = tasks();
+    let before = alive_tasks();
     let client = within(
         Client::builder()
             .read_timeout(read_timeout)
@@ -160,7 +182,7 @@ async fn a_quiet_connection_lets_its_writer_tasks_go_at_the_heartbeat() {
     )
     .await
     .unwrap();
-    let quiet = tasks() - before;
+    let quiet = alive_tasks() - before;
     for burst in 0..2 {
         let calls = futures_util::future::join_all((0..CALLS).map(|i| {
             let client = client.clone();
@@ -183,7 +205,7 @@ async fn a_quiet_connection_lets_its_writer_tasks_go_at_the_heartbeat() {
             }
         })
         .await;
-        let busy = tasks() - before;
+        let busy = alive_tasks() - before;
         assert!(
             busy > quiet + CALLS,
             "burst {burst}: {busy} tasks with {CALLS} handlers waiting, {quiet} before"
@@ -193,10 +215,10 @@ async fn a_quiet_connection_lets_its_writer_tasks_go_at_the_heartbeat() {
             let (i, echoed) = result.unwrap();
             assert_eq!(echoed.text, i.to_string());
         }
-        until(|| tasks() - before == quiet).await;
+        until(|| alive_tasks() - before == quiet).await;
     }
     within(client.close()).await;
-    until(|| tasks() == before).await;
+    until(|| alive_tasks() == before).await;
 }
 
 // One thread: the 70,000 round trips then cost no cross-CPU wake-ups, which are slow and

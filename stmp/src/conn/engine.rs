@@ -184,7 +184,7 @@ type Parked = Pin<Box<dyn Future<Output = Result<(), Status>> + Send>>;
 fn reply(conn: &Conn, packet: Packet, alone: bool) -> Option<Parked> {
     let queued = match alone {
         true => conn.try_queue_inline(packet),
-        false => conn.try_queue(packet),
+        false => conn.try_queue_held(packet),
     };
     match queued {
         Ok(()) | Err(Refused::Closed) => None,
@@ -228,6 +228,7 @@ impl Engine {
                 calls_waiting: false,
                 watching_deferral: false,
                 heartbeat_rang: false,
+                holding: false,
             },
             conn,
             reader,
@@ -240,6 +241,7 @@ impl Engine {
             deferral_watch: Alarm::default(),
             targets: ActionTargets::new(router),
             answers: Answers::default(),
+            outgoing: Vec::new(),
         };
         async move {
             // Two timers for the state's two deadlines: the close grace is watched before
@@ -254,7 +256,7 @@ impl Engine {
                 // of its own on every packet.
                 if turn.book.since_yield >= YIELD_EVERY {
                     turn.book.since_yield = 0;
-                    turn.hand_over_answers();
+                    turn.end_burst();
                     tokio::task::yield_now().await;
                 }
                 // A packet whose bytes are already buffered is taken without the wait below
@@ -267,8 +269,9 @@ impl Engine {
                     if !watched_first && let Some(item) = turn.reader.as_mut().next_buffered() {
                         break 'step Step::Read(Some(item));
                     }
-                    // Nothing more at hand: the callers answered so far get their answers now.
-                    turn.hand_over_answers();
+                    // Nothing more at hand: the callers answered so far get their answers now,
+                    // and the answers queued so far leave.
+                    turn.end_burst();
                     let woke = {
                         let (turn, mut heartbeat) = (&mut turn, heartbeat.as_mut());
                         std::future::poll_fn(move |cx| turn.poll_wait(cx, heartbeat.as_mut())).await
@@ -286,6 +289,7 @@ impl Engine {
                     state,
                     deferral_watch,
                     answers,
+                    outgoing,
                     ..
                 } = &mut turn;
                 let action = match step {
@@ -315,7 +319,9 @@ impl Engine {
                 match action {
                     Action::Idle => {}
                     Action::Reply(packet) => {
-                        let alone = !reader.as_mut().has_buffered();
+                        // Answers held before it: this one joins them in the burst's write.
+                        let alone = !book.holding && !reader.as_mut().has_buffered();
+                        book.holding |= !alone;
                         book.parked = reply(conn, packet, alone);
                     }
                     // A Ping or a Close costs no room: it gets through a full queue.
@@ -328,7 +334,9 @@ impl Engine {
                         // leave at once from this task rather than through the writer's.
                         let alone = handling.used() == 1
                             && conn.pending_calls() == 0
+                            && !book.holding
                             && !reader.as_mut().has_buffered();
+                        book.holding |= !alone;
                         handle(conn, targets, tasks, book, request, held, alone)
                     }
                     Action::Deliver(notify, held) => {
@@ -390,6 +398,7 @@ impl Engine {
                     writer_task.task.retire_if_waiting(conn);
                     book.spare.clear();
                     answers.shrink();
+                    *outgoing = Vec::new();
                 }
             };
 
@@ -435,10 +444,16 @@ struct Turn {
     /// Responses read since the engine last handed some over: they go to their calls
     /// together (see `Answers`), before the engine waits or handles anything else.
     answers: Answers,
+    /// Room to gather the answers held during a burst in, for the write that ends it.
+    outgoing: Vec<Packet>,
 }
 
 impl Turn {
-    fn hand_over_answers(&mut self) {
+    /// Ends a burst of packets read: hands over the responses, writes the answers held.
+    fn end_burst(&mut self) {
+        if std::mem::take(&mut self.book.holding) {
+            self.conn.write_held(&mut self.outgoing);
+        }
         if !self.answers.is_empty() {
             hand_over(
                 &self.conn,
@@ -588,6 +603,8 @@ struct Bookkeeping {
     watching_deferral: bool,
     /// The heartbeat timer rang on this turn of the loop.
     heartbeat_rang: bool,
+    /// Answers were queued held during this burst: [`Conn::write_held`] is due at its end.
+    holding: bool,
 }
 
 /// What ended the engine's wait, in the order it looks: what the close request heard, the
@@ -713,7 +730,7 @@ fn handle(
     };
     let queued = match alone {
         true => conn.try_queue_inline(response),
-        false => conn.try_queue(response),
+        false => conn.try_queue_held(response),
     };
     if let Err(Refused::Full(response)) = queued {
         let conn = conn.clone();

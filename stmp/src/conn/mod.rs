@@ -55,6 +55,10 @@ use writer::{Inline, WriterSlot};
 /// The default byte budget of a connection's send queue.
 pub(crate) const DEFAULT_SEND_QUEUE_BYTES: usize = 4 << 20;
 
+/// At most this many held packets go out in one inline write ([`Conn::write_held`]), as many
+/// as the writer task takes for one of its own.
+const HELD_PER_WRITE: usize = 64;
+
 /// Which end of a connection this side is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Side {
@@ -406,6 +410,36 @@ impl Conn {
             Inline::Written => outbox.end_inline_written(room),
             Inline::Unfinished => outbox.end_inline_unfinished(),
             Inline::Declined => outbox.end_inline_unwritten(batch.into(), room),
+        }
+    }
+
+    /// Like [`try_queue`](Self::try_queue), but the packet waits for
+    /// [`write_held`](Self::write_held) (or for the writer to wake for something else).
+    pub(crate) fn try_queue_held(&self, packet: Packet) -> Result<(), Refused> {
+        let cost = self.queue_cost(&packet);
+        let queued = self.shared.outbox.try_hold(packet, cost)?;
+        crate::telemetry::send_queue_depth(queued);
+        Ok(())
+    }
+
+    /// Writes the held packets from this task, in one write, when the writer task waits;
+    /// otherwise wakes it for them. `batch` is room to gather them in, left empty.
+    pub(crate) fn write_held(&self, batch: &mut Vec<Packet>) {
+        let room = self.shared.outbox.release_held(batch, HELD_PER_WRITE);
+        if batch.is_empty() {
+            return;
+        }
+        let outbox = &self.shared.outbox;
+        match self.shared.writer.write_now(batch, room) {
+            Inline::Written => {
+                batch.clear();
+                outbox.end_inline_written(room);
+            }
+            Inline::Unfinished => {
+                batch.clear();
+                outbox.end_inline_unfinished();
+            }
+            Inline::Declined => outbox.end_inline_unwritten(std::mem::take(batch), room),
         }
     }
 

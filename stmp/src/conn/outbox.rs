@@ -433,6 +433,37 @@ impl SendQueue {
         Ok(queued)
     }
 
+    /// Like [`try_push`](Self::try_push), but leaves the writer asleep: the engine queues the
+    /// answers to a burst of requests this way, and writes them together when the burst ends
+    /// ([`release_held`](Self::release_held)).
+    pub(crate) fn try_hold(&self, packet: Packet, cost: usize) -> Result<usize, Refused> {
+        let mut queue = lock(&self.state);
+        let packet = queue.pay(packet, cost)?;
+        queue.packets.push_back(packet, cost);
+        Ok(queue.budget - queue.room)
+    }
+
+    /// Ends a burst of held packets: when the writer task waits, moves up to `limit` of what is
+    /// queued into `batch` for the caller to write inline, and returns the budget they hold;
+    /// otherwise wakes the writer task for them (unless a sender writing inline will).
+    pub(crate) fn release_held(&self, batch: &mut Vec<Packet>, limit: usize) -> usize {
+        let writer = {
+            let mut queue = lock(&self.state);
+            if queue.packets.is_empty() || queue.inline {
+                return 0;
+            }
+            if queue.inline_allowed && !queue.stopping && queue.writer.is_some() {
+                queue.inline = true;
+                return take(&mut queue, batch, limit).1;
+            }
+            queue.writer.take()
+        };
+        if let Some(writer) = writer {
+            writer.wake();
+        }
+        0
+    }
+
     /// Like [`try_push`](Self::try_push), but hands the packet back for the caller to write
     /// itself when the writer task waits with nothing queued.
     /// Returns the bytes queued (or held for the inline write) after it too.
@@ -1268,6 +1299,62 @@ mod tests {
         drop(outbox);
         assert_eq!(queue.try_push(Packet::Pong, 0), Err(Refused::Closed));
         assert!(lock(&queue.state).packets.is_empty());
+    }
+
+    #[test]
+    fn held_packets_leave_the_writer_asleep_until_released_and_then_wake_it() {
+        use std::future::Future;
+
+        // No inline writes (a queue on its own): the release wakes the writer task instead.
+        let (queue, mut outbox) = send_queue(1 << 20);
+        let wakes = Arc::new(WakeCount::default());
+        let waker = Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut batch = Vec::new();
+        assert!(
+            std::pin::pin!(outbox.recv_many(&mut batch, 64))
+                .poll(&mut cx)
+                .is_pending()
+        );
+        queue.try_hold(Packet::Ping, 10).unwrap();
+        queue.try_hold(Packet::Pong, 10).unwrap();
+        assert_eq!(wakes.count(), 0, "a held packet woke the writer");
+        assert_eq!(queue.room(), (1 << 20) - 20, "held packets pay their room");
+
+        let mut inline = Vec::new();
+        assert_eq!(queue.release_held(&mut inline, 64), 0);
+        assert!(inline.is_empty(), "handed back with inline writes off");
+        assert_eq!(wakes.count(), 1);
+        let mut batch = Vec::new();
+        outbox.try_recv_many(&mut batch, 64);
+        assert_eq!(batch, [Packet::Ping, Packet::Pong]);
+
+        // With inline writes on and the writer waiting, the held packets are handed back, up
+        // to the limit, and the writer is not woken.
+        queue.allow_inline();
+        assert!(
+            std::pin::pin!(outbox.recv_many(&mut batch, 64))
+                .poll(&mut cx)
+                .is_pending()
+        );
+        let pong = super::super::budget::queue_cost(&Packet::Pong, 1 << 20);
+        for _ in 0..3 {
+            queue.try_hold(Packet::Pong, pong).unwrap();
+        }
+        assert_eq!(queue.release_held(&mut inline, 2), 2 * pong);
+        assert_eq!(inline, [Packet::Pong, Packet::Pong]);
+        assert_eq!(wakes.count(), 1);
+        // Nothing else writes inline meanwhile; the end of the write wakes the writer task
+        // for the packet left.
+        assert!(matches!(
+            queue.try_offer(Packet::Pong, pong),
+            Ok((Offered::Queued, _))
+        ));
+        queue.end_inline_written(2 * pong);
+        assert_eq!(wakes.count(), 2);
+        batch.clear();
+        outbox.try_recv_many(&mut batch, 64);
+        assert_eq!(batch, [Packet::Pong, Packet::Pong]);
     }
 
     /// Counts its wake-ups.

@@ -522,6 +522,44 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_bursts_held_answers_leave_in_one_write_from_the_engine_and_no_task() {
+        let recorder = Recorder::default();
+        let (conn, task) = lazily_written(&recorder, &[]);
+        let burst: Vec<Packet> = (1..=10).map(|n| notify(n, 10)).collect();
+        for packet in &burst {
+            conn.try_queue_held(packet.clone()).unwrap();
+        }
+        assert!(!started(&task), "a held packet woke the writer");
+        assert_eq!(recorder.0.lock().unwrap().1, 0, "a held packet was written");
+        assert!(
+            conn.shared.outbox.room() < 1 << 20,
+            "held packets hold room"
+        );
+
+        let mut gathered = Vec::new();
+        conn.write_held(&mut gathered);
+        let (bytes, writes, _) = recorder.0.lock().unwrap().clone();
+        assert_eq!(bytes, encoded(&burst));
+        assert_eq!(writes, 1);
+        assert!(gathered.is_empty());
+        assert!(!started(&task), "the burst's write started the writer task");
+        assert_eq!(
+            conn.shared.outbox.room(),
+            1 << 20,
+            "written, the room is back"
+        );
+
+        // Nothing held, nothing written.
+        conn.write_held(&mut gathered);
+        assert_eq!(recorder.0.lock().unwrap().1, 1);
+
+        conn.shared.outbox.stop();
+        if let Some(handle) = task.stop(&conn) {
+            task_ends(handle).await;
+        }
+    }
+
+    #[tokio::test]
     async fn packets_queued_before_the_engine_started_start_the_writer_task_at_once() {
         let recorder = Recorder::default();
         let (conn, task) = lazily_written(&recorder, &[notify(1, 10), notify(2, 10)]);
