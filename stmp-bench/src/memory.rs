@@ -5,10 +5,10 @@
 //! connection's, and then sits idle). Per connection = (RSS − RSS before) / connections.
 //!
 //! Then, for stmp, what a burst leaves behind ([`AfterBurst`]): at the largest step every
-//! connection makes [`BURST`] calls at once, which the server answers through the
-//! connection's writer task, and goes quiet again. Freed memory mostly stays resident, so
-//! this is read from the allocator's count of the heap in use, before the burst and once the
-//! server has as many tasks as before it (bounded by three heartbeats).
+//! connection makes [`BURST`] calls at once, and goes quiet again. Freed memory mostly stays
+//! resident, so this is read from the allocator's count of the heap in use, before the burst
+//! and once the heartbeat after it has passed and the server has as many tasks as before it
+//! (bounded by three heartbeats).
 
 use std::time::Duration;
 
@@ -162,7 +162,8 @@ pub async fn run(settings: &Settings) -> Result<Vec<MemoryResult>> {
 }
 
 /// [`BURST`] calls at once on each of `clients` (64 connections at a time), then waits for the
-/// server to be back to the tasks it had before, for three heartbeats at most.
+/// heartbeat after the burst and for the server to be back to the tasks it had before, for
+/// three heartbeats at most.
 async fn after_burst(server: &mut ServerProcess, clients: &[stmp::Client]) -> Result<AfterBurst> {
     let tasks_before = server.tasks().await?;
     let heap_before = server.heap_bytes().await?;
@@ -178,7 +179,12 @@ async fn after_burst(server: &mut ServerProcess, clients: &[stmp::Client]) -> Re
         .collect()
         .await;
     bursts.into_iter().collect::<Result<()>>()?;
-    let quiet_by = tokio::time::Instant::now() + 3 * READ_TIMEOUT / 2;
+    // A connection lets go of what its burst left at its first heartbeat after it, half a
+    // read timeout on, whether or not a writer task ran (the server answers a burst read at
+    // once with no writer task): waiting only for the tasks measured the heap before that.
+    let burst_ended = tokio::time::Instant::now();
+    tokio::time::sleep_until(burst_ended + READ_TIMEOUT / 2 + Duration::from_secs(1)).await;
+    let quiet_by = burst_ended + 3 * READ_TIMEOUT / 2;
     let mut tasks = server.tasks().await?;
     while tasks > tasks_before && tokio::time::Instant::now() < quiet_by {
         tokio::time::sleep(Duration::from_millis(50)).await;

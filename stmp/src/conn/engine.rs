@@ -270,7 +270,6 @@ impl Engine {
             deferral_watch: Alarm::default(),
             targets: ActionTargets::new(router),
             answers: Answers::default(),
-            outgoing: Vec::new(),
             holds_bursts,
         };
         async move {
@@ -319,7 +318,6 @@ impl Engine {
                     state,
                     deferral_watch,
                     answers,
-                    outgoing,
                     holds_bursts,
                     ..
                 } = &mut turn;
@@ -426,9 +424,12 @@ impl Engine {
                     && conn.pending_calls() == 0
                 {
                     writer_task.task.retire_if_waiting(conn);
+                    // What a burst the engine answered itself left (no task ran to give it
+                    // back as it retired): the write buffer, the send queue's slots.
+                    conn.shared.writer.give_back_buffers();
+                    conn.shared.outbox.give_back_slots();
                     book.spare.clear();
                     answers.shrink();
-                    *outgoing = Vec::new();
                 }
             };
 
@@ -474,8 +475,6 @@ struct Turn {
     /// Responses read since the engine last handed some over: they go to their calls
     /// together (see `Answers`), before the engine waits or handles anything else.
     answers: Answers,
-    /// Room to gather the answers held during a burst in, for the write that ends it.
-    outgoing: Vec<Packet>,
     /// This connection holds a burst's answers for one write ([`holds_bursts`]). Not in the
     /// bookkeeping's line, which is full: only a burst reads it.
     holds_bursts: bool,
@@ -485,7 +484,7 @@ impl Turn {
     /// Ends a burst of packets read: hands over the responses, writes the answers held.
     fn end_burst(&mut self) {
         if std::mem::take(&mut self.book.holding) {
-            self.conn.write_held(&mut self.outgoing);
+            self.conn.write_held();
         }
         if !self.answers.is_empty() {
             hand_over(

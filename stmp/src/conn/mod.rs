@@ -423,23 +423,14 @@ impl Conn {
     }
 
     /// Writes the held packets from this task, in one write, when the writer task waits;
-    /// otherwise wakes it for them. `batch` is room to gather them in, left empty.
-    pub(crate) fn write_held(&self, batch: &mut Vec<Packet>) {
-        let room = self.shared.outbox.release_held(batch, HELD_PER_WRITE);
-        if batch.is_empty() {
-            return;
-        }
-        let outbox = &self.shared.outbox;
-        match self.shared.writer.write_now(batch, room) {
-            Inline::Written => {
-                batch.clear();
-                outbox.end_inline_written(room);
-            }
-            Inline::Unfinished => {
-                batch.clear();
-                outbox.end_inline_unfinished();
-            }
-            Inline::Declined => outbox.end_inline_unwritten(std::mem::take(batch), room),
+    /// otherwise wakes it for them.
+    pub(crate) fn write_held(&self) {
+        // Gathered in a vector of their own, not in one the connection keeps: a burst's room
+        // (about 90 bytes a packet) would stay with every connection that ever got a burst.
+        let mut batch = Vec::new();
+        let room = self.shared.outbox.release_held(&mut batch, HELD_PER_WRITE);
+        if !batch.is_empty() {
+            self.write_handed_back(batch, room);
         }
     }
 

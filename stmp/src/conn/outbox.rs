@@ -650,6 +650,15 @@ impl SendQueue {
         true
     }
 
+    /// Lets go of the slots an emptied queue keeps ([`KEEP`]): the connection has gone quiet,
+    /// and a burst answered by the engine itself (no writer task retired to do it) left them.
+    pub(crate) fn give_back_slots(&self) {
+        let mut queue = lock(&self.state);
+        if queue.packets.is_empty() {
+            queue.packets.shrink_to(0);
+        }
+    }
+
     /// Whether the writer task waits with nothing queued.
     #[cfg(test)]
     pub(crate) fn writer_waits(&self) -> bool {
@@ -1355,6 +1364,25 @@ mod tests {
         batch.clear();
         outbox.try_recv_many(&mut batch, 64);
         assert_eq!(batch, [Packet::Pong, Packet::Pong]);
+    }
+
+    #[test]
+    fn a_quiet_queue_gives_back_the_slots_a_burst_left() {
+        let (queue, mut outbox) = send_queue(1 << 20);
+        for _ in 0..16 {
+            queue.try_hold(Packet::Pong, 0).unwrap();
+        }
+        queue.give_back_slots();
+        assert!(
+            lock(&queue.state).packets.spare_capacity() >= 15,
+            "slots given back while packets wait"
+        );
+        let mut batch = Vec::new();
+        outbox.try_recv_many(&mut batch, 64);
+        assert_eq!(batch.len(), 16);
+        assert_eq!(lock(&queue.state).packets.spare_capacity(), KEEP);
+        queue.give_back_slots();
+        assert_eq!(lock(&queue.state).packets.spare_capacity(), 0);
     }
 
     /// Counts its wake-ups.
