@@ -176,9 +176,9 @@ pub(crate) struct Engine {
 /// or in the event queue for a notify. Made only when a queue is full.
 type Parked = Pin<Box<dyn Future<Output = Result<(), Status>> + Send>>;
 
-/// Queues a packet the engine answers with (Pong, a refused request), or writes it at once
-/// when `alone` (no more input at hand) and the writer waits with nothing queued: an idle
-/// connection's heartbeat then never starts its writer task. When the send queue is full the
+/// Queues a packet the engine answers with (Pong, a refused request) as `placement` says: a
+/// lone one is written at once when the writer waits with nothing queued, so an idle
+/// connection's heartbeat never starts its writer task. When the send queue is full the
 /// packet waits, and so does reading: a peer that does not read its answers stops being
 /// read, and a reply is never dropped.
 fn reply(conn: &Conn, packet: Packet, placement: Placement) -> Option<Parked> {
@@ -725,7 +725,8 @@ fn hand_over(conn: &Conn, answers: &mut Answers, book: &mut Bookkeeping, watch: 
 }
 
 /// Runs a request's handler; `held` (its slot and bytes) is given back once it has answered.
-/// An answer ready at once is queued by this task, and written by it when `alone`. The
+/// An answer ready at once is queued by this task as `placement` says (and written by it when
+/// alone, or at the end of the burst when held). The
 /// request's context is `book`'s spare one, filled in, and goes back there when the handler
 /// is done with it.
 fn handle(
