@@ -43,7 +43,7 @@ use crate::{Code, Context, Router, Status};
 
 /// Packets the read loop handles before it lets other tasks run: packets already decoded
 /// (a burst inflated by gzip, say) would otherwise be handled without ever yielding.
-const YIELD_EVERY: u32 = 64;
+const YIELD_EVERY: u16 = 64;
 
 /// Tunables of one connection.
 #[derive(Clone, Debug)]
@@ -263,6 +263,7 @@ impl Engine {
                 watching_deferral: false,
                 heartbeat_rang: false,
                 holding: false,
+                answering: false,
             },
             conn,
             reader,
@@ -347,7 +348,7 @@ impl Engine {
                 };
                 // Responses wait only for the responses right behind them: whatever else
                 // the peer sent after them finds their calls answered.
-                if !answers.is_empty() && !matches!(action, Action::Complete(_)) {
+                if book.answering && !matches!(action, Action::Complete(_)) {
                     hand_over(conn, answers, book, deferral_watch);
                 }
                 match action {
@@ -404,6 +405,7 @@ impl Engine {
                         }
                     }
                     Action::Complete(response) => {
+                        book.answering = true;
                         if answers.push(response) {
                             hand_over(conn, answers, book, deferral_watch);
                         }
@@ -491,7 +493,7 @@ impl Turn {
         if std::mem::take(&mut self.book.holding) {
             self.conn.write_held();
         }
-        if !self.answers.is_empty() {
+        if self.book.answering {
             hand_over(
                 &self.conn,
                 &mut self.answers,
@@ -633,7 +635,7 @@ struct Bookkeeping {
     /// The last packet's context, for the next one; let go of once the connection is quiet.
     spare: SpareContext,
     /// Packets handled since the engine last gave other tasks a turn.
-    since_yield: u32,
+    since_yield: u16,
     /// A call of this side waits for its answer: the calls' alarm is set.
     calls_waiting: bool,
     /// Whether answered callers are expected back: see `SendQueue::release_deferred`.
@@ -642,6 +644,9 @@ struct Bookkeeping {
     heartbeat_rang: bool,
     /// Answers were queued held during this burst: [`Conn::write_held`] is due at its end.
     holding: bool,
+    /// Responses wait in the `Turn`'s `answers` to be handed over: known from here, so that a
+    /// packet that is not a response (an event, on most connections) does not read that line.
+    answering: bool,
 }
 
 impl Bookkeeping {
@@ -720,6 +725,7 @@ fn set_alarm(alarm: &mut Alarm, at: Option<std::time::Instant>) -> bool {
 /// Hands the responses read so far to their calls; once callers are woken, the deferral watch
 /// looks after the calls they may hold back.
 fn hand_over(conn: &Conn, answers: &mut Answers, book: &mut Bookkeeping, watch: &mut Alarm) {
+    book.answering = false;
     let handed = conn.complete_calls(answers);
     if handed == 0 {
         tracing::trace!(conn = conn.id(), "dropping responses nobody waits for");

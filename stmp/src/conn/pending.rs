@@ -60,10 +60,6 @@ impl Answers {
         self.batch.len() >= Self::MAX
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
-        self.batch.is_empty()
-    }
-
     /// Lets go of the batch's room: for a connection gone quiet.
     pub(crate) fn shrink(&mut self) {
         self.batch = Vec::new();
@@ -306,7 +302,7 @@ mod tests {
         let mut told = 0;
         let handed = calls.complete(&mut answers, |callers| told = callers);
         assert_eq!(told, handed, "the count of callers woken is told first");
-        assert!(answers.is_empty());
+        assert!(answers.batch.is_empty());
         handed
     }
 
