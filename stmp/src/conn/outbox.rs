@@ -325,6 +325,12 @@ impl Queue {
         self.place_as(packet, cost, inline, |packet| packet)
     }
 
+    /// Whether a sender may write inline now: allowed, nobody else doing it, not stopping,
+    /// and the writer task waiting (so the transport's writer is in its slot).
+    fn writer_free_for_inline(&self) -> bool {
+        self.inline_allowed && !self.inline && !self.stopping && self.writer.is_some()
+    }
+
     /// [`place`](Self::place) for what becomes a packet (`to_packet`) only if it is queued.
     fn place_as<P>(
         &mut self,
@@ -333,13 +339,7 @@ impl Queue {
         inline: bool,
         to_packet: impl FnOnce(P) -> Packet,
     ) -> (Offered<P>, Option<Waker>) {
-        if inline
-            && self.inline_allowed
-            && !self.inline
-            && !self.stopping
-            && self.writer.is_some()
-            && self.packets.is_empty()
-        {
+        if inline && self.writer_free_for_inline() && self.packets.is_empty() {
             self.inline = true;
             return (Offered::WriteInline(packet), None);
         }
@@ -452,7 +452,7 @@ impl SendQueue {
             if queue.packets.is_empty() || queue.inline {
                 return 0;
             }
-            if queue.inline_allowed && !queue.stopping && queue.writer.is_some() {
+            if queue.writer_free_for_inline() {
                 queue.inline = true;
                 return take(&mut queue, batch, limit).1;
             }
