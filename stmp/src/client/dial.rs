@@ -5,10 +5,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::task::TaskTracker;
 
 use super::ClientBuilder;
-use super::endpoint::{Endpoint, Scheme};
+use super::endpoint::Endpoint;
 use crate::codec::Codec;
 use crate::conn::io::{PacketStream, PacketWriter, ReadLimits, byte_stream};
 use crate::conn::{Drain, Engine, Host, Side};
+use crate::transport::Scheme;
 #[cfg(feature = "quic")]
 use crate::transport::quic;
 use crate::transport::tcp;
@@ -43,14 +44,14 @@ async fn dial_now(endpoint: &Endpoint, config: &ClientBuilder) -> Result<Dialed,
         Scheme::Tcp => {
             let (tcp, remote) = tcp::connect(endpoint).await?;
             let (reader, writer) = tcp.into_split();
-            stream_handshake(reader, writer, remote, endpoint.scheme.name(), config).await
+            stream_handshake(reader, writer, remote, endpoint.scheme, config).await
         }
         #[cfg(feature = "tls")]
         Scheme::Tls => {
             let (tcp, remote) = tcp::connect(endpoint).await?;
             let tls = tls::connect(tcp, endpoint, config).await?;
             let (reader, writer) = tokio::io::split(tls);
-            stream_handshake(reader, writer, remote, endpoint.scheme.name(), config).await
+            stream_handshake(reader, writer, remote, endpoint.scheme, config).await
         }
         #[cfg(feature = "ws")]
         Scheme::Ws => {
@@ -117,7 +118,7 @@ pub(crate) fn chosen_codec(
 pub(crate) fn ready(
     config: &ClientBuilder,
     remote: Option<std::net::SocketAddr>,
-    transport: &'static str,
+    transport: Scheme,
     hello: ServerHandshake,
     codec: Codec,
     reader: PacketStream,
@@ -147,7 +148,7 @@ pub(crate) async fn stream_handshake<R, W>(
     mut reader: R,
     mut writer: W,
     remote: Option<std::net::SocketAddr>,
-    transport: &'static str,
+    transport: Scheme,
     config: &ClientBuilder,
 ) -> Result<Dialed, Status>
 where
@@ -223,7 +224,7 @@ mod tests {
         let dialed = ready(
             &config,
             None,
-            "tcp",
+            Scheme::Tcp,
             ServerHandshake::ok(Header::new()),
             Codec::PROTOBUF,
             packets,

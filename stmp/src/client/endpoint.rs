@@ -3,16 +3,7 @@
 use std::fmt;
 
 use crate::Status;
-
-/// The transport a URL names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Scheme {
-    Tcp,
-    Tls,
-    Ws,
-    Wss,
-    Quic,
-}
+use crate::transport::Scheme;
 
 /// `scheme://host:port/path` split into its parts.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,38 +14,6 @@ pub(crate) struct Endpoint {
     pub(crate) port: u16,
     /// The path with its query, `/` when absent.
     pub(crate) path: String,
-}
-
-impl Scheme {
-    /// The scheme as written in URLs.
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            Scheme::Tcp => "tcp",
-            Scheme::Tls => "tls",
-            Scheme::Ws => "ws",
-            Scheme::Wss => "wss",
-            Scheme::Quic => "quic",
-        }
-    }
-}
-
-impl Scheme {
-    /// The cargo feature that carries this transport.
-    pub(crate) fn feature(self) -> &'static str {
-        match self {
-            Scheme::Tcp => "default",
-            Scheme::Tls => "tls",
-            Scheme::Ws => "ws",
-            Scheme::Wss => "ws` and `tls",
-            Scheme::Quic => "quic",
-        }
-    }
-}
-
-impl fmt::Display for Scheme {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
 }
 
 impl Endpoint {

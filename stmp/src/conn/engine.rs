@@ -38,6 +38,7 @@ use crate::codec::Codec;
 use crate::context::SpareContext;
 use crate::router::{ActionTarget, ActionTargets, Started};
 use crate::stats::Counters;
+use crate::transport::Scheme;
 use crate::wire::{Header, Packet, Request, Response};
 use crate::{Code, Context, Router, Status};
 
@@ -99,7 +100,7 @@ impl Host {
     pub(crate) fn conn(
         &self,
         remote_addr: Option<SocketAddr>,
-        transport: &'static str,
+        transport: Scheme,
         peer_header: Header,
         codec: Codec,
     ) -> (Conn, Outbox) {
@@ -213,19 +214,14 @@ impl Placement {
     }
 }
 
-/// Whether a connection over `transport` holds the answers of a burst for one write by its
-/// engine. Over TCP, TLS and WebSocket that write is the syscall, and it saves waking the writer
-/// task, often on the other worker, at the burst's first answer. A QUIC stream's write only
-/// hands bytes to quinn's connection task, which sends them: there, answers held until the
-/// burst's end only start that task later (64 calls in flight on one connection ran at
-/// 0.72-0.80x stmp tcp held, 0.82-0.87x not, three runs each; `stmp-bench/README.md`).
-fn holds_bursts(transport: &str) -> bool {
-    #[cfg(feature = "quic")]
-    if transport == crate::transport::quic::TRANSPORT {
-        return false;
-    }
-    let _ = transport;
-    true
+/// Whether a connection holds the answers of a burst for one write by its engine. Where that
+/// write is the send ([`Scheme::writes_send`]: TCP, TLS and WebSocket), it saves waking the
+/// writer task, often on the other worker, at the burst's first answer. Over QUIC, answers held
+/// until the burst's end only start quinn's connection task later (64 calls in flight on one
+/// connection ran at 0.72-0.80x stmp tcp held, 0.82-0.87x not, three runs each;
+/// `stmp-bench/README.md`).
+fn holds_bursts(scheme: Scheme) -> bool {
+    scheme.writes_send()
 }
 
 /// The engine's clock: tokio's, so tests that pause time pause the connection too.
@@ -248,7 +244,7 @@ impl Engine {
             config,
             tasks,
         } = self;
-        let holds_bursts = holds_bursts(conn.transport());
+        let holds_bursts = holds_bursts(conn.scheme());
         // Built before the future: moved in, the parts would stay in its state beside it.
         let mut turn = Turn {
             book: Bookkeeping {
@@ -967,10 +963,9 @@ mod tests {
 
     #[test]
     fn bursts_are_held_for_one_write_except_over_quic() {
-        for transport in ["tcp", "tls", "ws", "wss", "test"] {
-            assert!(holds_bursts(transport), "{transport}");
+        for scheme in [Scheme::Tcp, Scheme::Tls, Scheme::Ws, Scheme::Wss] {
+            assert!(holds_bursts(scheme), "{scheme}");
         }
-        #[cfg(feature = "quic")]
-        assert!(!holds_bursts(crate::transport::quic::TRANSPORT));
+        assert!(!holds_bursts(Scheme::Quic));
     }
 }

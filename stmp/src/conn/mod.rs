@@ -43,6 +43,7 @@ use crate::broadcast::SlowConsumer;
 use crate::codec::{Codec, Message};
 use crate::stats::Counters;
 use crate::sync::lock;
+use crate::transport::Scheme;
 use crate::wire::{Action, Header, Notify, Packet, Request, Response};
 use crate::{Code, Method, Status};
 
@@ -98,7 +99,7 @@ pub(crate) struct Shared {
     events_dropped: AtomicU64,
     side: Side,
     remote_addr: Option<SocketAddr>,
-    transport: &'static str,
+    transport: Scheme,
     peer_header: Header,
     counters: Arc<Counters>,
     pending: Calls,
@@ -124,7 +125,7 @@ type CloseCallback = Box<dyn FnOnce(&Status) + Send>;
 pub(crate) struct ConnParts {
     pub(crate) side: Side,
     pub(crate) remote_addr: Option<SocketAddr>,
-    pub(crate) transport: &'static str,
+    pub(crate) transport: Scheme,
     pub(crate) peer_header: Header,
     pub(crate) codec: Codec,
     pub(crate) default_timeout: Duration,
@@ -648,6 +649,10 @@ impl Conn {
 
     /// The transport the connection runs on: `tcp`, `tls`, `ws`, `wss` or `quic`.
     pub fn transport(&self) -> &'static str {
+        self.shared.transport.name()
+    }
+
+    pub(crate) fn scheme(&self) -> Scheme {
         self.shared.transport
     }
 
@@ -712,7 +717,7 @@ pub(crate) mod tests {
         ConnParts {
             side: Side::Server,
             remote_addr: None,
-            transport: "test",
+            transport: Scheme::Tcp,
             peer_header: Header::new(),
             codec: Codec::PROTOBUF,
             default_timeout: Duration::from_secs(5),

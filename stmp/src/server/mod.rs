@@ -20,6 +20,7 @@ use crate::conn::io::{InflationLimit, PacketStream, PacketWriter, ReadLimits};
 use crate::conn::{DEFAULT_SEND_QUEUE_BYTES, Drain, EngineConfig, Host, Outbox, Side};
 use crate::router::BoxFuture;
 use crate::stats::{Counters, ServerStats};
+use crate::transport::Scheme;
 use crate::wire::{BufferBudget, DEFAULT_MAX_PACKET_SIZE, Header, Limits, Version};
 use crate::{Code, Conn, ConnSet, Rooms, Router, Service, SlowConsumer, Status, Users};
 pub use admission::raise_fd_limit;
@@ -531,15 +532,10 @@ impl Server {
         header: Header,
         transport: Transport,
         remote: SocketAddr,
-        transport_name: &'static str,
+        scheme: Scheme,
     ) -> Result<(Conn, Outbox, Agreement), Status> {
         let agreement = self.admit(version, &header, transport)?;
-        let (conn, outbox) = self.new_conn(
-            Some(remote),
-            transport_name,
-            header,
-            agreement.codec.clone(),
-        );
+        let (conn, outbox) = self.new_conn(Some(remote), scheme, header, agreement.codec.clone());
         if let Err(status) = self.authenticate(&conn).await {
             conn.mark_closed(&status);
             return Err(status);
@@ -550,7 +546,7 @@ impl Server {
     pub(crate) fn new_conn(
         &self,
         remote: Option<SocketAddr>,
-        transport: &'static str,
+        transport: Scheme,
         peer_header: Header,
         codec: Codec,
     ) -> (Conn, Outbox) {

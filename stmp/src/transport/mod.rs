@@ -9,6 +9,7 @@
 
 #[cfg(feature = "quic")]
 pub mod quic;
+mod scheme;
 pub(crate) mod tcp;
 #[cfg(feature = "tls")]
 pub mod tls;
@@ -23,6 +24,8 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 use tokio::sync::OwnedSemaphorePermit;
+
+pub(crate) use scheme::Scheme;
 
 use crate::conn::io::{PacketStream, PacketWriter, byte_stream};
 use crate::conn::{Conn, Outbox};
@@ -115,7 +118,7 @@ impl Server {
         reader: R,
         writer: W,
         remote: SocketAddr,
-        transport_name: &'static str,
+        scheme: Scheme,
         mut slot: Slot,
     ) where
         R: AsyncRead + Send + Unpin + 'static,
@@ -131,9 +134,7 @@ impl Server {
                 writer,
             },
             gzip_permit,
-        )) = self
-            .open_stream(reader, writer, remote, transport_name)
-            .await
+        )) = self.open_stream(reader, writer, remote, scheme).await
         else {
             return;
         };
@@ -152,7 +153,7 @@ impl Server {
         mut reader: R,
         mut writer: W,
         remote: SocketAddr,
-        transport_name: &'static str,
+        scheme: Scheme,
     ) -> Option<(Opened, Option<OwnedSemaphorePermit>)>
     where
         R: AsyncRead + Send + Unpin + 'static,
@@ -190,13 +191,7 @@ impl Server {
             gzip_allowed: gzip_permit.is_some(),
         };
         let established = self
-            .establish(
-                hello.version,
-                hello.header,
-                transport,
-                remote,
-                transport_name,
-            )
+            .establish(hello.version, hello.header, transport, remote, scheme)
             .await;
         let (conn, outbox, agreement) = match established {
             Ok(established) => established,

@@ -12,12 +12,10 @@ use crate::client::ClientBuilder;
 use crate::client::dial::{Dialed, stream_handshake};
 use crate::client::endpoint::Endpoint;
 use crate::server::{Slot, Ticket};
+use crate::transport::Scheme;
 
 /// The ALPN protocol id of stmp over QUIC.
 pub const ALPN: &[u8] = b"stmp/1";
-
-/// What [`Conn::transport`](crate::Conn::transport) says of a connection over QUIC.
-pub(crate) const TRANSPORT: &str = "quic";
 
 /// How many packets that ask for an acknowledgement the peer is asked to take before it must
 /// send one (QUIC's ACK frequency extension; quinn's default asks for one every other
@@ -171,7 +169,8 @@ impl crate::Server {
             Ok(Err(error)) => return tracing::debug!(%remote, %error, "QUIC handshake failed"),
             Err(_) => return tracing::debug!(%remote, "QUIC handshake timed out"),
         };
-        self.serve_stream(recv, send, remote, TRANSPORT, slot).await;
+        self.serve_stream(recv, send, remote, Scheme::Quic, slot)
+            .await;
         // Let the peer read the last packets (its Close) before the connection goes.
         let grace = self.inner.config.engine.close_grace;
         let _ = tokio::time::timeout(grace, connection.closed()).await;
@@ -208,7 +207,7 @@ pub(crate) async fn connect(endpoint: &Endpoint, config: &ClientBuilder) -> Resu
         .await
         .map_err(connection_error)?;
     let (send, recv) = connection.open_bi().await.map_err(connection_error)?;
-    let mut dialed = stream_handshake(recv, send, Some(remote), TRANSPORT, config).await?;
+    let mut dialed = stream_handshake(recv, send, Some(remote), Scheme::Quic, config).await?;
     dialed.transport = Some(Box::new((quic, connection)));
     Ok(dialed)
 }

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use tokio::net::{TcpStream, ToSocketAddrs};
 
-use super::Farewell;
+use super::{Farewell, Scheme};
 use crate::Server;
 use crate::Status;
 use crate::client::endpoint::Endpoint;
@@ -28,7 +28,7 @@ pub(crate) async fn serve_tcp(
         Ok(slot) => {
             let (reader, writer) = stream.into_split();
             server
-                .serve_stream(reader, writer, remote, "tcp", slot)
+                .serve_stream(reader, writer, remote, Scheme::Tcp, slot)
                 .await;
         }
         Err(refusal) => {

@@ -13,7 +13,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio_rustls::TlsAcceptor;
 
-use super::Farewell;
+use super::{Farewell, Scheme};
 use crate::Status;
 use crate::client::ClientBuilder;
 use crate::client::endpoint::Endpoint;
@@ -110,7 +110,7 @@ pub(crate) async fn serve_tls(
     };
     let (reader, writer) = tokio::io::split(tls);
     server
-        .serve_stream(reader, writer, remote, "tls", slot)
+        .serve_stream(reader, writer, remote, Scheme::Tls, slot)
         .await;
 }
 

@@ -15,11 +15,12 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use super::{Farewell, Opened};
 use crate::client::ClientBuilder;
 use crate::client::dial::{Dialed, chosen_codec, client_header, ready};
-use crate::client::endpoint::{Endpoint, Scheme};
+use crate::client::endpoint::Endpoint;
 use crate::conn::PacketFormat;
 use crate::conn::io::{Framing, PacketReader, PacketStream, PacketWriter, Unframe, Unframed};
 use crate::server::{Refusal, Slot, Transport};
 use crate::telemetry::Counted;
+use crate::transport::Scheme;
 use crate::wire::{Header, Limits, Packet, ServerHandshake, Version};
 use crate::{Server, Status};
 use frame::{FrameReader, FrameWriter, Incoming, Owed, Role};
@@ -124,7 +125,7 @@ pub(crate) async fn serve_ws(
     match admitted {
         Ok(slot) => {
             server
-                .serve_websocket(stream, remote, &path, "ws", slot)
+                .serve_websocket(stream, remote, &path, Scheme::Ws, slot)
                 .await
         }
         Err(refusal) => {
@@ -150,7 +151,7 @@ pub(crate) async fn serve_wss(
         return;
     };
     server
-        .serve_websocket(tls, remote, &path, "wss", slot)
+        .serve_websocket(tls, remote, &path, Scheme::Wss, slot)
         .await
 }
 
@@ -272,7 +273,7 @@ impl Server {
         stream: S,
         remote: SocketAddr,
         path: &str,
-        transport: &'static str,
+        transport: Scheme,
         mut slot: Slot,
     ) {
         // Taken apart at once: a local moved out of only in part would keep its place in this
@@ -299,7 +300,7 @@ impl Server {
         stream: S,
         remote: SocketAddr,
         path: &str,
-        transport: &'static str,
+        transport: Scheme,
     ) -> Option<Opened> {
         let limits = self.inner.config.wire_limits();
         let Upgraded {
@@ -436,11 +437,7 @@ pub(crate) async fn connect<S: Halves>(
     } else {
         '?'
     };
-    let scheme = if endpoint.scheme == Scheme::Wss {
-        "wss"
-    } else {
-        "ws"
-    };
+    let scheme = endpoint.scheme.name();
     let url = format!(
         "{scheme}://{}{}{separator}{}",
         endpoint.authority(),
@@ -533,7 +530,7 @@ pub(crate) async fn connect<S: Halves>(
     Ok(ready(
         config,
         remote,
-        endpoint.scheme.name(),
+        endpoint.scheme,
         hello,
         codec,
         packets,

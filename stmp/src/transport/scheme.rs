@@ -1,0 +1,55 @@
+//! Which transport a connection runs on, and what the engine must know of it.
+
+use std::fmt;
+
+/// A transport: what a client's URL names, and what a connection on either side runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Scheme {
+    Tcp,
+    Tls,
+    Ws,
+    Wss,
+    Quic,
+}
+
+impl Scheme {
+    /// The scheme as written in URLs, and as [`Conn::transport`](crate::Conn::transport)
+    /// names it.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Scheme::Tcp => "tcp",
+            Scheme::Tls => "tls",
+            Scheme::Ws => "ws",
+            Scheme::Wss => "wss",
+            Scheme::Quic => "quic",
+        }
+    }
+
+    /// The cargo feature that carries this transport.
+    pub(crate) fn feature(self) -> &'static str {
+        match self {
+            Scheme::Tcp => "default",
+            Scheme::Tls => "tls",
+            Scheme::Ws => "ws",
+            Scheme::Wss => "ws` and `tls",
+            Scheme::Quic => "quic",
+        }
+    }
+
+    /// Whether a connection's write sends: the task that writes hands the bytes to the kernel
+    /// itself. A QUIC stream's write only hands them to quinn's connection task, which sends
+    /// them when it next runs. The engine holds a burst's answers for one write of its own
+    /// only where that write is the send (see `holds_bursts` in `conn::engine`).
+    pub(crate) fn writes_send(self) -> bool {
+        match self {
+            Scheme::Tcp | Scheme::Tls | Scheme::Ws | Scheme::Wss => true,
+            Scheme::Quic => false,
+        }
+    }
+}
+
+impl fmt::Display for Scheme {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
