@@ -118,7 +118,7 @@ pub(crate) fn chosen_codec(
 pub(crate) fn ready(
     config: &ClientBuilder,
     remote: Option<std::net::SocketAddr>,
-    transport: Scheme,
+    scheme: Scheme,
     hello: ServerHandshake,
     codec: Codec,
     reader: PacketStream,
@@ -135,7 +135,7 @@ pub(crate) fn ready(
         tasks: TaskTracker::new(),
         draining: Drain::default(),
     };
-    let (conn, outbox) = host.conn(remote, transport, hello.header, codec);
+    let (conn, outbox) = host.conn(remote, scheme, hello.header, codec);
     let engine = host.engine(conn.clone(), outbox, reader, writer);
     Dialed {
         conn,
@@ -148,7 +148,7 @@ pub(crate) async fn stream_handshake<R, W>(
     mut reader: R,
     mut writer: W,
     remote: Option<std::net::SocketAddr>,
-    transport: Scheme,
+    scheme: Scheme,
     config: &ClientBuilder,
 ) -> Result<Dialed, Status>
 where
@@ -192,7 +192,7 @@ where
     Ok(ready(
         config,
         remote,
-        transport,
+        scheme,
         hello,
         codec,
         packets,

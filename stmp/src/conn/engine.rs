@@ -100,14 +100,14 @@ impl Host {
     pub(crate) fn conn(
         &self,
         remote_addr: Option<SocketAddr>,
-        transport: Scheme,
+        scheme: Scheme,
         peer_header: Header,
         codec: Codec,
     ) -> (Conn, Outbox) {
         Conn::new(ConnParts {
             side: self.side,
             remote_addr,
-            transport,
+            scheme,
             peer_header,
             codec,
             default_timeout: self.call_timeout,

@@ -99,7 +99,7 @@ pub(crate) struct Shared {
     events_dropped: AtomicU64,
     side: Side,
     remote_addr: Option<SocketAddr>,
-    transport: Scheme,
+    scheme: Scheme,
     peer_header: Header,
     counters: Arc<Counters>,
     pending: Calls,
@@ -125,7 +125,7 @@ type CloseCallback = Box<dyn FnOnce(&Status) + Send>;
 pub(crate) struct ConnParts {
     pub(crate) side: Side,
     pub(crate) remote_addr: Option<SocketAddr>,
-    pub(crate) transport: Scheme,
+    pub(crate) scheme: Scheme,
     pub(crate) peer_header: Header,
     pub(crate) codec: Codec,
     pub(crate) default_timeout: Duration,
@@ -158,7 +158,7 @@ impl Conn {
                 id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
                 side: parts.side,
                 remote_addr: parts.remote_addr,
-                transport: parts.transport,
+                scheme: parts.scheme,
                 peer_header: parts.peer_header,
                 codec: parts.codec,
                 outbox: SendQueue::new(send_budget as usize),
@@ -649,11 +649,12 @@ impl Conn {
 
     /// The transport the connection runs on: `tcp`, `tls`, `ws`, `wss` or `quic`.
     pub fn transport(&self) -> &'static str {
-        self.shared.transport.name()
+        self.shared.scheme.name()
     }
 
+    /// The transport the connection runs on, as the engine knows it.
     pub(crate) fn scheme(&self) -> Scheme {
-        self.shared.transport
+        self.shared.scheme
     }
 
     pub(crate) fn same(&self, other: &Conn) -> bool {
@@ -688,7 +689,7 @@ impl fmt::Debug for Conn {
             .field("id", &self.shared.id)
             .field("side", &self.shared.side)
             .field("remote_addr", &self.shared.remote_addr)
-            .field("transport", &self.shared.transport)
+            .field("transport", &self.shared.scheme)
             .field("codec", &self.shared.codec)
             .finish_non_exhaustive()
     }
@@ -717,7 +718,7 @@ pub(crate) mod tests {
         ConnParts {
             side: Side::Server,
             remote_addr: None,
-            transport: Scheme::Tcp,
+            scheme: Scheme::Tcp,
             peer_header: Header::new(),
             codec: Codec::PROTOBUF,
             default_timeout: Duration::from_secs(5),

@@ -546,11 +546,11 @@ impl Server {
     pub(crate) fn new_conn(
         &self,
         remote: Option<SocketAddr>,
-        transport: Scheme,
+        scheme: Scheme,
         peer_header: Header,
         codec: Codec,
     ) -> (Conn, Outbox) {
-        self.inner.host.conn(remote, transport, peer_header, codec)
+        self.inner.host.conn(remote, scheme, peer_header, codec)
     }
 
     /// Runs the authenticate hook within its time limit.

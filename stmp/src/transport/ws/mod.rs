@@ -273,7 +273,7 @@ impl Server {
         stream: S,
         remote: SocketAddr,
         path: &str,
-        transport: Scheme,
+        scheme: Scheme,
         mut slot: Slot,
     ) {
         // Taken apart at once: a local moved out of only in part would keep its place in this
@@ -283,7 +283,7 @@ impl Server {
             outbox,
             packets,
             writer,
-        }) = self.open_websocket(stream, remote, path, transport).await
+        }) = self.open_websocket(stream, remote, path, scheme).await
         else {
             return;
         };
@@ -300,7 +300,7 @@ impl Server {
         stream: S,
         remote: SocketAddr,
         path: &str,
-        transport: Scheme,
+        scheme: Scheme,
     ) -> Option<Opened> {
         let limits = self.inner.config.wire_limits();
         let Upgraded {
@@ -318,7 +318,7 @@ impl Server {
         });
         let established = match header.and_then(|header| Ok((version_of(&header)?, header))) {
             Ok((version, header)) => {
-                self.establish(version, header, Transport::WebSocket, remote, transport)
+                self.establish(version, header, Transport::WebSocket, remote, scheme)
                     .await
             }
             Err(status) => Err(status),
