@@ -93,6 +93,21 @@ impl Measured {
         }
     }
 
+    /// How many CPUs the point kept busy: its CPU time over the wall time, the product of the
+    /// medians of CPU per call and requests/s. Below the machine's CPUs, the point waited on
+    /// something other than work (wake-ups, the network) part of the time.
+    pub fn cpus_busy(&self) -> Option<f64> {
+        self.cpu_ns_per_call.map(|ns| ns as f64 * self.rps / 1e9)
+    }
+
+    /// The requests/s `cpus` CPUs could serve at this CPU time per call, never idle: what no
+    /// amount of waiting less reaches without less work per call.
+    pub fn cpu_limit_rps(&self, cpus: usize) -> Option<f64> {
+        self.cpu_ns_per_call
+            .filter(|&ns| ns > 0)
+            .map(|ns| cpus as f64 * 1e9 / ns as f64)
+    }
+
     /// With the CPU time the window took, if it was read.
     pub fn with_cpu(mut self, cpu_ns: Option<u64>) -> Measured {
         self.cpu_ns_per_call = cpu_ns
@@ -181,6 +196,19 @@ mod tests {
                 .round_ratios(&round(1.0, 1), |r| r.0)
                 .is_none()
         );
+    }
+
+    #[test]
+    fn busy_cpus_and_the_cpu_limit_follow_cpu_per_call() {
+        let mut measured = round(500_000.0, 100);
+        assert_eq!(measured.cpus_busy(), None);
+        assert_eq!(measured.cpu_limit_rps(2), None);
+        // 3 µs per call at 500k calls/s is 1.5 CPUs; two CPUs allow 666,666 calls/s.
+        measured.cpu_ns_per_call = Some(3_000);
+        assert!((measured.cpus_busy().unwrap() - 1.5).abs() < 1e-9);
+        assert!((measured.cpu_limit_rps(2).unwrap() - 2e9 / 3_000.0).abs() < 1e-6);
+        measured.cpu_ns_per_call = Some(0);
+        assert_eq!(measured.cpu_limit_rps(2), None);
     }
 
     #[test]

@@ -185,10 +185,30 @@ impl Report {
         // The raw echo's own ratio to tonic moves with the host more than stmp's does: the
         // target is beyond it on some hosts.
         let raw_over_tonic = ceiling(System::RawTcp, System::Tonic, "raw tcp echo (pipelined)");
+        // Whether the target was within reach of stmp's CPU per call in this run, and how much
+        // of the CPUs the point used: a point short of them waits on wake-ups, not work.
+        let cpu_limit = self
+            .unary(System::StmpTcp, 32, multiplexed)
+            .zip(self.unary(System::Tonic, 32, multiplexed))
+            .and_then(|(s, t)| {
+                let (busy, limit) = (s.cpus_busy()?, s.cpu_limit_rps(self.cpus)?);
+                let tonic_busy = t
+                    .cpus_busy()
+                    .map_or(String::new(), |b| format!(" (tonic grpc {b:.2})"));
+                Some(format!(
+                    "; stmp tcp kept {busy:.2} of {} CPUs busy{tonic_busy}, and at its {} of CPU \
+                     per call they allow at most {} req/s = {} tonic grpc",
+                    self.cpus,
+                    duration(s.cpu_ns_per_call?),
+                    rate(limit),
+                    ratio(limit / t.rps)
+                ))
+            })
+            .unwrap_or_default();
         push(
             format!("{depth} in flight on 1 conn, 32 B: stmp tcp ≥ 10× tonic req/s"),
             throughput(System::StmpTcp, System::Tonic, 32, multiplexed)
-                .map(|(m, x)| (format!("{m}{raw_over_tonic}"), x >= 10.0)),
+                .map(|(m, x)| (format!("{m}{raw_over_tonic}{cpu_limit}"), x >= 10.0)),
         );
         push(
             format!("{depth} in flight on 1 conn, 32 B: stmp ws ≥ 0.7× stmp tcp req/s"),
