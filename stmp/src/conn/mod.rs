@@ -689,7 +689,7 @@ impl fmt::Debug for Conn {
             .field("id", &self.shared.id)
             .field("side", &self.shared.side)
             .field("remote_addr", &self.shared.remote_addr)
-            .field("transport", &self.shared.scheme)
+            .field("transport", &self.shared.scheme.name())
             .field("codec", &self.shared.codec)
             .finish_non_exhaustive()
     }
