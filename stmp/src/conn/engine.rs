@@ -214,16 +214,6 @@ impl Placement {
     }
 }
 
-/// Whether a connection holds the answers of a burst for one write by its engine. Where that
-/// write is the send ([`Scheme::writes_send`]: TCP, TLS and WebSocket), it saves waking the
-/// writer task, often on the other worker, at the burst's first answer. Over QUIC, answers held
-/// until the burst's end only start quinn's connection task later (64 calls in flight on one
-/// connection ran at 0.72-0.80x stmp tcp held, 0.82-0.87x not, three runs each;
-/// `stmp-bench/README.md`).
-fn holds_bursts(scheme: Scheme) -> bool {
-    scheme.writes_send()
-}
-
 /// The engine's clock: tokio's, so tests that pause time pause the connection too.
 fn now() -> std::time::Instant {
     Instant::now().into_std()
@@ -244,7 +234,7 @@ impl Engine {
             config,
             tasks,
         } = self;
-        let holds_bursts = holds_bursts(conn.scheme());
+        let holds_bursts = conn.scheme().writes_send();
         // Built before the future: moved in, the parts would stay in its state beside it.
         let mut turn = Turn {
             book: Bookkeeping {
@@ -478,8 +468,13 @@ struct Turn {
     /// Responses read since the engine last handed some over: they go to their calls
     /// together (see `Answers`), before the engine waits or handles anything else.
     answers: Answers,
-    /// This connection holds a burst's answers for one write ([`holds_bursts`]). Not in the
-    /// bookkeeping's line, which is full: only a burst reads it.
+    /// This connection holds the answers of a burst for one write by its engine. Where that
+    /// write is the send ([`Scheme::writes_send`]: TCP, TLS and WebSocket), it saves waking the
+    /// writer task, often on the other worker, at the burst's first answer. Over QUIC, answers
+    /// held until the burst's end only start quinn's connection task later (64 calls in flight
+    /// on one connection ran at 0.72-0.80x stmp tcp held, 0.82-0.87x not, three runs each;
+    /// `stmp-bench/README.md`). Not in the bookkeeping's line, which is full: only a burst
+    /// reads it.
     holds_bursts: bool,
 }
 
@@ -959,13 +954,5 @@ mod tests {
         assert_eq!(offset_of!(Turn, reader), 64);
         assert!(offset_of!(Turn, calls_due) + size_of::<Alarm>() <= 128);
         assert_eq!(offset_of!(Turn, state), 128);
-    }
-
-    #[test]
-    fn bursts_are_held_for_one_write_except_over_quic() {
-        for scheme in [Scheme::Tcp, Scheme::Tls, Scheme::Ws, Scheme::Wss] {
-            assert!(holds_bursts(scheme), "{scheme}");
-        }
-        assert!(!holds_bursts(Scheme::Quic));
     }
 }

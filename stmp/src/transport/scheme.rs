@@ -39,7 +39,7 @@ impl Scheme {
     /// Whether a connection's write sends: the task that writes hands the bytes to the kernel
     /// itself. A QUIC stream's write only hands them to quinn's connection task, which sends
     /// them when it next runs. The engine holds a burst's answers for one write of its own
-    /// only where that write is the send (see `holds_bursts` in `conn::engine`).
+    /// only where that write is the send (see `Turn::holds_bursts` in `conn::engine`).
     pub(crate) fn writes_send(self) -> bool {
         match self {
             Scheme::Tcp | Scheme::Tls | Scheme::Ws | Scheme::Wss => true,
@@ -51,5 +51,18 @@ impl Scheme {
 impl fmt::Display for Scheme {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bursts_are_held_for_one_write_except_over_quic() {
+        for scheme in [Scheme::Tcp, Scheme::Tls, Scheme::Ws, Scheme::Wss] {
+            assert!(scheme.writes_send(), "{scheme}");
+        }
+        assert!(!Scheme::Quic.writes_send());
     }
 }
