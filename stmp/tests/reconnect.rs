@@ -198,3 +198,38 @@ async fn the_client_limits_packet_size_and_concurrent_requests() {
     release.notify_one();
     assert_eq!(within(blocked).await.unwrap().unwrap().text, "first");
 }
+
+/// Names the connection a call came in on.
+const WHO: Method = Method::new("test.Conns.Who", "test.Echo", "test.Echo");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clone_that_called_before_a_reconnect_calls_over_the_new_connection() {
+    let server = Server::builder().build();
+    let (tx, mut conns) = mpsc::unbounded_channel();
+    server.router().route(&WHO, move |ctx: Context, _: Echo| {
+        tx.send(ctx.conn().clone()).unwrap();
+        async move { Ok::<_, Status>(echo(&ctx.conn().id().to_string())) }
+    });
+    let addr = server.listen_tcp("127.0.0.1:0").await.unwrap();
+    let client = within(
+        Client::builder()
+            .reconnect(Duration::from_millis(20), Duration::from_millis(200))
+            .connect(&format!("tcp://{addr}")),
+    )
+    .await
+    .unwrap();
+    // A handle of its own, which keeps the connection it called through.
+    let handle = client.clone();
+    let first: Echo = within(handle.call(&WHO, &echo(""))).await.unwrap();
+    let first_conn = conns.recv().await.unwrap();
+    assert_eq!(first.text, first_conn.id().to_string());
+    let before = client.conn().unwrap();
+
+    first_conn.close(Code::ServerShutdown, "go away");
+    until(|| client.conn().is_some_and(|live| live != before)).await;
+    let second: Echo = within(handle.call(&WHO, &echo(""))).await.unwrap();
+    let second_conn = conns.recv().await.unwrap();
+    assert_ne!(second_conn.id(), first_conn.id(), "a new connection");
+    assert_eq!(second.text, second_conn.id().to_string());
+    assert!(!second_conn.is_closed());
+}

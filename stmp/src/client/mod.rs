@@ -3,6 +3,7 @@
 mod backoff;
 pub(crate) mod dial;
 pub(crate) mod endpoint;
+mod handle_conn;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use crate::{Code, Conn, Method, Router, Service, Status};
 use backoff::{Backoff, ReconnectPolicy};
 use dial::Dialed;
 use endpoint::Endpoint;
+use handle_conn::HandleConn;
 
 /// A change of a client's connection, for [`ClientBuilder::on_connection`].
 #[derive(Clone, Debug)]
@@ -382,7 +384,7 @@ impl ClientBuilder {
                 .state
                 .send_replace(State::Connected(first.conn.clone()));
             tokio::spawn(supervise(inner.clone(), self, endpoint, first));
-            Ok(Client { inner })
+            Ok(Client::with(inner))
         }
     }
 }
@@ -407,7 +409,8 @@ struct Inner {
 }
 
 /// A connection to a server that comes back by itself: calls, notifies, served methods and
-/// event listeners all survive reconnects. Cheap to clone.
+/// event listeners all survive reconnects. Cheap to clone; tasks that call at a high rate do
+/// best with a clone each, as a clone keeps its own reference to the live connection.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), stmp::Status> {
@@ -416,9 +419,15 @@ struct Inner {
 /// client.close().await;
 /// # Ok(()) }
 /// ```
-#[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
+    conn: HandleConn,
+}
+
+impl Clone for Client {
+    fn clone(&self) -> Self {
+        Client::with(self.inner.clone())
+    }
 }
 
 impl std::fmt::Debug for Client {
@@ -591,6 +600,13 @@ async fn supervise(inner: Arc<Inner>, mut config: ClientBuilder, endpoint: Endpo
 }
 
 impl Client {
+    fn with(inner: Arc<Inner>) -> Client {
+        Client {
+            inner,
+            conn: HandleConn::default(),
+        }
+    }
+
     /// A client with default options.
     pub fn connect(url: &str) -> impl Future<Output = Result<Client, Status>> + Send + 'static {
         Client::builder().connect(url)
@@ -706,8 +722,8 @@ impl Caller for Client {
         let deadline = options.timeout.unwrap_or(self.inner.call_timeout);
         options.timeout = Some(deadline);
         // Connected: the connection's own deadline is the only timer the call needs.
-        if let Some(conn) = self.conn() {
-            return Caller::call(&conn, method, input, options).await;
+        if let Some(conn) = self.conn.get(|| self.conn()) {
+            return Caller::call(&*conn, method, input, options).await;
         }
         let call = async {
             let conn = self.connected().await?;
@@ -727,11 +743,11 @@ impl Caller for Client {
         let deadline = options.timeout.unwrap_or(self.inner.call_timeout);
         options.timeout = Some(deadline);
         let send = async {
-            let conn = match self.conn() {
+            let conn = match self.conn.get(|| self.conn()) {
                 Some(conn) => conn,
-                None => self.connected().await?,
+                None => Arc::new(self.connected().await?),
             };
-            Caller::notify(&conn, method, input, options).await
+            Caller::notify(&*conn, method, input, options).await
         };
         tokio::time::timeout(deadline, send)
             .await
