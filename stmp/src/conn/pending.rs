@@ -81,8 +81,11 @@ pub(crate) struct Calls {
 impl Calls {
     /// Reserves an id for a new call that gives up `timeout` after `now`.
     pub(crate) fn register(&self, now: Instant, timeout: Duration) -> Result<Registered, Status> {
+        // Made before the lock: the allocation would lengthen a critical section that the
+        // reader and the callers of both workers contend for.
+        let (answering, answer) = oneshot::channel();
         let mut table = lock(&self.table);
-        let (mid, answer, sooner) = table.register(now, timeout)?;
+        let (mid, sooner) = table.register(now, timeout, answering)?;
         let waiting = table.len();
         self.waiting.store(waiting, Ordering::Relaxed);
         Ok(Registered {
@@ -197,12 +200,14 @@ impl Default for Pending {
 }
 
 impl Pending {
-    /// Reserves an id for a new call; says too whether the alarm must be set sooner for it.
+    /// Reserves an id for a new call, answered through `answer`; says too whether the alarm
+    /// must be set sooner for it.
     pub(crate) fn register(
         &mut self,
         now: Instant,
         timeout: Duration,
-    ) -> Result<(u16, Answer, bool), Status> {
+        answer: Answering,
+    ) -> Result<(u16, bool), Status> {
         if let Some(status) = &self.closed {
             return Err(status.clone());
         }
@@ -216,7 +221,6 @@ impl Pending {
             mid = mid.wrapping_add(1);
         }
         self.next = mid.wrapping_add(1);
-        let (answer, rx) = oneshot::channel();
         // A deadline beyond what an Instant holds is no deadline: a century is as good.
         let deadline = now
             .checked_add(timeout)
@@ -235,7 +239,7 @@ impl Pending {
         if sooner {
             self.alarm = Some(deadline);
         }
-        Ok((mid, rx, sooner))
+        Ok((mid, sooner))
     }
 
     /// Forgets a call (its future was dropped); returns whether it was waiting.
@@ -284,6 +288,13 @@ mod tests {
 
     const MINUTE: Duration = Duration::from_secs(60);
 
+    /// Registers a call due in a minute; returns its id and what it waits on.
+    fn register(pending: &mut Pending) -> Result<(u16, Answer, bool), Status> {
+        let (answering, answer) = oneshot::channel();
+        let (mid, sooner) = pending.register(Instant::now(), MINUTE, answering)?;
+        Ok((mid, answer, sooner))
+    }
+
     fn response(mid: u16) -> Response {
         Response {
             mid,
@@ -309,15 +320,15 @@ mod tests {
     #[test]
     fn ids_start_at_one_wrap_and_skip_zero_and_waiting_ids() {
         let mut pending = Pending::default();
-        let (first, _keep, _) = pending.register(Instant::now(), MINUTE).unwrap();
+        let (first, _keep, _) = register(&mut pending).unwrap();
         assert_eq!(first, 1);
         for expected in 2..=u16::MAX {
-            let (mid, _, _) = pending.register(Instant::now(), MINUTE).unwrap();
+            let (mid, _, _) = register(&mut pending).unwrap();
             assert_eq!(mid, expected);
             pending.forget(mid);
         }
         // 1 is still waiting, 0 is never used: the wrap lands on 2.
-        assert_eq!(pending.register(Instant::now(), MINUTE).unwrap().0, 2);
+        assert_eq!(register(&mut pending).unwrap().0, 2);
     }
 
     #[test]
@@ -388,11 +399,11 @@ mod tests {
     fn full_table_is_too_many_requests() {
         let mut pending = Pending::default();
         let receivers: Vec<_> = (0..u16::MAX)
-            .map(|_| pending.register(Instant::now(), MINUTE).unwrap())
+            .map(|_| register(&mut pending).unwrap())
             .collect();
         assert_eq!(receivers.len(), 65535);
         assert_eq!(
-            pending.register(Instant::now(), MINUTE).unwrap_err().code(),
+            register(&mut pending).unwrap_err().code(),
             Code::TooManyRequests
         );
     }
