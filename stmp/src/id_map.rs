@@ -1,9 +1,10 @@
-//! Maps keyed by integer ids: a call's message id, a method's action.
+//! Maps keyed by integer ids: a method's action. (Calls waiting by message id have a table of
+//! their own, `conn/pending/slots.rs`.)
 //!
 //! These maps are looked up on every packet, and the default hasher (SipHash, keyed against
 //! flooding) costs more than the rest of the lookup. Their keys are never chosen by a peer:
-//! message ids are handed out by this side, and actions are inserted only by the
-//! application's own routes; a peer's ids are only looked up. A peer therefore cannot crowd
+//! actions are inserted only by the application's own routes; a peer's ids are only looked
+//! up. A peer therefore cannot crowd
 //! one bucket, and a multiplicative mix that spreads neighbouring ids is enough.
 
 use std::collections::HashMap;

@@ -12,9 +12,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use crate::Status;
-use crate::id_map::IdMap;
 use crate::sync::lock;
 use crate::wire::Response;
+use slots::Slots;
+
+mod slots;
 
 /// What a call waits on for its response.
 pub(crate) type Answer = oneshot::Receiver<Result<Response, Status>>;
@@ -178,11 +180,12 @@ struct Waiter {
 /// The calls of one connection that wait for a response.
 ///
 /// Ids count up from 1 and wrap after 65535; 0 is never used, because stmp-go answers
-/// notifies with mid-0 responses, and an id still waiting is never handed out again.
+/// notifies with mid-0 responses, and an id still waiting is never handed out again. An id
+/// whose slot in the table another waiting call holds is skipped too ([`Slots`]).
 #[derive(Debug)]
 pub(crate) struct Pending {
     next: u16,
-    waiting: IdMap<u16, Waiter>,
+    waiting: Slots<Waiter>,
     closed: Option<Status>,
     /// When the engine's alarm rings; `None` while it is not set.
     alarm: Option<Instant>,
@@ -192,7 +195,7 @@ impl Default for Pending {
     fn default() -> Self {
         Pending {
             next: 1,
-            waiting: IdMap::default(),
+            waiting: Slots::default(),
             closed: None,
             alarm: None,
         }
@@ -216,8 +219,9 @@ impl Pending {
                 "65535 calls are already waiting on this connection",
             ));
         }
+        self.waiting.reserve_one();
         let mut mid = self.next;
-        while mid == 0 || self.waiting.contains_key(&mid) {
+        while mid == 0 || !self.waiting.is_free(mid) {
             mid = mid.wrapping_add(1);
         }
         self.next = mid.wrapping_add(1);
@@ -244,12 +248,12 @@ impl Pending {
 
     /// Forgets a call (its future was dropped); returns whether it was waiting.
     pub(crate) fn forget(&mut self, mid: u16) -> bool {
-        self.waiting.remove(&mid).is_some()
+        self.waiting.remove(mid).is_some()
     }
 
     /// Takes the call waiting for the response `mid`, if one does.
     fn take(&mut self, mid: u16) -> Option<Answering> {
-        self.waiting.remove(&mid).map(|waiter| waiter.answer)
+        self.waiting.remove(mid).map(|waiter| waiter.answer)
     }
 
     /// Takes the calls due at `now`; returns them and when the alarm should ring next, which
@@ -257,8 +261,9 @@ impl Pending {
     fn expire(&mut self, now: Instant) -> (Vec<(Answering, Duration)>, Option<Instant>) {
         let due = self
             .waiting
-            .extract_if(|_, waiter| waiter.deadline <= now)
-            .map(|(_, waiter)| (waiter.answer, waiter.timeout))
+            .take_if(|waiter| waiter.deadline <= now)
+            .into_iter()
+            .map(|waiter| (waiter.answer, waiter.timeout))
             .collect();
         let next = self.waiting.values().map(|waiter| waiter.deadline).min();
         let sweep = Duration::from_nanos(SWEEP_NS_PER_CALL * self.waiting.len() as u64);
@@ -268,7 +273,7 @@ impl Pending {
 
     /// Ends every waiting call with `status`, and every later one too.
     pub(crate) fn close(&mut self, status: Status) {
-        for (_, waiter) in self.waiting.drain() {
+        for waiter in self.waiting.drain() {
             let _ = waiter.answer.send(Err(status.clone()));
         }
         self.closed = Some(status);
@@ -318,17 +323,45 @@ mod tests {
     }
 
     #[test]
-    fn ids_start_at_one_wrap_and_skip_zero_and_waiting_ids() {
+    fn ids_start_at_one_count_up_wrap_and_skip_zero_and_waiting_ids() {
         let mut pending = Pending::default();
         let (first, _keep, _) = register(&mut pending).unwrap();
         assert_eq!(first, 1);
-        for expected in 2..=u16::MAX {
+        let mut last = first;
+        let mut wraps = 0;
+        for _ in 0..70_000 {
             let (mid, _, _) = register(&mut pending).unwrap();
-            assert_eq!(mid, expected);
+            assert_ne!(mid, 0, "0 is never used");
+            assert_ne!(mid, 1, "1 is still waiting");
+            if mid < last {
+                wraps += 1;
+            }
+            last = mid;
             pending.forget(mid);
         }
-        // 1 is still waiting, 0 is never used: the wrap lands on 2.
-        assert_eq!(register(&mut pending).unwrap().0, 2);
+        assert_eq!(wraps, 1, "ids count up and wrap once in 70,000 calls");
+    }
+
+    #[test]
+    fn calls_answered_in_order_get_consecutive_ids() {
+        // 64 calls in flight, the oldest answered as each new one is made: the ids go up one
+        // at a time, so calls made one after another sit side by side in the table.
+        let mut pending = Pending::default();
+        let mut flight: std::collections::VecDeque<_> =
+            (0..64).map(|_| register(&mut pending).unwrap()).collect();
+        for _ in 0..70_000 {
+            let (oldest, _, _) = flight.pop_front().unwrap();
+            assert!(pending.take(oldest).is_some());
+            let newest = flight.back().unwrap().0;
+            let next = register(&mut pending).unwrap();
+            let expected = match newest.wrapping_add(1) {
+                0 => 1,
+                id => id,
+            };
+            assert_eq!(next.0, expected);
+            flight.push_back(next);
+        }
+        assert_eq!(pending.len(), 64);
     }
 
     #[test]
