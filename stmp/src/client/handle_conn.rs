@@ -46,6 +46,14 @@ mod tests {
         Conn::new(parts(1024)).0
     }
 
+    /// A handle that called through a connection which has closed since; returns it.
+    fn called_through_a_closed_one(handle: &HandleConn) -> Conn {
+        let first = conn();
+        handle.get(|| Some(first.clone())).unwrap();
+        first.mark_closed(&Status::network_error("gone"));
+        first
+    }
+
     #[test]
     fn an_open_connection_is_kept_without_asking_again() {
         let handle = HandleConn::default();
@@ -61,9 +69,7 @@ mod tests {
     #[test]
     fn a_closed_connection_is_replaced_by_the_live_one() {
         let handle = HandleConn::default();
-        let first = conn();
-        handle.get(|| Some(first.clone())).unwrap();
-        first.mark_closed(&Status::network_error("gone"));
+        let first = called_through_a_closed_one(&handle);
         let second = conn();
         let got = handle.get(|| Some(second.clone())).unwrap();
         assert!(got.same(&second));
@@ -73,9 +79,7 @@ mod tests {
     #[test]
     fn without_a_live_connection_the_closed_one_is_let_go_of() {
         let handle = HandleConn::default();
-        let first = conn();
-        handle.get(|| Some(first.clone())).unwrap();
-        first.mark_closed(&Status::network_error("gone"));
+        called_through_a_closed_one(&handle);
         assert!(handle.get(|| None).is_none());
         assert!(lock(&handle.seen).is_none());
     }
