@@ -87,10 +87,14 @@ impl<T> Slots<T> {
         }
         let (_, value) = slot.take()?;
         self.len -= 1;
+        self.let_go_if_empty();
+        Some(value)
+    }
+
+    fn let_go_if_empty(&mut self) {
         if self.len == 0 && self.slots.len() > KEEP_SLOTS {
             self.slots = Vec::new();
         }
-        Some(value)
     }
 
     /// Takes every entry for which `due` holds.
@@ -104,6 +108,7 @@ impl<T> Slots<T> {
             }
         }
         self.len -= taken.len();
+        self.let_go_if_empty();
         taken
     }
 
@@ -181,11 +186,16 @@ mod tests {
         assert_eq!(slots.slots.len(), MAX_SLOTS);
         assert_eq!(slots.len(), 65_535);
         assert_eq!(slots.remove(40_000), Some(400_000));
-        // Emptied, a table that large lets go of its slots.
+        // Emptied, a table that large lets go of its slots: one by one, or all at once.
         for id in 1..=u16::MAX {
             slots.remove(id);
         }
         assert_eq!(slots.len(), 0);
+        assert!(slots.slots.is_empty());
+        for id in 1..=2000 {
+            insert(&mut slots, id);
+        }
+        assert_eq!(slots.take_if(|_| true).len(), 2000);
         assert!(slots.slots.is_empty());
     }
 
