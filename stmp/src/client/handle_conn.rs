@@ -10,15 +10,18 @@
 //! at its first call and again once that connection has closed. Only the tasks calling through
 //! that handle write its lines.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 
 use crate::Conn;
-use crate::sync::lock;
+use crate::sync::{read, write};
 
 /// The connection a client handle last called through. A clone of the handle starts empty.
+///
+/// Behind a read-write lock: tasks that share one handle (by reference, or in an `Arc`) read
+/// it side by side, as they read the client's shared state before.
 #[derive(Debug, Default)]
 pub(super) struct HandleConn {
-    seen: Mutex<Option<Arc<Conn>>>,
+    seen: RwLock<Option<Arc<Conn>>>,
 }
 
 impl HandleConn {
@@ -27,9 +30,15 @@ impl HandleConn {
     ///
     /// A closed connection is let go of here, at the handle's next call, or with the handle.
     pub(super) fn get(&self, live: impl FnOnce() -> Option<Conn>) -> Option<Arc<Conn>> {
-        let mut seen = lock(&self.seen);
-        if let Some(conn) = seen.as_ref().filter(|conn| !conn.is_closed()) {
-            return Some(conn.clone());
+        let open =
+            |seen: &Option<Arc<Conn>>| seen.as_ref().filter(|conn| !conn.is_closed()).cloned();
+        if let Some(conn) = open(&read(&self.seen)) {
+            return Some(conn);
+        }
+        let mut seen = write(&self.seen);
+        // Another task through this handle may have taken the live connection meanwhile.
+        if let Some(conn) = open(&seen) {
+            return Some(conn);
         }
         *seen = live().map(Arc::new);
         seen.clone()
@@ -81,6 +90,6 @@ mod tests {
         let handle = HandleConn::default();
         called_through_a_closed_one(&handle);
         assert!(handle.get(|| None).is_none());
-        assert!(lock(&handle.seen).is_none());
+        assert!(read(&handle.seen).is_none());
     }
 }
