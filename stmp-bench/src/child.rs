@@ -16,7 +16,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 use crate::Result;
-use crate::systems::{CERT_ENV, KEY_ENV, Listening, ServerKind, bench_cert};
+use crate::systems::{CERT_ENV, KEY_ENV, Listening, SERVER_WORKERS_ENV, ServerKind, bench_cert};
 
 /// The CPU of the servers while a latency point runs pinned (see [`pin_for_latency`]).
 pub const SERVER_CPU: usize = 0;
@@ -69,6 +69,15 @@ pub fn pin_for_latency(servers: &[&ServerProcess], pin: bool) -> bool {
 /// A command (and its arguments) to run the server process under, for profiling.
 pub const WRAPPER_ENV: &str = "STMP_BENCH_SERVER_WRAPPER";
 
+/// The worker threads of every server process started from here on (`--server-workers`).
+static SERVER_WORKERS: OnceLock<usize> = OnceLock::new();
+
+/// Runs every server process this suite starts on `workers` runtime threads; set once, before
+/// the first starts.
+pub fn set_server_workers(workers: usize) {
+    let _ = SERVER_WORKERS.set(workers);
+}
+
 /// A running server process.
 pub struct ServerProcess {
     kind: ServerKind,
@@ -101,6 +110,9 @@ impl ServerProcess {
             }
             None => Command::new(exe),
         };
+        if let Some(workers) = SERVER_WORKERS.get() {
+            command.env(SERVER_WORKERS_ENV, workers.to_string());
+        }
         command
             .arg("serve")
             .arg(kind.arg())

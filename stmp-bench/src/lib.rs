@@ -230,6 +230,12 @@ pub struct Settings {
     /// Pin the servers to one CPU and the load generator to another for the 1-in-flight
     /// points (see [`child::pin_for_latency`]).
     pub pin: bool,
+    /// Worker threads of the load generator's runtime (`--load-workers`); `None`: tokio's
+    /// default, one per CPU.
+    pub load_workers: Option<usize>,
+    /// Worker threads of each server process's runtime (`--server-workers`); `None`: one per
+    /// CPU.
+    pub server_workers: Option<usize>,
 }
 
 impl Settings {
@@ -247,6 +253,8 @@ impl Settings {
             depth: 64,
             spin: true,
             pin: true,
+            load_workers: None,
+            server_workers: None,
         }
     }
 
@@ -264,6 +272,8 @@ impl Settings {
             depth: 64,
             spin: true,
             pin: true,
+            load_workers: None,
+            server_workers: None,
         }
     }
 }

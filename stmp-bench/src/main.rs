@@ -14,7 +14,7 @@ use stmp_bench::{Result, Settings, child, cluster, fanout, memory, target, unary
 
 const USAGE: &str = "usage: stmp-bench [--quick] [--out DIR] [--only unary|fanout|cluster|memory]...
                   [--system LABEL]... [--point single|multiplexed|connections]... [--payload 32|1024]...
-                  [--no-spin] [--no-pin]
+                  [--no-spin] [--no-pin] [--load-workers N] [--server-workers N]
                   [--target ADDR] [--fanout-passes N]
        stmp-bench serve stmp|tonic|raw-echo|raw-fanout|stmp-nats
 
@@ -27,7 +27,10 @@ RoomService) with JoinRoom calls at the unary points (or those of --point): ADDR
 with --only it runs those parts too.
 
 --fanout-passes N runs the fan-out comparison N times (3 in the full run, 1 with --quick); each
-row reports its median pass.";
+row reports its median pass.
+
+--load-workers N and --server-workers N set the worker threads of the load generator's runtime
+and of each server process's runtime (tokio's default otherwise: one per CPU).";
 
 struct Args {
     settings: Settings,
@@ -49,8 +52,9 @@ fn parse(args: &[String]) -> Result<Args> {
         payloads: Vec::new(),
         target: None,
     };
-    // Applied after the loop, so that `--quick` anywhere does not undo it.
+    // Applied after the loop, so that `--quick` anywhere does not undo them.
     let mut passes_asked = None;
+    let (mut load_workers, mut server_workers) = (None, None);
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -107,6 +111,8 @@ fn parse(args: &[String]) -> Result<Args> {
                         .ok_or("--fanout-passes needs a number above 0")?,
                 );
             }
+            "--load-workers" => load_workers = Some(workers(args.next(), "--load-workers")?),
+            "--server-workers" => server_workers = Some(workers(args.next(), "--server-workers")?),
             "--target" => {
                 parsed.target = Some(args.next().ok_or("--target needs an address")?.clone());
             }
@@ -117,7 +123,16 @@ fn parse(args: &[String]) -> Result<Args> {
     if let Some(passes) = passes_asked {
         parsed.settings.fanout_passes = passes;
     }
+    parsed.settings.load_workers = load_workers;
+    parsed.settings.server_workers = server_workers;
     Ok(parsed)
+}
+
+/// The thread count after `option`.
+fn workers(arg: Option<&String>, option: &str) -> Result<usize> {
+    arg.and_then(|n| n.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("{option} needs a number of threads above 0").into())
 }
 
 fn main() -> ExitCode {
@@ -192,9 +207,14 @@ fn run(args: Args) -> Result<()> {
             "nice-19 spinners keep the CPUs awake during the 1-in-flight points and the fan-out (--no-spin: never)"
         );
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = settings.load_workers {
+        runtime.worker_threads(workers);
+    }
+    if let Some(workers) = settings.server_workers {
+        child::set_server_workers(workers);
+    }
+    let runtime = runtime.enable_all().build()?;
     runtime.block_on(async {
         let mut unary_results = Vec::new();
         let mut fanout_results = Vec::new();
@@ -283,6 +303,28 @@ mod tests {
         ] {
             let error = parsed(wrong).err().expect("refused").to_string();
             assert!(error.contains("--payload needs 32 or 1024"), "{error}");
+        }
+    }
+
+    #[test]
+    fn worker_counts_are_kept_whatever_the_order_of_quick() {
+        let args =
+            parsed(&["--load-workers", "1", "--server-workers", "3", "--quick"]).expect("valid");
+        assert_eq!(args.settings.load_workers, Some(1));
+        assert_eq!(args.settings.server_workers, Some(3));
+        assert!(args.settings.quick);
+        let default = parsed(&[]).expect("valid").settings;
+        assert_eq!((default.load_workers, default.server_workers), (None, None));
+        for wrong in [
+            &["--load-workers", "0"][..],
+            &["--load-workers", "two"],
+            &["--server-workers"],
+        ] {
+            let error = parsed(wrong).err().expect("refused").to_string();
+            assert!(
+                error.contains("needs a number of threads above 0"),
+                "{error}"
+            );
         }
     }
 }

@@ -322,6 +322,12 @@ impl Report {
                 "; idle CPUs kept awake by nice-19 spinners during the 1-in-flight points and the fan-out",
             );
         }
+        if let Some(workers) = self.settings.load_workers {
+            let _ = write!(spin, "; load generator on {workers} worker thread(s)");
+        }
+        if let Some(workers) = self.settings.server_workers {
+            let _ = write!(spin, "; each server on {workers} worker thread(s)");
+        }
         let _ = writeln!(
             md,
             "## stmp-bench ({mode}; {} CPUs shared by server and load generator; loopback{spin}; unary: median of {} rounds)\n",

@@ -20,15 +20,17 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use crate::pb::echo_service_server::{EchoService, EchoServiceServer};
-use crate::systems::{CERT_ENV, KEY_ENV, READ_TIMEOUT_ENV, ServerKind};
+use crate::systems::{CERT_ENV, KEY_ENV, READ_TIMEOUT_ENV, SERVER_WORKERS_ENV, ServerKind};
 use crate::{ECHO, EVENT, Echo, Result, event, notify_frame, unix_nanos};
 
 /// Runs the server of `kind` until stdin closes.
 pub fn main(kind: ServerKind) -> Result<()> {
     crate::child::raise_nofile_limit();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Ok(workers) = std::env::var(SERVER_WORKERS_ENV) {
+        runtime.worker_threads(workers.parse()?);
+    }
+    let runtime = runtime.enable_all().build()?;
     runtime.block_on(async move {
         match kind {
             ServerKind::Stmp => stmp_server().await,

@@ -256,6 +256,9 @@ pub const CERT_ENV: &str = "STMP_BENCH_CERT";
 pub const READ_TIMEOUT_ENV: &str = "STMP_BENCH_READ_TIMEOUT_MS";
 /// See [`CERT_ENV`].
 pub const KEY_ENV: &str = "STMP_BENCH_KEY";
+/// The server process's runtime worker threads, when set (`--server-workers`; one per CPU
+/// otherwise).
+pub const SERVER_WORKERS_ENV: &str = "STMP_BENCH_SERVER_WORKERS";
 
 /// The process's certificate.
 pub fn bench_cert() -> &'static BenchCert {
