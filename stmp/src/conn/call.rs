@@ -1,10 +1,15 @@
-//! Options of one call, and the trait generated client stubs call through.
+//! Options of one call, the trait generated client stubs call through, and a call on its way.
 
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use super::closed_error;
+use super::outbox::Push;
+use super::pending::{Answer, Registered};
 use crate::codec::Message;
-use crate::wire::Header;
+use crate::wire::{Header, Packet, Response};
 use crate::{Conn, Method, Status};
 
 /// Options of one call.
@@ -89,6 +94,80 @@ impl Caller for Conn {
                 .await
                 .map_err(|_| Status::request_timeout(format!("not sent within {deadline:?}")))?,
             None => send.await,
+        }
+    }
+}
+
+/// A registered call on its way: its request goes into the send queue (or out at once, when
+/// it is the only call and the writer waits), then its answer is awaited. Dropped before the
+/// answer came, the call is forgotten.
+///
+/// Written out rather than as an `async` block around a `select!`: each layer of those kept a
+/// copy of the request of its own in the caller's task (808 bytes of future against 384). At
+/// 64 calls in flight the callers' tasks move between the workers, and every line of a task's
+/// state written on one core is a miss on the next.
+pub(super) struct CallInFlight<'a> {
+    conn: &'a Conn,
+    push: Push<'a>,
+    cost: usize,
+    queued: bool,
+    answer: Answer,
+    /// Until the call has its answer.
+    mid: Option<u16>,
+}
+
+impl<'a> CallInFlight<'a> {
+    pub(super) fn new(conn: &'a Conn, call: Registered, request: Packet) -> Self {
+        let cost = conn.queue_cost(&request);
+        // A lone call may leave at once from this task; with others under way, the writer
+        // task gathers them into one write.
+        let inline = call.waiting == 1;
+        CallInFlight {
+            conn,
+            push: conn.shared.outbox.push(request, cost, inline),
+            cost,
+            queued: false,
+            answer: call.answer,
+            mid: Some(call.mid),
+        }
+    }
+}
+
+impl Future for CallInFlight<'_> {
+    type Output = Result<Response, Status>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        if !this.queued {
+            match Pin::new(&mut this.push).poll(cx) {
+                Poll::Ready(Ok(offered)) => {
+                    this.queued = true;
+                    this.conn.write_if_handed_back(offered, this.cost);
+                }
+                Poll::Ready(Err(_)) => return Poll::Ready(Err(closed_error())),
+                // The engine ends the call at its deadline through the answer, also while the
+                // request still waits for room in the send queue.
+                Poll::Pending => {}
+            }
+        }
+        let answered = ready!(Pin::new(&mut this.answer).poll(cx));
+        // The table let go of the call when it took the response (or was closed).
+        this.mid = None;
+        if answered.is_ok() {
+            this.conn.shared.outbox.caller_back();
+        }
+        Poll::Ready(answered.unwrap_or_else(|_| Err(closed_error())))
+    }
+}
+
+impl Drop for CallInFlight<'_> {
+    fn drop(&mut self) {
+        let shared = &self.conn.shared;
+        if let Some(mid) = self.mid
+            && !shared.pending.forget(mid)
+        {
+            // Answered (or ended) already: this caller will not come back for it.
+            shared.outbox.caller_back();
         }
     }
 }

@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 pub(crate) use budget::InFlight;
 use budget::queue_cost;
+use call::CallInFlight;
 pub use call::{CallOptions, Caller};
 use close_request::CloseRequest;
 pub(crate) use deferred::{DeferredWrites, EventRef};
@@ -278,43 +279,13 @@ impl Conn {
         if call.sooner {
             self.shared.close_requested.sooner_deadline();
         }
-        let mut forget = ForgetOnDrop {
-            shared: &self.shared,
-            mid: Some(call.mid),
-        };
         let request = Packet::Request(Request {
             mid: call.mid,
             action,
             header,
             payload,
         });
-        let mut answer = call.answer;
-        // A lone call leaves at once from this task; with others under way, the writer task
-        // gathers them into one write.
-        let send = async {
-            if call.waiting == 1 {
-                self.send_inline(request).await
-            } else {
-                self.send(request).await
-            }
-        };
-        // The engine ends the call at its deadline through the answer, also while the call
-        // still waits for room in the send queue.
-        let answered = tokio::select! {
-            biased;
-            sent = send => {
-                sent?;
-                (&mut answer).await
-            }
-            early = &mut answer => early,
-        };
-        // The table let go of the call when it took the response (or was closed).
-        forget.mid = None;
-        if answered.is_ok() {
-            self.shared.outbox.caller_back();
-        }
-        let answered = answered.map_err(|_| closed_error())?;
-        let response = answered?;
+        let response = CallInFlight::new(self, call, request).await?;
         match response.status {
             Code::Ok => Ok(response),
             code => Err(Status::new(
@@ -348,15 +319,17 @@ impl Conn {
         }
     }
 
-    /// Like [`send`](Self::send), but when the writer waits with nothing queued the packet is
-    /// written at once, on this task, without waking the writer's.
+    /// [`send_inline_then`](Self::send_inline_then) with nothing to do once the room is paid.
+    #[cfg(test)]
     pub(crate) async fn send_inline(&self, packet: Packet) -> Result<(), Status> {
         self.send_inline_then(packet, || {}).await
     }
 
-    /// Like [`send_inline`](Self::send_inline), but calls `paid` once the packet's room is
-    /// paid and before it can be written: a handler gives its slot back there, so that a peer
-    /// that sends its next request as soon as it reads this answer finds the slot free.
+    /// Like [`send`](Self::send), but when the writer waits with nothing queued the packet is
+    /// written at once, on this task, without waking the writer's. Calls `paid` once the
+    /// packet's room is paid and before it can be written: a handler gives its slot back there,
+    /// so that a peer that sends its next request as soon as it reads this answer finds the
+    /// slot free.
     pub(crate) async fn send_inline_then(
         &self,
         packet: Packet,
@@ -382,7 +355,8 @@ impl Conn {
         self.shared.outbox.close();
     }
 
-    /// Like [`try_queue`](Self::try_queue), writing inline as [`send_inline`](Self::send_inline) does.
+    /// Like [`try_queue`](Self::try_queue), writing inline as
+    /// [`send_inline_then`](Self::send_inline_then) does.
     pub(crate) fn try_queue_inline(&self, packet: Packet) -> Result<(), Refused> {
         let cost = self.queue_cost(&packet);
         let (offered, queued) = self.shared.outbox.try_offer(packet, cost)?;
@@ -666,23 +640,6 @@ fn closed_error() -> Status {
     Status::network_error("connection closed")
 }
 
-/// Forgets a call whose future ends before its response came (dropped, timed out).
-struct ForgetOnDrop<'a> {
-    shared: &'a Shared,
-    mid: Option<u16>,
-}
-
-impl Drop for ForgetOnDrop<'_> {
-    fn drop(&mut self) {
-        if let Some(mid) = self.mid
-            && !self.shared.pending.forget(mid)
-        {
-            // Answered (or ended) already: this caller will not come back for it.
-            self.shared.outbox.caller_back();
-        }
-    }
-}
-
 impl fmt::Debug for Conn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Conn")
@@ -837,6 +794,43 @@ pub(crate) mod tests {
             failed.as_mut().poll(&mut cx),
             std::task::Poll::Ready(Err(_))
         ));
+        assert_eq!(conn.shared.outbox.callers_coming(), 0);
+    }
+
+    /// A call whose request waits for room in the send queue and is dropped there leaves
+    /// both the line and the calls' table: the room that comes back goes to the next sender,
+    /// and its id is free.
+    #[tokio::test]
+    async fn a_call_dropped_while_its_request_waits_for_room_gives_back_its_place_and_its_id() {
+        let (conn, mut outbox) = Conn::new(parts(4096));
+        let fill = |conn: &Conn| {
+            (0..)
+                .take_while(|_| conn.try_send(notify(1024)).is_ok())
+                .count()
+        };
+        let fitted = fill(&conn);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut call = Box::pin(conn.request_raw(
+            Action::Id(1),
+            Header::new(),
+            Bytes::from(vec![0; 1024]),
+            None,
+        ));
+        assert!(call.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(conn.pending_calls(), 1);
+        drop(call);
+        assert_eq!(conn.pending_calls(), 0);
+        let mut written = Vec::new();
+        outbox.try_recv_many(&mut written, 64);
+        assert!(
+            written
+                .iter()
+                .all(|packet| matches!(packet, Packet::Notify(_))),
+            "the dropped call's request never reached the queue"
+        );
+        conn.release_send_room(&written);
+        // Had the call kept its place in line, it would hold on to the room it was handed.
+        assert_eq!(fill(&conn), fitted, "all the room came back");
         assert_eq!(conn.shared.outbox.callers_coming(), 0);
     }
 
