@@ -103,9 +103,9 @@ impl Caller for Conn {
 /// answer came, the call is forgotten.
 ///
 /// Written out rather than as an `async` block around a `select!`: each layer of those kept a
-/// copy of the request of its own in the caller's task (808 bytes of future against 384). At
-/// 64 calls in flight the callers' tasks move between the workers, and every line of a task's
-/// state written on one core is a miss on the next.
+/// copy of the request of its own in the caller's task, and `Conn::request_raw`'s future took
+/// 808 bytes (384 with this). At 64 calls in flight the callers' tasks move between the
+/// workers, and every line of a task's state written on one core is a miss on the next.
 pub(super) struct CallInFlight<'a> {
     conn: &'a Conn,
     push: Push<'a>,
