@@ -69,6 +69,19 @@ pub fn pin_for_latency(servers: &[&ServerProcess], pin: bool) -> bool {
 /// A command (and its arguments) to run the server process under, for profiling.
 pub const WRAPPER_ENV: &str = "STMP_BENCH_SERVER_WRAPPER";
 
+/// A multi-thread runtime of `workers` worker threads (tokio's default, one per CPU, for
+/// `None`): the load generator's and each server process's.
+pub fn runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = workers {
+        if workers == 0 {
+            return Err("a runtime needs at least one worker thread".into());
+        }
+        builder.worker_threads(workers);
+    }
+    Ok(builder.enable_all().build()?)
+}
+
 /// The worker threads of every server process started from here on (`--server-workers`).
 static SERVER_WORKERS: OnceLock<usize> = OnceLock::new();
 

@@ -207,14 +207,10 @@ fn run(args: Args) -> Result<()> {
             "nice-19 spinners keep the CPUs awake during the 1-in-flight points and the fan-out (--no-spin: never)"
         );
     }
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(workers) = settings.load_workers {
-        runtime.worker_threads(workers);
-    }
     if let Some(workers) = settings.server_workers {
         child::set_server_workers(workers);
     }
-    let runtime = runtime.enable_all().build()?;
+    let runtime = child::runtime(settings.load_workers)?;
     runtime.block_on(async {
         let mut unary_results = Vec::new();
         let mut fanout_results = Vec::new();

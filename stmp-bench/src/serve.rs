@@ -26,11 +26,11 @@ use crate::{ECHO, EVENT, Echo, Result, event, notify_frame, unix_nanos};
 /// Runs the server of `kind` until stdin closes.
 pub fn main(kind: ServerKind) -> Result<()> {
     crate::child::raise_nofile_limit();
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Ok(workers) = std::env::var(SERVER_WORKERS_ENV) {
-        runtime.worker_threads(workers.parse()?);
-    }
-    let runtime = runtime.enable_all().build()?;
+    let workers = match std::env::var(SERVER_WORKERS_ENV) {
+        Ok(workers) => Some(workers.parse()?),
+        Err(_) => None,
+    };
+    let runtime = crate::child::runtime(workers)?;
     runtime.block_on(async move {
         match kind {
             ServerKind::Stmp => stmp_server().await,
