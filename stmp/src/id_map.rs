@@ -4,8 +4,8 @@
 //! These maps are looked up on every packet, and the default hasher (SipHash, keyed against
 //! flooding) costs more than the rest of the lookup. Their keys are never chosen by a peer:
 //! actions are inserted only by the application's own routes; a peer's ids are only looked
-//! up. A peer therefore cannot crowd
-//! one bucket, and a multiplicative mix that spreads neighbouring ids is enough.
+//! up. A peer therefore cannot crowd one bucket, and a multiplicative mix that spreads
+//! neighbouring ids is enough.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
