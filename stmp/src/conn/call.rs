@@ -2,14 +2,15 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
+
+use bytes::Bytes;
 
 use super::closed_error;
 use super::outbox::Push;
-use super::pending::{Answer, Registered};
 use crate::codec::Message;
-use crate::wire::{Header, Packet, Response};
+use crate::wire::{Action, Header, Packet, Request, Response};
 use crate::{Conn, Method, Status};
 
 /// Options of one call.
@@ -98,38 +99,88 @@ impl Caller for Conn {
     }
 }
 
-/// A registered call on its way: its request goes into the send queue (or out at once, when
-/// it is the only call and the writer waits), then its answer is awaited. Dropped before the
-/// answer came, the call is forgotten.
+/// A call on its way: registered at its first poll, its request goes into the send queue (or
+/// out at once, when it is the only call and the writer waits), then its outcome is awaited
+/// in the calls' table. Dropped before it took its outcome, the call is forgotten.
 ///
 /// Written out rather than as an `async` block around a `select!`: each layer of those kept a
 /// copy of the request of its own in the caller's task, and `Conn::request_raw`'s future took
-/// 808 bytes (384 with this). At 64 calls in flight the callers' tasks move between the
-/// workers, and every line of a task's state written on one core is a miss on the next.
+/// 808 bytes. At 64 calls in flight the callers' tasks move between the workers, and every
+/// line of a task's state written on one core is a miss on the next. Registering at the first
+/// poll hands the table the caller's waker under the lock the registration takes anyway.
 pub(super) struct CallInFlight<'a> {
     conn: &'a Conn,
-    push: Push<'a>,
-    cost: usize,
-    queued: bool,
-    answer: Answer,
-    /// Until the call has its answer.
+    timeout: Duration,
+    stage: Stage<'a>,
+    /// From its registration until it took its outcome.
     mid: Option<u16>,
 }
 
+enum Stage<'a> {
+    /// Not registered yet: what its request is made of.
+    Unsent {
+        action: Action,
+        header: Header,
+        payload: Bytes,
+    },
+    /// Its request waits for room in the send queue.
+    Queuing { push: Push<'a>, cost: usize },
+    /// Its request is queued (or written): the outcome is all that is left.
+    Queued,
+}
+
 impl<'a> CallInFlight<'a> {
-    pub(super) fn new(conn: &'a Conn, call: Registered, request: Packet) -> Self {
+    pub(super) fn new(
+        conn: &'a Conn,
+        action: Action,
+        header: Header,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Self {
+        CallInFlight {
+            conn,
+            timeout,
+            stage: Stage::Unsent {
+                action,
+                header,
+                payload,
+            },
+            mid: None,
+        }
+    }
+
+    /// Registers the call with `waker` and makes its request's way into the send queue.
+    fn register(&mut self, waker: &Waker) -> Result<(), Status> {
+        let Stage::Unsent {
+            action,
+            header,
+            payload,
+        } = std::mem::replace(&mut self.stage, Stage::Queued)
+        else {
+            return Ok(());
+        };
+        let conn = self.conn;
+        let now = tokio::time::Instant::now().into_std();
+        let call = conn.shared.pending.register(now, self.timeout, waker)?;
+        self.mid = Some(call.mid);
+        if call.sooner {
+            conn.shared.close_requested.sooner_deadline();
+        }
+        let request = Packet::Request(Request {
+            mid: call.mid,
+            action,
+            header,
+            payload,
+        });
         let cost = conn.queue_cost(&request);
         // A lone call may leave at once from this task; with others under way, the writer
         // task gathers them into one write.
         let inline = call.waiting == 1;
-        CallInFlight {
-            conn,
+        self.stage = Stage::Queuing {
             push: conn.shared.outbox.push(request, cost, inline),
             cost,
-            queued: false,
-            answer: call.answer,
-            mid: Some(call.mid),
-        }
+        };
+        Ok(())
     }
 }
 
@@ -138,25 +189,34 @@ impl Future for CallInFlight<'_> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
-        if !this.queued {
-            match Pin::new(&mut this.push).poll(cx) {
+        // The registration holds this poll's waker: until it is woken, there is no outcome.
+        let registering = matches!(this.stage, Stage::Unsent { .. });
+        if registering && let Err(status) = this.register(cx.waker()) {
+            return Poll::Ready(Err(status));
+        }
+        if let Stage::Queuing { push, cost } = &mut this.stage {
+            match Pin::new(push).poll(cx) {
                 Poll::Ready(Ok(offered)) => {
-                    this.queued = true;
-                    this.conn.write_if_handed_back(offered, this.cost);
+                    this.conn.write_if_handed_back(offered, *cost);
+                    this.stage = Stage::Queued;
                 }
                 Poll::Ready(Err(_)) => return Poll::Ready(Err(closed_error())),
-                // The engine ends the call at its deadline through the answer, also while the
+                // The engine ends the call at its deadline through the table, also while the
                 // request still waits for room in the send queue.
                 Poll::Pending => {}
             }
         }
-        let answered = ready!(Pin::new(&mut this.answer).poll(cx));
-        // The table let go of the call when it took the response (or was closed).
-        this.mid = None;
-        if answered.is_ok() {
-            this.conn.shared.outbox.caller_back();
+        if registering {
+            return Poll::Pending;
         }
-        Poll::Ready(answered.unwrap_or_else(|_| Err(closed_error())))
+        let Some(mid) = this.mid else {
+            return Poll::Ready(Err(closed_error()));
+        };
+        let outcome = ready!(this.conn.shared.pending.poll_outcome(mid, cx.waker()));
+        // The table let go of the call as it handed over the outcome.
+        this.mid = None;
+        this.conn.shared.outbox.caller_back();
+        Poll::Ready(outcome)
     }
 }
 

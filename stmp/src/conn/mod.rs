@@ -45,7 +45,7 @@ use crate::codec::{Codec, Message};
 use crate::stats::Counters;
 use crate::sync::lock;
 use crate::transport::Scheme;
-use crate::wire::{Action, Header, Notify, Packet, Request, Response};
+use crate::wire::{Action, Header, Notify, Packet, Response};
 use crate::{Code, Method, Status};
 
 /// A connection's send queue, the writer task's end.
@@ -271,21 +271,8 @@ impl Conn {
         payload: Bytes,
         timeout: Option<Duration>,
     ) -> Result<Response, Status> {
-        let deadline = timeout.unwrap_or(self.shared.default_timeout);
-        let call = self
-            .shared
-            .pending
-            .register(tokio::time::Instant::now().into_std(), deadline)?;
-        if call.sooner {
-            self.shared.close_requested.sooner_deadline();
-        }
-        let request = Packet::Request(Request {
-            mid: call.mid,
-            action,
-            header,
-            payload,
-        });
-        let response = CallInFlight::new(self, call, request).await?;
+        let timeout = timeout.unwrap_or(self.shared.default_timeout);
+        let response = CallInFlight::new(self, action, header, payload, timeout).await?;
         match response.status {
             Code::Ok => Ok(response),
             code => Err(Status::new(

@@ -7,9 +7,8 @@
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
-
-use tokio::sync::oneshot;
 
 use crate::Status;
 use crate::sync::lock;
@@ -17,12 +16,6 @@ use crate::wire::Response;
 use slots::Slots;
 
 mod slots;
-
-/// What a call waits on for its response.
-pub(crate) type Answer = oneshot::Receiver<Result<Response, Status>>;
-
-/// Where a call's response (or its failure) goes.
-type Answering = oneshot::Sender<Result<Response, Status>>;
 
 /// How late an alarm may ring per call it has to look at: a sweep looks at every waiting
 /// call, so with many waiting the alarm is not set sooner than this many nanoseconds per call
@@ -33,7 +26,6 @@ const SWEEP_NS_PER_CALL: u64 = 100;
 #[derive(Debug)]
 pub(crate) struct Registered {
     pub(crate) mid: u16,
-    pub(crate) answer: Answer,
     /// Calls waiting now, this one included.
     pub(crate) waiting: usize,
     /// The call's deadline comes before the engine's alarm: the engine must set it sooner.
@@ -48,7 +40,9 @@ pub(crate) struct Registered {
 /// between the reader and the callers once per response; now it moves once per burst.
 #[derive(Debug, Default)]
 pub(crate) struct Answers {
-    batch: Vec<(Response, Option<Answering>)>,
+    batch: Vec<Response>,
+    /// The callers to wake once the table is unlocked; kept for the next burst's.
+    woken: Vec<Waker>,
 }
 
 impl Answers {
@@ -58,13 +52,14 @@ impl Answers {
 
     /// Adds a response; returns whether the batch is full and must be handed over now.
     pub(crate) fn push(&mut self, response: Response) -> bool {
-        self.batch.push((response, None));
+        self.batch.push(response);
         self.batch.len() >= Self::MAX
     }
 
     /// Lets go of the batch's room: for a connection gone quiet.
     pub(crate) fn shrink(&mut self) {
         self.batch = Vec::new();
+        self.woken = Vec::new();
     }
 }
 
@@ -81,25 +76,33 @@ pub(crate) struct Calls {
 }
 
 impl Calls {
-    /// Reserves an id for a new call that gives up `timeout` after `now`.
-    pub(crate) fn register(&self, now: Instant, timeout: Duration) -> Result<Registered, Status> {
-        // Made before the lock: the allocation would lengthen a critical section that the
-        // reader and the callers of both workers contend for.
-        let (answering, answer) = oneshot::channel();
+    /// Reserves an id for a new call that gives up `timeout` after `now`; `waker` is woken
+    /// when the call has its outcome.
+    pub(crate) fn register(
+        &self,
+        now: Instant,
+        timeout: Duration,
+        waker: &Waker,
+    ) -> Result<Registered, Status> {
         let mut table = lock(&self.table);
-        let (mid, sooner) = table.register(now, timeout, answering)?;
+        let (mid, sooner) = table.register(now, timeout, waker.clone())?;
         let waiting = table.len();
         self.waiting.store(waiting, Ordering::Relaxed);
         Ok(Registered {
             mid,
-            answer,
             waiting,
             sooner,
         })
     }
 
-    /// Forgets a call whose future was dropped before it took its response; returns whether
-    /// the call still waited (rather than having been answered, timed out or closed).
+    /// The outcome of call `mid`, taken if it has one (the call is then let go of); otherwise
+    /// `waker` is woken when it does.
+    pub(crate) fn poll_outcome(&self, mid: u16, waker: &Waker) -> Poll<Result<Response, Status>> {
+        lock(&self.table).poll_outcome(mid, waker)
+    }
+
+    /// Forgets a call whose future was dropped before it took its outcome; returns whether the
+    /// call still waited (rather than having been answered, timed out or closed).
     pub(crate) fn forget(&self, mid: u16) -> bool {
         let mut table = lock(&self.table);
         let waited = table.forget(mid);
@@ -111,56 +114,43 @@ impl Calls {
     /// of them; a response nobody waits for is dropped. `answering` is told how many callers
     /// are about to be woken, before they can run. Returns how many were handed over.
     pub(crate) fn complete(&self, answers: &mut Answers, answering: impl FnOnce(usize)) -> usize {
-        let handed = {
+        let Answers { batch, woken } = answers;
+        {
             let mut table = lock(&self.table);
-            let mut handed = 0;
-            for (response, sender) in &mut answers.batch {
-                *sender = table.take(response.mid);
-                handed += usize::from(sender.is_some());
+            for response in batch.drain(..) {
+                let mid = response.mid;
+                woken.extend(table.end(mid, Ok(response)));
             }
             self.waiting.store(table.len(), Ordering::Relaxed);
-            handed
-        };
-        if handed > 0 {
-            answering(handed);
         }
-        // Sent outside the lock: a send wakes its caller, which may lock the table at once.
-        for (response, sender) in answers.batch.drain(..) {
-            if let Some(sender) = sender {
-                let _ = sender.send(Ok(response));
-            }
-        }
-        handed
+        wake_all(woken, answering)
     }
 
     /// Ends the calls whose deadline has passed at `now` with `RequestTimeout`; returns when
     /// the alarm should ring next (`None`: no call waits). `answering` is told how many
     /// callers are about to be woken, before they can run.
     pub(crate) fn expire(&self, now: Instant, answering: impl FnOnce(usize)) -> Option<Instant> {
-        let (due, next) = {
+        let mut woken = Vec::new();
+        let next = {
             let mut table = lock(&self.table);
-            let expired = table.expire(now);
+            let next = table.expire(now, &mut woken);
             self.waiting.store(table.len(), Ordering::Relaxed);
-            expired
+            next
         };
-        if !due.is_empty() {
-            answering(due.len());
-        }
-        for (sender, timeout) in due {
-            let _ = sender.send(Err(Status::request_timeout(format!(
-                "no response within {timeout:?}"
-            ))));
-        }
+        wake_all(&mut woken, answering);
         next
     }
 
     /// Ends every waiting call with `status`, and every later one too. `answering` is told how
     /// many callers are about to be woken, before they can run.
     pub(crate) fn close(&self, status: Status, answering: impl FnOnce(usize)) {
-        let mut table = lock(&self.table);
-        answering(table.len());
-        table.close(status);
-        self.waiting.store(0, Ordering::Relaxed);
+        let mut woken = Vec::new();
+        {
+            let mut table = lock(&self.table);
+            table.close(status, &mut woken);
+            self.waiting.store(0, Ordering::Relaxed);
+        }
+        wake_all(&mut woken, answering);
     }
 
     /// How many calls wait for a response (as of the last change; read without the lock).
@@ -169,23 +159,48 @@ impl Calls {
     }
 }
 
-/// One waiting call.
-#[derive(Debug)]
-struct Waiter {
-    answer: Answering,
-    deadline: Instant,
-    timeout: Duration,
+/// Wakes the callers in `woken`, outside the table's lock (a woken caller may lock it at
+/// once), once `answering` has been told how many they are; returns that count.
+fn wake_all(woken: &mut Vec<Waker>, answering: impl FnOnce(usize)) -> usize {
+    let count = woken.len();
+    if count > 0 {
+        answering(count);
+    }
+    for waker in woken.drain(..) {
+        waker.wake();
+    }
+    count
 }
 
-/// The calls of one connection that wait for a response.
+/// One call in the table.
+///
+/// The outcome waits here for its caller rather than going through a channel of its own: a
+/// `oneshot` was an allocation per call, made on one worker and often freed on the other, and
+/// a few more atomic operations on a line that moved between the reader and the caller.
+#[derive(Debug)]
+enum Call {
+    /// Waiting for its response.
+    Waiting {
+        waker: Waker,
+        deadline: Instant,
+        timeout: Duration,
+    },
+    /// Answered, timed out or failed: the outcome waits for its caller. Its id is not handed
+    /// out again until the caller has taken it or gone.
+    Ended(Result<Response, Status>),
+}
+
+/// The calls of one connection that wait for a response, or for their caller to take it.
 ///
 /// Ids count up from 1 and wrap after 65535; 0 is never used, because stmp-go answers
-/// notifies with mid-0 responses, and an id still waiting is never handed out again. An id
-/// whose slot in the table another waiting call holds is skipped too ([`Slots`]).
+/// notifies with mid-0 responses, and an id still in the table is never handed out again. An
+/// id whose slot in the table another call holds is skipped too ([`Slots`]).
 #[derive(Debug)]
 pub(crate) struct Pending {
     next: u16,
-    waiting: Slots<Waiter>,
+    calls: Slots<Call>,
+    /// Calls in `calls` that have ended and wait for their caller.
+    ended: usize,
     closed: Option<Status>,
     /// When the engine's alarm rings; `None` while it is not set.
     alarm: Option<Instant>,
@@ -195,7 +210,8 @@ impl Default for Pending {
     fn default() -> Self {
         Pending {
             next: 1,
-            waiting: Slots::default(),
+            calls: Slots::default(),
+            ended: 0,
             closed: None,
             alarm: None,
         }
@@ -203,25 +219,25 @@ impl Default for Pending {
 }
 
 impl Pending {
-    /// Reserves an id for a new call, answered through `answer`; says too whether the alarm
+    /// Reserves an id for a new call, whose caller `waker` wakes; says too whether the alarm
     /// must be set sooner for it.
     pub(crate) fn register(
         &mut self,
         now: Instant,
         timeout: Duration,
-        answer: Answering,
+        waker: Waker,
     ) -> Result<(u16, bool), Status> {
         if let Some(status) = &self.closed {
             return Err(status.clone());
         }
-        if self.waiting.len() >= usize::from(u16::MAX) {
+        if self.calls.len() >= usize::from(u16::MAX) {
             return Err(Status::too_many_requests(
                 "65535 calls are already waiting on this connection",
             ));
         }
-        self.waiting.reserve_one();
+        self.calls.reserve_one();
         let mut mid = self.next;
-        while mid == 0 || !self.waiting.is_free(mid) {
+        while mid == 0 || !self.calls.is_free(mid) {
             mid = mid.wrapping_add(1);
         }
         self.next = mid.wrapping_add(1);
@@ -229,10 +245,10 @@ impl Pending {
         let deadline = now
             .checked_add(timeout)
             .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400));
-        self.waiting.insert(
+        self.calls.insert(
             mid,
-            Waiter {
-                answer,
+            Call::Waiting {
+                waker,
                 deadline,
                 timeout,
             },
@@ -246,43 +262,108 @@ impl Pending {
         Ok((mid, sooner))
     }
 
+    /// Takes call `mid`'s outcome if it has one; otherwise keeps `waker` to wake when it does.
+    fn poll_outcome(&mut self, mid: u16, waker: &Waker) -> Poll<Result<Response, Status>> {
+        match self.calls.get_mut(mid) {
+            Some(Call::Waiting { waker: kept, .. }) => {
+                // A task moved between polls brings a waker of its own.
+                if !kept.will_wake(waker) {
+                    kept.clone_from(waker);
+                }
+                Poll::Pending
+            }
+            Some(Call::Ended(_)) => match self.calls.remove(mid) {
+                Some(Call::Ended(outcome)) => {
+                    self.ended -= 1;
+                    Poll::Ready(outcome)
+                }
+                _ => Poll::Ready(Err(gone())),
+            },
+            // Not registered on this table, or forgotten: nothing will answer it.
+            None => Poll::Ready(Err(gone())),
+        }
+    }
+
     /// Forgets a call (its future was dropped); returns whether it was waiting.
     pub(crate) fn forget(&mut self, mid: u16) -> bool {
-        self.waiting.remove(mid).is_some()
+        match self.calls.remove(mid) {
+            Some(Call::Waiting { .. }) => true,
+            Some(Call::Ended(_)) => {
+                self.ended -= 1;
+                false
+            }
+            None => false,
+        }
     }
 
-    /// Takes the call waiting for the response `mid`, if one does.
-    fn take(&mut self, mid: u16) -> Option<Answering> {
-        self.waiting.remove(mid).map(|waiter| waiter.answer)
+    /// Ends call `mid` with `outcome` if it waits; returns its caller to wake.
+    fn end(&mut self, mid: u16, outcome: Result<Response, Status>) -> Option<Waker> {
+        let call = self.calls.get_mut(mid)?;
+        if matches!(call, Call::Ended(_)) {
+            // A second response to the same call: the first one stands.
+            return None;
+        }
+        let Call::Waiting { waker, .. } = std::mem::replace(call, Call::Ended(outcome)) else {
+            return None;
+        };
+        self.ended += 1;
+        Some(waker)
     }
 
-    /// Takes the calls due at `now`; returns them and when the alarm should ring next, which
-    /// is also what later registrations compare with.
-    fn expire(&mut self, now: Instant) -> (Vec<(Answering, Duration)>, Option<Instant>) {
-        let due = self
-            .waiting
-            .take_if(|waiter| waiter.deadline <= now)
-            .into_iter()
-            .map(|waiter| (waiter.answer, waiter.timeout))
-            .collect();
-        let next = self.waiting.values().map(|waiter| waiter.deadline).min();
-        let sweep = Duration::from_nanos(SWEEP_NS_PER_CALL * self.waiting.len() as u64);
+    /// Ends the calls due at `now` with `RequestTimeout`, adding their callers to `woken`;
+    /// returns when the alarm should ring next, which is also what later registrations
+    /// compare with.
+    fn expire(&mut self, now: Instant, woken: &mut Vec<Waker>) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        for call in self.calls.values_mut() {
+            let Call::Waiting {
+                deadline, timeout, ..
+            } = call
+            else {
+                continue;
+            };
+            if *deadline > now {
+                next = Some(next.map_or(*deadline, |next| next.min(*deadline)));
+                continue;
+            }
+            let timed_out = Status::request_timeout(format!("no response within {timeout:?}"));
+            if let Call::Waiting { waker, .. } =
+                std::mem::replace(call, Call::Ended(Err(timed_out)))
+            {
+                woken.push(waker);
+                self.ended += 1;
+            }
+        }
+        let sweep = Duration::from_nanos(SWEEP_NS_PER_CALL * self.len() as u64);
         self.alarm = next.map(|next| next.max(now + sweep));
-        (due, self.alarm)
+        self.alarm
     }
 
-    /// Ends every waiting call with `status`, and every later one too.
-    pub(crate) fn close(&mut self, status: Status) {
-        for waiter in self.waiting.drain() {
-            let _ = waiter.answer.send(Err(status.clone()));
+    /// Ends every waiting call with `status`, adding their callers to `woken`, and fails
+    /// every later one.
+    fn close(&mut self, status: Status, woken: &mut Vec<Waker>) {
+        for call in self.calls.values_mut() {
+            if let Call::Waiting { .. } = call
+                && let Call::Waiting { waker, .. } =
+                    std::mem::replace(call, Call::Ended(Err(status.clone())))
+            {
+                woken.push(waker);
+                self.ended += 1;
+            }
         }
         self.closed = Some(status);
         self.alarm = None;
     }
 
+    /// How many calls wait for a response.
     pub(crate) fn len(&self) -> usize {
-        self.waiting.len()
+        self.calls.len() - self.ended
     }
+}
+
+/// The outcome of a call that the table does not hold.
+fn gone() -> Status {
+    Status::network_error("the call is no longer on this connection")
 }
 
 #[cfg(test)]
@@ -290,14 +371,39 @@ mod tests {
     use super::*;
     use crate::Code;
     use bytes::Bytes;
+    use std::sync::Arc;
+    use std::task::Wake;
 
     const MINUTE: Duration = Duration::from_secs(60);
 
-    /// Registers a call due in a minute; returns its id and what it waits on.
-    fn register(pending: &mut Pending) -> Result<(u16, Answer, bool), Status> {
-        let (answering, answer) = oneshot::channel();
-        let (mid, sooner) = pending.register(Instant::now(), MINUTE, answering)?;
-        Ok((mid, answer, sooner))
+    /// A waker that counts its wakes.
+    #[derive(Default)]
+    struct Counter(AtomicUsize);
+
+    impl Wake for Counter {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn counter() -> (Arc<Counter>, Waker) {
+        let counter = Arc::new(Counter::default());
+        (counter.clone(), Waker::from(counter))
+    }
+
+    fn wakes(counter: &Counter) -> usize {
+        counter.0.load(Ordering::Relaxed)
+    }
+
+    /// Registers a call due in a minute; returns its id and whether it set the alarm sooner.
+    fn register(pending: &mut Pending) -> Result<(u16, bool), Status> {
+        pending.register(Instant::now(), MINUTE, Waker::noop().clone())
+    }
+
+    fn register_on(calls: &Calls, timeout: Duration) -> Registered {
+        calls
+            .register(Instant::now(), timeout, Waker::noop())
+            .unwrap()
     }
 
     fn response(mid: u16) -> Response {
@@ -306,6 +412,14 @@ mod tests {
             status: Code::Ok,
             header: Default::default(),
             payload: Bytes::new(),
+        }
+    }
+
+    /// The outcome of call `mid`, if it has one.
+    fn outcome(calls: &Calls, mid: u16) -> Option<Result<Response, Status>> {
+        match calls.poll_outcome(mid, Waker::noop()) {
+            Poll::Ready(outcome) => Some(outcome),
+            Poll::Pending => None,
         }
     }
 
@@ -318,19 +432,19 @@ mod tests {
         let mut told = 0;
         let handed = calls.complete(&mut answers, |callers| told = callers);
         assert_eq!(told, handed, "the count of callers woken is told first");
-        assert!(answers.batch.is_empty());
+        assert!(answers.batch.is_empty() && answers.woken.is_empty());
         handed
     }
 
     #[test]
     fn ids_start_at_one_count_up_wrap_and_skip_zero_and_waiting_ids() {
         let mut pending = Pending::default();
-        let (first, _keep, _) = register(&mut pending).unwrap();
+        let (first, _) = register(&mut pending).unwrap();
         assert_eq!(first, 1);
         let mut last = first;
         let mut wraps = 0;
         for _ in 0..70_000 {
-            let (mid, _, _) = register(&mut pending).unwrap();
+            let (mid, _) = register(&mut pending).unwrap();
             assert_ne!(mid, 0, "0 is never used");
             assert_ne!(mid, 1, "1 is still waiting");
             if mid < last {
@@ -344,45 +458,93 @@ mod tests {
 
     #[test]
     fn calls_answered_in_order_get_consecutive_ids() {
-        // 64 calls in flight, the oldest answered as each new one is made: the ids go up one
-        // at a time, so calls made one after another sit side by side in the table.
+        // 64 calls in flight, the oldest answered and taken as each new one is made: the ids
+        // go up one at a time, so calls made one after another sit side by side in the table.
         let mut pending = Pending::default();
-        let mut flight: std::collections::VecDeque<_> =
-            (0..64).map(|_| register(&mut pending).unwrap()).collect();
+        let mut flight: std::collections::VecDeque<u16> =
+            (0..64).map(|_| register(&mut pending).unwrap().0).collect();
         for _ in 0..70_000 {
-            let (oldest, _, _) = flight.pop_front().unwrap();
-            assert!(pending.take(oldest).is_some());
-            let newest = flight.back().unwrap().0;
-            let next = register(&mut pending).unwrap();
+            let oldest = flight.pop_front().unwrap();
+            assert!(pending.end(oldest, Ok(response(oldest))).is_some());
+            assert!(pending.poll_outcome(oldest, Waker::noop()).is_ready());
+            let newest = *flight.back().unwrap();
+            let (next, _) = register(&mut pending).unwrap();
             let expected = match newest.wrapping_add(1) {
                 0 => 1,
                 id => id,
             };
-            assert_eq!(next.0, expected);
+            assert_eq!(next, expected);
             flight.push_back(next);
         }
         assert_eq!(pending.len(), 64);
     }
 
     #[test]
-    fn unknown_responses_are_dropped_and_close_fails_waiters() {
+    fn an_ended_call_keeps_its_id_until_its_caller_takes_the_outcome_or_goes() {
+        let mut pending = Pending::default();
+        let (first, _) = register(&mut pending).unwrap();
+        let (second, _) = register(&mut pending).unwrap();
+        assert!(pending.end(first, Ok(response(first))).is_some());
+        assert!(pending.end(second, Ok(response(second))).is_some());
+        assert_eq!(pending.len(), 0, "ended calls do not wait");
+        assert!(
+            pending.end(first, Ok(response(first))).is_none(),
+            "a second response to a call wakes nobody"
+        );
+        // Through a wrap of the ids, neither id is handed out while its outcome waits.
+        for _ in 0..70_000 {
+            let (mid, _) = register(&mut pending).unwrap();
+            assert!(mid != first && mid != second);
+            pending.forget(mid);
+        }
+        let Poll::Ready(Ok(taken)) = pending.poll_outcome(first, Waker::noop()) else {
+            panic!("the first call's response waits for it");
+        };
+        assert_eq!(taken.mid, first);
+        assert!(
+            !pending.forget(second),
+            "an ended call that is forgotten was not waiting"
+        );
+        assert_eq!(pending.calls.len(), 0, "both ids are free again");
+        assert_eq!(pending.ended, 0);
+        assert!(pending.poll_outcome(first, Waker::noop()).is_ready());
+    }
+
+    #[test]
+    fn a_caller_is_woken_once_through_the_waker_it_polled_with_last() {
         let calls = Calls::default();
-        let Registered {
-            mid,
-            answer: mut rx,
-            waiting,
-            ..
-        } = calls.register(Instant::now(), MINUTE).unwrap();
-        assert_eq!((waiting, calls.len()), (1, 1));
-        assert_eq!(complete(&calls, &[mid + 1]), 0);
+        let (registered_with, waker) = counter();
+        let call = calls.register(Instant::now(), MINUTE, &waker).unwrap();
+        assert!(outcome(&calls, call.mid).is_none());
+        // The caller's task was polled again elsewhere: the table now holds the new waker.
+        let (moved, moved_waker) = counter();
+        assert!(calls.poll_outcome(call.mid, &moved_waker).is_pending());
+        assert_eq!(complete(&calls, &[call.mid, call.mid]), 1);
+        assert_eq!((wakes(&registered_with), wakes(&moved)), (0, 1));
+        assert_eq!(outcome(&calls, call.mid).unwrap().unwrap().mid, call.mid);
+    }
+
+    #[test]
+    fn unknown_responses_are_dropped_and_close_fails_and_wakes_waiters() {
+        let calls = Calls::default();
+        let (woken, waker) = counter();
+        let call = calls.register(Instant::now(), MINUTE, &waker).unwrap();
+        assert_eq!((call.waiting, calls.len()), (1, 1));
+        assert_eq!(complete(&calls, &[call.mid + 1]), 0);
         assert_eq!(calls.len(), 1);
-        calls.close(Status::network_error("gone"), |_| {});
+        assert_eq!(wakes(&woken), 0);
+        let mut told = 0;
+        calls.close(Status::network_error("gone"), |callers| told = callers);
+        assert_eq!((told, wakes(&woken)), (1, 1));
         assert_eq!(
-            rx.try_recv().unwrap().unwrap_err().code(),
+            outcome(&calls, call.mid).unwrap().unwrap_err().code(),
             Code::NetworkError
         );
         assert_eq!(
-            calls.register(Instant::now(), MINUTE).unwrap_err().code(),
+            calls
+                .register(Instant::now(), MINUTE, Waker::noop())
+                .unwrap_err()
+                .code(),
             Code::NetworkError
         );
         assert_eq!(calls.len(), 0);
@@ -391,37 +553,32 @@ mod tests {
     #[test]
     fn the_count_read_without_the_lock_follows_every_change() {
         let calls = Calls::default();
-        let first = calls.register(Instant::now(), MINUTE).unwrap();
-        let (first, mut first_rx) = (first.mid, first.answer);
-        let second = calls.register(Instant::now(), MINUTE).unwrap();
-        let (second, _second_rx, waiting) = (second.mid, second.answer, second.waiting);
-        assert_eq!((waiting, calls.len()), (2, 2));
+        let first = register_on(&calls, MINUTE).mid;
+        let second = register_on(&calls, MINUTE);
+        assert_eq!((second.waiting, calls.len()), (2, 2));
         assert_eq!(complete(&calls, &[first]), 1);
-        assert_eq!(first_rx.try_recv().unwrap().unwrap().mid, first);
         assert_eq!(calls.len(), 1);
-        calls.forget(second);
+        assert_eq!(outcome(&calls, first).unwrap().unwrap().mid, first);
+        assert_eq!(calls.len(), 1);
+        assert!(calls.forget(second.mid));
         assert_eq!(calls.len(), 0);
-        assert_eq!(complete(&calls, &[second]), 0);
+        assert_eq!(complete(&calls, &[second.mid]), 0);
     }
 
     #[test]
     fn a_burst_hands_each_response_to_its_call_and_drops_the_rest() {
         let calls = Calls::default();
-        let mut registered: Vec<_> = (0..3)
-            .map(|_| calls.register(Instant::now(), MINUTE).unwrap())
-            .collect();
-        let mids: Vec<u16> = registered.iter().map(|call| call.mid).collect();
+        let mids: Vec<u16> = (0..3).map(|_| register_on(&calls, MINUTE).mid).collect();
         // Out of order, one twice, and one that no call waits for.
         let unknown = mids.iter().max().unwrap() + 1;
         assert_eq!(complete(&calls, &[mids[2], mids[0], mids[0], unknown]), 2);
         assert_eq!(calls.len(), 1);
         for i in [0, 2] {
-            let answer = registered[i].answer.try_recv().unwrap().unwrap();
+            let answer = outcome(&calls, mids[i]).unwrap().unwrap();
             assert_eq!(answer.mid, mids[i]);
         }
-        assert_eq!(
-            registered[1].answer.try_recv(),
-            Err(oneshot::error::TryRecvError::Empty),
+        assert!(
+            outcome(&calls, mids[1]).is_none(),
             "a call left out of the burst still waits"
         );
         assert_eq!(complete(&calls, &[mids[1]]), 1);
@@ -431,25 +588,37 @@ mod tests {
     #[test]
     fn full_table_is_too_many_requests() {
         let mut pending = Pending::default();
-        let receivers: Vec<_> = (0..u16::MAX)
-            .map(|_| register(&mut pending).unwrap())
-            .collect();
-        assert_eq!(receivers.len(), 65535);
+        for _ in 0..u16::MAX {
+            register(&mut pending).unwrap();
+        }
+        assert_eq!(pending.len(), 65535);
         assert_eq!(
             register(&mut pending).unwrap_err().code(),
             Code::TooManyRequests
         );
+        // Ended calls whose callers have not come for their outcome still hold their ids.
+        assert!(pending.end(7, Ok(response(7))).is_some());
+        assert_eq!(pending.len(), 65534);
+        assert_eq!(
+            register(&mut pending).unwrap_err().code(),
+            Code::TooManyRequests
+        );
+        assert!(pending.poll_outcome(7, Waker::noop()).is_ready());
+        assert_eq!(register(&mut pending).unwrap().0, 7);
     }
 
     #[test]
     fn due_calls_time_out_and_the_alarm_follows_the_earliest_deadline_left() {
         let calls = Calls::default();
         let start = Instant::now();
-        let slow = calls.register(start, MINUTE).unwrap();
+        let slow = calls.register(start, MINUTE, Waker::noop()).unwrap();
         assert!(slow.sooner, "the first call sets the alarm");
-        let later = calls.register(start, 2 * MINUTE).unwrap();
+        let later = calls.register(start, 2 * MINUTE, Waker::noop()).unwrap();
         assert!(!later.sooner, "a later deadline leaves the alarm as it is");
-        let quick = calls.register(start, Duration::from_secs(1)).unwrap();
+        let (quick_woken, quick_waker) = counter();
+        let quick = calls
+            .register(start, Duration::from_secs(1), &quick_waker)
+            .unwrap();
         assert!(
             quick.sooner,
             "an earlier deadline must bring the alarm forward"
@@ -462,10 +631,11 @@ mod tests {
         );
         assert_eq!(calls.len(), 3);
 
-        let next = calls.expire(start + Duration::from_secs(1), |_| {});
+        let mut told = 0;
+        let next = calls.expire(start + Duration::from_secs(1), |callers| told = callers);
         assert_eq!(next, Some(start + MINUTE));
-        let mut quick_answer = quick.answer;
-        let timed_out = quick_answer.try_recv().unwrap().unwrap_err();
+        assert_eq!((told, wakes(&quick_woken)), (1, 1));
+        let timed_out = outcome(&calls, quick.mid).unwrap().unwrap_err();
         assert_eq!(timed_out.code(), Code::RequestTimeout);
         assert_eq!(timed_out.message(), "no response within 1s");
         assert_eq!(calls.len(), 2);
@@ -474,24 +644,29 @@ mod tests {
         assert_eq!(
             calls.expire(start + MINUTE, |_| {}),
             None,
-            "no call is left"
+            "no call is left waiting"
         );
-        let mut slow_answer = slow.answer;
         assert_eq!(
-            slow_answer.try_recv().unwrap().unwrap_err().code(),
+            outcome(&calls, slow.mid).unwrap().unwrap_err().code(),
             Code::RequestTimeout
         );
+        assert!(
+            outcome(&calls, later.mid).unwrap().is_ok(),
+            "a response taken late is still its call's"
+        );
         // With no alarm set, the next call sets it again.
-        assert!(calls.register(start, MINUTE).unwrap().sooner);
+        assert!(calls.register(start, MINUTE, Waker::noop()).unwrap().sooner);
     }
 
     #[test]
     fn with_many_calls_waiting_the_alarm_rings_no_more_often_than_a_sweep_costs() {
         let calls = Calls::default();
         let start = Instant::now();
-        let answers: Vec<_> = (0..1000u64)
-            .map(|i| calls.register(start, Duration::from_nanos(i + 1)).unwrap())
-            .collect();
+        for i in 0..1000u64 {
+            calls
+                .register(start, Duration::from_nanos(i + 1), Waker::noop())
+                .unwrap();
+        }
         // The next deadline is 2 ns away, but looking at 999 calls again that soon would cost
         // more than it is worth: the alarm waits 100 ns per waiting call.
         let next = calls
@@ -504,6 +679,5 @@ mod tests {
         assert_eq!(calls.len(), 999);
         assert_eq!(calls.expire(next, |_| {}), None);
         assert_eq!(calls.len(), 0);
-        drop(answers);
     }
 }

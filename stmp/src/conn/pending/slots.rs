@@ -97,32 +97,17 @@ impl<T> Slots<T> {
         }
     }
 
-    /// Takes every entry for which `due` holds.
-    pub(super) fn take_if(&mut self, mut due: impl FnMut(&T) -> bool) -> Vec<T> {
-        let mut taken = Vec::new();
-        for slot in &mut self.slots {
-            if slot.as_ref().is_some_and(|(_, value)| due(value))
-                && let Some((_, value)) = slot.take()
-            {
-                taken.push(value);
-            }
+    /// The entry of `id`, if it is there.
+    pub(super) fn get_mut(&mut self, id: u16) -> Option<&mut T> {
+        let index = self.index(id)?;
+        match &mut self.slots[index] {
+            Some((held, value)) if *held == id => Some(value),
+            _ => None,
         }
-        self.len -= taken.len();
-        self.let_go_if_empty();
-        taken
     }
 
-    pub(super) fn values(&self) -> impl Iterator<Item = &T> {
-        self.slots.iter().flatten().map(|(_, value)| value)
-    }
-
-    /// Takes every entry, and lets go of the slots.
-    pub(super) fn drain(&mut self) -> impl Iterator<Item = T> {
-        self.len = 0;
-        std::mem::take(&mut self.slots)
-            .into_iter()
-            .flatten()
-            .map(|(_, value)| value)
+    pub(super) fn values_mut(&mut self) -> impl Iterator<Item = &mut T> {
+        self.slots.iter_mut().flatten().map(|(_, value)| value)
     }
 }
 
@@ -186,7 +171,7 @@ mod tests {
         assert_eq!(slots.slots.len(), MAX_SLOTS);
         assert_eq!(slots.len(), 65_535);
         assert_eq!(slots.remove(40_000), Some(400_000));
-        // Emptied, a table that large lets go of its slots: one by one, or all at once.
+        // Emptied, a table that large lets go of its slots.
         for id in 1..=u16::MAX {
             slots.remove(id);
         }
@@ -195,25 +180,29 @@ mod tests {
         for id in 1..=2000 {
             insert(&mut slots, id);
         }
-        assert_eq!(slots.take_if(|_| true).len(), 2000);
+        for id in 1..=2000 {
+            slots.remove(id);
+        }
         assert!(slots.slots.is_empty());
     }
 
     #[test]
-    fn take_if_values_and_drain_see_every_entry() {
+    fn get_mut_finds_by_id_and_values_mut_sees_every_entry() {
         let mut slots = Slots::default();
         for id in 1..=10 {
             insert(&mut slots, id);
         }
-        let mut taken = slots.take_if(|value| value % 20 == 0);
-        taken.sort_unstable();
-        assert_eq!(taken, [20, 40, 60, 80, 100]);
-        assert_eq!(slots.len(), 5);
-        let mut left: Vec<u32> = slots.values().copied().collect();
+        *slots.get_mut(4).unwrap() += 1;
+        // 4 + 32 shares 4's slot in a table of 32: it is not 4.
+        assert_eq!(slots.slots.len(), 32);
+        assert_eq!(slots.get_mut(36), None);
+        for value in slots.values_mut() {
+            *value += 1000;
+        }
+        assert_eq!(slots.remove(4), Some(1041));
+        let mut left: Vec<u32> = slots.values_mut().map(|value| *value).collect();
         left.sort_unstable();
-        assert_eq!(left, [10, 30, 50, 70, 90]);
-        assert_eq!(slots.drain().count(), 5);
-        assert_eq!(slots.len(), 0);
-        assert_eq!(slots.remove(1), None);
+        assert_eq!(left, [1010, 1020, 1030, 1050, 1060, 1070, 1080, 1090, 1100]);
+        assert_eq!(slots.get_mut(4), None, "removed");
     }
 }
