@@ -15,7 +15,7 @@ use stmp_bench::{Result, Settings, child, cluster, fanout, memory, target, unary
 const USAGE: &str = "usage: stmp-bench [--quick] [--out DIR] [--only unary|fanout|cluster|memory]...
                   [--system LABEL]... [--point single|multiplexed|connections]... [--payload 32|1024]...
                   [--no-spin] [--no-pin] [--load-workers N] [--server-workers N]
-                  [--target ADDR] [--fanout-passes N]
+                  [--target ADDR] [--fanout-passes N] [--depth N]
        stmp-bench serve stmp|tonic|raw-echo|raw-fanout|stmp-nats
 
 --system and --point narrow the unary part (for profiling): LABEL as in the table
@@ -30,7 +30,10 @@ with --only it runs those parts too.
 row reports its median pass.
 
 --load-workers N and --server-workers N set the worker threads of the load generator's runtime
-and of each server process's runtime (tokio's default otherwise: one per CPU).";
+and of each server process's runtime (tokio's default otherwise: one per CPU).
+
+--depth N sets the calls in flight on one connection at the multiplexed points, and the
+connections of the connections point (64 otherwise; the issue's targets are set at 64).";
 
 struct Args {
     settings: Settings,
@@ -53,7 +56,7 @@ fn parse(args: &[String]) -> Result<Args> {
         target: None,
     };
     // Applied after the loop, so that `--quick` anywhere does not undo them.
-    let mut passes_asked = None;
+    let (mut passes_asked, mut depth_asked) = (None, None);
     let (mut load_workers, mut server_workers) = (None, None);
     let mut args = args.iter();
     while let Some(arg) = args.next() {
@@ -111,6 +114,14 @@ fn parse(args: &[String]) -> Result<Args> {
                         .ok_or("--fanout-passes needs a number above 0")?,
                 );
             }
+            "--depth" => {
+                depth_asked = Some(
+                    args.next()
+                        .and_then(|depth| depth.parse::<usize>().ok())
+                        .filter(|&depth| depth > 0)
+                        .ok_or("--depth needs a number above 0")?,
+                );
+            }
             "--load-workers" => load_workers = Some(workers(args.next(), "--load-workers")?),
             "--server-workers" => server_workers = Some(workers(args.next(), "--server-workers")?),
             "--target" => {
@@ -125,6 +136,9 @@ fn parse(args: &[String]) -> Result<Args> {
     }
     parsed.settings.load_workers = load_workers;
     parsed.settings.server_workers = server_workers;
+    if let Some(depth) = depth_asked {
+        parsed.settings.depth = depth;
+    }
     Ok(parsed)
 }
 
@@ -299,6 +313,18 @@ mod tests {
         ] {
             let error = parsed(wrong).err().expect("refused").to_string();
             assert!(error.contains("--payload needs 32 or 1024"), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_depth_is_kept_whatever_the_order_of_quick() {
+        assert_eq!(parsed(&[]).expect("valid").settings.depth, 64);
+        let args = parsed(&["--depth", "16", "--quick"]).expect("valid");
+        assert_eq!(args.settings.depth, 16);
+        assert!(args.settings.quick);
+        for wrong in [&["--depth", "0"][..], &["--depth", "many"], &["--depth"]] {
+            let error = parsed(wrong).err().expect("refused").to_string();
+            assert!(error.contains("--depth needs a number above 0"), "{error}");
         }
     }
 
