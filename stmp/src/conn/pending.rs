@@ -124,8 +124,9 @@ impl Calls {
                 woken.extend(table.end(mid, Ok(response)));
             }
             self.waiting.store(table.len(), Ordering::Relaxed);
+            told(woken, answering);
         }
-        wake_all(woken, answering)
+        wake_all(woken)
     }
 
     /// Ends the calls whose deadline has passed at `now` with `RequestTimeout`; returns when
@@ -137,9 +138,10 @@ impl Calls {
             let mut table = lock(&self.table);
             let next = table.expire(now, &mut woken);
             self.waiting.store(table.len(), Ordering::Relaxed);
+            told(&woken, answering);
             next
         };
-        wake_all(&mut woken, answering);
+        wake_all(&mut woken);
         next
     }
 
@@ -151,8 +153,9 @@ impl Calls {
             let mut table = lock(&self.table);
             table.close(status, &mut woken);
             self.waiting.store(0, Ordering::Relaxed);
+            told(&woken, answering);
         }
-        wake_all(&mut woken, answering);
+        wake_all(&mut woken);
     }
 
     /// How many calls wait for a response (as of the last change; read without the lock).
@@ -161,13 +164,19 @@ impl Calls {
     }
 }
 
-/// Wakes the callers in `woken`, outside the table's lock (a woken caller may lock it at
-/// once), once `answering` has been told how many they are; returns that count.
-fn wake_all(woken: &mut Vec<Waker>, answering: impl FnOnce(usize)) -> usize {
-    let count = woken.len();
-    if count > 0 {
-        answering(count);
+/// Tells `answering` how many callers `woken` holds, under the table's lock: from the moment
+/// it is unlocked a caller may take its outcome (a task polled for another reason than its
+/// wake-up finds it), and it must have been counted before it comes back.
+fn told(woken: &[Waker], answering: impl FnOnce(usize)) {
+    if !woken.is_empty() {
+        answering(woken.len());
     }
+}
+
+/// Wakes the callers in `woken`, outside the table's lock (a woken caller may lock it at
+/// once); returns how many they were.
+fn wake_all(woken: &mut Vec<Waker>) -> usize {
+    let count = woken.len();
     for waker in woken.drain(..) {
         waker.wake();
     }
@@ -432,7 +441,13 @@ mod tests {
             answers.push(response(mid));
         }
         let mut told = 0;
-        let handed = calls.complete(&mut answers, |callers| told = callers);
+        let handed = calls.complete(&mut answers, |callers| {
+            assert!(
+                calls.table.try_lock().is_err(),
+                "told before a caller can take its outcome"
+            );
+            told = callers;
+        });
         assert_eq!(told, handed, "the count of callers woken is told first");
         assert!(answers.batch.is_empty() && answers.woken.is_empty());
         handed
@@ -545,7 +560,10 @@ mod tests {
         assert_eq!(calls.len(), 1);
         assert_eq!(wakes(&woken), 0);
         let mut told = 0;
-        calls.close(Status::network_error("gone"), |callers| told = callers);
+        calls.close(Status::network_error("gone"), |callers| {
+            assert!(calls.table.try_lock().is_err(), "told under the lock");
+            told = callers;
+        });
         assert_eq!((told, wakes(&woken)), (1, 1));
         assert_eq!(
             outcome(&calls, call.mid).unwrap().unwrap_err().code(),
@@ -643,7 +661,10 @@ mod tests {
         assert_eq!(calls.len(), 3);
 
         let mut told = 0;
-        let next = calls.expire(start + Duration::from_secs(1), |callers| told = callers);
+        let next = calls.expire(start + Duration::from_secs(1), |callers| {
+            assert!(calls.table.try_lock().is_err(), "told under the lock");
+            told = callers;
+        });
         assert_eq!(next, Some(start + MINUTE));
         assert_eq!((told, wakes(&quick_woken)), (1, 1));
         let timed_out = outcome(&calls, quick.mid).unwrap().unwrap_err();
