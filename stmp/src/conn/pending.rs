@@ -201,6 +201,23 @@ enum Call {
     Ended(Result<Response, Status>),
 }
 
+impl Call {
+    fn waits(&self) -> bool {
+        matches!(self, Call::Waiting { .. })
+    }
+
+    /// Ends a waiting call with `outcome`; returns its caller to wake (`None`: it had ended).
+    fn end(&mut self, outcome: Result<Response, Status>) -> Option<Waker> {
+        if !self.waits() {
+            return None;
+        }
+        match std::mem::replace(self, Call::Ended(outcome)) {
+            Call::Waiting { waker, .. } => Some(waker),
+            Call::Ended(_) => None,
+        }
+    }
+}
+
 /// The calls of one connection that wait for a response, or for their caller to take it.
 ///
 /// Ids count up from 1 and wrap after 65535; 0 is never used, because stmp-go answers
@@ -309,14 +326,8 @@ impl Pending {
 
     /// Ends call `mid` with `outcome` if it waits; returns its caller to wake.
     fn end(&mut self, mid: u16, outcome: Result<Response, Status>) -> Option<Waker> {
-        let call = self.calls.get_mut(mid)?;
-        if matches!(call, Call::Ended(_)) {
-            // A second response to the same call: the first one stands.
-            return None;
-        }
-        let Call::Waiting { waker, .. } = std::mem::replace(call, Call::Ended(outcome)) else {
-            return None;
-        };
+        // A second response to the same call finds it ended: the first one stands.
+        let waker = self.calls.get_mut(mid)?.end(outcome)?;
         self.ended += 1;
         Some(waker)
     }
@@ -338,9 +349,7 @@ impl Pending {
                 continue;
             }
             let timed_out = Status::request_timeout(format!("no response within {timeout:?}"));
-            if let Call::Waiting { waker, .. } =
-                std::mem::replace(call, Call::Ended(Err(timed_out)))
-            {
+            if let Some(waker) = call.end(Err(timed_out)) {
                 woken.push(waker);
                 self.ended += 1;
             }
@@ -353,15 +362,10 @@ impl Pending {
     /// Ends every waiting call with `status`, adding their callers to `woken`, and fails
     /// every later one.
     fn close(&mut self, status: Status, woken: &mut Vec<Waker>) {
-        for call in self.calls.values_mut() {
-            if let Call::Waiting { .. } = call
-                && let Call::Waiting { waker, .. } =
-                    std::mem::replace(call, Call::Ended(Err(status.clone())))
-            {
-                woken.push(waker);
-                self.ended += 1;
-            }
+        for call in self.calls.values_mut().filter(|call| call.waits()) {
+            woken.extend(call.end(Err(status.clone())));
         }
+        self.ended = self.calls.len();
         self.closed = Some(status);
         self.alarm = None;
     }
