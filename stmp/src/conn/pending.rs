@@ -86,8 +86,11 @@ impl Calls {
         timeout: Duration,
         waker: &Waker,
     ) -> Result<Registered, Status> {
+        // Cloned before the lock (a reference count on the task, often last written by the
+        // other worker): the critical section is contended by the reader and both workers.
+        let waker = waker.clone();
         let mut table = lock(&self.table);
-        let (mid, sooner) = table.register(now, timeout, waker.clone())?;
+        let (mid, sooner) = table.register(now, timeout, waker)?;
         let waiting = table.len();
         self.waiting.store(waiting, Ordering::Relaxed);
         Ok(Registered {
