@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use common::*;
-use stmp::wire::{ClientHandshake, Header, ServerHandshake};
+use stmp::wire::{ClientHandshake, Header, Packet, PacketCodec, Request, ServerHandshake};
 use stmp::{Client, Code, Server, Status};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::codec::Decoder;
 
 async fn tcp_server(builder: stmp::ServerBuilder) -> (Server, String) {
     let server = builder.build();
@@ -160,6 +161,79 @@ async fn a_burst_read_at_once_is_answered_by_the_engine_without_a_writer_task() 
         1,
         "a writer task answered the burst"
     );
+}
+
+/// A long burst's answers are not all held to its end: once 16 are held they are written, so
+/// a peer with many calls in flight gets work while the rest of the burst is handled. Here the
+/// burst's 17th packet is a request whose handler does not return until the peer has read
+/// the first 16 answers; held to the burst's end, they would never come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_bursts_answers_are_written_sixteen_at_a_time() {
+    const WRITTEN_AT: usize = 16;
+    let server = Server::builder().build();
+    let (read_tx, read_rx) = std::sync::mpsc::channel::<()>();
+    let read_rx = std::sync::Mutex::new(read_rx);
+    server
+        .router()
+        .route(&BLOCK, move |_ctx: stmp::Context, input: Echo| {
+            // On the engine's own turn, before the handler's future is made: nothing else in
+            // the burst moves until the peer has said it read what was written.
+            let told = read_rx.lock().unwrap().recv_timeout(LIMIT);
+            async move {
+                told.map_err(|_| Status::internal("the peer never read the first answers"))?;
+                Ok::<_, Status>(input)
+            }
+        });
+    let addr = server.listen_tcp("127.0.0.1:0").await.unwrap().to_string();
+    let (peer, mut read) = handshaken(&addr).await;
+
+    let mut burst = BytesMut::new();
+    for _ in 0..WRITTEN_AT {
+        Packet::Ping.encode_stream(&mut burst);
+    }
+    let input = echo("after the pongs");
+    Packet::Request(Request {
+        mid: 1,
+        action: BLOCK.wire_action(),
+        header: Header::new(),
+        payload: stmp::Codec::PROTOBUF.encode(&input).unwrap(),
+    })
+    .encode_stream(&mut burst);
+    // The peer reads in a thread of its own: a worker of the server's runtime is held by the
+    // handler, and the test should not depend on which one drives the sockets meanwhile.
+    let mut peer = peer.into_std().unwrap();
+    peer.set_nonblocking(false).unwrap();
+    peer.set_read_timeout(Some(LIMIT)).unwrap();
+    let reading = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        // One write: the server reads the burst at once.
+        peer.write_all(&burst).unwrap();
+        let mut codec = PacketCodec::new();
+        let mut next = || loop {
+            if let Some(packet) = codec.decode(&mut read).unwrap() {
+                return packet;
+            }
+            let mut chunk = [0; 256];
+            let n = peer.read(&mut chunk).expect("read within the limit");
+            assert_ne!(n, 0, "the server closed");
+            read.extend_from_slice(&chunk[..n]);
+        };
+        for pong in 0..WRITTEN_AT {
+            assert_eq!(next(), Packet::Pong, "answer {pong}");
+        }
+        read_tx.send(()).unwrap();
+        next()
+    });
+    let answer = within(tokio::task::spawn_blocking(move || reading.join()))
+        .await
+        .unwrap()
+        .unwrap();
+    let Packet::Response(response) = answer else {
+        panic!("the request's answer, not {answer:?}");
+    };
+    assert_eq!((response.mid, response.status), (1, Code::Ok));
+    let echoed: Echo = stmp::Codec::PROTOBUF.decode(&response.payload).unwrap();
+    assert_eq!(echoed, input);
 }
 
 /// A burst starts the writer tasks; once the connection has nothing under way they end at its
