@@ -844,16 +844,22 @@ mod tests {
         // The writer waits for its first packet.
         tokio::task::yield_now().await;
         conn.try_send(Packet::Pong).unwrap();
+        let (second_hops, mut started) = tokio::sync::mpsc::unbounded_channel();
         let first_hops: Vec<_> = (0..9)
             .map(|_| {
-                let conn = conn.clone();
+                let (conn, second_hops) = (conn.clone(), second_hops.clone());
                 tokio::spawn(async move {
-                    tokio::spawn(async move { conn.try_send(Packet::Pong).unwrap() })
+                    let second_hop =
+                        tokio::spawn(async move { conn.try_send(Packet::Pong).unwrap() });
+                    second_hops.send(second_hop).unwrap();
                 })
             })
             .collect();
         for first_hop in first_hops {
-            first_hop.await.unwrap().await.unwrap();
+            first_hop.await.unwrap();
+        }
+        for _ in 0..9 {
+            started.recv().await.unwrap().await.unwrap();
         }
         drop(running);
         conn.shared.outbox.stop();
