@@ -37,6 +37,10 @@ async fn write_loop(task: Arc<WriterTask>, parts: WriterParts) {
         stall,
     } = parts;
     let conn = busy.conn.clone();
+    // Where the write is not the send (QUIC: quinn's connection task sends what the stream
+    // holds when it next runs), that task gathers the writes, and stepping aside only delays
+    // them (see `Scheme::writes_send`).
+    let steps_aside = conn.scheme().writes_send();
     let slot = &conn.shared.writer;
     // However the task ends, the transport goes with it, not with the last `Conn`; unless it
     // retires, leaving the transport to the next task.
@@ -67,7 +71,7 @@ async fn write_loop(task: Arc<WriterTask>, parts: WriterParts) {
             }
         }
         let stopping = next == Next::Stop;
-        if !stopping && batch.len() < BATCH && busy.more_coming(batch.len()) {
+        if !stopping && steps_aside && batch.len() < BATCH && busy.more_coming(batch.len()) {
             // Let the tasks that are ready to run (callers woken by the same read, handlers
             // answering) queue what they have first: one write then carries many packets
             // instead of one each, which is what the syscalls per call come down to. With
@@ -337,6 +341,7 @@ mod tests {
     use super::super::{DeferredWrites, EventOffer, EventRef};
     use super::*;
     use crate::Code;
+    use crate::transport::Scheme;
     use crate::wire::{Header, Packet};
 
     /// Records what reaches the socket: bytes, and how many writes and flushes it took.
@@ -789,12 +794,15 @@ mod tests {
         }
     }
 
-    /// Ten answers: the first wakes the writer, the other nine are ready to run right behind
-    /// it (on this single-threaded runtime, in that order). Returns the writes they took.
-    async fn writes_for_ten_answers(handlers_running: usize) -> usize {
+    /// Ten answers on a connection over `scheme`: the first wakes the writer, the other nine
+    /// are ready to run right behind it (on this single-threaded runtime, in that order).
+    /// Returns the writes they took.
+    async fn writes_for_ten_answers(scheme: Scheme, handlers_running: usize) -> usize {
         let recorder = Recorder::default();
         let writer = stream_writer(recorder.clone());
-        let (conn, outbox) = Conn::new(super::super::tests::parts(1 << 20));
+        let mut parts = super::super::tests::parts(1 << 20);
+        parts.scheme = scheme;
+        let (conn, outbox) = Conn::new(parts);
         let busy = idle(&conn);
         let running = busy.handling.reserve(handlers_running).unwrap();
         let stall = Duration::from_secs(5);
@@ -822,7 +830,12 @@ mod tests {
 
     #[tokio::test]
     async fn with_requests_being_handled_the_writer_lets_their_answers_join_the_write() {
-        assert_eq!(writes_for_ten_answers(10).await, 1);
+        assert_eq!(writes_for_ten_answers(Scheme::Tcp, 10).await, 1);
+    }
+
+    #[tokio::test]
+    async fn over_quic_the_writer_does_not_step_aside_as_quinn_gathers_the_writes() {
+        assert_eq!(writes_for_ten_answers(Scheme::Quic, 10).await, 2);
     }
 
     /// Ten answers, as above, but nine of them come from tasks that the ready tasks start:
@@ -871,7 +884,7 @@ mod tests {
 
     #[tokio::test]
     async fn with_one_request_being_handled_its_answer_leaves_at_once() {
-        assert_eq!(writes_for_ten_answers(1).await, 2);
+        assert_eq!(writes_for_ten_answers(Scheme::Tcp, 1).await, 2);
     }
 
     /// Takes `room` bytes, then waits until the test gives it more.

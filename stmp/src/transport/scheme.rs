@@ -39,7 +39,9 @@ impl Scheme {
     /// Whether a connection's write sends: the task that writes hands the bytes to the kernel
     /// itself. A QUIC stream's write only hands them to quinn's connection task, which sends
     /// them when it next runs. The engine holds a burst's answers for one write of its own
-    /// only where that write is the send (see `Turn::holds_bursts` in `conn::engine`).
+    /// only where that write is the send (see `Turn::holds_bursts` in `conn::engine`), and
+    /// the writer task steps aside for more packets before a write only there
+    /// (`conn::writer_task`): elsewhere quinn's task gathers what is written before it runs.
     pub(crate) fn writes_send(self) -> bool {
         match self {
             Scheme::Tcp | Scheme::Tls | Scheme::Ws | Scheme::Wss => true,
