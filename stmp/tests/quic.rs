@@ -184,3 +184,73 @@ async fn a_quic_client_reconnects_after_a_server_restart() {
     assert_eq!(echo.text, "back");
     assert_eq!(second.conns().len(), 1);
 }
+
+fn alive_tasks() -> usize {
+    tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks()
+}
+
+/// A burst of requests read at once over QUIC is answered as over TCP: the engine holds the
+/// answers and writes them itself, starting no writer task for them. (Queued for a writer
+/// task, they cost that task's wake-up and a hop on the way to quinn's connection task.)
+#[tokio::test]
+async fn a_burst_over_quic_is_answered_by_the_engine_without_a_writer_task() {
+    use bytes::BytesMut;
+    use stmp::wire::{ClientHandshake, Header, Packet, PacketCodec, Request, ServerHandshake};
+    use tokio::io::AsyncReadExt;
+    use tokio_util::codec::Decoder;
+
+    const BURST: u16 = 32;
+    let quic = quic_server("127.0.0.1:0", None).await;
+    let mut tls = (*stmp::tls::client_config(quic.cert_pem.as_bytes()).unwrap()).clone();
+    tls.alpn_protocols = vec![stmp::quic::ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut endpoint = quinn::Endpoint::client((std::net::Ipv4Addr::LOCALHOST, 0).into()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
+    let connection = within(endpoint.connect(quic.addr, "localhost").unwrap())
+        .await
+        .unwrap();
+    let (mut send, mut recv) = within(connection.open_bi()).await.unwrap();
+    let mut hello = BytesMut::new();
+    ClientHandshake::new(Header::new()).encode(&mut hello);
+    send.write_all(&hello).await.unwrap();
+    let mut read = BytesMut::new();
+    while ServerHandshake::decode(&mut read, 1 << 10)
+        .unwrap()
+        .is_none()
+    {
+        assert_ne!(within(recv.read_buf(&mut read)).await.unwrap(), 0);
+    }
+
+    let before = alive_tasks();
+    let mut codec = PacketCodec::new();
+    for round in 0..3 {
+        let mut burst = BytesMut::new();
+        for mid in 1..=BURST {
+            Packet::Request(Request {
+                mid,
+                action: ECHO.wire_action(),
+                header: Header::new(),
+                payload: stmp::Codec::PROTOBUF.encode(&echo("a burst")).unwrap(),
+            })
+            .encode_stream(&mut burst);
+        }
+        // One write: the server reads the burst at once.
+        send.write_all(&burst).await.unwrap();
+        let mut answered = 0;
+        while answered < BURST {
+            match codec.decode(&mut read).unwrap() {
+                Some(Packet::Response(response)) => {
+                    assert_eq!(response.status, Code::Ok, "round {round}");
+                    answered += 1;
+                }
+                Some(other) => panic!("a response, not {other:?}"),
+                None => assert_ne!(within(recv.read_buf(&mut read)).await.unwrap(), 0),
+            }
+        }
+    }
+    assert_eq!(alive_tasks(), before, "a writer task answered the burst");
+    connection.close(0u32.into(), b"");
+    drop(quic.server);
+}

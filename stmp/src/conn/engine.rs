@@ -208,8 +208,6 @@ enum Placement {
     /// More of a burst to come, or answers held before it: queued for the write that ends the
     /// burst ([`Conn::write_held`]).
     Held,
-    /// More to come, on a transport whose bursts are not held: queued for the writer task.
-    Queued,
 }
 
 impl Placement {
@@ -217,7 +215,6 @@ impl Placement {
         match self {
             Placement::Alone => conn.try_queue_inline(packet),
             Placement::Held => conn.try_queue_held(packet),
-            Placement::Queued => conn.try_queue(packet),
         }
     }
 }
@@ -242,7 +239,6 @@ impl Engine {
             config,
             tasks,
         } = self;
-        let holds_bursts = conn.scheme().writes_send();
         // Built before the future: moved in, the parts would stay in its state beside it.
         let mut turn = Turn {
             book: Bookkeeping {
@@ -270,7 +266,6 @@ impl Engine {
             deferral_watch: Alarm::default(),
             targets: ActionTargets::new(router),
             answers: Answers::default(),
-            holds_bursts,
         };
         async move {
             // Two timers for the state's two deadlines: the close grace is watched before
@@ -318,7 +313,6 @@ impl Engine {
                     state,
                     deferral_watch,
                     answers,
-                    holds_bursts,
                     ..
                 } = &mut turn;
                 let action = match step {
@@ -350,7 +344,7 @@ impl Engine {
                     Action::Reply(packet) => {
                         // Answers held before it: this one joins them in the burst's write.
                         let alone = book.held == 0 && !reader.as_mut().has_buffered();
-                        book.parked = reply(conn, packet, book.placement(alone, *holds_bursts));
+                        book.parked = reply(conn, packet, book.placement(alone));
                         book.write_held_if_many(conn);
                     }
                     // A Ping or a Close costs no room: it gets through a full queue.
@@ -365,7 +359,7 @@ impl Engine {
                             && conn.pending_calls() == 0
                             && book.held == 0
                             && !reader.as_mut().has_buffered();
-                        let placement = book.placement(alone, *holds_bursts);
+                        let placement = book.placement(alone);
                         handle(conn, targets, tasks, book, request, held, placement);
                         book.write_held_if_many(conn);
                     }
@@ -478,14 +472,6 @@ struct Turn {
     /// Responses read since the engine last handed some over: they go to their calls
     /// together (see `Answers`), before the engine waits or handles anything else.
     answers: Answers,
-    /// This connection holds the answers of a burst for one write by its engine. Where that
-    /// write is the send ([`Scheme::writes_send`]: TCP, TLS and WebSocket), it saves waking the
-    /// writer task, often on the other worker, at the burst's first answer. Over QUIC, answers
-    /// held until the burst's end only start quinn's connection task later (64 calls in flight
-    /// on one connection ran at 0.72-0.80x stmp tcp held, 0.82-0.87x not, three runs each;
-    /// `stmp-bench/README.md`). Not in the bookkeeping's line, which is full: only a burst
-    /// reads it.
-    holds_bursts: bool,
 }
 
 impl Turn {
@@ -652,17 +638,18 @@ struct Bookkeeping {
 }
 
 impl Bookkeeping {
-    /// Where the engine's next answer goes, `alone` or not, on a connection that holds
-    /// bursts or not; notes an answer held.
-    fn placement(&mut self, alone: bool, holds_bursts: bool) -> Placement {
-        match (alone, holds_bursts) {
-            (true, _) => Placement::Alone,
-            (false, true) => {
-                self.held = self.held.saturating_add(1);
-                Placement::Held
-            }
-            (false, false) => Placement::Queued,
+    /// Where the engine's next answer goes, `alone` or not; notes an answer held.
+    ///
+    /// Every transport holds a burst's answers for the engine's own write, QUIC too: there
+    /// the write only hands the bytes to quinn's connection task, but queued for the writer
+    /// task they cost that task's wake-up and a hop before quinn's (session 42: stmp quic at
+    /// 64 calls in flight 293k req/s queued, 338k held; `stmp-bench/README.md`).
+    fn placement(&mut self, alone: bool) -> Placement {
+        if alone {
+            return Placement::Alone;
         }
+        self.held = self.held.saturating_add(1);
+        Placement::Held
     }
 
     /// Writes the answers held so far once there are [`WRITE_HELD_AT`] of them, without

@@ -38,10 +38,9 @@ impl Scheme {
 
     /// Whether a connection's write sends: the task that writes hands the bytes to the kernel
     /// itself. A QUIC stream's write only hands them to quinn's connection task, which sends
-    /// them when it next runs. The engine holds a burst's answers for one write of its own
-    /// only where that write is the send (see `Turn::holds_bursts` in `conn::engine`), and
-    /// the writer task steps aside for more packets before a write only there
-    /// (`conn::writer_task`): elsewhere quinn's task gathers what is written before it runs.
+    /// what the stream holds when it next runs. The writer task steps aside for more packets
+    /// before a write only where the write is the send (`conn::writer_task`): over QUIC,
+    /// quinn's task gathers the writes already.
     pub(crate) fn writes_send(self) -> bool {
         match self {
             Scheme::Tcp | Scheme::Tls | Scheme::Ws | Scheme::Wss => true,
@@ -61,7 +60,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bursts_are_held_for_one_write_except_over_quic() {
+    fn the_write_is_the_send_except_over_quic() {
         for scheme in [Scheme::Tcp, Scheme::Tls, Scheme::Ws, Scheme::Wss] {
             assert!(scheme.writes_send(), "{scheme}");
         }
