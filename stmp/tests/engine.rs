@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use common::*;
-use stmp::wire::{ClientHandshake, Header, Packet, PacketCodec, Request, ServerHandshake};
+use stmp::wire::{Header, Packet, PacketCodec, Request};
 use stmp::{Client, Code, Server, Status};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::codec::Decoder;
@@ -53,16 +53,8 @@ fn alive_tasks() -> usize {
 /// A peer that has said hello over plain TCP, with what it read past the server's answer.
 async fn handshaken(addr: &str) -> (tokio::net::TcpStream, BytesMut) {
     let mut peer = within(tokio::net::TcpStream::connect(addr)).await.unwrap();
-    let mut hello = BytesMut::new();
-    ClientHandshake::new(Header::new()).encode(&mut hello);
-    peer.write_all(&hello).await.unwrap();
-    let mut read = BytesMut::new();
-    while ServerHandshake::decode(&mut read, 1 << 10)
-        .unwrap()
-        .is_none()
-    {
-        assert_ne!(within(peer.read_buf(&mut read)).await.unwrap(), 0);
-    }
+    let (mut read_half, mut write_half) = peer.split();
+    let read = say_hello(&mut write_half, &mut read_half).await;
     (peer, read)
 }
 

@@ -197,7 +197,7 @@ fn alive_tasks() -> usize {
 #[tokio::test]
 async fn a_burst_over_quic_is_answered_by_the_engine_without_a_writer_task() {
     use bytes::BytesMut;
-    use stmp::wire::{ClientHandshake, Header, Packet, PacketCodec, Request, ServerHandshake};
+    use stmp::wire::{Header, Packet, PacketCodec, Request};
     use tokio::io::AsyncReadExt;
     use tokio_util::codec::Decoder;
 
@@ -212,16 +212,7 @@ async fn a_burst_over_quic_is_answered_by_the_engine_without_a_writer_task() {
         .await
         .unwrap();
     let (mut send, mut recv) = within(connection.open_bi()).await.unwrap();
-    let mut hello = BytesMut::new();
-    ClientHandshake::new(Header::new()).encode(&mut hello);
-    send.write_all(&hello).await.unwrap();
-    let mut read = BytesMut::new();
-    while ServerHandshake::decode(&mut read, 1 << 10)
-        .unwrap()
-        .is_none()
-    {
-        assert_ne!(within(recv.read_buf(&mut read)).await.unwrap(), 0);
-    }
+    let mut read = say_hello(&mut send, &mut recv).await;
 
     let before = alive_tasks();
     let mut codec = PacketCodec::new();

@@ -210,3 +210,25 @@ pub fn echo(text: &str) -> Echo {
         delay_ms: 0,
     }
 }
+
+/// Says hello as a client over a raw byte stream, then reads until the server's handshake has
+/// come; returns what was read past it.
+pub async fn say_hello(
+    write: &mut (impl tokio::io::AsyncWrite + Unpin),
+    read: &mut (impl tokio::io::AsyncRead + Unpin),
+) -> bytes::BytesMut {
+    use stmp::wire::{ClientHandshake, Header, ServerHandshake};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut hello = bytes::BytesMut::new();
+    ClientHandshake::new(Header::new()).encode(&mut hello);
+    within(write.write_all(&hello)).await.unwrap();
+    let mut past = bytes::BytesMut::new();
+    while ServerHandshake::decode(&mut past, 1 << 10)
+        .unwrap()
+        .is_none()
+    {
+        assert_ne!(within(read.read_buf(&mut past)).await.unwrap(), 0);
+    }
+    past
+}
