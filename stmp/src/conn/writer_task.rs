@@ -79,8 +79,8 @@ async fn write_loop(task: Arc<WriterTask>, parts: WriterParts) {
             // tokio's `yield_now` defers the wake-up until this worker has run all that is
             // ready. A task that wakes itself instead runs again behind only what was queued
             // at that moment, rescheduled as a yield that tokio announces to a parked worker:
-            // a third of a busy client's worker wake-ups came from here, and calls got
-            // through 6 % to 10 % slower (`stmp-bench/README.md`, session 42).
+            // a third of a busy client's worker wake-ups came from here, and 16 to 64 calls
+            // in flight got through 6 % to 8 % slower (`stmp-bench/README.md`, session 42).
             tokio::task::yield_now().await;
             outbox.try_recv_many(&mut batch, BATCH);
         }
