@@ -44,12 +44,6 @@ async fn ten_thousand_concurrent_calls_on_one_connection() {
 /// idle or quiet connection runs no writer task on either side.
 // One thread: the tasks counted are this runtime's, and none runs while they are counted.
 /// Tasks alive on this test's runtime.
-fn alive_tasks() -> usize {
-    tokio::runtime::Handle::current()
-        .metrics()
-        .num_alive_tasks()
-}
-
 /// A peer that has said hello over plain TCP, with what it read past the server's answer.
 async fn handshaken(addr: &str) -> (tokio::net::TcpStream, BytesMut) {
     let mut peer = within(tokio::net::TcpStream::connect(addr)).await.unwrap();

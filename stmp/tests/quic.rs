@@ -185,12 +185,6 @@ async fn a_quic_client_reconnects_after_a_server_restart() {
     assert_eq!(second.conns().len(), 1);
 }
 
-fn alive_tasks() -> usize {
-    tokio::runtime::Handle::current()
-        .metrics()
-        .num_alive_tasks()
-}
-
 /// A burst of requests read at once over QUIC is answered as over TCP: the engine holds the
 /// answers and writes them itself, starting no writer task for them. (Queued for a writer
 /// task, they cost that task's wake-up and a hop on the way to quinn's connection task.)

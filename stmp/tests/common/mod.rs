@@ -232,3 +232,10 @@ pub async fn say_hello(
     }
     past
 }
+
+/// The tasks alive on the current runtime: a connection's writer task shows up here.
+pub fn alive_tasks() -> usize {
+    tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks()
+}
