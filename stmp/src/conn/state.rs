@@ -133,6 +133,11 @@ impl ConnState {
         self.handler_slots.clone()
     }
 
+    /// How many of this connection's handlers run.
+    pub(crate) fn handlers_running(&self) -> usize {
+        self.handler_slots.used()
+    }
+
     /// A packet arrived from the peer.
     pub(crate) fn handle_packet(&mut self, now: Instant, packet: Packet) -> Action {
         self.last_read = now;
