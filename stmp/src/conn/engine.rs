@@ -30,7 +30,7 @@ use super::Drain;
 use super::close_request::Heard;
 use super::io::{PacketStream, PacketWriter};
 use super::outbox::DEFERRAL_WATCH;
-use super::state::{Action, ConnState, Ending, Held, error_response};
+use super::state::{Action, Admitted, ConnState, Ending, Held, error_response};
 use super::writer_task::{Busy, Finishing, StopWriterOnDrop, WriterParts, WriterTask};
 use super::{Answers, Conn, ConnParts, Outbox, Refused, Side};
 use crate::broadcast::SlowConsumer;
@@ -352,10 +352,10 @@ impl Engine {
                     Action::Signal(packet) => {
                         let _ = conn.try_queue_inline(packet);
                     }
-                    Action::Handle(request, held) => {
+                    Action::Handle(request, admitted) => {
                         // The only work under way, and no more input at hand: its answer may
                         // leave at once from this task rather than through the writer's.
-                        let alone = state.handlers_running() == 1
+                        let alone = state.handlers_waiting() == 0
                             && conn.pending_calls() == 0
                             && book.held == 0
                             && !reader.as_mut().has_buffered();
@@ -364,10 +364,14 @@ impl Engine {
                             tasks,
                             burst: burst_tracked,
                         };
-                        handle(conn, targets, tracking, book, request, held, placement);
+                        let admission = Admission {
+                            state: &*state,
+                            admitted,
+                        };
+                        handle(conn, targets, tracking, book, request, admission, placement);
                         book.write_held_if_many(conn);
                     }
-                    Action::Deliver(notify, held) => {
+                    Action::Deliver(notify, admitted) => {
                         let target = targets.get(&notify.action);
                         let ctx =
                             book.spare
@@ -380,6 +384,7 @@ impl Engine {
                         };
                         book.spare.keep(ctx);
                         if let Some(left) = left {
+                            let held = state.hold(admitted);
                             let listening: Listening = Box::pin(async move {
                                 left.await;
                                 drop(held);
@@ -421,7 +426,7 @@ impl Engine {
                 // way lets its writer task go (a burst started it), to start another when a
                 // packet next waits for one. A busy one keeps it.
                 if std::mem::take(&mut book.heartbeat_rang)
-                    && state.handlers_running() == 0
+                    && state.handlers_waiting() == 0
                     && conn.pending_calls() == 0
                 {
                     writer_task.task.retire_if_waiting(conn);
@@ -764,7 +769,21 @@ impl<'t> Tracking<'t> {
     }
 }
 
-/// Runs a request's handler; `held` (its slot and bytes) is given back once it has answered.
+/// A request admitted by its connection's budgets, and the state that holds what it was
+/// admitted with once its handler waits.
+struct Admission<'s> {
+    state: &'s ConnState,
+    admitted: Admitted,
+}
+
+impl Admission<'_> {
+    fn hold(self) -> Held {
+        self.state.hold(self.admitted)
+    }
+}
+
+/// Runs a request's handler; a handler that waits holds what the request was admitted with
+/// (its slot and bytes), and gives it back once it has answered.
 /// An answer ready at once is queued by this task as `placement` says (and written by it when
 /// alone, or at the end of the burst when held). The
 /// request's context is `book`'s spare one, filled in, and goes back there when the handler
@@ -775,7 +794,7 @@ fn handle(
     tracking: Tracking<'_>,
     book: &mut Bookkeeping,
     request: Request,
-    held: Held,
+    admission: Admission<'_>,
     placement: Placement,
 ) {
     let (spare, arrived) = (&mut book.spare, book.arrived);
@@ -794,6 +813,7 @@ fn handle(
             response
         }
         Started::Waiting(answering) => {
+            let held = admission.hold();
             let (conn, target) = (conn.clone(), target.clone());
             let answering = async move {
                 let outcome = answering.await;
@@ -814,6 +834,7 @@ fn handle(
         }
     };
     if let Err(Refused::Full(response)) = placement.queue(conn, response) {
+        let held = admission.hold();
         let conn = conn.clone();
         tasks.spawn(async move {
             // Held until the answer is queued: a handler waiting for room still holds what
