@@ -87,7 +87,7 @@ impl std::io::Write for OpensOn {
 
 /// A handler that runs inline, in the connection's own task, counts as running for a
 /// shutdown: the shutdown waits for it until its deadline, and its answer still reaches the
-/// caller. Tracked by one token for its whole burst of requests (the engine's), not by a task.
+/// caller. The engine tracks it from the start of its handling; no task of its own does.
 #[test]
 fn a_shutdown_waits_for_a_handler_running_inline_until_its_deadline() {
     const STILL_RUNNING: &str = "handlers still running at the shutdown deadline";

@@ -29,9 +29,7 @@ pub(crate) fn queue_cost(packet: &Packet, budget: usize) -> usize {
 }
 
 /// Bytes held by running handlers and queued listeners, across every connection of a server.
-/// Lock-free: a look at the room is one atomic load, a reservation one atomic add, its release
-/// one atomic subtract. The look and the add are apart: see [`Admitted`](super::state::Admitted)
-/// for what the room found is spent on.
+/// Lock-free: a reservation is one atomic add, its release one atomic subtract.
 #[derive(Debug)]
 pub(crate) struct InFlight {
     used: AtomicUsize,
@@ -47,31 +45,22 @@ impl InFlight {
     }
 
     /// Reserves `bytes` until the returned guard drops; `None` when the budget has no room.
-    #[cfg(test)]
+    /// One packet larger than the whole budget still gets through when nothing else is held,
+    /// so the limit never refuses what the packet size limit allows.
     pub(crate) fn reserve(self: &Arc<Self>, bytes: usize) -> Option<Reservation> {
-        self.has_room(bytes).then(|| self.take(bytes))
-    }
-
-    /// Whether `bytes` more fit now. One packet larger than the whole budget still gets
-    /// through when nothing else is held, so the limit never refuses what the packet size
-    /// limit allows.
-    pub(crate) fn has_room(&self, bytes: usize) -> bool {
-        let used = self.used();
-        used == 0 || used.saturating_add(bytes) <= self.limit
-    }
-
-    /// Takes `bytes` until the returned guard drops, without a look at the limit: room was
-    /// found for them before ([`has_room`](Self::has_room)).
-    pub(crate) fn take(self: &Arc<Self>, bytes: usize) -> Reservation {
-        self.add(bytes);
-        Reservation {
+        self.try_take(bytes).then(|| Reservation {
             budget: self.clone(),
             bytes,
-        }
+        })
     }
 
-    fn add(&self, bytes: usize) {
-        self.used.fetch_add(bytes, Ordering::Relaxed);
+    fn try_take(&self, bytes: usize) -> bool {
+        let before = self.used.fetch_add(bytes, Ordering::Relaxed);
+        if before > 0 && before.saturating_add(bytes) > self.limit {
+            self.give(bytes);
+            return false;
+        }
+        true
     }
 
     fn give(&self, bytes: usize) {
@@ -134,34 +123,21 @@ impl ConnBytes {
         })
     }
 
-    /// Whether both budgets have room for `bytes` more now.
-    pub(crate) fn has_room(&self, bytes: usize) -> Result<(), NoRoom> {
-        if !self.conn.has_room(bytes) {
+    /// Reserves `bytes` in both budgets until the returned guard drops.
+    pub(crate) fn reserve(self: &Arc<Self>, bytes: usize) -> Result<HeldBytes, NoRoom> {
+        if !self.conn.try_take(bytes) {
             return Err(NoRoom::Conn(self.conn.limit));
         }
-        match &self.server {
-            Some(server) if !server.has_room(bytes) => Err(NoRoom::Server(server.limit)),
-            _ => Ok(()),
+        if let Some(server) = &self.server
+            && !server.try_take(bytes)
+        {
+            self.conn.give(bytes);
+            return Err(NoRoom::Server(server.limit));
         }
-    }
-
-    /// Takes `bytes` in both budgets until the returned guard drops, without a look at the
-    /// limits: room was found for them before ([`has_room`](Self::has_room)).
-    pub(crate) fn take(self: &Arc<Self>, bytes: usize) -> HeldBytes {
-        self.conn.add(bytes);
-        if let Some(server) = &self.server {
-            server.add(bytes);
-        }
-        HeldBytes {
+        Ok(HeldBytes {
             budgets: self.clone(),
             bytes,
-        }
-    }
-
-    /// Reserves `bytes` in both budgets until the returned guard drops.
-    #[cfg(test)]
-    pub(crate) fn reserve(self: &Arc<Self>, bytes: usize) -> Result<HeldBytes, NoRoom> {
-        self.has_room(bytes).map(|()| self.take(bytes))
+        })
     }
 }
 

@@ -24,13 +24,13 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep, sleep_until};
 use tokio_util::task::TaskTracker;
-use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use super::Drain;
+use super::budget::InFlight;
 use super::close_request::Heard;
 use super::io::{PacketStream, PacketWriter};
 use super::outbox::DEFERRAL_WATCH;
-use super::state::{Action, Admitted, ConnState, Ending, Held, error_response};
+use super::state::{Action, ConnState, Ending, Held, error_response};
 use super::writer_task::{Busy, Finishing, StopWriterOnDrop, WriterParts, WriterTask};
 use super::{Answers, Conn, ConnParts, Outbox, Refused, Side};
 use crate::broadcast::SlowConsumer;
@@ -258,8 +258,8 @@ impl Engine {
             conn,
             reader,
             listeners: Listeners::default(),
+            handling: state.handler_slots(),
             tasks,
-            burst_tracked: None,
             calls_due: Alarm::default(),
             state,
             grace: Alarm::default(),
@@ -307,8 +307,8 @@ impl Engine {
                     reader,
                     targets,
                     listeners,
+                    handling,
                     tasks,
-                    burst_tracked,
                     conn,
                     state,
                     deferral_watch,
@@ -352,26 +352,18 @@ impl Engine {
                     Action::Signal(packet) => {
                         let _ = conn.try_queue_inline(packet);
                     }
-                    Action::Handle(request, admitted) => {
+                    Action::Handle(request, held) => {
                         // The only work under way, and no more input at hand: its answer may
                         // leave at once from this task rather than through the writer's.
-                        let alone = state.handlers_waiting() == 0
+                        let alone = handling.used() == 1
                             && conn.pending_calls() == 0
                             && book.held == 0
                             && !reader.as_mut().has_buffered();
                         let placement = book.placement(alone);
-                        let tracking = Tracking {
-                            tasks,
-                            burst: burst_tracked,
-                        };
-                        let admission = Admission {
-                            state: &*state,
-                            admitted,
-                        };
-                        handle(conn, targets, tracking, book, request, admission, placement);
+                        handle(conn, targets, tasks, book, request, held, placement);
                         book.write_held_if_many(conn);
                     }
-                    Action::Deliver(notify, admitted) => {
+                    Action::Deliver(notify, held) => {
                         let target = targets.get(&notify.action);
                         let ctx =
                             book.spare
@@ -384,7 +376,6 @@ impl Engine {
                         };
                         book.spare.keep(ctx);
                         if let Some(left) = left {
-                            let held = state.hold(admitted);
                             let listening: Listening = Box::pin(async move {
                                 left.await;
                                 drop(held);
@@ -426,7 +417,7 @@ impl Engine {
                 // way lets its writer task go (a burst started it), to start another when a
                 // packet next waits for one. A busy one keeps it.
                 if std::mem::take(&mut book.heartbeat_rang)
-                    && state.handlers_waiting() == 0
+                    && handling.used() == 0
                     && conn.pending_calls() == 0
                 {
                     writer_task.task.retire_if_waiting(conn);
@@ -463,10 +454,8 @@ struct Turn {
     reader: PacketStream,
     conn: Conn,
     listeners: Listeners,
+    handling: Arc<InFlight>,
     tasks: TaskTracker,
-    /// Tracks the requests this burst handles in `tasks` (see [`handle`]) until the burst
-    /// ends: one token for the burst rather than one per request.
-    burst_tracked: Option<TaskTrackerToken>,
     /// The alarm for the deadlines of this side's calls (see `pending`), set by the calls'
     /// table, which says when it should ring next each time it rings. Like the other two
     /// alarms it is made when first set (see `Alarm`).
@@ -499,8 +488,6 @@ impl Turn {
                 &mut self.deferral_watch,
             );
         }
-        // Once the held answers are queued: until then their requests count as being handled.
-        self.burst_tracked = None;
     }
 
     /// Whether something the wait watches needs a look before a buffered packet is taken.
@@ -746,44 +733,7 @@ fn hand_over(conn: &Conn, answers: &mut Answers, book: &mut Bookkeeping, watch: 
     }
 }
 
-/// Where a request's handling is tracked: a server's shutdown waits for the handlers running.
-struct Tracking<'t> {
-    tasks: &'t TaskTracker,
-    /// The token that tracks the burst's requests, until the burst ends.
-    burst: &'t mut Option<TaskTrackerToken>,
-}
-
-impl<'t> Tracking<'t> {
-    /// Tracks a request from the start of its handling, not only from a task's `spawn`, and
-    /// until its answer is queued: a shutdown that looks while the handler runs inline must
-    /// wait for it. The burst's token does so for every request of the burst: the answers
-    /// ready at once are queued by its end, and a handler that waits (or whose answer waits
-    /// for room) is spawned before it, in `tasks`, which tracks it from there. A token per
-    /// request cost four atomic operations on the tracker's two shared lines: at 64 calls in
-    /// flight, 1.5 % of a call's CPU, both ends together (bench `calls`, session 43).
-    fn start(self) -> &'t TaskTracker {
-        if self.burst.is_none() {
-            *self.burst = Some(self.tasks.token());
-        }
-        self.tasks
-    }
-}
-
-/// A request admitted by its connection's budgets, and the state that holds what it was
-/// admitted with once its handler waits.
-struct Admission<'s> {
-    state: &'s ConnState,
-    admitted: Admitted,
-}
-
-impl Admission<'_> {
-    fn hold(self) -> Held {
-        self.state.hold(self.admitted)
-    }
-}
-
-/// Runs a request's handler; a handler that waits holds what the request was admitted with
-/// (its slot and bytes), and gives it back once it has answered.
+/// Runs a request's handler; `held` (its slot and bytes) is given back once it has answered.
 /// An answer ready at once is queued by this task as `placement` says (and written by it when
 /// alone, or at the end of the burst when held). The
 /// request's context is `book`'s spare one, filled in, and goes back there when the handler
@@ -791,16 +741,18 @@ impl Admission<'_> {
 fn handle(
     conn: &Conn,
     targets: &mut ActionTargets,
-    tracking: Tracking<'_>,
+    tasks: &TaskTracker,
     book: &mut Bookkeeping,
     request: Request,
-    admission: Admission<'_>,
+    held: Held,
     placement: Placement,
 ) {
     let (spare, arrived) = (&mut book.spare, book.arrived);
     let target = targets.get(&request.action);
     let ctx = spare.fill(conn, request.action, target.method(), request.header);
-    let tasks = tracking.start();
+    // Tracked from the start, not from `spawn`, and until the answer is queued: a shutdown
+    // that looks while the handler runs inline must wait for it.
+    let tracked = tasks.token();
     let mid = request.mid;
     let span = crate::telemetry::call_span(target.series(), target.method());
     // Most handlers answer without waiting: they run here until their first await, and only
@@ -813,13 +765,13 @@ fn handle(
             response
         }
         Started::Waiting(answering) => {
-            let held = admission.hold();
             let (conn, target) = (conn.clone(), target.clone());
             let answering = async move {
                 let outcome = answering.await;
                 answer(&target, &ctx, mid, outcome, arrived)
             };
             tasks.spawn(async move {
+                let _tracked = tracked;
                 let response = tracing::Instrument::instrument(answering, span).await;
                 // Alone, as the answers ready at once are: written from here when the writer
                 // waits, rather than by its task (which then need not even start).
@@ -834,9 +786,9 @@ fn handle(
         }
     };
     if let Err(Refused::Full(response)) = placement.queue(conn, response) {
-        let held = admission.hold();
         let conn = conn.clone();
         tasks.spawn(async move {
+            let _tracked = tracked;
             // Held until the answer is queued: a handler waiting for room still holds what
             // it was sent.
             let _ = conn.send(response).await;

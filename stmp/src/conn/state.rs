@@ -30,12 +30,10 @@ pub(crate) enum Action {
     Reply(Packet),
     /// Send this control packet (Ping, Close) even through a full send queue: it costs no room.
     Signal(Packet),
-    /// Run the request's handler; once it waits, it holds what it was admitted with until it
-    /// has answered.
-    Handle(Request, Admitted),
-    /// Hand the notify to the listeners; once they wait, its bytes are held until they are
-    /// done with it.
-    Deliver(Notify, Admitted),
+    /// Run the request's handler; what it holds is given back when the handler has answered.
+    Handle(Request, Held),
+    /// Hand the notify to the listeners; its bytes are held until they are done with it.
+    Deliver(Notify, Held),
     /// Hand the response to the call that waits for it.
     Complete(Response),
     /// The connection is over.
@@ -48,25 +46,6 @@ pub(crate) struct Ending {
     pub(crate) status: Status,
     /// Whether a Close still has to go to the peer.
     pub(crate) send_close: bool,
-}
-
-/// A request or notify its connection's budgets had room for: a handler slot (requests
-/// only), and its bytes in the connection's budget and the server's.
-///
-/// Nothing is taken yet. Most handlers and listeners finish in the engine's own turn, before
-/// it reads on, and what they would hold was theirs for that turn only: taken and given back
-/// on every packet, it cost ten atomic operations per request, a tenth of what an answered
-/// call costs the server's engine (bench `calls`, session 43). A handler or listener that
-/// waits takes it ([`ConnState::hold`]) before the engine reads on: within a connection the
-/// look and the take are one turn of its engine apart, with no other admission between them,
-/// so its limits hold exactly. The server's budget is shared, and another connection's engine
-/// may find the same room meanwhile: one packet per engine running at that moment (one per
-/// worker thread) at most.
-#[derive(Debug)]
-#[must_use]
-pub(crate) struct Admitted {
-    handler: bool,
-    bytes: usize,
 }
 
 /// What a dispatched request or notify holds until its handler or listener is done: a
@@ -154,21 +133,6 @@ impl ConnState {
         self.handler_slots.clone()
     }
 
-    /// How many of this connection's handlers wait (a handler running in the engine's turn
-    /// holds no slot: see [`Admitted`]).
-    pub(crate) fn handlers_waiting(&self) -> usize {
-        self.handler_slots.used()
-    }
-
-    /// Takes what `admitted` found room for, until the guard drops: for a handler or listener
-    /// that waits.
-    pub(crate) fn hold(&self, admitted: Admitted) -> Held {
-        Held {
-            slot: admitted.handler.then(|| self.handler_slots.take(1)),
-            _bytes: self.bytes.take(admitted.bytes),
-        }
-    }
-
     /// A packet arrived from the peer.
     pub(crate) fn handle_packet(&mut self, now: Instant, packet: Packet) -> Action {
         self.last_read = now;
@@ -182,12 +146,12 @@ impl ConnState {
             Packet::Request(request) => self.admit_request(request),
             Packet::Notify(notify) => {
                 let cost = notify.payload.len() + header_cost(&notify.header);
-                match self.has_room(cost) {
-                    Ok(()) => Action::Deliver(
+                match self.reserve(cost) {
+                    Ok(bytes) => Action::Deliver(
                         notify,
-                        Admitted {
-                            handler: false,
-                            bytes: cost,
+                        Held {
+                            slot: None,
+                            _bytes: bytes,
                         },
                     ),
                     Err(status) => {
@@ -211,21 +175,21 @@ impl ConnState {
             let status = Status::server_shutdown("the server is shutting down");
             return Action::Reply(error_response(request.mid, status));
         }
-        if !self.handler_slots.has_room(1) {
+        let Some(slot) = self.handler_slots.reserve(1) else {
             Counters::count(&self.counters.requests_rejected);
             let status = Status::too_many_requests(format!(
                 "more than {} requests in flight on this connection",
                 self.max_concurrent_requests
             ));
             return Action::Reply(error_response(request.mid, status));
-        }
+        };
         let cost = request.payload.len() + header_cost(&request.header);
-        match self.has_room(cost) {
-            Ok(()) => Action::Handle(
+        match self.reserve(cost) {
+            Ok(bytes) => Action::Handle(
                 request,
-                Admitted {
-                    handler: true,
-                    bytes: cost,
+                Held {
+                    slot: Some(slot),
+                    _bytes: bytes,
                 },
             ),
             Err(status) => {
@@ -235,9 +199,9 @@ impl ConnState {
         }
     }
 
-    /// Whether the connection's budget and the server's have room for a packet's bytes.
-    fn has_room(&self, bytes: usize) -> Result<(), Status> {
-        self.bytes.has_room(bytes).map_err(|full| match full {
+    /// Reserves a packet's bytes in the connection's budget and the server's.
+    fn reserve(&self, bytes: usize) -> Result<HeldBytes, Status> {
+        self.bytes.reserve(bytes).map_err(|full| match full {
             NoRoom::Conn(limit) => Status::too_many_requests(format!(
                 "this connection holds its limit of {limit} request bytes in flight"
             )),
@@ -665,12 +629,9 @@ mod tests {
         let Action::Handle(_, first) = conn.handle_packet(t0, request(1, 10)) else {
             panic!("a free slot runs the handler")
         };
-        // The handlers wait: they hold their slots.
-        let first = conn.hold(first);
-        let Action::Handle(_, second) = conn.handle_packet(t0, request(2, 10)) else {
+        let Action::Handle(_, _second) = conn.handle_packet(t0, request(2, 10)) else {
             panic!("a free slot runs the handler")
         };
-        let _second = conn.hold(second);
         let (mid, code, message) = refused(conn.handle_packet(t0, request(3, 10)));
         assert_eq!((mid, code), (3, Code::TooManyRequests));
         assert!(message.contains("more than 2 requests"), "{message}");
@@ -687,10 +648,9 @@ mod tests {
         let t0 = Instant::now();
         let counters = Counters::new(usize::MAX);
         let mut conn = ConnState::new(&config(), counters.clone(), Drain::default(), t0);
-        let Action::Deliver(_, admitted) = conn.handle_packet(t0, notify(900)) else {
+        let Action::Deliver(_, held) = conn.handle_packet(t0, notify(900)) else {
             panic!("the budget has room")
         };
-        let held = conn.hold(admitted);
         let (_, code, message) = refused(conn.handle_packet(t0, request(1, 200)));
         assert_eq!(code, Code::TooManyRequests);
         assert!(
@@ -699,43 +659,16 @@ mod tests {
         );
         assert!(matches!(conn.handle_packet(t0, notify(200)), Action::Idle));
         assert_eq!(counters.snapshot(0, 0).requests_shed, 2);
+        // A refused request gave its handler slot back.
         drop(held);
-        let Action::Handle(_, second) = conn.handle_packet(t0, request(2, 200)) else {
-            panic!("the notify gave its bytes back")
-        };
-        let _second = conn.hold(second);
-        assert!(
-            matches!(conn.handle_packet(t0, request(3, 200)), Action::Handle(..)),
-            "the refused request took no handler slot"
-        );
-    }
-
-    #[test]
-    fn what_a_request_was_admitted_with_is_held_only_once_its_handler_waits() {
-        let t0 = Instant::now();
-        let counters = Counters::new(1000);
-        let mut conn = ConnState::new(&config(), counters.clone(), Drain::default(), t0);
-        // Handlers that answer in the engine's turn: each finds the slots and bytes free.
-        for mid in 1..=5 {
-            let Action::Handle(_, admitted) = conn.handle_packet(t0, request(mid, 600)) else {
-                panic!("request {mid} refused though no handler waits")
-            };
-            drop(admitted);
-        }
-        assert_eq!(conn.handlers_waiting(), 0);
-        assert_eq!(counters.in_flight.as_ref().unwrap().used(), 0);
-        // One that waits holds its slot and bytes, here and in the server's budget.
-        let Action::Handle(_, admitted) = conn.handle_packet(t0, request(6, 600)) else {
-            panic!("no handler waits")
-        };
-        let held = conn.hold(admitted);
-        assert_eq!(conn.handlers_waiting(), 1);
-        assert!(counters.in_flight.as_ref().unwrap().used() >= 600);
-        let (_, code, _) = refused(conn.handle_packet(t0, request(7, 600)));
-        assert_eq!(code, Code::TooManyRequests);
-        drop(held);
-        assert_eq!(conn.handlers_waiting(), 0);
-        assert_eq!(counters.in_flight.as_ref().unwrap().used(), 0);
+        assert!(matches!(
+            conn.handle_packet(t0, request(2, 200)),
+            Action::Handle(..)
+        ));
+        assert!(matches!(
+            conn.handle_packet(t0, request(3, 200)),
+            Action::Handle(..)
+        ));
     }
 
     #[test]
@@ -744,10 +677,7 @@ mod tests {
         let counters = Counters::new(500);
         let mut one = ConnState::new(&config(), counters.clone(), Drain::default(), t0);
         let mut two = ConnState::new(&config(), counters.clone(), Drain::default(), t0);
-        let Action::Deliver(_, admitted) = one.handle_packet(t0, notify(400)) else {
-            panic!("the budget has room")
-        };
-        let _held = one.hold(admitted);
+        let _held = one.handle_packet(t0, notify(400));
         let (_, _, message) = refused(two.handle_packet(t0, request(1, 200)));
         assert!(message.contains("the server holds its limit"), "{message}");
     }
