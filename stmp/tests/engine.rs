@@ -149,6 +149,40 @@ async fn a_burst_read_at_once_is_answered_by_the_engine_without_a_writer_task() 
     );
 }
 
+/// After a burst of two packets or more the engine looks for more a few times, letting the
+/// ready tasks run in between, before it waits: a peer that answers back at once (here on the
+/// same thread) finds it still looking, and the runtime does not park between the bursts. A
+/// lone packet is not followed by more: its engine waits at once.
+#[tokio::test]
+async fn after_a_burst_the_engine_looks_for_more_before_it_waits() {
+    const ROUNDS: u64 = 50;
+    let (_server, url) = tcp_server(Server::builder()).await;
+    let (mut peer, mut read) = handshaken(url.trim_start_matches("tcp://")).await;
+    let parks = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .worker_park_count(0)
+    };
+    let mut pings_and_pongs = async |pings: usize| {
+        let before = parks();
+        for _ in 0..ROUNDS {
+            peer.write_all(&vec![0x80; pings]).await.unwrap();
+            while read.len() < pings {
+                assert_ne!(within(peer.read_buf(&mut read)).await.unwrap(), 0);
+            }
+            assert_eq!(read.split().as_ref(), vec![0x90; pings]);
+        }
+        parks() - before
+    };
+    let lone = pings_and_pongs(1).await;
+    let bursts = pings_and_pongs(2).await;
+    assert!(lone >= ROUNDS, "{lone} parks for {ROUNDS} lone pings");
+    assert!(
+        bursts < ROUNDS / 5,
+        "{bursts} parks for {ROUNDS} bursts of two pings ({lone} for lone ones)"
+    );
+}
+
 /// A long burst's answers are not all held to its end: once 16 are held they are written, so
 /// a peer with many calls in flight gets work while the rest of the burst is handled. Here the
 /// burst's 17th packet is a request whose handler does not return until the peer has read
