@@ -260,22 +260,7 @@ impl Engine {
         } = self;
         // Built before the future: moved in, the parts would stay in its state beside it.
         let mut turn = Turn {
-            book: Bookkeeping {
-                // When the packet being handled was read: a request's duration counts from
-                // there.
-                arrived: now(),
-                heartbeat_waker: None,
-                parked: None,
-                spare: SpareContext::default(),
-                since_yield: 0,
-                held: 0,
-                calls_waiting: false,
-                watching_deferral: false,
-                heartbeat_rang: false,
-                answering: false,
-                burst: 0,
-                looks_rest: 0,
-            },
+            book: Bookkeeping::new(),
             conn,
             reader,
             listeners: Listeners::default(),
@@ -682,6 +667,24 @@ struct Bookkeeping {
 }
 
 impl Bookkeeping {
+    fn new() -> Bookkeeping {
+        Bookkeeping {
+            // When the packet being handled was read: a request's duration counts from there.
+            arrived: now(),
+            heartbeat_waker: None,
+            parked: None,
+            spare: SpareContext::default(),
+            since_yield: 0,
+            held: 0,
+            calls_waiting: false,
+            watching_deferral: false,
+            heartbeat_rang: false,
+            answering: false,
+            burst: 0,
+            looks_rest: 0,
+        }
+    }
+
     /// How many times to look for more before waiting, as the burst that just ended was
     /// read (see [`LOOKS_BEFORE_WAITING`]).
     fn looks_before_waiting(&mut self) -> u8 {
@@ -1019,23 +1022,6 @@ mod tests {
 
     use super::*;
 
-    fn book() -> Bookkeeping {
-        Bookkeeping {
-            arrived: now(),
-            heartbeat_waker: None,
-            parked: None,
-            spare: SpareContext::default(),
-            since_yield: 0,
-            held: 0,
-            calls_waiting: false,
-            watching_deferral: false,
-            heartbeat_rang: false,
-            answering: false,
-            burst: 0,
-            looks_rest: 0,
-        }
-    }
-
     /// Reads a burst of `packets`; returns the looks the engine takes before it waits, and
     /// notes whether they `found` more.
     fn burst(book: &mut Bookkeeping, packets: u8, found: bool) -> u8 {
@@ -1047,7 +1033,7 @@ mod tests {
 
     #[test]
     fn the_engine_looks_for_more_after_bursts_until_looking_finds_nothing() {
-        let mut book = book();
+        let mut book = Bookkeeping::new();
         // A lone packet is not followed by more.
         assert_eq!(burst(&mut book, 1, false), 0);
         assert_eq!(burst(&mut book, 2, true), LOOKS_BEFORE_WAITING);
