@@ -451,6 +451,71 @@ async fn a_call_left_aside_after_its_answer_came_holds_up_no_other_call() {
     assert_eq!(echoed.text, "aside");
 }
 
+/// The callers answered in one burst are woken one after another, each by the one before it
+/// as it takes its answer. A caller whose task is woken but does not poll its call again (it
+/// waits for something else) must not hold up the callers behind it: here the peer answers
+/// both calls in one write, the left-aside call's answer first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_does_not_take_its_answer_holds_up_none_answered_after_it() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let peer = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut buffer = BytesMut::new();
+        while stmp::wire::ClientHandshake::decode(&mut buffer, 1 << 10)
+            .unwrap()
+            .is_none()
+        {
+            assert_ne!(within(stream.read_buf(&mut buffer)).await.unwrap(), 0);
+        }
+        let mut out = BytesMut::new();
+        stmp::wire::ServerHandshake::ok(Header::new()).encode(&mut out);
+        stream.write_all(&out).await.unwrap();
+        let mut codec = PacketCodec::new();
+        let mut mids = Vec::new();
+        while mids.len() < 2 {
+            match codec.decode(&mut buffer).unwrap() {
+                Some(Packet::Request(request)) => mids.push(request.mid),
+                Some(other) => panic!("{other:?}"),
+                None => assert_ne!(within(stream.read_buf(&mut buffer)).await.unwrap(), 0),
+            }
+        }
+        out.clear();
+        for mid in mids {
+            Packet::Response(stmp::wire::Response {
+                mid,
+                status: Code::Ok,
+                header: Header::new(),
+                payload: bytes::Bytes::new(),
+            })
+            .encode_stream(&mut out);
+        }
+        stream.write_all(&out).await.unwrap();
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest).await;
+    });
+    let client = within(
+        Client::builder()
+            .no_reconnect()
+            .connect(&format!("tcp://{addr}")),
+    )
+    .await
+    .unwrap();
+    // Polled once by this task (its request leaves first), then left aside while this task
+    // waits for the other call: woken by its answer, this task polls only that other call.
+    let input = echo("aside");
+    let mut aside = Box::pin(client.call::<_, Echo>(&ECHO, &input));
+    assert!(futures_util::poll!(aside.as_mut()).is_pending());
+    let behind = tokio::spawn({
+        let client = client.clone();
+        async move { client.call::<_, Echo>(&ECHO, &echo("behind")).await }
+    });
+    within(behind).await.unwrap().unwrap();
+    within(aside).await.unwrap();
+    within(client.close()).await;
+    within(peer).await.unwrap();
+}
+
 /// A connection resolves a request's handler once per action; a route added, replaced or
 /// wrapped in middleware later reaches the connections already open at their next request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -288,6 +288,7 @@ impl Engine {
                     turn.book.since_yield = 0;
                     turn.end_burst();
                     tokio::task::yield_now().await;
+                    turn.wake_relayed();
                 }
                 // A packet whose bytes are already buffered is taken without the wait below
                 // unless reading is parked, the connection closes, or something the wait
@@ -431,6 +432,7 @@ impl Engine {
                     // back as it retired): the write buffer, the send queue's slots.
                     conn.shared.writer.give_back_buffers();
                     conn.shared.outbox.give_back_slots();
+                    conn.shared.pending.shrink();
                     book.spare.clear();
                     answers.shrink();
                 }
@@ -481,6 +483,20 @@ struct Turn {
 }
 
 impl Turn {
+    /// Wakes the answered callers still left in the relay: called after a yield, once the
+    /// worker has run what it had, which includes the relay when it is not held up.
+    fn wake_relayed(&self) {
+        let pending = &self.conn.shared.pending;
+        if pending.is_relaying() {
+            let woken = pending.wake_relayed();
+            tracing::trace!(
+                conn = self.conn.id(),
+                woken,
+                "woke the callers left in the relay"
+            );
+        }
+    }
+
     /// Ends a burst of packets read: hands over the responses, writes the answers held.
     fn end_burst(&mut self) {
         if std::mem::take(&mut self.book.held) > 0 {
@@ -499,16 +515,23 @@ impl Turn {
     /// Waits for what wakes the engine next. With `looks`, it first yields up to that many
     /// times while nothing is there (see [`LOOKS_BEFORE_WAITING`]); returns what woke it and
     /// whether that came while it looked.
+    ///
+    /// With answered callers left in the relay, it yields at least once, and then wakes
+    /// whoever is still there (see [`Calls::wake_relayed`](super::pending::Calls::wake_relayed)).
     async fn wait(&mut self, mut heartbeat: Pin<&mut Sleep>, mut looks: u8) -> (Woke, bool) {
-        while looks > 0 {
+        let mut relaying = self.conn.shared.pending.is_relaying();
+        while looks > 0 || relaying {
             let polled =
                 std::future::poll_fn(|cx| Poll::Ready(self.poll_wait(cx, heartbeat.as_mut())))
                     .await;
             if let Poll::Ready(woke) = polled {
                 return (woke, true);
             }
-            looks -= 1;
+            looks = looks.saturating_sub(1);
             tokio::task::yield_now().await;
+            if std::mem::take(&mut relaying) {
+                self.wake_relayed();
+            }
         }
         let woke = std::future::poll_fn(|cx| self.poll_wait(cx, heartbeat.as_mut())).await;
         (woke, false)
@@ -608,6 +631,9 @@ impl Turn {
                 Step::Act(Action::Idle)
             }
             Woke::DeferralDue => {
+                if conn.shared.pending.is_relaying() {
+                    conn.shared.pending.wake_relayed();
+                }
                 book.watching_deferral = conn.shared.outbox.release_deferred();
                 Step::Act(Action::Idle)
             }

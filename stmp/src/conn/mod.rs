@@ -168,7 +168,7 @@ impl Conn {
                 slow_consumer: parts.slow_consumer,
                 events_dropped: AtomicU64::new(0),
                 counters: parts.counters,
-                pending: Calls::default(),
+                pending: Calls::new(parts.scheme.relays_callers()),
                 extensions: Extensions::default(),
                 default_timeout: parts.default_timeout,
                 close_requested: CloseRequest::default(),

@@ -5,8 +5,9 @@
 //! ([`Calls::expire`]). A tokio timer per call cost an entry in the runtime's timer wheel,
 //! registered and cleared under its lock on every call.
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -70,14 +71,29 @@ impl Answers {
 ///
 /// `repr(C)` with the count first: it is written with the table, under its lock, and next to
 /// the lock it shares that lock's cache line rather than taking one more.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 #[repr(C)]
 pub(crate) struct Calls {
     waiting: AtomicUsize,
+    /// Whether answered callers wait in the relay (see [`Pending::relay`]); written with it.
+    relaying: AtomicBool,
+    /// Whether a burst's callers go through the relay, or are all woken at once.
+    relays: bool,
     table: Mutex<Pending>,
 }
 
 impl Calls {
+    /// An empty table; with `relays`, the callers a burst answers are woken one by one (see
+    /// [`Pending::relay`]).
+    pub(crate) fn new(relays: bool) -> Self {
+        Calls {
+            waiting: AtomicUsize::new(0),
+            relaying: AtomicBool::new(false),
+            relays,
+            table: Mutex::default(),
+        }
+    }
+
     /// Reserves an id for a new call that gives up `timeout` after `now`; `waker` is woken
     /// when the call has its outcome.
     pub(crate) fn register(
@@ -102,25 +118,91 @@ impl Calls {
 
     /// The outcome of call `mid`, taken if it has one (the call is then let go of); otherwise
     /// `waker` is woken when it does.
+    ///
+    /// A caller that takes its outcome wakes the next one in the relay.
     pub(crate) fn poll_outcome(&self, mid: u16, waker: &Waker) -> Poll<Result<Response, Status>> {
-        lock(&self.table).poll_outcome(mid, waker)
+        let (polled, next) = {
+            let mut table = lock(&self.table);
+            let polled = table.poll_outcome(mid, waker);
+            let next = match polled.is_ready() {
+                true => self.pass_on(&mut table),
+                false => None,
+            };
+            (polled, next)
+        };
+        if let Some(next) = next {
+            next.wake();
+        }
+        polled
     }
 
     /// Forgets a call whose future was dropped before it took its outcome; returns whether the
-    /// call still waited (rather than having been answered, timed out or closed).
+    /// call still waited (rather than having been answered, timed out or closed). A caller
+    /// that goes wakes the next one in the relay, as one that took its outcome would have.
     pub(crate) fn forget(&self, mid: u16) -> bool {
-        let mut table = lock(&self.table);
-        let waited = table.forget(mid);
-        self.waiting.store(table.len(), Ordering::Relaxed);
+        let (waited, next) = {
+            let mut table = lock(&self.table);
+            let waited = table.forget(mid);
+            self.waiting.store(table.len(), Ordering::Relaxed);
+            (waited, self.pass_on(&mut table))
+        };
+        if let Some(next) = next {
+            next.wake();
+        }
         waited
+    }
+
+    /// The next caller in the relay, taken out of it.
+    fn pass_on(&self, table: &mut Pending) -> Option<Waker> {
+        let next = table.relay.pop_front();
+        if next.is_some() && table.relay.is_empty() {
+            self.relaying.store(false, Ordering::Relaxed);
+        }
+        next
+    }
+
+    /// Lets go of the relay's room: for a connection gone quiet.
+    pub(crate) fn shrink(&self) {
+        let mut table = lock(&self.table);
+        if table.relay.is_empty() {
+            table.relay = VecDeque::new();
+        }
+    }
+
+    /// Whether answered callers still wait in the relay for their turn (read without the
+    /// lock).
+    pub(crate) fn is_relaying(&self) -> bool {
+        self.relaying.load(Ordering::Relaxed)
+    }
+
+    /// Wakes every caller left in the relay at once; returns how many there were.
+    ///
+    /// A caller woken whose task does not poll its call again (a call future left aside while
+    /// the task waits for something else) never passes the relay on. The engine calls this once
+    /// its worker has run what it had, so the callers behind such a one are held up by no more
+    /// than a turn of the worker.
+    pub(crate) fn wake_relayed(&self) -> usize {
+        let mut left = {
+            let mut table = lock(&self.table);
+            self.relaying.store(false, Ordering::Relaxed);
+            std::mem::take(&mut table.relay)
+        };
+        let count = left.len();
+        for waker in left.drain(..) {
+            waker.wake();
+        }
+        count
     }
 
     /// Hands the responses in `answers` to their calls, under one lock of the table for all
     /// of them; a response nobody waits for is dropped. `answering` is told how many callers
     /// are about to be woken, before they can run. Returns how many were handed over.
+    ///
+    /// The callers are woken through the relay (see [`Pending::relay`]): the first now, unless
+    /// the relay is already under way, and each of the others by the one before it.
     pub(crate) fn complete(&self, answers: &mut Answers, answering: impl FnOnce(usize)) -> usize {
         let Answers { batch, woken } = answers;
-        {
+        let (handed, first) = {
             let mut table = lock(&self.table);
             for response in batch.drain(..) {
                 let mid = response.mid;
@@ -128,8 +210,28 @@ impl Calls {
             }
             self.waiting.store(table.len(), Ordering::Relaxed);
             told(woken, answering);
+            if !self.relays {
+                drop(table);
+                let handed = woken.len();
+                wake_all(woken);
+                return handed;
+            }
+            let handed = woken.len();
+            let under_way = !table.relay.is_empty();
+            table.relay.extend(woken.drain(..));
+            let first = match under_way {
+                true => None,
+                false => self.pass_on(&mut table),
+            };
+            if !table.relay.is_empty() {
+                self.relaying.store(true, Ordering::Relaxed);
+            }
+            (handed, first)
+        };
+        if let Some(first) = first {
+            first.wake();
         }
-        wake_all(woken)
+        handed
     }
 
     /// Ends the calls whose deadline has passed at `now` with `RequestTimeout`; returns when
@@ -142,6 +244,9 @@ impl Calls {
             let next = table.expire(now, &mut woken);
             self.waiting.store(table.len(), Ordering::Relaxed);
             told(&woken, answering);
+            // The relay too, here where every caller is woken at once anyway.
+            woken.extend(table.relay.drain(..));
+            self.relaying.store(false, Ordering::Relaxed);
             next
         };
         wake_all(&mut woken);
@@ -157,6 +262,8 @@ impl Calls {
             table.close(status, &mut woken);
             self.waiting.store(0, Ordering::Relaxed);
             told(&woken, answering);
+            woken.extend(table.relay.drain(..));
+            self.relaying.store(false, Ordering::Relaxed);
         }
         wake_all(&mut woken);
     }
@@ -177,13 +284,11 @@ fn told(woken: &[Waker], answering: impl FnOnce(usize)) {
 }
 
 /// Wakes the callers in `woken`, outside the table's lock (a woken caller may lock it at
-/// once); returns how many they were.
-fn wake_all(woken: &mut Vec<Waker>) -> usize {
-    let count = woken.len();
+/// once).
+fn wake_all(woken: &mut Vec<Waker>) {
     for waker in woken.drain(..) {
         waker.wake();
     }
-    count
 }
 
 /// One call in the table.
@@ -235,6 +340,15 @@ pub(crate) struct Pending {
     closed: Option<Status>,
     /// When the engine's alarm rings; `None` while it is not set.
     alarm: Option<Instant>,
+    /// Answered callers not woken yet, in the order their responses came: each caller that
+    /// takes its outcome (or goes) wakes the first of them.
+    ///
+    /// Woken all at once, a burst's callers filled the worker's queue, and the runtime woke
+    /// its other worker to share them: a parked thread woken once per burst, the callers
+    /// split between two cores, and the lines of this table and of the send queue moving
+    /// between them on every call. Woken one by one, each runs right after the one before it,
+    /// on the same worker (next in line: the runtime runs the task woken last first).
+    relay: VecDeque<Waker>,
 }
 
 impl Default for Pending {
@@ -245,6 +359,7 @@ impl Default for Pending {
             ended: 0,
             closed: None,
             alarm: None,
+            relay: VecDeque::new(),
         }
     }
 }
@@ -545,7 +660,7 @@ mod tests {
 
     #[test]
     fn a_caller_is_woken_once_through_the_waker_it_polled_with_last() {
-        let calls = Calls::default();
+        let calls = Calls::new(true);
         let (registered_with, waker) = counter();
         let call = calls.register(Instant::now(), MINUTE, &waker).unwrap();
         assert!(outcome(&calls, call.mid).is_none());
@@ -557,9 +672,109 @@ mod tests {
         assert_eq!(outcome(&calls, call.mid).unwrap().unwrap().mid, call.mid);
     }
 
+    /// Registers `n` calls, each with a waker of its own.
+    fn callers(calls: &Calls, n: usize) -> Vec<(u16, Arc<Counter>)> {
+        (0..n)
+            .map(|_| {
+                let (woken, waker) = counter();
+                let mid = calls.register(Instant::now(), MINUTE, &waker).unwrap().mid;
+                (mid, woken)
+            })
+            .collect()
+    }
+
+    fn wakes_of(callers: &[(u16, Arc<Counter>)]) -> Vec<usize> {
+        callers.iter().map(|(_, woken)| wakes(woken)).collect()
+    }
+
+    #[test]
+    fn a_bursts_callers_are_woken_one_by_one_as_each_takes_its_outcome_or_goes() {
+        let calls = Calls::new(true);
+        let callers = callers(&calls, 4);
+        let mids: Vec<u16> = callers.iter().map(|(mid, _)| *mid).collect();
+        // Answered out of the order they were made in: woken in the order of the answers.
+        assert_eq!(complete(&calls, &[mids[2], mids[0], mids[3], mids[1]]), 4);
+        assert_eq!(wakes_of(&callers), [0, 0, 1, 0]);
+        assert!(calls.is_relaying());
+        assert!(outcome(&calls, mids[2]).unwrap().is_ok());
+        assert_eq!(wakes_of(&callers), [1, 0, 1, 0]);
+        // A caller that goes instead of taking its outcome passes the relay on too.
+        assert!(!calls.forget(mids[0]), "it had been answered");
+        assert_eq!(wakes_of(&callers), [1, 0, 1, 1]);
+        // A caller polled before its turn takes its outcome and wakes the next in line.
+        assert!(outcome(&calls, mids[1]).unwrap().is_ok());
+        assert_eq!(wakes_of(&callers), [1, 1, 1, 1]);
+        assert!(!calls.is_relaying());
+        assert!(outcome(&calls, mids[3]).unwrap().is_ok());
+        assert_eq!(wakes_of(&callers), [1, 1, 1, 1], "each is woken once");
+    }
+
+    #[test]
+    fn without_the_relay_a_bursts_callers_are_woken_at_once() {
+        let calls = Calls::new(false);
+        let callers = callers(&calls, 3);
+        let mids: Vec<u16> = callers.iter().map(|(mid, _)| *mid).collect();
+        assert_eq!(complete(&calls, &mids), 3);
+        assert_eq!(wakes_of(&callers), [1, 1, 1]);
+        assert!(!calls.is_relaying());
+        assert!(outcome(&calls, mids[0]).unwrap().is_ok());
+        assert_eq!(wakes_of(&callers), [1, 1, 1]);
+    }
+
+    #[test]
+    fn a_burst_answered_while_the_relay_is_under_way_joins_its_end() {
+        let calls = Calls::new(true);
+        let callers = callers(&calls, 4);
+        let mids: Vec<u16> = callers.iter().map(|(mid, _)| *mid).collect();
+        assert_eq!(complete(&calls, &mids[..2]), 2);
+        assert_eq!(complete(&calls, &mids[2..]), 2);
+        assert_eq!(wakes_of(&callers), [1, 0, 0, 0]);
+        for (i, &mid) in mids.iter().enumerate() {
+            assert!(outcome(&calls, mid).unwrap().is_ok());
+            let expected: Vec<usize> = (0..4).map(|j| usize::from(j <= i + 1)).collect();
+            assert_eq!(wakes_of(&callers), expected);
+        }
+    }
+
+    #[test]
+    fn callers_left_in_the_relay_are_woken_at_once_by_the_engine_a_sweep_or_a_close() {
+        let calls = Calls::new(true);
+        let callers = callers(&calls, 3);
+        let mids: Vec<u16> = callers.iter().map(|(mid, _)| *mid).collect();
+        assert_eq!(complete(&calls, &mids), 3);
+        // The first caller's task does not poll its call: the others are woken all together.
+        assert_eq!(calls.wake_relayed(), 2);
+        assert_eq!(wakes_of(&callers), [1, 1, 1]);
+        assert!(!calls.is_relaying());
+        assert_eq!(calls.wake_relayed(), 0);
+
+        let callers = self::callers(&calls, 2);
+        let mids: Vec<u16> = callers.iter().map(|(mid, _)| *mid).collect();
+        assert_eq!(complete(&calls, &mids), 2);
+        assert_eq!(calls.expire(Instant::now(), |_| {}), None);
+        assert_eq!(wakes_of(&callers), [1, 1], "a sweep wakes the relay");
+        assert!(!calls.is_relaying());
+
+        let mut callers = self::callers(&calls, 3);
+        let mids: Vec<u16> = callers.iter().map(|(mid, _)| *mid).collect();
+        assert_eq!(complete(&calls, &mids[..2]), 2);
+        calls.close(Status::network_error("gone"), |_| {});
+        assert_eq!(
+            wakes_of(&callers),
+            [1, 1, 1],
+            "a close wakes the relay and the call still waiting"
+        );
+        assert!(!calls.is_relaying());
+        let last = callers.pop().unwrap();
+        assert_eq!(
+            outcome(&calls, last.0).unwrap().unwrap_err().code(),
+            Code::NetworkError
+        );
+    }
+
     #[test]
     fn unknown_responses_are_dropped_and_close_fails_and_wakes_waiters() {
-        let calls = Calls::default();
+        let calls = Calls::new(true);
         let (woken, waker) = counter();
         let call = calls.register(Instant::now(), MINUTE, &waker).unwrap();
         assert_eq!((call.waiting, calls.len()), (1, 1));
@@ -588,7 +803,7 @@ mod tests {
 
     #[test]
     fn the_count_read_without_the_lock_follows_every_change() {
-        let calls = Calls::default();
+        let calls = Calls::new(true);
         let first = register_on(&calls, MINUTE).mid;
         let second = register_on(&calls, MINUTE);
         assert_eq!((second.waiting, calls.len()), (2, 2));
@@ -603,7 +818,7 @@ mod tests {
 
     #[test]
     fn a_burst_hands_each_response_to_its_call_and_drops_the_rest() {
-        let calls = Calls::default();
+        let calls = Calls::new(true);
         let mids: Vec<u16> = (0..3).map(|_| register_on(&calls, MINUTE).mid).collect();
         // Out of order, one twice, and one that no call waits for.
         let unknown = mids.iter().max().unwrap() + 1;
@@ -645,7 +860,7 @@ mod tests {
 
     #[test]
     fn due_calls_time_out_and_the_alarm_follows_the_earliest_deadline_left() {
-        let calls = Calls::default();
+        let calls = Calls::new(true);
         let start = Instant::now();
         let slow = calls.register(start, MINUTE, Waker::noop()).unwrap();
         assert!(slow.sooner, "the first call sets the alarm");
@@ -699,7 +914,7 @@ mod tests {
 
     #[test]
     fn with_many_calls_waiting_the_alarm_rings_no_more_often_than_a_sweep_costs() {
-        let calls = Calls::default();
+        let calls = Calls::new(true);
         let start = Instant::now();
         for i in 0..1000u64 {
             calls
