@@ -138,13 +138,18 @@ impl Calls {
 
     /// Forgets a call whose future was dropped before it took its outcome; returns whether the
     /// call still waited (rather than having been answered, timed out or closed). A caller
-    /// that goes wakes the next one in the relay, as one that took its outcome would have.
+    /// whose call had ended goes instead of taking its outcome, and wakes the next one in the
+    /// relay, as taking it would have.
     pub(crate) fn forget(&self, mid: u16) -> bool {
         let (waited, next) = {
             let mut table = lock(&self.table);
             let waited = table.forget(mid);
             self.waiting.store(table.len(), Ordering::Relaxed);
-            (waited, self.pass_on(&mut table))
+            let next = match waited {
+                true => None,
+                false => self.pass_on(&mut table),
+            };
+            (waited, next)
         };
         if let Some(next) = next {
             next.wake();
@@ -697,6 +702,10 @@ mod tests {
         assert_eq!(wakes_of(&callers), [0, 0, 1, 0]);
         assert!(calls.is_relaying());
         assert!(outcome(&calls, mids[2]).unwrap().is_ok());
+        assert_eq!(wakes_of(&callers), [1, 0, 1, 0]);
+        // A call still waiting is in no relay: dropped, it passes nothing on.
+        let waiting = register_on(&calls, MINUTE).mid;
+        assert!(calls.forget(waiting));
         assert_eq!(wakes_of(&callers), [1, 0, 1, 0]);
         // A caller that goes instead of taking its outcome passes the relay on too.
         assert!(!calls.forget(mids[0]), "it had been answered");
