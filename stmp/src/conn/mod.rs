@@ -162,7 +162,7 @@ impl Conn {
                 scheme: parts.scheme,
                 peer_header: parts.peer_header,
                 codec: parts.codec,
-                outbox: SendQueue::new(send_budget as usize),
+                outbox: SendQueue::new(send_budget as usize, parts.scheme.relays_callers()),
                 writer: WriterSlot::default(),
                 send_budget,
                 slow_consumer: parts.slow_consumer,
