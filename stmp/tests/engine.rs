@@ -494,13 +494,7 @@ async fn a_caller_that_does_not_take_its_answer_holds_up_none_answered_after_it(
         let mut rest = Vec::new();
         let _ = stream.read_to_end(&mut rest).await;
     });
-    let client = within(
-        Client::builder()
-            .no_reconnect()
-            .connect(&format!("tcp://{addr}")),
-    )
-    .await
-    .unwrap();
+    let client = tcp_client(addr).await;
     // Polled once by this task (its request leaves first), then left aside while this task
     // waits for the other call: woken by its answer, this task polls only that other call.
     let input = echo("aside");

@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use stmp::{Client, Server};
+use stmp::Server;
 
 /// A `Write` that opens a gate once a line containing `text` is written.
 #[derive(Clone)]
@@ -74,13 +74,7 @@ fn a_shutdown_waits_for_a_handler_running_inline_until_its_deadline() {
         });
     let (client, call) = runtime.block_on(async {
         let addr = server.listen_tcp("127.0.0.1:0").await.unwrap();
-        let client = within(
-            Client::builder()
-                .no_reconnect()
-                .connect(&format!("tcp://{addr}")),
-        )
-        .await
-        .unwrap();
+        let client = tcp_client(addr).await;
         let call = tokio::spawn({
             let client = client.clone();
             async move { client.call::<_, Echo>(&BLOCK, &echo("inline")).await }
