@@ -486,9 +486,8 @@ impl Turn {
     /// Wakes the answered callers still left in the relay: called after a yield, once the
     /// worker has run what it had, which includes the relay when it is not held up.
     fn wake_relayed(&self) {
-        let pending = &self.conn.shared.pending;
-        if pending.is_relaying() {
-            let woken = pending.wake_relayed();
+        let woken = self.conn.shared.pending.wake_relayed();
+        if woken > 0 {
             tracing::trace!(
                 conn = self.conn.id(),
                 woken,
@@ -631,9 +630,7 @@ impl Turn {
                 Step::Act(Action::Idle)
             }
             Woke::DeferralDue => {
-                if conn.shared.pending.is_relaying() {
-                    conn.shared.pending.wake_relayed();
-                }
+                conn.shared.pending.wake_relayed();
                 book.watching_deferral = conn.shared.outbox.release_deferred();
                 Step::Act(Action::Idle)
             }

@@ -187,6 +187,9 @@ impl Calls {
     /// its worker has run what it had, so the callers behind such a one are held up by no more
     /// than a turn of the worker.
     pub(crate) fn wake_relayed(&self) -> usize {
+        if !self.is_relaying() {
+            return 0;
+        }
         let mut left = {
             let mut table = lock(&self.table);
             self.relaying.store(false, Ordering::Relaxed);
@@ -688,6 +691,10 @@ mod tests {
             .collect()
     }
 
+    fn mids_of(callers: &[(u16, Arc<Counter>)]) -> Vec<u16> {
+        callers.iter().map(|(mid, _)| *mid).collect()
+    }
+
     fn wakes_of(callers: &[(u16, Arc<Counter>)]) -> Vec<usize> {
         callers.iter().map(|(_, woken)| wakes(woken)).collect()
     }
@@ -696,7 +703,7 @@ mod tests {
     fn a_bursts_callers_are_woken_one_by_one_as_each_takes_its_outcome_or_goes() {
         let calls = Calls::new(true);
         let callers = callers(&calls, 4);
-        let mids: Vec<u16> = callers.iter().map(|(mid, _)| *mid).collect();
+        let mids = mids_of(&callers);
         // Answered out of the order they were made in: woken in the order of the answers.
         assert_eq!(complete(&calls, &[mids[2], mids[0], mids[3], mids[1]]), 4);
         assert_eq!(wakes_of(&callers), [0, 0, 1, 0]);
@@ -722,7 +729,7 @@ mod tests {
     fn without_the_relay_a_bursts_callers_are_woken_at_once() {
         let calls = Calls::new(false);
         let callers = callers(&calls, 3);
-        let mids: Vec<u16> = callers.iter().map(|(mid, _)| *mid).collect();
+        let mids = mids_of(&callers);
         assert_eq!(complete(&calls, &mids), 3);
         assert_eq!(wakes_of(&callers), [1, 1, 1]);
         assert!(!calls.is_relaying());
@@ -734,7 +741,7 @@ mod tests {
     fn a_burst_answered_while_the_relay_is_under_way_joins_its_end() {
         let calls = Calls::new(true);
         let callers = callers(&calls, 4);
-        let mids: Vec<u16> = callers.iter().map(|(mid, _)| *mid).collect();
+        let mids = mids_of(&callers);
         assert_eq!(complete(&calls, &mids[..2]), 2);
         assert_eq!(complete(&calls, &mids[2..]), 2);
         assert_eq!(wakes_of(&callers), [1, 0, 0, 0]);
@@ -749,7 +756,7 @@ mod tests {
     fn callers_left_in_the_relay_are_woken_at_once_by_the_engine_a_sweep_or_a_close() {
         let calls = Calls::new(true);
         let callers = callers(&calls, 3);
-        let mids: Vec<u16> = callers.iter().map(|(mid, _)| *mid).collect();
+        let mids = mids_of(&callers);
         assert_eq!(complete(&calls, &mids), 3);
         // The first caller's task does not poll its call: the others are woken all together.
         assert_eq!(calls.wake_relayed(), 2);
@@ -758,14 +765,14 @@ mod tests {
         assert_eq!(calls.wake_relayed(), 0);
 
         let callers = self::callers(&calls, 2);
-        let mids: Vec<u16> = callers.iter().map(|(mid, _)| *mid).collect();
+        let mids = mids_of(&callers);
         assert_eq!(complete(&calls, &mids), 2);
         assert_eq!(calls.expire(Instant::now(), |_| {}), None);
         assert_eq!(wakes_of(&callers), [1, 1], "a sweep wakes the relay");
         assert!(!calls.is_relaying());
 
         let mut callers = self::callers(&calls, 3);
-        let mids: Vec<u16> = callers.iter().map(|(mid, _)| *mid).collect();
+        let mids = mids_of(&callers);
         assert_eq!(complete(&calls, &mids[..2]), 2);
         calls.close(Status::network_error("gone"), |_| {});
         assert_eq!(
