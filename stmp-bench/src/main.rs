@@ -12,8 +12,10 @@ use stmp_bench::systems::{ServerKind, System};
 use stmp_bench::unary::Point;
 use stmp_bench::{Result, Settings, child, cluster, fanout, memory, target, unary};
 
+const PAYLOAD_SIZES: &str = "--payload needs a size in bytes, from 1 to 1048576";
+
 const USAGE: &str = "usage: stmp-bench [--quick] [--out DIR] [--only unary|fanout|cluster|memory]...
-                  [--system LABEL]... [--point single|multiplexed|connections]... [--payload 32|1024]...
+                  [--system LABEL]... [--point single|multiplexed|connections]... [--payload BYTES]...
                   [--no-spin] [--no-pin] [--load-workers N] [--server-workers N]
                   [--target ADDR] [--fanout-passes N] [--depth N]
        stmp-bench serve stmp|tonic|raw-echo|raw-fanout|stmp-nats
@@ -25,6 +27,9 @@ const USAGE: &str = "usage: stmp-bench [--quick] [--out DIR] [--only unary|fanou
 RoomService) with JoinRoom calls at the unary points (or those of --point): ADDR is a URL
 (tcp://host:port, ws://host:port/quick_start, ...) or host:port for TCP. Alone it runs only that;
 with --only it runs those parts too.
+
+--payload BYTES runs the unary points at that size (1 to 1048576) instead of 32 and 1024; the
+targets are for those two.
 
 --fanout-passes N runs the fan-out comparison N times (3 in the full run, 1 with --quick); each
 row reports its median pass.
@@ -100,8 +105,8 @@ fn parse(args: &[String]) -> Result<Args> {
                 let payload = args
                     .next()
                     .and_then(|bytes| bytes.parse::<usize>().ok())
-                    .filter(|bytes| unary::PAYLOADS.contains(bytes))
-                    .ok_or("--payload needs 32 or 1024")?;
+                    .filter(|bytes| (1..=unary::MAX_PAYLOAD).contains(bytes))
+                    .ok_or(PAYLOAD_SIZES)?;
                 parsed.payloads.push(payload);
             }
             "--fanout-passes" => {
@@ -298,21 +303,24 @@ mod tests {
     }
 
     #[test]
-    fn payloads_narrow_the_unary_part_to_the_sizes_it_knows() {
+    fn payloads_narrow_the_unary_part_to_the_sizes_asked_for() {
         let args = parsed(&["--payload", "1024", "--point", "multiplexed"]).expect("valid");
         assert_eq!(args.payloads, [1024]);
         assert_eq!(args.points, [Point::Multiplexed]);
+        let args = parsed(&["--payload", "65536", "--payload", "1"]).expect("valid");
+        assert_eq!(args.payloads, [65536, 1]);
         assert!(
             parsed(&[]).expect("valid").payloads.is_empty(),
             "both by default"
         );
         for wrong in [
-            &["--payload", "64"][..],
+            &["--payload", "0"][..],
+            &["--payload", "1048577"],
             &["--payload", "many"],
             &["--payload"],
         ] {
             let error = parsed(wrong).err().expect("refused").to_string();
-            assert!(error.contains("--payload needs 32 or 1024"), "{error}");
+            assert!(error.contains(PAYLOAD_SIZES), "{error}");
         }
     }
 

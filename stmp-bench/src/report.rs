@@ -11,7 +11,7 @@ use crate::measure::Measured;
 use crate::memory::MemoryResult;
 use crate::systems::System;
 use crate::target::TargetResult;
-use crate::unary::{PAYLOADS, Point, UnaryResult};
+use crate::unary::{Point, UnaryResult};
 use crate::units::{duration, rate, thousands};
 
 /// Everything one run measured.
@@ -338,7 +338,10 @@ impl Report {
         );
         md.push_str("|---|---|---|---|---|---|---|---|---|\n");
         let depth = self.settings.depth;
-        for payload in PAYLOADS {
+        let mut payloads: Vec<usize> = self.unary.iter().map(|r| r.payload).collect();
+        payloads.sort_unstable();
+        payloads.dedup();
+        for payload in payloads {
             for point in Point::ALL {
                 for row in self
                     .unary

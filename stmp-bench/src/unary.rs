@@ -12,8 +12,11 @@ use crate::raw::{QuicStream, RawCall};
 use crate::systems::{Listening, System, stmp_client};
 use crate::{ECHO, Echo, Result, Settings};
 
-/// The payload sizes, in bytes.
+/// The payload sizes, in bytes, of the full run and of the targets.
 pub const PAYLOADS: [usize; 2] = [32, 1024];
+
+/// The largest payload `--payload` takes: 64 calls of it in flight are 64 MiB each way.
+pub const MAX_PAYLOAD: usize = 1 << 20;
 
 /// Where on the latency/throughput curve a measurement is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
