@@ -12,7 +12,7 @@ use stmp_bench::systems::{ServerKind, System};
 use stmp_bench::unary::Point;
 use stmp_bench::{Result, Settings, child, cluster, fanout, memory, target, unary};
 
-const PAYLOAD_SIZES: &str = "--payload needs a size in bytes, from 1 to 1048576";
+const PAYLOAD_SIZES: &str = "--payload needs a size in bytes, from 1 to 262144";
 
 const USAGE: &str = "usage: stmp-bench [--quick] [--out DIR] [--only unary|fanout|cluster|memory]...
                   [--system LABEL]... [--point single|multiplexed|connections]... [--payload BYTES]...
@@ -28,7 +28,7 @@ RoomService) with JoinRoom calls at the unary points (or those of --point): ADDR
 (tcp://host:port, ws://host:port/quick_start, ...) or host:port for TCP. Alone it runs only that;
 with --only it runs those parts too.
 
---payload BYTES runs the unary points at that size (1 to 1048576) instead of 32 and 1024; the
+--payload BYTES runs the unary points at that size (1 to 262144) instead of 32 and 1024; the
 targets are for those two.
 
 --fanout-passes N runs the fan-out comparison N times (3 in the full run, 1 with --quick); each
@@ -315,7 +315,7 @@ mod tests {
         );
         for wrong in [
             &["--payload", "0"][..],
-            &["--payload", "1048577"],
+            &["--payload", "262145"],
             &["--payload", "many"],
             &["--payload"],
         ] {
