@@ -179,6 +179,7 @@ impl Scope<'_> {
             Type::Bytes if !repeated || in_oneof => {
                 Some(format!("#[serde(with = \"{SUPPORT}::bytes\")]"))
             }
+            Type::Bytes => Some(format!("#[serde(with = \"{SUPPORT}::bytes_list\")]")),
             _ => None,
         }
     }

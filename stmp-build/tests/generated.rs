@@ -116,6 +116,7 @@ fn sample() -> Ping {
             color: Color::Red as i32,
         }),
         stamps: vec![1, -2],
+        chunks: vec![b"\x00\xff".to_vec(), Vec::new(), b"abc".to_vec()],
     }
 }
 
@@ -136,6 +137,7 @@ fn json_uses_proto_names_numbers_and_base64() {
             "palette": [1, 2],
             "nested": {"color": 1},
             "stamps": [1, -2],
+            "chunks": ["AP8=", "", "YWJj"],
         })
     );
     for codec in [Codec::JSON, Codec::MSGPACK, Codec::PROTOBUF] {
@@ -150,7 +152,8 @@ fn json_reads_camel_case_strings_and_names() {
         .decode(
             br#"{"sentAt": "-9007199254740993", "color": "COLOR_GREEN", "bigId": "18446744073709551615",
                 "maybe": "7", "palette": ["COLOR_RED", 2], "nested": {"color": "COLOR_RED"},
-                "stamps": ["1", -2], "data": "AP9ieXRlcw", "text": "hi", "counts": {"a": 3}}"#,
+                "stamps": ["1", -2], "data": "AP9ieXRlcw", "text": "hi", "counts": {"a": 3},
+                "chunks": ["AP8", null, "YWJj"]}"#,
         )
         .unwrap();
     assert_eq!(ping, sample());
@@ -158,6 +161,8 @@ fn json_reads_camel_case_strings_and_names() {
     assert_eq!(note.body, Some(ping::Body::Note("n".into())));
     let empty: Ping = Codec::JSON.decode(b"{}").unwrap();
     assert_eq!(empty, Ping::default());
+    let nil: Ping = Codec::JSON.decode(br#"{"chunks": null}"#).unwrap();
+    assert_eq!(nil, Ping::default());
     assert!(
         Codec::JSON
             .decode::<Ping>(br#"{"color": "COLOR_BLUE"}"#)
@@ -326,8 +331,8 @@ fn the_descriptor_set_describes_every_method_message() {
         }
     }
     let ping = pool.get_message_by_name("options.Ping").unwrap();
-    // text, sent_at, color, data, note, big_id, counts, maybe, palette, nested, stamps.
-    assert_eq!(ping.fields().count(), 11);
+    // text, sent_at, color, data, note, big_id, counts, maybe, palette, nested, stamps, chunks.
+    assert_eq!(ping.fields().count(), 12);
     // Only what the messages need: no source info, no option-only imports.
     assert!(pool.get_file_by_name("stmp/options.proto").is_none());
     assert!(

@@ -306,6 +306,24 @@ pub mod bytes {
         F::deserialize(deserializer)
     }
 
+    /// One element of a `repeated bytes` field, written as [`serialize`] writes a field.
+    pub(super) struct Element<'a, F>(pub(super) &'a F);
+
+    impl<F: BytesField> serde::Serialize for Element<'_, F> {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            self.0.serialize(serializer)
+        }
+    }
+
+    /// One element of a `repeated bytes` field, read as [`deserialize`] reads a field.
+    pub(super) struct OwnedElement<F>(pub(super) F);
+
+    impl<'de, F: BytesField> Deserialize<'de> for OwnedElement<F> {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            F::deserialize(deserializer).map(OwnedElement)
+        }
+    }
+
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
     /// Standard base64 with padding.
@@ -352,6 +370,32 @@ pub mod bytes {
             }
         }
         Some(out)
+    }
+}
+
+/// `with` for `repeated bytes` fields (`Vec<Vec<u8>>`, `Vec<Bytes>`): each element as [`bytes`]
+/// writes a field (base64 in JSON, as Go's `encoding/json` writes a `[][]byte`; binary in
+/// msgpack), and `null` / nil reads as empty.
+pub mod bytes_list {
+    use super::bytes::{BytesField, Element, OwnedElement};
+    use super::*;
+
+    pub fn serialize<F: BytesField, S: Serializer>(
+        value: &[F],
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(value.iter().map(Element))
+    }
+
+    pub fn deserialize<'de, F: BytesField, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<F>, D::Error> {
+        let elements = Option::<Vec<OwnedElement<F>>>::deserialize(deserializer)?;
+        Ok(elements
+            .unwrap_or_default()
+            .into_iter()
+            .map(|element| element.0)
+            .collect())
     }
 }
 
@@ -430,6 +474,37 @@ mod tests {
         let full: Lists = serde_json::from_str(r#"{"names":["a"],"counts":{"b":2}}"#).unwrap();
         assert_eq!(full.names, ["a"]);
         assert_eq!(full.counts["b"], 2);
+    }
+
+    #[test]
+    fn repeated_bytes_are_base64_strings_in_json_and_binary_in_msgpack() {
+        #[derive(Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+        #[serde(default)]
+        struct Chunks {
+            #[serde(with = "bytes_list")]
+            vecs: Vec<Vec<u8>>,
+            #[serde(with = "bytes_list")]
+            shared: Vec<::bytes::Bytes>,
+        }
+        let chunks = Chunks {
+            vecs: vec![b"hi".to_vec(), Vec::new()],
+            shared: vec![::bytes::Bytes::from_static(b"\xff")],
+        };
+        // What Go's encoding/json writes for a [][]byte, and reads back.
+        let json = serde_json::to_string(&chunks).unwrap();
+        assert_eq!(json, r#"{"vecs":["aGk=",""],"shared":["/w=="]}"#);
+        assert_eq!(serde_json::from_str::<Chunks>(&json).unwrap(), chunks);
+        let nil: Chunks = serde_json::from_str(r#"{"vecs":null,"shared":null}"#).unwrap();
+        assert_eq!(nil, Chunks::default());
+        // msgpack: arrays of bin, as a Go encoder writes a [][]byte; nil is empty.
+        let packed = rmp_serde::to_vec_named(&chunks).unwrap();
+        assert_eq!(
+            packed,
+            b"\x82\xa4vecs\x92\xc4\x02hi\xc4\x00\xa6shared\x91\xc4\x01\xff"
+        );
+        assert_eq!(rmp_serde::from_slice::<Chunks>(&packed).unwrap(), chunks);
+        let nil: Chunks = rmp_serde::from_slice(b"\x82\xa4vecs\xc0\xa6shared\xc0").unwrap();
+        assert_eq!(nil, Chunks::default());
     }
 
     #[test]

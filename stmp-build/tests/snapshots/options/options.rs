@@ -40,6 +40,10 @@ pub struct Ping {
     #[serde(alias = "Stamps")]
     #[serde(deserialize_with = "::stmp::serde_support::int64")]
     pub stamps: ::prost::alloc::vec::Vec<i64>,
+    #[prost(bytes = "vec", repeated, tag = "12")]
+    #[serde(alias = "Chunks")]
+    #[serde(with = "::stmp::serde_support::bytes_list")]
+    pub chunks: ::prost::alloc::vec::Vec<::prost::alloc::vec::Vec<u8>>,
     #[prost(oneof = "ping::Body", tags = "5, 6")]
     #[serde(flatten)]
     pub body: ::core::option::Option<ping::Body>,
