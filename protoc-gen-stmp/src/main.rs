@@ -12,7 +12,8 @@
 //!
 //! Options (`--stmp_opt`, comma separated): `no_server`, `no_client`, `no_events`,
 //! `extern_path=PROTO=RUST`, `type_attribute=PATH=ATTR`, `message_attribute=PATH=ATTR`,
-//! `enum_attribute=PATH=ATTR`, `field_attribute=PATH=ATTR`.
+//! `enum_attribute=PATH=ATTR`, `field_attribute=PATH=ATTR`, `bytes=PATH` (repeatable: those
+//! `bytes` fields become `bytes::Bytes`).
 
 use std::io::{Read, Write};
 use std::process::ExitCode;

@@ -101,7 +101,8 @@ fn the_plugin_writes_what_stmp_build_writes() {
 #[test]
 fn options_and_parameters_reach_the_generator() {
     let include = root().join("stmp-build/tests/protos");
-    let parameter = "no_client,no_events,type_attribute=.options.Ping=#[derive(Eq)]";
+    let parameter = "no_client,no_events,type_attribute=.options.Ping=#[derive(Eq)],\
+                     bytes=.options.Ping.data,bytes=.options.Ping.blob";
     // protoc users pass the directory of stmp/options.proto with -I.
     let includes = [include.clone(), root().join("stmp-build/proto")];
     let plugin = files(run_plugin(&request(
@@ -113,6 +114,7 @@ fn options_and_parameters_reach_the_generator() {
         .build_client(false)
         .build_events(false)
         .type_attribute(".options.Ping", "#[derive(Eq)]")
+        .bytes([".options.Ping.data", ".options.Ping.blob"])
         .generate(&["options.proto"], &[include])
         .unwrap();
     let built: Vec<(String, String)> = built.files.into_iter().collect();
@@ -128,6 +130,9 @@ fn options_and_parameters_reach_the_generator() {
     assert!(!code.contains("Client<C>"));
     assert!(!code.contains("::stmp::Audience"));
     assert!(code.contains("#[derive(Eq)]"));
+    assert!(code.contains("pub data: ::prost::bytes::Bytes,"), "{code}");
+    assert!(code.contains("pub blob: ::core::option::Option<::prost::bytes::Bytes>,"));
+    assert!(code.contains("pub chunks: ::prost::alloc::vec::Vec<::prost::alloc::vec::Vec<u8>>,"));
 }
 
 #[test]

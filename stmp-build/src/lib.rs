@@ -50,9 +50,15 @@
 //! such as Go's `XXX_` fields are skipped), missing fields take their default, `null` is an
 //! empty repeated field or map, 64-bit integers are written as numbers and
 //! read from numbers or strings, enum fields are written as numbers and read from numbers or
-//! value names, `bytes` are base64 in JSON, and oneofs are flattened into the message (one key,
-//! the set field's name). Not covered: 64-bit integers, enums and `bytes` as map values or
-//! inside repeated `bytes`, which use serde's defaults (numbers, numbers, arrays of numbers).
+//! value names, `bytes` (repeated ones too) are base64 in JSON and binary in msgpack, and oneofs
+//! are flattened into the message (one key, the set field's name). Not covered: 64-bit
+//! integers, enums and `bytes` as map values, which use serde's defaults (numbers, numbers,
+//! arrays of numbers).
+//!
+//! ## Large binary fields
+//!
+//! [`Builder::bytes`] makes chosen `bytes` fields `bytes::Bytes` instead of `Vec<u8>`: a
+//! received message's field is then a slice of the packet's buffer, not a copy of it.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -156,6 +162,7 @@ pub struct Builder {
     message_attributes: Vec<(String, String)>,
     enum_attributes: Vec<(String, String)>,
     field_attributes: Vec<(String, String)>,
+    bytes: Vec<String>,
     out_dir: Option<PathBuf>,
     emit_rerun_if_changed: bool,
 }
@@ -173,6 +180,7 @@ impl Default for Builder {
             message_attributes: Vec::new(),
             enum_attributes: Vec::new(),
             field_attributes: Vec::new(),
+            bytes: Vec::new(),
             out_dir: None,
             emit_rerun_if_changed: true,
         }
@@ -243,6 +251,26 @@ impl Builder {
         attribute: impl Into<String>,
     ) -> Self {
         self.field_attributes.push((path.into(), attribute.into()));
+        self
+    }
+
+    /// Makes the matched `bytes` fields [`bytes::Bytes`](https://docs.rs/bytes) rather than
+    /// `Vec<u8>` (prost-build's `bytes`; `"."` matches every field). A received message then
+    /// shares the packet's buffer instead of copying it out: worth it for large binary payloads
+    /// (files, images, audio). JSON and msgpack read and write them as they do `Vec<u8>` ones.
+    ///
+    /// ```no_run
+    /// stmp_build::configure()
+    ///     .bytes([".my.files.Chunk.data"])
+    ///     .compile(&["proto/files.proto"], &["proto"])
+    ///     .unwrap();
+    /// ```
+    pub fn bytes<I, S>(mut self, paths: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.bytes.extend(paths.into_iter().map(Into::into));
         self
     }
 
@@ -379,6 +407,7 @@ impl Builder {
         for (path, attribute) in &self.field_attributes {
             config.field_attribute(path, attribute);
         }
+        config.bytes(&self.bytes);
         config.service_generator(Box::new(generator::StmpGenerator::new(
             services, self.parts,
         )));

@@ -5,7 +5,7 @@
 //! Parameters (`--stmp_opt=…`, comma separated): `no_server`, `no_client`, `no_events`,
 //! `extern_path=PROTO_PATH=RUST_PATH`, `type_attribute=PATH=ATTRIBUTE`,
 //! `message_attribute=…`, `enum_attribute=…`, `field_attribute=…` (attributes cannot contain
-//! commas).
+//! commas), `bytes=PATH` (repeatable; see [`Builder::bytes`](crate::Builder::bytes)).
 
 use prost::Message as _;
 use prost_types::compiler::code_generator_response::{Feature, File};
@@ -92,6 +92,7 @@ pub fn parse_parameter(parameter: &str) -> Result<Builder, Error> {
                 let (path, attribute) = pair()?;
                 builder.field_attribute(path, attribute)
             }
+            ("bytes", Some(path)) if !path.is_empty() => builder.bytes([path]),
             _ => {
                 return Err(Error::new(format!(
                     "protoc-gen-stmp: unknown option {item:?}"

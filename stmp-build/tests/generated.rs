@@ -117,6 +117,7 @@ fn sample() -> Ping {
         }),
         stamps: vec![1, -2],
         chunks: vec![b"\x00\xff".to_vec(), Vec::new(), b"abc".to_vec()],
+        blob: Some(b"z".to_vec()),
     }
 }
 
@@ -138,6 +139,7 @@ fn json_uses_proto_names_numbers_and_base64() {
             "nested": {"color": 1},
             "stamps": [1, -2],
             "chunks": ["AP8=", "", "YWJj"],
+            "blob": "eg==",
         })
     );
     for codec in [Codec::JSON, Codec::MSGPACK, Codec::PROTOBUF] {
@@ -153,7 +155,7 @@ fn json_reads_camel_case_strings_and_names() {
             br#"{"sentAt": "-9007199254740993", "color": "COLOR_GREEN", "bigId": "18446744073709551615",
                 "maybe": "7", "palette": ["COLOR_RED", 2], "nested": {"color": "COLOR_RED"},
                 "stamps": ["1", -2], "data": "AP9ieXRlcw", "text": "hi", "counts": {"a": 3},
-                "chunks": ["AP8", null, "YWJj"]}"#,
+                "chunks": ["AP8", null, "YWJj"], "blob": "eg"}"#,
         )
         .unwrap();
     assert_eq!(ping, sample());
@@ -331,8 +333,9 @@ fn the_descriptor_set_describes_every_method_message() {
         }
     }
     let ping = pool.get_message_by_name("options.Ping").unwrap();
-    // text, sent_at, color, data, note, big_id, counts, maybe, palette, nested, stamps, chunks.
-    assert_eq!(ping.fields().count(), 12);
+    // text, sent_at, color, data, note, big_id, counts, maybe, palette, nested, stamps, chunks,
+    // blob.
+    assert_eq!(ping.fields().count(), 13);
     // Only what the messages need: no source info, no option-only imports.
     assert!(pool.get_file_by_name("stmp/options.proto").is_none());
     assert!(

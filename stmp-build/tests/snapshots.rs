@@ -1,6 +1,6 @@
-//! Snapshots of the generated code: the quick-start proto and a proto using the stmp options.
-//! The files under `tests/snapshots/` are reviewed code; `tests/generated.rs` compiles and runs
-//! them. After a deliberate change of the generator, refresh them with
+//! Snapshots of the generated code: the quick-start proto and a proto using the stmp options
+//! (also with every `bytes` field as `Bytes`). The files under `tests/snapshots/` are reviewed
+//! code; `tests/generated.rs` and `tests/bytes_fields.rs` compile and run them. After a deliberate change of the generator, refresh them with
 //! `STMP_BUILD_UPDATE_SNAPSHOTS=1 cargo test -p stmp-build --test snapshots` and review the diff.
 
 use std::collections::BTreeMap;
@@ -14,7 +14,11 @@ fn root() -> PathBuf {
 }
 
 fn check(name: &str, protos: &[&str], includes: &[PathBuf]) {
-    let generated = stmp_build::configure()
+    check_with(stmp_build::configure(), name, protos, includes);
+}
+
+fn check_with(builder: stmp_build::Builder, name: &str, protos: &[&str], includes: &[PathBuf]) {
+    let generated = builder
         .emit_rerun_if_changed(false)
         .generate(protos, includes)
         .unwrap();
@@ -97,4 +101,14 @@ fn the_quick_start_snapshot_has_the_reference_actions() {
         let doc = &doc[doc.rfind("pub const").unwrap_or(0)..];
         assert!(doc.contains(action), "{constant} should document {action}");
     }
+}
+
+#[test]
+fn options_with_bytes_fields() {
+    check_with(
+        stmp_build::configure().bytes(["."]),
+        "options_bytes",
+        &["options.proto"],
+        &[Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/protos")],
+    );
 }

@@ -203,8 +203,8 @@ pub fn enumeration<'de, F: EnumField, E: DeserializeOwned + Into<i32>, D: Deseri
     F::deserialize::<E, D>(deserializer)
 }
 
-/// `with` for `bytes` fields (`Vec<u8>`, `Option<Vec<u8>>` and `Bytes`): base64 in JSON, binary in
-/// msgpack; reads base64 (standard or URL-safe, padded or not), binary or arrays of numbers.
+/// `with` for `bytes` fields (`Vec<u8>`, `Bytes`, and `Option`s of them): base64 in JSON, binary
+/// in msgpack; reads base64 (standard or URL-safe, padded or not), binary or arrays of numbers.
 pub mod bytes {
     use super::*;
 
@@ -278,6 +278,18 @@ pub mod bytes {
         }
         fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
             <Vec<u8> as BytesField>::deserialize(deserializer).map(::bytes::Bytes::from)
+        }
+    }
+
+    impl BytesField for Option<::bytes::Bytes> {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            match self {
+                Some(bytes) => serializer.serialize_some(&RawRef(bytes)),
+                None => serializer.serialize_none(),
+            }
+        }
+        fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            Ok(Option::<Raw>::deserialize(deserializer)?.map(|raw| raw.0.into()))
         }
     }
 

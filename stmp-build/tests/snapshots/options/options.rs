@@ -44,6 +44,10 @@ pub struct Ping {
     #[serde(alias = "Chunks")]
     #[serde(with = "::stmp::serde_support::bytes_list")]
     pub chunks: ::prost::alloc::vec::Vec<::prost::alloc::vec::Vec<u8>>,
+    #[prost(bytes = "vec", optional, tag = "13")]
+    #[serde(alias = "Blob")]
+    #[serde(with = "::stmp::serde_support::bytes")]
+    pub blob: ::core::option::Option<::prost::alloc::vec::Vec<u8>>,
     #[prost(oneof = "ping::Body", tags = "5, 6")]
     #[serde(flatten)]
     pub body: ::core::option::Option<ping::Body>,
