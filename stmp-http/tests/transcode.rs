@@ -26,6 +26,8 @@ fn sample() -> Ping {
             color: Color::Red as i32,
         }),
         stamps: vec![1, -1, 1 << 60],
+        chunks: vec![vec![0, 255], Vec::new(), b"abc".to_vec()],
+        blob: Some(vec![1, 2, 3]),
     }
 }
 
