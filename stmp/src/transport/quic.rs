@@ -153,14 +153,12 @@ impl crate::Server {
             .next()
             .ok_or_else(|| Status::bad_request("cannot listen: the address resolves to nothing"))?;
         let socket = udp_socket(addr, false).map_err(super::cannot_listen)?;
-        let granted = socket2::SockRef::from(&socket).recv_buffer_size();
-        if granted
-            .as_ref()
-            .is_ok_and(|&granted| granted < UDP_BUFFER_BYTES)
+        if let Ok(granted) = socket2::SockRef::from(&socket).recv_buffer_size()
+            && granted < UDP_BUFFER_BYTES
         {
             tracing::warn!(
                 %addr,
-                granted = ?granted,
+                granted,
                 asked = UDP_BUFFER_BYTES,
                 "the QUIC socket got a smaller receive buffer than asked for; bursts of large \
                  messages may be dropped and slowed down (on Linux, raise net.core.rmem_max)"
