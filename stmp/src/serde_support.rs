@@ -281,27 +281,16 @@ pub mod bytes {
         }
     }
 
-    impl BytesField for Option<::bytes::Bytes> {
+    /// An `optional bytes` field, of either type.
+    impl<T: AsRef<[u8]> + From<Vec<u8>>> BytesField for Option<T> {
         fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
             match self {
-                Some(bytes) => serializer.serialize_some(&RawRef(bytes)),
+                Some(bytes) => serializer.serialize_some(&RawRef(bytes.as_ref())),
                 None => serializer.serialize_none(),
             }
         }
         fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
             Ok(Option::<Raw>::deserialize(deserializer)?.map(|raw| raw.0.into()))
-        }
-    }
-
-    impl BytesField for Option<Vec<u8>> {
-        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-            match self {
-                Some(bytes) => serializer.serialize_some(&RawRef(bytes)),
-                None => serializer.serialize_none(),
-            }
-        }
-        fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-            Ok(Option::<Raw>::deserialize(deserializer)?.map(|raw| raw.0))
         }
     }
 
