@@ -55,6 +55,7 @@ async fn round_trips_and_events_over_quic() {
             .await
             .unwrap();
         assert_eq!(echo.text, "over quic");
+        echo_large_and_small(&client, "quic").await;
         let room: RoomModel = within(client.call(
             &JOIN_ROOM,
             &JoinRoomInput {

@@ -57,6 +57,23 @@ async fn every_transport_with_every_codec() {
     within(server.shutdown(std::time::Duration::from_secs(1))).await;
 }
 
+/// Large payloads go out by reference rather than copied behind their packet's head: mixed
+/// with small ones, they arrive whole on every transport.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_and_small_payloads_in_flight_together_arrive_whole() {
+    init_tracing();
+    let server = Server::builder().build();
+    let addrs = serve_all(&server).await;
+    for scheme in ["tcp", "tls", "ws", "wss"] {
+        let client = within(addrs.client().connect(&addrs.url(scheme)))
+            .await
+            .unwrap_or_else(|e| panic!("{scheme}: {e}"));
+        echo_large_and_small(&client, scheme).await;
+        within(client.close()).await;
+    }
+    within(server.shutdown(std::time::Duration::from_secs(1))).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_text_format() {
     let server = Server::builder().build();

@@ -7,6 +7,7 @@ mod gzip_header;
 #[cfg(feature = "gzip")]
 mod gzip_writer;
 mod inflate;
+mod outgoing;
 mod packets;
 mod read_ahead;
 
@@ -31,6 +32,7 @@ use inflate::BoundedGzip;
 pub(crate) use inflate::InflationLimit;
 #[cfg(feature = "gzip")]
 pub(crate) use inflate::InflationMeter;
+pub(crate) use outgoing::{BORROW_FROM, Outgoing};
 pub(crate) use packets::PacketReader;
 #[cfg(feature = "ws")]
 pub(crate) use packets::{Unframe, Unframed};
@@ -91,7 +93,7 @@ pub(crate) struct ReadLimits {
 pub(crate) struct PacketWriter {
     pub(crate) io: BoxWrite,
     /// What an inline write left unwritten, and each batch while it is written.
-    pub(crate) buf: BytesMut,
+    pub(crate) out: Outgoing,
     pub(crate) framing: Framing,
     /// The gzip stream the batches go out in, when agreed on.
     #[cfg(feature = "gzip")]
@@ -108,6 +110,8 @@ pub(crate) enum Framing {
 }
 
 impl Framing {
+    /// Encodes `packets` with every byte copied into `dst`: what gets compressed, or goes
+    /// through a thread's scratch buffer.
     fn encode(&self, packets: &[Packet], dst: &mut BytesMut) {
         match self {
             Framing::Stream => packets.iter().for_each(|packet| packet.append_stream(dst)),
@@ -117,6 +121,47 @@ impl Framing {
             }
         }
     }
+
+    /// Encodes `packets` into `out`, with their large payloads sent by reference.
+    fn encode_into(&self, packets: &[Packet], out: &mut Outgoing) {
+        match self {
+            Framing::Stream => {
+                for packet in packets {
+                    match stream_payload_to_borrow(packet) {
+                        Some(payload) => {
+                            packet.append_stream_head(&mut out.buf);
+                            out.borrow(payload);
+                        }
+                        None => packet.append_stream(&mut out.buf),
+                    }
+                }
+            }
+            #[cfg(feature = "ws")]
+            Framing::WebSocket(frames) => packets
+                .iter()
+                .for_each(|packet| frames.encode_into(packet, out)),
+        }
+    }
+
+    /// Whether [`encode_into`](Self::encode_into) would send a payload of `packets` by
+    /// reference.
+    fn borrows_from(&self, packets: &[Packet]) -> bool {
+        match self {
+            Framing::Stream => packets
+                .iter()
+                .any(|packet| stream_payload_to_borrow(packet).is_some()),
+            #[cfg(feature = "ws")]
+            Framing::WebSocket(frames) => packets
+                .iter()
+                .any(|packet| frames.payload_to_borrow(packet).is_some()),
+        }
+    }
+}
+
+fn stream_payload_to_borrow(packet: &Packet) -> Option<&bytes::Bytes> {
+    packet
+        .payload_bytes()
+        .filter(|payload| payload.len() >= BORROW_FROM)
 }
 
 /// The bytes of write buffer a connection keeps once it has written all it had; a larger one
@@ -189,6 +234,27 @@ fn write_without_waiting(
     Ok(written)
 }
 
+/// Writes as much of `out` as `io` takes without waiting.
+fn write_out_without_waiting(
+    mut io: Pin<&mut (dyn AsyncWrite + Send)>,
+    cx: &mut std::task::Context<'_>,
+    out: &mut Outgoing,
+) -> Result<(), Status> {
+    while !out.is_empty() {
+        match out.poll_write(io.as_mut(), cx) {
+            std::task::Poll::Ready(Ok(0)) => {
+                return Err(Status::network_error(
+                    "the connection accepts no more bytes",
+                ));
+            }
+            std::task::Poll::Ready(Ok(n)) => out.advance(n),
+            std::task::Poll::Ready(Err(e)) => return Err(e.into()),
+            std::task::Poll::Pending => break,
+        }
+    }
+    Ok(())
+}
+
 /// Compresses `packets` as the next batch of the gzip stream and writes what `io` takes
 /// without waiting, after anything already `pending`; the rest of the compressed bytes joins
 /// `pending`. Once compressed the batch is part of the stream, so it is never given back.
@@ -214,6 +280,7 @@ fn compress_now(
 }
 
 /// Writes all of `bytes`, failing when a write makes no progress for `stall`.
+#[cfg(feature = "gzip")]
 async fn write_stepped(
     mut io: Pin<&mut (dyn AsyncWrite + Send)>,
     bytes: &[u8],
@@ -228,6 +295,26 @@ async fn write_stepped(
                 )));
             }
             n => written += n,
+        }
+    }
+    Ok(())
+}
+
+/// Writes all of `out`, failing when a write makes no progress for `stall`.
+async fn write_out_stepped(
+    mut io: Pin<&mut (dyn AsyncWrite + Send)>,
+    out: &mut Outgoing,
+    stall: Duration,
+) -> Result<(), WriteError> {
+    while !out.is_empty() {
+        let write = std::future::poll_fn(|cx| out.poll_write(io.as_mut(), cx));
+        match step(stall, write).await? {
+            0 => {
+                return Err(WriteError::Failed(Status::network_error(
+                    "the connection accepts no more bytes",
+                )));
+            }
+            n => out.advance(n),
         }
     }
     Ok(())
@@ -282,40 +369,35 @@ impl PacketWriter {
     ) -> Result<(), WriteError> {
         let PacketWriter {
             io,
-            buf,
+            out,
             framing,
             #[cfg(feature = "gzip")]
             gzip,
         } = self;
         #[cfg(feature = "gzip")]
-        let wire = match gzip {
+        let plain = match gzip {
             Some(gzip) => {
                 // An inline write's leftover is compressed already: it goes as it is.
-                write_stepped(io.as_mut(), buf, stall).await?;
-                buf.clear();
-                match packets.is_empty() {
-                    true => &[][..],
-                    false => {
-                        framing.encode(packets, buf);
-                        gzip.batch(buf)
-                    }
+                write_out_stepped(io.as_mut(), out, stall).await?;
+                if !packets.is_empty() {
+                    framing.encode(packets, &mut out.buf);
+                    let wire = gzip.batch(&out.buf);
+                    write_stepped(io.as_mut(), wire, stall).await?;
                 }
+                false
             }
-            None => {
-                framing.encode(packets, buf);
-                &buf[..]
-            }
+            None => true,
         };
         #[cfg(not(feature = "gzip"))]
-        let wire = {
-            framing.encode(packets, buf);
-            &buf[..]
-        };
-        write_stepped(io.as_mut(), wire, stall).await?;
+        let plain = true;
+        if plain {
+            framing.encode_into(packets, out);
+            write_out_stepped(io.as_mut(), out, stall).await?;
+        }
         step(stall, io.flush()).await?;
-        buf.clear();
-        if buf.capacity() > KEEP_WHILE_BUSY {
-            *buf = BytesMut::new();
+        out.buf.clear();
+        if out.buf.capacity() > KEEP_WHILE_BUSY {
+            out.buf = BytesMut::new();
         }
         Ok(())
     }
@@ -324,8 +406,8 @@ impl PacketWriter {
     /// ([`KEEP_WRITE_BUFFER`]): after a batch, the writer task calls this unless the
     /// connection is busy, whose next batch then finds its buffer grown already.
     pub(crate) fn trim_buffer(&mut self) {
-        if self.buf.is_empty() && self.buf.capacity() > KEEP_WRITE_BUFFER {
-            self.buf = BytesMut::new();
+        if self.out.is_empty() && self.out.buf.capacity() > KEEP_WRITE_BUFFER {
+            self.out.buf = BytesMut::new();
         }
     }
 
@@ -333,8 +415,8 @@ impl PacketWriter {
     /// its lone packets are encoded in the thread's scratch buffer. A burst's buffer is not
     /// kept for the connection's life.
     pub(crate) fn give_back_buffer(&mut self) {
-        if self.buf.is_empty() {
-            self.buf = BytesMut::new();
+        if self.out.is_empty() {
+            self.out.buf = BytesMut::new();
         }
     }
 
@@ -346,7 +428,7 @@ impl PacketWriter {
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         let PacketWriter {
             io,
-            buf,
+            out,
             framing,
             #[cfg(feature = "gzip")]
             gzip,
@@ -354,7 +436,8 @@ impl PacketWriter {
         #[cfg(feature = "gzip")]
         let compressed = match gzip.as_deref_mut() {
             Some(gzip) => {
-                compress_now(io.as_mut(), &mut cx, packets, framing, gzip, buf)?;
+                // Compressed bytes are always copied: `out` holds them all in its buffer.
+                compress_now(io.as_mut(), &mut cx, packets, framing, gzip, &mut out.buf)?;
                 true
             }
             None => false,
@@ -362,27 +445,26 @@ impl PacketWriter {
         #[cfg(not(feature = "gzip"))]
         let compressed = false;
         if !compressed {
-            let encoded_in_scratch = buf.is_empty()
-                && write_through_scratch(io.as_mut(), &mut cx, packets, framing, buf)?;
+            // A packet whose payload goes by reference skips the scratch buffer, which would
+            // copy it.
+            let encoded_in_scratch = out.is_empty()
+                && !framing.borrows_from(packets)
+                && write_through_scratch(io.as_mut(), &mut cx, packets, framing, &mut out.buf)?;
             if !encoded_in_scratch {
-                framing.encode(packets, buf);
+                framing.encode_into(packets, out);
             }
         }
-        if !buf.is_empty() {
-            let written = write_without_waiting(io.as_mut(), &mut cx, buf)?;
-            bytes::Buf::advance(buf, written);
-            if !buf.is_empty() {
-                return Ok(false);
-            }
+        write_out_without_waiting(io.as_mut(), &mut cx, out)?;
+        if !out.is_empty() {
+            return Ok(false);
         }
         match io.as_mut().poll_flush(&mut cx) {
             std::task::Poll::Ready(Ok(())) => {}
             std::task::Poll::Ready(Err(e)) => return Err(e.into()),
             std::task::Poll::Pending => return Ok(false),
         }
-        buf.clear();
-        if buf.capacity() > KEEP_WRITE_BUFFER {
-            *buf = BytesMut::new();
+        if out.buf.capacity() > KEEP_WRITE_BUFFER {
+            out.buf = BytesMut::new();
         }
         Ok(true)
     }
@@ -396,12 +478,26 @@ impl PacketWriter {
         #[cfg(feature = "ws")]
         if let Framing::WebSocket(frames) = &self.framing {
             // After what an inline write left, so that the Close comes last.
-            frames.close(&mut self.buf);
-            let _ = self.io.write_all(&self.buf).await;
-            self.buf.clear();
+            frames.close(&mut self.out.buf);
+            let _ = write_out_all(self.io.as_mut(), &mut self.out).await;
         }
         let _ = self.io.shutdown().await;
     }
+}
+
+/// Writes all of `out`, however long the peer takes.
+#[cfg(feature = "ws")]
+async fn write_out_all(
+    mut io: Pin<&mut (dyn AsyncWrite + Send)>,
+    out: &mut Outgoing,
+) -> std::io::Result<()> {
+    while !out.is_empty() {
+        match std::future::poll_fn(|cx| out.poll_write(io.as_mut(), cx)).await? {
+            0 => return Err(std::io::ErrorKind::WriteZero.into()),
+            n => out.advance(n),
+        }
+    }
+    Ok(())
 }
 
 /// A byte-stream transport: packets framed by [`PacketCodec`], optionally inside one gzip
@@ -428,7 +524,7 @@ where
             Box::pin(packets),
             PacketWriter {
                 io: Box::pin(writer),
-                buf: BytesMut::new(),
+                out: Outgoing::default(),
                 framing: Framing::Stream,
                 gzip: Some(Box::new(GzipWriter::new())),
             },
@@ -444,7 +540,7 @@ where
         Box::pin(packets),
         PacketWriter {
             io,
-            buf: BytesMut::new(),
+            out: Outgoing::default(),
             framing: Framing::Stream,
             #[cfg(feature = "gzip")]
             gzip: None,
@@ -573,7 +669,7 @@ mod tests {
     }
 
     fn write_buffer(writer: &PacketWriter) -> &BytesMut {
-        &writer.buf
+        &writer.out.buf
     }
 
     #[tokio::test]
@@ -602,13 +698,25 @@ mod tests {
         writer.trim_buffer();
         assert_eq!(write_buffer(&writer).capacity(), 0, "quiet: given back");
 
-        let huge = [answer(1, KEEP_WHILE_BUSY)];
+        // Answers just small enough to be copied, more of them than a busy connection keeps.
+        let copied = BORROW_FROM - 1;
+        let huge: Vec<Packet> = (1..=(KEEP_WHILE_BUSY / copied + 1) as u16)
+            .map(|mid| answer(mid, copied))
+            .collect();
         writer.write_batch(&huge, stall).await.unwrap();
         assert_eq!(
             write_buffer(&writer).capacity(),
             0,
             "a batch over what a busy connection keeps is given back at once"
         );
+
+        // A payload sent by reference never enters the buffer.
+        writer
+            .write_batch(&[answer(1, 4 * KEEP_WHILE_BUSY)], stall)
+            .await
+            .unwrap();
+        let head = write_buffer(&writer).capacity();
+        assert!(head < BORROW_FROM, "a 4 MiB answer left {head} B of buffer");
     }
 
     #[tokio::test]
@@ -641,5 +749,41 @@ mod tests {
         let mut got = vec![0; 40];
         peer.read_exact(&mut got).await.unwrap();
         assert_eq!(got, encoded[..40]);
+    }
+
+    #[tokio::test]
+    async fn a_large_event_that_slow_peers_cannot_take_yet_waits_as_one_shared_buffer() {
+        use tokio::io::AsyncReadExt as _;
+
+        let payload = Bytes::from(vec![9; 1 << 20]);
+        let event = Packet::Notify(crate::wire::Notify {
+            action: Action::Id(7),
+            header: Header::new(),
+            payload: payload.clone(),
+        });
+        let mut encoded = BytesMut::new();
+        event.encode_stream(&mut encoded);
+
+        let mut peers = Vec::new();
+        for _ in 0..8 {
+            let (ours, peer) = tokio::io::duplex(4 << 10);
+            let mut writer = stream_writer(ours);
+            assert!(!writer.write_now(std::slice::from_ref(&event)).unwrap());
+            assert!(
+                writer.out.holds_by_reference(&payload),
+                "the rest of the event is the event's own buffer"
+            );
+            let kept = write_buffer(&writer).capacity();
+            assert!(kept < BORROW_FROM, "{kept} B copied for one connection");
+            peers.push((writer, peer));
+        }
+        for (mut writer, mut peer) in peers {
+            let finish = writer.write_batch(&[], Duration::from_secs(5));
+            let mut got = vec![0; encoded.len()];
+            let (written, read) = tokio::join!(finish, peer.read_exact(&mut got));
+            written.unwrap();
+            read.unwrap();
+            assert!(got == encoded[..], "every peer gets the whole event");
+        }
     }
 }

@@ -683,7 +683,7 @@ pub(crate) mod tests {
     ) -> super::io::PacketWriter {
         super::io::PacketWriter {
             io: Box::pin(io),
-            buf: bytes::BytesMut::new(),
+            out: super::io::Outgoing::default(),
             framing: super::io::Framing::Stream,
             #[cfg(feature = "gzip")]
             gzip: None,

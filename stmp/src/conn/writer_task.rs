@@ -683,7 +683,7 @@ mod tests {
         let buffer = || {
             let taken = conn.shared.writer.take();
             let capacity = match &taken.writer {
-                Some(writer) => writer.buf.capacity(),
+                Some(writer) => writer.out.buf.capacity(),
                 None => panic!("the stream writer in its slot"),
             };
             conn.shared.writer.put(taken.writer.unwrap());

@@ -237,6 +237,29 @@ impl Packet {
         self.encode_binary(dst, Form::Message);
     }
 
+    /// The payload of a packet that carries one, as the buffer it is a slice of: what a writer
+    /// may send by reference instead of copying it behind the packet's head.
+    pub(crate) fn payload_bytes(&self) -> Option<&Bytes> {
+        match self {
+            Packet::Request(Request { payload, .. })
+            | Packet::Notify(Notify { payload, .. })
+            | Packet::Response(Response { payload, .. }) => Some(payload),
+            Packet::Ping | Packet::Pong | Packet::Close(_) => None,
+        }
+    }
+
+    /// [`append_stream`](Packet::append_stream) without the payload's bytes (its length is
+    /// written): they follow, from [`payload_bytes`](Packet::payload_bytes).
+    pub(crate) fn append_stream_head(&self, dst: &mut BytesMut) {
+        let _payload = self.encode_head(dst, Form::Stream);
+    }
+
+    /// [`append_message`](Packet::append_message) without the payload's bytes.
+    #[cfg_attr(not(feature = "ws"), allow(dead_code))]
+    pub(crate) fn append_message_head(&self, dst: &mut BytesMut) {
+        let _payload = self.encode_head(dst, Form::Message);
+    }
+
     /// The exact length of [`encode_stream`](Packet::encode_stream)'s output.
     pub fn encoded_stream_len(&self) -> usize {
         let parts = self.parts();
@@ -270,6 +293,13 @@ impl Packet {
     }
 
     fn encode_binary(&self, dst: &mut BytesMut, form: Form) {
+        let payload = self.encode_head(dst, form);
+        dst.put_slice(payload);
+    }
+
+    /// Everything but the payload's bytes: the fixed fields, the action, the header and, in the
+    /// stream form, the payload's length. Returns the payload.
+    fn encode_head(&self, dst: &mut BytesMut, form: Form) -> &[u8] {
         let parts = self.parts();
         let header = parts.header.filter(|h| !h.is_empty());
         let mut head = FIN | (self.kind() as u8) << 4;
@@ -311,12 +341,10 @@ impl Packet {
             varint::put(dst, header.encoded_len() as u64);
             header.encode(dst);
         }
-        if !parts.payload.is_empty() {
-            if form == Form::Stream {
-                varint::put(dst, parts.payload.len() as u64);
-            }
-            dst.put_slice(parts.payload);
+        if !parts.payload.is_empty() && form == Form::Stream {
+            varint::put(dst, parts.payload.len() as u64);
         }
+        parts.payload
     }
 
     /// Decodes one complete WebSocket binary message: the payload is the rest of the message,

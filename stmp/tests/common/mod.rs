@@ -107,6 +107,26 @@ pub fn register(router: &stmp::Router) {
     );
 }
 
+/// Echoes of sizes on both sides of the size from which payloads are written by reference
+/// (16 KiB), up to 1 MiB, all in flight at once: each answer must be its own call's, whole.
+pub async fn echo_large_and_small(client: &stmp::Client, transport: &str) {
+    let sizes = [10, (16 << 10) - 8, 16 << 10, 100_000, (1 << 20) + 7];
+    let calls = (0..24).map(|i| {
+        let client = client.clone();
+        let input = Echo {
+            text: char::from(b'a' + i as u8)
+                .to_string()
+                .repeat(sizes[i % sizes.len()]),
+            delay_ms: 0,
+        };
+        async move {
+            let output: Echo = client.call(&ECHO, &input).await.unwrap();
+            assert!(output == input, "{transport}: call {i} got another answer");
+        }
+    });
+    within(futures_util::future::join_all(calls)).await;
+}
+
 /// A self-signed certificate for `localhost`: (cert PEM, key PEM).
 pub fn self_signed() -> (String, String) {
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");

@@ -10,7 +10,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use super::deflate;
 use crate::Status;
 use crate::conn::PacketFormat;
-use crate::conn::io::InflationLimit;
+use crate::conn::io::{BORROW_FROM, InflationLimit, Outgoing};
 use crate::sync::lock;
 use crate::wire::{
     BufferBudget, Charge, Limits, MAX_RESERVE_AHEAD, PARTIAL_ALLOWANCE, Packet, hold,
@@ -443,6 +443,32 @@ impl FrameWriter {
     pub(crate) fn with_deflate(mut self, agreed: bool) -> Self {
         self.deflates = agreed;
         self
+    }
+
+    /// The payload of `packet` to send by reference, after the message's head: a large one in a
+    /// binary message that is neither masked nor deflated, so that its bytes go out as they are.
+    pub(crate) fn payload_to_borrow<'a>(&self, packet: &'a Packet) -> Option<&'a Bytes> {
+        match (self.format, self.role, self.deflates) {
+            (PacketFormat::Binary, Role::Server, false) => packet
+                .payload_bytes()
+                .filter(|payload| payload.len() >= BORROW_FROM),
+            _ => None,
+        }
+    }
+
+    /// Appends `packet` to `out` as one message, like [`encode`](Self::encode), with the
+    /// payload [`payload_to_borrow`](Self::payload_to_borrow) gives sent by reference.
+    pub(crate) fn encode_into(&self, packet: &Packet, out: &mut Outgoing) {
+        let Some(payload) = self.payload_to_borrow(packet) else {
+            return self.encode(packet, &mut out.buf);
+        };
+        let len = packet.encoded_message_len();
+        let dst = &mut out.buf;
+        dst.reserve(MAX_HEADER + len - payload.len());
+        // A server's frames are never masked.
+        let _unmasked = self.head(BINARY, len, dst);
+        packet.append_message_head(dst);
+        out.borrow(payload);
     }
 
     /// Appends `packet` to `dst` as one message. The engine answers a WebSocket Ping as it

@@ -17,7 +17,9 @@ use crate::client::ClientBuilder;
 use crate::client::dial::{Dialed, chosen_codec, client_header, ready};
 use crate::client::endpoint::Endpoint;
 use crate::conn::PacketFormat;
-use crate::conn::io::{Framing, PacketReader, PacketStream, PacketWriter, Unframe, Unframed};
+use crate::conn::io::{
+    Framing, Outgoing, PacketReader, PacketStream, PacketWriter, Unframe, Unframed,
+};
 use crate::server::{Refusal, Slot, Transport};
 use crate::telemetry::Counted;
 use crate::transport::Scheme;
@@ -629,7 +631,7 @@ fn websocket<S: Halves>(
     let packets = PacketReader::new(Counted::new(reader), unframe, leftover);
     let writer = PacketWriter {
         io: Box::pin(Counted::new(io)),
-        buf: BytesMut::new(),
+        out: Outgoing::default(),
         framing: Framing::WebSocket(writer),
         #[cfg(feature = "gzip")]
         gzip: None,
