@@ -12,7 +12,7 @@ use stmp_bench::systems::{ServerKind, System};
 use stmp_bench::unary::Point;
 use stmp_bench::{Result, Settings, child, cluster, fanout, memory, target, unary};
 
-const PAYLOAD_SIZES: &str = "--payload needs a size in bytes, from 1 to 262144";
+const PAYLOAD_SIZES: &str = "--payload needs a size in bytes, from 1 to 1048576";
 
 const USAGE: &str = "usage: stmp-bench [--quick] [--out DIR] [--only unary|fanout|cluster|memory]...
                   [--system LABEL]... [--point single|multiplexed|connections]... [--payload BYTES]...
@@ -28,8 +28,9 @@ RoomService) with JoinRoom calls at the unary points (or those of --point): ADDR
 (tcp://host:port, ws://host:port/quick_start, ...) or host:port for TCP. Alone it runs only that;
 with --only it runs those parts too.
 
---payload BYTES runs the unary points at that size (1 to 262144) instead of 32 and 1024; the
-targets are for those two.
+--payload BYTES runs the unary points at that size (1 to 1048576) instead of 32 and 1024; the
+targets are for those two. Above 262144 the multiplexed point puts more than 16 MiB in flight
+on one connection: pick the other points, or a smaller --depth.
 
 --fanout-passes N runs the fan-out comparison N times (3 in the full run, 1 with --quick); each
 row reports its median pass.
@@ -143,6 +144,20 @@ fn parse(args: &[String]) -> Result<Args> {
     parsed.settings.server_workers = server_workers;
     if let Some(depth) = depth_asked {
         parsed.settings.depth = depth;
+    }
+    let multiplexed = parsed.points.is_empty() || parsed.points.contains(&Point::Multiplexed);
+    let depth = parsed.settings.depth;
+    if let Some(payload) = parsed
+        .payloads
+        .iter()
+        .find(|&&payload| multiplexed && payload * depth > unary::MAX_IN_FLIGHT)
+    {
+        return Err(format!(
+            "--payload {payload} with {depth} calls in flight on one connection puts more than \
+             {} MiB in flight: pick --point single or connections, or a smaller --depth",
+            unary::MAX_IN_FLIGHT >> 20
+        )
+        .into());
     }
     Ok(parsed)
 }
@@ -315,12 +330,48 @@ mod tests {
         );
         for wrong in [
             &["--payload", "0"][..],
-            &["--payload", "262145"],
+            &["--payload", "1048577"],
             &["--payload", "many"],
             &["--payload"],
         ] {
             let error = parsed(wrong).err().expect("refused").to_string();
             assert!(error.contains(PAYLOAD_SIZES), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_payload_too_large_for_64_in_flight_on_one_connection_needs_the_other_points() {
+        for wrong in [
+            &["--payload", "1048576"][..],
+            &["--payload", "1048576", "--point", "multiplexed"],
+            &[
+                "--payload",
+                "524288",
+                "--point",
+                "single",
+                "--point",
+                "multiplexed",
+            ],
+        ] {
+            let error = parsed(wrong).err().expect("refused").to_string();
+            assert!(
+                error.contains("pick --point single or connections"),
+                "{error}"
+            );
+        }
+        for right in [
+            &[
+                "--payload",
+                "1048576",
+                "--point",
+                "single",
+                "--point",
+                "connections",
+            ][..],
+            &["--payload", "1048576", "--depth", "16"],
+            &["--payload", "262144"],
+        ] {
+            parsed(right).expect("valid");
         }
     }
 

@@ -15,10 +15,13 @@ use crate::{ECHO, Echo, Result, Settings};
 /// The payload sizes, in bytes, of the full run and of the targets.
 pub const PAYLOADS: [usize; 2] = [32, 1024];
 
-/// The largest payload `--payload` takes: 64 calls of it in flight are 16 MiB, half of what
-/// an stmp server lets one connection have in flight (beyond that it refuses calls with
-/// `TooManyRequests`).
-pub const MAX_PAYLOAD: usize = 256 << 10;
+/// The largest payload `--payload` takes: well under tonic's default 4 MiB message limit.
+pub const MAX_PAYLOAD: usize = 1 << 20;
+
+/// The most payload bytes the multiplexed point may have in flight on its one connection:
+/// half of what an stmp server lets a connection have in flight (beyond that it refuses
+/// calls with `TooManyRequests`). 64 calls of 256 KiB fit.
+pub const MAX_IN_FLIGHT: usize = 16 << 20;
 
 /// Where on the latency/throughput curve a measurement is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
