@@ -30,7 +30,7 @@ use gzip_writer::GzipWriter;
 #[cfg(feature = "gzip")]
 use inflate::BoundedGzip;
 pub(crate) use inflate::InflationLimit;
-#[cfg(feature = "gzip")]
+#[cfg(all(feature = "gzip", feature = "ws"))]
 pub(crate) use inflate::InflationMeter;
 pub(crate) use outgoing::{BORROW_FROM, Outgoing};
 pub(crate) use packets::PacketReader;

@@ -216,6 +216,7 @@ fn worst_case(len: usize) -> usize {
 
 /// Appends `plain` as one fixed-code block followed by the empty stored block of a sync flush,
 /// without that block's last four bytes (`00 00 FF FF`): a permessage-deflate payload.
+#[cfg_attr(not(feature = "ws"), allow(dead_code))]
 pub(crate) fn deflate_message(plain: &[u8], dst: &mut BytesMut) {
     let hash_bits = hash_bits_for(plain.len());
     HEADS.with_borrow_mut(|heads| {

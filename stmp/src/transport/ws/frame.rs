@@ -526,6 +526,7 @@ impl FrameWriter {
 
     /// Appends one message of `plain`, deflated when that makes it shorter; an `event` may be
     /// one a broadcast writes to many connections.
+    #[cfg_attr(not(feature = "gzip"), allow(unused_variables))]
     fn maybe_deflated(&self, opcode: u8, plain: &[u8], event: bool, dst: &mut BytesMut) {
         #[cfg(feature = "gzip")]
         {
