@@ -122,8 +122,13 @@ impl Framing {
         }
     }
 
-    /// Encodes `packets` into `out`, with their large payloads sent by reference.
-    fn encode_into(&self, packets: &[Packet], out: &mut Outgoing) {
+    /// Encodes `packets` into `out`, with their large payloads sent by reference when the
+    /// transport takes vectored writes (`vectored`). One that does not (quinn's streams, which
+    /// copy what they are given) would take each payload in a write of its own.
+    fn encode_into(&self, packets: &[Packet], out: &mut Outgoing, vectored: bool) {
+        if !vectored {
+            return self.encode(packets, &mut out.buf);
+        }
         match self {
             Framing::Stream => {
                 for packet in packets {
@@ -391,7 +396,7 @@ impl PacketWriter {
         #[cfg(not(feature = "gzip"))]
         let plain = true;
         if plain {
-            framing.encode_into(packets, out);
+            framing.encode_into(packets, out, io.is_write_vectored());
             write_out_stepped(io.as_mut(), out, stall).await?;
         }
         step(stall, io.flush()).await?;
@@ -447,11 +452,12 @@ impl PacketWriter {
         if !compressed {
             // A packet whose payload goes by reference skips the scratch buffer, which would
             // copy it.
+            let vectored = io.is_write_vectored();
             let encoded_in_scratch = out.is_empty()
-                && !framing.borrows_from(packets)
+                && !(vectored && framing.borrows_from(packets))
                 && write_through_scratch(io.as_mut(), &mut cx, packets, framing, &mut out.buf)?;
             if !encoded_in_scratch {
-                framing.encode_into(packets, out);
+                framing.encode_into(packets, out, vectored);
             }
         }
         write_out_without_waiting(io.as_mut(), &mut cx, out)?;
@@ -749,6 +755,56 @@ mod tests {
         let mut got = vec![0; 40];
         peer.read_exact(&mut got).await.unwrap();
         assert_eq!(got, encoded[..40]);
+    }
+
+    /// Takes every write whole and counts the writes; no vectored writes, as quinn's streams.
+    #[derive(Clone, Default)]
+    struct OneBufferAtATime(std::sync::Arc<std::sync::Mutex<Vec<usize>>>);
+
+    impl AsyncWrite for OneBufferAtATime {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            self.0.lock().unwrap().push(buf.len());
+            std::task::Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(
+            self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_transport_without_vectored_writes_gets_each_large_packet_in_one_write() {
+        let packet = |mid| {
+            Packet::Request(Request {
+                mid,
+                action: Action::Id(7),
+                header: Header::new(),
+                payload: Bytes::from(vec![3; 4 * BORROW_FROM]),
+            })
+        };
+        let whole = packet(1).encoded_stream_len();
+        let io = OneBufferAtATime::default();
+        let mut writer = stream_writer(io.clone());
+        assert!(writer.write_now(&[packet(1)]).unwrap());
+        writer
+            .write_batch(&[packet(2), packet(3)], Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(*io.0.lock().unwrap(), [whole, 2 * whole]);
     }
 
     #[tokio::test]
