@@ -690,6 +690,48 @@ mod tests {
     }
 
     #[test]
+    fn only_a_servers_plain_binary_messages_send_large_payloads_by_reference_and_in_the_same_bytes()
+    {
+        let (large, small) = (notify(BORROW_FROM), notify(BORROW_FROM - 1));
+        let all_bytes = |out: &mut Outgoing| {
+            let mut bytes = Vec::new();
+            let mut io = std::pin::pin!(&mut bytes);
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            while !out.is_empty() {
+                let io: std::pin::Pin<&mut (dyn tokio::io::AsyncWrite + Send)> = io.as_mut();
+                let std::task::Poll::Ready(Ok(n)) = out.poll_write(io, &mut cx) else {
+                    panic!("a Vec takes every write");
+                };
+                out.advance(n);
+            }
+            bytes
+        };
+        let cases = [
+            (Role::Server, PacketFormat::Binary, false, true),
+            (Role::Server, PacketFormat::Binary, true, false),
+            (Role::Server, PacketFormat::Text, false, false),
+            (Role::Client, PacketFormat::Binary, false, false),
+        ];
+        for (role, format, deflate, borrows) in cases {
+            let writer = FrameWriter::new(role, format, Arc::default()).with_deflate(deflate);
+            let case = format!("{role:?} {format:?}, deflate {deflate}");
+            assert_eq!(
+                writer.payload_to_borrow(&large).is_some(),
+                borrows,
+                "{case}"
+            );
+            assert!(writer.payload_to_borrow(&small).is_none(), "{case}");
+            if role == Role::Server && !deflate {
+                let mut copied = BytesMut::new();
+                writer.encode(&large, &mut copied);
+                let mut out = Outgoing::default();
+                writer.encode_into(&large, &mut out);
+                assert_eq!(all_bytes(&mut out), copied, "{case}");
+            }
+        }
+    }
+
+    #[test]
     fn the_server_side_writes_what_a_client_reads() {
         let writer = FrameWriter::new(Role::Server, PacketFormat::Binary, Arc::default());
         let mut reader = FrameReader::new(Role::Client, 1 << 20, Arc::default());
