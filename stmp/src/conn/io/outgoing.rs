@@ -87,7 +87,7 @@ impl Outgoing {
             self.borrowed.pop_front();
         }
         match written == self.buf.len() {
-            // Cleared rather than advanced: the next batch starts at the front of the buffer.
+            // Cleared rather than advanced past its end, which would leave it no room.
             true => self.buf.clear(),
             false => self.buf.advance(written),
         }
