@@ -30,10 +30,35 @@ pub async fn echo_pair_ws() -> (stmp::Server, stmp::Client) {
     (server, echo_client(&format!("ws://{addr}/")).await)
 }
 
-fn echo_server() -> stmp::Server {
+/// A server on loopback TCP and a client connected to it that serves the echo method: calls
+/// from the server to the client, over the server's side of the connection (returned too).
+pub async fn reverse_echo_pair() -> (stmp::Server, stmp::Client, stmp::Conn) {
+    let server = stmp::Server::builder().build();
+    let addr = server.listen_tcp("127.0.0.1:0").await.expect("listen");
+    let client = stmp::Client::builder()
+        .router(echo_router())
+        .no_reconnect()
+        .connect(&format!("tcp://{addr}"))
+        .await
+        .expect("connect");
+    // The server admits the connection on its own task: give it the turns it needs.
+    for _ in 0..10_000 {
+        if let Some(conn) = server.conns().to_vec().pop() {
+            return (server, client, conn);
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("the server never listed the client's connection");
+}
+
+fn echo_router() -> stmp::Router {
     let router = stmp::Router::new();
     router.route(&ECHO, |_ctx, input: Echo| async move { Ok(input) });
-    stmp::Server::builder().router(router).build()
+    router
+}
+
+fn echo_server() -> stmp::Server {
+    stmp::Server::builder().router(echo_router()).build()
 }
 
 async fn echo_client(url: &str) -> stmp::Client {
@@ -44,18 +69,45 @@ async fn echo_client(url: &str) -> stmp::Client {
         .expect("connect")
 }
 
-/// `callers` tasks sharing `client`, each making `each` echo calls of 32 bytes; returns once
+/// What makes echo calls: a client, or the server's side of a connection (calls to the client).
+pub trait EchoCaller: Clone + Send + Sync + 'static {
+    /// Calls the echo method with `input`.
+    fn echo<'a>(
+        &'a self,
+        input: &'a Echo,
+    ) -> impl std::future::Future<Output = Result<Echo, stmp::Status>> + Send + 'a;
+}
+
+impl EchoCaller for stmp::Client {
+    fn echo<'a>(
+        &'a self,
+        input: &'a Echo,
+    ) -> impl std::future::Future<Output = Result<Echo, stmp::Status>> + Send + 'a {
+        self.call(&ECHO, input)
+    }
+}
+
+impl EchoCaller for stmp::Conn {
+    fn echo<'a>(
+        &'a self,
+        input: &'a Echo,
+    ) -> impl std::future::Future<Output = Result<Echo, stmp::Status>> + Send + 'a {
+        self.call(&ECHO, input)
+    }
+}
+
+/// `callers` tasks sharing `caller`, each making `each` echo calls of 32 bytes; returns once
 /// all are done.
-pub async fn echo_calls(client: &stmp::Client, callers: usize, each: u64) {
+pub async fn echo_calls(caller: &impl EchoCaller, callers: usize, each: u64) {
     let input = Echo {
         payload: vec![7; 32],
     };
     let tasks: Vec<_> = (0..callers)
         .map(|_| {
-            let (client, input) = (client.clone(), input.clone());
+            let (caller, input) = (caller.clone(), input.clone());
             tokio::spawn(async move {
                 for _ in 0..each {
-                    let output: Echo = client.call(&ECHO, &input).await.expect("echo");
+                    let output = caller.echo(&input).await.expect("echo");
                     assert_eq!(output.payload.len(), 32);
                 }
             })
@@ -126,7 +178,7 @@ unsafe impl GlobalAlloc for CountingAllocator {
 /// flight on `client`, as `allocator` (the global allocator) counts them. The first quarter
 /// of the calls, which grow buffers and maps to their working size, is not counted.
 pub async fn allocations_per_call(
-    client: &stmp::Client,
+    client: &impl EchoCaller,
     allocator: &CountingAllocator,
     callers: usize,
     calls: u64,
