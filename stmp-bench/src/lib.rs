@@ -21,6 +21,7 @@
 
 pub mod child;
 pub mod cluster;
+pub mod connect;
 pub mod fanout;
 pub mod in_process;
 pub mod measure;
@@ -223,6 +224,9 @@ pub struct Settings {
     pub fanout_passes: usize,
     /// Idle connection counts of the memory benchmark.
     pub idle: Vec<usize>,
+    /// Connections each system opens, uses once and closes in each round of the connection
+    /// setup part ([`Settings::depth`] of them at a time).
+    pub connects: usize,
     /// In-flight depth of the "64 in flight" points.
     pub depth: usize,
     /// Keep idle CPUs from halting with nice-19 spinners (see [`child::Spinners`]).
@@ -250,6 +254,7 @@ impl Settings {
             fanout_rounds: 30,
             fanout_passes: 3,
             idle: vec![1_000, 10_000],
+            connects: 2_000,
             depth: 64,
             spin: true,
             pin: true,
@@ -269,6 +274,7 @@ impl Settings {
             fanout_rounds: 5,
             fanout_passes: 1,
             idle: vec![200],
+            connects: 100,
             depth: 64,
             spin: true,
             pin: true,

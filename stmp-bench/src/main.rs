@@ -1,4 +1,4 @@
-//! `stmp-bench [--quick] [--out DIR] [--only unary|fanout|cluster|memory]...`: runs the suite and
+//! `stmp-bench [--quick] [--out DIR] [--only unary|connect|fanout|cluster|memory]...`: runs the suite and
 //! prints the table (also written to DIR/results.md and DIR/results.json; DIR defaults to
 //! `target/bench-results`, inside the ignored target directory).
 //!
@@ -10,18 +10,18 @@ use std::process::ExitCode;
 use stmp_bench::report::Report;
 use stmp_bench::systems::{ServerKind, System};
 use stmp_bench::unary::Point;
-use stmp_bench::{Result, Settings, child, cluster, fanout, memory, target, unary};
+use stmp_bench::{Result, Settings, child, cluster, connect, fanout, memory, target, unary};
 
 const PAYLOAD_SIZES: &str = "--payload needs a size in bytes, from 1 to 1048576";
 
-const USAGE: &str = "usage: stmp-bench [--quick] [--out DIR] [--only unary|fanout|cluster|memory]...
+const USAGE: &str = "usage: stmp-bench [--quick] [--out DIR] [--only unary|connect|fanout|cluster|memory]...
                   [--system LABEL]... [--point single|multiplexed|connections]... [--payload BYTES]...
                   [--no-spin] [--no-pin] [--load-workers N] [--server-workers N]
-                  [--target ADDR] [--fanout-passes N] [--depth N]
+                  [--target ADDR] [--fanout-passes N] [--depth N] [--connects N]
        stmp-bench serve stmp|tonic|raw-echo|raw-fanout|stmp-nats
 
 --system and --point narrow the unary part (for profiling): LABEL as in the table
-(\"stmp tcp\", \"tonic grpc\", ...).
+(\"stmp tcp\", \"tonic grpc\", ...). --system narrows the connect part too.
 
 --target ADDR loads a server that is already running (any STMP 1.0 server with the quick-start
 RoomService) with JoinRoom calls at the unary points (or those of --point): ADDR is a URL
@@ -35,11 +35,15 @@ on one connection: pick the other points, or a smaller --depth.
 --fanout-passes N runs the fan-out comparison N times (3 in the full run, 1 with --quick); each
 row reports its median pass.
 
+--connects N sets the connections each system opens, uses once and closes in each round of
+the connect part (2000 in the full run, 100 with --quick).
+
 --load-workers N and --server-workers N set the worker threads of the load generator's runtime
 and of each server process's runtime (tokio's default otherwise: one per CPU).
 
---depth N sets the calls in flight on one connection at the multiplexed points, and the
-connections of the connections point (64 otherwise; the issue's targets are set at 64).";
+--depth N sets the calls in flight on one connection at the multiplexed points, the
+connections of the connections point, and the connections under way at once in the connect
+part (64 otherwise; the issue's targets are set at 64).";
 
 struct Args {
     settings: Settings,
@@ -62,7 +66,7 @@ fn parse(args: &[String]) -> Result<Args> {
         target: None,
     };
     // Applied after the loop, so that `--quick` anywhere does not undo them.
-    let (mut passes_asked, mut depth_asked) = (None, None);
+    let (mut passes_asked, mut depth_asked, mut connects_asked) = (None, None, None);
     let (mut load_workers, mut server_workers) = (None, None);
     let mut args = args.iter();
     while let Some(arg) = args.next() {
@@ -79,8 +83,8 @@ fn parse(args: &[String]) -> Result<Args> {
             "--only" => {
                 let part = args
                     .next()
-                    .ok_or("--only needs unary, fanout, cluster or memory")?;
-                if !["unary", "fanout", "cluster", "memory"].contains(&part.as_str()) {
+                    .ok_or("--only needs unary, connect, fanout, cluster or memory")?;
+                if !["unary", "connect", "fanout", "cluster", "memory"].contains(&part.as_str()) {
                     return Err(format!("unknown part {part:?}").into());
                 }
                 parsed.only.push(part.clone());
@@ -128,6 +132,14 @@ fn parse(args: &[String]) -> Result<Args> {
                         .ok_or("--depth needs a number above 0")?,
                 );
             }
+            "--connects" => {
+                connects_asked = Some(
+                    args.next()
+                        .and_then(|n| n.parse::<usize>().ok())
+                        .filter(|&n| n > 0)
+                        .ok_or("--connects needs a number above 0")?,
+                );
+            }
             "--load-workers" => load_workers = Some(workers(args.next(), "--load-workers")?),
             "--server-workers" => server_workers = Some(workers(args.next(), "--server-workers")?),
             "--target" => {
@@ -144,6 +156,9 @@ fn parse(args: &[String]) -> Result<Args> {
     parsed.settings.server_workers = server_workers;
     if let Some(depth) = depth_asked {
         parsed.settings.depth = depth;
+    }
+    if let Some(connects) = connects_asked {
+        parsed.settings.connects = connects;
     }
     let multiplexed = parsed.points.is_empty() || parsed.points.contains(&Point::Multiplexed);
     let depth = parsed.settings.depth;
@@ -270,6 +285,24 @@ fn run(args: Args) -> Result<()> {
             };
             unary_results = unary::run(&settings, &systems, &points, &payloads).await?;
         }
+        let mut connect_results = Vec::new();
+        if wanted("connect") {
+            eprintln!(
+                "connection setup ({} connections, {} at a time):",
+                settings.connects, settings.depth
+            );
+            let systems: Vec<System> = args
+                .systems
+                .iter()
+                .copied()
+                .filter(|system| connect::SYSTEMS.contains(system))
+                .collect();
+            if systems.is_empty() && !args.systems.is_empty() {
+                eprintln!("  (none of the systems asked for is in the connect part)");
+            } else {
+                connect_results = connect::run(&settings, &systems).await?;
+            }
+        }
         let mut throughput = Vec::new();
         // The fan-out's rounds leave the CPUs idle between events, as a latency point does.
         let awake = settings.spin.then(child::Spinners::start);
@@ -297,7 +330,8 @@ fn run(args: Args) -> Result<()> {
             memory_results,
             target_results,
         )
-        .with_throughput(throughput);
+        .with_throughput(throughput)
+        .with_connect(connect_results);
         println!("{}", report.markdown());
         report.write(&args.out)?;
         eprintln!(
@@ -372,6 +406,26 @@ mod tests {
             &["--payload", "262144"],
         ] {
             parsed(right).expect("valid");
+        }
+    }
+
+    #[test]
+    fn connects_are_kept_whatever_the_order_of_quick() {
+        assert_eq!(parsed(&[]).expect("valid").settings.connects, 2_000);
+        assert_eq!(parsed(&["--quick"]).expect("valid").settings.connects, 100);
+        let args = parsed(&["--connects", "5000", "--quick", "--only", "connect"]).expect("valid");
+        assert_eq!(args.settings.connects, 5_000);
+        assert_eq!(args.only, ["connect"]);
+        for wrong in [
+            &["--connects", "0"][..],
+            &["--connects", "x"],
+            &["--connects"],
+        ] {
+            let error = parsed(wrong).err().expect("refused").to_string();
+            assert!(
+                error.contains("--connects needs a number above 0"),
+                "{error}"
+            );
         }
     }
 

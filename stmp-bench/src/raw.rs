@@ -90,6 +90,11 @@ impl<S> RawCall<S> {
             frame,
         }
     }
+
+    /// Its stream.
+    pub fn into_inner(self) -> S {
+        self.stream
+    }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Call for RawCall<S> {
@@ -130,6 +135,12 @@ impl QuicStream {
             _connection: connection,
             _endpoint: endpoint,
         })
+    }
+
+    /// Closes the connection at once (as an stmp QUIC client does), without waiting for the
+    /// peer to acknowledge it.
+    pub fn close(self) {
+        self._connection.close(0u32.into(), b"");
     }
 
     /// Its two halves; the reading one keeps the connection and the endpoint alive.

@@ -6,6 +6,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::Settings;
+use crate::connect::ConnectResult;
 use crate::fanout::{FanoutResult, Throughput};
 use crate::measure::Measured;
 use crate::memory::MemoryResult;
@@ -29,6 +30,8 @@ pub struct Report {
     pub memory: Vec<MemoryResult>,
     /// `--target` rows: the quick-start JoinRoom against a server already running.
     pub target: Vec<TargetResult>,
+    /// Connection setup rows: connections opened, used once and closed per second.
+    pub connect: Vec<ConnectResult>,
     /// Broadcasts per second one stmp node and a cluster of stmp nodes on NATS sustained
     /// (the cluster's fan-out rows are in `fanout`).
     pub throughput: Vec<Throughput>,
@@ -103,6 +106,7 @@ impl Report {
             fanout,
             memory,
             target,
+            connect: Vec::new(),
             throughput: Vec::new(),
             targets: Vec::new(),
         };
@@ -113,6 +117,12 @@ impl Report {
     /// Adds the throughput bursts (one node's, the cluster's).
     pub fn with_throughput(mut self, throughput: Vec<Throughput>) -> Report {
         self.throughput = throughput;
+        self
+    }
+
+    /// Adds the connection setup rows.
+    pub fn with_connect(mut self, connect: Vec<ConnectResult>) -> Report {
+        self.connect = connect;
         self
     }
 
@@ -392,6 +402,38 @@ impl Report {
                     );
                 }
             }
+        }
+        for row in &self.connect {
+            let versus = |other: System| {
+                if row.system == other || !row.system.is_stmp() {
+                    return "–".to_owned();
+                }
+                self.connect
+                    .iter()
+                    .find(|o| o.system == other)
+                    .map_or("–".to_owned(), |o| {
+                        format!(
+                            "{} conn/s, {} server CPU",
+                            ratio(row.per_second / o.per_second),
+                            ratio(row.server_cpu_ns as f64 / o.server_cpu_ns.max(1) as f64)
+                        )
+                    })
+            };
+            let _ = writeln!(
+                md,
+                "| connect, 1 call, close: {} conns, {} at a time | {} | {} conn/s | {} | {} | {} | {} | {} | server CPU {}/conn; client CPU {}/conn; p50, p99: connect to first answer |",
+                thousands(row.connections),
+                row.at_once,
+                row.system.label(),
+                rate(row.per_second),
+                duration(row.p50_ns),
+                duration(row.p99_ns),
+                duration(row.server_cpu_ns + row.client_cpu_ns),
+                versus(System::Tonic),
+                versus(raw_of(row.system)),
+                duration(row.server_cpu_ns),
+                duration(row.client_cpu_ns),
+            );
         }
         for row in &self.fanout {
             let versus_raw = match (row.system.as_str(), self.fanout("raw tcp", row.clients)) {

@@ -232,23 +232,25 @@ pub async fn tonic_clients(
     server: &Listening,
     n: usize,
 ) -> Result<Vec<EchoServiceClient<tonic::transport::Channel>>> {
-    let uri = format!("http://{}", server.addr("tcp")?);
     futures_util::stream::iter(0..n)
-        .map(|_| {
-            let uri = uri.clone();
-            async move {
-                let channel = tonic::transport::Endpoint::from_shared(uri)?
-                    .tcp_nodelay(true)
-                    .connect()
-                    .await?;
-                Ok::<_, crate::Error>(EchoServiceClient::new(channel))
-            }
-        })
+        .map(|_| tonic_client(server))
         .buffer_unordered(64)
         .collect::<Vec<_>>()
         .await
         .into_iter()
         .collect()
+}
+
+/// Connects one tonic channel (one HTTP/2 connection, `TCP_NODELAY`).
+pub async fn tonic_client(
+    server: &Listening,
+) -> Result<EchoServiceClient<tonic::transport::Channel>> {
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr("tcp")?))?
+            .tcp_nodelay(true)
+            .connect()
+            .await?;
+    Ok(EchoServiceClient::new(channel))
 }
 
 /// Measures one point of one system, and the CPU time its server and this process spent in

@@ -159,6 +159,45 @@ fn quick_run_has_every_row() {
         "no ratio to one node in\n{markdown}"
     );
 
+    // Connection setup: every transport's handshake, tonic's and the raw echoes', each row
+    // with every figure above zero.
+    let connect_systems = [
+        "stmp tcp",
+        "stmp tls",
+        "stmp ws",
+        "stmp wss",
+        "stmp tcp+gzip",
+        "stmp quic",
+        "tonic grpc",
+        "raw tcp echo",
+        "raw quic echo",
+    ];
+    for system in connect_systems {
+        let row = format!("| connect, 1 call, close: 100 conns, 64 at a time | {system} | ");
+        assert!(markdown.contains(&row), "no row {row:?} in\n{markdown}");
+    }
+    let connect = json["connect"].as_array().expect("connect rows");
+    assert_eq!(connect.len(), connect_systems.len(), "{connect:?}");
+    for row in connect {
+        assert_eq!(row["connections"], 100, "{row}");
+        for key in [
+            "per_second",
+            "p50_ns",
+            "p99_ns",
+            "server_cpu_ns",
+            "client_cpu_ns",
+        ] {
+            assert!(
+                row[key].as_f64().unwrap_or(0.0) > 0.0,
+                "{key} not > 0 in {row}"
+            );
+        }
+    }
+    assert!(
+        markdown.contains("| stmp tcp | ") && markdown.contains(" conn/s, "),
+        "no connection ratios in\n{markdown}"
+    );
+
     // Memory: stmp tcp, tls, ws, wss, tcp+gzip, ws+deflate, quic, tonic.
     for system in [
         "stmp tcp",
