@@ -760,3 +760,34 @@ impl Caller for Client {
             .map_err(|_| Status::request_timeout(format!("not sent within {deadline:?}")))?
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn output_size<A, B, R>(_: impl FnOnce(A, B) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    fn supervise_size<A, B, C, D, R>(_: impl FnOnce(A, B, C, D) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    /// A future keeps room for the largest state it can be in: with the TLS, WebSocket and
+    /// QUIC handshakes in line, a connect future and the task that reconnects a client (which
+    /// lives as long as the client) were 13 KB each, copied whole on every spawn, for a TCP
+    /// client too.
+    #[test]
+    fn a_clients_connect_future_and_reconnecting_task_do_not_hold_every_transports_handshake() {
+        let connect = std::mem::size_of_val(&Client::builder().connect("tcp://127.0.0.1:1"));
+        let supervising = supervise_size(supervise);
+        let dialing = output_size(dial::dial);
+        eprintln!("connect {connect} B, reconnecting task {supervising} B, dial {dialing} B");
+        assert!(dialing <= 1024, "dial: {dialing} B");
+        assert!(connect <= 4096, "connect: {connect} B");
+        assert!(
+            supervising <= 4096,
+            "the reconnecting task: {supervising} B"
+        );
+    }
+}
