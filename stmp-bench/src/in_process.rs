@@ -194,3 +194,47 @@ pub async fn allocations_per_call(
         (bytes_after - bytes) as f64 / counted,
     )
 }
+
+/// Allocations and bytes allocated per connection to the echo server `server` listens with
+/// at `url`, both ends together: the client connects, makes one echo call and closes, and the
+/// server lets the connection go, `n` times over. The first tenth, which grows the server's
+/// tables to their size, is not counted.
+pub async fn allocations_per_connection(
+    server: &stmp::Server,
+    url: &str,
+    allocator: &CountingAllocator,
+    n: u64,
+) -> (f64, f64) {
+    let one = || async {
+        let client = echo_client(url).await;
+        let input = Echo {
+            payload: vec![7; 32],
+        };
+        let output: Echo = client.call(&ECHO, &input).await.expect("echo");
+        assert_eq!(output, input);
+        client.close().await;
+        // The server's side ends on its own task: the connection counts once it is gone.
+        while !server.conns().is_empty() {
+            tokio::task::yield_now().await;
+        }
+    };
+    for _ in 0..n.div_ceil(10) {
+        one().await;
+    }
+    let (allocations, bytes) = allocator.allocated();
+    for _ in 0..n {
+        one().await;
+    }
+    let (allocations_after, bytes_after) = allocator.allocated();
+    (
+        (allocations_after - allocations) as f64 / n as f64,
+        (bytes_after - bytes) as f64 / n as f64,
+    )
+}
+
+/// A server with the echo method, listening on loopback TCP (port 0); its URL.
+pub async fn echo_server_tcp() -> (stmp::Server, String) {
+    let server = echo_server();
+    let addr = server.listen_tcp("127.0.0.1:0").await.expect("listen");
+    (server, format!("tcp://{addr}"))
+}
