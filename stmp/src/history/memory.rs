@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::backend::{self, Backend, RoomHistory};
-use super::protocol::{POSITION, StreamPosition};
+use super::protocol::{POSITION, PositionValues, StreamPosition};
 use super::stream::Stream;
 use super::{Event, Joined, Published, lock};
 use crate::adapter::{BoxFuture, Broadcast, Target};
@@ -107,10 +107,9 @@ impl InProcess {
             let recovered = match stream.since(&from.epoch, from.offset, Instant::now()) {
                 Ok(missed) => {
                     let mut complete = true;
+                    let values = PositionValues::new(room.name, &epoch);
                     for (offset, event) in missed {
-                        let value =
-                            StreamPosition::new(room.name, epoch.as_str(), offset).to_value();
-                        let queued = replay_packet(event, conn.codec(), &value)
+                        let queued = replay_packet(event, conn.codec(), values.at(offset))
                             .is_ok_and(|packet| conn.offer_event(packet));
                         if !queued {
                             complete = false;
@@ -139,7 +138,7 @@ impl InProcess {
     }
 }
 
-fn replay_packet(event: &Event, codec: &Codec, position: &str) -> Result<Packet, Status> {
+fn replay_packet(event: &Event, codec: &Codec, position: String) -> Result<Packet, Status> {
     let mut header = Header::new();
     header.append(POSITION, position);
     Ok(Packet::Notify(Notify {

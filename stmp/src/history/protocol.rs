@@ -93,6 +93,34 @@ impl StreamPosition {
     }
 }
 
+/// The header values of one stream's positions, offset after offset: a replay stamps each
+/// event it sends with one, and the stream and epoch are encoded once, not for each.
+pub(crate) struct PositionValues {
+    /// `s=<stream>&e=<epoch>&o=`, form-urlencoded as [`StreamPosition::to_value`] writes it.
+    prefix: String,
+}
+
+impl PositionValues {
+    pub(crate) fn new(stream: &str, epoch: &str) -> PositionValues {
+        let mut prefix = form_urlencoded::Serializer::new(String::new())
+            .append_pair("s", stream)
+            .append_pair("e", epoch)
+            .finish();
+        // Digits need no encoding.
+        prefix.push_str("&o=");
+        PositionValues { prefix }
+    }
+
+    /// The value of `offset`'s position.
+    pub(crate) fn at(&self, offset: u64) -> String {
+        use std::fmt::Write as _;
+        let mut value = String::with_capacity(self.prefix.len() + 20);
+        value.push_str(&self.prefix);
+        let _ = write!(value, "{offset}");
+        value
+    }
+}
+
 /// The positions a handshake asks to resume, keyed by stream; at most `max` are read, and
 /// entries that do not parse are skipped.
 pub(crate) fn resume_positions(handshake: &Header, max: usize) -> Vec<StreamPosition> {
@@ -157,6 +185,17 @@ mod tests {
             let value = position.to_value();
             assert!(value.bytes().all(|b| b.is_ascii_graphic()), "{value}");
             assert_eq!(StreamPosition::parse(&value), Some(position));
+        }
+    }
+
+    #[test]
+    fn a_streams_values_are_its_positions_values() {
+        for name in ["lobby", "a b", "x&s=y&o=1", "é;:%\n", ""] {
+            let values = PositionValues::new(name, "e p");
+            for offset in [0, 1, 42, u64::MAX] {
+                let position = StreamPosition::new(name, "e p", offset);
+                assert_eq!(values.at(offset), position.to_value());
+            }
         }
     }
 
