@@ -238,3 +238,55 @@ pub async fn echo_server_tcp() -> (stmp::Server, String) {
     let addr = server.listen_tcp("127.0.0.1:0").await.expect("listen");
     (server, format!("tcp://{addr}"))
 }
+
+/// Allocations per event published through a [`stmp::history::History`] to a room of one
+/// client that tracks positions (the default), both ends together, as `allocator` counts them:
+/// `n` events, the first tenth not counted.
+pub async fn allocations_per_history_event(allocator: &CountingAllocator, n: u64) -> f64 {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    let server = stmp::Server::builder().build();
+    let addr = server.listen_tcp("127.0.0.1:0").await.expect("listen");
+    let history = stmp::history::History::new(server.rooms());
+    let heard = Arc::new(AtomicU64::new(0));
+    let router = stmp::Router::new();
+    let counter = heard.clone();
+    let _listening = router.listen(&crate::EVENT, move |_ctx, _event: crate::Event| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        std::future::ready(())
+    });
+    let client = stmp::Client::builder()
+        .no_reconnect()
+        .router(router)
+        .connect(&format!("tcp://{addr}"))
+        .await
+        .expect("connect");
+    while server.conns().is_empty() {
+        tokio::task::yield_now().await;
+    }
+    let conn = server.conns().to_vec().pop().expect("the connection");
+    history.join("room", &conn).await;
+    let mut published = 0;
+    let mut publish = async |count: u64| {
+        for _ in 0..count {
+            published += 1;
+            let event = crate::event(published);
+            history
+                .publish("room", &crate::EVENT, &event, None)
+                .await
+                .expect("publish");
+            // One at a time, each heard before the next: no batch shares its buffers.
+            while heard.load(Ordering::SeqCst) < published {
+                tokio::task::yield_now().await;
+            }
+        }
+    };
+    publish(n.div_ceil(10)).await;
+    let (allocations, _) = allocator.allocated();
+    publish(n).await;
+    let (allocations_after, _) = allocator.allocated();
+    client.close().await;
+    server.shutdown(std::time::Duration::from_secs(1)).await;
+    (allocations_after - allocations) as f64 / n as f64
+}

@@ -47,31 +47,50 @@ impl Positions {
 
     /// Records the position of an incoming notify; returns whether it was the position notify
     /// (which is the tracker's and nobody else's).
+    ///
+    /// Every event of a room with history comes through here, so the usual one, the next
+    /// offset of a stream and epoch already tracked, moves the offset in place: it allocates
+    /// nothing.
     pub(crate) fn observe(&self, action: &Action, header: &Header) -> bool {
-        let Some(position) = StreamPosition::from_header(header) else {
+        let Some((stream, epoch, offset)) = header
+            .get(protocol::POSITION)
+            .and_then(StreamPosition::parse_parts)
+        else {
             return false;
         };
         let is_position_notify = matches!(action, Action::Method(name) if name == POSITION_METHOD);
+        self.record(&stream, &epoch, offset);
         let recovered = is_position_notify
             .then(|| protocol::recovered(header))
             .flatten();
-        self.record(position.clone());
         if let (Some(recovered), Some(hook)) = (recovered, &self.on_recovery) {
             hook(&Recovery {
-                position,
+                position: StreamPosition::new(stream, epoch, offset),
                 recovered,
             });
         }
         is_position_notify
     }
 
-    fn record(&self, position: StreamPosition) {
+    fn record(&self, stream: &str, epoch: &str, offset: u64) {
         let mut tracked = self.tracked();
         tracked.updates += 1;
         let order = tracked.updates;
-        tracked
-            .by_stream
-            .insert(position.stream.clone(), (position, order));
+        match tracked.by_stream.get_mut(stream) {
+            Some((position, updated)) => {
+                if position.epoch != epoch {
+                    epoch.clone_into(&mut position.epoch);
+                }
+                position.offset = offset;
+                *updated = order;
+            }
+            None => {
+                let position = StreamPosition::new(stream, epoch, offset);
+                tracked
+                    .by_stream
+                    .insert(stream.to_owned(), (position, order));
+            }
+        }
     }
 
     pub(crate) fn get(&self, stream: &str) -> Option<StreamPosition> {
@@ -128,6 +147,16 @@ mod tests {
             .map(|p| p.stream)
             .collect();
         assert_eq!(order, ["a", "b"]);
+        // A new epoch replaces the old one's position.
+        assert!(!positions.observe(&Action::Id(7), &{
+            let mut header = Header::new();
+            header.append(
+                protocol::POSITION,
+                StreamPosition::new("b", "e2", 9).to_value(),
+            );
+            header
+        }));
+        assert_eq!(positions.get("b"), Some(StreamPosition::new("b", "e2", 9)));
         // A notify without a position is not the tracker's business.
         assert!(!positions.observe(&Action::Id(7), &Header::new()));
         assert!(positions.forget("a"));

@@ -71,20 +71,29 @@ impl StreamPosition {
 
     /// Reads a header value; `None` unless it has a stream, an epoch and a decimal offset.
     pub fn parse(value: &str) -> Option<StreamPosition> {
+        let (stream, epoch, offset) = StreamPosition::parse_parts(value)?;
+        Some(StreamPosition {
+            stream: stream.into_owned(),
+            epoch: epoch.into_owned(),
+            offset,
+        })
+    }
+
+    /// Reads a header value into its parts without copying them where they need no
+    /// decoding (the usual stream name): `(stream, epoch, offset)`.
+    pub(crate) fn parse_parts(
+        value: &str,
+    ) -> Option<(std::borrow::Cow<'_, str>, std::borrow::Cow<'_, str>, u64)> {
         let (mut stream, mut epoch, mut offset) = (None, None, None);
         for (key, value) in form_urlencoded::parse(value.as_bytes()) {
             match &*key {
-                "s" => stream = Some(value.into_owned()),
-                "e" => epoch = Some(value.into_owned()),
+                "s" => stream = Some(value),
+                "e" => epoch = Some(value),
                 "o" => offset = value.parse::<u64>().ok(),
                 _ => {}
             }
         }
-        Some(StreamPosition {
-            stream: stream?,
-            epoch: epoch?,
-            offset: offset?,
-        })
+        Some((stream?, epoch?, offset?))
     }
 
     /// The position in a header's `stmp-position` entry.
