@@ -239,10 +239,14 @@ pub async fn echo_server_tcp() -> (stmp::Server, String) {
     (server, format!("tcp://{addr}"))
 }
 
-/// Allocations per event published through a [`stmp::history::History`] to a room of one
-/// client that tracks positions (the default), both ends together, as `allocator` counts them:
-/// `n` events, the first tenth not counted.
-pub async fn allocations_per_history_event(allocator: &CountingAllocator, n: u64) -> f64 {
+/// Allocations per event published through a [`stmp::history::History`] to a room of
+/// `clients` clients that track positions (the default), both ends together, as `allocator`
+/// counts them: `n` events, the first tenth not counted.
+pub async fn allocations_per_history_event(
+    allocator: &CountingAllocator,
+    clients: usize,
+    n: u64,
+) -> f64 {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -256,17 +260,23 @@ pub async fn allocations_per_history_event(allocator: &CountingAllocator, n: u64
         counter.fetch_add(1, Ordering::SeqCst);
         std::future::ready(())
     });
-    let client = stmp::Client::builder()
-        .no_reconnect()
-        .router(router)
-        .connect(&format!("tcp://{addr}"))
-        .await
-        .expect("connect");
-    while server.conns().is_empty() {
+    let mut members = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        let client = stmp::Client::builder()
+            .no_reconnect()
+            .router(router.clone())
+            .connect(&format!("tcp://{addr}"))
+            .await
+            .expect("connect");
+        members.push(client);
+    }
+    while server.conns().len() < clients {
         tokio::task::yield_now().await;
     }
-    let conn = server.conns().to_vec().pop().expect("the connection");
-    history.join("room", &conn).await;
+    for conn in server.conns().to_vec() {
+        history.join("room", &conn).await;
+    }
+    let heard_all = clients as u64;
     let mut published = 0;
     let mut publish = async |count: u64| {
         for _ in 0..count {
@@ -277,7 +287,7 @@ pub async fn allocations_per_history_event(allocator: &CountingAllocator, n: u64
                 .await
                 .expect("publish");
             // One at a time, each heard before the next: no batch shares its buffers.
-            while heard.load(Ordering::SeqCst) < published {
+            while heard.load(Ordering::SeqCst) < published * heard_all {
                 tokio::task::yield_now().await;
             }
         }
@@ -286,7 +296,7 @@ pub async fn allocations_per_history_event(allocator: &CountingAllocator, n: u64
     let (allocations, _) = allocator.allocated();
     publish(n).await;
     let (allocations_after, _) = allocator.allocated();
-    client.close().await;
+    futures_util::future::join_all(members.iter().map(stmp::Client::close)).await;
     server.shutdown(std::time::Duration::from_secs(1)).await;
     (allocations_after - allocations) as f64 / n as f64
 }
