@@ -64,11 +64,7 @@ fn setup(runtime: &tokio::runtime::Runtime, n: usize) -> Setup {
 }
 
 fn bench(c: &mut Criterion) {
-    let _ = rlimit::increase_nofile_limit(u64::MAX);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = stmp_bench::in_process::many_connections_runtime();
     let mut group = c.benchmark_group("broadcast");
     for n in [100usize, 1_000] {
         let setup = setup(&runtime, n);

@@ -216,11 +216,7 @@ fn replay(c: &mut Criterion, runtime: &tokio::runtime::Runtime) {
 }
 
 fn bench(c: &mut Criterion) {
-    let _ = rlimit::increase_nofile_limit(u64::MAX);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = stmp_bench::in_process::many_connections_runtime();
     publish(c, &runtime);
     replay(c, &runtime);
 }

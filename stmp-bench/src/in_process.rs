@@ -15,6 +15,16 @@ pub fn one_thread_runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
+/// The runtime of the benches that hold many loopback connections at once: tokio's
+/// multi-threaded one, after the open-file limit is raised as far as it goes.
+pub fn many_connections_runtime() -> tokio::runtime::Runtime {
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 /// A server with the echo method on loopback TCP (port 0) and a client connected to it, on
 /// the current runtime.
 pub async fn echo_pair() -> (stmp::Server, stmp::Client) {

@@ -124,24 +124,22 @@ fn parse(args: &[String]) -> Result<Args> {
                         .ok_or("--fanout-passes needs a number above 0")?,
                 );
             }
-            "--depth" => {
-                depth_asked = Some(
-                    args.next()
-                        .and_then(|depth| depth.parse::<usize>().ok())
-                        .filter(|&depth| depth > 0)
-                        .ok_or("--depth needs a number above 0")?,
-                );
-            }
+            "--depth" => depth_asked = Some(above_zero(args.next(), "--depth needs a number")?),
             "--connects" => {
-                connects_asked = Some(
-                    args.next()
-                        .and_then(|n| n.parse::<usize>().ok())
-                        .filter(|&n| n > 0)
-                        .ok_or("--connects needs a number above 0")?,
-                );
+                connects_asked = Some(above_zero(args.next(), "--connects needs a number")?);
             }
-            "--load-workers" => load_workers = Some(workers(args.next(), "--load-workers")?),
-            "--server-workers" => server_workers = Some(workers(args.next(), "--server-workers")?),
+            "--load-workers" => {
+                load_workers = Some(above_zero(
+                    args.next(),
+                    "--load-workers needs a number of threads",
+                )?);
+            }
+            "--server-workers" => {
+                server_workers = Some(above_zero(
+                    args.next(),
+                    "--server-workers needs a number of threads",
+                )?);
+            }
             "--target" => {
                 parsed.target = Some(args.next().ok_or("--target needs an address")?.clone());
             }
@@ -177,11 +175,11 @@ fn parse(args: &[String]) -> Result<Args> {
     Ok(parsed)
 }
 
-/// The thread count after `option`.
-fn workers(arg: Option<&String>, option: &str) -> Result<usize> {
+/// The count after an option: a number above 0, or the error `needs` followed by "above 0".
+fn above_zero(arg: Option<&String>, needs: &str) -> Result<usize> {
     arg.and_then(|n| n.parse::<usize>().ok())
         .filter(|&n| n > 0)
-        .ok_or_else(|| format!("{option} needs a number of threads above 0").into())
+        .ok_or_else(|| format!("{needs} above 0").into())
 }
 
 fn main() -> ExitCode {
@@ -351,6 +349,14 @@ mod tests {
         parse(&args.iter().map(|a| a.to_string()).collect::<Vec<_>>())
     }
 
+    /// Each of `wrong` is refused with an error that says `message`.
+    fn refused(wrong: &[&[&str]], message: &str) {
+        for args in wrong {
+            let error = parsed(args).err().expect("refused").to_string();
+            assert!(error.contains(message), "{args:?}: {error}");
+        }
+    }
+
     #[test]
     fn payloads_narrow_the_unary_part_to_the_sizes_asked_for() {
         let args = parsed(&["--payload", "1024", "--point", "multiplexed"]).expect("valid");
@@ -362,37 +368,34 @@ mod tests {
             parsed(&[]).expect("valid").payloads.is_empty(),
             "both by default"
         );
-        for wrong in [
-            &["--payload", "0"][..],
-            &["--payload", "1048577"],
-            &["--payload", "many"],
-            &["--payload"],
-        ] {
-            let error = parsed(wrong).err().expect("refused").to_string();
-            assert!(error.contains(PAYLOAD_SIZES), "{error}");
-        }
+        refused(
+            &[
+                &["--payload", "0"],
+                &["--payload", "1048577"],
+                &["--payload", "many"],
+                &["--payload"],
+            ],
+            PAYLOAD_SIZES,
+        );
     }
 
     #[test]
     fn a_payload_too_large_for_64_in_flight_on_one_connection_needs_the_other_points() {
-        for wrong in [
-            &["--payload", "1048576"][..],
-            &["--payload", "1048576", "--point", "multiplexed"],
+        refused(
             &[
-                "--payload",
-                "524288",
-                "--point",
-                "single",
-                "--point",
-                "multiplexed",
+                &["--payload", "1048576"],
+                &["--payload", "1048576", "--point", "multiplexed"],
+                &[
+                    "--payload",
+                    "524288",
+                    "--point",
+                    "single",
+                    "--point",
+                    "multiplexed",
+                ],
             ],
-        ] {
-            let error = parsed(wrong).err().expect("refused").to_string();
-            assert!(
-                error.contains("pick --point single or connections"),
-                "{error}"
-            );
-        }
+            "pick --point single or connections",
+        );
         for right in [
             &[
                 "--payload",
@@ -416,17 +419,10 @@ mod tests {
         let args = parsed(&["--connects", "5000", "--quick", "--only", "connect"]).expect("valid");
         assert_eq!(args.settings.connects, 5_000);
         assert_eq!(args.only, ["connect"]);
-        for wrong in [
-            &["--connects", "0"][..],
-            &["--connects", "x"],
-            &["--connects"],
-        ] {
-            let error = parsed(wrong).err().expect("refused").to_string();
-            assert!(
-                error.contains("--connects needs a number above 0"),
-                "{error}"
-            );
-        }
+        refused(
+            &[&["--connects", "0"], &["--connects", "x"], &["--connects"]],
+            "--connects needs a number above 0",
+        );
     }
 
     #[test]
@@ -435,10 +431,10 @@ mod tests {
         let args = parsed(&["--depth", "16", "--quick"]).expect("valid");
         assert_eq!(args.settings.depth, 16);
         assert!(args.settings.quick);
-        for wrong in [&["--depth", "0"][..], &["--depth", "many"], &["--depth"]] {
-            let error = parsed(wrong).err().expect("refused").to_string();
-            assert!(error.contains("--depth needs a number above 0"), "{error}");
-        }
+        refused(
+            &[&["--depth", "0"], &["--depth", "many"], &["--depth"]],
+            "--depth needs a number above 0",
+        );
     }
 
     #[test]
@@ -450,16 +446,13 @@ mod tests {
         assert!(args.settings.quick);
         let default = parsed(&[]).expect("valid").settings;
         assert_eq!((default.load_workers, default.server_workers), (None, None));
-        for wrong in [
-            &["--load-workers", "0"][..],
-            &["--load-workers", "two"],
-            &["--server-workers"],
-        ] {
-            let error = parsed(wrong).err().expect("refused").to_string();
-            assert!(
-                error.contains("needs a number of threads above 0"),
-                "{error}"
-            );
-        }
+        refused(
+            &[
+                &["--load-workers", "0"],
+                &["--load-workers", "two"],
+                &["--server-workers"],
+            ],
+            "needs a number of threads above 0",
+        );
     }
 }
