@@ -17,12 +17,10 @@
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use stmp_bench::in_process::{
-    EchoCaller, echo_calls, echo_pair, one_thread_runtime, reverse_echo_pair,
-};
+use stmp_bench::in_process::{echo_calls, echo_pair, one_thread_runtime, reverse_echo_pair};
 
 /// Makes `calls` calls with `callers` callers sharing `client`; returns how long they took.
-async fn call(client: &impl EchoCaller, callers: usize, calls: u64) -> Duration {
+async fn call(client: &impl stmp::Caller, callers: usize, calls: u64) -> Duration {
     let began = Instant::now();
     let each = calls.div_ceil(callers as u64);
     echo_calls(client, callers, each).await;

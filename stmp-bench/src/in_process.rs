@@ -79,36 +79,9 @@ async fn echo_client(url: &str) -> stmp::Client {
         .expect("connect")
 }
 
-/// What makes echo calls: a client, or the server's side of a connection (calls to the client).
-pub trait EchoCaller: Clone + Send + Sync + 'static {
-    /// Calls the echo method with `input`.
-    fn echo<'a>(
-        &'a self,
-        input: &'a Echo,
-    ) -> impl std::future::Future<Output = Result<Echo, stmp::Status>> + Send + 'a;
-}
-
-impl EchoCaller for stmp::Client {
-    fn echo<'a>(
-        &'a self,
-        input: &'a Echo,
-    ) -> impl std::future::Future<Output = Result<Echo, stmp::Status>> + Send + 'a {
-        self.call(&ECHO, input)
-    }
-}
-
-impl EchoCaller for stmp::Conn {
-    fn echo<'a>(
-        &'a self,
-        input: &'a Echo,
-    ) -> impl std::future::Future<Output = Result<Echo, stmp::Status>> + Send + 'a {
-        self.call(&ECHO, input)
-    }
-}
-
-/// `callers` tasks sharing `caller`, each making `each` echo calls of 32 bytes; returns once
-/// all are done.
-pub async fn echo_calls(caller: &impl EchoCaller, callers: usize, each: u64) {
+/// `callers` tasks sharing `caller` (a client, or the server's side of a connection calling
+/// its client), each making `each` echo calls of 32 bytes; returns once all are done.
+pub async fn echo_calls(caller: &impl stmp::Caller, callers: usize, each: u64) {
     let input = Echo {
         payload: vec![7; 32],
     };
@@ -117,7 +90,10 @@ pub async fn echo_calls(caller: &impl EchoCaller, callers: usize, each: u64) {
             let (caller, input) = (caller.clone(), input.clone());
             tokio::spawn(async move {
                 for _ in 0..each {
-                    let output = caller.echo(&input).await.expect("echo");
+                    let output: Echo = caller
+                        .call(&ECHO, &input, stmp::CallOptions::default())
+                        .await
+                        .expect("echo");
                     assert_eq!(output.payload.len(), 32);
                 }
             })
@@ -188,7 +164,7 @@ unsafe impl GlobalAlloc for CountingAllocator {
 /// flight on `client`, as `allocator` (the global allocator) counts them. The first quarter
 /// of the calls, which grow buffers and maps to their working size, is not counted.
 pub async fn allocations_per_call(
-    client: &impl EchoCaller,
+    client: &impl stmp::Caller,
     allocator: &CountingAllocator,
     callers: usize,
     calls: u64,
