@@ -29,6 +29,7 @@ pub mod memory;
 pub mod raw;
 pub mod report;
 pub mod serve;
+pub mod socketio;
 pub mod systems;
 pub mod target;
 pub mod unary;

@@ -386,7 +386,18 @@ impl Report {
                         }
                         (System::StmpQuic, _) => "TLS 1.3, one stream; vs raw: raw quic echo",
                         (System::Tonic, Point::Multiplexed) => "HTTP/2 streams on one channel",
+                        (System::SocketIo, _) => "socket.io 5 over WebSocket, an ack per call",
                         _ => "",
+                    };
+                    // The peer of `stmp ws`: the same transport, and what a socket.io
+                    // application would use for a call.
+                    let note = match (row.system, self.unary(System::StmpWs, payload, point)) {
+                        (System::SocketIo, Some(ws)) => format!(
+                            "{note}; stmp ws made {} its req/s, at {} its p50",
+                            ratio(ws.rps / m.rps),
+                            ratio(ws.p50_ns as f64 / m.p50_ns as f64)
+                        ),
+                        _ => note.to_owned(),
                     };
                     let _ = writeln!(
                         md,

@@ -35,6 +35,7 @@ pub fn main(kind: ServerKind) -> Result<()> {
         match kind {
             ServerKind::Stmp => stmp_server().await,
             ServerKind::Tonic => tonic_server().await,
+            ServerKind::SocketIo => socketio_server().await,
             ServerKind::RawEcho => raw_echo().await,
             ServerKind::RawFanout => raw_fanout().await,
             ServerKind::StmpNats => stmp_nats_server().await,
@@ -226,6 +227,11 @@ async fn tonic_server() -> Result<()> {
             .add_service(EchoServiceServer::new(Echoer))
             .serve_with_incoming(incoming),
     );
+    commands(|_| None).await
+}
+
+async fn socketio_server() -> Result<()> {
+    println!("LISTEN ws {}", crate::socketio::serve().await?);
     commands(|_| None).await
 }
 

@@ -30,6 +30,9 @@ pub enum System {
     StmpQuic,
     /// tonic 0.14 gRPC unary echo over HTTP/2 (h2c).
     Tonic,
+    /// socketioxide 0.18, the socket.io server for Rust: an event answered with its
+    /// acknowledgement, over socket.io's WebSocket transport.
+    SocketIo,
     /// A minimal tokio TCP echo of u32 length-prefixed frames: the practical limit.
     RawTcp,
     /// The same echo over one quinn stream per connection (TLS 1.3, quinn's default
@@ -39,7 +42,7 @@ pub enum System {
 
 impl System {
     /// Every system, in table order.
-    pub const ALL: [System; 10] = [
+    pub const ALL: [System; 11] = [
         System::StmpTcp,
         System::StmpTls,
         System::StmpWs,
@@ -48,6 +51,7 @@ impl System {
         System::StmpWsDeflate,
         System::StmpQuic,
         System::Tonic,
+        System::SocketIo,
         System::RawTcp,
         System::RawQuic,
     ];
@@ -63,6 +67,7 @@ impl System {
             System::StmpWsDeflate => "stmp ws+deflate",
             System::StmpQuic => "stmp quic",
             System::Tonic => "tonic grpc",
+            System::SocketIo => "socketioxide",
             System::RawTcp => "raw tcp echo",
             System::RawQuic => "raw quic echo",
         }
@@ -86,6 +91,7 @@ impl System {
     pub fn server(self) -> ServerKind {
         match self {
             System::Tonic => ServerKind::Tonic,
+            System::SocketIo => ServerKind::SocketIo,
             System::RawTcp | System::RawQuic => ServerKind::RawEcho,
             _ => ServerKind::Stmp,
         }
@@ -106,6 +112,8 @@ pub enum ServerKind {
     Stmp,
     /// A tonic server with the echo service.
     Tonic,
+    /// A socketioxide server answering the `echo` event (see [`crate::socketio`]).
+    SocketIo,
     /// The raw u32-length-prefixed echo, on TCP and (given the certificate) on QUIC.
     RawEcho,
     /// The raw fan-out baseline: `broadcast <seq>` writes stmp's notify bytes to every socket.
@@ -124,6 +132,7 @@ impl ServerKind {
         match self {
             ServerKind::Stmp => "stmp",
             ServerKind::Tonic => "tonic",
+            ServerKind::SocketIo => "socketio",
             ServerKind::RawEcho => "raw-echo",
             ServerKind::RawFanout => "raw-fanout",
             ServerKind::StmpNats => "stmp-nats",
@@ -135,6 +144,7 @@ impl ServerKind {
         [
             ServerKind::Stmp,
             ServerKind::Tonic,
+            ServerKind::SocketIo,
             ServerKind::RawEcho,
             ServerKind::RawFanout,
             ServerKind::StmpNats,
@@ -224,7 +234,7 @@ pub async fn stmp_client(
                 .connect(&format!("quic://{}", server.addr("quic")?))
                 .await?
         }
-        System::Tonic | System::RawTcp | System::RawQuic => {
+        System::Tonic | System::SocketIo | System::RawTcp | System::RawQuic => {
             return Err(format!("{} is not stmp", system.label()).into());
         }
     };

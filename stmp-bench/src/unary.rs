@@ -9,6 +9,7 @@ use crate::child::ServerProcess;
 use crate::measure::{Call, Latencies, Measured};
 use crate::pb::echo_service_client::EchoServiceClient;
 use crate::raw::{QuicStream, RawCall};
+use crate::socketio::{SocketIoCall, SocketIoClient};
 use crate::systems::{Listening, System, stmp_client};
 use crate::{ECHO, Echo, Result, Settings};
 
@@ -326,6 +327,19 @@ async fn measure_point(
                 .flat_map(|client| std::iter::repeat_n(client, per_conn))
                 .enumerate()
                 .map(|(caller, client)| TonicCall::caller(client.clone(), payload, caller))
+                .collect();
+            drive(callers, warmup, measure).await
+        }
+        System::SocketIo => {
+            let mut clients = Vec::with_capacity(conns);
+            for _ in 0..conns {
+                clients.push(SocketIoClient::connect(server.addr("ws")?).await?);
+            }
+            let callers = clients
+                .iter()
+                .flat_map(|client| std::iter::repeat_n(client, per_conn))
+                .enumerate()
+                .map(|(caller, client)| SocketIoCall::caller(client.clone(), payload, caller))
                 .collect();
             drive(callers, warmup, measure).await
         }

@@ -52,7 +52,7 @@ fn quick_run_has_every_row() {
         serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).expect("json"))
             .expect("results.json parses");
 
-    // Unary: 10 systems × 2 payloads × 3 points, each row with positive figures.
+    // Unary: 11 systems × 2 payloads × 3 points, each row with positive figures.
     let systems = [
         "stmp tcp",
         "stmp tls",
@@ -62,6 +62,7 @@ fn quick_run_has_every_row() {
         "stmp ws+deflate",
         "stmp quic",
         "tonic grpc",
+        "socketioxide",
         "raw tcp echo",
         "raw quic echo",
     ];

@@ -1,0 +1,218 @@
+//! socketioxide, the socket.io server for Rust, as a peer of stmp over WebSocket: an `echo`
+//! event answered with its acknowledgement, as a socket.io application makes a call.
+//!
+//! The server is socketioxide's own (an axum app with its layer, the default namespace, one
+//! handler). The client is this suite's: socket.io 5 packets over engine.io 4, on a WebSocket
+//! from the start (no long-polling first), several calls in flight on one connection, matched
+//! to their acknowledgements by id, and its writes gathered as stmp's client gathers them. A
+//! call is `42<id>["echo","<payload>"]`; its answer `43<id>["<payload>"]`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::serve::ListenerExt as _;
+use futures_util::{SinkExt, StreamExt};
+use socketioxide::SocketIo;
+use socketioxide::extract::{AckSender, Data, SocketRef};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::Result;
+use crate::measure::Call;
+
+/// The event every call sends.
+const ECHO_EVENT: &str = "echo";
+
+/// Serves socket.io on a port of its own, in a task, and returns its address. Every `echo`
+/// event is answered with its own data as the acknowledgement.
+pub async fn serve() -> Result<SocketAddr> {
+    let (layer, io) = SocketIo::new_layer();
+    io.ns("/", async |socket: SocketRef| {
+        socket.on(
+            ECHO_EVENT,
+            async |ack: AckSender, Data(payload): Data<String>| {
+                let _ = ack.send(&payload);
+            },
+        );
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    // As every other server of the suite: no Nagle delay on small answers.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    tokio::spawn(axum::serve(listener, axum::Router::new().layer(layer)).into_future());
+    Ok(addr)
+}
+
+/// One socket.io connection: a writer task that gathers the calls' packets, a reader task
+/// that hands each acknowledgement to its caller and answers the server's pings.
+#[derive(Clone)]
+pub struct SocketIoClient {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    packets: mpsc::UnboundedSender<Message>,
+    waiting: Mutex<HashMap<u64, oneshot::Sender<String>>>,
+    next_id: AtomicU64,
+}
+
+impl SocketIoClient {
+    /// Opens the WebSocket, reads engine.io's open packet and joins the default namespace.
+    pub async fn connect(addr: SocketAddr) -> Result<SocketIoClient> {
+        let tcp = TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let url = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket");
+        let (ws, _) = tokio_tungstenite::client_async(url, tcp).await?;
+        let (mut sink, mut stream) = ws.split();
+        let opened = next_text(&mut stream).await?;
+        if !opened.starts_with('0') {
+            return Err(format!("not engine.io's open packet: {opened:?}").into());
+        }
+        sink.send(Message::text("40")).await?;
+        loop {
+            match next_text(&mut stream).await? {
+                joined if joined.starts_with("40") => break,
+                ping if ping == "2" => sink.send(Message::text("3")).await?,
+                other => return Err(format!("not socket.io's connect answer: {other:?}").into()),
+            }
+        }
+        let (packets, mut queued) = mpsc::unbounded_channel::<Message>();
+        let shared = Arc::new(Shared {
+            packets,
+            waiting: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+        });
+        tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(64);
+            while queued.recv_many(&mut batch, 64).await > 0 {
+                for packet in batch.drain(..) {
+                    sink.feed(packet).await?;
+                }
+                sink.flush().await?;
+            }
+            sink.close().await
+        });
+        let reading = shared.clone();
+        tokio::spawn(async move {
+            while let Ok(text) = next_text(&mut stream).await {
+                reading.received(&text);
+            }
+            // Callers still waiting see their sender dropped.
+            reading
+                .waiting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
+        });
+        Ok(SocketIoClient { shared })
+    }
+
+    /// Emits `echo` with `payload` and waits for its acknowledgement's data.
+    pub async fn echo(&self, payload: &str) -> Result<String> {
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let (answer, answered) = oneshot::channel();
+        self.shared
+            .waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, answer);
+        let packet = format!("42{id}{}", serde_json::to_string(&(ECHO_EVENT, payload))?);
+        self.shared
+            .packets
+            .send(Message::text(packet))
+            .map_err(|_| "the socket.io connection is closed")?;
+        let acked = answered
+            .await
+            .map_err(|_| "the socket.io connection closed before the answer")?;
+        let (data,): (String,) = serde_json::from_str(&acked)?;
+        Ok(data)
+    }
+}
+
+impl Shared {
+    fn received(&self, text: &str) {
+        // engine.io's ping: answer it, or the server drops the connection.
+        if text == "2" {
+            let _ = self.packets.send(Message::text("3"));
+            return;
+        }
+        let Some(ack) = text.strip_prefix("43") else {
+            return;
+        };
+        let digits = ack.bytes().take_while(u8::is_ascii_digit).count();
+        let Ok(id) = ack[..digits].parse::<u64>() else {
+            return;
+        };
+        let waiting = self
+            .waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        if let Some(caller) = waiting {
+            let _ = caller.send(ack[digits..].to_owned());
+        }
+    }
+}
+
+/// The next text message; pings, pongs and binary messages are not socket.io's packets.
+async fn next_text<S>(stream: &mut S) -> Result<String>
+where
+    S: futures_util::Stream<Item = tokio_tungstenite::tungstenite::Result<Message>> + Unpin,
+{
+    loop {
+        match stream.next().await {
+            Some(Ok(Message::Text(text))) => return Ok(text.as_str().to_owned()),
+            Some(Ok(Message::Close(_))) | None => {
+                return Err("the socket.io server closed the connection".into());
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(e.into()),
+        }
+    }
+}
+
+/// A caller on a socket.io connection, with each of its payloads in turn.
+pub struct SocketIoCall {
+    client: SocketIoClient,
+    inputs: Vec<String>,
+    next: usize,
+}
+
+impl SocketIoCall {
+    /// Caller number `caller` of a point, with payloads of `payload` bytes.
+    pub fn caller(client: SocketIoClient, payload: usize, caller: usize) -> SocketIoCall {
+        let inputs = crate::echo_payloads(payload, caller)
+            .into_iter()
+            .map(|bytes| String::from_utf8(bytes).expect("the echo payloads are text"))
+            .collect();
+        SocketIoCall {
+            client,
+            inputs,
+            next: 0,
+        }
+    }
+}
+
+impl Call for SocketIoCall {
+    async fn call(&mut self) -> Result<()> {
+        let turn = self.next;
+        self.next = (turn + 1) % self.inputs.len();
+        let sent = &self.inputs[turn];
+        let answer = self.client.echo(sent).await?;
+        if answer.len() == sent.len() {
+            Ok(())
+        } else {
+            Err(format!(
+                "echo of {} bytes came back with {}",
+                sent.len(),
+                answer.len()
+            )
+            .into())
+        }
+    }
+}
