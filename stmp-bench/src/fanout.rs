@@ -195,6 +195,7 @@ pub async fn run(settings: &Settings) -> Result<(Vec<FanoutResult>, Throughput)>
         }
         let (mut results, throughput) = stmp(settings).await?;
         results.extend(stmp_ws(settings).await?);
+        results.extend(socketio(settings).await?);
         results.extend(stmp_to_raw_readers(settings).await?);
         results.extend(raw(settings).await?);
         rows.push(results);
@@ -389,6 +390,44 @@ async fn stmp_rounds(
     }
     Ok((results, clients))
 }
+
+/// socketioxide's `io.emit` to every connection, to socket.io clients over WebSocket that
+/// parse each event's JSON for its seq: the peer of the `stmp ws` rows.
+async fn socketio(settings: &Settings) -> Result<Vec<FanoutResult>> {
+    let mut server = ServerProcess::spawn(ServerKind::SocketIo).await?;
+    let addr = server.listening.addr("ws")?;
+    let round = Arc::new(Round::default());
+    let hits = round.clone();
+    let on_event: crate::socketio::OnEvent = Arc::new(move |data: &str| {
+        if let Some(seq) = crate::socketio::fanout_seq(data) {
+            hits.hit(seq);
+        }
+    });
+    let mut clients = Vec::new();
+    let mut results = Vec::new();
+    for (i, &n) in settings.fanout.iter().enumerate() {
+        let more = n.saturating_sub(clients.len());
+        let connected: Vec<_> = futures_util::stream::iter(0..more)
+            .map(|_| crate::socketio::SocketIoClient::listening(addr, Some(on_event.clone())))
+            .buffer_unordered(64)
+            .collect()
+            .await;
+        for client in connected {
+            clients.push(client?);
+        }
+        server.wait_for_connections(n).await?;
+        let mut result = rounds(&mut server, &round, SOCKETIO, n, settings, first_seq(i)).await?;
+        result.frame_bytes = crate::socketio::fanout_frame_len();
+        eprintln!("  {}", summary(&result));
+        results.push(result);
+    }
+    server.stop().await;
+    drop(clients);
+    Ok(results)
+}
+
+/// The row of socketioxide's fan-out.
+pub const SOCKETIO: &str = "socketioxide";
 
 /// The row of stmp's server broadcasting to raw readers.
 pub const STMP_TO_RAW_READERS: &str = "stmp tcp to raw readers";

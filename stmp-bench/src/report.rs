@@ -464,6 +464,14 @@ impl Report {
                 ),
                 _ => String::new(),
             };
+            let versus_stmp_ws = match (row.system.as_str(), self.fanout("stmp ws", row.clients)) {
+                (crate::fanout::SOCKETIO, Some(ws)) => format!(
+                    "; stmp ws took {} its time, at {} its server CPU",
+                    ratio(ws.p50_ns as f64 / row.p50_ns.max(1) as f64),
+                    ratio(ws.server_cpu_ns as f64 / row.server_cpu_ns.max(1) as f64)
+                ),
+                _ => String::new(),
+            };
             let passes = match row.pass_p50_ns.len() {
                 0 | 1 => String::new(),
                 n => format!(
@@ -477,7 +485,7 @@ impl Report {
             };
             let _ = writeln!(
                 md,
-                "| fan-out to {} clients, {} B frame | {} | {} to last client | {} | {} (worst) | – | – | {versus_raw} | server CPU {}/event; client CPU {}/event; broadcast call {}; {} encoding(s); {} dropped; {} rounds{passes}{versus_one_node} |",
+                "| fan-out to {} clients, {} B frame | {} | {} to last client | {} | {} (worst) | – | – | {versus_raw} | server CPU {}/event; client CPU {}/event; broadcast call {}; {} encoding(s); {} dropped; {} rounds{passes}{versus_one_node}{versus_stmp_ws} |",
                 thousands(row.clients),
                 row.frame_bytes,
                 row.system,

@@ -230,9 +230,36 @@ async fn tonic_server() -> Result<()> {
     commands(|_| None).await
 }
 
+/// socketioxide's `emit` is async (its adapters may be remote), so this server reads its
+/// commands itself rather than through [`commands`].
 async fn socketio_server() -> Result<()> {
-    println!("LISTEN ws {}", crate::socketio::serve().await?);
-    commands(|_| None).await
+    use crate::socketio::{FANOUT_EVENT, fanout_event};
+    let (addr, io) = crate::socketio::serve().await?;
+    println!("LISTEN ws {addr}");
+    println!("READY");
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    while let Some(line) = lines.next_line().await? {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let reply = match words.as_slice() {
+            ["count"] => format!("COUNT {}", io.sockets().len()),
+            ["broadcast", seq] => {
+                let seq: u64 = seq.parse()?;
+                let start_ns = unix_nanos();
+                let began = Instant::now();
+                let sockets = io.sockets().len();
+                // Sockets whose buffer was full missed the event; anything else is a failure.
+                let dropped = match io.emit(FANOUT_EVENT, &fanout_event(seq)).await {
+                    Ok(()) => 0,
+                    Err(socketioxide::BroadcastError::Socket(missed)) => missed.len(),
+                    Err(error) => return Err(error.to_string().into()),
+                };
+                sent(start_ns, began, sockets - dropped, dropped, 1)
+            }
+            _ => format!("ERROR unknown command: {line}"),
+        };
+        println!("{reply}");
+    }
+    Ok(())
 }
 
 /// The practical limit: u32 length-prefixed frames echoed as they come, every complete frame

@@ -26,9 +26,9 @@ use crate::measure::Call;
 /// The event every call sends.
 const ECHO_EVENT: &str = "echo";
 
-/// Serves socket.io on a port of its own, in a task, and returns its address. Every `echo`
-/// event is answered with its own data as the acknowledgement.
-pub async fn serve() -> Result<SocketAddr> {
+/// Serves socket.io on a port of its own, in a task: every `echo` event is answered with its
+/// own data as the acknowledgement. Returns the address and the handle that broadcasts.
+pub async fn serve() -> Result<(SocketAddr, SocketIo)> {
     let (layer, io) = SocketIo::new_layer();
     io.ns("/", async |socket: SocketRef| {
         socket.on(
@@ -45,7 +45,42 @@ pub async fn serve() -> Result<SocketAddr> {
         let _ = tcp.set_nodelay(true);
     });
     tokio::spawn(axum::serve(listener, axum::Router::new().layer(layer)).into_future());
-    Ok(addr)
+    Ok((addr, io))
+}
+
+/// The fan-out event as socketioxide sends it: `42["event",{"seq":…,"payload":"…"}]`, with a
+/// payload of as many characters as stmp's event has bytes.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct FanoutEvent {
+    /// The round it belongs to.
+    pub seq: u64,
+    /// Opaque text.
+    pub payload: String,
+}
+
+/// The name of the fan-out event.
+pub const FANOUT_EVENT: &str = "event";
+
+/// The fan-out event of round `seq`.
+pub fn fanout_event(seq: u64) -> FanoutEvent {
+    FanoutEvent {
+        seq,
+        payload: "x".repeat(crate::EVENT_PAYLOAD),
+    }
+}
+
+/// Bytes of a fan-out event's WebSocket message (as the server sends it, unmasked).
+pub fn fanout_frame_len() -> usize {
+    let json = serde_json::to_string(&(FANOUT_EVENT, fanout_event(u64::MAX / 2)))
+        .expect("the event serialises");
+    let text = 2 + json.len();
+    text + if text < 126 { 2 } else { 4 }
+}
+
+/// The seq of a fan-out event's packet data (what follows `42`), if it is one.
+pub fn fanout_seq(data: &str) -> Option<u64> {
+    let (name, event): (String, FanoutEvent) = serde_json::from_str(data).ok()?;
+    (name == FANOUT_EVENT).then_some(event.seq)
 }
 
 /// One socket.io connection: a writer task that gathers the calls' packets, a reader task
@@ -55,8 +90,12 @@ pub struct SocketIoClient {
     shared: Arc<Shared>,
 }
 
+/// What a client does with the data of each event the server sends it (what follows `42`).
+pub type OnEvent = Arc<dyn Fn(&str) + Send + Sync>;
+
 struct Shared {
     packets: mpsc::UnboundedSender<Message>,
+    on_event: Option<OnEvent>,
     waiting: Mutex<HashMap<u64, oneshot::Sender<String>>>,
     next_id: AtomicU64,
 }
@@ -64,6 +103,11 @@ struct Shared {
 impl SocketIoClient {
     /// Opens the WebSocket, reads engine.io's open packet and joins the default namespace.
     pub async fn connect(addr: SocketAddr) -> Result<SocketIoClient> {
+        SocketIoClient::listening(addr, None).await
+    }
+
+    /// [`connect`](Self::connect), with `on_event` called for every event the server sends.
+    pub async fn listening(addr: SocketAddr, on_event: Option<OnEvent>) -> Result<SocketIoClient> {
         let tcp = TcpStream::connect(addr).await?;
         tcp.set_nodelay(true)?;
         let url = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket");
@@ -84,6 +128,7 @@ impl SocketIoClient {
         let (packets, mut queued) = mpsc::unbounded_channel::<Message>();
         let shared = Arc::new(Shared {
             packets,
+            on_event,
             waiting: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
         });
@@ -140,6 +185,9 @@ impl Shared {
         if text == "2" {
             let _ = self.packets.send(Message::text("3"));
             return;
+        }
+        if let (Some(event), Some(on_event)) = (text.strip_prefix("42"), &self.on_event) {
+            return on_event(event);
         }
         let Some(ack) = text.strip_prefix("43") else {
             return;

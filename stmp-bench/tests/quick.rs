@@ -92,7 +92,13 @@ fn quick_run_has_every_row() {
     }
 
     // Fan-out: stmp over TCP and WebSocket, stmp's server to raw readers, and the raw baseline.
-    for system in ["stmp tcp", "stmp ws", "stmp tcp to raw readers", "raw tcp"] {
+    for system in [
+        "stmp tcp",
+        "stmp ws",
+        "socketioxide",
+        "stmp tcp to raw readers",
+        "raw tcp",
+    ] {
         let cell = format!("| {system} |");
         assert!(
             markdown
@@ -121,6 +127,10 @@ fn quick_run_has_every_row() {
             "the row is one of its passes: {found}"
         );
     }
+    assert!(
+        markdown.contains("its req/s, at") && markdown.contains("; stmp ws took "),
+        "socketioxide's rows are not compared with stmp ws's in\n{markdown}"
+    );
     assert!(
         markdown.contains("the median of 2 passes (") && markdown.contains("pass by pass"),
         "no passes in\n{markdown}"
