@@ -17,6 +17,7 @@ use serde::Serialize;
 
 use crate::child::ServerProcess;
 use crate::measure::Call;
+use crate::socketio::SocketIoCall;
 use crate::systems::{READ_TIMEOUT_ENV, System};
 use crate::unary::{StmpCall, TonicCall};
 use crate::{Result, Settings};
@@ -24,7 +25,7 @@ use crate::{Result, Settings};
 /// The systems of the memory table. QUIC comes last: each of its clients has an endpoint (a
 /// UDP socket) of its own, released only once its connection has drained after the close, and
 /// 10,000 of them still open made the next system's connections fail for want of descriptors.
-pub const SYSTEMS: [System; 8] = [
+pub const SYSTEMS: [System; 9] = [
     System::StmpTcp,
     System::StmpTls,
     System::StmpWs,
@@ -32,6 +33,7 @@ pub const SYSTEMS: [System; 8] = [
     System::StmpGzip,
     System::StmpWsDeflate,
     System::Tonic,
+    System::SocketIo,
     System::StmpQuic,
 ];
 
@@ -102,13 +104,22 @@ pub async fn run(settings: &Settings) -> Result<Vec<MemoryResult>> {
         let baseline = settled_rss(&server).await?;
         let mut stmp_clients = Vec::new();
         let mut tonic_clients = Vec::new();
+        let mut socketio_clients = Vec::new();
         for &n in &settings.idle {
-            let held = stmp_clients.len() + tonic_clients.len();
+            let held = stmp_clients.len() + tonic_clients.len() + socketio_clients.len();
             let more = n.saturating_sub(held);
             if system == System::Tonic {
                 let clients = crate::unary::tonic_clients(&server.listening, more).await?;
                 call_each(clients.iter().map(|c| TonicCall::new(c.clone(), 32))).await?;
                 tonic_clients.extend(clients);
+            } else if system == System::SocketIo {
+                let addr = server.listening.addr("ws")?;
+                let clients = crate::socketio::clients(addr, more).await?;
+                let callers = clients
+                    .iter()
+                    .map(|c| SocketIoCall::caller(c.clone(), 32, 0));
+                call_each(callers).await?;
+                socketio_clients.extend(clients);
             } else {
                 let clients =
                     crate::unary::stmp_clients(system, &server.listening, more, None).await?;
@@ -120,7 +131,7 @@ pub async fn run(settings: &Settings) -> Result<Vec<MemoryResult>> {
             }
             let rss = settled_rss(&server).await?;
             let last_step = settings.idle.last() == Some(&n);
-            let after_burst = match system != System::Tonic && last_step {
+            let after_burst = match system.is_stmp() && last_step {
                 true => Some(after_burst(&mut server, &stmp_clients).await?),
                 false => None,
             };
@@ -157,6 +168,7 @@ pub async fn run(settings: &Settings) -> Result<Vec<MemoryResult>> {
         server.stop().await;
         drop(stmp_clients);
         drop(tonic_clients);
+        drop(socketio_clients);
     }
     Ok(results)
 }

@@ -536,9 +536,18 @@ impl Report {
                 }
                 _ => "–".to_owned(),
             };
+            let versus_stmp_ws = self
+                .memory
+                .iter()
+                .find(|r| r.system == System::StmpWs && r.connections == row.connections)
+                .filter(|_| row.system == System::SocketIo)
+                .map_or(String::new(), |ws| {
+                    let x = ws.per_connection_kib / row.per_connection_kib.max(0.001);
+                    format!("; stmp ws: {} its memory per connection", ratio(x))
+                });
             let _ = writeln!(
                 md,
-                "| idle memory, {} conns | {} | {:.1} KiB/conn | – | – | – | {versus_tonic} | – | server RSS {:.1} → {:.1} MiB |",
+                "| idle memory, {} conns | {} | {:.1} KiB/conn | – | – | – | {versus_tonic} | – | server RSS {:.1} → {:.1} MiB{versus_stmp_ws} |",
                 thousands(row.connections),
                 row.system.label(),
                 row.per_connection_kib,

@@ -207,6 +207,17 @@ impl Shared {
     }
 }
 
+/// Connects `n` clients, 64 at a time.
+pub async fn clients(addr: SocketAddr, n: usize) -> Result<Vec<SocketIoClient>> {
+    futures_util::stream::iter(0..n)
+        .map(|_| SocketIoClient::connect(addr))
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect()
+}
+
 /// The next text message; pings, pongs and binary messages are not socket.io's packets.
 async fn next_text<S>(stream: &mut S) -> Result<String>
 where

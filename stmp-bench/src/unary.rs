@@ -9,7 +9,7 @@ use crate::child::ServerProcess;
 use crate::measure::{Call, Latencies, Measured};
 use crate::pb::echo_service_client::EchoServiceClient;
 use crate::raw::{QuicStream, RawCall};
-use crate::socketio::{SocketIoCall, SocketIoClient};
+use crate::socketio::SocketIoCall;
 use crate::systems::{Listening, System, stmp_client};
 use crate::{ECHO, Echo, Result, Settings};
 
@@ -331,10 +331,7 @@ async fn measure_point(
             drive(callers, warmup, measure).await
         }
         System::SocketIo => {
-            let mut clients = Vec::with_capacity(conns);
-            for _ in 0..conns {
-                clients.push(SocketIoClient::connect(server.addr("ws")?).await?);
-            }
+            let clients = crate::socketio::clients(server.addr("ws")?, conns).await?;
             let callers = clients
                 .iter()
                 .flat_map(|client| std::iter::repeat_n(client, per_conn))

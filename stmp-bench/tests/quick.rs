@@ -209,7 +209,7 @@ fn quick_run_has_every_row() {
         "no connection ratios in\n{markdown}"
     );
 
-    // Memory: stmp tcp, tls, ws, wss, tcp+gzip, ws+deflate, quic, tonic.
+    // Memory: stmp tcp, tls, ws, wss, tcp+gzip, ws+deflate, quic, tonic, socketioxide.
     for system in [
         "stmp tcp",
         "stmp tls",
@@ -219,6 +219,7 @@ fn quick_run_has_every_row() {
         "stmp ws+deflate",
         "stmp quic",
         "tonic grpc",
+        "socketioxide",
     ] {
         let row = format!("| idle memory, 200 conns | {system} | ");
         assert!(markdown.contains(&row), "no row {row:?} in\n{markdown}");
@@ -229,12 +230,12 @@ fn quick_run_has_every_row() {
             "{row}"
         );
     }
-    assert_eq!(json["memory"].as_array().map(Vec::len), Some(8));
-    // What a burst leaves behind: measured for stmp's rows, not for tonic's.
+    assert_eq!(json["memory"].as_array().map(Vec::len), Some(9));
+    // What a burst leaves behind: measured for stmp's rows, not for the peers'.
     for row in json["memory"].as_array().expect("memory rows") {
         let burst = &row["after_burst"];
         match row["system"].as_str() {
-            Some("Tonic") => assert!(burst.is_null(), "{row}"),
+            Some("Tonic" | "SocketIo") => assert!(burst.is_null(), "{row}"),
             _ => {
                 assert!(burst["heap_before_kib"].as_u64().unwrap_or(0) > 0, "{row}");
                 assert!(burst["tasks_left"].is_i64(), "{row}");
