@@ -16,13 +16,15 @@ use serde::Serialize;
 use crate::child::ServerProcess;
 use crate::measure::{Call, Latencies};
 use crate::raw::{QuicStream, RawCall};
+use crate::socketio::{SocketIoCall, SocketIoClient};
 use crate::systems::{Listening, System, stmp_client};
 use crate::unary::{StmpCall, TonicCall, tonic_client};
 use crate::{Result, Settings};
 
 /// The systems of the connection table: every transport's handshake once (gzip adds its
-/// compressor's state to TCP's), tonic's, and the raw echoes' bare TCP and QUIC handshakes.
-pub const SYSTEMS: [System; 9] = [
+/// compressor's state to TCP's), tonic's, socketioxide's, and the raw echoes' bare TCP and QUIC
+/// handshakes.
+pub const SYSTEMS: [System; 10] = [
     System::StmpTcp,
     System::StmpTls,
     System::StmpWs,
@@ -30,6 +32,7 @@ pub const SYSTEMS: [System; 9] = [
     System::StmpGzip,
     System::StmpQuic,
     System::Tonic,
+    System::SocketIo,
     System::RawTcp,
     System::RawQuic,
 ];
@@ -210,6 +213,15 @@ async fn one_connection(system: System, server: Listening) -> Result<Duration> {
             let mut call = TonicCall::new(tonic_client(server).await?, PAYLOAD);
             call.call().await?;
             Ok(began.elapsed())
+        }
+        System::SocketIo => {
+            let client = SocketIoClient::connect(server.addr("ws")?).await?;
+            SocketIoCall::caller(client.clone(), PAYLOAD, 0)
+                .call()
+                .await?;
+            let answered = began.elapsed();
+            client.close();
+            Ok(answered)
         }
         stmp => {
             let client = stmp_client(stmp, server, None).await?;

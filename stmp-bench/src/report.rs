@@ -430,9 +430,21 @@ impl Report {
                         )
                     })
             };
+            let versus_stmp_ws = self
+                .connect
+                .iter()
+                .find(|ws| ws.system == System::StmpWs)
+                .filter(|_| row.system == System::SocketIo)
+                .map_or(String::new(), |ws| {
+                    format!(
+                        "; stmp ws made {} its conn/s, at {} its server CPU",
+                        ratio(ws.per_second / row.per_second),
+                        ratio(ws.server_cpu_ns as f64 / row.server_cpu_ns.max(1) as f64)
+                    )
+                });
             let _ = writeln!(
                 md,
-                "| connect, 1 call, close: {} conns, {} at a time | {} | {} conn/s | {} | {} | {} | {} | {} | server CPU {}/conn; client CPU {}/conn; p50, p99: connect to first answer |",
+                "| connect, 1 call, close: {} conns, {} at a time | {} | {} conn/s | {} | {} | {} | {} | {} | server CPU {}/conn; client CPU {}/conn; p50, p99: connect to first answer{versus_stmp_ws} |",
                 thousands(row.connections),
                 row.at_once,
                 row.system.label(),

@@ -22,6 +22,10 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::Result;
 use crate::measure::Call;
+use crate::systems::HANDSHAKE_TIMEOUT;
+
+/// How long a call waits for its acknowledgement (as long as an stmp client's default).
+const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The event every call sends.
 const ECHO_EVENT: &str = "echo";
@@ -30,13 +34,17 @@ const ECHO_EVENT: &str = "echo";
 /// own data as the acknowledgement. Returns the address and the handle that broadcasts.
 pub async fn serve() -> Result<(SocketAddr, SocketIo)> {
     let (layer, io) = SocketIo::new_layer();
-    io.ns("/", async |socket: SocketRef| {
+    // The listener is set in the handler's synchronous part: socketioxide sends the connect
+    // answer before it runs the handler and spawns the handler's future, so a listener set in
+    // that future can miss a client's first events (they go unanswered).
+    io.ns("/", |socket: SocketRef| {
         socket.on(
             ECHO_EVENT,
             async |ack: AckSender, Data(payload): Data<String>| {
                 let _ = ack.send(&payload);
             },
         );
+        std::future::ready(())
     });
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -96,7 +104,8 @@ pub type OnEvent = Arc<dyn Fn(&str) + Send + Sync>;
 struct Shared {
     packets: mpsc::UnboundedSender<Message>,
     on_event: Option<OnEvent>,
-    waiting: Mutex<HashMap<u64, oneshot::Sender<String>>>,
+    /// The callers waiting for an acknowledgement; `None` once the connection is gone.
+    waiting: Mutex<Option<HashMap<u64, oneshot::Sender<String>>>>,
     next_id: AtomicU64,
 }
 
@@ -108,6 +117,13 @@ impl SocketIoClient {
 
     /// [`connect`](Self::connect), with `on_event` called for every event the server sends.
     pub async fn listening(addr: SocketAddr, on_event: Option<OnEvent>) -> Result<SocketIoClient> {
+        let connecting = SocketIoClient::open(addr, on_event);
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting)
+            .await
+            .map_err(|_| format!("no socket.io connection within {HANDSHAKE_TIMEOUT:?}"))?
+    }
+
+    async fn open(addr: SocketAddr, on_event: Option<OnEvent>) -> Result<SocketIoClient> {
         let tcp = TcpStream::connect(addr).await?;
         tcp.set_nodelay(true)?;
         let url = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket");
@@ -129,7 +145,7 @@ impl SocketIoClient {
         let shared = Arc::new(Shared {
             packets,
             on_event,
-            waiting: Mutex::new(HashMap::new()),
+            waiting: Mutex::new(Some(HashMap::new())),
             next_id: AtomicU64::new(0),
         });
         tokio::spawn(async move {
@@ -147,14 +163,20 @@ impl SocketIoClient {
             while let Ok(text) = next_text(&mut stream).await {
                 reading.received(&text);
             }
-            // Callers still waiting see their sender dropped.
+            // Callers still waiting see their sender dropped, and later ones find it gone.
             reading
                 .waiting
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .clear();
+                .take();
         });
         Ok(SocketIoClient { shared })
+    }
+
+    /// Closes the WebSocket: the server's answering Close ends the reading task, and with it
+    /// the writing one.
+    pub fn close(&self) {
+        let _ = self.shared.packets.send(Message::Close(None));
     }
 
     /// Emits `echo` with `payload` and waits for its acknowledgement's data.
@@ -165,14 +187,17 @@ impl SocketIoClient {
             .waiting
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+            .ok_or("the socket.io connection is closed")?
             .insert(id, answer);
         let packet = format!("42{id}{}", serde_json::to_string(&(ECHO_EVENT, payload))?);
         self.shared
             .packets
             .send(Message::text(packet))
             .map_err(|_| "the socket.io connection is closed")?;
-        let acked = answered
+        let acked = tokio::time::timeout(CALL_TIMEOUT, answered)
             .await
+            .map_err(|_| format!("no acknowledgement within {CALL_TIMEOUT:?}"))?
             .map_err(|_| "the socket.io connection closed before the answer")?;
         let (data,): (String,) = serde_json::from_str(&acked)?;
         Ok(data)
@@ -200,7 +225,8 @@ impl Shared {
             .waiting
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
+            .as_mut()
+            .and_then(|waiting| waiting.remove(&id));
         if let Some(caller) = waiting {
             let _ = caller.send(ack[digits..].to_owned());
         }

@@ -128,7 +128,10 @@ fn quick_run_has_every_row() {
         );
     }
     assert!(
-        markdown.contains("its req/s, at") && markdown.contains("; stmp ws took "),
+        markdown.contains("its req/s, at")
+            && markdown.contains("; stmp ws took ")
+            && markdown.contains("its conn/s, at")
+            && markdown.contains("its memory per connection"),
         "socketioxide's rows are not compared with stmp ws's in\n{markdown}"
     );
     assert!(
@@ -180,6 +183,7 @@ fn quick_run_has_every_row() {
         "stmp tcp+gzip",
         "stmp quic",
         "tonic grpc",
+        "socketioxide",
         "raw tcp echo",
         "raw quic echo",
     ];
