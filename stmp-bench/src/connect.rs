@@ -220,7 +220,7 @@ async fn one_connection(system: System, server: Listening) -> Result<Duration> {
                 .call()
                 .await?;
             let answered = began.elapsed();
-            client.close();
+            drop(client);
             Ok(answered)
         }
         stmp => {

@@ -92,10 +92,22 @@ pub fn fanout_seq(data: &str) -> Option<u64> {
 }
 
 /// One socket.io connection: a writer task that gathers the calls' packets, a reader task
-/// that hands each acknowledgement to its caller and answers the server's pings.
+/// that hands each acknowledgement to its caller and answers the server's pings. The
+/// connection closes when its last handle is dropped.
 #[derive(Clone)]
 pub struct SocketIoClient {
     shared: Arc<Shared>,
+    _closes: Arc<CloseOnDrop>,
+}
+
+/// Sends the WebSocket's Close when the last handle on the connection goes (the reader task
+/// keeps the connection's state, and so its writer, alive until the server answers it).
+struct CloseOnDrop(mpsc::UnboundedSender<Message>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.send(Message::Close(None));
+    }
 }
 
 /// What a client does with the data of each event the server sends it (what follows `42`).
@@ -170,13 +182,11 @@ impl SocketIoClient {
                 .unwrap_or_else(|p| p.into_inner())
                 .take();
         });
-        Ok(SocketIoClient { shared })
-    }
-
-    /// Closes the WebSocket: the server's answering Close ends the reading task, and with it
-    /// the writing one.
-    pub fn close(&self) {
-        let _ = self.shared.packets.send(Message::Close(None));
+        let closes = Arc::new(CloseOnDrop(shared.packets.clone()));
+        Ok(SocketIoClient {
+            shared,
+            _closes: closes,
+        })
     }
 
     /// Emits `echo` with `payload` and waits for its acknowledgement's data.

@@ -1,14 +1,17 @@
 //! What publishing through the HTTP API costs, against the HTTP floor and against a publish
 //! made in the server's own process. A stmp server, its HTTP API and N stmp clients (over
-//! loopback TCP, in the room the events go to) all in this process; a hyper client on one
-//! keep-alive connection sends one request at a time.
+//! loopback TCP, in the room the events go to) all in this process; [`IN_FLIGHT`] senders,
+//! each a hyper client's keep-alive connection with one request at a time. Each benchmark
+//! reports the time per request (criterion's throughput: requests per second).
 //!
 //! - `http/health`: `GET /health`, the HTTP floor: hyper and axum's routing, no token, no
 //!   body;
-//! - `publish/in_process/N`: `stmp::broadcast` of the event to the room, from a task, until
-//!   the last of the N clients has it;
+//! - `publish/in_process/N`: `stmp::broadcast` of the event to the room from the same senders,
+//!   each yielding after every publish as a handler publishing once per request would, until
+//!   the last of the N clients has every event;
 //! - `publish/json/N`, `publish/protobuf/N`: `POST /v1/rooms/{room}/events/{method}` with the
-//!   event in JSON or protobuf, until the answer came and the last of the N clients has it;
+//!   event in JSON or protobuf, until the answers came and the last of the N clients has every
+//!   event;
 //! - `publish/json_logged/N`: as `json`, in a process whose log subscriber takes `INFO`
 //!   (formatted, then written into a sink).
 //!
