@@ -322,37 +322,43 @@ async fn measure_point(
         }
         System::Tonic => {
             let clients = tonic_clients(server, conns).await?;
-            let callers = clients
-                .iter()
-                .flat_map(|client| std::iter::repeat_n(client, per_conn))
-                .enumerate()
-                .map(|(caller, client)| TonicCall::caller(client.clone(), payload, caller))
-                .collect();
+            let callers = callers_on(&clients, per_conn, |client, caller| {
+                TonicCall::caller(client.clone(), payload, caller)
+            });
             drive(callers, warmup, measure).await
         }
         System::SocketIo => {
             let clients = crate::socketio::clients(server.addr("ws")?, conns).await?;
-            let callers = clients
-                .iter()
-                .flat_map(|client| std::iter::repeat_n(client, per_conn))
-                .enumerate()
-                .map(|(caller, client)| SocketIoCall::caller(client.clone(), payload, caller))
-                .collect();
+            let callers = callers_on(&clients, per_conn, |client, caller| {
+                SocketIoCall::caller(client.clone(), payload, caller)
+            });
             drive(callers, warmup, measure).await
         }
         stmp => {
             let clients = stmp_clients(stmp, server, conns, None).await?;
-            let callers = clients
-                .iter()
-                .flat_map(|client| std::iter::repeat_n(client, per_conn))
-                .enumerate()
-                .map(|(caller, client)| StmpCall::caller(client.clone(), payload, caller))
-                .collect();
+            let callers = callers_on(&clients, per_conn, |client, caller| {
+                StmpCall::caller(client.clone(), payload, caller)
+            });
             let measured = drive(callers, warmup, measure).await;
             futures_util::future::join_all(clients.iter().map(stmp::Client::close)).await;
             measured
         }
     }
+}
+
+/// `per_conn` callers on each of `clients`, numbered across them all (each caller number has
+/// payloads of its own).
+fn callers_on<Client, C>(
+    clients: &[Client],
+    per_conn: usize,
+    caller: impl Fn(&Client, usize) -> C,
+) -> Vec<C> {
+    clients
+        .iter()
+        .flat_map(|client| std::iter::repeat_n(client, per_conn))
+        .enumerate()
+        .map(|(number, client)| caller(client, number))
+        .collect()
 }
 
 /// Spinners for the time `point` runs, if the settings want them: the latency point gets them,
