@@ -147,8 +147,9 @@ impl Setup {
         assert_eq!(status, StatusCode::OK, "{:?}", body.to_bytes());
     }
 
-    /// `count` publishes, [`IN_FLIGHT`] at a time, timed until every member has every event.
-    async fn publish(self: &Arc<Self>, how: &'static str, body: Bytes, count: u64) -> Duration {
+    /// `count` requests ([`send_one`](Self::send_one)), [`IN_FLIGHT`] at a time, timed until
+    /// every member has every event.
+    async fn send_all(self: &Arc<Self>, how: &'static str, body: Bytes, count: u64) -> Duration {
         self.counter.expect(self.members.len() * count as usize);
         let began = Instant::now();
         let senders = (0..IN_FLIGHT).map(|sender| {
@@ -157,7 +158,7 @@ impl Setup {
             let share = (count + IN_FLIGHT - 1 - sender) / IN_FLIGHT;
             tokio::spawn(async move {
                 for _ in 0..share {
-                    setup.publish_one(how, body.clone()).await;
+                    setup.send_one(how, body.clone()).await;
                 }
             })
         });
@@ -168,9 +169,17 @@ impl Setup {
         began.elapsed()
     }
 
-    async fn publish_one(&self, how: &str, body: Bytes) {
+    /// One request: `health`, or a publish `in_process`, in `protobuf` or in JSON.
+    async fn send_one(&self, how: &str, body: Bytes) {
         let path = format!("/v1/rooms/{ROOM}/events/{}", room_events::USER_JOIN.name);
         match how {
+            "health" => {
+                let uri = format!("http://{}/health", self.http);
+                let response = self.client.get(uri.parse().expect("a URI")).await;
+                let response = response.expect("an answer");
+                assert_eq!(response.status(), StatusCode::OK);
+                response.into_body().collect().await.expect("a body");
+            }
             "in_process" => {
                 let event = UserJoinEvent::decode(body).expect("an event");
                 let delivery =
@@ -189,35 +198,11 @@ impl Setup {
 }
 
 fn health(c: &mut Criterion, runtime: &tokio::runtime::Runtime) {
-    let setup = runtime.block_on(setup(0));
-    let setup = Arc::new(setup);
-    let uri: hyper::Uri = format!("http://{}/health", setup.http)
-        .parse()
-        .expect("a URI");
+    let setup = Arc::new(runtime.block_on(setup(0)));
     let mut group = c.benchmark_group("http");
     group.throughput(Throughput::Elements(1));
     group.bench_function("health", |b| {
-        b.iter_custom(|iters| {
-            runtime.block_on(async {
-                let began = Instant::now();
-                let senders = (0..IN_FLIGHT).map(|sender| {
-                    let (setup, uri) = (setup.clone(), uri.clone());
-                    let share = (iters + IN_FLIGHT - 1 - sender) / IN_FLIGHT;
-                    tokio::spawn(async move {
-                        for _ in 0..share {
-                            let response = setup.client.get(uri.clone()).await;
-                            let response = response.expect("an answer");
-                            assert_eq!(response.status(), StatusCode::OK);
-                            response.into_body().collect().await.expect("a body");
-                        }
-                    })
-                });
-                for sender in futures_util::future::join_all(senders).await {
-                    sender.expect("a sender");
-                }
-                began.elapsed()
-            })
-        })
+        b.iter_custom(|iters| runtime.block_on(setup.send_all("health", Bytes::new(), iters)))
     });
     group.finish();
     runtime.block_on(setup.server.shutdown(Duration::from_secs(1)));
@@ -243,7 +228,7 @@ fn publish(c: &mut Criterion, runtime: &tokio::runtime::Runtime) {
             };
             LOGGING.store(how == "json_logged", Ordering::SeqCst);
             group.bench_with_input(BenchmarkId::new(how, members), &members, |b, _| {
-                b.iter_custom(|iters| runtime.block_on(setup.publish(how, body.clone(), iters)))
+                b.iter_custom(|iters| runtime.block_on(setup.send_all(how, body.clone(), iters)))
             });
         }
         LOGGING.store(false, Ordering::SeqCst);
