@@ -407,14 +407,8 @@ async fn socketio(settings: &Settings) -> Result<Vec<FanoutResult>> {
     let mut results = Vec::new();
     for (i, &n) in settings.fanout.iter().enumerate() {
         let more = n.saturating_sub(clients.len());
-        let connected: Vec<_> = futures_util::stream::iter(0..more)
-            .map(|_| crate::socketio::SocketIoClient::listening(addr, Some(on_event.clone())))
-            .buffer_unordered(64)
-            .collect()
-            .await;
-        for client in connected {
-            clients.push(client?);
-        }
+        let on_event = Some(on_event.clone());
+        clients.extend(crate::socketio::clients(addr, more, on_event).await?);
         server.wait_for_connections(n).await?;
         let mut result = rounds(&mut server, &round, SOCKETIO, n, settings, first_seq(i)).await?;
         result.frame_bytes = crate::socketio::fanout_frame_len();

@@ -114,7 +114,7 @@ pub async fn run(settings: &Settings) -> Result<Vec<MemoryResult>> {
                 tonic_clients.extend(clients);
             } else if system == System::SocketIo {
                 let addr = server.listening.addr("ws")?;
-                let clients = crate::socketio::clients(addr, more).await?;
+                let clients = crate::socketio::clients(addr, more, None).await?;
                 let callers = clients
                     .iter()
                     .map(|c| SocketIoCall::caller(c.clone(), 32, 0));

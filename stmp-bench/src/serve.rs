@@ -244,16 +244,17 @@ async fn socketio_server() -> Result<()> {
             ["count"] => format!("COUNT {}", io.sockets().len()),
             ["broadcast", seq] => {
                 let seq: u64 = seq.parse()?;
+                // Counted before the clock starts: `sockets` copies out every socket.
+                let sockets = io.sockets().len();
                 let start_ns = unix_nanos();
                 let began = Instant::now();
-                let sockets = io.sockets().len();
                 // Sockets whose buffer was full missed the event; anything else is a failure.
                 let dropped = match io.emit(FANOUT_EVENT, &fanout_event(seq)).await {
                     Ok(()) => 0,
                     Err(socketioxide::BroadcastError::Socket(missed)) => missed.len(),
                     Err(error) => return Err(error.to_string().into()),
                 };
-                sent(start_ns, began, sockets - dropped, dropped, 1)
+                sent(start_ns, began, sockets.saturating_sub(dropped), dropped, 1)
             }
             _ => format!("ERROR unknown command: {line}"),
         };

@@ -243,10 +243,14 @@ impl Shared {
     }
 }
 
-/// Connects `n` clients, 64 at a time.
-pub async fn clients(addr: SocketAddr, n: usize) -> Result<Vec<SocketIoClient>> {
+/// Connects `n` clients, 64 at a time, each calling `on_event` (if any) for every event.
+pub async fn clients(
+    addr: SocketAddr,
+    n: usize,
+    on_event: Option<OnEvent>,
+) -> Result<Vec<SocketIoClient>> {
     futures_util::stream::iter(0..n)
-        .map(|_| SocketIoClient::connect(addr))
+        .map(|_| SocketIoClient::listening(addr, on_event.clone()))
         .buffer_unordered(64)
         .collect::<Vec<_>>()
         .await

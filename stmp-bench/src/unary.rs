@@ -328,7 +328,7 @@ async fn measure_point(
             drive(callers, warmup, measure).await
         }
         System::SocketIo => {
-            let clients = crate::socketio::clients(server.addr("ws")?, conns).await?;
+            let clients = crate::socketio::clients(server.addr("ws")?, conns, None).await?;
             let callers = callers_on(&clients, per_conn, |client, caller| {
                 SocketIoCall::caller(client.clone(), payload, caller)
             });
