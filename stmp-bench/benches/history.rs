@@ -14,14 +14,12 @@
 //! `cargo bench -p stmp-bench --bench history` (add `-- --warm-up-time 1 --measurement-time 3`
 //! for a short run).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use stmp::history::{History, RESUME, Retention, SUPPORTS, StreamPosition};
 use stmp_bench::{EVENT, Event, event};
-use tokio::sync::Notify;
+use stmp_testkit::Countdown;
 
 /// The room of the publish benchmarks, joined through the rooms alone.
 const PLAIN: &str = "plain";
@@ -32,41 +30,15 @@ const MISSED: &str = "missed";
 /// Events kept in [`MISSED`], more than any replay asks for.
 const KEPT_EVENTS: usize = 1_000;
 
-/// Counts a client's events and says when it has `target` of them.
-#[derive(Clone, Default)]
-struct Counter {
-    received: Arc<AtomicUsize>,
-    target: Arc<AtomicUsize>,
-    reached: Arc<Notify>,
-}
-
-impl Counter {
-    fn router(&self) -> stmp::Router {
-        let router = stmp::Router::new();
-        let counter = self.clone();
-        let _listening = router.listen(&EVENT, move |_ctx, _event: Event| {
-            let received = counter.received.fetch_add(1, Ordering::SeqCst) + 1;
-            if received == counter.target.load(Ordering::SeqCst) {
-                counter.reached.notify_one();
-            }
-            std::future::ready(())
-        });
-        router
-    }
-
-    /// Starts counting afresh towards `target`.
-    fn expect(&self, target: usize) {
-        self.received.store(0, Ordering::SeqCst);
-        self.target.store(target, Ordering::SeqCst);
-    }
-
-    async fn wait(&self) {
-        while self.received.load(Ordering::SeqCst) < self.target.load(Ordering::SeqCst) {
-            tokio::time::timeout(Duration::from_secs(10), self.reached.notified())
-                .await
-                .expect("every event arrives");
-        }
-    }
+/// A router whose listener counts each event it gets into `arrivals`.
+fn counting_router(arrivals: &Countdown) -> stmp::Router {
+    let router = stmp::Router::new();
+    let arrivals = arrivals.clone();
+    let _listening = router.listen(&EVENT, move |_ctx, _: Event| {
+        arrivals.arrived();
+        std::future::ready(())
+    });
+    router
 }
 
 struct Setup {
@@ -108,13 +80,13 @@ fn publish(c: &mut Criterion, runtime: &tokio::runtime::Runtime) {
     let mut group = c.benchmark_group("publish");
     for n in [100usize, 1_000] {
         let setup = runtime.block_on(setup());
-        let counter = Counter::default();
+        let counter = Countdown::default();
         let clients: Vec<stmp::Client> = runtime.block_on(async {
             let mut clients = Vec::with_capacity(n);
             for known in 0..n {
                 let client = stmp::Client::builder()
                     .no_reconnect()
-                    .router(counter.router())
+                    .router(counting_router(&counter))
                     .connect(&setup.url)
                     .await
                     .expect("connect");
@@ -182,7 +154,7 @@ fn replay(c: &mut Criterion, runtime: &tokio::runtime::Runtime) {
         let from = StreamPosition::new(MISSED, top.epoch.clone(), top.offset - missed as u64);
         let round = || {
             runtime.block_on(async {
-                let counter = Counter::default();
+                let counter = Countdown::default();
                 counter.expect(missed);
                 let known = setup.server.conns().len();
                 let client = stmp::Client::builder()
@@ -191,7 +163,7 @@ fn replay(c: &mut Criterion, runtime: &tokio::runtime::Runtime) {
                     .header(SUPPORTS, "1")
                     .header(RESUME, from.to_value())
                     .event_queue(KEPT_EVENTS * 2)
-                    .router(counter.router())
+                    .router(counting_router(&counter))
                     .connect(&setup.url)
                     .await
                     .expect("connect");

@@ -20,7 +20,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -33,7 +33,7 @@ use hyper_util::rt::TokioExecutor;
 use prost::Message as _;
 use quick_start::{UserJoinEvent, room_events};
 use stmp_http::{Events, HttpApi, PROTOBUF};
-use tokio::sync::Notify;
+use stmp_testkit::Countdown;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::{Layer as _, filter};
 
@@ -44,40 +44,15 @@ const IN_FLIGHT: u64 = 16;
 /// Whether the process's log subscriber takes `INFO` events (it takes nothing otherwise).
 static LOGGING: AtomicBool = AtomicBool::new(false);
 
-/// Counts the events a client's listener got and says when there are `target` of them.
-#[derive(Clone, Default)]
-struct Counter {
-    received: Arc<AtomicUsize>,
-    target: Arc<AtomicUsize>,
-    reached: Arc<Notify>,
-}
-
-impl Counter {
-    fn router(&self) -> stmp::Router {
-        let router = stmp::Router::new();
-        let counter = self.clone();
-        let _listening = router.listen(&room_events::USER_JOIN, move |_ctx, _: UserJoinEvent| {
-            let received = counter.received.fetch_add(1, Ordering::SeqCst) + 1;
-            if received == counter.target.load(Ordering::SeqCst) {
-                counter.reached.notify_one();
-            }
-            std::future::ready(())
-        });
-        router
-    }
-
-    fn expect(&self, target: usize) {
-        self.received.store(0, Ordering::SeqCst);
-        self.target.store(target, Ordering::SeqCst);
-    }
-
-    async fn wait(&self) {
-        while self.received.load(Ordering::SeqCst) < self.target.load(Ordering::SeqCst) {
-            tokio::time::timeout(Duration::from_secs(10), self.reached.notified())
-                .await
-                .expect("every event arrives");
-        }
-    }
+/// A router whose listener counts each event it gets into `arrivals`.
+fn counting_router(arrivals: &Countdown) -> stmp::Router {
+    let router = stmp::Router::new();
+    let arrivals = arrivals.clone();
+    let _listening = router.listen(&room_events::USER_JOIN, move |_ctx, _: UserJoinEvent| {
+        arrivals.arrived();
+        std::future::ready(())
+    });
+    router
 }
 
 struct Setup {
@@ -85,7 +60,7 @@ struct Setup {
     rooms: stmp::Rooms,
     http: SocketAddr,
     client: HttpClient<HttpConnector, Full<Bytes>>,
-    counter: Counter,
+    counter: Countdown,
     members: Vec<stmp::Client>,
 }
 
@@ -102,12 +77,12 @@ async fn setup(members: usize) -> Setup {
         .build()
         .expect("the HTTP API");
     let http = api.listen("127.0.0.1:0").await.expect("listen HTTP");
-    let counter = Counter::default();
+    let counter = Countdown::default();
     let mut clients = Vec::with_capacity(members);
     for known in 0..members {
         let client = stmp::Client::builder()
             .no_reconnect()
-            .router(counter.router())
+            .router(counting_router(&counter))
             .connect(&format!("tcp://{addr}"))
             .await
             .expect("connect");

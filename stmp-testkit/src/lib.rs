@@ -1,14 +1,17 @@
-//! Helpers the workspace's integration tests share. Not published.
+//! Helpers the workspace's integration tests and benchmarks share. Not published.
 //!
 //! [`CutProxy`] stands between a client and a server so a test can take the network away
 //! (both sockets dropped under the peers, no stmp Close) the way a lost Wi-Fi or a dead NAT
-//! entry does, which a clean `close()` cannot imitate.
+//! entry does, which a clean `close()` cannot imitate. [`Countdown`] waits until listeners
+//! (on any task) have counted as many arrivals as expected.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
 /// A loopback TCP proxy that can cut every connection through it and refuse new ones until
@@ -101,6 +104,56 @@ impl Drop for CutProxy {
         self.accepting.abort();
         for pipe in lock(&self.pipes).drain(..) {
             pipe.abort();
+        }
+    }
+}
+
+/// Arrivals counted from any task towards a target, and a wait until they reach it: what a
+/// benchmark's event listeners report to the code that timed the events.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use stmp_testkit::Countdown;
+///
+/// let arrivals = Countdown::default();
+/// arrivals.expect(2);
+/// let counting = arrivals.clone();
+/// tokio::spawn(async move {
+///     counting.arrived();
+///     counting.arrived();
+/// });
+/// arrivals.wait().await;
+/// # }
+/// ```
+#[derive(Clone, Default)]
+pub struct Countdown {
+    received: Arc<AtomicUsize>,
+    target: Arc<AtomicUsize>,
+    reached: Arc<Notify>,
+}
+
+impl Countdown {
+    /// Starts counting afresh towards `target`.
+    pub fn expect(&self, target: usize) {
+        self.received.store(0, Ordering::SeqCst);
+        self.target.store(target, Ordering::SeqCst);
+    }
+
+    /// One arrival.
+    pub fn arrived(&self) {
+        let received = self.received.fetch_add(1, Ordering::SeqCst) + 1;
+        if received == self.target.load(Ordering::SeqCst) {
+            self.reached.notify_one();
+        }
+    }
+
+    /// Waits until the target is reached; panics if an arrival takes more than 10 s.
+    pub async fn wait(&self) {
+        while self.received.load(Ordering::SeqCst) < self.target.load(Ordering::SeqCst) {
+            tokio::time::timeout(Duration::from_secs(10), self.reached.notified())
+                .await
+                .expect("every arrival within 10 s");
         }
     }
 }
