@@ -275,7 +275,9 @@ export class Connection implements Caller {
   }
 
   private deliver(action: Action, header: Header, payload: Uint8Array): void {
-    if (this.options.positions?.observe(action, header)) return;
+    // Read once: the tracker and the listeners' context both want it.
+    const position = positionOf(header);
+    if (this.options.positions?.observe(action, header, position)) return;
     const listening = this.options.registry.listenersOf(action);
     if (!listening || listening.listeners.size === 0) return;
     let event: MessageShape<DescMessage>;
@@ -284,7 +286,7 @@ export class Connection implements Caller {
     } catch (error) {
       return this.options.onError?.(error);
     }
-    const context = this.context(listening.method, header);
+    const context: CallContext = { method: listening.method, header, connection: this, position };
     for (const listener of [...listening.listeners]) {
       try {
         listener(event, context);

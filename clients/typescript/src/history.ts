@@ -47,14 +47,53 @@ export function positionToValue(position: StreamPosition): string {
 /** Reads a position value; undefined unless it has a stream, an epoch and a decimal offset. */
 export function parsePosition(value: string | undefined): StreamPosition | undefined {
   if (value === undefined) return undefined;
-  const params = new URLSearchParams(value);
-  const stream = params.get("s");
-  const epoch = params.get("e");
-  const offsetText = params.get("o");
-  if (stream === null || epoch === null || offsetText === null || !/^[0-9]{1,16}$/.test(offsetText)) return undefined;
+  const params = formFields(value, ["s", "e", "o"]);
+  const [stream, epoch, offsetText] = params;
+  if (stream === undefined || epoch === undefined || offsetText === undefined || !/^[0-9]{1,16}$/.test(offsetText)) {
+    return undefined;
+  }
   const offset = Number(offsetText);
   if (!Number.isSafeInteger(offset)) return undefined;
   return { stream, epoch, offset };
+}
+
+/**
+ * The first value of each of `names` in a form-urlencoded string, as `URLSearchParams` reads
+ * it (`+` is a space, `%XX` a byte of UTF-8). Every event of a room with history carries one
+ * such value, and in a browser `URLSearchParams` is a call into the engine's C++: parsed here
+ * in plain JavaScript, with `URLSearchParams` kept for what `decodeURIComponent` refuses (a
+ * stray `%`, bytes that are not UTF-8), where the two read differently.
+ */
+export function formFields(value: string, names: readonly string[]): (string | undefined)[] {
+  const found: (string | undefined)[] = names.map(() => undefined);
+  let left = names.length;
+  try {
+    for (let start = 0; start <= value.length && left > 0; ) {
+      let end = value.indexOf("&", start);
+      if (end < 0) end = value.length;
+      if (end > start) {
+        const pair = value.slice(start, end);
+        const equals = pair.indexOf("=");
+        const name = formDecode(equals < 0 ? pair : pair.slice(0, equals));
+        const index = names.indexOf(name);
+        if (index >= 0 && found[index] === undefined) {
+          found[index] = equals < 0 ? "" : formDecode(pair.slice(equals + 1));
+          left--;
+        }
+      }
+      start = end + 1;
+    }
+    return found;
+  } catch {
+    const params = new URLSearchParams(value);
+    return names.map((name) => params.get(name) ?? undefined);
+  }
+}
+
+/** One form-urlencoded name or value; throws (`URIError`) where `URLSearchParams` would read it otherwise. */
+function formDecode(text: string): string {
+  if (text.indexOf("+") >= 0) text = text.replaceAll("+", " ");
+  return text.indexOf("%") < 0 ? text : decodeURIComponent(text);
 }
 
 /** The position a notify's header carries, if it comes from a stream. */
@@ -70,10 +109,10 @@ export class Positions {
 
   /**
    * Records the position of an incoming notify; returns true when it was the position notify,
-   * which is the tracker's and reaches no listener.
+   * which is the tracker's and reaches no listener. `position` is the header's, when the
+   * caller has read it already.
    */
-  observe(action: Action, header: Header): boolean {
-    const position = positionOf(header);
+  observe(action: Action, header: Header, position: StreamPosition | undefined = positionOf(header)): boolean {
     if (!position) return false;
     this.byStream.delete(position.stream);
     this.byStream.set(position.stream, position);

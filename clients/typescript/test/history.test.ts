@@ -2,7 +2,16 @@
 
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { POSITION, POSITION_METHOD, Positions, RECOVERED, type Recovery, parsePosition, positionToValue } from "../src/history.js";
+import {
+  POSITION,
+  POSITION_METHOD,
+  Positions,
+  RECOVERED,
+  type Recovery,
+  formFields,
+  parsePosition,
+  positionToValue,
+} from "../src/history.js";
 import { Header } from "../src/wire/header.js";
 
 test("position values are the bytes the Rust server writes and parses", () => {
@@ -15,6 +24,27 @@ test("position values are the bytes the Rust server writes and parses", () => {
   for (const [stream, epoch, offset, value] of vectors) {
     assert.equal(positionToValue({ stream, epoch, offset }), value);
     assert.deepEqual(parsePosition(value), { stream, epoch, offset });
+  }
+});
+
+test("form fields are read as URLSearchParams reads them, stray percent signs and broken UTF-8 too", () => {
+  const names = ["s", "e", "o", ""];
+  const alphabet = ["s", "e", "o", "=", "&", "+", "%", "2", "B", "C", "3", "A", "9", "F", "z", "é", " ", "%C3", "%A9", "%E2%82", "%26"];
+  let seed = 11;
+  const next = () => (seed = (seed * 1_103_515_245 + 12_345) % 2 ** 31);
+  const values = ["", "&", "=", "s", "s=", "=s", "s=1&s=2", "s&e=&o=3", "s=%", "s=%zz&e=%C3&o=1", "s=a+b%2Bc", "o=%3", "%73=x"];
+  for (let n = 0; n < 5_000; n++) {
+    let value = "";
+    for (let length = next() % 16; length > 0; length--) value += alphabet[next() % alphabet.length];
+    values.push(value);
+  }
+  for (const value of values) {
+    const params = new URLSearchParams(value);
+    assert.deepEqual(
+      formFields(value, names),
+      names.map((name) => params.get(name) ?? undefined),
+      JSON.stringify(value),
+    );
   }
 });
 

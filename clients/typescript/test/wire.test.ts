@@ -261,4 +261,22 @@ describe("header", () => {
     assert.deepEqual([...Header.decode(new TextEncoder().encode(";k:;;:v;"))], [["k", ""], ["", "v"]]);
     assertError(() => Header.decode(Uint8Array.of(0x6b, 0x3a, 0xff)), Code.ProtocolError, ["UTF-8"]);
   });
+
+  test("unescaping reads every text as the regular expression it replaced did", () => {
+    const byRegex = (text: string) =>
+      text.replace(/%(3[aAbB]|0[aA]|25)/g, (_, hex: string) => ({ "3A": ":", "0A": "\n", "3B": ";", "25": "%" })[hex.toUpperCase()]!);
+    const alphabet = ["%", "3", "a", "A", "b", "B", "0", "2", "5", "z", ":", "é", "x"];
+    let seed = 7;
+    const next = () => (seed = (seed * 1_103_515_245 + 12_345) % 2 ** 31);
+    const texts = ["", "%", "%3", "%3a", "%%3A", "%253A", "a%3Bb%0a%25%", "%zz%3"];
+    for (let n = 0; n < 5_000; n++) {
+      let text = "";
+      for (let length = next() % 12; length > 0; length--) text += alphabet[next() % alphabet.length];
+      texts.push(text);
+    }
+    for (const text of texts) {
+      const decoded = Header.decode(new TextEncoder().encode(`k:${text.replaceAll(";", "")}`)).get("k");
+      assert.equal(decoded, byRegex(text.replaceAll(";", "")), JSON.stringify(text));
+    }
+  });
 });

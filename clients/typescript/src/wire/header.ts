@@ -100,14 +100,37 @@ export class Header {
 export type HeaderInit = Header | Iterable<readonly [string, string]> | Record<string, string | readonly string[]>;
 
 const ESCAPES: Record<string, string> = { ":": "%3A", "\n": "%0A", ";": "%3B", "%": "%25" };
-const UNESCAPES: Record<string, string> = { "3A": ":", "0A": "\n", "3B": ";", "25": "%" };
+const UNESCAPES = new Map([
+  ["3A", ":"],
+  ["0A", "\n"],
+  ["3B", ";"],
+  ["25", "%"],
+]);
 
 /** Escapes the four special characters (also used for method names in the text form). */
 export function escape(text: string): string {
   return text.replace(/[:\n;%]/g, (c) => ESCAPES[c]!);
 }
 
-/** Undoes {@link escape}; a `%` that starts none of the four escapes is kept as it is. */
+/**
+ * Undoes {@link escape}; a `%` that starts none of the four escapes is kept as it is. Runs on
+ * every header entry of every packet: most have no `%` at all, and the rest are read in one
+ * pass rather than through a regular expression with a callback per escape.
+ */
 export function unescape(text: string): string {
-  return text.replace(/%(3[aAbB]|0[aA]|25)/g, (_, hex: string) => UNESCAPES[hex.toUpperCase()]!);
+  let percent = text.indexOf("%");
+  if (percent < 0) return text;
+  let out = "";
+  let copied = 0;
+  while (percent >= 0 && percent + 2 < text.length) {
+    const unescaped = UNESCAPES.get(text.slice(percent + 1, percent + 3).toUpperCase());
+    if (unescaped !== undefined) {
+      out += text.slice(copied, percent) + unescaped;
+      copied = percent + 3;
+      percent = text.indexOf("%", copied);
+    } else {
+      percent = text.indexOf("%", percent + 1);
+    }
+  }
+  return out + text.slice(copied);
 }
