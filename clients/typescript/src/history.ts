@@ -47,8 +47,7 @@ export function positionToValue(position: StreamPosition): string {
 /** Reads a position value; undefined unless it has a stream, an epoch and a decimal offset. */
 export function parsePosition(value: string | undefined): StreamPosition | undefined {
   if (value === undefined) return undefined;
-  const params = formFields(value, ["s", "e", "o"]);
-  const [stream, epoch, offsetText] = params;
+  const [stream, epoch, offsetText] = formFields(value, ["s", "e", "o"]);
   if (stream === undefined || epoch === undefined || offsetText === undefined || !/^[0-9]{1,16}$/.test(offsetText)) {
     return undefined;
   }
