@@ -286,7 +286,7 @@ export class Connection implements Caller {
     } catch (error) {
       return this.options.onError?.(error);
     }
-    const context: CallContext = { method: listening.method, header, connection: this, position };
+    const context = this.context(listening.method, header, position);
     for (const listener of [...listening.listeners]) {
       try {
         listener(event, context);
@@ -296,8 +296,8 @@ export class Connection implements Caller {
     }
   }
 
-  private context(method: Method, header: Header): CallContext {
-    return { method, header, connection: this, position: positionOf(header) };
+  private context(method: Method, header: Header, position = positionOf(header)): CallContext {
+    return { method, header, connection: this, position };
   }
 
   private send(packet: Packet): void {
