@@ -37,10 +37,14 @@ impl Scheme {
     }
 
     /// Whether a connection's write sends: the task that writes hands the bytes to the kernel
-    /// itself. A QUIC stream's write only hands them to quinn's connection task, which sends
-    /// what the stream holds when it next runs. The writer task steps aside for more packets
-    /// before a write only where the write is the send (`conn::writer_task`): over QUIC,
-    /// quinn's task gathers the writes already.
+    /// itself. On a server a QUIC stream's write only hands them to quinn's connection task,
+    /// which sends what the stream holds when it next runs. The writer task steps aside for
+    /// more packets before a write only where the write is the send (`conn::writer_task`):
+    /// over QUIC, quinn's task gathers the writes already.
+    ///
+    /// A client's QUIC write does send (`transport::quic::client`), but its writer does not
+    /// step aside either, nor are its callers relayed: with both, stmp quic made 520–594k
+    /// calls/s at 64 in flight against 588–698k without (three alternated rounds).
     pub(crate) fn writes_send(self) -> bool {
         match self {
             Scheme::Tcp | Scheme::Tls | Scheme::Ws | Scheme::Wss => true,

@@ -1,5 +1,8 @@
-//! QUIC settings shared by both sides: the ALPN, and transport timers lined up with the stmp
-//! heartbeat.
+//! stmp over QUIC: the settings both sides share (the ALPN, transport timers lined up with the
+//! stmp heartbeat, the UDP socket), the server's listener on quinn's endpoint, and the
+//! client's connect, whose connection `client` drives in its own tasks.
+
+mod client;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -229,7 +232,8 @@ impl crate::Server {
     }
 }
 
-/// Opens a QUIC connection and its one stream, then runs the stmp handshake on it.
+/// Opens a QUIC connection and its one stream, then runs the stmp handshake on it. The
+/// connection lives as long as the dialed connection's transport.
 pub(crate) async fn connect(endpoint: &Endpoint, config: &ClientBuilder) -> Result<Dialed, Status> {
     let tls = config.tls.clone().ok_or_else(|| {
         Status::bad_request(format!(
@@ -246,25 +250,19 @@ pub(crate) async fn connect(endpoint: &Endpoint, config: &ClientBuilder) -> Resu
     } else {
         (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
     };
-    let mut quic = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        None,
-        udp_socket(local, true)?,
-        Arc::new(quinn::TokioRuntime),
-    )?;
-    quic.set_default_client_config(client_config(&tls, config.engine.read_timeout)?);
     let name = config
         .server_name
         .clone()
         .unwrap_or_else(|| endpoint.host.clone());
-    let connection = quic
-        .connect(remote, &name)
-        .map_err(|e| Status::bad_request(format!("QUIC: {e}")))?
-        .await
-        .map_err(connection_error)?;
-    let (send, recv) = connection.open_bi().await.map_err(connection_error)?;
+    let (connection, recv, send) = client::connect(
+        udp_socket(local, true)?,
+        client_config(&tls, config.engine.read_timeout)?,
+        remote,
+        &name,
+    )
+    .await?;
     let mut dialed = stream_handshake(recv, send, Some(remote), Scheme::Quic, config).await?;
-    dialed.transport = Some(Box::new((quic, connection)));
+    dialed.transport = Some(Box::new(connection));
     Ok(dialed)
 }
 
