@@ -17,6 +17,7 @@
 //!
 //! The server keeps quinn's endpoint, which shares one socket among many connections.
 
+use std::cell::RefCell;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -223,54 +224,64 @@ fn end(state: &mut State, ended: Ended) {
     wake(&mut state.writer);
 }
 
+thread_local! {
+    /// One receive buffer per thread, for the drivers that run there: a driver copies each
+    /// datagram out of it before its poll ends. A buffer of each connection's own (4 MiB,
+    /// where the kernel coalesces datagrams) cost every connect an `mmap` and its `munmap`.
+    static RECEIVE_BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
 /// The connection's one task: receives, keeps time, and sends what those make to send. It
 /// ends when the connection has drained.
 struct Driver {
     shared: Arc<Shared>,
-    receive_buffer: Box<[u8]>,
+    /// The receive buffer the socket needs: a datagram's largest size for each datagram the
+    /// kernel may coalesce into one receive.
+    receive_size: usize,
     timer: Pin<Box<tokio::time::Sleep>>,
     timer_deadline: Option<Instant>,
 }
 
 impl Driver {
-    /// Receives what the socket holds, a bounded number of times. Returns false when the
-    /// socket failed.
+    /// Receives what the socket holds, a bounded number of times.
     fn receive(&mut self, cx: &mut Context<'_>) -> Result<(), io::Error> {
-        let Driver {
-            shared,
-            receive_buffer,
-            ..
-        } = self;
-        for _ in 0..MAX_RECEIVES_PER_POLL {
-            match shared.socket.poll_recv_ready(cx) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(error)) => return Err(error),
-                Poll::Pending => return Ok(()),
+        let shared = &self.shared;
+        RECEIVE_BUFFER.with_borrow_mut(|buffer| {
+            if buffer.len() < self.receive_size {
+                // Zeroed by the allocator: pages are touched only as datagrams fill them.
+                *buffer = vec![0; self.receive_size];
             }
-            let mut meta = [RecvMeta::default()];
-            let received = shared.socket.try_io(Interest::READABLE, || {
-                let mut buffers = [IoSliceMut::new(&mut receive_buffer[..])];
-                shared
-                    .udp
-                    .recv((&shared.socket).into(), &mut buffers, &mut meta)
-            });
-            match received {
-                Ok(count) => {
-                    let mut state = shared.lock();
-                    for meta in &meta[..count] {
-                        handle_datagrams(shared, &mut state, meta, &receive_buffer[..meta.len]);
-                    }
+            for _ in 0..MAX_RECEIVES_PER_POLL {
+                match shared.socket.poll_recv_ready(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(error)) => return Err(error),
+                    Poll::Pending => return Ok(()),
                 }
-                // Readiness was stale: polled again, it registers the wake-up.
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-                // An ICMP error's echo on Linux; meaningless to QUIC, and may be forged.
-                Err(error) if error.kind() == io::ErrorKind::ConnectionReset => {}
-                Err(error) => return Err(error),
+                let mut meta = [RecvMeta::default()];
+                let received = shared.socket.try_io(Interest::READABLE, || {
+                    let mut buffers = [IoSliceMut::new(&mut buffer[..])];
+                    shared
+                        .udp
+                        .recv((&shared.socket).into(), &mut buffers, &mut meta)
+                });
+                match received {
+                    Ok(count) => {
+                        let mut state = shared.lock();
+                        for meta in &meta[..count] {
+                            handle_datagrams(shared, &mut state, meta, &buffer[..meta.len]);
+                        }
+                    }
+                    // Readiness was stale: polled again, it registers the wake-up.
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                    // An ICMP error's echo on Linux; meaningless to QUIC, and may be forged.
+                    Err(error) if error.kind() == io::ErrorKind::ConnectionReset => {}
+                    Err(error) => return Err(error),
+                }
             }
-        }
-        // More may be waiting: come back after the other tasks have run.
-        cx.waker().wake_by_ref();
-        Ok(())
+            // More may be waiting: come back after the other tasks have run.
+            cx.waker().wake_by_ref();
+            Ok(())
+        })
     }
 
     /// Sends what the connection has to send, waiting for the socket when it is full.
@@ -572,7 +583,7 @@ pub(crate) async fn connect(
     let (handle, conn) = endpoint
         .connect(Instant::now(), config, remote, server_name)
         .map_err(|e| Status::bad_request(format!("QUIC: {e}")))?;
-    let receive_buffer = vec![0; MAX_DATAGRAM_SIZE * udp.gro_segments().max(1)];
+    let receive_size = MAX_DATAGRAM_SIZE * udp.gro_segments().max(1);
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             endpoint,
@@ -598,7 +609,7 @@ pub(crate) async fn connect(
     let connection = ClientConnection(shared.clone());
     tokio::spawn(Driver {
         shared: shared.clone(),
-        receive_buffer: receive_buffer.into(),
+        receive_size,
         timer: Box::pin(tokio::time::sleep_until(tokio::time::Instant::now())),
         timer_deadline: None,
     });
