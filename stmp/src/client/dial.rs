@@ -24,7 +24,7 @@ use crate::{Conn, Status};
 pub(crate) struct Dialed {
     pub(crate) conn: Conn,
     pub(crate) engine: Engine,
-    /// What must live as long as the connection (a QUIC endpoint and connection).
+    /// What must live as long as the connection (a QUIC connection).
     pub(crate) transport: Option<Box<dyn std::any::Any + Send>>,
 }
 

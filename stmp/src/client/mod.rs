@@ -462,7 +462,7 @@ fn retryable(status: &Status) -> bool {
 struct Live {
     conn: Conn,
     engine: tokio::task::JoinHandle<()>,
-    /// What must live as long as the connection (a QUIC endpoint and connection).
+    /// What must live as long as the connection (a QUIC connection).
     transport: Option<Box<dyn std::any::Any + Send>>,
 }
 

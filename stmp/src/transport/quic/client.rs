@@ -642,26 +642,8 @@ mod tests {
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    use super::super::test_peer::{Peer, accept, peer};
     use super::*;
-
-    struct Peer {
-        server: quinn::Endpoint,
-        client_tls: Arc<rustls::ClientConfig>,
-    }
-
-    fn peer(read_timeout: Duration) -> Peer {
-        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
-            .expect("a self-signed certificate");
-        let (cert, key) = (certified.cert.pem(), certified.signing_key.serialize_pem());
-        let server_tls = crate::tls::server_config(cert.as_bytes(), key.as_bytes()).expect("tls");
-        let client_tls = crate::tls::client_config(cert.as_bytes()).expect("tls");
-        let server = quinn::Endpoint::server(
-            super::super::server_config(&server_tls, read_timeout).expect("server config"),
-            (Ipv4Addr::LOCALHOST, 0).into(),
-        )
-        .expect("server endpoint");
-        Peer { server, client_tls }
-    }
 
     impl Peer {
         async fn connect(
@@ -679,13 +661,7 @@ mod tests {
         fn echo_one(&self) -> tokio::task::JoinHandle<quinn::Connection> {
             let server = self.server.clone();
             tokio::spawn(async move {
-                let connection = server
-                    .accept()
-                    .await
-                    .expect("incoming")
-                    .await
-                    .expect("accept");
-                let (mut send, mut recv) = connection.accept_bi().await.expect("stream");
+                let (connection, mut send, mut recv) = accept(&server).await;
                 tokio::io::copy(&mut recv, &mut send).await.expect("echo");
                 send.finish().expect("finish");
                 connection
@@ -849,13 +825,7 @@ mod tests {
         let peer = peer(TIMEOUT);
         let server = peer.server.clone();
         let closing = tokio::spawn(async move {
-            let connection = server
-                .accept()
-                .await
-                .expect("incoming")
-                .await
-                .expect("accept");
-            let (_send, mut recv) = connection.accept_bi().await.expect("stream");
+            let (connection, _send, mut recv) = accept(&server).await;
             let mut first = [0; 5];
             recv.read_exact(&mut first).await.expect("read");
             connection.close(7u32.into(), b"going away");
@@ -882,13 +852,7 @@ mod tests {
         let peer = peer(TIMEOUT);
         let server = peer.server.clone();
         let accepted = tokio::spawn(async move {
-            let connection = server
-                .accept()
-                .await
-                .expect("incoming")
-                .await
-                .expect("accept");
-            let (_send, mut recv) = connection.accept_bi().await.expect("stream");
+            let (connection, _send, mut recv) = accept(&server).await;
             let mut first = [0; 5];
             recv.read_exact(&mut first).await.expect("read");
             connection

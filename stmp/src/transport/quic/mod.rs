@@ -3,6 +3,8 @@
 //! client's connect, whose connection `client` drives in its own tasks.
 
 mod client;
+#[cfg(test)]
+mod test_peer;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -306,17 +308,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_receiver_acknowledges_every_few_packets_not_every_other() {
-        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
-            .expect("a self-signed certificate");
-        let (cert, key) = (certified.cert.pem(), certified.signing_key.serialize_pem());
-        let server_tls = crate::tls::server_config(cert.as_bytes(), key.as_bytes()).expect("tls");
-        let client_tls = crate::tls::client_config(cert.as_bytes()).expect("tls");
         let read_timeout = Duration::from_secs(60);
-        let server = quinn::Endpoint::server(
-            server_config(&server_tls, read_timeout).expect("server config"),
-            (Ipv4Addr::LOCALHOST, 0).into(),
-        )
-        .expect("server endpoint");
+        let test_peer::Peer { server, client_tls } = test_peer::peer(read_timeout);
         let addr = server.local_addr().expect("address");
         let mut client = quinn::Endpoint::client((Ipv4Addr::LOCALHOST, 0).into()).expect("client");
         client.set_default_client_config(client_config(&client_tls, read_timeout).expect("config"));
@@ -327,13 +320,7 @@ mod tests {
         const CHUNKS: u64 = 90;
         let (read_one, mut one_read) = tokio::sync::mpsc::unbounded_channel::<()>();
         let sending = tokio::spawn(async move {
-            let connection = server
-                .accept()
-                .await
-                .expect("incoming")
-                .await
-                .expect("accept");
-            let (mut send, _recv) = connection.accept_bi().await.expect("stream");
+            let (connection, mut send, _recv) = test_peer::accept(&server).await;
             for _ in 0..CHUNKS {
                 send.write_all(&[7; 100]).await.expect("write");
                 if one_read.recv().await.is_none() {
