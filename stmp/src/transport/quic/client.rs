@@ -42,6 +42,10 @@ const MAX_SEGMENTS_PER_SEND: usize = 10;
 /// The most receive calls the driver makes before it lets other tasks run.
 const MAX_RECEIVES_PER_POLL: usize = 32;
 
+/// The most timers the driver fires in one poll before it lets other tasks run: a timer due
+/// again as soon as it fired (pacing, say) must not hold the worker.
+const MAX_TIMERS_PER_POLL: usize = 16;
+
 /// A datagram's largest size, and so each receive buffer's share per segment.
 const MAX_DATAGRAM_SIZE: usize = 64 * 1024;
 
@@ -354,8 +358,8 @@ impl Future for Driver {
             end(state, Ended::Socket(Arc::new(error)));
             return Poll::Ready(());
         }
-        // Bounded: each turn either fires a timer that was due or ends in a wait.
-        for _ in 0..MAX_RECEIVES_PER_POLL {
+        // Each turn either fires a timer that was due or ends in a wait.
+        for _ in 0..MAX_TIMERS_PER_POLL {
             let now = Instant::now();
             if state.conn.poll_timeout().is_some_and(|due| due <= now) {
                 state.conn.handle_timeout(now);
