@@ -26,6 +26,8 @@ pub(crate) struct Dialed {
     pub(crate) engine: Engine,
     /// What must live as long as the connection (a QUIC connection).
     pub(crate) transport: Option<Box<dyn std::any::Any + Send>>,
+    /// What the engine's task must poll beside the engine (a QUIC client's driver).
+    pub(crate) driver: Option<crate::transport::Driver>,
 }
 
 pub(crate) async fn dial(endpoint: &Endpoint, config: &ClientBuilder) -> Result<Dialed, Status> {
@@ -154,6 +156,7 @@ pub(crate) fn ready(
         conn,
         engine,
         transport: None,
+        driver: None,
     }
 }
 

@@ -496,6 +496,7 @@ async fn establish(
         conn,
         engine,
         transport,
+        mut driver,
     } = dial::dial(endpoint, config).await?;
     // Before the engine reads: the first events may carry positions.
     if let Some(positions) = positions {
@@ -503,7 +504,11 @@ async fn establish(
     }
     let live = Live {
         conn: conn.clone(),
-        engine: tokio::spawn(engine.run()),
+        // A driver the engine outlives goes on in a task of its own while the connection
+        // drains.
+        engine: tokio::spawn(async move {
+            crate::transport::beside(&mut driver, engine.run()).await;
+        }),
         transport,
     };
     let Some(hook) = &config.on_connect else {

@@ -77,19 +77,16 @@ pub(crate) struct Calls {
     waiting: AtomicUsize,
     /// Whether answered callers wait in the relay (see [`Pending::relay`]); written with it.
     relaying: AtomicBool,
-    /// Whether a burst's callers go through the relay, or are all woken at once.
-    relays: bool,
     table: Mutex<Pending>,
 }
 
 impl Calls {
-    /// An empty table; with `relays`, the callers a burst answers are woken one by one (see
+    /// An empty table; the callers a burst answers are woken one by one (see
     /// [`Pending::relay`]).
-    pub(crate) fn new(relays: bool) -> Self {
+    pub(crate) fn new() -> Self {
         Calls {
             waiting: AtomicUsize::new(0),
             relaying: AtomicBool::new(false),
-            relays,
             table: Mutex::default(),
         }
     }
@@ -218,12 +215,6 @@ impl Calls {
             }
             self.waiting.store(table.len(), Ordering::Relaxed);
             told(woken, answering);
-            if !self.relays {
-                drop(table);
-                let handed = woken.len();
-                wake_all(woken);
-                return handed;
-            }
             let handed = woken.len();
             let under_way = !table.relay.is_empty();
             table.relay.extend(woken.drain(..));
@@ -668,7 +659,7 @@ mod tests {
 
     #[test]
     fn a_caller_is_woken_once_through_the_waker_it_polled_with_last() {
-        let calls = Calls::new(true);
+        let calls = Calls::new();
         let (registered_with, waker) = counter();
         let call = calls.register(Instant::now(), MINUTE, &waker).unwrap();
         assert!(outcome(&calls, call.mid).is_none());
@@ -701,7 +692,7 @@ mod tests {
 
     #[test]
     fn a_bursts_callers_are_woken_one_by_one_as_each_takes_its_outcome_or_goes() {
-        let calls = Calls::new(true);
+        let calls = Calls::new();
         let callers = callers(&calls, 4);
         let mids = mids_of(&callers);
         // Answered out of the order they were made in: woken in the order of the answers.
@@ -726,20 +717,8 @@ mod tests {
     }
 
     #[test]
-    fn without_the_relay_a_bursts_callers_are_woken_at_once() {
-        let calls = Calls::new(false);
-        let callers = callers(&calls, 3);
-        let mids = mids_of(&callers);
-        assert_eq!(complete(&calls, &mids), 3);
-        assert_eq!(wakes_of(&callers), [1, 1, 1]);
-        assert!(!calls.is_relaying());
-        assert!(outcome(&calls, mids[0]).unwrap().is_ok());
-        assert_eq!(wakes_of(&callers), [1, 1, 1]);
-    }
-
-    #[test]
     fn a_burst_answered_while_the_relay_is_under_way_joins_its_end() {
-        let calls = Calls::new(true);
+        let calls = Calls::new();
         let callers = callers(&calls, 4);
         let mids = mids_of(&callers);
         assert_eq!(complete(&calls, &mids[..2]), 2);
@@ -754,7 +733,7 @@ mod tests {
 
     #[test]
     fn callers_left_in_the_relay_are_woken_at_once_by_the_engine_a_sweep_or_a_close() {
-        let calls = Calls::new(true);
+        let calls = Calls::new();
         let callers = callers(&calls, 3);
         let mids = mids_of(&callers);
         assert_eq!(complete(&calls, &mids), 3);
@@ -790,7 +769,7 @@ mod tests {
 
     #[test]
     fn unknown_responses_are_dropped_and_close_fails_and_wakes_waiters() {
-        let calls = Calls::new(true);
+        let calls = Calls::new();
         let (woken, waker) = counter();
         let call = calls.register(Instant::now(), MINUTE, &waker).unwrap();
         assert_eq!((call.waiting, calls.len()), (1, 1));
@@ -819,7 +798,7 @@ mod tests {
 
     #[test]
     fn the_count_read_without_the_lock_follows_every_change() {
-        let calls = Calls::new(true);
+        let calls = Calls::new();
         let first = register_on(&calls, MINUTE).mid;
         let second = register_on(&calls, MINUTE);
         assert_eq!((second.waiting, calls.len()), (2, 2));
@@ -834,7 +813,7 @@ mod tests {
 
     #[test]
     fn a_burst_hands_each_response_to_its_call_and_drops_the_rest() {
-        let calls = Calls::new(true);
+        let calls = Calls::new();
         let mids: Vec<u16> = (0..3).map(|_| register_on(&calls, MINUTE).mid).collect();
         // Out of order, one twice, and one that no call waits for.
         let unknown = mids.iter().max().unwrap() + 1;
@@ -876,7 +855,7 @@ mod tests {
 
     #[test]
     fn due_calls_time_out_and_the_alarm_follows_the_earliest_deadline_left() {
-        let calls = Calls::new(true);
+        let calls = Calls::new();
         let start = Instant::now();
         let slow = calls.register(start, MINUTE, Waker::noop()).unwrap();
         assert!(slow.sooner, "the first call sets the alarm");
@@ -930,7 +909,7 @@ mod tests {
 
     #[test]
     fn with_many_calls_waiting_the_alarm_rings_no_more_often_than_a_sweep_costs() {
-        let calls = Calls::new(true);
+        let calls = Calls::new();
         let start = Instant::now();
         for i in 0..1000u64 {
             calls

@@ -27,6 +27,26 @@ use tokio::sync::OwnedSemaphorePermit;
 
 pub(crate) use scheme::Scheme;
 
+/// Work a connection's transport needs done while the connection lives, polled by the task
+/// that reads the connection (a QUIC client's driver: it receives, and keeps QUIC's timers).
+pub(crate) type Driver = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Runs `work`, polling `driver` first each time the task is woken, until `work` is done; a
+/// driver that finishes is dropped from `driver`. The driver goes first so that what it
+/// receives is read by `work` in the same poll, with no wake-up in between.
+pub(crate) async fn beside<F: Future>(driver: &mut Option<Driver>, work: F) -> F::Output {
+    let mut work = std::pin::pin!(work);
+    std::future::poll_fn(|cx| {
+        if let Some(running) = driver
+            && running.as_mut().poll(cx).is_ready()
+        {
+            *driver = None;
+        }
+        work.as_mut().poll(cx)
+    })
+    .await
+}
+
 use crate::conn::io::{PacketStream, PacketWriter, byte_stream};
 use crate::conn::{Conn, Outbox};
 use crate::server::{AcceptBackoff, MAX_HANDSHAKE_SIZE, Refusal, Slot, Ticket, Transport};

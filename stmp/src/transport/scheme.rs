@@ -43,22 +43,10 @@ impl Scheme {
     /// over QUIC, quinn's task gathers the writes already.
     ///
     /// A client's QUIC write does send (`transport::quic::client`), but its writer does not
-    /// step aside either, nor are its callers relayed: with both, stmp quic made 520–594k
-    /// calls/s at 64 in flight against 588–698k without (three alternated rounds).
+    /// step aside either: with its callers relayed, stmp quic made 393–595k calls/s at 64 in
+    /// flight with the writer stepping aside, against 772–954k without (three alternated
+    /// rounds, session 51).
     pub(crate) fn writes_send(self) -> bool {
-        match self {
-            Scheme::Tcp | Scheme::Tls | Scheme::Ws | Scheme::Wss => true,
-            Scheme::Quic => false,
-        }
-    }
-
-    /// Whether the callers answered in one burst are woken one after another, each by the one
-    /// before it, rather than all at once (see `conn::pending::Pending::relay`). Not over
-    /// QUIC, where quinn's connection task shares the workers with the callers: relayed, the
-    /// callers of a busy QUIC connection were woken across the workers more often, not less
-    /// (stmp quic at 64 calls in flight: 580k → 434k req/s, twice the futex wake-ups per
-    /// call), while stmp tcp went 551k → 661k.
-    pub(crate) fn relays_callers(self) -> bool {
         match self {
             Scheme::Tcp | Scheme::Tls | Scheme::Ws | Scheme::Wss => true,
             Scheme::Quic => false,

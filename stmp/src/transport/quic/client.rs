@@ -12,8 +12,11 @@
 //! - a write puts the bytes into the stream and sends the packets that makes, in the writing
 //!   task, as a write on TCP does;
 //! - a read takes what the stream holds and sends the flow-control credit it frees;
-//! - one task, [`Driver`], receives datagrams, runs the connection's timers (loss detection,
-//!   delayed acknowledgements, keep-alive, idle timeout) and wakes the reader and the writer.
+//! - the [`Driver`] receives datagrams, runs the connection's timers (loss detection, delayed
+//!   acknowledgements, keep-alive, idle timeout) and wakes the reader and the writer. It is
+//!   not a task of its own: the connection's engine task polls it beside the engine
+//!   ([`transport::beside`]), so the task that reads the answers is the one that received the
+//!   datagrams carrying them, with no wake-up in between.
 //!
 //! The server keeps quinn's endpoint, which shares one socket among many connections.
 
@@ -34,6 +37,7 @@ use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::UdpSocket;
 
 use crate::Status;
+use crate::transport;
 
 /// The most datagrams one send hands the kernel at once (generic segmentation offload), as
 /// quinn's connection task does.
@@ -105,6 +109,9 @@ struct State {
     /// How many times a read or write woke the driver.
     #[cfg(test)]
     driver_woken_by_io: usize,
+    /// How many times the driver woke the reader for what it received.
+    #[cfg(test)]
+    reader_woken_by_driver: usize,
 }
 
 fn wake(waker: &mut Option<Waker>) {
@@ -201,8 +208,9 @@ impl Shared {
         }
     }
 
-    /// Wakes whoever the connection's events concern.
-    fn deliver_events(&self, state: &mut State) {
+    /// Wakes whoever the connection's events concern; not the reader when it runs in the
+    /// driver's task (`driver_task`), which polls it next ([`transport::beside`]).
+    fn deliver_events(&self, state: &mut State, driver_task: &Waker) {
         while let Some(event) = state.conn.poll() {
             match event {
                 Event::Connected => {
@@ -210,7 +218,19 @@ impl Shared {
                     wake(&mut state.opener);
                 }
                 Event::ConnectionLost { reason } => end(state, Ended::Lost(reason)),
-                Event::Stream(StreamEvent::Readable { .. }) => wake(&mut state.reader),
+                Event::Stream(StreamEvent::Readable { .. }) => {
+                    let polled_next = state
+                        .reader
+                        .as_ref()
+                        .is_some_and(|reader| reader.will_wake(driver_task));
+                    if !polled_next {
+                        #[cfg(test)]
+                        {
+                            state.reader_woken_by_driver += 1;
+                        }
+                        wake(&mut state.reader);
+                    }
+                }
                 Event::Stream(StreamEvent::Writable { .. } | StreamEvent::Stopped { .. }) => {
                     wake(&mut state.writer)
                 }
@@ -235,8 +255,10 @@ thread_local! {
     static RECEIVE_BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-/// The connection's one task: receives, keeps time, and sends what those make to send. It
-/// ends when the connection has drained.
+/// Receives, keeps time, and sends what those make to send; ends when the connection has
+/// drained. Its owner polls it: `connect` while the handshake runs, then the connection's
+/// engine task. Dropped before it ends (a cancelled connect, the engine done first), it goes
+/// on in a task of its own, so the connection still drains and its peer hears of the close.
 struct Driver {
     shared: Arc<Shared>,
     /// The receive buffer the socket needs: a datagram's largest size for each datagram the
@@ -244,6 +266,36 @@ struct Driver {
     receive_size: usize,
     timer: Pin<Box<tokio::time::Sleep>>,
     timer_deadline: Option<Instant>,
+    finished: bool,
+    /// Running in a task of its own already, after its owner dropped it.
+    detached: bool,
+}
+
+impl Driver {
+    fn new(shared: Arc<Shared>, detached: bool) -> Driver {
+        let receive_size = MAX_DATAGRAM_SIZE * shared.udp.gro_segments().max(1);
+        Driver {
+            shared,
+            receive_size,
+            timer: Box::pin(tokio::time::sleep_until(tokio::time::Instant::now())),
+            timer_deadline: None,
+            finished: false,
+            detached,
+        }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        if self.finished || self.detached {
+            return;
+        }
+        // Outside a runtime, or while it shuts down, the close sent when the connection was
+        // dropped is all the peer gets.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(Driver::new(self.shared.clone(), true));
+        }
+    }
 }
 
 impl Driver {
@@ -347,6 +399,17 @@ impl Future for Driver {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.finished {
+            return Poll::Ready(());
+        }
+        let polled = self.as_mut().drive(cx);
+        self.finished = polled.is_ready();
+        polled
+    }
+}
+
+impl Driver {
+    fn drive(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = &mut *self;
         let received = this.receive(cx);
         let shared = this.shared.clone();
@@ -365,7 +428,7 @@ impl Future for Driver {
                 state.conn.handle_timeout(now);
             }
             shared.forward_endpoint_events(state);
-            shared.deliver_events(state);
+            shared.deliver_events(state, cx.waker());
             if let Err(error) = this.send(cx, state) {
                 tracing::debug!(%error, "the QUIC socket failed");
                 end(state, Ended::Socket(Arc::new(error)));
@@ -566,6 +629,15 @@ impl AsyncWrite for SendHalf {
     }
 }
 
+/// A connected client: the connection, its stream's halves, and its driver, which the task
+/// that reads `recv` must poll ([`transport::beside`]).
+pub(crate) struct Connected {
+    pub(crate) connection: ClientConnection,
+    pub(crate) recv: RecvHalf,
+    pub(crate) send: SendHalf,
+    pub(crate) driver: Option<transport::Driver>,
+}
+
 /// Connects over `socket` (bound, not yet connected), runs the QUIC handshake, and opens the
 /// stream stmp runs on.
 pub(crate) async fn connect(
@@ -573,7 +645,7 @@ pub(crate) async fn connect(
     config: quinn::ClientConfig,
     remote: SocketAddr,
     server_name: &str,
-) -> Result<(ClientConnection, RecvHalf, SendHalf), Status> {
+) -> Result<Connected, Status> {
     socket.set_nonblocking(true)?;
     let udp = UdpSocketState::new((&socket).into())?;
     let socket = UdpSocket::from_std(socket)?;
@@ -587,7 +659,6 @@ pub(crate) async fn connect(
     let (handle, conn) = endpoint
         .connect(Instant::now(), config, remote, server_name)
         .map_err(|e| Status::bad_request(format!("QUIC: {e}")))?;
-    let receive_size = MAX_DATAGRAM_SIZE * udp.gro_segments().max(1);
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             endpoint,
@@ -605,19 +676,16 @@ pub(crate) async fn connect(
             send_buffer: Vec::new(),
             #[cfg(test)]
             driver_woken_by_io: 0,
+            #[cfg(test)]
+            reader_woken_by_driver: 0,
         }),
         socket,
         udp,
     });
     // From here on, dropping the connection (a failed handshake, a cancelled connect) closes it.
     let connection = ClientConnection(shared.clone());
-    tokio::spawn(Driver {
-        shared: shared.clone(),
-        receive_size,
-        timer: Box::pin(tokio::time::sleep_until(tokio::time::Instant::now())),
-        timer_deadline: None,
-    });
-    std::future::poll_fn(|cx| {
+    let mut driver: Option<transport::Driver> = Some(Box::pin(Driver::new(shared.clone(), false)));
+    let handshake = std::future::poll_fn(|cx| {
         let mut state = shared.lock();
         if let Some(ended) = &state.ended {
             return Poll::Ready(Err(ended.status()));
@@ -627,8 +695,8 @@ pub(crate) async fn connect(
         }
         register(&mut state.opener, cx);
         Poll::Pending
-    })
-    .await?;
+    });
+    transport::beside(&mut driver, handshake).await?;
     let stream = shared.lock().conn.streams().open(Dir::Bi);
     if stream.is_none() {
         return Err(Status::protocol_error(
@@ -636,7 +704,12 @@ pub(crate) async fn connect(
         ));
     }
     shared.lock().stream = stream;
-    Ok((connection, RecvHalf(shared.clone()), SendHalf(shared)))
+    Ok(Connected {
+        connection,
+        recv: RecvHalf(shared.clone()),
+        send: SendHalf(shared),
+        driver,
+    })
 }
 
 #[cfg(test)]
@@ -650,11 +723,27 @@ mod tests {
     use super::*;
 
     impl Peer {
+        /// Connects, and drops the driver: it goes on in a task of its own.
         async fn connect(
             &self,
             to: SocketAddr,
             read_timeout: Duration,
         ) -> Result<(ClientConnection, RecvHalf, SendHalf), Status> {
+            let Connected {
+                connection,
+                recv,
+                send,
+                driver,
+            } = self.connect_keeping_the_driver(to, read_timeout).await?;
+            drop(driver);
+            Ok((connection, recv, send))
+        }
+
+        async fn connect_keeping_the_driver(
+            &self,
+            to: SocketAddr,
+            read_timeout: Duration,
+        ) -> Result<Connected, Status> {
             let socket = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
             let config =
                 super::super::client_config(&self.client_tls, read_timeout).expect("config");
@@ -705,6 +794,55 @@ mod tests {
             .expect("the end of the stream");
         assert!(rest.is_empty());
         echo.await.expect("the server's side");
+    }
+
+    #[tokio::test]
+    async fn a_driver_polled_beside_the_reader_wakes_no_one_for_what_it_receives() {
+        let peer = peer(TIMEOUT);
+        let echo = peer.echo_one();
+        let Connected {
+            connection,
+            mut recv,
+            mut send,
+            mut driver,
+        } = peer
+            .connect_keeping_the_driver(peer.server.local_addr().expect("address"), TIMEOUT)
+            .await
+            .expect("connect");
+        const ROUND_TRIPS: u32 = 200;
+        let round_trips = async {
+            for round in 0..ROUND_TRIPS {
+                let message = [round as u8; 32];
+                send.write_all(&message).await.expect("write");
+                let mut echoed = [0; 32];
+                recv.read_exact(&mut echoed).await.expect("read");
+                assert_eq!(echoed, message);
+            }
+        };
+        transport::beside(&mut driver, round_trips).await;
+        assert!(
+            driver.is_some(),
+            "the connection lives, and so does its driver"
+        );
+        // Polled in the reader's task, the driver left the reading of 200 answers to the
+        // poll that followed it.
+        let woken = connection.0.lock().reader_woken_by_driver;
+        assert_eq!(woken, 0, "the reader was woken {woken} times");
+
+        // Dropped, the driver goes on in a task of its own, and wakes the reader.
+        drop(driver);
+        send.write_all(&[7; 32]).await.expect("write");
+        let mut echoed = [0; 32];
+        recv.read_exact(&mut echoed).await.expect("read");
+        assert_eq!(echoed, [7; 32]);
+        send.shutdown().await.expect("finish");
+        let mut rest = Vec::new();
+        recv.read_to_end(&mut rest)
+            .await
+            .expect("the end of the stream");
+        assert!(rest.is_empty());
+        echo.await.expect("the server's side");
+        assert!(connection.0.lock().reader_woken_by_driver > 0);
     }
 
     /// A UDP relay between a client and `server` that loses every `lose_every`th datagram

@@ -256,15 +256,22 @@ pub(crate) async fn connect(endpoint: &Endpoint, config: &ClientBuilder) -> Resu
         .server_name
         .clone()
         .unwrap_or_else(|| endpoint.host.clone());
-    let (connection, recv, send) = client::connect(
+    let client::Connected {
+        connection,
+        recv,
+        send,
+        mut driver,
+    } = client::connect(
         udp_socket(local, true)?,
         client_config(&tls, config.engine.read_timeout)?,
         remote,
         &name,
     )
     .await?;
-    let mut dialed = stream_handshake(recv, send, Some(remote), Scheme::Quic, config).await?;
+    let handshake = stream_handshake(recv, send, Some(remote), Scheme::Quic, config);
+    let mut dialed = crate::transport::beside(&mut driver, handshake).await?;
     dialed.transport = Some(Box::new(connection));
+    dialed.driver = driver;
     Ok(dialed)
 }
 
