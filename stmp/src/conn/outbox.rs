@@ -52,7 +52,7 @@ const GATHER: usize = 8;
 
 /// [`GATHER`] over QUIC, where every write is a datagram that the client's own QUIC stack
 /// encrypts and sends: stmp quic at 64 in flight, 32 B, three alternated rounds, 772k, 954k
-/// and 866k req/s against 766k, 765k and 576k with 8; with 24, 34 % slower (session 51).
+/// and 866k req/s against 766k, 765k and 576k with 8 (session 51).
 const GATHER_QUIC: usize = 16;
 
 /// [`GATHER`] or [`GATHER_QUIC`], for a connection on `scheme`.
