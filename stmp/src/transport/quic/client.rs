@@ -764,6 +764,32 @@ mod tests {
 
     const TIMEOUT: Duration = Duration::from_secs(60);
 
+    /// Sends `count` messages of 32 bytes through an echo, one at a time, and checks each.
+    async fn round_trips(send: &mut SendHalf, recv: &mut RecvHalf, count: u32) {
+        for round in 0..count {
+            let message = [round as u8; 32];
+            send.write_all(&message).await.expect("write");
+            let mut echoed = [0; 32];
+            recv.read_exact(&mut echoed).await.expect("read");
+            assert_eq!(echoed, message);
+        }
+    }
+
+    /// Finishes the stream, and checks that the echo ends it too with nothing more.
+    async fn finish(
+        mut send: SendHalf,
+        mut recv: RecvHalf,
+        echo: tokio::task::JoinHandle<quinn::Connection>,
+    ) {
+        send.shutdown().await.expect("finish");
+        let mut rest = Vec::new();
+        recv.read_to_end(&mut rest)
+            .await
+            .expect("the end of the stream");
+        assert!(rest.is_empty());
+        echo.await.expect("the server's side");
+    }
+
     #[tokio::test]
     async fn a_write_is_sent_by_the_task_that_writes_it_not_by_the_driver() {
         let peer = peer(TIMEOUT);
@@ -773,13 +799,7 @@ mod tests {
             .await
             .expect("connect");
         const ROUND_TRIPS: u32 = 200;
-        for round in 0..ROUND_TRIPS {
-            let message = [round as u8; 32];
-            send.write_all(&message).await.expect("write");
-            let mut echoed = [0; 32];
-            recv.read_exact(&mut echoed).await.expect("read");
-            assert_eq!(echoed, message);
-        }
+        round_trips(&mut send, &mut recv, ROUND_TRIPS).await;
         let woken = connection.0.lock().driver_woken_by_io;
         // Woken for every write, the driver would be woken `ROUND_TRIPS` times; it is woken
         // only when a write arms a timer sooner than the one it sleeps on.
@@ -787,13 +807,7 @@ mod tests {
             woken * 10 < ROUND_TRIPS as usize,
             "the driver was woken {woken} times for {ROUND_TRIPS} writes"
         );
-        send.shutdown().await.expect("finish");
-        let mut rest = Vec::new();
-        recv.read_to_end(&mut rest)
-            .await
-            .expect("the end of the stream");
-        assert!(rest.is_empty());
-        echo.await.expect("the server's side");
+        finish(send, recv, echo).await;
     }
 
     #[tokio::test]
@@ -810,16 +824,7 @@ mod tests {
             .await
             .expect("connect");
         const ROUND_TRIPS: u32 = 200;
-        let round_trips = async {
-            for round in 0..ROUND_TRIPS {
-                let message = [round as u8; 32];
-                send.write_all(&message).await.expect("write");
-                let mut echoed = [0; 32];
-                recv.read_exact(&mut echoed).await.expect("read");
-                assert_eq!(echoed, message);
-            }
-        };
-        transport::beside(&mut driver, round_trips).await;
+        transport::beside(&mut driver, round_trips(&mut send, &mut recv, ROUND_TRIPS)).await;
         assert!(
             driver.is_some(),
             "the connection lives, and so does its driver"
@@ -831,17 +836,8 @@ mod tests {
 
         // Dropped, the driver goes on in a task of its own, and wakes the reader.
         drop(driver);
-        send.write_all(&[7; 32]).await.expect("write");
-        let mut echoed = [0; 32];
-        recv.read_exact(&mut echoed).await.expect("read");
-        assert_eq!(echoed, [7; 32]);
-        send.shutdown().await.expect("finish");
-        let mut rest = Vec::new();
-        recv.read_to_end(&mut rest)
-            .await
-            .expect("the end of the stream");
-        assert!(rest.is_empty());
-        echo.await.expect("the server's side");
+        round_trips(&mut send, &mut recv, 1).await;
+        finish(send, recv, echo).await;
         assert!(connection.0.lock().reader_woken_by_driver > 0);
     }
 
