@@ -27,6 +27,12 @@ use tokio::sync::OwnedSemaphorePermit;
 
 pub(crate) use scheme::Scheme;
 
+use crate::conn::io::{PacketStream, PacketWriter, byte_stream};
+use crate::conn::{Conn, Outbox};
+use crate::server::{AcceptBackoff, MAX_HANDSHAKE_SIZE, Refusal, Slot, Ticket, Transport};
+use crate::wire::{ClientHandshake, Limits, ServerHandshake};
+use crate::{Code, Server, Status};
+
 /// Work a connection's transport needs done while the connection lives, polled by the task
 /// that reads the connection (a QUIC client's driver: it receives, and keeps QUIC's timers).
 pub(crate) type Driver = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -46,12 +52,6 @@ pub(crate) async fn beside<F: Future>(driver: &mut Option<Driver>, work: F) -> F
     })
     .await
 }
-
-use crate::conn::io::{PacketStream, PacketWriter, byte_stream};
-use crate::conn::{Conn, Outbox};
-use crate::server::{AcceptBackoff, MAX_HANDSHAKE_SIZE, Refusal, Slot, Ticket, Transport};
-use crate::wire::{ClientHandshake, Limits, ServerHandshake};
-use crate::{Code, Server, Status};
 
 impl Server {
     /// Binds `addr` and accepts until shutdown, handing each socket to `serve` with its
@@ -344,6 +344,37 @@ mod tests {
     use std::mem::size_of_val;
 
     use super::*;
+
+    #[tokio::test]
+    async fn the_driver_is_polled_before_the_work_and_let_go_once_it_ends() {
+        use std::sync::{Arc, Mutex};
+        use std::task::Poll;
+        let polls = Arc::new(Mutex::new(Vec::new()));
+        // Each ends at its nth poll, waking its task until then.
+        let ending_at = |name: &'static str, nth: usize| {
+            let polls = polls.clone();
+            let mut polled = 0;
+            std::future::poll_fn(move |cx| {
+                polls.lock().expect("polls").push(name);
+                polled += 1;
+                if polled == nth {
+                    return Poll::Ready(nth);
+                }
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            })
+        };
+        let driver = ending_at("driver", 2);
+        let mut driver: Option<Driver> = Some(Box::pin(async move {
+            driver.await;
+        }));
+        assert_eq!(beside(&mut driver, ending_at("work", 3)).await, 3);
+        assert!(driver.is_none(), "the driver ended, and was dropped");
+        assert_eq!(
+            *polls.lock().expect("polls"),
+            ["driver", "work", "driver", "work", "work"]
+        );
+    }
 
     /// The size of what `f` returns, without calling it.
     fn output_size<A, B, C, R>(_: impl FnOnce(A, B, C) -> R) -> usize {
