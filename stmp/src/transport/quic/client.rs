@@ -891,11 +891,32 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_path_that_loses_datagrams_loses_no_bytes() {
+        loses_no_bytes_on_a_lossy_path(false).await;
+    }
+
+    #[tokio::test]
+    async fn a_path_that_loses_datagrams_loses_no_bytes_with_the_driver_beside_the_reader() {
+        loses_no_bytes_on_a_lossy_path(true).await;
+    }
+
+    /// Echoes 3 MB through a relay that loses every seventh datagram, with the driver in the
+    /// reading task (`beside_the_reader`) or in a task of its own.
+    async fn loses_no_bytes_on_a_lossy_path(beside_the_reader: bool) {
         let peer = peer(TIMEOUT);
         let echo = peer.echo_one();
         let relay = relay(peer.server.local_addr().expect("address"), 7).await;
-        let (_connection, mut recv, mut send) =
-            peer.connect(relay.addr, TIMEOUT).await.expect("connect");
+        let Connected {
+            connection: _connection,
+            mut recv,
+            mut send,
+            mut driver,
+        } = peer
+            .connect_keeping_the_driver(relay.addr, TIMEOUT)
+            .await
+            .expect("connect");
+        if !beside_the_reader {
+            driver = None;
+        }
         // More than the server's stream window (1.25 MB): the writes wait for the credit that
         // the client's reads give the server, and that the driver brings back.
         let sent: Vec<u8> = (0..3_000_000u32)
@@ -909,7 +930,8 @@ mod tests {
             }
         });
         let mut received = Vec::with_capacity(sent.len());
-        tokio::time::timeout(Duration::from_secs(30), recv.read_to_end(&mut received))
+        let reading = transport::beside(&mut driver, recv.read_to_end(&mut received));
+        tokio::time::timeout(Duration::from_secs(30), reading)
             .await
             .expect("echoed within 30 s")
             .expect("read");
